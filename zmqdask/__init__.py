@@ -1,0 +1,1 @@
+"""zmqdask: a Dask-compatible compute framework on a ZeroMQ message broker."""

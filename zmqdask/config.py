@@ -1,0 +1,48 @@
+"""Shared constants: timings, limits and defaults used by the client, broker and workers."""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+"""Version byte carried in every message's first frame."""
+
+HEARTBEAT_INTERVAL_S = 1.0
+"""A peer that has sent nothing for this long sends a heartbeat."""
+
+LIVENESS_INTERVALS = 5
+"""A peer silent for this many heartbeat intervals is considered dead."""
+
+DEFAULT_PORT = 8786
+"""Port the standalone broker listens on when none is given."""
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long a client waits for the broker's welcome by default."""
+
+RECONNECT_TIMEOUT_S = 30.0
+"""How long a client keeps pending futures alive while the broker is unreachable."""
+
+MAX_KILLED_ATTEMPTS = 3
+"""A task that was running on this many workers when they died fails with KilledWorker."""
+
+MAX_KEY_LENGTH = 256
+"""Longest task key, in UTF-8 bytes."""
+
+MAX_MESSAGE_BYTES = 2 * 1024**3
+"""Default upper bound on one message's total size; larger messages are refused."""
+
+ZERO_COPY_THRESHOLD_BYTES = 64 * 1024
+"""Frames at least this large are sent and received without copying."""
+
+DEFAULT_PREFETCH_PER_THREAD = 16
+"""Extra task slots a worker grants per executor thread beyond the one it is running."""
+
+BATCH_MAX_DELAY_S = 0.001
+"""Longest a submission waits for companions before the client flushes its batch."""
+
+BATCH_MAX_BYTES = 1024 * 1024
+"""A pending batch larger than this is flushed at once."""
+
+INLINE_RESULT_MAX_BYTES = 1024 * 1024
+"""Results up to this size travel with their completion notice when a client awaits them."""
+
+LIVENESS_TIMEOUT_S = HEARTBEAT_INTERVAL_S * LIVENESS_INTERVALS
+"""Silence after which a peer is treated as dead."""

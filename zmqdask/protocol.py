@@ -1,0 +1,464 @@
+"""Wire protocol: message layout, command table, and pure encode/decode with validation.
+
+Every message is a ZeroMQ multipart message (the broker's ROUTER socket adds the sender's
+identity frame in front, which is not part of what is described here)::
+
+    frame 0   2 bytes: protocol version, command number
+    frame 1   msgpack header: a list whose shape depends on the command (below)
+    frame 2+  opaque payload frames (pickles and out-of-band buffers), never read by the broker
+
+The header is small control data: keys, counts, flags, identities.  Payload frames are
+attributed to header entries by the ``nframes`` counts in the order the entries appear.
+Nothing here touches a socket; a malformed message raises :class:`ProtocolError`.
+
+Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``)::
+
+    HELLO        [role, info]                 peer -> broker; role is "client" | "worker" | "pool"
+    WELCOME      [epoch, info]                broker -> peer
+    HEARTBEAT    [epoch]                      both ways; a peer sends the epoch it knows ("" if none)
+    GOODBYE      [reason]                     both ways; the sender is leaving
+    UNKNOWN_PEER [epoch]                      broker -> peer: you are not registered, send HELLO
+    ERROR        [code, text, refs]           broker -> peer: your message was refused
+
+    SUBMIT       [functions, tasks]           client -> broker
+                 functions: [fn_hash, ...]     one payload frame each (the pickled function)
+                 tasks: [[key, fn_hash, deps, priority, retries, flags, nframes], ...]
+    SCATTER      [entries, broadcast]         client -> broker; entries [[key, nframes], ...]
+    RELEASE      [keys]                       client -> broker: no future of mine holds these
+    CANCEL       [keys]                       client -> broker
+    GATHER       [keys]                       client -> broker: send me these values
+    INFO         [request_id]                 client -> broker
+    INFO_REPLY   [request_id, info]           broker -> client
+    REPORT       [entries]                    broker -> client; entries [[key, code, detail, nframes]]
+
+    COMPUTE      [functions, tasks]           broker -> worker
+                 tasks: [[key, fn_hash, deps, flags, nframes], ...]; deps [[dep_key, holder], ...]
+                 holder is the identity of a worker holding dep_key, or None if the receiver has it
+    STORE        [entries]                    broker -> worker; entries [[key, nframes], ...]
+    GET          [request_id, keys]           broker -> worker: send these values
+    DATA         [request_id, entries, missing]  worker -> broker (answering GET) and
+                                              broker -> worker (answering FETCH)
+    DELETE       [keys]                       broker -> worker: drop these values
+    CANCEL_TASKS [keys]                       broker -> worker: drop these tasks if not started
+    DONE         [entries]                    worker -> broker; entries [[key, code, detail, nframes]]
+    FETCH        [request_id, holder, keys]   worker -> broker: get me these values from holder
+    WORKER_DIED  [identity, running_keys, exitcode]   pool -> broker
+
+Codes in REPORT and DONE entries, and their ``detail``::
+
+    FINISHED      [type_name, nbytes]          nframes > 0 when the value travels with it
+    ERRED         [type_name, message, origin_key]   one frame: the pickled (exception, traceback)
+    CANCELLED     reason (str)
+    LOST          reason (str)                 REPORT only
+    MISSING_DEPS  [dep_key, ...]               DONE only: inputs could not be fetched
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import msgpack
+
+from zmqdask.config import MAX_KEY_LENGTH, PROTOCOL_VERSION
+from zmqdask.errors import ProtocolError
+
+# Command numbers.  Values are part of the wire format: never renumber, only append.
+HELLO = 1
+WELCOME = 2
+HEARTBEAT = 3
+GOODBYE = 4
+UNKNOWN_PEER = 5
+ERROR = 6
+SUBMIT = 10
+SCATTER = 11
+RELEASE = 12
+CANCEL = 13
+GATHER = 14
+INFO = 15
+INFO_REPLY = 16
+REPORT = 17
+COMPUTE = 20
+STORE = 21
+GET = 22
+DATA = 23
+DELETE = 24
+CANCEL_TASKS = 25
+DONE = 26
+FETCH = 27
+WORKER_DIED = 28
+
+COMMAND_NAMES: dict[int, str] = {
+    value: name
+    for name, value in list(globals().items())
+    if name.isupper() and isinstance(value, int) and name not in {"PROTOCOL_VERSION", "MAX_KEY_LENGTH"}
+}
+"""Command number -> name, for logs and errors."""
+
+# Peer roles named in HELLO.
+ROLE_CLIENT = "client"
+ROLE_WORKER = "worker"
+ROLE_POOL = "pool"
+ROLES = frozenset({ROLE_CLIENT, ROLE_WORKER, ROLE_POOL})
+
+# Entry codes in REPORT and DONE.
+FINISHED = 0
+ERRED = 1
+CANCELLED = 2
+LOST = 3
+MISSING_DEPS = 4
+
+# Task flags (bit set) in SUBMIT and COMPUTE.
+FLAG_WANTED = 1
+"""SUBMIT: the submitting client holds a future for this key."""
+FLAG_PUSH_RESULT = 2
+"""SUBMIT/COMPUTE: a client is waiting for the value; send it with the completion notice."""
+
+# ERROR codes.
+ERR_MALFORMED = "malformed"
+ERR_TOO_LARGE = "too-large"
+ERR_NOT_ALLOWED = "not-allowed"
+ERR_UNKNOWN_KEY = "unknown-key"
+
+_COMMAND_FRAMES: dict[int, bytes] = {cmd: bytes((PROTOCOL_VERSION, cmd)) for cmd in COMMAND_NAMES}
+
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded message: its command number, validated header and payload frames."""
+
+    command: int
+    header: list[Any]
+    payload: list[Any]
+
+    @property
+    def name(self) -> str:
+        """The command's name, for logs."""
+        return COMMAND_NAMES.get(self.command, str(self.command))
+
+
+def encode(command: int, header: Sequence[Any], payload: Sequence[Any] = ()) -> list[Any]:
+    """Build the frames of one message; payload frames are passed through untouched."""
+    frames: list[Any] = [_COMMAND_FRAMES[command], msgpack.packb(header, use_bin_type=True)]
+    if payload:
+        frames.extend(payload)
+    return frames
+
+
+def _as_bytes(frame: Any) -> bytes:
+    if isinstance(frame, bytes):
+        return frame
+    buffer = getattr(frame, "buffer", None)  # zmq.Frame
+    if buffer is not None:
+        return bytes(buffer)
+    return bytes(frame)
+
+
+def decode(frames: Sequence[Any]) -> Message:
+    """Parse and validate one message (without the ROUTER identity frame).
+
+    Raises :class:`ProtocolError` for any deviation from the layouts in the module docstring;
+    never any other exception.
+    """
+    if len(frames) < 2:
+        raise ProtocolError(f"message has {len(frames)} frames, needs at least 2")
+    head = _as_bytes(frames[0])
+    if len(head) != 2:
+        raise ProtocolError(f"command frame has {len(head)} bytes, expected 2")
+    if head[0] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {head[0]} is not supported (this side speaks {PROTOCOL_VERSION})")
+    command = head[1]
+    validator = _VALIDATORS.get(command)
+    if validator is None:
+        raise ProtocolError(f"unknown command {command}")
+    try:
+        header = msgpack.unpackb(_as_bytes(frames[1]), raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise ProtocolError(f"header of {COMMAND_NAMES[command]} is not valid msgpack: {exc}") from None
+    if not isinstance(header, list):
+        raise ProtocolError(f"header of {COMMAND_NAMES[command]} must be a list")
+    payload = list(frames[2:])
+    try:
+        expected = validator(header)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{COMMAND_NAMES[command]}: {exc}") from None
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ProtocolError(f"{COMMAND_NAMES[command]}: {exc}") from None
+    if expected != len(payload):
+        raise ProtocolError(
+            f"{COMMAND_NAMES[command]} announces {expected} payload frames but carries {len(payload)}"
+        )
+    return Message(command, header, payload)
+
+
+# --- validators: each checks a header's shape and returns the payload frame count ---------
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise ProtocolError(what)
+
+
+def _arity(header: list[Any], n: int) -> None:
+    if len(header) != n:
+        raise ProtocolError(f"header has {len(header)} fields, expected {n}")
+
+
+def _key(value: Any) -> str:
+    if type(value) is not str or not value or len(value) > MAX_KEY_LENGTH:
+        raise ProtocolError(f"invalid key {value!r:.80}")
+    return value
+
+
+def _keys(value: Any) -> list[str]:
+    if type(value) is not list:
+        raise ProtocolError("keys must be a list")
+    for key in value:
+        _key(key)
+    return value
+
+
+def _count(value: Any) -> int:
+    if type(value) is not int or value < 0 or value > 1 << 31:
+        raise ProtocolError(f"invalid count {value!r:.40}")
+    return value
+
+
+def _identity(value: Any) -> bytes:
+    if type(value) is not bytes or not value or len(value) > 255:
+        raise ProtocolError("invalid peer identity")
+    return value
+
+
+def _v_hello(h: list[Any]) -> int:
+    _arity(h, 2)
+    _check(h[0] in ROLES, f"unknown role {h[0]!r:.40}")
+    _check(type(h[1]) is dict, "info must be a map")
+    return 0
+
+
+def _v_welcome(h: list[Any]) -> int:
+    _arity(h, 2)
+    _check(type(h[0]) is str, "epoch must be a string")
+    _check(type(h[1]) is dict, "info must be a map")
+    return 0
+
+
+def _v_epoch(h: list[Any]) -> int:
+    _arity(h, 1)
+    _check(type(h[0]) is str, "epoch must be a string")
+    return 0
+
+
+def _v_reason(h: list[Any]) -> int:
+    _arity(h, 1)
+    _check(type(h[0]) is str, "reason must be a string")
+    return 0
+
+
+def _v_error(h: list[Any]) -> int:
+    _arity(h, 3)
+    _check(type(h[0]) is str and type(h[1]) is str, "code and text must be strings")
+    _check(type(h[2]) is list, "refs must be a list")
+    return 0
+
+
+def _v_submit(h: list[Any]) -> int:
+    _arity(h, 2)
+    functions, tasks = h
+    _check(type(functions) is list and type(tasks) is list, "functions and tasks must be lists")
+    total = len(functions)
+    for fn_hash in functions:
+        _check(type(fn_hash) is bytes and 0 < len(fn_hash) <= 64, "invalid function hash")
+    for entry in tasks:
+        _check(type(entry) is list and len(entry) == 7, "task entry must have 7 fields")
+        key, fn_hash, deps, priority, retries, flags, nframes = entry
+        _key(key)
+        _check(type(fn_hash) is bytes and 0 < len(fn_hash) <= 64, "invalid function hash")
+        _keys(deps)
+        _check(type(priority) is int and -(1 << 31) <= priority <= 1 << 31, "priority must be an int")
+        _count(retries)
+        _count(flags)
+        total += _count(nframes)
+    return total
+
+
+def _v_key_frames(entries: Any) -> int:
+    _check(type(entries) is list, "entries must be a list")
+    total = 0
+    for entry in entries:
+        _check(type(entry) is list and len(entry) == 2, "entry must be [key, nframes]")
+        _key(entry[0])
+        total += _count(entry[1])
+    return total
+
+
+def _v_scatter(h: list[Any]) -> int:
+    _arity(h, 2)
+    _check(type(h[1]) is bool, "broadcast must be a bool")
+    return _v_key_frames(h[0])
+
+
+def _v_keys(h: list[Any]) -> int:
+    _arity(h, 1)
+    _keys(h[0])
+    return 0
+
+
+def _v_info(h: list[Any]) -> int:
+    _arity(h, 1)
+    _count(h[0])
+    return 0
+
+
+def _v_info_reply(h: list[Any]) -> int:
+    _arity(h, 2)
+    _count(h[0])
+    _check(type(h[1]) is dict, "info must be a map")
+    return 0
+
+
+def _v_entries_with_codes(h: list[Any], allowed: frozenset[int]) -> int:
+    _arity(h, 1)
+    _check(type(h[0]) is list, "entries must be a list")
+    total = 0
+    for entry in h[0]:
+        _check(type(entry) is list and len(entry) == 4, "entry must have 4 fields")
+        _key(entry[0])
+        code = entry[1]
+        _check(code in allowed, f"unknown code {code!r:.20}")
+        detail = entry[2]
+        if code == FINISHED:
+            _check(
+                type(detail) is list and len(detail) == 2 and type(detail[0]) is str and type(detail[1]) is int,
+                "FINISHED detail must be [type_name, nbytes]",
+            )
+        elif code == ERRED:
+            _check(
+                type(detail) is list and len(detail) == 3 and all(type(d) is str for d in detail),
+                "ERRED detail must be [type_name, message, origin_key]",
+            )
+        elif code == MISSING_DEPS:
+            _keys(detail)
+        else:
+            _check(type(detail) is str, "detail must be a string")
+        total += _count(entry[3])
+    return total
+
+
+_REPORT_CODES = frozenset({FINISHED, ERRED, CANCELLED, LOST})
+_DONE_CODES = frozenset({FINISHED, ERRED, CANCELLED, MISSING_DEPS})
+
+
+def _v_report(h: list[Any]) -> int:
+    return _v_entries_with_codes(h, _REPORT_CODES)
+
+
+def _v_done(h: list[Any]) -> int:
+    return _v_entries_with_codes(h, _DONE_CODES)
+
+
+def _v_compute(h: list[Any]) -> int:
+    _arity(h, 2)
+    functions, tasks = h
+    _check(type(functions) is list and type(tasks) is list, "functions and tasks must be lists")
+    total = len(functions)
+    for fn_hash in functions:
+        _check(type(fn_hash) is bytes and 0 < len(fn_hash) <= 64, "invalid function hash")
+    for entry in tasks:
+        _check(type(entry) is list and len(entry) == 5, "task entry must have 5 fields")
+        key, fn_hash, deps, flags, nframes = entry
+        _key(key)
+        _check(type(fn_hash) is bytes and 0 < len(fn_hash) <= 64, "invalid function hash")
+        _check(type(deps) is list, "deps must be a list")
+        for dep in deps:
+            _check(type(dep) is list and len(dep) == 2, "dep must be [key, holder]")
+            _key(dep[0])
+            if dep[1] is not None:
+                _identity(dep[1])
+        _count(flags)
+        total += _count(nframes)
+    return total
+
+
+def _v_store(h: list[Any]) -> int:
+    _arity(h, 1)
+    return _v_key_frames(h[0])
+
+
+def _v_get(h: list[Any]) -> int:
+    _arity(h, 2)
+    _count(h[0])
+    _keys(h[1])
+    return 0
+
+
+def _v_data(h: list[Any]) -> int:
+    _arity(h, 3)
+    _count(h[0])
+    _keys(h[2])
+    return _v_key_frames(h[1])
+
+
+def _v_fetch(h: list[Any]) -> int:
+    _arity(h, 3)
+    _count(h[0])
+    _identity(h[1])
+    _keys(h[2])
+    return 0
+
+
+def _v_worker_died(h: list[Any]) -> int:
+    _arity(h, 3)
+    _identity(h[0])
+    _keys(h[1])
+    _check(type(h[2]) is int, "exitcode must be an int")
+    return 0
+
+
+_VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
+    HELLO: _v_hello,
+    WELCOME: _v_welcome,
+    HEARTBEAT: _v_epoch,
+    GOODBYE: _v_reason,
+    UNKNOWN_PEER: _v_epoch,
+    ERROR: _v_error,
+    SUBMIT: _v_submit,
+    SCATTER: _v_scatter,
+    RELEASE: _v_keys,
+    CANCEL: _v_keys,
+    GATHER: _v_keys,
+    INFO: _v_info,
+    INFO_REPLY: _v_info_reply,
+    REPORT: _v_report,
+    COMPUTE: _v_compute,
+    STORE: _v_store,
+    GET: _v_get,
+    DATA: _v_data,
+    DELETE: _v_keys,
+    CANCEL_TASKS: _v_keys,
+    DONE: _v_done,
+    FETCH: _v_fetch,
+    WORKER_DIED: _v_worker_died,
+}
+
+
+def split_payload(counts: Sequence[int], payload: Sequence[Any], offset: int = 0) -> list[list[Any]]:
+    """Cut ``payload[offset:]`` into consecutive groups of the given sizes."""
+    groups: list[list[Any]] = []
+    position = offset
+    for count in counts:
+        groups.append(list(payload[position : position + count]))
+        position += count
+    return groups
+
+
+def frame_nbytes(frame: Any) -> int:
+    """Size of a payload frame (``bytes``, ``memoryview`` or ``zmq.Frame``) in bytes."""
+    if isinstance(frame, (bytes, bytearray)):
+        return len(frame)
+    buffer = getattr(frame, "buffer", None)
+    if buffer is not None:
+        return int(buffer.nbytes)
+    return int(memoryview(frame).nbytes)

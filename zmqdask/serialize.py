@@ -1,0 +1,144 @@
+"""Payload serialization shared by the client and the workers (the broker never uses it).
+
+Values are pickled with protocol 5; buffers of at least ``ZERO_COPY_THRESHOLD_BYTES`` travel
+out of band as frames of their own, so a large numpy array or pandas column is sent without
+a copy in Python.  ``pickle`` is tried first for speed and ``cloudpickle`` handles what it
+cannot (lambdas, closures, classes defined in ``__main__``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import traceback
+from typing import Any, Callable
+
+import cloudpickle
+
+from zmqdask.config import ZERO_COPY_THRESHOLD_BYTES
+from zmqdask.errors import RemoteTaskFailure, SerializationError
+
+PICKLE_PROTOCOL = 5
+
+
+class TaskRef:
+    """Placeholder for a dependency's value inside pickled task arguments."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TaskRef, (self.key,))
+
+    def __repr__(self) -> str:
+        return f"TaskRef({self.key!r})"
+
+
+def dumps(obj: Any) -> list[Any]:
+    """Serialize ``obj`` to frames: the pickle first, then its out-of-band buffers."""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep_large(buffer: pickle.PickleBuffer) -> bool:
+        # Returning False keeps a buffer out of band; small ones stay in the pickle.
+        if buffer.raw().nbytes >= ZERO_COPY_THRESHOLD_BYTES:
+            buffers.append(buffer)
+            return False
+        return True
+
+    try:
+        head = pickle.dumps(obj, protocol=PICKLE_PROTOCOL, buffer_callback=keep_large)
+    except Exception:
+        buffers.clear()
+        try:
+            head = cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL, buffer_callback=keep_large)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot serialize {_describe(obj)}: {type(exc).__name__}: {exc}", _describe(obj)
+            ) from exc
+    if not buffers:
+        return [head]
+    return [head, *(buffer.raw() for buffer in buffers)]
+
+
+def loads(frames: list[Any]) -> Any:
+    """Inverse of :func:`dumps`; frames may be ``bytes``, ``memoryview`` or ``zmq.Frame``."""
+    head = frames[0]
+    if len(frames) == 1:
+        return pickle.loads(_view(head))
+    return pickle.loads(_view(head), buffers=[_view(f) for f in frames[1:]])
+
+
+def _view(frame: Any) -> Any:
+    buffer = getattr(frame, "buffer", None)
+    return buffer if buffer is not None else frame
+
+
+def frames_nbytes(frames: list[Any]) -> int:
+    """Total size of serialized frames."""
+    total = 0
+    for frame in frames:
+        total += memoryview(_view(frame)).nbytes
+    return total
+
+
+def dumps_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+    """Pickle a callable once; returns ``(hash, pickled)`` where the hash identifies it."""
+    try:
+        try:
+            payload = pickle.dumps(fn, protocol=PICKLE_PROTOCOL)
+            # A function pickled by reference must be importable by the worker; functions
+            # defined in __main__ or a notebook are not, so those go by value.
+            if getattr(fn, "__module__", None) in (None, "__main__", "__mp_main__"):
+                raise pickle.PicklingError("defined in __main__")
+        except Exception:
+            payload = cloudpickle.dumps(fn, protocol=PICKLE_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialize function {_describe(fn)}: {type(exc).__name__}: {exc}", _describe(fn)
+        ) from exc
+    return hashlib.blake2b(payload, digest_size=16).digest(), payload
+
+
+def dumps_error(exc: BaseException, origin_key: str) -> tuple[list[Any], list[Any]]:
+    """Serialize a task's exception; returns ``(detail, frames)`` for an ERRED entry."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    try:
+        frame = cloudpickle.dumps((exc, text), protocol=PICKLE_PROTOCOL)
+        pickle.loads(frame)  # an exception that pickles but cannot be rebuilt is replaced too
+    except Exception:
+        stand_in = RemoteTaskFailure(type(exc).__name__, str(exc), text)
+        frame = cloudpickle.dumps((stand_in, text), protocol=PICKLE_PROTOCOL)
+    return [type(exc).__name__, _truncate(str(exc)), origin_key], [frame]
+
+
+def loads_error(detail: list[Any], frames: list[Any]) -> tuple[BaseException, str]:
+    """Rebuild ``(exception, remote_traceback)`` from an ERRED entry."""
+    if frames:
+        try:
+            exc, text = pickle.loads(_view(frames[0]))
+            if isinstance(exc, BaseException) and isinstance(text, str):
+                return exc, text
+        except Exception:
+            pass
+    type_name, message = detail[0], detail[1]
+    return RemoteTaskFailure(type_name, message), ""
+
+
+def _truncate(text: str, limit: int = 2000) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(obj: Any) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__} object>"
+    return _truncate(text, 200)
+
+
+def type_name(obj: Any) -> str:
+    """The short type name shown in a finished Future's repr."""
+    return type(obj).__name__
