@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import sys
 import traceback
 from typing import Any, Callable
 
@@ -142,3 +143,38 @@ def _describe(obj: Any) -> str:
 def type_name(obj: Any) -> str:
     """The short type name shown in a finished Future's repr."""
     return type(obj).__name__
+
+
+def substitute_refs(obj: Any, values: Any) -> Any:
+    """Replace every :class:`TaskRef` inside lists, tuples, dicts and sets with ``values[key]``.
+
+    Other objects are returned unchanged (not traversed), so a large array argument costs
+    nothing here.
+    """
+    kind = type(obj)
+    if kind is TaskRef:
+        return values[obj.key]
+    if kind is tuple or kind is list:
+        return kind(substitute_refs(item, values) for item in obj)
+    if kind is dict:
+        return {k: substitute_refs(v, values) for k, v in obj.items()}
+    if kind is set or kind is frozenset:
+        return kind(substitute_refs(item, values) for item in obj)
+    return obj
+
+
+def sizeof(obj: Any) -> int:
+    """Approximate in-memory size of a value, in bytes (cheap; never serializes)."""
+    nbytes = getattr(obj, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    memory_usage = getattr(obj, "memory_usage", None)
+    if memory_usage is not None and hasattr(obj, "index"):
+        try:
+            usage = memory_usage(deep=False)
+            return int(usage.sum()) if hasattr(usage, "sum") else int(usage)
+        except Exception:
+            pass
+    if isinstance(obj, (list, tuple)) and len(obj) < 1000:
+        return sys.getsizeof(obj) + sum(sizeof(item) for item in obj)
+    return sys.getsizeof(obj)
