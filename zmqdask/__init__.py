@@ -1,1 +1,70 @@
-"""zmqdask: a Dask-compatible compute framework on a ZeroMQ message broker."""
+"""zmqdask: a Dask-compatible compute framework on a ZeroMQ message broker.
+
+Port Dask code by changing imports: ``from zmqdask import Client``, ``import zmqdask``,
+``zmqdask.datasets.timeseries()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from zmqdask.client import Client, ClientStatus, default_client, get_client
+from zmqdask.errors import (
+    ClosedClientError,
+    CommunicationError,
+    ConnectTimeoutError,
+    FutureCancelledError,
+    KilledWorker,
+    LostDataError,
+    SerializationError,
+    SyncInAsyncError,
+    TimeoutError,
+    UsageError,
+    ZmqdaskError,
+)
+from zmqdask.future import Future, as_completed, wait
+from zmqdask.local import LocalCluster
+
+__version__ = "0.1.0"
+
+_LAZY_MODULES = frozenset({"dataframe", "datasets"})
+_LAZY_FUNCTIONS = {"compute": "zmqdask.base", "persist": "zmqdask.base"}
+
+
+def __getattr__(name: str) -> Any:
+    # The DataFrame layer imports pandas; load it only when it is used, so the client,
+    # worker and broker start quickly.
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"zmqdask.{name}")
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name]), name)
+    raise AttributeError(f"module 'zmqdask' has no attribute {name!r}")
+
+
+__all__ = [
+    "Client",
+    "ClientStatus",
+    "ClosedClientError",
+    "CommunicationError",
+    "ConnectTimeoutError",
+    "Future",
+    "FutureCancelledError",
+    "KilledWorker",
+    "LocalCluster",
+    "LostDataError",
+    "SerializationError",
+    "SyncInAsyncError",
+    "TimeoutError",
+    "UsageError",
+    "ZmqdaskError",
+    "__version__",
+    "as_completed",
+    "compute",
+    "dataframe",
+    "datasets",
+    "default_client",
+    "get_client",
+    "persist",
+    "wait",
+]

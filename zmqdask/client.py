@@ -1,0 +1,1306 @@
+"""The Client: one asynchronous core, driven directly or through a background event loop.
+
+Frame flow (client side)::
+
+    submit/map/submit_graph ──▶ _ops (ordered, under _lock) ──flush on next loop tick──▶ DEALER ─▶ broker
+    DEALER ◀── REPORT / WELCOME / HEARTBEAT / INFO_REPLY ◀── broker
+       └─ _drain() on the loop: updates FutureStates, wakes waiters, runs done callbacks
+
+In asynchronous mode the core runs on the caller's event loop; in synchronous mode on a
+:class:`~zmqdask.sync.LoopThread`, and each blocking method runs the same coroutine there.
+Submitting never blocks: it pickles the arguments in the caller's thread, appends to an
+ordered list of operations and schedules one flush; everything submitted before that flush
+goes out as one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import html
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import zmq
+
+from zmqdask import protocol as proto
+from zmqdask.config import (
+    CONNECT_TIMEOUT_S,
+    HEARTBEAT_INTERVAL_S,
+    LIVENESS_TIMEOUT_S,
+    MAX_KEY_LENGTH,
+    RECONNECT_TIMEOUT_S,
+)
+from zmqdask.errors import (
+    BrokerLostError,
+    ClosedClientError,
+    ConnectTimeoutError,
+    FutureCancelledError,
+    KilledWorker,
+    LostDataError,
+    ProtocolError,
+    SerializationError,
+    SyncInAsyncError,
+    UsageError,
+)
+from zmqdask.errors import TimeoutError as ZmqdaskTimeoutError
+from zmqdask.future import (
+    CANCELLED,
+    ERROR,
+    FINISHED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    LOST,
+    PENDING,
+    TERMINAL_FAILURES,
+    DoneAndNotDoneFutures,
+    Future,
+    FutureState,
+)
+from zmqdask.graph import TaskSpec, is_collection, topological_order
+from zmqdask.serialize import TaskRef, dumps, dumps_function, loads, loads_error
+from zmqdask.sync import LoopThread
+
+logger = logging.getLogger(__name__)
+
+_MAX_TASKS_PER_MESSAGE = 5000
+_DRAIN_BATCH = 256
+_BROKER_ERRORS: dict[str, type[Exception]] = {
+    "KilledWorker": KilledWorker,
+    "LostDataError": LostDataError,
+    "FutureCancelledError": FutureCancelledError,
+    "ProtocolError": ProtocolError,
+}
+
+_current_clients: list[Client] = []
+_current_lock = threading.Lock()
+
+
+class ClientStatus(enum.Enum):
+    """Lifecycle of a client."""
+
+    NEW = "new"
+    CONNECTING = "connecting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+def default_client() -> Client | None:
+    """The most recently started client that is still open, or None."""
+    with _current_lock:
+        for client in reversed(_current_clients):
+            if client.status == ClientStatus.RUNNING or client.status == ClientStatus.RECONNECTING:
+                return client
+    return None
+
+
+def get_client() -> Client:
+    """The current client; raises ValueError when there is none."""
+    client = default_client()
+    if client is None:
+        raise ValueError("no zmqdask Client is running; create one with Client()")
+    return client
+
+
+def check_blocking_allowed(client: Client, alternative: str) -> None:
+    """Raise SyncInAsyncError if a blocking call would stall ``client``'s running event loop."""
+    if client.asynchronous and client._in_loop_thread():
+        raise SyncInAsyncError(
+            f"this call blocks, and the asynchronous client's event loop is running in this "
+            f"thread; use `{alternative}` instead"
+        )
+
+
+class Client:
+    """Connect to a zmqdask cluster, or start a local one, and run work on it.
+
+    ``Client()`` starts a broker and one worker process per core on this machine and stops
+    them on close; ``Client("tcp://host:8786")`` connects to a running broker.  With
+    ``asynchronous=True`` use ``client = await Client(asynchronous=True)`` or ``async with``;
+    every method that waits then returns an awaitable.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        asynchronous: bool = False,
+        timeout: float = CONNECT_TIMEOUT_S,
+        n_workers: int | None = None,
+        threads_per_worker: int = 1,
+        processes: bool = True,
+        name: str | None = None,
+        set_as_default: bool = True,
+        reconnect_timeout: float = RECONNECT_TIMEOUT_S,
+    ) -> None:
+        if address is not None and not isinstance(address, str):
+            cluster_address = getattr(address, "address", None)
+            if not isinstance(cluster_address, str):
+                raise UsageError(f"address must be a 'tcp://host:port' string or a cluster, got {address!r}")
+            address = cluster_address
+        if address is not None and not address.startswith(("tcp://", "ipc://", "inproc://")):
+            if ":" in address and "://" not in address:
+                address = "tcp://" + address
+            else:
+                raise UsageError(f"address must look like 'tcp://host:port', got {address!r}")
+        self.asynchronous = asynchronous
+        self.address = address
+        self.timeout = float(timeout)
+        self.reconnect_timeout = float(reconnect_timeout)
+        self.name = name or f"client-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.status = ClientStatus.NEW
+        self.cluster: Any = None
+        self._cluster_options = {"n_workers": n_workers, "threads_per_worker": threads_per_worker, "processes": processes}
+        self._set_as_default = set_as_default
+        self._identity = uuid.uuid4().bytes
+        self._lock = threading.RLock()
+        self._futures: dict[str, FutureState] = {}
+        self._ops: list[tuple[Any, ...]] = []
+        self._flush_scheduled = False
+        self._function_cache: dict[Any, tuple[bytes, bytes]] = {}
+        self._functions_sent: set[bytes] = set()
+        self._epoch = ""
+        self._welcome: asyncio.Future[None] | None = None
+        self._info_requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_request = 0
+        self._last_sent = 0.0
+        self._last_heard = 0.0
+        self._lost_since: float | None = None
+        self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._context: zmq.Context[Any] | None = None
+        self._socket: zmq.Socket[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: LoopThread | None = None
+        self._loop_thread_id: int | None = None
+        self._start_task: Any = None
+        self.malformed = 0
+        if not asynchronous:
+            self._loop_thread = LoopThread()
+            self._loop = self._loop_thread.loop
+            self._loop_thread_id = self._loop_thread.thread_id
+            try:
+                self._loop_thread.run(self._start(), timeout=None)
+            except BaseException:
+                self._loop_thread.stop()
+                raise
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def __await__(self) -> Any:
+        return self._start_once().__await__()
+
+    async def _start_once(self) -> Client:
+        if self._start_task is None:
+            self._start_task = asyncio.ensure_future(self._start())
+        return await asyncio.shield(self._start_task)
+
+    async def __aenter__(self) -> Client:
+        return await self._start_once()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    def __enter__(self) -> Client:
+        if self.asynchronous:
+            raise UsageError("an asynchronous client is used with `async with`, not `with`")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _start(self) -> Client:
+        if self.status != ClientStatus.NEW:
+            return self
+        self.status = ClientStatus.CONNECTING
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread_id = threading.get_ident()
+        deadline = time.monotonic() + self.timeout
+        try:
+            if self.address is None:
+                from zmqdask.local import LocalCluster
+
+                self.cluster = LocalCluster(**self._cluster_options)  # type: ignore[arg-type]
+                self.address = await asyncio.to_thread(self.cluster.start, max(self.timeout, 30.0))
+                deadline = time.monotonic() + self.timeout
+            self._context = zmq.Context()
+            self._connect_socket()
+            await self._handshake(deadline)
+            if self.cluster is not None and self.cluster.n_workers:
+                await self._wait_for_workers(self.cluster.n_workers, max(self.timeout, 30.0))
+        except BaseException:
+            await self._teardown()
+            self.status = ClientStatus.CLOSED
+            raise
+        self.status = ClientStatus.RUNNING
+        self._schedule_heartbeat()
+        if self._set_as_default:
+            with _current_lock:
+                _current_clients.append(self)
+        return self
+
+    def _connect_socket(self) -> None:
+        assert self._context is not None and self._loop is not None
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self._identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(self.address)  # type: ignore[arg-type]
+        self._socket = sock
+        # The zmq FD only signals edges; _drain() reads until EAGAIN each time it fires.
+        self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
+
+    def _close_socket(self) -> None:
+        sock = self._socket
+        self._socket = None
+        if sock is not None:
+            try:
+                if self._loop is not None and not self._loop.is_closed():
+                    self._loop.remove_reader(sock.getsockopt(zmq.FD))
+            except Exception:
+                pass
+            sock.close(linger=0)
+
+    async def _handshake(self, deadline: float) -> None:
+        assert self._loop is not None
+        self._welcome = self._loop.create_future()
+        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
+        while True:
+            self._send(proto.encode(proto.HELLO, [proto.ROLE_CLIENT, info]))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConnectTimeoutError(
+                    f"no zmqdask broker answered at {self.address} within {self.timeout} s; "
+                    "check the address and that `zmqdask-broker` is running"
+                )
+            try:
+                await asyncio.wait_for(asyncio.shield(self._welcome), min(remaining, HEARTBEAT_INTERVAL_S))
+                return
+            except asyncio.TimeoutError:
+                continue
+
+    def close(self, timeout: float | None = None) -> Any:
+        """Close the client (and the local cluster it started).
+
+        Returns an awaitable on an asynchronous client.
+        """
+        if self.asynchronous:
+            return self._close()
+        if self._loop_thread is None or self.status == ClientStatus.CLOSED:
+            return None
+        try:
+            self._loop_thread.run(self._close(), timeout=timeout or 30.0)
+        finally:
+            self._loop_thread.stop()
+        return None
+
+    async def _close(self) -> None:
+        if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):
+            return
+        self.status = ClientStatus.CLOSING
+        with _current_lock:
+            if self in _current_clients:
+                _current_clients.remove(self)
+        if self._socket is not None:
+            try:
+                self._flush()
+                self._send(proto.encode(proto.GOODBYE, ["client closing"]))
+            except zmq.ZMQError:
+                pass
+        self._fail_pending(ClosedClientError("the client was closed before this result arrived"), CANCELLED)
+        await self._teardown()
+        self.status = ClientStatus.CLOSED
+
+    async def _teardown(self) -> None:
+        if self._heartbeat_handle is not None:
+            self._heartbeat_handle.cancel()
+            self._heartbeat_handle = None
+        self._close_socket()
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+        if self.cluster is not None:
+            cluster, self.cluster = self.cluster, None
+            await asyncio.to_thread(cluster.close)
+
+    def _check_open(self) -> None:
+        if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):
+            raise ClosedClientError("this client is closed; create a new Client to go on")
+        if self.status == ClientStatus.NEW:
+            raise UsageError("this asynchronous client is not started yet; use `client = await Client(asynchronous=True)`")
+
+    # --- loop plumbing ---------------------------------------------------------------------
+
+    def _in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread_id
+
+    def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if self._in_loop_thread():
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _blocking(self, coro: Any, timeout: float | None, alternative: str, what: str = "") -> Any:
+        """Run one of the core's coroutines to completion from synchronous code."""
+        if self.asynchronous:
+            coro.close()
+            if self._in_loop_thread():
+                raise SyncInAsyncError(
+                    f"this call blocks, and the asynchronous client's event loop is running in this "
+                    f"thread; use `{alternative}` instead"
+                )
+            raise SyncInAsyncError(f"an asynchronous client cannot block; use `{alternative}` in its event loop")
+        if self._loop_thread is None or self.status == ClientStatus.CLOSED:
+            coro.close()
+            raise ClosedClientError("this client is closed; create a new Client to go on")
+        if self._in_loop_thread():
+            coro.close()
+            raise SyncInAsyncError(f"a blocking call from a callback on the client's own loop; use `{alternative}`")
+        try:
+            return self._loop_thread.run(coro, timeout)
+        except ZmqdaskTimeoutError:
+            raise ZmqdaskTimeoutError(f"{what or 'operation'} did not finish within {timeout} s") from None
+
+    def _send(self, frames: list[Any]) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        sock.send_multipart(frames, copy=False)
+        self._last_sent = time.monotonic()
+        # Any socket operation can consume the FD's edge for messages that arrived
+        # meanwhile; if some are readable now, nobody would wake us for them.
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and self._loop is not None:
+            self._loop.call_soon(self._drain)
+
+    def _schedule_flush(self) -> None:
+        # Called with self._lock held.  One flush per loop tick collects every submission
+        # made before it runs, from this thread or any other.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                return
+            if self._in_loop_thread():
+                loop.call_soon(self._flush)
+            else:
+                loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            ops, self._ops = self._ops, []
+            self._flush_scheduled = False
+        if not ops or self._socket is None or self.status == ClientStatus.RECONNECTING:
+            if ops and self.status == ClientStatus.RECONNECTING:
+                with self._lock:
+                    self._ops[:0] = ops
+            return
+        # Consecutive operations of one kind share a message; the order between kinds is
+        # kept, because a RELEASE followed by a re-SUBMIT of the same key must stay in order.
+        index = 0
+        while index < len(ops):
+            kind = ops[index][0]
+            end = index
+            while end < len(ops) and ops[end][0] == kind and end - index < _MAX_TASKS_PER_MESSAGE:
+                end += 1
+            group = ops[index:end]
+            index = end
+            if kind == "task":
+                self._send_submit(group)
+            else:
+                keys = [op[1] for op in group]
+                command = {"release": proto.RELEASE, "gather": proto.GATHER, "cancel": proto.CANCEL}[kind]
+                self._send(proto.encode(command, [keys]))
+
+    def _send_submit(self, group: list[tuple[Any, ...]]) -> None:
+        functions: list[bytes] = []
+        function_frames: list[Any] = []
+        entries: list[list[Any]] = []
+        task_frames: list[Any] = []
+        for _, state, fn_payload in group:
+            state.unsent = False
+            entry = state.entry
+            fn_hash = entry[1]
+            if fn_hash not in self._functions_sent:
+                self._functions_sent.add(fn_hash)
+                functions.append(fn_hash)
+                function_frames.append(fn_payload)
+            entries.append(entry)
+            task_frames.extend(state.frames)
+        self._send(proto.encode(proto.SUBMIT, [functions, entries], function_frames + task_frames))
+
+    def _schedule_heartbeat(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._heartbeat_handle = self._loop.call_later(HEARTBEAT_INTERVAL_S / 2, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        if self.status not in (ClientStatus.RUNNING, ClientStatus.RECONNECTING):
+            return
+        now = time.monotonic()
+        try:
+            if self.status == ClientStatus.RUNNING and now - self._last_heard > LIVENESS_TIMEOUT_S:
+                logger.warning("broker at %s silent for %.1f s; reconnecting", self.address, now - self._last_heard)
+                self._begin_reconnect(now)
+            elif self.status == ClientStatus.RECONNECTING:
+                assert self._lost_since is not None
+                if now - self._lost_since > self.reconnect_timeout:
+                    self._fail_pending(
+                        BrokerLostError(
+                            f"the broker at {self.address} has been unreachable for "
+                            f"{self.reconnect_timeout} s; pending work is lost"
+                        ),
+                        LOST,
+                    )
+                    self._lost_since = now
+                self._send_hello()
+            elif now - self._last_sent >= HEARTBEAT_INTERVAL_S:
+                self._send(proto.encode(proto.HEARTBEAT, [self._epoch]))
+        except zmq.ZMQError as exc:
+            logger.debug("heartbeat send failed: %s", exc)
+        self._schedule_heartbeat()
+
+    def _begin_reconnect(self, now: float) -> None:
+        self.status = ClientStatus.RECONNECTING
+        self._lost_since = now
+        self._close_socket()
+        self._connect_socket()
+        self._send_hello()
+
+    def _send_hello(self) -> None:
+        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
+        self._send(proto.encode(proto.HELLO, [proto.ROLE_CLIENT, info]))
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        for _ in range(_DRAIN_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            self._last_heard = time.monotonic()
+            try:
+                message = proto.decode(frames)
+            except ProtocolError as exc:
+                self.malformed += 1
+                if self.malformed == 1:
+                    logger.warning("dropped a malformed message from the broker: %s", exc)
+                continue
+            handler = self._handlers.get(message.command)
+            if handler is None:
+                self.malformed += 1
+                continue
+            try:
+                handler(self, message)
+            except Exception:
+                logger.exception("error while handling %s from the broker", message.name)
+        # More may be queued: continue on the next tick so other callbacks get a turn.
+        if self._loop is not None:
+            self._loop.call_soon(self._drain)
+
+    def _on_welcome(self, message: proto.Message) -> None:
+        epoch = message.header[0]
+        reconnected = self.status == ClientStatus.RECONNECTING
+        changed = bool(self._epoch) and epoch != self._epoch
+        self._epoch = epoch
+        if self._welcome is not None and not self._welcome.done():
+            self._welcome.set_result(None)
+        if reconnected or changed:
+            logger.info("re-registered with broker %s (epoch %s)", self.address, epoch)
+            self.status = ClientStatus.RUNNING
+            self._lost_since = None
+            self._resubmit_all()
+            self._flush()
+
+    def _on_unknown_peer(self, message: proto.Message) -> None:
+        # The broker restarted (or declared us dead): register again, then re-send work.
+        if self.status == ClientStatus.RUNNING:
+            self.status = ClientStatus.RECONNECTING
+            self._lost_since = time.monotonic()
+        self._send_hello()
+
+    def _on_goodbye(self, message: proto.Message) -> None:
+        logger.warning("broker at %s is leaving: %s", self.address, message.header[0])
+        if self.status == ClientStatus.RUNNING:
+            self.status = ClientStatus.RECONNECTING
+            self._lost_since = time.monotonic()
+
+    def _on_heartbeat(self, message: proto.Message) -> None:
+        epoch = message.header[0]
+        if self._epoch and epoch and epoch != self._epoch and self.status == ClientStatus.RUNNING:
+            self.status = ClientStatus.RECONNECTING
+            self._lost_since = time.monotonic()
+            self._send_hello()
+
+    def _on_error(self, message: proto.Message) -> None:
+        code, text, refs = message.header
+        logger.error("broker refused a message (%s): %s", code, text)
+        failure = UsageError(f"the broker refused a request ({code}): {text}")
+        for key in refs:
+            state = self._futures.get(key) if isinstance(key, str) else None
+            if state is not None and state.status == PENDING:
+                self._set_failed(state, ERROR, failure, None)
+
+    def _on_info_reply(self, message: proto.Message) -> None:
+        request_id, info = message.header
+        waiter = self._info_requests.pop(request_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(info)
+
+    def _on_report(self, message: proto.Message) -> None:
+        payload = message.payload
+        position = 0
+        for key, code, detail, nframes in message.header[0]:
+            frames = payload[position : position + nframes]
+            position += nframes
+            state = self._futures.get(key)
+            if state is None or state.status in (CANCELLED,):
+                continue
+            if code == proto.FINISHED:
+                state.type_name = detail[0]
+                if nframes and not state.has_value:
+                    try:
+                        state.value = loads(frames)
+                        state.has_value = True
+                    except Exception as exc:
+                        failure = SerializationError(
+                            f"the result of {key} ({detail[0]}) could not be deserialized here: "
+                            f"{type(exc).__name__}: {exc}"
+                        )
+                        self._set_failed(state, ERROR, failure, None)
+                        continue
+                if state.status == PENDING or state.status == LOST:
+                    state.status = FINISHED
+                    self._fire_callbacks(state)
+                state.notify()
+            elif code == proto.ERRED:
+                exc, text = self._rebuild_error(key, detail, frames)
+                self._set_failed(state, ERROR, exc, text)
+            elif code == proto.CANCELLED:
+                self._set_failed(state, CANCELLED, FutureCancelledError(f"{key} was cancelled: {detail}", key), None)
+            elif code == proto.LOST:
+                self._set_failed(state, LOST, LostDataError(f"the data of {key} is lost: {detail}", key), None)
+
+    def _rebuild_error(self, key: str, detail: list[Any], frames: list[Any]) -> tuple[BaseException, str | None]:
+        type_name, text, origin = detail
+        broker_error = _BROKER_ERRORS.get(type_name)
+        if not frames and broker_error is not None:
+            if broker_error is KilledWorker:
+                return KilledWorker(text, origin), None
+            if issubclass(broker_error, (LostDataError, FutureCancelledError)):
+                return broker_error(text, origin), None
+            return broker_error(text), None
+        exc, remote_tb = loads_error(detail, frames)
+        if remote_tb and not getattr(exc, "_zmqdask_noted", False):
+            note = f"Remote traceback of task {origin}:\n{remote_tb.rstrip()}"
+            if hasattr(exc, "add_note"):
+                exc.add_note(note)
+            try:
+                exc._zmqdask_noted = True  # type: ignore[attr-defined]
+            except Exception:
+                pass
+        return exc, remote_tb
+
+    _handlers: dict[int, Callable[[Client, proto.Message], None]] = {
+        proto.WELCOME: _on_welcome,
+        proto.UNKNOWN_PEER: _on_unknown_peer,
+        proto.GOODBYE: _on_goodbye,
+        proto.HEARTBEAT: _on_heartbeat,
+        proto.ERROR: _on_error,
+        proto.INFO_REPLY: _on_info_reply,
+        proto.REPORT: _on_report,
+    }
+
+    def _set_failed(self, state: FutureState, status: str, exc: BaseException, text: str | None) -> None:
+        if state.status in TERMINAL_FAILURES and state.exception is not None:
+            return
+        state.status = status
+        state.exception = exc
+        state.traceback = text
+        self._fire_callbacks(state)
+        state.notify()
+
+    def _fail_pending(self, exc: BaseException, status: str) -> None:
+        for state in list(self._futures.values()):
+            if not state.has_value and state.status in (PENDING, FINISHED):
+                state.status = PENDING  # let _set_failed record the failure
+                self._set_failed(state, status, exc, None)
+
+    def _fire_callbacks(self, state: FutureState) -> None:
+        callbacks = state.callbacks
+        if not callbacks:
+            return
+        state.callbacks = None
+        for future, fn in callbacks:
+            try:
+                fn(future)
+            except Exception:
+                logger.exception("a done callback of %s raised", state.key)
+
+    def _resubmit_all(self) -> None:
+        """After re-registering, send again every task whose value we do not hold yet."""
+        self._functions_sent.clear()
+        seen: set[str] = set()
+        order: list[FutureState] = []
+
+        def visit(state: FutureState) -> None:
+            if state.key in seen:
+                return
+            seen.add(state.key)
+            for dep in state.deps or ():
+                visit(dep)
+            order.append(state)
+
+        with self._lock:
+            for state in list(self._futures.values()):
+                if not state.has_value and state.status in (PENDING, FINISHED):
+                    visit(state)
+            for state in order:
+                if state.entry is None:
+                    if state.key in self._futures and not state.has_value:
+                        self._set_failed(
+                            state, LOST,
+                            LostDataError(f"scattered data {state.key} was lost when the broker restarted", state.key),
+                            None,
+                        )
+                    continue
+                wanted = state.key in self._futures
+                state.entry[5] = (proto.FLAG_WANTED if wanted else 0) | (
+                    proto.FLAG_PUSH_RESULT if wanted and state.data_requested else 0
+                )
+                if state.status == FINISHED:
+                    state.status = PENDING
+                state.unsent = True
+                self._ops.append(("task", state, state.fn_payload))
+
+    # --- futures bookkeeping ---------------------------------------------------------------
+
+    def _state_for(self, key: str) -> FutureState:
+        with self._lock:
+            state = self._futures.get(key)
+            if state is None:
+                state = self._futures[key] = FutureState(key)
+            return state
+
+    def _retain(self, state: FutureState) -> None:
+        with self._lock:
+            state.refcount += 1
+
+    def _release(self, state: FutureState) -> None:
+        with self._lock:
+            state.refcount -= 1
+            if state.refcount > 0 or self._futures.get(state.key) is not state:
+                return
+            del self._futures[state.key]
+            if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):
+                return
+            if state.status == CANCELLED:
+                return
+            if state.entry is not None and state.entry[5] & proto.FLAG_WANTED == 0:
+                return
+            self._ops.append(("release", state.key))
+            self._schedule_flush()
+
+    def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
+        state = future._state
+
+        def attach() -> None:
+            if state.done():
+                try:
+                    fn(future)
+                except Exception:
+                    logger.exception("a done callback of %s raised", state.key)
+            else:
+                if state.callbacks is None:
+                    state.callbacks = []
+                state.callbacks.append((future, fn))
+
+        if self._loop is None or self._in_loop_thread():
+            attach()
+        else:
+            self._loop.call_soon_threadsafe(attach)
+
+    def _request_data(self, state: FutureState) -> None:
+        # Called on the loop thread.  A task not yet flushed just gets its push flag set.
+        with self._lock:
+            if state.data_requested:
+                return
+            state.data_requested = True
+            entry = state.entry
+            if entry is not None and state.unsent:
+                entry[5] |= proto.FLAG_PUSH_RESULT
+                return
+            self._ops.append(("gather", state.key))
+            self._schedule_flush()
+
+    async def _wait_value(self, state: FutureState) -> Any:
+        loop = asyncio.get_running_loop()
+        while True:
+            if state.has_value:
+                return state.value
+            if state.status in TERMINAL_FAILURES:
+                assert state.exception is not None
+                raise state.exception
+            self._check_open()
+            if not state.data_requested:
+                self._request_data(state)
+            waiter = loop.create_future()
+            if state.waiters is None:
+                state.waiters = []
+            state.waiters.append(waiter)
+            await waiter
+
+    async def _wait_done(self, state: FutureState) -> None:
+        loop = asyncio.get_running_loop()
+        while state.status == PENDING:
+            self._check_open()
+            waiter = loop.create_future()
+            if state.waiters is None:
+                state.waiters = []
+            state.waiters.append(waiter)
+            await waiter
+
+    async def _wait_many(self, futures: list[Future], timeout: float | None, return_when: str) -> DoneAndNotDoneFutures:
+        async def until_condition() -> None:
+            pending = {f for f in futures if not f.done()}
+            while pending:
+                if return_when == FIRST_COMPLETED and len(pending) < len(futures):
+                    return
+                if return_when == FIRST_EXCEPTION and any(f.status in TERMINAL_FAILURES for f in futures):
+                    return
+                tasks = [asyncio.ensure_future(self._wait_done(f._state)) for f in pending]
+                try:
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                pending = {f for f in futures if not f.done()}
+
+        try:
+            await asyncio.wait_for(until_condition(), timeout)
+        except asyncio.TimeoutError:
+            raise ZmqdaskTimeoutError(f"{sum(not f.done() for f in futures)} futures not done within {timeout} s") from None
+        done = {f for f in futures if f.done()}
+        return DoneAndNotDoneFutures(done, set(futures) - done)
+
+    # --- submitting ------------------------------------------------------------------------
+
+    def _function(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+        try:
+            cached = self._function_cache.get(fn)
+        except TypeError:  # unhashable callable
+            return dumps_function(fn)
+        if cached is None:
+            cached = dumps_function(fn)
+            if len(self._function_cache) > 10_000:
+                self._function_cache.clear()
+            self._function_cache[fn] = cached
+        return cached
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        key: str | None = None,
+        pure: bool = True,
+        priority: int = 0,
+        retries: int = 0,
+        workers: Any = None,
+        resources: Any = None,
+        allow_other_workers: bool = False,
+        **kwargs: Any,
+    ) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the cluster; returns a Future at once.
+
+        Futures anywhere in ``args``/``kwargs`` become dependencies: the worker receives
+        their values.  Pure calls with equal arguments share one task and key.
+        """
+        self._check_open()
+        if not callable(fn):
+            raise UsageError(f"submit expects a callable as its first argument, got {type(fn).__name__}")
+        return self._submit_one(fn, args, kwargs, key, pure, priority, retries, wanted=True)
+
+    def _submit_one(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        key: str | None,
+        pure: bool,
+        priority: int,
+        retries: int,
+        wanted: bool,
+        deps_known: dict[str, FutureState] | None = None,
+    ) -> Future:
+        if not isinstance(priority, int) or not isinstance(retries, int) or retries < 0:
+            raise UsageError("priority must be an int and retries a non-negative int")
+        fn_hash, fn_payload = self._function(fn)
+        dep_states: dict[str, FutureState] = {} if deps_known is None else deps_known
+        if args or kwargs:
+            packed_args = self._replace_futures(tuple(args), dep_states)
+            packed_kwargs = self._replace_futures(dict(kwargs), dep_states) if kwargs else {}
+            try:
+                frames = dumps((packed_args, packed_kwargs))
+            except SerializationError as exc:
+                raise SerializationError(
+                    f"cannot send the arguments of {_funcname(fn)} to a worker: {exc}", exc.obj_repr
+                ) from None
+        else:
+            frames = _EMPTY_ARGS_FRAMES
+        if key is None:
+            if pure:
+                digest = hashlib.blake2b(fn_hash, digest_size=16)
+                for frame in frames:
+                    digest.update(frame)
+                key = f"{_funcname(fn)}-{digest.hexdigest()}"
+            else:
+                key = f"{_funcname(fn)}-{uuid.uuid4().hex}"
+        else:
+            _check_key(key)
+        with self._lock:
+            state = self._futures.get(key)
+            if state is not None and state.status not in (CANCELLED, LOST) and state.entry is not None:
+                return Future(key, self, state)
+            state = FutureState(key)
+            self._futures[key] = state
+            flags = proto.FLAG_WANTED if wanted else 0
+            state.entry = [key, fn_hash, list(dep_states), priority, retries, flags, len(frames)]
+            state.frames = frames
+            state.fn_payload = fn_payload
+            state.unsent = True
+            state.deps = list(dep_states.values()) or None
+            future = Future(key, self, state)
+            self._ops.append(("task", state, fn_payload))
+            self._schedule_flush()
+        return future
+
+    def _replace_futures(self, obj: Any, deps: dict[str, FutureState]) -> Any:
+        kind = type(obj)
+        if kind is Future:
+            if obj._client is not self:
+                raise UsageError(f"{obj!r} belongs to another client; gather it there and pass the value")
+            if obj._state is None:
+                raise UsageError(f"{obj.key} was released and cannot be used anymore")
+            deps[obj.key] = obj._state
+            return TaskRef(obj.key)
+        if kind is tuple or kind is list:
+            return kind(self._replace_futures(item, deps) for item in obj)
+        if kind is dict:
+            return {k: self._replace_futures(v, deps) for k, v in obj.items()}
+        if kind is set or kind is frozenset:
+            return kind(self._replace_futures(item, deps) for item in obj)
+        return obj
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        key: str | Sequence[str] | None = None,
+        pure: bool = True,
+        priority: int = 0,
+        retries: int = 0,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> list[Future]:
+        """Submit ``fn`` over the elements of the iterables; returns a list of Futures."""
+        self._check_open()
+        if not callable(fn):
+            raise UsageError(f"map expects a callable as its first argument, got {type(fn).__name__}")
+        if not iterables:
+            raise UsageError("map needs at least one iterable")
+        columns = [list(iterable) for iterable in iterables]
+        count = min(len(column) for column in columns)
+        if isinstance(key, str) or key is None:
+            keys: list[str | None]
+            if key is None:
+                keys = [None] * count
+            else:
+                keys = [f"{key}-{i}" for i in range(count)]
+        else:
+            keys = list(key)
+            if len(keys) != count:
+                raise UsageError(f"map got {len(keys)} keys for {count} elements")
+        futures = []
+        for i in range(count):
+            call_args = [column[i] for column in columns]
+            futures.append(self._submit_one(fn, call_args, kwargs, keys[i], pure, priority, retries, wanted=True))
+        return futures
+
+    def submit_graph(self, graph: Mapping[str, TaskSpec], outputs: Sequence[str], priority: int = 0) -> list[Future]:
+        """Submit a whole task graph (see :mod:`zmqdask.graph`) as one batch.
+
+        Returns Futures for ``outputs`` in order; intermediate values are released by the
+        broker once nothing needs them.
+        """
+        self._check_open()
+        output_set = set(outputs)
+        missing = output_set - graph.keys()
+        if missing:
+            raise UsageError(f"outputs not in the graph: {sorted(missing)[:5]}")
+        states: dict[str, FutureState] = {}
+        result: dict[str, Future] = {}
+        keep_alive: list[Future] = []
+        for key in topological_order(graph):
+            fn, args, kwargs = graph[key]
+            deps: dict[str, FutureState] = {}
+            # TaskRefs name other graph keys; their states carry the lineage.
+            _collect_refs((args, kwargs), states, deps)
+            future = self._submit_one(
+                fn, tuple(args), dict(kwargs), key, True, priority, 0, wanted=key in output_set, deps_known=deps
+            )
+            states[key] = future._state
+            if key in output_set:
+                result[key] = future
+            else:
+                keep_alive.append(future)
+        # Intermediate states stay referenced by their dependents' ``deps`` lists; dropping
+        # the temporary Futures must not send RELEASE for keys that were never wanted.
+        del keep_alive
+        return [result[key] for key in outputs]
+
+    def compute(self, collections: Any, sync: bool = False, priority: int = 0) -> Any:
+        """Start computing a collection (or a list of them); returns Future(s) at once."""
+        self._check_open()
+        single = not isinstance(collections, (list, tuple))
+        items = [collections] if single else list(collections)
+        futures: list[Any] = []
+        for item in items:
+            if isinstance(item, Future):
+                futures.append(item)
+                continue
+            if not is_collection(item):
+                raise UsageError(f"compute expects zmqdask collections or futures, got {type(item).__name__}")
+            graph, outputs = item.__zmqdask_graph__()
+            finalize = item.__zmqdask_finalize__()
+            parts = self.submit_graph(graph, outputs, priority=priority)
+            futures.append(self._submit_one(finalize, (parts,), {}, None, True, priority, 0, wanted=True))
+        if sync:
+            return self.gather(futures[0] if single else futures)
+        return futures[0] if single else futures
+
+    def persist(self, collections: Any, priority: int = 0) -> Any:
+        """Start computing collections and return equivalent ones backed by futures, at once."""
+        self._check_open()
+        single = not isinstance(collections, (list, tuple))
+        items = [collections] if single else list(collections)
+        results = []
+        for item in items:
+            if not is_collection(item):
+                raise UsageError(f"persist expects zmqdask collections, got {type(item).__name__}")
+            graph, outputs = item.__zmqdask_graph__()
+            results.append(item.__zmqdask_persisted__(self.submit_graph(graph, outputs, priority=priority)))
+        return results[0] if single else results
+
+    # --- gathering and friends -------------------------------------------------------------
+
+    def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None, asynchronous: bool | None = None) -> Any:
+        """Values of futures in any nesting of lists, tuples, dicts and sets.
+
+        ``errors='skip'`` leaves out failed futures instead of raising.
+        """
+        self._check_open()
+        if errors not in ("raise", "skip"):
+            raise UsageError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        coro = self._gather(futures, errors)
+        if self.asynchronous or asynchronous:
+            return coro
+        return self._blocking(coro, None, "await client.gather(futures)")
+
+    async def _gather(self, obj: Any, errors: str) -> Any:
+        found: dict[str, Future] = {}
+        _collect_futures(obj, found)
+        with self._lock:
+            for future in found.values():
+                state = future._state
+                if not state.has_value and state.status in (PENDING, FINISHED) and not state.data_requested:
+                    state.data_requested = True
+                    if state.unsent and state.entry is not None:
+                        state.entry[5] |= proto.FLAG_PUSH_RESULT
+                    else:
+                        self._ops.append(("gather", state.key))
+            self._schedule_flush()
+        values: dict[str, Any] = {}
+        failures: set[str] = set()
+        for key, future in found.items():
+            try:
+                values[key] = await self._wait_value(future._state)
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and future._state.status != CANCELLED:
+                    raise
+                if errors == "raise":
+                    raise
+                failures.add(key)
+        return _rebuild(obj, values, failures)
+
+    def scatter(self, data: Any, broadcast: bool = False, hash: bool = True, workers: Any = None) -> Any:
+        """Send local data to the workers; returns Future(s) shaped like ``data``.
+
+        A list gives a list of futures, a dict a dict; anything else one future.
+        """
+        self._check_open()
+        coro = self._scatter(data, broadcast, hash)
+        if self.asynchronous:
+            return coro
+        return self._blocking(coro, None, "await client.scatter(data)")
+
+    async def _scatter(self, data: Any, broadcast: bool, hash_keys: bool) -> Any:
+        if isinstance(data, dict):
+            items = list(data.items())
+            named = True
+        elif isinstance(data, (list, tuple, set, frozenset)):
+            items = [(None, value) for value in data]
+            named = False
+        else:
+            items = [(None, data)]
+            named = False
+        entries: list[list[Any]] = []
+        frames: list[Any] = []
+        futures: list[Future] = []
+        for name, value in items:
+            if isinstance(value, Future):
+                futures.append(value)
+                continue
+            try:
+                value_frames = dumps(value)
+            except SerializationError as exc:
+                raise SerializationError(f"cannot scatter {exc.obj_repr}: {exc}", exc.obj_repr) from None
+            if named:
+                key = str(name)
+                _check_key(key)
+            elif hash_keys:
+                digest = hashlib.blake2b(digest_size=16)
+                for frame in value_frames:
+                    digest.update(frame)
+                key = f"{type(value).__name__}-{digest.hexdigest()}"
+            else:
+                key = f"{type(value).__name__}-{uuid.uuid4().hex}"
+            with self._lock:
+                state = self._futures.get(key)
+                fresh = state is None or state.status in (CANCELLED, LOST, ERROR)
+                if fresh:
+                    state = self._futures[key] = FutureState(key)
+                    state.value = value
+                    state.has_value = True
+                futures.append(Future(key, self, state))
+            if fresh:
+                entries.append([key, len(value_frames)])
+                frames.extend(value_frames)
+        if entries:
+            self._flush()
+            self._send(proto.encode(proto.SCATTER, [entries, bool(broadcast)], frames))
+        for future in futures:
+            await self._wait_done(future._state)
+        if named:
+            return dict(zip([name for name, _ in items], futures, strict=False))
+        if isinstance(data, (list, tuple, set, frozenset)):
+            return type(data)(futures) if not isinstance(data, (set, frozenset)) else futures
+        return futures[0]
+
+    def cancel(self, futures: Any, force: bool = False) -> Any:
+        """Cancel futures: their tasks stop if nobody else needs them."""
+        self._check_open()
+        found: dict[str, Future] = {}
+        _collect_futures(futures, found)
+
+        def do_cancel() -> None:
+            for future in found.values():
+                state = future._state
+                if state.status == PENDING or (state.status == FINISHED and not state.has_value):
+                    self._set_failed(state, CANCELLED, FutureCancelledError(f"{future.key} was cancelled", future.key), None)
+                    with self._lock:
+                        self._ops.append(("cancel", future.key))
+            with self._lock:
+                self._schedule_flush()
+
+        if self.asynchronous:
+            do_cancel()
+            return _done_coro()
+        self._loop_thread.run(_as_coro(do_cancel), timeout=self.timeout)  # type: ignore[union-attr]
+        return None
+
+    async def _info(self) -> dict[str, Any]:
+        assert self._loop is not None
+        self._next_request += 1
+        request_id = self._next_request
+        waiter: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._info_requests[request_id] = waiter
+        self._send(proto.encode(proto.INFO, [request_id]))
+        try:
+            return await asyncio.wait_for(waiter, self.timeout)
+        except asyncio.TimeoutError:
+            raise ZmqdaskTimeoutError(f"the broker did not answer an info request within {self.timeout} s") from None
+        finally:
+            self._info_requests.pop(request_id, None)
+
+    def scheduler_info(self) -> Any:
+        """Broker and worker information, shaped like Dask's ``scheduler_info()``."""
+        self._check_open()
+
+        async def fetch() -> dict[str, Any]:
+            info = await self._info()
+            workers = {
+                f"{self.address}/{worker_id}": dict(details, id=worker_id)
+                for worker_id, details in info.get("workers", {}).items()
+            }
+            return {"type": "Scheduler", "id": info.get("epoch"), "address": self.address, "workers": workers,
+                    "tasks": info.get("tasks", {}), "nclients": info.get("nclients", 0)}
+
+        if self.asynchronous:
+            return fetch()
+        return self._blocking(fetch(), None, "await client.scheduler_info()")
+
+    def nthreads(self) -> Any:
+        """Worker address -> number of threads."""
+        self._check_open()
+
+        async def fetch() -> dict[str, int]:
+            info = await self._info()
+            return {f"{self.address}/{wid}": d.get("nthreads", 1) for wid, d in info.get("workers", {}).items()}
+
+        if self.asynchronous:
+            return fetch()
+        return self._blocking(fetch(), None, "await client.nthreads()")
+
+    ncores = nthreads
+
+    def wait_for_workers(self, n_workers: int = 1, timeout: float | None = None) -> Any:
+        """Wait until at least ``n_workers`` workers are connected."""
+        self._check_open()
+        coro = self._wait_for_workers(n_workers, timeout)
+        if self.asynchronous:
+            return coro
+        return self._blocking(coro, None, "await client.wait_for_workers(n)")
+
+    async def _wait_for_workers(self, n_workers: int, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            info = await self._info()
+            if len(info.get("workers", {})) >= n_workers:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ZmqdaskTimeoutError(
+                    f"only {len(info.get('workers', {}))} of {n_workers} workers connected within {timeout} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    # --- reprs -----------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"<Client: {self.address!r} status={self.status.value}>"
+
+    def _repr_html_(self) -> str:
+        rows = [("Broker", self.address or "not connected"), ("Status", self.status.value)]
+        if self.status == ClientStatus.RUNNING and not self.asynchronous:
+            try:
+                info = self.scheduler_info()
+                workers = info["workers"].values()
+                rows += [
+                    ("Workers", str(len(workers))),
+                    ("Threads", str(sum(w.get("nthreads", 0) for w in workers))),
+                    ("Memory held", _format_bytes(sum(w.get("nbytes", 0) for w in workers))),
+                ]
+            except Exception:
+                pass
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        return f"<div><h3>zmqdask Client</h3><table>{body}</table></div>"
+
+
+_EMPTY_ARGS_FRAMES = dumps(((), {}))
+
+
+def _funcname(fn: Any) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    if name == "<lambda>":
+        return "lambda"
+    return str(name)[:64]
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str) or not key:
+        raise UsageError(f"keys must be non-empty strings, got {key!r}")
+    if len(key.encode()) > MAX_KEY_LENGTH:
+        raise UsageError(f"key {key[:40]!r}... is longer than {MAX_KEY_LENGTH} bytes")
+
+
+def _collect_refs(obj: Any, states: Mapping[str, FutureState], deps: dict[str, FutureState]) -> None:
+    kind = type(obj)
+    if kind is TaskRef:
+        state = states.get(obj.key)
+        if state is None:
+            raise UsageError(f"the graph refers to {obj.key!r}, which it does not define")
+        deps[obj.key] = state
+    elif kind is tuple or kind is list or kind is set or kind is frozenset:
+        for item in obj:
+            _collect_refs(item, states, deps)
+    elif kind is dict:
+        for item in obj.values():
+            _collect_refs(item, states, deps)
+
+
+def _collect_futures(obj: Any, found: dict[str, Future]) -> None:
+    kind = type(obj)
+    if kind is Future:
+        found.setdefault(obj.key, obj)
+    elif kind is tuple or kind is list or kind is set or kind is frozenset:
+        for item in obj:
+            _collect_futures(item, found)
+    elif kind is dict:
+        for item in obj.values():
+            _collect_futures(item, found)
+
+
+def _rebuild(obj: Any, values: dict[str, Any], failures: set[str]) -> Any:
+    kind = type(obj)
+    if kind is Future:
+        return values.get(obj.key)
+    if kind is tuple or kind is list:
+        return kind(
+            _rebuild(item, values, failures)
+            for item in obj
+            if not (type(item) is Future and item.key in failures)
+        )
+    if kind is dict:
+        return {
+            k: _rebuild(v, values, failures)
+            for k, v in obj.items()
+            if not (type(v) is Future and v.key in failures)
+        }
+    if kind is set or kind is frozenset:
+        return kind(_rebuild(item, values, failures) for item in obj if not (type(item) is Future and item.key in failures))
+    return obj
+
+
+async def _done_coro() -> None:
+    return None
+
+
+async def _as_coro(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "kiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+

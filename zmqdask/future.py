@@ -1,0 +1,378 @@
+"""Futures: handles to remote results, plus ``as_completed`` and ``wait``.
+
+Every key a client knows has one :class:`FutureState`, shared by all :class:`Future` objects
+for that key.  States are mutated only on the client's event loop thread; other threads read
+``status`` (a single attribute store, so reads are atomic) and block through the client's
+event loop.  When the last ``Future`` of a key is garbage-collected the client tells the
+broker, which releases the data on the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import html
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from zmqdask.errors import FutureCancelledError, UsageError
+
+if TYPE_CHECKING:
+    from zmqdask.client import Client
+
+PENDING = "pending"
+FINISHED = "finished"
+ERROR = "error"
+CANCELLED = "cancelled"
+LOST = "lost"
+TERMINAL_FAILURES = frozenset({ERROR, CANCELLED, LOST})
+
+
+class FutureState:
+    """What the client knows about one key (internal; shared by its Futures)."""
+
+    __slots__ = (
+        "callbacks",
+        "data_requested",
+        "deps",
+        "entry",
+        "exception",
+        "fn_payload",
+        "frames",
+        "has_value",
+        "key",
+        "refcount",
+        "status",
+        "traceback",
+        "type_name",
+        "unsent",
+        "value",
+        "waiters",
+    )
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.status = PENDING
+        self.value: Any = None
+        self.has_value = False
+        self.exception: BaseException | None = None
+        self.traceback: str | None = None
+        self.type_name: str | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None
+        self.callbacks: list[tuple[Future, Callable[[Future], Any]]] | None = None
+        self.refcount = 0
+        self.data_requested = False
+        # The task spec (SUBMIT entry and payload frames) kept for re-submission after the
+        # broker restarts; None for scattered data.  ``deps`` keeps the states of inputs
+        # alive so their specs can be re-sent too (lineage).
+        self.entry: list[Any] | None = None
+        self.frames: list[Any] | None = None
+        self.deps: list[FutureState] | None = None
+        self.fn_payload: bytes | None = None
+        # True while the SUBMIT entry sits in the client's unsent batch, so its flags can
+        # still be changed in place (e.g. to ask for the result to be pushed).
+        self.unsent = False
+
+    def done(self) -> bool:
+        """Whether the key reached a final status."""
+        return self.status != PENDING
+
+    def notify(self) -> None:
+        """Wake every coroutine waiting on this state (called on the loop thread)."""
+        waiters = self.waiters
+        if waiters:
+            self.waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+class Future:
+    """A remote computation's result, like ``dask.distributed.Future``.
+
+    ``await future`` (asynchronous client) or ``future.result()`` (synchronous client)
+    returns the value, or raises the task's original exception with its remote traceback.
+    """
+
+    __slots__ = ("__weakref__", "_client", "_state", "key")
+
+    def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
+        self.key = key
+        self._client = client
+        self._state = state if state is not None else client._state_for(key)
+        client._retain(self._state)
+
+    @property
+    def client(self) -> Client:
+        """The client this future belongs to."""
+        return self._client
+
+    @property
+    def status(self) -> str:
+        """One of ``pending``, ``finished``, ``error``, ``cancelled``, ``lost``."""
+        return self._state.status
+
+    def done(self) -> bool:
+        """Whether the computation finished, failed or was cancelled."""
+        return self._state.status != PENDING
+
+    def cancelled(self) -> bool:
+        """Whether the future was cancelled."""
+        return self._state.status == CANCELLED
+
+    @property
+    def type(self) -> str | None:
+        """Type name of the result, once finished."""
+        return self._state.type_name
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for and return the value; raises the task's exception if it failed.
+
+        On an asynchronous client inside its event loop use ``await future`` instead.
+        """
+        state = self._state
+        if state.has_value:
+            return state.value
+        if state.status in TERMINAL_FAILURES and state.exception is not None:
+            raise state.exception
+        return self._client._blocking(
+            self._client._wait_value(state), timeout, "await future", what=f"result of {self.key}"
+        )
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait for completion and return the exception, or None if it succeeded."""
+        if not self.done():
+            self._client._blocking(self._client._wait_done(self._state), timeout, "await wait([future])")
+        return self._state.exception
+
+    def traceback(self, timeout: float | None = None) -> str | None:
+        """The remote traceback text of a failed task (None if it succeeded)."""
+        self.exception(timeout)
+        return self._state.traceback
+
+    def cancel(self) -> Any:
+        """Cancel the computation (returns an awaitable on an asynchronous client)."""
+        return self._client.cancel([self])
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` once the future is done (at once if it already is)."""
+        self._client._add_done_callback(self, fn)
+
+    def release(self) -> None:
+        """Drop this handle now instead of waiting for garbage collection."""
+        state = self._state
+        if state is not None:
+            self._state = None  # type: ignore[assignment]
+            self._client._release(state)
+
+    def __await__(self) -> Any:
+        return self._client._wait_value(self._state).__await__()
+
+    def __del__(self) -> None:
+        try:
+            state = self._state
+        except AttributeError:  # __init__ failed before the state was set
+            return
+        if state is not None:
+            try:
+                self._client._release(state)
+            except Exception:  # the interpreter may be shutting down
+                pass
+
+    def __reduce__(self) -> Any:
+        raise UsageError(
+            f"a Future ({self.key}) cannot be pickled; pass it directly as an argument to "
+            "submit/map so the worker receives its value"
+        )
+
+    def __repr__(self) -> str:
+        state = self._state
+        if state.status == FINISHED and state.type_name:
+            return f"<Future: finished, type: {state.type_name}, key: {self.key}>"
+        if state.status == ERROR and state.exception is not None:
+            return f"<Future: error, type: {type(state.exception).__name__}, key: {self.key}>"
+        return f"<Future: {state.status}, key: {self.key}>"
+
+    def _repr_html_(self) -> str:
+        state = self._state
+        colour = {FINISHED: "green", ERROR: "red", PENDING: "gray"}.get(state.status, "orange")
+        extra = f", <b>type:</b> {html.escape(state.type_name)}" if state.type_name else ""
+        return (
+            f"<b>Future: {html.escape(self.key)}</b> "
+            f'<b>status:</b> <span style="color: {colour}">{state.status}</span>{extra}'
+        )
+
+
+def _client_of(futures: Iterable[Future]) -> Client | None:
+    for future in futures:
+        return future._client
+    return None
+
+
+class DoneAndNotDoneFutures(NamedTuple):
+    """Result of :func:`wait`."""
+
+    done: set[Future]
+    not_done: set[Future]
+
+
+FIRST_COMPLETED = "FIRST_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
+ALL_COMPLETED = "ALL_COMPLETED"
+
+
+def wait(futures: Iterable[Future] | Future, timeout: float | None = None, return_when: str = ALL_COMPLETED) -> Any:
+    """Wait until futures are done, like ``concurrent.futures.wait``.
+
+    Returns ``(done, not_done)``; on an asynchronous client returns an awaitable of it.
+    """
+    if isinstance(futures, Future):
+        futures = [futures]
+    futures = list(futures)
+    if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
+        raise UsageError(f"return_when must be one of ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION; got {return_when!r}")
+    client = _client_of(futures)
+    if client is None:
+        empty = DoneAndNotDoneFutures(set(), set())
+        if _in_running_loop():
+            return _completed(empty)
+        return empty
+    coro = client._wait_many(futures, timeout, return_when)
+    if client.asynchronous:
+        return coro
+    return client._blocking(coro, None, "await wait(futures)")
+
+
+async def _completed(value: Any) -> Any:
+    return value
+
+
+def _in_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class as_completed:
+    """Iterate over futures in the order they finish, with ``for`` or ``async for``.
+
+    ``with_results=True`` yields ``(future, result)`` pairs.  ``add(future)`` extends the set
+    while iterating; ``count()`` is how many are not yet yielded.
+    """
+
+    def __init__(
+        self, futures: Iterable[Future] = (), with_results: bool = False, raise_errors: bool = True
+    ) -> None:
+        self.with_results = with_results
+        self.raise_errors = raise_errors
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
+        self._ready: collections.deque[Future] = collections.deque()
+        self._pending: set[Future] = set()
+        self._async_event: asyncio.Event | None = None
+        self._client: Client | None = None
+        for future in futures:
+            self.add(future)
+
+    def add(self, future: Future) -> None:
+        """Add a future to wait for."""
+        if not isinstance(future, Future):
+            raise UsageError(f"as_completed takes Futures, got {type(future).__name__}")
+        with self._lock:
+            self._client = self._client or future._client
+            self._pending.add(future)
+        future.add_done_callback(self._on_done)
+
+    def update(self, futures: Iterable[Future]) -> None:
+        """Add several futures."""
+        for future in futures:
+            self.add(future)
+
+    def count(self) -> int:
+        """Number of futures not yet yielded."""
+        with self._lock:
+            return len(self._pending) + len(self._ready)
+
+    def is_empty(self) -> bool:
+        """Whether every future has been yielded."""
+        return self.count() == 0
+
+    def _on_done(self, future: Future) -> None:
+        # Runs on the client's event loop thread (or at once from add() if already done).
+        with self._lock:
+            if future not in self._pending:
+                return
+            self._pending.discard(future)
+            self._ready.append(future)
+            self._condition.notify_all()
+        event = self._async_event
+        if event is not None:
+            client = future._client
+            client._call_in_loop(event.set)
+
+    def _pop(self) -> Future | None:
+        with self._lock:
+            if self._ready:
+                return self._ready.popleft()
+            return None
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            future = self._pop()
+            if future is not None:
+                return self._emit_sync(future)
+            with self._lock:
+                if not self._pending and not self._ready:
+                    raise StopIteration
+                if not self._ready:
+                    if self._client is not None and self._client.asynchronous and _in_running_loop():
+                        from zmqdask.errors import SyncInAsyncError
+
+                        raise SyncInAsyncError("use `async for future in as_completed(...)` on an asynchronous client")
+                    # Wake up periodically so Ctrl-C stays responsive.
+                    self._condition.wait(timeout=0.1)
+
+    def _emit_sync(self, future: Future) -> Any:
+        if not self.with_results:
+            return future
+        try:
+            return future, future.result()
+        except FutureCancelledError:
+            return future, None
+        except Exception as exc:
+            if self.raise_errors:
+                raise
+            return future, exc
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._async_event is None:
+            self._async_event = asyncio.Event()
+        while True:
+            future = self._pop()
+            if future is not None:
+                if not self.with_results:
+                    return future
+                try:
+                    return future, await future
+                except FutureCancelledError:
+                    return future, None
+                except Exception as exc:
+                    if self.raise_errors:
+                        raise
+                    return future, exc
+            with self._lock:
+                if not self._pending and not self._ready:
+                    raise StopAsyncIteration
+                self._async_event.clear()
+                if self._ready:
+                    continue
+            await self._async_event.wait()

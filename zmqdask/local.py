@@ -1,0 +1,176 @@
+"""The embedded local cluster: a broker and a worker pool as child processes of the client."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import selectors
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from typing import IO
+
+from zmqdask.errors import CommunicationError, UsageError
+
+logger = logging.getLogger(__name__)
+
+_LISTENING = re.compile(r"zmqdask-broker listening on (tcp://\S+)")
+_STOP_GRACE_S = 5.0
+
+
+class LocalCluster:
+    """Starts ``zmqdask-broker`` and ``zmqdask-worker`` on this machine and stops them.
+
+    ``Client()`` with no address creates one; it can also be used directly::
+
+        with LocalCluster(n_workers=2) as cluster:
+            client = Client(cluster.address)
+    """
+
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        threads_per_worker: int = 1,
+        processes: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "WARNING",
+    ) -> None:
+        if n_workers is None:
+            n_workers = os.cpu_count() or 1
+        if not isinstance(n_workers, int) or n_workers < 0:
+            raise UsageError(f"n_workers must be a non-negative int, got {n_workers!r}")
+        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+            raise UsageError(f"threads_per_worker must be a positive int, got {threads_per_worker!r}")
+        if not processes:
+            # Worker processes are what keep tasks from sharing one GIL; with processes=False
+            # one worker process runs all the threads instead.
+            threads_per_worker = threads_per_worker * max(n_workers, 1)
+            n_workers = 1 if n_workers else 0
+        self.n_workers = n_workers
+        self.threads_per_worker = threads_per_worker
+        self.host = host
+        self.port = port
+        self.log_level = log_level
+        self.address: str | None = None
+        self._broker: subprocess.Popen[bytes] | None = None
+        self._pool: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start the broker and the worker pool; returns the broker address."""
+        if self.address is not None:
+            return self.address
+        deadline = time.monotonic() + timeout
+        env = dict(os.environ, ZMQDASK_PARENT_PID=str(os.getpid()))
+        self._broker = subprocess.Popen(
+            [sys.executable, "-m", "broker", "--host", self.host, "--port", str(self.port),
+             "--log-level", self.log_level],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        self._finalizer = weakref.finalize(self, _terminate, [self._broker])
+        line = _read_line_matching(self._broker, _LISTENING, deadline)
+        if line is None:
+            code = self._broker.poll()
+            self.close()
+            raise CommunicationError(
+                f"the local broker did not start within {timeout} s"
+                + (f" (it exited with code {code}; see its error output above)" if code is not None else "")
+            )
+        self.address = line
+        if self.n_workers:
+            self._pool = subprocess.Popen(
+                [sys.executable, "-m", "zmqdask.pool", self.address, "--nworkers", str(self.n_workers),
+                 "--nthreads", str(self.threads_per_worker), "--log-level", self.log_level],
+                stdout=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _terminate, [self._pool, self._broker])
+        logger.info("local cluster at %s with %d workers", self.address, self.n_workers)
+        return self.address
+
+    def close(self, timeout: float = _STOP_GRACE_S) -> None:
+        """Stop the pool, then the broker (SIGTERM, then SIGKILL after ``timeout``)."""
+        processes = [p for p in (self._pool, self._broker) if p is not None]
+        self._pool = self._broker = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        _terminate(processes, timeout)
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LocalCluster({self.address!r}, workers={self.n_workers}, threads={self.threads_per_worker})"
+
+
+def _read_line_matching(process: subprocess.Popen[bytes], pattern: re.Pattern[str], deadline: float) -> str | None:
+    """Read the child's stdout until a line matches; returns the first group, or None."""
+    stream = process.stdout
+    assert stream is not None
+    selector = selectors.DefaultSelector()
+    selector.register(stream, selectors.EVENT_READ)
+    buffer = b""
+    try:
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, min(0.1, deadline - time.monotonic()))):
+                if process.poll() is not None:
+                    return None
+                continue
+            chunk = os.read(stream.fileno(), 4096)
+            if not chunk:
+                return None
+            buffer += chunk
+            for raw in buffer.split(b"\n"):
+                match = pattern.search(raw.decode(errors="replace"))
+                if match:
+                    _drain_in_background(stream)
+                    return match.group(1)
+    finally:
+        selector.close()
+    return None
+
+
+def _drain_in_background(stream: IO[bytes]) -> None:
+    # The child may print more; a full pipe would block it, so keep reading until it closes.
+    def drain() -> None:
+        try:
+            while stream.read(65536):
+                pass
+        except (OSError, ValueError):
+            pass
+
+    threading.Thread(target=drain, name="zmqdask-local-stdout", daemon=True).start()
+
+
+def _terminate(processes: list[subprocess.Popen[bytes]], timeout: float = _STOP_GRACE_S) -> None:
+    for process in processes:
+        if process.poll() is None:
+            try:
+                process.terminate()
+            except OSError:
+                pass
+        # Each child gets its own grace period in order: the pool first, so that the
+        # workers leave before the broker they report to goes away.
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+        if process.stdout is not None:
+            try:
+                process.stdout.close()
+            except OSError:
+                pass
