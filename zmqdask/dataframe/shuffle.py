@@ -1,0 +1,214 @@
+"""Shuffles: hash partitioning, and sorting (``set_index``, ``sort_values``) by sampled boundaries.
+
+A shuffle runs as three layers of tasks, so data moves between workers and never through
+the client:
+
+1. *split*: each input partition is cut into ``n`` buckets (one task per input partition);
+2. *pick*: one small task per (input, bucket) takes out one bucket; it runs where the split
+   lives, so only that bucket's rows travel on;
+3. *gather*: output ``j`` concatenates bucket ``j`` of every input (in input order) and, for
+   sorts, sorts it.
+
+Sorting first samples each partition (sorted values at evenly spaced ranks plus the row
+count), merges the samples into weighted quantiles and uses those as bucket boundaries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.util import hash_pandas_object
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_PER_PARTITION = 128
+"""Sorted values taken from each partition to estimate sort boundaries."""
+
+
+# --------------------------------------------------------------------------------------------
+# Hash partitioning
+# --------------------------------------------------------------------------------------------
+
+
+def _normalized(values: pd.Series) -> pd.Series:
+    """Values that hash equal whenever pandas would join them as equal keys.
+
+    Numbers of every width (and bools) become float64 with ``-0.0`` folded into ``0.0``;
+    timestamps are brought to one unit; categoricals are replaced by their values.
+    """
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _normalized(pd.Series(np.asarray(values), index=values.index))
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
+        floats = values.to_numpy(dtype="float64", na_value=np.nan) + 0.0
+        return pd.Series(floats, index=values.index)
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return pd.Series(values.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("ns"), index=values.index)
+    if pd.api.types.is_datetime64_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
+        return values.dt.as_unit("ns")
+    if pd.api.types.is_string_dtype(dtype):
+        return values.astype(object)
+    return values
+
+
+def key_frame(obj: pd.DataFrame | pd.Series, on: Sequence[Hashable] | None) -> pd.DataFrame:
+    """The join keys of ``obj``: columns ``on``, or the index levels when ``on`` is None."""
+    if on is None:
+        index = obj.index
+        return pd.DataFrame(
+            {level: pd.Series(index.get_level_values(level), index=range(len(index))) for level in range(index.nlevels)}
+        )
+    if isinstance(obj, pd.Series):
+        return pd.DataFrame({0: obj.reset_index(drop=True)})
+    return pd.DataFrame({position: obj[column].reset_index(drop=True) for position, column in enumerate(on)})
+
+
+def hash_codes(obj: pd.DataFrame | pd.Series, on: Sequence[Hashable] | None, npartitions: int) -> np.ndarray:
+    """Bucket number in ``[0, npartitions)`` of each row, from a hash of its keys."""
+    keys = key_frame(obj, on)
+    normalized = pd.DataFrame({column: _normalized(keys[column]) for column in keys.columns})
+    hashes = hash_pandas_object(normalized, index=False).to_numpy()
+    return (hashes % np.uint64(npartitions)).astype(np.int64)
+
+
+def split_by_codes(obj: Any, codes: np.ndarray, npartitions: int) -> list[Any]:
+    """Cut ``obj`` into ``npartitions`` pieces by bucket code, keeping row order in each."""
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=npartitions)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    ordered = obj.iloc[order]
+    return [ordered.iloc[bounds[i] : bounds[i + 1]] for i in range(npartitions)]
+
+
+def hash_split(obj: Any, on: Sequence[Hashable] | None, npartitions: int) -> list[Any]:
+    """Split a partition into ``npartitions`` buckets by the hash of ``on`` (or of its index)."""
+    return split_by_codes(obj, hash_codes(obj, on, npartitions), npartitions)
+
+
+def pick(buckets: Sequence[Any], position: int) -> Any:
+    """One bucket of a split partition."""
+    return buckets[position]
+
+
+def gather(pieces: Sequence[Any]) -> Any:
+    """Concatenate the pieces of one output bucket, in input order."""
+    full = [piece for piece in pieces if len(piece)]
+    if not full:
+        return pieces[0]
+    if len(full) == 1:
+        return full[0]
+    return pd.concat(full)
+
+
+# --------------------------------------------------------------------------------------------
+# Sorting by sampled boundaries
+# --------------------------------------------------------------------------------------------
+
+
+def _sort_key(obj: pd.DataFrame | pd.Series, by: Hashable | None) -> pd.Series:
+    if by is None:
+        return pd.Series(obj.index, index=obj.index)
+    if isinstance(obj, pd.Series):
+        return obj
+    return obj[by]
+
+
+def sample_partition(obj: pd.DataFrame | pd.Series, by: Hashable | None, nsamples: int) -> tuple[pd.Series, int]:
+    """Sorted values of ``by`` (None: the index) at evenly spaced ranks, and the count of values.
+
+    The first and last samples are the partition's minimum and maximum.
+    """
+    values = _sort_key(obj, by).dropna()
+    count = len(values)
+    ordered = values.sort_values(kind="stable").reset_index(drop=True)
+    if count <= nsamples:
+        return ordered, count
+    positions = np.unique(np.linspace(0, count - 1, num=nsamples).round().astype(np.int64))
+    return ordered.iloc[positions].reset_index(drop=True), count
+
+
+def choose_boundaries(samples: Sequence[tuple[pd.Series, int]], npartitions: int) -> tuple[Any, list[Any], Any]:
+    """Merge partition samples into ``(minimum, boundaries, maximum)``.
+
+    ``boundaries`` holds at most ``npartitions - 1`` strictly increasing values, each above the
+    minimum; bucket ``i`` receives the values in ``[boundaries[i-1], boundaries[i])``.  All
+    three are None-ish when there are no values at all (minimum and maximum None, no
+    boundaries).
+    """
+    pieces = [(values, count) for values, count in samples if count > 0]
+    if not pieces:
+        return None, [], None
+    weights = np.concatenate([np.full(len(values), count / len(values)) for values, count in pieces])
+    merged = pd.concat([values for values, _ in pieces], ignore_index=True)
+    order = np.argsort(merged.to_numpy(), kind="stable") if _numpy_sortable(merged) else _pandas_order(merged)
+    merged = merged.iloc[order].reset_index(drop=True)
+    cumulative = np.cumsum(weights[order])
+    total = cumulative[-1]
+    targets = total * np.arange(1, npartitions) / npartitions
+    positions = np.minimum(np.searchsorted(cumulative, targets, side="left"), len(merged) - 1)
+    minimum, maximum = merged.iloc[[0, -1]].tolist()
+    boundaries: list[Any] = []
+    for value in merged.iloc[positions].tolist():
+        if value > minimum and (not boundaries or value > boundaries[-1]):
+            boundaries.append(value)
+    return minimum, boundaries, maximum
+
+
+def _numpy_sortable(values: pd.Series) -> bool:
+    return values.dtype.kind in "iufmM"
+
+
+def _pandas_order(values: pd.Series) -> np.ndarray:
+    return values.reset_index(drop=True).sort_values(kind="stable").index.to_numpy()
+
+
+def boundary_codes(
+    obj: pd.DataFrame | pd.Series, by: Hashable | None, boundaries: Sequence[Any], ascending: bool = True
+) -> np.ndarray:
+    """Bucket of each row: ``[b[i-1], b[i])`` ranges, reversed when descending; missing keys last."""
+    nbuckets = len(boundaries) + 1
+    key = _sort_key(obj, by)
+    missing = key.isna().to_numpy()
+    if len(boundaries):
+        edges = pd.Series(list(boundaries), dtype=key.dtype)
+        codes = np.zeros(len(key), dtype=np.int64)
+        present = ~missing
+        codes[present] = edges.searchsorted(key[present], side="right")
+    else:
+        codes = np.zeros(len(key), dtype=np.int64)
+    if not ascending:
+        codes = nbuckets - 1 - codes
+    codes[missing] = nbuckets - 1
+    return codes
+
+
+def boundary_split(
+    obj: Any, by: Hashable | None, boundaries: Sequence[Any], nbuckets: int, ascending: bool = True
+) -> list[Any]:
+    """Split a partition into ``nbuckets`` by sort boundaries (extra buckets stay empty)."""
+    return split_by_codes(obj, boundary_codes(obj, by, boundaries, ascending), nbuckets)
+
+
+def boundaries_of(bounds: tuple[Any, list[Any], Any]) -> list[Any]:
+    """The boundary list out of :func:`choose_boundaries`' result."""
+    return bounds[1]
+
+
+def sort_partition(
+    pieces: Sequence[pd.DataFrame | pd.Series], by: Hashable | list[Hashable], ascending: bool | list[bool]
+) -> Any:
+    """Gather one output bucket and sort it (stable, missing values last)."""
+    frame = gather(pieces)
+    if isinstance(frame, pd.Series):
+        return frame.sort_values(ascending=bool(ascending), kind="stable", na_position="last")
+    return frame.sort_values(by, ascending=ascending, kind="stable", na_position="last")
+
+
+def index_partition(pieces: Sequence[pd.DataFrame], column: Hashable, drop: bool = True) -> pd.DataFrame:
+    """Gather one output bucket, make ``column`` its index and sort by it (stable)."""
+    frame = gather(pieces)
+    return frame.set_index(column, drop=drop).sort_index(kind="stable", na_position="last")
