@@ -1,0 +1,315 @@
+"""The Client against a real broker and worker processes over TCP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import operator
+import os
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import zmqdask
+from zmqdask import Client, Future, as_completed, wait
+from zmqdask.errors import (
+    ClosedClientError,
+    ConnectTimeoutError,
+    FutureCancelledError,
+    KilledWorker,
+    SerializationError,
+    SyncInAsyncError,
+)
+
+from .conftest import wait_until
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def slow_inc(x: int, delay: float = 0.2) -> int:
+    time.sleep(delay)
+    return x + 1
+
+
+class Boom(ValueError):
+    """A user exception type the client must re-raise unchanged."""
+
+
+def explode(x: int) -> int:
+    raise Boom(f"bad value {x}")
+
+
+def die(_: int) -> int:
+    os._exit(13)
+
+
+def tasks_held(client: Client) -> int:
+    info = client.scheduler_info()
+    return sum(count for state, count in info["tasks"].items() if state != "forgotten")
+
+
+def test_submit_result_and_repr(client: Client) -> None:
+    future = client.submit(inc, 10)
+    assert re.fullmatch(r"<Future: (pending|finished.*), key: inc-[0-9a-f]{32}>", repr(future))
+    assert future.result(timeout=30) == 11
+    assert future.status == "finished"
+    assert future.done()
+    assert repr(future) == f"<Future: finished, type: int, key: {future.key}>"
+    assert "inc-" in future._repr_html_()
+    assert {future: 1}[future] == 1  # hashable
+
+
+def test_pure_keys_are_shared_and_impure_keys_unique(client: Client) -> None:
+    a, b = client.submit(inc, 1), client.submit(inc, 1)
+    c, d = client.submit(inc, 1, pure=False), client.submit(inc, 1, pure=False)
+    assert a.key == b.key
+    assert c.key != d.key and c.key != a.key
+    assert client.gather([a, b, c, d]) == [2, 2, 2, 2]
+    assert client.submit(inc, 2).key != a.key
+
+
+def test_map_and_nested_gather(client: Client) -> None:
+    futures = client.map(add, range(100), range(100, 200))
+    assert client.gather(futures) == [x + y for x, y in zip(range(100), range(100, 200))]
+    nested = {"a": futures[:2], "b": (futures[2], {"c": futures[3]}), "d": 5}
+    assert client.gather(nested) == {"a": [100, 102], "b": (104, {"c": 106}), "d": 5}
+
+
+def test_dependencies_stay_on_the_cluster(client: Client) -> None:
+    x = client.submit(inc, 1)
+    y = client.submit(inc, x)
+    z = client.submit(add, x, y=[y, 1][0])
+    chain = z
+    for _ in range(50):
+        chain = client.submit(inc, chain)
+    assert z.result(timeout=30) == 2 + 3
+    assert chain.result(timeout=30) == 55
+    total = client.submit(sum, [client.submit(inc, i) for i in range(20)])
+    assert total.result(timeout=30) == sum(range(1, 21))
+
+
+def test_task_exception_is_reraised_with_remote_traceback(client: Client) -> None:
+    bad = client.submit(explode, 3)
+    with pytest.raises(Boom, match="bad value 3"):
+        bad.result(timeout=30)
+    assert bad.status == "error"
+    assert isinstance(bad.exception(), Boom)
+    assert "explode" in (bad.traceback() or "")
+    dependent = client.submit(inc, bad)
+    with pytest.raises(Boom):
+        dependent.result(timeout=30)
+    assert client.gather([client.submit(inc, 1), bad], errors="skip") == [2]
+    assert client.submit(inc, 41).result(timeout=30) == 42  # the client goes on working
+
+
+def test_unpicklable_function_and_argument_raise_at_submit(client: Client) -> None:
+    lock = threading.Lock()
+    with pytest.raises(SerializationError, match="lock"):
+        client.submit(inc, lock)
+    with pytest.raises(SerializationError):
+        client.submit(lock.acquire)
+    assert client.submit(inc, 1).result(timeout=30) == 2
+
+
+def make_lock(_: int) -> object:
+    return threading.Lock()
+
+
+def test_unpicklable_result_fails_only_that_future(client: Client) -> None:
+    bad = client.submit(make_lock, 1)
+    good = client.submit(inc, 5)
+    with pytest.raises(Exception, match="(?i)lock|serializ|pickle"):
+        bad.result(timeout=30)
+    assert good.result(timeout=30) == 6
+
+
+def test_lambdas_and_closures_run(client: Client) -> None:
+    offset = 7
+    assert client.submit(lambda v: v + offset, 1).result(timeout=30) == 8
+    assert client.submit(lambda v: v * 2, 4).key.startswith("lambda-")
+
+
+def test_as_completed_and_wait(client: Client) -> None:
+    futures = [client.submit(slow_inc, i, 0.05 * (5 - i), pure=False) for i in range(5)]
+    seen = [f.result() for f in as_completed(futures)]
+    assert sorted(seen) == [1, 2, 3, 4, 5]
+    ac = as_completed([client.submit(inc, 100)], with_results=True)
+    ac.add(client.submit(inc, 200))
+    assert ac.count() == 2
+    assert sorted(result for _, result in ac) == [101, 201]
+    slow = client.submit(slow_inc, 1, 3.0, pure=False)
+    fast = client.submit(inc, 1000)
+    done, not_done = wait([slow, fast], return_when="FIRST_COMPLETED", timeout=30)
+    assert fast in done and slow in not_done
+    done, not_done = wait([slow, fast], timeout=30)
+    assert not not_done
+
+
+def test_done_callbacks(client: Client) -> None:
+    called: list[str] = []
+    event = threading.Event()
+    future = client.submit(inc, 3)
+
+    def callback(f: Future) -> None:
+        called.append(f.key)
+        event.set()
+
+    future.add_done_callback(callback)
+    assert event.wait(30)
+    assert called == [future.key]
+
+
+def test_scatter(client: Client) -> None:
+    array = np.arange(1_000_000, dtype="float64")
+    [remote] = client.scatter([array])
+    assert client.submit(np.sum, remote).result(timeout=30) == array.sum()
+    named = client.scatter({"a": 1, "b": 2})
+    assert client.submit(add, named["a"], named["b"]).result(timeout=30) == 3
+    single = client.scatter(42, broadcast=True)
+    assert single.result(timeout=30) == 42
+    assert client.submit(inc, single).result(timeout=30) == 43
+
+
+def test_large_result_round_trip(client: Client) -> None:
+    future = client.submit(np.ones, 5_000_000)
+    result = future.result(timeout=60)
+    assert result.shape == (5_000_000,) and result.sum() == 5_000_000
+
+
+def test_cancel(client: Client) -> None:
+    blocker = [client.submit(slow_inc, i, 1.0, pure=False) for i in range(4)]
+    victim = client.submit(slow_inc, 99, 1.0, pure=False)
+    dependent = client.submit(inc, victim)
+    client.cancel([victim])
+    assert victim.cancelled()
+    with pytest.raises(FutureCancelledError):
+        victim.result(timeout=30)
+    with pytest.raises(FutureCancelledError):
+        dependent.result(timeout=30)
+    assert client.gather(blocker) == [1, 2, 3, 4]
+
+
+def test_released_futures_free_the_cluster(client: Client) -> None:
+    wait_until(lambda: tasks_held(client) == 0, timeout=20)
+    futures = client.map(inc, range(200, 300))
+    client.gather(futures)
+    assert tasks_held(client) >= 100
+    del futures
+    gc.collect()
+    wait_until(lambda: tasks_held(client) == 0, timeout=20)
+
+
+def test_scheduler_info_and_nthreads(client: Client) -> None:
+    info = client.scheduler_info()
+    assert len(info["workers"]) == 2
+    assert sorted(client.nthreads().values()) == [1, 1]
+    client.wait_for_workers(2, timeout=10)
+    with pytest.raises(zmqdask.TimeoutError):
+        client.wait_for_workers(5, timeout=0.5)
+
+
+def test_retries(client: Client, tmp_path: object) -> None:
+    marker = str(tmp_path) + "/attempts"
+
+    def flaky(path: str) -> str:
+        with open(path, "a") as handle:
+            handle.write("x")
+        with open(path) as handle:
+            attempts = len(handle.read())
+        if attempts < 3:
+            raise RuntimeError(f"attempt {attempts}")
+        return f"ok after {attempts}"
+
+    assert client.submit(flaky, marker, retries=3, pure=False).result(timeout=30) == "ok after 3"
+    with pytest.raises(RuntimeError):
+        client.submit(flaky, marker + "2", retries=1, pure=False).result(timeout=30)
+
+
+def test_poison_task_fails_with_killed_worker_and_cluster_survives(client: Client) -> None:
+    poison = client.submit(die, 1, pure=False)
+    with pytest.raises(KilledWorker) as info:
+        poison.result(timeout=90)
+    assert poison.key in str(info.value)
+    client.wait_for_workers(2, timeout=60)
+    assert client.gather(client.map(inc, range(20))) == list(range(1, 21))
+
+
+def test_closed_client_is_a_clear_error(cluster: object) -> None:
+    c = Client(cluster.address, timeout=30)  # type: ignore[attr-defined]
+    c.close()
+    with pytest.raises(ClosedClientError, match="closed"):
+        c.submit(inc, 1)
+
+
+def test_unreachable_broker_times_out() -> None:
+    start = time.monotonic()
+    with pytest.raises(ConnectTimeoutError, match="tcp://127.0.0.1:9"):
+        Client("tcp://127.0.0.1:9", timeout=1.0)
+    assert time.monotonic() - start < 10
+
+
+def test_async_client(run_async) -> None:  # type: ignore[no-untyped-def]
+    async def body(c: Client) -> None:
+        future = c.submit(inc, 10)
+        assert await future == 11
+        assert await c.gather(c.map(inc, range(10))) == list(range(1, 11))
+        with pytest.raises(SyncInAsyncError, match="await future"):
+            c.submit(inc, 99).result()
+        results = []
+        async for f, value in as_completed(c.map(inc, range(5)), with_results=True):
+            results.append(value)
+        assert sorted(results) == [1, 2, 3, 4, 5]
+        done, _ = await wait(c.map(inc, range(3)))
+        assert len(done) == 3
+        [remote] = await c.scatter([5])
+        assert await c.submit(inc, remote) == 6
+        info = await c.scheduler_info()
+        assert len(info["workers"]) == 2
+        with pytest.raises(Boom):
+            await c.submit(explode, 1)
+
+    run_async(body)
+
+
+def test_async_client_never_blocks_the_loop(run_async) -> None:  # type: ignore[no-untyped-def]
+    async def body(c: Client) -> None:
+        ticks = 0
+        stop = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        task = asyncio.ensure_future(ticker())
+        assert await c.submit(slow_inc, 1, 0.5, pure=False) == 2
+        stop = True
+        await task
+        assert ticks >= 20  # the loop kept running while the task was computed
+
+    run_async(body)
+
+
+def test_embedded_local_cluster_async() -> None:
+    async def main() -> int:
+        async with Client(asynchronous=True, n_workers=1) as c:
+            return await c.submit(operator.add, 2, 3)
+
+    assert asyncio.run(main()) == 5
+
+
+def test_embedded_local_cluster_sync() -> None:
+    with Client(n_workers=1) as c:
+        assert c.submit(inc, 1).result(timeout=30) == 2
+        assert zmqdask.default_client() is c
+    assert zmqdask.default_client() is not c
