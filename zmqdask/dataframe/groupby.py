@@ -25,11 +25,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, MapPartitions, Projection, TreeCombine, emulate, node
 from zmqdask.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -353,3 +355,291 @@ def _final_values(state: Partial, plan: AggPlan, column: Hashable, func: str) ->
         counts = pairs.groupby(level=_levels(pairs.index), sort=False, dropna=False).size()
         return counts.reindex(main.index, fill_value=0)
     raise UsageError(f"unsupported grouped aggregation {func!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Expression nodes and the user-facing GroupBy
+# --------------------------------------------------------------------------------------------
+
+
+def _labels_as_list(by: Any) -> Any:
+    return list(by) if type(by) is tuple else by
+
+
+def groupby_chunk_task(obj: Any, by: Any, plan: AggPlan, sort: bool = True, dropna: bool = True) -> Partial:
+    """:func:`groupby_chunk` with ``by`` as a tuple of labels (the form kept in expressions)."""
+    return groupby_chunk(obj, _labels_as_list(by), plan, sort, dropna)
+
+
+def groupby_whole(obj: Any, by: Any, plan: AggPlan, sort: bool = True, dropna: bool = True) -> Any:
+    """The aggregation of one pandas object in one step (used to derive result schemas)."""
+    return groupby_aggregate([groupby_chunk_task(obj, by, plan, sort, dropna)], plan, sort)
+
+
+@node
+class GroupbyAggregate(Expr):
+    """A grouped aggregation of all partitions into one partition, as a tree reduction.
+
+    ``by`` is a tuple of column labels of ``frame`` or an expression (a Series partitioned
+    like ``frame``).
+    """
+
+    frame: Expr
+    by: Any
+    plan: AggPlan
+    sort: bool = True
+    dropna: bool = True
+    split_every: int = DEFAULT_SPLIT_EVERY
+
+    def _prefix(self) -> str:
+        return "groupby-agg"
+
+    @cached_property
+    def _meta(self) -> Any:
+        by = self.by._meta if isinstance(self.by, Expr) else self.by
+        return emulate(groupby_whole, self.frame._meta, by, self.plan, self.sort, self.dropna)
+
+    @property
+    def npartitions(self) -> int:
+        return 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return (None, None)
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if dep != self.frame or not isinstance(self.frame._meta, pd.DataFrame):
+            return None
+        wanted = set(self.plan.columns)
+        if type(self.by) is tuple:
+            wanted.update(self.by)
+        return frozenset(wanted)
+
+    def _lower(self) -> Expr | None:
+        chunks = MapPartitions(
+            self.frame,
+            groupby_chunk_task,
+            (self.by,),
+            {"plan": self.plan, "sort": self.sort, "dropna": self.dropna},
+            None,
+            False,
+            "groupby-chunk",
+        )
+        kwargs = {"plan": self.plan, "sort": self.sort}
+        return TreeCombine(
+            chunks, groupby_combine, groupby_aggregate, self._meta, kwargs, kwargs, self.split_every, "groupby-agg"
+        )
+
+    def _describe(self) -> str:
+        funcs = ", ".join(f"{func}({column})" for _, column, func in self.plan.outputs)
+        by = "<series>" if isinstance(self.by, Expr) else list(self.by)
+        return f"by={by}, {funcs}"
+
+
+def _new_collection(expr: Expr) -> Any:
+    from zmqdask.dataframe.collection import new_collection
+
+    return new_collection(expr)
+
+
+def _expr_of(obj: Any) -> Expr:
+    expr = getattr(obj, "expr", None)
+    if not isinstance(expr, Expr):
+        raise UsageError(f"expected a zmqdask DataFrame or Series, got {type(obj).__name__}")
+    return expr
+
+
+class GroupBy:
+    """Grouped view of a DataFrame or Series; aggregations return lazy collections.
+
+    ``by`` is a column label, a list of labels, or a Series partitioned like ``frame``.
+    Results are sorted by group key when ``sort`` is true (as in pandas); groups whose key
+    is missing are dropped unless ``dropna`` is false.
+    """
+
+    def __init__(
+        self,
+        frame: Any,
+        by: Any,
+        *,
+        sort: bool = True,
+        dropna: bool = True,
+        _selection: Any = None,
+        _series_selection: bool = False,
+    ) -> None:
+        self._frame = frame
+        self._frame_expr = _expr_of(frame)
+        self._sort = bool(sort)
+        self._dropna = bool(dropna)
+        meta = self._frame_expr._meta
+        self._is_series = isinstance(meta, pd.Series)
+        self._by = self._normalize_by(by, meta)
+        self._selection = _selection
+        self._series_selection = _series_selection
+
+    def _normalize_by(self, by: Any, meta: Any) -> Any:
+        if hasattr(by, "expr") and isinstance(getattr(by, "expr", None), Expr):
+            by_expr: Expr = by.expr
+            if not isinstance(by_expr._meta, pd.Series):
+                raise UsageError("groupby by an expression needs a Series")
+            if by_expr.npartitions != self._frame_expr.npartitions:
+                raise UsageError(
+                    f"the grouping Series has {by_expr.npartitions} partitions, the frame "
+                    f"{self._frame_expr.npartitions}; they must be partitioned alike"
+                )
+            # Grouping by one of the frame's own columns is grouping by that column's name
+            # (pandas then leaves the column out of the aggregated ones).
+            if (
+                isinstance(by_expr, Projection)
+                and type(by_expr.columns) is not tuple
+                and by_expr.frame == self._frame_expr
+            ):
+                return (by_expr.columns,)
+            return by_expr
+        if self._is_series:
+            raise UsageError("a Series can only be grouped by another Series")
+        labels = list(by) if isinstance(by, list) else [by]
+        missing = [label for label in labels if label not in meta.columns]
+        if missing:
+            raise UsageError(f"cannot group by {missing}: not columns of the frame {list(meta.columns)}")
+        return tuple(labels)
+
+    # -- selection ---------------------------------------------------------------------
+
+    def _key_labels(self) -> list[Hashable]:
+        return list(self._by) if type(self._by) is tuple else []
+
+    def _available(self) -> list[Hashable]:
+        if self._is_series:
+            return [SERIES_COLUMN]
+        keys = self._key_labels()
+        return [column for column in self._frame_expr._meta.columns if column not in keys]
+
+    def _columns(self) -> list[Hashable]:
+        if self._selection is None:
+            return self._available()
+        if isinstance(self._selection, list):
+            return list(self._selection)
+        return [self._selection]
+
+    def __getitem__(self, key: Any) -> GroupBy:
+        if self._is_series:
+            raise UsageError("cannot select columns of a grouped Series")
+        columns = list(self._frame_expr._meta.columns)
+        keys = key if isinstance(key, list) else [key]
+        missing = [k for k in keys if k not in columns]
+        if missing:
+            raise UsageError(f"columns {missing} not found among {columns}")
+        return GroupBy(
+            self._frame,
+            self._by_argument(),
+            sort=self._sort,
+            dropna=self._dropna,
+            _selection=list(key) if isinstance(key, list) else key,
+            _series_selection=not isinstance(key, list),
+        )
+
+    def _by_argument(self) -> Any:
+        if type(self._by) is tuple:
+            return list(self._by)
+        from zmqdask.dataframe.collection import new_collection
+
+        return new_collection(self._by)
+
+    def __getattr__(self, name: str) -> GroupBy:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            columns = list(self._frame_expr._meta.columns)
+        except AttributeError:
+            columns = []
+        if name in columns:
+            return self[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    # -- aggregations ------------------------------------------------------------------
+
+    def _aggregate(
+        self,
+        spec: Any,
+        *,
+        ddof: int = 1,
+        named: dict[str, Any] | None = None,
+        split_every: int | None = None,
+        numeric_only: bool = False,
+    ) -> Any:
+        columns = self._columns()
+        if numeric_only and not self._is_series:
+            dtypes = self._frame_expr._meta.dtypes
+            columns = [c for c in columns if pd.api.types.is_numeric_dtype(dtypes[c])]
+        series = self._is_series or self._series_selection
+        if self._is_series:
+            name = self._frame_expr._meta.name
+        else:
+            name = self._selection if self._series_selection else None
+        plan = make_plan(spec, columns, series_name=name, series_selection=series, named=named, ddof=ddof)
+        node = GroupbyAggregate(
+            self._frame_expr,
+            self._by,
+            plan,
+            self._sort,
+            self._dropna,
+            DEFAULT_SPLIT_EVERY if split_every is None else int(split_every),
+        )
+        return _new_collection(node)
+
+    def sum(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Sum of each group."""
+        return self._aggregate("sum", numeric_only=numeric_only, split_every=split_every)
+
+    def mean(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Mean of each group (from partial sums and counts)."""
+        return self._aggregate("mean", numeric_only=numeric_only, split_every=split_every)
+
+    def count(self, split_every: int | None = None) -> Any:
+        """Number of non-missing values in each group."""
+        return self._aggregate("count", split_every=split_every)
+
+    def min(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Minimum of each group."""
+        return self._aggregate("min", numeric_only=numeric_only, split_every=split_every)
+
+    def max(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Maximum of each group."""
+        return self._aggregate("max", numeric_only=numeric_only, split_every=split_every)
+
+    def std(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Standard deviation of each group."""
+        return self._aggregate("std", ddof=ddof, numeric_only=numeric_only, split_every=split_every)
+
+    def var(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Variance of each group."""
+        return self._aggregate("var", ddof=ddof, numeric_only=numeric_only, split_every=split_every)
+
+    def size(self, split_every: int | None = None) -> Any:
+        """Number of rows in each group."""
+        return self._aggregate("size", split_every=split_every)
+
+    def first(self, split_every: int | None = None) -> Any:
+        """First non-missing value of each group, in partition order."""
+        return self._aggregate("first", split_every=split_every)
+
+    def last(self, split_every: int | None = None) -> Any:
+        """Last non-missing value of each group, in partition order."""
+        return self._aggregate("last", split_every=split_every)
+
+    def nunique(self, split_every: int | None = None) -> Any:
+        """Number of distinct non-missing values in each group."""
+        return self._aggregate("nunique", split_every=split_every)
+
+    def agg(self, arg: Any = None, split_every: int | None = None, **named: Any) -> Any:
+        """Aggregate by name, list of names, dict column -> name(s), or ``label=(column, name)``."""
+        if arg is None and not named:
+            raise UsageError("agg needs an aggregation: a name, a list, a dict, or label=(column, name)")
+        return self._aggregate(arg, named=named or None, split_every=split_every)
+
+    aggregate = agg
+
+    def __repr__(self) -> str:
+        by = list(self._by) if type(self._by) is tuple else "<series>"
+        return f"<zmqdask GroupBy by={by} npartitions={self._frame_expr.npartitions}>"

@@ -16,12 +16,18 @@ count), merges the samples into weighted quantiles and uses those as bucket boun
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from pandas.util import hash_pandas_object
+
+from zmqdask.dataframe.expr import Expr, Reduction, node, unknown_divisions
+from zmqdask.errors import UsageError
+from zmqdask.graph import TaskSpec
+from zmqdask.serialize import TaskRef
 
 logger = logging.getLogger(__name__)
 
@@ -212,3 +218,266 @@ def index_partition(pieces: Sequence[pd.DataFrame], column: Hashable, drop: bool
     """Gather one output bucket, make ``column`` its index and sort by it (stable)."""
     frame = gather(pieces)
     return frame.set_index(column, drop=drop).sort_index(kind="stable", na_position="last")
+
+
+# --------------------------------------------------------------------------------------------
+# Expression nodes
+# --------------------------------------------------------------------------------------------
+
+
+def _shuffle_layer(
+    node_name: str, frame: Expr, split: Callable[..., Any], split_args: tuple[Any, ...], nout: int
+) -> dict[str, TaskSpec]:
+    """Split, pick and gather layers; gather ``j`` is left to the caller (keys are returned)."""
+    layer: dict[str, TaskSpec] = {}
+    for i in range(frame.npartitions):
+        split_key = f"{node_name}-split-{i}"
+        layer[split_key] = (split, (TaskRef(frame._key(i)), *split_args), {})
+        for j in range(nout):
+            layer[f"{node_name}-pick-{i}.{j}"] = (pick, (TaskRef(split_key), j), {})
+    return layer
+
+
+def _pieces(node_name: str, ninputs: int, j: int) -> list[TaskRef]:
+    return [TaskRef(f"{node_name}-pick-{i}.{j}") for i in range(ninputs)]
+
+
+@node
+class HashShuffle(Expr):
+    """Rows of ``frame`` moved into ``npartitions`` partitions by the hash of ``on``.
+
+    ``on`` is a tuple of column labels, or None for the index.  Equal keys (including
+    numbers of different dtypes that compare equal) land in the same output partition.
+    """
+
+    frame: Expr
+    on: tuple[Hashable, ...] | None
+    nout: int
+
+    def _prefix(self) -> str:
+        return "hash-shuffle"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
+
+    @property
+    def npartitions(self) -> int:
+        return self.nout
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return unknown_divisions(self.nout)
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if needed is None or self.on is None:
+            return needed
+        return needed | frozenset(self.on)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        on = None if self.on is None else list(self.on)
+        layer = _shuffle_layer(self._name, self.frame, hash_split, (on, self.nout), self.nout)
+        for j in range(self.nout):
+            layer[self._key(j)] = (gather, (_pieces(self._name, self.frame.npartitions, j),), {})
+        return layer
+
+
+def _split_sorted(obj: Any, by: Hashable | None, bounds: tuple[Any, list[Any], Any], nbuckets: int, ascending: bool):
+    return boundary_split(obj, by, bounds[1], nbuckets, ascending)
+
+
+def _sample_task(obj: Any, by: Hashable | None, nsamples: int) -> tuple[pd.Series, int]:
+    return sample_partition(obj, by, nsamples)
+
+
+@node
+class SortValues(Expr):
+    """Rows of ``frame`` sorted by ``by`` across partitions (stable; missing keys last).
+
+    Boundaries come from per-partition samples inside the same graph, so the input is read
+    once for both sampling and moving.  The first key decides the partition.
+    """
+
+    frame: Expr
+    by: tuple[Hashable, ...]
+    ascending: tuple[bool, ...]
+    nout: int
+
+    def _prefix(self) -> str:
+        return "sort-values"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
+
+    @property
+    def npartitions(self) -> int:
+        return self.nout
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return unknown_divisions(self.nout)
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if needed is None or not isinstance(self.frame._meta, pd.DataFrame):
+            return needed
+        return needed | frozenset(self.by)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        name, frame = self._name, self.frame
+        first = None if isinstance(frame._meta, pd.Series) else self.by[0]
+        layer: dict[str, TaskSpec] = {}
+        samples = []
+        for i in range(frame.npartitions):
+            key = f"{name}-sample-{i}"
+            layer[key] = (_sample_task, (TaskRef(frame._key(i)), first, SAMPLES_PER_PARTITION), {})
+            samples.append(TaskRef(key))
+        bounds_key = f"{name}-bounds"
+        layer[bounds_key] = (choose_boundaries, (samples, self.nout), {})
+        layer.update(
+            _shuffle_layer(
+                name, frame, _split_sorted, (first, TaskRef(bounds_key), self.nout, self.ascending[0]), self.nout
+            )
+        )
+        by: Any = list(self.by) if len(self.by) > 1 else self.by[0]
+        ascending: Any = list(self.ascending) if len(self.ascending) > 1 else self.ascending[0]
+        for j in range(self.nout):
+            layer[self._key(j)] = (sort_partition, (_pieces(name, frame.npartitions, j), by, ascending), {})
+        return layer
+
+
+@node
+class SetIndex(Expr):
+    """``frame`` re-partitioned by ``column`` into ranges given by ``division_values``, indexed by it."""
+
+    frame: Expr
+    column: Hashable
+    division_values: tuple[Any, ...]
+
+    def _prefix(self) -> str:
+        return "set-index"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta.set_index(self.column)
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.division_values) - 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.division_values
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if needed is None:
+            return None
+        return needed | {self.column}
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        name, frame, n = self._name, self.frame, self.npartitions
+        boundaries = list(self.division_values[1:-1])
+        bounds = (self.division_values[0], boundaries, self.division_values[-1])
+        layer = _shuffle_layer(name, frame, _split_sorted, (self.column, bounds, n, True), n)
+        for j in range(n):
+            layer[self._key(j)] = (index_partition, (_pieces(name, frame.npartitions, j), self.column), {})
+        return layer
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _expr_of(obj: Any) -> Expr:
+    expr = getattr(obj, "expr", None)
+    if not isinstance(expr, Expr):
+        raise UsageError(f"expected a zmqdask DataFrame or Series, got {type(obj).__name__}")
+    return expr
+
+
+def _new_collection(expr: Expr) -> Any:
+    from zmqdask.dataframe.collection import new_collection
+
+    return new_collection(expr)
+
+
+def hash_shuffle(frame: Any, on: Hashable | list[Hashable] | None, npartitions: int | None = None) -> Any:
+    """``frame`` with rows moved so that equal values of ``on`` (None: the index) share a partition."""
+    expr = _expr_of(frame)
+    keys = None if on is None else tuple(on) if isinstance(on, list) else (on,)
+    return _new_collection(HashShuffle(expr, keys, npartitions or expr.npartitions))
+
+
+def compute_divisions(frame: Any, column: Hashable, npartitions: int) -> tuple[Any, ...]:
+    """Divisions splitting ``column`` of ``frame`` into about ``npartitions`` equal ranges.
+
+    Computes the samples now (one pass over the data, on the current client if any).
+    """
+    expr = _expr_of(frame)
+    samples = Reduction(
+        expr,
+        _sample_task,
+        _concat_samples,
+        _pick_bounds,
+        None,
+        {"by": column, "nsamples": SAMPLES_PER_PARTITION},
+        {},
+        {"npartitions": npartitions},
+        split_every=max(2, expr.npartitions),
+        label="set-index-divisions",
+        columns_needed=(column,),
+    )
+    minimum, boundaries, maximum = _new_collection(samples).compute()
+    if minimum is None:
+        return (None, None)
+    return (minimum, *boundaries, maximum)
+
+
+def _concat_samples(samples: list[Any]) -> list[Any]:
+    return [item for piece in samples for item in (piece if isinstance(piece, list) else [piece])]
+
+
+def _pick_bounds(samples: list[Any], npartitions: int) -> tuple[Any, list[Any], Any]:
+    return choose_boundaries(_concat_samples(samples), npartitions)
+
+
+def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, divisions: Any = None) -> Any:
+    """``frame`` indexed and sorted by ``column``, partitioned by ranges (known divisions).
+
+    Without ``divisions`` the ranges are computed now from a sample of every partition.
+    """
+    expr = _expr_of(frame)
+    meta = expr._meta
+    if not isinstance(meta, pd.DataFrame) or column not in meta.columns:
+        raise UsageError(f"set_index needs a column of the frame; {column!r} is not one")
+    if divisions is None:
+        wanted = npartitions or expr.npartitions
+        divisions = compute_divisions(frame, column, wanted)
+        if divisions[0] is None:
+            # No values at all: one empty partition with unknown bounds.
+            divisions = (None, None)
+    else:
+        divisions = tuple(divisions)
+        if len(divisions) < 2:
+            raise UsageError("divisions need at least two values (the bounds of one partition)")
+        if any(divisions[k + 1] < divisions[k] for k in range(len(divisions) - 1)):
+            raise UsageError("divisions must be sorted")
+    return _new_collection(SetIndex(expr, column, tuple(divisions)))
+
+
+def sort_values(frame: Any, by: Hashable | list[Hashable], *, ascending: bool | list[bool] = True) -> Any:
+    """``frame`` sorted by ``by`` across partitions; ties keep their original order."""
+    expr = _expr_of(frame)
+    meta = expr._meta
+    keys = list(by) if isinstance(by, list) else [by]
+    if isinstance(meta, pd.DataFrame):
+        missing = [key for key in keys if key not in meta.columns]
+        if missing:
+            raise UsageError(f"cannot sort by {missing}: not columns of the frame")
+    elif len(keys) != 1:
+        raise UsageError("a Series sorts by its values only")
+    orders = list(ascending) if isinstance(ascending, list) else [bool(ascending)] * len(keys)
+    if len(orders) != len(keys):
+        raise UsageError("ascending needs one flag per sort key")
+    return _new_collection(SortValues(expr, tuple(keys), tuple(bool(o) for o in orders), expr.npartitions))
