@@ -1,0 +1,306 @@
+"""Joins of partitioned frames: ``merge`` and index-based ``join``.
+
+The plan is chosen from the partition counts when the graph is built:
+
+* both sides have one partition: one task;
+* one side has a single partition and the join keeps only rows of the other side (or their
+  matches): that partition is broadcast to every partition of the other side, no shuffle;
+* both sides are indexed alike (known, equal divisions) and join on the index: partition
+  ``i`` meets partition ``i``;
+* otherwise both sides are hash-shuffled on their join keys into the same number of
+  partitions (see :class:`~zmqdask.dataframe.shuffle.HashShuffle`; rows move worker to worker)
+  and the buckets are merged pairwise.
+
+Row order follows pandas within each output partition only; the result index of a merge on
+columns restarts in each partition (as it would per pandas call).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Hashable
+from functools import cached_property
+from typing import Any
+
+import pandas as pd
+
+from zmqdask.dataframe.expr import Blockwise, Expr, emulate, node, unknown_divisions
+from zmqdask.dataframe.shuffle import HashShuffle
+from zmqdask.errors import UsageError
+from zmqdask.graph import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+HOWS = ("inner", "left", "right", "outer")
+"""Join types supported by :func:`merge` and :func:`join`."""
+
+# pandas 3.1 replaced DataFrame.join's lsuffix/rsuffix by suffixes=; older versions lack it.
+_JOIN_TAKES_SUFFIXES = "suffixes" in inspect.signature(pd.DataFrame.join).parameters
+
+
+def merge_partitions(
+    left: Any,
+    right: Any,
+    how: str,
+    left_on: tuple[Hashable, ...] | None,
+    right_on: tuple[Hashable, ...] | None,
+    suffixes: tuple[str, str],
+    as_join: bool,
+) -> Any:
+    """Join two pandas partitions; ``None`` keys mean the index of that side.
+
+    ``as_join`` uses ``DataFrame.join`` semantics (the right side always by its index, the
+    left side's index kept).
+    """
+    if as_join:
+        on = None if left_on is None else list(left_on)
+        if _JOIN_TAKES_SUFFIXES:
+            return left.join(right, on=on, how=how, suffixes=suffixes)
+        return left.join(right, on=on, how=how, lsuffix=suffixes[0], rsuffix=suffixes[1])
+    return pd.merge(
+        left,
+        right,
+        how=how,
+        left_on=None if left_on is None else list(left_on),
+        right_on=None if right_on is None else list(right_on),
+        left_index=left_on is None,
+        right_index=right_on is None,
+        suffixes=suffixes,
+    )
+
+
+@node
+class Merge(Expr):
+    """An abstract join; lowered to a broadcast, aligned or hash-shuffled plan."""
+
+    left: Expr
+    right: Expr
+    how: str
+    left_on: tuple[Hashable, ...] | None
+    right_on: tuple[Hashable, ...] | None
+    suffixes: tuple[str, str]
+    as_join: bool = False
+
+    def _prefix(self) -> str:
+        return "join" if self.as_join else "merge"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(
+            merge_partitions,
+            self.left._meta,
+            self.right._meta,
+            self.how,
+            self.left_on,
+            self.right_on,
+            self.suffixes,
+            self.as_join,
+        )
+
+    @cached_property
+    def strategy(self) -> str:
+        """``single``, ``broadcast-left``, ``broadcast-right``, ``aligned`` or ``hash``."""
+        nleft, nright = self.left.npartitions, self.right.npartitions
+        if nleft == 1 and nright == 1:
+            return "single"
+        if nright == 1 and self.how in ("inner", "left"):
+            return "broadcast-right"
+        if nleft == 1 and self.how in ("inner", "right"):
+            return "broadcast-left"
+        on_index = self.left_on is None and self.right_on is None
+        if on_index and self.left.known_divisions and self.left.divisions == self.right.divisions and nleft == nright:
+            return "aligned"
+        return "hash"
+
+    @property
+    def npartitions(self) -> int:
+        strategy = self.strategy
+        if strategy == "single":
+            return 1
+        if strategy == "broadcast-left":
+            return self.right.npartitions
+        if strategy in ("broadcast-right", "aligned"):
+            return self.left.npartitions
+        return max(self.left.npartitions, self.right.npartitions)
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        keeps_left_index = self.as_join or (self.left_on is None and self.right_on is None)
+        if self.strategy in ("broadcast-right", "aligned") and keeps_left_index and self.how in ("inner", "left"):
+            return self.left.divisions
+        return unknown_divisions(self.npartitions)
+
+    def _lower(self) -> Expr | None:
+        strategy = self.strategy
+        if strategy == "hash":
+            n = self.npartitions
+            left: Expr = HashShuffle(self.left, self.left_on, n)
+            right: Expr = HashShuffle(self.right, self.right_on, n)
+            broadcast = ""
+        else:
+            left, right = self.left, self.right
+            broadcast = {"broadcast-left": "left", "broadcast-right": "right"}.get(strategy, "")
+        return MergePartitions(
+            left,
+            right,
+            self.how,
+            self.left_on,
+            self.right_on,
+            self.suffixes,
+            self.as_join,
+            broadcast,
+            self.npartitions,
+            self.divisions,
+        )
+
+    def _describe(self) -> str:
+        return f"how={self.how}, left_on={self.left_on}, right_on={self.right_on}, plan={self.strategy}"
+
+
+@node
+class MergePartitions(Blockwise):
+    """Partition ``i`` of the left side joined with partition ``i`` of the right side.
+
+    ``broadcast`` names a side with a single partition that meets every partition of the
+    other side.
+    """
+
+    left: Expr
+    right: Expr
+    how: str
+    left_on: tuple[Hashable, ...] | None
+    right_on: tuple[Hashable, ...] | None
+    suffixes: tuple[str, str]
+    as_join: bool
+    broadcast: str
+    nout: int
+    division_values: tuple[Any, ...]
+
+    def _prefix(self) -> str:
+        return "join-partitions" if self.as_join else "merge-partitions"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(
+            merge_partitions,
+            self.left._meta,
+            self.right._meta,
+            self.how,
+            self.left_on,
+            self.right_on,
+            self.suffixes,
+            self.as_join,
+        )
+
+    @property
+    def npartitions(self) -> int:
+        return self.nout
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.division_values
+
+    def _dep_partition(self, dep: Expr, i: int) -> int:
+        if self.broadcast == "right" and dep == self.right:
+            return 0
+        if self.broadcast == "left" and dep == self.left:
+            return 0
+        return i
+
+    def _task(self, i: int) -> TaskSpec:
+        # _part consults _dep_partition, so a broadcast side is read at partition 0.
+        left, right = self._part(self.left, i), self._part(self.right, i)
+        args = (left, right, self.how, self.left_on, self.right_on, self.suffixes, self.as_join)
+        return (merge_partitions, args, {})
+
+    def _describe(self) -> str:
+        side = f", broadcast {self.broadcast}" if self.broadcast else ""
+        return f"how={self.how}, left_on={self.left_on}, right_on={self.right_on}{side}"
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _as_expr(obj: Any) -> Expr:
+    expr = getattr(obj, "expr", None)
+    if isinstance(expr, Expr):
+        return expr
+    if isinstance(obj, (pd.DataFrame, pd.Series)):
+        from zmqdask.dataframe.sources import from_pandas_expr
+
+        return from_pandas_expr(obj, npartitions=1, sort=False)
+    raise UsageError(f"cannot join with {type(obj).__name__}; use a zmqdask or pandas DataFrame")
+
+
+def _keys(value: Any) -> tuple[Hashable, ...] | None:
+    if value is None:
+        return None
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def _check_columns(side: str, keys: tuple[Hashable, ...] | None, meta: Any) -> None:
+    if keys is None:
+        return
+    names = list(meta.columns) if isinstance(meta, pd.DataFrame) else [meta.name]
+    missing = [key for key in keys if key not in names]
+    if missing:
+        raise UsageError(f"{side} join keys {missing} are not columns of the {side} frame")
+
+
+def _new_collection(expr: Expr) -> Any:
+    from zmqdask.dataframe.collection import new_collection
+
+    return new_collection(expr)
+
+
+def merge(
+    left: Any,
+    right: Any,
+    how: str = "inner",
+    on: Any = None,
+    left_on: Any = None,
+    right_on: Any = None,
+    left_index: bool = False,
+    right_index: bool = False,
+    suffixes: tuple[str, str] = ("_x", "_y"),
+) -> Any:
+    """Database-style join of two frames on columns and/or indexes, like ``pandas.merge``."""
+    if how not in HOWS:
+        raise UsageError(f"how must be one of {HOWS}, got {how!r}")
+    left_expr, right_expr = _as_expr(left), _as_expr(right)
+    if on is not None:
+        if left_on is not None or right_on is not None or left_index or right_index:
+            raise UsageError("pass on= alone, or left_on=/right_on=/left_index=/right_index=")
+        left_keys = right_keys = _keys(on)
+    else:
+        left_keys = None if left_index else _keys(left_on)
+        right_keys = None if right_index else _keys(right_on)
+        if left_keys is None and not left_index and right_keys is None and not right_index:
+            common = [c for c in left_expr.columns if c in set(right_expr.columns)]
+            if not common:
+                raise UsageError("no common columns to merge on; pass on=, left_on= or right_on=")
+            left_keys = right_keys = tuple(common)
+        elif (left_keys is None and not left_index) or (right_keys is None and not right_index):
+            raise UsageError("give join keys for both sides (left_on/left_index and right_on/right_index)")
+    if left_keys is not None and right_keys is not None and len(left_keys) != len(right_keys):
+        raise UsageError("left_on and right_on need the same number of keys")
+    _check_columns("left", left_keys, left_expr._meta)
+    _check_columns("right", right_keys, right_expr._meta)
+    node_ = Merge(left_expr, right_expr, how, left_keys, right_keys, (suffixes[0], suffixes[1]))
+    node_._meta  # noqa: B018 - an invalid join (e.g. clashing names) fails here, not at compute
+    return _new_collection(node_)
+
+
+def join(left: Any, right: Any, on: Any = None, how: str = "left", lsuffix: str = "", rsuffix: str = "") -> Any:
+    """Join ``right`` by its index to ``left``'s index (or to ``left``'s columns ``on``)."""
+    if how not in HOWS:
+        raise UsageError(f"how must be one of {HOWS}, got {how!r}")
+    left_expr, right_expr = _as_expr(left), _as_expr(right)
+    left_keys = _keys(on)
+    _check_columns("left", left_keys, left_expr._meta)
+    node_ = Merge(left_expr, right_expr, how, left_keys, None, (lsuffix, rsuffix), True)
+    node_._meta  # noqa: B018 - overlapping columns without suffixes fail here, not at compute
+    return _new_collection(node_)
