@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from zmqdask.dataframe.expr import Expr, MapPartitions, emulate, node, unknown_divisions
 from zmqdask.dataframe.groupby import (
+    SERIES_COLUMN,
     SIZE_SLOT,
     AggPlan,
     Partial,
@@ -31,7 +34,11 @@ from zmqdask.dataframe.groupby import (
     finalize,
     groupby_chunk,
     groupby_combine,
+    make_plan,
 )
+from zmqdask.errors import UsageError
+from zmqdask.graph import TaskSpec
+from zmqdask.serialize import TaskRef
 
 logger = logging.getLogger(__name__)
 
@@ -194,3 +201,368 @@ def resample_layout(
         readers = [j for j in range(i) if labels[j + 1] == labels[i]] + [i]
         layout.append((readers, low, high))
     return layout
+
+
+# --------------------------------------------------------------------------------------------
+# Expression nodes
+# --------------------------------------------------------------------------------------------
+
+
+def resample_whole(obj: Any, rule: Any, origin: Any, closed: str | None, label: str | None, plan: AggPlan) -> Any:
+    """Resampling of one pandas object in one step (used to derive result schemas)."""
+    return finalize(resample_chunk(obj, rule, origin, closed, label, plan), plan)
+
+
+@node
+class ResampleAggregate(Expr):
+    """Aggregation of ``frame`` per time bin; ``origin`` is fixed for every partition."""
+
+    frame: Expr
+    rule: Any
+    closed: str | None
+    label: str | None
+    origin: Any
+    plan: AggPlan
+
+    def _prefix(self) -> str:
+        return "resample"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(resample_whole, self.frame._meta, self.rule, self.origin, self.closed, self.label, self.plan)
+
+    @cached_property
+    def layout(self) -> tuple[tuple[tuple[int, ...], Any, Any], ...]:
+        """Per output partition: the input partitions it reads and its label range."""
+        plan = resample_layout(
+            self.frame.divisions, self.frame.npartitions, self.rule, self.origin, self.closed, self.label
+        )
+        return tuple((tuple(readers), low, high) for readers, low, high in plan)
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.layout)
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        layout = self.layout
+        divisions = self.frame.divisions
+        if (layout[0][1] is None and len(layout) > 1) or divisions[0] is None:
+            return unknown_divisions(len(layout))
+        first = bin_label(divisions[0], self.rule, self.origin, self.closed, self.label)
+        last = bin_label(divisions[-1], self.rule, self.origin, self.closed, self.label)
+        return (first, *(low for _, low, _ in layout[1:]), last)
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if not isinstance(self.frame._meta, pd.DataFrame):
+            return None
+        return frozenset(self.plan.columns)
+
+    def _lower(self) -> Expr | None:
+        chunks = MapPartitions(
+            self.frame,
+            resample_chunk,
+            (self.rule, self.origin, self.closed, self.label, self.plan),
+            {},
+            None,
+            False,
+            "resample-chunk",
+        )
+        return ResampleCombine(chunks, self.rule, self.plan, self.layout, self._meta, self.divisions)
+
+    def _describe(self) -> str:
+        funcs = ", ".join(f"{func}({column})" for _, column, func in self.plan.outputs)
+        return f"rule={self.rule!r}, {funcs}"
+
+
+@node
+class ResampleCombine(Expr):
+    """Output bins from per-partition bin states: merges bins shared by neighbours, fills gaps."""
+
+    chunks: Expr
+    rule: Any
+    plan: AggPlan
+    layout: tuple[tuple[tuple[int, ...], Any, Any], ...]
+    meta: Any
+    division_values: tuple[Any, ...]
+
+    def _prefix(self) -> str:
+        return "resample-combine"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.layout)
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.division_values
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        name, chunks = self._name, self.chunks
+        layer: dict[str, TaskSpec] = {}
+        extents = []
+        for i in range(chunks.npartitions):
+            key = f"{name}-extent-{i}"
+            layer[key] = (data_extent, (TaskRef(chunks._key(i)),), {})
+            extents.append(TaskRef(key))
+        # Every output needs the global first and last bin with data, so that divisions
+        # wider than the data do not add empty bins at either end.
+        extent_key = f"{name}-extent"
+        layer[extent_key] = (merge_extents, (extents,), {})
+        for j, (readers, low, high) in enumerate(self.layout):
+            partials = [TaskRef(chunks._key(i)) for i in readers]
+            args = (partials, self.plan, self.rule, low, high, TaskRef(extent_key), self.meta)
+            layer[self._key(j)] = (resample_output, args, {})
+        return layer
+
+
+def rolling_whole(obj: Any, window: Any, min_periods: int | None, method: str, kwargs: dict[str, Any]) -> Any:
+    """Rolling aggregation of one pandas object (used to derive result schemas)."""
+    return getattr(obj.rolling(window, min_periods=min_periods), method)(**kwargs)
+
+
+@node
+class RollingAggregate(Expr):
+    """A rolling-window aggregation; each partition also reads the rows its windows reach back to."""
+
+    frame: Expr
+    window: Any
+    min_periods: int | None
+    method: str
+    kwargs: dict[str, Any]
+
+    _columnwise = True
+
+    def _prefix(self) -> str:
+        return f"rolling-{self.method}"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(rolling_whole, self.frame._meta, self.window, self.min_periods, self.method, self.kwargs)
+
+    @property
+    def npartitions(self) -> int:
+        return self.frame.npartitions
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.frame.divisions
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        name, frame = self._name, self.frame
+        layer: dict[str, TaskSpec] = {}
+        previous: Any = None
+        for i in range(frame.npartitions):
+            part = TaskRef(frame._key(i))
+            layer[self._key(i)] = (
+                rolling_apply,
+                (previous, part, self.window, self.min_periods, self.method, self.kwargs),
+                {},
+            )
+            if i < frame.npartitions - 1:
+                # The carry is a chain: partition i's carry includes what reached it from
+                # earlier partitions, so a window may span many short partitions.
+                carry_key = f"{name}-carry-{i}"
+                layer[carry_key] = (rolling_carry, (previous, part, self.window), {})
+                previous = TaskRef(carry_key)
+        return layer
+
+
+# --------------------------------------------------------------------------------------------
+# User-facing objects
+# --------------------------------------------------------------------------------------------
+
+
+def _expr_of(obj: Any) -> Expr:
+    expr = getattr(obj, "expr", None)
+    if not isinstance(expr, Expr):
+        raise UsageError(f"expected a zmqdask DataFrame or Series, got {type(obj).__name__}")
+    return expr
+
+
+def _new_collection(expr: Expr) -> Any:
+    from zmqdask.dataframe.collection import new_collection
+
+    return new_collection(expr)
+
+
+class Resampler:
+    """Time-bin aggregations of a frame or Series with a datetime index and known divisions.
+
+    ``origin`` may be ``"start_day"`` (the default: midnight of the first division),
+    ``"start"`` (the first division), ``"epoch"`` or a timestamp; ``closed`` and ``label``
+    are as in pandas.
+    """
+
+    def __init__(
+        self,
+        frame: Any,
+        rule: Any,
+        *,
+        closed: str | None = None,
+        label: str | None = None,
+        origin: Any = "start_day",
+    ) -> None:
+        self._frame = frame
+        self._expr = _expr_of(frame)
+        meta = self._expr._meta
+        if not isinstance(meta.index, pd.DatetimeIndex):
+            raise UsageError("resample needs a DatetimeIndex; use set_index on a datetime column first")
+        if not self._expr.known_divisions:
+            raise UsageError("resample needs known divisions; use set_index (or from_pandas with sort=True)")
+        try:
+            to_offset(rule)
+        except ValueError as exc:
+            raise UsageError(f"invalid resampling rule {rule!r}: {exc}") from exc
+        self._rule = rule
+        self._closed = closed
+        self._label = label
+        self._origin = self._fixed_origin(origin)
+
+    def _fixed_origin(self, origin: Any) -> Any:
+        first = pd.Timestamp(self._expr.divisions[0])
+        if isinstance(origin, str):
+            if origin == "start_day":
+                return first.normalize()
+            if origin == "start":
+                return first
+            if origin == "epoch":
+                return origin
+            raise UsageError(f"origin {origin!r} is not supported; use start_day, start, epoch or a timestamp")
+        return pd.Timestamp(origin)
+
+    def _aggregate(self, spec: Any, ddof: int = 1) -> Any:
+        meta = self._expr._meta
+        if isinstance(meta, pd.Series):
+            plan = make_plan(spec, [SERIES_COLUMN], series_name=meta.name, series_selection=True, ddof=ddof)
+        else:
+            plan = make_plan(spec, list(meta.columns), ddof=ddof)
+        if "nunique" in {func for _, _, func in plan.outputs}:
+            raise UsageError("nunique is not supported by resample")
+        node_ = ResampleAggregate(self._expr, self._rule, self._closed, self._label, self._origin, plan)
+        return _new_collection(node_)
+
+    def agg(self, arg: Any) -> Any:
+        """Aggregate by name, list of names, or dict column -> name(s)."""
+        return self._aggregate(arg)
+
+    aggregate = agg
+
+    def sum(self) -> Any:
+        """Sum per bin (0 for empty bins)."""
+        return self._aggregate("sum")
+
+    def mean(self) -> Any:
+        """Mean per bin."""
+        return self._aggregate("mean")
+
+    def count(self) -> Any:
+        """Non-missing values per bin."""
+        return self._aggregate("count")
+
+    def size(self) -> Any:
+        """Rows per bin."""
+        return self._aggregate("size")
+
+    def min(self) -> Any:
+        """Minimum per bin."""
+        return self._aggregate("min")
+
+    def max(self) -> Any:
+        """Maximum per bin."""
+        return self._aggregate("max")
+
+    def first(self) -> Any:
+        """First non-missing value per bin."""
+        return self._aggregate("first")
+
+    def last(self) -> Any:
+        """Last non-missing value per bin."""
+        return self._aggregate("last")
+
+    def std(self, ddof: int = 1) -> Any:
+        """Standard deviation per bin."""
+        return self._aggregate("std", ddof)
+
+    def var(self, ddof: int = 1) -> Any:
+        """Variance per bin."""
+        return self._aggregate("var", ddof)
+
+    def __repr__(self) -> str:
+        return f"<zmqdask Resampler rule={self._rule!r}>"
+
+
+class Rolling:
+    """Rolling windows of ``window`` rows (an int) or of a duration (``"1h"``) over the index.
+
+    Results equal pandas': every partition sees the rows of earlier partitions its windows
+    reach.  Time windows need a sorted datetime index.
+    """
+
+    def __init__(self, frame: Any, window: Any, min_periods: int | None = None) -> None:
+        self._frame = frame
+        self._expr = _expr_of(frame)
+        if isinstance(window, (int, np.integer)):
+            if window < 0:
+                raise UsageError("window must be non-negative")
+            window = int(window)
+        else:
+            try:
+                window_offset(window)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"invalid rolling window {window!r}: {exc}") from exc
+            if not isinstance(self._expr._meta.index, pd.DatetimeIndex):
+                raise UsageError("a time window needs a DatetimeIndex")
+        self._window = window
+        self._min_periods = min_periods
+
+    def _apply(self, method: str, **kwargs: Any) -> Any:
+        node_ = RollingAggregate(self._expr, self._window, self._min_periods, method, kwargs)
+        return _new_collection(node_)
+
+    def sum(self) -> Any:
+        """Rolling sum."""
+        return self._apply("sum")
+
+    def mean(self) -> Any:
+        """Rolling mean."""
+        return self._apply("mean")
+
+    def count(self) -> Any:
+        """Rolling count of non-missing values."""
+        return self._apply("count")
+
+    def min(self) -> Any:
+        """Rolling minimum."""
+        return self._apply("min")
+
+    def max(self) -> Any:
+        """Rolling maximum."""
+        return self._apply("max")
+
+    def median(self) -> Any:
+        """Rolling median."""
+        return self._apply("median")
+
+    def std(self, ddof: int = 1) -> Any:
+        """Rolling standard deviation."""
+        return self._apply("std", ddof=ddof)
+
+    def var(self, ddof: int = 1) -> Any:
+        """Rolling variance."""
+        return self._apply("var", ddof=ddof)
+
+    def agg(self, func: str) -> Any:
+        """Rolling aggregation by name."""
+        if func not in ROLLING_METHODS:
+            raise UsageError(f"rolling aggregation must be one of {sorted(ROLLING_METHODS)}, got {func!r}")
+        return self._apply(func)
+
+    aggregate = agg
+
+    def __repr__(self) -> str:
+        return f"<zmqdask Rolling window={self._window!r}>"
