@@ -247,7 +247,7 @@ class ResampleAggregate(Expr):
     def divisions(self) -> tuple[Any, ...]:
         layout = self.layout
         divisions = self.frame.divisions
-        if (layout[0][1] is None and len(layout) > 1) or divisions[0] is None:
+        if any(division is None for division in divisions):
             return unknown_divisions(len(layout))
         first = bin_label(divisions[0], self.rule, self.origin, self.closed, self.label)
         last = bin_label(divisions[-1], self.rule, self.origin, self.closed, self.label)
