@@ -199,6 +199,9 @@ def resample_layout(
         # An earlier partition j can only reach bin labels[i] when the bin holding its upper
         # division is that same bin: its rows lie below that division.
         readers = [j for j in range(i) if labels[j + 1] == labels[i]] + [i]
+        if i < nparts - 1 and labels[i] == labels[i + 1]:
+            # This output would own no bin; the next one reads this partition instead.
+            continue
         layout.append((readers, low, high))
     return layout
 
