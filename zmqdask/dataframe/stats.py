@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Sequence
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
 
+from zmqdask.dataframe.expr import Expr, Projection, Reduction, emulate, node
 from zmqdask.dataframe.groupby import concat_nonempty
+from zmqdask.errors import UsageError
+from zmqdask.graph import TaskSpec
+from zmqdask.serialize import TaskRef
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +119,141 @@ def nunique_aggregate(chunks: Sequence[dict[Hashable, pd.Series]], columns: pd.I
     if columns is None:
         return len(merged[None])
     return pd.Series([len(merged[column]) for column in columns], index=columns, dtype="int64")
+
+
+# --------------------------------------------------------------------------------------------
+# Expression nodes and entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _concat_pieces(pieces: Sequence[Any]) -> Any:
+    return concat_nonempty(list(pieces))
+
+
+def _pandas_describe(obj: Any) -> Any:
+    return obj.describe()
+
+
+def _value_counts_whole(series: pd.Series, sort: bool, ascending: bool, normalize: bool, dropna: bool) -> pd.Series:
+    return series.value_counts(sort=sort, ascending=ascending, normalize=normalize, dropna=dropna)
+
+
+@node
+class DescribeAssemble(Expr):
+    """One task placing the per-column descriptions side by side."""
+
+    parts: tuple[Expr, ...]
+    labels: tuple[Hashable, ...]
+    meta: Any
+
+    def _prefix(self) -> str:
+        return "describe"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    @property
+    def npartitions(self) -> int:
+        return 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return (None, None)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        pieces = [TaskRef(part._key(0)) for part in self.parts]
+        return {self._key(0): (describe_assemble, (pieces, self.meta.columns), {})}
+
+
+def _expr_of(obj: Any) -> Expr:
+    expr = getattr(obj, "expr", None)
+    if not isinstance(expr, Expr):
+        raise UsageError(f"expected a zmqdask DataFrame or Series, got {type(obj).__name__}")
+    return expr
+
+
+def _new_collection(expr: Expr) -> Any:
+    from zmqdask.dataframe.collection import new_collection
+
+    return new_collection(expr)
+
+
+def _column_description(expr: Expr) -> Reduction:
+    meta = emulate(_pandas_describe, expr._meta)
+    return Reduction(
+        expr,
+        _identity,
+        _concat_pieces,
+        describe_gathered,
+        meta,
+        # One gather per column: the exact quantiles need all of the column's values.
+        split_every=max(2, expr.npartitions),
+        label="describe-column",
+    )
+
+
+def describe(frame: Any) -> Any:
+    """Count, mean, std, min, quartiles and max of each numeric column, exactly as pandas."""
+    expr = _expr_of(frame)
+    meta = expr._meta
+    if isinstance(meta, pd.Series):
+        return _new_collection(_column_description(expr))
+    if not isinstance(meta, pd.DataFrame):
+        raise UsageError("describe needs a DataFrame or Series")
+    full_meta = emulate(_pandas_describe, meta)
+    labels = list(full_meta.columns)
+    parts = tuple(_column_description(Projection(expr, label)) for label in labels)
+    return _new_collection(DescribeAssemble(parts, tuple(labels), full_meta))
+
+
+def value_counts(
+    series: Any, sort: bool = True, ascending: bool = False, normalize: bool = False, dropna: bool = True
+) -> Any:
+    """Counts (or proportions) of each distinct value of a Series, most frequent first."""
+    expr = _expr_of(series)
+    if not isinstance(expr._meta, pd.Series):
+        raise UsageError("value_counts needs a Series")
+    meta = emulate(_value_counts_whole, expr._meta, sort, ascending, normalize, dropna)
+    node_ = Reduction(
+        expr,
+        value_counts_chunk,
+        value_counts_combine,
+        value_counts_aggregate,
+        meta,
+        {"dropna": dropna},
+        {},
+        {"sort": sort, "ascending": ascending, "normalize": normalize},
+        label="value-counts",
+    )
+    return _new_collection(node_)
+
+
+def nunique(obj: Any, dropna: bool = True) -> Any:
+    """Number of distinct values: a scalar for a Series, a Series by column for a DataFrame."""
+    expr = _expr_of(obj)
+    meta = expr._meta
+    if isinstance(meta, pd.Series):
+        columns = None
+        result_meta: Any = 0
+    elif isinstance(meta, pd.DataFrame):
+        columns = meta.columns
+        result_meta = pd.Series([], index=columns[:0], dtype="int64")
+    else:
+        raise UsageError("nunique needs a DataFrame or Series")
+    node_ = Reduction(
+        expr,
+        unique_chunk,
+        unique_combine,
+        nunique_aggregate,
+        result_meta,
+        {"dropna": dropna},
+        {},
+        {"columns": columns},
+        label="nunique",
+    )
+    return _new_collection(node_)

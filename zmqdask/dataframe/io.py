@@ -1,0 +1,513 @@
+"""Reading and writing partitioned data: CSV files (whole or in byte ranges) and Parquet.
+
+Both readers are sources that take ``columns=`` (so the optimizer can prune columns into
+the read) and the Parquet reader takes row filters, which the optimizer pushes down from
+``df[df.x > 0]``.  Parquet needs pyarrow, installed with the ``zmqdask[parquet]`` extra.
+"""
+
+from __future__ import annotations
+
+import glob
+import io as _io
+import logging
+import os
+import re
+from collections.abc import Hashable, Sequence
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from zmqdask.dataframe.expr import Expr, Source, node, unknown_divisions
+from zmqdask.errors import UsageError
+from zmqdask.graph import TaskSpec
+from zmqdask.serialize import TaskRef
+
+logger = logging.getLogger(__name__)
+
+META_SAMPLE_ROWS = 1000
+"""Rows read from the first CSV file at graph-building time to learn the columns and dtypes."""
+
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
+_BLOCK_UNSAFE_OPTIONS = ("skiprows", "skipfooter", "nrows", "chunksize", "iterator", "compression")
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _parse_size(value: int | str) -> int:
+    if isinstance(value, (int, np.integer)):
+        size = int(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if match is None or match.group(2).lower() not in _SIZE_UNITS:
+            raise UsageError(f"cannot read {value!r} as a size in bytes (e.g. 64000000 or '64MB')")
+        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise UsageError("blocksize must be positive")
+    return size
+
+
+def _natural_key(path: str) -> list[Any]:
+    # part.10 sorts after part.9: numbers compare as numbers.
+    return [int(piece) if piece.isdigit() else piece for piece in re.split(r"(\d+)", path)]
+
+
+def expand_paths(urlpath: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], suffix: str = "") -> list[str]:
+    """Local files named by a path, a glob pattern, a directory (files ending in ``suffix``) or a list."""
+    if isinstance(urlpath, (list, tuple)):
+        paths = [str(os.fspath(p)) for p in urlpath]
+    else:
+        text = str(os.fspath(urlpath))
+        if text.startswith("file://"):
+            text = text[len("file://") :]
+        if os.path.isdir(text):
+            paths = [
+                os.path.join(text, name)
+                for name in os.listdir(text)
+                if name.endswith(suffix) and not name.startswith((".", "_"))
+            ]
+        elif any(char in text for char in "*?["):
+            paths = glob.glob(text)
+        else:
+            paths = [text]
+        paths = sorted(paths, key=_natural_key)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not paths or missing:
+        raise UsageError(f"no such file(s): {missing or urlpath!r}")
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+# --------------------------------------------------------------------------------------------
+
+
+def read_block_bytes(path: str, start: int, stop: int) -> bytes:
+    """The lines of ``path`` that begin at a byte offset in ``[start, stop)``."""
+    with open(path, "rb") as handle:
+        if start > 0:
+            # The line that holds byte start-1 belongs to the previous block.
+            handle.seek(start - 1)
+            handle.readline()
+        begin = handle.tell()
+        handle.seek(max(stop - 1, 0))
+        if stop > 0:
+            handle.readline()
+        end = handle.tell()
+        if end <= begin:
+            return b""
+        handle.seek(begin)
+        return handle.read(end - begin)
+
+
+def _coerce(frame: pd.DataFrame, dtypes: dict[Hashable, Any] | None) -> pd.DataFrame:
+    """Widen integer columns to the float dtype the schema expects (missing values in other blocks)."""
+    if not dtypes:
+        return frame
+    casts = {}
+    for column, wanted in dtypes.items():
+        if column in frame.columns:
+            have = frame[column].dtype
+            if have != wanted and getattr(wanted, "kind", "") == "f" and getattr(have, "kind", "") in "iub":
+                casts[column] = wanted
+    return frame.astype(casts) if casts else frame
+
+
+def read_csv_part(
+    path: str,
+    start: int,
+    stop: int | None,
+    names: tuple[Hashable, ...] | None,
+    columns: tuple[Hashable, ...] | None,
+    kwargs: dict[str, Any],
+    dtypes: dict[Hashable, Any] | None,
+) -> pd.DataFrame:
+    """One CSV partition: the whole file (``stop`` None) or the lines starting in a byte range.
+
+    A block after the first of its file has no header line: it is read with ``names``.
+    """
+    options = dict(kwargs)
+    if columns is not None:
+        options["usecols"] = list(columns)
+    if stop is None:
+        frame = pd.read_csv(path, **options)
+    else:
+        data = read_block_bytes(path, start, stop)
+        if start > 0:
+            options["header"] = None
+            options["names"] = list(names or ())
+        if not data.strip():
+            frame = pd.read_csv(path, nrows=0, **{k: v for k, v in kwargs.items() if k != "usecols"})
+            frame = frame[list(columns)] if columns is not None else frame
+        else:
+            frame = pd.read_csv(_io.BytesIO(data), **options)
+    if columns is not None:
+        frame = frame[list(columns)]
+    return _coerce(frame, dtypes)
+
+
+@node
+class ReadCSV(Source):
+    """CSV partitions: ``blocks`` holds ``(path, start, stop)`` (``stop`` None: the whole file)."""
+
+    blocks: tuple[tuple[str, int, int | None], ...]
+    names: tuple[Hashable, ...] | None
+    kwargs: dict[str, Any]
+    meta: Any
+    columns_selected: tuple[Hashable, ...] | None = None
+
+    def _prefix(self) -> str:
+        return "read-csv"
+
+    @cached_property
+    def _meta(self) -> Any:
+        if self.columns_selected is None:
+            return self.meta
+        return self.meta[list(self.columns_selected)]
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.blocks)
+
+    def _task(self, i: int) -> TaskSpec:
+        path, start, stop = self.blocks[i]
+        dtypes = dict(self._meta.dtypes.items())
+        return (read_csv_part, (path, start, stop, self.names, self.columns_selected, self.kwargs, dtypes), {})
+
+    def _with_columns(self, columns: list[Any]) -> Expr | None:
+        if "index_col" in self.kwargs or "usecols" in self.kwargs:
+            return None
+        return self._replace(columns_selected=tuple(columns))
+
+    def _describe(self) -> str:
+        cols = "" if self.columns_selected is None else f", columns={list(self.columns_selected)}"
+        return f"{len(self.blocks)} blocks of {len({b[0] for b in self.blocks})} file(s){cols}"
+
+
+def _csv_blocks(paths: list[str], blocksize: int | None) -> list[tuple[str, int, int | None]]:
+    blocks: list[tuple[str, int, int | None]] = []
+    for path in paths:
+        size = os.path.getsize(path)
+        if blocksize is None or size <= blocksize or path.endswith(_COMPRESSED_SUFFIXES):
+            blocks.append((path, 0, None))
+            continue
+        for start in range(0, size, blocksize):
+            blocks.append((path, start, min(start + blocksize, size)))
+    return blocks
+
+
+def read_csv(urlpath: Any, blocksize: int | str | None = None, **kwargs: Any) -> Any:
+    """A lazy DataFrame over CSV files: one partition per file, or per ``blocksize`` bytes.
+
+    ``urlpath`` is a path, a glob pattern or a list of paths; ``kwargs`` go to
+    ``pandas.read_csv`` (``columns=`` is accepted as a synonym of ``usecols=``).  Blocks
+    split at line boundaries, so quoted fields must not contain newlines when ``blocksize``
+    is given; options that count rows (``skiprows``, ``nrows``...) need whole files.
+    """
+    columns = kwargs.pop("columns", None)
+    if columns is not None:
+        kwargs["usecols"] = list(columns)
+    paths = expand_paths(urlpath)
+    size = None if blocksize is None else _parse_size(blocksize)
+    if size is not None:
+        unsafe = [option for option in _BLOCK_UNSAFE_OPTIONS if option in kwargs]
+        if unsafe:
+            raise UsageError(f"read_csv options {unsafe} need whole files; drop blocksize")
+    head = pd.read_csv(paths[0], nrows=META_SAMPLE_ROWS, **kwargs)
+    meta = head.iloc[:0]
+    names = None
+    if size is not None:
+        header_options = {k: v for k, v in kwargs.items() if k not in ("usecols", "index_col", "dtype", "parse_dates")}
+        names = tuple(pd.read_csv(paths[0], nrows=0, **header_options).columns)
+    source = ReadCSV(tuple(_csv_blocks(paths, size)), names, dict(kwargs), meta)
+    return _new_collection(source)
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet
+# --------------------------------------------------------------------------------------------
+
+
+def import_pyarrow() -> Any:
+    """The ``pyarrow.parquet`` module, or an ImportError naming the extra that provides it."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ImportError("Parquet support needs pyarrow; install it with: pip install 'zmqdask[parquet]'") from exc
+    return pq
+
+
+_OPERATORS = ("==", "=", "!=", "<", "<=", ">", ">=", "in", "not in")
+# Comparisons that pyarrow and pandas answer alike for missing values (both drop the row).
+_NULL_SAFE = ("==", "=", "<", "<=", ">", ">=", "in")
+
+
+def _as_disjunction(filters: Any) -> list[list[tuple[Any, str, Any]]]:
+    """Filters as a list of conjunctions (the DNF form of pandas/pyarrow)."""
+    if not filters:
+        return []
+    if all(isinstance(item, tuple) for item in filters):
+        groups = [list(filters)]
+    elif all(isinstance(item, list) for item in filters):
+        groups = [list(group) for group in filters]
+    else:
+        raise UsageError("filters must be a list of (column, op, value) tuples, or a list of such lists")
+    for group in groups:
+        for item in group:
+            if not (isinstance(item, tuple) and len(item) == 3 and item[1] in _OPERATORS):
+                raise UsageError(f"bad filter {item!r}: use (column, op, value) with op in {_OPERATORS}")
+    return groups
+
+
+def _mask(frame: pd.DataFrame, column: Hashable, op: str, value: Any) -> np.ndarray:
+    if column in frame.columns:
+        values = frame[column]
+    else:
+        values = pd.Series(frame.index.get_level_values(column), index=frame.index)
+    if op in ("==", "="):
+        result = values == value
+    elif op == "!=":
+        result = values != value
+    elif op == "<":
+        result = values < value
+    elif op == "<=":
+        result = values <= value
+    elif op == ">":
+        result = values > value
+    elif op == ">=":
+        result = values >= value
+    elif op == "in":
+        result = values.isin(list(value))
+    else:
+        result = ~values.isin(list(value))
+    return np.asarray(result.to_numpy(dtype=bool, na_value=False))
+
+
+def apply_filters(frame: pd.DataFrame, groups: list[list[tuple[Any, str, Any]]]) -> pd.DataFrame:
+    """Rows of ``frame`` matching any conjunction of ``groups`` (pandas semantics)."""
+    if not groups:
+        return frame
+    keep = np.zeros(len(frame), dtype=bool)
+    for group in groups:
+        matched = np.ones(len(frame), dtype=bool)
+        for column, op, value in group:
+            matched &= _mask(frame, column, op, value)
+        keep |= matched
+    return frame[keep]
+
+
+def read_parquet_part(path: str, columns: tuple[Hashable, ...] | None, filters: tuple[Any, ...] | None) -> pd.DataFrame:
+    """One Parquet file as a partition, with columns pruned and rows filtered."""
+    import_pyarrow()
+    groups = _as_disjunction(list(filters) if filters else None)
+    wanted = None if columns is None else list(columns)
+    read_columns = wanted
+    if wanted is not None and groups:
+        extra = [c for group in groups for c, _, _ in group if c not in wanted]
+        read_columns = wanted + list(dict.fromkeys(extra))
+    # pyarrow prunes row groups and rows for null-safe comparisons; the exact pandas
+    # semantics are applied afterwards in any case, so both agree on missing values.
+    safe = [[f for f in group if f[1] in _NULL_SAFE] for group in groups]
+    arrow_filters = safe if groups and all(safe) else None
+    try:
+        frame = pd.read_parquet(path, engine="pyarrow", columns=read_columns, filters=arrow_filters)
+    except (TypeError, ValueError, NotImplementedError):
+        frame = pd.read_parquet(path, engine="pyarrow", columns=read_columns)
+    except Exception as exc:  # pyarrow's own errors (e.g. ArrowNotImplementedError)
+        if type(exc).__module__.startswith("pyarrow"):
+            frame = pd.read_parquet(path, engine="pyarrow", columns=read_columns)
+        else:
+            raise
+    frame = apply_filters(frame, groups)
+    if wanted is not None and read_columns != wanted:
+        frame = frame[[c for c in wanted if c in frame.columns]]
+    return frame
+
+
+@node
+class ReadParquet(Source):
+    """One partition per Parquet file, with optional column pruning and row filters."""
+
+    paths: tuple[str, ...]
+    meta: Any
+    division_values: tuple[Any, ...]
+    columns_selected: tuple[Hashable, ...] | None = None
+    filters: tuple[Any, ...] | None = None
+
+    def _prefix(self) -> str:
+        return "read-parquet"
+
+    @cached_property
+    def _meta(self) -> Any:
+        if self.columns_selected is None:
+            return self.meta
+        return self.meta[list(self.columns_selected)]
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.paths)
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.division_values
+
+    def _task(self, i: int) -> TaskSpec:
+        return (read_parquet_part, (self.paths[i], self.columns_selected, self.filters), {})
+
+    def _with_columns(self, columns: list[Any]) -> Expr | None:
+        return self._replace(columns_selected=tuple(columns))
+
+    def _with_filters(self, filters: list[tuple[Any, str, Any]]) -> Expr | None:
+        new = [tuple(f) for f in filters]
+        current = list(self.filters or ())
+        if current and not all(isinstance(item, tuple) for item in current):
+            return None  # an OR of conjunctions is left as the user gave it
+        merged = current + [f for f in new if f not in current]
+        if merged == current:
+            return None
+        return self._replace(filters=tuple(merged))
+
+    def _describe(self) -> str:
+        parts = [f"{len(self.paths)} file(s)"]
+        if self.columns_selected is not None:
+            parts.append(f"columns={list(self.columns_selected)}")
+        if self.filters:
+            parts.append(f"filters={list(self.filters)}")
+        return ", ".join(parts)
+
+
+def _parquet_divisions(pq: Any, paths: list[str], meta: pd.DataFrame) -> tuple[Any, ...]:
+    """Divisions from the index column's statistics, when the files are sorted by it."""
+    unknown = unknown_divisions(len(paths))
+    bounds = []
+    for path in paths:
+        try:
+            metadata = pq.ParquetFile(path).metadata
+            pandas_meta = pq.read_schema(path).pandas_metadata or {}
+        except Exception:
+            return unknown
+        index_columns = pandas_meta.get("index_columns", [])
+        if len(index_columns) != 1 or not isinstance(index_columns[0], str) or metadata.num_rows == 0:
+            return unknown
+        names = [metadata.schema.column(k).name for k in range(metadata.num_columns)]
+        if index_columns[0] not in names:
+            return unknown
+        position = names.index(index_columns[0])
+        lows, highs = [], []
+        for group in range(metadata.num_row_groups):
+            stats = metadata.row_group(group).column(position).statistics
+            if stats is None or not stats.has_min_max or stats.null_count:
+                return unknown
+            lows.append(stats.min)
+            highs.append(stats.max)
+        bounds.append((min(lows), max(highs)))
+    try:
+        values = pd.Index([b for pair in bounds for b in pair]).astype(meta.index.dtype)
+    except (TypeError, ValueError):
+        return unknown
+    lows_, highs_ = list(values[0::2]), list(values[1::2])
+    if any(highs_[k] > lows_[k + 1] for k in range(len(paths) - 1)):
+        return unknown
+    return (*lows_, highs_[-1])
+
+
+def read_parquet(path: Any, columns: Sequence[Hashable] | None = None, filters: Any = None) -> Any:
+    """A lazy DataFrame over Parquet files: a file, a directory of ``*.parquet``, a glob or a list.
+
+    One partition per file.  ``filters`` are ``(column, op, value)`` conjunctions (or a
+    list of them, OR-ed); divisions are known when the files are sorted by a stored index.
+    """
+    pq = import_pyarrow()
+    paths = expand_paths(path, suffix=".parquet")
+    meta = pq.read_schema(paths[0]).empty_table().to_pandas()
+    groups = _as_disjunction(filters)
+    missing = [c for c in columns or () if c not in meta.columns]
+    if missing:
+        raise UsageError(f"columns {missing} are not in {paths[0]}")
+    if len(groups) > 1:
+        stored_filters: tuple[Any, ...] | None = tuple(list(group) for group in groups)
+    else:
+        stored_filters = tuple(groups[0]) if groups else None
+    source = ReadParquet(
+        tuple(paths),
+        meta,
+        _parquet_divisions(pq, paths, meta),
+        None if columns is None else tuple(columns),
+        stored_filters,
+    )
+    return _new_collection(source)
+
+
+def write_parquet_part(part: pd.DataFrame | pd.Series, path: str, write_index: bool | None) -> int:
+    """Write one partition to ``path``; returns its number of rows."""
+    import_pyarrow()
+    frame = part.to_frame() if isinstance(part, pd.Series) else part
+    frame.to_parquet(path, engine="pyarrow", index=write_index)
+    return len(frame)
+
+
+def _total_rows(counts: list[int]) -> int:
+    return int(sum(counts))
+
+
+@node
+class WriteParquet(Expr):
+    """Write each partition of ``frame`` to ``directory/part.<i>.parquet``; yields the row count."""
+
+    frame: Expr
+    directory: str
+    write_index: bool | None
+
+    def _prefix(self) -> str:
+        return "to-parquet"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return 0
+
+    @property
+    def npartitions(self) -> int:
+        return 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return (None, None)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        layer: dict[str, TaskSpec] = {}
+        written = []
+        for i in range(self.frame.npartitions):
+            key = f"{self._name}-part-{i}"
+            target = os.path.join(self.directory, f"part.{i}.parquet")
+            layer[key] = (write_parquet_part, (TaskRef(self.frame._key(i)), target, self.write_index), {})
+            written.append(TaskRef(key))
+        layer[self._key(0)] = (_total_rows, (written,), {})
+        return layer
+
+
+def to_parquet(df: Any, path: str | os.PathLike[str], write_index: bool | None = None, compute: bool = True) -> Any:
+    """Write one Parquet file per partition into the directory ``path``.
+
+    Earlier ``part.*.parquet`` files in that directory are removed first.  With
+    ``compute=False`` the write is returned as a lazy scalar (the number of rows written).
+    """
+    import_pyarrow()
+    expr = getattr(df, "expr", None)
+    if not isinstance(expr, Expr):
+        raise UsageError(f"to_parquet needs a zmqdask DataFrame, got {type(df).__name__}")
+    directory = os.path.abspath(os.fspath(path))
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if re.fullmatch(r"part\.\d+\.parquet", name):
+            os.remove(os.path.join(directory, name))
+    result = _new_collection(WriteParquet(expr, directory, write_index))
+    if compute:
+        result.compute()
+        return None
+    return result
+
+
+def _new_collection(expr: Expr) -> Any:
+    from zmqdask.dataframe.collection import new_collection
+
+    return new_collection(expr)
