@@ -1,0 +1,898 @@
+"""The broker's task ledger: one record per key, its state, and every state transition.
+
+States of a record and how it moves between them::
+
+    new/released ──make_ready──▶ waiting ──inputs in memory──▶ queued ──dispatch──▶ processing(w)
+         ▲                          │                                                  │
+         │                          └────────────── erred ◀───── error / KilledWorker ◀┤
+         │                                                                             ▼
+         └──────── release (nobody needs it; spec kept for lineage) ◀──────────── memory(who_has)
+    released or erred, with no dependents and no wanters ──▶ forgotten (record deleted)
+
+A key is *needed* while a client holds a future for it (``wanted_by``), a client waits for its
+value (``push_to``), or a dependent is waiting, queued or processing (``n_active``).  Every
+change of state goes through :meth:`Ledger.set_state`, which keeps ``n_active`` of the inputs
+and the per-state counts exact, so "is it still needed?" is O(1).  Records whose need may
+have dropped are collected as *candidates* and examined once at the end of each step.
+
+Walks over the graph (erring dependents, recomputing lineage, cancelling) use explicit
+stacks: chains of dependent tasks can be far longer than Python's recursion limit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from broker.outbox import Outbox
+from broker.peers import ClientPeer, WorkerPeer
+from zmqdask import protocol
+from zmqdask.config import MAX_KILLED_ATTEMPTS
+from zmqdask.protocol import FLAG_PUSH_RESULT, FLAG_WANTED
+
+logger = logging.getLogger(__name__)
+
+WAITING = "waiting"
+QUEUED = "queued"
+PROCESSING = "processing"
+MEMORY = "memory"
+ERRED = "erred"
+RELEASED = "released"
+FORGOTTEN = "forgotten"
+STATES = (WAITING, QUEUED, PROCESSING, MEMORY, ERRED, RELEASED)
+"""States of records present in the ledger (a forgotten record is no longer there)."""
+
+_ACTIVE = frozenset({WAITING, QUEUED, PROCESSING})
+_NO_DEPS: tuple[TaskRecord, ...] = ()
+
+ErrorDetail = list[str]
+"""``[exception type name, message, origin key]`` as carried by ERRED entries."""
+
+
+class TaskRecord:
+    """Everything the broker knows about one key.  Payload frames are opaque and kept as received.
+
+    Empty collections are stored as ``None``: a million queued tasks must stay small.
+    """
+
+    __slots__ = (
+        "dependents",
+        "deps",
+        "error",
+        "fn_hash",
+        "is_data",
+        "key",
+        "n_active",
+        "nbytes",
+        "payload",
+        "priority",
+        "processing_on",
+        "push_to",
+        "retries",
+        "seq",
+        "state",
+        "suspicious",
+        "type_name",
+        "waiting_on",
+        "wanted_by",
+        "who_has",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        fn_hash: bytes | None,
+        payload: Sequence[Any] | None,
+        deps: tuple[TaskRecord, ...],
+        priority: int,
+        seq: int,
+        retries: int,
+        is_data: bool,
+    ) -> None:
+        self.key = key
+        self.state = RELEASED
+        self.fn_hash = fn_hash
+        self.payload = payload
+        """The task's argument frames (or a scattered value's frames until it is stored)."""
+        self.deps = deps
+        self.dependents: set[TaskRecord] | None = None
+        self.waiting_on: set[TaskRecord] | None = None
+        self.priority = priority
+        self.seq = seq
+        """Submission order: ties between equal priorities go to the older task."""
+        self.retries = retries
+        self.suspicious = 0
+        """How many workers died while running this task."""
+        self.processing_on: WorkerPeer | None = None
+        """The worker whose credit this task counts against (possibly while being cancelled)."""
+        self.who_has: set[WorkerPeer] | None = None
+        self.nbytes = 0
+        self.type_name = ""
+        self.wanted_by: list[ClientPeer] | None = None
+        self.push_to: list[ClientPeer] | None = None
+        self.error: tuple[ErrorDetail, Sequence[Any]] | None = None
+        self.is_data = is_data
+        self.n_active = 0
+        """How many dependents are waiting, queued or processing."""
+
+    def __repr__(self) -> str:
+        return f"<TaskRecord {self.key!r} {self.state}>"
+
+
+class ReadyQueue:
+    """Queued tasks by (-priority, submission order); entries of tasks that left the queued
+    state in another way are skipped when popped (lazy deletion)."""
+
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, rec: TaskRecord) -> None:
+        """Add a record that just became queued."""
+        heapq.heappush(self._heap, (-rec.priority, rec.seq, rec.key))
+
+    def pop(self, tasks: dict[str, TaskRecord]) -> TaskRecord | None:
+        """Remove and return the most urgent queued record, or None."""
+        heap = self._heap
+        while heap:
+            _, seq, key = heapq.heappop(heap)
+            rec = tasks.get(key)
+            # The seq check rejects an entry left behind by an earlier record of the same key.
+            if rec is not None and rec.state is QUEUED and rec.seq == seq:
+                return rec
+        return None
+
+    def unpop(self, rec: TaskRecord) -> None:
+        """Put back a record popped but not dispatched."""
+        self.push(rec)
+
+    def compact(self, tasks: dict[str, TaskRecord], nqueued: int) -> None:
+        """Drop stale entries once they dominate the heap."""
+        if len(self._heap) <= 2 * nqueued + 1024:
+            return
+        seen: set[str] = set()
+        fresh = []
+        for entry in self._heap:
+            rec = tasks.get(entry[2])
+            if rec is not None and rec.state is QUEUED and rec.seq == entry[1] and entry[2] not in seen:
+                seen.add(entry[2])
+                fresh.append(entry)
+        heapq.heapify(fresh)
+        self._heap = fresh
+
+
+def lost_data_detail(key: str) -> ErrorDetail:
+    """Error detail of a scattered key that no worker holds any more."""
+    return [
+        "LostDataError",
+        f"scattered data {key!r} is lost: no worker holds it any more and it cannot be recomputed",
+        key,
+    ]
+
+
+def killed_worker_detail(key: str) -> ErrorDetail:
+    """Error detail of a task that was running on too many workers when they died."""
+    return [
+        "KilledWorker",
+        f"Attempted to run task {key} on {MAX_KILLED_ATTEMPTS} different workers, but all those workers "
+        "died while running it. The task itself probably kills its worker process (for example by "
+        "exhausting memory or crashing in native code); it will not be tried again.",
+        key,
+    ]
+
+
+class Ledger:
+    """The task records and their transitions; messages go to the shared :class:`Outbox`."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.tasks: dict[str, TaskRecord] = {}
+        self.ready = ReadyQueue()
+        self.counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        self.outbox = outbox
+        self.candidates: list[TaskRecord] = []
+        """Records whose need may have dropped; examined by :meth:`process_releases`."""
+        self.gets: dict[tuple[WorkerPeer, ClientPeer], list[str]] = {}
+        """Values to fetch from a holder for a client this step: (holder, client) -> keys."""
+        self.pending_stores: deque[TaskRecord] = deque()
+        """Scattered values waiting for the first worker to register."""
+        self._seq = itertools.count()
+
+    # --- primitives -------------------------------------------------------------------
+
+    def set_state(self, rec: TaskRecord, state: str) -> None:
+        """The only way a record changes state (keeps counts and inputs' ``n_active`` exact)."""
+        old = rec.state
+        if old is state:
+            return
+        counts = self.counts
+        counts[old] -= 1
+        counts[state] += 1
+        rec.state = state
+        now_active = state in _ACTIVE
+        if (old in _ACTIVE) is not now_active:
+            if now_active:
+                for dep in rec.deps:
+                    dep.n_active += 1
+            else:
+                for dep in rec.deps:
+                    dep.n_active -= 1
+                self.candidates.extend(rec.deps)
+
+    @staticmethod
+    def needed(rec: TaskRecord) -> bool:
+        """Whether a client or an unfinished dependent still needs ``rec``."""
+        return rec.wanted_by is not None or rec.push_to is not None or rec.n_active > 0
+
+    def new_task(
+        self,
+        key: str,
+        fn_hash: bytes | None,
+        payload: Sequence[Any] | None,
+        deps: tuple[TaskRecord, ...],
+        priority: int,
+        retries: int,
+        *,
+        is_data: bool,
+    ) -> TaskRecord:
+        """Create a released record for a key not in the ledger."""
+        rec = TaskRecord(key, fn_hash, payload, deps or _NO_DEPS, priority, next(self._seq), retries, is_data)
+        for dep in deps:
+            if dep.dependents is None:
+                dep.dependents = {rec}
+            else:
+                dep.dependents.add(rec)
+        self.tasks[key] = rec
+        self.counts[RELEASED] += 1
+        return rec
+
+    def add_interest(self, rec: TaskRecord, client: ClientPeer, *, wanted: bool, push: bool) -> None:
+        """Record that ``client`` holds a future for ``rec`` and/or waits for its value."""
+        if wanted:
+            if rec.wanted_by is None:
+                rec.wanted_by = [client]
+            elif client not in rec.wanted_by:
+                rec.wanted_by.append(client)
+        if push:
+            if rec.push_to is None:
+                rec.push_to = [client]
+            elif client not in rec.push_to:
+                rec.push_to.append(client)
+        if wanted or push:
+            client.interest.add(rec)
+
+    def drop_interest(self, rec: TaskRecord, client: ClientPeer) -> None:
+        """Forget every interest of ``client`` in ``rec``; the record may become unneeded."""
+        wanted_by = rec.wanted_by
+        if wanted_by is not None and client in wanted_by:
+            wanted_by.remove(client)
+            if not wanted_by:
+                rec.wanted_by = None
+        push_to = rec.push_to
+        if push_to is not None and client in push_to:
+            push_to.remove(client)
+            if not push_to:
+                rec.push_to = None
+        client.interest.discard(rec)
+        self.candidates.append(rec)
+
+    def _take_push(self, rec: TaskRecord) -> list[ClientPeer]:
+        """Clear and return ``push_to``: those clients are being served now."""
+        push = rec.push_to
+        if push is None:
+            return []
+        rec.push_to = None
+        wanted_by = rec.wanted_by
+        for client in push:
+            if wanted_by is None or client not in wanted_by:
+                client.interest.discard(rec)
+        return push
+
+    def request_value(self, holder: WorkerPeer, client: ClientPeer, key: str) -> None:
+        """Fetch ``key`` from ``holder`` for ``client`` (grouped into one GET per pair)."""
+        keys = self.gets.get((holder, client))
+        if keys is None:
+            self.gets[(holder, client)] = [key]
+        else:
+            keys.append(key)
+
+    def report_error(self, rec: TaskRecord, client: ClientPeer) -> None:
+        """Send ``rec``'s error to ``client`` again."""
+        if rec.error is None:
+            return
+        detail, frames = rec.error
+        self.outbox.report(client, [rec.key, protocol.ERRED, detail, len(frames)], frames)
+
+    def report_lost(self, client: ClientPeer, key: str, reason: str) -> None:
+        """Tell ``client`` that ``key`` has no value and never will."""
+        self.outbox.report(client, [key, protocol.LOST, reason, 0])
+
+    # --- towards running --------------------------------------------------------------
+
+    def make_ready(self, rec: TaskRecord) -> None:
+        """Send a new, released or requeued record on its way to running (recomputing inputs)."""
+        for dep in rec.deps:
+            if dep.state is RELEASED:
+                self._recompute_inputs(rec)
+                break
+        self._settle(rec)
+
+    def recompute(self, rec: TaskRecord) -> None:
+        """Recompute a released record from its spec, recomputing released inputs first."""
+        if rec.state is RELEASED:
+            self.make_ready(rec)
+
+    def _recompute_inputs(self, rec: TaskRecord) -> None:
+        # Post-order over released ancestors, so that each settles after its own inputs did.
+        stack: list[tuple[TaskRecord, bool]] = [(dep, False) for dep in rec.deps if dep.state is RELEASED]
+        while stack:
+            node, expanded = stack.pop()
+            if node.state is not RELEASED:
+                continue
+            if expanded:
+                self._settle(node)
+                continue
+            stack.append((node, True))
+            stack.extend((dep, False) for dep in node.deps if dep.state is RELEASED)
+
+    def _settle(self, rec: TaskRecord) -> None:
+        """Move a record whose inputs are no longer released to waiting, queued or erred."""
+        if rec.processing_on is not None:
+            # A cancellation of this task is still pending on a live worker: take whatever it
+            # answers (the result, or CANCELLED, which requeues) instead of running it twice.
+            rec.waiting_on = None
+            self.set_state(rec, PROCESSING)
+            return
+        if rec.is_data or rec.payload is None:
+            self.err(rec, lost_data_detail(rec.key) if rec.is_data else _unrecomputable(rec.key), (), lost=rec.is_data)
+            return
+        waiting: set[TaskRecord] | None = None
+        for dep in rec.deps:
+            state = dep.state
+            if state is MEMORY:
+                continue
+            if state is ERRED and dep.error is not None:
+                self.err(rec, dep.error[0], dep.error[1])
+                return
+            if state not in _ACTIVE:
+                self.err(rec, _unrecomputable(dep.key, rec.key), ())
+                return
+            if waiting is None:
+                waiting = {dep}
+            else:
+                waiting.add(dep)
+        rec.waiting_on = waiting
+        if waiting is not None:
+            self.set_state(rec, WAITING)
+        else:
+            self.set_state(rec, QUEUED)
+            self.ready.push(rec)
+
+    def start(self, rec: TaskRecord, worker: WorkerPeer) -> None:
+        """Mark a queued record as sent to ``worker`` (counts against its credit)."""
+        rec.processing_on = worker
+        worker.processing[rec.key] = rec
+        self.set_state(rec, PROCESSING)
+
+    # --- results ----------------------------------------------------------------------
+
+    def to_memory(
+        self, rec: TaskRecord, worker: WorkerPeer, type_name: str, nbytes: int, frames: Sequence[Any]
+    ) -> None:
+        """``worker`` holds the value of ``rec`` now: report it and wake dependents."""
+        rec.waiting_on = None
+        rec.type_name = type_name
+        rec.nbytes = nbytes
+        rec.who_has = {worker}
+        worker.has.add(rec)
+        worker.nbytes += nbytes
+        self.set_state(rec, MEMORY)
+        push = self._take_push(rec)
+        outbox = self.outbox
+        if rec.wanted_by is not None:
+            entry = [rec.key, protocol.FINISHED, [type_name, nbytes], 0]
+            for client in rec.wanted_by:
+                if client not in push:
+                    outbox.report(client, entry)
+        if push:
+            if frames:
+                entry = [rec.key, protocol.FINISHED, [type_name, nbytes], len(frames)]
+                for client in push:
+                    outbox.report(client, entry, frames)
+            else:
+                for client in push:
+                    self.request_value(worker, client, rec.key)
+        if rec.dependents is not None:
+            ready = self.ready
+            for dependent in rec.dependents:
+                if dependent.state is WAITING:
+                    waiting_on = dependent.waiting_on
+                    if waiting_on is not None:
+                        waiting_on.discard(rec)
+                        if waiting_on:
+                            continue
+                    dependent.waiting_on = None
+                    self.set_state(dependent, QUEUED)
+                    ready.push(dependent)
+        self.candidates.append(rec)
+
+    def finished(self, worker: WorkerPeer, key: str, type_name: str, nbytes: int, frames: Sequence[Any]) -> None:
+        """DONE FINISHED from ``worker`` for a task (not a STORE)."""
+        slot = worker.processing.pop(key, None)
+        if slot is not None and slot.processing_on is worker:
+            slot.processing_on = None
+        rec = self.tasks.get(key)
+        if rec is None or rec.is_data:
+            if rec is None or rec.who_has is None or worker not in rec.who_has:
+                self.outbox.delete(worker, key)
+            return
+        state = rec.state
+        if state is PROCESSING or state is QUEUED or state is WAITING:
+            # Also taken when the task was presumed lost (requeued) or runs elsewhere too: the
+            # first result wins and the other copy is cancelled (it keeps its credit until the
+            # worker answers).
+            other = rec.processing_on
+            if other is not None:
+                self.outbox.cancel_task(other, key)
+            self.to_memory(rec, worker, type_name, nbytes, frames)
+        elif state is MEMORY and rec.who_has is not None and worker in rec.who_has:
+            pass
+        else:
+            self.outbox.delete(worker, key)
+            self.candidates.append(rec)
+
+    def failed(self, worker: WorkerPeer, key: str, detail: ErrorDetail, frames: Sequence[Any]) -> None:
+        """DONE ERRED from ``worker`` for a task (not a STORE)."""
+        slot = worker.processing.pop(key, None)
+        if slot is not None and slot.processing_on is worker:
+            slot.processing_on = None
+        rec = self.tasks.get(key)
+        if rec is None:
+            return
+        if rec.state is MEMORY and rec.who_has is not None and worker in rec.who_has:
+            # The holder could not serialize the value when asked for it (its DATA answer
+            # lists the key as missing right after this): the value is unusable.
+            self._drop_holders(rec)
+            self.set_state(rec, RELEASED)
+            self.err(rec, detail, frames)
+            return
+        if slot is not rec or rec.state is not PROCESSING or rec.processing_on is not None:
+            self.candidates.append(rec)
+            return
+        if rec.retries > 0:
+            rec.retries -= 1
+            self.make_ready(rec)
+            return
+        self.err(rec, detail, frames)
+
+    def cancelled(self, worker: WorkerPeer, key: str) -> None:
+        """DONE CANCELLED: ``worker`` dropped a task it had not started."""
+        slot = worker.processing.pop(key, None)
+        if slot is not None and slot.processing_on is worker:
+            slot.processing_on = None
+        rec = self.tasks.get(key)
+        if rec is None or slot is not rec:
+            return
+        if rec.state is PROCESSING and rec.processing_on is None:
+            self.make_ready(rec)
+        else:
+            self.candidates.append(rec)
+
+    def missing_deps(self, worker: WorkerPeer, key: str, dep_keys: list[str]) -> None:
+        """DONE MISSING_DEPS: ``worker`` could not obtain these inputs of ``key``."""
+        slot = worker.processing.pop(key, None)
+        if slot is not None and slot.processing_on is worker:
+            slot.processing_on = None
+        for dep_key in dep_keys:
+            dep = self.tasks.get(dep_key)
+            if dep is not None and dep.who_has is not None and worker in dep.who_has:
+                # The worker itself was named as holder but does not have it.
+                self.remove_holder(dep, worker)
+        rec = self.tasks.get(key)
+        if rec is None or slot is not rec:
+            return
+        if rec.state is PROCESSING and rec.processing_on is None:
+            # Inputs whose last holder is gone are already being recomputed (their holders
+            # were discarded when the fetch came back missing): wait for them again.
+            self.make_ready(rec)
+        else:
+            self.candidates.append(rec)
+
+    # --- scattered data ---------------------------------------------------------------
+
+    def scatter(self, client: ClientPeer, key: str, frames: Sequence[Any]) -> TaskRecord | None:
+        """Record a scattered value; returns the record if it must be sent to workers."""
+        rec = self.tasks.get(key)
+        if rec is not None:
+            if rec.is_data and (rec.state is RELEASED or rec.state is ERRED) and rec.processing_on is None:
+                # A lost or released scattered key sent again: it becomes available again.
+                rec.error = None
+                rec.payload = frames
+                self.add_interest(rec, client, wanted=True, push=False)
+                self.set_state(rec, PROCESSING)
+                return rec
+            self.resubmitted(rec, client, wanted=True, push=False)
+            return None
+        rec = self.new_task(key, None, frames, _NO_DEPS, 0, 0, is_data=True)
+        self.add_interest(rec, client, wanted=True, push=False)
+        self.set_state(rec, PROCESSING)
+        return rec
+
+    def store(self, worker: WorkerPeer, rec: TaskRecord) -> None:
+        """Send a scattered value to ``worker`` (STORE uses no credit)."""
+        if rec.payload is None:
+            return
+        worker.storing[rec.key] = rec
+        self.outbox.store(worker, rec.key, rec.payload)
+
+    def stored(self, worker: WorkerPeer, key: str, type_name: str, nbytes: int) -> bool:
+        """DONE FINISHED answering a STORE; False if ``key`` was not being stored on ``worker``."""
+        rec = worker.storing.pop(key, None)
+        if rec is None:
+            return False
+        state = rec.state
+        if self.tasks.get(key) is not rec:
+            self.outbox.delete(worker, key)
+        elif state is PROCESSING:
+            self.to_memory(rec, worker, type_name, nbytes, ())
+            rec.payload = None  # the value lives on a worker now; the broker keeps no copy
+        elif state is MEMORY and rec.who_has is not None:
+            if worker not in rec.who_has:
+                rec.who_has.add(worker)
+                worker.has.add(rec)
+                worker.nbytes += rec.nbytes
+        else:
+            self.outbox.delete(worker, key)
+        return True
+
+    def store_failed(self, worker: WorkerPeer, key: str, detail: ErrorDetail, frames: Sequence[Any]) -> bool:
+        """DONE ERRED answering a STORE; False if ``key`` was not being stored on ``worker``."""
+        rec = worker.storing.pop(key, None)
+        if rec is None:
+            return False
+        if self.tasks.get(key) is rec and rec.state is PROCESSING:
+            self.err(rec, detail, frames)
+        return True
+
+    # --- client requests --------------------------------------------------------------
+
+    def submit(
+        self,
+        client: ClientPeer,
+        entry: list[Any],
+        frames: Sequence[Any],
+        fn_known: bool,
+    ) -> None:
+        """One SUBMIT task entry ``[key, fn_hash, deps, priority, retries, flags, nframes]``."""
+        key, fn_hash, dep_keys, priority, retries, flags, _ = entry
+        wanted = bool(flags & FLAG_WANTED)
+        push = bool(flags & FLAG_PUSH_RESULT)
+        rec = self.tasks.get(key)
+        if rec is not None:
+            self.resubmitted(rec, client, wanted=wanted, push=push)
+            return
+        deps: list[TaskRecord] = []
+        unknown: str | None = None
+        tasks = self.tasks
+        for dep_key in dep_keys:
+            dep = tasks.get(dep_key)
+            if dep is None:
+                unknown = dep_key
+                break
+            if dep not in deps:
+                deps.append(dep)
+        rec = self.new_task(
+            key, fn_hash, frames, tuple(deps) if unknown is None else _NO_DEPS, priority, retries, is_data=False
+        )
+        self.add_interest(rec, client, wanted=wanted, push=push)
+        if not fn_known:
+            self.err(rec, ["ProtocolError", f"function {fn_hash.hex()} unknown to broker; resend", key], ())
+        elif unknown is not None:
+            self.err(rec, ["LostDataError", f"dependency {unknown} is unknown", key], ())
+        else:
+            self.make_ready(rec)
+
+    def resubmitted(self, rec: TaskRecord, client: ClientPeer, *, wanted: bool, push: bool) -> None:
+        """A key already in the ledger was submitted again: never run it twice."""
+        state = rec.state
+        if state is MEMORY and rec.who_has:
+            self.add_interest(rec, client, wanted=wanted, push=False)
+            if push:
+                self.request_value(next(iter(rec.who_has)), client, rec.key)
+            elif wanted:
+                self.outbox.report(client, [rec.key, protocol.FINISHED, [rec.type_name, rec.nbytes], 0])
+        elif state is ERRED:
+            self.add_interest(rec, client, wanted=wanted, push=False)
+            if wanted or push:
+                self.report_error(rec, client)
+        else:
+            self.add_interest(rec, client, wanted=wanted, push=push)
+            if state is RELEASED:
+                self.recompute(rec)
+
+    def gather(self, client: ClientPeer, key: str) -> None:
+        """Route the value of ``key`` to ``client``, now or when it exists."""
+        rec = self.tasks.get(key)
+        if rec is None:
+            self.report_lost(client, key, f"unknown key {key!r}: never submitted, or already released")
+            return
+        state = rec.state
+        if state is MEMORY and rec.who_has:
+            self.request_value(next(iter(rec.who_has)), client, key)
+        elif state in _ACTIVE:
+            self.add_interest(rec, client, wanted=False, push=True)
+        elif state is ERRED:
+            self.report_error(rec, client)
+        elif rec.is_data or rec.payload is None:
+            self.report_lost(client, key, lost_data_detail(key)[1] if rec.is_data else _unrecomputable(key)[1])
+        else:
+            self.add_interest(rec, client, wanted=False, push=True)
+            self.recompute(rec)
+
+    def cancel(self, client: ClientPeer, key: str) -> None:
+        """CANCEL of one key by ``client``: cancel it and its dependents if nobody else wants it."""
+        rec = self.tasks.get(key)
+        if rec is None:
+            self.outbox.report(client, [key, protocol.CANCELLED, "cancelled", 0])
+            return
+        self.drop_interest(rec, client)
+        if rec.state is MEMORY or rec.state is ERRED:
+            return  # it has its outcome already: cancelling only drops the interest
+        self.outbox.report(client, [key, protocol.CANCELLED, "cancelled", 0])
+        if rec.wanted_by is not None or rec.push_to is not None:
+            return  # someone else still wants it
+        stack = [rec]
+        while stack:
+            node = stack.pop()
+            if node.state not in _ACTIVE and (node is not rec or node.state is not RELEASED):
+                continue
+            entry = [node.key, protocol.CANCELLED, "cancelled", 0]
+            for clients in (node.wanted_by, node.push_to):
+                for other in clients or ():
+                    if other is not client or node is not rec:
+                        self.outbox.report(other, entry)
+                    other.interest.discard(node)
+            node.wanted_by = None
+            node.push_to = None
+            node.waiting_on = None
+            if node.state is PROCESSING and node.processing_on is not None:
+                self.outbox.cancel_task(node.processing_on, node.key)
+            self.set_state(node, RELEASED)
+            self.candidates.append(node)
+            if node.dependents is not None:
+                stack.extend(d for d in node.dependents if d.state in _ACTIVE)
+
+    def client_removed(self, client: ClientPeer) -> None:
+        """A client died or left: it no longer wants anything."""
+        for rec in list(client.interest):
+            self.drop_interest(rec, client)
+        client.interest.clear()
+
+    # --- losing data and workers ------------------------------------------------------
+
+    def remove_holder(self, rec: TaskRecord, worker: WorkerPeer) -> None:
+        """``worker`` no longer holds ``rec``; a key left without holders is lost."""
+        who_has = rec.who_has
+        if who_has is None or worker not in who_has:
+            return
+        who_has.discard(worker)
+        worker.has.discard(rec)
+        worker.nbytes -= rec.nbytes
+        if not who_has:
+            rec.who_has = None
+            self._lost(rec)
+
+    def _lost(self, rec: TaskRecord) -> None:
+        self.set_state(rec, RELEASED)
+        if rec.dependents is not None:
+            for dependent in rec.dependents:
+                if dependent.state is QUEUED:
+                    dependent.waiting_on = {rec}
+                    self.set_state(dependent, WAITING)
+                elif dependent.state is WAITING and dependent.waiting_on is not None:
+                    dependent.waiting_on.add(rec)
+        if self.needed(rec):
+            self.recompute(rec)
+        else:
+            self.candidates.append(rec)
+
+    def _drop_holders(self, rec: TaskRecord) -> None:
+        for worker in rec.who_has or ():
+            worker.has.discard(rec)
+            worker.nbytes -= rec.nbytes
+            self.outbox.delete(worker, rec.key)
+        rec.who_has = None
+
+    def worker_removed(
+        self, worker: WorkerPeer, running: frozenset[str] | None
+    ) -> tuple[list[TaskRecord], list[TaskRecord]]:
+        """Account for the death of ``worker``.
+
+        ``running`` names the tasks it was running when it died (None: unknown, so every task
+        it held is suspected).  Returns (scattered values whose STORE was not confirmed
+        anywhere yet, records whose ``suspicious`` count was raised).
+        """
+        requeue: list[TaskRecord] = []
+        blamed: list[TaskRecord] = []
+        tasks = self.tasks
+        for key, rec in worker.processing.items():
+            if rec.processing_on is worker:
+                rec.processing_on = None
+            if rec.state is PROCESSING and rec.processing_on is None and tasks.get(key) is rec:
+                requeue.append(rec)
+                if running is None or key in running:
+                    rec.suspicious += 1
+                    blamed.append(rec)
+            else:
+                self.candidates.append(rec)
+        worker.processing.clear()
+        # Held keys first: inputs lost with the worker start recomputing before the tasks that
+        # need them are requeued, so those find their inputs waiting, not released.
+        for rec in list(worker.has):
+            self.remove_holder(rec, worker)
+        worker.has.clear()
+        worker.nbytes = 0
+        for rec in requeue:
+            if rec.state is not PROCESSING or rec.processing_on is not None:
+                continue  # an input was lost for good meanwhile and erred it
+            if rec.suspicious >= MAX_KILLED_ATTEMPTS:
+                logger.warning("task %r was running on %d workers that died: failing it", rec.key, rec.suspicious)
+                self.err(rec, killed_worker_detail(rec.key), ())
+            else:
+                self.make_ready(rec)
+        orphans = [rec for key, rec in worker.storing.items() if tasks.get(key) is rec and rec.state is PROCESSING]
+        worker.storing.clear()
+        return orphans, blamed
+
+    # --- errors -----------------------------------------------------------------------
+
+    def err(self, rec: TaskRecord, detail: ErrorDetail, frames: Sequence[Any], *, lost: bool = False) -> None:
+        """Fail ``rec`` (not in memory) and, transitively, its unfinished dependents.
+
+        Wanters of ``rec`` get ERRED (or LOST when ``lost``, for scattered data); wanters of
+        dependents get ERRED with the same detail and frames.
+        """
+        error = (detail, frames)
+        outbox = self.outbox
+        stack = [rec]
+        while stack:
+            node = stack.pop()
+            state = node.state
+            if state is ERRED or state is FORGOTTEN or state is MEMORY:
+                continue
+            if node is not rec and state not in _ACTIVE:
+                continue
+            node.error = error
+            node.waiting_on = None
+            if state is PROCESSING and node.processing_on is not None:
+                outbox.cancel_task(node.processing_on, node.key)
+            self.set_state(node, ERRED)
+            node.payload = None
+            push = self._take_push(node)
+            if lost and node is rec:
+                entry: list[Any] = [node.key, protocol.LOST, detail[1], 0]
+                entry_frames: Sequence[Any] = ()
+            else:
+                entry = [node.key, protocol.ERRED, detail, len(frames)]
+                entry_frames = frames
+            for client in node.wanted_by or ():
+                if client not in push:
+                    outbox.report(client, entry, entry_frames)
+            for client in push:
+                outbox.report(client, entry, entry_frames)
+            self.candidates.append(node)
+            if node.dependents is not None:
+                stack.extend(d for d in node.dependents if d.state in _ACTIVE)
+
+    # --- releasing --------------------------------------------------------------------
+
+    def process_releases(self) -> None:
+        """Release what nobody needs any more and forget what no dependent refers to."""
+        candidates = self.candidates
+        outbox = self.outbox
+        while candidates:
+            rec = candidates.pop()
+            state = rec.state
+            if state is FORGOTTEN or self.needed(rec):
+                continue
+            if state is MEMORY:
+                self._drop_holders(rec)
+                self.set_state(rec, RELEASED)
+            elif state is WAITING or state is QUEUED:
+                rec.waiting_on = None
+                self.set_state(rec, RELEASED)
+            elif state is PROCESSING:
+                if rec.processing_on is not None:
+                    outbox.cancel_task(rec.processing_on, rec.key)
+                self.set_state(rec, RELEASED)
+            if rec.dependents is None and rec.processing_on is None and rec.state is not MEMORY:
+                self._forget(rec)
+
+    def _forget(self, rec: TaskRecord) -> None:
+        if self.tasks.get(rec.key) is rec:
+            del self.tasks[rec.key]
+        self.counts[rec.state] -= 1
+        rec.state = FORGOTTEN
+        for dep in rec.deps:
+            dependents = dep.dependents
+            if dependents is not None:
+                dependents.discard(rec)
+                if not dependents:
+                    dep.dependents = None
+            self.candidates.append(dep)
+        rec.deps = _NO_DEPS
+        rec.payload = None
+        rec.error = None
+
+    # --- checks -----------------------------------------------------------------------
+
+    def audit(self, workers: dict[bytes, WorkerPeer], clients: dict[bytes, ClientPeer]) -> list[str]:
+        """Check the ledger's invariants; returns a description of each violation (for tests
+        and debugging: O(size of the ledger))."""
+        problems: list[str] = []
+        counts = dict.fromkeys(STATES, 0)
+        live_workers = set(workers.values())
+        live_clients = set(clients.values())
+        for key, rec in self.tasks.items():
+            state = rec.state
+            if rec.key != key or state not in counts:
+                problems.append(f"{key!r}: bad key or state {state!r}")
+                continue
+            counts[state] += 1
+            if (state is MEMORY) != bool(rec.who_has):
+                problems.append(f"{key!r}: state {state} with who_has {rec.who_has}")
+            for holder in rec.who_has or ():
+                if holder not in live_workers or rec not in holder.has:
+                    problems.append(f"{key!r}: holder {holder!r} dead or unaware")
+            if state is WAITING:
+                unfinished = {dep for dep in rec.deps if dep.state is not MEMORY}
+                if not rec.waiting_on or rec.waiting_on != unfinished:
+                    problems.append(f"{key!r}: waiting_on {rec.waiting_on} but unfinished inputs {unfinished}")
+                if any(dep.state not in _ACTIVE for dep in unfinished):
+                    problems.append(f"{key!r}: waits on an input that is not on its way")
+            if state is QUEUED and any(dep.state is not MEMORY for dep in rec.deps):
+                problems.append(f"{key!r}: queued with inputs not in memory")
+            if state is PROCESSING and not rec.is_data:
+                worker = rec.processing_on
+                if worker is None or worker not in live_workers or worker.processing.get(key) is not rec:
+                    problems.append(f"{key!r}: processing on {worker!r} which does not count it")
+            active = sum(1 for d in rec.dependents or () if d.state in _ACTIVE)
+            if active != rec.n_active:
+                problems.append(f"{key!r}: n_active {rec.n_active} but {active} active dependents")
+            for dep in rec.deps:
+                if dep.dependents is None or rec not in dep.dependents or self.tasks.get(dep.key) is not dep:
+                    problems.append(f"{key!r}: input {dep.key!r} missing or unaware")
+            for dependent in rec.dependents or ():
+                if rec not in dependent.deps:
+                    problems.append(f"{key!r}: dependent {dependent.key!r} does not list it")
+            for client in (rec.wanted_by or []) + (rec.push_to or []):
+                if client not in live_clients or rec not in client.interest:
+                    problems.append(f"{key!r}: wanted by dead or unaware client {client!r}")
+            if state is not FORGOTTEN and not self.needed(rec) and state in _ACTIVE:
+                problems.append(f"{key!r}: {state} but nobody needs it")
+        if counts != self.counts:
+            problems.append(f"state counts {self.counts} but actual {counts}")
+        for worker in live_workers:
+            if len(worker.processing) > worker.credit:
+                problems.append(f"{worker!r}: {len(worker.processing)} tasks exceed credit {worker.credit}")
+            for rec in worker.has:
+                if rec.who_has is None or worker not in rec.who_has or self.tasks.get(rec.key) is not rec:
+                    problems.append(f"{worker!r}: holds {rec.key!r} unknown to the record")
+        for client in live_clients:
+            for rec in client.interest:
+                if client not in (rec.wanted_by or []) + (rec.push_to or []):
+                    problems.append(f"{client!r}: interest in {rec.key!r} not recorded on it")
+        return problems
+
+
+def _unrecomputable(key: str, dependent: str | None = None) -> ErrorDetail:
+    if dependent is None:
+        return ["LostDataError", f"the value of {key!r} is gone and it cannot be recomputed", key]
+    return ["LostDataError", f"input {key!r} of {dependent!r} is gone and cannot be recomputed", dependent]

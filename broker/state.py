@@ -1,0 +1,626 @@
+"""The broker's sans-I/O state machine: received messages and time in, messages to send out.
+
+:class:`BrokerState` never touches a socket and never reads a payload frame: it decodes the
+small msgpack header of each message, updates the peer table and the task ledger
+(:mod:`broker.ledger`), dispatches queued tasks (:mod:`broker.dispatch`) and returns the
+messages to send, batched per peer (:mod:`broker.outbox`).  Time is passed in by the caller,
+so tests drive heartbeats and liveness without sleeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+from broker.dispatch import dispatch
+from broker.ledger import ERRED, FORGOTTEN, MEMORY, PROCESSING, Ledger, TaskRecord
+from broker.outbox import Outbox, Outgoing
+from broker.peers import ClientPeer, Peer, PoolPeer, WorkerPeer
+from zmqdask import protocol
+from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, MAX_MESSAGE_BYTES
+from zmqdask.errors import ProtocolError
+from zmqdask.protocol import (
+    CANCEL,
+    DATA,
+    DONE,
+    ERR_MALFORMED,
+    ERR_NOT_ALLOWED,
+    ERR_TOO_LARGE,
+    ERROR,
+    FETCH,
+    GATHER,
+    GET,
+    GOODBYE,
+    HEARTBEAT,
+    HELLO,
+    INFO,
+    INFO_REPLY,
+    RELEASE,
+    ROLE_CLIENT,
+    ROLE_POOL,
+    ROLE_WORKER,
+    SCATTER,
+    SUBMIT,
+    UNKNOWN_PEER,
+    WELCOME,
+    WORKER_DIED,
+    Message,
+    decode,
+    encode,
+    frame_nbytes,
+    split_payload,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_WARNED_PEERS = 10_000
+"""Bound on the set of peers whose first malformed message was logged at WARNING."""
+
+_CLIENT = frozenset({ROLE_CLIENT})
+_WORKER = frozenset({ROLE_WORKER})
+_POOL = frozenset({ROLE_POOL})
+_ANY = frozenset({ROLE_CLIENT, ROLE_WORKER, ROLE_POOL})
+_NO_KEYS: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class BrokerCounters:
+    """Running totals, for INFO, logs and tests."""
+
+    messages: int = 0
+    """Messages handled."""
+    malformed: int = 0
+    """Messages dropped because they did not decode."""
+    too_large: int = 0
+    """Messages refused for exceeding the size limit."""
+    unknown_peer: int = 0
+    """Messages from identities that are not registered."""
+    not_allowed: int = 0
+    """Messages refused because the sender's role may not send them."""
+    rejected_hello: int = 0
+    """HELLOs refused for invalid peer info."""
+    stale: int = 0
+    """DATA answers nobody was waiting for any more."""
+    dispatched: int = 0
+    """Tasks sent to workers (including resends after failures)."""
+    peers_died: int = 0
+    """Registrations ended by death, departure or re-registration."""
+    internal_errors: int = 0
+    """Bugs caught while handling a message (logged with their traceback)."""
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain map."""
+        return asdict(self)
+
+
+class _Request:
+    """A GET in flight: who holds the values and who asked for them."""
+
+    __slots__ = ("holder", "keys", "requester", "requester_rid")
+
+    def __init__(self, holder: WorkerPeer, requester: Peer, requester_rid: int | None, keys: list[str]) -> None:
+        self.holder = holder
+        self.requester = requester
+        self.requester_rid = requester_rid
+        """The worker's own request id (FETCH), or None for a client."""
+        self.keys = keys
+
+
+class BrokerState:
+    """The broker's whole state and logic, free of I/O (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        epoch: str,
+        now: float,
+        address: str = "",
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.epoch = epoch
+        self.address = address
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.liveness_timeout_s = liveness_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.counters = BrokerCounters()
+        self._now = now
+        self._outbox = Outbox(max_message_bytes)
+        self.ledger = Ledger(self._outbox)
+        """The task ledger (read it, do not change it from outside)."""
+        self._peers: dict[bytes, Peer] = {}
+        self._workers: dict[bytes, WorkerPeer] = {}
+        self._clients: dict[bytes, ClientPeer] = {}
+        self._pools: dict[bytes, PoolPeer] = {}
+        self._functions: dict[bytes, Any] = {}
+        self._requests: dict[int, _Request] = {}
+        self._request_ids = itertools.count(1)
+        self._warned: set[bytes] = set()
+        self._unknown_notified: set[bytes] = set()
+        # Workers found dead without a list of running tasks, with the tasks that were blamed:
+        # a WORKER_DIED arriving later corrects the blame of tasks that were only prefetched.
+        self._graveyard: dict[bytes, tuple[float, list[TaskRecord]]] = {}
+        self._welcome_info = {
+            "heartbeat_interval": heartbeat_interval_s,
+            "liveness_timeout": liveness_timeout_s,
+            "max_message_bytes": max_message_bytes,
+            "address": address,
+        }
+        self._handlers: dict[int, tuple[Callable[[Any, Message], None], frozenset[str]]] = {
+            HEARTBEAT: (self._on_heartbeat, _ANY),
+            GOODBYE: (self._on_goodbye, _ANY),
+            INFO: (self._on_info, _ANY),
+            SUBMIT: (self._on_submit, _CLIENT),
+            SCATTER: (self._on_scatter, _CLIENT),
+            RELEASE: (self._on_release, _CLIENT),
+            CANCEL: (self._on_cancel, _CLIENT),
+            GATHER: (self._on_gather, _CLIENT),
+            DONE: (self._on_done, _WORKER),
+            DATA: (self._on_data, _WORKER),
+            FETCH: (self._on_fetch, _WORKER),
+            WORKER_DIED: (self._on_worker_died, _POOL),
+        }
+
+    # --- public API -------------------------------------------------------------------
+
+    @property
+    def peers(self) -> Mapping[bytes, Peer]:
+        """Registered peers by identity (read only)."""
+        return self._peers
+
+    @property
+    def workers(self) -> Mapping[bytes, WorkerPeer]:
+        """Registered workers by identity (read only)."""
+        return self._workers
+
+    @property
+    def clients(self) -> Mapping[bytes, ClientPeer]:
+        """Registered clients by identity (read only)."""
+        return self._clients
+
+    def handle(self, sender: bytes, frames: list[Any], now: float) -> Outgoing:
+        """Process one received message (without its identity frame); never raises."""
+        self._now = now
+        self.counters.messages += 1
+        peer = self._peers.get(sender)
+        if peer is not None:
+            peer.last_seen = now
+        try:
+            self._handle(sender, peer, frames)
+        except Exception:
+            self.counters.internal_errors += 1
+            logger.exception("internal error while handling a message from %s", _who(sender, peer))
+        return self._finish()
+
+    def tick(self, now: float) -> Outgoing:
+        """Advance time: declare silent peers dead and heartbeat the ones we have not talked to."""
+        self._now = now
+        self._unknown_notified.clear()
+        try:
+            silent_since = now - self.liveness_timeout_s
+            for peer in [p for p in self._peers.values() if p.last_seen < silent_since]:
+                self._peer_died(peer, None, f"silent for {now - peer.last_seen:.1f} s")
+            if self._graveyard:
+                for identity in [i for i, (t, _) in self._graveyard.items() if t < silent_since]:
+                    del self._graveyard[identity]
+            self.ledger.ready.compact(self.ledger.tasks, self.ledger.counts["queued"])
+        except Exception:
+            self.counters.internal_errors += 1
+            logger.exception("internal error during tick")
+        out = self._finish()
+        stale = now - self.heartbeat_interval_s
+        heartbeat: list[Any] | None = None
+        for peer in self._peers.values():
+            if peer.last_sent <= stale:
+                if heartbeat is None:
+                    heartbeat = encode(HEARTBEAT, [self.epoch])
+                out.append((peer.identity, heartbeat))
+                peer.last_sent = now
+        return out
+
+    def peer_unreachable(self, identity: bytes, now: float) -> Outgoing:
+        """The socket could not route to ``identity`` (it disconnected): treat it as dead."""
+        self._now = now
+        peer = self._peers.get(identity)
+        if peer is not None:
+            try:
+                self._peer_died(peer, None, "unreachable")
+            except Exception:
+                self.counters.internal_errors += 1
+                logger.exception("internal error while removing unreachable %s", peer.label())
+        return self._finish()
+
+    def shutdown(self, reason: str) -> Outgoing:
+        """GOODBYE to every registered peer (the broker is going away)."""
+        goodbye = encode(GOODBYE, [reason])
+        return [(identity, goodbye) for identity in self._peers]
+
+    def info(self) -> dict[str, Any]:
+        """The map sent in INFO_REPLY."""
+        return {
+            "epoch": self.epoch,
+            "address": self.address,
+            "workers": {w.identity.hex(): w.describe() for w in self._workers.values()},
+            "nclients": len(self._clients),
+            "tasks": dict(self.ledger.counts),
+            "malformed": self.counters.malformed,
+        }
+
+    def audit(self) -> list[str]:
+        """Violations of the ledger's invariants (empty when all is well); O(ledger size)."""
+        problems = self.ledger.audit(self._workers, self._clients)
+        for rid, request in self._requests.items():
+            if request.holder.alive and rid not in request.holder.requests:
+                problems.append(f"request {rid} unknown to its holder")
+        return problems
+
+    # --- message intake ---------------------------------------------------------------
+
+    def _handle(self, sender: bytes, peer: Peer | None, frames: list[Any]) -> None:
+        try:
+            size = sum(frame_nbytes(frame) for frame in frames)
+        except (TypeError, ValueError) as exc:
+            self._malformed(sender, peer, f"unreadable frame: {exc}")
+            return
+        if size > self.max_message_bytes:
+            self.counters.too_large += 1
+            text = f"message of {size} bytes exceeds the limit of {self.max_message_bytes} bytes"
+            logger.warning("refused a message from %s: %s", _who(sender, peer), text)
+            self._outbox.send(sender, ERROR, [ERR_TOO_LARGE, text, []])
+            return
+        try:
+            message = decode(frames)
+        except ProtocolError as exc:
+            self._malformed(sender, peer, str(exc))
+            return
+        command = message.command
+        if command == HELLO:
+            self._on_hello(sender, message)
+            return
+        if peer is None:
+            self.counters.unknown_peer += 1
+            if command != GOODBYE and sender not in self._unknown_notified:
+                # One reply per identity and tick: a peer that kept talking to a restarted
+                # broker re-registers once, not once per message it had in flight.
+                self._unknown_notified.add(sender)
+                self._outbox.send(sender, UNKNOWN_PEER, [self.epoch])
+            return
+        handler = self._handlers.get(command)
+        if handler is None or peer.role not in handler[1]:
+            self.counters.not_allowed += 1
+            text = f"a {peer.role} may not send {message.name}"
+            logger.debug("refused a message from %s: %s", peer.label(), text)
+            self._outbox.send(sender, ERROR, [ERR_NOT_ALLOWED, text, []])
+            return
+        handler[0](peer, message)
+
+    def _malformed(self, sender: bytes, peer: Peer | None, text: str) -> None:
+        self.counters.malformed += 1
+        if sender not in self._warned and len(self._warned) < MAX_WARNED_PEERS:
+            self._warned.add(sender)
+            logger.warning(
+                "dropped a malformed message from %s: %s (more from this peer are logged at DEBUG)",
+                _who(sender, peer),
+                text,
+            )
+        else:
+            logger.debug("dropped a malformed message from %s: %s", _who(sender, peer), text)
+        self._outbox.send(sender, ERROR, [ERR_MALFORMED, text, []])
+
+    def _finish(self) -> Outgoing:
+        """End of a step: release, dispatch, issue GETs, then encode everything batched."""
+        ledger = self.ledger
+        try:
+            while True:
+                ledger.process_releases()
+                self.counters.dispatched += dispatch(ledger, self._workers.values(), self._functions, self._outbox)
+                if not ledger.gets:
+                    break
+                self._issue_gets()
+        except Exception:
+            self.counters.internal_errors += 1
+            logger.exception("internal error while finishing a step")
+        out = self._outbox.flush()
+        peers = self._peers
+        now = self._now
+        for identity, _ in out:
+            peer = peers.get(identity)
+            if peer is not None:
+                peer.last_sent = now
+        return out
+
+    def _issue_gets(self) -> None:
+        ledger = self.ledger
+        gets = ledger.gets
+        ledger.gets = {}
+        for (holder, client), keys in gets.items():
+            if not client.alive:
+                continue
+            if not holder.alive:
+                # The holder died later in this same step; it is no longer in any who_has.
+                for key in keys:
+                    ledger.gather(client, key)
+                continue
+            request_id = next(self._request_ids)
+            self._requests[request_id] = _Request(holder, client, None, keys)
+            holder.requests.add(request_id)
+            self._outbox.get(holder, request_id, keys)
+
+    # --- registration and liveness ----------------------------------------------------
+
+    def _on_hello(self, sender: bytes, message: Message) -> None:
+        role, info = message.header
+        old = self._peers.get(sender)
+        if old is not None:
+            # The same identity registering again: its previous incarnation dropped whatever it
+            # held, so release that first (a worker's tasks are requeued without blame).
+            self._peer_died(old, _NO_KEYS, "registered again")
+        try:
+            peer = self._make_peer(sender, role, info)
+        except ProtocolError as exc:
+            self.counters.rejected_hello += 1
+            logger.warning("refused HELLO from %s: %s", sender.hex(), exc)
+            self._outbox.send(sender, ERROR, [ERR_MALFORMED, f"HELLO refused: {exc}", []])
+            return
+        self._peers[sender] = peer
+        self._outbox.send(sender, WELCOME, [self.epoch, self._welcome_info])
+        logger.info("registered %s", peer.label())
+        if isinstance(peer, WorkerPeer):
+            self._workers[sender] = peer
+            pending = self.ledger.pending_stores
+            while pending:
+                rec = pending.popleft()
+                if self.ledger.tasks.get(rec.key) is rec and rec.state is PROCESSING:
+                    self.ledger.store(peer, rec)
+        elif isinstance(peer, ClientPeer):
+            self._clients[sender] = peer
+        else:
+            self._pools[sender] = cast(PoolPeer, peer)
+
+    def _make_peer(self, identity: bytes, role: str, info: dict[str, Any]) -> Peer:
+        now = self._now
+        if role == ROLE_WORKER:
+            return WorkerPeer(
+                identity,
+                name=_str_field(info, "name"),
+                nthreads=_int_field(info, "nthreads", None, 1),
+                credit=_int_field(info, "credit", None, 1),
+                host=_str_field(info, "host"),
+                pid=_int_field(info, "pid", 0, 0),
+                pool=_str_field(info, "pool"),
+                memory_limit=_int_field(info, "memory_limit", 0, 0),
+                now=now,
+            )
+        if role == ROLE_CLIENT:
+            return ClientPeer(identity, _str_field(info, "name"), _int_field(info, "pid", 0, 0), now)
+        return PoolPeer(
+            identity,
+            pool=_str_field(info, "pool"),
+            host=_str_field(info, "host"),
+            nworkers=_int_field(info, "nworkers", 0, 0),
+            now=now,
+        )
+
+    def _peer_died(self, peer: Peer, running: frozenset[str] | None, reason: str) -> None:
+        """End a registration; ``running`` as for :meth:`Ledger.worker_removed`."""
+        if not peer.alive:
+            return
+        peer.alive = False
+        self.counters.peers_died += 1
+        identity = peer.identity
+        if self._peers.get(identity) is peer:
+            del self._peers[identity]
+        if isinstance(peer, WorkerPeer):
+            del self._workers[identity]
+            nprocessing, nkeys = len(peer.processing), len(peer.has)
+            orphans, blamed = self.ledger.worker_removed(peer, running)
+            if running is None and blamed:
+                self._graveyard[identity] = (self._now, blamed)
+            # GETs in flight to the dead worker are answered as if it had said "missing".
+            for request_id in sorted(peer.requests):
+                request = self._requests.pop(request_id, None)
+                if request is not None:
+                    self._answer_missing(request, request.keys)
+            peer.requests.clear()
+            for rec in orphans:
+                self._place_store(rec)
+            logger.warning(
+                "worker %s is gone (%s): %d tasks to requeue, %d keys it held", peer.label(), reason, nprocessing, nkeys
+            )
+        elif isinstance(peer, ClientPeer):
+            del self._clients[identity]
+            self.ledger.client_removed(peer)
+            logger.info("client %s is gone (%s)", peer.label(), reason)
+        else:
+            self._pools.pop(identity, None)
+            logger.info("pool %s is gone (%s)", peer.label(), reason)
+
+    def _answer_missing(self, request: _Request, keys: list[str]) -> None:
+        requester = request.requester
+        if not requester.alive:
+            return
+        if isinstance(requester, ClientPeer):
+            for key in keys:
+                self.ledger.gather(requester, key)
+        else:
+            self._outbox.send(requester.identity, DATA, [request.requester_rid, [], keys])
+
+    def _on_heartbeat(self, peer: Peer, message: Message) -> None:
+        pass  # receiving it refreshed last_seen already
+
+    def _on_goodbye(self, peer: Peer, message: Message) -> None:
+        # A departing worker is not crashing: nothing it was running is blamed.
+        self._peer_died(peer, _NO_KEYS, f"said goodbye: {message.header[0]}")
+
+    def _on_worker_died(self, pool: PoolPeer, message: Message) -> None:
+        identity, running_keys, exitcode = message.header
+        running = frozenset(running_keys)
+        worker = self._workers.get(identity)
+        if worker is not None:
+            self._peer_died(worker, running, f"pool {pool.pool!r} saw it exit with code {exitcode}")
+            return
+        graves = self._graveyard.pop(identity, None)
+        if graves is not None:
+            # It was already declared dead without knowing what it ran: take back the blame
+            # of the tasks that were only waiting on it.
+            for rec in graves[1]:
+                if rec.key not in running and rec.suspicious > 0 and rec.state not in (ERRED, FORGOTTEN):
+                    rec.suspicious -= 1
+
+    def _on_info(self, peer: Peer, message: Message) -> None:
+        self._outbox.send(peer.identity, INFO_REPLY, [message.header[0], self.info()])
+
+    # --- clients ----------------------------------------------------------------------
+
+    def _on_submit(self, client: ClientPeer, message: Message) -> None:
+        functions, tasks = message.header
+        payload = message.payload
+        known = self._functions
+        for index, fn_hash in enumerate(functions):
+            if fn_hash not in known:
+                known[fn_hash] = payload[index]
+        offset = len(functions)
+        submit = self.ledger.submit
+        for entry in tasks:
+            nframes = entry[6]
+            frames = payload[offset : offset + nframes] if nframes else ()
+            offset += nframes
+            submit(client, entry, frames, entry[1] in known)
+
+    def _on_scatter(self, client: ClientPeer, message: Message) -> None:
+        entries, broadcast = message.header
+        groups = split_payload([entry[1] for entry in entries], message.payload)
+        ledger = self.ledger
+        workers = list(self._workers.values())
+        planned = {worker: worker.nbytes for worker in workers}
+        for entry, frames in zip(entries, groups, strict=True):
+            rec = ledger.scatter(client, entry[0], frames)
+            if rec is None:
+                continue
+            if not workers:
+                ledger.pending_stores.append(rec)
+            elif broadcast:
+                for worker in workers:
+                    ledger.store(worker, rec)
+            else:
+                target = min(workers, key=planned.__getitem__)
+                # +1 so that empty values still rotate over the workers.
+                planned[target] += sum(frame_nbytes(frame) for frame in frames) + 1
+                ledger.store(target, rec)
+
+    def _place_store(self, rec: TaskRecord) -> None:
+        """Send a scattered value whose holder-to-be died before confirming it elsewhere."""
+        if any(rec.key in worker.storing for worker in self._workers.values()):
+            return
+        if self._workers:
+            self.ledger.store(min(self._workers.values(), key=lambda w: w.nbytes), rec)
+        else:
+            self.ledger.pending_stores.append(rec)
+
+    def _on_release(self, client: ClientPeer, message: Message) -> None:
+        tasks = self.ledger.tasks
+        for key in message.header[0]:
+            rec = tasks.get(key)
+            if rec is not None:
+                self.ledger.drop_interest(rec, client)
+
+    def _on_cancel(self, client: ClientPeer, message: Message) -> None:
+        for key in message.header[0]:
+            self.ledger.cancel(client, key)
+
+    def _on_gather(self, client: ClientPeer, message: Message) -> None:
+        for key in message.header[0]:
+            self.ledger.gather(client, key)
+
+    # --- workers ----------------------------------------------------------------------
+
+    def _on_done(self, worker: WorkerPeer, message: Message) -> None:
+        ledger = self.ledger
+        payload = message.payload
+        storing = worker.storing
+        offset = 0
+        for key, code, detail, nframes in message.header[0]:
+            frames = payload[offset : offset + nframes] if nframes else ()
+            offset += nframes
+            if code == protocol.FINISHED:
+                nbytes = max(0, detail[1])
+                if key in storing and ledger.stored(worker, key, detail[0], nbytes):
+                    continue
+                ledger.finished(worker, key, detail[0], nbytes, frames)
+            elif code == protocol.ERRED:
+                if key in storing and ledger.store_failed(worker, key, detail, frames):
+                    continue
+                ledger.failed(worker, key, detail, frames)
+            elif code == protocol.CANCELLED:
+                ledger.cancelled(worker, key)
+            else:
+                ledger.missing_deps(worker, key, detail)
+
+    def _on_data(self, holder: WorkerPeer, message: Message) -> None:
+        request_id, entries, missing = message.header
+        request = self._requests.get(request_id)
+        if request is None or request.holder is not holder:
+            self.counters.stale += 1
+            return
+        del self._requests[request_id]
+        holder.requests.discard(request_id)
+        returned = {entry[0] for entry in entries}
+        missing_set = set(missing)
+        # A key asked for but neither returned nor listed counts as missing too.
+        all_missing = list(missing) + [k for k in request.keys if k not in returned and k not in missing_set]
+        ledger = self.ledger
+        tasks = ledger.tasks
+        for key in all_missing:
+            rec = tasks.get(key)
+            if rec is not None:
+                ledger.remove_holder(rec, holder)
+        requester = request.requester
+        if not requester.alive:
+            return
+        if isinstance(requester, ClientPeer):
+            groups = split_payload([entry[1] for entry in entries], message.payload)
+            for (key, nframes), frames in zip(entries, groups, strict=True):
+                rec = tasks.get(key)
+                if rec is not None and rec.state is MEMORY:
+                    detail = [rec.type_name, rec.nbytes]
+                else:
+                    detail = ["", sum(frame_nbytes(frame) for frame in frames)]
+                self._outbox.report(requester, [key, protocol.FINISHED, detail, nframes], frames)
+            self._answer_missing(request, all_missing)
+        else:
+            self._outbox.send(requester.identity, DATA, [request.requester_rid, entries, all_missing], message.payload)
+
+    def _on_fetch(self, worker: WorkerPeer, message: Message) -> None:
+        request_id, holder_identity, keys = message.header
+        holder = self._workers.get(holder_identity)
+        if holder is None or holder is worker:
+            self._outbox.send(worker.identity, DATA, [request_id, [], keys])
+            return
+        own_id = next(self._request_ids)
+        self._requests[own_id] = _Request(holder, worker, request_id, keys)
+        holder.requests.add(own_id)
+        self._outbox.send(holder.identity, GET, [own_id, keys])
+
+
+def _who(sender: bytes, peer: Peer | None) -> str:
+    return peer.label() if peer is not None else f"unregistered peer [{sender.hex()}]"
+
+
+def _str_field(info: dict[str, Any], name: str) -> str:
+    value = info.get(name, "")
+    if type(value) is not str:
+        raise ProtocolError(f"{name!r} must be a string")
+    return value
+
+
+def _int_field(info: dict[str, Any], name: str, default: int | None, minimum: int) -> int:
+    value = info.get(name, default)
+    if value is None:
+        raise ProtocolError(f"{name!r} is required")
+    if type(value) is not int or value < minimum:
+        raise ProtocolError(f"{name!r} must be an integer >= {minimum}, not {value!r:.40}")
+    return value
