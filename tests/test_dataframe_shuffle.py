@@ -1,0 +1,128 @@
+"""Shuffles: hash and boundary partitioning kernels, then set_index and sort_values against pandas."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from zmqdask.dataframe.shuffle import (
+    choose_boundaries,
+    hash_codes,
+    hash_split,
+    index_partition,
+    sample_partition,
+    sort_partition,
+    split_by_codes,
+)
+
+
+def _frame(n: int = 400, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "a": rng.integers(0, 40, n),
+            "f": rng.normal(size=n),
+            "s": rng.choice(list("abcdefgh"), n),
+            "t": pd.date_range("2000", periods=n, freq="h")[rng.permutation(n)],
+        }
+    )
+    frame.loc[frame.index[::11], "f"] = np.nan
+    return frame
+
+
+def _pieces(frame: pd.DataFrame) -> list[pd.DataFrame]:
+    cuts = [0, 90, 90, 91, 250, len(frame)]
+    return [frame.iloc[a:b] for a, b in itertools.pairwise(cuts)]
+
+
+def _boundary_sort(pieces: list[pd.DataFrame], by: str, nout: int, ascending: bool) -> list[pd.DataFrame]:
+    from zmqdask.dataframe.shuffle import boundary_split
+
+    samples = [sample_partition(piece, by, 16) for piece in pieces]
+    _, boundaries, _ = choose_boundaries(samples, nout)
+    splits = [boundary_split(piece, by, boundaries, nout, ascending) for piece in pieces]
+    return [sort_partition([split[j] for split in splits], by, ascending) for j in range(nout)]
+
+
+@pytest.mark.parametrize("by", ["a", "f", "s", "t"])
+@pytest.mark.parametrize("ascending", [True, False])
+@pytest.mark.parametrize("nout", [1, 3, 7])
+def test_boundary_sort_kernels_match_pandas(by: str, ascending: bool, nout: int) -> None:
+    frame = _frame()
+    outputs = _boundary_sort(_pieces(frame), by, nout, ascending)
+    expected = frame.sort_values(by, ascending=ascending, kind="stable", na_position="last")
+    pd.testing.assert_frame_equal(pd.concat(outputs), expected)
+
+
+def test_boundaries_balance_partitions() -> None:
+    frame = pd.DataFrame({"x": np.arange(10_000) % 997})
+    pieces = [frame.iloc[a : a + 1000] for a in range(0, 10_000, 1000)]
+    sizes = [len(p) for p in _boundary_sort(pieces, "x", 5, True)]
+    assert sum(sizes) == len(frame)
+    assert max(sizes) < 1.5 * len(frame) / 5
+
+
+def test_boundaries_without_values() -> None:
+    empty = pd.DataFrame({"x": [np.nan, np.nan]})
+    assert choose_boundaries([sample_partition(empty, "x", 8)], 4) == (None, [], None)
+
+
+def test_set_index_kernels_respect_divisions() -> None:
+    frame = _frame()
+    pieces = _pieces(frame)
+    samples = [sample_partition(piece, "a", 16) for piece in pieces]
+    low, boundaries, high = choose_boundaries(samples, 4)
+    assert (low, high) == (frame["a"].min(), frame["a"].max())
+    divisions = [low, *boundaries, high]
+    assert divisions == sorted(set(divisions))
+    from zmqdask.dataframe.shuffle import boundary_split
+
+    nout = len(boundaries) + 1
+    splits = [boundary_split(piece, "a", boundaries, nout) for piece in pieces]
+    outputs = [index_partition([split[j] for split in splits], "a") for j in range(nout)]
+    for j, part in enumerate(outputs):
+        assert part.index.min() >= divisions[j]
+        assert part.index.max() < divisions[j + 1] or (j == nout - 1 and part.index.max() <= divisions[-1])
+    pd.testing.assert_frame_equal(pd.concat(outputs), frame.set_index("a").sort_index(kind="stable"))
+
+
+@pytest.mark.parametrize(
+    "left,right",
+    [
+        (pd.Series([1, 2, 3, -0], dtype="int64"), pd.Series([1.0, 2.0, 3.0, -0.0])),
+        (pd.Series([1, 2, None], dtype="Int32"), pd.Series([1.0, 2.0, np.nan])),
+        (pd.Series(["a", "b", None], dtype="str"), pd.Series(["a", "b", None], dtype=object)),
+        (pd.Series(["a", "b", None], dtype="category"), pd.Series(["a", "b", None], dtype="str")),
+        (
+            pd.Series(pd.to_datetime(["2000-01-01", "2001-05-03"]).as_unit("s")),
+            pd.Series(pd.to_datetime(["2000-01-01", "2001-05-03"]).as_unit("ns")),
+        ),
+    ],
+    ids=["int-float", "nullable-float", "str-object", "category-str", "datetime-units"],
+)
+def test_equal_keys_hash_alike(left: pd.Series, right: pd.Series) -> None:
+    assert list(hash_codes(left, [0], 13)) == list(hash_codes(right, [0], 13))
+
+
+def test_hash_split_keeps_keys_together_and_order() -> None:
+    frame = _frame()
+    buckets = hash_split(frame, ["s", "a"], 5)
+    assert sum(len(b) for b in buckets) == len(frame)
+    owners: dict[Any, int] = {}
+    for j, bucket in enumerate(buckets):
+        assert bucket.index.is_monotonic_increasing
+        for key in zip(bucket["s"], bucket["a"], strict=True):
+            assert owners.setdefault(key, j) == j
+    by_index = hash_codes(frame.set_index("a"), None, 5)
+    assert list(by_index) == list(hash_codes(frame, ["a"], 5))
+
+
+def test_split_by_codes_empty_buckets_keep_schema() -> None:
+    frame = _frame().iloc[:3]
+    pieces = split_by_codes(frame, np.array([2, 2, 0]), 4)
+    assert [len(p) for p in pieces] == [1, 0, 2, 0]
+    assert all(list(p.dtypes) == list(frame.dtypes) for p in pieces)
