@@ -1,0 +1,1316 @@
+"""The user-facing lazy collections: DataFrame, Series, Index and Scalar, and their reprs.
+
+Each wraps an immutable expression (``.expr``); methods build new expressions and never
+compute, except ``compute``, ``persist`` (without a client), ``head``, ``tail`` and ``len``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from zmqdask.dataframe import core_ops as ops
+from zmqdask.dataframe.expr import (
+    Expr,
+    Filter,
+    MapPartitions,
+    Partitions,
+    Projection,
+    Reduction,
+    emulate,
+    make_meta,
+)
+from zmqdask.dataframe.lower import build_graph, finalizer
+from zmqdask.dataframe.optimize import optimize
+from zmqdask.errors import UsageError
+from zmqdask.graph import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+REPR_EDGE_ROWS = 2
+"""Division rows shown at each end of a structure repr before eliding the middle."""
+
+
+def new_collection(expr: Expr) -> Any:
+    """The collection class matching an expression's meta, wrapping it."""
+    meta = expr._meta
+    if isinstance(meta, pd.DataFrame):
+        return DataFrame(expr)
+    if isinstance(meta, pd.Series):
+        return Series(expr)
+    if isinstance(meta, pd.Index):
+        return Index(expr)
+    return Scalar(expr)
+
+
+def _expr_of(value: Any) -> Any:
+    """An operand for an expression: a collection's expression, or the value itself."""
+    return value.expr if isinstance(value, Collection) else value
+
+
+# ---------------------------------------------------------------------------------------
+# Shared behaviour
+# ---------------------------------------------------------------------------------------
+
+
+class Collection:
+    """Behaviour shared by every lazy collection: compute, persist, explain, graphs."""
+
+    def __init__(self, expr: Expr) -> None:
+        if not isinstance(expr, Expr):
+            raise TypeError(f"a collection wraps an Expr, not {type(expr).__name__}")
+        self._expr = expr
+
+    @property
+    def expr(self) -> Expr:
+        """The expression this collection stands for."""
+        return self._expr
+
+    @property
+    def _meta(self) -> Any:
+        return self._expr._meta
+
+    @property
+    def _name(self) -> str:
+        return self._expr._name
+
+    @property
+    def npartitions(self) -> int:
+        """Number of partitions."""
+        return self._expr.npartitions
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        """Index boundaries of the partitions (``None`` values when unknown)."""
+        return self._expr.divisions
+
+    @property
+    def known_divisions(self) -> bool:
+        """Whether the divisions are known."""
+        return self._expr.known_divisions
+
+    # -- optimization and lowering ----------------------------------------------------
+
+    @cached_property
+    def _optimized(self) -> Expr:
+        return optimize(self._expr)
+
+    @cached_property
+    def _graph(self) -> tuple[dict[str, TaskSpec], list[str]]:
+        return build_graph(self._optimized)
+
+    def optimize(self) -> Any:
+        """The same collection with its expression optimized (not yet fused)."""
+        return new_collection(optimize(self._expr, fuse=False))
+
+    def explain(self, optimized: bool = True) -> None:
+        """Print the plan as an indented tree: the optimized, fused plan by default."""
+        print(self.plan(optimized))
+
+    def plan(self, optimized: bool = True) -> str:
+        """The text ``explain()`` prints."""
+        return (self._optimized if optimized else self._expr).tree_repr()
+
+    def __zmqdask_graph__(self) -> tuple[dict[str, TaskSpec], list[str]]:
+        graph, keys = self._graph
+        return dict(graph), list(keys)
+
+    def __zmqdask_finalize__(self) -> Callable[[list[Any]], Any]:
+        return finalizer(self._meta)
+
+    def __zmqdask_persisted__(self, futures: list[Any]) -> Any:
+        from zmqdask.dataframe.sources import make_futures_source
+
+        return new_collection(make_futures_source(list(futures), self._meta, self.divisions))
+
+    def __dask_graph__(self) -> dict[str, TaskSpec]:
+        """The optimized task graph (introspection; the protocol uses ``__zmqdask_graph__``)."""
+        return dict(self._graph[0])
+
+    def __dask_keys__(self) -> list[str]:
+        """The output keys of the optimized graph, one per partition."""
+        return list(self._graph[1])
+
+    @property
+    def ntasks(self) -> int:
+        """Number of tasks of the optimized graph."""
+        return len(self._graph[0])
+
+    # -- execution --------------------------------------------------------------------
+
+    def compute(self) -> Any:
+        """The concrete result (blocking): a pandas object or a scalar."""
+        from zmqdask.base import compute
+
+        (result,) = compute(self, alternative=self._awaitable("await client.compute({})"))
+        return result
+
+    def persist(self) -> Any:
+        """An equivalent collection backed by computed partitions.
+
+        With a client this returns at once (futures), also in asynchronous mode.
+        """
+        from zmqdask.base import persist
+
+        (result,) = persist(self)
+        return result
+
+    def _persist_locally(self) -> Any:
+        from zmqdask.dataframe.sources import make_partitions_source
+        from zmqdask.graph import execute_local
+
+        graph, keys = self._graph
+        parts = execute_local(graph, keys)
+        return new_collection(make_partitions_source(parts, self._meta, self.divisions, self._expr._token))
+
+    def _awaitable(self, template: str) -> str:
+        kind = type(self).__name__.lower()
+        return template.format({"dataframe": "df", "series": "series", "scalar": "scalar", "index": "index"}.get(kind, "obj"))
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            f"the truth value of a lazy {type(self).__name__} is ambiguous; compute it first"
+        )
+
+    # -- partition-wise ---------------------------------------------------------------
+
+    def map_partitions(self, func: Callable[..., Any], *args: Any, meta: Any = None, **kwargs: Any) -> Any:
+        """Apply ``func(partition, *args, **kwargs)`` to every partition.
+
+        Collections among ``args``/``kwargs`` are aligned partition by partition (scalars
+        are broadcast).  ``meta`` (an empty pandas object, a dtype or a ``{column: dtype}``
+        dict) describes the result; without it, ``func`` is run on fake data to infer it.
+        """
+        return map_partitions(func, self, *args, meta=meta, **kwargs)
+
+    def repartition(self, npartitions: int | None = None, divisions: Any = None) -> Any:
+        """The same data in ``npartitions`` partitions (or at new ``divisions``)."""
+        if divisions is not None:
+            if not self.known_divisions:
+                raise UsageError("repartition(divisions=...) needs known divisions; use set_index first")
+            return new_collection(ops.RepartitionDivisions(self._expr, tuple(divisions)))
+        if npartitions is None:
+            raise UsageError("repartition needs npartitions or divisions")
+        if npartitions < 1:
+            raise ValueError("npartitions must be at least 1")
+        return new_collection(_repartition_expr(self._expr, npartitions))
+
+    def get_partition(self, n: int) -> Any:
+        """Partition ``n`` alone, as a one-partition collection."""
+        if not 0 <= n < self.npartitions:
+            raise IndexError(f"partition {n} out of range (npartitions={self.npartitions})")
+        return new_collection(Partitions(self._expr, (n,)))
+
+    @property
+    def partitions(self) -> _PartitionsIndexer:
+        """``obj.partitions[i]`` or ``[i:j]``: a subset of the partitions."""
+        return _PartitionsIndexer(self)
+
+    def copy(self, deep: bool = False) -> Any:
+        """A new collection object for the same (immutable) expression."""
+        return new_collection(self._expr)
+
+
+class _PartitionsIndexer:
+    def __init__(self, obj: Collection) -> None:
+        self._obj = obj
+
+    def __getitem__(self, key: Any) -> Any:
+        n = self._obj.npartitions
+        picked = list(range(n))[key] if isinstance(key, slice) else np.arange(n)[key]
+        picked = [int(p) for p in np.atleast_1d(picked)]
+        if not picked:
+            raise IndexError("no partitions selected")
+        return new_collection(Partitions(self._obj.expr, tuple(picked)))
+
+
+def _repartition_expr(expr: Expr, npartitions: int) -> Expr:
+    current = expr.npartitions
+    if npartitions == current:
+        return expr
+    if npartitions < current:
+        bounds = np.linspace(0, current, npartitions + 1).round().astype(int)
+        groups = tuple(tuple(range(bounds[j], bounds[j + 1])) for j in range(npartitions))
+        return ops.Repartition(expr, groups)
+    base, extra = divmod(npartitions, current)
+    pieces = tuple(base + (1 if i < extra else 0) for i in range(current))
+    divisions = expr.divisions
+    bounds: tuple[tuple[Any, ...], ...] | None = None
+    if expr.known_divisions and _interpolatable(divisions):
+        inner = []
+        for i, count in enumerate(pieces):
+            lo, hi = divisions[i], divisions[i + 1]
+            points = _interpolate(lo, hi, count)
+            inner.append(tuple(points))
+        flat = [divisions[0]]
+        for i, points in enumerate(inner):
+            flat.extend(points)
+            flat.append(divisions[i + 1])
+        if all(a < b for a, b in zip(flat, flat[1:])):
+            bounds = tuple(inner)
+    return ops.SplitPartitions(expr, pieces, bounds)
+
+
+def _interpolatable(divisions: tuple[Any, ...]) -> bool:
+    sample = divisions[0]
+    return isinstance(sample, (pd.Timestamp, int, float, np.integer, np.floating)) and not isinstance(sample, bool)
+
+
+def _interpolate(lo: Any, hi: Any, count: int) -> list[Any]:
+    if isinstance(lo, pd.Timestamp):
+        span = hi - lo
+        return [lo + span * k / count for k in range(1, count)]
+    if isinstance(lo, (int, np.integer)):
+        return [int(lo + (hi - lo) * k // count) for k in range(1, count)]
+    return [lo + (hi - lo) * k / count for k in range(1, count)]
+
+
+# ---------------------------------------------------------------------------------------
+# Frames: what DataFrame, Series and Index share
+# ---------------------------------------------------------------------------------------
+
+
+def _binary(op: str, reflected: bool = False) -> Callable[[Any, Any], Any]:
+    def method(self: Any, other: Any) -> Any:
+        return self._binop(op, other, reflected)
+
+    method.__name__ = f"__{'r' if reflected else ''}{op.rstrip('_')}__"
+    method.__doc__ = f"Lazy ``{op}`` with another collection or a scalar."
+    return method
+
+
+class _Frame(Collection):
+    """Shared by partitioned collections (DataFrame, Series, Index)."""
+
+    def _binop(self, op: str, other: Any, reflected: bool = False) -> Any:
+        if isinstance(other, Collection):
+            left, right = _align(self._expr, other.expr)
+        else:
+            left, right = self._expr, other
+        if reflected:
+            left, right = right, left
+        return new_collection(ops.Binop(op, left, right))
+
+    __add__ = _binary("add")
+    __radd__ = _binary("add", True)
+    __sub__ = _binary("sub")
+    __rsub__ = _binary("sub", True)
+    __mul__ = _binary("mul")
+    __rmul__ = _binary("mul", True)
+    __truediv__ = _binary("truediv")
+    __rtruediv__ = _binary("truediv", True)
+    __floordiv__ = _binary("floordiv")
+    __rfloordiv__ = _binary("floordiv", True)
+    __mod__ = _binary("mod")
+    __rmod__ = _binary("mod", True)
+    __pow__ = _binary("pow")
+    __rpow__ = _binary("pow", True)
+    __lt__ = _binary("lt")
+    __le__ = _binary("le")
+    __gt__ = _binary("gt")
+    __ge__ = _binary("ge")
+    __eq__ = _binary("eq")  # type: ignore[assignment]
+    __ne__ = _binary("ne")  # type: ignore[assignment]
+    __and__ = _binary("and_")
+    __rand__ = _binary("and_", True)
+    __or__ = _binary("or_")
+    __ror__ = _binary("or_", True)
+    __xor__ = _binary("xor")
+    __rxor__ = _binary("xor", True)
+    __hash__ = Collection.__hash__
+
+    def __neg__(self) -> Any:
+        return new_collection(ops.Unary("neg", self._expr))
+
+    def __pos__(self) -> Any:
+        return new_collection(ops.Unary("pos", self._expr))
+
+    def __invert__(self) -> Any:
+        return new_collection(ops.Unary("invert", self._expr))
+
+    def __abs__(self) -> Any:
+        return self.abs()
+
+    def add(self, other: Any) -> Any:
+        """``self + other``."""
+        return self._binop("add", other)
+
+    def sub(self, other: Any) -> Any:
+        """``self - other``."""
+        return self._binop("sub", other)
+
+    def mul(self, other: Any) -> Any:
+        """``self * other``."""
+        return self._binop("mul", other)
+
+    def div(self, other: Any) -> Any:
+        """``self / other``."""
+        return self._binop("truediv", other)
+
+    truediv = div
+
+    def _method(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(_expr_of(a) for a in args)
+        kwargs = {k: _expr_of(v) for k, v in kwargs.items()}
+        exprs = [a for a in (*args, *kwargs.values()) if isinstance(a, Expr)]
+        if exprs:
+            aligned = _align(self._expr, *exprs)
+            mapping = {e._token: a for e, a in zip(exprs, aligned[1:])}
+            args = tuple(mapping.get(a._token, a) if isinstance(a, Expr) else a for a in args)
+            kwargs = {k: (mapping.get(v._token, v) if isinstance(v, Expr) else v) for k, v in kwargs.items()}
+            return new_collection(ops.MapMethod(aligned[0], name, args, kwargs))
+        return new_collection(ops.MapMethod(self._expr, name, args, kwargs))
+
+    # -- elementwise ------------------------------------------------------------------
+
+    def abs(self) -> Any:
+        """Absolute values."""
+        return self._method("abs")
+
+    def round(self, decimals: int = 0) -> Any:
+        """Values rounded to ``decimals``."""
+        return self._method("round", decimals)
+
+    def clip(self, lower: Any = None, upper: Any = None) -> Any:
+        """Values limited to ``[lower, upper]``."""
+        return self._method("clip", lower, upper)
+
+    def isna(self) -> Any:
+        """Boolean mask of missing values."""
+        return self._method("isna")
+
+    isnull = isna
+
+    def notna(self) -> Any:
+        """Boolean mask of present values."""
+        return self._method("notna")
+
+    notnull = notna
+
+    def isin(self, values: Any) -> Any:
+        """Boolean mask of membership in ``values``."""
+        if isinstance(values, Collection):
+            raise UsageError("isin needs concrete values, not a lazy collection; compute it first")
+        if not isinstance(values, dict):
+            values = list(values)
+        return self._method("isin", values)
+
+    def where(self, cond: Any, other: Any = np.nan) -> Any:
+        """Values where ``cond`` holds, ``other`` elsewhere."""
+        return self._method("where", cond, other)
+
+    def mask(self, cond: Any, other: Any = np.nan) -> Any:
+        """Values where ``cond`` does not hold, ``other`` elsewhere."""
+        return self._method("mask", cond, other)
+
+    def fillna(self, value: Any = None, **kwargs: Any) -> Any:
+        """Missing values replaced by ``value`` (a scalar, dict or aligned collection)."""
+        if value is None and kwargs.get("method") is not None:
+            raise UsageError("fillna(method=...) is not supported; use ffill() or bfill()")
+        return self._method("fillna", value, **kwargs)
+
+    def astype(self, dtype: Any) -> Any:
+        """Values cast to ``dtype`` (or a ``{column: dtype}`` mapping)."""
+        return self._method("astype", dtype)
+
+    def dropna(self, **kwargs: Any) -> Any:
+        """Rows with missing values removed (``how``, ``subset``, ``thresh`` as in pandas)."""
+        return self._method("dropna", **kwargs)
+
+    def query(self, expr: str, **kwargs: Any) -> Any:
+        """Rows matching a pandas query string (evaluated per partition)."""
+        return self._method("query", expr, **kwargs)
+
+    # -- rows -------------------------------------------------------------------------
+
+    def head(self, n: int = 5, npartitions: int = 1, compute: bool = True) -> Any:
+        """The first ``n`` rows; reads partitions from the first on, only as many as needed.
+
+        ``npartitions`` is how many partitions the first attempt reads (-1: all).  With
+        ``compute=False`` returns the lazy collection of that first attempt instead.
+        """
+        total = self.npartitions
+        first = total if npartitions == -1 else max(1, min(npartitions, total))
+        lazy = new_collection(_edge_expr(self._expr, n, list(range(first)), ops.head_part, "head"))
+        if not compute:
+            return lazy
+        self._check_blocking("await client.compute({}.head(n, compute=False))")
+        result = lazy.compute()
+        taken = first
+        while len(result) < n and taken < total:
+            more = list(range(taken, min(total, taken * 2)))
+            extra = new_collection(_edge_expr(self._expr, n - len(result), more, ops.head_part, "head")).compute()
+            result = ops.concat_parts([result, extra])
+            taken = more[-1] + 1
+        return result
+
+    def tail(self, n: int = 5, npartitions: int = 1, compute: bool = True) -> Any:
+        """The last ``n`` rows; reads partitions from the last backwards, as many as needed."""
+        total = self.npartitions
+        count = total if npartitions == -1 else max(1, min(npartitions, total))
+        lazy = new_collection(_edge_expr(self._expr, n, list(range(total - count, total)), ops.tail_part, "tail"))
+        if not compute:
+            return lazy
+        self._check_blocking("await client.compute({}.tail(n, compute=False))")
+        result = lazy.compute()
+        start = total - count
+        while len(result) < n and start > 0:
+            taken = total - start
+            more = list(range(max(0, start - taken), start))
+            extra = new_collection(_edge_expr(self._expr, n - len(result), more, ops.tail_part, "tail")).compute()
+            result = ops.concat_parts([extra, result])
+            start = more[0]
+        return result
+
+    def _check_blocking(self, template: str) -> None:
+        from zmqdask.base import ensure_blocking_allowed, get_client
+
+        client = get_client()
+        if client is not None:
+            ensure_blocking_allowed(client, self._awaitable(template))
+
+    def __len__(self) -> int:
+        self._check_blocking("await client.compute({}.shape[0])")
+        return int(self._length().compute())
+
+    def _length(self) -> Scalar:
+        expr = Reduction(
+            self._expr,
+            _len_chunk,
+            ops.sum_values,
+            ops.sum_values,
+            0,
+            label="len",
+            columns_needed=(),
+        )
+        return Scalar(expr)
+
+    @property
+    def loc(self) -> _LocIndexer:
+        """Label-based row selection on a sorted index, culling partitions by divisions."""
+        return _LocIndexer(self)
+
+    @property
+    def index(self) -> Index:
+        """The index, lazily."""
+        return Index(ops.IndexOf(self._expr))
+
+    # -- reductions -------------------------------------------------------------------
+
+    def _reduce(self, how: str, split_every: int | None = None, **kwargs: Any) -> Any:
+        meta = emulate(lambda m: getattr(m, how)(**kwargs), self._meta)
+        expr = Reduction(
+            self._expr,
+            ops.reduce_chunk,
+            ops.reduce_combine,
+            ops.reduce_aggregate,
+            meta,
+            {"how": how, "kwargs": kwargs},
+            {"how": ops.COMBINE_HOW[how], "kwargs": _combine_kwargs(kwargs)},
+            {"how": ops.COMBINE_HOW[how], "kwargs": _combine_kwargs(kwargs)},
+            split_every or 8,
+            how,
+        )
+        return new_collection(expr)
+
+    def sum(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Sum (per column for a DataFrame)."""
+        return self._reduce("sum", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
+
+    def prod(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Product (per column for a DataFrame)."""
+        return self._reduce("prod", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
+
+    def min(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Minimum (per column for a DataFrame)."""
+        return self._reduce("min", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
+
+    def max(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Maximum (per column for a DataFrame)."""
+        return self._reduce("max", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
+
+    def count(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Number of non-missing values (per column for a DataFrame)."""
+        return self._reduce("count", split_every, **self._numeric(numeric_only=numeric_only))
+
+    def any(self, skipna: bool = True, split_every: int | None = None) -> Any:
+        """Whether any value is true."""
+        return self._reduce("any", split_every, skipna=skipna)
+
+    def all(self, skipna: bool = True, split_every: int | None = None) -> Any:
+        """Whether all values are true."""
+        return self._reduce("all", split_every, skipna=skipna)
+
+    def _numeric(self, **kwargs: Any) -> dict[str, Any]:
+        if not isinstance(self._meta, pd.DataFrame):
+            kwargs.pop("numeric_only", None)
+        elif not kwargs.get("numeric_only"):
+            kwargs.pop("numeric_only", None)
+        return kwargs
+
+    def mean(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Arithmetic mean (per column for a DataFrame)."""
+        meta = emulate(lambda m: m.mean(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.mean(), self._meta)
+        expr = Reduction(
+            self._expr,
+            ops.mean_chunk,
+            ops.mean_combine,
+            ops.mean_aggregate,
+            meta,
+            {"skipna": skipna, "numeric_only": numeric_only},
+            split_every=split_every or 8,
+            label="mean",
+        )
+        return new_collection(expr)
+
+    def var(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Variance with ``ddof`` delta degrees of freedom (missing values skipped)."""
+        return self._moments(ddof, numeric_only, split_every, sqrt=False)
+
+    def std(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Standard deviation with ``ddof`` delta degrees of freedom (missing values skipped)."""
+        return self._moments(ddof, numeric_only, split_every, sqrt=True)
+
+    def _moments(self, ddof: int, numeric_only: bool, split_every: int | None, sqrt: bool) -> Any:
+        meta = emulate(
+            lambda m: m.var(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.var(), self._meta
+        )
+        expr = Reduction(
+            self._expr,
+            ops.moments_chunk,
+            ops.moments_combine,
+            ops.moments_aggregate,
+            meta,
+            {"numeric_only": numeric_only},
+            {},
+            {"ddof": ddof, "sqrt": sqrt},
+            split_every or 8,
+            "std" if sqrt else "var",
+        )
+        return new_collection(expr)
+
+    @property
+    def size(self) -> Scalar:
+        """Number of elements, lazily."""
+        expr = Reduction(self._expr, ops.size_chunk, ops.sum_values, ops.sum_values, 0, label="size")
+        return Scalar(expr)
+
+    def nunique(self, *args: Any, **kwargs: Any) -> Any:
+        """Number of distinct values (see ``zmqdask.dataframe.stats``)."""
+        from zmqdask.dataframe import stats
+
+        return stats.nunique(self, *args, **kwargs)
+
+    def describe(self, *args: Any, **kwargs: Any) -> Any:
+        """Summary statistics (see ``zmqdask.dataframe.stats``)."""
+        from zmqdask.dataframe import stats
+
+        return stats.describe(self, *args, **kwargs)
+
+
+def _len_chunk(part: Any) -> int:
+    return len(part)
+
+
+def _combine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # Partial results are already per column; only skipna still matters when merging.
+    return {k: v for k, v in kwargs.items() if k == "skipna"}
+
+
+def _edge_expr(expr: Expr, n: int, picked: list[int], func: Callable[..., Any], label: str) -> Expr:
+    """The first (``head_part``) or last (``tail_part``) ``n`` rows of some partitions."""
+    selected = Partitions(expr, tuple(picked))
+    per_part = ops.RowSelect(selected, func, (n,), label)
+    if len(picked) == 1:
+        return per_part
+    together = ops.Repartition(per_part, (tuple(range(len(picked))),))
+    return ops.RowSelect(together, func, (n,), label)
+
+
+def _align(*exprs: Expr) -> list[Expr]:
+    """Inputs for a partition-wise operation on several collections.
+
+    Scalars broadcast.  Frames must have equal partitioning: equal known divisions, or
+    the same number of partitions when some are unknown; frames with different known
+    divisions are repartitioned to the union of their divisions.
+    """
+    frames = [e for e in exprs if not ops.is_scalar_meta(e._meta)]
+    if len(frames) < 2:
+        return list(exprs)
+    first = frames[0]
+    if all(f.divisions == first.divisions for f in frames):
+        return list(exprs)
+    if all(f.known_divisions for f in frames):
+        try:
+            union = ops.union_divisions(*(f.divisions for f in frames))
+        except TypeError as exc:
+            raise UsageError(f"cannot align partitions with incomparable divisions: {exc}") from None
+        return [
+            ops.RepartitionDivisions(e, union) if not ops.is_scalar_meta(e._meta) and e.divisions != union else e
+            for e in exprs
+        ]
+    if all(f.npartitions == first.npartitions for f in frames):
+        return list(exprs)
+    raise UsageError(
+        "cannot align collections with unknown divisions and different numbers of partitions "
+        f"({[f.npartitions for f in frames]}); repartition them to the same npartitions"
+    )
+
+
+class _LocIndexer:
+    def __init__(self, obj: _Frame) -> None:
+        self._obj = obj
+
+    def __getitem__(self, key: Any) -> Any:
+        obj = self._obj
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(obj, DataFrame):
+            rows, cols = key
+            selected = self[rows] if not _is_full_slice(rows) else obj
+            return selected[cols]
+        if isinstance(key, Series):
+            return obj[key]
+        if isinstance(key, slice):
+            if key.step is not None:
+                raise UsageError("loc with a slice step is not supported")
+            return new_collection(_loc_expr(obj.expr, key.start, key.stop, True))
+        if isinstance(key, (list, np.ndarray, pd.Index, pd.Series)):
+            labels = list(key)
+            expr = obj.expr
+            if expr.known_divisions:
+                keep = sorted({p for label in labels for p in _partitions_for(expr.divisions, label, label, False)})
+                expr = Partitions(expr, tuple(keep or [0]))
+            return new_collection(ops.RowSelect(expr, ops.loc_labels, (labels,), "loc"))
+        return new_collection(_loc_expr(obj.expr, key, key, False))
+
+
+def _is_full_slice(key: Any) -> bool:
+    return isinstance(key, slice) and key.start is None and key.stop is None and key.step is None
+
+
+def _bounds(label: Any, divisions: tuple[Any, ...], upper: bool) -> Any:
+    """A comparable bound for a loc label: date strings cover their whole period."""
+    if label is None:
+        return None
+    sample = divisions[0]
+    if isinstance(label, str) and isinstance(sample, pd.Timestamp):
+        try:
+            period = pd.Period(label)
+        except (ValueError, TypeError):
+            return pd.Timestamp(label)
+        if upper:
+            return (period + 1).start_time - pd.Timedelta(1, "ns")
+        return period.start_time
+    return label
+
+
+def _partitions_for(divisions: tuple[Any, ...], start: Any, stop: Any, is_slice: bool) -> list[int]:
+    """Partitions that may hold labels in ``[start, stop]`` (conservative on errors)."""
+    n = len(divisions) - 1
+    try:
+        lower = _bounds(start, divisions, upper=False)
+        upper = _bounds(stop, divisions, upper=True)
+        keep = []
+        for i in range(n):
+            last = i == n - 1
+            if upper is not None and divisions[i] > upper:
+                continue
+            if lower is not None and (divisions[i + 1] < lower or (divisions[i + 1] == lower and not last)):
+                continue
+            keep.append(i)
+        return keep
+    except TypeError:
+        return list(range(n))
+
+
+def _loc_expr(expr: Expr, start: Any, stop: Any, is_slice: bool) -> Expr:
+    if expr.known_divisions:
+        keep = _partitions_for(expr.divisions, start, stop, is_slice)
+        expr = Partitions(expr, tuple(keep or [0]))
+    if is_slice:
+        return ops.RowSelect(expr, ops.loc_part, (start, stop), "loc")
+    if not expr.known_divisions:
+        return ops.RowSelect(expr, ops.loc_labels, ([start],), "loc")
+    return ops.RowSelect(expr, ops.loc_part, (start, stop), "loc")
+
+
+# ---------------------------------------------------------------------------------------
+# DataFrame
+# ---------------------------------------------------------------------------------------
+
+
+class DataFrame(_Frame):
+    """A lazy pandas DataFrame split into partitions along its index."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._meta.columns:
+            return self[name]
+        raise AttributeError(f"'DataFrame' object has no attribute {name!r}")
+
+    def __dir__(self) -> list[str]:
+        names = set(super().__dir__())
+        names.update(c for c in self._meta.columns if isinstance(c, str) and c.isidentifier())
+        return sorted(names)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._meta.columns)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, Series):
+            (frame, predicate) = _align(self._expr, key.expr)
+            return DataFrame(Filter(frame, predicate))
+        if isinstance(key, slice):
+            return self.loc[key]
+        if isinstance(key, (list, pd.Index, np.ndarray)):
+            columns = list(key)
+            missing = [c for c in columns if c not in self._meta.columns]
+            if missing:
+                raise KeyError(f"columns not found: {missing}")
+            return DataFrame(Projection(self._expr, tuple(columns)))
+        if isinstance(key, DataFrame):
+            return self.where(key)
+        if key in self._meta.columns:
+            return Series(Projection(self._expr, key))
+        raise KeyError(key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(key, (list, tuple)):
+            raise UsageError("assign one column at a time, or use assign()")
+        self._expr = self.assign(**{key: value}).expr if isinstance(key, str) else _assign(self, [(key, value)]).expr
+        self.__dict__.pop("_optimized", None)
+        self.__dict__.pop("_graph", None)
+
+    @property
+    def columns(self) -> pd.Index:
+        """Column labels."""
+        return self._meta.columns
+
+    @columns.setter
+    def columns(self, names: Any) -> None:
+        renamed = self.rename(columns=dict(zip(self._meta.columns, names)))
+        self._expr = renamed.expr
+        self.__dict__.pop("_optimized", None)
+        self.__dict__.pop("_graph", None)
+
+    @property
+    def dtypes(self) -> pd.Series:
+        """Column dtypes."""
+        return self._meta.dtypes
+
+    @property
+    def ndim(self) -> int:
+        """Always 2."""
+        return 2
+
+    @property
+    def shape(self) -> tuple[Scalar, int]:
+        """``(lazy number of rows, number of columns)``."""
+        return (self._length(), len(self._meta.columns))
+
+    @property
+    def empty(self) -> bool:
+        raise UsageError("DataFrame.empty is not supported lazily; use len(df) == 0")
+
+    @property
+    def iloc(self) -> _ILocIndexer:
+        """Column selection by position: ``df.iloc[:, positions]``."""
+        return _ILocIndexer(self)
+
+    def assign(self, **kwargs: Any) -> DataFrame:
+        """New or replaced columns from aligned Series, scalars, or callables of the frame."""
+        return _assign(self, list(kwargs.items()))
+
+    def rename(self, columns: Any = None, index: Any = None) -> DataFrame:
+        """Columns renamed by a mapping or a function."""
+        if index is not None:
+            raise UsageError("rename(index=...) is not supported; use map_partitions")
+        return self._method("rename", columns=columns)  # type: ignore[no-any-return]
+
+    def drop(self, labels: Any = None, columns: Any = None, errors: str = "raise") -> DataFrame:
+        """The frame without some columns."""
+        columns = columns if columns is not None else labels
+        if columns is None:
+            raise UsageError("drop needs columns (dropping rows is not supported)")
+        dropped = [columns] if isinstance(columns, (str, int)) or not hasattr(columns, "__iter__") else list(columns)
+        missing = [c for c in dropped if c not in self._meta.columns]
+        if missing and errors == "raise":
+            raise KeyError(f"columns not found: {missing}")
+        return self[[c for c in self._meta.columns if c not in dropped]]  # type: ignore[no-any-return]
+
+    def reset_index(self, drop: bool = False) -> DataFrame:
+        """The index moved into a column (unless ``drop``), rows numbered 0..n-1 as in pandas."""
+        return DataFrame(_reset_index_expr(self._expr, drop))
+
+    def select_dtypes(self, include: Any = None, exclude: Any = None) -> DataFrame:
+        """Columns of the given dtypes."""
+        picked = self._meta.select_dtypes(include=include, exclude=exclude).columns
+        return self[list(picked)]  # type: ignore[no-any-return]
+
+    def apply(self, func: Callable[..., Any], axis: int = 1, meta: Any = None, args: tuple[Any, ...] = (), **kwargs: Any) -> Any:
+        """``func`` applied to each row (``axis=1`` only)."""
+        if axis not in (1, "columns"):
+            raise UsageError("DataFrame.apply supports axis=1 only; use map_partitions or reductions")
+        return self.map_partitions(_apply_rows, func, args, kwargs, meta=meta)
+
+    # -- delegated to other modules ---------------------------------------------------
+
+    def groupby(self, by: Any, sort: bool = True, dropna: bool = True, **kwargs: Any) -> Any:
+        """Group rows (see ``zmqdask.dataframe.groupby``)."""
+        from zmqdask.dataframe.groupby import GroupBy
+
+        return GroupBy(self, by, sort=sort, dropna=dropna, **kwargs)
+
+    def merge(self, right: Any, how: str = "inner", on: Any = None, left_on: Any = None, right_on: Any = None,
+              left_index: bool = False, right_index: bool = False, suffixes: tuple[str, str] = ("_x", "_y")) -> Any:
+        """Database-style join (see ``zmqdask.dataframe.multi``)."""
+        from zmqdask.dataframe.multi import merge
+
+        return merge(self, right, how=how, on=on, left_on=left_on, right_on=right_on,
+                     left_index=left_index, right_index=right_index, suffixes=suffixes)
+
+    def join(self, other: Any, how: str = "left", lsuffix: str = "", rsuffix: str = "") -> Any:
+        """Join on the index (see ``zmqdask.dataframe.multi``)."""
+        from zmqdask.dataframe.multi import merge
+
+        return merge(self, other, how=how, left_index=True, right_index=True, suffixes=(lsuffix, rsuffix))
+
+    def set_index(self, column: Any, npartitions: int | None = None, divisions: Any = None) -> Any:
+        """A sorted index from a column (see ``zmqdask.dataframe.shuffle``)."""
+        from zmqdask.dataframe.shuffle import set_index
+
+        return set_index(self, column, npartitions=npartitions, divisions=divisions)
+
+    def sort_values(self, by: Any, ascending: bool = True) -> Any:
+        """Rows sorted by columns (see ``zmqdask.dataframe.shuffle``)."""
+        from zmqdask.dataframe.shuffle import sort_values
+
+        return sort_values(self, by, ascending=ascending)
+
+    def resample(self, rule: Any) -> Any:
+        """Time-based resampling (see ``zmqdask.dataframe.timeseries_ops``)."""
+        from zmqdask.dataframe.timeseries_ops import Resampler
+
+        return Resampler(self, rule)
+
+    def rolling(self, window: Any, min_periods: int | None = None) -> Any:
+        """Rolling windows (see ``zmqdask.dataframe.timeseries_ops``)."""
+        from zmqdask.dataframe.timeseries_ops import Rolling
+
+        return Rolling(self, window, min_periods=min_periods)
+
+    def to_parquet(self, path: Any, **kwargs: Any) -> Any:
+        """Write partitions as Parquet files (see ``zmqdask.dataframe.io``)."""
+        from zmqdask.dataframe.io import to_parquet
+
+        return to_parquet(self, path, **kwargs)
+
+    # -- reprs ------------------------------------------------------------------------
+
+    def _structure(self) -> pd.DataFrame:
+        meta = self._meta
+        labels = _division_labels(self.divisions)
+        rows = [[str(dtype) for dtype in meta.dtypes]] + [["..."] * len(meta.columns) for _ in labels[1:]]
+        frame = pd.DataFrame(rows, columns=meta.columns, index=pd.Index(labels, name=f"npartitions={self.npartitions}"))
+        return frame
+
+    def __repr__(self) -> str:
+        body = self._structure().to_string()
+        return f"zmqdask DataFrame Structure:\n{body}\nzmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks"
+
+    def _repr_html_(self) -> str:
+        table = self._structure().to_html()
+        return (
+            "<div><strong>zmqdask DataFrame Structure:</strong></div>\n"
+            f"{table}\n<div>zmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks</div>"
+        )
+
+
+def _apply_rows(part: pd.DataFrame, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return part.apply(func, axis=1, args=args, **kwargs)
+
+
+def _assign(frame: DataFrame, pairs: list[tuple[Any, Any]]) -> DataFrame:
+    expr = frame.expr
+    for name, value in pairs:
+        if callable(value) and not isinstance(value, Collection):
+            value = value(new_collection(expr))
+        value = _expr_of(value)
+        if isinstance(value, Expr):
+            expr, value = _align(expr, value)
+        expr = ops.Assign(expr, (name,), (value,))
+    return DataFrame(expr)
+
+
+def _reset_index_expr(expr: Expr, drop: bool) -> Expr:
+    lengths = Reduction(
+        expr,
+        ops.length_chunk,
+        ops.concat_lists,
+        ops.concat_lists,
+        [],
+        label="partition-lengths",
+        columns_needed=(),
+    )
+    return ops.ResetIndex(expr, lengths, drop)
+
+
+class _ILocIndexer:
+    def __init__(self, obj: DataFrame) -> None:
+        self._obj = obj
+
+    def __getitem__(self, key: Any) -> Any:
+        if not (isinstance(key, tuple) and len(key) == 2 and _is_full_slice(key[0])):
+            raise UsageError("iloc supports column selection only: df.iloc[:, positions]")
+        columns = self._obj.columns[key[1]]
+        if isinstance(columns, pd.Index):
+            return self._obj[list(columns)]
+        return self._obj[columns]
+
+
+def _division_labels(divisions: tuple[Any, ...]) -> list[str]:
+    shown = ["" if d is None else str(d) for d in divisions]
+    if len(shown) > 2 * REPR_EDGE_ROWS + 1:
+        shown = shown[:REPR_EDGE_ROWS] + ["..."] + shown[-REPR_EDGE_ROWS:]
+    return shown
+
+
+# ---------------------------------------------------------------------------------------
+# Series and Index
+# ---------------------------------------------------------------------------------------
+
+
+class Series(_Frame):
+    """A lazy pandas Series split into partitions along its index."""
+
+    @property
+    def name(self) -> Any:
+        """The Series name."""
+        return self._meta.name
+
+    @property
+    def dtype(self) -> Any:
+        """The values' dtype."""
+        return self._meta.dtype
+
+    @property
+    def ndim(self) -> int:
+        """Always 1."""
+        return 1
+
+    @property
+    def shape(self) -> tuple[Scalar]:
+        """``(lazy length,)``."""
+        return (self._length(),)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, Series):
+            (frame, predicate) = _align(self._expr, key.expr)
+            return Series(Filter(frame, predicate))
+        return self.loc[key]
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"'Series' object has no attribute {name!r}")
+
+    @property
+    def str(self) -> _Accessor:
+        """String methods, applied per partition."""
+        return _Accessor(self, "str")
+
+    @property
+    def dt(self) -> _Accessor:
+        """Datetime properties and methods, applied per partition."""
+        return _Accessor(self, "dt")
+
+    @property
+    def cat(self) -> _Accessor:
+        """Categorical properties and methods, applied per partition."""
+        return _Accessor(self, "cat")
+
+    def between(self, left: Any, right: Any, inclusive: str = "both") -> Series:
+        """Boolean mask of ``left <= value <= right``."""
+        return self._method("between", left, right, inclusive=inclusive)  # type: ignore[no-any-return]
+
+    def apply(self, func: Callable[..., Any], args: tuple[Any, ...] = (), meta: Any = None, **kwargs: Any) -> Series:
+        """``func`` applied to each element."""
+        return self.map_partitions(_apply_elements, func, args, kwargs, meta=meta)  # type: ignore[no-any-return]
+
+    def map(self, arg: Any, na_action: str | None = None, meta: Any = None) -> Series:
+        """Values mapped by a function, dict or Series."""
+        return self.map_partitions(_map_elements, arg, na_action, meta=meta)  # type: ignore[no-any-return]
+
+    def rename(self, name: Any) -> Series:
+        """The same values under another name."""
+        return self._method("rename", name)  # type: ignore[no-any-return]
+
+    def to_frame(self, name: Any = None) -> DataFrame:
+        """A one-column DataFrame."""
+        return self._method("to_frame", *(() if name is None else (name,)))  # type: ignore[no-any-return]
+
+    def reset_index(self, drop: bool = False) -> Any:
+        """The index moved into a column (unless ``drop``), rows numbered 0..n-1."""
+        return new_collection(_reset_index_expr(self._expr, drop))
+
+    def groupby(self, by: Any, sort: bool = True, dropna: bool = True, **kwargs: Any) -> Any:
+        """Group values (see ``zmqdask.dataframe.groupby``)."""
+        from zmqdask.dataframe.groupby import GroupBy
+
+        return GroupBy(self, by, sort=sort, dropna=dropna, **kwargs)
+
+    def value_counts(self, *args: Any, **kwargs: Any) -> Any:
+        """Counts of distinct values (see ``zmqdask.dataframe.stats``)."""
+        from zmqdask.dataframe import stats
+
+        return stats.value_counts(self, *args, **kwargs)
+
+    def rolling(self, window: Any, min_periods: int | None = None) -> Any:
+        """Rolling windows (see ``zmqdask.dataframe.timeseries_ops``)."""
+        from zmqdask.dataframe.timeseries_ops import Rolling
+
+        return Rolling(self, window, min_periods=min_periods)
+
+    def resample(self, rule: Any) -> Any:
+        """Time-based resampling (see ``zmqdask.dataframe.timeseries_ops``)."""
+        from zmqdask.dataframe.timeseries_ops import Resampler
+
+        return Resampler(self, rule)
+
+    def _structure(self) -> pd.Series:
+        labels = _division_labels(self.divisions)
+        values = [str(self._meta.dtype)] + ["..."] * (len(labels) - 1)
+        return pd.Series(values, index=pd.Index(labels, name=f"npartitions={self.npartitions}"), dtype=object)
+
+    def _footer(self) -> str:
+        return f"Name: {self._meta.name}, dtype: {self._meta.dtype}"
+
+    def __repr__(self) -> str:
+        body = self._structure().to_string()
+        kind = type(self).__name__
+        return (
+            f"zmqdask {kind} Structure:\n{self._structure().index.name}\n{body.split(chr(10), 1)[1]}\n"
+            f"{self._footer()}\nzmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks"
+        )
+
+    def _repr_html_(self) -> str:
+        kind = type(self).__name__
+        table = self._structure().to_frame(name=str(self._meta.name)).to_html()
+        return (
+            f"<div><strong>zmqdask {kind} Structure:</strong></div>\n{table}\n"
+            f"<div>{self._footer()}</div>\n<div>zmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks</div>"
+        )
+
+
+def _apply_elements(part: pd.Series, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return part.apply(func, args=args, **kwargs)
+
+
+def _map_elements(part: pd.Series, arg: Any, na_action: str | None) -> Any:
+    return part.map(arg, na_action=na_action)
+
+
+class Index(Series):
+    """A lazy pandas Index, one piece per partition."""
+
+    @property
+    def name(self) -> Any:
+        """The index name."""
+        return self._meta.name
+
+    def _footer(self) -> str:
+        return f"Name: {self._meta.name}, dtype: {self._meta.dtype}"
+
+    def _method(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return new_collection(ops.MapMethod(self._expr, name, args, kwargs))
+
+    def min(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Smallest label."""
+        return self.to_series().min(skipna=skipna, split_every=split_every)
+
+    def max(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Largest label."""
+        return self.to_series().max(skipna=skipna, split_every=split_every)
+
+    def to_series(self) -> Series:
+        """The labels as a Series indexed by themselves."""
+        return self._method("to_series")  # type: ignore[no-any-return]
+
+
+class _Accessor:
+    """``series.str``/``.dt``/``.cat``: pandas accessor members run per partition."""
+
+    def __init__(self, series: Series, name: str) -> None:
+        self._series = series
+        self._name = name
+        # Validate early, as pandas would: .str on numbers raises here, not at compute.
+        getattr(series._meta, name)
+
+    def __dir__(self) -> list[str]:
+        return dir(getattr(self._series._meta, self._name))
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        sample = getattr(getattr(self._series._meta, self._name), attr)
+        expr = self._series.expr
+        if callable(sample):
+
+            def method(*args: Any, **kwargs: Any) -> Any:
+                return new_collection(ops.MapAccessor(expr, self._name, attr, True, args, kwargs))
+
+            method.__name__ = attr
+            method.__doc__ = f"``.{self._name}.{attr}`` per partition."
+            return method
+        return new_collection(ops.MapAccessor(expr, self._name, attr, False, (), {}))
+
+
+# ---------------------------------------------------------------------------------------
+# Scalar
+# ---------------------------------------------------------------------------------------
+
+
+def _scalar_binary(op: str, reflected: bool = False) -> Callable[[Any, Any], Any]:
+    def method(self: Any, other: Any) -> Any:
+        if isinstance(other, _Frame):
+            return other._binop(op, self, not reflected)
+        right = _expr_of(other)
+        left: Any = self._expr
+        if reflected:
+            left, right = right, left
+        return new_collection(ops.Binop(op, left, right))
+
+    method.__name__ = f"__{'r' if reflected else ''}{op.rstrip('_')}__"
+    method.__doc__ = f"Lazy ``{op}``."
+    return method
+
+
+class Scalar(Collection):
+    """A lazy single value, such as a reduction's result."""
+
+    @property
+    def dtype(self) -> Any:
+        """The value's dtype (or its type name)."""
+        meta = self._meta
+        return getattr(meta, "dtype", type(meta).__name__)
+
+    __add__ = _scalar_binary("add")
+    __radd__ = _scalar_binary("add", True)
+    __sub__ = _scalar_binary("sub")
+    __rsub__ = _scalar_binary("sub", True)
+    __mul__ = _scalar_binary("mul")
+    __rmul__ = _scalar_binary("mul", True)
+    __truediv__ = _scalar_binary("truediv")
+    __rtruediv__ = _scalar_binary("truediv", True)
+    __floordiv__ = _scalar_binary("floordiv")
+    __rfloordiv__ = _scalar_binary("floordiv", True)
+    __pow__ = _scalar_binary("pow")
+    __rpow__ = _scalar_binary("pow", True)
+    __mod__ = _scalar_binary("mod")
+    __lt__ = _scalar_binary("lt")
+    __le__ = _scalar_binary("le")
+    __gt__ = _scalar_binary("gt")
+    __ge__ = _scalar_binary("ge")
+    __eq__ = _scalar_binary("eq")  # type: ignore[assignment]
+    __ne__ = _scalar_binary("ne")  # type: ignore[assignment]
+    __hash__ = Collection.__hash__
+
+    def __neg__(self) -> Scalar:
+        return Scalar(ops.Unary("neg", self._expr))
+
+    def __abs__(self) -> Scalar:
+        return Scalar(ops.Unary("abs", self._expr))
+
+    def __repr__(self) -> str:
+        return (
+            f"zmqdask Scalar Structure:\ndtype: {self.dtype}\n"
+            f"zmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks"
+        )
+
+    def _repr_html_(self) -> str:
+        return (
+            "<div><strong>zmqdask Scalar Structure:</strong></div>\n"
+            f"<div>dtype: {self.dtype}</div>\n<div>zmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks</div>"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# map_partitions
+# ---------------------------------------------------------------------------------------
+
+
+def _meta_from(meta: Any, name: Any = None) -> Any:
+    """An empty pandas object (or scalar sample) from a ``meta=`` argument."""
+    if isinstance(meta, (pd.DataFrame, pd.Series, pd.Index)):
+        return make_meta(meta)
+    if isinstance(meta, dict):
+        return pd.DataFrame({k: pd.Series(dtype=v) for k, v in meta.items()})
+    if isinstance(meta, (list, tuple)) and meta and all(isinstance(p, tuple) and len(p) == 2 for p in meta):
+        return pd.DataFrame({k: pd.Series(dtype=v) for k, v in meta})
+    if isinstance(meta, tuple) and len(meta) == 2:
+        return pd.Series(dtype=meta[1], name=meta[0])
+    try:
+        return pd.Series(dtype=np.dtype(meta) if not isinstance(meta, str) else meta, name=name)
+    except TypeError:
+        return meta
+
+
+def map_partitions(
+    func: Callable[..., Any], *args: Any, meta: Any = None, clear_divisions: bool = False, **kwargs: Any
+) -> Any:
+    """Apply ``func`` to the partitions of the collections among ``args`` (aligned).
+
+    Like pandas-on-partitions everywhere, the result keeps the input's divisions (the
+    function is assumed to keep each row's index) unless ``clear_divisions`` is true.
+    """
+    exprs = [_expr_of(a) for a in args]
+    frames = [e for e in exprs if isinstance(e, Expr) and not ops.is_scalar_meta(e._meta)]
+    if not frames:
+        raise UsageError("map_partitions needs at least one DataFrame or Series argument")
+    kw = {k: _expr_of(v) for k, v in kwargs.items()}
+    all_exprs = [e for e in (*exprs, *kw.values()) if isinstance(e, Expr)]
+    aligned = _align(*all_exprs)
+    mapping = {e._token: a for e, a in zip(all_exprs, aligned)}
+    exprs = [mapping[e._token] if isinstance(e, Expr) else e for e in exprs]
+    kw = {k: (mapping[v._token] if isinstance(v, Expr) else v) for k, v in kw.items()}
+    first_index = next(i for i, e in enumerate(exprs) if isinstance(e, Expr) and not ops.is_scalar_meta(e._meta))
+    frame = exprs[first_index]
+    rest = tuple(exprs[:first_index] + exprs[first_index + 1 :])
+    if first_index != 0:
+        func = _Reorder(func, first_index)
+    if meta is None:
+        metas = [e._meta if isinstance(e, Expr) else e for e in rest]
+        kw_metas = {k: (v._meta if isinstance(v, Expr) else v) for k, v in kw.items()}
+        try:
+            meta = emulate(func, frame._meta, *metas, **kw_metas)
+        except Exception as exc:
+            raise UsageError(
+                f"could not infer the result of {getattr(func, '__name__', func)!r} on sample data "
+                f"({type(exc).__name__}: {exc}); pass meta= (an empty DataFrame/Series, a dtype, "
+                "or a {column: dtype} dict)"
+            ) from exc
+    else:
+        meta = _meta_from(meta)
+    keeps_index = isinstance(meta, (pd.DataFrame, pd.Series)) and isinstance(frame._meta, (pd.DataFrame, pd.Series))
+    expr = MapPartitions(frame, func, rest, kw, meta, keeps_index and not clear_divisions)
+    return new_collection(expr)
+
+
+class _Reorder:
+    """Calls ``func`` with the partition moved back to position ``index`` of the arguments."""
+
+    def __init__(self, func: Callable[..., Any], index: int) -> None:
+        self.func = func
+        self.index = index
+
+    def __call__(self, part: Any, *rest: Any, **kwargs: Any) -> Any:
+        args = list(rest)
+        args.insert(self.index, part)
+        return self.func(*args, **kwargs)
+
+    def __zmqdask_tokenize__(self) -> tuple[Any, ...]:
+        return ("reorder", self.func, self.index)
+

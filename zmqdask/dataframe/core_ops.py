@@ -1,0 +1,696 @@
+"""Expression nodes for the core DataFrame/Series operations, and their partition functions.
+
+Every function a task runs is defined at module level here, so workers import it by name
+and the client pickles a short reference.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from zmqdask.dataframe.expr import (
+    Blockwise,
+    Expr,
+    Projection,
+    emulate,
+    is_frame_like,
+    node,
+    unknown_divisions,
+)
+from zmqdask.graph import TaskSpec
+from zmqdask.serialize import TaskRef
+
+# ---------------------------------------------------------------------------------------
+# Elementwise operators and methods
+# ---------------------------------------------------------------------------------------
+
+BINARY_OPERATORS = frozenset(
+    "add sub mul truediv floordiv mod pow eq ne lt le gt ge and_ or_ xor".split()
+)
+"""Names in :mod:`operator` that :class:`Binop` accepts."""
+
+UNARY_OPERATORS = frozenset("neg pos invert abs".split())
+"""Names in :mod:`operator` that :class:`Unary` accepts."""
+
+COLUMNWISE_METHODS = frozenset(
+    "abs round clip isna notna isnull notnull fillna astype copy where mask isin "
+    "between ffill bfill cumsum cumprod cummin cummax".split()
+)
+"""Methods that map each column independently when called without column-specific arguments."""
+
+
+def apply_binop(left: Any, right: Any, op: str) -> Any:
+    """``left <op> right`` with an :mod:`operator` function name."""
+    return getattr(operator, op)(left, right)
+
+
+def apply_unary(value: Any, op: str) -> Any:
+    """``<op> value`` with an :mod:`operator` function name."""
+    return getattr(operator, op)(value)
+
+
+def call_method(part: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``part.method(*args, **kwargs)``."""
+    return getattr(part, method)(*args, **kwargs)
+
+
+def call_accessor(part: Any, accessor: str, attr: str, call: bool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``part.accessor.attr(*args, **kwargs)`` (or the attribute itself when ``call`` is false)."""
+    value = getattr(getattr(part, accessor), attr)
+    return value(*args, **kwargs) if call else value
+
+
+def _has_expr_or_dict(values: Any) -> bool:
+    for value in values:
+        if isinstance(value, (Expr, dict, pd.Series, pd.DataFrame)):
+            return True
+        if type(value) in (tuple, list) and _has_expr_or_dict(value):
+            return True
+    return False
+
+
+@node
+class Binop(Blockwise):
+    """``left <op> right``; each side is an input expression or a literal."""
+
+    op: str
+    left: Any
+    right: Any
+
+    def _prefix(self) -> str:
+        return self.op.rstrip("_")
+
+    def _function(self) -> Callable[..., Any]:
+        return apply_binop
+
+    def _task(self, i: int) -> TaskSpec:
+        return (apply_binop, (self._part(self.left, i), self._part(self.right, i), self.op), {})
+
+    @cached_property
+    def _meta(self) -> Any:
+        left = self.left._meta if isinstance(self.left, Expr) else self.left
+        right = self.right._meta if isinstance(self.right, Expr) else self.right
+        return emulate(apply_binop, left, right, self.op)
+
+    def _is_columnwise(self) -> bool:
+        for side in (self.left, self.right):
+            if isinstance(side, Expr):
+                if not isinstance(side._meta, pd.DataFrame):
+                    return False
+            elif np.ndim(side) != 0:
+                return False
+        return True
+
+
+@node
+class Unary(Blockwise):
+    """``<op> frame`` for neg, pos, invert and abs."""
+
+    op: str
+    frame: Expr
+
+    _columnwise = True
+
+    def _prefix(self) -> str:
+        return self.op
+
+    def _function(self) -> Callable[..., Any]:
+        return apply_unary
+
+    def _task(self, i: int) -> TaskSpec:
+        return (apply_unary, (self._part(self.frame, i), self.op), {})
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(apply_unary, self.frame._meta, self.op)
+
+
+@node
+class MapMethod(Blockwise):
+    """``partition.method(*args, **kwargs)``, an operation that keeps the index."""
+
+    frame: Expr
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def _prefix(self) -> str:
+        return self.method.replace("_", "-")
+
+    def _function(self) -> Callable[..., Any]:
+        return call_method
+
+    def _task(self, i: int) -> TaskSpec:
+        return (call_method, (self._part(self.frame, i), self.method, self._part(self.args, i), self._part(self.kwargs, i)), {})
+
+    @cached_property
+    def _meta(self) -> Any:
+        args = tuple(a._meta if isinstance(a, Expr) else a for a in self.args)
+        kwargs = {k: (v._meta if isinstance(v, Expr) else v) for k, v in self.kwargs.items()}
+        return emulate(call_method, self.frame._meta, self.method, args, kwargs)
+
+    def _is_columnwise(self) -> bool:
+        if self.method not in COLUMNWISE_METHODS:
+            return False
+        return not _has_expr_or_dict(self.args) and not _has_expr_or_dict(self.kwargs.values())
+
+    def _describe(self) -> str:
+        text = f"{self.method}"
+        if self.args:
+            text += f", args={tuple(a if not isinstance(a, Expr) else '<expr>' for a in self.args)!r}"
+        if self.kwargs:
+            text += f", kwargs={ {k: v for k, v in self.kwargs.items() if not isinstance(v, Expr)}!r}"
+        return text
+
+
+@node
+class MapAccessor(Blockwise):
+    """``partition.<accessor>.<attr>`` (called with ``args`` when ``call``), e.g. ``.str.upper()``."""
+
+    frame: Expr
+    accessor: str
+    attr: str
+    call: bool
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def _prefix(self) -> str:
+        return f"{self.accessor}-{self.attr}".replace("_", "-")
+
+    def _function(self) -> Callable[..., Any]:
+        return call_accessor
+
+    def _task(self, i: int) -> TaskSpec:
+        return (
+            call_accessor,
+            (self._part(self.frame, i), self.accessor, self.attr, self.call, self.args, self.kwargs),
+            {},
+        )
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(call_accessor, self.frame._meta, self.accessor, self.attr, self.call, self.args, self.kwargs)
+
+
+def assign_columns(part: pd.DataFrame, names: tuple[Any, ...], *values: Any) -> pd.DataFrame:
+    """``part.assign`` for arbitrary column labels."""
+    out = part.copy(deep=False)
+    for name, value in zip(names, values):
+        out[name] = value
+    return out
+
+
+@node
+class Assign(Blockwise):
+    """New or replaced columns; values are aligned Series, broadcast scalars or literals."""
+
+    frame: Expr
+    names: tuple[Any, ...]
+    values: tuple[Any, ...]
+
+    def _function(self) -> Callable[..., Any]:
+        return assign_columns
+
+    def _task(self, i: int) -> TaskSpec:
+        return (assign_columns, (self._part(self.frame, i), self.names, *self._part(self.values, i)), {})
+
+    @cached_property
+    def _meta(self) -> Any:
+        values = [v._meta if isinstance(v, Expr) else v for v in self.values]
+        return emulate(assign_columns, self.frame._meta, self.names, *values)
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if dep == self.frame and needed is not None:
+            return needed - set(self.names)
+        return None
+
+    def _pushdown_projection(self, columns: Any) -> Expr | None:
+        wanted = set(columns) if type(columns) is tuple else {columns}
+        if wanted & set(self.names):
+            return None
+        return Projection(self.frame, columns)
+
+
+# ---------------------------------------------------------------------------------------
+# Row selections: keep columns, drop rows (projections move below them)
+# ---------------------------------------------------------------------------------------
+
+
+def head_part(part: Any, n: int) -> Any:
+    """The first ``n`` rows."""
+    return part.iloc[:n]
+
+
+def tail_part(part: Any, n: int) -> Any:
+    """The last ``n`` rows."""
+    return part.iloc[len(part) - n :] if n else part.iloc[:0]
+
+
+def loc_part(part: Any, lower: Any, upper: Any) -> Any:
+    """Rows whose label lies in ``[lower, upper]`` (``None``: open), for a sorted index."""
+    return part.loc[lower:upper]
+
+
+def loc_labels(part: Any, labels: list[Any]) -> Any:
+    """Rows whose label is one of ``labels``."""
+    return part[part.index.isin(labels)]
+
+
+def dropna_part(part: Any, kwargs: dict[str, Any]) -> Any:
+    """``part.dropna(**kwargs)``."""
+    return part.dropna(**kwargs)
+
+
+@node
+class RowSelect(Blockwise):
+    """``func(partition, *args)`` where ``func`` keeps some rows and every column."""
+
+    frame: Expr
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    label: str
+
+    _columnwise = True
+
+    def _prefix(self) -> str:
+        return self.label
+
+    def _task(self, i: int) -> TaskSpec:
+        return (self.func, (self._part(self.frame, i), *self.args), {})
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
+
+    def _describe(self) -> str:
+        return f"{self.label}{self.args!r}"
+
+
+def concat_parts(parts: list[Any]) -> Any:
+    """Concatenate partitions, ignoring empty ones (pandas warns about their dtypes)."""
+    if len(parts) == 1:
+        return parts[0]
+    non_empty = [p for p in parts if len(p)]
+    if not non_empty:
+        return parts[0]
+    if len(non_empty) == 1:
+        return non_empty[0]
+    return pd.concat(non_empty)
+
+
+@node
+class Repartition(Expr):
+    """Output partition ``j`` is the concatenation of input partitions ``groups[j]``."""
+
+    frame: Expr
+    groups: tuple[tuple[int, ...], ...]
+
+    _columnwise = True
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.groups)
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        old = self.frame.divisions
+        if old[0] is None:
+            return unknown_divisions(self.npartitions)
+        return tuple(old[g[0]] for g in self.groups) + (old[self.groups[-1][-1] + 1],)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        layer: dict[str, TaskSpec] = {}
+        for j, group in enumerate(self.groups):
+            refs = [TaskRef(self.frame._key(i)) for i in group]
+            layer[self._key(j)] = (concat_parts, (refs,), {})
+        return layer
+
+    def _simplify_down(self) -> Expr | None:
+        if all(len(g) == 1 for g in self.groups):
+            from zmqdask.dataframe.expr import Partitions
+
+            return Partitions(self.frame, tuple(g[0] for g in self.groups))
+        return None
+
+    def _describe(self) -> str:
+        return f"{self.frame.npartitions} -> {self.npartitions} partitions"
+
+
+def split_rows(part: Any, pieces: int, which: int) -> Any:
+    """Piece ``which`` of ``pieces`` nearly equal row ranges of ``part``."""
+    bounds = np.linspace(0, len(part), pieces + 1).round().astype(int)
+    return part.iloc[bounds[which] : bounds[which + 1]]
+
+
+def split_index(part: Any, lower: Any, upper: Any, last: bool) -> Any:
+    """Rows with ``lower <= label < upper`` (``<= upper`` when ``last``)."""
+    index = part.index
+    start = 0 if lower is None else int(index.searchsorted(lower, side="left"))
+    stop = len(index) if upper is None else int(index.searchsorted(upper, side="right" if last else "left"))
+    return part.iloc[start:stop]
+
+
+@node
+class SplitPartitions(Expr):
+    """Each input partition ``i`` cut into ``pieces[i]`` output partitions.
+
+    With ``bounds`` (one tuple of inner index boundaries per input partition) pieces are cut
+    by index value and divisions stay known; otherwise by row count.
+    """
+
+    frame: Expr
+    pieces: tuple[int, ...]
+    bounds: tuple[tuple[Any, ...], ...] | None
+
+    _columnwise = True
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
+
+    @property
+    def npartitions(self) -> int:
+        return sum(self.pieces)
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        if self.bounds is None:
+            return unknown_divisions(self.npartitions)
+        old = self.frame.divisions
+        out: list[Any] = []
+        for i, inner in enumerate(self.bounds):
+            out.append(old[i])
+            out.extend(inner)
+        out.append(old[-1])
+        return tuple(out)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        layer: dict[str, TaskSpec] = {}
+        j = 0
+        divisions = self.divisions
+        last_input = len(self.pieces) - 1
+        for i, count in enumerate(self.pieces):
+            ref = TaskRef(self.frame._key(i))
+            for which in range(count):
+                if self.bounds is None:
+                    layer[self._key(j)] = (split_rows, (ref, count, which), {})
+                else:
+                    lower = None if which == 0 else divisions[j]
+                    upper = None if which == count - 1 else divisions[j + 1]
+                    last = i == last_input and which == count - 1
+                    layer[self._key(j)] = (split_index, (ref, lower, upper, last), {})
+                j += 1
+        return layer
+
+
+@node
+class RepartitionDivisions(Expr):
+    """The rows of ``frame`` (known divisions) regrouped at ``new_divisions``.
+
+    Rows below the first or above the last new division go to the first or last partition.
+    """
+
+    frame: Expr
+    new_divisions: tuple[Any, ...]
+
+    _columnwise = True
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.new_divisions) - 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.new_divisions
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        old = self.frame.divisions
+        new = self.new_divisions
+        n_old = len(old) - 1
+        n_new = len(new) - 1
+        layer: dict[str, TaskSpec] = {}
+        for j in range(n_new):
+            lower = None if j == 0 else new[j]
+            upper = None if j == n_new - 1 else new[j + 1]
+            pieces = []
+            for i in range(n_old):
+                # Input i holds [old[i], old[i+1]) (the last one is closed); skip disjoint ones.
+                if upper is not None and old[i] >= upper:
+                    continue
+                if lower is not None and (old[i + 1] < lower or (old[i + 1] == lower and i < n_old - 1)):
+                    continue
+                key = f"{self._name}-piece-{i}-{j}"
+                layer[key] = (split_index, (TaskRef(self.frame._key(i)), lower, upper, False), {})
+                pieces.append(TaskRef(key))
+            if not pieces:
+                key = f"{self._name}-piece-0-{j}"
+                layer[key] = (split_index, (TaskRef(self.frame._key(0)), lower, lower, False), {})
+                pieces.append(TaskRef(key))
+            layer[self._key(j)] = (concat_parts, (pieces,), {})
+        return layer
+
+    def _describe(self) -> str:
+        return f"{self.frame.npartitions} -> {self.npartitions} partitions at new divisions"
+
+
+def union_divisions(*all_divisions: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Sorted distinct boundaries of several known division tuples."""
+    values = sorted(set().union(*(set(d) for d in all_divisions)))
+    return tuple(values)
+
+
+# ---------------------------------------------------------------------------------------
+# Index and global row numbers
+# ---------------------------------------------------------------------------------------
+
+
+def index_of(part: Any) -> pd.Index:
+    """The partition's index."""
+    return part.index
+
+
+@node
+class IndexOf(Blockwise):
+    """The index of every partition (an Index collection)."""
+
+    frame: Expr
+
+    def _prefix(self) -> str:
+        return "index"
+
+    def _function(self) -> Callable[..., Any]:
+        return index_of
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta.index
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        return frozenset()
+
+
+def length_chunk(part: Any) -> list[int]:
+    """A partition's row count, as a one-element list."""
+    return [len(part)]
+
+
+def concat_lists(items: list[list[Any]]) -> list[Any]:
+    """Concatenate lists in order."""
+    out: list[Any] = []
+    for item in items:
+        out.extend(item)
+    return out
+
+
+def reset_index_part(part: Any, lengths: list[int], i: int, drop: bool) -> Any:
+    """``reset_index`` of partition ``i`` numbering rows after the preceding partitions."""
+    start = int(sum(lengths[:i]))
+    out = part.reset_index(drop=drop)
+    out.index = pd.RangeIndex(start, start + len(out))
+    return out
+
+
+@node
+class ResetIndex(Blockwise):
+    """``reset_index`` with one global row numbering, as pandas gives it."""
+
+    frame: Expr
+    lengths: Expr
+    drop: bool
+
+    def _prefix(self) -> str:
+        return "reset-index"
+
+    def _task(self, i: int) -> TaskSpec:
+        return (reset_index_part, (TaskRef(self.frame._key(i)), TaskRef(self.lengths._key(0)), i, self.drop), {})
+
+    def _dep_partition(self, dep: Expr, i: int) -> int:
+        return i if dep == self.frame else 0
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta.reset_index(drop=self.drop)
+
+    @property
+    def npartitions(self) -> int:
+        return self.frame.npartitions
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return unknown_divisions(self.frame.npartitions)
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if dep != self.frame:
+            return frozenset()
+        if needed is None or self.drop:
+            return needed
+        added = set(self._meta.columns) - set(self.frame._meta.columns)
+        return needed - added
+
+
+# ---------------------------------------------------------------------------------------
+# Reductions: chunk / combine / aggregate functions
+# ---------------------------------------------------------------------------------------
+
+
+def _one_row(values: pd.Series) -> pd.DataFrame:
+    """A one-row frame from a reduction result, each column keeping its own dtype."""
+    frame = pd.DataFrame({k: [v] for k, v in enumerate(values.tolist())})
+    frame.columns = values.index
+    return frame
+
+
+def reduce_chunk(part: Any, how: str, kwargs: dict[str, Any]) -> Any:
+    """One partition's partial result: a one-row frame (DataFrame) or a 0/1-row Series."""
+    if len(part) == 0:
+        return part.iloc[:0]
+    result = getattr(part, how)(**kwargs)
+    if isinstance(part, pd.DataFrame):
+        return _one_row(result)
+    return pd.Series([result])
+
+
+def reduce_combine(chunks: list[Any], how: str, kwargs: dict[str, Any]) -> Any:
+    """Merge partial results into one of the same kind."""
+    non_empty = [c for c in chunks if len(c)]
+    if not non_empty:
+        return chunks[0]
+    joined = pd.concat(non_empty, ignore_index=True) if len(non_empty) > 1 else non_empty[0]
+    result = getattr(joined, how)(**kwargs)
+    if isinstance(joined, pd.DataFrame):
+        return _one_row(result)
+    return pd.Series([result])
+
+
+def reduce_aggregate(chunks: list[Any], how: str, kwargs: dict[str, Any]) -> Any:
+    """The final result from partial results (a Series for a DataFrame, else a scalar)."""
+    non_empty = [c for c in chunks if len(c)]
+    if not non_empty:
+        return getattr(chunks[0], how)(**kwargs)
+    joined = pd.concat(non_empty, ignore_index=True) if len(non_empty) > 1 else non_empty[0]
+    return getattr(joined, how)(**kwargs)
+
+
+COMBINE_HOW = {"sum": "sum", "min": "min", "max": "max", "count": "sum", "prod": "prod", "any": "any", "all": "all"}
+"""The reduction that merges partial results of each simple reduction."""
+
+
+def mean_chunk(part: Any, skipna: bool, numeric_only: bool) -> tuple[Any, Any]:
+    """Sum and count of one partition."""
+    if isinstance(part, pd.DataFrame):
+        if numeric_only:
+            part = part.select_dtypes(include=["number", "bool"])
+        return part.sum(skipna=skipna), part.count()
+    return part.sum(skipna=skipna), part.count()
+
+
+def mean_combine(chunks: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """Add sums and counts."""
+    total, count = chunks[0]
+    for more, n in chunks[1:]:
+        total = total + more
+        count = count + n
+    return total, count
+
+
+def mean_aggregate(chunks: list[tuple[Any, Any]]) -> Any:
+    """Sum over count; NaN where nothing was counted."""
+    total, count = mean_combine(chunks)
+    if isinstance(total, pd.Series):
+        return (total / count.where(count > 0)).astype("float64")
+    if count == 0:
+        return np.float64("nan")
+    return np.float64(total) / count
+
+
+def moments_chunk(part: Any, numeric_only: bool) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """Count, mean and sum of squared deviations per column, for a mergeable variance."""
+    if isinstance(part, pd.DataFrame):
+        if numeric_only:
+            part = part.select_dtypes(include=["number", "bool"])
+        labels: Any = part.columns
+        values = part.to_numpy(dtype="float64", na_value=np.nan)
+    else:
+        labels = None
+        values = part.to_numpy(dtype="float64", na_value=np.nan).reshape(-1, 1)
+    valid = ~np.isnan(values)
+    count = valid.sum(axis=0).astype("float64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), 0.0)
+        deviations = np.where(valid, values - mean, 0.0)
+    m2 = (deviations**2).sum(axis=0)
+    return labels, count, mean, m2
+
+
+def moments_combine(chunks: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """Merge moments pairwise (Chan et al.'s parallel update)."""
+    labels, count, mean, m2 = chunks[0]
+    for _, n_b, mean_b, m2_b in chunks[1:]:
+        total = count + n_b
+        safe = np.maximum(total, 1)
+        delta = mean_b - mean
+        mean = np.where(total > 0, mean + delta * n_b / safe, 0.0)
+        m2 = m2 + m2_b + delta**2 * count * n_b / safe
+        count = total
+    return labels, count, mean, m2
+
+
+def moments_aggregate(chunks: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]], ddof: int, sqrt: bool) -> Any:
+    """Variance (or standard deviation) from merged moments."""
+    labels, count, _, m2 = moments_combine(chunks)
+    denominator = count - ddof
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.where(denominator > 0, m2 / np.where(denominator > 0, denominator, 1), np.nan)
+    result = np.sqrt(var) if sqrt else var
+    if labels is None:
+        return np.float64(result[0])
+    return pd.Series(result, index=labels, dtype="float64")
+
+
+def size_chunk(part: Any) -> int:
+    """Number of elements of one partition."""
+    return int(part.size)
+
+
+def sum_values(items: list[Any]) -> Any:
+    """Plain sum of partial results."""
+    return sum(items)
+
+
+def is_scalar_meta(meta: Any) -> bool:
+    """Whether a meta stands for a scalar (not a partitioned object)."""
+    return not is_frame_like(meta)

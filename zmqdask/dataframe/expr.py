@@ -1,0 +1,911 @@
+"""Immutable expression trees over partitioned pandas objects: the base every DataFrame operation builds on.
+
+A lazy DataFrame, Series or Scalar is a thin wrapper around an :class:`Expr`.  Nodes are
+frozen dataclasses; two nodes with the same type and operands have the same ``_token``, so
+they compare equal, hash equal, and lower to the same task keys (common subexpressions are
+shared for free).  Nothing is computed until the optimizer (``optimize.py``) rewrites the
+tree and ``lower.py`` turns it into a task graph in the :mod:`zmqdask.graph` format.
+
+Recipe: adding a node
+=====================
+
+1. Declare it with the :func:`node` decorator (a frozen dataclass without generated
+   ``__eq__``/``__repr__``; equality and hashing go through the content token).  Fields are
+   the operands, in order.  An operand that is an :class:`Expr` (also inside a tuple, list
+   or dict operand) is an input: :meth:`Expr.dependencies` finds it, the optimizer rewrites
+   it, and the lowering refers to its partitions.  Other operands must be tokenizable
+   (see :func:`tokenize`) and cheap to pickle, because they travel inside the tasks.
+
+2. Describe its output without computing anything:
+
+   * ``_meta``: an *empty* pandas object with the output's schema (columns, dtypes, index
+     type and name), or a sample scalar for scalar results.  Use ``@cached_property``.
+     :func:`emulate` runs a partition function on fake two-row data to derive it.
+   * ``npartitions`` and ``divisions`` (a tuple of ``npartitions + 1`` index boundaries,
+     all ``None`` when unknown).  The defaults copy the first frame-like input.
+
+3. Say how it becomes tasks.  Choose one:
+
+   * Subclass :class:`Blockwise` when output partition ``i`` needs only partition ``i`` of
+     each frame-like input (and partition 0 of scalar inputs).  Implement ``_function()``
+     returning a *module-level* function; the default ``_task(i)`` calls it with the
+     operands, inputs replaced by their partitions.  Override ``_task(i)`` for other
+     argument shapes, using ``self._part(operand, i)`` to refer to inputs.  Blockwise chains
+     are fused into one task per partition automatically; the function object is shared by
+     every partition, which keeps pickling cheap.
+   * Subclass :class:`Source` (a Blockwise without inputs) for data sources; ``_task(i)``
+     produces partition ``i`` from small arguments (a path, a seed, a row range).
+   * Build on :class:`Reduction` (chunk per partition, combine in groups, aggregate) for
+     anything that reduces many partitions to one.
+   * Otherwise subclass :class:`Expr` and implement ``_layer()`` returning
+     ``{key: (function, args, kwargs)}`` for every output partition ``self._key(i)``;
+     refer to input partition ``j`` as ``TaskRef(dep._key(j))``.  Intermediate tasks use
+     keys ``f"{self._name}-<something>-{j}"`` so they stay unique and readable.
+
+4. Optionally take part in optimization (all hooks return ``None`` for "no change"):
+
+   * ``_simplify_down()``: rewrite this node from its own operands (e.g. merge two
+     projections).  Must terminate: never undo another rule.
+   * ``_lower()``: replace an abstract node by physical ones (e.g. a reduction by chunk +
+     tree combine).  Runs after simplification.
+   * ``_required_columns(dep, needed)``: which columns of input ``dep`` this node reads when
+     its own consumers need ``needed`` (``None`` means "all").  Column pruning pushes the
+     union of these demands into every source that implements ``_with_columns(columns)``.
+   * ``_columnwise = True`` when output column ``c`` depends only on input column ``c`` of
+     its DataFrame inputs (abs, fillna with a scalar, row selections...): projections then
+     move below it and column demands pass through it.  ``_pushdown_projection(columns)``
+     handles other cases (e.g. an assign whose new columns are not selected).
+   * Sources may implement ``_with_filters(filters)`` to absorb row filters given as a list
+     of ``(column, op, value)`` conjunctions (op in ``== != < <= > >= in``).
+
+A collection method wraps a node in the user-facing class chosen by its meta::
+
+    from zmqdask.dataframe.collection import new_collection
+    def abs(self):
+        return new_collection(MapMethod(self.expr, "abs", (), {}))
+
+Keys are ``f"{prefix}-{token}-{i}"``: ``prefix`` from ``_prefix()`` (the class name in
+lower case by default), ``token`` a digest of the node's content that is stable across
+processes, and ``i`` the partition number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import functools
+import hashlib
+import logging
+import pickle
+import types
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from zmqdask.graph import TaskSpec
+from zmqdask.serialize import TaskRef
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:  # pragma: no cover - the decorator only informs type checkers
+
+    def dataclass_transform(**_kwargs: Any) -> Callable[[Any], Any]:
+        return lambda fn: fn
+
+
+logger = logging.getLogger(__name__)
+
+_E = TypeVar("_E", bound="Expr")
+_T = TypeVar("_T")
+
+TOKEN_BYTES = 16
+"""Size of a content digest; hex tokens are twice as long."""
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenizing: a deterministic digest of arbitrary operands
+# ---------------------------------------------------------------------------------------
+
+
+def tokenize(*objects: Any) -> str:
+    """A hex digest of ``objects`` that is equal for equal content, in any process.
+
+    Exprs contribute their own token, pandas and numpy objects their data, functions
+    their qualified name (or their pickled code when they have none), and other objects
+    their pickle.  An object that cannot be pickled gets a random token: it is then never
+    shared, which is safe.
+    """
+    hasher = hashlib.blake2b(digest_size=TOKEN_BYTES)
+    for obj in objects:
+        _feed(hasher, obj)
+    return hasher.hexdigest()
+
+
+_SIMPLE_TYPES = (type(None), bool, int, float, complex, str, bytes, decimal.Decimal)
+
+
+def _feed(h: Any, obj: Any) -> None:
+    kind = type(obj)
+    if kind in _SIMPLE_TYPES:
+        h.update(f"{kind.__name__}:{obj!r};".encode())
+    elif isinstance(obj, Expr):
+        h.update(b"E" + obj._token.encode())
+    elif kind is tuple or kind is list:
+        h.update(f"{kind.__name__}{len(obj)}(".encode())
+        for item in obj:
+            _feed(h, item)
+        h.update(b")")
+    elif kind is dict:
+        h.update(f"dict{len(obj)}(".encode())
+        for key, value in obj.items():
+            _feed(h, key)
+            _feed(h, value)
+        h.update(b")")
+    elif kind is set or kind is frozenset:
+        h.update(f"{kind.__name__}{len(obj)}(".encode())
+        for part in sorted(tokenize(item) for item in obj):
+            h.update(part.encode())
+        h.update(b")")
+    elif isinstance(obj, (pd.DataFrame, pd.Series, pd.Index)):
+        _feed_pandas(h, obj)
+    elif isinstance(obj, np.ndarray):
+        h.update(f"nd:{obj.dtype.str}:{obj.shape};".encode())
+        if obj.dtype.hasobject:
+            h.update(_pickled(obj))
+        else:
+            h.update(np.ascontiguousarray(obj).view(np.uint8).data)
+    elif isinstance(obj, np.generic):
+        h.update(f"np:{obj.dtype.str}:{obj!r};".encode())
+    elif isinstance(obj, (pd.Timestamp, pd.Timedelta, pd.Period, pd.Interval, pd.DateOffset)):
+        h.update(f"pd:{obj!r};".encode())
+    elif isinstance(obj, (datetime.date, datetime.time, datetime.timedelta)):
+        h.update(f"dt:{obj!r};".encode())
+    elif isinstance(obj, (np.dtype, pd.api.extensions.ExtensionDtype)):
+        h.update(f"dtype:{obj!r};".encode())
+    elif isinstance(obj, type):
+        h.update(f"type:{obj.__module__}.{obj.__qualname__};".encode())
+    elif isinstance(obj, functools.partial):
+        h.update(b"partial(")
+        _feed(h, obj.func)
+        _feed(h, obj.args)
+        _feed(h, obj.keywords)
+        h.update(b")")
+    elif callable(obj) and _is_importable_function(obj):
+        h.update(f"fn:{obj.__module__}.{obj.__qualname__};".encode())
+    elif isinstance(obj, (types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType)):
+        h.update(f"builtin:{obj!r};".encode())
+    elif hasattr(obj, "__zmqdask_tokenize__"):
+        _feed(h, obj.__zmqdask_tokenize__())
+    elif type(obj).__module__ == "zmqdask.future" and isinstance(getattr(obj, "key", None), str):
+        h.update(f"future:{obj.key};".encode())
+    else:
+        h.update(f"obj:{kind.__module__}.{kind.__qualname__}:".encode())
+        h.update(_pickled(obj))
+
+
+def _is_importable_function(obj: Any) -> bool:
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return False
+    if module in ("__main__", "__mp_main__") or "<" in qualname:
+        return False
+    return isinstance(obj, (types.FunctionType, types.BuiltinFunctionType))
+
+
+def _pickled(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=5)
+    except Exception:
+        pass
+    try:
+        import cloudpickle
+
+        return bytes(cloudpickle.dumps(obj, protocol=5))
+    except Exception:
+        # Unpicklable and untokenizable: a random token means "never equal to anything".
+        return uuid.uuid4().bytes
+
+
+def _feed_pandas(h: Any, obj: pd.DataFrame | pd.Series | pd.Index) -> None:
+    h.update(f"pd:{type(obj).__name__}:{obj.shape};".encode())
+    if isinstance(obj, pd.DataFrame):
+        _feed(h, list(obj.columns))
+        h.update(repr(list(obj.dtypes)).encode())
+        _feed(h, obj.index.name)
+    else:
+        _feed(h, obj.name)
+        h.update(repr(obj.dtype).encode())
+    try:
+        hashed = pd.util.hash_pandas_object(obj, index=not isinstance(obj, pd.Index))
+        h.update(np.ascontiguousarray(hashed.to_numpy()).view(np.uint8).data)
+        if isinstance(obj, pd.DataFrame) and obj.shape[1] == 0:
+            h.update(repr(obj.index.dtype).encode())
+    except Exception:
+        h.update(_pickled(obj))
+
+
+# ---------------------------------------------------------------------------------------
+# Meta helpers: empty pandas objects that describe a result's schema
+# ---------------------------------------------------------------------------------------
+
+
+def is_frame_like(meta: Any) -> bool:
+    """Whether ``meta`` describes a partitioned object (DataFrame, Series or Index)."""
+    return isinstance(meta, (pd.DataFrame, pd.Series, pd.Index))
+
+
+def make_meta(obj: Any) -> Any:
+    """The empty version of a pandas object; other objects are returned unchanged."""
+    if isinstance(obj, (pd.DataFrame, pd.Series)):
+        return obj.iloc[:0]
+    if isinstance(obj, pd.Index):
+        return obj[:0]
+    return obj
+
+
+def _fake_values(dtype: Any, n: int) -> Any:
+    if isinstance(dtype, pd.CategoricalDtype):
+        cats = dtype.categories
+        if len(cats) == 0:
+            return pd.Categorical([None] * n, categories=cats, ordered=dtype.ordered)
+        return pd.Categorical([cats[0]] * n, categories=cats, ordered=dtype.ordered)
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return pd.array([pd.Timestamp("2000-01-01", tz=dtype.tz)] * n, dtype=dtype)
+    kind = getattr(dtype, "kind", "O")
+    try:
+        if kind == "b":
+            return pd.array([True, False][:n] * (n // 2 + 1), dtype=dtype)[:n]
+        if kind in "iu":
+            return pd.array([1] * n, dtype=dtype)
+        if kind == "f":
+            return pd.array([1.0] * n, dtype=dtype)
+        if kind == "c":
+            return np.array([1 + 1j] * n, dtype=dtype)
+        if kind == "M":
+            return pd.array([pd.Timestamp("2000-01-01")] * n, dtype=dtype)
+        if kind == "m":
+            return pd.array([pd.Timedelta(1, "s")] * n, dtype=dtype)
+        return pd.array(["foo"] * n, dtype=dtype)
+    except (TypeError, ValueError):
+        return pd.array([None] * n, dtype=dtype)
+
+
+def _fake_index(index: pd.Index, n: int) -> pd.Index:
+    if isinstance(index, pd.RangeIndex):
+        return pd.RangeIndex(n, name=index.name)
+    if isinstance(index, pd.MultiIndex):
+        levels = [_fake_index(pd.Index(index.levels[k][:0]), n) for k in range(index.nlevels)]
+        return pd.MultiIndex.from_arrays(levels, names=index.names)
+    if isinstance(index, pd.DatetimeIndex):
+        return pd.date_range("2000-01-01", periods=n, freq="D", tz=index.tz, name=index.name).as_unit(
+            index.unit
+        )
+    if index.dtype.kind in "iuf":
+        return pd.Index(np.arange(n).astype(index.dtype), name=index.name)
+    return pd.Index(_fake_values(index.dtype, n), name=index.name)
+
+
+def meta_nonempty(meta: Any, n: int = 2) -> Any:
+    """Fake data with ``meta``'s schema and ``n`` rows, to run functions on for inference."""
+    if isinstance(meta, pd.DataFrame):
+        index = _fake_index(meta.index, n)
+        data = {i: _fake_values(dtype, n) for i, dtype in enumerate(meta.dtypes)}
+        frame = pd.DataFrame(data, index=index)
+        frame.columns = meta.columns
+        return frame
+    if isinstance(meta, pd.Series):
+        return pd.Series(_fake_values(meta.dtype, n), index=_fake_index(meta.index, n), name=meta.name)
+    if isinstance(meta, pd.Index):
+        return _fake_index(meta, n)
+    return meta
+
+
+def emulate(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The meta of ``func(*args, **kwargs)`` where pandas arguments are metas.
+
+    Runs on fake non-empty data first (so dtype inference sees values), then on the empty
+    metas; raises the first error if both fail.
+    """
+    fake_args = [meta_nonempty(a) for a in args]
+    fake_kwargs = {k: meta_nonempty(v) for k, v in kwargs.items()}
+    try:
+        return make_meta(func(*fake_args, **fake_kwargs))
+    except Exception as exc:
+        first = exc
+    try:
+        return make_meta(func(*args, **kwargs))
+    except Exception:
+        raise first from None
+
+
+def unknown_divisions(npartitions: int) -> tuple[Any, ...]:
+    """Divisions of ``npartitions`` partitions whose index bounds are not known."""
+    return (None,) * (npartitions + 1)
+
+
+# ---------------------------------------------------------------------------------------
+# The node base class
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass_transform(frozen_default=True, eq_default=False)
+def node(cls: type[_T]) -> type[_T]:
+    """Class decorator for expression nodes: a frozen dataclass compared by content token."""
+    return dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
+
+
+def _walk_exprs(obj: Any) -> Iterator[Expr]:
+    if isinstance(obj, Expr):
+        yield obj
+    elif type(obj) in (tuple, list):
+        for item in obj:
+            yield from _walk_exprs(item)
+    elif type(obj) is dict:
+        for item in obj.values():
+            yield from _walk_exprs(item)
+
+
+def _replace_exprs(obj: Any, mapping: Callable[[Expr], Expr]) -> Any:
+    if isinstance(obj, Expr):
+        return mapping(obj)
+    if type(obj) in (tuple, list):
+        return type(obj)(_replace_exprs(item, mapping) for item in obj)
+    if type(obj) is dict:
+        return {k: _replace_exprs(v, mapping) for k, v in obj.items()}
+    return obj
+
+
+class Expr:
+    """An immutable node of a lazy computation over partitioned pandas objects.
+
+    Subclasses are declared with :func:`node`; see the module docstring for the recipe.
+    """
+
+    _columnwise: ClassVar[bool] = False
+    """Output column ``c`` depends only on column ``c`` of each DataFrame input."""
+
+    # -- identity ---------------------------------------------------------------------
+
+    @property
+    def operands(self) -> tuple[Any, ...]:
+        """The field values, in declaration order."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+
+    @cached_property
+    def _token(self) -> str:
+        return tokenize(type(self).__module__, type(self).__qualname__, *self.operands)
+
+    def _prefix(self) -> str:
+        """The readable part of this node's keys."""
+        return type(self).__name__.lower()
+
+    @property
+    def _name(self) -> str:
+        """``prefix-token``: the common stem of this node's task keys."""
+        return f"{self._prefix()}-{self._token}"
+
+    def _key(self, i: int) -> str:
+        """The task key of output partition ``i``."""
+        return f"{self._name}-{i}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Expr) and type(other) is type(self) and other._token == self._token
+
+    def __hash__(self) -> int:
+        return hash(self._token)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._describe()})"
+
+    # -- structure --------------------------------------------------------------------
+
+    def dependencies(self) -> list[Expr]:
+        """The input expressions, in operand order, without repeats."""
+        seen: dict[str, Expr] = {}
+        for operand in self.operands:
+            for dep in _walk_exprs(operand):
+                seen.setdefault(dep._token, dep)
+        return list(seen.values())
+
+    def _replace(self: _E, **changes: Any) -> _E:
+        """A copy with some operands replaced."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def _map_dependencies(self: _E, mapping: Callable[[Expr], Expr]) -> _E:
+        """A copy whose input expressions are replaced by ``mapping(input)``."""
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            old = getattr(self, f.name)
+            new = _replace_exprs(old, mapping)
+            if _changed(old, new):
+                changes[f.name] = new
+        return self._replace(**changes) if changes else self
+
+    def walk(self) -> Iterator[Expr]:
+        """Every distinct node of the tree, each once, parents before children."""
+        seen: set[str] = set()
+        stack: list[Expr] = [self]
+        while stack:
+            expr = stack.pop()
+            if expr._token in seen:
+                continue
+            seen.add(expr._token)
+            yield expr
+            stack.extend(reversed(expr.dependencies()))
+
+    # -- schema and partitioning ------------------------------------------------------
+
+    @cached_property
+    def _meta(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define _meta")
+
+    def _frame_dependencies(self) -> list[Expr]:
+        return [d for d in self.dependencies() if is_frame_like(d._meta)]
+
+    @property
+    def npartitions(self) -> int:
+        """Number of output partitions."""
+        frames = self._frame_dependencies()
+        return frames[0].npartitions if frames else 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        """Index boundaries of the partitions (``npartitions + 1`` values, ``None`` if unknown)."""
+        frames = self._frame_dependencies()
+        return frames[0].divisions if frames else unknown_divisions(self.npartitions)
+
+    @property
+    def known_divisions(self) -> bool:
+        """Whether every division is known."""
+        divisions = self.divisions
+        return len(divisions) > 0 and divisions[0] is not None
+
+    def _output_columns(self) -> list[Any]:
+        """Output column labels (empty for a Series or scalar).
+
+        (Not called ``columns``: sources commonly have a ``columns`` field.)
+        """
+        meta = self._meta
+        return list(meta.columns) if isinstance(meta, pd.DataFrame) else []
+
+    # -- lowering ---------------------------------------------------------------------
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        """The tasks producing every output partition ``self._key(i)``."""
+        raise NotImplementedError(f"{type(self).__name__} must define _layer or be lowered")
+
+    # -- optimizer hooks (None = no change) -------------------------------------------
+
+    def _simplify_down(self) -> Expr | None:
+        """A simpler equivalent built from this node's operands, or ``None``."""
+        return None
+
+    def _lower(self) -> Expr | None:
+        """Physical nodes replacing this abstract one, or ``None`` if already physical."""
+        return None
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        """Columns of input ``dep`` this node reads when its consumers need ``needed``."""
+        if self._is_columnwise() and isinstance(dep._meta, pd.DataFrame):
+            return needed
+        return None
+
+    def _is_columnwise(self) -> bool:
+        """Per-instance ``_columnwise`` (override when it depends on the operands)."""
+        return self._columnwise
+
+    def _pushdown_projection(self, columns: Any) -> Expr | None:
+        """This node with ``Projection(input, columns)`` inputs, when that is equivalent.
+
+        The default moves the projection below columnwise nodes.
+        """
+        if self._is_columnwise() and isinstance(self._meta, pd.DataFrame):
+            return self._map_dependencies(
+                lambda d: Projection(d, columns) if isinstance(d._meta, pd.DataFrame) else d
+            )
+        return None
+
+    def _with_columns(self, columns: list[Any]) -> Expr | None:
+        """For sources: the same source producing only ``columns`` (in this order)."""
+        return None
+
+    def _with_filters(self, filters: list[tuple[Any, str, Any]]) -> Expr | None:
+        """For sources: the same source keeping only rows matching every filter."""
+        return None
+
+    # -- display ----------------------------------------------------------------------
+
+    def _describe(self) -> str:
+        """One line of operands for ``explain()``; inputs are shown as children instead."""
+        parts = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if any(True for _ in _walk_exprs(value)):
+                continue
+            parts.append(f"{f.name}={short_repr(value)}")
+        return ", ".join(parts)
+
+    def _tree_lines(self, indent: int = 0, seen: set[str] | None = None) -> list[str]:
+        seen = set() if seen is None else seen
+        pad = "  " * indent
+        head = f"{pad}{type(self).__name__}: {self._describe()}".rstrip(": ").rstrip()
+        if self._token in seen:
+            return [f"{head}  (shared, shown above)"]
+        seen.add(self._token)
+        lines = [f"{head}  [npartitions={self.npartitions}]"]
+        for dep in self.dependencies():
+            lines.extend(dep._tree_lines(indent + 1, seen))
+        return lines
+
+    def tree_repr(self) -> str:
+        """The plan below this node as an indented tree."""
+        return "\n".join(self._tree_lines())
+
+
+def _changed(old: Any, new: Any) -> bool:
+    if isinstance(old, Expr) or isinstance(new, Expr):
+        return old is not new
+    if type(old) in (tuple, list) and type(new) is type(old):
+        return len(old) != len(new) or any(_changed(a, b) for a, b in zip(old, new))
+    if type(old) is dict and type(new) is dict:
+        return any(_changed(old[k], new[k]) for k in old)
+    return False
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A bounded repr for plans and messages."""
+    if isinstance(value, pd.DataFrame):
+        text = f"<DataFrame {value.shape[0]}x{value.shape[1]}>"
+    elif isinstance(value, (pd.Series, pd.Index)):
+        text = f"<{type(value).__name__} len={len(value)}>"
+    elif callable(value) and hasattr(value, "__qualname__"):
+        text = value.__qualname__
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------
+# Blockwise nodes: output partition i from input partition i
+# ---------------------------------------------------------------------------------------
+
+
+class Blockwise(Expr):
+    """A node whose partition ``i`` needs partition ``i`` of each frame-like input.
+
+    Scalar-like inputs (a reduction's result) are broadcast: every partition reads their
+    single partition 0.  Chains of Blockwise nodes are fused into one task per partition.
+    """
+
+    def _function(self) -> Callable[..., Any]:
+        """The module-level function applied to each partition (see ``_task``)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _function or _task")
+
+    def _dep_partition(self, dep: Expr, i: int) -> int:
+        """Which partition of input ``dep`` output partition ``i`` reads."""
+        return i if is_frame_like(dep._meta) else 0
+
+    def _part(self, operand: Any, i: int) -> Any:
+        """``operand`` with each input expression replaced by a reference to its partition."""
+        if isinstance(operand, Expr):
+            return TaskRef(operand._key(self._dep_partition(operand, i)))
+        kind = type(operand)
+        if kind is tuple or kind is list:
+            return kind(self._part(item, i) for item in operand)
+        if kind is dict:
+            return {k: self._part(v, i) for k, v in operand.items()}
+        return operand
+
+    def _task(self, i: int) -> TaskSpec:
+        """The task of output partition ``i``: by default ``function(*operands)``."""
+        return (self._function(), tuple(self._part(op, i) for op in self.operands), {})
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        return {self._key(i): self._task(i) for i in range(self.npartitions)}
+
+    @cached_property
+    def _meta(self) -> Any:
+        metas = [_replace_exprs(op, lambda e: e._meta) for op in self.operands]
+        return emulate(self._function(), *metas)
+
+
+class Source(Blockwise):
+    """A Blockwise node without inputs: it produces partitions from small arguments."""
+
+    @property
+    def npartitions(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must define npartitions")
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return unknown_divisions(self.npartitions)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _project(part: Any, columns: Any) -> Any:
+    if type(columns) is tuple:
+        return part[list(columns)]
+    return part[columns]
+
+
+def _filter(part: Any, predicate: Any) -> Any:
+    return part[predicate]
+
+
+@node
+class Projection(Blockwise):
+    """Column selection: a tuple of labels gives a DataFrame, a single label a Series."""
+
+    frame: Expr
+    columns: Any
+
+    def _prefix(self) -> str:
+        return "getitem"
+
+    def _function(self) -> Callable[..., Any]:
+        return _project
+
+    @cached_property
+    def _meta(self) -> Any:
+        return _project(self.frame._meta, self.columns)
+
+    def _wanted(self) -> frozenset[Any]:
+        return frozenset(self.columns) if type(self.columns) is tuple else frozenset([self.columns])
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        return self._wanted()
+
+    def _simplify_down(self) -> Expr | None:
+        frame = self.frame
+        if type(self.columns) is tuple and list(self.columns) == frame._output_columns():
+            return frame
+        if isinstance(frame, Projection) and type(frame.columns) is tuple:
+            return Projection(frame.frame, self.columns)
+        return frame._pushdown_projection(self.columns)
+
+
+@node
+class Filter(Blockwise):
+    """Row selection by an aligned boolean Series."""
+
+    frame: Expr
+    predicate: Expr
+
+    def _function(self) -> Callable[..., Any]:
+        return _filter
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        return needed if dep is self.frame or dep == self.frame else None
+
+    def _simplify_down(self) -> Expr | None:
+        frame = self.frame
+        if isinstance(frame, Projection):
+            # Filtering then projecting is the same, and brings the filter next to the source.
+            return Projection(Filter(frame.frame, self.predicate), frame.columns)
+        filters = predicate_to_filters(self.predicate, frame)
+        if filters is not None:
+            return frame._with_filters(filters)
+        return None
+
+
+_COMPARISONS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def predicate_to_filters(predicate: Expr, frame: Expr) -> list[tuple[Any, str, Any]] | None:
+    """``predicate`` as a conjunction of ``(column, op, value)`` on ``frame``'s columns, if it is one.
+
+    Recognizes ``frame[col] <op> literal`` (op a comparison), ``frame[col].isin(values)``
+    and ``&`` of those; anything else gives ``None``.
+    """
+    op = getattr(predicate, "op", None)
+    left = getattr(predicate, "left", None)
+    right = getattr(predicate, "right", None)
+    if op == "and_" and isinstance(left, Expr) and isinstance(right, Expr):
+        first = predicate_to_filters(left, frame)
+        second = predicate_to_filters(right, frame)
+        return None if first is None or second is None else first + second
+    if op in _COMPARISONS and isinstance(left, Projection) and not isinstance(right, Expr):
+        if left.frame == frame and type(left.columns) is not tuple and np.ndim(right) == 0:
+            return [(left.columns, _COMPARISONS[op], right)]
+    method = getattr(predicate, "method", None)
+    target = getattr(predicate, "frame", None)
+    if method == "isin" and isinstance(target, Projection) and target.frame == frame:
+        args = getattr(predicate, "args", ())
+        if len(args) == 1 and type(target.columns) is not tuple and not isinstance(args[0], Expr):
+            return [(target.columns, "in", list(args[0]))]
+    return None
+
+
+@node
+class Partitions(Blockwise):
+    """A subset of another expression's partitions, in the given order (used for culling)."""
+
+    frame: Expr
+    partitions: tuple[int, ...]
+
+    _columnwise = True
+
+    def _dep_partition(self, dep: Expr, i: int) -> int:
+        return self.partitions[i]
+
+    def _task(self, i: int) -> TaskSpec:
+        return (_identity, (TaskRef(self.frame._key(self.partitions[i])),), {})
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.partitions)
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        divisions = self.frame.divisions
+        picked = self.partitions
+        if divisions[0] is None or list(picked) != sorted(set(picked)):
+            return unknown_divisions(len(picked))
+        return tuple(divisions[p] for p in picked) + (divisions[picked[-1] + 1],)
+
+    def _simplify_down(self) -> Expr | None:
+        frame = self.frame
+        if self.partitions == tuple(range(frame.npartitions)):
+            return frame
+        if isinstance(frame, Partitions):
+            return Partitions(frame.frame, tuple(frame.partitions[p] for p in self.partitions))
+        return None
+
+
+@node
+class MapPartitions(Blockwise):
+    """``func(partition, *args, **kwargs)`` on every partition; ``args`` may hold inputs."""
+
+    frame: Expr
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    meta: Any
+    divisions_kept: bool = False
+    label: str = ""
+
+    def _prefix(self) -> str:
+        return self.label or getattr(self.func, "__name__", "map-partitions").lower().strip("<>")
+
+    def _task(self, i: int) -> TaskSpec:
+        args = (self._part(self.frame, i), *self._part(self.args, i))
+        return (self.func, args, self._part(self.kwargs, i))
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        if self.divisions_kept:
+            return self.frame.divisions
+        return unknown_divisions(self.npartitions)
+
+
+# ---------------------------------------------------------------------------------------
+# Reductions: chunk per partition, combine in groups, aggregate
+# ---------------------------------------------------------------------------------------
+
+DEFAULT_SPLIT_EVERY = 8
+"""How many intermediate results a combine task of a tree reduction takes."""
+
+
+@node
+class Reduction(Expr):
+    """A tree reduction of all partitions of ``frame`` into one result.
+
+    ``chunk(partition, **chunk_kwargs)`` runs per partition (fused with the partition's
+    producer); ``combine(list, **combine_kwargs)`` merges up to ``split_every`` chunk
+    results into one of the same kind; ``aggregate(list, **aggregate_kwargs)`` produces
+    the final value, whose schema ``meta`` describes.  All three must be module-level.
+    """
+
+    frame: Expr
+    chunk: Callable[..., Any]
+    combine: Callable[..., Any]
+    aggregate: Callable[..., Any]
+    meta: Any
+    chunk_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    combine_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    aggregate_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    split_every: int = DEFAULT_SPLIT_EVERY
+    label: str = "reduction"
+    columns_needed: Any = None
+
+    def _prefix(self) -> str:
+        return self.label
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    @property
+    def npartitions(self) -> int:
+        return 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return (None, None)
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        return None if self.columns_needed is None else frozenset(self.columns_needed)
+
+    def _lower(self) -> Expr | None:
+        chunks = MapPartitions(self.frame, self.chunk, (), self.chunk_kwargs, None, False, f"{self.label}-chunk")
+        return TreeCombine(
+            chunks,
+            self.combine,
+            self.aggregate,
+            self.meta,
+            self.combine_kwargs,
+            self.aggregate_kwargs,
+            self.split_every,
+            self.label,
+        )
+
+
+@node
+class TreeCombine(Expr):
+    """The physical upper part of a tree reduction over already-chunked partitions."""
+
+    frame: Expr
+    combine: Callable[..., Any]
+    aggregate: Callable[..., Any]
+    meta: Any
+    combine_kwargs: dict[str, Any]
+    aggregate_kwargs: dict[str, Any]
+    split_every: int
+    label: str
+
+    def _prefix(self) -> str:
+        return self.label
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    @property
+    def npartitions(self) -> int:
+        return 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return (None, None)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        layer: dict[str, TaskSpec] = {}
+        level: list[Any] = [TaskRef(self.frame._key(i)) for i in range(self.frame.npartitions)]
+        width = max(2, self.split_every)
+        depth = 0
+        while len(level) > width:
+            next_level: list[Any] = []
+            for g in range(0, len(level), width):
+                key = f"{self._name}-combine{depth}-{g // width}"
+                layer[key] = (self.combine, (level[g : g + width],), self.combine_kwargs)
+                next_level.append(TaskRef(key))
+            level = next_level
+            depth += 1
+        layer[self._key(0)] = (self.aggregate, (level,), self.aggregate_kwargs)
+        return layer
+
+
+def frame_dependencies(exprs: Sequence[Expr]) -> list[Expr]:
+    """The frame-like expressions among ``exprs``."""
+    return [e for e in exprs if is_frame_like(e._meta)]

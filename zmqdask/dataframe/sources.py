@@ -1,0 +1,209 @@
+"""In-memory sources: pandas objects split into partitions, and persisted partitions.
+
+``FromPandas`` slices a pandas object at construction-independent row bounds;
+``FromPartitions`` holds partitions computed in this process (a local ``persist``);
+``FromFutures`` refers to partitions that live on the cluster (a client ``persist``).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from zmqdask.dataframe.expr import Source, make_meta, node, tokenize, unknown_divisions
+from zmqdask.graph import TaskSpec
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _select_columns(part: Any, columns: tuple[Any, ...] | None) -> Any:
+    if columns is None or not isinstance(part, pd.DataFrame):
+        return part
+    return part[list(columns)]
+
+
+def sorted_split(data: pd.DataFrame | pd.Series, npartitions: int) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+    """Row bounds of about ``npartitions`` pieces of sorted ``data`` and their divisions.
+
+    Equal index values never straddle two pieces, so there may be fewer pieces than asked.
+    """
+    n = len(data)
+    if n == 0:
+        return (0, 0), (None, None)
+    npartitions = max(1, min(npartitions, n))
+    raw = np.linspace(0, n, npartitions + 1).round().astype(int)
+    index = data.index
+    bounds = [0]
+    for position in raw[1:-1]:
+        # Move each cut to the first row of its index value, so duplicates stay together.
+        cut = int(index.searchsorted(index[position], side="left"))
+        if cut > bounds[-1]:
+            bounds.append(cut)
+    bounds.append(n)
+    divisions = [index[b] for b in bounds[:-1]] + [index[n - 1]]
+    return tuple(bounds), tuple(divisions)
+
+
+def even_split(n: int, npartitions: int) -> tuple[int, ...]:
+    """Row bounds of ``npartitions`` pieces of ``n`` rows whose sizes differ by at most one."""
+    npartitions = max(1, npartitions)
+    return tuple(int(b) for b in np.linspace(0, n, npartitions + 1).round().astype(int))
+
+
+@node
+class FromPandas(Source):
+    """A pandas DataFrame or Series cut into row ranges; ``columns`` projects a DataFrame."""
+
+    data: Any
+    data_token: str
+    bounds: tuple[int, ...]
+    division_values: tuple[Any, ...]
+    columns_selected: tuple[Any, ...] | None = None
+
+    def _prefix(self) -> str:
+        return "from-pandas"
+
+    @cached_property
+    def _token(self) -> str:
+        # ``data_token`` stands for the data, which is hashed once, not at every rewrite.
+        return tokenize("from-pandas", self.data_token, self.bounds, self.division_values, self.columns_selected)
+
+    @cached_property
+    def _meta(self) -> Any:
+        return _select_columns(make_meta(self.data), self.columns_selected)
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.bounds) - 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.division_values
+
+    def _task(self, i: int) -> TaskSpec:
+        piece = self.data.iloc[self.bounds[i] : self.bounds[i + 1]]
+        piece = _select_columns(piece, self.columns_selected)
+        return (_identity, (piece,), {})
+
+    def _with_columns(self, columns: list[Any]) -> FromPandas:
+        return self._replace(columns_selected=tuple(columns))
+
+    def _describe(self) -> str:
+        data = self.data
+        shape = "x".join(str(s) for s in data.shape)
+        cols = "" if self.columns_selected is None else f", columns={list(self.columns_selected)}"
+        return f"{type(data).__name__} {shape}{cols}"
+
+
+@node
+class FromPartitions(Source):
+    """Partitions already computed in this process; ``name`` is the token of what made them."""
+
+    parts: tuple[Any, ...]
+    meta: Any
+    division_values: tuple[Any, ...]
+    name: str
+    columns_selected: tuple[Any, ...] | None = None
+
+    def _prefix(self) -> str:
+        return "persisted"
+
+    @cached_property
+    def _token(self) -> str:
+        # Hashing the data again would be slow; it is what ``name`` computed, by definition.
+        cols = "" if self.columns_selected is None else repr(list(self.columns_selected))
+        return tokenize("persisted", self.name, cols)
+
+    @cached_property
+    def _meta(self) -> Any:
+        return _select_columns(self.meta, self.columns_selected)
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.parts)
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.division_values
+
+    def _task(self, i: int) -> TaskSpec:
+        return (_identity, (_select_columns(self.parts[i], self.columns_selected),), {})
+
+    def _with_columns(self, columns: list[Any]) -> FromPartitions:
+        return self._replace(columns_selected=tuple(columns))
+
+    def _describe(self) -> str:
+        return f"{len(self.parts)} in-memory partitions of {self.name}"
+
+
+@node
+class FromFutures(Source):
+    """Partitions that live on the cluster, one future per partition."""
+
+    futures: tuple[Any, ...]
+    meta: Any
+    division_values: tuple[Any, ...]
+
+    def _prefix(self) -> str:
+        return "persisted"
+
+    @cached_property
+    def _token(self) -> str:
+        return tokenize("futures", [f.key for f in self.futures])
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.futures)
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.division_values
+
+    def _task(self, i: int) -> TaskSpec:
+        return (_identity, (self.futures[i],), {})
+
+    def _describe(self) -> str:
+        return f"{len(self.futures)} partitions held by the cluster"
+
+
+def from_pandas_expr(data: Any, npartitions: int | None = None, chunksize: int | None = None, sort: bool = True) -> FromPandas:
+    """The source node for :func:`zmqdask.dataframe.from_pandas`."""
+    if not isinstance(data, (pd.DataFrame, pd.Series)):
+        raise TypeError(f"from_pandas needs a pandas DataFrame or Series, not {type(data).__name__}")
+    n = len(data)
+    if npartitions is None:
+        if chunksize is None:
+            npartitions = 1
+        else:
+            npartitions = max(1, -(-n // max(1, chunksize)))
+    if npartitions < 1:
+        raise ValueError("npartitions must be at least 1")
+    if sort and not data.index.is_monotonic_increasing:
+        data = data.sort_index()
+    if sort and n > 0:
+        bounds, divisions = sorted_split(data, npartitions)
+    else:
+        bounds = even_split(n, min(npartitions, max(n, 1)))
+        divisions = unknown_divisions(len(bounds) - 1)
+    return FromPandas(data, tokenize(data), bounds, divisions)
+
+
+def make_partitions_source(
+    parts: list[Any], meta: Any, divisions: tuple[Any, ...], name: str
+) -> FromPartitions:
+    """A source over partitions computed in this process."""
+    return FromPartitions(tuple(parts), make_meta(meta), tuple(divisions), name)
+
+
+def make_futures_source(futures: list[Any], meta: Any, divisions: tuple[Any, ...]) -> FromFutures:
+    """A source over partitions held by the cluster."""
+    return FromFutures(tuple(futures), make_meta(meta), tuple(divisions))

@@ -1,0 +1,199 @@
+"""Synthetic datasets, generated lazily per partition: ``timeseries()``.
+
+Every value is derived from ``(seed, partition start, column name)`` alone, so any process
+generates identical data for a partition, and a column's values do not depend on which
+other columns a query reads (the optimizer pushes column selection into generation).
+"""
+
+from __future__ import annotations
+
+import zlib
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from zmqdask.dataframe.expr import Source, node
+from zmqdask.graph import TaskSpec
+
+__all__ = ["NAMES", "timeseries"]
+
+NAMES = (
+    "Alice Bob Charlie Dan Edith Frank George Hannah Ingrid Jerry Kevin Laura Michael "
+    "Norbert Oliver Patricia Quinn Ray Sarah Tim Ursula Victor Wendy Xavier Yvonne Zelda"
+).split()
+"""The first names the string columns draw from."""
+
+DEFAULT_SEED = 20000101
+"""Seed used when ``seed=None``: data is the same in every process and every run."""
+
+POISSON_MEAN = 1000
+"""Mean of the integer columns."""
+
+DEFAULT_DTYPES: dict[str, Any] = {"id": int, "name": str, "x": float, "y": float}
+"""Columns of ``timeseries()`` by default, in order."""
+
+_NAMES_ARRAY = np.array(NAMES, dtype=object)
+
+
+def default_string_dtype() -> Any:
+    """The dtype of string columns: pandas' default string dtype, Arrow-backed where possible."""
+    inferred = pd.Series(["a"]).dtype
+    if inferred != object:
+        return inferred
+    try:
+        import pyarrow  # noqa: F401
+
+        return pd.StringDtype("pyarrow")
+    except ImportError:
+        return pd.StringDtype()
+
+
+def _normalize_dtype(dtype: Any) -> Any:
+    """A concrete pandas/numpy dtype for a ``dtypes=`` entry."""
+    if dtype is str or dtype == "str" or dtype == "string" or dtype is object:
+        return default_string_dtype()
+    if dtype == "category":
+        return pd.CategoricalDtype(NAMES)
+    if dtype is int:
+        return np.dtype("int64")
+    if dtype is float:
+        return np.dtype("float64")
+    return pd.api.types.pandas_dtype(dtype)
+
+
+def _rng(seed: int, start: pd.Timestamp, column: str) -> np.random.Generator:
+    # One independent stream per (seed, partition, column); crc32 is stable across processes,
+    # unlike hash(), and nanoseconds are shifted to be non-negative for SeedSequence.
+    entropy = [seed, int(start.value) + 2**63, zlib.crc32(str(column).encode())]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def _column(dtype: Any, n: int, rng: np.random.Generator) -> Any:
+    if isinstance(dtype, pd.CategoricalDtype):
+        codes = rng.integers(0, len(dtype.categories), n)
+        return pd.Categorical.from_codes(codes, dtype=dtype)
+    kind = getattr(dtype, "kind", "O")
+    if kind == "f":
+        return (rng.random(n) * 2.0 - 1.0).astype(dtype, copy=False)
+    if kind in "iu":
+        return rng.poisson(POISSON_MEAN, n).astype(dtype, copy=False)
+    if kind == "b":
+        return rng.random(n) < 0.5
+    codes = rng.integers(0, len(NAMES), n)
+    return _names(codes, dtype)
+
+
+def _names(codes: np.ndarray, dtype: Any) -> Any:
+    if getattr(dtype, "storage", None) == "pyarrow":
+        import pyarrow as pa
+
+        # Taking from a 26-element Arrow array avoids creating a Python string per row.
+        taken = pa.array(NAMES).take(pa.array(codes))
+        return pd.array(taken.to_pandas(), dtype=dtype) if hasattr(taken, "to_pandas") else taken
+    return pd.array(_NAMES_ARRAY[codes], dtype=dtype)
+
+
+def make_timeseries_part(
+    start: pd.Timestamp, stop: pd.Timestamp, freq: str, columns: tuple[tuple[str, Any], ...], seed: int
+) -> pd.DataFrame:
+    """One partition: rows every ``freq`` in ``[start, stop)``, the given ``(column, dtype)``s."""
+    index = pd.date_range(start, stop, freq=freq, inclusive="left", name="timestamp")
+    n = len(index)
+    data = {name: _column(dtype, n, _rng(seed, start, name)) for name, dtype in columns}
+    return pd.DataFrame(data, index=index, columns=[name for name, _ in columns])
+
+
+def _divisions(start: pd.Timestamp, end: pd.Timestamp, partition_freq: str) -> tuple[pd.Timestamp, ...]:
+    points = list(pd.date_range(start, end, freq=partition_freq))
+    if not points or points[0] > start:
+        points.insert(0, start)
+    if points[-1] < end:
+        points.append(end)
+    if len(points) < 2:
+        points = [start, end]
+    return tuple(points)
+
+
+@node
+class Timeseries(Source):
+    """Random time-indexed data, one partition per ``partition_freq`` period."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    freq: str
+    partition_freq: str
+    dtypes: tuple[tuple[str, Any], ...]
+    seed: int
+    columns: tuple[str, ...]
+
+    def _prefix(self) -> str:
+        return "timeseries"
+
+    @cached_property
+    def _division_values(self) -> tuple[pd.Timestamp, ...]:
+        return _divisions(self.start, self.end, self.partition_freq)
+
+    @property
+    def npartitions(self) -> int:
+        return len(self._division_values) - 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self._division_values
+
+    @cached_property
+    def _chosen(self) -> tuple[tuple[str, Any], ...]:
+        types = dict(self.dtypes)
+        return tuple((name, types[name]) for name in self.columns)
+
+    @cached_property
+    def _meta(self) -> Any:
+        return make_timeseries_part(self.start, self.start, self.freq, self._chosen, self.seed)
+
+    def _task(self, i: int) -> TaskSpec:
+        divisions = self._division_values
+        return (make_timeseries_part, (divisions[i], divisions[i + 1], self.freq, self._chosen, self.seed), {})
+
+    def _with_columns(self, columns: list[Any]) -> Timeseries:
+        return self._replace(columns=tuple(columns))
+
+    def _describe(self) -> str:
+        return f"{self.start} to {self.end} every {self.freq}, columns={list(self.columns)}"
+
+
+def timeseries(
+    start: Any = "2000-01-01",
+    end: Any = "2000-01-31",
+    freq: str = "1s",
+    partition_freq: str = "1D",
+    dtypes: dict[str, Any] | None = None,
+    seed: int | None = None,
+) -> Any:
+    """A lazy DataFrame of random data indexed by time, one partition per ``partition_freq``.
+
+    Defaults give 30 daily partitions of 86,400 rows: ``id`` (Poisson, mean 1000), ``name``
+    (one of 26 first names), ``x`` and ``y`` (uniform on [-1, 1)), indexed by
+    ``timestamp`` with known divisions.  ``dtypes`` maps column names to dtypes (float,
+    int, str, "category" or bool columns are generated accordingly).  The same ``seed``
+    gives the same data; ``seed=None`` uses a fixed default.
+    """
+    from zmqdask.dataframe.collection import new_collection
+
+    spec = DEFAULT_DTYPES if dtypes is None else dtypes
+    pairs = tuple((str(name), _normalize_dtype(dtype)) for name, dtype in spec.items())
+    start_ts = pd.Timestamp(start)
+    end_ts = pd.Timestamp(end)
+    if end_ts <= start_ts:
+        raise ValueError(f"end ({end_ts}) must be after start ({start_ts})")
+    expr = Timeseries(
+        start_ts,
+        end_ts,
+        freq,
+        partition_freq,
+        pairs,
+        DEFAULT_SEED if seed is None else int(seed),
+        tuple(name for name, _ in pairs),
+    )
+    return new_collection(expr)
