@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import zmqdask.dataframe as zd
 from zmqdask.dataframe.groupby import (
     AggPlan,
     groupby_aggregate,
@@ -146,3 +147,103 @@ def test_plan_rejects_unknown_functions() -> None:
         make_plan({"zz": "sum"}, ["x"])
     with pytest.raises(UsageError):
         make_plan({"x": "sum"}, ["x"], series_selection=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Lazy groupby (computed in this process: no client)
+# --------------------------------------------------------------------------------------------
+
+
+def _lazy_pair(npartitions: int = 5) -> tuple[pd.DataFrame, Any]:
+    """A pandas frame and its lazy twin; with several partitions one of them is empty."""
+    frame = _frame(200)
+    frame["drop"] = False
+    frame.loc[40:79, "drop"] = True
+    lazy = zd.from_pandas(frame, npartitions=npartitions)
+    return frame[~frame["drop"]].drop(columns="drop"), lazy[~lazy["drop"]].drop(columns="drop")
+
+
+METHODS = ["sum", "mean", "count", "min", "max", "std", "var", "size", "first", "last", "nunique"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("npartitions", [1, 5])
+def test_lazy_methods_match_pandas(method: str, npartitions: int) -> None:
+    frame, lazy = _lazy_pair(npartitions)
+    columns = ["x", "i", "j"]
+    got = getattr(lazy[["k", *columns]].groupby("k"), method)()
+    _assert_same(got.compute(), getattr(frame[["k", *columns]].groupby("k"), method)())
+    got = getattr(lazy.groupby(["k", "j"]).x, method)()
+    _assert_same(got.compute(), getattr(frame.groupby(["k", "j"]).x, method)())
+
+
+def test_lazy_partitions_really_empty() -> None:
+    _, lazy = _lazy_pair(5)
+    sizes = [len(lazy.get_partition(i).compute()) for i in range(lazy.npartitions)]
+    assert 0 in sizes and sum(sizes) == 160
+
+
+def test_lazy_agg_forms() -> None:
+    frame, lazy = _lazy_pair()
+    _assert_same(lazy.groupby("k").agg(["sum", "max"]).compute(), frame.groupby("k").agg(["sum", "max"]))
+    spec = {"x": ["mean", "std"], "i": "nunique"}
+    _assert_same(lazy.groupby("k").aggregate(spec).compute(), frame.groupby("k").aggregate(spec))
+    _assert_same(
+        lazy.groupby("k").agg(lo=("x", "min"), n=("i", "count")).compute(),
+        frame.groupby("k").agg(lo=("x", "min"), n=("i", "count")),
+    )
+    _assert_same(lazy.groupby("k")[["x", "i"]].mean().compute(), frame.groupby("k")[["x", "i"]].mean())
+    _assert_same(lazy.groupby("k")["x"].agg(["min", "last"]).compute(), frame.groupby("k")["x"].agg(["min", "last"]))
+    _assert_same(lazy.groupby("k").x.agg(top="max").compute(), frame.groupby("k").x.agg(top="max"))
+    numeric = ["k", "x", "i"]
+    _assert_same(lazy[numeric].groupby("k").std(ddof=0).compute(), frame[numeric].groupby("k").std(ddof=0))
+
+
+@pytest.mark.parametrize("sort", [True, False])
+@pytest.mark.parametrize("dropna", [True, False])
+def test_lazy_sort_and_dropna(sort: bool, dropna: bool) -> None:
+    frame, lazy = _lazy_pair()
+    got = lazy.groupby("k", sort=sort, dropna=dropna)[["x", "i"]].sum().compute()
+    _assert_same(got, frame.groupby("k", sort=sort, dropna=dropna)[["x", "i"]].sum())
+
+
+def test_lazy_group_by_series() -> None:
+    frame, lazy = _lazy_pair()
+    _assert_same(
+        lazy.groupby(lazy.i % 4).sum(numeric_only=True).compute(), frame.groupby(frame.i % 4).sum(numeric_only=True)
+    )
+    # Grouping by the frame's own column leaves that column out, as in pandas.
+    _assert_same(lazy.groupby(lazy.k).x.mean().compute(), frame.groupby(frame.k).x.mean())
+    _assert_same(lazy[["k", "i"]].groupby(lazy.k).max().compute(), frame[["k", "i"]].groupby(frame.k).max())
+    _assert_same(lazy.x.groupby(lazy.k).var().compute(), frame.x.groupby(frame.k).var())
+    _assert_same(lazy.x.groupby(lazy.k).size().compute(), frame.x.groupby(frame.k).size())
+
+
+def test_lazy_tree_depth_does_not_change_results() -> None:
+    numeric = _frame(300)[["k", "x", "i"]]
+    lazy = zd.from_pandas(numeric, npartitions=12)
+    for split_every in (2, 3, 100):
+        got = lazy.groupby("k").agg(["mean", "var", "first"], split_every=split_every).compute()
+        _assert_same(got, numeric.groupby("k").agg(["mean", "var", "first"]))
+
+
+def test_lazy_groupby_reads_only_needed_columns() -> None:
+    from zmqdask.dataframe.sources import FromPandas
+
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=3)
+    optimized = lazy.groupby("k").x.sum().optimize().expr
+    sources = [e for e in optimized.walk() if isinstance(e, FromPandas)]
+    assert [list(s.columns_selected or frame.columns) for s in sources] == [["k", "x"]]
+
+
+def test_lazy_errors_are_raised_when_building() -> None:
+    _, lazy = _lazy_pair()
+    with pytest.raises(UsageError, match="zz"):
+        lazy.groupby("zz")
+    with pytest.raises(UsageError):
+        lazy.groupby("k")["zz"]
+    with pytest.raises(TypeError):
+        lazy.groupby("k").s.mean()
+    with pytest.raises(AttributeError):
+        _ = lazy.groupby("k").nothing_here

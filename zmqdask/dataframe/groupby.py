@@ -489,11 +489,7 @@ class GroupBy:
                 )
             # Grouping by one of the frame's own columns is grouping by that column's name
             # (pandas then leaves the column out of the aggregated ones).
-            if (
-                isinstance(by_expr, Projection)
-                and type(by_expr.columns) is not tuple
-                and by_expr.frame == self._frame_expr
-            ):
+            if self._is_own_column(by_expr):
                 return (by_expr.columns,)
             return by_expr
         if self._is_series:
@@ -503,6 +499,20 @@ class GroupBy:
         if missing:
             raise UsageError(f"cannot group by {missing}: not columns of the frame {list(meta.columns)}")
         return tuple(labels)
+
+    def _is_own_column(self, by_expr: Expr) -> bool:
+        """Whether ``by_expr`` is a column of the grouped frame, taken from the same data."""
+        if not isinstance(by_expr, Projection) or type(by_expr.columns) is tuple:
+            return False
+        frame = self._frame_expr
+        if by_expr.frame == frame:
+            return True
+        return (
+            isinstance(frame, Projection)
+            and type(frame.columns) is tuple
+            and by_expr.columns in frame.columns
+            and frame.frame == by_expr.frame
+        )
 
     # -- selection ---------------------------------------------------------------------
 
