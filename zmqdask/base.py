@@ -41,10 +41,10 @@ def compute_locally(*collections: Any) -> list[Any]:
         outputs.append(keys)
     flat = [key for keys in outputs for key in keys]
     values = execute_local(graph, list(dict.fromkeys(flat)))
-    by_key = dict(zip(dict.fromkeys(flat), values))
+    by_key = dict(zip(dict.fromkeys(flat), values, strict=False))
     return [
         collection.__zmqdask_finalize__()([by_key[key] for key in keys])
-        for collection, keys in zip(collections, outputs)
+        for collection, keys in zip(collections, outputs, strict=False)
     ]
 
 

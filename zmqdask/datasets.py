@@ -40,7 +40,7 @@ _NAMES_ARRAY = np.array(NAMES, dtype=object)
 def default_string_dtype() -> Any:
     """The dtype of string columns: pandas' default string dtype, Arrow-backed where possible."""
     inferred = pd.Series(["a"]).dtype
-    if inferred != object:
+    if inferred != np.dtype(object):
         return inferred
     try:
         import pyarrow  # noqa: F401

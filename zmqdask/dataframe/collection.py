@@ -6,15 +6,17 @@ compute, except ``compute``, ``persist`` (without a client), ``head``, ``tail`` 
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Iterator
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe import core_ops as ops
+from zmqdask.dataframe import planning as plan
 from zmqdask.dataframe.expr import (
     Expr,
     Filter,
@@ -23,7 +25,6 @@ from zmqdask.dataframe.expr import (
     Projection,
     Reduction,
     emulate,
-    make_meta,
 )
 from zmqdask.dataframe.lower import build_graph, finalizer
 from zmqdask.dataframe.optimize import optimize
@@ -31,9 +32,6 @@ from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 
 logger = logging.getLogger(__name__)
-
-REPR_EDGE_ROWS = 2
-"""Division rows shown at each end of a structure repr before eliding the middle."""
 
 
 def new_collection(expr: Expr) -> Any:
@@ -170,12 +168,12 @@ class Collection:
 
     def _awaitable(self, template: str) -> str:
         kind = type(self).__name__.lower()
-        return template.format({"dataframe": "df", "series": "series", "scalar": "scalar", "index": "index"}.get(kind, "obj"))
+        return template.format(
+            {"dataframe": "df", "series": "series", "scalar": "scalar", "index": "index"}.get(kind, "obj")
+        )
 
     def __bool__(self) -> bool:
-        raise TypeError(
-            f"the truth value of a lazy {type(self).__name__} is ambiguous; compute it first"
-        )
+        raise TypeError(f"the truth value of a lazy {type(self).__name__} is ambiguous; compute it first")
 
     # -- partition-wise ---------------------------------------------------------------
 
@@ -198,7 +196,7 @@ class Collection:
             raise UsageError("repartition needs npartitions or divisions")
         if npartitions < 1:
             raise ValueError("npartitions must be at least 1")
-        return new_collection(_repartition_expr(self._expr, npartitions))
+        return new_collection(plan.repartition_expr(self._expr, npartitions))
 
     def get_partition(self, n: int) -> Any:
         """Partition ``n`` alone, as a one-partition collection."""
@@ -229,47 +227,6 @@ class _PartitionsIndexer:
         return new_collection(Partitions(self._obj.expr, tuple(picked)))
 
 
-def _repartition_expr(expr: Expr, npartitions: int) -> Expr:
-    current = expr.npartitions
-    if npartitions == current:
-        return expr
-    if npartitions < current:
-        bounds = np.linspace(0, current, npartitions + 1).round().astype(int)
-        groups = tuple(tuple(range(bounds[j], bounds[j + 1])) for j in range(npartitions))
-        return ops.Repartition(expr, groups)
-    base, extra = divmod(npartitions, current)
-    pieces = tuple(base + (1 if i < extra else 0) for i in range(current))
-    divisions = expr.divisions
-    bounds: tuple[tuple[Any, ...], ...] | None = None
-    if expr.known_divisions and _interpolatable(divisions):
-        inner = []
-        for i, count in enumerate(pieces):
-            lo, hi = divisions[i], divisions[i + 1]
-            points = _interpolate(lo, hi, count)
-            inner.append(tuple(points))
-        flat = [divisions[0]]
-        for i, points in enumerate(inner):
-            flat.extend(points)
-            flat.append(divisions[i + 1])
-        if all(a < b for a, b in zip(flat, flat[1:])):
-            bounds = tuple(inner)
-    return ops.SplitPartitions(expr, pieces, bounds)
-
-
-def _interpolatable(divisions: tuple[Any, ...]) -> bool:
-    sample = divisions[0]
-    return isinstance(sample, (pd.Timestamp, int, float, np.integer, np.floating)) and not isinstance(sample, bool)
-
-
-def _interpolate(lo: Any, hi: Any, count: int) -> list[Any]:
-    if isinstance(lo, pd.Timestamp):
-        span = hi - lo
-        return [lo + span * k / count for k in range(1, count)]
-    if isinstance(lo, (int, np.integer)):
-        return [int(lo + (hi - lo) * k // count) for k in range(1, count)]
-    return [lo + (hi - lo) * k / count for k in range(1, count)]
-
-
 # ---------------------------------------------------------------------------------------
 # Frames: what DataFrame, Series and Index share
 # ---------------------------------------------------------------------------------------
@@ -289,7 +246,7 @@ class _Frame(Collection):
 
     def _binop(self, op: str, other: Any, reflected: bool = False) -> Any:
         if isinstance(other, Collection):
-            left, right = _align(self._expr, other.expr)
+            left, right = plan.align(self._expr, other.expr)
         else:
             left, right = self._expr, other
         if reflected:
@@ -314,8 +271,8 @@ class _Frame(Collection):
     __le__ = _binary("le")
     __gt__ = _binary("gt")
     __ge__ = _binary("ge")
-    __eq__ = _binary("eq")  # type: ignore[assignment]
-    __ne__ = _binary("ne")  # type: ignore[assignment]
+    __eq__ = _binary("eq")
+    __ne__ = _binary("ne")
     __and__ = _binary("and_")
     __rand__ = _binary("and_", True)
     __or__ = _binary("or_")
@@ -359,8 +316,8 @@ class _Frame(Collection):
         kwargs = {k: _expr_of(v) for k, v in kwargs.items()}
         exprs = [a for a in (*args, *kwargs.values()) if isinstance(a, Expr)]
         if exprs:
-            aligned = _align(self._expr, *exprs)
-            mapping = {e._token: a for e, a in zip(exprs, aligned[1:])}
+            aligned = plan.align(self._expr, *exprs)
+            mapping = {e._token: a for e, a in zip(exprs, aligned[1:], strict=False)}
             args = tuple(mapping.get(a._token, a) if isinstance(a, Expr) else a for a in args)
             kwargs = {k: (mapping.get(v._token, v) if isinstance(v, Expr) else v) for k, v in kwargs.items()}
             return new_collection(ops.MapMethod(aligned[0], name, args, kwargs))
@@ -436,7 +393,7 @@ class _Frame(Collection):
         """
         total = self.npartitions
         first = total if npartitions == -1 else max(1, min(npartitions, total))
-        lazy = new_collection(_edge_expr(self._expr, n, list(range(first)), ops.head_part, "head"))
+        lazy = new_collection(plan.edge_expr(self._expr, n, list(range(first)), ops.head_part, "head"))
         if not compute:
             return lazy
         self._check_blocking("await client.compute({}.head(n, compute=False))")
@@ -444,7 +401,7 @@ class _Frame(Collection):
         taken = first
         while len(result) < n and taken < total:
             more = list(range(taken, min(total, taken * 2)))
-            extra = new_collection(_edge_expr(self._expr, n - len(result), more, ops.head_part, "head")).compute()
+            extra = new_collection(plan.edge_expr(self._expr, n - len(result), more, ops.head_part, "head")).compute()
             result = ops.concat_parts([result, extra])
             taken = more[-1] + 1
         return result
@@ -453,7 +410,7 @@ class _Frame(Collection):
         """The last ``n`` rows; reads partitions from the last backwards, as many as needed."""
         total = self.npartitions
         count = total if npartitions == -1 else max(1, min(npartitions, total))
-        lazy = new_collection(_edge_expr(self._expr, n, list(range(total - count, total)), ops.tail_part, "tail"))
+        lazy = new_collection(plan.edge_expr(self._expr, n, list(range(total - count, total)), ops.tail_part, "tail"))
         if not compute:
             return lazy
         self._check_blocking("await client.compute({}.tail(n, compute=False))")
@@ -462,7 +419,7 @@ class _Frame(Collection):
         while len(result) < n and start > 0:
             taken = total - start
             more = list(range(max(0, start - taken), start))
-            extra = new_collection(_edge_expr(self._expr, n - len(result), more, ops.tail_part, "tail")).compute()
+            extra = new_collection(plan.edge_expr(self._expr, n - len(result), more, ops.tail_part, "tail")).compute()
             result = ops.concat_parts([extra, result])
             start = more[0]
         return result
@@ -555,7 +512,9 @@ class _Frame(Collection):
 
     def mean(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
         """Arithmetic mean (per column for a DataFrame)."""
-        meta = emulate(lambda m: m.mean(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.mean(), self._meta)
+        meta = emulate(
+            lambda m: m.mean(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.mean(), self._meta
+        )
         expr = Reduction(
             self._expr,
             ops.mean_chunk,
@@ -622,46 +581,6 @@ def _combine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k == "skipna"}
 
 
-def _edge_expr(expr: Expr, n: int, picked: list[int], func: Callable[..., Any], label: str) -> Expr:
-    """The first (``head_part``) or last (``tail_part``) ``n`` rows of some partitions."""
-    selected = Partitions(expr, tuple(picked))
-    per_part = ops.RowSelect(selected, func, (n,), label)
-    if len(picked) == 1:
-        return per_part
-    together = ops.Repartition(per_part, (tuple(range(len(picked))),))
-    return ops.RowSelect(together, func, (n,), label)
-
-
-def _align(*exprs: Expr) -> list[Expr]:
-    """Inputs for a partition-wise operation on several collections.
-
-    Scalars broadcast.  Frames must have equal partitioning: equal known divisions, or
-    the same number of partitions when some are unknown; frames with different known
-    divisions are repartitioned to the union of their divisions.
-    """
-    frames = [e for e in exprs if not ops.is_scalar_meta(e._meta)]
-    if len(frames) < 2:
-        return list(exprs)
-    first = frames[0]
-    if all(f.divisions == first.divisions for f in frames):
-        return list(exprs)
-    if all(f.known_divisions for f in frames):
-        try:
-            union = ops.union_divisions(*(f.divisions for f in frames))
-        except TypeError as exc:
-            raise UsageError(f"cannot align partitions with incomparable divisions: {exc}") from None
-        return [
-            ops.RepartitionDivisions(e, union) if not ops.is_scalar_meta(e._meta) and e.divisions != union else e
-            for e in exprs
-        ]
-    if all(f.npartitions == first.npartitions for f in frames):
-        return list(exprs)
-    raise UsageError(
-        "cannot align collections with unknown divisions and different numbers of partitions "
-        f"({[f.npartitions for f in frames]}); repartition them to the same npartitions"
-    )
-
-
 class _LocIndexer:
     def __init__(self, obj: _Frame) -> None:
         self._obj = obj
@@ -670,72 +589,22 @@ class _LocIndexer:
         obj = self._obj
         if isinstance(key, tuple) and len(key) == 2 and isinstance(obj, DataFrame):
             rows, cols = key
-            selected = self[rows] if not _is_full_slice(rows) else obj
+            selected = self[rows] if not plan.is_full_slice(rows) else obj
             return selected[cols]
         if isinstance(key, Series):
-            return obj[key]
+            return cast(Any, obj)[key]
         if isinstance(key, slice):
             if key.step is not None:
                 raise UsageError("loc with a slice step is not supported")
-            return new_collection(_loc_expr(obj.expr, key.start, key.stop, True))
+            return new_collection(plan.loc_expr(obj.expr, key.start, key.stop, True))
         if isinstance(key, (list, np.ndarray, pd.Index, pd.Series)):
             labels = list(key)
             expr = obj.expr
             if expr.known_divisions:
-                keep = sorted({p for label in labels for p in _partitions_for(expr.divisions, label, label, False)})
+                keep = sorted({p for label in labels for p in plan.partitions_for(expr.divisions, label, label, False)})
                 expr = Partitions(expr, tuple(keep or [0]))
             return new_collection(ops.RowSelect(expr, ops.loc_labels, (labels,), "loc"))
-        return new_collection(_loc_expr(obj.expr, key, key, False))
-
-
-def _is_full_slice(key: Any) -> bool:
-    return isinstance(key, slice) and key.start is None and key.stop is None and key.step is None
-
-
-def _bounds(label: Any, divisions: tuple[Any, ...], upper: bool) -> Any:
-    """A comparable bound for a loc label: date strings cover their whole period."""
-    if label is None:
-        return None
-    sample = divisions[0]
-    if isinstance(label, str) and isinstance(sample, pd.Timestamp):
-        try:
-            period = pd.Period(label)
-        except (ValueError, TypeError):
-            return pd.Timestamp(label)
-        if upper:
-            return (period + 1).start_time - pd.Timedelta(1, "ns")
-        return period.start_time
-    return label
-
-
-def _partitions_for(divisions: tuple[Any, ...], start: Any, stop: Any, is_slice: bool) -> list[int]:
-    """Partitions that may hold labels in ``[start, stop]`` (conservative on errors)."""
-    n = len(divisions) - 1
-    try:
-        lower = _bounds(start, divisions, upper=False)
-        upper = _bounds(stop, divisions, upper=True)
-        keep = []
-        for i in range(n):
-            last = i == n - 1
-            if upper is not None and divisions[i] > upper:
-                continue
-            if lower is not None and (divisions[i + 1] < lower or (divisions[i + 1] == lower and not last)):
-                continue
-            keep.append(i)
-        return keep
-    except TypeError:
-        return list(range(n))
-
-
-def _loc_expr(expr: Expr, start: Any, stop: Any, is_slice: bool) -> Expr:
-    if expr.known_divisions:
-        keep = _partitions_for(expr.divisions, start, stop, is_slice)
-        expr = Partitions(expr, tuple(keep or [0]))
-    if is_slice:
-        return ops.RowSelect(expr, ops.loc_part, (start, stop), "loc")
-    if not expr.known_divisions:
-        return ops.RowSelect(expr, ops.loc_labels, ([start],), "loc")
-    return ops.RowSelect(expr, ops.loc_part, (start, stop), "loc")
+        return new_collection(plan.loc_expr(obj.expr, key, key, False))
 
 
 # ---------------------------------------------------------------------------------------
@@ -763,7 +632,7 @@ class DataFrame(_Frame):
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, Series):
-            (frame, predicate) = _align(self._expr, key.expr)
+            (frame, predicate) = plan.align(self._expr, key.expr)
             return DataFrame(Filter(frame, predicate))
         if isinstance(key, slice):
             return self.loc[key]
@@ -793,7 +662,7 @@ class DataFrame(_Frame):
 
     @columns.setter
     def columns(self, names: Any) -> None:
-        renamed = self.rename(columns=dict(zip(self._meta.columns, names)))
+        renamed = self.rename(columns=dict(zip(self._meta.columns, names, strict=False)))
         self._expr = renamed.expr
         self.__dict__.pop("_optimized", None)
         self.__dict__.pop("_graph", None)
@@ -830,7 +699,7 @@ class DataFrame(_Frame):
         """Columns renamed by a mapping or a function."""
         if index is not None:
             raise UsageError("rename(index=...) is not supported; use map_partitions")
-        return self._method("rename", columns=columns)  # type: ignore[no-any-return]
+        return self._method("rename", columns=columns)
 
     def drop(self, labels: Any = None, columns: Any = None, errors: str = "raise") -> DataFrame:
         """The frame without some columns."""
@@ -841,18 +710,20 @@ class DataFrame(_Frame):
         missing = [c for c in dropped if c not in self._meta.columns]
         if missing and errors == "raise":
             raise KeyError(f"columns not found: {missing}")
-        return self[[c for c in self._meta.columns if c not in dropped]]  # type: ignore[no-any-return]
+        return self[[c for c in self._meta.columns if c not in dropped]]
 
     def reset_index(self, drop: bool = False) -> DataFrame:
         """The index moved into a column (unless ``drop``), rows numbered 0..n-1 as in pandas."""
-        return DataFrame(_reset_index_expr(self._expr, drop))
+        return DataFrame(plan.reset_index_expr(self._expr, drop))
 
     def select_dtypes(self, include: Any = None, exclude: Any = None) -> DataFrame:
         """Columns of the given dtypes."""
         picked = self._meta.select_dtypes(include=include, exclude=exclude).columns
-        return self[list(picked)]  # type: ignore[no-any-return]
+        return self[list(picked)]
 
-    def apply(self, func: Callable[..., Any], axis: int = 1, meta: Any = None, args: tuple[Any, ...] = (), **kwargs: Any) -> Any:
+    def apply(
+        self, func: Callable[..., Any], axis: int = 1, meta: Any = None, args: tuple[Any, ...] = (), **kwargs: Any
+    ) -> Any:
         """``func`` applied to each row (``axis=1`` only)."""
         if axis not in (1, "columns"):
             raise UsageError("DataFrame.apply supports axis=1 only; use map_partitions or reductions")
@@ -866,13 +737,31 @@ class DataFrame(_Frame):
 
         return GroupBy(self, by, sort=sort, dropna=dropna, **kwargs)
 
-    def merge(self, right: Any, how: str = "inner", on: Any = None, left_on: Any = None, right_on: Any = None,
-              left_index: bool = False, right_index: bool = False, suffixes: tuple[str, str] = ("_x", "_y")) -> Any:
+    def merge(
+        self,
+        right: Any,
+        how: str = "inner",
+        on: Any = None,
+        left_on: Any = None,
+        right_on: Any = None,
+        left_index: bool = False,
+        right_index: bool = False,
+        suffixes: tuple[str, str] = ("_x", "_y"),
+    ) -> Any:
         """Database-style join (see ``zmqdask.dataframe.multi``)."""
         from zmqdask.dataframe.multi import merge
 
-        return merge(self, right, how=how, on=on, left_on=left_on, right_on=right_on,
-                     left_index=left_index, right_index=right_index, suffixes=suffixes)
+        return merge(
+            self,
+            right,
+            how=how,
+            on=on,
+            left_on=left_on,
+            right_on=right_on,
+            left_index=left_index,
+            right_index=right_index,
+            suffixes=suffixes,
+        )
 
     def join(self, other: Any, how: str = "left", lsuffix: str = "", rsuffix: str = "") -> Any:
         """Join on the index (see ``zmqdask.dataframe.multi``)."""
@@ -914,7 +803,7 @@ class DataFrame(_Frame):
 
     def _structure(self) -> pd.DataFrame:
         meta = self._meta
-        labels = _division_labels(self.divisions)
+        labels = plan.division_labels(self.divisions)
         rows = [[str(dtype) for dtype in meta.dtypes]] + [["..."] * len(meta.columns) for _ in labels[1:]]
         frame = pd.DataFrame(rows, columns=meta.columns, index=pd.Index(labels, name=f"npartitions={self.npartitions}"))
         return frame
@@ -942,22 +831,9 @@ def _assign(frame: DataFrame, pairs: list[tuple[Any, Any]]) -> DataFrame:
             value = value(new_collection(expr))
         value = _expr_of(value)
         if isinstance(value, Expr):
-            expr, value = _align(expr, value)
+            expr, value = plan.align(expr, value)
         expr = ops.Assign(expr, (name,), (value,))
     return DataFrame(expr)
-
-
-def _reset_index_expr(expr: Expr, drop: bool) -> Expr:
-    lengths = Reduction(
-        expr,
-        ops.length_chunk,
-        ops.concat_lists,
-        ops.concat_lists,
-        [],
-        label="partition-lengths",
-        columns_needed=(),
-    )
-    return ops.ResetIndex(expr, lengths, drop)
 
 
 class _ILocIndexer:
@@ -965,19 +841,12 @@ class _ILocIndexer:
         self._obj = obj
 
     def __getitem__(self, key: Any) -> Any:
-        if not (isinstance(key, tuple) and len(key) == 2 and _is_full_slice(key[0])):
+        if not (isinstance(key, tuple) and len(key) == 2 and plan.is_full_slice(key[0])):
             raise UsageError("iloc supports column selection only: df.iloc[:, positions]")
         columns = self._obj.columns[key[1]]
         if isinstance(columns, pd.Index):
             return self._obj[list(columns)]
         return self._obj[columns]
-
-
-def _division_labels(divisions: tuple[Any, ...]) -> list[str]:
-    shown = ["" if d is None else str(d) for d in divisions]
-    if len(shown) > 2 * REPR_EDGE_ROWS + 1:
-        shown = shown[:REPR_EDGE_ROWS] + ["..."] + shown[-REPR_EDGE_ROWS:]
-    return shown
 
 
 # ---------------------------------------------------------------------------------------
@@ -1010,7 +879,7 @@ class Series(_Frame):
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, Series):
-            (frame, predicate) = _align(self._expr, key.expr)
+            (frame, predicate) = plan.align(self._expr, key.expr)
             return Series(Filter(frame, predicate))
         return self.loc[key]
 
@@ -1032,29 +901,29 @@ class Series(_Frame):
         """Categorical properties and methods, applied per partition."""
         return _Accessor(self, "cat")
 
-    def between(self, left: Any, right: Any, inclusive: str = "both") -> Series:
+    def between(self, left: Any, right: Any, inclusive: builtins.str = "both") -> Series:
         """Boolean mask of ``left <= value <= right``."""
-        return self._method("between", left, right, inclusive=inclusive)  # type: ignore[no-any-return]
+        return self._method("between", left, right, inclusive=inclusive)
 
     def apply(self, func: Callable[..., Any], args: tuple[Any, ...] = (), meta: Any = None, **kwargs: Any) -> Series:
         """``func`` applied to each element."""
-        return self.map_partitions(_apply_elements, func, args, kwargs, meta=meta)  # type: ignore[no-any-return]
+        return self.map_partitions(_apply_elements, func, args, kwargs, meta=meta)
 
-    def map(self, arg: Any, na_action: str | None = None, meta: Any = None) -> Series:
+    def map(self, arg: Any, na_action: builtins.str | None = None, meta: Any = None) -> Series:
         """Values mapped by a function, dict or Series."""
-        return self.map_partitions(_map_elements, arg, na_action, meta=meta)  # type: ignore[no-any-return]
+        return self.map_partitions(_map_elements, arg, na_action, meta=meta)
 
     def rename(self, name: Any) -> Series:
         """The same values under another name."""
-        return self._method("rename", name)  # type: ignore[no-any-return]
+        return self._method("rename", name)
 
     def to_frame(self, name: Any = None) -> DataFrame:
         """A one-column DataFrame."""
-        return self._method("to_frame", *(() if name is None else (name,)))  # type: ignore[no-any-return]
+        return self._method("to_frame", *(() if name is None else (name,)))
 
     def reset_index(self, drop: bool = False) -> Any:
         """The index moved into a column (unless ``drop``), rows numbered 0..n-1."""
-        return new_collection(_reset_index_expr(self._expr, drop))
+        return new_collection(plan.reset_index_expr(self._expr, drop))
 
     def groupby(self, by: Any, sort: bool = True, dropna: bool = True, **kwargs: Any) -> Any:
         """Group values (see ``zmqdask.dataframe.groupby``)."""
@@ -1081,14 +950,14 @@ class Series(_Frame):
         return Resampler(self, rule)
 
     def _structure(self) -> pd.Series:
-        labels = _division_labels(self.divisions)
+        labels = plan.division_labels(self.divisions)
         values = [str(self._meta.dtype)] + ["..."] * (len(labels) - 1)
         return pd.Series(values, index=pd.Index(labels, name=f"npartitions={self.npartitions}"), dtype=object)
 
-    def _footer(self) -> str:
+    def _footer(self) -> builtins.str:
         return f"Name: {self._meta.name}, dtype: {self._meta.dtype}"
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> builtins.str:
         body = self._structure().to_string()
         kind = type(self).__name__
         return (
@@ -1096,7 +965,7 @@ class Series(_Frame):
             f"{self._footer()}\nzmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks"
         )
 
-    def _repr_html_(self) -> str:
+    def _repr_html_(self) -> builtins.str:
         kind = type(self).__name__
         table = self._structure().to_frame(name=str(self._meta.name)).to_html()
         return (
@@ -1110,7 +979,7 @@ def _apply_elements(part: pd.Series, func: Callable[..., Any], args: tuple[Any, 
 
 
 def _map_elements(part: pd.Series, arg: Any, na_action: str | None) -> Any:
-    return part.map(arg, na_action=na_action)
+    return part.map(arg, na_action=na_action)  # type: ignore[arg-type]
 
 
 class Index(Series):
@@ -1137,7 +1006,7 @@ class Index(Series):
 
     def to_series(self) -> Series:
         """The labels as a Series indexed by themselves."""
-        return self._method("to_series")  # type: ignore[no-any-return]
+        return self._method("to_series")
 
 
 class _Accessor:
@@ -1214,8 +1083,8 @@ class Scalar(Collection):
     __le__ = _scalar_binary("le")
     __gt__ = _scalar_binary("gt")
     __ge__ = _scalar_binary("ge")
-    __eq__ = _scalar_binary("eq")  # type: ignore[assignment]
-    __ne__ = _scalar_binary("ne")  # type: ignore[assignment]
+    __eq__ = _scalar_binary("eq")
+    __ne__ = _scalar_binary("ne")
     __hash__ = Collection.__hash__
 
     def __neg__(self) -> Scalar:
@@ -1226,8 +1095,7 @@ class Scalar(Collection):
 
     def __repr__(self) -> str:
         return (
-            f"zmqdask Scalar Structure:\ndtype: {self.dtype}\n"
-            f"zmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks"
+            f"zmqdask Scalar Structure:\ndtype: {self.dtype}\nzmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks"
         )
 
     def _repr_html_(self) -> str:
@@ -1240,22 +1108,6 @@ class Scalar(Collection):
 # ---------------------------------------------------------------------------------------
 # map_partitions
 # ---------------------------------------------------------------------------------------
-
-
-def _meta_from(meta: Any, name: Any = None) -> Any:
-    """An empty pandas object (or scalar sample) from a ``meta=`` argument."""
-    if isinstance(meta, (pd.DataFrame, pd.Series, pd.Index)):
-        return make_meta(meta)
-    if isinstance(meta, dict):
-        return pd.DataFrame({k: pd.Series(dtype=v) for k, v in meta.items()})
-    if isinstance(meta, (list, tuple)) and meta and all(isinstance(p, tuple) and len(p) == 2 for p in meta):
-        return pd.DataFrame({k: pd.Series(dtype=v) for k, v in meta})
-    if isinstance(meta, tuple) and len(meta) == 2:
-        return pd.Series(dtype=meta[1], name=meta[0])
-    try:
-        return pd.Series(dtype=np.dtype(meta) if not isinstance(meta, str) else meta, name=name)
-    except TypeError:
-        return meta
 
 
 def map_partitions(
@@ -1272,8 +1124,8 @@ def map_partitions(
         raise UsageError("map_partitions needs at least one DataFrame or Series argument")
     kw = {k: _expr_of(v) for k, v in kwargs.items()}
     all_exprs = [e for e in (*exprs, *kw.values()) if isinstance(e, Expr)]
-    aligned = _align(*all_exprs)
-    mapping = {e._token: a for e, a in zip(all_exprs, aligned)}
+    aligned = plan.align(*all_exprs)
+    mapping = {e._token: a for e, a in zip(all_exprs, aligned, strict=False)}
     exprs = [mapping[e._token] if isinstance(e, Expr) else e for e in exprs]
     kw = {k: (mapping[v._token] if isinstance(v, Expr) else v) for k, v in kw.items()}
     first_index = next(i for i, e in enumerate(exprs) if isinstance(e, Expr) and not ops.is_scalar_meta(e._meta))
@@ -1293,7 +1145,7 @@ def map_partitions(
                 "or a {column: dtype} dict)"
             ) from exc
     else:
-        meta = _meta_from(meta)
+        meta = plan.meta_from(meta)
     keeps_index = isinstance(meta, (pd.DataFrame, pd.Series)) and isinstance(frame._meta, (pd.DataFrame, pd.Series))
     expr = MapPartitions(frame, func, rest, kw, meta, keeps_index and not clear_divisions)
     return new_collection(expr)
@@ -1313,4 +1165,3 @@ class _Reorder:
 
     def __zmqdask_tokenize__(self) -> tuple[Any, ...]:
         return ("reorder", self.func, self.index)
-

@@ -30,9 +30,7 @@ from zmqdask.serialize import TaskRef
 # Elementwise operators and methods
 # ---------------------------------------------------------------------------------------
 
-BINARY_OPERATORS = frozenset(
-    "add sub mul truediv floordiv mod pow eq ne lt le gt ge and_ or_ xor".split()
-)
+BINARY_OPERATORS = frozenset("add sub mul truediv floordiv mod pow eq ne lt le gt ge and_ or_ xor".split())
 """Names in :mod:`operator` that :class:`Binop` accepts."""
 
 UNARY_OPERATORS = frozenset("neg pos invert abs".split())
@@ -60,7 +58,9 @@ def call_method(part: Any, method: str, args: tuple[Any, ...], kwargs: dict[str,
     return getattr(part, method)(*args, **kwargs)
 
 
-def call_accessor(part: Any, accessor: str, attr: str, call: bool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def call_accessor(
+    part: Any, accessor: str, attr: str, call: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """``part.accessor.attr(*args, **kwargs)`` (or the attribute itself when ``call`` is false)."""
     value = getattr(getattr(part, accessor), attr)
     return value(*args, **kwargs) if call else value
@@ -147,7 +147,11 @@ class MapMethod(Blockwise):
         return call_method
 
     def _task(self, i: int) -> TaskSpec:
-        return (call_method, (self._part(self.frame, i), self.method, self._part(self.args, i), self._part(self.kwargs, i)), {})
+        return (
+            call_method,
+            (self._part(self.frame, i), self.method, self._part(self.args, i), self._part(self.kwargs, i)),
+            {},
+        )
 
     @cached_property
     def _meta(self) -> Any:
@@ -201,7 +205,7 @@ class MapAccessor(Blockwise):
 def assign_columns(part: pd.DataFrame, names: tuple[Any, ...], *values: Any) -> pd.DataFrame:
     """``part.assign`` for arbitrary column labels."""
     out = part.copy(deep=False)
-    for name, value in zip(names, values):
+    for name, value in zip(names, values, strict=False):
         out[name] = value
     return out
 
@@ -326,7 +330,7 @@ class Repartition(Expr):
         old = self.frame.divisions
         if old[0] is None:
             return unknown_divisions(self.npartitions)
-        return tuple(old[g[0]] for g in self.groups) + (old[self.groups[-1][-1] + 1],)
+        return (*tuple(old[g[0]] for g in self.groups), old[self.groups[-1][-1] + 1])
 
     def _layer(self) -> dict[str, TaskSpec]:
         layer: dict[str, TaskSpec] = {}
@@ -656,7 +660,9 @@ def moments_chunk(part: Any, numeric_only: bool) -> tuple[Any, np.ndarray, np.nd
     return labels, count, mean, m2
 
 
-def moments_combine(chunks: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+def moments_combine(
+    chunks: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     """Merge moments pairwise (Chan et al.'s parallel update)."""
     labels, count, mean, m2 = chunks[0]
     for _, n_b, mean_b, m2_b in chunks[1:]:

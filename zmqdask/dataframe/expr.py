@@ -283,11 +283,9 @@ def _fake_index(index: pd.Index, n: int) -> pd.Index:
         levels = [_fake_index(pd.Index(index.levels[k][:0]), n) for k in range(index.nlevels)]
         return pd.MultiIndex.from_arrays(levels, names=index.names)
     if isinstance(index, pd.DatetimeIndex):
-        return pd.date_range("2000-01-01", periods=n, freq="D", tz=index.tz, name=index.name).as_unit(
-            index.unit
-        )
+        return pd.date_range("2000-01-01", periods=n, freq="D", tz=index.tz, name=index.name).as_unit(index.unit)
     if index.dtype.kind in "iuf":
-        return pd.Index(np.arange(n).astype(index.dtype), name=index.name)
+        return pd.Index(np.arange(n), name=index.name).astype(index.dtype)
     return pd.Index(_fake_values(index.dtype, n), name=index.name)
 
 
@@ -359,6 +357,20 @@ def _replace_exprs(obj: Any, mapping: Callable[[Expr], Expr]) -> Any:
     if type(obj) is dict:
         return {k: _replace_exprs(v, mapping) for k, v in obj.items()}
     return obj
+
+
+class _MetaColumns:
+    """``expr.columns``: the output's column labels, unless a subclass field shadows it.
+
+    A non-data descriptor (no ``__set__``), so a dataclass field of the same name stores
+    its value in the instance and wins.
+    """
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            # Looked up on the class (as dataclasses do for defaults): behave as absent.
+            raise AttributeError("columns")
+        return obj._output_columns()
 
 
 class Expr:
@@ -466,6 +478,9 @@ class Expr:
         divisions = self.divisions
         return len(divisions) > 0 and divisions[0] is not None
 
+    columns: Any = _MetaColumns()
+    """Output column labels (a field called ``columns`` in a subclass takes precedence)."""
+
     def _output_columns(self) -> list[Any]:
         """Output column labels (empty for a Series or scalar).
 
@@ -506,9 +521,7 @@ class Expr:
         The default moves the projection below columnwise nodes.
         """
         if self._is_columnwise() and isinstance(self._meta, pd.DataFrame):
-            return self._map_dependencies(
-                lambda d: Projection(d, columns) if isinstance(d._meta, pd.DataFrame) else d
-            )
+            return self._map_dependencies(lambda d: Projection(d, columns) if isinstance(d._meta, pd.DataFrame) else d)
         return None
 
     def _with_columns(self, columns: list[Any]) -> Expr | None:
@@ -552,7 +565,7 @@ def _changed(old: Any, new: Any) -> bool:
     if isinstance(old, Expr) or isinstance(new, Expr):
         return old is not new
     if type(old) in (tuple, list) and type(new) is type(old):
-        return len(old) != len(new) or any(_changed(a, b) for a, b in zip(old, new))
+        return len(old) != len(new) or any(_changed(a, b) for a, b in zip(old, new, strict=False))
     if type(old) is dict and type(new) is dict:
         return any(_changed(old[k], new[k]) for k in old)
     return False
@@ -718,12 +731,12 @@ def predicate_to_filters(predicate: Expr, frame: Expr) -> list[tuple[Any, str, A
         second = predicate_to_filters(right, frame)
         return None if first is None or second is None else first + second
     if op in _COMPARISONS and isinstance(left, Projection) and not isinstance(right, Expr):
-        if left.frame == frame and type(left.columns) is not tuple and np.ndim(right) == 0:
+        if left.frame == frame and type(left.columns) is not tuple and right is not None and np.ndim(right) == 0:
             return [(left.columns, _COMPARISONS[op], right)]
     method = getattr(predicate, "method", None)
     target = getattr(predicate, "frame", None)
     if method == "isin" and isinstance(target, Projection) and target.frame == frame:
-        args = getattr(predicate, "args", ())
+        args: Any = getattr(predicate, "args", ())
         if len(args) == 1 and type(target.columns) is not tuple and not isinstance(args[0], Expr):
             return [(target.columns, "in", list(args[0]))]
     return None
@@ -758,7 +771,7 @@ class Partitions(Blockwise):
         picked = self.partitions
         if divisions[0] is None or list(picked) != sorted(set(picked)):
             return unknown_divisions(len(picked))
-        return tuple(divisions[p] for p in picked) + (divisions[picked[-1] + 1],)
+        return (*tuple(divisions[p] for p in picked), divisions[picked[-1] + 1])
 
     def _simplify_down(self) -> Expr | None:
         frame = self.frame

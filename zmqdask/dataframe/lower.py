@@ -159,7 +159,9 @@ class Fused(Expr):
     def _tree_lines(self, indent: int = 0, seen: set[str] | None = None) -> list[str]:
         seen = set() if seen is None else seen
         pad = "  " * indent
-        lines = [f"{pad}Fused: {len(self.members)} operations, one task per partition  [npartitions={self.npartitions}]"]
+        lines = [
+            f"{pad}Fused: {len(self.members)} operations, one task per partition  [npartitions={self.npartitions}]"
+        ]
         for member in reversed(self.members):
             lines.append(f"{pad}  | {type(member).__name__}: {member._describe()}".rstrip(": ").rstrip())
         seen.add(self._token)

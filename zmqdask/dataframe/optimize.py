@@ -206,9 +206,7 @@ def fuse_blockwise(expr: Expr) -> Expr:
     return output_of(expr)
 
 
-def _partitions_needed(
-    e: Blockwise, users: list[Expr], needed: dict[str, dict[int, int]]
-) -> dict[int, int] | None:
+def _partitions_needed(e: Blockwise, users: list[Expr], needed: dict[str, dict[int, int]]) -> dict[int, int] | None:
     """Which root partition needs each partition of ``e``, or ``None`` on a conflict."""
     wanted: dict[int, int] = {}
     stem = e._name

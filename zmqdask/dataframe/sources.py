@@ -175,7 +175,9 @@ class FromFutures(Source):
         return f"{len(self.futures)} partitions held by the cluster"
 
 
-def from_pandas_expr(data: Any, npartitions: int | None = None, chunksize: int | None = None, sort: bool = True) -> FromPandas:
+def from_pandas_expr(
+    data: Any, npartitions: int | None = None, chunksize: int | None = None, sort: bool = True
+) -> FromPandas:
     """The source node for :func:`zmqdask.dataframe.from_pandas`."""
     if not isinstance(data, (pd.DataFrame, pd.Series)):
         raise TypeError(f"from_pandas needs a pandas DataFrame or Series, not {type(data).__name__}")
@@ -197,9 +199,7 @@ def from_pandas_expr(data: Any, npartitions: int | None = None, chunksize: int |
     return FromPandas(data, tokenize(data), bounds, divisions)
 
 
-def make_partitions_source(
-    parts: list[Any], meta: Any, divisions: tuple[Any, ...], name: str
-) -> FromPartitions:
+def make_partitions_source(parts: list[Any], meta: Any, divisions: tuple[Any, ...], name: str) -> FromPartitions:
     """A source over partitions computed in this process."""
     return FromPartitions(tuple(parts), make_meta(meta), tuple(divisions), name)
 

@@ -1,0 +1,186 @@
+"""Expression builders behind collection methods: alignment, repartitioning, label and edge selections.
+
+These work on expressions only (never on collection objects), so they are easy to test
+and to reuse from other modules of ``zmqdask.dataframe``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from zmqdask.dataframe import core_ops as ops
+from zmqdask.dataframe.expr import Expr, Partitions, Reduction, make_meta
+from zmqdask.errors import UsageError
+
+REPR_EDGE_ROWS = 2
+"""Division rows shown at each end of a structure repr before eliding the middle."""
+
+
+def repartition_expr(expr: Expr, npartitions: int) -> Expr:
+    current = expr.npartitions
+    if npartitions == current:
+        return expr
+    if npartitions < current:
+        cuts = np.linspace(0, current, npartitions + 1).round().astype(int)
+        groups = tuple(tuple(range(cuts[j], cuts[j + 1])) for j in range(npartitions))
+        return ops.Repartition(expr, groups)
+    base, extra = divmod(npartitions, current)
+    pieces = tuple(base + (1 if i < extra else 0) for i in range(current))
+    divisions = expr.divisions
+    bounds: tuple[tuple[Any, ...], ...] | None = None
+    if expr.known_divisions and _interpolatable(divisions):
+        inner: list[tuple[Any, ...]] = []
+        for i, count in enumerate(pieces):
+            inner.append(tuple(_interpolate(divisions[i], divisions[i + 1], count)))
+        flat = [divisions[0]]
+        for i, points in enumerate(inner):
+            flat.extend(points)
+            flat.append(divisions[i + 1])
+        if all(a < b for a, b in itertools.pairwise(flat)):
+            bounds = tuple(inner)
+    return ops.SplitPartitions(expr, pieces, bounds)
+
+
+def _interpolatable(divisions: tuple[Any, ...]) -> bool:
+    sample = divisions[0]
+    return isinstance(sample, (pd.Timestamp, int, float, np.integer, np.floating)) and not isinstance(sample, bool)
+
+
+def _interpolate(lo: Any, hi: Any, count: int) -> list[Any]:
+    if isinstance(lo, pd.Timestamp):
+        span = hi - lo
+        return [lo + span * k / count for k in range(1, count)]
+    if isinstance(lo, (int, np.integer)):
+        return [int(lo + (hi - lo) * k // count) for k in range(1, count)]
+    return [lo + (hi - lo) * k / count for k in range(1, count)]
+
+
+def edge_expr(expr: Expr, n: int, picked: list[int], func: Callable[..., Any], label: str) -> Expr:
+    """The first (``head_part``) or last (``tail_part``) ``n`` rows of some partitions."""
+    selected = Partitions(expr, tuple(picked))
+    per_part = ops.RowSelect(selected, func, (n,), label)
+    if len(picked) == 1:
+        return per_part
+    together = ops.Repartition(per_part, (tuple(range(len(picked))),))
+    return ops.RowSelect(together, func, (n,), label)
+
+
+def align(*exprs: Expr) -> list[Expr]:
+    """Inputs for a partition-wise operation on several collections.
+
+    Scalars broadcast.  Frames must have equal partitioning: equal known divisions, or
+    the same number of partitions when some are unknown; frames with different known
+    divisions are repartitioned to the union of their divisions.
+    """
+    frames = [e for e in exprs if not ops.is_scalar_meta(e._meta)]
+    if len(frames) < 2:
+        return list(exprs)
+    first = frames[0]
+    if all(f.divisions == first.divisions for f in frames):
+        return list(exprs)
+    if all(f.known_divisions for f in frames):
+        try:
+            union = ops.union_divisions(*(f.divisions for f in frames))
+        except TypeError as exc:
+            raise UsageError(f"cannot align partitions with incomparable divisions: {exc}") from None
+        return [
+            ops.RepartitionDivisions(e, union) if not ops.is_scalar_meta(e._meta) and e.divisions != union else e
+            for e in exprs
+        ]
+    if all(f.npartitions == first.npartitions for f in frames):
+        return list(exprs)
+    raise UsageError(
+        "cannot align collections with unknown divisions and different numbers of partitions "
+        f"({[f.npartitions for f in frames]}); repartition them to the same npartitions"
+    )
+
+
+def is_full_slice(key: Any) -> bool:
+    return isinstance(key, slice) and key.start is None and key.stop is None and key.step is None
+
+
+def _bounds(label: Any, divisions: tuple[Any, ...], upper: bool) -> Any:
+    """A comparable bound for a loc label: date strings cover their whole period."""
+    if label is None:
+        return None
+    sample = divisions[0]
+    if isinstance(label, str) and isinstance(sample, pd.Timestamp):
+        try:
+            period = pd.Period(label)
+        except (ValueError, TypeError):
+            return pd.Timestamp(label)
+        if upper:
+            return (period + 1).start_time - pd.Timedelta(1, "ns")
+        return period.start_time
+    return label
+
+
+def partitions_for(divisions: tuple[Any, ...], start: Any, stop: Any, is_slice: bool) -> list[int]:
+    """Partitions that may hold labels in ``[start, stop]`` (conservative on errors)."""
+    n = len(divisions) - 1
+    try:
+        lower = _bounds(start, divisions, upper=False)
+        upper = _bounds(stop, divisions, upper=True)
+        keep = []
+        for i in range(n):
+            last = i == n - 1
+            if upper is not None and divisions[i] > upper:
+                continue
+            if lower is not None and (divisions[i + 1] < lower or (divisions[i + 1] == lower and not last)):
+                continue
+            keep.append(i)
+        return keep
+    except TypeError:
+        return list(range(n))
+
+
+def loc_expr(expr: Expr, start: Any, stop: Any, is_slice: bool) -> Expr:
+    if expr.known_divisions:
+        keep = partitions_for(expr.divisions, start, stop, is_slice)
+        expr = Partitions(expr, tuple(keep or [0]))
+    if is_slice:
+        return ops.RowSelect(expr, ops.loc_part, (start, stop), "loc")
+    if not expr.known_divisions:
+        return ops.RowSelect(expr, ops.loc_labels, ([start],), "loc")
+    return ops.RowSelect(expr, ops.loc_part, (start, stop), "loc")
+
+
+def reset_index_expr(expr: Expr, drop: bool) -> Expr:
+    lengths = Reduction(
+        expr,
+        ops.length_chunk,
+        ops.concat_lists,
+        ops.concat_lists,
+        [],
+        label="partition-lengths",
+        columns_needed=(),
+    )
+    return ops.ResetIndex(expr, lengths, drop)
+
+
+def division_labels(divisions: tuple[Any, ...]) -> list[str]:
+    shown = ["" if d is None else str(d) for d in divisions]
+    if len(shown) > 2 * REPR_EDGE_ROWS + 1:
+        shown = [*shown[:REPR_EDGE_ROWS], "...", *shown[-REPR_EDGE_ROWS:]]
+    return shown
+
+
+def meta_from(meta: Any, name: Any = None) -> Any:
+    """An empty pandas object (or scalar sample) from a ``meta=`` argument."""
+    if isinstance(meta, (pd.DataFrame, pd.Series, pd.Index)):
+        return make_meta(meta)
+    if isinstance(meta, dict):
+        return pd.DataFrame({k: pd.Series(dtype=v) for k, v in meta.items()})
+    if isinstance(meta, (list, tuple)) and meta and all(isinstance(p, tuple) and len(p) == 2 for p in meta):
+        return pd.DataFrame({k: pd.Series(dtype=v) for k, v in meta})
+    if isinstance(meta, tuple) and len(meta) == 2:
+        return pd.Series(dtype=meta[1], name=meta[0])
+    try:
+        return pd.Series(dtype=np.dtype(meta) if not isinstance(meta, str) else meta, name=name)
+    except TypeError:
+        return meta
