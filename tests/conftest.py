@@ -47,8 +47,7 @@ def run_async(cluster: LocalCluster) -> Callable[..., Any]:
     return runner
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
-    """Poll ``condition`` until it holds; fail the test when ``timeout`` passes first."""
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
     import time
 
     deadline = time.monotonic() + timeout
@@ -56,3 +55,9 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """``wait_until(condition, timeout)``: poll until it holds, fail the test after timeout."""
+    return _wait_until

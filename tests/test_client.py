@@ -24,8 +24,6 @@ from zmqdask.errors import (
     SyncInAsyncError,
 )
 
-from .conftest import wait_until
-
 
 def inc(x: int) -> int:
     return x + 1
@@ -198,7 +196,7 @@ def test_cancel(client: Client) -> None:
     assert client.gather(blocker) == [1, 2, 3, 4]
 
 
-def test_released_futures_free_the_cluster(client: Client) -> None:
+def test_released_futures_free_the_cluster(client: Client, wait_until) -> None:  # type: ignore[no-untyped-def]
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
     futures = client.map(inc, range(200, 300))
     client.gather(futures)

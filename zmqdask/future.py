@@ -167,7 +167,12 @@ class Future:
             self._client._release(state)
 
     def __await__(self) -> Any:
-        return self._client._wait_value(self._state).__await__()
+        return self._await_value().__await__()
+
+    async def _await_value(self) -> Any:
+        # The coroutine frame holds ``self``: in ``await client.submit(...)`` nothing else
+        # references the Future, and collecting it would release the key mid-flight.
+        return await self._client._wait_value(self._state)
 
     def __del__(self) -> None:
         try:

@@ -65,7 +65,7 @@ class LocalCluster:
         if self.address is not None:
             return self.address
         deadline = time.monotonic() + timeout
-        env = dict(os.environ, ZMQDASK_PARENT_PID=str(os.getpid()))
+        env = _child_environment()
         self._broker = subprocess.Popen(
             [sys.executable, "-m", "broker", "--host", self.host, "--port", str(self.port),
              "--log-level", self.log_level],
@@ -114,6 +114,21 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         return f"LocalCluster({self.address!r}, workers={self.n_workers}, threads={self.threads_per_worker})"
+
+
+def _child_environment() -> dict[str, str]:
+    """The children's environment: ours, plus our import path and our pid.
+
+    Workers must import whatever modules the client's functions come from, as
+    multiprocessing-started workers would; the parent pid lets the children exit when this
+    process dies without closing them.
+    """
+    env = dict(os.environ, ZMQDASK_PARENT_PID=str(os.getpid()))
+    paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
 
 
 def _read_line_matching(process: subprocess.Popen[bytes], pattern: re.Pattern[str], deadline: float) -> str | None:
