@@ -9,15 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import zmqdask.dataframe as zd
 from zmqdask.dataframe.shuffle import (
     choose_boundaries,
+    compute_divisions,
     hash_codes,
+    hash_shuffle,
     hash_split,
     index_partition,
     sample_partition,
     sort_partition,
+    sort_values,
     split_by_codes,
 )
+from zmqdask.errors import UsageError
 
 
 def _frame(n: int = 400, seed: int = 1) -> pd.DataFrame:
@@ -126,3 +131,103 @@ def test_split_by_codes_empty_buckets_keep_schema() -> None:
     pieces = split_by_codes(frame, np.array([2, 2, 0]), 4)
     assert [len(p) for p in pieces] == [1, 0, 2, 0]
     assert all(list(p.dtypes) == list(frame.dtypes) for p in pieces)
+
+
+# --------------------------------------------------------------------------------------------
+# Lazy set_index / sort_values (no client), then through a real cluster
+# --------------------------------------------------------------------------------------------
+
+
+def _lazy(frame: pd.DataFrame, npartitions: int) -> Any:
+    return zd.from_pandas(frame, npartitions=npartitions)
+
+
+@pytest.mark.parametrize("by", ["a", "f", "s", ["a", "f"]], ids=str)
+@pytest.mark.parametrize("ascending", [True, False])
+@pytest.mark.parametrize("npartitions", [1, 6])
+def test_lazy_sort_values_matches_pandas(by: Any, ascending: bool, npartitions: int) -> None:
+    frame = _frame()
+    got = _lazy(frame, npartitions).sort_values(by, ascending=ascending)
+    assert got.npartitions == npartitions
+    expected = frame.sort_values(by, ascending=ascending, kind="stable", na_position="last")
+    pd.testing.assert_frame_equal(got.compute(), expected)
+
+
+def test_lazy_sort_values_mixed_directions_and_series() -> None:
+    frame = _frame()
+    lazy = _lazy(frame, 4)
+    got = lazy.sort_values(["s", "a"], ascending=[False, True]).compute()
+    pd.testing.assert_frame_equal(got, frame.sort_values(["s", "a"], ascending=[False, True], kind="stable"))
+    series = sort_values(lazy["f"], "f", ascending=False).compute()
+    pd.testing.assert_series_equal(series, frame["f"].sort_values(ascending=False, kind="stable"))
+
+
+@pytest.mark.parametrize("column", ["a", "f", "t", "s"])
+def test_lazy_set_index_matches_pandas(column: str) -> None:
+    frame = _frame()
+    lazy = _lazy(frame, 5).set_index(column)
+    assert lazy.known_divisions
+    parts = [lazy.get_partition(i).compute() for i in range(lazy.npartitions)]
+    divisions = lazy.divisions
+    for i, part in enumerate(parts):
+        present = part.index[part.index.notna()]
+        if len(present):
+            assert present.min() >= divisions[i]
+            assert present.max() < divisions[i + 1] or i == len(parts) - 1
+    expected = frame.set_index(column).sort_index(kind="stable")
+    pd.testing.assert_frame_equal(lazy.compute(), expected)
+
+
+def test_lazy_set_index_with_given_divisions_and_empty_partitions() -> None:
+    frame = _frame()
+    kept = frame[frame["a"] >= 20]
+    lazy = _lazy(frame, 4)
+    result = lazy[lazy["a"] >= 20].set_index("a", divisions=[0, 10, 20, 30, 39])
+    assert result.divisions == (0, 10, 20, 30, 39)
+    sizes = [len(result.get_partition(i).compute()) for i in range(4)]
+    assert sizes[:2] == [0, 0]
+    pd.testing.assert_frame_equal(result.compute(), kept.set_index("a").sort_index(kind="stable"))
+
+
+def test_set_index_then_resample_uses_known_divisions() -> None:
+    frame = _frame()
+    indexed = _lazy(frame, 3).set_index("t")
+    got = indexed["f"].resample("1D").mean()
+    pd.testing.assert_series_equal(
+        got.compute(), frame.set_index("t").sort_index()["f"].resample("1D").mean(), check_freq=False
+    )
+
+
+def test_shuffle_errors() -> None:
+    lazy = _lazy(_frame(), 2)
+    with pytest.raises(UsageError):
+        lazy.set_index("nope")
+    with pytest.raises(UsageError):
+        lazy.sort_values("nope")
+    with pytest.raises(UsageError):
+        lazy.set_index("a", divisions=[5, 1])
+
+
+def test_hash_shuffle_collection() -> None:
+    frame = _frame()
+    shuffled = hash_shuffle(_lazy(frame, 4), "s", npartitions=3)
+    parts = [shuffled.get_partition(i).compute() for i in range(3)]
+    owners = [set(part["s"]) for part in parts]
+    assert all(not (owners[i] & owners[j]) for i in range(3) for j in range(i + 1, 3))
+    pd.testing.assert_frame_equal(pd.concat(parts).sort_index(), frame)
+
+
+def test_shuffles_through_worker_processes(run_async: Any) -> None:
+    # The asynchronous client submits a whole graph in one loop tick, as one batch.
+    frame = _frame(2000, seed=4)
+    lazy = _lazy(frame, 8)
+    divisions = compute_divisions(lazy, "a", 4)  # eager, so done before the event loop runs
+    sorted_ = lazy.sort_values("f")
+    indexed = lazy.set_index("a", divisions=divisions)
+
+    async def body(client: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return await client.compute(sorted_), await client.compute(indexed)
+
+    got_sorted, got_indexed = run_async(body)
+    pd.testing.assert_frame_equal(got_sorted, frame.sort_values("f", kind="stable"))
+    pd.testing.assert_frame_equal(got_indexed, frame.set_index("a").sort_index(kind="stable"))

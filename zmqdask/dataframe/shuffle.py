@@ -116,6 +116,7 @@ def gather(pieces: Sequence[Any]) -> Any:
 
 
 def _sort_key(obj: pd.DataFrame | pd.Series, by: Hashable | None) -> pd.Series:
+    """The values sorted on: column ``by``, the index when ``by`` is None, a Series' own values."""
     if by is None:
         return pd.Series(obj.index, index=obj.index)
     if isinstance(obj, pd.Series):
@@ -325,7 +326,7 @@ class SortValues(Expr):
 
     def _layer(self) -> dict[str, TaskSpec]:
         name, frame = self._name, self.frame
-        first = None if isinstance(frame._meta, pd.Series) else self.by[0]
+        first = self.by[0]
         layer: dict[str, TaskSpec] = {}
         samples = []
         for i in range(frame.npartitions):

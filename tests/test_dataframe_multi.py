@@ -1,0 +1,161 @@
+"""Joins: the partition kernel, then lazy merge/join plans against pandas, then a real cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import zmqdask.dataframe as zd
+from zmqdask.dataframe.multi import HOWS, Merge, join, merge, merge_partitions
+from zmqdask.dataframe.shuffle import hash_split
+from zmqdask.errors import UsageError
+
+
+def _sides(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    left = pd.DataFrame(
+        {"k": rng.integers(0, 30, 200), "a": rng.normal(size=200), "s": rng.choice(["p", "q", None], 200)}
+    )
+    right = pd.DataFrame(
+        {"k": rng.integers(0, 40, 60).astype("float64"), "b": rng.normal(size=60), "s": rng.choice(["p", "q"], 60)}
+    )
+    right.loc[3, "k"] = np.nan
+    return left, right
+
+
+def _canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in a fixed order: a distributed join does not promise pandas' row order."""
+    return frame.sort_values(list(frame.columns), kind="stable").reset_index(drop=True)
+
+
+def _strategy(result: Any) -> str:
+    expr = result.expr
+    assert isinstance(expr, Merge)
+    return expr.strategy
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_kernel_bucketwise_merge_equals_whole_merge(how: str) -> None:
+    left, right = _sides()
+    lefts, rights = hash_split(left, ["k"], 4), hash_split(right, ["k"], 4)
+    pieces = [merge_partitions(lefts[j], rights[j], how, ("k",), ("k",), ("_x", "_y"), False) for j in range(4)]
+    expected = pd.merge(left, right, how=how, on="k")
+    pd.testing.assert_frame_equal(_canonical(pd.concat(pieces)), _canonical(expected))
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize(
+    "nleft,nright,expected_plan",
+    [(1, 1, "single"), (5, 1, None), (1, 4, None), (5, 3, "hash")],
+)
+def test_merge_plans_match_pandas(how: str, nleft: int, nright: int, expected_plan: str | None) -> None:
+    left, right = _sides()
+    lazy = zd.from_pandas(left, npartitions=nleft).merge(zd.from_pandas(right, npartitions=nright), how=how, on="k")
+    if expected_plan is None:
+        broadcast_ok = (nright == 1 and how in ("inner", "left")) or (nleft == 1 and how in ("inner", "right"))
+        expected_plan = ("broadcast-right" if nright == 1 else "broadcast-left") if broadcast_ok else "hash"
+    assert _strategy(lazy) == expected_plan
+    expected = pd.merge(left, right, how=how, on="k")
+    pd.testing.assert_frame_equal(_canonical(lazy.compute()), _canonical(expected))
+
+
+def test_merge_key_forms() -> None:
+    left, right = _sides()
+    lazy_left, lazy_right = zd.from_pandas(left, npartitions=4), zd.from_pandas(right, npartitions=3)
+    cases = [
+        ({"on": ["k", "s"]}, {"on": ["k", "s"]}),
+        (
+            {"left_on": "k", "right_on": "k", "suffixes": ("_l", "_r")},
+            {"left_on": "k", "right_on": "k", "suffixes": ("_l", "_r")},
+        ),
+        ({}, {}),
+    ]
+    for ours, theirs in cases:
+        got = merge(lazy_left, lazy_right, how="outer", **ours).compute()
+        pd.testing.assert_frame_equal(_canonical(got), _canonical(pd.merge(left, right, how="outer", **theirs)))
+
+
+def test_merge_column_with_index_and_pandas_right_side() -> None:
+    left, right = _sides()
+    indexed = right.dropna(subset=["k"]).drop_duplicates("k").set_index("k")
+    lazy_left = zd.from_pandas(left, npartitions=4)
+    got = lazy_left.merge(zd.from_pandas(indexed, npartitions=2), left_on="k", right_index=True, how="inner")
+    expected = pd.merge(left, indexed, left_on="k", right_index=True, how="inner")
+    pd.testing.assert_frame_equal(got.compute().sort_index(), expected.sort_index())
+    got = merge(lazy_left, indexed, left_on="k", right_index=True)
+    assert _strategy(got) == "broadcast-right"
+    pd.testing.assert_frame_equal(got.compute().sort_index(), expected.sort_index())
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_join_on_index(how: str) -> None:
+    left, right = _sides()
+    lefts = left.groupby("k")[["a"]].sum()
+    rights = right.groupby("k")[["b"]].sum()
+    lazy_left, lazy_right = zd.from_pandas(lefts, npartitions=3), zd.from_pandas(rights, npartitions=4)
+    got = lazy_left.join(lazy_right, how=how)
+    pd.testing.assert_frame_equal(got.compute().sort_index(), lefts.join(rights, how=how).sort_index())
+    got = join(lazy_left, lazy_right, how=how)
+    pd.testing.assert_frame_equal(got.compute().sort_index(), lefts.join(rights, how=how).sort_index())
+
+
+def test_join_aligned_partitions_need_no_shuffle() -> None:
+    index = pd.Index(np.arange(100), name="id")
+    lefts = pd.DataFrame({"a": np.arange(100.0)}, index=index)
+    rights = pd.DataFrame({"b": np.arange(100) % 7}, index=index).iloc[::2]
+    lazy_left = zd.from_pandas(lefts, npartitions=4)
+    lazy_right = zd.from_pandas(rights, npartitions=1).repartition(divisions=lazy_left.divisions)
+    got = lazy_left.join(lazy_right)
+    assert _strategy(got) == "aligned"
+    assert got.divisions == lazy_left.divisions
+    pd.testing.assert_frame_equal(got.compute(), lefts.join(rights))
+
+
+def test_join_on_column() -> None:
+    left, right = _sides()
+    rights = right.dropna(subset=["k"]).drop_duplicates("k").set_index("k")[["b"]]
+    lazy = join(zd.from_pandas(left, npartitions=4), zd.from_pandas(rights, npartitions=2), on="k")
+    pd.testing.assert_frame_equal(lazy.compute().sort_index(), left.join(rights, on="k").sort_index())
+
+
+def test_merge_with_empty_partitions() -> None:
+    left, right = _sides()
+    left["n"] = np.arange(len(left))
+    lazy_left = zd.from_pandas(left, npartitions=5)
+    lazy_left = lazy_left[lazy_left.n >= 80]
+    assert len(lazy_left.get_partition(0).compute()) == 0
+    got = lazy_left.merge(zd.from_pandas(right, npartitions=2), on="k", how="left").compute()
+    expected = pd.merge(left[left.n >= 80], right, on="k", how="left")
+    pd.testing.assert_frame_equal(_canonical(got), _canonical(expected))
+
+
+def test_merge_errors() -> None:
+    left, right = _sides()
+    lazy_left, lazy_right = zd.from_pandas(left, npartitions=2), zd.from_pandas(right, npartitions=2)
+    with pytest.raises(UsageError):
+        lazy_left.merge(lazy_right, how="cross")
+    with pytest.raises(UsageError):
+        lazy_left.merge(lazy_right, on="zz")
+    with pytest.raises(UsageError):
+        merge(lazy_left, lazy_right, left_on="k")
+    with pytest.raises(ValueError):
+        lazy_left.join(lazy_right)  # overlapping columns and no suffixes, as in pandas
+
+
+def test_hash_merge_through_worker_processes(run_async: Any) -> None:
+    # The asynchronous client submits a whole graph in one loop tick, as one batch.
+    left, right = _sides(3)
+    lazy = zd.from_pandas(left, npartitions=6).merge(zd.from_pandas(right, npartitions=4), on="k", how="outer")
+    assert _strategy(lazy) == "hash"
+    grouped = lazy.groupby("s_x").b.agg(["count", "mean"])
+
+    async def body(client: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return await client.compute(lazy), await client.compute(grouped)
+
+    merged, aggregated = run_async(body)
+    expected = pd.merge(left, right, on="k", how="outer")
+    pd.testing.assert_frame_equal(_canonical(merged), _canonical(expected))
+    pd.testing.assert_frame_equal(aggregated, expected.groupby("s_x").b.agg(["count", "mean"]))
