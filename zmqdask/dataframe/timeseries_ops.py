@@ -159,7 +159,7 @@ def rolling_carry(previous: Any, part: Any, window: Any) -> Any:
     duration = window_offset(window)
     if duration is None:
         keep = int(window) - 1
-        return joined.iloc[len(joined) - keep :] if keep > 0 else joined.iloc[:0]
+        return joined.iloc[max(len(joined) - keep, 0) :] if keep > 0 else joined.iloc[:0]
     if len(joined) == 0:
         return joined
     last = joined.index[-1]

@@ -1,0 +1,183 @@
+"""Resampling and rolling windows: the partition kernels, then lazy operations against pandas."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import zmqdask.dataframe as zd
+from zmqdask.dataframe.groupby import finalize, make_plan
+from zmqdask.dataframe.timeseries_ops import (
+    bin_label,
+    data_extent,
+    merge_extents,
+    resample_chunk,
+    resample_layout,
+    resample_output,
+    rolling_apply,
+    rolling_carry,
+)
+from zmqdask.errors import UsageError
+
+
+def _series_frame(seed: int = 2) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    index = pd.date_range("2000-01-01 00:13", periods=400, freq="7min")
+    frame = pd.DataFrame({"x": rng.integers(0, 10, 400), "y": rng.normal(size=400)}, index=index)
+    frame.loc[frame.index[::5], "y"] = np.nan
+    return frame.drop(frame.index[100:160])  # a gap of several hours
+
+
+def _cuts(frame: pd.DataFrame) -> tuple[list[pd.DataFrame], list[pd.Timestamp]]:
+    """Uneven partitions (one tiny, one empty) and loose divisions around them."""
+    cuts = [0, 3, 4, 100, 100, 200, len(frame)]
+    pieces = [frame.iloc[a:b] for a, b in itertools.pairwise(cuts)]
+    divisions = [pd.Timestamp("1999-12-31 22:00"), *(frame.index[c] for c in cuts[1:-1]), pd.Timestamp("2000-01-03")]
+    return pieces, divisions
+
+
+def _assert_same(got: Any, expected: Any) -> None:
+    if isinstance(expected, pd.Series):
+        pd.testing.assert_series_equal(got, expected, check_freq=False)
+    else:
+        pd.testing.assert_frame_equal(got, expected, check_freq=False)
+
+
+@pytest.mark.parametrize("rule", ["1h", "15min", "2h", "1D", "ME"])
+@pytest.mark.parametrize(
+    "spec", ["sum", "mean", "count", "min", "max", "first", "last", "std", ["size", "var"]], ids=str
+)
+@pytest.mark.parametrize("closed", [None, "right"])
+def test_resample_kernels_match_pandas(rule: str, spec: Any, closed: str | None) -> None:
+    frame = _series_frame()
+    pieces, divisions = _cuts(frame)
+    label = closed
+    origin = divisions[0].normalize()
+    plan = make_plan(spec, ["x", "y"])
+    partials = [resample_chunk(piece, rule, origin, closed, label, plan) for piece in pieces]
+    extent = merge_extents([data_extent(partial) for partial in partials])
+    empty = finalize(resample_chunk(frame.iloc[:0], rule, origin, closed, label, plan), plan)
+    layout = resample_layout(divisions, len(pieces), rule, origin, closed, label)
+    outputs = [
+        resample_output([partials[j] for j in readers], plan, rule, low, high, extent, empty)
+        for readers, low, high in layout
+    ]
+    kwargs = {} if closed is None else {"closed": closed, "label": label}
+    _assert_same(pd.concat(outputs), frame.resample(rule, **kwargs).agg(spec))
+
+
+def test_bin_labels_follow_pandas() -> None:
+    origin = pd.Timestamp("2000-01-01")
+    assert bin_label(pd.Timestamp("2000-01-01 01:59"), "1h", origin, None, None) == pd.Timestamp("2000-01-01 01:00")
+    assert bin_label(pd.Timestamp("2000-01-01 02:00"), "1h", origin, "right", "right") == pd.Timestamp(
+        "2000-01-01 02:00"
+    )
+    assert bin_label(pd.Timestamp("2000-02-10"), "ME", origin, None, None) == pd.Timestamp("2000-02-29")
+
+
+@pytest.mark.parametrize("window", [1, 3, 10, "1h", "30min"])
+@pytest.mark.parametrize("method", ["sum", "mean", "count", "min", "max", "std", "var"])
+def test_rolling_kernels_match_pandas(window: Any, method: str) -> None:
+    frame = _series_frame()
+    pieces, _ = _cuts(frame)
+    previous = None
+    outputs = []
+    for piece in pieces:
+        outputs.append(rolling_apply(previous, piece, window, None, method, {}))
+        previous = rolling_carry(previous, piece, window)
+    _assert_same(pd.concat(outputs), getattr(frame.rolling(window), method)())
+
+
+def test_rolling_carry_is_bounded() -> None:
+    frame = _series_frame()
+    assert len(rolling_carry(None, frame, 4)) == 3
+    assert len(rolling_carry(None, frame, 1)) == 0
+    # Short partitions: the carry accumulates across them up to window - 1 rows.
+    carry = rolling_carry(rolling_carry(None, frame.iloc[:5], 12), frame.iloc[5:9], 12)
+    pd.testing.assert_frame_equal(carry, frame.iloc[:9])
+    carried = rolling_carry(None, frame, "1h")
+    assert carried.index[0] > frame.index[-1] - pd.Timedelta("1h")
+
+
+# --------------------------------------------------------------------------------------------
+# Lazy operations
+# --------------------------------------------------------------------------------------------
+
+
+def _lazy(npartitions: int) -> tuple[pd.DataFrame, Any]:
+    frame = _series_frame()
+    return frame, zd.from_pandas(frame, npartitions=npartitions)
+
+
+@pytest.mark.parametrize("npartitions", [1, 7])
+@pytest.mark.parametrize("rule", ["1h", "45min", "1D"])
+@pytest.mark.parametrize("method", ["sum", "mean", "count", "min", "max", "first", "last", "std", "var", "size"])
+def test_lazy_resample_matches_pandas(npartitions: int, rule: str, method: str) -> None:
+    frame, lazy = _lazy(npartitions)
+    got = getattr(lazy.resample(rule), method)()
+    _assert_same(got.compute(), getattr(frame.resample(rule), method)())
+
+
+def test_lazy_resample_agg_series_and_divisions() -> None:
+    frame, lazy = _lazy(6)
+    got = lazy.resample("2h").agg({"x": ["sum", "max"], "y": "mean"})
+    _assert_same(got.compute(), frame.resample("2h").agg({"x": ["sum", "max"], "y": "mean"}))
+    series = lazy.y.resample("30min").mean()
+    assert series.known_divisions
+    parts = [series.get_partition(i).compute() for i in range(series.npartitions)]
+    for i, part in enumerate(parts):
+        if len(part):
+            assert series.divisions[i] <= part.index[0]
+            assert part.index[-1] <= series.divisions[i + 1]
+    _assert_same(series.compute(), frame.y.resample("30min").mean())
+
+
+def test_lazy_resample_with_empty_partitions() -> None:
+    frame, lazy = _lazy(6)
+    kept = frame[frame.x > 7]
+    got = lazy[lazy.x > 7].resample("1h").agg(["sum", "count"])
+    _assert_same(got.compute(), kept.resample("1h").agg(["sum", "count"]))
+
+
+def test_resample_needs_datetime_index_and_known_divisions() -> None:
+    frame, lazy = _lazy(3)
+    with pytest.raises(UsageError):
+        zd.from_pandas(frame.reset_index(), npartitions=2).resample("1h")
+    with pytest.raises(UsageError):
+        zd.from_pandas(frame, npartitions=2, sort=False).resample("1h")
+    with pytest.raises(UsageError):
+        lazy.resample("1h").agg("nunique")
+
+
+@pytest.mark.parametrize("window", [4, "1h"])
+@pytest.mark.parametrize("method", ["sum", "mean", "count", "min", "max", "std", "var"])
+def test_lazy_rolling_matches_pandas(window: Any, method: str) -> None:
+    frame, lazy = _lazy(9)
+    _assert_same(getattr(lazy.rolling(window), method)().compute(), getattr(frame.rolling(window), method)())
+    got = getattr(lazy.y.rolling(window, min_periods=2), method)()
+    _assert_same(got.compute(), getattr(frame.y.rolling(window, min_periods=2), method)())
+
+
+def test_lazy_rolling_windows_span_many_partitions() -> None:
+    frame, lazy = _lazy(40)
+    _assert_same(lazy.rolling(25).sum().compute(), frame.rolling(25).sum())
+    _assert_same(lazy.rolling("6h").mean().compute(), frame.rolling("6h").mean())
+    assert lazy.rolling(3).sum().divisions == lazy.divisions
+
+
+def test_lazy_rolling_projection_moves_below() -> None:
+    frame, lazy = _lazy(4)
+    got = lazy.rolling(3).max()["x"]
+    _assert_same(got.compute(), frame.rolling(3).max()["x"])
+
+
+def test_rolling_rejects_bad_windows() -> None:
+    frame, lazy = _lazy(2)
+    with pytest.raises(UsageError):
+        lazy.rolling("not a window")
+    with pytest.raises(UsageError):
+        zd.from_pandas(frame.reset_index(drop=True), npartitions=2).rolling("1h")
