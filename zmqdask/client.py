@@ -892,6 +892,8 @@ class Client:
 
     def _replace_futures(self, obj: Any, deps: dict[str, FutureState]) -> Any:
         kind = type(obj)
+        if (kind is tuple or kind is list) and all(type(item) in _LEAF_TYPES for item in obj):
+            return obj  # the common case: plain scalar arguments, nothing to replace
         if kind is Future:
             if obj._client is not self:
                 raise UsageError(f"{obj!r} belongs to another client; gather it there and pass the value")
@@ -1224,6 +1226,7 @@ class Client:
 
 
 _EMPTY_ARGS_FRAMES = dumps(((), {}))
+_LEAF_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
 def _funcname(fn: Any) -> str:

@@ -1,0 +1,173 @@
+"""Pure tests of the wire protocol, payload serialization and graph helpers (no sockets)."""
+
+from __future__ import annotations
+
+import operator
+import pickle
+import random
+
+import msgpack
+import numpy as np
+import pytest
+
+from zmqdask import protocol as proto
+from zmqdask.config import MAX_KEY_LENGTH, PROTOCOL_VERSION, ZERO_COPY_THRESHOLD_BYTES
+from zmqdask.errors import ProtocolError, RemoteTaskFailure, SerializationError
+from zmqdask.graph import cull, execute_local, topological_order
+from zmqdask.serialize import (
+    TaskRef,
+    dumps,
+    dumps_error,
+    dumps_function,
+    loads,
+    loads_error,
+    sizeof,
+    substitute_refs,
+)
+
+FN = b"f" * 16
+
+
+def roundtrip(command: int, header: list, payload: list | None = None) -> proto.Message:
+    return proto.decode(proto.encode(command, header, payload or []))
+
+
+def test_every_command_has_a_name_and_a_validator() -> None:
+    assert proto.COMMAND_NAMES[proto.SUBMIT] == "SUBMIT"
+    assert set(proto.COMMAND_NAMES) == set(proto._VALIDATORS)
+
+
+def test_submit_roundtrip_and_frame_accounting() -> None:
+    header = [[FN], [["inc-1", FN, [], 0, 0, proto.FLAG_WANTED, 2], ["inc-2", FN, ["inc-1"], 5, 1, 0, 1]]]
+    message = roundtrip(proto.SUBMIT, header, [b"fn", b"a1", b"a2", b"b1"])
+    assert message.name == "SUBMIT"
+    assert message.header == header
+    assert message.payload == [b"fn", b"a1", b"a2", b"b1"]
+    with pytest.raises(ProtocolError, match="announces 4 payload frames but carries 3"):
+        proto.decode(proto.encode(proto.SUBMIT, header, [b"fn", b"a1", b"a2"]))
+
+
+@pytest.mark.parametrize(
+    "frames, match",
+    [
+        ([b"\x01"], "at least 2"),
+        ([b"\x01\x01\x00", b"\x90"], "expected 2"),
+        ([bytes((PROTOCOL_VERSION + 1, proto.HELLO)), msgpack.packb(["client", {}])], "version"),
+        ([bytes((PROTOCOL_VERSION, 250)), b"\x90"], "unknown command"),
+        ([bytes((PROTOCOL_VERSION, proto.HELLO)), b"\xc1"], "msgpack"),
+        ([bytes((PROTOCOL_VERSION, proto.HELLO)), msgpack.packb({"a": 1})], "must be a list"),
+        ([bytes((PROTOCOL_VERSION, proto.HELLO)), msgpack.packb(["alien", {}])], "unknown role"),
+        ([bytes((PROTOCOL_VERSION, proto.RELEASE)), msgpack.packb([[1, 2]])], "invalid key"),
+        ([bytes((PROTOCOL_VERSION, proto.RELEASE)), msgpack.packb([["k" * (MAX_KEY_LENGTH + 1)]])], "invalid key"),
+        ([bytes((PROTOCOL_VERSION, proto.GET)), msgpack.packb([-1, []])], "invalid count"),
+        ([bytes((PROTOCOL_VERSION, proto.DONE)), msgpack.packb([[["k", 9, "x", 0]]])], "unknown code"),
+        ([bytes((PROTOCOL_VERSION, proto.DONE)), msgpack.packb([[["k", proto.FINISHED, "x", 0]]])], "FINISHED"),
+        ([bytes((PROTOCOL_VERSION, proto.SUBMIT)), msgpack.packb([[], [["k", FN, [], 0, 0, 0]]])], "7 fields"),
+    ],
+)
+def test_malformed_messages_raise_protocol_error(frames: list, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        proto.decode(frames)
+
+
+def test_random_garbage_only_ever_raises_protocol_error() -> None:
+    rng = random.Random(1234)
+    commands = list(proto.COMMAND_NAMES)
+    for _ in range(3000):
+        head = bytes((PROTOCOL_VERSION, rng.choice(commands)))
+        kind = rng.random()
+        if kind < 0.3:
+            body = rng.randbytes(rng.randrange(0, 40))
+        else:
+            body = msgpack.packb(
+                [rng.choice([1, "x", b"y", None, [], {}, [["k", 0, [], 1]], -5, 2**40]) for _ in range(rng.randrange(0, 8))]
+            )
+        extra = [rng.randbytes(3) for _ in range(rng.randrange(0, 3))]
+        try:
+            proto.decode([head, body, *extra])
+        except ProtocolError:
+            pass
+
+
+def test_frame_nbytes_and_split_payload() -> None:
+    assert proto.frame_nbytes(b"abc") == 3
+    assert proto.frame_nbytes(memoryview(b"abcd")) == 4
+    assert proto.split_payload([2, 0, 1], ["a", "b", "c", "d"], offset=1) == [["b", "c"], [], ["d"]]
+
+
+def test_dumps_keeps_large_buffers_out_of_band() -> None:
+    small = np.arange(10)
+    assert len(dumps(small)) == 1
+    large = np.arange(ZERO_COPY_THRESHOLD_BYTES)  # 8 bytes each: well above the threshold
+    frames = dumps(large)
+    assert len(frames) == 2
+    assert memoryview(frames[1]).nbytes == large.nbytes
+    np.testing.assert_array_equal(loads(frames), large)
+
+
+def test_dumps_falls_back_to_cloudpickle_and_names_unpicklable_objects() -> None:
+    offset = 3
+    assert loads(dumps(lambda v: v + offset))(1) == 4
+    import threading
+
+    with pytest.raises(SerializationError, match="lock"):
+        dumps(threading.Lock())
+
+
+def test_functions_are_hashed_stably_and_main_functions_go_by_value() -> None:
+    h1, p1 = dumps_function(operator.add)
+    h2, p2 = dumps_function(operator.add)
+    assert h1 == h2 and p1 == p2 and len(h1) == 16
+    main_fn = eval("lambda x: x * 2")  # noqa: S307 - a function with no importable module
+    main_fn.__module__ = "__main__"
+    _, payload = dumps_function(main_fn)
+    assert pickle.loads(payload)(21) == 42
+
+
+def test_errors_roundtrip_with_traceback() -> None:
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        detail, frames = dumps_error(exc, "task-1")
+    assert detail[0] == "KeyError" and detail[2] == "task-1"
+    exc2, text = loads_error(detail, frames)
+    assert isinstance(exc2, KeyError) and "raise KeyError" in text
+
+
+def test_unpicklable_errors_get_a_stand_in() -> None:
+    class Local(Exception):
+        def __reduce__(self) -> tuple:
+            raise TypeError("no")
+
+    detail, frames = dumps_error(Local("odd"), "k")
+    exc, _ = loads_error(detail, frames)
+    assert isinstance(exc, RemoteTaskFailure) and exc.type_name == "Local"
+    exc, _ = loads_error(["Weird", "msg", "k"], [])
+    assert isinstance(exc, RemoteTaskFailure) and "msg" in str(exc)
+
+
+def test_substitute_refs_walks_containers_only() -> None:
+    values = {"a": 1, "b": 2}
+    obj = (TaskRef("a"), [TaskRef("b"), {"k": TaskRef("a")}], {TaskRef("b")}, "a")
+    assert substitute_refs(obj, values) == (1, [2, {"k": 1}], {2}, "a")
+    assert pickle.loads(pickle.dumps(TaskRef("x"))).key == "x"
+
+
+def test_sizeof_is_cheap_and_sensible() -> None:
+    assert sizeof(np.zeros(1000)) == 8000
+    assert sizeof([1, 2, 3]) > 0
+
+
+def test_graph_order_execution_and_culling() -> None:
+    graph = {
+        "a": (operator.add, (1, 2), {}),
+        "b": (operator.mul, (TaskRef("a"), 10), {}),
+        "c": (sum, ([TaskRef("a"), TaskRef("b")],), {}),
+        "unused": (operator.neg, (TaskRef("a"),), {}),
+    }
+    order = topological_order(graph)
+    assert order.index("a") < order.index("b") < order.index("c")
+    assert execute_local(graph, ["c", "b"]) == [33, 30]
+    assert set(cull(graph, ["b"])) == {"a", "b"}
+    with pytest.raises(ValueError, match="cycle"):
+        topological_order({"x": (operator.neg, (TaskRef("y"),), {}), "y": (operator.neg, (TaskRef("x"),), {})})
