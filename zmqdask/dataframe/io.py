@@ -308,7 +308,7 @@ def read_parquet_part(path: str, columns: tuple[Hashable, ...] | None, filters: 
     # pyarrow prunes row groups and rows for null-safe comparisons; the exact pandas
     # semantics are applied afterwards in any case, so both agree on missing values.
     safe = [[f for f in group if f[1] in _NULL_SAFE] for group in groups]
-    arrow_filters = safe if groups and all(safe) else None
+    arrow_filters = safe if groups and all(safe) and not _range_indexed(path) else None
     try:
         frame = pd.read_parquet(path, engine="pyarrow", columns=read_columns, filters=arrow_filters)
     except (TypeError, ValueError, NotImplementedError):
@@ -322,6 +322,17 @@ def read_parquet_part(path: str, columns: tuple[Hashable, ...] | None, filters: 
     if wanted is not None and read_columns != wanted:
         frame = frame[[c for c in wanted if c in frame.columns]]
     return frame
+
+
+def _range_indexed(path: str) -> bool:
+    """Whether the file stores its index as a range in metadata only.
+
+    pyarrow cannot rebuild such an index for a subset of rows, so those files are filtered
+    in pandas after reading.
+    """
+    pq = import_pyarrow()
+    index_columns = (pq.read_schema(path).pandas_metadata or {}).get("index_columns", [])
+    return any(isinstance(column, dict) for column in index_columns)
 
 
 @node
@@ -387,12 +398,22 @@ def _parquet_divisions(pq: Any, paths: list[str], meta: pd.DataFrame) -> tuple[A
         except Exception:
             return unknown
         index_columns = pandas_meta.get("index_columns", [])
-        if len(index_columns) != 1 or not isinstance(index_columns[0], str) or metadata.num_rows == 0:
+        if len(index_columns) != 1 or metadata.num_rows == 0:
             return unknown
+        stored = index_columns[0]
+        if isinstance(stored, dict):
+            # A RangeIndex is kept as (start, stop, step) metadata, not as a column.
+            if stored.get("kind") != "range" or stored.get("step", 0) <= 0:
+                return unknown
+            span = range(stored["start"], stored["stop"], stored["step"])
+            if len(span) != metadata.num_rows:
+                return unknown
+            bounds.append((span[0], span[-1]))
+            continue
         names = [metadata.schema.column(k).name for k in range(metadata.num_columns)]
-        if index_columns[0] not in names:
+        if stored not in names:
             return unknown
-        position = names.index(index_columns[0])
+        position = names.index(stored)
         lows, highs = [], []
         for group in range(metadata.num_row_groups):
             stats = metadata.row_group(group).column(position).statistics
@@ -418,9 +439,9 @@ def read_parquet(path: Any, columns: Sequence[Hashable] | None = None, filters: 
     list of them, OR-ed); divisions are known when the files are sorted by a stored index.
     """
     pq = import_pyarrow()
+    groups = _as_disjunction(filters)
     paths = expand_paths(path, suffix=".parquet")
     meta = pq.read_schema(paths[0]).empty_table().to_pandas()
-    groups = _as_disjunction(filters)
     missing = [c for c in columns or () if c not in meta.columns]
     if missing:
         raise UsageError(f"columns {missing} are not in {paths[0]}")

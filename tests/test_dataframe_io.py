@@ -1,0 +1,170 @@
+"""CSV and Parquet sources and writer: kernels, then lazy reads with pruning and filters."""
+
+from __future__ import annotations
+
+import builtins
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import zmqdask.dataframe as zd
+from zmqdask.dataframe.io import (
+    ReadCSV,
+    ReadParquet,
+    apply_filters,
+    read_block_bytes,
+    read_csv,
+    read_parquet,
+    to_parquet,
+)
+from zmqdask.errors import UsageError
+
+
+def _frame(n: int = 1000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "a": rng.integers(0, 100, n).astype("float64"),
+            "b": rng.normal(size=n),
+            "s": rng.choice(["x", "yy", "zzz"], n),
+        }
+    )
+    frame.loc[500, "a"] = np.nan
+    return frame
+
+
+def _sources(collection: Any, kind: type) -> list[Any]:
+    return [e for e in collection.optimize().expr.walk() if isinstance(e, kind)]
+
+
+def test_block_bytes_split_at_line_starts(tmp_path: Path) -> None:
+    path = tmp_path / "lines.txt"
+    lines = [f"{i},{'x' * (i % 7)}\n".encode() for i in range(200)]
+    path.write_bytes(b"".join(lines))
+    size = path.stat().st_size
+    for blocksize in (1, 10, 37, size, size + 5):
+        blocks = [
+            read_block_bytes(str(path), start, min(start + blocksize, size)) for start in range(0, size, blocksize)
+        ]
+        assert b"".join(blocks) == path.read_bytes()
+        assert all(block == b"" or block.endswith(b"\n") for block in blocks)
+
+
+@pytest.mark.parametrize("blocksize", [None, 997, "5kB"])
+def test_read_csv_matches_pandas(tmp_path: Path, blocksize: Any) -> None:
+    frame = _frame()
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    lazy = read_csv(str(path), blocksize=blocksize)
+    if blocksize is not None:
+        assert lazy.npartitions > 1
+    expected = pd.read_csv(path)
+    pd.testing.assert_frame_equal(lazy.compute().reset_index(drop=True), expected)
+    parts = [lazy.get_partition(i).compute() for i in range(lazy.npartitions)]
+    assert all(list(part.dtypes) == list(expected.dtypes) for part in parts)
+
+
+def test_read_csv_glob_prunes_columns(tmp_path: Path) -> None:
+    frame = _frame()
+    for i in range(3):
+        frame.iloc[i * 300 : (i + 1) * 300].to_csv(tmp_path / f"part-{i}.csv", index=False)
+    lazy = zd.read_csv(str(tmp_path / "part-*.csv"))
+    assert lazy.npartitions == 3
+    pd.testing.assert_frame_equal(lazy.compute().reset_index(drop=True), frame.iloc[:900].reset_index(drop=True))
+    projected = lazy[["s", "b"]]
+    (source,) = _sources(projected, ReadCSV)
+    assert source.columns_selected == ("b", "s")
+    pd.testing.assert_frame_equal(
+        projected.compute().reset_index(drop=True), frame.iloc[:900][["s", "b"]].reset_index(drop=True)
+    )
+    got = lazy.groupby("s").b.sum().compute()
+    pd.testing.assert_series_equal(got, frame.iloc[:900].groupby("s").b.sum())
+
+
+def test_read_csv_errors(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        read_csv(str(tmp_path / "nothing-*.csv"))
+    path = tmp_path / "data.csv"
+    _frame().to_csv(path, index=False)
+    with pytest.raises(UsageError):
+        read_csv(str(path), blocksize="many")
+    with pytest.raises(UsageError):
+        read_csv(str(path), blocksize=100, skiprows=3)
+
+
+def test_parquet_round_trip_keeps_divisions(tmp_path: Path) -> None:
+    frame = _frame().dropna().reset_index(drop=True)
+    frame.index.name = "id"
+    lazy = zd.from_pandas(frame, npartitions=4)
+    to_parquet(lazy, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out")) == [f"part.{i}.parquet" for i in range(4)]
+    back = read_parquet(str(tmp_path / "out"))
+    assert back.npartitions == 4
+    assert back.divisions == lazy.divisions
+    pd.testing.assert_frame_equal(back.compute(), frame)
+    # A stored index column gives divisions through the files' statistics.
+    indexed = lazy.set_index("b")
+    indexed.to_parquet(tmp_path / "by-b")
+    back = read_parquet(str(tmp_path / "by-b"))
+    assert back.known_divisions and back.npartitions == indexed.npartitions
+    for i in range(back.npartitions):
+        part = back.get_partition(i).compute()
+        assert back.divisions[i] == part.index.min() and part.index.max() <= back.divisions[i + 1]
+    pd.testing.assert_frame_equal(back.compute(), frame.set_index("b").sort_index())
+    # Writing fewer partitions replaces the earlier files.
+    zd.from_pandas(frame, npartitions=2).to_parquet(tmp_path / "out")
+    assert read_parquet(str(tmp_path / "out")).npartitions == 2
+
+
+def test_read_parquet_columns_and_filters(tmp_path: Path) -> None:
+    frame = _frame()
+    directory = tmp_path / "data"
+    directory.mkdir()
+    for i in range(3):
+        frame.iloc[i * 400 : (i + 1) * 400].to_parquet(directory / f"part.{i}.parquet")
+    lazy = read_parquet(str(directory))
+    pd.testing.assert_frame_equal(lazy.compute(), frame)
+    got = read_parquet(str(directory), columns=["b"], filters=[("a", ">", 50), ("s", "!=", "x")])
+    expected = frame[(frame.a > 50) & (frame.s != "x")][["b"]]
+    pd.testing.assert_frame_equal(got.compute(), expected)
+    either = read_parquet(str(directory), filters=[[("a", "<", 5)], [("s", "in", ["zzz"])]])
+    pd.testing.assert_frame_equal(either.compute(), frame[(frame.a < 5) | (frame.s == "zzz")])
+
+
+def test_optimizer_pushes_projection_and_filters_into_parquet(tmp_path: Path) -> None:
+    frame = _frame()
+    frame.to_parquet(tmp_path / "one.parquet")
+    lazy = read_parquet(str(tmp_path / "one.parquet"))
+    query = lazy[lazy.a != 3]["b"]
+    (source,) = _sources(query, ReadParquet)
+    assert source.columns_selected is not None and "s" not in source.columns_selected
+    assert source.filters == (("a", "!=", 3),)
+    # pandas keeps missing values under !=, so the pushed filter must too.
+    pd.testing.assert_series_equal(query.compute(), frame[frame.a != 3]["b"])
+
+
+def test_apply_filters_kernel_uses_pandas_semantics() -> None:
+    frame = pd.DataFrame({"a": [1.0, np.nan, 3.0]}, index=pd.Index([10, 11, 12], name="i"))
+    pd.testing.assert_frame_equal(apply_filters(frame, [[("a", "!=", 1.0)]]), frame.iloc[1:])
+    pd.testing.assert_frame_equal(apply_filters(frame, [[("i", ">=", 11), ("a", "not in", [3.0])]]), frame.iloc[1:2])
+    with pytest.raises(UsageError, match="bad filter"):
+        read_parquet("unused", filters=[("a", "~", 1)])
+
+
+def test_parquet_needs_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real_import = builtins.__import__
+
+    def no_pyarrow(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "pyarrow" or name.startswith("pyarrow."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with pytest.raises(ImportError, match=r"zmqdask\[parquet\]"):
+        read_parquet(str(tmp_path))
+    with pytest.raises(ImportError, match=r"zmqdask\[parquet\]"):
+        to_parquet(zd.from_pandas(_frame(), npartitions=1), tmp_path / "x")
