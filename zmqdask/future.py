@@ -236,7 +236,9 @@ def wait(futures: Iterable[Future] | Future, timeout: float | None = None, retur
         futures = [futures]
     futures = list(futures)
     if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
-        raise UsageError(f"return_when must be one of ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION; got {return_when!r}")
+        raise UsageError(
+            f"return_when must be one of ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION; got {return_when!r}"
+        )
     client = _client_of(futures)
     if client is None:
         empty = DoneAndNotDoneFutures(set(), set())
@@ -268,9 +270,7 @@ class as_completed:
     while iterating; ``count()`` is how many are not yet yielded.
     """
 
-    def __init__(
-        self, futures: Iterable[Future] = (), with_results: bool = False, raise_errors: bool = True
-    ) -> None:
+    def __init__(self, futures: Iterable[Future] = (), with_results: bool = False, raise_errors: bool = True) -> None:
         self.with_results = with_results
         self.raise_errors = raise_errors
         self._lock = threading.Lock()

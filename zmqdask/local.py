@@ -67,8 +67,17 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         env = _child_environment()
         self._broker = subprocess.Popen(
-            [sys.executable, "-m", "broker", "--host", self.host, "--port", str(self.port),
-             "--log-level", self.log_level],
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--log-level",
+                self.log_level,
+            ],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             env=env,
@@ -85,8 +94,18 @@ class LocalCluster:
         self.address = line
         if self.n_workers:
             self._pool = subprocess.Popen(
-                [sys.executable, "-m", "zmqdask.pool", self.address, "--nworkers", str(self.n_workers),
-                 "--nthreads", str(self.threads_per_worker), "--log-level", self.log_level],
+                [
+                    sys.executable,
+                    "-m",
+                    "zmqdask.pool",
+                    self.address,
+                    "--nworkers",
+                    str(self.n_workers),
+                    "--nthreads",
+                    str(self.threads_per_worker),
+                    "--log-level",
+                    self.log_level,
+                ],
                 stdout=subprocess.DEVNULL,
                 stdin=subprocess.DEVNULL,
                 env=env,

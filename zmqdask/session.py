@@ -1,0 +1,640 @@
+"""The client's session with the broker: socket, batching, liveness, and result bookkeeping.
+
+Frame flow (client side)::
+
+    submit/map/submit_graph ──▶ _ops (ordered, under _lock) ──flush on next loop tick──▶ DEALER ─▶ broker
+    DEALER ◀── REPORT / WELCOME / HEARTBEAT / INFO_REPLY ◀── broker
+       └─ _drain() on the loop: updates FutureStates, wakes waiters, runs done callbacks
+
+Everything here runs on the session's event loop thread, except the few methods that say
+otherwise (``_schedule_flush``, ``_retain``, ``_release``), which take ``_lock`` because
+synchronous callers submit from their own threads.  :class:`zmqdask.client.Client` builds
+the user-facing API on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from zmqdask import protocol as proto
+from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S
+from zmqdask.errors import (
+    BrokerLostError,
+    ClosedClientError,
+    ConnectTimeoutError,
+    FutureCancelledError,
+    KilledWorker,
+    LostDataError,
+    ProtocolError,
+    SerializationError,
+    SyncInAsyncError,
+    UsageError,
+)
+from zmqdask.errors import TimeoutError as ZmqdaskTimeoutError
+from zmqdask.future import (
+    CANCELLED,
+    ERROR,
+    FINISHED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    LOST,
+    PENDING,
+    TERMINAL_FAILURES,
+    DoneAndNotDoneFutures,
+    Future,
+    FutureState,
+)
+from zmqdask.serialize import loads, loads_error
+from zmqdask.sync import LoopThread
+
+logger = logging.getLogger(__name__)
+
+_MAX_TASKS_PER_MESSAGE = 5000
+_DRAIN_BATCH = 256
+_BROKER_ERRORS: dict[str, type[Exception]] = {
+    "KilledWorker": KilledWorker,
+    "LostDataError": LostDataError,
+    "FutureCancelledError": FutureCancelledError,
+    "ProtocolError": ProtocolError,
+}
+
+
+class ClientStatus(enum.Enum):
+    """Lifecycle of a client."""
+
+    NEW = "new"
+    CONNECTING = "connecting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class BrokerSession:
+    """One registered connection to a broker and the state of every key it knows."""
+
+    def __init__(self, address: str | None, timeout: float, reconnect_timeout: float, name: str) -> None:
+        self.address = address
+        self.timeout = float(timeout)
+        self.reconnect_timeout = float(reconnect_timeout)
+        self.name = name
+        self.status = ClientStatus.NEW
+        self.asynchronous = False
+        self.malformed = 0
+        self._identity = os.urandom(16)
+        self._lock = threading.RLock()
+        self._futures: dict[str, FutureState] = {}
+        self._ops: list[tuple[Any, ...]] = []
+        self._flush_scheduled = False
+        self._functions_sent: set[bytes] = set()
+        self._epoch = ""
+        self._welcome: asyncio.Future[None] | None = None
+        self._info_requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_request = 0
+        self._last_sent = 0.0
+        self._last_heard = 0.0
+        self._lost_since: float | None = None
+        self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._context: zmq.Context[Any] | None = None
+        self._socket: zmq.Socket[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: LoopThread | None = None
+        self._loop_thread_id: int | None = None
+
+    def _check_open(self) -> None:
+        if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):
+            raise ClosedClientError("this client is closed; create a new Client to go on")
+        if self.status == ClientStatus.NEW:
+            raise UsageError(
+                "this asynchronous client is not started yet; use `client = await Client(asynchronous=True)`"
+            )
+
+    def _connect_socket(self) -> None:
+        assert self._context is not None and self._loop is not None  # noqa: S101 - set by _start
+        assert self.address is not None  # noqa: S101
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self._identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(self.address)
+        self._socket = sock
+        # The zmq FD only signals edges; _drain() reads until EAGAIN each time it fires.
+        self._loop.add_reader(sock.FD, self._drain)
+
+    def _close_socket(self) -> None:
+        sock = self._socket
+        self._socket = None
+        if sock is not None:
+            try:
+                if self._loop is not None and not self._loop.is_closed():
+                    self._loop.remove_reader(sock.FD)
+            except Exception:
+                pass
+            sock.close(linger=0)
+
+    async def _handshake(self, deadline: float) -> None:
+        assert self._loop is not None
+        self._welcome = self._loop.create_future()
+        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
+        while True:
+            self._send(proto.encode(proto.HELLO, [proto.ROLE_CLIENT, info]))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConnectTimeoutError(
+                    f"no zmqdask broker answered at {self.address} within {self.timeout} s; "
+                    "check the address and that `zmqdask-broker` is running"
+                )
+            try:
+                await asyncio.wait_for(asyncio.shield(self._welcome), min(remaining, HEARTBEAT_INTERVAL_S))
+                return
+            except asyncio.TimeoutError:
+                continue
+
+    # --- loop plumbing ---------------------------------------------------------------------
+
+    def _in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread_id
+
+    def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if self._in_loop_thread():
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _blocking(self, coro: Any, timeout: float | None, alternative: str, what: str = "") -> Any:
+        """Run one of the core's coroutines to completion from synchronous code."""
+        if self.asynchronous:
+            coro.close()
+            if self._in_loop_thread():
+                raise SyncInAsyncError(
+                    f"this call blocks, and the asynchronous client's event loop is running in this "
+                    f"thread; use `{alternative}` instead"
+                )
+            raise SyncInAsyncError(f"an asynchronous client cannot block; use `{alternative}` in its event loop")
+        if self._loop_thread is None or self.status == ClientStatus.CLOSED:
+            coro.close()
+            raise ClosedClientError("this client is closed; create a new Client to go on")
+        if self._in_loop_thread():
+            coro.close()
+            raise SyncInAsyncError(f"a blocking call from a callback on the client's own loop; use `{alternative}`")
+        try:
+            return self._loop_thread.run(coro, timeout)
+        except ZmqdaskTimeoutError:
+            raise ZmqdaskTimeoutError(f"{what or 'operation'} did not finish within {timeout} s") from None
+
+    def _send(self, frames: list[Any]) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        sock.send_multipart(frames, copy=False)
+        self._last_sent = time.monotonic()
+        # Any socket operation can consume the FD's edge for messages that arrived
+        # meanwhile; if some are readable now, nobody would wake us for them.
+        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN and self._loop is not None:  # type: ignore[arg-type]
+            self._loop.call_soon(self._drain)
+
+    def _schedule_flush(self) -> None:
+        # Called with self._lock held.  One flush per loop tick collects every submission
+        # made before it runs, from this thread or any other.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                return
+            if self._in_loop_thread():
+                loop.call_soon(self._flush)
+            else:
+                loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            ops, self._ops = self._ops, []
+            self._flush_scheduled = False
+        if not ops or self._socket is None or self.status == ClientStatus.RECONNECTING:
+            if ops and self.status == ClientStatus.RECONNECTING:
+                with self._lock:
+                    self._ops[:0] = ops
+            return
+        # Consecutive operations of one kind share a message; the order between kinds is
+        # kept, because a RELEASE followed by a re-SUBMIT of the same key must stay in order.
+        index = 0
+        while index < len(ops):
+            kind = ops[index][0]
+            end = index
+            while end < len(ops) and ops[end][0] == kind and end - index < _MAX_TASKS_PER_MESSAGE:
+                end += 1
+            group = ops[index:end]
+            index = end
+            if kind == "task":
+                self._send_submit(group)
+            else:
+                keys = [op[1] for op in group]
+                command = {"release": proto.RELEASE, "gather": proto.GATHER, "cancel": proto.CANCEL}[kind]
+                self._send(proto.encode(command, [keys]))
+
+    def _send_submit(self, group: list[tuple[Any, ...]]) -> None:
+        functions: list[bytes] = []
+        function_frames: list[Any] = []
+        entries: list[list[Any]] = []
+        task_frames: list[Any] = []
+        for _, state, fn_payload in group:
+            state.unsent = False
+            entry = state.entry
+            fn_hash = entry[1]
+            if fn_hash not in self._functions_sent:
+                self._functions_sent.add(fn_hash)
+                functions.append(fn_hash)
+                function_frames.append(fn_payload)
+            entries.append(entry)
+            task_frames.extend(state.frames)
+        self._send(proto.encode(proto.SUBMIT, [functions, entries], function_frames + task_frames))
+
+    def _schedule_heartbeat(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._heartbeat_handle = self._loop.call_later(HEARTBEAT_INTERVAL_S / 2, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        if self.status not in (ClientStatus.RUNNING, ClientStatus.RECONNECTING):
+            return
+        now = time.monotonic()
+        try:
+            if self.status == ClientStatus.RUNNING and now - self._last_heard > LIVENESS_TIMEOUT_S:
+                logger.warning("broker at %s silent for %.1f s; reconnecting", self.address, now - self._last_heard)
+                self._begin_reconnect(now)
+            elif self.status == ClientStatus.RECONNECTING:
+                assert self._lost_since is not None
+                if now - self._lost_since > self.reconnect_timeout:
+                    self._fail_pending(
+                        BrokerLostError(
+                            f"the broker at {self.address} has been unreachable for "
+                            f"{self.reconnect_timeout} s; pending work is lost"
+                        ),
+                        LOST,
+                    )
+                    self._lost_since = now
+                self._send_hello()
+            elif now - self._last_sent >= HEARTBEAT_INTERVAL_S:
+                self._send(proto.encode(proto.HEARTBEAT, [self._epoch]))
+        except zmq.ZMQError as exc:
+            logger.debug("heartbeat send failed: %s", exc)
+        self._schedule_heartbeat()
+
+    def _begin_reconnect(self, now: float) -> None:
+        self.status = ClientStatus.RECONNECTING
+        self._lost_since = now
+        self._close_socket()
+        self._connect_socket()
+        self._send_hello()
+
+    def _send_hello(self) -> None:
+        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
+        self._send(proto.encode(proto.HELLO, [proto.ROLE_CLIENT, info]))
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        for _ in range(_DRAIN_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            self._last_heard = time.monotonic()
+            try:
+                message = proto.decode(frames)
+            except ProtocolError as exc:
+                self.malformed += 1
+                if self.malformed == 1:
+                    logger.warning("dropped a malformed message from the broker: %s", exc)
+                continue
+            handler = self._handlers.get(message.command)
+            if handler is None:
+                self.malformed += 1
+                continue
+            try:
+                handler(self, message)
+            except Exception:
+                logger.exception("error while handling %s from the broker", message.name)
+        # More may be queued: continue on the next tick so other callbacks get a turn.
+        if self._loop is not None:
+            self._loop.call_soon(self._drain)
+
+    def _on_welcome(self, message: proto.Message) -> None:
+        epoch = message.header[0]
+        reconnected = self.status == ClientStatus.RECONNECTING
+        changed = bool(self._epoch) and epoch != self._epoch
+        self._epoch = epoch
+        if self._welcome is not None and not self._welcome.done():
+            self._welcome.set_result(None)
+        if reconnected or changed:
+            logger.info("re-registered with broker %s (epoch %s)", self.address, epoch)
+            self.status = ClientStatus.RUNNING
+            self._lost_since = None
+            self._resubmit_all()
+            self._flush()
+
+    def _on_unknown_peer(self, message: proto.Message) -> None:
+        # The broker restarted (or declared us dead): register again, then re-send work.
+        if self.status == ClientStatus.RUNNING:
+            self.status = ClientStatus.RECONNECTING
+            self._lost_since = time.monotonic()
+        self._send_hello()
+
+    def _on_goodbye(self, message: proto.Message) -> None:
+        logger.warning("broker at %s is leaving: %s", self.address, message.header[0])
+        if self.status == ClientStatus.RUNNING:
+            self.status = ClientStatus.RECONNECTING
+            self._lost_since = time.monotonic()
+
+    def _on_heartbeat(self, message: proto.Message) -> None:
+        epoch = message.header[0]
+        if self._epoch and epoch and epoch != self._epoch and self.status == ClientStatus.RUNNING:
+            self.status = ClientStatus.RECONNECTING
+            self._lost_since = time.monotonic()
+            self._send_hello()
+
+    def _on_error(self, message: proto.Message) -> None:
+        code, text, refs = message.header
+        logger.error("broker refused a message (%s): %s", code, text)
+        failure = UsageError(f"the broker refused a request ({code}): {text}")
+        for key in refs:
+            state = self._futures.get(key) if isinstance(key, str) else None
+            if state is not None and state.status == PENDING:
+                self._set_failed(state, ERROR, failure, None)
+
+    def _on_info_reply(self, message: proto.Message) -> None:
+        request_id, info = message.header
+        waiter = self._info_requests.pop(request_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(info)
+
+    def _on_report(self, message: proto.Message) -> None:
+        payload = message.payload
+        position = 0
+        for key, code, detail, nframes in message.header[0]:
+            frames = payload[position : position + nframes]
+            position += nframes
+            state = self._futures.get(key)
+            if state is None or state.status in (CANCELLED,):
+                continue
+            if code == proto.FINISHED:
+                state.type_name = detail[0]
+                if nframes and not state.has_value:
+                    try:
+                        state.value = loads(frames)
+                        state.has_value = True
+                    except Exception as exc:
+                        failure = SerializationError(
+                            f"the result of {key} ({detail[0]}) could not be deserialized here: "
+                            f"{type(exc).__name__}: {exc}"
+                        )
+                        self._set_failed(state, ERROR, failure, None)
+                        continue
+                if state.status == PENDING or state.status == LOST:
+                    state.status = FINISHED
+                    self._fire_callbacks(state)
+                state.notify()
+            elif code == proto.ERRED:
+                error, text = self._rebuild_error(key, detail, frames)
+                self._set_failed(state, ERROR, error, text)
+            elif code == proto.CANCELLED:
+                self._set_failed(state, CANCELLED, FutureCancelledError(f"{key} was cancelled: {detail}", key), None)
+            elif code == proto.LOST:
+                self._set_failed(state, LOST, LostDataError(f"the data of {key} is lost: {detail}", key), None)
+
+    def _rebuild_error(self, key: str, detail: list[Any], frames: list[Any]) -> tuple[BaseException, str | None]:
+        type_name, text, origin = detail
+        broker_error = _BROKER_ERRORS.get(type_name)
+        if not frames and broker_error is not None:
+            if broker_error is KilledWorker:
+                return KilledWorker(text, origin), None
+            if issubclass(broker_error, (LostDataError, FutureCancelledError)):
+                return broker_error(text, origin), None
+            return broker_error(text), None
+        exc, remote_tb = loads_error(detail, frames)
+        if remote_tb and not getattr(exc, "_zmqdask_noted", False):
+            note = f"Remote traceback of task {origin}:\n{remote_tb.rstrip()}"
+            if hasattr(exc, "add_note"):
+                exc.add_note(note)
+            try:
+                exc._zmqdask_noted = True  # type: ignore[attr-defined]
+            except Exception:
+                pass
+        return exc, remote_tb
+
+    _handlers: dict[int, Callable[[BrokerSession, proto.Message], None]] = {
+        proto.WELCOME: _on_welcome,
+        proto.UNKNOWN_PEER: _on_unknown_peer,
+        proto.GOODBYE: _on_goodbye,
+        proto.HEARTBEAT: _on_heartbeat,
+        proto.ERROR: _on_error,
+        proto.INFO_REPLY: _on_info_reply,
+        proto.REPORT: _on_report,
+    }
+
+    def _set_failed(self, state: FutureState, status: str, exc: BaseException, text: str | None) -> None:
+        if state.status in TERMINAL_FAILURES and state.exception is not None:
+            return
+        state.status = status
+        state.exception = exc
+        state.traceback = text
+        self._fire_callbacks(state)
+        state.notify()
+
+    def _fail_pending(self, exc: BaseException, status: str) -> None:
+        for state in list(self._futures.values()):
+            if not state.has_value and state.status in (PENDING, FINISHED):
+                state.status = PENDING  # let _set_failed record the failure
+                self._set_failed(state, status, exc, None)
+
+    def _fire_callbacks(self, state: FutureState) -> None:
+        callbacks = state.callbacks
+        if not callbacks:
+            return
+        state.callbacks = None
+        for future, fn in callbacks:
+            try:
+                fn(future)
+            except Exception:
+                logger.exception("a done callback of %s raised", state.key)
+
+    def _resubmit_all(self) -> None:
+        """After re-registering, send again every task whose value we do not hold yet."""
+        self._functions_sent.clear()
+        seen: set[str] = set()
+        order: list[FutureState] = []
+
+        def visit(state: FutureState) -> None:
+            if state.key in seen:
+                return
+            seen.add(state.key)
+            for dep in state.deps or ():
+                visit(dep)
+            order.append(state)
+
+        with self._lock:
+            for state in list(self._futures.values()):
+                if not state.has_value and state.status in (PENDING, FINISHED):
+                    visit(state)
+            for state in order:
+                if state.entry is None:
+                    if state.key in self._futures and not state.has_value:
+                        self._set_failed(
+                            state,
+                            LOST,
+                            LostDataError(f"scattered data {state.key} was lost when the broker restarted", state.key),
+                            None,
+                        )
+                    continue
+                wanted = state.key in self._futures
+                state.entry[5] = (proto.FLAG_WANTED if wanted else 0) | (
+                    proto.FLAG_PUSH_RESULT if wanted and state.data_requested else 0
+                )
+                if state.status == FINISHED:
+                    state.status = PENDING
+                state.unsent = True
+                self._ops.append(("task", state, state.fn_payload))
+
+    # --- futures bookkeeping ---------------------------------------------------------------
+
+    def _state_for(self, key: str) -> FutureState:
+        with self._lock:
+            state = self._futures.get(key)
+            if state is None:
+                state = self._futures[key] = FutureState(key)
+            return state
+
+    def _retain(self, state: FutureState) -> None:
+        with self._lock:
+            state.refcount += 1
+
+    def _release(self, state: FutureState) -> None:
+        with self._lock:
+            state.refcount -= 1
+            if state.refcount > 0 or self._futures.get(state.key) is not state:
+                return
+            del self._futures[state.key]
+            if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):
+                return
+            if state.status == CANCELLED:
+                return
+            if state.entry is not None and state.entry[5] & proto.FLAG_WANTED == 0:
+                return
+            self._ops.append(("release", state.key))
+            self._schedule_flush()
+
+    def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
+        state = future._state
+
+        def attach() -> None:
+            if state.done():
+                try:
+                    fn(future)
+                except Exception:
+                    logger.exception("a done callback of %s raised", state.key)
+            else:
+                if state.callbacks is None:
+                    state.callbacks = []
+                state.callbacks.append((future, fn))
+
+        if self._loop is None or self._in_loop_thread():
+            attach()
+        else:
+            self._loop.call_soon_threadsafe(attach)
+
+    def _request_data(self, state: FutureState) -> None:
+        # Called on the loop thread.  A task not yet flushed just gets its push flag set.
+        with self._lock:
+            if state.data_requested:
+                return
+            state.data_requested = True
+            entry = state.entry
+            if entry is not None and state.unsent:
+                entry[5] |= proto.FLAG_PUSH_RESULT
+                return
+            self._ops.append(("gather", state.key))
+            self._schedule_flush()
+
+    async def _wait_value(self, state: FutureState) -> Any:
+        loop = asyncio.get_running_loop()
+        while True:
+            if state.has_value:
+                return state.value
+            if state.status in TERMINAL_FAILURES:
+                assert state.exception is not None
+                raise state.exception
+            self._check_open()
+            if not state.data_requested:
+                self._request_data(state)
+            waiter = loop.create_future()
+            if state.waiters is None:
+                state.waiters = []
+            state.waiters.append(waiter)
+            await waiter
+
+    async def _wait_done(self, state: FutureState) -> None:
+        loop = asyncio.get_running_loop()
+        while state.status == PENDING:
+            self._check_open()
+            waiter = loop.create_future()
+            if state.waiters is None:
+                state.waiters = []
+            state.waiters.append(waiter)
+            await waiter
+
+    async def _wait_many(self, futures: list[Future], timeout: float | None, return_when: str) -> DoneAndNotDoneFutures:
+        async def until_condition() -> None:
+            pending = {f for f in futures if not f.done()}
+            while pending:
+                if return_when == FIRST_COMPLETED and len(pending) < len(futures):
+                    return
+                if return_when == FIRST_EXCEPTION and any(f.status in TERMINAL_FAILURES for f in futures):
+                    return
+                tasks = [asyncio.ensure_future(self._wait_done(f._state)) for f in pending]
+                try:
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                pending = {f for f in futures if not f.done()}
+
+        try:
+            await asyncio.wait_for(until_condition(), timeout)
+        except asyncio.TimeoutError:
+            raise ZmqdaskTimeoutError(
+                f"{sum(not f.done() for f in futures)} futures not done within {timeout} s"
+            ) from None
+        done = {f for f in futures if f.done()}
+        return DoneAndNotDoneFutures(done, set(futures) - done)
+
+    async def _info(self) -> dict[str, Any]:
+        assert self._loop is not None
+        self._next_request += 1
+        request_id = self._next_request
+        waiter: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._info_requests[request_id] = waiter
+        self._send(proto.encode(proto.INFO, [request_id]))
+        try:
+            return await asyncio.wait_for(waiter, self.timeout)
+        except asyncio.TimeoutError:
+            raise ZmqdaskTimeoutError(f"the broker did not answer an info request within {self.timeout} s") from None
+        finally:
+            self._info_requests.pop(request_id, None)
