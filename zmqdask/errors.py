@@ -88,7 +88,7 @@ class BrokerLostError(CommunicationError):
     """The broker stopped answering and did not come back within the client's timeout."""
 
 
-class TimeoutError(ZmqdaskError, builtins.TimeoutError):  # noqa: A001 - mirrors the builtin
+class TimeoutError(ZmqdaskError, builtins.TimeoutError):
     """A bounded wait ran out of time."""
 
 

@@ -15,11 +15,12 @@ Collections (such as ``zmqdask.dataframe.DataFrame``) take part through three me
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, Union, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from zmqdask.serialize import TaskRef, substitute_refs
 
-TaskSpec = tuple[Callable[..., Any], Union[tuple[Any, ...], list[Any]], Mapping[str, Any]]
+TaskSpec = tuple[Callable[..., Any], tuple[Any, ...] | list[Any], Mapping[str, Any]]
 """One task: ``(function, args, kwargs)``."""
 
 Graph = Mapping[str, TaskSpec]

@@ -55,8 +55,9 @@ Codes in REPORT and DONE entries, and their ``detail``::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import msgpack
 

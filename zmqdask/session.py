@@ -120,8 +120,8 @@ class BrokerSession:
             )
 
     def _connect_socket(self) -> None:
-        assert self._context is not None and self._loop is not None  # noqa: S101 - set by _start
-        assert self.address is not None  # noqa: S101
+        assert self._context is not None and self._loop is not None
+        assert self.address is not None
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
@@ -204,7 +204,7 @@ class BrokerSession:
         self._last_sent = time.monotonic()
         # Any socket operation can consume the FD's edge for messages that arrived
         # meanwhile; if some are readable now, nobody would wake us for them.
-        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN and self._loop is not None:  # type: ignore[arg-type]
+        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN and self._loop is not None:
             self._loop.call_soon(self._drain)
 
     def _schedule_flush(self) -> None:
