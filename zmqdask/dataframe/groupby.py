@@ -147,10 +147,10 @@ def make_plan(
     results are Series named ``series_name``.  ``spec`` is a function name, a list of names or
     a dict column -> name(s); ``named`` is the keyword form ``label=(column, name)``.
     """
+    outputs: list[tuple[Hashable, Hashable, str]] = []
     if named:
         if spec is not None:
             raise UsageError("pass either an aggregation spec or named aggregations, not both")
-        outputs = []
         for label, pair in named.items():
             if series_selection:
                 # A single column is aggregated as ``label=function``.
@@ -166,7 +166,6 @@ def make_plan(
         if series_selection:
             raise UsageError("a dict of aggregations needs a DataFrame groupby, not a single column")
         multi = any(isinstance(v, (list, tuple)) for v in spec.values())
-        outputs = []
         for column, funcs in spec.items():
             _check_column(column, columns)
             for func in funcs if isinstance(funcs, (list, tuple)) else [funcs]:
@@ -230,7 +229,8 @@ def groupby_chunk(
 ) -> Partial:
     """Partial state of one partition; ``by`` is a list of column names, a Series or a Grouper."""
     frame = _as_frame(obj)
-    grouped = frame.groupby(by, sort=sort, dropna=dropna, observed=True)
+    # Typed loosely: pandas accepts any hashable column label here.
+    grouped: Any = frame.groupby(by, sort=sort, dropna=dropna, observed=True)
     size = grouped.size()
     columns: dict[int, pd.Series] = {SIZE_SLOT: size}
     for position, (column, primitive) in enumerate(plan.slots):
@@ -327,7 +327,9 @@ def finalize(state: Partial, plan: AggPlan) -> pd.DataFrame | pd.Series:
     frame = pd.DataFrame({position: values for position, values in enumerate(results)}, index=main.index)
     if plan.layout == "multi":
         frame.columns = (
-            pd.MultiIndex.from_tuples(labels) if labels else pd.MultiIndex.from_tuples([], names=[None, None])
+            pd.MultiIndex.from_tuples([tuple(label) for label in labels])  # type: ignore[arg-type]
+            if labels
+            else pd.MultiIndex.from_tuples([], names=[None, None])
         )
     else:
         frame.columns = pd.Index(labels)

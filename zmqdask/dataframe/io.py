@@ -57,7 +57,7 @@ def expand_paths(urlpath: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     if isinstance(urlpath, (list, tuple)):
         paths = [str(os.fspath(p)) for p in urlpath]
     else:
-        text = str(os.fspath(urlpath))
+        text = str(os.fspath(urlpath))  # type: ignore[arg-type]
         if text.startswith("file://"):
             text = text[len("file://") :]
         if os.path.isdir(text):
@@ -263,7 +263,8 @@ def _mask(frame: pd.DataFrame, column: Hashable, op: str, value: Any) -> np.ndar
     if column in frame.columns:
         values = frame[column]
     else:
-        values = pd.Series(frame.index.get_level_values(column), index=frame.index)
+        level: Any = column
+        values = pd.Series(frame.index.get_level_values(level), index=frame.index)
     if op in ("==", "="):
         result = values == value
     elif op == "!=":
@@ -300,7 +301,7 @@ def read_parquet_part(path: str, columns: tuple[Hashable, ...] | None, filters: 
     """One Parquet file as a partition, with columns pruned and rows filtered."""
     import_pyarrow()
     groups = _as_disjunction(list(filters) if filters else None)
-    wanted = None if columns is None else list(columns)
+    wanted: Any = None if columns is None else list(columns)
     read_columns = wanted
     if wanted is not None and groups:
         extra = [c for group in groups for c, _, _ in group if c not in wanted]
@@ -308,7 +309,7 @@ def read_parquet_part(path: str, columns: tuple[Hashable, ...] | None, filters: 
     # pyarrow prunes row groups and rows for null-safe comparisons; the exact pandas
     # semantics are applied afterwards in any case, so both agree on missing values.
     safe = [[f for f in group if f[1] in _NULL_SAFE] for group in groups]
-    arrow_filters = safe if groups and all(safe) and not _range_indexed(path) else None
+    arrow_filters: Any = safe if groups and all(safe) and not _range_indexed(path) else None
     try:
         frame = pd.read_parquet(path, engine="pyarrow", columns=read_columns, filters=arrow_filters)
     except (TypeError, ValueError, NotImplementedError):

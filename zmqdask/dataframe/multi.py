@@ -58,10 +58,11 @@ def merge_partitions(
         if _JOIN_TAKES_SUFFIXES:
             return left.join(right, on=on, how=how, suffixes=suffixes)
         return left.join(right, on=on, how=how, lsuffix=suffixes[0], rsuffix=suffixes[1])
+    how_: Any = how
     return pd.merge(
         left,
         right,
-        how=how,
+        how=how_,
         left_on=None if left_on is None else list(left_on),
         right_on=None if right_on is None else list(right_on),
         left_index=left_on is None,

@@ -283,7 +283,10 @@ class HashShuffle(Expr):
         return layer
 
 
-def _split_sorted(obj: Any, by: Hashable | None, bounds: tuple[Any, list[Any], Any], nbuckets: int, ascending: bool):
+def _split_sorted(
+    obj: Any, by: Hashable | None, bounds: tuple[Any, list[Any], Any], nbuckets: int, ascending: bool
+) -> list[Any]:
+    """:func:`boundary_split` with the boundaries taken from :func:`choose_boundaries`' result."""
     return boundary_split(obj, by, bounds[1], nbuckets, ascending)
 
 

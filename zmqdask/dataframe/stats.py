@@ -91,11 +91,12 @@ def value_counts_aggregate(
 
 def unique_chunk(obj: pd.DataFrame | pd.Series, dropna: bool = True) -> dict[Hashable, pd.Series]:
     """Distinct values of each column (a Series counts as one column named ``None``)."""
+    columns: dict[Hashable, pd.Series]
     if isinstance(obj, pd.Series):
         columns = {None: obj}
     else:
         columns = {column: obj[column] for column in obj.columns}
-    out = {}
+    out: dict[Hashable, pd.Series] = {}
     for column, values in columns.items():
         if dropna:
             values = values.dropna()
@@ -139,7 +140,8 @@ def _pandas_describe(obj: Any) -> Any:
 
 
 def _value_counts_whole(series: pd.Series, sort: bool, ascending: bool, normalize: bool, dropna: bool) -> pd.Series:
-    return series.value_counts(sort=sort, ascending=ascending, normalize=normalize, dropna=dropna)
+    counts: Any = series.value_counts
+    return counts(sort=sort, ascending=ascending, normalize=normalize, dropna=dropna)
 
 
 @node

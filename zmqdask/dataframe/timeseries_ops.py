@@ -137,7 +137,7 @@ def resample_output(
             filled[position] = values.reindex(grid)
     pairs = {column: frame[frame.index.isin(grid)] for column, frame in state.pairs.items()}
     result = finalize(Partial(pd.DataFrame(filled, index=grid), pairs), plan)
-    result.index.freq = None
+    result.index.freq = None  # type: ignore[attr-defined]
     return result
 
 
@@ -150,7 +150,8 @@ def window_offset(window: Any) -> pd.Timedelta | None:
     """The window as a duration for time windows, None for a fixed row count."""
     if isinstance(window, (int, np.integer)):
         return None
-    return pd.Timedelta(to_offset(window))
+    offset: Any = to_offset(window)
+    return pd.Timedelta(offset)
 
 
 def rolling_carry(previous: Any, part: Any, window: Any) -> Any:
