@@ -105,6 +105,10 @@ class AggPlan:
         object.__setattr__(self, "slots", tuple(slots))
         object.__setattr__(self, "pair_columns", tuple(pairs))
 
+    def __repr__(self) -> str:
+        funcs = ", ".join("size()" if func == "size" else f"{func}({column!r})" for _, column, func in self.outputs)
+        return f"AggPlan({funcs})"
+
     def slot(self, column: Hashable, primitive: str) -> int:
         """Position of a ``(column, primitive)`` slot in the partial frame."""
         return self.slots.index((column, primitive))

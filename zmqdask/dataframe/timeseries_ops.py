@@ -305,6 +305,9 @@ class ResampleCombine(Expr):
     def divisions(self) -> tuple[Any, ...]:
         return self.division_values
 
+    def _describe(self) -> str:
+        return f"rule={self.rule!r}, {self.plan!r}"
+
     def _layer(self) -> dict[str, TaskSpec]:
         name, chunks = self._name, self.chunks
         layer: dict[str, TaskSpec] = {}
