@@ -1,0 +1,829 @@
+"""One worker process: its broker connection, data store and task dispatch (see run_worker).
+
+The main thread owns every socket and never runs user code::
+
+    broker ──COMPUTE/STORE/GET/DATA/DELETE/CANCEL_TASKS──▶ DEALER ─┐
+                                                                   ▼
+        ┌────────────── main thread: zmq.Poller loop ─────────────────────────────┐
+        │ decode → handler → Executor.submit(task) / FETCH / DATA                 │
+        │ Executor.drain() → store results → one DONE per loop turn              │
+        └─────────────────────────────────────────────────────────────────────────┘
+                          ▲ wake-up (inproc)          │ SimpleQueue
+                          └──── executor threads ◀────┘
+
+``BrokerLink`` (registration, heartbeats, liveness) and ``SignalWakeup`` are shared with the
+pool manager (:mod:`zmqdask.pool`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import zmq
+
+from zmqdask import protocol, serialize
+from zmqdask.config import DEFAULT_PREFETCH_PER_THREAD, HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S
+from zmqdask.errors import ProtocolError, SerializationError, UsageError
+from zmqdask.executor import (
+    WAITING,
+    Executor,
+    FunctionCache,
+    Task,
+    error_detail,
+    measure,
+    slots_view,
+)
+from zmqdask.protocol import (
+    CANCEL_TASKS,
+    CANCELLED,
+    COMPUTE,
+    DATA,
+    DELETE,
+    DONE,
+    ERRED,
+    ERROR,
+    FETCH,
+    FINISHED,
+    GET,
+    GOODBYE,
+    HEARTBEAT,
+    HELLO,
+    MISSING_DEPS,
+    ROLE_WORKER,
+    STORE,
+    UNKNOWN_PEER,
+    WELCOME,
+    Message,
+)
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+"""The worker stopped on request."""
+EXIT_INTERNAL_ERROR = 1
+"""The worker itself failed (a bug); the log has the traceback."""
+EXIT_BROKER_UNREACHABLE = 3
+"""No broker answered for the death timeout."""
+EXIT_PARENT_GONE = 4
+"""The pool manager that started the worker is gone."""
+
+GOODBYE_LINGER_S = 1.0
+"""How long a leaving peer lets its last messages go out before dropping them."""
+MAX_MESSAGES_PER_TURN = 1000
+"""Broker messages handled before finished results get their turn again."""
+EXECUTOR_STOP_TIMEOUT_S = 0.2
+"""How long a stopping worker waits for executor threads to finish their current task."""
+PARENT_CHECK_INTERVAL_S = 1.0
+"""How often a worker without a parent sentinel checks that its parent process is alive."""
+
+_ABSENT = object()
+
+
+class LinkEvent(enum.Enum):
+    """What a :class:`BrokerLink` noticed that its owner must act on."""
+
+    NOTHING = "nothing"
+    WELCOMED = "welcomed"
+    FORGOTTEN = "forgotten"
+    """The broker no longer knows this peer: drop its state and call ``reconnect``."""
+    GAVE_UP = "gave-up"
+    """No broker answered for the death timeout."""
+
+
+CONTROL_COMMANDS = frozenset({WELCOME, HEARTBEAT, UNKNOWN_PEER, GOODBYE, ERROR})
+"""Commands handled by :meth:`BrokerLink.handle` rather than by the link's owner."""
+
+
+class BrokerLink:
+    """A DEALER connection to the broker: registration, heartbeats, liveness and epoch.
+
+    It does no waiting: the owner polls ``socket``, passes control messages to
+    :meth:`handle`, calls :meth:`tick` each loop turn and sleeps at most until
+    :meth:`deadline`.  The link keeps its current socket registered in the owner's
+    ``poller``: :meth:`reconnect` (also called by :meth:`tick`) replaces ``socket``.
+    """
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        poller: zmq.Poller,
+        address: str,
+        identity: bytes,
+        role: str,
+        info: dict[str, Any],
+        *,
+        death_timeout_s: float,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+    ) -> None:
+        self.address = address
+        self.identity = identity
+        self.role = role
+        self.info = info
+        self.death_timeout_s = death_timeout_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.liveness_timeout_s = liveness_timeout_s
+        self.registered = False
+        self.epoch = ""
+        self._context = context
+        self._poller = poller
+        now = time.monotonic()
+        self._last_recv = now  # the death timeout counts from startup until the first answer
+        self._last_send = -math.inf
+        self._last_hello = -math.inf
+        self.socket = self._connect()
+        self.send_hello()
+
+    def _connect(self) -> zmq.Socket[Any]:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.identity)
+        sock.linger = 0
+        # Flow control is by credit, not by high-water marks: a full pipe must never block the
+        # loop that sends heartbeats.
+        sock.sndhwm = 0
+        sock.rcvhwm = 0
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(self.address)
+        self._poller.register(sock, zmq.POLLIN)
+        return sock
+
+    def send(self, command: int, header: Sequence[Any], payload: Sequence[Any] = ()) -> None:
+        """Send one message (large payload frames without copying)."""
+        self.socket.send_multipart(protocol.encode(command, header, payload), copy=False)
+        self._last_send = time.monotonic()
+
+    def send_hello(self) -> None:
+        """Announce this peer; repeated by :meth:`tick` until the broker welcomes it."""
+        self.send(HELLO, [self.role, self.info])
+        self._last_hello = self._last_send
+
+    def received(self, now: float) -> None:
+        """Note that a message arrived from the broker (any message proves it is alive)."""
+        self._last_recv = now
+
+    def handle(self, message: Message) -> LinkEvent:
+        """React to a control message (see :data:`CONTROL_COMMANDS`)."""
+        command = message.command
+        if command == WELCOME:
+            epoch = message.header[0]
+            if self.registered and epoch != self.epoch:
+                logger.warning("%s: the broker restarted (epoch %s, was %s)", self._who(), epoch, self.epoch)
+                return LinkEvent.FORGOTTEN
+            if self.registered:
+                return LinkEvent.NOTHING  # an answer to a HELLO that crossed the first WELCOME
+            self.registered = True
+            self.epoch = epoch
+            logger.info("%s: registered with the broker at %s (epoch %s)", self._who(), self.address, epoch)
+            return LinkEvent.WELCOMED
+        if command == HEARTBEAT:
+            epoch = message.header[0]
+            if self.registered and epoch and epoch != self.epoch:
+                logger.warning("%s: heartbeat from a new broker epoch %s", self._who(), epoch)
+                return LinkEvent.FORGOTTEN
+            return LinkEvent.NOTHING
+        if command == UNKNOWN_PEER:
+            if self.registered:
+                logger.warning("%s: the broker does not know this peer any more", self._who())
+                return LinkEvent.FORGOTTEN
+            self.send_hello()
+            return LinkEvent.NOTHING
+        if command == GOODBYE:
+            logger.warning("%s: the broker is leaving (%s)", self._who(), message.header[0])
+            return LinkEvent.FORGOTTEN if self.registered else LinkEvent.NOTHING
+        if command == ERROR:
+            code, text, refs = message.header
+            logger.warning("%s: the broker refused a message: %s: %s %s", self._who(), code, text, refs[:5])
+            return LinkEvent.NOTHING
+        logger.debug("%s: ignoring unexpected %s", self._who(), message.name)
+        return LinkEvent.NOTHING
+
+    def tick(self, now: float) -> LinkEvent:
+        """Send a due heartbeat or HELLO; report a silent or unreachable broker."""
+        silence = now - self._last_recv
+        if silence >= self.death_timeout_s:
+            return LinkEvent.GAVE_UP
+        if self.registered:
+            if silence >= self.liveness_timeout_s:
+                logger.warning("%s: nothing heard from the broker for %.1f s", self._who(), silence)
+                return LinkEvent.FORGOTTEN
+            if now - self._last_send >= self.heartbeat_interval_s:
+                self.send(HEARTBEAT, [self.epoch])
+        elif now - self._last_hello >= self.heartbeat_interval_s:
+            # An unanswered HELLO is repeated on a fresh connection, not queued behind the
+            # first one: a broker coming up later then sees one HELLO instead of a backlog
+            # of them, and a connection the broker's ROUTER refused (it still held this
+            # identity for the previous connection) is replaced instead of staying mute.
+            self.reconnect()
+        return LinkEvent.NOTHING
+
+    def deadline(self) -> float:
+        """The monotonic time by which :meth:`tick` must be called again."""
+        if self.registered:
+            due = min(self._last_send + self.heartbeat_interval_s, self._last_recv + self.liveness_timeout_s)
+        else:
+            due = self._last_hello + self.heartbeat_interval_s
+        return min(due, self._last_recv + self.death_timeout_s)
+
+    def reconnect(self) -> None:
+        """Drop the socket and everything queued in it, connect again and send HELLO."""
+        self._poller.unregister(self.socket)
+        self.socket.close(linger=0)
+        self.registered = False
+        self.epoch = ""
+        self.socket = self._connect()
+        self.send_hello()
+
+    def close(self, goodbye: str | None = None, linger_s: float = GOODBYE_LINGER_S) -> None:
+        """Close the socket, first sending GOODBYE with ``goodbye`` as the reason if given.
+
+        GOODBYE is only sent to a broker that welcomed this peer: nobody else would read it,
+        and waiting ``linger_s`` for an unreachable broker would only delay the exit.
+        """
+        if self.socket.closed:
+            return
+        self._poller.unregister(self.socket)
+        linger_ms = 0
+        if goodbye is not None and self.registered:
+            try:
+                self.send(GOODBYE, [goodbye])
+                linger_ms = int(linger_s * 1000)
+            except zmq.ZMQError as exc:
+                logger.debug("%s: could not say goodbye: %s", self._who(), exc)
+        self.socket.close(linger=linger_ms)
+
+    def _who(self) -> str:
+        return self.identity.decode("utf-8", "replace")
+
+
+class SignalWakeup:
+    """Turns termination signals into a callback plus a readable fd for a poller.
+
+    A Python signal handler only runs between bytecodes, and a blocking ``zmq_poll`` is
+    retried after it; the wake-up fd makes the poll itself return.  Main thread only.
+    """
+
+    def __init__(self, on_signal: Callable[[int], None], signals: Sequence[int], ignore: Sequence[int] = ()) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._previous: dict[int, Any] = {}
+        for signum in signals:
+            self._previous[signum] = signal.signal(signum, lambda received, _frame: on_signal(received))
+        for signum in ignore:
+            self._previous[signum] = signal.signal(signum, signal.SIG_IGN)
+
+    @property
+    def fd(self) -> int:
+        """The fd that becomes readable when a signal arrives."""
+        return self._reader.fileno()
+
+    def drain(self) -> None:
+        """Consume pending wake-up bytes."""
+        try:
+            while self._reader.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def close(self) -> None:
+        """Restore the previous handlers and wake-up fd."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._reader.close()
+        self._writer.close()
+
+
+def default_credit(nthreads: int) -> int:
+    """Task slots a worker grants by default: one running plus the prefetch, per thread."""
+    return nthreads + nthreads * DEFAULT_PREFETCH_PER_THREAD
+
+
+class Worker:
+    """A worker's state and main loop; construct it and call :meth:`run` in the process's main thread."""
+
+    _context: zmq.Context[Any]
+    _inproc: zmq.Context[Any]
+    _wake: zmq.Socket[Any]
+    _link: BrokerLink
+    _executor: Executor
+    _poller: zmq.Poller
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        identity: bytes,
+        nthreads: int = 1,
+        credit: int | None = None,
+        name: str = "",
+        pool: str = "",
+        memory_limit: int = 0,
+        running_slots: Any = None,
+        death_timeout_s: float = 60.0,
+        parent_pid: int | None = None,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+    ) -> None:
+        if nthreads < 1:
+            raise UsageError(f"a worker needs at least one thread, got nthreads={nthreads}")
+        if not identity:
+            raise UsageError("a worker needs a non-empty identity")
+        self.address = address
+        self.identity = identity
+        self.nthreads = nthreads
+        self.credit = default_credit(nthreads) if credit is None else credit
+        self.name = name or identity.decode("utf-8", "replace")
+        self.pool = pool
+        self.memory_limit = memory_limit
+        self.death_timeout_s = death_timeout_s
+        self.parent_pid = parent_pid
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.liveness_timeout_s = liveness_timeout_s
+        self._slots = slots_view(running_slots) if running_slots is not None else None
+        self._functions = FunctionCache(self.name)
+        self._store: dict[str, Any] = {}
+        self._tasks: dict[str, Task] = {}
+        """Tasks not yet reported: waiting for inputs, queued or running."""
+        self._waiting_on: dict[str, list[Task]] = {}
+        """Key being fetched -> tasks that need it."""
+        self._fetches: dict[int, list[str]] = {}
+        """FETCH request id -> keys asked for."""
+        self._next_request = 1
+        self._generation = 0
+        self._done_entries: list[list[Any]] = []
+        self._done_frames: list[Any] = []
+        self._stop_requested = False
+        self._malformed = 0
+        self._parent_fd: int | None = None
+        self._next_parent_check = 0.0
+        self._handlers: dict[int, Callable[[Message], None]] = {
+            COMPUTE: self._on_compute,
+            STORE: self._on_store,
+            GET: self._on_get,
+            DATA: self._on_data,
+            DELETE: self._on_delete,
+            CANCEL_TASKS: self._on_cancel_tasks,
+        }
+
+    def hello_info(self) -> dict[str, Any]:
+        """The ``info`` map of this worker's HELLO."""
+        return {
+            "nthreads": self.nthreads,
+            "credit": self.credit,
+            "name": self.name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pool": self.pool,
+            "memory_limit": self.memory_limit,
+        }
+
+    def request_stop(self) -> None:
+        """Ask the loop to say goodbye and return (safe to call from a signal handler)."""
+        self._stop_requested = True
+
+    def run(self) -> int:
+        """Serve the broker until stopped; returns the exit code (``EXIT_*``)."""
+        self._context = zmq.Context()
+        # Executor threads keep their wake-up sockets while a task runs, so they live in a
+        # context of their own: terminating the broker context (which flushes GOODBYE) must not
+        # wait for a task to finish.
+        self._inproc = zmq.Context(io_threads=0)
+        self._wake = self._inproc.socket(zmq.PULL)
+        self._wake.linger = 0
+        wake_address = f"inproc://zmqdask-worker-wake-{os.getpid()}"
+        self._wake.bind(wake_address)
+        self._executor = Executor(self._inproc, wake_address, self.nthreads, self._slots)
+        signals: SignalWakeup | None = None
+        if threading.current_thread() is threading.main_thread():
+            # A managed worker leaves Ctrl-C to its pool manager, which stops it in order.
+            managed = self.parent_pid is not None
+            signals = SignalWakeup(
+                lambda _signum: self.request_stop(),
+                [signal.SIGTERM] if managed else [signal.SIGTERM, signal.SIGINT],
+                ignore=[signal.SIGINT] if managed else [],
+            )
+        code = EXIT_INTERNAL_ERROR
+        try:
+            self._poller = zmq.Poller()
+            self._link = BrokerLink(
+                self._context,
+                self._poller,
+                self.address,
+                self.identity,
+                ROLE_WORKER,
+                self.hello_info(),
+                death_timeout_s=self.death_timeout_s,
+                heartbeat_interval_s=self.heartbeat_interval_s,
+                liveness_timeout_s=self.liveness_timeout_s,
+            )
+            self._poller.register(self._wake, zmq.POLLIN)
+            if signals is not None:
+                self._poller.register(signals.fd, zmq.POLLIN)
+            self._parent_fd = self._parent_sentinel()
+            if self._parent_fd is not None:
+                self._poller.register(self._parent_fd, zmq.POLLIN)
+            code = self._loop(signals)
+        finally:
+            self._teardown(code)
+            if signals is not None:
+                signals.close()
+        return code
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _loop(self, signals: SignalWakeup | None) -> int:
+        link, poller, wake = self._link, self._poller, self._wake
+        while not self._stop_requested:
+            now = time.monotonic()
+            event = link.tick(now)
+            if event is LinkEvent.GAVE_UP:
+                logger.error(
+                    "worker %s: no broker answered at %s for %.1f s; exiting",
+                    self.name,
+                    self.address,
+                    self.death_timeout_s,
+                )
+                return EXIT_BROKER_UNREACHABLE
+            if event is LinkEvent.FORGOTTEN:
+                self._forget()
+                continue
+            if self._parent_gone(now):
+                return self._leave("pool manager gone", EXIT_PARENT_GONE)
+            timeout_s = link.deadline() - now
+            if self.parent_pid is not None and self._parent_fd is None:
+                timeout_s = min(timeout_s, PARENT_CHECK_INTERVAL_S)
+            ready = dict(poller.poll(max(0, math.ceil(timeout_s * 1000))))
+            if signals is not None and signals.fd in ready:
+                signals.drain()
+            if self._parent_fd is not None and self._parent_fd in ready:
+                return self._leave("pool manager gone", EXIT_PARENT_GONE)
+            if wake in ready:
+                try:
+                    while True:
+                        wake.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+            self._collect()
+            if link.socket in ready and self._drain_broker() is LinkEvent.FORGOTTEN:
+                self._forget()
+                continue
+            self._flush_done()
+        return self._leave("worker stopping", EXIT_OK)
+
+    def _drain_broker(self) -> LinkEvent:
+        link = self._link
+        sock = link.socket
+        handlers = self._handlers
+        for _ in range(MAX_MESSAGES_PER_TURN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            link.received(time.monotonic())
+            try:
+                message = protocol.decode(frames)
+            except ProtocolError as exc:
+                self._malformed += 1
+                level = logging.WARNING if self._malformed == 1 else logging.DEBUG
+                logger.log(level, "worker %s: dropped malformed message #%d: %s", self.name, self._malformed, exc)
+                continue
+            handler = handlers.get(message.command)
+            if handler is None:
+                if link.handle(message) is LinkEvent.FORGOTTEN:
+                    return LinkEvent.FORGOTTEN
+                continue
+            try:
+                handler(message)
+            except Exception:  # one bad message must not take the worker down
+                logger.exception("worker %s: failed to handle %s", self.name, message.name)
+        return LinkEvent.NOTHING
+
+    def _forget(self) -> None:
+        """The broker forgot this worker: drop all state and register again."""
+        logger.warning(
+            "worker %s: dropping %d values and %d tasks and registering again",
+            self.name,
+            len(self._store),
+            len(self._tasks),
+        )
+        # Tasks still running finish later with the old generation and are discarded.
+        self._generation += 1
+        for task in self._tasks.values():
+            self._executor.cancel(task)
+        self._tasks.clear()
+        self._waiting_on.clear()
+        self._fetches.clear()
+        self._store.clear()
+        self._done_entries.clear()
+        self._done_frames.clear()
+        self._link.reconnect()
+
+    def _leave(self, reason: str, code: int) -> int:
+        logger.info("worker %s: leaving (%s)", self.name, reason)
+        for task in self._tasks.values():
+            self._executor.cancel(task)
+        # Results already computed go out first: a pushed value still reaches its client.
+        self._collect()
+        self._flush_done()
+        self._link.close(goodbye=reason)
+        return code
+
+    def _teardown(self, code: int) -> None:
+        if hasattr(self, "_link"):
+            self._link.close()
+        self._context.term()  # bounded by the GOODBYE linger
+        stopped = self._executor.stop(EXECUTOR_STOP_TIMEOUT_S)
+        self._wake.close()
+        if stopped:
+            self._inproc.term()
+        else:
+            logger.info("worker %s: a task is still running at exit (code %d)", self.name, code)
+
+    def _parent_sentinel(self) -> int | None:
+        if self.parent_pid is None:
+            return None
+        parent = multiprocessing.parent_process()
+        if parent is not None and parent.pid == self.parent_pid and isinstance(parent.sentinel, int):
+            return parent.sentinel
+        return None
+
+    def _parent_gone(self, now: float) -> bool:
+        # Used only when no parent sentinel is available (the worker was not started by
+        # multiprocessing): probe the pid at a slow pace.
+        if self.parent_pid is None or self._parent_fd is not None or now < self._next_parent_check:
+            return False
+        self._next_parent_check = now + PARENT_CHECK_INTERVAL_S
+        try:
+            os.kill(self.parent_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    # --- results ---------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        store, tasks, generation = self._store, self._tasks, self._generation
+        entries, frames = self._done_entries, self._done_frames
+        for task in self._executor.drain():
+            if task.generation != generation:
+                continue
+            key = task.key
+            if tasks.get(key) is task:
+                del tasks[key]
+            if task.code == FINISHED:
+                store[key] = task.value
+            out = task.out_frames
+            entries.append([key, task.code, task.detail, len(out)])
+            if out:
+                frames.extend(out)
+
+    def _done(self, key: str, code: int, detail: Any, frames: Sequence[Any] = ()) -> None:
+        self._done_entries.append([key, code, detail, len(frames)])
+        if frames:
+            self._done_frames.extend(frames)
+
+    def _done_error(self, key: str, error: BaseException) -> None:
+        detail, frames = error_detail(error, key)
+        self._done(key, ERRED, detail, frames)
+
+    def _flush_done(self) -> None:
+        if not self._done_entries:
+            return
+        entries, frames = self._done_entries, self._done_frames
+        self._done_entries, self._done_frames = [], []
+        self._link.send(DONE, [entries], frames)
+
+    # --- handlers --------------------------------------------------------------------------
+
+    def _on_compute(self, message: Message) -> None:
+        functions, entries = message.header
+        payload = message.payload
+        for index, fn_hash in enumerate(functions):
+            self._functions.add(fn_hash, payload[index])
+        position = len(functions)
+        fetch_by_holder: dict[bytes, list[str]] = {}
+        for key, fn_hash, deps, flags, nframes in entries:
+            frames = payload[position : position + nframes]
+            position += nframes
+            if key in self._tasks:
+                logger.warning("worker %s: task %r is already here; ignoring the copy", self.name, key)
+                continue
+            fn, fn_error = self._functions.lookup(fn_hash)
+            task = Task(key, fn, frames, flags, fn_error=fn_error, generation=self._generation)
+            if deps:
+                self._admit_with_inputs(task, deps, fetch_by_holder)
+            else:
+                self._tasks[key] = task
+                self._executor.submit(task)
+        for holder, keys in fetch_by_holder.items():
+            request_id = self._next_request
+            self._next_request = request_id + 1 if request_id < 1 << 31 else 1
+            self._fetches[request_id] = keys
+            self._link.send(FETCH, [request_id, holder, keys])
+
+    def _admit_with_inputs(self, task: Task, deps: list[list[Any]], fetch_by_holder: dict[bytes, list[str]]) -> None:
+        store = self._store
+        values: dict[str, Any] = {}
+        missing: list[str] = []
+        remote: list[tuple[str, bytes]] = []
+        for dep_key, holder in deps:
+            value = store.get(dep_key, _ABSENT)
+            if value is not _ABSENT:
+                values[dep_key] = value
+            elif holder is None or holder == self.identity:
+                missing.append(dep_key)
+            else:
+                remote.append((dep_key, holder))
+        if missing:
+            self._done(task.key, MISSING_DEPS, missing)
+            return
+        task.deps = values
+        self._tasks[task.key] = task
+        if not remote:
+            self._executor.submit(task)
+            return
+        for dep_key, holder in remote:
+            if dep_key in task.pending:
+                continue
+            task.pending.add(dep_key)
+            waiters = self._waiting_on.get(dep_key)
+            if waiters is None:
+                # The first task needing this key asks for it; later ones wait for the same DATA.
+                self._waiting_on[dep_key] = [task]
+                fetch_by_holder.setdefault(holder, []).append(dep_key)
+            else:
+                waiters.append(task)
+
+    def _on_data(self, message: Message) -> None:
+        request_id, entries, _missing = message.header
+        keys = self._fetches.pop(request_id, None)
+        if keys is None:
+            logger.debug("worker %s: DATA for unknown request %d", self.name, request_id)
+            return
+        # Fetched values are handed to the tasks that asked for them and not kept in the
+        # store: the broker does not count this worker as a holder of copies, so nothing
+        # would ever DELETE them.
+        fetched: dict[str, Any] = {}
+        position = 0
+        for key, nframes in entries:
+            frames = message.payload[position : position + nframes]
+            position += nframes
+            try:
+                fetched[key] = serialize.loads(frames)
+            except Exception as exc:
+                logger.warning("worker %s: cannot load the fetched value of %r: %s", self.name, key, exc)
+        for key in keys:
+            waiters = self._waiting_on.pop(key, None)
+            if not waiters:
+                continue
+            value = fetched.get(key, _ABSENT)
+            for task in waiters:
+                if task.state != WAITING:
+                    continue  # cancelled while its inputs travelled
+                task.pending.discard(key)
+                if value is _ABSENT:
+                    task.missing.append(key)
+                else:
+                    if task.deps is None:
+                        task.deps = {}
+                    task.deps[key] = value
+                if task.pending:
+                    continue
+                if task.missing:
+                    del self._tasks[task.key]
+                    self._done(task.key, MISSING_DEPS, task.missing)
+                else:
+                    self._executor.submit(task)
+
+    def _on_store(self, message: Message) -> None:
+        position = 0
+        for key, nframes in message.header[0]:
+            frames = message.payload[position : position + nframes]
+            position += nframes
+            try:
+                value = serialize.loads(frames)
+            except Exception as exc:
+                error = SerializationError(f"cannot load the value scattered as {key!r}: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                self._done_error(key, error)
+                continue
+            self._store[key] = value
+            self._done(key, FINISHED, measure(value))
+
+    def _on_get(self, message: Message) -> None:
+        request_id, keys = message.header
+        store = self._store
+        entries: list[list[Any]] = []
+        frames: list[Any] = []
+        missing: list[str] = []
+        for key in keys:
+            value = store.get(key, _ABSENT)
+            if value is _ABSENT:
+                missing.append(key)
+                continue
+            try:
+                value_frames = serialize.dumps(value)
+            except Exception as exc:
+                del store[key]
+                type_name = serialize.type_name(value)
+                error = SerializationError(
+                    f"the value of {key!r} (a {type_name}) cannot be serialized: {exc}", type_name
+                )
+                self._done_error(key, error)
+                missing.append(key)
+                continue
+            entries.append([key, len(value_frames)])
+            frames.extend(value_frames)
+        # The ERRED notice of an unserializable value must reach the broker before the DATA
+        # listing it as missing, so the broker fails the key instead of recomputing it.
+        self._flush_done()
+        self._link.send(DATA, [request_id, entries, missing], frames)
+
+    def _on_delete(self, message: Message) -> None:
+        store = self._store
+        for key in message.header[0]:
+            store.pop(key, None)
+
+    def _on_cancel_tasks(self, message: Message) -> None:
+        for key in message.header[0]:
+            task = self._tasks.get(key)
+            # A running task cannot be interrupted: it finishes and is reported normally.
+            if task is not None and self._executor.cancel(task):
+                del self._tasks[key]
+                self._done(key, CANCELLED, "cancelled")
+
+
+def run_worker(
+    address: str,
+    *,
+    identity: bytes,
+    nthreads: int,
+    credit: int | None,
+    name: str,
+    pool: str,
+    memory_limit: int,
+    running_slots: Any,
+    death_timeout_s: float,
+    parent_pid: int | None,
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+) -> NoReturn:
+    """Process entry point: run one worker, then end the process with its exit code.
+
+    It never returns: the process exits at once when the worker stops, without waiting for
+    executor threads still running a task.  Call it as a process's target (the pool manager
+    does), never in a process that has other work to do.
+    """
+    code = EXIT_INTERNAL_ERROR
+    try:
+        worker = Worker(
+            address,
+            identity=identity,
+            nthreads=nthreads,
+            credit=credit,
+            name=name,
+            pool=pool,
+            memory_limit=memory_limit,
+            running_slots=running_slots,
+            death_timeout_s=death_timeout_s,
+            parent_pid=parent_pid,
+            heartbeat_interval_s=heartbeat_interval_s,
+            liveness_timeout_s=liveness_timeout_s,
+        )
+        code = worker.run()
+    except BaseException:
+        logger.exception("worker %s failed", name or identity)
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m zmqdask.worker``: the same as ``zmqdask-worker`` (:func:`zmqdask.pool.main`)."""
+    from zmqdask.pool import main as pool_main
+
+    return pool_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
