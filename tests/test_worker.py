@@ -1,0 +1,851 @@
+"""Worker tests: pure task execution, a real worker process and the pool manager against a scripted broker.
+
+The scripted broker is a bare ROUTER socket on 127.0.0.1 that plays the broker's side of the
+protocol message by message, so each test states exactly what the worker must send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import multiprocessing
+import operator
+import os
+import pickle
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+import zmq
+
+from zmqdask import serialize
+from zmqdask.config import DEFAULT_PREFETCH_PER_THREAD, INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH
+from zmqdask.errors import ProtocolError, SerializationError
+from zmqdask.executor import (
+    CANCELLED as TASK_CANCELLED,
+)
+from zmqdask.executor import (
+    SLOT_BYTES,
+    Executor,
+    FunctionCache,
+    Task,
+    clear_slot,
+    describe_pickled_function,
+    execute,
+    read_slots,
+    slots_nbytes,
+    slots_view,
+    write_slot,
+)
+from zmqdask.protocol import (
+    CANCEL_TASKS,
+    CANCELLED,
+    COMPUTE,
+    DATA,
+    DELETE,
+    DONE,
+    ERRED,
+    FETCH,
+    FINISHED,
+    FLAG_PUSH_RESULT,
+    GET,
+    GOODBYE,
+    HEARTBEAT,
+    HELLO,
+    MISSING_DEPS,
+    STORE,
+    UNKNOWN_PEER,
+    WELCOME,
+    WORKER_DIED,
+    Message,
+    decode,
+    encode,
+)
+from zmqdask.serialize import TaskRef
+from zmqdask.worker import EXIT_BROKER_UNREACHABLE
+
+# Functions of this module travel by value, as a client's notebook functions do: the worker
+# processes cannot import the test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+WAIT_S = 10.0
+"""Upper bound for any single expected event; tests normally see it in milliseconds."""
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S, interval: float = 0.01) -> None:
+    """Poll ``condition`` until it holds; fail when ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+# --- task functions (sent by value) -----------------------------------------------------------
+
+
+def echo(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    return args, kwargs
+
+
+def fail_with_value_error(text: str) -> None:
+    raise ValueError(text)
+
+
+def raise_system_exit() -> None:
+    raise SystemExit(7)
+
+
+def make_lock() -> Any:
+    return threading.Lock()
+
+
+def wait_for_file(path: str, started: str | None = None) -> str:
+    """Block until ``path`` exists (created by the test), announcing the start via ``started``."""
+    if started is not None:
+        Path(started).touch()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return "released"
+
+
+def touch_and_sleep(path: str, seconds: float) -> None:
+    Path(path).touch()
+    time.sleep(seconds)
+
+
+def pickled_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+    """``(hash, payload)`` the way a client ships a function defined in a notebook."""
+    payload = cloudpickle.dumps(fn, protocol=serialize.PICKLE_PROTOCOL)
+    return hashlib.blake2b(payload, digest_size=16).digest(), payload
+
+
+def task_frames(*args: Any, **kwargs: Any) -> list[Any]:
+    return serialize.dumps((args, kwargs))
+
+
+# === pure tests: task execution without sockets ==============================================
+
+
+_unpickle_count = 0
+
+
+def _rebuild_counted() -> Callable[..., Any]:
+    global _unpickle_count
+    _unpickle_count += 1
+    return operator.add
+
+
+class _CountedFunction:
+    """Unpickles into ``operator.add`` and counts how often that happens."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_counted, ())
+
+
+def test_function_cache_unpickles_each_function_once() -> None:
+    fn_hash, payload = b"h1", pickle.dumps(_CountedFunction())
+    cache = FunctionCache("w")
+    before = _unpickle_count
+    cache.add(fn_hash, payload)
+    cache.add(fn_hash, payload)
+    fn, error = cache.lookup(fn_hash)
+    assert _unpickle_count == before + 1
+    assert error is None and fn is operator.add
+    missing_fn, missing_error = cache.lookup(b"never-sent")
+    assert missing_fn is None and isinstance(missing_error, ProtocolError)
+
+
+@pytest.fixture
+def unimportable_function() -> tuple[str, bytes]:
+    """A function pickled by reference to a module that only exists in this process, briefly."""
+    module = types.ModuleType("zmqdask_vanished_module")
+
+    def vanished(x: int) -> int:
+        return x
+
+    vanished.__module__ = module.__name__
+    vanished.__qualname__ = "vanished"
+    module.vanished = vanished  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        payload = pickle.dumps(vanished, protocol=serialize.PICKLE_PROTOCOL)
+    finally:
+        del sys.modules[module.__name__]
+    return f"{module.__name__}.vanished", payload
+
+
+def test_function_that_cannot_be_loaded_fails_its_tasks_with_a_named_error(
+    unimportable_function: tuple[str, bytes],
+) -> None:
+    qualified_name, payload = unimportable_function
+    cache = FunctionCache("w")
+    cache.add(b"h", payload)
+    fn, error = cache.lookup(b"h")
+    assert fn is None and isinstance(error, SerializationError)
+    task = execute(Task("t", fn, task_frames(1), fn_error=error))
+    assert task.code == ERRED
+    type_name, message, origin = task.detail
+    assert type_name == "SerializationError" and origin == "t"
+    assert qualified_name in message and "No module named 'zmqdask_vanished_module'" in message
+    exc, _text = serialize.loads_error(task.detail, task.out_frames)
+    assert isinstance(exc, SerializationError)
+
+
+def test_describe_pickled_function() -> None:
+    by_reference = pickle.dumps(operator.add, protocol=serialize.PICKLE_PROTOCOL)
+    expected = f"{operator.add.__module__}.{operator.add.__qualname__}"
+    assert describe_pickled_function(by_reference) == expected
+    by_value = cloudpickle.dumps(lambda x: x, protocol=serialize.PICKLE_PROTOCOL)
+    assert describe_pickled_function(by_value) == "a function sent by value"
+    assert describe_pickled_function(b"\x80\x05garbage") == "a function sent by value"
+
+
+def test_execute_substitutes_references_with_input_values() -> None:
+    frames = task_frames(TaskRef("x"), [TaskRef("y"), 3], k={"z": TaskRef("x")})
+    task = execute(Task("t", echo, frames, deps={"x": "X", "y": "Y"}))
+    assert task.code == FINISHED
+    assert task.value == (("X", ["Y", 3]), {"k": {"z": "X"}})
+
+
+def test_execute_reports_value_type_and_size_without_frames_unless_pushed() -> None:
+    value = list(range(10))
+    kept = execute(Task("t", list, task_frames(range(10))))
+    assert kept.code == FINISHED and kept.value == value and kept.out_frames == []
+    assert kept.detail == [type(value).__name__, serialize.sizeof(value)]
+    pushed = execute(Task("t", list, task_frames(range(10)), FLAG_PUSH_RESULT))
+    assert serialize.loads(pushed.out_frames) == value
+
+
+def test_execute_does_not_inline_large_results() -> None:
+    task = execute(Task("big", bytes, task_frames(INLINE_RESULT_MAX_BYTES + 1), FLAG_PUSH_RESULT))
+    assert task.code == FINISHED and task.out_frames == []
+    assert len(task.value) == INLINE_RESULT_MAX_BYTES + 1
+
+
+def test_execute_captures_exceptions_with_remote_traceback() -> None:
+    task = execute(Task("bad", fail_with_value_error, task_frames("boom")))
+    assert task.code == ERRED
+    assert task.detail == ["ValueError", "boom", "bad"]
+    exc, text = serialize.loads_error(task.detail, task.out_frames)
+    assert isinstance(exc, ValueError) and str(exc) == "boom"
+    assert "fail_with_value_error" in text
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt, GeneratorExit])
+def test_execute_reports_base_exceptions_as_task_errors(exc_type: type[BaseException]) -> None:
+    def raiser() -> None:
+        raise exc_type("stop")
+
+    task = execute(Task("t", raiser, task_frames()))
+    assert task.code == ERRED and task.detail[0] == exc_type.__name__
+
+
+def test_unserializable_result_fails_only_when_it_must_be_sent() -> None:
+    pushed = execute(Task("locked", make_lock, task_frames(), FLAG_PUSH_RESULT))
+    assert pushed.code == ERRED
+    type_name, message, _ = pushed.detail
+    lock_type = type(threading.Lock()).__name__
+    assert type_name == "SerializationError"
+    assert "'locked'" in message and lock_type in message
+    kept = execute(Task("locked", make_lock, task_frames()))
+    assert kept.code == FINISHED and kept.detail[0] == lock_type
+
+
+def test_arguments_that_cannot_be_loaded_fail_the_task() -> None:
+    task = execute(Task("t", echo, [b"not a pickle"]))
+    assert task.code == ERRED
+    assert task.detail[0] == "SerializationError" and "arguments of task 't'" in task.detail[1]
+
+
+def test_running_slots_round_trip() -> None:
+    buffer = multiprocessing.RawArray(ctypes.c_uint8, slots_nbytes(3))
+    slots = slots_view(buffer)
+    assert len(slots) == 3 * SLOT_BYTES
+    longest = "\U0001f600" * MAX_KEY_LENGTH  # four UTF-8 bytes per character
+    write_slot(slots, 0, b"first")
+    write_slot(slots, 2, longest.encode())
+    assert read_slots(slots) == ["first", longest]
+    clear_slot(slots, 0)
+    assert read_slots(slots) == [longest]
+    slots[SLOT_BYTES : SLOT_BYTES + 2] = b"\xff\xff"  # a damaged length is ignored
+    assert read_slots(slots) == [longest]
+
+
+def test_executor_runs_tasks_and_cancels_only_unstarted_ones() -> None:
+    context = zmq.Context()
+    wake = context.socket(zmq.PULL)
+    wake.bind("inproc://test-executor")
+    release = threading.Event()
+    slots = slots_view(bytearray(slots_nbytes(1)))
+    executor = Executor(context, "inproc://test-executor", 1, slots)
+    try:
+        blocker = Task("blocker", lambda: release.wait(WAIT_S), [])
+        queued = Task("queued", echo, task_frames(1))
+        executor.submit(blocker)
+        executor.submit(queued)
+        wait_until(lambda: read_slots(slots) == ["blocker"])
+        assert not executor.cancel(blocker)
+        assert executor.cancel(queued) and queued.state == TASK_CANCELLED
+        release.set()
+        assert wake.poll(int(WAIT_S * 1000))
+        finished: list[Task] = []
+        wait_until(lambda: bool(finished.extend(executor.drain()) or finished))
+        assert [t.key for t in finished] == ["blocker"] and finished[0].value is True
+        wait_until(lambda: read_slots(slots) == [])
+    finally:
+        release.set()
+        assert executor.stop(WAIT_S)
+        wake.close(linger=0)
+        context.term()
+
+
+# === a real worker process against a scripted broker =========================================
+
+
+class ScriptedBroker:
+    """A bare ROUTER socket playing the broker's part of the protocol."""
+
+    def __init__(self) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.linger = 0
+        port = self.socket.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.backlog: list[tuple[bytes, Message]] = []
+        self.log: list[tuple[bytes, Message]] = []
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+    def send(self, identity: bytes, command: int, header: list[Any], payload: list[Any] | tuple[()] = ()) -> None:
+        self.socket.send_multipart([identity, *encode(command, header, payload)])
+
+    def recv(self, timeout: float = WAIT_S) -> tuple[bytes, Message]:
+        if not self.socket.poll(int(timeout * 1000)):
+            raise AssertionError(f"nothing received within {timeout} s")
+        identity, *frames = self.socket.recv_multipart()
+        message = decode(frames)
+        self.log.append((identity, message))
+        return identity, message
+
+    def expect(
+        self,
+        command: int,
+        sender: bytes | None = None,
+        timeout: float = WAIT_S,
+        ignore: frozenset[int] = frozenset({HEARTBEAT}),
+    ) -> tuple[bytes, Message]:
+        """The next message with ``command`` (from ``sender``); others wait in the backlog."""
+        for index, (identity, message) in enumerate(self.backlog):
+            if message.command == command and sender in (None, identity):
+                del self.backlog[index]
+                return identity, message
+        deadline = time.monotonic() + timeout
+        while True:
+            identity, message = self.recv(max(0.0, deadline - time.monotonic()))
+            if message.command == command and sender in (None, identity):
+                return identity, message
+            if message.command not in ignore:
+                self.backlog.append((identity, message))
+
+    def done(self, keys: set[str], sender: bytes | None = None) -> dict[str, tuple[int, Any, list[bytes]]]:
+        """Collect DONE entries until every key in ``keys`` was reported."""
+        results: dict[str, tuple[int, Any, list[bytes]]] = {}
+        while not keys <= results.keys():
+            _, message = self.expect(DONE, sender)
+            position = 0
+            for key, code, detail, nframes in message.header[0]:
+                results[key] = (code, detail, message.payload[position : position + nframes])
+                position += nframes
+        return results
+
+
+@pytest.fixture
+def broker() -> Iterator[ScriptedBroker]:
+    scripted = ScriptedBroker()
+    try:
+        yield scripted
+    finally:
+        scripted.close()
+
+
+_WORKER_SCRIPT = (
+    "import json, sys\n"
+    "from zmqdask.worker import run_worker\n"
+    "options = json.loads(sys.argv[1])\n"
+    "options['identity'] = options['identity'].encode()\n"
+    "run_worker(**options)\n"
+)
+
+
+class WorkerProcesses:
+    """Starts worker processes running ``run_worker`` and kills any left at the end."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, address: str, identity: str = "worker-1", **options: Any) -> subprocess.Popen[bytes]:
+        settings: dict[str, Any] = {
+            "address": address,
+            "identity": identity,
+            "nthreads": 1,
+            "credit": None,
+            "name": "",
+            "pool": "",
+            "memory_limit": 0,
+            "running_slots": None,
+            "death_timeout_s": 30.0,
+            "parent_pid": None,
+            "heartbeat_interval_s": 0.05,
+        }
+        settings.update(options)
+        process = subprocess.Popen([sys.executable, "-c", _WORKER_SCRIPT, json.dumps(settings)])
+        self.processes.append(process)
+        return process
+
+    def kill_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(WAIT_S)
+
+
+@pytest.fixture
+def workers() -> Iterator[WorkerProcesses]:
+    started = WorkerProcesses()
+    try:
+        yield started
+    finally:
+        started.kill_all()
+
+
+EPOCH = "epoch-1"
+
+
+def register(broker: ScriptedBroker, workers: WorkerProcesses, **options: Any) -> bytes:
+    """Start a worker, welcome it, and return its identity once it is known to be registered."""
+    workers.start(broker.address, **options)
+    identity, _ = broker.expect(HELLO)
+    broker.send(identity, WELCOME, [EPOCH, {}])
+    # A heartbeat proves the WELCOME arrived; HELLOs repeated before that are stale.
+    broker.expect(HEARTBEAT, identity, ignore=frozenset({HELLO}))
+    broker.backlog.clear()
+    return identity
+
+
+def compute(
+    broker: ScriptedBroker,
+    identity: bytes,
+    tasks: list[tuple[str, Callable[..., Any], tuple[Any, ...], list[list[Any]], int]],
+    kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Send one COMPUTE: ``tasks`` are ``(key, function, args, deps, flags)``."""
+    hashes: dict[bytes, bytes] = {}
+    entries: list[list[Any]] = []
+    frames: list[Any] = []
+    for key, fn, args, deps, flags in tasks:
+        fn_hash, payload = pickled_function(fn)
+        hashes[fn_hash] = payload
+        args_frames = task_frames(*args, **(kwargs or {}))
+        entries.append([key, fn_hash, deps, flags, len(args_frames)])
+        frames.extend(args_frames)
+    broker.send(identity, COMPUTE, [list(hashes), entries], [*hashes.values(), *frames])
+
+
+def get(
+    broker: ScriptedBroker, identity: bytes, keys: list[str], request_id: int = 1
+) -> tuple[dict[str, Any], list[str]]:
+    """Ask for values with GET; returns ``(values, missing)`` from the DATA answer."""
+    broker.send(identity, GET, [request_id, keys])
+    _, message = broker.expect(DATA, identity)
+    assert message.header[0] == request_id
+    values: dict[str, Any] = {}
+    position = 0
+    for key, nframes in message.header[1]:
+        values[key] = serialize.loads(message.payload[position : position + nframes])
+        position += nframes
+    return values, message.header[2]
+
+
+def test_worker_registers_with_its_details_and_repeats_hello_until_welcomed(
+    broker: ScriptedBroker, workers: WorkerProcesses
+) -> None:
+    process = workers.start(broker.address, identity="w-hello", nthreads=2, name="alpha", pool="p1", memory_limit=123)
+    identity, hello = broker.expect(HELLO)
+    role, info = hello.header
+    assert identity == b"w-hello" and role == "worker"
+    assert info["pid"] == process.pid and info["host"] == socket.gethostname()
+    assert info["nthreads"] == 2 and info["credit"] == 2 + 2 * DEFAULT_PREFETCH_PER_THREAD
+    assert (info["name"], info["pool"], info["memory_limit"]) == ("alpha", "p1", 123)
+    broker.expect(HELLO, identity)  # not welcomed yet: it asks again
+    broker.send(identity, WELCOME, [EPOCH, {}])
+    _, heartbeat = broker.expect(HEARTBEAT, identity, ignore=frozenset({HELLO}))
+    assert heartbeat.header == [EPOCH]
+
+
+def test_results_are_pushed_when_asked_for_and_kept_for_get(broker: ScriptedBroker, workers: WorkerProcesses) -> None:
+    identity = register(broker, workers)
+    compute(
+        broker,
+        identity,
+        [("pushed", operator.add, (1, 2), [], FLAG_PUSH_RESULT), ("kept", operator.mul, (3, 4), [], 0)],
+    )
+    results = broker.done({"pushed", "kept"})
+    code, detail, frames = results["pushed"]
+    assert code == FINISHED and serialize.loads(frames) == 3 and detail == ["int", serialize.sizeof(3)]
+    assert results["kept"] == (FINISHED, ["int", serialize.sizeof(12)], [])
+    values, missing = get(broker, identity, ["kept", "pushed", "unknown"])
+    assert values == {"kept": 12, "pushed": 3} and missing == ["unknown"]
+
+
+def test_many_tiny_tasks_come_back_in_batches(broker: ScriptedBroker, workers: WorkerProcesses) -> None:
+    identity = register(broker, workers)
+    count = 1000
+    compute(broker, identity, [(f"t{i}", operator.add, (i, 1), [], 0) for i in range(count)])
+    done_messages_before = sum(1 for _, m in broker.log if m.command == DONE)
+    results = broker.done({f"t{i}" for i in range(count)})
+    done_messages = sum(1 for _, m in broker.log if m.command == DONE) - done_messages_before
+    assert all(code == FINISHED for code, _, _ in results.values())
+    assert done_messages < count
+    values, _ = get(broker, identity, ["t0", f"t{count - 1}"])
+    assert values == {"t0": 1, f"t{count - 1}": count}
+
+
+def test_inputs_are_taken_locally_or_fetched_once_per_holder(broker: ScriptedBroker, workers: WorkerProcesses) -> None:
+    identity = register(broker, workers)
+    broker.send(identity, STORE, [[["local", 1]]], serialize.dumps(10))
+    assert broker.done({"local"})["local"][0] == FINISHED
+    compute(
+        broker,
+        identity,
+        [
+            (
+                "sum",
+                sum_refs,
+                ([TaskRef("local"), TaskRef("far"), TaskRef("other")],),
+                [["local", None], ["far", b"w-far"], ["other", b"w-other"]],
+                FLAG_PUSH_RESULT,
+            ),
+            ("again", sum_refs, ([TaskRef("far")],), [["far", b"w-far"]], FLAG_PUSH_RESULT),
+        ],
+    )
+    fetches = {}
+    for _ in range(2):
+        _, fetch = broker.expect(FETCH, identity)
+        request_id, holder, keys = fetch.header
+        fetches[holder] = (request_id, keys)
+    assert {holder: keys for holder, (_, keys) in fetches.items()} == {b"w-far": ["far"], b"w-other": ["other"]}
+    for holder, value in ((b"w-far", 100), (b"w-other", 1000)):
+        request_id, keys = fetches[holder]
+        frames = serialize.dumps(value)
+        broker.send(identity, DATA, [request_id, [[keys[0], len(frames)]], []], frames)
+    results = broker.done({"sum", "again"})
+    assert serialize.loads(results["sum"][2]) == 1110
+    assert serialize.loads(results["again"][2]) == 100
+
+
+def sum_refs(values: list[int]) -> int:
+    return sum(values)
+
+
+def test_missing_inputs_are_reported(broker: ScriptedBroker, workers: WorkerProcesses) -> None:
+    identity = register(broker, workers)
+    compute(
+        broker,
+        identity,
+        [
+            ("needs-local", sum_refs, ([TaskRef("absent")],), [["absent", None]], 0),
+            ("needs-far", sum_refs, ([TaskRef("gone")],), [["gone", b"w-far"]], 0),
+        ],
+    )
+    _, fetch = broker.expect(FETCH, identity)
+    broker.send(identity, DATA, [fetch.header[0], [], ["gone"]])
+    results = broker.done({"needs-local", "needs-far"})
+    assert results["needs-local"] == (MISSING_DEPS, ["absent"], [])
+    assert results["needs-far"] == (MISSING_DEPS, ["gone"], [])
+
+
+def test_task_errors_are_reported_and_the_worker_goes_on(broker: ScriptedBroker, workers: WorkerProcesses) -> None:
+    identity = register(broker, workers)
+    compute(
+        broker, identity, [("bad", fail_with_value_error, ("boom",), [], 0), ("exit", raise_system_exit, (), [], 0)]
+    )
+    results = broker.done({"bad", "exit"})
+    code, detail, frames = results["bad"]
+    assert code == ERRED and detail == ["ValueError", "boom", "bad"]
+    exc, text = serialize.loads_error(detail, frames)
+    assert isinstance(exc, ValueError) and "fail_with_value_error" in text
+    assert results["exit"][0] == ERRED and results["exit"][1][0] == "SystemExit"
+    compute(broker, identity, [("after", operator.add, (1, 1), [], FLAG_PUSH_RESULT)])
+    assert serialize.loads(broker.done({"after"})["after"][2]) == 2
+
+
+def test_function_the_worker_cannot_import(
+    broker: ScriptedBroker, workers: WorkerProcesses, unimportable_function: tuple[str, bytes]
+) -> None:
+    qualified_name, payload = unimportable_function
+    identity = register(broker, workers)
+    fn_hash = hashlib.blake2b(payload, digest_size=16).digest()
+    frames = task_frames(1)
+    entries = [["t1", fn_hash, [], 0, 1], ["t2", fn_hash, [], 0, 1]]
+    broker.send(identity, COMPUTE, [[fn_hash], entries], [payload, *frames, *frames])
+    results = broker.done({"t1", "t2"})
+    for key in ("t1", "t2"):
+        code, (type_name, message, origin), _ = results[key]
+        assert code == ERRED and type_name == "SerializationError" and origin == key
+        assert qualified_name in message and "No module named" in message
+
+
+def test_unserializable_values(broker: ScriptedBroker, workers: WorkerProcesses) -> None:
+    identity = register(broker, workers)
+    compute(
+        broker, identity, [("pushed-lock", make_lock, (), [], FLAG_PUSH_RESULT), ("kept-lock", make_lock, (), [], 0)]
+    )
+    results = broker.done({"pushed-lock", "kept-lock"})
+    assert results["pushed-lock"][0] == ERRED and "pushed-lock" in results["pushed-lock"][1][1]
+    assert results["kept-lock"][0] == FINISHED
+    # GET of a value that cannot be pickled: the ERRED notice comes first, then DATA without it.
+    broker.send(identity, GET, [5, ["kept-lock"]])
+    _, first = broker.recv()
+    while first.command == HEARTBEAT:
+        _, first = broker.recv()
+    assert first.command == DONE and first.header[0][0][:2] == ["kept-lock", ERRED]
+    _, data = broker.expect(DATA, identity)
+    assert data.header == [5, [], ["kept-lock"]]
+
+
+def test_store_get_and_delete(broker: ScriptedBroker, workers: WorkerProcesses) -> None:
+    identity = register(broker, workers)
+    value = {"a": [1, 2, 3]}
+    broker.send(identity, STORE, [[["scattered", 1], ["broken", 1]]], [*serialize.dumps(value), b"not a pickle"])
+    results = broker.done({"scattered", "broken"})
+    assert results["scattered"] == (FINISHED, ["dict", serialize.sizeof(value)], [])
+    assert results["broken"][0] == ERRED and results["broken"][1][0] == "SerializationError"
+    assert get(broker, identity, ["scattered"]) == ({"scattered": value}, [])
+    broker.send(identity, DELETE, [["scattered"]])
+    assert get(broker, identity, ["scattered"], request_id=2) == ({}, ["scattered"])
+
+
+def test_cancel_drops_tasks_that_have_not_started(
+    broker: ScriptedBroker, workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    identity = register(broker, workers)
+    release, started = tmp_path / "release", tmp_path / "started"
+    compute(
+        broker,
+        identity,
+        [
+            ("running", wait_for_file, (str(release), str(started)), [], 0),
+            ("queued", operator.add, (1, 2), [], 0),
+            ("fetching", sum_refs, ([TaskRef("far")],), [["far", b"w-far"]], 0),
+        ],
+    )
+    broker.expect(FETCH, identity)
+    wait_until(started.exists)
+    broker.send(identity, CANCEL_TASKS, [["running", "queued", "fetching"]])
+    assert broker.done({"queued", "fetching"}) == {
+        "queued": (CANCELLED, "cancelled", []),
+        "fetching": (CANCELLED, "cancelled", []),
+    }
+    release.touch()
+    results = broker.done({"running"})
+    assert results["running"][0] == FINISHED and set(results) == {"running"}
+    reported = [entry[0] for _, m in broker.log if m.command == DONE for entry in m.header[0]]
+    assert sorted(reported) == ["fetching", "queued", "running"]
+
+
+def test_a_forgetful_broker_gets_a_fresh_worker(
+    broker: ScriptedBroker, workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    identity = register(broker, workers)
+    broker.send(identity, STORE, [[["kept", 1]]], serialize.dumps(1))
+    broker.done({"kept"})
+    release, started = tmp_path / "release", tmp_path / "started"
+    compute(broker, identity, [("old-task", wait_for_file, (str(release), str(started)), [], 0)])
+    wait_until(started.exists)
+    broker.send(identity, UNKNOWN_PEER, [EPOCH])
+    broker.expect(HELLO, identity)
+    broker.send(identity, WELCOME, ["epoch-2", {}])
+    assert get(broker, identity, ["kept"]) == ({}, ["kept"])
+    release.touch()
+    compute(broker, identity, [("new-task", operator.add, (1, 1), [], 0)])
+    assert set(broker.done({"new-task"})) == {"new-task"}
+    # The old generation's result is dropped: only new-task was ever reported after the reset.
+    reported = [entry[0] for _, m in broker.log if m.command == DONE for entry in m.header[0]]
+    assert reported == ["kept", "new-task"]
+
+
+def test_a_new_epoch_in_welcome_means_the_broker_restarted(broker: ScriptedBroker, workers: WorkerProcesses) -> None:
+    identity = register(broker, workers)
+    broker.send(identity, STORE, [[["kept", 1]]], serialize.dumps(1))
+    broker.done({"kept"})
+    broker.send(identity, WELCOME, ["epoch-2", {}])
+    broker.expect(HELLO, identity)
+    broker.send(identity, WELCOME, ["epoch-2", {}])
+    assert get(broker, identity, ["kept"]) == ({}, ["kept"])
+
+
+def test_a_silent_broker_is_given_up_after_the_liveness_timeout(
+    broker: ScriptedBroker, workers: WorkerProcesses
+) -> None:
+    workers.start(broker.address, heartbeat_interval_s=0.1, liveness_timeout_s=0.5)
+    identity, _ = broker.expect(HELLO)
+    welcomed = time.monotonic()
+    broker.send(identity, WELCOME, [EPOCH, {}])
+    broker.expect(HEARTBEAT, identity, ignore=frozenset({HELLO}))
+    broker.backlog.clear()
+    broker.expect(HELLO, identity)
+    assert time.monotonic() - welcomed >= 0.5
+
+
+def test_worker_exits_when_no_broker_answers(workers: WorkerProcesses) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = workers.start(f"tcp://127.0.0.1:{port}", death_timeout_s=0.5)
+    assert process.wait(WAIT_S) == EXIT_BROKER_UNREACHABLE
+
+
+def test_sigterm_says_goodbye_and_exits_promptly_even_with_a_task_running(
+    broker: ScriptedBroker, workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    identity = register(broker, workers)
+    started = tmp_path / "started"
+    compute(broker, identity, [("forever", wait_for_file, (str(tmp_path / "never"), str(started)), [], 0)])
+    wait_until(started.exists)
+    process = workers.processes[-1]
+    stop_time = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    broker.expect(GOODBYE, identity)
+    assert process.wait(WAIT_S) == 0
+    assert time.monotonic() - stop_time < 3.0
+
+
+def test_malformed_messages_are_dropped(broker: ScriptedBroker, workers: WorkerProcesses) -> None:
+    identity = register(broker, workers)
+    broker.socket.send_multipart([identity, b"\x01\x16", b"\xc1"])  # GET with an invalid header
+    broker.socket.send_multipart([identity, b"junk"])
+    broker.send(identity, STORE, [[["x", 1]]], serialize.dumps(1))
+    assert broker.done({"x"})["x"][0] == FINISHED
+
+
+# === the pool manager =========================================================================
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _read_line(process: subprocess.Popen[bytes], timeout: float = WAIT_S) -> str:
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError(f"no output within {timeout} s")
+    return process.stdout.readline().decode()
+
+
+@contextlib.contextmanager
+def pool_process(address: str, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "zmqdask.pool", address, *extra, "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=WAIT_S)
+
+
+def _welcome_pool(broker: ScriptedBroker, nworkers: int) -> tuple[bytes, dict[bytes, dict[str, Any]]]:
+    """Answer the pool's and its workers' HELLOs; returns the pool identity and worker infos."""
+    pool_identity = b""
+    workers: dict[bytes, dict[str, Any]] = {}
+    while len(workers) < nworkers or not pool_identity:
+        identity, hello = broker.expect(HELLO)
+        role, info = hello.header
+        if role == "pool":
+            pool_identity = identity
+            assert info["nworkers"] == nworkers and info["host"] == socket.gethostname()
+        else:
+            assert role == "worker"
+            workers[identity] = info
+        broker.send(identity, WELCOME, [EPOCH, {}])
+    return pool_identity, workers
+
+
+def test_pool_reports_and_replaces_a_dead_worker_and_stops_on_sigterm(broker: ScriptedBroker, tmp_path: Path) -> None:
+    with pool_process(broker.address, "--nworkers", "2") as pool:
+        assert _read_line(pool) == f"zmqdask-worker started 2 workers for {broker.address}\n"
+        pool_identity, infos = _welcome_pool(broker, 2)
+        pool_id = infos[next(iter(infos))]["pool"]
+        assert pool_identity == f"{pool_id}-pool".encode()
+        assert set(infos) == {f"{pool_id}-w0-g0".encode(), f"{pool_id}-w1-g0".encode()}
+        victim = f"{pool_id}-w1-g0".encode()
+        started = tmp_path / "started"
+        compute(broker, victim, [("sleepy", touch_and_sleep, (str(started), 60.0), [], 0)])
+        wait_until(started.exists)
+        os.kill(infos[victim]["pid"], signal.SIGKILL)
+        _, died = broker.expect(WORKER_DIED, pool_identity, ignore=frozenset({HEARTBEAT, GOODBYE}))
+        assert died.header == [victim, ["sleepy"], -signal.SIGKILL]
+        replacement, hello = broker.expect(HELLO)
+        assert replacement == f"{pool_id}-w1-g1".encode()
+        broker.send(replacement, WELCOME, [EPOCH, {}])
+        children = [infos[f"{pool_id}-w0-g0".encode()]["pid"], hello.header[1]["pid"]]
+        assert all(_alive(pid) for pid in children)
+        stop_time = time.monotonic()
+        pool.send_signal(signal.SIGTERM)
+        assert pool.wait(WAIT_S) == 0
+        assert time.monotonic() - stop_time < 5.0
+        wait_until(lambda: not any(_alive(pid) for pid in children), timeout=5.0)
+        broker.expect(GOODBYE, pool_identity)
+
+
+def test_workers_exit_when_the_pool_is_killed(broker: ScriptedBroker) -> None:
+    with pool_process(broker.address, "--nworkers", "2") as pool:
+        _, infos = _welcome_pool(broker, 2)
+        children = [info["pid"] for info in infos.values()]
+        pool.kill()
+        pool.wait(WAIT_S)
+        wait_until(lambda: not any(_alive(pid) for pid in children), timeout=5.0)
+
+
+def test_pool_gives_up_when_no_broker_answers() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    with pool_process(address, "--nworkers", "1", "--death-timeout", "1") as pool:
+        _read_line(pool)
+        assert pool.wait(WAIT_S) == EXIT_BROKER_UNREACHABLE
+        assert pool.stderr is not None
+        assert "no broker answered" in pool.stderr.read().decode()
