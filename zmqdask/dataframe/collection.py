@@ -993,6 +993,11 @@ class Index(Series):
     def _footer(self) -> str:
         return f"Name: {self._meta.name}, dtype: {self._meta.dtype}"
 
+    def _binop(self, op: str, other: Any, reflected: bool = False) -> Any:
+        # pandas gives numpy arrays for Index comparisons; a Series of the labels (indexed by
+        # themselves) gives the same values and can filter the frame it came from.
+        return self.to_series()._binop(op, other, reflected)
+
     def _method(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return new_collection(ops.MapMethod(self._expr, name, args, kwargs))
 
@@ -1146,6 +1151,9 @@ def map_partitions(
             ) from exc
     else:
         meta = plan.meta_from(meta)
+    if ops.is_scalar_meta(meta):
+        # One value per partition: gathered as a Series indexed by partition number.
+        return new_collection(ops.MapPartitionsScalar(frame, func, rest, kw, pd.Series([meta]).iloc[:0]))
     keeps_index = isinstance(meta, (pd.DataFrame, pd.Series)) and isinstance(frame._meta, (pd.DataFrame, pd.Series))
     expr = MapPartitions(frame, func, rest, kw, meta, keeps_index and not clear_divisions)
     return new_collection(expr)

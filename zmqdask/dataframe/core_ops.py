@@ -241,6 +241,37 @@ class Assign(Blockwise):
         return Projection(self.frame, columns)
 
 
+def scalar_partition(part: Any, i: int, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``func(part, *args, **kwargs)`` as a one-element Series labelled with the partition number."""
+    return pd.Series([func(part, *args, **kwargs)], index=[i])
+
+
+@node
+class MapPartitionsScalar(Blockwise):
+    """A function returning one value per partition; the values form a Series."""
+
+    frame: Expr
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    meta: Any
+
+    def _prefix(self) -> str:
+        return getattr(self.func, "__name__", "map-partitions").lower().strip("<>")
+
+    def _task(self, i: int) -> TaskSpec:
+        refs = (self._part(self.frame, i), i, self.func, self._part(self.args, i), self._part(self.kwargs, i))
+        return (scalar_partition, refs, {})
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return (*range(self.npartitions), self.npartitions - 1)
+
+
 # ---------------------------------------------------------------------------------------
 # Row selections: keep columns, drop rows (projections move below them)
 # ---------------------------------------------------------------------------------------
@@ -253,7 +284,7 @@ def head_part(part: Any, n: int) -> Any:
 
 def tail_part(part: Any, n: int) -> Any:
     """The last ``n`` rows."""
-    return part.iloc[len(part) - n :] if n else part.iloc[:0]
+    return part.iloc[max(len(part) - n, 0) :] if n > 0 else part.iloc[:0]
 
 
 def loc_part(part: Any, lower: Any, upper: Any) -> Any:

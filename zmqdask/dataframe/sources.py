@@ -60,7 +60,7 @@ class FromPandas(Source):
     """A pandas DataFrame or Series cut into row ranges; ``columns`` projects a DataFrame."""
 
     data: Any
-    data_token: str
+    data_token: Any
     bounds: tuple[int, ...]
     division_values: tuple[Any, ...]
     columns_selected: tuple[Any, ...] | None = None
@@ -70,8 +70,14 @@ class FromPandas(Source):
 
     @cached_property
     def _token(self) -> str:
-        # ``data_token`` stands for the data, which is hashed once, not at every rewrite.
-        return tokenize("from-pandas", self.data_token, self.bounds, self.division_values, self.columns_selected)
+        # ``data_token`` stands for the data, which is hashed once, not at every rewrite.  For a
+        # DataFrame it holds one digest per column, so a projection's token depends only on the
+        # columns it reads.
+        content = self.data_token
+        if isinstance(content, dict):
+            wanted = content["columns"] if self.columns_selected is None else self.columns_selected
+            content = (content["frame"], [content["per_column"][c] for c in wanted])
+        return tokenize("from-pandas", content, self.bounds, self.division_values, self.columns_selected)
 
     @cached_property
     def _meta(self) -> Any:
@@ -190,13 +196,22 @@ def from_pandas_expr(
     if npartitions < 1:
         raise ValueError("npartitions must be at least 1")
     if sort and not data.index.is_monotonic_increasing:
-        data = data.sort_index()
+        data = data.sort_index(kind="stable")
     if sort and n > 0:
         bounds, divisions = sorted_split(data, npartitions)
     else:
         bounds = even_split(n, min(npartitions, max(n, 1)))
         divisions = unknown_divisions(len(bounds) - 1)
-    return FromPandas(data, tokenize(data), bounds, divisions)
+    return FromPandas(data, data_token(data), bounds, divisions)
+
+
+def data_token(data: pd.DataFrame | pd.Series) -> Any:
+    """A content digest of a Series, or of each column of a DataFrame plus its index."""
+    if not isinstance(data, pd.DataFrame) or not data.columns.is_unique:
+        return tokenize(data)
+    frame = tokenize(data.index, type(data.columns).__name__)
+    per_column = {c: tokenize(data[c].reset_index(drop=True)) for c in data.columns}
+    return {"frame": frame, "columns": tuple(data.columns), "per_column": per_column}
 
 
 def make_partitions_source(parts: list[Any], meta: Any, divisions: tuple[Any, ...], name: str) -> FromPartitions:
