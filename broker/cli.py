@@ -1,0 +1,86 @@
+"""Command line entry point of the broker daemon: ``zmqdask-broker`` and ``python -m broker``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from broker.server import BrokerServer
+from zmqdask.config import DEFAULT_PORT
+from zmqdask.errors import CommunicationError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+"""Stopped by SIGTERM/SIGINT after saying goodbye to every peer."""
+EXIT_USAGE = 2
+"""Invalid command line (argparse's convention)."""
+EXIT_BIND_FAILED = 3
+"""The address could not be bound (for example the port is in use)."""
+
+LISTENING_LINE = "zmqdask-broker listening on {address}"
+"""The one line printed to stdout once the socket is bound; other processes parse it."""
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``zmqdask-broker``."""
+    parser = argparse.ArgumentParser(
+        prog="zmqdask-broker",
+        description=(
+            "Run the zmqdask broker: clients, workers and worker pools all connect to this one "
+            "address. Once listening it prints one line, 'zmqdask-broker listening on tcp://HOST:PORT', "
+            "to stdout. With --host 0.0.0.0 HOST is this machine's host name (127.0.0.1 if the name "
+            "does not resolve); with --port 0 PORT is the port actually chosen."
+        ),
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="interface to bind (default: %(default)s, all of them)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="TCP port; 0 picks a free one (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging threshold for stderr (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the broker until SIGTERM or SIGINT; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be between 0 and 65535, not {args.port}")
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    server = BrokerServer(args.host, args.port)
+    try:
+        address = server.bind()
+    except CommunicationError as exc:
+        print(f"zmqdask-broker: error: {exc}", file=sys.stderr, flush=True)
+        server.close()
+        return EXIT_BIND_FAILED
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    print(LISTENING_LINE.format(address=address), flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return EXIT_OK

@@ -1,0 +1,327 @@
+"""The broker's socket loop: one ZeroMQ ROUTER socket feeding the sans-I/O :class:`BrokerState`."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import zmq
+
+from broker.outbox import Outgoing
+from broker.state import BrokerState
+from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, MAX_MESSAGE_BYTES, ZERO_COPY_THRESHOLD_BYTES
+from zmqdask.errors import CommunicationError
+from zmqdask.protocol import frame_nbytes
+
+logger = logging.getLogger(__name__)
+
+TICK_INTERVAL_S = 0.1
+"""How often the state machine's tick (heartbeats, liveness) runs."""
+
+MAX_MESSAGES_PER_ROUND = 2000
+"""Messages drained per poll round before pending sends and ticks get their turn."""
+
+LINGER_MS = 500
+"""How long closing the socket may wait for queued messages (the shutdown GOODBYEs)."""
+
+SHUTDOWN_REASON = "broker shutting down"
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "::", ""})
+"""Bind addresses meaning "every interface"."""
+
+
+def advertised_host(host: str) -> str:
+    """The host name peers should connect to when the broker binds ``host``.
+
+    For a wildcard bind this is the machine's host name when it resolves (so that other hosts
+    can use the printed address), else 127.0.0.1; any other host is returned unchanged.
+    """
+    if host not in WILDCARD_HOSTS:
+        return host
+    name = socket.gethostname()
+    try:
+        socket.gethostbyname(name)
+    except OSError:
+        return "127.0.0.1"
+    return name
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the broker reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BrokerServer:
+    """Runs a :class:`BrokerState` behind one ROUTER socket bound to ``tcp://host:port``.
+
+    Usage: ``server.bind()`` (returns the address to advertise; port 0 picks a free port),
+    then ``server.serve_forever()`` in the calling thread or ``server.start_thread()``;
+    ``server.stop()`` from any thread (or a signal handler) makes the loop say GOODBYE to
+    every peer, close the socket and return within about :data:`TICK_INTERVAL_S`.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.address = ""
+        """``tcp://host:port`` to give to clients and workers (set by :meth:`bind`)."""
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._liveness_timeout_s = liveness_timeout_s
+        self._max_message_bytes = max_message_bytes
+        self._own_context = context is None
+        self._context: zmq.Context[Any] = context if context is not None else zmq.Context()
+        self._socket: zmq.Socket[Any] | None = None
+        self.state: BrokerState | None = None
+        self._stop = threading.Event()
+        self._backlog: dict[bytes, deque[list[Any]]] = {}
+        self._pending: deque[tuple[bytes, list[Any]]] = deque()
+        self._emitting = False
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def bind(self) -> str:
+        """Create and bind the socket; raises :class:`CommunicationError` if binding fails."""
+        if self._socket is not None:
+            return self.address
+        sock = self._context.socket(zmq.ROUTER)
+        # Refuse to drop: an unroutable identity raises EHOSTUNREACH instead of vanishing, and
+        # with no high-water marks flow control is left to the workers' credit.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, LINGER_MS)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        host = self.host
+        zmq_host = "*" if host in WILDCARD_HOSTS else host
+        if ":" in zmq_host:
+            sock.setsockopt(zmq.IPV6, 1)
+            zmq_host = f"[{zmq_host}]"
+        endpoint = f"tcp://{zmq_host}:{self.port if self.port else '*'}"
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise CommunicationError(f"cannot listen on tcp://{host}:{self.port}: {exc.strerror}") from exc
+        self.port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rstrip("\0").rsplit(":", 1)[1])
+        advertised = advertised_host(host)
+        if ":" in advertised:
+            advertised = f"[{advertised}]"
+        self.address = f"tcp://{advertised}:{self.port}"
+        self._socket = sock
+        self.state = BrokerState(
+            epoch=uuid.uuid4().hex,
+            now=time.monotonic(),
+            address=self.address,
+            heartbeat_interval_s=self._heartbeat_interval_s,
+            liveness_timeout_s=self._liveness_timeout_s,
+            max_message_bytes=self._max_message_bytes,
+        )
+        logger.info(
+            "broker listening on tcp://%s:%d (advertised as %s, epoch %s)",
+            host or "*",
+            self.port,
+            self.address,
+            self.state.epoch,
+        )
+        if not is_loopback(host):
+            logger.warning(
+                "the broker listens on %s, which is reachable from other machines: task payloads are "
+                "pickles, and unpickling runs code, so only trusted peers may be able to connect",
+                host or "every interface",
+            )
+        return self.address
+
+    def stop(self) -> None:
+        """Ask the loop to stop (thread- and signal-safe); it says GOODBYE and closes the socket."""
+        self._stop.set()
+
+    def start_thread(self) -> threading.Thread:
+        """Bind if needed and run :meth:`serve_forever` in a daemon thread."""
+        self.bind()
+        thread = threading.Thread(target=self.serve_forever, name="zmqdask-broker", daemon=True)
+        self._thread = thread
+        thread.start()
+        return thread
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the loop, wait for it, and release the socket and context."""
+        self.stop()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+            if thread.is_alive():
+                # The socket belongs to that thread until it returns: leave it alone.
+                logger.warning("broker loop did not stop within %.1f s", timeout_s)
+                return
+        if self._socket is not None and not self._socket.closed:
+            self._socket.close(linger=0)
+        if self._own_context and not self._context.closed:
+            self._context.term()
+
+    def __enter__(self) -> BrokerServer:
+        self.bind()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Run until :meth:`stop`; then GOODBYE to every peer and close the socket.
+
+        Frame flow (one ROUTER socket for clients, workers and pools)::
+
+            peer DEALER ── [cmd | header | payload...] ──▶ ROUTER prepends [identity]
+              recv_multipart(NOBLOCK, copy=False), drained until EAGAIN (bounded per round)
+              frames below ZERO_COPY_THRESHOLD_BYTES become bytes; larger stay zmq.Frame
+              state.handle(identity, frames, now) ──▶ [(identity, frames), ...]
+            ROUTER.send(identity | frames, NOBLOCK; copy=False for large frames) ──▶ peer
+              EHOSTUNREACH → state.peer_unreachable(identity) → more messages to send
+              EAGAIN       → per-peer backlog, retried on POLLOUT, never dropped
+            every TICK_INTERVAL_S: state.tick(now) → heartbeats, dead peers
+        """
+        sock = self._socket
+        state = self.state
+        if sock is None or state is None:
+            raise CommunicationError("bind() the broker before serving")
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        polling_out = False
+        next_tick = time.monotonic() + TICK_INTERVAL_S
+        try:
+            while not self._stop.is_set():
+                timeout_ms = max(0, math.ceil((next_tick - time.monotonic()) * 1000.0))
+                events = dict(poller.poll(timeout_ms))
+                flags = events.get(sock, 0)
+                if flags & zmq.POLLOUT:
+                    self._retry_backlog()
+                if flags & zmq.POLLIN:
+                    self._drain(sock, state)
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._emit(state.tick(now))
+                    next_tick = now + TICK_INTERVAL_S
+                want_out = bool(self._backlog)
+                if want_out is not polling_out:
+                    poller.modify(sock, zmq.POLLIN | zmq.POLLOUT if want_out else zmq.POLLIN)
+                    polling_out = want_out
+        finally:
+            self._say_goodbye(state)
+            sock.close(linger=LINGER_MS)
+            logger.info("broker stopped")
+
+    def _drain(self, sock: zmq.Socket[Any], state: BrokerState) -> None:
+        threshold = ZERO_COPY_THRESHOLD_BYTES
+        for _ in range(MAX_MESSAGES_PER_ROUND):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = frames[0].bytes
+            # Small frames are cheaper as bytes (headers, tiny pickles); large ones are kept as
+            # the received zmq.Frame and forwarded without ever being copied.
+            body = [frame.bytes if len(frame) < threshold else frame for frame in frames[1:]]
+            self._emit(state.handle(identity, body, time.monotonic()))
+
+    def _emit(self, out: Outgoing) -> None:
+        # Sending can discover dead peers, whose removal produces more messages; a queue keeps
+        # that iterative and preserves the order of everything produced.
+        self._pending.extend(out)
+        if self._emitting:
+            return
+        self._emitting = True
+        try:
+            pending = self._pending
+            backlog = self._backlog
+            while pending:
+                identity, frames = pending.popleft()
+                queue = backlog.get(identity)
+                if queue is not None:
+                    queue.append(frames)  # keep per-peer order behind what is already waiting
+                    continue
+                result = self._send(identity, frames)
+                if result is _AGAIN:
+                    backlog[identity] = deque([frames])
+                elif result is _UNREACHABLE:
+                    self._unreachable(identity)
+        finally:
+            self._emitting = False
+
+    def _send(self, identity: bytes, frames: list[Any]) -> object:
+        sock = self._socket
+        if sock is None:
+            return _UNREACHABLE
+        try:
+            sock.send(identity, zmq.SNDMORE | zmq.NOBLOCK)
+        except zmq.Again:
+            return _AGAIN
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return _UNREACHABLE
+            raise
+        # Once the identity frame is accepted the rest of the message cannot be refused.
+        last = len(frames) - 1
+        threshold = ZERO_COPY_THRESHOLD_BYTES
+        for index, frame in enumerate(frames):
+            sock.send(frame, zmq.SNDMORE if index < last else 0, copy=frame_nbytes(frame) < threshold)
+        return _SENT
+
+    def _unreachable(self, identity: bytes) -> None:
+        self._backlog.pop(identity, None)
+        if self.state is not None:
+            self._pending.extend(self.state.peer_unreachable(identity, time.monotonic()))
+
+    def _retry_backlog(self) -> None:
+        for identity in list(self._backlog):
+            queue = self._backlog.get(identity)
+            if queue is None:
+                continue  # dropped while an earlier peer's death was handled
+            while queue:
+                result = self._send(identity, queue[0])
+                if result is _AGAIN:
+                    break
+                queue.popleft()
+                if result is _UNREACHABLE:
+                    del self._backlog[identity]
+                    self._emit(self.state.peer_unreachable(identity, time.monotonic()) if self.state else [])
+                    break
+            else:
+                del self._backlog[identity]
+
+    def _say_goodbye(self, state: BrokerState) -> None:
+        sock = self._socket
+        if sock is None or sock.closed:
+            return
+        for identity, frames in state.shutdown(SHUTDOWN_REASON):
+            try:
+                sock.send(identity, zmq.SNDMORE | zmq.NOBLOCK)
+                sock.send_multipart(frames)
+            except zmq.ZMQError:
+                continue  # best effort: the peer is gone or its pipe is full
+
+
+_SENT = object()
+_AGAIN = object()
+_UNREACHABLE = object()
