@@ -311,3 +311,16 @@ def test_embedded_local_cluster_sync() -> None:
         assert c.submit(inc, 1).result(timeout=30) == 2
         assert zmqdask.default_client() is c
     assert zmqdask.default_client() is not c
+
+
+def test_graphs_from_a_synchronous_client_arrive_whole(client: Client) -> None:
+    from zmqdask.serialize import TaskRef
+
+    for round_ in range(30):
+        salt = f"{round_}-{time.monotonic_ns()}"
+        graph = {f"leaf-{salt}-{i}": (inc, (i,), {}) for i in range(20)}
+        graph[f"mid-{salt}-a"] = (sum, ([TaskRef(f"leaf-{salt}-{i}") for i in range(10)],), {})
+        graph[f"mid-{salt}-b"] = (sum, ([TaskRef(f"leaf-{salt}-{i}") for i in range(10, 20)],), {})
+        graph[f"top-{salt}"] = (add, (TaskRef(f"mid-{salt}-a"), TaskRef(f"mid-{salt}-b")), {})
+        [top] = client.submit_graph(graph, [f"top-{salt}"])
+        assert top.result(timeout=30) == sum(range(1, 21))

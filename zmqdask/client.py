@@ -132,6 +132,8 @@ class Client(BrokerSession):
         self._set_as_default = set_as_default
         self._function_cache: dict[Any, tuple[bytes, bytes]] = {}
         self._start_task: Any = None
+        self._graph_id = 0  # non-zero while submit_graph appends one graph's tasks
+        self._graphs_submitted = 0
         if not asynchronous:
             self._loop_thread = LoopThread()
             self._loop = self._loop_thread.loop
@@ -327,7 +329,7 @@ class Client(BrokerSession):
             state.unsent = True
             state.deps = list(dep_states.values()) or None
             future = Future(key, self, state)
-            self._ops.append(("task", state, fn_payload))
+            self._ops.append(("task", state, fn_payload, self._graph_id))
             self._schedule_flush()
         return future
 
@@ -396,22 +398,31 @@ class Client(BrokerSession):
         missing = output_set - graph.keys()
         if missing:
             raise UsageError(f"outputs not in the graph: {sorted(missing)[:5]}")
+        order = topological_order(graph)
         states: dict[str, FutureState] = {}
         result: dict[str, Future] = {}
         keep_alive: list[Future] = []
-        for key in topological_order(graph):
-            fn, args, kwargs = graph[key]
-            deps: dict[str, FutureState] = {}
-            # TaskRefs name other graph keys; their states carry the lineage.
-            _collect_refs((args, kwargs), states, deps)
-            future = self._submit_one(
-                fn, tuple(args), dict(kwargs), key, True, priority, 0, wanted=key in output_set, deps_known=deps
-            )
-            states[key] = future._state
-            if key in output_set:
-                result[key] = future
-            else:
-                keep_alive.append(future)
+        # Holding the lock for the whole graph keeps the loop thread from flushing half of
+        # it (a synchronous caller submits from its own thread).
+        with self._lock:
+            self._graphs_submitted += 1
+            self._graph_id = self._graphs_submitted
+            try:
+                for key in order:
+                    fn, args, kwargs = graph[key]
+                    deps: dict[str, FutureState] = {}
+                    # TaskRefs name other graph keys; their states carry the lineage.
+                    _collect_refs((args, kwargs), states, deps)
+                    future = self._submit_one(
+                        fn, tuple(args), dict(kwargs), key, True, priority, 0, wanted=key in output_set, deps_known=deps
+                    )
+                    states[key] = future._state
+                    if key in output_set:
+                        result[key] = future
+                    else:
+                        keep_alive.append(future)
+            finally:
+                self._graph_id = 0
         # Intermediate states stay referenced by their dependents' ``deps`` lists; dropping
         # the temporary Futures must not send RELEASE for keys that were never wanted.
         del keep_alive

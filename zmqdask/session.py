@@ -231,11 +231,19 @@ class BrokerSession:
             return
         # Consecutive operations of one kind share a message; the order between kinds is
         # kept, because a RELEASE followed by a re-SUBMIT of the same key must stay in order.
+        # Long runs of tasks are cut into several messages, but never inside one graph
+        # (ops[3] is its id, 0 for a lone task): the broker forgets an unwanted key with no
+        # dependents as soon as it is computed, so a graph must arrive whole.
         index = 0
         while index < len(ops):
             kind = ops[index][0]
             end = index
-            while end < len(ops) and ops[end][0] == kind and end - index < _MAX_TASKS_PER_MESSAGE:
+            while end < len(ops) and ops[end][0] == kind:
+                if (
+                    end - index >= _MAX_TASKS_PER_MESSAGE
+                    and (kind != "task" or ops[end][3] == 0 or ops[end][3] != ops[end - 1][3])
+                ):
+                    break
                 end += 1
             group = ops[index:end]
             index = end
@@ -251,7 +259,7 @@ class BrokerSession:
         function_frames: list[Any] = []
         entries: list[list[Any]] = []
         task_frames: list[Any] = []
-        for _, state, fn_payload in group:
+        for _, state, fn_payload, _graph in group:
             state.unsent = False
             entry = state.entry
             fn_hash = entry[1]
@@ -511,7 +519,7 @@ class BrokerSession:
                 if state.status == FINISHED:
                     state.status = PENDING
                 state.unsent = True
-                self._ops.append(("task", state, state.fn_payload))
+                self._ops.append(("task", state, state.fn_payload, -1))  # one unsplittable batch
 
     # --- futures bookkeeping ---------------------------------------------------------------
 
