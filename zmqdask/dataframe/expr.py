@@ -56,7 +56,9 @@ Recipe: adding a node
      move below it and column demands pass through it.  ``_pushdown_projection(columns)``
      handles other cases (e.g. an assign whose new columns are not selected).
    * Sources may implement ``_with_filters(filters)`` to absorb row filters given as a list
-     of ``(column, op, value)`` conjunctions (op in ``== != < <= > >= in``).
+     of ``(column, op, value)`` conjunctions (op in ``== != < <= > >= in``).  Column pruning
+     may later call ``_with_columns`` without the filtered columns: the source must still
+     read them to filter, and leave them out of its output.
 
 A collection method wraps a node in the user-facing class chosen by its meta::
 
