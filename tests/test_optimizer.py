@@ -58,7 +58,7 @@ def test_projection_is_pushed_into_generation_and_reduction_is_fused() -> None:
     assert len(keys) == 1
     for key in fused:
         steps = graph[key][1][0]
-        assert [step[1] for step in steps][0] is make_timeseries_part
+        assert next(step[1] for step in steps) is make_timeseries_part
         assert not dependencies(graph[key])  # a fused chunk task needs nothing else
 
 
@@ -224,7 +224,7 @@ def test_head_reads_only_the_first_partition() -> None:
 def test_loc_uses_divisions_to_cull() -> None:
     df = timeseries(freq="1h")
     day = df.loc["2000-01-05"]
-    graph, keys = day.x.sum().__zmqdask_graph__()
+    graph, _keys = day.x.sum().__zmqdask_graph__()
     starts = {
         step[2][0]
         for fn, args, _ in graph.values()
