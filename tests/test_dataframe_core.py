@@ -510,3 +510,53 @@ def test_explain_prints_plan(capsys: pytest.CaptureFixture[str]) -> None:
     df.x.explain(optimized=False)
     assert "Projection" in capsys.readouterr().out
     assert isinstance(df[["x", "y"]].x.optimize(), zd.Series)
+
+
+# -- through a real client ------------------------------------------------------------------
+
+
+def test_compute_and_persist_with_a_sync_client(client: Any) -> None:
+    import zmqdask.datasets
+    from zmqdask.dataframe.sources import FromFutures
+
+    df = zmqdask.datasets.timeseries(freq="1min", seed=5)
+    local = df.compute()
+    total = df[["x", "y"]].sum()
+    tm.assert_series_equal(total.compute(), local[["x", "y"]].sum())
+    assert len(df) == len(local)
+    tm.assert_frame_equal(df.head(4), local.head(4), check_freq=False)
+    persisted = df.persist()
+    assert isinstance(persisted.expr, FromFutures)
+    assert persisted.divisions == df.divisions
+    tm.assert_series_equal(persisted[["x", "y"]].sum().compute(), local[["x", "y"]].sum())
+    tm.assert_series_equal(persisted.x.compute(), local.x, check_freq=False)
+    assert persisted.y.mean().compute() == pytest.approx(local.y.mean())
+    x_sum, y_max = zmqdask.base.compute(df.x.sum(), persisted.y.max())
+    assert x_sum == pytest.approx(local.x.sum()) and y_max == local.y.max()
+
+
+def test_notebook_flow_with_an_async_client(run_async: Any) -> None:
+    import zmqdask.datasets
+    from zmqdask.dataframe.sources import FromFutures
+    from zmqdask.errors import SyncInAsyncError
+
+    expected = zmqdask.datasets.timeseries(freq="10min").compute()
+
+    async def body(client: Any) -> None:
+        df = zmqdask.datasets.timeseries(freq="10min")
+        df = df.persist()  # returns at once inside the running loop
+        assert isinstance(df.expr, FromFutures)
+        total = df[["x", "y"]].sum()
+        with pytest.raises(SyncInAsyncError, match="await client.compute"):
+            total.compute()
+        with pytest.raises(SyncInAsyncError, match="await client.compute"):
+            len(df)
+        with pytest.raises(SyncInAsyncError, match="compute=False"):
+            df.head()
+        result = await client.compute(total)
+        tm.assert_series_equal(result, expected[["x", "y"]].sum())
+        head = await client.compute(df.head(3, compute=False))
+        tm.assert_frame_equal(head, expected.head(3), check_freq=False)
+        assert await client.compute(df.shape[0]) == len(expected)
+
+    run_async(body)
