@@ -807,6 +807,12 @@ class MapPartitions(Blockwise):
     def _meta(self) -> Any:
         return self.meta
 
+    def _describe(self) -> str:
+        text = f"{self._prefix()}: {short_repr(self.func)}"
+        extra = [short_repr(a) for a in self.args if not isinstance(a, Expr)]
+        extra += [f"{k}={short_repr(v)}" for k, v in self.kwargs.items() if not isinstance(v, Expr)]
+        return text + (f"({', '.join(extra)})" if extra else "")
+
     @property
     def divisions(self) -> tuple[Any, ...]:
         if self.divisions_kept:
@@ -862,6 +868,9 @@ class Reduction(Expr):
     def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
         return None if self.columns_needed is None else frozenset(self.columns_needed)
 
+    def _describe(self) -> str:
+        return f"{self.label}: chunk={self.chunk.__name__}, split_every={self.split_every}"
+
     def _lower(self) -> Expr | None:
         chunks = MapPartitions(self.frame, self.chunk, (), self.chunk_kwargs, None, False, f"{self.label}-chunk")
         return TreeCombine(
@@ -903,6 +912,15 @@ class TreeCombine(Expr):
     @property
     def divisions(self) -> tuple[Any, ...]:
         return (None, None)
+
+    def _describe(self) -> str:
+        inputs = self.frame.npartitions
+        width = max(2, self.split_every)
+        levels = 0
+        while inputs > width:
+            inputs = -(-inputs // width)
+            levels += 1
+        return f"{self.label}: {levels} combine level(s) of up to {width}, then {self.aggregate.__name__}"
 
     def _layer(self) -> dict[str, TaskSpec]:
         layer: dict[str, TaskSpec] = {}

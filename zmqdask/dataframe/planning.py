@@ -164,7 +164,11 @@ def reset_index_expr(expr: Expr, drop: bool) -> Expr:
 
 
 def division_labels(divisions: tuple[Any, ...]) -> list[str]:
-    shown = ["" if d is None else str(d) for d in divisions]
+    if divisions and divisions[0] is not None and all(isinstance(d, pd.Timestamp) for d in divisions):
+        # Dates without a time of day print as plain dates, as pandas prints such an index.
+        shown = [str(label) for label in pd.DatetimeIndex(divisions).astype(str)]
+    else:
+        shown = ["" if d is None else str(d) for d in divisions]
     if len(shown) > 2 * REPR_EDGE_ROWS + 1:
         shown = [*shown[:REPR_EDGE_ROWS], "...", *shown[-REPR_EDGE_ROWS:]]
     return shown
