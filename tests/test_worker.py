@@ -32,7 +32,7 @@ import zmq
 
 from zmqdask import serialize
 from zmqdask.config import DEFAULT_PREFETCH_PER_THREAD, INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH
-from zmqdask.errors import ProtocolError, SerializationError
+from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
     CANCELLED as TASK_CANCELLED,
 )
@@ -49,6 +49,7 @@ from zmqdask.executor import (
     slots_view,
     write_slot,
 )
+from zmqdask.pool import EXIT_USAGE, RESTART_BACKOFF_BASE_S, RESTART_BACKOFF_MAX_S, restart_delay
 from zmqdask.protocol import (
     CANCEL_TASKS,
     CANCELLED,
@@ -74,7 +75,7 @@ from zmqdask.protocol import (
     encode,
 )
 from zmqdask.serialize import TaskRef
-from zmqdask.worker import EXIT_BROKER_UNREACHABLE
+from zmqdask.worker import EXIT_BROKER_UNREACHABLE, Worker
 
 # Functions of this module travel by value, as a client's notebook functions do: the worker
 # processes cannot import the test module.
@@ -301,11 +302,11 @@ def test_executor_runs_tasks_and_cancels_only_unstarted_ones() -> None:
         assert not executor.cancel(blocker)
         assert executor.cancel(queued) and queued.state == TASK_CANCELLED
         release.set()
+        # A thread clears its slot and queues the result before it sends the wake-up.
         assert wake.poll(int(WAIT_S * 1000))
-        finished: list[Task] = []
-        wait_until(lambda: bool(finished.extend(executor.drain()) or finished))
+        finished = executor.drain()
         assert [t.key for t in finished] == ["blocker"] and finished[0].value is True
-        wait_until(lambda: read_slots(slots) == [])
+        assert read_slots(slots) == []
     finally:
         release.set()
         assert executor.stop(WAIT_S)
@@ -772,11 +773,12 @@ def _read_line(process: subprocess.Popen[bytes], timeout: float = WAIT_S) -> str
 
 
 @contextlib.contextmanager
-def pool_process(address: str, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+def pool_process(address: str, *extra: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "zmqdask.pool", address, *extra, "--log-level", "warning"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=env,
     )
     try:
         yield process
@@ -804,19 +806,24 @@ def _welcome_pool(broker: ScriptedBroker, nworkers: int) -> tuple[bytes, dict[by
 
 
 def test_pool_reports_and_replaces_a_dead_worker_and_stops_on_sigterm(broker: ScriptedBroker, tmp_path: Path) -> None:
-    with pool_process(broker.address, "--nworkers", "2") as pool:
+    with pool_process(broker.address, "--nworkers", "2", "--nthreads", "2") as pool:
         assert _read_line(pool) == f"zmqdask-worker started 2 workers for {broker.address}\n"
         pool_identity, infos = _welcome_pool(broker, 2)
         pool_id = infos[next(iter(infos))]["pool"]
         assert pool_identity == f"{pool_id}-pool".encode()
         assert set(infos) == {f"{pool_id}-w0-g0".encode(), f"{pool_id}-w1-g0".encode()}
         victim = f"{pool_id}-w1-g0".encode()
-        started = tmp_path / "started"
-        compute(broker, victim, [("sleepy", touch_and_sleep, (str(started), 60.0), [], 0)])
-        wait_until(started.exists)
+        started = [tmp_path / "started-1", tmp_path / "started-2"]
+        compute(
+            broker,
+            victim,
+            [(f"sleepy-{i}", touch_and_sleep, (str(path), 60.0), [], 0) for i, path in enumerate(started, 1)],
+        )
+        wait_until(lambda: all(path.exists() for path in started))
         os.kill(infos[victim]["pid"], signal.SIGKILL)
         _, died = broker.expect(WORKER_DIED, pool_identity, ignore=frozenset({HEARTBEAT, GOODBYE}))
-        assert died.header == [victim, ["sleepy"], -signal.SIGKILL]
+        identity, running, exitcode = died.header
+        assert (identity, sorted(running), exitcode) == (victim, ["sleepy-1", "sleepy-2"], -signal.SIGKILL)
         replacement, hello = broker.expect(HELLO)
         assert replacement == f"{pool_id}-w1-g1".encode()
         broker.send(replacement, WELCOME, [EPOCH, {}])
@@ -837,6 +844,56 @@ def test_workers_exit_when_the_pool_is_killed(broker: ScriptedBroker) -> None:
         pool.kill()
         pool.wait(WAIT_S)
         wait_until(lambda: not any(_alive(pid) for pid in children), timeout=5.0)
+
+
+def test_pool_stops_on_sigint_and_when_the_watched_process_exits(broker: ScriptedBroker) -> None:
+    watched = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        env = dict(os.environ, ZMQDASK_PARENT_PID=str(watched.pid))
+        with pool_process(broker.address, "--nworkers", "1", env=env) as pool:
+            _, infos = _welcome_pool(broker, 1)
+            assert watched.stdin is not None
+            watched.stdin.close()
+            watched.wait(WAIT_S)
+            assert pool.wait(WAIT_S) == 0
+            assert not any(_alive(info["pid"]) for info in infos.values())
+        with pool_process(broker.address, "--nworkers", "1") as pool:
+            _, infos = _welcome_pool(broker, 1)
+            pool.send_signal(signal.SIGINT)
+            assert pool.wait(WAIT_S) == 0
+            wait_until(lambda: not any(_alive(info["pid"]) for info in infos.values()), timeout=5.0)
+    finally:
+        watched.kill()
+        watched.wait(WAIT_S)
+
+
+def test_cli_usage_errors_and_module_entry_points() -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "zmqdask.worker", "--help"], capture_output=True, text=True, timeout=WAIT_S
+    )
+    assert help_text.returncode == 0 and "zmqdask-worker" in help_text.stdout and "--nthreads" in help_text.stdout
+    for arguments, complaint in [
+        (["tcp://127.0.0.1:1", "--nworkers", "0"], "--nworkers"),
+        (["tcp://127.0.0.1:1", "--log-level", "chatty"], "log level"),
+        (["not-an-address", "--nworkers", "1"], "not-an-address"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "zmqdask.pool", *arguments], capture_output=True, text=True, timeout=WAIT_S
+        )
+        assert result.returncode == EXIT_USAGE, result.stderr
+        assert complaint in result.stderr
+
+
+def test_restart_delay_backs_off_and_is_bounded() -> None:
+    delays = [restart_delay(n) for n in range(1, 12)]
+    assert delays[0] == 0.0 and delays[1] == RESTART_BACKOFF_BASE_S
+    assert delays == sorted(delays)
+    assert delays[-1] == RESTART_BACKOFF_MAX_S
+
+
+def test_worker_refuses_running_slots_too_small_for_its_threads() -> None:
+    with pytest.raises(UsageError, match="running_slots"):
+        Worker("tcp://127.0.0.1:1", identity=b"w", nthreads=2, running_slots=bytearray(slots_nbytes(1)))
 
 
 def test_pool_gives_up_when_no_broker_answers() -> None:

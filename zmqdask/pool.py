@@ -87,6 +87,17 @@ def worker_context(method: str | None = None) -> ForkServerContext | SpawnContex
     return context
 
 
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds to wait before restarting a worker that died ``quick_deaths`` times in a row soon after starting.
+
+    The first death is answered at once; from the second on the delay doubles from
+    ``RESTART_BACKOFF_BASE_S`` up to ``RESTART_BACKOFF_MAX_S``.
+    """
+    if quick_deaths <= 1:
+        return 0.0
+    return min(RESTART_BACKOFF_BASE_S * 2.0 ** (quick_deaths - 2), RESTART_BACKOFF_MAX_S)
+
+
 def _child_main(log_level: int | None, options: dict[str, Any]) -> None:
     # Worker processes do not inherit the CLI's logging setup (they are not forked from it).
     if log_level is not None:
@@ -186,19 +197,25 @@ class PoolManager:
         self._stop_requested = True
 
     def start(self) -> None:
-        """Connect to the broker and start every worker process."""
+        """Connect to the broker and start every worker process.
+
+        Raises :class:`UsageError` if ``address`` is not a ZeroMQ address this host can connect to.
+        """
         self._context = zmq.Context()
-        self._link = BrokerLink(
-            self._context,
-            self._poller,
-            self.address,
-            f"{self.pool_id}-pool".encode(),
-            ROLE_POOL,
-            {"pool": self.pool_id, "host": self.host, "nworkers": self.nworkers},
-            death_timeout_s=self.death_timeout_s,
-            heartbeat_interval_s=self.heartbeat_interval_s,
-            liveness_timeout_s=self.liveness_timeout_s,
-        )
+        try:
+            self._link = BrokerLink(
+                self._context,
+                self._poller,
+                self.address,
+                f"{self.pool_id}-pool".encode(),
+                ROLE_POOL,
+                {"pool": self.pool_id, "host": self.host, "nworkers": self.nworkers},
+                death_timeout_s=self.death_timeout_s,
+                heartbeat_interval_s=self.heartbeat_interval_s,
+                liveness_timeout_s=self.liveness_timeout_s,
+            )
+        except zmq.ZMQError as exc:
+            raise UsageError(f"cannot connect to {self.address!r}: {exc} (expected tcp://HOST:PORT)") from exc
         for child in self._children:
             self._start_child(child)
 
@@ -319,9 +336,8 @@ class PoolManager:
         if self._link is not None:
             self._link.send(WORKER_DIED, [child.identity, running, exitcode])
         child.quick_deaths = child.quick_deaths + 1 if now - child.started_at < CRASH_LOOP_UPTIME_S else 1
-        delay = 0.0
-        if child.quick_deaths > 1:
-            delay = min(RESTART_BACKOFF_BASE_S * 2 ** (child.quick_deaths - 2), RESTART_BACKOFF_MAX_S)
+        delay = restart_delay(child.quick_deaths)
+        if delay:
             logger.warning("worker %d keeps dying; restarting it in %.1f s", child.index, delay)
         child.restart_at = now + delay
 
@@ -478,6 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool.start()
         print(f"zmqdask-worker started {args.nworkers} workers for {args.address}", flush=True)
         return pool.run()
+    except UsageError as exc:
+        print(f"zmqdask-worker: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception:
         logger.exception("the worker pool failed")
         return EXIT_INTERNAL_ERROR

@@ -42,6 +42,7 @@ from zmqdask.executor import (
     Task,
     error_detail,
     measure,
+    slots_nbytes,
     slots_view,
 )
 from zmqdask.protocol import (
@@ -224,6 +225,7 @@ class BrokerLink:
             # first one: a broker coming up later then sees one HELLO instead of a backlog
             # of them, and a connection the broker's ROUTER refused (it still held this
             # identity for the previous connection) is replaced instead of staying mute.
+            logger.debug("%s: no WELCOME yet; saying HELLO on a fresh connection", self._who())
             self.reconnect()
         return LinkEvent.NOTHING
 
@@ -353,6 +355,10 @@ class Worker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness_timeout_s = liveness_timeout_s
         self._slots = slots_view(running_slots) if running_slots is not None else None
+        if self._slots is not None and len(self._slots) < slots_nbytes(nthreads):
+            raise UsageError(
+                f"running_slots has {len(self._slots)} bytes; {nthreads} threads need {slots_nbytes(nthreads)}"
+            )
         self._functions = FunctionCache(self.name)
         self._store: dict[str, Any] = {}
         self._tasks: dict[str, Task] = {}
@@ -476,6 +482,8 @@ class Worker:
                         wake.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     pass
+            # Finished results go out before new messages are handled, so a GET or CANCEL_TASKS
+            # in this turn already sees the values and states of tasks that have finished.
             self._collect()
             if link.socket in ready and self._drain_broker() is LinkEvent.FORGOTTEN:
                 self._forget()
