@@ -112,8 +112,9 @@ class TaskRecord:
         self.who_has: set[WorkerPeer] | None = None
         self.nbytes = 0
         self.type_name = ""
-        self.wanted_by: list[ClientPeer] | None = None
-        self.push_to: list[ClientPeer] | None = None
+        # Tuples rather than sets or lists: usually one client, and a 1-tuple is the smallest.
+        self.wanted_by: tuple[ClientPeer, ...] | None = None
+        self.push_to: tuple[ClientPeer, ...] | None = None
         self.error: tuple[ErrorDetail, Sequence[Any]] | None = None
         self.is_data = is_data
         self.n_active = 0
@@ -257,14 +258,14 @@ class Ledger:
         """Record that ``client`` holds a future for ``rec`` and/or waits for its value."""
         if wanted:
             if rec.wanted_by is None:
-                rec.wanted_by = [client]
+                rec.wanted_by = (client,)
             elif client not in rec.wanted_by:
-                rec.wanted_by.append(client)
+                rec.wanted_by += (client,)
         if push:
             if rec.push_to is None:
-                rec.push_to = [client]
+                rec.push_to = (client,)
             elif client not in rec.push_to:
-                rec.push_to.append(client)
+                rec.push_to += (client,)
         if wanted or push:
             client.interest.add(rec)
 
@@ -272,22 +273,18 @@ class Ledger:
         """Forget every interest of ``client`` in ``rec``; the record may become unneeded."""
         wanted_by = rec.wanted_by
         if wanted_by is not None and client in wanted_by:
-            wanted_by.remove(client)
-            if not wanted_by:
-                rec.wanted_by = None
+            rec.wanted_by = tuple(c for c in wanted_by if c is not client) or None
         push_to = rec.push_to
         if push_to is not None and client in push_to:
-            push_to.remove(client)
-            if not push_to:
-                rec.push_to = None
+            rec.push_to = tuple(c for c in push_to if c is not client) or None
         client.interest.discard(rec)
         self.candidates.append(rec)
 
-    def _take_push(self, rec: TaskRecord) -> list[ClientPeer]:
+    def _take_push(self, rec: TaskRecord) -> tuple[ClientPeer, ...]:
         """Clear and return ``push_to``: those clients are being served now."""
         push = rec.push_to
         if push is None:
-            return []
+            return ()
         rec.push_to = None
         wanted_by = rec.wanted_by
         for client in push:
@@ -568,9 +565,13 @@ class Ledger:
         client: ClientPeer,
         entry: list[Any],
         frames: Sequence[Any],
-        fn_known: bool,
+        known_fn_hash: bytes | None,
     ) -> None:
-        """One SUBMIT task entry ``[key, fn_hash, deps, priority, retries, flags, nframes]``."""
+        """One SUBMIT task entry ``[key, fn_hash, deps, priority, retries, flags, nframes]``.
+
+        ``known_fn_hash`` is the broker's copy of the entry's function hash, None if the
+        broker never received that function.
+        """
         key, fn_hash, dep_keys, priority, retries, flags, _ = entry
         wanted = bool(flags & FLAG_WANTED)
         push = bool(flags & FLAG_PUSH_RESULT)
@@ -589,10 +590,16 @@ class Ledger:
             if dep not in deps:
                 deps.append(dep)
         rec = self.new_task(
-            key, fn_hash, frames, tuple(deps) if unknown is None else _NO_DEPS, priority, retries, is_data=False
+            key,
+            known_fn_hash or fn_hash,
+            frames,
+            tuple(deps) if unknown is None else _NO_DEPS,
+            priority,
+            retries,
+            is_data=False,
         )
         self.add_interest(rec, client, wanted=wanted, push=push)
-        if not fn_known:
+        if known_fn_hash is None:
             self.err(rec, ["ProtocolError", f"function {fn_hash.hex()} unknown to broker; resend", key], ())
         elif unknown is not None:
             self.err(rec, ["LostDataError", f"dependency {unknown} is unknown", key], ())
@@ -872,11 +879,9 @@ class Ledger:
             for dependent in rec.dependents or ():
                 if rec not in dependent.deps:
                     problems.append(f"{key!r}: dependent {dependent.key!r} does not list it")
-            for client in (rec.wanted_by or []) + (rec.push_to or []):
+            for client in (rec.wanted_by or ()) + (rec.push_to or ()):
                 if client not in live_clients or rec not in client.interest:
                     problems.append(f"{key!r}: wanted by dead or unaware client {client!r}")
-            if state is not FORGOTTEN and not self.needed(rec) and state in _ACTIVE:
-                problems.append(f"{key!r}: {state} but nobody needs it")
         if counts != self.counts:
             problems.append(f"state counts {self.counts} but actual {counts}")
         for worker in live_workers:
@@ -887,7 +892,7 @@ class Ledger:
                     problems.append(f"{worker!r}: holds {rec.key!r} unknown to the record")
         for client in live_clients:
             for rec in client.interest:
-                if client not in (rec.wanted_by or []) + (rec.push_to or []):
+                if client not in (rec.wanted_by or ()) + (rec.push_to or ()):
                     problems.append(f"{client!r}: interest in {rec.key!r} not recorded on it")
         return problems
 

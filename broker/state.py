@@ -137,6 +137,7 @@ class BrokerState:
         self._clients: dict[bytes, ClientPeer] = {}
         self._pools: dict[bytes, PoolPeer] = {}
         self._functions: dict[bytes, Any] = {}
+        self._function_hashes: dict[bytes, bytes] = {}
         self._requests: dict[int, _Request] = {}
         self._request_ids = itertools.count(1)
         self._warned: set[bytes] = set()
@@ -480,16 +481,22 @@ class BrokerState:
         functions, tasks = message.header
         payload = message.payload
         known = self._functions
+        canonical = self._function_hashes
         for index, fn_hash in enumerate(functions):
             if fn_hash not in known:
                 known[fn_hash] = payload[index]
+                canonical[fn_hash] = fn_hash
         offset = len(functions)
         submit = self.ledger.submit
         for entry in tasks:
             nframes = entry[6]
-            frames = payload[offset : offset + nframes] if nframes else ()
+            if nframes == 1:
+                frames: tuple[Any, ...] = (payload[offset],)
+            else:
+                frames = tuple(payload[offset : offset + nframes])
             offset += nframes
-            submit(client, entry, frames, entry[1] in known)
+            # Records share one hash object per function instead of one per decoded entry.
+            submit(client, entry, frames, canonical.get(entry[1]))
 
     def _on_scatter(self, client: ClientPeer, message: Message) -> None:
         entries, broadcast = message.header

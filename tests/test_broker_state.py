@@ -1,0 +1,916 @@
+"""Pure tests of the broker's state machine: injected time, no sockets."""
+
+from __future__ import annotations
+
+import gc
+import random
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from broker.state import BrokerState
+from zmqdask import protocol as P
+from zmqdask.config import MAX_KILLED_ATTEMPTS
+from zmqdask.protocol import Message, decode, encode
+
+EPOCH = "epoch-test"
+FN = b"fn-inc"
+FN_FRAME = b"<pickled inc>"
+
+Out = list[tuple[bytes, Message]]
+
+
+class Harness:
+    """Drives a BrokerState with encoded messages and decodes what it sends back."""
+
+    def __init__(self, *, audit: bool = True, **kwargs: Any) -> None:
+        self.now = 0.0
+        self.state = BrokerState(epoch=EPOCH, now=self.now, address="tcp://test:1", **kwargs)
+        self.audit = audit
+
+    def send(self, sender: bytes, command: int, header: list[Any], payload: list[Any] | tuple[Any, ...] = ()) -> Out:
+        return self.raw(sender, encode(command, header, list(payload)))
+
+    def raw(self, sender: bytes, frames: list[Any]) -> Out:
+        out = self.state.handle(sender, frames, self.now)
+        self.check()
+        return [(identity, decode(msg)) for identity, msg in out]
+
+    def tick(self, advance: float) -> Out:
+        self.now += advance
+        out = self.state.tick(self.now)
+        self.check()
+        return [(identity, decode(msg)) for identity, msg in out]
+
+    def check(self) -> None:
+        assert self.state.counters.internal_errors == 0
+        if self.audit:
+            assert self.state.audit() == []
+
+    def worker(self, identity: bytes, nthreads: int = 1, credit: int = 4, **info: Any) -> Out:
+        return self.send(identity, P.HELLO, ["worker", {"nthreads": nthreads, "credit": credit, **info}])
+
+    def client(self, identity: bytes) -> Out:
+        return self.send(identity, P.HELLO, ["client", {"name": identity.decode(), "pid": 1}])
+
+    def submit(
+        self,
+        client: bytes,
+        tasks: list[tuple[str, list[str]]],
+        *,
+        flags: int = P.FLAG_WANTED,
+        with_function: bool = True,
+        retries: int = 0,
+        priority: int = 0,
+        fn: bytes = FN,
+    ) -> Out:
+        entries = [[key, fn, deps, priority, retries, flags, 1] for key, deps in tasks]
+        payload = ([FN_FRAME] if with_function else []) + [f"args:{key}".encode() for key, _ in tasks]
+        return self.send(client, P.SUBMIT, [[fn] if with_function else [], entries], payload)
+
+    def done(self, worker: bytes, entries: list[list[Any]], payload: list[Any] | tuple[Any, ...] = ()) -> Out:
+        return self.send(worker, P.DONE, [entries], payload)
+
+    def finish(self, worker: bytes, *keys: str, nbytes: int = 8) -> Out:
+        return self.done(worker, [[key, P.FINISHED, ["int", nbytes], 0] for key in keys])
+
+
+def msgs(out: Out, identity: bytes, command: int) -> list[Message]:
+    return [m for i, m in out if i == identity and m.command == command]
+
+
+def one(out: Out, identity: bytes, command: int) -> Message:
+    found = msgs(out, identity, command)
+    assert len(found) == 1, f"expected one {P.COMMAND_NAMES[command]} to {identity!r}, got {out}"
+    return found[0]
+
+
+def compute_keys(out: Out, identity: bytes) -> list[str]:
+    return [entry[0] for m in msgs(out, identity, P.COMPUTE) for entry in m.header[1]]
+
+
+def report_entries(out: Out, identity: bytes) -> dict[str, list[Any]]:
+    return {entry[0]: entry for m in msgs(out, identity, P.REPORT) for entry in m.header[0]}
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+# --- registration ------------------------------------------------------------------------
+
+
+def test_hello_registers_and_welcome_carries_the_settings() -> None:
+    h = Harness(heartbeat_interval_s=0.5, liveness_timeout_s=2.5, max_message_bytes=12345)
+    welcome = one(h.worker(b"w1", nthreads=2, credit=7, name="alpha", pool="p", memory_limit=10), b"w1", P.WELCOME)
+    assert welcome.header == [
+        EPOCH,
+        {"heartbeat_interval": 0.5, "liveness_timeout": 2.5, "max_message_bytes": 12345, "address": "tcp://test:1"},
+    ]
+    one(h.client(b"c1"), b"c1", P.WELCOME)
+    info = h.state.info()
+    assert info["nclients"] == 1
+    entry = info["workers"][b"w1".hex()]
+    assert (entry["name"], entry["nthreads"], entry["credit"], entry["pool"], entry["memory_limit"]) == (
+        "alpha",
+        2,
+        7,
+        "p",
+        10,
+    )
+    assert (entry["processing"], entry["nkeys"], entry["nbytes"]) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        {"nthreads": 0, "credit": 1},
+        {"nthreads": 1, "credit": "many"},
+        {"credit": 2},
+        {"nthreads": 1, "credit": 1, "name": 5},
+        {"nthreads": True, "credit": 1},
+    ],
+)
+def test_invalid_worker_hello_is_refused_and_not_registered(h: Harness, info: dict[str, Any]) -> None:
+    out = h.send(b"w1", P.HELLO, ["worker", info])
+    assert one(out, b"w1", P.ERROR).header[0] == P.ERR_MALFORMED
+    assert not msgs(out, b"w1", P.WELCOME)
+    assert h.state.info()["workers"] == {}
+    assert msgs(h.send(b"w1", P.HEARTBEAT, [EPOCH]), b"w1", P.UNKNOWN_PEER)
+
+
+def test_unregistered_sender_gets_unknown_peer(h: Harness) -> None:
+    out = h.submit(b"stranger", [("a", [])])
+    assert one(out, b"stranger", P.UNKNOWN_PEER).header == [EPOCH]
+    assert h.state.ledger.tasks == {}
+    assert h.send(b"stranger", P.GOODBYE, ["bye"]) == []
+
+
+def test_role_may_not_send_other_roles_messages(h: Harness) -> None:
+    h.client(b"c1")
+    h.worker(b"w1")
+    out = h.finish(b"c1", "a")
+    assert one(out, b"c1", P.ERROR).header[0] == P.ERR_NOT_ALLOWED
+    out = h.submit(b"w1", [("a", [])])
+    assert one(out, b"w1", P.ERROR).header[0] == P.ERR_NOT_ALLOWED
+    out = h.send(b"c1", P.COMPUTE, [[], []])
+    assert one(out, b"c1", P.ERROR).header[0] == P.ERR_NOT_ALLOWED
+    assert h.state.ledger.tasks == {}
+    assert h.state.counters.not_allowed == 3
+
+
+def test_hello_from_registered_identity_treats_old_incarnation_as_dead(h: Harness) -> None:
+    h.client(b"c1")
+    h.worker(b"w1")
+    out = h.submit(b"c1", [("a", [])])
+    assert compute_keys(out, b"w1") == ["a"]
+    out = h.worker(b"w1")  # restarted with the same identity: its task is gone
+    one(out, b"w1", P.WELCOME)
+    assert compute_keys(out, b"w1") == ["a"]
+    assert h.state.ledger.tasks["a"].suspicious == 0
+    assert one(h.finish(b"w1", "a"), b"c1", P.REPORT).header[0][0][:2] == ["a", P.FINISHED]
+
+
+# --- submit, dispatch, done ----------------------------------------------------------------
+
+
+def test_round_trip_submit_compute_done_report(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    out = h.submit(b"c1", [("a", [])])
+    compute = one(out, b"w1", P.COMPUTE)
+    assert compute.header == [[FN], [["a", FN, [], 0, 1]]]
+    assert compute.payload == [FN_FRAME, b"args:a"]
+    out = h.finish(b"w1", "a", nbytes=28)
+    assert one(out, b"c1", P.REPORT).header == [[["a", P.FINISHED, ["int", 28], 0]]]
+    assert h.state.ledger.tasks["a"].state == "memory"
+
+
+def test_push_result_flag_delivers_inline_value(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    out = h.submit(b"c1", [("a", [])], flags=P.FLAG_WANTED | P.FLAG_PUSH_RESULT)
+    assert one(out, b"w1", P.COMPUTE).header[1][0][3] == P.FLAG_PUSH_RESULT
+    out = h.done(b"w1", [["a", P.FINISHED, ["int", 28], 2]], [b"v1", b"v2"])
+    report = one(out, b"c1", P.REPORT)
+    assert report.header == [[["a", P.FINISHED, ["int", 28], 2]]]
+    assert report.payload == [b"v1", b"v2"]
+
+
+def test_push_result_without_inline_value_is_fetched_with_get(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])], flags=P.FLAG_WANTED | P.FLAG_PUSH_RESULT)
+    out = h.finish(b"w1", "a")
+    assert not msgs(out, b"c1", P.REPORT)
+    get = one(out, b"w1", P.GET)
+    assert get.header[1] == ["a"]
+    out = h.send(b"w1", P.DATA, [get.header[0], [["a", 1]], []], [b"value"])
+    report = one(out, b"c1", P.REPORT)
+    assert report.header == [[["a", P.FINISHED, ["int", 8], 1]]]
+    assert report.payload == [b"value"]
+
+
+def test_one_compute_per_worker_and_one_report_per_client_per_step(h: Harness) -> None:
+    h.worker(b"w1", credit=5)
+    h.worker(b"w2", credit=5)
+    h.client(b"c1")
+    keys = [f"t{i}" for i in range(10)]
+    out = h.submit(b"c1", [(k, []) for k in keys])
+    assert len(msgs(out, b"w1", P.COMPUTE)) == 1
+    assert len(msgs(out, b"w2", P.COMPUTE)) == 1
+    sent_w1, sent_w2 = compute_keys(out, b"w1"), compute_keys(out, b"w2")
+    assert sorted(sent_w1 + sent_w2) == sorted(keys)
+    assert len(sent_w1) == len(sent_w2) == 5
+    out = h.finish(b"w1", *sent_w1)
+    assert len(msgs(out, b"c1", P.REPORT)) == 1
+    assert sorted(report_entries(out, b"c1")) == sorted(sent_w1)
+
+
+def test_credit_is_never_exceeded() -> None:
+    h = Harness(audit=False)
+    credits = {b"w1": 3, b"w2": 1, b"w3": 2}
+    for identity, credit in credits.items():
+        h.worker(identity, credit=credit)
+    h.client(b"c1")
+    held: dict[bytes, set[str]] = {w: set() for w in credits}
+    rng = random.Random(7)
+
+    def absorb(out: Out) -> None:
+        for w in credits:
+            held[w].update(compute_keys(out, w))
+            assert len(held[w]) <= credits[w]
+
+    absorb(h.submit(b"c1", [(f"t{i}", []) for i in range(60)]))
+    finished = 0
+    while finished < 60:
+        w = rng.choice([w for w in credits if held[w]])
+        batch = rng.sample(sorted(held[w]), rng.randint(1, len(held[w])))
+        held[w].difference_update(batch)
+        finished += len(batch)
+        absorb(h.finish(w, *batch))
+        for entry in h.state.info()["workers"].values():
+            assert entry["processing"] <= entry["credit"]
+    assert h.state.ledger.counts["memory"] == 60
+    assert h.state.audit() == []
+
+
+def test_function_frames_are_sent_once_per_worker(h: Harness) -> None:
+    h.worker(b"w1", credit=1)
+    h.client(b"c1")
+    first = one(h.submit(b"c1", [("a", [])]), b"w1", P.COMPUTE)
+    assert first.header[0] == [FN] and first.payload[0] == FN_FRAME
+    h.submit(b"c1", [("b", [])], with_function=False)  # queued: no credit left
+    second = one(h.finish(b"w1", "a"), b"w1", P.COMPUTE)
+    assert second.header[0] == [] and second.payload == [b"args:b"]
+    h.worker(b"w2", credit=1)
+    third = one(h.submit(b"c1", [("c", [])], with_function=False), b"w2", P.COMPUTE)  # w1 is busy
+    assert third.header[0] == [FN] and third.payload == [FN_FRAME, b"args:c"]
+
+
+def test_unknown_function_hash_errs_the_task(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    out = h.submit(b"c1", [("a", [])], with_function=False, fn=b"never-sent")
+    entry = report_entries(out, b"c1")["a"]
+    assert entry[1] == P.ERRED
+    assert entry[2][0] == "ProtocolError" and "unknown to broker; resend" in entry[2][1]
+    assert entry[2][2] == "a" and entry[3] == 0
+    assert not msgs(out, b"w1", P.COMPUTE)
+
+
+def test_priority_then_submission_order(h: Harness) -> None:
+    h.client(b"c1")
+    h.submit(b"c1", [("low", [])], priority=0)
+    h.submit(b"c1", [("high", [])], priority=5, with_function=False)
+    h.submit(b"c1", [("low2", [])], priority=0, with_function=False)
+    out = h.worker(b"w1", credit=1)
+    assert compute_keys(out, b"w1") == ["high"]
+    assert compute_keys(h.finish(b"w1", "high"), b"w1") == ["low"]
+    assert compute_keys(h.finish(b"w1", "low"), b"w1") == ["low2"]
+
+
+# --- dependencies and locality -------------------------------------------------------------
+
+
+def test_task_goes_to_the_holder_of_most_input_bytes_and_names_other_holders(h: Harness) -> None:
+    h.worker(b"w1")
+    h.worker(b"w2")
+    h.client(b"c1")
+    out = h.submit(b"c1", [("big", []), ("small", [])])
+    holder = {key: w for w in (b"w1", b"w2") for key in compute_keys(out, w)}
+    assert holder["big"] != holder["small"]
+    h.finish(holder["big"], "big", nbytes=10_000_000)
+    out = h.finish(holder["small"], "small", nbytes=10)
+    out = h.submit(b"c1", [("sum", ["big", "small"])], with_function=False)
+    compute = one(out, holder["big"], P.COMPUTE)
+    assert compute.header[1][0][2] == [["big", None], ["small", holder["small"]]]
+
+
+def test_dependent_waits_until_inputs_are_in_memory(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    out = h.submit(b"c1", [("a", []), ("b", ["a"])])
+    assert compute_keys(out, b"w1") == ["a"]
+    assert h.state.ledger.tasks["b"].state == "waiting"
+    out = h.finish(b"w1", "a")
+    assert compute_keys(out, b"w1") == ["b"]
+
+
+def test_unknown_dependency_errs_the_task(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    out = h.submit(b"c1", [("b", ["ghost"])])
+    entry = report_entries(out, b"c1")["b"]
+    assert entry[1] == P.ERRED and entry[2] == ["LostDataError", "dependency ghost is unknown", "b"]
+
+
+def test_released_inputs_are_recomputed_when_needed_again(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])], flags=0)
+    h.finish(b"w1", "a")  # nobody wants it: released and forgotten
+    assert "a" not in h.state.ledger.tasks
+    h.submit(b"c1", [("a", [])], flags=0, with_function=False)
+    h.submit(b"c1", [("b", ["a"])], with_function=False)
+    out = h.finish(b"w1", "a")
+    assert compute_keys(out, b"w1") == ["b"]
+    out = h.finish(b"w1", "b")
+    assert one(out, b"w1", P.DELETE).header == [["a"]]  # b done: a is not needed any more
+    assert h.state.ledger.tasks["a"].state == "released"  # spec kept: b's lineage
+    out = h.send(b"c1", P.GATHER, [["a"]])  # asking for it again recomputes it
+    assert compute_keys(out, b"w1") == ["a"]
+
+
+# --- duplicate submissions ---------------------------------------------------------------
+
+
+def test_pure_task_submitted_twice_runs_once(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.client(b"c2")
+    out1 = h.submit(b"c1", [("same", [])])
+    out2 = h.submit(b"c2", [("same", [])])
+    assert compute_keys(out1, b"w1") == ["same"]
+    assert compute_keys(out2, b"w1") == []
+    out = h.finish(b"w1", "same")
+    assert "same" in report_entries(out, b"c1") and "same" in report_entries(out, b"c2")
+    out = h.submit(b"c1", [("same", [])])  # already in memory: reported at once
+    assert report_entries(out, b"c1")["same"][1] == P.FINISHED
+    assert not compute_keys(out, b"w1")
+    out = h.submit(b"c2", [("same", [])], flags=P.FLAG_WANTED | P.FLAG_PUSH_RESULT)
+    assert one(out, b"w1", P.GET).header[1] == ["same"]
+
+
+def test_resubmitting_an_erred_key_reports_the_error_again(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("bad", [])])
+    detail = ["ZeroDivisionError", "division by zero", "bad"]
+    h.done(b"w1", [["bad", P.ERRED, detail, 1]], [b"<exc>"])
+    out = h.submit(b"c2", [("bad", [])])
+    report = one(out, b"c2", P.REPORT)
+    assert report.header == [[["bad", P.ERRED, detail, 1]]] and report.payload == [b"<exc>"]
+
+
+# --- gather ----------------------------------------------------------------------------
+
+
+def test_gather_memory_pending_erred_and_unknown(h: Harness) -> None:
+    h.worker(b"w1", credit=2)
+    h.client(b"c1")
+    h.submit(b"c1", [("mem", []), ("bad", []), ("pending", [])])
+    h.finish(b"w1", "mem")
+    h.done(b"w1", [["bad", P.ERRED, ["ValueError", "no", "bad"], 1]], [b"<exc>"])
+    out = h.send(b"c1", P.GATHER, [["mem", "bad", "pending", "nope"]])
+    get = one(out, b"w1", P.GET)
+    assert get.header[1] == ["mem"]
+    entries = report_entries(out, b"c1")
+    assert entries["bad"][1] == P.ERRED
+    assert entries["nope"][1] == P.LOST and "unknown key" in entries["nope"][2]
+    assert "pending" not in entries
+    out = h.send(b"w1", P.DATA, [get.header[0], [["mem", 1]], []], [b"m"])
+    report = one(out, b"c1", P.REPORT)
+    assert report.header[0] == [["mem", P.FINISHED, ["int", 8], 1]] and report.payload == [b"m"]
+    out = h.finish(b"w1", "pending")
+    assert one(out, b"w1", P.GET).header[1] == ["pending"]
+
+
+def test_gather_retries_another_holder_when_data_is_missing(h: Harness) -> None:
+    h.worker(b"w1")
+    h.worker(b"w2")
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])])
+    holder = next(w for w in (b"w1", b"w2") if h.state.workers[w].processing)
+    h.finish(holder, "a")
+    out = h.send(b"c1", P.GATHER, [["a"]])
+    get = one(out, holder, P.GET)
+    out = h.send(holder, P.DATA, [get.header[0], [], ["a"]])  # it lost the value
+    assert compute_keys(out, b"w1") + compute_keys(out, b"w2") == ["a"]  # recomputed
+    new_holder = next(w for w in (b"w1", b"w2") if h.state.workers[w].processing)
+    out = h.finish(new_holder, "a")
+    assert one(out, new_holder, P.GET).header[1] == ["a"]  # the client still gets its value
+
+
+# --- release, forget, cancel ----------------------------------------------------------
+
+
+def test_release_forgets_everything_no_leak(h: Harness) -> None:
+    h.worker(b"w1", credit=10)
+    h.client(b"c1")
+    graph = [("a", []), ("b", ["a"]), ("c", ["a", "b"]), ("d", ["c"])]
+    h.submit(b"c1", graph)
+    for key, _ in graph:
+        h.finish(b"w1", key)
+    out = h.send(b"c1", P.RELEASE, [["a", "b", "c", "d"]])
+    assert sorted(one(out, b"w1", P.DELETE).header[0]) == ["a", "b", "c", "d"]
+    assert h.state.ledger.tasks == {}
+    assert h.state.workers[b"w1"].nbytes == 0
+
+
+def test_release_of_pending_tasks_drops_and_cancels_them(h: Harness) -> None:
+    h.worker(b"w1", credit=1)
+    h.client(b"c1")
+    h.submit(b"c1", [("run", []), ("wait", [])])
+    out = h.send(b"c1", P.RELEASE, [["run", "wait"]])
+    assert one(out, b"w1", P.CANCEL_TASKS).header == [["run"]]
+    assert "wait" not in h.state.ledger.tasks
+    out = h.done(b"w1", [["run", P.CANCELLED, "cancelled", 0]])
+    assert h.state.ledger.tasks == {}
+    assert h.state.workers[b"w1"].processing == {}
+
+
+def test_cancel_cancels_dependents_and_reports_to_their_wanters(h: Harness) -> None:
+    h.worker(b"w1", credit=1)
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("a", [])])
+    h.submit(b"c1", [("x", [])], with_function=False)
+    h.submit(b"c2", [("b", ["x"])], with_function=False)
+    h.submit(b"c2", [("c", ["b"])], with_function=False)
+    out = h.send(b"c1", P.CANCEL, [["x"]])
+    assert report_entries(out, b"c1")["x"][1:3] == [P.CANCELLED, "cancelled"]
+    entries = report_entries(out, b"c2")
+    assert entries["b"][1] == P.CANCELLED and entries["c"][1] == P.CANCELLED
+    assert set(h.state.ledger.tasks) == {"a"}
+    out = h.send(b"c1", P.CANCEL, [["a"]])  # running: the worker is asked to drop it
+    assert one(out, b"w1", P.CANCEL_TASKS).header == [["a"]]
+    h.done(b"w1", [["a", P.FINISHED, ["int", 8], 0]])  # it finished anyway: discarded
+    assert h.state.ledger.tasks == {}
+
+
+def test_cancel_keeps_a_key_someone_else_wants(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("a", [])])
+    h.submit(b"c2", [("a", [])])
+    out = h.send(b"c1", P.CANCEL, [["a"]])
+    assert report_entries(out, b"c1")["a"][1] == P.CANCELLED
+    assert not msgs(out, b"w1", P.CANCEL_TASKS) and not msgs(out, b"c2", P.REPORT)
+    out = h.finish(b"w1", "a")
+    assert "a" in report_entries(out, b"c2") and not msgs(out, b"c1", P.REPORT)
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def test_retries_requeue_then_error(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", [("flaky", [])], retries=1)
+    detail = ["OSError", "flaky", "flaky"]
+    out = h.done(b"w1", [["flaky", P.ERRED, detail, 1]], [b"<exc1>"])
+    assert compute_keys(out, b"w1") == ["flaky"] and not msgs(out, b"c1", P.REPORT)
+    out = h.done(b"w1", [["flaky", P.ERRED, detail, 1]], [b"<exc2>"])
+    report = one(out, b"c1", P.REPORT)
+    assert report.header == [[["flaky", P.ERRED, detail, 1]]] and report.payload == [b"<exc2>"]
+
+
+def test_errors_propagate_to_dependents_with_the_same_detail(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("a", []), ("b", ["a"])])
+    h.submit(b"c2", [("c", ["b"])], with_function=False)
+    detail = ["KeyError", "'k'", "a"]
+    out = h.done(b"w1", [["a", P.ERRED, detail, 1]], [b"<exc>"])
+    c1, c2 = report_entries(out, b"c1"), report_entries(out, b"c2")
+    assert c1["a"] == ["a", P.ERRED, detail, 1] and c1["b"] == ["b", P.ERRED, detail, 1]
+    assert c2["c"] == ["c", P.ERRED, detail, 1]
+    assert one(out, b"c2", P.REPORT).payload == [b"<exc>"]
+    out = h.submit(b"c2", [("d", ["c"])], with_function=False)  # erred input: erred at once
+    assert report_entries(out, b"c2")["d"] == ["d", P.ERRED, detail, 1]
+
+
+def test_deep_chains_do_not_recurse(h: Harness) -> None:
+    h.audit = False
+    h.worker(b"w1")
+    h.client(b"c1")
+    depth = 5000
+    h.submit(b"c1", [("k0", [])] + [(f"k{i}", [f"k{i - 1}"]) for i in range(1, depth)])
+    out = h.done(b"w1", [["k0", P.ERRED, ["E", "m", "k0"], 1]], [b"<exc>"])
+    assert len(report_entries(out, b"c1")) == depth
+    h.send(b"c1", P.RELEASE, [[f"k{i}" for i in range(depth)]])
+    assert h.state.ledger.tasks == {}
+
+
+# --- worker death ------------------------------------------------------------------------
+
+
+def test_worker_death_requeues_its_tasks(h: Harness) -> None:
+    h.worker(b"w1", credit=2)
+    h.client(b"c1")
+    h.submit(b"c1", [("a", []), ("b", [])])
+    out = h.send(b"w1", P.GOODBYE, ["bye"])
+    assert not msgs(out, b"c1", P.REPORT)
+    out = h.worker(b"w2", credit=2)
+    assert sorted(compute_keys(out, b"w2")) == ["a", "b"]
+
+
+def test_lost_keys_are_recomputed_from_lineage(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])], flags=0)
+    h.submit(b"c1", [("b", ["a"])], with_function=False)
+    h.finish(b"w1", "a")
+    h.finish(b"w1", "b")
+    assert h.state.ledger.tasks["a"].state == "released"
+    h.worker(b"w2")
+    out = h.send(b"w1", P.GOODBYE, ["bye"])
+    assert compute_keys(out, b"w2") == ["a"]
+    assert h.state.ledger.tasks["b"].state == "waiting"
+    out = h.finish(b"w2", "a")
+    assert compute_keys(out, b"w2") == ["b"]
+    out = h.finish(b"w2", "b")
+    assert report_entries(out, b"c1")["b"][1] == P.FINISHED
+
+
+def test_killed_worker_after_three_deaths_while_running(h: Harness) -> None:
+    h.client(b"c1")
+    h.submit(b"c1", [("poison", []), ("innocent", [])])
+    h.send(b"pool", P.HELLO, ["pool", {"pool": "p", "host": "h", "nworkers": 1}])
+    for attempt in range(1, MAX_KILLED_ATTEMPTS + 1):
+        identity = f"w-gen{attempt}".encode()
+        out = h.worker(identity, credit=2)
+        assert sorted(compute_keys(out, identity)) == ["innocent", "poison"]
+        out = h.send(b"pool", P.WORKER_DIED, [identity, ["poison"], -9])
+        assert h.state.ledger.tasks["innocent"].suspicious == 0
+    entry = report_entries(out, b"c1")["poison"]
+    assert entry[1] == P.ERRED and entry[3] == 0
+    assert entry[2][0] == "KilledWorker" and entry[2][2] == "poison"
+    assert f"Attempted to run task poison on {MAX_KILLED_ATTEMPTS} different workers" in entry[2][1]
+    assert "innocent" not in report_entries(out, b"c1")
+    assert h.state.ledger.tasks["innocent"].state == "queued"
+    assert h.send(b"pool", P.WORKER_DIED, [b"w-gen1", ["innocent"], -9]) == []  # idempotent
+
+
+def test_death_without_running_list_blames_all_until_the_pool_corrects_it(h: Harness) -> None:
+    h.client(b"c1")
+    h.send(b"pool", P.HELLO, ["pool", {"pool": "p", "host": "h", "nworkers": 1}])
+    h.worker(b"w1", credit=2)
+    h.submit(b"c1", [("runs", []), ("waits", [])])
+    h.state.peer_unreachable(b"w1", h.now)
+    h.check()
+    tasks = h.state.ledger.tasks
+    assert (tasks["runs"].suspicious, tasks["waits"].suspicious) == (1, 1)
+    h.send(b"pool", P.WORKER_DIED, [b"w1", ["runs"], -11])
+    assert (tasks["runs"].suspicious, tasks["waits"].suspicious) == (1, 0)
+
+
+def test_scattered_data_without_holder_is_lost(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    out = h.send(b"c1", P.SCATTER, [[["x", 1]], False], [b"<x>"])
+    assert one(out, b"w1", P.STORE).header == [[["x", 1]]]
+    h.done(b"w1", [["x", P.FINISHED, ["list", 3], 0]])
+    h.submit(b"c1", [("y", ["x"])])
+    h.finish(b"w1", "y")
+    out = h.send(b"w1", P.GOODBYE, ["bye"])
+    entries = report_entries(out, b"c1")
+    assert entries["x"][1] == P.LOST and "lost" in entries["x"][2]
+    assert entries["y"][1] == P.ERRED and entries["y"][2][0] == "LostDataError"
+
+
+def test_get_in_flight_to_a_dead_holder_is_answered_as_missing(h: Harness) -> None:
+    h.worker(b"w1")
+    h.worker(b"w2")
+    h.client(b"c1")
+    out = h.submit(b"c1", [("a", [])])
+    holder = b"w1" if compute_keys(out, b"w1") else b"w2"
+    other = b"w2" if holder == b"w1" else b"w1"
+    h.finish(holder, "a")
+    h.send(b"c1", P.GATHER, [["a"]])
+    out = h.send(other, P.FETCH, [77, holder, ["a"]])
+    assert one(out, holder, P.GET).header[1] == ["a"]
+    out = h.send(holder, P.GOODBYE, ["bye"])
+    assert one(out, other, P.DATA).header == [77, [], ["a"]]
+    assert compute_keys(out, other) == ["a"]  # the client's gather recomputes it
+
+
+# --- worker to worker transfers --------------------------------------------------------
+
+
+def test_fetch_is_relayed_to_the_holder_and_back(h: Harness) -> None:
+    h.worker(b"w1")
+    h.worker(b"w2")
+    h.client(b"c1")
+    out = h.submit(b"c1", [("a", [])])
+    holder = b"w1" if compute_keys(out, b"w1") else b"w2"
+    other = b"w2" if holder == b"w1" else b"w1"
+    h.finish(holder, "a")
+    out = h.send(other, P.FETCH, [5, holder, ["a"]])
+    get = one(out, holder, P.GET)
+    out = h.send(holder, P.DATA, [get.header[0], [["a", 2]], []], [b"part1", b"part2"])
+    data = one(out, other, P.DATA)
+    assert data.header == [5, [["a", 2]], []] and data.payload == [b"part1", b"part2"]
+    out = h.send(other, P.FETCH, [6, b"nobody", ["a"]])
+    assert one(out, other, P.DATA).header == [6, [], ["a"]]
+
+
+def test_missing_deps_recomputes_the_input(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])], flags=0)
+    h.submit(b"c1", [("b", ["a"])], with_function=False)
+    h.finish(b"w1", "a")
+    out = h.done(b"w1", [["b", P.MISSING_DEPS, ["a"], 0]])  # w1 lost a
+    assert compute_keys(out, b"w1") == ["a"]
+    assert compute_keys(h.finish(b"w1", "a"), b"w1") == ["b"]
+
+
+def test_result_from_a_presumed_dead_worker_is_accepted(h: Harness) -> None:
+    h.worker(b"w1")
+    h.worker(b"w2", credit=1)
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])])
+    runner = next(w for w in (b"w1", b"w2") if h.state.workers[w].processing)
+    h.state.peer_unreachable(runner, h.now)
+    other = b"w2" if runner == b"w1" else b"w1"
+    assert h.state.ledger.tasks["a"].processing_on is h.state.workers[other]
+    h.worker(runner)
+    out = h.finish(runner, "a")
+    assert report_entries(out, b"c1")["a"][1] == P.FINISHED
+    assert one(out, other, P.CANCEL_TASKS).header == [["a"]]
+    out = h.finish(other, "a")
+    assert one(out, other, P.DELETE).header == [["a"]]
+
+
+# --- scatter ----------------------------------------------------------------------------
+
+
+def test_scatter_waits_for_a_worker_then_stores_and_reports(h: Harness) -> None:
+    h.client(b"c1")
+    out = h.send(b"c1", P.SCATTER, [[["x", 1], ["y", 2]], False], [b"<x>", b"<y0>", b"<y1>"])
+    assert out == []
+    out = h.worker(b"w1")
+    store = one(out, b"w1", P.STORE)
+    assert store.header == [[["x", 1], ["y", 2]]] and store.payload == [b"<x>", b"<y0>", b"<y1>"]
+    assert h.state.ledger.tasks["x"].payload is not None
+    out = h.finish(b"w1", "x", "y", nbytes=3)
+    assert set(report_entries(out, b"c1")) == {"x", "y"}
+    assert h.state.ledger.tasks["x"].payload is None  # the broker keeps no copy
+    assert h.state.workers[b"w1"].processing == {}
+
+
+def test_scatter_spreads_keys_and_broadcast_reaches_every_worker(h: Harness) -> None:
+    h.worker(b"w1")
+    h.worker(b"w2")
+    h.client(b"c1")
+    out = h.send(b"c1", P.SCATTER, [[["p", 1], ["q", 1]], False], [b"a" * 100, b"b" * 100])
+    stored = {w: [e[0] for m in msgs(out, w, P.STORE) for e in m.header[0]] for w in (b"w1", b"w2")}
+    assert sorted(stored[b"w1"] + stored[b"w2"]) == ["p", "q"] and stored[b"w1"] and stored[b"w2"]
+    out = h.send(b"c1", P.SCATTER, [[["all", 1]], True], [b"z"])
+    assert one(out, b"w1", P.STORE).header == one(out, b"w2", P.STORE).header == [[["all", 1]]]
+    h.finish(b"w1", "all")
+    h.finish(b"w2", "all")
+    assert len(h.state.ledger.tasks["all"].who_has or ()) == 2
+
+
+# --- clients -----------------------------------------------------------------------------
+
+
+def test_client_death_releases_its_keys(h: Harness) -> None:
+    h.worker(b"w1", credit=1)
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("mine", [])])
+    h.submit(b"c2", [("theirs", []), ("queued", [])], with_function=False)
+    h.finish(b"w1", "mine")
+    out = h.send(b"c1", P.GOODBYE, ["closing"])
+    assert one(out, b"w1", P.DELETE).header == [["mine"]]
+    assert set(h.state.ledger.tasks) == {"theirs", "queued"}
+    h.tick(h.state.liveness_timeout_s * 0.6)
+    h.send(b"w1", P.HEARTBEAT, [EPOCH])
+    h.tick(h.state.liveness_timeout_s * 0.6)  # c2 silent too long: like releasing everything
+    assert h.state.info()["nclients"] == 0
+    assert set(h.state.ledger.tasks) == {"theirs"}  # running: cancelled, awaiting the answer
+    h.done(b"w1", [["theirs", P.CANCELLED, "cancelled", 0]])
+    assert h.state.ledger.tasks == {}
+
+
+# --- time --------------------------------------------------------------------------------
+
+
+def test_heartbeats_and_liveness_follow_injected_time() -> None:
+    h = Harness(heartbeat_interval_s=1.0, liveness_timeout_s=3.0)
+    h.worker(b"w1")
+    h.client(b"c1")
+    assert h.tick(0.5) == []
+    out = h.tick(0.6)
+    assert sorted(i for i, m in out if m.command == P.HEARTBEAT) == [b"c1", b"w1"]
+    assert one(out, b"w1", P.HEARTBEAT).header == [EPOCH]
+    assert h.tick(0.5) == []  # just sent one
+    h.send(b"c1", P.HEARTBEAT, [EPOCH])
+    h.tick(1.0)
+    h.tick(1.0)  # w1 silent for 3.1 s now, c1 for 2.0 s
+    assert h.state.info()["workers"] == {} and h.state.info()["nclients"] == 1
+    assert one(h.send(b"w1", P.HEARTBEAT, [EPOCH]), b"w1", P.UNKNOWN_PEER).header == [EPOCH]
+
+
+def test_shutdown_says_goodbye_to_everyone(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    out = [(i, decode(m)) for i, m in h.state.shutdown("broker shutting down")]
+    assert sorted(i for i, _ in out) == [b"c1", b"w1"]
+    assert all(m.command == P.GOODBYE and m.header == ["broker shutting down"] for _, m in out)
+
+
+# --- hostile input -----------------------------------------------------------------------
+
+
+def test_malformed_messages_get_an_error_and_are_counted(h: Harness) -> None:
+    h.client(b"c1")
+    bad = [
+        [b"\x01"],
+        [b"\x09\x0a", b"\x92\x90\x90"],
+        [bytes((1, 99)), b"\x90"],
+        [bytes((1, P.SUBMIT)), b"\xc1"],
+        encode(P.SUBMIT, [[], [["k", FN, [], 0, 0, 0, 2]]], [b"only-one"]),
+        encode(P.GATHER, [[""]]),
+    ]
+    for frames in bad:
+        out = h.raw(b"c1", frames)
+        assert one(out, b"c1", P.ERROR).header[0] == P.ERR_MALFORMED
+    assert h.state.counters.malformed == len(bad) == h.state.info()["malformed"]
+    assert h.state.ledger.tasks == {}
+
+
+def test_too_large_messages_are_refused_before_decoding() -> None:
+    h = Harness(max_message_bytes=1000)
+    h.client(b"c1")
+    out = h.raw(b"c1", [b"not even", b"a message", b"x" * 1000])
+    assert one(out, b"c1", P.ERROR).header[0] == P.ERR_TOO_LARGE
+    out = h.submit(b"c1", [("a", [])])  # small messages still work
+    assert not msgs(out, b"c1", P.ERROR)
+    assert h.state.counters.too_large == 1 and h.state.counters.malformed == 0
+
+
+def _random_message(rng: random.Random, h: Harness, keys: list[str], workers: list[bytes]) -> tuple[bytes, list[Any]]:
+    """A plausible message (or garbage) from a random peer, exercising every handler."""
+    state = h.state
+    clients = [b"c1", b"c2"]
+    sample = rng.sample
+    kind = rng.randrange(17)
+    if kind == 0:
+        return rng.choice([*clients, *workers, b"pool", b"x"]), [rng.randbytes(rng.randrange(4)) for _ in range(3)]
+    if kind == 1:
+        w = rng.choice(workers)
+        return w, encode(P.HELLO, ["worker", {"nthreads": rng.randint(1, 2), "credit": rng.randint(1, 3)}])
+    if kind == 2:
+        return rng.choice(clients), encode(P.HELLO, ["client", {"name": "c"}])
+    if kind in (3, 4):
+        entries, payload = [], []
+        fns = [b"f1"] if rng.random() < 0.7 else []
+        payload.extend(b"F" for _ in fns)
+        for _ in range(rng.randint(1, 4)):
+            n = rng.randint(0, 2)
+            deps = sample(keys, rng.randint(0, 2))
+            entries.append(
+                [
+                    rng.choice(keys),
+                    rng.choice([b"f1", b"f2"]),
+                    deps,
+                    rng.randint(-2, 2),
+                    rng.randint(0, 1),
+                    rng.randint(0, 3),
+                    n,
+                ]
+            )
+            payload.extend(b"a" * n)
+        return rng.choice(clients), encode(P.SUBMIT, [fns, entries], payload)
+    if kind == 5:
+        command = rng.choice([P.RELEASE, P.CANCEL, P.GATHER])
+        return rng.choice(clients), encode(command, [sample(keys, rng.randint(1, 3))])
+    if kind == 6:
+        chosen = sample(keys, rng.randint(1, 2))
+        return rng.choice(clients), encode(
+            P.SCATTER, [[[k, 1] for k in chosen], rng.random() < 0.3], [b"d"] * len(chosen)
+        )
+    if kind in (7, 8, 9, 10):
+        w = rng.choice(workers)
+        peer = state.workers.get(w)
+        pool = list(peer.processing) + list(peer.storing) if peer is not None else []
+        chosen = sample(pool, min(len(pool), rng.randint(1, 3))) if pool and rng.random() < 0.9 else sample(keys, 1)
+        entries, payload = [], []
+        for key in chosen:
+            code = rng.choice([P.FINISHED, P.FINISHED, P.FINISHED, P.ERRED, P.CANCELLED, P.MISSING_DEPS])
+            if code == P.FINISHED:
+                n = rng.randint(0, 1)
+                entries.append([key, code, ["int", rng.randint(0, 100)], n])
+                payload.extend([b"v"] * n)
+            elif code == P.ERRED:
+                entries.append([key, code, ["E", "m", key], 1])
+                payload.append(b"e")
+            elif code == P.CANCELLED:
+                entries.append([key, code, "cancelled", 0])
+            else:
+                entries.append([key, code, sample(keys, 1), 0])
+        return w, encode(P.DONE, [entries], payload)
+    if kind == 11:
+        w = rng.choice(workers)
+        requests = [rid for rid, r in state._requests.items() if r.holder.identity == w]
+        rid = rng.choice(requests) if requests and rng.random() < 0.9 else rng.randint(0, 5)
+        asked = state._requests[rid].keys if rid in state._requests else sample(keys, 1)
+        present = [k for k in asked if rng.random() < 0.7]
+        missing = [k for k in asked if k not in present and rng.random() < 0.8]
+        return w, encode(P.DATA, [rid, [[k, 1] for k in present], missing], [b"v"] * len(present))
+    if kind == 12:
+        w = rng.choice(workers)
+        return w, encode(P.FETCH, [rng.randint(0, 9), rng.choice(workers), sample(keys, 1)])
+    if kind == 13:
+        return b"pool", encode(P.WORKER_DIED, [rng.choice(workers), sample(keys, rng.randint(0, 2)), -9])
+    if kind == 14:
+        return rng.choice([*clients, *workers]), encode(P.GOODBYE, ["bye"])
+    if kind == 15:
+        return rng.choice([*clients, *workers, b"pool"]), encode(P.INFO, [1])
+    return rng.choice([*clients, *workers]), encode(P.HEARTBEAT, [EPOCH])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fuzz_never_raises_keeps_invariants_and_leaks_nothing(seed: int) -> None:
+    rng = random.Random(seed)
+    h = Harness(heartbeat_interval_s=1.0, liveness_timeout_s=5.0)
+    keys = [f"k{i}" for i in range(12)]
+    workers = [b"w1", b"w2", b"w3"]
+    h.send(b"pool", P.HELLO, ["pool", {"pool": "p", "host": "h", "nworkers": 3}])
+    for step in range(1500):
+        sender, frames = _random_message(rng, h, keys, workers)
+        out = h.raw(sender, frames)
+        for identity, message in out:
+            peer = h.state.peers.get(identity)
+            if message.command == P.COMPUTE and peer is not None:
+                assert len(h.state.workers[identity].processing) <= h.state.workers[identity].credit
+        if step % 50 == 0:
+            h.tick(rng.random() * 2)
+            if b"pool" not in h.state.peers:
+                h.send(b"pool", P.HELLO, ["pool", {"pool": "p", "host": "h", "nworkers": 3}])
+    # Everyone leaves: nothing may remain in the ledger.
+    for identity in list(h.state.peers):
+        h.send(identity, P.GOODBYE, ["bye"])
+    assert h.state.ledger.tasks == {}
+    assert h.state.ledger.counts == dict.fromkeys(h.state.ledger.counts, 0)
+    assert h.state.counters.malformed > 0 and h.state.counters.internal_errors == 0
+
+
+def test_garbage_fuzz_never_raises() -> None:
+    rng = random.Random(99)
+    h = Harness(audit=False)
+    h.client(b"c1")
+    h.worker(b"w1")
+    for _ in range(3000):
+        command = rng.choice(list(P.COMMAND_NAMES))
+        head = bytes((rng.choice([1, 1, 1, 2]), command))
+        frames = [head, rng.randbytes(rng.randrange(12))] + [rng.randbytes(3) for _ in range(rng.randrange(3))]
+        h.raw(rng.choice([b"c1", b"w1", b"zz"]), frames)
+    assert h.state.audit() == []
+    assert h.state.counters.internal_errors == 0
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+def test_queued_tiny_tasks_cost_well_under_a_kilobyte_each() -> None:
+    h = Harness(audit=False)
+    h.client(b"c1")
+    n = 20_000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        entries = [[f"inc-{i:032x}", FN, [], 0, 0, P.FLAG_WANTED, 1] for i in range(n)]
+        # A typical tiny pickle of (args, kwargs): about 40 bytes.
+        payload = [FN_FRAME] + [b"\x80\x05\x95" + i.to_bytes(8, "little") + b"\x00" * 29 for i in range(n)]
+        message = encode(P.SUBMIT, [[FN], entries], payload)
+        h.raw(b"c1", message)
+        del entries, payload, message
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert h.state.ledger.counts["queued"] == n
+    per_task = (after - before) / n  # record, key, payload frame, queue entry, indexes
+    assert per_task < 768, f"{per_task:.0f} bytes per queued task"
