@@ -34,10 +34,8 @@ from zmqdask import serialize
 from zmqdask.config import DEFAULT_PREFETCH_PER_THREAD, INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
-    CANCELLED as TASK_CANCELLED,
-)
-from zmqdask.executor import (
     SLOT_BYTES,
+    STATE_CANCELLED,
     Executor,
     FunctionCache,
     Task,
@@ -75,7 +73,7 @@ from zmqdask.protocol import (
     encode,
 )
 from zmqdask.serialize import TaskRef
-from zmqdask.worker import EXIT_BROKER_UNREACHABLE, Worker
+from zmqdask.worker import DONE_FLUSH_BYTES, EXIT_BROKER_UNREACHABLE, Worker
 
 # Functions of this module travel by value, as a client's notebook functions do: the worker
 # processes cannot import the test module.
@@ -300,7 +298,7 @@ def test_executor_runs_tasks_and_cancels_only_unstarted_ones() -> None:
         executor.submit(queued)
         wait_until(lambda: read_slots(slots) == ["blocker"])
         assert not executor.cancel(blocker)
-        assert executor.cancel(queued) and queued.state == TASK_CANCELLED
+        assert executor.cancel(queued) and queued.state == STATE_CANCELLED
         release.set()
         # A thread clears its slot and queues the result before it sends the wake-up.
         assert wake.poll(int(WAIT_S * 1000))
@@ -525,6 +523,25 @@ def test_many_tiny_tasks_come_back_in_batches(broker: ScriptedBroker, workers: W
     assert done_messages < count
     values, _ = get(broker, identity, ["t0", f"t{count - 1}"])
     assert values == {"t0": 1, f"t{count - 1}": count}
+
+
+def gated_bytes(gate: str, size: int) -> bytes:
+    wait_for_file(gate)
+    return bytes(size)
+
+
+def test_pushed_results_are_split_into_bounded_done_messages(
+    broker: ScriptedBroker, workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    identity = register(broker, workers, nthreads=2)
+    gate, size, count = tmp_path / "gate", INLINE_RESULT_MAX_BYTES - 1000, 24
+    compute(broker, identity, [(f"b{i}", gated_bytes, (str(gate), size), [], FLAG_PUSH_RESULT) for i in range(count)])
+    gate.touch()
+    results = broker.done({f"b{i}" for i in range(count)})
+    assert all(len(serialize.loads(frames)) == size for _, _, frames in results.values())
+    for _, message in broker.log:
+        if message.command == DONE:
+            assert sum(len(frame) for frame in message.payload) < DONE_FLUSH_BYTES + INLINE_RESULT_MAX_BYTES
 
 
 def test_inputs_are_taken_locally_or_fetched_once_per_holder(broker: ScriptedBroker, workers: WorkerProcesses) -> None:

@@ -178,13 +178,13 @@ class FunctionCache:
 
 # --- tasks ---------------------------------------------------------------------------------
 
-WAITING = 0
+STATE_WAITING = 0
 """Task state: waiting for inputs fetched from other workers."""
-QUEUED = 1
+STATE_QUEUED = 1
 """Task state: handed to the executor threads, not started."""
-RUNNING = 2
+STATE_RUNNING = 2
 """Task state: an executor thread claimed it."""
-CANCELLED = 3
+STATE_CANCELLED = 3
 """Task state: dropped before it started."""
 
 
@@ -227,7 +227,7 @@ class Task:
         self.deps = deps
         """Input values by key, for TaskRef substitution; None when the task has no inputs."""
         self.generation = generation
-        self.state = WAITING
+        self.state = STATE_WAITING
         self.pending: set[str] = set()
         """Inputs still being fetched."""
         self.missing: list[str] = []
@@ -363,14 +363,14 @@ class Executor:
 
     def submit(self, task: Task) -> None:
         """Queue a task for the next free thread."""
-        task.state = QUEUED
+        task.state = STATE_QUEUED
         self._tasks.put(task)
 
     def cancel(self, task: Task) -> bool:
         """Drop a task that has not started; False if a thread already claimed it."""
         with self._lock:
-            if task.state == WAITING or task.state == QUEUED:
-                task.state = CANCELLED
+            if task.state == STATE_WAITING or task.state == STATE_QUEUED:
+                task.state = STATE_CANCELLED
                 return True
             return False
 
@@ -405,9 +405,9 @@ class Executor:
                 if task is None:
                     return
                 with lock:
-                    if task.state != QUEUED:
+                    if task.state != STATE_QUEUED:
                         continue
-                    task.state = RUNNING
+                    task.state = STATE_RUNNING
                 if slots is not None:
                     write_slot(slots, index, task.key.encode("utf-8"))
                 execute(task)

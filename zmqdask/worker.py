@@ -6,7 +6,7 @@ The main thread owns every socket and never runs user code::
                                                                    ▼
         ┌────────────── main thread: zmq.Poller loop ─────────────────────────────┐
         │ decode → handler → Executor.submit(task) / FETCH / DATA                 │
-        │ Executor.drain() → store results → one DONE per loop turn              │
+        │ Executor.drain() → store results → one DONE per loop turn               │
         └─────────────────────────────────────────────────────────────────────────┘
                           ▲ wake-up (inproc)          │ SimpleQueue
                           └──── executor threads ◀────┘
@@ -33,10 +33,15 @@ from typing import Any, NoReturn
 import zmq
 
 from zmqdask import protocol, serialize
-from zmqdask.config import DEFAULT_PREFETCH_PER_THREAD, HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S
+from zmqdask.config import (
+    DEFAULT_PREFETCH_PER_THREAD,
+    HEARTBEAT_INTERVAL_S,
+    INLINE_RESULT_MAX_BYTES,
+    LIVENESS_TIMEOUT_S,
+)
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
-    WAITING,
+    STATE_WAITING,
     Executor,
     FunctionCache,
     Task,
@@ -87,6 +92,8 @@ EXECUTOR_STOP_TIMEOUT_S = 0.2
 """How long a stopping worker waits for executor threads to finish their current task."""
 PARENT_CHECK_INTERVAL_S = 1.0
 """How often a worker without a parent sentinel checks that its parent process is alive."""
+DONE_FLUSH_BYTES = 8 * INLINE_RESULT_MAX_BYTES
+"""Pending DONE payload size at which the batch is sent before the loop turn ends."""
 
 _ABSENT = object()
 
@@ -371,6 +378,7 @@ class Worker:
         self._generation = 0
         self._done_entries: list[list[Any]] = []
         self._done_frames: list[Any] = []
+        self._done_nbytes = 0
         self._stop_requested = False
         self._malformed = 0
         self._parent_fd: int | None = None
@@ -537,6 +545,7 @@ class Worker:
         self._store.clear()
         self._done_entries.clear()
         self._done_frames.clear()
+        self._done_nbytes = 0
         self._link.reconnect()
 
     def _leave(self, reason: str, code: int) -> int:
@@ -599,6 +608,11 @@ class Worker:
             entries.append([key, task.code, task.detail, len(out)])
             if out:
                 frames.extend(out)
+                # Many pushed values in one turn would make one huge message: send early.
+                self._done_nbytes += serialize.frames_nbytes(out)
+                if self._done_nbytes >= DONE_FLUSH_BYTES:
+                    self._flush_done()
+                    entries, frames = self._done_entries, self._done_frames
 
     def _done(self, key: str, code: int, detail: Any, frames: Sequence[Any] = ()) -> None:
         self._done_entries.append([key, code, detail, len(frames)])
@@ -613,7 +627,7 @@ class Worker:
         if not self._done_entries:
             return
         entries, frames = self._done_entries, self._done_frames
-        self._done_entries, self._done_frames = [], []
+        self._done_entries, self._done_frames, self._done_nbytes = [], [], 0
         self._link.send(DONE, [entries], frames)
 
     # --- handlers --------------------------------------------------------------------------
@@ -701,7 +715,7 @@ class Worker:
                 continue
             value = fetched.get(key, _ABSENT)
             for task in waiters:
-                if task.state != WAITING:
+                if task.state != STATE_WAITING:
                     continue  # cancelled while its inputs travelled
                 task.pending.discard(key)
                 if value is _ABSENT:
