@@ -133,7 +133,9 @@ class PoolManager:
     """Starts ``nworkers`` worker processes, reports and replaces the ones that die.
 
     Call :meth:`start`, then :meth:`run` until it returns an exit code; :meth:`close`
-    releases everything (also after an error).  Main thread only.
+    releases everything (also after an error).  Main thread only.  One ``zmq.Poller`` waits
+    on the broker socket, every child's process sentinel and the signal wake-up fd, so a
+    death is noticed the moment it happens.
     """
 
     def __init__(
@@ -244,11 +246,10 @@ class PoolManager:
                 break
             deadline = link.deadline()
             for child in self._children:
+                if child.restart_at is not None and child.restart_at <= now:
+                    self._restart_child(child, now)
                 if child.restart_at is not None:
-                    if child.restart_at <= now:
-                        self._start_child(child)
-                    else:
-                        deadline = min(deadline, child.restart_at)
+                    deadline = min(deadline, child.restart_at)
             if self.watch_pid is not None:
                 deadline = min(deadline, self._next_watch)
             ready = dict(self._poller.poll(max(0, math.ceil((deadline - now) * 1000))))
@@ -268,10 +269,6 @@ class PoolManager:
         if self._signals is not None:
             self._signals.close()
             self._signals = None
-
-    def children_pids(self) -> list[int]:
-        """Process ids of the running children."""
-        return [c.process.pid for c in self._children if c.process is not None and c.process.pid is not None]
 
     # --- internals -------------------------------------------------------------------------
 
@@ -302,6 +299,14 @@ class PoolManager:
         self._by_sentinel[process.sentinel] = child
         self._poller.register(process.sentinel, zmq.POLLIN)
         logger.info("started worker %s (pid %s)", child.identity.decode(), process.pid)
+
+    def _restart_child(self, child: _Child, now: float) -> None:
+        try:
+            self._start_child(child)
+        except Exception:  # e.g. the fork server could not be reached: try again later
+            child.quick_deaths += 1
+            child.restart_at = now + restart_delay(max(2, child.quick_deaths))
+            logger.exception("could not restart worker %d; trying again in %.1f s", child.index, child.restart_at - now)
 
     def _on_child_exit(self, child: _Child) -> None:
         process = child.process
