@@ -371,6 +371,9 @@ class Ledger:
         else:
             self.set_state(rec, QUEUED)
             self.ready.push(rec)
+        # Nobody may need it (submitted without a future and no dependent in the batch, or
+        # requeued after its wanters left): the end-of-step release pass drops it then.
+        self.candidates.append(rec)
 
     def start(self, rec: TaskRecord, worker: WorkerPeer) -> None:
         """Mark a queued record as sent to ``worker`` (counts against its credit)."""

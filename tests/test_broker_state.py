@@ -60,12 +60,14 @@ class Harness:
         tasks: list[tuple[str, list[str]]],
         *,
         flags: int = P.FLAG_WANTED,
+        unwanted: tuple[str, ...] = (),
         with_function: bool = True,
         retries: int = 0,
         priority: int = 0,
         fn: bytes = FN,
     ) -> Out:
-        entries = [[key, fn, deps, priority, retries, flags, 1] for key, deps in tasks]
+        """Submit tasks with ``flags``, except those named in ``unwanted`` (no flags)."""
+        entries = [[key, fn, deps, priority, retries, 0 if key in unwanted else flags, 1] for key, deps in tasks]
         payload = ([FN_FRAME] if with_function else []) + [f"args:{key}".encode() for key, _ in tasks]
         return self.send(client, P.SUBMIT, [[fn] if with_function else [], entries], payload)
 
@@ -330,11 +332,9 @@ def test_unknown_dependency_errs_the_task(h: Harness) -> None:
 def test_released_inputs_are_recomputed_when_needed_again(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")
-    h.submit(b"c1", [("a", [])], flags=0)
-    h.finish(b"w1", "a")  # nobody wants it: released and forgotten
-    assert "a" not in h.state.ledger.tasks
-    h.submit(b"c1", [("a", [])], flags=0, with_function=False)
-    h.submit(b"c1", [("b", ["a"])], with_function=False)
+    out = h.submit(b"c1", [("a", [])], flags=0)
+    assert not msgs(out, b"w1", P.COMPUTE) and "a" not in h.state.ledger.tasks  # nobody needs it
+    h.submit(b"c1", [("a", []), ("b", ["a"])], unwanted=("a",), with_function=False)
     out = h.finish(b"w1", "a")
     assert compute_keys(out, b"w1") == ["b"]
     out = h.finish(b"w1", "b")
@@ -534,8 +534,7 @@ def test_worker_death_requeues_its_tasks(h: Harness) -> None:
 def test_lost_keys_are_recomputed_from_lineage(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")
-    h.submit(b"c1", [("a", [])], flags=0)
-    h.submit(b"c1", [("b", ["a"])], with_function=False)
+    h.submit(b"c1", [("a", []), ("b", ["a"])], unwanted=("a",))
     h.finish(b"w1", "a")
     h.finish(b"w1", "b")
     assert h.state.ledger.tasks["a"].state == "released"
@@ -634,8 +633,7 @@ def test_fetch_is_relayed_to_the_holder_and_back(h: Harness) -> None:
 def test_missing_deps_recomputes_the_input(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")
-    h.submit(b"c1", [("a", [])], flags=0)
-    h.submit(b"c1", [("b", ["a"])], with_function=False)
+    h.submit(b"c1", [("a", []), ("b", ["a"])], unwanted=("a",))
     h.finish(b"w1", "a")
     out = h.done(b"w1", [["b", P.MISSING_DEPS, ["a"], 0]])  # w1 lost a
     assert compute_keys(out, b"w1") == ["a"]
@@ -769,55 +767,68 @@ def test_too_large_messages_are_refused_before_decoding() -> None:
     assert h.state.counters.too_large == 1 and h.state.counters.malformed == 0
 
 
+_KINDS = [
+    "garbage",
+    "hello",
+    "submit",
+    "client_keys",
+    "scatter",
+    "done",
+    "data",
+    "fetch",
+    "died",
+    "goodbye",
+    "info",
+    "heartbeat",
+]
+_WEIGHTS = [3, 2, 25, 16, 4, 30, 8, 4, 2, 2, 2, 6]
+
+
 def _random_message(rng: random.Random, h: Harness, keys: list[str], workers: list[bytes]) -> tuple[bytes, list[Any]]:
-    """A plausible message (or garbage) from a random peer, exercising every handler."""
+    """A plausible message (sometimes garbage) from a random peer, exercising every handler."""
     state = h.state
     clients = [b"c1", b"c2"]
     sample = rng.sample
-    kind = rng.randrange(17)
-    if kind == 0:
+    kind = rng.choices(_KINDS, _WEIGHTS)[0]
+    if kind == "garbage":
         return rng.choice([*clients, *workers, b"pool", b"x"]), [rng.randbytes(rng.randrange(4)) for _ in range(3)]
-    if kind == 1:
-        w = rng.choice(workers)
-        return w, encode(P.HELLO, ["worker", {"nthreads": rng.randint(1, 2), "credit": rng.randint(1, 3)}])
-    if kind == 2:
-        return rng.choice(clients), encode(P.HELLO, ["client", {"name": "c"}])
-    if kind in (3, 4):
-        entries, payload = [], []
-        fns = [b"f1"] if rng.random() < 0.7 else []
+    if kind in ("submit", "client_keys", "scatter"):
+        sender = rng.choice(clients)
+    elif kind in ("done", "data", "fetch"):
+        sender = rng.choice(workers)
+    else:
+        sender = rng.choice([*clients, *workers])
+    if kind == "hello" or (sender not in state.peers and rng.random() < 0.9):
+        if sender in workers:
+            info = {"nthreads": rng.randint(1, 2), "credit": rng.randint(1, 3)}
+            return sender, encode(P.HELLO, ["worker", info])
+        return sender, encode(P.HELLO, ["client", {"name": "c"}])
+    if kind == "submit":
+        entries: list[Any] = []
+        payload: list[Any] = []
+        fns = sample([b"f1", b"f2"], rng.choice([0, 1, 1, 2]))
         payload.extend(b"F" for _ in fns)
         for _ in range(rng.randint(1, 4)):
             n = rng.randint(0, 2)
-            deps = sample(keys, rng.randint(0, 2))
-            entries.append(
-                [
-                    rng.choice(keys),
-                    rng.choice([b"f1", b"f2"]),
-                    deps,
-                    rng.randint(-2, 2),
-                    rng.randint(0, 1),
-                    rng.randint(0, 3),
-                    n,
-                ]
-            )
-            payload.extend(b"a" * n)
-        return rng.choice(clients), encode(P.SUBMIT, [fns, entries], payload)
-    if kind == 5:
-        command = rng.choice([P.RELEASE, P.CANCEL, P.GATHER])
-        return rng.choice(clients), encode(command, [sample(keys, rng.randint(1, 3))])
-    if kind == 6:
+            deps = sample(keys, rng.choice([0, 0, 1, 1, 2]))
+            fn = rng.choices([b"f1", b"f2", b"f3"], [6, 3, 1])[0]
+            entries.append([rng.choice(keys), fn, deps, rng.randint(-2, 2), rng.randint(0, 1), rng.randint(0, 3), n])
+            payload.extend([b"a"] * n)
+        return sender, encode(P.SUBMIT, [fns, entries], payload)
+    if kind == "client_keys":
+        command = rng.choice([P.RELEASE, P.RELEASE, P.CANCEL, P.GATHER])
+        return sender, encode(command, [sample(keys, rng.randint(1, 3))])
+    if kind == "scatter":
         chosen = sample(keys, rng.randint(1, 2))
-        return rng.choice(clients), encode(
-            P.SCATTER, [[[k, 1] for k in chosen], rng.random() < 0.3], [b"d"] * len(chosen)
-        )
-    if kind in (7, 8, 9, 10):
-        w = rng.choice(workers)
-        peer = state.workers.get(w)
-        pool = list(peer.processing) + list(peer.storing) if peer is not None else []
+        return sender, encode(P.SCATTER, [[[k, 1] for k in chosen], rng.random() < 0.3], [b"d"] * len(chosen))
+    if kind == "done":
+        peer = state.workers.get(sender)
+        pool = list(peer.processing) + list(peer.storing) + [r.key for r in peer.has] if peer is not None else []
         chosen = sample(pool, min(len(pool), rng.randint(1, 3))) if pool and rng.random() < 0.9 else sample(keys, 1)
-        entries, payload = [], []
+        entries = []
+        payload = []
         for key in chosen:
-            code = rng.choice([P.FINISHED, P.FINISHED, P.FINISHED, P.ERRED, P.CANCELLED, P.MISSING_DEPS])
+            code = rng.choices([P.FINISHED, P.ERRED, P.CANCELLED, P.MISSING_DEPS], [12, 2, 1, 1])[0]
             if code == P.FINISHED:
                 n = rng.randint(0, 1)
                 entries.append([key, code, ["int", rng.randint(0, 100)], n])
@@ -829,32 +840,30 @@ def _random_message(rng: random.Random, h: Harness, keys: list[str], workers: li
                 entries.append([key, code, "cancelled", 0])
             else:
                 entries.append([key, code, sample(keys, 1), 0])
-        return w, encode(P.DONE, [entries], payload)
-    if kind == 11:
-        w = rng.choice(workers)
-        requests = [rid for rid, r in state._requests.items() if r.holder.identity == w]
+        return sender, encode(P.DONE, [entries], payload)
+    if kind == "data":
+        requests = [rid for rid, r in state._requests.items() if r.holder.identity == sender]
         rid = rng.choice(requests) if requests and rng.random() < 0.9 else rng.randint(0, 5)
         asked = state._requests[rid].keys if rid in state._requests else sample(keys, 1)
         present = [k for k in asked if rng.random() < 0.7]
         missing = [k for k in asked if k not in present and rng.random() < 0.8]
-        return w, encode(P.DATA, [rid, [[k, 1] for k in present], missing], [b"v"] * len(present))
-    if kind == 12:
-        w = rng.choice(workers)
-        return w, encode(P.FETCH, [rng.randint(0, 9), rng.choice(workers), sample(keys, 1)])
-    if kind == 13:
+        return sender, encode(P.DATA, [rid, [[k, 1] for k in present], missing], [b"v"] * len(present))
+    if kind == "fetch":
+        return sender, encode(P.FETCH, [rng.randint(0, 9), rng.choice(workers), sample(keys, 1)])
+    if kind == "died":
         return b"pool", encode(P.WORKER_DIED, [rng.choice(workers), sample(keys, rng.randint(0, 2)), -9])
-    if kind == 14:
-        return rng.choice([*clients, *workers]), encode(P.GOODBYE, ["bye"])
-    if kind == 15:
-        return rng.choice([*clients, *workers, b"pool"]), encode(P.INFO, [1])
-    return rng.choice([*clients, *workers]), encode(P.HEARTBEAT, [EPOCH])
+    if kind == "goodbye":
+        return sender, encode(P.GOODBYE, ["bye"])
+    if kind == "info":
+        return rng.choice([sender, b"pool"]), encode(P.INFO, [1])
+    return sender, encode(P.HEARTBEAT, [EPOCH])
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_fuzz_never_raises_keeps_invariants_and_leaks_nothing(seed: int) -> None:
     rng = random.Random(seed)
     h = Harness(heartbeat_interval_s=1.0, liveness_timeout_s=5.0)
-    keys = [f"k{i}" for i in range(12)]
+    keys = [f"k{i}" for i in range(30)]
     workers = [b"w1", b"w2", b"w3"]
     h.send(b"pool", P.HELLO, ["pool", {"pool": "p", "host": "h", "nworkers": 3}])
     for step in range(1500):
