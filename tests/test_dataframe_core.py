@@ -547,9 +547,9 @@ def test_notebook_flow_with_an_async_client(run_async: Any) -> None:
         df = df.persist()  # returns at once inside the running loop
         assert isinstance(df.expr, FromFutures)
         total = df[["x", "y"]].sum()
-        with pytest.raises(SyncInAsyncError, match="await client.compute"):
+        with pytest.raises(SyncInAsyncError, match=r"await client\.compute"):
             total.compute()
-        with pytest.raises(SyncInAsyncError, match="await client.compute"):
+        with pytest.raises(SyncInAsyncError, match=r"await client\.compute"):
             len(df)
         with pytest.raises(SyncInAsyncError, match="compute=False"):
             df.head()

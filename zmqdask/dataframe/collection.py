@@ -10,24 +10,24 @@ import builtins
 import logging
 from collections.abc import Callable, Iterator
 from functools import cached_property
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe import core_ops as ops
+from zmqdask.dataframe import indexing as idx
 from zmqdask.dataframe import planning as plan
 from zmqdask.dataframe.expr import (
     Expr,
     Filter,
-    MapPartitions,
     Partitions,
     Projection,
     Reduction,
-    emulate,
 )
 from zmqdask.dataframe.lower import build_graph, finalizer
 from zmqdask.dataframe.optimize import optimize
+from zmqdask.dataframe.reductions import FrameReductions, len_chunk
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 
@@ -205,26 +205,13 @@ class Collection:
         return new_collection(Partitions(self._expr, (n,)))
 
     @property
-    def partitions(self) -> _PartitionsIndexer:
+    def partitions(self) -> idx.PartitionsIndexer:
         """``obj.partitions[i]`` or ``[i:j]``: a subset of the partitions."""
-        return _PartitionsIndexer(self)
+        return idx.PartitionsIndexer(self)
 
     def copy(self, deep: bool = False) -> Any:
         """A new collection object for the same (immutable) expression."""
         return new_collection(self._expr)
-
-
-class _PartitionsIndexer:
-    def __init__(self, obj: Collection) -> None:
-        self._obj = obj
-
-    def __getitem__(self, key: Any) -> Any:
-        n = self._obj.npartitions
-        picked = list(range(n))[key] if isinstance(key, slice) else np.arange(n)[key]
-        picked = [int(p) for p in np.atleast_1d(picked)]
-        if not picked:
-            raise IndexError("no partitions selected")
-        return new_collection(Partitions(self._obj.expr, tuple(picked)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,7 +228,7 @@ def _binary(op: str, reflected: bool = False) -> Callable[[Any, Any], Any]:
     return method
 
 
-class _Frame(Collection):
+class _Frame(Collection, FrameReductions):
     """Shared by partitioned collections (DataFrame, Series, Index)."""
 
     def _binop(self, op: str, other: Any, reflected: bool = False) -> Any:
@@ -438,7 +425,7 @@ class _Frame(Collection):
     def _length(self) -> Scalar:
         expr = Reduction(
             self._expr,
-            _len_chunk,
+            len_chunk,
             ops.sum_values,
             ops.sum_values,
             0,
@@ -448,163 +435,14 @@ class _Frame(Collection):
         return Scalar(expr)
 
     @property
-    def loc(self) -> _LocIndexer:
+    def loc(self) -> idx.LocIndexer:
         """Label-based row selection on a sorted index, culling partitions by divisions."""
-        return _LocIndexer(self)
+        return idx.LocIndexer(self)
 
     @property
     def index(self) -> Index:
         """The index, lazily."""
         return Index(ops.IndexOf(self._expr))
-
-    # -- reductions -------------------------------------------------------------------
-
-    def _reduce(self, how: str, split_every: int | None = None, **kwargs: Any) -> Any:
-        meta = emulate(lambda m: getattr(m, how)(**kwargs), self._meta)
-        expr = Reduction(
-            self._expr,
-            ops.reduce_chunk,
-            ops.reduce_combine,
-            ops.reduce_aggregate,
-            meta,
-            {"how": how, "kwargs": kwargs},
-            {"how": ops.COMBINE_HOW[how], "kwargs": _combine_kwargs(kwargs)},
-            {"how": ops.COMBINE_HOW[how], "kwargs": _combine_kwargs(kwargs)},
-            split_every or 8,
-            how,
-        )
-        return new_collection(expr)
-
-    def sum(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
-        """Sum (per column for a DataFrame)."""
-        return self._reduce("sum", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
-
-    def prod(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
-        """Product (per column for a DataFrame)."""
-        return self._reduce("prod", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
-
-    def min(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
-        """Minimum (per column for a DataFrame)."""
-        return self._reduce("min", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
-
-    def max(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
-        """Maximum (per column for a DataFrame)."""
-        return self._reduce("max", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
-
-    def count(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
-        """Number of non-missing values (per column for a DataFrame)."""
-        return self._reduce("count", split_every, **self._numeric(numeric_only=numeric_only))
-
-    def any(self, skipna: bool = True, split_every: int | None = None) -> Any:
-        """Whether any value is true."""
-        return self._reduce("any", split_every, skipna=skipna)
-
-    def all(self, skipna: bool = True, split_every: int | None = None) -> Any:
-        """Whether all values are true."""
-        return self._reduce("all", split_every, skipna=skipna)
-
-    def _numeric(self, **kwargs: Any) -> dict[str, Any]:
-        if not isinstance(self._meta, pd.DataFrame):
-            kwargs.pop("numeric_only", None)
-        elif not kwargs.get("numeric_only"):
-            kwargs.pop("numeric_only", None)
-        return kwargs
-
-    def mean(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
-        """Arithmetic mean (per column for a DataFrame)."""
-        meta = emulate(
-            lambda m: m.mean(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.mean(), self._meta
-        )
-        expr = Reduction(
-            self._expr,
-            ops.mean_chunk,
-            ops.mean_combine,
-            ops.mean_aggregate,
-            meta,
-            {"skipna": skipna, "numeric_only": numeric_only},
-            split_every=split_every or 8,
-            label="mean",
-        )
-        return new_collection(expr)
-
-    def var(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
-        """Variance with ``ddof`` delta degrees of freedom (missing values skipped)."""
-        return self._moments(ddof, numeric_only, split_every, sqrt=False)
-
-    def std(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
-        """Standard deviation with ``ddof`` delta degrees of freedom (missing values skipped)."""
-        return self._moments(ddof, numeric_only, split_every, sqrt=True)
-
-    def _moments(self, ddof: int, numeric_only: bool, split_every: int | None, sqrt: bool) -> Any:
-        meta = emulate(
-            lambda m: m.var(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.var(), self._meta
-        )
-        expr = Reduction(
-            self._expr,
-            ops.moments_chunk,
-            ops.moments_combine,
-            ops.moments_aggregate,
-            meta,
-            {"numeric_only": numeric_only},
-            {},
-            {"ddof": ddof, "sqrt": sqrt},
-            split_every or 8,
-            "std" if sqrt else "var",
-        )
-        return new_collection(expr)
-
-    @property
-    def size(self) -> Scalar:
-        """Number of elements, lazily."""
-        expr = Reduction(self._expr, ops.size_chunk, ops.sum_values, ops.sum_values, 0, label="size")
-        return Scalar(expr)
-
-    def nunique(self, *args: Any, **kwargs: Any) -> Any:
-        """Number of distinct values (see ``zmqdask.dataframe.stats``)."""
-        from zmqdask.dataframe import stats
-
-        return stats.nunique(self, *args, **kwargs)
-
-    def describe(self, *args: Any, **kwargs: Any) -> Any:
-        """Summary statistics (see ``zmqdask.dataframe.stats``)."""
-        from zmqdask.dataframe import stats
-
-        return stats.describe(self, *args, **kwargs)
-
-
-def _len_chunk(part: Any) -> int:
-    return len(part)
-
-
-def _combine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    # Partial results are already per column; only skipna still matters when merging.
-    return {k: v for k, v in kwargs.items() if k == "skipna"}
-
-
-class _LocIndexer:
-    def __init__(self, obj: _Frame) -> None:
-        self._obj = obj
-
-    def __getitem__(self, key: Any) -> Any:
-        obj = self._obj
-        if isinstance(key, tuple) and len(key) == 2 and isinstance(obj, DataFrame):
-            rows, cols = key
-            selected = self[rows] if not plan.is_full_slice(rows) else obj
-            return selected[cols]
-        if isinstance(key, Series):
-            return cast(Any, obj)[key]
-        if isinstance(key, slice):
-            if key.step is not None:
-                raise UsageError("loc with a slice step is not supported")
-            return new_collection(plan.loc_expr(obj.expr, key.start, key.stop, True))
-        if isinstance(key, (list, np.ndarray, pd.Index, pd.Series)):
-            labels = list(key)
-            expr = obj.expr
-            if expr.known_divisions:
-                keep = sorted({p for label in labels for p in plan.partitions_for(expr.divisions, label, label, False)})
-                expr = Partitions(expr, tuple(keep or [0]))
-            return new_collection(ops.RowSelect(expr, ops.loc_labels, (labels,), "loc"))
-        return new_collection(plan.loc_expr(obj.expr, key, key, False))
 
 
 # ---------------------------------------------------------------------------------------
@@ -687,9 +525,9 @@ class DataFrame(_Frame):
         raise UsageError("DataFrame.empty is not supported lazily; use len(df) == 0")
 
     @property
-    def iloc(self) -> _ILocIndexer:
+    def iloc(self) -> idx.ILocIndexer:
         """Column selection by position: ``df.iloc[:, positions]``."""
-        return _ILocIndexer(self)
+        return idx.ILocIndexer(self)
 
     def assign(self, **kwargs: Any) -> DataFrame:
         """New or replaced columns from aligned Series, scalars, or callables of the frame."""
@@ -836,19 +674,6 @@ def _assign(frame: DataFrame, pairs: list[tuple[Any, Any]]) -> DataFrame:
     return DataFrame(expr)
 
 
-class _ILocIndexer:
-    def __init__(self, obj: DataFrame) -> None:
-        self._obj = obj
-
-    def __getitem__(self, key: Any) -> Any:
-        if not (isinstance(key, tuple) and len(key) == 2 and plan.is_full_slice(key[0])):
-            raise UsageError("iloc supports column selection only: df.iloc[:, positions]")
-        columns = self._obj.columns[key[1]]
-        if isinstance(columns, pd.Index):
-            return self._obj[list(columns)]
-        return self._obj[columns]
-
-
 # ---------------------------------------------------------------------------------------
 # Series and Index
 # ---------------------------------------------------------------------------------------
@@ -887,19 +712,19 @@ class Series(_Frame):
         raise AttributeError(f"'Series' object has no attribute {name!r}")
 
     @property
-    def str(self) -> _Accessor:
+    def str(self) -> idx.Accessor:
         """String methods, applied per partition."""
-        return _Accessor(self, "str")
+        return idx.Accessor(self, "str")
 
     @property
-    def dt(self) -> _Accessor:
+    def dt(self) -> idx.Accessor:
         """Datetime properties and methods, applied per partition."""
-        return _Accessor(self, "dt")
+        return idx.Accessor(self, "dt")
 
     @property
-    def cat(self) -> _Accessor:
+    def cat(self) -> idx.Accessor:
         """Categorical properties and methods, applied per partition."""
-        return _Accessor(self, "cat")
+        return idx.Accessor(self, "cat")
 
     def between(self, left: Any, right: Any, inclusive: builtins.str = "both") -> Series:
         """Boolean mask of ``left <= value <= right``."""
@@ -1014,34 +839,6 @@ class Index(Series):
         return self._method("to_series")
 
 
-class _Accessor:
-    """``series.str``/``.dt``/``.cat``: pandas accessor members run per partition."""
-
-    def __init__(self, series: Series, name: str) -> None:
-        self._series = series
-        self._name = name
-        # Validate early, as pandas would: .str on numbers raises here, not at compute.
-        getattr(series._meta, name)
-
-    def __dir__(self) -> list[str]:
-        return dir(getattr(self._series._meta, self._name))
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("_"):
-            raise AttributeError(attr)
-        sample = getattr(getattr(self._series._meta, self._name), attr)
-        expr = self._series.expr
-        if callable(sample):
-
-            def method(*args: Any, **kwargs: Any) -> Any:
-                return new_collection(ops.MapAccessor(expr, self._name, attr, True, args, kwargs))
-
-            method.__name__ = attr
-            method.__doc__ = f"``.{self._name}.{attr}`` per partition."
-            return method
-        return new_collection(ops.MapAccessor(expr, self._name, attr, False, (), {}))
-
-
 # ---------------------------------------------------------------------------------------
 # Scalar
 # ---------------------------------------------------------------------------------------
@@ -1120,56 +917,13 @@ def map_partitions(
 ) -> Any:
     """Apply ``func`` to the partitions of the collections among ``args`` (aligned).
 
-    Like pandas-on-partitions everywhere, the result keeps the input's divisions (the
-    function is assumed to keep each row's index) unless ``clear_divisions`` is true.
+    Collections among ``args``/``kwargs`` are aligned partition by partition (scalars are
+    broadcast).  ``meta`` (an empty pandas object, a dtype, a ``(name, dtype)`` pair or a
+    ``{column: dtype}`` dict) describes the result; without it ``func`` runs on fake data
+    to infer it.  The result keeps the input's divisions (the function is assumed to keep
+    each row's index) unless ``clear_divisions`` is true.  A function returning a scalar
+    gives a Series with one value per partition.
     """
     exprs = [_expr_of(a) for a in args]
-    frames = [e for e in exprs if isinstance(e, Expr) and not ops.is_scalar_meta(e._meta)]
-    if not frames:
-        raise UsageError("map_partitions needs at least one DataFrame or Series argument")
     kw = {k: _expr_of(v) for k, v in kwargs.items()}
-    all_exprs = [e for e in (*exprs, *kw.values()) if isinstance(e, Expr)]
-    aligned = plan.align(*all_exprs)
-    mapping = {e._token: a for e, a in zip(all_exprs, aligned, strict=False)}
-    exprs = [mapping[e._token] if isinstance(e, Expr) else e for e in exprs]
-    kw = {k: (mapping[v._token] if isinstance(v, Expr) else v) for k, v in kw.items()}
-    first_index = next(i for i, e in enumerate(exprs) if isinstance(e, Expr) and not ops.is_scalar_meta(e._meta))
-    frame = exprs[first_index]
-    rest = tuple(exprs[:first_index] + exprs[first_index + 1 :])
-    if first_index != 0:
-        func = _Reorder(func, first_index)
-    if meta is None:
-        metas = [e._meta if isinstance(e, Expr) else e for e in rest]
-        kw_metas = {k: (v._meta if isinstance(v, Expr) else v) for k, v in kw.items()}
-        try:
-            meta = emulate(func, frame._meta, *metas, **kw_metas)
-        except Exception as exc:
-            raise UsageError(
-                f"could not infer the result of {getattr(func, '__name__', func)!r} on sample data "
-                f"({type(exc).__name__}: {exc}); pass meta= (an empty DataFrame/Series, a dtype, "
-                "or a {column: dtype} dict)"
-            ) from exc
-    else:
-        meta = plan.meta_from(meta)
-    if ops.is_scalar_meta(meta):
-        # One value per partition: gathered as a Series indexed by partition number.
-        return new_collection(ops.MapPartitionsScalar(frame, func, rest, kw, pd.Series([meta]).iloc[:0]))
-    keeps_index = isinstance(meta, (pd.DataFrame, pd.Series)) and isinstance(frame._meta, (pd.DataFrame, pd.Series))
-    expr = MapPartitions(frame, func, rest, kw, meta, keeps_index and not clear_divisions)
-    return new_collection(expr)
-
-
-class _Reorder:
-    """Calls ``func`` with the partition moved back to position ``index`` of the arguments."""
-
-    def __init__(self, func: Callable[..., Any], index: int) -> None:
-        self.func = func
-        self.index = index
-
-    def __call__(self, part: Any, *rest: Any, **kwargs: Any) -> Any:
-        args = list(rest)
-        args.insert(self.index, part)
-        return self.func(*args, **kwargs)
-
-    def __zmqdask_tokenize__(self) -> tuple[Any, ...]:
-        return ("reorder", self.func, self.index)
+    return new_collection(plan.map_partitions_expr(func, exprs, kw, meta, clear_divisions))

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe import core_ops as ops
-from zmqdask.dataframe.expr import Expr, Partitions, Reduction, make_meta
+from zmqdask.dataframe.expr import Expr, MapPartitions, Partitions, Reduction, emulate, make_meta
 from zmqdask.errors import UsageError
 
 REPR_EDGE_ROWS = 2
@@ -188,3 +188,56 @@ def meta_from(meta: Any, name: Any = None) -> Any:
         return pd.Series(dtype=np.dtype(meta) if not isinstance(meta, str) else meta, name=name)
     except TypeError:
         return meta
+
+
+def map_partitions_expr(
+    func: Callable[..., Any], exprs: list[Any], kw: dict[str, Any], meta: Any, clear_divisions: bool
+) -> Expr:
+    """The expression of ``map_partitions``: ``exprs``/``kw`` hold expressions or plain values."""
+    frames = [e for e in exprs if isinstance(e, Expr) and not ops.is_scalar_meta(e._meta)]
+    if not frames:
+        raise UsageError("map_partitions needs at least one DataFrame or Series argument")
+    all_exprs = [e for e in (*exprs, *kw.values()) if isinstance(e, Expr)]
+    aligned = align(*all_exprs)
+    mapping = {e._token: a for e, a in zip(all_exprs, aligned, strict=False)}
+    exprs = [mapping[e._token] if isinstance(e, Expr) else e for e in exprs]
+    kw = {k: (mapping[v._token] if isinstance(v, Expr) else v) for k, v in kw.items()}
+    first_index = next(i for i, e in enumerate(exprs) if isinstance(e, Expr) and not ops.is_scalar_meta(e._meta))
+    frame = exprs[first_index]
+    rest = tuple(exprs[:first_index] + exprs[first_index + 1 :])
+    if first_index != 0:
+        func = _Reorder(func, first_index)
+    if meta is None:
+        metas = [e._meta if isinstance(e, Expr) else e for e in rest]
+        kw_metas = {k: (v._meta if isinstance(v, Expr) else v) for k, v in kw.items()}
+        try:
+            meta = emulate(func, frame._meta, *metas, **kw_metas)
+        except Exception as exc:
+            raise UsageError(
+                f"could not infer the result of {getattr(func, '__name__', func)!r} on sample data "
+                f"({type(exc).__name__}: {exc}); pass meta= (an empty DataFrame/Series, a dtype, "
+                "or a {column: dtype} dict)"
+            ) from exc
+    else:
+        meta = meta_from(meta)
+    if ops.is_scalar_meta(meta):
+        # One value per partition: gathered as a Series indexed by partition number.
+        return ops.MapPartitionsScalar(frame, func, rest, kw, pd.Series([meta]).iloc[:0])
+    keeps_index = isinstance(meta, (pd.DataFrame, pd.Series)) and isinstance(frame._meta, (pd.DataFrame, pd.Series))
+    return MapPartitions(frame, func, rest, kw, meta, keeps_index and not clear_divisions)
+
+
+class _Reorder:
+    """Calls ``func`` with the partition moved back to position ``index`` of the arguments."""
+
+    def __init__(self, func: Callable[..., Any], index: int) -> None:
+        self.func = func
+        self.index = index
+
+    def __call__(self, part: Any, *rest: Any, **kwargs: Any) -> Any:
+        args = list(rest)
+        args.insert(self.index, part)
+        return self.func(*args, **kwargs)
+
+    def __zmqdask_tokenize__(self) -> tuple[Any, ...]:
+        return ("reorder", self.func, self.index)

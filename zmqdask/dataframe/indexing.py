@@ -1,0 +1,109 @@
+"""Indexers and accessors of the collections: ``.loc``, ``.iloc``, ``.partitions``, ``.str``/``.dt``/``.cat``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import pandas as pd
+
+from zmqdask.dataframe import core_ops as ops
+from zmqdask.dataframe import planning as plan
+from zmqdask.dataframe.expr import Partitions
+from zmqdask.errors import UsageError
+
+if TYPE_CHECKING:
+    from zmqdask.dataframe.collection import Collection, DataFrame, Series, _Frame
+
+
+def new_collection(expr: Any) -> Any:
+    """The collection wrapping ``expr`` (see :func:`zmqdask.dataframe.collection.new_collection`)."""
+    from zmqdask.dataframe.collection import new_collection as wrap
+
+    return wrap(expr)
+
+
+def _classes() -> tuple[type, type]:
+    from zmqdask.dataframe.collection import DataFrame, Series
+
+    return DataFrame, Series
+
+
+class PartitionsIndexer:
+    def __init__(self, obj: Collection) -> None:
+        self._obj = obj
+
+    def __getitem__(self, key: Any) -> Any:
+        n = self._obj.npartitions
+        picked = list(range(n))[key] if isinstance(key, slice) else np.arange(n)[key]
+        picked = [int(p) for p in np.atleast_1d(picked)]
+        if not picked:
+            raise IndexError("no partitions selected")
+        return new_collection(Partitions(self._obj.expr, tuple(picked)))
+
+
+class LocIndexer:
+    def __init__(self, obj: _Frame) -> None:
+        self._obj = obj
+
+    def __getitem__(self, key: Any) -> Any:
+        obj = self._obj
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(obj, _classes()[0]):
+            rows, cols = key
+            selected: Any = self[rows] if not plan.is_full_slice(rows) else obj
+            return selected[cols]
+        if isinstance(key, _classes()[1]):
+            return cast(Any, obj)[key]
+        if isinstance(key, slice):
+            if key.step is not None:
+                raise UsageError("loc with a slice step is not supported")
+            return new_collection(plan.loc_expr(obj.expr, key.start, key.stop, True))
+        if isinstance(key, (list, np.ndarray, pd.Index, pd.Series)):
+            labels = list(key)
+            expr = obj.expr
+            if expr.known_divisions:
+                keep = sorted({p for label in labels for p in plan.partitions_for(expr.divisions, label, label, False)})
+                expr = Partitions(expr, tuple(keep or [0]))
+            return new_collection(ops.RowSelect(expr, ops.loc_labels, (labels,), "loc"))
+        return new_collection(plan.loc_expr(obj.expr, key, key, False))
+
+
+class ILocIndexer:
+    def __init__(self, obj: DataFrame) -> None:
+        self._obj = obj
+
+    def __getitem__(self, key: Any) -> Any:
+        if not (isinstance(key, tuple) and len(key) == 2 and plan.is_full_slice(key[0])):
+            raise UsageError("iloc supports column selection only: df.iloc[:, positions]")
+        columns = self._obj.columns[key[1]]
+        if isinstance(columns, pd.Index):
+            return self._obj[list(columns)]
+        return self._obj[columns]
+
+
+class Accessor:
+    """``series.str``/``.dt``/``.cat``: pandas accessor members run per partition."""
+
+    def __init__(self, series: Series, name: str) -> None:
+        self._series = series
+        self._name = name
+        # Validate early, as pandas would: .str on numbers raises here, not at compute.
+        getattr(series._meta, name)
+
+    def __dir__(self) -> list[str]:
+        return dir(getattr(self._series._meta, self._name))
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        sample = getattr(getattr(self._series._meta, self._name), attr)
+        expr = self._series.expr
+        if callable(sample):
+
+            def method(*args: Any, **kwargs: Any) -> Any:
+                return new_collection(ops.MapAccessor(expr, self._name, attr, True, args, kwargs))
+
+            method.__name__ = attr
+            method.__doc__ = f"``.{self._name}.{attr}`` per partition."
+            return method
+        return new_collection(ops.MapAccessor(expr, self._name, attr, False, (), {}))

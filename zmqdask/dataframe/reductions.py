@@ -1,0 +1,152 @@
+"""Tree reductions of DataFrames and Series (sum, mean, var...), as a mixin of the collections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from zmqdask.dataframe import core_ops as ops
+from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Reduction, emulate
+
+
+def _wrap(expr: Expr) -> Any:
+    # Imported here: the collection module imports this one.
+    from zmqdask.dataframe.collection import new_collection
+
+    return new_collection(expr)
+
+
+class FrameReductions:
+    """Reductions shared by DataFrame, Series and Index; each builds a lazy tree reduction.
+
+    A DataFrame reduces to a Series (one value per column), a Series to a Scalar.
+    """
+
+    _expr: Expr
+
+    @property
+    def _meta(self) -> Any:
+        return self._expr._meta
+
+    def _reduce(self, how: str, split_every: int | None = None, **kwargs: Any) -> Any:
+        meta = emulate(lambda m: getattr(m, how)(**kwargs), self._meta)
+        expr = Reduction(
+            self._expr,
+            ops.reduce_chunk,
+            ops.reduce_combine,
+            ops.reduce_aggregate,
+            meta,
+            {"how": how, "kwargs": kwargs},
+            {"how": ops.COMBINE_HOW[how], "kwargs": _combine_kwargs(kwargs)},
+            {"how": ops.COMBINE_HOW[how], "kwargs": _combine_kwargs(kwargs)},
+            split_every or DEFAULT_SPLIT_EVERY,
+            how,
+        )
+        return _wrap(expr)
+
+    def sum(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Sum (per column for a DataFrame)."""
+        return self._reduce("sum", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
+
+    def prod(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Product (per column for a DataFrame)."""
+        return self._reduce("prod", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
+
+    def min(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Minimum (per column for a DataFrame)."""
+        return self._reduce("min", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
+
+    def max(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Maximum (per column for a DataFrame)."""
+        return self._reduce("max", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
+
+    def count(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Number of non-missing values (per column for a DataFrame)."""
+        return self._reduce("count", split_every, **self._numeric(numeric_only=numeric_only))
+
+    def any(self, skipna: bool = True, split_every: int | None = None) -> Any:
+        """Whether any value is true."""
+        return self._reduce("any", split_every, skipna=skipna)
+
+    def all(self, skipna: bool = True, split_every: int | None = None) -> Any:
+        """Whether all values are true."""
+        return self._reduce("all", split_every, skipna=skipna)
+
+    def _numeric(self, **kwargs: Any) -> dict[str, Any]:
+        if not isinstance(self._meta, pd.DataFrame):
+            kwargs.pop("numeric_only", None)
+        elif not kwargs.get("numeric_only"):
+            kwargs.pop("numeric_only", None)
+        return kwargs
+
+    def mean(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Arithmetic mean (per column for a DataFrame)."""
+        meta = emulate(
+            lambda m: m.mean(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.mean(), self._meta
+        )
+        expr = Reduction(
+            self._expr,
+            ops.mean_chunk,
+            ops.mean_combine,
+            ops.mean_aggregate,
+            meta,
+            {"skipna": skipna, "numeric_only": numeric_only},
+            split_every=split_every or DEFAULT_SPLIT_EVERY,
+            label="mean",
+        )
+        return _wrap(expr)
+
+    def var(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Variance with ``ddof`` delta degrees of freedom (missing values skipped)."""
+        return self._moments(ddof, numeric_only, split_every, sqrt=False)
+
+    def std(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Standard deviation with ``ddof`` delta degrees of freedom (missing values skipped)."""
+        return self._moments(ddof, numeric_only, split_every, sqrt=True)
+
+    def _moments(self, ddof: int, numeric_only: bool, split_every: int | None, sqrt: bool) -> Any:
+        meta = emulate(
+            lambda m: m.var(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.var(), self._meta
+        )
+        expr = Reduction(
+            self._expr,
+            ops.moments_chunk,
+            ops.moments_combine,
+            ops.moments_aggregate,
+            meta,
+            {"numeric_only": numeric_only},
+            {},
+            {"ddof": ddof, "sqrt": sqrt},
+            split_every or DEFAULT_SPLIT_EVERY,
+            "std" if sqrt else "var",
+        )
+        return _wrap(expr)
+
+    @property
+    def size(self) -> Any:
+        """Number of elements, lazily."""
+        expr = Reduction(self._expr, ops.size_chunk, ops.sum_values, ops.sum_values, 0, label="size")
+        return _wrap(expr)
+
+    def nunique(self, *args: Any, **kwargs: Any) -> Any:
+        """Number of distinct values (see ``zmqdask.dataframe.stats``)."""
+        from zmqdask.dataframe import stats
+
+        return stats.nunique(self, *args, **kwargs)
+
+    def describe(self, *args: Any, **kwargs: Any) -> Any:
+        """Summary statistics (see ``zmqdask.dataframe.stats``)."""
+        from zmqdask.dataframe import stats
+
+        return stats.describe(self, *args, **kwargs)
+
+
+def len_chunk(part: Any) -> int:
+    """Number of rows of a partition."""
+    return len(part)
+
+
+def _combine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # Partial results are already per column; only skipna still matters when merging.
+    return {k: v for k, v in kwargs.items() if k == "skipna"}
