@@ -207,7 +207,12 @@ def _arity(header: list[Any], n: int) -> None:
 
 
 def _key(value: Any) -> str:
-    if type(value) is not str or not value or len(value) > MAX_KEY_LENGTH:
+    if (
+        type(value) is not str
+        or not value
+        or len(value) > MAX_KEY_LENGTH
+        or (not value.isascii() and len(value.encode()) > MAX_KEY_LENGTH)
+    ):
         raise ProtocolError(f"invalid key {value!r:.80}")
     return value
 
