@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -52,10 +53,10 @@ MAIN_CASES = ("roundtrip", "submit", "map", "chain", "scatter", "ts_sum", "ts_pe
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         "repeats": 5,
-        "roundtrips": 1000,
-        "submit_tasks": 5000,
-        "map_tasks": 5000,
-        "chain_length": 500,
+        "roundtrips": 500,
+        "submit_tasks": 2000,
+        "map_tasks": 2000,
+        "chain_length": 300,
         "scatter_mb": 200.0,
         "timeseries_freq": "1s",
         "payload_sizes": "100,102400,10485760",
@@ -242,8 +243,11 @@ def run_all(frameworks: list[str], spec: Spec, args: argparse.Namespace) -> Resu
             plan.extend((framework, workers, ["spin"]) for framework in frameworks)
     results: Results = {}
     for framework, workers, cases in plan:
-        print(f"  {framework}, {workers} workers: {len(cases)} cases", file=sys.stderr, flush=True)
-        for case, outcome in run_session(framework, workers, cases, spec, args.timeout).items():
+        started = time.monotonic()
+        outcomes = run_session(framework, workers, cases, spec, args.timeout)
+        took = time.monotonic() - started
+        print(f"  {framework}, {workers} workers, {len(cases)} cases: {took:.1f} s", file=sys.stderr, flush=True)
+        for case, outcome in outcomes.items():
             key = (framework, workers, case)
             if case == "startup" and key in results and not outcome.error:
                 results[key].seconds.extend(outcome.seconds)
