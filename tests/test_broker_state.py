@@ -923,3 +923,190 @@ def test_queued_tiny_tasks_cost_well_under_a_kilobyte_each() -> None:
     assert h.state.ledger.counts["queued"] == n
     per_task = (after - before) / n  # record, key, payload frame, queue entry, indexes
     assert per_task < 768, f"{per_task:.0f} bytes per queued task"
+
+
+# --- an honest simulated cluster: everything wanted completes, whatever dies ---------------
+
+
+class SimWorker:
+    """A worker that follows the protocol faithfully; a task's value is b"value:" + key."""
+
+    def __init__(self, identity: bytes) -> None:
+        self.identity = identity
+        self.store: set[str] = set()
+        self.tasks: list[list[Any]] = []  # [key, deps, flags, fetching]
+        self.fetches: dict[int, list[str]] = {}
+        self.next_rid = 0
+
+    def receive(self, message: Message) -> list[list[Any]]:
+        """Messages to send back: [command, header, payload]."""
+        command, header = message.command, message.header
+        if command == P.COMPUTE:
+            for key, _, deps, flags, _ in header[1]:
+                self.tasks.append([key, deps, flags, False])
+        elif command == P.GET:
+            present = [k for k in header[1] if k in self.store]
+            missing = [k for k in header[1] if k not in self.store]
+            return [
+                [P.DATA, [header[0], [[k, 1] for k in present], missing], [b"value:" + k.encode() for k in present]]
+            ]
+        elif command == P.DATA:
+            keys = self.fetches.pop(header[0], [])
+            self.store.update(entry[0] for entry in header[1])
+            replies = []
+            for task in list(self.tasks):
+                lacking = [d for d, holder in task[1] if holder is not None and d in header[2] and d in keys]
+                if lacking:
+                    self.tasks.remove(task)
+                    replies.append([P.DONE, [[[task[0], P.MISSING_DEPS, lacking, 0]]], []])
+                elif task[3] and any(d in keys for d, _ in task[1]):
+                    task[3] = False
+            return replies
+        elif command == P.DELETE:
+            self.store.difference_update(header[0])
+        elif command == P.CANCEL_TASKS:
+            dropped = [t for t in self.tasks if t[0] in header[0]]
+            for task in dropped:
+                self.tasks.remove(task)
+            return [[P.DONE, [[[t[0], P.CANCELLED, "cancelled", 0] for t in dropped]], []]] if dropped else []
+        elif command == P.STORE:
+            self.store.update(entry[0] for entry in header[0])
+            return [[P.DONE, [[[entry[0], P.FINISHED, ["bytes", 5], 0] for entry in header[0]]], []]]
+        return []
+
+    def work(self, rng: random.Random) -> list[list[Any]]:
+        """Fetch missing inputs or finish some runnable tasks."""
+        out: list[list[Any]] = []
+        done: list[Any] = []
+        frames: list[Any] = []
+        for task in list(self.tasks):
+            key, deps, flags, fetching = task
+            remote = [(d, holder) for d, holder in deps if d not in self.store]
+            if remote:
+                if not fetching:
+                    task[3] = True
+                    by_holder: dict[bytes, list[str]] = {}
+                    for d, holder in remote:
+                        by_holder.setdefault(holder or self.identity, []).append(d)
+                    for holder, keys in by_holder.items():
+                        self.next_rid += 1
+                        self.fetches[self.next_rid] = keys
+                        out.append([P.FETCH, [self.next_rid, holder, keys], []])
+                continue
+            if rng.random() < 0.5:
+                self.tasks.remove(task)
+                self.store.add(key)
+                inline = bool(flags & P.FLAG_PUSH_RESULT)
+                done.append([key, P.FINISHED, ["bytes", 10], 1 if inline else 0])
+                if inline:
+                    frames.append(b"value:" + key.encode())
+        if done:
+            out.append([P.DONE, [done], frames])
+        return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_simulated_cluster_completes_every_wanted_key_despite_deaths(seed: int) -> None:
+    rng = random.Random(seed)
+    h = Harness(audit=seed < 2)
+    links: dict[tuple[bytes, bytes], list[Any]] = {}  # (from, to) -> FIFO of messages; b"" is the broker
+    workers: dict[bytes, SimWorker] = {}
+    clients = (b"c1", b"c2")
+    wanted: dict[bytes, set[str]] = {c: set() for c in clients}
+    outcome: dict[tuple[bytes, str], tuple[int, Any]] = {}  # (client, key) -> first final report
+    pool = b"pool"
+    generation = 0
+
+    def from_broker(out: Out) -> None:
+        for identity, message in out:
+            links.setdefault((b"", identity), []).append(message)
+
+    def from_worker(sim: SimWorker, replies: list[list[Any]]) -> None:
+        for command, header, payload in replies:
+            links.setdefault((sim.identity, b""), []).append(encode(command, header, payload))
+
+    def start_worker() -> None:
+        nonlocal generation
+        generation += 1
+        identity = f"w-g{generation}".encode()
+        workers[identity] = SimWorker(identity)
+        from_broker(h.worker(identity, credit=rng.randint(1, 4)))
+
+    def cross(source: bytes, target: bytes) -> None:
+        item = links[(source, target)].pop(0)
+        if target == b"":
+            from_broker(h.raw(source, item))
+        elif target in clients and item.command == P.REPORT:
+            offset = 0
+            for key, code, detail, nframes in item.header[0]:
+                if code == P.FINISHED and nframes:
+                    assert item.payload[offset] == b"value:" + key.encode()
+                offset += nframes
+                outcome.setdefault((target, key), (code, detail))
+        elif target in workers:
+            from_worker(workers[target], workers[target].receive(item))
+
+    for client in clients:
+        h.client(client)
+    h.send(pool, P.HELLO, ["pool", {"pool": "p", "host": "h", "nworkers": 3}])
+    for _ in range(3):
+        start_worker()
+    n = kills = 0
+    for step in range(1500):
+        action = rng.random()
+        if action < 0.08 and step < 1000:  # c1 submits a small graph over its finished keys
+            batch = []
+            for _ in range(rng.randint(1, 5)):
+                usable = sorted(k for k in wanted[b"c1"] if outcome.get((b"c1", k), (P.FINISHED,))[0] == P.FINISHED)
+                deps = rng.sample(usable, min(len(usable), rng.randint(0, 2)))
+                flags = P.FLAG_WANTED | (P.FLAG_PUSH_RESULT if rng.random() < 0.3 else 0)
+                batch.append([f"t{n}", FN, deps, 0, 0, flags, 0])
+                wanted[b"c1"].add(f"t{n}")
+                n += 1
+            from_broker(h.send(b"c1", P.SUBMIT, [[FN], batch], [FN_FRAME]))
+        elif action < 0.10 and wanted[b"c1"]:  # c2 submits a key c1 already submitted: it must not rerun
+            key = rng.choice(sorted(wanted[b"c1"]))
+            wanted[b"c2"].add(key)
+            from_broker(h.send(b"c2", P.SUBMIT, [[FN], [[key, FN, [], 0, 0, P.FLAG_WANTED, 0]]], [FN_FRAME]))
+        elif action < 0.12 and step < 1000 and kills < 8:  # a worker process dies
+            identity = rng.choice(sorted(workers))
+            sim = workers.pop(identity)
+            links.pop((identity, b""), None)
+            kills += 1
+            if rng.random() < 0.3:  # found by the socket first; the pool's notice comes later
+                from_broker([(i, decode(m)) for i, m in h.state.peer_unreachable(identity, h.now)])
+            running = [sim.tasks[0][0]] if sim.tasks else []
+            from_broker(h.send(pool, P.WORKER_DIED, [identity, running, -9]))
+            start_worker()
+        elif action < 0.15:  # a client asks for a value
+            client = rng.choice(clients)
+            if wanted[client]:
+                from_broker(h.send(client, P.GATHER, [rng.sample(sorted(wanted[client]), 1)]))
+        elif action < 0.55:  # a worker does some work
+            sim = workers[rng.choice(sorted(workers))]
+            from_worker(sim, sim.work(rng))
+        else:  # one message crosses one link, links interleaving at random
+            busy = [link for link, queue in links.items() if queue]
+            if busy:
+                cross(*rng.choice(busy))
+    # Quiesce: no more deaths; deliver everything and let the workers finish.
+    for _ in range(10_000):
+        for sim in workers.values():
+            from_worker(sim, sim.work(rng))
+        busy = [link for link, queue in links.items() if queue]
+        if not busy and not any(sim.tasks for sim in workers.values()):
+            break
+        for link in busy:
+            cross(*link)
+    assert h.state.audit() == []
+    for client in clients:
+        unresolved = sorted(k for k in wanted[client] if (client, k) not in outcome)
+        assert unresolved == [], (client, [h.state.ledger.tasks.get(k) for k in unresolved[:5]])
+    for key_of, (code, detail) in outcome.items():
+        assert code == P.FINISHED or (code == P.ERRED and detail[0] == "KilledWorker"), (key_of, code, detail)
+    assert h.state.counters.dispatched < 2 * n  # duplicate submissions did not run again
+    for client in clients:
+        h.send(client, P.RELEASE, [sorted(wanted[client])])
+    for identity in [*workers, pool, *clients]:
+        h.send(identity, P.GOODBYE, ["bye"])
+    assert h.state.ledger.tasks == {}
