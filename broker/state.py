@@ -429,16 +429,22 @@ class BrokerState:
             peer.requests.clear()
             for rec in orphans:
                 self._place_store(rec)
-            logger.warning(
-                "worker %s is gone (%s): %d tasks to requeue, %d keys it held", peer.label(), reason, nprocessing, nkeys
+            # A worker leaving empty-handed (say, at shutdown) is routine; losing work is not.
+            logger.log(
+                logging.WARNING if nprocessing or nkeys else logging.INFO,
+                "%s is gone (%s): %d tasks to requeue, %d keys it held",
+                peer.label(),
+                reason,
+                nprocessing,
+                nkeys,
             )
         elif isinstance(peer, ClientPeer):
             del self._clients[identity]
             self.ledger.client_removed(peer)
-            logger.info("client %s is gone (%s)", peer.label(), reason)
+            logger.info("%s is gone (%s)", peer.label(), reason)
         else:
             self._pools.pop(identity, None)
-            logger.info("pool %s is gone (%s)", peer.label(), reason)
+            logger.info("%s is gone (%s)", peer.label(), reason)
 
     def _answer_missing(self, request: _Request, keys: list[str]) -> None:
         requester = request.requester
