@@ -73,6 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     gc.set_threshold(*GC_THRESHOLDS)
     server = BrokerServer(args.host, args.port)
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        server.stop()
+
+    # Installed before binding: a stop requested during startup is honoured (the loop then
+    # says goodbye and returns at once) instead of killing the process mid-way.
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     try:
         address = server.bind()
     except CommunicationError as exc:
@@ -80,12 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.close()
         return EXIT_BIND_FAILED
 
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s: stopping", signal.Signals(signum).name)
-        server.stop()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     print(LISTENING_LINE.format(address=address), flush=True)
     try:
         server.serve_forever()

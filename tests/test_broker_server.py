@@ -19,6 +19,7 @@ import zmq
 
 from broker.cli import EXIT_BIND_FAILED, EXIT_OK
 from broker.server import BrokerServer
+from broker.state import BrokerState
 from zmqdask import protocol as P
 from zmqdask.protocol import Message, decode, encode
 
@@ -207,3 +208,48 @@ def test_cli_reports_a_port_in_use_with_a_named_exit_code() -> None:
     assert result.returncode == EXIT_BIND_FAILED
     assert result.stdout == ""
     assert "cannot listen" in result.stderr and str(port) in result.stderr
+
+
+class FakeRouter:
+    """Stands in for the ROUTER socket: refuses some identities with EAGAIN or EHOSTUNREACH."""
+
+    closed = False
+
+    def __init__(self, again: dict[bytes, int], unreachable: set[bytes]) -> None:
+        self.again = again
+        self.unreachable = unreachable
+        self.sent: list[list[bytes]] = []
+        self._partial: list[bytes] = []
+
+    def send(self, data: Any, flags: int = 0, copy: bool = True) -> None:
+        if not self._partial and flags & zmq.NOBLOCK:  # the identity frame decides routing
+            if data in self.unreachable:
+                raise zmq.ZMQError(zmq.EHOSTUNREACH)
+            if self.again.get(data, 0) > 0:
+                self.again[data] -= 1
+                raise zmq.Again()
+        self._partial.append(bytes(data))
+        if not flags & zmq.SNDMORE:
+            self.sent.append(self._partial)
+            self._partial = []
+
+    def close(self, linger: int | None = None) -> None:
+        self.closed = True
+
+
+def test_send_path_keeps_a_backlog_on_eagain_and_reports_unreachable_peers() -> None:
+    server = BrokerServer("127.0.0.1", 0)
+    try:
+        server.state = BrokerState(epoch="e", now=time.monotonic())
+        server.state.handle(b"gone", encode(P.HELLO, ["worker", {"nthreads": 1, "credit": 1}]), time.monotonic())
+        fake = FakeRouter(again={b"slow": 1}, unreachable={b"gone"})
+        server._socket = fake  # type: ignore[assignment]
+        server._emit([(b"slow", [b"1"]), (b"fast", [b"a"]), (b"slow", [b"2", b"3"]), (b"gone", [b"x"])])
+        # "slow" refused once: its messages wait, in order, behind the first; others go on.
+        assert fake.sent == [[b"fast", b"a"]]
+        assert "gone" not in {w.decode() for w in server.state.workers}  # found dead on send
+        server._retry_backlog()
+        assert fake.sent == [[b"fast", b"a"], [b"slow", b"1"], [b"slow", b"2", b"3"]]
+        assert server._backlog == {}
+    finally:
+        server.close()
