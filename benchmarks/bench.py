@@ -393,6 +393,14 @@ def machine() -> list[str]:
             versions.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{name} (not installed)")
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
+    if commit:
+        versions[0] += f" (commit {commit})"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
         f"date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
@@ -438,6 +446,11 @@ def report(
         "",
         "- Every framework runs local worker processes with one thread each, started by its own",
         "  client (`zmqdask.Client(...)`, `distributed.Client(...)`, `ProcessPoolExecutor(max_workers=...)`).",
+        "- Tiny tasks are `x + 1` submitted with `pure=False`; dask.distributed runs with its default configuration.",
+        "- Every timeseries frame gets a new seed and every query on the persisted frame a new `split_every`",
+        "  (at least npartitions: one combine step), so no framework hands back a result of an earlier repeat.",
+        "- zmqdask's persist row submits the frame's graph and waits on its partition futures, which is what",
+        "  `Client.persist` does; `zmqdask.wait` does not take collections yet.",
         "- ProcessPool has no scatter: its figure is sending the array to a worker and back.",
         "  It has no collections, so the timeseries rows are n/a.",
         "- The machine is shared and noisy; read small differences as noise.",
