@@ -46,7 +46,8 @@ FORGOTTEN = "forgotten"
 STATES = (WAITING, QUEUED, PROCESSING, MEMORY, ERRED, RELEASED)
 """States of records present in the ledger (a forgotten record is no longer there)."""
 
-_ACTIVE = frozenset({WAITING, QUEUED, PROCESSING})
+ACTIVE_STATES = frozenset({WAITING, QUEUED, PROCESSING})
+"""States of records that still have to run: they keep their inputs needed."""
 _NO_DEPS: tuple[TaskRecord, ...] = ()
 
 ErrorDetail = list[str]
@@ -217,8 +218,8 @@ class Ledger:
         counts[old] -= 1
         counts[state] += 1
         rec.state = state
-        now_active = state in _ACTIVE
-        if (old in _ACTIVE) is not now_active:
+        now_active = state in ACTIVE_STATES
+        if (old in ACTIVE_STATES) is not now_active:
             if now_active:
                 for dep in rec.deps:
                     dep.n_active += 1
@@ -358,7 +359,7 @@ class Ledger:
             if state is ERRED and dep.error is not None:
                 self.err(rec, dep.error[0], dep.error[1])
                 return
-            if state not in _ACTIVE:
+            if state not in ACTIVE_STATES:
                 self.err(rec, _unrecomputable(dep.key, rec.key), ())
                 return
             if waiting is None:
@@ -636,7 +637,7 @@ class Ledger:
         state = rec.state
         if state is MEMORY and rec.who_has:
             self.request_value(next(iter(rec.who_has)), client, key)
-        elif state in _ACTIVE:
+        elif state in ACTIVE_STATES:
             self.add_interest(rec, client, wanted=False, push=True)
         elif state is ERRED:
             self.report_error(rec, client)
@@ -661,7 +662,7 @@ class Ledger:
         stack = [rec]
         while stack:
             node = stack.pop()
-            if node.state not in _ACTIVE and (node is not rec or node.state is not RELEASED):
+            if node.state not in ACTIVE_STATES and (node is not rec or node.state is not RELEASED):
                 continue
             entry = [node.key, protocol.CANCELLED, "cancelled", 0]
             for clients in (node.wanted_by, node.push_to):
@@ -677,7 +678,7 @@ class Ledger:
             self.set_state(node, RELEASED)
             self.candidates.append(node)
             if node.dependents is not None:
-                stack.extend(d for d in node.dependents if d.state in _ACTIVE)
+                stack.extend(d for d in node.dependents if d.state in ACTIVE_STATES)
 
     def client_removed(self, client: ClientPeer) -> None:
         """A client died or left: it no longer wants anything."""
@@ -777,7 +778,7 @@ class Ledger:
             state = node.state
             if state is ERRED or state is FORGOTTEN or state is MEMORY:
                 continue
-            if node is not rec and state not in _ACTIVE:
+            if node is not rec and state not in ACTIVE_STATES:
                 continue
             node.error = error
             node.waiting_on = None
@@ -799,7 +800,7 @@ class Ledger:
                 outbox.report(client, entry, entry_frames)
             self.candidates.append(node)
             if node.dependents is not None:
-                stack.extend(d for d in node.dependents if d.state in _ACTIVE)
+                stack.extend(d for d in node.dependents if d.state in ACTIVE_STATES)
 
     # --- releasing --------------------------------------------------------------------
 
@@ -840,64 +841,6 @@ class Ledger:
         rec.deps = _NO_DEPS
         rec.payload = None
         rec.error = None
-
-    # --- checks -----------------------------------------------------------------------
-
-    def audit(self, workers: dict[bytes, WorkerPeer], clients: dict[bytes, ClientPeer]) -> list[str]:
-        """Check the ledger's invariants; returns a description of each violation (for tests
-        and debugging: O(size of the ledger))."""
-        problems: list[str] = []
-        counts = dict.fromkeys(STATES, 0)
-        live_workers = set(workers.values())
-        live_clients = set(clients.values())
-        for key, rec in self.tasks.items():
-            state = rec.state
-            if rec.key != key or state not in counts:
-                problems.append(f"{key!r}: bad key or state {state!r}")
-                continue
-            counts[state] += 1
-            if (state is MEMORY) != bool(rec.who_has):
-                problems.append(f"{key!r}: state {state} with who_has {rec.who_has}")
-            for holder in rec.who_has or ():
-                if holder not in live_workers or rec not in holder.has:
-                    problems.append(f"{key!r}: holder {holder!r} dead or unaware")
-            if state is WAITING:
-                unfinished = {dep for dep in rec.deps if dep.state is not MEMORY}
-                if not rec.waiting_on or rec.waiting_on != unfinished:
-                    problems.append(f"{key!r}: waiting_on {rec.waiting_on} but unfinished inputs {unfinished}")
-                if any(dep.state not in _ACTIVE for dep in unfinished):
-                    problems.append(f"{key!r}: waits on an input that is not on its way")
-            if state is QUEUED and any(dep.state is not MEMORY for dep in rec.deps):
-                problems.append(f"{key!r}: queued with inputs not in memory")
-            if state is PROCESSING and not rec.is_data:
-                worker = rec.processing_on
-                if worker is None or worker not in live_workers or worker.processing.get(key) is not rec:
-                    problems.append(f"{key!r}: processing on {worker!r} which does not count it")
-            active = sum(1 for d in rec.dependents or () if d.state in _ACTIVE)
-            if active != rec.n_active:
-                problems.append(f"{key!r}: n_active {rec.n_active} but {active} active dependents")
-            for dep in rec.deps:
-                if dep.dependents is None or rec not in dep.dependents or self.tasks.get(dep.key) is not dep:
-                    problems.append(f"{key!r}: input {dep.key!r} missing or unaware")
-            for dependent in rec.dependents or ():
-                if rec not in dependent.deps:
-                    problems.append(f"{key!r}: dependent {dependent.key!r} does not list it")
-            for client in (rec.wanted_by or ()) + (rec.push_to or ()):
-                if client not in live_clients or rec not in client.interest:
-                    problems.append(f"{key!r}: wanted by dead or unaware client {client!r}")
-        if counts != self.counts:
-            problems.append(f"state counts {self.counts} but actual {counts}")
-        for worker in live_workers:
-            if len(worker.processing) > worker.credit:
-                problems.append(f"{worker!r}: {len(worker.processing)} tasks exceed credit {worker.credit}")
-            for rec in worker.has:
-                if rec.who_has is None or worker not in rec.who_has or self.tasks.get(rec.key) is not rec:
-                    problems.append(f"{worker!r}: holds {rec.key!r} unknown to the record")
-        for client in live_clients:
-            for rec in client.interest:
-                if client not in (rec.wanted_by or ()) + (rec.push_to or ()):
-                    problems.append(f"{client!r}: interest in {rec.key!r} not recorded on it")
-        return problems
 
 
 def _unrecomputable(key: str, dependent: str | None = None) -> ErrorDetail:

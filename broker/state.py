@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
+from broker.audit import audit_ledger
 from broker.dispatch import dispatch
 from broker.ledger import ERRED, FORGOTTEN, MEMORY, PROCESSING, Ledger, TaskRecord
 from broker.outbox import Outbox, Outgoing
@@ -253,7 +254,7 @@ class BrokerState:
 
     def audit(self) -> list[str]:
         """Violations of the ledger's invariants (empty when all is well); O(ledger size)."""
-        problems = self.ledger.audit(self._workers, self._clients)
+        problems = audit_ledger(self.ledger, self._workers, self._clients)
         for rid, request in self._requests.items():
             if request.holder.alive and rid not in request.holder.requests:
                 problems.append(f"request {rid} unknown to its holder")
