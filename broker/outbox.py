@@ -56,8 +56,9 @@ class Outbox:
     def __init__(self, max_message_bytes: int) -> None:
         self._direct: Outgoing = []
         self._mail: dict[Peer, _Mail] = {}
-        # Leave room for the header; peers refuse anything above max_message_bytes.
-        self._limit = max(1, max_message_bytes - 1024 * 1024)
+        # Peers refuse anything above max_message_bytes; a quarter is left for the header
+        # (entries are counted at a rough ENTRY_OVERHEAD_BYTES each).
+        self._limit = max(1, max_message_bytes * 3 // 4)
 
     def _for(self, peer: Peer) -> _Mail:
         mail = self._mail.get(peer)

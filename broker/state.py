@@ -58,7 +58,7 @@ from zmqdask.protocol import (
 logger = logging.getLogger(__name__)
 
 MAX_WARNED_PEERS = 10_000
-"""Bound on the set of peers whose first malformed message was logged at WARNING."""
+"""Bound on the set of peers whose first refused message was logged at WARNING."""
 
 _CLIENT = frozenset({ROLE_CLIENT})
 _WORKER = frozenset({ROLE_WORKER})
@@ -271,8 +271,7 @@ class BrokerState:
         if size > self.max_message_bytes:
             self.counters.too_large += 1
             text = f"message of {size} bytes exceeds the limit of {self.max_message_bytes} bytes"
-            logger.warning("refused a message from %s: %s", _who(sender, peer), text)
-            self._outbox.send(sender, ERROR, [ERR_TOO_LARGE, text, []])
+            self._refuse(sender, peer, ERR_TOO_LARGE, text)
             return
         try:
             message = decode(frames)
@@ -294,24 +293,27 @@ class BrokerState:
         handler = self._handlers.get(command)
         if handler is None or peer.role not in handler[1]:
             self.counters.not_allowed += 1
-            text = f"a {peer.role} may not send {message.name}"
-            logger.debug("refused a message from %s: %s", peer.label(), text)
-            self._outbox.send(sender, ERROR, [ERR_NOT_ALLOWED, text, []])
+            self._refuse(sender, peer, ERR_NOT_ALLOWED, f"a {peer.role} may not send {message.name}")
             return
         handler[0](peer, message)
 
     def _malformed(self, sender: bytes, peer: Peer | None, text: str) -> None:
         self.counters.malformed += 1
+        self._refuse(sender, peer, ERR_MALFORMED, text)
+
+    def _refuse(self, sender: bytes, peer: Peer | None, code: str, text: str) -> None:
+        """Reply ERROR; log the first refusal per peer at WARNING and the rest at DEBUG."""
         if sender not in self._warned and len(self._warned) < MAX_WARNED_PEERS:
             self._warned.add(sender)
             logger.warning(
-                "dropped a malformed message from %s: %s (more from this peer are logged at DEBUG)",
+                "refused a message (%s) from %s: %s (more from this peer are logged at DEBUG)",
+                code,
                 _who(sender, peer),
                 text,
             )
         else:
-            logger.debug("dropped a malformed message from %s: %s", _who(sender, peer), text)
-        self._outbox.send(sender, ERROR, [ERR_MALFORMED, text, []])
+            logger.debug("refused a message (%s) from %s: %s", code, _who(sender, peer), text)
+        self._outbox.send(sender, ERROR, [code, text, []])
 
     def _finish(self) -> Outgoing:
         """End of a step: release, dispatch, issue GETs, then encode everything batched."""

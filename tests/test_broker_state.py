@@ -1110,3 +1110,19 @@ def test_simulated_cluster_completes_every_wanted_key_despite_deaths(seed: int) 
     for identity in [*workers, pool, *clients]:
         h.send(identity, P.GOODBYE, ["bye"])
     assert h.state.ledger.tasks == {}
+
+
+def test_batches_are_split_to_respect_the_message_size_limit() -> None:
+    limit = 64 * 1024
+    h = Harness(max_message_bytes=limit)
+    h.client(b"c1")
+    keys = [f"t{i}" for i in range(10)]
+    for index, key in enumerate(keys):  # each submission is within the limit
+        h.send(b"c1", P.SUBMIT, [[FN], [[key, FN, [], 0, 0, P.FLAG_WANTED, 1]]], [FN_FRAME, bytes([index]) * 8000])
+    out = h.worker(b"w1", credit=10)  # all ten are dispatched in this one step: 80 kB of arguments
+    computes = msgs(out, b"w1", P.COMPUTE)
+    assert len(computes) > 1
+    for message in computes:
+        assert sum(len(f) for f in encode(message.command, message.header, message.payload)) <= limit
+    assert [e[0] for m in computes for e in m.header[1]] == keys
+    assert sum(m.header[0] == [FN] for m in computes) == 1
