@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
 
@@ -60,6 +62,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PARENT_CHECK_INTERVAL_S = 1.0
+"""How often a broker started by a local cluster checks that its parent is alive."""
+
+
+def _stop_with_parent(server: BrokerServer) -> None:
+    """Stop when the process that started us exits, if it asked for that.
+
+    A local cluster sets ``ZMQDASK_PARENT_PID`` to its own pid; a broker started any other
+    way (a shell, systemd) ignores it.
+    """
+    parent = os.environ.get("ZMQDASK_PARENT_PID")
+    if parent is None or parent != str(os.getppid()):
+        return
+
+    def watch() -> None:
+        # Orphaned children are re-parented, so a changed parent pid means ours is gone.
+        while not server.stopped.wait(PARENT_CHECK_INTERVAL_S):
+            if str(os.getppid()) != parent:
+                logger.warning("the process that started this broker (pid %s) is gone: stopping", parent)
+                server.stop()
+                return
+
+    threading.Thread(target=watch, name="zmqdask-parent-watch", daemon=True).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the broker until SIGTERM or SIGINT; returns the process exit code."""
     parser = build_parser()
@@ -90,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BIND_FAILED
 
     print(LISTENING_LINE.format(address=address), flush=True)
+    _stop_with_parent(server)
     try:
         server.serve_forever()
     finally:

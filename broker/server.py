@@ -109,6 +109,10 @@ class BrokerServer:
         # Refuse to drop: an unroutable identity raises EHOSTUNREACH instead of vanishing, and
         # with no high-water marks flow control is left to the workers' credit.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A peer reconnecting under the same identity (a client or worker re-registering
+        # after a network blip) takes over at once instead of being ignored until the old
+        # connection times out.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
@@ -151,6 +155,11 @@ class BrokerServer:
                 host or "every interface",
             )
         return self.address
+
+    @property
+    def stopped(self) -> threading.Event:
+        """Set once :meth:`stop` was requested."""
+        return self._stop
 
     def stop(self) -> None:
         """Ask the loop to stop (thread- and signal-safe); it says GOODBYE and closes the socket."""
