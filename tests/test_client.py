@@ -324,3 +324,62 @@ def test_graphs_from_a_synchronous_client_arrive_whole(client: Client) -> None:
         graph[f"top-{salt}"] = (add, (TaskRef(f"mid-{salt}-a"), TaskRef(f"mid-{salt}-b")), {})
         [top] = client.submit_graph(graph, [f"top-{salt}"])
         assert top.result(timeout=30) == sum(range(1, 21))
+
+
+def test_submitting_from_many_threads(client: Client) -> None:
+    results: dict[int, list[int]] = {}
+
+    def worker(offset: int) -> None:
+        futures = [client.submit(add, offset, i, pure=False) for i in range(300)]
+        results[offset] = client.gather(futures)
+
+    threads = [threading.Thread(target=worker, args=(1000 * n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert {offset: values for offset, values in results.items()} == {
+        1000 * n: [1000 * n + i for i in range(300)] for n in range(4)
+    }
+
+
+CTRL_C_SCRIPT = """
+import sys, time
+from zmqdask import Client
+
+def sleepy(x):
+    time.sleep(x)
+    return x
+
+client = Client(sys.argv[1], timeout=30)
+future = client.submit(sleepy, 3, pure=False)
+print("waiting", flush=True)
+try:
+    future.result()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+print(client.submit(sum, [1, 2, 3]).result(timeout=30), flush=True)
+client.close()
+"""
+
+
+def test_ctrl_c_interrupts_a_blocking_wait(cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    process = subprocess.Popen(
+        [sys.executable, str(script), cluster.address], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "waiting"
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=30)
+        assert out.split() == ["interrupted", "6"]
+        assert process.returncode == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
