@@ -14,6 +14,7 @@ import pytest
 
 import zmqdask.base
 import zmqdask.dataframe as zd
+import zmqdask.datasets
 from zmqdask.dataframe.sources import FromPartitions
 from zmqdask.errors import UsageError
 
@@ -284,6 +285,19 @@ def test_head_tail(frames: tuple[pd.DataFrame, zd.DataFrame]) -> None:
     tm.assert_frame_equal(df[df.index > 300].head(3), pdf[pdf.index > 300].head(3))
     tm.assert_frame_equal(df[df.index < 50].tail(2), pdf[pdf.index < 50].tail(2))
     tm.assert_frame_equal(df.head(3, compute=False).compute(), pdf.head(3))
+
+
+def test_index_comparisons_filter_rows(frames: tuple[pd.DataFrame, zd.DataFrame]) -> None:
+    pdf, df = frames
+    assert isinstance(df.index >= 80, zd.Series)
+    assert_same(df[df.index >= 80], pdf[pdf.index >= 80])
+    assert_same(df[(df.index < 120) & (df.x > 0)], pdf[(pdf.index < 120) & (pdf.x > 0)])
+    assert_same(df.x[df.index != 7], pdf.x[pdf.index != 7])
+    ts = zmqdask.datasets.timeseries(end="2000-01-03", freq="1h")
+    pts = ts.compute()
+    cut = pd.Timestamp("2000-01-01 18:00")
+    assert_same(ts[ts.index >= cut], pts[pts.index >= cut])
+    assert_same(ts.loc[ts.index < cut, ["x"]], pts.loc[pts.index < cut, ["x"]])
 
 
 def test_loc_labels_and_slices(frames: tuple[pd.DataFrame, zd.DataFrame]) -> None:

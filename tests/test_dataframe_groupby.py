@@ -247,3 +247,23 @@ def test_lazy_errors_are_raised_when_building() -> None:
         lazy.groupby("k").s.mean()
     with pytest.raises(AttributeError):
         _ = lazy.groupby("k").nothing_here
+
+
+@pytest.mark.parametrize("npartitions", [1, 6])
+@pytest.mark.parametrize("dropna", [True, False])
+def test_lazy_nunique_with_many_groups(npartitions: int, dropna: bool) -> None:
+    rng = np.random.default_rng(4)
+    n = 3000
+    frame = pd.DataFrame(
+        {"g": rng.integers(0, 1200, n).astype("float64"), "h": rng.integers(0, 2, n), "v": rng.integers(0, 5, n)}
+    )
+    frame.loc[frame.index[::11], "g"] = np.nan
+    frame.loc[frame.index[::13], "v"] = np.nan
+    lazy = zd.from_pandas(frame, npartitions=npartitions)
+    expected = frame.groupby("g", dropna=dropna).v.nunique()
+    assert len(expected) > 900
+    _assert_same(lazy.groupby("g", dropna=dropna).v.nunique(split_every=3).compute(), expected)
+    _assert_same(
+        lazy.groupby(["g", "h"], dropna=dropna).agg({"v": ["nunique", "count"]}).compute(),
+        frame.groupby(["g", "h"], dropna=dropna).agg({"v": ["nunique", "count"]}),
+    )

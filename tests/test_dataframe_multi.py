@@ -159,3 +159,20 @@ def test_hash_merge_through_worker_processes(run_async: Any) -> None:
     expected = pd.merge(left, right, on="k", how="outer")
     pd.testing.assert_frame_equal(_canonical(merged), _canonical(expected))
     pd.testing.assert_frame_equal(aggregated, expected.groupby("s_x").b.agg(["count", "mean"]))
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("nright", [1, 3])
+def test_dataframe_join_method_takes_on(how: str, nright: int) -> None:
+    left, right = _sides()
+    rights = right.dropna(subset=["k"]).drop_duplicates("k").set_index("k")[["b"]]
+    lazy_left = zd.from_pandas(left, npartitions=4)
+    got = lazy_left.join(zd.from_pandas(rights, npartitions=nright), on="k", how=how).compute()
+    expected = left.join(rights, on="k", how=how)
+    pd.testing.assert_frame_equal(_canonical(got.reset_index()), _canonical(expected.reset_index()))
+    # A pandas right side works as well, broadcast to every partition.
+    clashing = rights.rename(columns={"b": "a"})
+    got = lazy_left.join(clashing, on="k", rsuffix="_r").compute()
+    expected = merge_partitions(left, clashing, "left", ("k",), None, ("", "_r"), True)
+    assert list(expected.columns) == ["k", "a", "s", "a_r"]
+    pd.testing.assert_frame_equal(got.sort_index(), expected.sort_index())

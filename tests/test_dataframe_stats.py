@@ -105,6 +105,15 @@ def test_lazy_value_counts_and_nunique(npartitions: int) -> None:
     pd.testing.assert_series_equal(lazy.nunique().compute(), frame.nunique())
 
 
+@pytest.mark.parametrize("npartitions", [1, 4])
+def test_lazy_value_counts_orders_ties_by_first_appearance(npartitions: int) -> None:
+    values = pd.Series([*list("cbabcadd" * 5), "e"], name="v")
+    assert values.value_counts().iloc[:4].nunique() == 1  # four-way tie
+    lazy = zd.from_pandas(values, npartitions=npartitions)
+    for kwargs in ({}, {"ascending": True}, {"normalize": True}):
+        pd.testing.assert_series_equal(lazy.value_counts(**kwargs).compute(), values.value_counts(**kwargs))
+
+
 def test_stats_reject_wrong_inputs() -> None:
     from zmqdask.dataframe.stats import value_counts
 

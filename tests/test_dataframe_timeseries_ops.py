@@ -149,8 +149,52 @@ def test_resample_needs_datetime_index_and_known_divisions() -> None:
         zd.from_pandas(frame.reset_index(), npartitions=2).resample("1h")
     with pytest.raises(UsageError):
         zd.from_pandas(frame, npartitions=2, sort=False).resample("1h")
-    with pytest.raises(UsageError):
-        lazy.resample("1h").agg("nunique")
+    with pytest.raises(KeyError):
+        lazy.resample("1h")["nope"]
+
+
+def test_lazy_resample_results_keep_pandas_frequency() -> None:
+    frame, lazy = _lazy(5)
+    pd.testing.assert_series_equal(lazy.y.resample("1h").mean().compute(), frame.y.resample("1h").mean())
+    pd.testing.assert_frame_equal(lazy.resample("3h").max().compute(), frame.resample("3h").max())
+
+
+@pytest.mark.parametrize("npartitions", [1, 6])
+def test_lazy_resample_nunique_and_column_selection(npartitions: int) -> None:
+    frame, lazy = _lazy(npartitions)
+    _assert_same(lazy.resample("1h").nunique().compute(), frame.resample("1h").nunique())
+    _assert_same(lazy.x.resample("2h").agg("nunique").compute(), frame.x.resample("2h").nunique())
+    _assert_same(lazy.resample("1h").x.mean().compute(), frame.resample("1h").x.mean())
+    _assert_same(lazy.resample("1h")[["x", "y"]].sum().compute(), frame.resample("1h")[["x", "y"]].sum())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"closed": "right"},
+        {"closed": "right", "label": "right"},
+        {"label": "right"},
+        {"origin": "start"},
+        {"origin": "epoch"},
+        {"origin": pd.Timestamp("1999-12-31 23:50")},
+    ],
+    ids=str,
+)
+def test_lazy_resample_passes_closed_label_origin(kwargs: dict[str, Any]) -> None:
+    frame, lazy = _lazy(5)
+    _assert_same(lazy.resample("45min", **kwargs).sum().compute(), frame.resample("45min", **kwargs).sum())
+    got = lazy.y.resample("2h", **kwargs).agg(["mean", "count"])
+    _assert_same(got.compute(), frame.y.resample("2h", **kwargs).agg(["mean", "count"]))
+
+
+@pytest.mark.parametrize("npartitions", [1, 9])
+def test_lazy_rolling_column_selection(npartitions: int) -> None:
+    frame, lazy = _lazy(npartitions)
+    _assert_same(lazy.rolling("30min").y.mean().compute(), frame.rolling("30min").y.mean())
+    _assert_same(lazy.rolling(5)["x"].sum().compute(), frame.rolling(5)["x"].sum())
+    _assert_same(lazy.rolling("1h")[["y", "x"]].max().compute(), frame.rolling("1h")[["y", "x"]].max())
+    with pytest.raises(AttributeError):
+        lazy.rolling(3).nope  # noqa: B018
 
 
 @pytest.mark.parametrize("window", [4, "1h"])

@@ -601,11 +601,14 @@ class DataFrame(_Frame):
             suffixes=suffixes,
         )
 
-    def join(self, other: Any, how: str = "left", lsuffix: str = "", rsuffix: str = "") -> Any:
-        """Join on the index (see ``zmqdask.dataframe.multi``)."""
-        from zmqdask.dataframe.multi import merge
+    def join(self, other: Any, on: Any = None, how: str = "left", lsuffix: str = "", rsuffix: str = "") -> Any:
+        """Join ``other`` by its index to this frame's index, or to columns ``on``.
 
-        return merge(self, other, how=how, left_index=True, right_index=True, suffixes=(lsuffix, rsuffix))
+        See ``zmqdask.dataframe.multi.join``.
+        """
+        from zmqdask.dataframe.multi import join
+
+        return join(self, other, on=on, how=how, lsuffix=lsuffix, rsuffix=rsuffix)
 
     def set_index(self, column: Any, npartitions: int | None = None, divisions: Any = None) -> Any:
         """A sorted index from a column (see ``zmqdask.dataframe.shuffle``)."""
@@ -619,11 +622,17 @@ class DataFrame(_Frame):
 
         return sort_values(self, by, ascending=ascending)
 
-    def resample(self, rule: Any) -> Any:
-        """Time-based resampling (see ``zmqdask.dataframe.timeseries_ops``)."""
+    def resample(
+        self,
+        rule: Any,
+        closed: builtins.str | None = None,
+        label: builtins.str | None = None,
+        origin: Any = "start_day",
+    ) -> Any:
+        """Time-based resampling (see ``zmqdask.dataframe.timeseries_ops.Resampler``)."""
         from zmqdask.dataframe.timeseries_ops import Resampler
 
-        return Resampler(self, rule)
+        return Resampler(self, rule, closed=closed, label=label, origin=origin)
 
     def rolling(self, window: Any, min_periods: int | None = None) -> Any:
         """Rolling windows (see ``zmqdask.dataframe.timeseries_ops``)."""
@@ -768,11 +777,17 @@ class Series(_Frame):
 
         return Rolling(self, window, min_periods=min_periods)
 
-    def resample(self, rule: Any) -> Any:
-        """Time-based resampling (see ``zmqdask.dataframe.timeseries_ops``)."""
+    def resample(
+        self,
+        rule: Any,
+        closed: builtins.str | None = None,
+        label: builtins.str | None = None,
+        origin: Any = "start_day",
+    ) -> Any:
+        """Time-based resampling (see ``zmqdask.dataframe.timeseries_ops.Resampler``)."""
         from zmqdask.dataframe.timeseries_ops import Resampler
 
-        return Resampler(self, rule)
+        return Resampler(self, rule, closed=closed, label=label, origin=origin)
 
     def _structure(self) -> pd.Series:
         labels = plan.division_labels(self.divisions)

@@ -252,10 +252,17 @@ def groupby_chunk(
             columns[position] = getattr(values, primitive)()
     main = pd.DataFrame(columns, index=size.index)
     pairs = {}
-    for column in plan.pair_columns:
-        counts = grouped[column].value_counts(dropna=True)
-        keys = counts.index.droplevel(-1)
-        pairs[column] = pd.DataFrame({0: counts.index.get_level_values(-1)}, index=keys)
+    if plan.pair_columns:
+        # Group numbers index into ``size``'s index (NaN for rows whose key was dropped);
+        # deduplicating (number, value) pairs is much cheaper than counting values per group.
+        codes = grouped.ngroup().to_numpy(dtype="float64", na_value=np.nan)
+        for column in plan.pair_columns:
+            values = frame[column]
+            keep = ~np.isnan(codes) & values.notna().to_numpy()
+            distinct = pd.DataFrame({"group": codes[keep].astype(np.int64), 0: values[keep].to_numpy()})
+            distinct = distinct.drop_duplicates()
+            keys = size.index.take(distinct["group"].to_numpy())
+            pairs[column] = pd.DataFrame({0: distinct[0].to_numpy()}, index=keys)
     return Partial(main, pairs)
 
 

@@ -8,6 +8,7 @@ same expression always lowers to the same keys and a second submission reuses re
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any
@@ -210,7 +211,26 @@ def concat_partitions(parts: list[Any]) -> Any:
         return parts[0]
     if len(non_empty) == 1:
         return non_empty[0]
-    return pd.concat(non_empty)
+    joined = pd.concat(non_empty)
+    freq = contiguous_freq(non_empty)
+    if freq is not None:
+        # pandas would have kept the frequency of a regular index; concat drops it.
+        joined.index.freq = freq
+    return joined
+
+
+def contiguous_freq(parts: list[Any]) -> Any:
+    """The common ``freq`` of datetime-indexed pieces that continue each other, else None."""
+    freq = getattr(parts[0].index, "freq", None)
+    if freq is None or not isinstance(parts[0].index, pd.DatetimeIndex):
+        return None
+    for before, after in itertools.pairwise(parts):
+        index = after.index
+        if not isinstance(index, pd.DatetimeIndex) or index.freq != freq:
+            return None
+        if index[0] != before.index[-1] + freq:
+            return None
+    return freq
 
 
 def first_output(parts: list[Any]) -> Any:

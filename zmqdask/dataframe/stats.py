@@ -80,7 +80,8 @@ def value_counts_aggregate(
     else:
         result.name = "count"
     if sort:
-        result = result.sort_values(ascending=ascending)
+        # Stable, so equal counts keep first-appearance order, as pandas orders them.
+        result = result.sort_values(ascending=ascending, kind="stable")
     return result
 
 

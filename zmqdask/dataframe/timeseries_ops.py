@@ -136,9 +136,7 @@ def resample_output(
         else:
             filled[position] = values.reindex(grid)
     pairs = {column: frame[frame.index.isin(grid)] for column, frame in state.pairs.items()}
-    result = finalize(Partial(pd.DataFrame(filled, index=grid), pairs), plan)
-    result.index.freq = None  # type: ignore[attr-defined]
-    return result
+    return finalize(Partial(pd.DataFrame(filled, index=grid), pairs), plan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,8 +446,6 @@ class Resampler:
             plan = make_plan(spec, [SERIES_COLUMN], series_name=meta.name, series_selection=True, ddof=ddof)
         else:
             plan = make_plan(spec, list(meta.columns), ddof=ddof)
-        if "nunique" in {func for _, _, func in plan.outputs}:
-            raise UsageError("nunique is not supported by resample")
         node_ = ResampleAggregate(self._expr, self._rule, self._closed, self._label, self._origin, plan)
         return _new_collection(node_)
 
@@ -499,8 +495,37 @@ class Resampler:
         """Variance per bin."""
         return self._aggregate("var", ddof)
 
+    def nunique(self) -> Any:
+        """Distinct non-missing values per bin."""
+        return self._aggregate("nunique")
+
+    def __getitem__(self, key: Any) -> Resampler:
+        return Resampler(
+            _select(self._frame, key), self._rule, closed=self._closed, label=self._label, origin=self._origin
+        )
+
+    def __getattr__(self, name: str) -> Resampler:
+        if name.startswith("_") or name not in _column_names(self._expr):
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return self[name]
+
     def __repr__(self) -> str:
         return f"<zmqdask Resampler rule={self._rule!r}>"
+
+
+def _column_names(expr: Expr) -> list[Any]:
+    meta = expr._meta
+    return list(meta.columns) if isinstance(meta, pd.DataFrame) else []
+
+
+def _select(frame: Any, key: Any) -> Any:
+    """``frame[key]`` for a column label or a list of them, checked against the frame's columns."""
+    columns = _column_names(_expr_of(frame))
+    wanted = key if isinstance(key, list) else [key]
+    missing = [k for k in wanted if k not in columns]
+    if missing:
+        raise KeyError(f"columns not found: {missing}")
+    return frame[key]
 
 
 class Rolling:
@@ -570,6 +595,14 @@ class Rolling:
         return self._apply(func)
 
     aggregate = agg
+
+    def __getitem__(self, key: Any) -> Rolling:
+        return Rolling(_select(self._frame, key), self._window, min_periods=self._min_periods)
+
+    def __getattr__(self, name: str) -> Rolling:
+        if name.startswith("_") or name not in _column_names(self._expr):
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return self[name]
 
     def __repr__(self) -> str:
         return f"<zmqdask Rolling window={self._window!r}>"
