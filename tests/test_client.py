@@ -77,7 +77,7 @@ def test_pure_keys_are_shared_and_impure_keys_unique(client: Client) -> None:
 
 def test_map_and_nested_gather(client: Client) -> None:
     futures = client.map(add, range(100), range(100, 200))
-    assert client.gather(futures) == [x + y for x, y in zip(range(100), range(100, 200))]
+    assert client.gather(futures) == [x + y for x, y in zip(range(100), range(100, 200), strict=True)]
     nested = {"a": futures[:2], "b": (futures[2], {"c": futures[3]}), "d": 5}
     assert client.gather(nested) == {"a": [100, 102], "b": (104, {"c": 106}), "d": 5}
 
@@ -125,7 +125,7 @@ def make_lock(_: int) -> object:
 def test_unpicklable_result_fails_only_that_future(client: Client) -> None:
     bad = client.submit(make_lock, 1)
     good = client.submit(inc, 5)
-    with pytest.raises(Exception, match="(?i)lock|serializ|pickle"):
+    with pytest.raises(Exception, match=r"(?i)lock|serializ|pickle"):
         bad.result(timeout=30)
     assert good.result(timeout=30) == 6
 
@@ -250,7 +250,7 @@ def test_closed_client_is_a_clear_error(cluster: object) -> None:
 
 def test_unreachable_broker_times_out() -> None:
     start = time.monotonic()
-    with pytest.raises(ConnectTimeoutError, match="tcp://127.0.0.1:9"):
+    with pytest.raises(ConnectTimeoutError, match=re.escape("tcp://127.0.0.1:9")):
         Client("tcp://127.0.0.1:9", timeout=1.0)
     assert time.monotonic() - start < 10
 
@@ -263,7 +263,7 @@ def test_async_client(run_async) -> None:  # type: ignore[no-untyped-def]
         with pytest.raises(SyncInAsyncError, match="await future"):
             c.submit(inc, 99).result()
         results = []
-        async for f, value in as_completed(c.map(inc, range(5)), with_results=True):
+        async for _future, value in as_completed(c.map(inc, range(5)), with_results=True):
             results.append(value)
         assert sorted(results) == [1, 2, 3, 4, 5]
         done, _ = await wait(c.map(inc, range(3)))
