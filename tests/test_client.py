@@ -383,3 +383,16 @@ def test_ctrl_c_interrupts_a_blocking_wait(cluster, tmp_path) -> None:  # type: 
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_wait_accepts_persisted_collections(client: Client) -> None:
+    import pandas as pd
+
+    import zmqdask.dataframe as zdf
+
+    pdf = pd.DataFrame({"x": range(100), "y": range(100, 200)})
+    persisted = zdf.from_pandas(pdf, npartitions=4).persist()
+    done, not_done = wait(persisted, timeout=30)
+    assert len(done) == 4 and not not_done
+    assert all(future.status == "finished" for future in done)
+    assert persisted.x.sum().compute() == pdf.x.sum()

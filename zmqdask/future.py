@@ -209,6 +209,27 @@ class Future:
         )
 
 
+def _futures_in(obj: Any, found: list[Future]) -> list[Future]:
+    """Futures inside ``obj``: a Future, a persisted collection, or containers of those."""
+    from zmqdask.graph import is_collection
+
+    if isinstance(obj, Future):
+        found.append(obj)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for item in obj:
+            _futures_in(item, found)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _futures_in(item, found)
+    elif is_collection(obj):
+        # A persisted collection's graph refers to the futures that back it.
+        graph, _ = obj.__zmqdask_graph__()
+        for _fn, args, kwargs in graph.values():
+            _futures_in(args, found)
+            _futures_in(kwargs, found)
+    return list(dict.fromkeys(found))
+
+
 def _client_of(futures: Iterable[Future]) -> Client | None:
     for future in futures:
         return future._client
@@ -227,14 +248,13 @@ FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALL_COMPLETED = "ALL_COMPLETED"
 
 
-def wait(futures: Iterable[Future] | Future, timeout: float | None = None, return_when: str = ALL_COMPLETED) -> Any:
+def wait(futures: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED) -> Any:
     """Wait until futures are done, like ``concurrent.futures.wait``.
 
-    Returns ``(done, not_done)``; on an asynchronous client returns an awaitable of it.
+    ``futures`` may be a Future, a persisted collection, or lists/dicts of them.  Returns
+    ``(done, not_done)``; on an asynchronous client returns an awaitable of it.
     """
-    if isinstance(futures, Future):
-        futures = [futures]
-    futures = list(futures)
+    futures = _futures_in(futures, [])
     if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
         raise UsageError(
             f"return_when must be one of ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION; got {return_when!r}"
