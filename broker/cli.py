@@ -14,7 +14,8 @@ from types import FrameType
 
 from broker.server import BrokerServer
 from zmqdask.config import DEFAULT_PORT
-from zmqdask.errors import CommunicationError
+from zmqdask.errors import CommunicationError, UsageError
+from zmqdask.security import BrokerSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="0.0.0.0", help="interface to bind (default: %(default)s, all of them)")
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="TCP port; 0 picks a free one (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--curve-keys",
+        metavar="DIR",
+        default=None,
+        help=(
+            "require CURVE keys and encrypt all traffic: DIR holds broker.key_secret, the public keys "
+            "of allowed clients in DIR/clients/*.key and of allowed workers in DIR/workers/*.key "
+            "(write them with zmqdask-keys DIR). Without it anyone who can reach the port is served."
+        ),
     )
     parser.add_argument(
         "--log-level",
@@ -99,7 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     gc.set_threshold(*GC_THRESHOLDS)
-    server = BrokerServer(args.host, args.port)
+    security = None
+    if args.curve_keys is not None:
+        try:
+            security = BrokerSecurity.from_directory(args.curve_keys)
+        except UsageError as exc:
+            parser.error(f"--curve-keys: {exc}")
+    server = BrokerServer(args.host, args.port, security=security)
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         logger.info("received %s: stopping", signal.Signals(signum).name)

@@ -19,6 +19,7 @@ from broker.state import BrokerState
 from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, MAX_MESSAGE_BYTES, ZERO_COPY_THRESHOLD_BYTES
 from zmqdask.errors import CommunicationError
 from zmqdask.protocol import frame_nbytes
+from zmqdask.security import BrokerSecurity, CurveServer
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class BrokerServer:
         liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         context: zmq.Context[Any] | None = None,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -98,6 +100,9 @@ class BrokerServer:
         self._pending: deque[tuple[bytes, list[Any]]] = deque()
         self._emitting = False
         self._thread: threading.Thread | None = None
+        self._security = security
+        self._curve: CurveServer | None = None
+        """With CURVE keys: the authenticator and the HELLO guard (None without keys)."""
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -122,11 +127,23 @@ class BrokerServer:
             sock.setsockopt(zmq.IPV6, 1)
             zmq_host = f"[{zmq_host}]"
         endpoint = f"tcp://{zmq_host}:{self.port if self.port else '*'}"
+        curve: CurveServer | None = None
+        if self._security is not None:
+            # The ZAP handler must be answering before the first peer can connect.
+            try:
+                curve = CurveServer(self._security, self._context)
+            except CommunicationError:
+                sock.close(linger=0)
+                raise
+            curve.configure(sock)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
+            if curve is not None:
+                curve.close()
             raise CommunicationError(f"cannot listen on tcp://{host}:{self.port}: {exc.strerror}") from exc
+        self._curve = curve
         self.port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rstrip("\0").rsplit(":", 1)[1])
         advertised = advertised_host(host)
         if ":" in advertised:
@@ -148,10 +165,14 @@ class BrokerServer:
             self.address,
             self.state.epoch,
         )
-        if not is_loopback(host):
+        if self._security is not None:
+            logger.info("CURVE keys required: %s", self._security.describe())
+        elif not is_loopback(host):
             logger.warning(
-                "the broker listens on %s, which is reachable from other machines: task payloads are "
-                "pickles, and unpickling runs code, so only trusted peers may be able to connect",
+                "NO AUTHENTICATION: the broker listens on %s, which is reachable from other machines, "
+                "without CURVE keys. Task payloads are pickles and unpickling runs code: anyone who can "
+                "connect can run code on every worker and client. Use --curve-keys DIR, or bind 127.0.0.1 "
+                "or an interface of a network where every host is trusted.",
                 host or "every interface",
             )
         return self.address
@@ -185,6 +206,9 @@ class BrokerServer:
                 return
         if self._socket is not None and not self._socket.closed:
             self._socket.close(linger=0)
+        if self._curve is not None:
+            self._curve.close()  # its ZAP socket would keep the context from terminating
+            self._curve = None
         if self._own_context and not self._context.closed:
             self._context.term()
 
@@ -243,12 +267,19 @@ class BrokerServer:
 
     def _drain(self, sock: zmq.Socket[Any], state: BrokerState) -> None:
         threshold = ZERO_COPY_THRESHOLD_BYTES
+        curve = self._curve
         for _ in range(MAX_MESSAGES_PER_ROUND):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             identity = frames[0].bytes
+            if curve is not None:
+                # The key's User-Id property is only on the received zmq.Frame objects.
+                refusal = curve.check(identity, frames, state.peers)
+                if refusal is not None:
+                    self._emit(refusal)
+                    continue
             # Small frames are cheaper as bytes (headers, tiny pickles); large ones are kept as
             # the received zmq.Frame and forwarded without ever being copied.
             body = [frame.bytes if len(frame) < threshold else frame for frame in frames[1:]]
