@@ -48,6 +48,7 @@ from zmqdask.future import (
     FutureState,
 )
 from zmqdask.graph import TaskSpec, is_collection, topological_order
+from zmqdask.security import Security, as_security
 from zmqdask.serialize import TaskRef, dumps, dumps_function
 from zmqdask.session import BrokerSession, ClientStatus
 from zmqdask.sync import LoopThread
@@ -90,7 +91,9 @@ class Client(BrokerSession):
     ``Client()`` starts a broker and one worker process per core on this machine and stops
     them on close; ``Client("tcp://host:8786")`` connects to a running broker.  With
     ``asynchronous=True`` use ``client = await Client(asynchronous=True)`` or ``async with``;
-    every method that waits then returns an awaitable.
+    every method that waits then returns an awaitable.  A broker started with
+    ``--curve-keys`` needs ``security=``: a :class:`~zmqdask.security.Security` or the path of
+    a key directory holding ``broker.key`` and one ``clients/NAME.key_secret``.
     """
 
     def __init__(
@@ -105,7 +108,14 @@ class Client(BrokerSession):
         name: str | None = None,
         set_as_default: bool = True,
         reconnect_timeout: float = RECONNECT_TIMEOUT_S,
+        security: Security | str | os.PathLike[str] | None = None,
     ) -> None:
+        keys = as_security(security, proto.ROLE_CLIENT)
+        if keys is not None and address is None:
+            raise UsageError(
+                "security= needs the address of a broker started with --curve-keys; "
+                "the local cluster of Client() listens on 127.0.0.1 without keys"
+            )
         if address is not None and not isinstance(address, str):
             cluster_address = getattr(address, "address", None)
             if not isinstance(cluster_address, str):
@@ -121,6 +131,7 @@ class Client(BrokerSession):
             timeout,
             reconnect_timeout,
             name or f"client-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+            keys,
         )
         self.asynchronous = asynchronous
         self.cluster: Any = None

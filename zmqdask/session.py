@@ -54,6 +54,7 @@ from zmqdask.future import (
     Future,
     FutureState,
 )
+from zmqdask.security import HandshakeMonitor, Security
 from zmqdask.serialize import loads, loads_error
 from zmqdask.sync import LoopThread
 
@@ -83,8 +84,13 @@ class ClientStatus(enum.Enum):
 class BrokerSession:
     """One registered connection to a broker and the state of every key it knows."""
 
-    def __init__(self, address: str | None, timeout: float, reconnect_timeout: float, name: str) -> None:
+    def __init__(
+        self, address: str | None, timeout: float, reconnect_timeout: float, name: str, security: Security | None = None
+    ) -> None:
         self.address = address
+        self.security = security
+        """CURVE keys to connect with, or None for a broker without keys."""
+        self._handshake_monitor: HandshakeMonitor | None = None
         self.timeout = float(timeout)
         self.reconnect_timeout = float(reconnect_timeout)
         self.name = name
@@ -127,6 +133,11 @@ class BrokerSession:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        if self.security is not None:
+            self.security.configure(sock)
+            if self.status == ClientStatus.CONNECTING:
+                # Attached before connecting, so the first refused handshake is seen too.
+                self._handshake_monitor = HandshakeMonitor(sock)
         sock.connect(self.address)
         self._socket = sock
         # The zmq FD only signals edges; _drain() reads until EAGAIN each time it fires.
@@ -135,6 +146,9 @@ class BrokerSession:
     def _close_socket(self) -> None:
         sock = self._socket
         self._socket = None
+        if self._handshake_monitor is not None:
+            self._handshake_monitor.close()
+            self._handshake_monitor = None
         if sock is not None:
             try:
                 if self._loop is not None and not self._loop.is_closed():
@@ -149,14 +163,23 @@ class BrokerSession:
         info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
         while True:
             self._send(proto.encode(proto.HELLO, [proto.ROLE_CLIENT, info]))
+            # A refused CURVE handshake is final (the broker reads its keys once): say so now
+            # rather than at the deadline.
+            refused = self._handshake_monitor.failure() if self._handshake_monitor is not None else None
+            if refused is not None:
+                raise ConnectTimeoutError(f"no service from the zmqdask broker at {self.address}: {refused}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ConnectTimeoutError(
                     f"no zmqdask broker answered at {self.address} within {self.timeout} s; "
                     "check the address and that `zmqdask-broker` is running"
+                    + (" with --curve-keys" if self.security is not None else "")
                 )
             try:
                 await asyncio.wait_for(asyncio.shield(self._welcome), min(remaining, HEARTBEAT_INTERVAL_S))
+                if self._handshake_monitor is not None:
+                    self._handshake_monitor.close()
+                    self._handshake_monitor = None
                 return
             except asyncio.TimeoutError:
                 continue
