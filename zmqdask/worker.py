@@ -72,6 +72,7 @@ from zmqdask.protocol import (
     WELCOME,
     Message,
 )
+from zmqdask.security import HandshakeMonitor, Security
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +135,14 @@ class BrokerLink:
         death_timeout_s: float,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+        security: Security | None = None,
     ) -> None:
         self.address = address
         self.identity = identity
+        self.security = security
+        """CURVE keys to connect with, or None for a broker without keys."""
+        self._monitor: HandshakeMonitor | None = None
+        self._refusal_logged: str | None = None
         self.role = role
         self.info = info
         self.death_timeout_s = death_timeout_s
@@ -162,9 +168,24 @@ class BrokerLink:
         sock.sndhwm = 0
         sock.rcvhwm = 0
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self.security is not None:
+            self.security.configure(sock)
+            self._monitor = HandshakeMonitor(sock, self.role)  # only failed handshakes: silent when healthy
         sock.connect(self.address)
         self._poller.register(sock, zmq.POLLIN)
         return sock
+
+    def _report_refusal(self) -> None:
+        """Log once why the broker refuses this peer's CURVE handshake, if it does."""
+        refusal = self._monitor.failure() if self._monitor is not None else None
+        if refusal is not None and refusal != self._refusal_logged:
+            self._refusal_logged = refusal
+            logger.error("%s: no service from the broker at %s: %s", self._who(), self.address, refusal)
+
+    def _drop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close()
+            self._monitor = None
 
     def send(self, command: int, header: Sequence[Any], payload: Sequence[Any] = ()) -> None:
         """Send one message (large payload frames without copying)."""
@@ -233,6 +254,7 @@ class BrokerLink:
             # of them, and a connection the broker's ROUTER refused (it still held this
             # identity for the previous connection) is replaced instead of staying mute.
             logger.debug("%s: no WELCOME yet; saying HELLO on a fresh connection", self._who())
+            self._report_refusal()
             self.reconnect()
         return LinkEvent.NOTHING
 
@@ -247,6 +269,7 @@ class BrokerLink:
     def reconnect(self) -> None:
         """Drop the socket and everything queued in it, connect again and send HELLO."""
         self._poller.unregister(self.socket)
+        self._drop_monitor()
         self.socket.close(linger=0)
         self.registered = False
         self.epoch = ""
@@ -262,6 +285,7 @@ class BrokerLink:
         if self.socket.closed:
             return
         self._poller.unregister(self.socket)
+        self._drop_monitor()
         linger_ms = 0
         if goodbye is not None and self.registered:
             try:
@@ -345,6 +369,7 @@ class Worker:
         parent_pid: int | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+        security: Security | None = None,
     ) -> None:
         if nthreads < 1:
             raise UsageError(f"a worker needs at least one thread, got nthreads={nthreads}")
@@ -361,6 +386,7 @@ class Worker:
         self.parent_pid = parent_pid
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness_timeout_s = liveness_timeout_s
+        self.security = security
         self._slots = slots_view(running_slots) if running_slots is not None else None
         if self._slots is not None and len(self._slots) < slots_nbytes(nthreads):
             raise UsageError(
@@ -442,6 +468,7 @@ class Worker:
                 death_timeout_s=self.death_timeout_s,
                 heartbeat_interval_s=self.heartbeat_interval_s,
                 liveness_timeout_s=self.liveness_timeout_s,
+                security=self.security,
             )
             self._poller.register(self._wake, zmq.POLLIN)
             if signals is not None:
@@ -804,6 +831,7 @@ def run_worker(
     parent_pid: int | None,
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+    security: Security | None = None,
 ) -> NoReturn:
     """Process entry point: run one worker, then end the process with its exit code.
 
@@ -826,6 +854,7 @@ def run_worker(
             parent_pid=parent_pid,
             heartbeat_interval_s=heartbeat_interval_s,
             liveness_timeout_s=liveness_timeout_s,
+            security=security,
         )
         code = worker.run()
     except BaseException:
