@@ -252,6 +252,19 @@ def test_reductions_on_empty_partitions_and_deep_trees() -> None:
     assert_same(nothing.z.var(), float("nan"))
 
 
+@pytest.mark.parametrize("npartitions", [1, 3, 6])
+def test_sums_of_opposite_infinities_stay_nan(npartitions: int) -> None:
+    values = pd.Series([np.inf, 1.0, -np.inf, 2.0, np.nan, 3.0], name="v")
+    frame = pd.DataFrame({"v": values, "w": np.arange(6.0), "k": [0, 0, 0, 1, 1, 1]})
+    lazy = zd.from_pandas(frame, npartitions=npartitions)
+    with np.errstate(invalid="ignore"):
+        assert_same(lazy.v.sum(), values.sum())
+        assert_same(lazy.v.prod(), values.prod())
+        assert_same(lazy[["v", "w"]].sum(), frame[["v", "w"]].sum())
+        assert_same(lazy.groupby("k").v.sum(), frame.groupby("k").v.sum())
+        assert_same(lazy.v.mean(), values.mean())
+
+
 def test_size_len_shape(frames: tuple[pd.DataFrame, zd.DataFrame]) -> None:
     pdf, df = frames
     assert len(df) == len(pdf)

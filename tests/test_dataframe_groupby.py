@@ -267,3 +267,69 @@ def test_lazy_nunique_with_many_groups(npartitions: int, dropna: bool) -> None:
         lazy.groupby(["g", "h"], dropna=dropna).agg({"v": ["nunique", "count"]}).compute(),
         frame.groupby(["g", "h"], dropna=dropna).agg({"v": ["nunique", "count"]}),
     )
+
+
+def _mixed_keys(n: int = 300) -> pd.DataFrame:
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame(
+        {
+            "f": rng.integers(0, 5, n).astype(float),
+            "i": rng.integers(0, 5, n),
+            "s": pd.array(rng.choice(["b", "a", "c"], n), dtype="str"),
+            "o": pd.array(rng.choice(["b", "a", "c"], n), dtype=object),
+            "b": rng.integers(0, 2, n).astype(bool),
+            "t": pd.Timestamp("2000-01-01") + pd.to_timedelta(rng.integers(0, 4, n), "D"),
+            "x": rng.normal(size=n),
+            "y": rng.normal(size=n),
+        }
+    )
+    frame.loc[frame.index[::7], "f"] = np.nan
+    frame.loc[frame.index[::9], "s"] = None
+    frame.loc[frame.index[::5], "x"] = np.nan
+    frame.loc[frame.index[3], "y"] = np.inf
+    frame.loc[frame.index[4], "y"] = -np.inf
+    return frame
+
+
+@pytest.mark.parametrize("key", ["f", "i", "s", "o", "b", "t"])
+@pytest.mark.parametrize("spec", ["sum", "mean", "count", "size", ["sum", "count", "mean"]], ids=str)
+@pytest.mark.parametrize("dropna", [True, False])
+def test_counting_kernel_equals_the_general_one(key: str, spec: Any, dropna: bool, monkeypatch: Any) -> None:
+    from zmqdask.dataframe import groupby as module
+
+    frame = _mixed_keys()
+    columns = [c for c in ["x", "y", "i"] if c != key]
+    plan = make_plan(spec, columns)
+    for piece in (frame, frame.iloc[:0], frame.iloc[:1], frame[frame[key].isna()], frame.iloc[::2]):
+        fast = groupby_chunk(piece, [key], plan, True, dropna)
+        with monkeypatch.context() as patched:
+            patched.setattr(module, "_counting_chunk", lambda *args: None)
+            general = groupby_chunk(piece, [key], plan, True, dropna)
+        pd.testing.assert_frame_equal(fast.main, general.main)
+    # Both kernels mix in one reduction: partial states are interchangeable.
+    _assert_same(
+        zd.from_pandas(frame, npartitions=4).groupby(key, dropna=dropna)[columns].agg(spec).compute(),
+        frame.groupby(key, dropna=dropna)[columns].agg(spec),
+    )
+
+
+def test_generated_string_keys_group_by_remembered_codes() -> None:
+    from zmqdask.dataframe.keycodes import factorize, known_codes
+    from zmqdask.datasets import timeseries
+
+    lazy = timeseries(end="2000-01-04", freq="1min", seed=2)
+    part = lazy.get_partition(1).compute()
+    known = known_codes(part["name"])
+    assert known is not None
+    codes, categories = known
+    assert (categories[codes] == part["name"].to_numpy()).all()
+    copied = pd.Series(list(part["name"]), dtype=part["name"].dtype, name="name")
+    assert known_codes(copied) is None
+    fresh_codes, fresh_uniques = factorize(copied)
+    assert (fresh_uniques[fresh_codes] == categories[codes]).all()
+    whole = lazy.compute()
+    _assert_same(lazy.groupby("name").x.mean().compute(), whole.groupby("name").x.mean())
+    _assert_same(
+        lazy[lazy.x > 0.5].groupby("name").agg({"y": ["sum", "count"]}).compute(),
+        whole[whole.x > 0.5].groupby("name").agg({"y": ["sum", "count"]}),
+    )

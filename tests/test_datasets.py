@@ -114,3 +114,18 @@ def test_generation_function_is_module_level() -> None:
     assert fn.__module__ == "zmqdask.datasets"
     assert len(repr(args)) < 500
     assert zmqdask.datasets.DEFAULT_SEED == timeseries().expr.seed
+
+
+def test_poisson_sampler_is_an_exact_inverse_transform() -> None:
+    from zmqdask.datasets import _poisson_table, poisson
+
+    low, cdf, _ = _poisson_table(1000.0)
+    draws = poisson(np.random.default_rng(5), 1000.0, 200_000)
+    uniforms = np.random.default_rng(5).random(200_000)
+    # Each draw k is the value whose cumulative-probability interval holds its uniform.
+    positions = draws - low
+    assert (uniforms < cdf[positions]).all()
+    assert (uniforms >= np.where(positions > 0, cdf[np.maximum(positions - 1, 0)], 0.0)).all()
+    assert abs(draws.mean() - 1000) < 0.5 and abs(draws.var() / 1000 - 1) < 0.02
+    small = poisson(np.random.default_rng(6), 3.0, 100_000)
+    assert small.min() >= 0 and abs(small.mean() - 3.0) < 0.03

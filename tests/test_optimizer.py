@@ -297,3 +297,28 @@ def test_optimization_reaches_a_fixed_point() -> None:
     assert simplify(once)._token == once._token
     graph, keys = build_graph(optimize(expr))
     assert execute_local(graph, keys)[0] == pytest.approx(new_collection(expr).compute())
+
+
+class _FakeFuture:
+    """Stands for a cluster Future: the persisted source only reads its key."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def test_projection_is_pushed_into_persisted_partitions() -> None:
+    from zmqdask.dataframe.sources import FromFutures, make_futures_source
+
+    meta = timeseries()._meta
+    futures = [_FakeFuture(f"part-{i}") for i in range(3)]
+    persisted = new_collection(make_futures_source(futures, meta, (None,) * 4))
+    query = persisted[persisted.x > 0].y.sum()
+    (source,) = sources_of(query.expr, FromFutures)
+    assert set(source.columns_selected) == {"x", "y"}
+    fn, args, _ = source._task(1)
+    frame = pd.DataFrame({"id": [1, 2], "name": ["a", "b"], "x": [0.5, -0.5], "y": [1.0, 2.0]})
+    assert args[0] is futures[1]
+    tm.assert_frame_equal(fn(frame, *args[1:]), frame[list(source.columns_selected)])
+    # Different column selections are different sources; the whole frame keeps its token.
+    assert source._token != make_futures_source(futures, meta, (None,) * 4)._token
+    assert sources_of(persisted.expr, FromFutures)[0].columns_selected is None

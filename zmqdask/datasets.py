@@ -7,6 +7,8 @@ other columns a query reads (the optimizer pushes column selection into generati
 
 from __future__ import annotations
 
+import functools
+import math
 import zlib
 from functools import cached_property
 from typing import Any
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe.expr import Source, node
+from zmqdask.dataframe.keycodes import remember_codes
 from zmqdask.graph import TaskSpec
 
 __all__ = ["NAMES", "timeseries"]
@@ -35,6 +38,13 @@ DEFAULT_DTYPES: dict[str, Any] = {"id": int, "name": str, "x": float, "y": float
 """Columns of ``timeseries()`` by default, in order."""
 
 _NAMES_ARRAY = np.array(NAMES, dtype=object)
+_FLOAT64 = np.dtype("float64")
+
+_POISSON_TAIL_SIGMAS = 12.0
+"""Standard deviations of support kept on each side of the Poisson mean."""
+
+_POISSON_GUIDE = 8192
+"""Buckets of the Poisson guide table."""
 
 
 def default_string_dtype() -> Any:
@@ -70,29 +80,89 @@ def _rng(seed: int, start: pd.Timestamp, column: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
+def _uniform_into(out: np.ndarray, rng: np.random.Generator) -> None:
+    """Fill ``out`` (float64) with values uniform on [-1, 1), in place."""
+    rng.random(out=out)
+    out *= 2.0
+    out -= 1.0
+
+
+@functools.lru_cache(maxsize=8)
+def _poisson_table(mean: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(lowest value, cumulative probabilities, guide)`` for inverse-transform Poisson sampling.
+
+    The support is cut where the tails hold less probability than a float64 uniform can
+    resolve, so sampling is exact to float precision.  ``guide[j]`` is the first support
+    index whose cumulative probability exceeds ``j / len(guide)``.
+    """
+    spread = _POISSON_TAIL_SIGMAS * math.sqrt(mean) + 10
+    low = max(0, int(mean - spread))
+    values = np.arange(low, int(mean + spread) + 1)
+    log_pmf = values * math.log(mean) - mean - np.array([math.lgamma(v + 1.0) for v in values])
+    cdf = np.cumsum(np.exp(log_pmf))
+    cdf /= cdf[-1]
+    cdf[-1] = np.inf  # every uniform draw lands inside the support
+    guide = np.searchsorted(cdf, np.arange(_POISSON_GUIDE) / _POISSON_GUIDE, side="right")
+    return low, cdf, guide
+
+
+def poisson(rng: np.random.Generator, mean: float, n: int) -> np.ndarray:
+    """``n`` Poisson draws by inverse transform with a guide table (several times faster than
+    ``Generator.poisson`` for large means)."""
+    low, cdf, guide = _poisson_table(float(mean))
+    u = rng.random(n)
+    index = guide[(u * len(guide)).astype(np.intp)]
+    # A guide bucket near the mode holds at most one boundary, so one step settles most
+    # draws; the rare ones left (far tails, where buckets hold many boundaries) are searched.
+    index += cdf[index] <= u
+    left = np.flatnonzero(cdf[index] <= u)
+    if left.size:
+        index[left] = np.searchsorted(cdf, u[left], side="right")
+    index += low
+    return index
+
+
 def _column(dtype: Any, n: int, rng: np.random.Generator) -> Any:
     if isinstance(dtype, pd.CategoricalDtype):
         codes = rng.integers(0, len(dtype.categories), n)
         return pd.Categorical.from_codes(codes, dtype=dtype)
     kind = getattr(dtype, "kind", "O")
     if kind == "f":
-        return (rng.random(n) * 2.0 - 1.0).astype(dtype, copy=False)
+        values = np.empty(n)
+        _uniform_into(values, rng)
+        return values.astype(dtype, copy=False)
     if kind in "iu":
-        return rng.poisson(POISSON_MEAN, n).astype(dtype, copy=False)
+        return poisson(rng, POISSON_MEAN, n).astype(dtype, copy=False)
     if kind == "b":
         return rng.random(n) < 0.5
     codes = rng.integers(0, len(NAMES), n)
     return _names(codes, dtype)
 
 
+@functools.lru_cache(maxsize=4)
+def _arrow_names(storage: str) -> Any:
+    import pyarrow as pa
+
+    return pa.array(NAMES, type=pa.large_string() if storage == "large" else pa.string())
+
+
 def _names(codes: np.ndarray, dtype: Any) -> Any:
     if getattr(dtype, "storage", None) == "pyarrow":
         import pyarrow as pa
 
-        # Taking from a 26-element Arrow array avoids creating a Python string per row.
-        taken = pa.array(NAMES).take(pa.array(codes))
-        return pd.array(taken.to_pandas(), dtype=dtype) if hasattr(taken, "to_pandas") else taken
+        # Taking from a 26-element Arrow array avoids creating a Python string per row; the
+        # codes are remembered, so grouping by this column needs no hashing of strings.
+        sample = pd.array(["a"], dtype=dtype)
+        storage = "large" if pa.types.is_large_string(getattr(sample, "_pa_array", pa.array([""])).type) else "small"
+        values = pd.array(_arrow_names(storage).take(pa.array(codes)), dtype=dtype)
+        remember_codes(values, codes, _names_index(dtype))
+        return values
     return pd.array(_NAMES_ARRAY[codes], dtype=dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _names_index(dtype: Any) -> pd.Index:
+    return pd.Index(NAMES, dtype=dtype)
 
 
 def make_timeseries_part(
@@ -101,8 +171,17 @@ def make_timeseries_part(
     """One partition: rows every ``freq`` in ``[start, stop)``, the given ``(column, dtype)``s."""
     index = pd.date_range(start, stop, freq=freq, inclusive="left", name="timestamp")
     n = len(index)
-    data = {name: _column(dtype, n, _rng(seed, start, name)) for name, dtype in columns}
-    return pd.DataFrame(data, index=index, columns=[name for name, _ in columns])
+    floats = [name for name, dtype in columns if dtype == _FLOAT64]
+    # float64 columns are drawn straight into one 2-D block, which the frame then uses
+    # as it is (no consolidation copy); other columns are inserted next to it.
+    block = np.empty((len(floats), n))
+    for row, name in enumerate(floats):
+        _uniform_into(block[row], _rng(seed, start, name))
+    frame = pd.DataFrame(block.T, index=index, columns=floats, copy=False)
+    for position, (name, dtype) in enumerate(columns):
+        if dtype != _FLOAT64:
+            frame.insert(position, name, _column(dtype, n, _rng(seed, start, name)))
+    return frame
 
 
 def _divisions(start: pd.Timestamp, end: pd.Timestamp, partition_freq: str) -> tuple[pd.Timestamp, ...]:

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from zmqdask.dataframe import keycodes
 from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, MapPartitions, Projection, TreeCombine, emulate, node
 from zmqdask.errors import UsageError
 
@@ -233,6 +234,9 @@ def groupby_chunk(
 ) -> Partial:
     """Partial state of one partition; ``by`` is a list of column names, a Series or a Grouper."""
     frame = _as_frame(obj)
+    fast = _counting_chunk(frame, by, plan, sort, dropna)
+    if fast is not None:
+        return fast
     # Typed loosely: pandas accepts any hashable column label here.
     grouped: Any = frame.groupby(by, sort=sort, dropna=dropna, observed=True)
     size = grouped.size()
@@ -266,6 +270,59 @@ def groupby_chunk(
     return Partial(main, pairs)
 
 
+_COUNTING = frozenset({"size", "sum", "count"})
+
+
+def _counting_chunk(frame: pd.DataFrame, by: Any, plan: AggPlan, sort: bool, dropna: bool) -> Partial | None:
+    """The partial state by integer codes and ``np.bincount``, when that gives pandas' result.
+
+    Covers one key column, sorted groups, and sums of float64 columns plus counts and sizes
+    (which is what means need); anything else returns None for the general path.
+    """
+    if not sort or not isinstance(by, list) or len(by) != 1 or plan.pair_columns:
+        return None
+    key = by[0]
+    if key not in frame.columns or isinstance(frame[key].dtype, pd.CategoricalDtype):
+        return None
+    for column, primitive in plan.slots[1:]:
+        if primitive not in _COUNTING or column not in frame.columns:
+            return None
+        if primitive == "sum" and frame[column].dtype != np.dtype("float64"):
+            return None
+    codes, uniques = keycodes.factorize(frame[key])
+    present = codes >= 0
+    everywhere = bool(present.all())
+    if not everywhere:
+        if not dropna:
+            return None
+        codes = codes[present]
+    ngroups = len(uniques)
+    size = np.bincount(codes, minlength=ngroups)
+    observed = size > 0
+    index = uniques[observed]
+    index.name = key
+    columns: dict[int, Any] = {SIZE_SLOT: size[observed].astype(np.int64, copy=False)}
+    for position, (column, primitive) in enumerate(plan.slots):
+        if position == SIZE_SLOT:
+            continue
+        series = frame[column]
+        if primitive == "count":
+            valid = series.notna().to_numpy()
+            if not everywhere:
+                valid = valid[present]
+            columns[position] = np.bincount(codes[valid], minlength=ngroups)[observed].astype(np.int64, copy=False)
+        else:
+            values = series.to_numpy()
+            if not everywhere:
+                values = values[present]
+            sums = np.bincount(codes, weights=values, minlength=ngroups)
+            if np.isnan(sums).any():
+                # Missing values are skipped, as pandas does (inf - inf stays NaN).
+                sums = np.bincount(codes, weights=np.where(np.isnan(values), 0.0, values), minlength=ngroups)
+            columns[position] = sums[observed].astype(np.float64, copy=False)
+    return Partial(pd.DataFrame(columns, index=index), {})
+
+
 def _levels(index: pd.Index) -> int | list[int]:
     return 0 if index.nlevels == 1 else list(range(index.nlevels))
 
@@ -281,8 +338,13 @@ def groupby_combine(partials: Sequence[Partial], plan: AggPlan, sort: bool = Tru
     grouped = main.groupby(level=levels, sort=sort, dropna=False)
     out: dict[int, pd.Series] = {}
     for position, (column, primitive) in enumerate(plan.slots):
-        if primitive in ("size", "sum", "count"):
+        if primitive in ("size", "count"):
             out[position] = grouped[position].sum()
+        elif primitive == "sum":
+            # A NaN partial sum comes from inf - inf (missing values were skipped already)
+            # and must stay NaN, as in pandas' sum of the whole group.
+            with np.errstate(invalid="ignore"):
+                out[position] = grouped[position].sum(skipna=False)
         elif primitive in ("min", "max", "first", "last"):
             out[position] = getattr(grouped[position], primitive)()
         elif primitive == "vcount":

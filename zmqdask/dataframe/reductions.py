@@ -38,8 +38,8 @@ class FrameReductions:
             ops.reduce_aggregate,
             meta,
             {"how": how, "kwargs": kwargs},
-            {"how": ops.COMBINE_HOW[how], "kwargs": _combine_kwargs(kwargs)},
-            {"how": ops.COMBINE_HOW[how], "kwargs": _combine_kwargs(kwargs)},
+            {"how": ops.COMBINE_HOW[how], "kwargs": _combine_kwargs(how, kwargs)},
+            {"how": ops.COMBINE_HOW[how], "kwargs": _combine_kwargs(how, kwargs)},
             split_every or DEFAULT_SPLIT_EVERY,
             how,
         )
@@ -147,6 +147,10 @@ def len_chunk(part: Any) -> int:
     return len(part)
 
 
-def _combine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    # Partial results are already per column; only skipna still matters when merging.
+def _combine_kwargs(how: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    # Partial results are already per column; only skipna still matters when merging.  A
+    # NaN partial sum or product comes from inf - inf or 0 * inf (missing values were skipped
+    # already, unless skipna=False asked for NaN) and must stay NaN, as pandas gives it.
+    if how in ("sum", "prod"):
+        return {"skipna": False}
     return {k: v for k, v in kwargs.items() if k == "skipna"}

@@ -154,17 +154,19 @@ class FromFutures(Source):
     futures: tuple[Any, ...]
     meta: Any
     division_values: tuple[Any, ...]
+    columns_selected: tuple[Any, ...] | None = None
 
     def _prefix(self) -> str:
         return "persisted"
 
     @cached_property
     def _token(self) -> str:
-        return tokenize("futures", [f.key for f in self.futures])
+        cols = "" if self.columns_selected is None else repr(list(self.columns_selected))
+        return tokenize("futures", [f.key for f in self.futures], cols)
 
     @cached_property
     def _meta(self) -> Any:
-        return self.meta
+        return _select_columns(self.meta, self.columns_selected)
 
     @property
     def npartitions(self) -> int:
@@ -175,10 +177,17 @@ class FromFutures(Source):
         return self.division_values
 
     def _task(self, i: int) -> TaskSpec:
-        return (_identity, (self.futures[i],), {})
+        # Selecting columns first makes the rest of the fused task touch only those.
+        if self.columns_selected is None:
+            return (_identity, (self.futures[i],), {})
+        return (_select_columns, (self.futures[i], self.columns_selected), {})
+
+    def _with_columns(self, columns: list[Any]) -> FromFutures:
+        return self._replace(columns_selected=tuple(columns))
 
     def _describe(self) -> str:
-        return f"{len(self.futures)} partitions held by the cluster"
+        cols = "" if self.columns_selected is None else f", columns={list(self.columns_selected)}"
+        return f"{len(self.futures)} partitions held by the cluster{cols}"
 
 
 def from_pandas_expr(
