@@ -85,6 +85,21 @@ def test_read_csv_glob_prunes_columns(tmp_path: Path) -> None:
     pd.testing.assert_series_equal(got, frame.iloc[:900].groupby("s").b.sum())
 
 
+@pytest.mark.parametrize("blocksize", [None, 3000])
+def test_read_csv_projection_keeps_date_columns_readable(tmp_path: Path, blocksize: Any) -> None:
+    frame = _frame().iloc[:300].copy()
+    frame["when"] = pd.date_range("2000-01-01", periods=300, freq="h")
+    for i in range(3):
+        frame.iloc[i * 100 : (i + 1) * 100].to_csv(tmp_path / f"part-{i}.csv", index=False)
+    expected = pd.concat(
+        [pd.read_csv(tmp_path / f"part-{i}.csv", parse_dates=["when"]) for i in range(3)], ignore_index=True
+    )
+    lazy = read_csv(str(tmp_path / "*.csv"), blocksize=blocksize, parse_dates=["when"])
+    pd.testing.assert_series_equal(lazy.b.compute().reset_index(drop=True), expected.b)
+    assert lazy.when.max().compute() == expected.when.max()
+    pd.testing.assert_frame_equal(lazy[["s", "when"]].compute().reset_index(drop=True), expected[["s", "when"]])
+
+
 def test_read_csv_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         read_csv(str(tmp_path / "nothing-*.csv"))
@@ -168,3 +183,22 @@ def test_parquet_needs_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         read_parquet(str(tmp_path))
     with pytest.raises(ImportError, match=r"zmqdask\[parquet\]"):
         to_parquet(zd.from_pandas(_frame(), npartitions=1), tmp_path / "x")
+
+
+def test_to_parquet_refuses_to_block_an_event_loop_before_touching_files(tmp_path: Path, run_async: Any) -> None:
+    from zmqdask.errors import SyncInAsyncError
+
+    frame = _frame(200)
+    lazy = zd.from_pandas(frame, npartitions=2)
+    stale = tmp_path / "part.7.parquet"
+    stale.write_bytes(b"old")
+
+    async def body(client: Any) -> int:
+        with pytest.raises(SyncInAsyncError, match=r"to_parquet\(path, compute=False\)"):
+            lazy.to_parquet(tmp_path)
+        assert stale.exists()
+        return int(await client.compute(lazy.to_parquet(tmp_path, compute=False)))
+
+    assert run_async(body) == len(frame)
+    assert not stale.exists()
+    pd.testing.assert_frame_equal(read_parquet(str(tmp_path)).compute(), frame)

@@ -231,3 +231,19 @@ def test_shuffles_through_worker_processes(run_async: Any) -> None:
     got_sorted, got_indexed = run_async(body)
     pd.testing.assert_frame_equal(got_sorted, frame.sort_values("f", kind="stable"))
     pd.testing.assert_frame_equal(got_indexed, frame.set_index("a").sort_index(kind="stable"))
+
+
+def test_set_index_inside_an_event_loop_samples_in_the_graph(run_async: Any) -> None:
+    frame = _frame(1500, seed=6)
+    lazy = _lazy(frame, 5)
+
+    async def body(client: Any) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
+        indexed = lazy.set_index("f", npartitions=3)  # would block to sample: done in the graph
+        persisted = client.persist(indexed)
+        return indexed, await client.compute(indexed), await client.compute(persisted.head(4, compute=False))
+
+    indexed, got, head = run_async(body)
+    assert indexed.npartitions == 3 and not indexed.known_divisions
+    expected = frame.set_index("f").sort_index(kind="stable")
+    pd.testing.assert_frame_equal(got, expected)
+    pd.testing.assert_frame_equal(head, expected.head(4))

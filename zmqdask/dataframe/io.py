@@ -128,7 +128,9 @@ def read_csv_part(
     """
     options = dict(kwargs)
     if columns is not None:
-        options["usecols"] = list(columns)
+        read = _columns_to_read(columns, kwargs.get("parse_dates"))
+        if read is not None:
+            options["usecols"] = read
     if stop is None:
         frame = pd.read_csv(path, **options)
     else:
@@ -144,6 +146,16 @@ def read_csv_part(
     if columns is not None:
         frame = frame[list(columns)]
     return _coerce(frame, dtypes)
+
+
+def _columns_to_read(columns: tuple[Hashable, ...], parse_dates: Any) -> list[Hashable] | None:
+    """``usecols`` for reading ``columns``: the date columns pandas must see too (None: all)."""
+    wanted = list(columns)
+    if parse_dates is None or parse_dates is False:
+        return wanted
+    if isinstance(parse_dates, (list, tuple)) and all(isinstance(c, str) for c in parse_dates):
+        return wanted + [c for c in parse_dates if c not in wanted]
+    return None
 
 
 @node
@@ -517,6 +529,13 @@ def to_parquet(df: Any, path: str | os.PathLike[str], write_index: bool | None =
     expr = getattr(df, "expr", None)
     if not isinstance(expr, Expr):
         raise UsageError(f"to_parquet needs a zmqdask DataFrame, got {type(df).__name__}")
+    if compute:
+        # Refuse before touching the directory, not after removing its old files.
+        from zmqdask.base import ensure_blocking_allowed, get_client
+
+        client = get_client()
+        if client is not None:
+            ensure_blocking_allowed(client, "await client.compute(df.to_parquet(path, compute=False))")
     directory = os.path.abspath(os.fspath(path))
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):

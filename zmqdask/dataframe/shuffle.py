@@ -388,9 +388,72 @@ class SetIndex(Expr):
         return layer
 
 
+@node
+class SampledSetIndex(Expr):
+    """``frame`` indexed and sorted by ``column``, with range boundaries sampled inside the graph.
+
+    Partitions are sorted and ordered like :class:`SetIndex`'s, but their divisions are not
+    known on the client.
+    """
+
+    frame: Expr
+    column: Hashable
+    nout: int
+
+    def _prefix(self) -> str:
+        return "set-index"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta.set_index(self.column)
+
+    @property
+    def npartitions(self) -> int:
+        return self.nout
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return unknown_divisions(self.nout)
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if needed is None:
+            return None
+        return needed | {self.column}
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        name, frame, n = self._name, self.frame, self.nout
+        layer: dict[str, TaskSpec] = {}
+        samples = []
+        for i in range(frame.npartitions):
+            key = f"{name}-sample-{i}"
+            layer[key] = (_sample_task, (TaskRef(frame._key(i)), self.column, SAMPLES_PER_PARTITION), {})
+            samples.append(TaskRef(key))
+        bounds_key = f"{name}-bounds"
+        layer[bounds_key] = (choose_boundaries, (samples, n), {})
+        layer.update(_shuffle_layer(name, frame, _split_sorted, (self.column, TaskRef(bounds_key), n, True), n))
+        for j in range(n):
+            layer[self._key(j)] = (index_partition, (_pieces(name, frame.npartitions, j), self.column), {})
+        return layer
+
+
 # --------------------------------------------------------------------------------------------
 # Entry points
 # --------------------------------------------------------------------------------------------
+
+
+def _may_block() -> bool:
+    """Whether a blocking computation is allowed here (not inside an asynchronous client's loop)."""
+    from zmqdask.base import ensure_blocking_allowed, get_client
+    from zmqdask.errors import SyncInAsyncError
+
+    client = get_client()
+    if client is None:
+        return True
+    try:
+        ensure_blocking_allowed(client, "")
+    except SyncInAsyncError:
+        return False
+    return True
 
 
 def _expr_of(obj: Any) -> Expr:
@@ -449,7 +512,9 @@ def _pick_bounds(samples: list[Any], npartitions: int) -> tuple[Any, list[Any], 
 def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, divisions: Any = None) -> Any:
     """``frame`` indexed and sorted by ``column``, partitioned by ranges (known divisions).
 
-    Without ``divisions`` the ranges are computed now from a sample of every partition.
+    Without ``divisions`` the ranges are computed now from a sample of every partition; inside
+    an asynchronous client's running event loop (where that would block) they are sampled
+    inside the graph instead, and the result's divisions are unknown.
     """
     expr = _expr_of(frame)
     meta = expr._meta
@@ -457,6 +522,11 @@ def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, d
         raise UsageError(f"set_index needs a column of the frame; {column!r} is not one")
     if divisions is None:
         wanted = npartitions or expr.npartitions
+        if not _may_block():
+            # Inside an asynchronous client's event loop the sample cannot be computed now:
+            # the boundaries are chosen inside the graph instead, and divisions stay unknown.
+            logger.debug("set_index(%r) in a running event loop: divisions will be unknown", column)
+            return _new_collection(SampledSetIndex(expr, column, wanted))
         divisions = compute_divisions(frame, column, wanted)
         if divisions[0] is None:
             # No values at all: one empty partition with unknown bounds.
