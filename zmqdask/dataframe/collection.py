@@ -26,6 +26,7 @@ from zmqdask.dataframe.expr import (
     Reduction,
 )
 from zmqdask.dataframe.lower import build_graph, finalizer
+from zmqdask.dataframe.methods import FrameMethods
 from zmqdask.dataframe.optimize import optimize
 from zmqdask.dataframe.reductions import FrameReductions, len_chunk
 from zmqdask.errors import UsageError
@@ -228,7 +229,7 @@ def _binary(op: str, reflected: bool = False) -> Callable[[Any, Any], Any]:
     return method
 
 
-class _Frame(Collection, FrameReductions):
+class _Frame(Collection, FrameMethods, FrameReductions):
     """Shared by partitioned collections (DataFrame, Series, Index)."""
 
     def _binop(self, op: str, other: Any, reflected: bool = False) -> Any:
@@ -309,66 +310,6 @@ class _Frame(Collection, FrameReductions):
             kwargs = {k: (mapping.get(v._token, v) if isinstance(v, Expr) else v) for k, v in kwargs.items()}
             return new_collection(ops.MapMethod(aligned[0], name, args, kwargs))
         return new_collection(ops.MapMethod(self._expr, name, args, kwargs))
-
-    # -- elementwise ------------------------------------------------------------------
-
-    def abs(self) -> Any:
-        """Absolute values."""
-        return self._method("abs")
-
-    def round(self, decimals: int = 0) -> Any:
-        """Values rounded to ``decimals``."""
-        return self._method("round", decimals)
-
-    def clip(self, lower: Any = None, upper: Any = None) -> Any:
-        """Values limited to ``[lower, upper]``."""
-        return self._method("clip", lower, upper)
-
-    def isna(self) -> Any:
-        """Boolean mask of missing values."""
-        return self._method("isna")
-
-    isnull = isna
-
-    def notna(self) -> Any:
-        """Boolean mask of present values."""
-        return self._method("notna")
-
-    notnull = notna
-
-    def isin(self, values: Any) -> Any:
-        """Boolean mask of membership in ``values``."""
-        if isinstance(values, Collection):
-            raise UsageError("isin needs concrete values, not a lazy collection; compute it first")
-        if not isinstance(values, dict):
-            values = list(values)
-        return self._method("isin", values)
-
-    def where(self, cond: Any, other: Any = np.nan) -> Any:
-        """Values where ``cond`` holds, ``other`` elsewhere."""
-        return self._method("where", cond, other)
-
-    def mask(self, cond: Any, other: Any = np.nan) -> Any:
-        """Values where ``cond`` does not hold, ``other`` elsewhere."""
-        return self._method("mask", cond, other)
-
-    def fillna(self, value: Any = None, **kwargs: Any) -> Any:
-        """Missing values replaced by ``value`` (a scalar, dict or aligned collection)."""
-        if value is None and kwargs.get("method") is not None:
-            raise UsageError("fillna(method=...) is not supported; use ffill() or bfill()")
-        return self._method("fillna", value, **kwargs)
-
-    def astype(self, dtype: Any) -> Any:
-        """Values cast to ``dtype`` (or a ``{column: dtype}`` mapping)."""
-        return self._method("astype", dtype)
-
-    def dropna(self, **kwargs: Any) -> Any:
-        """Rows with missing values removed (``how``, ``subset``, ``thresh`` as in pandas)."""
-        return self._method("dropna", **kwargs)
-
-    def query(self, expr: str, **kwargs: Any) -> Any:
-        """Rows matching a pandas query string (evaluated per partition)."""
-        return self._method("query", expr, **kwargs)
 
     # -- rows -------------------------------------------------------------------------
 
@@ -746,6 +687,10 @@ class Series(_Frame):
     def map(self, arg: Any, na_action: builtins.str | None = None, meta: Any = None) -> Series:
         """Values mapped by a function, dict or Series."""
         return self.map_partitions(_map_elements, arg, na_action, meta=meta)
+
+    def unique(self, split_every: int | None = None) -> Series:
+        """Distinct values in order of first appearance, as a Series numbered from 0."""
+        return self.drop_duplicates(split_every=split_every).reset_index(drop=True)
 
     def rename(self, name: Any) -> Series:
         """The same values under another name."""

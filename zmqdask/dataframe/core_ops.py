@@ -23,6 +23,7 @@ from zmqdask.dataframe.expr import (
     node,
     unknown_divisions,
 )
+from zmqdask.dataframe.lower import unify_categories
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
 
@@ -336,7 +337,7 @@ def concat_parts(parts: list[Any]) -> Any:
         return parts[0]
     if len(non_empty) == 1:
         return non_empty[0]
-    return pd.concat(non_empty)
+    return pd.concat(unify_categories(non_empty))
 
 
 @node

@@ -211,12 +211,43 @@ def concat_partitions(parts: list[Any]) -> Any:
         return parts[0]
     if len(non_empty) == 1:
         return non_empty[0]
-    joined = pd.concat(non_empty)
+    joined = pd.concat(unify_categories(non_empty))
     freq = contiguous_freq(non_empty)
     if freq is not None:
         # pandas would have kept the frequency of a regular index; concat drops it.
         joined.index.freq = freq
     return joined
+
+
+def unify_categories(parts: list[Any]) -> list[Any]:
+    """Pieces whose categorical columns share one dtype (the union of their categories).
+
+    Partitions categorize their own values; without this, concatenating pieces with
+    different categories would silently give strings.
+    """
+    first = parts[0]
+    if isinstance(first, pd.Series):
+        columns: list[Any] = [None]
+    elif isinstance(first, pd.DataFrame):
+        columns = [c for c, dtype in first.dtypes.items() if isinstance(dtype, pd.CategoricalDtype)]
+    else:
+        return parts
+    casts: dict[Any, pd.CategoricalDtype] = {}
+    for column in columns:
+        pieces = [p if column is None else p[column] for p in parts]
+        dtypes = [piece.dtype for piece in pieces]
+        if not all(isinstance(d, pd.CategoricalDtype) for d in dtypes) or all(d == dtypes[0] for d in dtypes):
+            continue
+        ordered = bool(dtypes[0].ordered)
+        if ordered:
+            continue  # ordered categoricals differ in meaning; pandas' concat decides
+        union = pd.api.types.union_categoricals([piece.array for piece in pieces], sort_categories=True)
+        casts[column] = pd.CategoricalDtype(union.categories, ordered=False)
+    if not casts:
+        return parts
+    if None in casts:
+        return [p.astype(casts[None]) for p in parts]
+    return [p.astype(casts) for p in parts]
 
 
 def contiguous_freq(parts: list[Any]) -> Any:

@@ -25,6 +25,7 @@ import pandas as pd
 from pandas.util import hash_pandas_object
 
 from zmqdask.dataframe.expr import Expr, Reduction, node, unknown_divisions
+from zmqdask.dataframe.lower import unify_categories
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
@@ -107,7 +108,7 @@ def gather(pieces: Sequence[Any]) -> Any:
         return pieces[0]
     if len(full) == 1:
         return full[0]
-    return pd.concat(full)
+    return pd.concat(unify_categories(full))
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from zmqdask.dataframe.expr import Expr, Projection, Reduction, emulate, node
+from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Projection, Reduction, emulate, node
 from zmqdask.dataframe.groupby import concat_nonempty
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
@@ -260,3 +260,227 @@ def nunique(obj: Any, dropna: bool = True) -> Any:
         label="nunique",
     )
     return _new_collection(node_)
+
+
+# --------------------------------------------------------------------------------------------
+# drop_duplicates, nlargest/nsmallest, idxmax/idxmin, quantile
+# --------------------------------------------------------------------------------------------
+
+
+def distinct_rows(pieces: Sequence[Any], subset: list[Hashable] | None, keep: str) -> Any:
+    """Rows of ``pieces`` (in order) without later (``keep="first"``) or earlier repeats."""
+    joined: Any = concat_nonempty(list(pieces))
+    which: Any = keep
+    if isinstance(joined, pd.Series):
+        return joined.drop_duplicates(keep=which)
+    return joined.drop_duplicates(subset=subset, keep=which)
+
+
+def distinct_chunk(part: Any, subset: list[Hashable] | None, keep: str) -> Any:
+    """One partition without repeated rows."""
+    return distinct_rows([part], subset, keep)
+
+
+def drop_duplicates(obj: Any, subset: Any = None, keep: str = "first", split_every: int | None = None) -> Any:
+    """Rows without repeats, in their original order, keeping the first (or last) of each."""
+    if keep not in ("first", "last"):
+        raise UsageError("drop_duplicates supports keep='first' or keep='last'")
+    expr = _expr_of(obj)
+    columns = None if subset is None else (list(subset) if isinstance(subset, (list, tuple)) else [subset])
+    kwargs = {"subset": columns, "keep": keep}
+    node_ = Reduction(
+        expr,
+        distinct_chunk,
+        distinct_rows,
+        distinct_rows,
+        expr._meta,
+        kwargs,
+        kwargs,
+        kwargs,
+        split_every or DEFAULT_SPLIT_EVERY,
+        "drop-duplicates",
+    )
+    return _new_collection(node_)
+
+
+def largest_rows(pieces: Sequence[Any], n: int, columns: Any, largest: bool) -> Any:
+    """The ``n`` largest (or smallest) rows of ``pieces``; ties keep the earliest, as pandas."""
+    joined = concat_nonempty(list(pieces))
+    method = "nlargest" if largest else "nsmallest"
+    if isinstance(joined, pd.Series):
+        return getattr(joined, method)(n)
+    return getattr(joined, method)(n, columns)
+
+
+def largest_chunk(part: Any, n: int, columns: Any, largest: bool) -> Any:
+    """The ``n`` largest (or smallest) rows of one partition."""
+    return largest_rows([part], n, columns, largest)
+
+
+def nlargest(obj: Any, n: int, columns: Any = None, largest: bool = True, split_every: int | None = None) -> Any:
+    """The ``n`` rows with the largest (``largest=False``: smallest) values, as pandas orders them."""
+    expr = _expr_of(obj)
+    if isinstance(expr._meta, pd.DataFrame) and columns is None:
+        raise UsageError("DataFrame.nlargest/nsmallest need columns=")
+    kwargs = {"n": int(n), "columns": columns, "largest": largest}
+    node_ = Reduction(
+        expr,
+        largest_chunk,
+        largest_rows,
+        largest_rows,
+        expr._meta,
+        kwargs,
+        kwargs,
+        kwargs,
+        split_every or DEFAULT_SPLIT_EVERY,
+        "nlargest" if largest else "nsmallest",
+    )
+    return _new_collection(node_)
+
+
+def extreme_chunk(part: Any, largest: bool, skipna: bool) -> pd.DataFrame:
+    """Per column: the extreme value and its label (no row for a column without values)."""
+    frame = part.to_frame(name=0) if isinstance(part, pd.Series) else part
+    values, labels, names = [], [], []
+    for position in range(frame.shape[1]):
+        column = frame.iloc[:, position].reset_index(drop=True)
+        if column.isna().all() or (not skipna and column.isna().any()):
+            if not skipna and len(column):
+                values.append(float("nan"))
+                labels.append(float("nan"))
+                names.append(position)
+            continue
+        found: Any = column.idxmax() if largest else column.idxmin()
+        at = int(found)
+        values.append(column.iloc[at])
+        labels.append(frame.index[at])
+        names.append(position)
+    return pd.DataFrame({"column": names, "value": values, "label": labels})
+
+
+def extreme_combine(chunks: Sequence[pd.DataFrame], largest: bool, skipna: bool) -> pd.DataFrame:
+    """Merge per-column extremes, the earliest winning ties (chunks are in partition order)."""
+    joined = concat_nonempty(list(chunks)).reset_index(drop=True)
+    if len(joined) == 0:
+        return joined
+    winners = []
+    for _, rows in joined.groupby("column", sort=True):
+        if rows["value"].isna().any():
+            winners.append(rows.index[rows["value"].isna()][0])
+            continue
+        values = rows["value"].reset_index(drop=True)
+        best: Any = values.idxmax() if largest else values.idxmin()
+        winners.append(rows.index[int(best)])
+    return joined.loc[winners]
+
+
+def extreme_aggregate(chunks: Sequence[pd.DataFrame], largest: bool, skipna: bool, columns: Any) -> Any:
+    """The label of the extreme value: a scalar for a Series, a Series by column for a frame."""
+    merged = extreme_combine(chunks, largest, skipna)
+    count = 1 if columns is None else len(columns)
+    found = dict(zip(merged["column"].tolist(), merged["label"].tolist(), strict=False)) if len(merged) else {}
+    if len(found) < count:
+        name = "idxmax" if largest else "idxmin"
+        raise ValueError(f"attempt to get {name} of an empty sequence (or of a column with only missing values)")
+    if columns is None:
+        return found[0]
+    return pd.Series([found[position] for position in range(count)], index=columns)
+
+
+def idxextreme(obj: Any, largest: bool, skipna: bool = True, split_every: int | None = None) -> Any:
+    """Label of the largest (or smallest) value: per column for a DataFrame."""
+    expr = _expr_of(obj)
+    meta = expr._meta
+    method = "idxmax" if largest else "idxmin"
+    columns = meta.columns if isinstance(meta, pd.DataFrame) else None
+    result_meta = emulate(lambda m: getattr(m, method)(), meta)
+    node_ = Reduction(
+        expr,
+        extreme_chunk,
+        extreme_combine,
+        extreme_aggregate,
+        result_meta,
+        {"largest": largest, "skipna": skipna},
+        {"largest": largest, "skipna": skipna},
+        {"largest": largest, "skipna": skipna, "columns": columns},
+        split_every or DEFAULT_SPLIT_EVERY,
+        method,
+    )
+    return _new_collection(node_)
+
+
+def quantile_gathered(pieces: Sequence[Any], q: Any) -> Any:
+    """``quantile(q)`` of one column (or Series) from its pieces, in partition order."""
+    return concat_nonempty(list(pieces)).quantile(q)
+
+
+def _quantile_column(expr: Expr, q: Any) -> Reduction:
+    meta = emulate(lambda m: m.quantile(q), expr._meta)
+    return Reduction(
+        expr,
+        _identity,
+        _concat_pieces,
+        quantile_gathered,
+        meta,
+        {},
+        {},
+        {"q": q},
+        # One gather per column: an exact quantile needs all of the column's values.
+        split_every=max(2, expr.npartitions),
+        label="quantile",
+    )
+
+
+def quantile(obj: Any, q: Any = 0.5, numeric_only: bool = False) -> Any:
+    """Exact quantiles, as pandas computes them (each column is gathered into one task)."""
+    expr = _expr_of(obj)
+    meta = expr._meta
+    q = list(q) if isinstance(q, (list, tuple)) else q
+    if isinstance(meta, pd.Series):
+        return _new_collection(_quantile_column(expr, q))
+    if not isinstance(meta, pd.DataFrame):
+        raise UsageError("quantile needs a DataFrame or Series")
+    if numeric_only:
+        meta = meta.select_dtypes(include=["number", "bool"])
+    full_meta = emulate(lambda m: m.quantile(q), meta)
+    labels = tuple(meta.columns)
+    parts = tuple(_quantile_column(Projection(expr, label), q) for label in labels)
+    return _new_collection(QuantileAssemble(parts, labels, q, full_meta))
+
+
+def quantile_assemble(pieces: Sequence[Any], labels: tuple[Hashable, ...], q: Any) -> Any:
+    """Per-column quantiles side by side: a Series for one ``q``, a frame for a list of them."""
+    if isinstance(q, list):
+        frame = pd.concat(list(pieces), axis=1)
+        frame.columns = pd.Index(labels)
+        return frame
+    return pd.Series(list(pieces), index=pd.Index(labels), name=q, dtype="float64")
+
+
+@node
+class QuantileAssemble(Expr):
+    """One task placing per-column quantiles side by side."""
+
+    parts: tuple[Expr, ...]
+    labels: tuple[Hashable, ...]
+    q: Any
+    meta: Any
+
+    def _prefix(self) -> str:
+        return "quantile"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    @property
+    def npartitions(self) -> int:
+        return 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return (None, None)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        pieces = [TaskRef(part._key(0)) for part in self.parts]
+        return {self._key(0): (quantile_assemble, (pieces, self.labels, self.q), {})}

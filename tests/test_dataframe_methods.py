@@ -1,0 +1,154 @@
+"""Scans, row selections over all partitions, quantiles and categoricals, against pandas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import zmqdask.dataframe as zd
+from zmqdask.dataframe.scans import scan_apply, scan_carry, scan_summary
+from zmqdask.errors import UsageError
+
+
+def _frame(n: int = 120, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=n),
+            "i": rng.integers(0, 20, n),
+            "s": rng.choice(["p", "q", "r", "s"], n),
+            "k": rng.integers(0, 4, n).astype("float64"),
+        },
+        index=pd.Index(np.arange(n) * 2, name="row"),
+    )
+    frame.loc[frame.index[::6], "x"] = np.nan
+    frame.loc[frame.index[40:70], "k"] = np.nan  # whole partitions without a value
+    return frame
+
+
+def _pairs(npartitions: int) -> tuple[pd.DataFrame, Any]:
+    """pandas data and a lazy frame of it, some partitions emptied by a filter."""
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=npartitions)
+    return frame[(frame.i < 15) | (frame.index < 30)], lazy[(lazy.i < 15) | (lazy.index < 30)]
+
+
+def _same(got: Any, expected: Any) -> None:
+    if isinstance(expected, pd.DataFrame):
+        pd.testing.assert_frame_equal(got, expected)
+    elif isinstance(expected, pd.Series):
+        pd.testing.assert_series_equal(got, expected)
+    elif isinstance(expected, float) and np.isnan(expected):
+        assert np.isnan(got)
+    else:
+        assert got == pytest.approx(expected)
+
+
+PARTITIONS = [1, 4, 11]
+
+
+@pytest.mark.parametrize("method", ["cumsum", "cumprod", "cummin", "cummax"])
+@pytest.mark.parametrize("skipna", [True, False])
+def test_scan_kernels_chain_like_one_pandas_call(method: str, skipna: bool) -> None:
+    frame = _frame()[["x", "i", "k"]]
+    frame["x"] = frame["x"] / 10 + 1  # products stay finite
+    pieces = [frame.iloc[a:b] for a, b in [(0, 10), (10, 10), (10, 55), (55, 56), (56, 120)]]
+    carry, outputs = None, []
+    for piece in pieces:
+        outputs.append(scan_apply(piece, carry, method, skipna))
+        carry = scan_carry(carry, scan_summary(piece, method, skipna), method, skipna)
+    pd.testing.assert_frame_equal(pd.concat(outputs), getattr(frame, method)(skipna=skipna))
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+@pytest.mark.parametrize("method", ["cumsum", "cummin", "cummax", "ffill", "bfill"])
+def test_lazy_scans_match_pandas(npartitions: int, method: str) -> None:
+    frame, lazy = _pairs(npartitions)
+    numeric = ["x", "i", "k"]
+    _same(getattr(lazy[numeric], method)().compute(), getattr(frame[numeric], method)())
+    _same(getattr(lazy.k, method)().compute(), getattr(frame.k, method)())
+    if method.startswith("cum"):
+        _same(getattr(lazy.x, method)(skipna=False).compute(), getattr(frame.x, method)(skipna=False))
+    else:
+        # Strings fill across partitions too, and the result keeps every dtype.
+        masked = frame.s.where(frame.i > 5)
+        _same(getattr(lazy.s.where(lazy.i > 5), method)().compute(), getattr(masked, method)())
+
+
+def test_lazy_cumprod_and_scan_options() -> None:
+    frame, lazy = _pairs(5)
+    _same((lazy.x / 10 + 1).cumprod().compute(), (frame.x / 10 + 1).cumprod())
+    assert lazy.cumsum().divisions == lazy.divisions
+    with pytest.raises(UsageError):
+        lazy.ffill(limit=2)
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+def test_lazy_drop_duplicates_and_unique(npartitions: int) -> None:
+    frame, lazy = _pairs(npartitions)
+    _same(lazy[["s", "k"]].drop_duplicates().compute(), frame[["s", "k"]].drop_duplicates())
+    _same(lazy.drop_duplicates(subset=["s"]).compute(), frame.drop_duplicates(subset=["s"]))
+    _same(lazy.drop_duplicates("k", keep="last", split_every=2).compute(), frame.drop_duplicates("k", keep="last"))
+    _same(lazy.i.drop_duplicates().compute(), frame.i.drop_duplicates())
+    _same(lazy.s.unique().compute(), pd.Series(frame.s.unique(), name="s"))
+    with pytest.raises(UsageError):
+        lazy.drop_duplicates(keep=False)
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+def test_lazy_nlargest_nsmallest(npartitions: int) -> None:
+    frame, lazy = _pairs(npartitions)
+    _same(lazy.i.nlargest(7).compute(), frame.i.nlargest(7))  # ties: earliest rows first
+    _same(lazy.x.nsmallest(3, split_every=2).compute(), frame.x.nsmallest(3))
+    _same(lazy.nlargest(5, "i").compute(), frame.nlargest(5, "i"))
+    _same(lazy.nsmallest(6, ["k", "x"]).compute(), frame.nsmallest(6, ["k", "x"]))
+    with pytest.raises(UsageError):
+        lazy.nlargest(3)
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+def test_lazy_idxmax_idxmin(npartitions: int) -> None:
+    frame, lazy = _pairs(npartitions)
+    numeric = ["x", "i", "k"]
+    _same(lazy.x.idxmax().compute(), frame.x.idxmax())
+    _same(lazy.i.idxmin(split_every=2).compute(), frame.i.idxmin())  # ties: the first label
+    _same(lazy[numeric].idxmax().compute(), frame[numeric].idxmax())
+    _same(lazy[numeric].idxmin().compute(), frame[numeric].idxmin())
+    nothing = lazy[lazy.i > 100]
+    with pytest.raises(ValueError):
+        nothing.x.idxmax().compute()
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+def test_lazy_exact_quantiles(npartitions: int) -> None:
+    frame, lazy = _pairs(npartitions)
+    numeric = ["x", "i", "k"]
+    _same(lazy.x.quantile(0.3).compute(), frame.x.quantile(0.3))
+    _same(lazy.i.quantile([0.1, 0.5, 0.95]).compute(), frame.i.quantile([0.1, 0.5, 0.95]))
+    _same(lazy[numeric].quantile(0.75).compute(), frame[numeric].quantile(0.75))
+    _same(lazy[numeric].quantile([0.25, 0.5]).compute(), frame[numeric].quantile([0.25, 0.5]))
+    _same(lazy.quantile(0.5, numeric_only=True).compute(), frame.quantile(0.5, numeric_only=True))
+    _same(lazy.x.median().compute(), frame.x.median())
+    _same(lazy.median(numeric_only=True).compute(), frame.median(numeric_only=True))
+
+
+def test_categories_made_per_partition_are_unified() -> None:
+    frame = _frame(60)
+    lazy = zd.from_pandas(frame, npartitions=6)
+    # Each partition sees only some of the values, so their categories differ.
+    subset = frame.s.where(frame.index < 40, "zz")
+    lazy_subset = lazy.s.where(lazy.index < 40, "zz")
+    _same(lazy_subset.astype("category").compute(), subset.astype("category"))
+    _same(lazy.astype({"s": "category"}).compute(), frame.astype({"s": "category"}))
+    _same(lazy.astype({"s": "category"}).repartition(npartitions=2).compute(), frame.astype({"s": "category"}))
+    both = lazy.assign(c=lazy_subset.astype("category")).set_index("i", divisions=[0, 5, 12, 19])
+    expected = frame.assign(c=subset.astype("category")).set_index("i").sort_index(kind="stable")
+    _same(both.compute(), expected)
+
+
+def test_pipe_calls_through() -> None:
+    frame, lazy = _pairs(3)
+    _same(lazy.pipe(lambda d, n: d.i + n, n=3).compute(), frame.i + 3)

@@ -1,0 +1,182 @@
+"""Per-row and per-column methods of DataFrame, Series and Index, as a mixin of the collections.
+
+Elementwise methods map every partition; scans (``cumsum``, ``ffill``...) carry state from
+partition to partition; row selections that look at every partition (``drop_duplicates``,
+``nlargest``, ``idxmax``, ``quantile``) are tree reductions or gathers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from zmqdask.dataframe.expr import Expr
+from zmqdask.errors import UsageError
+
+
+def _wrap(expr: Expr) -> Any:
+    # Imported here: the collection module imports this one.
+    from zmqdask.dataframe.collection import new_collection
+
+    return new_collection(expr)
+
+
+def _is_collection(value: Any) -> bool:
+    from zmqdask.dataframe.collection import Collection
+
+    return isinstance(value, Collection)
+
+
+class FrameMethods:
+    """Methods shared by DataFrame, Series and Index that keep or select rows."""
+
+    _expr: Expr
+
+    def _method(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """``partition.name(*args, **kwargs)`` on every partition (collections are aligned)."""
+        raise NotImplementedError
+
+    # -- elementwise ------------------------------------------------------------------
+
+    def abs(self) -> Any:
+        """Absolute values."""
+        return self._method("abs")
+
+    def round(self, decimals: int = 0) -> Any:
+        """Values rounded to ``decimals``."""
+        return self._method("round", decimals)
+
+    def clip(self, lower: Any = None, upper: Any = None) -> Any:
+        """Values limited to ``[lower, upper]``."""
+        return self._method("clip", lower, upper)
+
+    def isna(self) -> Any:
+        """Boolean mask of missing values."""
+        return self._method("isna")
+
+    isnull = isna
+
+    def notna(self) -> Any:
+        """Boolean mask of present values."""
+        return self._method("notna")
+
+    notnull = notna
+
+    def isin(self, values: Any) -> Any:
+        """Boolean mask of membership in ``values``."""
+        if _is_collection(values):
+            raise UsageError("isin needs concrete values, not a lazy collection; compute it first")
+        if not isinstance(values, dict):
+            values = list(values)
+        return self._method("isin", values)
+
+    def where(self, cond: Any, other: Any = np.nan) -> Any:
+        """Values where ``cond`` holds, ``other`` elsewhere."""
+        return self._method("where", cond, other)
+
+    def mask(self, cond: Any, other: Any = np.nan) -> Any:
+        """Values where ``cond`` does not hold, ``other`` elsewhere."""
+        return self._method("mask", cond, other)
+
+    def fillna(self, value: Any = None, **kwargs: Any) -> Any:
+        """Missing values replaced by ``value`` (a scalar, dict or aligned collection)."""
+        if value is None and kwargs.get("method") is not None:
+            raise UsageError("fillna(method=...) is not supported; use ffill() or bfill()")
+        return self._method("fillna", value, **kwargs)
+
+    def astype(self, dtype: Any) -> Any:
+        """Values cast to ``dtype`` (or a ``{column: dtype}`` mapping)."""
+        return self._method("astype", dtype)
+
+    def dropna(self, **kwargs: Any) -> Any:
+        """Rows with missing values removed (``how``, ``subset``, ``thresh`` as in pandas)."""
+        return self._method("dropna", **kwargs)
+
+    def query(self, expr: str, **kwargs: Any) -> Any:
+        """Rows matching a pandas query string (evaluated per partition)."""
+        return self._method("query", expr, **kwargs)
+
+    # -- scans ------------------------------------------------------------------------
+
+    def ffill(self, limit: int | None = None) -> Any:
+        """Missing values replaced by the last valid one before them (across partitions)."""
+        return self._scan("ffill", limit=limit)
+
+    def bfill(self, limit: int | None = None) -> Any:
+        """Missing values replaced by the next valid one after them (across partitions)."""
+        return self._scan("bfill", limit=limit)
+
+    def cumsum(self, skipna: bool = True) -> Any:
+        """Cumulative sum over all partitions."""
+        return self._scan("cumsum", skipna=skipna)
+
+    def cumprod(self, skipna: bool = True) -> Any:
+        """Cumulative product over all partitions."""
+        return self._scan("cumprod", skipna=skipna)
+
+    def cummin(self, skipna: bool = True) -> Any:
+        """Cumulative minimum over all partitions."""
+        return self._scan("cummin", skipna=skipna)
+
+    def cummax(self, skipna: bool = True) -> Any:
+        """Cumulative maximum over all partitions."""
+        return self._scan("cummax", skipna=skipna)
+
+    def _scan(self, method: str, skipna: bool = True, limit: int | None = None) -> Any:
+        from zmqdask.dataframe.scans import Scan
+
+        if limit is not None:
+            raise UsageError(f"{method}(limit=...) is not supported")
+        return _wrap(Scan(self._expr, method, bool(skipna)))
+
+    # -- row selections over all partitions -------------------------------------------
+
+    def drop_duplicates(self, subset: Any = None, keep: str = "first", split_every: int | None = None) -> Any:
+        """Rows without repeats (of ``subset`` columns), in their original order, in one partition."""
+        from zmqdask.dataframe import stats
+
+        return stats.drop_duplicates(self, subset=subset, keep=keep, split_every=split_every)
+
+    def nlargest(self, n: int = 5, columns: Any = None, split_every: int | None = None) -> Any:
+        """The ``n`` rows with the largest values (of ``columns`` for a DataFrame)."""
+        from zmqdask.dataframe import stats
+
+        return stats.nlargest(self, n, columns, largest=True, split_every=split_every)
+
+    def nsmallest(self, n: int = 5, columns: Any = None, split_every: int | None = None) -> Any:
+        """The ``n`` rows with the smallest values (of ``columns`` for a DataFrame)."""
+        from zmqdask.dataframe import stats
+
+        return stats.nlargest(self, n, columns, largest=False, split_every=split_every)
+
+    def idxmax(self, skipna: bool = True, split_every: int | None = None) -> Any:
+        """Label of the largest value (per column for a DataFrame); the first one on ties."""
+        from zmqdask.dataframe import stats
+
+        return stats.idxextreme(self, True, skipna=skipna, split_every=split_every)
+
+    def idxmin(self, skipna: bool = True, split_every: int | None = None) -> Any:
+        """Label of the smallest value (per column for a DataFrame); the first one on ties."""
+        from zmqdask.dataframe import stats
+
+        return stats.idxextreme(self, False, skipna=skipna, split_every=split_every)
+
+    def quantile(self, q: Any = 0.5, numeric_only: bool = False) -> Any:
+        """Exact quantiles, as pandas gives them (each column is gathered into one task)."""
+        from zmqdask.dataframe import stats
+
+        return stats.quantile(self, q, numeric_only=numeric_only)
+
+    def median(self, numeric_only: bool = False) -> Any:
+        """Exact median (each column is gathered into one task)."""
+        from zmqdask.dataframe.collection import Series
+
+        result = self.quantile(0.5, numeric_only=numeric_only)
+        # pandas names a DataFrame's quantiles by q, but not its medians.
+        return result.rename(None) if isinstance(result, Series) else result
+
+    def pipe(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``func(self, *args, **kwargs)``."""
+        return func(self, *args, **kwargs)

@@ -1,0 +1,120 @@
+"""Scans across partitions: cumulative sums, products, minima and maxima, and forward/backward fill.
+
+Each partition needs a summary of every partition before it (after it, for ``bfill``).  The
+summary is a one-row piece of the same frame, so dtypes are kept: the last row of the scanned
+partition (the last valid one where missing values are skipped).  A chain of small carry
+tasks folds the summaries in order, and partition ``i`` is scanned again with the carry of
+the partitions before it placed in front, which gives exactly pandas' result.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any
+
+import pandas as pd
+
+from zmqdask.dataframe.expr import Expr, emulate, node
+from zmqdask.graph import TaskSpec
+from zmqdask.serialize import TaskRef
+
+logger = logging.getLogger(__name__)
+
+SCANS: frozenset[str] = frozenset({"cumsum", "cumprod", "cummin", "cummax", "ffill", "bfill"})
+"""Methods computed by :class:`Scan`."""
+
+
+def _scan(obj: Any, method: str, skipna: bool) -> Any:
+    if method in ("ffill", "bfill"):
+        return getattr(obj, method)()
+    return getattr(obj, method)(skipna=skipna)
+
+
+def _joined(first: Any, second: Any) -> Any:
+    # Both are pieces of the same frame: concatenating them keeps every dtype.
+    return pd.concat([first, second])
+
+
+def scan_summary(part: Any, method: str, skipna: bool) -> Any:
+    """What partition ``part`` passes on: its scanned edge row (None when it is empty)."""
+    if len(part) == 0:
+        return None
+    scanned = _scan(part, method, skipna)
+    if method == "bfill":
+        return scanned.iloc[:1]
+    if skipna or method == "ffill":
+        # Missing values are skipped: the state to carry is the last valid one per column.
+        return scanned.ffill().iloc[-1:]
+    return scanned.iloc[-1:]
+
+
+def scan_carry(carry: Any, summary: Any, method: str, skipna: bool) -> Any:
+    """The summary of everything up to and including a partition, from the one before it."""
+    if carry is None:
+        return summary
+    if summary is None:
+        return carry
+    if method == "bfill":
+        return _joined(summary, carry).bfill().iloc[:1]
+    return scan_summary(_joined(carry, summary), method, skipna)
+
+
+def scan_apply(part: Any, carry: Any, method: str, skipna: bool) -> Any:
+    """Partition ``part`` scanned as if the partitions summarized by ``carry`` came first."""
+    if carry is None or len(part) == 0:
+        return _scan(part, method, skipna)
+    if method == "bfill":
+        result = _joined(part, carry).bfill().iloc[:-1]
+    else:
+        result = _scan(_joined(carry, part), method, skipna).iloc[1:]
+    # The same labels, with the partition's own index (concatenating dropped its freq).
+    result.index = part.index
+    return result
+
+
+@node
+class Scan(Expr):
+    """``frame.<method>()`` across all partitions (see the module docstring)."""
+
+    frame: Expr
+    method: str
+    skipna: bool = True
+
+    _columnwise = True
+
+    def _prefix(self) -> str:
+        return self.method
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(_scan, self.frame._meta, self.method, self.skipna)
+
+    @property
+    def npartitions(self) -> int:
+        return self.frame.npartitions
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.frame.divisions
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        name, frame, method, skipna = self._name, self.frame, self.method, self.skipna
+        n = frame.npartitions
+        layer: dict[str, TaskSpec] = {}
+        # bfill carries from the last partition towards the first.
+        order = range(n - 1, -1, -1) if method == "bfill" else range(n)
+        carry: Any = None
+        for position, i in enumerate(order):
+            part = TaskRef(frame._key(i))
+            layer[self._key(i)] = (scan_apply, (part, carry, method, skipna), {})
+            if position < n - 1:
+                summary_key = f"{name}-summary-{i}"
+                layer[summary_key] = (scan_summary, (part, method, skipna), {})
+                carry_key = f"{name}-carry-{i}"
+                layer[carry_key] = (scan_carry, (carry, TaskRef(summary_key), method, skipna), {})
+                carry = TaskRef(carry_key)
+        return layer
+
+    def _describe(self) -> str:
+        return f"{self.method}, skipna={self.skipna}"
