@@ -32,7 +32,8 @@ import zmq
 from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S
 from zmqdask.errors import ProtocolError, UsageError
 from zmqdask.executor import clear_slots, read_slots, slots_nbytes, slots_view
-from zmqdask.protocol import ROLE_POOL, WORKER_DIED, decode
+from zmqdask.protocol import ROLE_POOL, ROLE_WORKER, WORKER_DIED, decode
+from zmqdask.security import Security
 from zmqdask.worker import (
     CONTROL_COMMANDS,
     EXIT_BROKER_UNREACHABLE,
@@ -152,6 +153,7 @@ class PoolManager:
         start_method: str | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+        security: Security | None = None,
     ) -> None:
         if nworkers < 1:
             raise UsageError(f"a pool needs at least one worker, got nworkers={nworkers}")
@@ -171,6 +173,8 @@ class PoolManager:
         self.watch_pid = watch_pid
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness_timeout_s = liveness_timeout_s
+        self.security = security
+        """CURVE keys of the pool and its workers (one worker key per host), or None."""
         self._mp = worker_context(start_method)
         self._children = [
             _Child(index, self._mp.RawArray(ctypes.c_uint8, slots_nbytes(nthreads))) for index in range(nworkers)
@@ -215,6 +219,7 @@ class PoolManager:
                 death_timeout_s=self.death_timeout_s,
                 heartbeat_interval_s=self.heartbeat_interval_s,
                 liveness_timeout_s=self.liveness_timeout_s,
+                security=self.security,
             )
         except zmq.ZMQError as exc:
             raise UsageError(f"cannot connect to {self.address!r}: {exc} (expected tcp://HOST:PORT)") from exc
@@ -289,6 +294,7 @@ class PoolManager:
             "parent_pid": os.getpid(),
             "heartbeat_interval_s": self.heartbeat_interval_s,
             "liveness_timeout_s": self.liveness_timeout_s,
+            "security": self.security,
         }
         process = self._mp.Process(
             target=_child_main, args=(self.log_level, options), name=f"zmqdask-worker-{child.index}"
@@ -460,6 +466,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up when no broker answers for this long (default: 60)",
     )
+    keys = parser.add_argument_group(
+        "CURVE keys (for a broker started with --curve-keys)",
+        "The pool and its workers connect with one key pair from the broker's workers/ allow-list.",
+    )
+    keys.add_argument(
+        "--curve-keys",
+        metavar="DIR",
+        default=None,
+        help="key directory: DIR/broker.key and the only DIR/workers/*.key_secret (unless --key names one)",
+    )
+    keys.add_argument("--key", metavar="FILE", default=None, help="this host's worker key pair (a .key_secret file)")
+    keys.add_argument(
+        "--broker-key", metavar="FILE", default=None, help="the broker's public key (default: DIR/broker.key)"
+    )
     parser.add_argument(
         "--log-level",
         type=_parse_log_level,
@@ -482,6 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--death-timeout must be positive")
     if args.memory_limit is not None and args.memory_limit < 0:
         parser.error("--memory-limit must not be negative")
+    try:
+        security = Security.from_options(args.curve_keys, args.key, args.broker_key, ROLE_WORKER)
+    except UsageError as exc:
+        parser.error(f"CURVE keys: {exc}")
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     memory_limit = default_memory_limit(args.nworkers) if args.memory_limit is None else args.memory_limit
     pool = PoolManager(
@@ -493,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         death_timeout_s=args.death_timeout,
         log_level=args.log_level,
         watch_pid=_parse_watch_pid(os.environ),
+        security=security,
     )
     pool.install_signal_handlers()
     try:

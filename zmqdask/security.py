@@ -230,6 +230,31 @@ class Security:
         key_file = folder / f"{name}{SECRET_SUFFIX}" if name else _single_secret(folder, role)
         return cls.from_files(key_file, root / f"{BROKER_KEY_NAME}{PUBLIC_SUFFIX}")
 
+    @classmethod
+    def from_options(
+        cls,
+        directory: str | os.PathLike[str] | None,
+        key_file: str | os.PathLike[str] | None,
+        broker_key_file: str | os.PathLike[str] | None,
+        role: str,
+    ) -> Security | None:
+        """Keys from command-line style options (``--curve-keys DIR``, ``--key FILE``, ``--broker-key FILE``).
+
+        ``key_file`` and ``broker_key_file`` override the files found in ``directory``; None
+        when no option is given.
+        """
+        if directory is None and key_file is None and broker_key_file is None:
+            return None
+        if directory is None and (key_file is None or broker_key_file is None):
+            raise UsageError("without a key directory, give both this peer's key file and the broker's key file")
+        if directory is not None and not Path(directory).is_dir():
+            raise UsageError(f"the key directory {directory} does not exist")
+        if key_file is None:
+            key_file = _single_secret(Path(cast(str, directory)) / ROLE_DIRS[role], role)
+        if broker_key_file is None:
+            broker_key_file = Path(cast(str, directory)) / f"{BROKER_KEY_NAME}{PUBLIC_SUFFIX}"
+        return cls.from_files(key_file, broker_key_file)
+
     def configure(self, sock: zmq.Socket[Any]) -> None:
         """Make ``sock`` a CURVE client of the broker; call it before ``connect``."""
         sock.curve_secretkey = self.secret_key
@@ -452,14 +477,16 @@ _FAILURE_EVENTS = (
 
 
 class HandshakeMonitor:
-    """Watches a connecting CURVE socket for failed handshakes, to explain a silent broker.
+    """Watches a connecting socket for failed handshakes, to explain a broker that stays silent.
 
     Attach it before ``connect``; :meth:`failure` reads the events so far without waiting.
+    ``keyed`` says whether the socket connects with CURVE keys.
     """
 
-    def __init__(self, sock: zmq.Socket[Any], role: str = ROLE_CLIENT) -> None:
+    def __init__(self, sock: zmq.Socket[Any], role: str = ROLE_CLIENT, *, keyed: bool = True) -> None:
         self._sock = sock
         self._role = role
+        self._keyed = keyed
         self._monitor: zmq.Socket[Any] | None = sock.get_monitor_socket(_FAILURE_EVENTS)
         self._failure: str | None = None
 
@@ -473,13 +500,18 @@ class HandshakeMonitor:
 
     def _explain(self, event: int) -> str:
         folder = ROLE_DIRS.get(self._role, CLIENTS_DIR)
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if self._keyed:
+                return "the broker does not use CURVE keys (it was started without --curve-keys)"
+            return (
+                "the broker requires CURVE keys (it was started with --curve-keys): connect with "
+                "the broker's public key and a key pair from its allow-list"
+            )
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return (
                 f"the broker refused this {self._role}'s CURVE key: its public key is not in the "
                 f"broker's {folder}/ directory (add it there and restart the broker)"
             )
-        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            return "the broker does not use CURVE keys (start it with --curve-keys DIR, or connect without keys)"
         return "the CURVE handshake failed: the broker's public key given here (broker.key) is not the broker's"
 
     def close(self) -> None:

@@ -135,9 +135,9 @@ class BrokerSession:
         sock.setsockopt(zmq.RCVHWM, 0)
         if self.security is not None:
             self.security.configure(sock)
-            if self.status == ClientStatus.CONNECTING:
-                # Attached before connecting, so the first refused handshake is seen too.
-                self._handshake_monitor = HandshakeMonitor(sock)
+        if self.status == ClientStatus.CONNECTING:
+            # Attached before connecting, so that the first refused handshake is seen too.
+            self._handshake_monitor = HandshakeMonitor(sock, keyed=self.security is not None)
         sock.connect(self.address)
         self._socket = sock
         # The zmq FD only signals edges; _drain() reads until EAGAIN each time it fires.
@@ -160,14 +160,12 @@ class BrokerSession:
     async def _handshake(self, deadline: float) -> None:
         assert self._loop is not None
         self._welcome = self._loop.create_future()
-        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
         while True:
-            self._send(proto.encode(proto.HELLO, [proto.ROLE_CLIENT, info]))
-            # A refused CURVE handshake is final (the broker reads its keys once): say so now
-            # rather than at the deadline.
+            # A refused handshake (CURVE keys) is final: say so now rather than at the deadline.
             refused = self._handshake_monitor.failure() if self._handshake_monitor is not None else None
             if refused is not None:
                 raise ConnectTimeoutError(f"no service from the zmqdask broker at {self.address}: {refused}")
+            self._send_hello()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ConnectTimeoutError(
@@ -332,6 +330,11 @@ class BrokerSession:
         self._send_hello()
 
     def _send_hello(self) -> None:
+        sock = self._socket
+        if sock is not None and not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
+            # No connection to send on: ZeroMQ dropped it for good after a refused handshake
+            # (CURVE keys), and a DEALER without one would block this thread in send.
+            return
         info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
         self._send(proto.encode(proto.HELLO, [proto.ROLE_CLIENT, info]))
 
