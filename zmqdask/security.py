@@ -452,10 +452,11 @@ class CurveServer:
 
     def _refuse(self, identity: bytes, user: str, text: str) -> list[tuple[bytes, list[Any]]]:
         self.refused += 1
-        if user not in self._warned and len(self._warned) < MAX_WARNED:
-            self._warned.add(user)
+        reason = f"{user}: {text}"
+        if reason not in self._warned and len(self._warned) < MAX_WARNED:
+            self._warned.add(reason)
             logger.warning(
-                "refused a message from %s (key %s): %s (more from this key are logged at DEBUG)",
+                "refused a message from %s (key %s): %s (the same refusal again is logged at DEBUG)",
                 identity.hex(),
                 user or "(unknown)",
                 text,
@@ -488,31 +489,41 @@ class HandshakeMonitor:
         self._role = role
         self._keyed = keyed
         self._monitor: zmq.Socket[Any] | None = sock.get_monitor_socket(_FAILURE_EVENTS)
-        self._failure: str | None = None
+        self._seen = 0
+        """Bit set of the failure events seen so far."""
 
     def failure(self) -> str | None:
-        """Why the broker refused the last handshake, or None if none failed."""
+        """Why the broker refused the handshakes so far, or None if none failed."""
         monitor = self._monitor
         while monitor is not None and monitor.poll(0):
-            event = recv_monitor_message(monitor)["event"]
-            self._failure = self._explain(event)
-        return self._failure
+            self._seen |= recv_monitor_message(monitor)["event"]
+        return self._explain(self._seen) if self._seen else None
 
-    def _explain(self, event: int) -> str:
-        folder = ROLE_DIRS.get(self._role, CLIENTS_DIR)
-        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+    def _explain(self, seen: int) -> str:
+        # A broker whose mechanism differs may close the connection before saying so (seen as
+        # a failure without detail), so the specific events take precedence.
+        if seen & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             if self._keyed:
                 return "the broker does not use CURVE keys (it was started without --curve-keys)"
             return (
                 "the broker requires CURVE keys (it was started with --curve-keys): connect with "
                 "the broker's public key and a key pair from its allow-list"
             )
-        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if seen & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            folder = ROLE_DIRS.get(self._role, CLIENTS_DIR)
             return (
                 f"the broker refused this {self._role}'s CURVE key: its public key is not in the "
                 f"broker's {folder}/ directory (add it there and restart the broker)"
             )
-        return "the CURVE handshake failed: the broker's public key given here (broker.key) is not the broker's"
+        if self._keyed:
+            return (
+                "the CURVE handshake failed: either the broker does not use keys, or the broker's "
+                "public key given here (broker.key) is not the broker's"
+            )
+        return (
+            "the broker closed the connection during the handshake: it probably requires CURVE keys "
+            "(it was started with --curve-keys)"
+        )
 
     def close(self) -> None:
         """Detach from the socket (call before closing the socket; idempotent)."""
