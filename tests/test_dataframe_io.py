@@ -202,3 +202,28 @@ def test_to_parquet_refuses_to_block_an_event_loop_before_touching_files(tmp_pat
     assert run_async(body) == len(frame)
     assert not stale.exists()
     pd.testing.assert_frame_equal(read_parquet(str(tmp_path)).compute(), frame)
+
+
+@pytest.mark.parametrize("pattern", ["out-*.csv", "folder"])
+def test_to_csv_writes_one_file_per_partition(tmp_path: Path, pattern: str) -> None:
+    frame = _frame(300)
+    lazy = zd.from_pandas(frame, npartitions=3)
+    paths = lazy.to_csv(str(tmp_path / pattern), index=False)
+    assert len(paths) == 3 and all(os.path.exists(p) for p in paths)
+    back = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    pd.testing.assert_frame_equal(back, frame.reset_index(drop=True))
+    later = zd.to_csv(lazy[lazy.a > 50], str(tmp_path / "later-*.csv"), compute=False, index=False)
+    assert not any(name.startswith("later") for name in os.listdir(tmp_path))
+    written = later.compute()
+    pd.testing.assert_frame_equal(
+        pd.concat([pd.read_csv(p) for p in written], ignore_index=True), frame[frame.a > 50].reset_index(drop=True)
+    )
+
+
+def test_to_datetime_and_to_numeric() -> None:
+    text = pd.Series(["2000-01-03", "2001-02-04", "1999-12-31"] * 4, name="when")
+    lazy = zd.from_pandas(text, npartitions=3)
+    pd.testing.assert_series_equal(zd.to_datetime(lazy, format="%Y-%m-%d").compute(), pd.to_datetime(text))
+    numbers = pd.Series(["1", "2.5", "x"] * 3)
+    got = zd.to_numeric(zd.from_pandas(numbers, npartitions=2), errors="coerce").compute()
+    pd.testing.assert_series_equal(got, pd.to_numeric(numbers, errors="coerce"))

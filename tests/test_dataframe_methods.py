@@ -152,3 +152,88 @@ def test_categories_made_per_partition_are_unified() -> None:
 def test_pipe_calls_through() -> None:
     frame, lazy = _pairs(3)
     _same(lazy.pipe(lambda d, n: d.i + n, n=3).compute(), frame.i + 3)
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+@pytest.mark.parametrize("periods", [1, 3, -2, 0])
+def test_lazy_shift_diff_pct_change(npartitions: int, periods: int) -> None:
+    frame, lazy = _pairs(npartitions)
+    numeric = ["x", "i", "k"]
+    _same(lazy[numeric].shift(periods).compute(), frame[numeric].shift(periods))
+    _same(lazy.s.shift(periods).compute(), frame.s.shift(periods))
+    _same(lazy.x.diff(periods).compute(), frame.x.diff(periods))
+    _same(lazy[numeric].pct_change(periods, fill_method=None).compute(), frame[numeric].pct_change(periods))
+    assert lazy.shift(periods).divisions == lazy.divisions
+    with pytest.raises(UsageError):
+        lazy.shift(1, freq="1h")
+
+
+def test_lazy_elementwise_extras() -> None:
+    frame, lazy = _pairs(4)
+    _same(lazy.replace({"s": {"p": "P"}}).compute(), frame.replace({"s": {"p": "P"}}))
+    _same(lazy.i.replace(3, -3).compute(), frame.i.replace(3, -3))
+    _same(lazy[["x", "i"]].map(lambda v: v * 2).compute(), frame[["x", "i"]].map(lambda v: v * 2))
+    _same(lazy.sort_index(ascending=False).compute(), frame.sort_index(ascending=False))
+    _same(lazy.x.sem().compute(), frame.x.sem())
+    _same(lazy.sem(numeric_only=True).compute(), frame.sem(numeric_only=True))
+    with pytest.raises(UsageError):
+        zd.from_pandas(frame, npartitions=3, sort=False).sort_index()
+
+
+def test_lazy_sample_is_reproducible_per_partition() -> None:
+    frame, lazy = _pairs(5)
+    first = lazy.sample(frac=0.5, random_state=3).compute()
+    pd.testing.assert_frame_equal(first, lazy.sample(frac=0.5, random_state=3).compute())
+    assert first.index.isin(frame.index).all() and first.index.is_unique
+    assert abs(len(first) - len(frame) / 2) <= lazy.npartitions
+    doubled = lazy.sample(frac=2.0, replace=True, random_state=1).compute()
+    assert abs(len(doubled) - 2 * len(frame)) <= lazy.npartitions
+    with pytest.raises(UsageError):
+        lazy.sample(frac=1.5)
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+def test_lazy_corr_and_cov(npartitions: int) -> None:
+    frame, lazy = _pairs(npartitions)
+    frame = frame.assign(big=frame.x * 3 + 1e7)  # an offset that would cancel naive sums
+    lazy = lazy.assign(big=lazy.x * 3 + 1e7)
+    numeric = ["x", "i", "k", "big"]
+    _same(lazy[numeric].corr().compute(), frame[numeric].corr())
+    _same(lazy[numeric].cov(split_every=2).compute(), frame[numeric].cov())
+    _same(lazy[numeric].cov(min_periods=50).compute(), frame[numeric].cov(min_periods=50))
+    _same(lazy.corr(numeric_only=True).compute(), frame.corr(numeric_only=True))
+    _same(lazy.x.corr(lazy.k).compute(), frame.x.corr(frame.k))
+    _same(lazy.i.cov(lazy.big).compute(), frame.i.cov(frame.big))
+    whole = frame[["i", "big"]]
+    _same(lazy[["i", "big"]].cov(ddof=0).compute(), whole.cov(ddof=0))  # no missing values: ddof counts
+    with pytest.raises(UsageError):
+        lazy.corr()  # a string column
+    with pytest.raises(UsageError):
+        lazy[numeric].corr(method="spearman")
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+def test_lazy_mode(npartitions: int) -> None:
+    frame, lazy = _pairs(npartitions)
+    _same(lazy.s.mode().compute(), frame.s.mode())
+    _same(lazy.k.mode(dropna=False).compute(), frame.k.mode(dropna=False))
+    _same(lazy.i.mode(split_every=2).compute(), frame.i.mode())
+    _same(lazy.s[lazy.i > 100].mode().compute(), frame.s[frame.i > 100].mode())
+
+
+@pytest.mark.parametrize("npartitions", [1, 5])
+def test_lazy_groupby_apply_and_transform(npartitions: int) -> None:
+    frame, lazy = _pairs(npartitions)
+
+    def spread(group: pd.DataFrame) -> float:
+        return float(group.x.max() - group.x.min())
+
+    _same(lazy.groupby("s").apply(spread).compute().sort_index(), frame.groupby("s").apply(spread))
+    top = lazy.groupby("s").apply(lambda g: g.nlargest(2, "i"), meta=frame.iloc[:0]).compute()
+    _same(top.sort_index(), frame.groupby("s").apply(lambda g: g.nlargest(2, "i")).sort_index())
+    centred = lazy.groupby("s").x.transform(lambda v: v - v.mean()).compute()
+    _same(centred.sort_index(), frame.groupby("s").x.transform(lambda v: v - v.mean()))
+    running = lazy.groupby(["s", "k"])[["x", "i"]].transform("cumsum").compute()
+    _same(running.sort_index(), frame.groupby(["s", "k"])[["x", "i"]].transform("cumsum"))
+    with pytest.raises(UsageError):
+        lazy.groupby(lazy.i % 3).x.apply(len)

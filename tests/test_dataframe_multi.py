@@ -176,3 +176,29 @@ def test_dataframe_join_method_takes_on(how: str, nright: int) -> None:
     expected = merge_partitions(left, clashing, "left", ("k",), None, ("", "_r"), True)
     assert list(expected.columns) == ["k", "a", "s", "a_r"]
     pd.testing.assert_frame_equal(got.sort_index(), expected.sort_index())
+
+
+@pytest.mark.parametrize("nfirst", [1, 3])
+def test_concat_matches_pandas(nfirst: int) -> None:
+    left, right = _sides()
+    first = left.set_index(np.arange(len(left)))
+    second = right.set_index(np.arange(1000, 1000 + len(right)))
+    lazy_first, lazy_second = zd.from_pandas(first, npartitions=nfirst), zd.from_pandas(second, npartitions=2)
+    both = zd.concat([lazy_first, lazy_second])
+    assert both.npartitions == nfirst + 2 and both.known_divisions
+    pd.testing.assert_frame_equal(both.compute(), pd.concat([first, second]))
+    overlapping = zd.concat([lazy_second, lazy_first])
+    assert not overlapping.known_divisions
+    pd.testing.assert_frame_equal(overlapping.compute(), pd.concat([second, first]))
+    pd.testing.assert_series_equal(zd.concat([lazy_first.a, lazy_second.b]).compute(), pd.concat([first.a, second.b]))
+    pd.testing.assert_frame_equal(
+        zd.concat([lazy_first, lazy_second], ignore_index=True).compute(), pd.concat([first, second], ignore_index=True)
+    )
+    # Projections read only the needed columns of each input; missing ones are filled as pandas does.
+    pd.testing.assert_series_equal(both["b"].compute(), pd.concat([first, second])["b"])
+    pd.testing.assert_frame_equal(
+        zd.merge(lazy_first, lazy_second, on="k").compute().pipe(_canonical),
+        pd.merge(first, second, on="k").pipe(_canonical),
+    )
+    with pytest.raises(UsageError):
+        zd.concat([lazy_first, lazy_second], axis=1)

@@ -11,15 +11,20 @@ __all__ = [
     "Index",
     "Scalar",
     "Series",
+    "concat",
     "from_pandas",
     "map_partitions",
+    "merge",
     "new_collection",
     "read_csv",
     "read_parquet",
+    "to_csv",
+    "to_datetime",
+    "to_numeric",
     "to_parquet",
 ]
 
-_IO_NAMES = ("read_csv", "read_parquet", "to_parquet")
+_IO_NAMES = ("read_csv", "read_parquet", "to_csv", "to_parquet")
 
 
 def from_pandas(data: Any, npartitions: int | None = None, chunksize: int | None = None, sort: bool = True) -> Any:
@@ -33,6 +38,34 @@ def from_pandas(data: Any, npartitions: int | None = None, chunksize: int | None
     from zmqdask.dataframe.sources import from_pandas_expr
 
     return new_collection(from_pandas_expr(data, npartitions=npartitions, chunksize=chunksize, sort=sort))
+
+
+def concat(objs: Any, axis: int | str = 0, ignore_index: bool = False) -> Any:
+    """The rows of several collections one after the other (see ``zmqdask.dataframe.multi.concat``)."""
+    from zmqdask.dataframe.multi import concat as concat_
+
+    return concat_(objs, axis=axis, ignore_index=ignore_index)
+
+
+def merge(left: Any, right: Any, **kwargs: Any) -> Any:
+    """Database-style join, like ``pandas.merge`` (see ``zmqdask.dataframe.multi.merge``)."""
+    from zmqdask.dataframe.multi import merge as merge_
+
+    return merge_(left, right, **kwargs)
+
+
+def to_datetime(arg: Any, meta: Any = None, **kwargs: Any) -> Any:
+    """``pandas.to_datetime`` of a lazy Series, per partition."""
+    import pandas as pd
+
+    return map_partitions(pd.to_datetime, arg, meta=meta, **kwargs)
+
+
+def to_numeric(arg: Any, errors: str = "raise", meta: Any = None) -> Any:
+    """``pandas.to_numeric`` of a lazy Series, per partition."""
+    import pandas as pd
+
+    return map_partitions(pd.to_numeric, arg, meta=meta, errors=errors)
 
 
 def __getattr__(name: str) -> Any:

@@ -581,6 +581,12 @@ class DataFrame(_Frame):
 
         return Rolling(self, window, min_periods=min_periods)
 
+    def to_csv(self, filename: Any, **kwargs: Any) -> Any:
+        """Write one CSV file per partition (see ``zmqdask.dataframe.io.to_csv``)."""
+        from zmqdask.dataframe.io import to_csv
+
+        return to_csv(self, filename, **kwargs)
+
     def to_parquet(self, path: Any, **kwargs: Any) -> Any:
         """Write partitions as Parquet files (see ``zmqdask.dataframe.io``)."""
         from zmqdask.dataframe.io import to_parquet
@@ -687,6 +693,12 @@ class Series(_Frame):
     def map(self, arg: Any, na_action: builtins.str | None = None, meta: Any = None) -> Series:
         """Values mapped by a function, dict or Series."""
         return self.map_partitions(_map_elements, arg, na_action, meta=meta)
+
+    def mode(self, dropna: bool = True, split_every: int | None = None) -> Series:
+        """The most frequent value(s), sorted (see ``zmqdask.dataframe.stats``)."""
+        from zmqdask.dataframe import stats
+
+        return stats.mode(self, dropna=dropna, split_every=split_every)
 
     def unique(self, split_every: int | None = None) -> Series:
         """Distinct values in order of first appearance, as a Series numbered from 0."""

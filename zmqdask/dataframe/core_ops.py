@@ -38,8 +38,7 @@ UNARY_OPERATORS = frozenset("neg pos invert abs".split())
 """Names in :mod:`operator` that :class:`Unary` accepts."""
 
 COLUMNWISE_METHODS = frozenset(
-    "abs round clip isna notna isnull notnull fillna astype copy where mask isin "
-    "between ffill bfill cumsum cumprod cummin cummax".split()
+    "abs round clip isna notna isnull notnull fillna astype copy where mask isin between replace map".split()
 )
 """Methods that map each column independently when called without column-specific arguments."""
 
@@ -271,6 +270,31 @@ class MapPartitionsScalar(Blockwise):
     @property
     def divisions(self) -> tuple[Any, ...]:
         return (*range(self.npartitions), self.npartitions - 1)
+
+
+def sample_part(part: Any, frac: float, replace: bool, seed: int, i: int) -> Any:
+    """A random fraction of partition ``i``'s rows, from a stream of its own."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
+    return part.sample(frac=frac, replace=replace, random_state=rng)
+
+
+@node
+class Sample(Blockwise):
+    """A random fraction of every partition's rows."""
+
+    frame: Expr
+    frac: float
+    replace: bool
+    seed: int
+
+    _columnwise = True
+
+    def _task(self, i: int) -> TaskSpec:
+        return (sample_part, (self._part(self.frame, i), self.frac, self.replace, self.seed, i), {})
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
 
 
 # ---------------------------------------------------------------------------------------

@@ -451,6 +451,24 @@ def groupby_whole(obj: Any, by: Any, plan: AggPlan, sort: bool = True, dropna: b
     return groupby_aggregate([groupby_chunk_task(obj, by, plan, sort, dropna)], plan, sort)
 
 
+def whole_groups_part(
+    part: Any,
+    by: tuple[Hashable, ...],
+    selection: Any,
+    how: str,
+    func: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    sort: bool,
+    dropna: bool,
+) -> Any:
+    """pandas' ``groupby(by)[selection].<how>(func)`` of a partition holding whole groups."""
+    grouped: Any = part.groupby(list(by), sort=sort, dropna=dropna, observed=True)
+    if selection is not None:
+        grouped = grouped[selection]
+    return getattr(grouped, how)(func, *args, **kwargs)
+
+
 @node
 class GroupbyAggregate(Expr):
     """A grouped aggregation of all partitions into one partition, as a tree reduction.
@@ -724,6 +742,49 @@ class GroupBy:
         return self._aggregate(arg, named=named or None, split_every=split_every)
 
     aggregate = agg
+
+    # -- whole groups: shuffle, then pandas per partition ---------------------------------
+
+    def apply(self, func: Any, *args: Any, meta: Any = None, **kwargs: Any) -> Any:
+        """``func`` on each group, as pandas' ``GroupBy.apply``.
+
+        Rows are first moved so that every group lies in one partition (a hash shuffle by
+        the keys, worker to worker), then pandas applies ``func`` per partition.  Groups come
+        out in partition order, not sorted.  Pass ``meta`` to skip inferring the result's
+        schema from sample data.
+        """
+        return self._whole_groups("apply", func, args, kwargs, meta)
+
+    def transform(self, func: Any, *args: Any, meta: Any = None, **kwargs: Any) -> Any:
+        """``func`` on each group, broadcast back to its rows, as pandas' ``GroupBy.transform``.
+
+        Rows are moved so that groups are whole (see :meth:`apply`); the result keeps each
+        row's index label but not the input's row order or divisions.
+        """
+        return self._whole_groups("transform", func, args, kwargs, meta)
+
+    def _whole_groups(self, how: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Any) -> Any:
+        from zmqdask.dataframe.planning import meta_from
+        from zmqdask.dataframe.shuffle import HashShuffle
+
+        if type(self._by) is not tuple:
+            raise UsageError(f"groupby(...).{how} needs column labels as keys, not a Series")
+        frame = self._frame_expr
+        if frame.npartitions > 1:
+            frame = HashShuffle(frame, self._by, frame.npartitions)
+        options = (self._by, self._selection, how, func, args, kwargs, self._sort, self._dropna)
+        if meta is None:
+            try:
+                meta = emulate(whole_groups_part, frame._meta, *options)
+            except Exception as exc:
+                raise UsageError(
+                    f"could not infer the result of groupby(...).{how}({getattr(func, '__name__', func)!r}) on "
+                    f"sample data ({type(exc).__name__}: {exc}); pass meta="
+                ) from exc
+        else:
+            meta = meta_from(meta)
+        node_ = MapPartitions(frame, whole_groups_part, options, {}, meta, False, f"groupby-{how}")
+        return _new_collection(node_)
 
     def __repr__(self) -> str:
         by = list(self._by) if type(self._by) is tuple else "<series>"

@@ -548,6 +548,84 @@ def to_parquet(df: Any, path: str | os.PathLike[str], write_index: bool | None =
     return result
 
 
+# --------------------------------------------------------------------------------------------
+# CSV output
+# --------------------------------------------------------------------------------------------
+
+
+def write_csv_part(part: pd.DataFrame | pd.Series, path: str, kwargs: dict[str, Any]) -> str:
+    """Write one partition to ``path``; returns the path."""
+    part.to_csv(path, **kwargs)
+    return path
+
+
+def _paths(written: list[str]) -> list[str]:
+    return list(written)
+
+
+@node
+class WriteCSV(Expr):
+    """Write partition ``i`` of ``frame`` to ``paths[i]``; yields the list of paths."""
+
+    frame: Expr
+    paths: tuple[str, ...]
+    kwargs: dict[str, Any]
+
+    def _prefix(self) -> str:
+        return "to-csv"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return list(self.paths)
+
+    @property
+    def npartitions(self) -> int:
+        return 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return (None, None)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        layer: dict[str, TaskSpec] = {}
+        written = []
+        for i, path in enumerate(self.paths):
+            key = f"{self._name}-part-{i}"
+            layer[key] = (write_csv_part, (TaskRef(self.frame._key(i)), path, self.kwargs), {})
+            written.append(TaskRef(key))
+        layer[self._key(0)] = (_paths, (written,), {})
+        return layer
+
+
+def to_csv(df: Any, filename: str | os.PathLike[str], compute: bool = True, **kwargs: Any) -> Any:
+    """Write one CSV file per partition; returns the paths written.
+
+    ``filename`` holds a ``*``, replaced by the partition number (``"out/part-*.csv"``), or
+    names a directory that receives ``<i>.part`` files.  ``kwargs`` go to
+    ``pandas.DataFrame.to_csv``.  With ``compute=False`` the write is returned as a lazy value.
+    """
+    expr = getattr(df, "expr", None)
+    if not isinstance(expr, Expr):
+        raise UsageError(f"to_csv needs a zmqdask DataFrame or Series, got {type(df).__name__}")
+    if compute:
+        from zmqdask.base import ensure_blocking_allowed, get_client
+
+        client = get_client()
+        if client is not None:
+            ensure_blocking_allowed(client, "await client.compute(df.to_csv(path, compute=False))")
+    target = os.path.abspath(os.fspath(filename))
+    width = len(str(max(expr.npartitions - 1, 0)))
+    if "*" in target:
+        directory = os.path.dirname(target)
+        paths = tuple(target.replace("*", str(i).zfill(width)) for i in range(expr.npartitions))
+    else:
+        directory = target
+        paths = tuple(os.path.join(target, f"{str(i).zfill(width)}.part") for i in range(expr.npartitions))
+    os.makedirs(directory, exist_ok=True)
+    result = _new_collection(WriteCSV(expr, paths, dict(kwargs)))
+    return result.compute() if compute else result
+
+
 def _new_collection(expr: Expr) -> Any:
     from zmqdask.dataframe.collection import new_collection
 

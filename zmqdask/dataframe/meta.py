@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -86,14 +87,17 @@ def emulate(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """
     fake_args = [meta_nonempty(a) for a in args]
     fake_kwargs = {k: meta_nonempty(v) for k, v in kwargs.items()}
-    try:
-        return make_meta(func(*fake_args, **fake_kwargs))
-    except Exception as exc:
-        first = exc
-    try:
-        return make_meta(func(*args, **kwargs))
-    except Exception:
-        raise first from None
+    # Warnings about made-up values (unparseable dates, ...) say nothing about real data.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return make_meta(func(*fake_args, **fake_kwargs))
+        except Exception as exc:
+            first = exc
+        try:
+            return make_meta(func(*args, **kwargs))
+        except Exception:
+            raise first from None
 
 
 def unknown_divisions(npartitions: int) -> tuple[Any, ...]:

@@ -15,6 +15,8 @@ import numpy as np
 from zmqdask.dataframe.expr import Expr
 from zmqdask.errors import UsageError
 
+_UNSET: Any = object()
+
 
 def _wrap(expr: Expr) -> Any:
     # Imported here: the collection module imports this one.
@@ -94,6 +96,16 @@ class FrameMethods:
         """Rows with missing values removed (``how``, ``subset``, ``thresh`` as in pandas)."""
         return self._method("dropna", **kwargs)
 
+    def map(self, func: Any, na_action: str | None = None) -> Any:
+        """``func`` applied to every element (per partition)."""
+        return self._method("map", func, na_action=na_action)
+
+    def replace(self, to_replace: Any = None, value: Any = _UNSET, **kwargs: Any) -> Any:
+        """Values replaced as by pandas' ``replace`` (per partition)."""
+        if value is _UNSET:
+            return self._method("replace", to_replace, **kwargs)
+        return self._method("replace", to_replace, value, **kwargs)
+
     def query(self, expr: str, **kwargs: Any) -> Any:
         """Rows matching a pandas query string (evaluated per partition)."""
         return self._method("query", expr, **kwargs)
@@ -131,7 +143,48 @@ class FrameMethods:
             raise UsageError(f"{method}(limit=...) is not supported")
         return _wrap(Scan(self._expr, method, bool(skipna)))
 
+    def shift(self, periods: int = 1, freq: Any = None) -> Any:
+        """Values moved by ``periods`` rows (rows cross partition boundaries, as in pandas)."""
+        if freq is not None:
+            raise UsageError("shift(freq=...) is not supported; shift the index with map_partitions")
+        return self._shift("shift", periods, {})
+
+    def diff(self, periods: int = 1) -> Any:
+        """Difference with the value ``periods`` rows earlier (across partitions)."""
+        return self._shift("diff", periods, {})
+
+    def pct_change(self, periods: int = 1, **kwargs: Any) -> Any:
+        """Relative change from the value ``periods`` rows earlier (across partitions)."""
+        return self._shift("pct_change", periods, kwargs)
+
+    def _shift(self, method: str, periods: int, kwargs: dict[str, Any]) -> Any:
+        from zmqdask.dataframe.scans import Shift
+
+        return _wrap(Shift(self._expr, method, int(periods), kwargs))
+
     # -- row selections over all partitions -------------------------------------------
+
+    def sample(self, frac: float | None = None, replace: bool = False, random_state: int | None = None) -> Any:
+        """A random fraction of each partition's rows (reproducible with ``random_state``)."""
+        from zmqdask.dataframe.core_ops import Sample
+
+        if frac is None or not 0 <= frac or (frac > 1 and not replace):
+            raise UsageError("sample needs frac= between 0 and 1 (above 1 only with replace=True)")
+        entropy: Any = np.random.SeedSequence().entropy
+        seed = int(entropy) % 2**32 if random_state is None else int(random_state)
+        return _wrap(Sample(self._expr, float(frac), bool(replace), seed))
+
+    def sort_index(self, ascending: bool = True) -> Any:
+        """Rows sorted by index; needs known divisions (partitions already hold sorted ranges)."""
+        from zmqdask.dataframe.expr import Partitions
+
+        if not self._expr.known_divisions:
+            raise UsageError("sort_index needs known divisions; use set_index to sort by a column")
+        sorted_ = self._method("sort_index")
+        if ascending:
+            return sorted_
+        reversed_ = _wrap(Partitions(sorted_.expr, tuple(range(self._expr.npartitions - 1, -1, -1))))
+        return reversed_._method("sort_index", ascending=False)
 
     def drop_duplicates(self, subset: Any = None, keep: str = "first", split_every: int | None = None) -> Any:
         """Rows without repeats (of ``subset`` columns), in their original order, in one partition."""

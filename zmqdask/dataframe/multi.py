@@ -1,4 +1,4 @@
-"""Joins of partitioned frames: ``merge`` and index-based ``join``.
+"""Joins and concatenation of partitioned frames: ``merge``, index-based ``join``, ``concat``.
 
 The plan is chosen from the partition counts when the graph is built:
 
@@ -18,6 +18,7 @@ columns restarts in each partition (as it would per pandas call).
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 from collections.abc import Hashable
 from functools import cached_property
@@ -25,10 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from zmqdask.dataframe.expr import Blockwise, Expr, emulate, node, unknown_divisions
+from zmqdask.dataframe.expr import Blockwise, Expr, emulate, is_frame_like, node, unknown_divisions
 from zmqdask.dataframe.shuffle import HashShuffle
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
+from zmqdask.serialize import TaskRef
 
 logger = logging.getLogger(__name__)
 
@@ -305,3 +307,94 @@ def join(left: Any, right: Any, on: Any = None, how: str = "left", lsuffix: str 
     node_ = Merge(left_expr, right_expr, how, left_keys, None, (lsuffix, rsuffix), True)
     node_._meta  # noqa: B018 - overlapping columns without suffixes fail here, not at compute
     return _new_collection(node_)
+
+
+# --------------------------------------------------------------------------------------------
+# Concatenation along the index
+# --------------------------------------------------------------------------------------------
+
+
+def _concat_metas(*metas: Any) -> Any:
+    return pd.concat(list(metas))
+
+
+def conform(part: Any, meta: Any) -> Any:
+    """A piece of one input given the columns and dtypes of the concatenated result."""
+    if isinstance(meta, pd.DataFrame) and isinstance(part, pd.DataFrame):
+        if list(part.columns) != list(meta.columns):
+            part = part.reindex(columns=meta.columns)
+        if not part.dtypes.equals(meta.dtypes):
+            part = part.astype(meta.dtypes.to_dict())
+    elif isinstance(meta, pd.Series) and part.dtype != meta.dtype:
+        part = part.astype(meta.dtype)
+    return part
+
+
+@node
+class Concat(Blockwise):
+    """The partitions of several frames one after the other (pandas' ``concat`` along rows)."""
+
+    frames: tuple[Expr, ...]
+
+    def _prefix(self) -> str:
+        return "concat"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(_concat_metas, *(frame._meta for frame in self.frames))
+
+    @cached_property
+    def _sources(self) -> tuple[tuple[int, int], ...]:
+        return tuple((k, i) for k, frame in enumerate(self.frames) for i in range(frame.npartitions))
+
+    @property
+    def npartitions(self) -> int:
+        return len(self._sources)
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        frames = self.frames
+        if not all(frame.known_divisions for frame in frames):
+            return unknown_divisions(self.npartitions)
+        try:
+            # Known only if each frame's index lies strictly after the previous frame's.
+            if any(a.divisions[-1] >= b.divisions[0] for a, b in itertools.pairwise(frames)):
+                return unknown_divisions(self.npartitions)
+        except TypeError:
+            return unknown_divisions(self.npartitions)
+        divisions: list[Any] = []
+        for frame in frames:
+            divisions.extend(frame.divisions[:-1])
+        return (*divisions, frames[-1].divisions[-1])
+
+    def _dep_partition(self, dep: Expr, i: int) -> int:
+        return self._sources[i][1]
+
+    def _task(self, i: int) -> TaskSpec:
+        k, j = self._sources[i]
+        return (conform, (TaskRef(self.frames[k]._key(j)), self._meta), {})
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if needed is None or not isinstance(dep._meta, pd.DataFrame):
+            return None
+        return needed & frozenset(dep._meta.columns)
+
+    def _describe(self) -> str:
+        return f"{len(self.frames)} inputs"
+
+
+def concat(objs: Any, axis: int | str = 0, ignore_index: bool = False) -> Any:
+    """The rows of several DataFrames or Series one after the other, like ``pandas.concat``.
+
+    Partitions are kept as they are; divisions stay known when every input's index range
+    lies after the previous one's.  Missing columns are filled as pandas fills them.
+    """
+    if axis not in (0, "index", "rows"):
+        raise UsageError("concat supports axis=0 only; use merge or join to put columns side by side")
+    exprs = tuple(_as_expr(obj) for obj in objs)
+    if not exprs:
+        raise UsageError("concat needs at least one frame")
+    if not all(is_frame_like(expr._meta) for expr in exprs):
+        raise UsageError("concat needs DataFrames or Series")
+    result = _new_collection(Concat(exprs)) if len(exprs) > 1 else _new_collection(exprs[0])
+    return result.reset_index(drop=True) if ignore_index else result

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe import core_ops as ops
 from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Reduction, emulate
+from zmqdask.errors import UsageError
 
 
 def _wrap(expr: Expr) -> Any:
@@ -105,6 +107,73 @@ class FrameReductions:
         """Standard deviation with ``ddof`` delta degrees of freedom (missing values skipped)."""
         return self._moments(ddof, numeric_only, split_every, sqrt=True)
 
+    def corr(
+        self,
+        other: Any = None,
+        method: str = "pearson",
+        min_periods: int | None = None,
+        numeric_only: bool = False,
+        split_every: int | None = None,
+    ) -> Any:
+        """Pearson correlation: the matrix of a DataFrame's columns, or of a Series with ``other``."""
+        return self._pairwise(other, method, min_periods, numeric_only, split_every, True, 1)
+
+    def cov(
+        self,
+        other: Any = None,
+        min_periods: int | None = None,
+        ddof: int = 1,
+        numeric_only: bool = False,
+        split_every: int | None = None,
+    ) -> Any:
+        """Covariance: the matrix of a DataFrame's columns, or of a Series with ``other``."""
+        return self._pairwise(other, "pearson", min_periods, numeric_only, split_every, False, ddof)
+
+    def _pairwise(
+        self,
+        other: Any,
+        method: str,
+        min_periods: int | None,
+        numeric_only: bool,
+        split_every: int | None,
+        correlation: bool,
+        ddof: int,
+    ) -> Any:
+        from zmqdask.dataframe import correlation as corr
+        from zmqdask.dataframe.core_ops import MapMethod
+        from zmqdask.dataframe.expr import MapPartitions, Projection
+        from zmqdask.dataframe.planning import align
+
+        corr.check_method(method)
+        if isinstance(self._meta, pd.DataFrame):
+            if other is not None:
+                raise UsageError("DataFrame.corr/cov take no other; use Series.corr(other)")
+            columns = corr.numeric_frame(self._meta, numeric_only)
+            frame: Expr = Projection(self._expr, tuple(columns))
+            return _wrap(corr.moments_reduction(frame, correlation, min_periods, ddof, split_every))
+        other_expr = getattr(other, "expr", None)
+        if not isinstance(other_expr, Expr) or not isinstance(other_expr._meta, pd.Series):
+            raise UsageError("Series.corr/cov need another lazy Series")
+        left, right = align(self._expr, other_expr)
+        meta = pd.DataFrame({"a": pd.Series(dtype="float64"), "b": pd.Series(dtype="float64")})
+        pairs = MapPartitions(left, _side_by_side, (right,), {}, meta, True, "pair")
+        matrix = corr.moments_reduction(pairs, correlation, min_periods, ddof, split_every)
+        return _wrap(MapMethod(matrix, "pipe", (corr.pair_value,), {}))
+
+    def sem(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+        """Standard error of the mean: ``std(ddof) / sqrt(count)``."""
+        std = self.std(ddof=ddof, numeric_only=numeric_only, split_every=split_every)
+        if numeric_only and isinstance(self._meta, pd.DataFrame):
+            count = self._wrap_self(self._meta.select_dtypes(include=["number", "bool"]).columns).count()
+        else:
+            count = self.count(split_every=split_every)
+        return std / count**0.5
+
+    def _wrap_self(self, columns: Any) -> Any:
+        from zmqdask.dataframe.expr import Projection
+
+        return _wrap(Projection(self._expr, tuple(columns)))
+
     def _moments(self, ddof: int, numeric_only: bool, split_every: int | None, sqrt: bool) -> Any:
         meta = emulate(
             lambda m: m.var(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.var(), self._meta
@@ -140,6 +209,13 @@ class FrameReductions:
         from zmqdask.dataframe import stats
 
         return stats.describe(self, *args, **kwargs)
+
+
+def _side_by_side(left: pd.Series, right: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"a": left.to_numpy(dtype="float64", na_value=np.nan), "b": right.to_numpy(dtype="float64", na_value=np.nan)},
+        index=left.index,
+    )
 
 
 def len_chunk(part: Any) -> int:

@@ -118,3 +118,87 @@ class Scan(Expr):
 
     def _describe(self) -> str:
         return f"{self.method}, skipna={self.skipna}"
+
+
+# --------------------------------------------------------------------------------------------
+# shift, diff, pct_change: each partition reads a few rows of its neighbours
+# --------------------------------------------------------------------------------------------
+
+SHIFTS: frozenset[str] = frozenset({"shift", "diff", "pct_change"})
+"""Methods computed by :class:`Shift`."""
+
+
+def edge_rows(neighbour: Any, part: Any, n: int, before: bool) -> Any:
+    """The ``n`` rows nearest to the next partition (``before``) or the previous one.
+
+    ``neighbour`` holds such rows of the partitions further away (None at the ends), so
+    a shift may reach across partitions shorter than ``n`` rows.
+    """
+    if neighbour is None:
+        joined = part
+    else:
+        joined = _joined(neighbour, part) if before else _joined(part, neighbour)
+    return joined.iloc[max(len(joined) - n, 0) :] if before else joined.iloc[:n]
+
+
+def _shifted(obj: Any, method: str, periods: int, kwargs: dict[str, Any]) -> Any:
+    return getattr(obj, method)(periods, **kwargs)
+
+
+def shift_apply(part: Any, neighbour: Any, method: str, periods: int, kwargs: dict[str, Any]) -> Any:
+    """``part.<method>(periods)`` as if the neighbouring rows were part of the same frame."""
+    if neighbour is None or len(neighbour) == 0:
+        return _shifted(part, method, periods, kwargs)
+    if periods > 0:
+        result = _shifted(_joined(neighbour, part), method, periods, kwargs).iloc[len(neighbour) :]
+    else:
+        result = _shifted(_joined(part, neighbour), method, periods, kwargs).iloc[: len(part)]
+    result.index = part.index
+    return result
+
+
+@node
+class Shift(Expr):
+    """``frame.<method>(periods)`` for shift, diff and pct_change, across partitions."""
+
+    frame: Expr
+    method: str
+    periods: int
+    kwargs: dict[str, Any]
+
+    _columnwise = True
+
+    def _prefix(self) -> str:
+        return self.method.replace("_", "-")
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(_shifted, self.frame._meta, self.method, self.periods, self.kwargs)
+
+    @property
+    def npartitions(self) -> int:
+        return self.frame.npartitions
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.frame.divisions
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        name, frame, periods = self._name, self.frame, self.periods
+        n = frame.npartitions
+        before = periods > 0
+        reach = abs(periods)
+        layer: dict[str, TaskSpec] = {}
+        order = range(n) if before else range(n - 1, -1, -1)
+        neighbour: Any = None
+        for position, i in enumerate(order):
+            part = TaskRef(frame._key(i))
+            layer[self._key(i)] = (shift_apply, (part, neighbour, self.method, periods, self.kwargs), {})
+            if position < n - 1 and reach > 0:
+                edge_key = f"{name}-edge-{i}"
+                layer[edge_key] = (edge_rows, (neighbour, part, reach, before), {})
+                neighbour = TaskRef(edge_key)
+        return layer
+
+    def _describe(self) -> str:
+        return f"{self.method}({self.periods})"

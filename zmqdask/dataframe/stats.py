@@ -85,6 +85,36 @@ def value_counts_aggregate(
     return result
 
 
+def mode_aggregate(counts: Sequence[pd.Series], name: Hashable) -> pd.Series:
+    """The most frequent values, sorted, as ``Series.mode`` gives them."""
+    merged = value_counts_combine(counts)
+    if len(merged) == 0:
+        return pd.Series(merged.index[:0], name=name)
+    top = merged.index[merged.to_numpy() == merged.max()]
+    return pd.Series(top.sort_values(), name=name)
+
+
+def mode(series: Any, dropna: bool = True, split_every: int | None = None) -> Any:
+    """The most frequent value(s) of a Series, sorted (several on ties), like ``Series.mode``."""
+    expr = _expr_of(series)
+    meta = expr._meta
+    if not isinstance(meta, pd.Series):
+        raise UsageError("mode needs a Series")
+    node_ = Reduction(
+        expr,
+        value_counts_chunk,
+        value_counts_combine,
+        mode_aggregate,
+        emulate(lambda m: m.mode(dropna=dropna), meta),
+        {"dropna": dropna},
+        {},
+        {"name": meta.name},
+        split_every or DEFAULT_SPLIT_EVERY,
+        "mode",
+    )
+    return _new_collection(node_)
+
+
 # --------------------------------------------------------------------------------------------
 # nunique
 # --------------------------------------------------------------------------------------------
