@@ -152,11 +152,11 @@ class Relay:
                         data = b""
                     other = partner.get(sock)
                     if not data or other is None:
-                        for end in (sock, other):
-                            if end is not None and end in partner:
-                                selector.unregister(end)
-                                partner.pop(end, None)
-                                end.close()
+                        for closing in (sock, other):
+                            if closing is not None and closing in partner:
+                                selector.unregister(closing)
+                                partner.pop(closing, None)
+                                closing.close()
                         continue
                     with self._lock:
                         self._captured += data
@@ -416,9 +416,7 @@ def test_each_key_registers_only_in_the_roles_of_its_list(
     assert set(state.workers) == {b"w-1"} and set(state.peers) == {b"c-1", b"w-1", b"p-1"}
 
 
-def test_unknown_or_missing_keys_get_no_service(
-    secure_server: BrokerServer, dealers: Dealers, stranger: Path
-) -> None:
+def test_unknown_or_missing_keys_get_no_service(secure_server: BrokerServer, dealers: Dealers, stranger: Path) -> None:
     unknown, unknown_monitor = dealers.connect(secure_server.address, b"x-1", client_keys(stranger))
     send(unknown, P.HELLO, ["client", CLIENT_INFO])
     plain, plain_monitor = dealers.connect(secure_server.address, b"x-2", None)
