@@ -365,6 +365,16 @@ def test_security_from_directory_explains_what_is_missing(tmp_path: Path, keys: 
         Security(broker_public_key=b"short", public_key=other.public_key, secret_key=other.secret_key)
 
 
+def test_key_paths_may_start_with_the_home_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    create_keys("~/k", clients=1, workers=1)
+    assert (tmp_path / "k" / "broker.key_secret").exists()
+    expected = read_key_file(tmp_path / "k/clients/client-1.key", secret=False)[0]
+    assert Security.from_directory("~/k").public_key == expected
+    assert Security.from_files("~/k/clients/client-1.key_secret", "~/k/broker.key").public_key == expected
+    assert BrokerSecurity.from_directory("~/k").clients == ((expected, "client-1"),)
+
+
 def test_broker_needs_at_least_one_allowed_key(tmp_path: Path) -> None:
     create_keys(tmp_path, clients=0, workers=0)
     with pytest.raises(UsageError, match="nobody could connect"):

@@ -104,7 +104,7 @@ def read_key_file(path: str | os.PathLike[str], *, secret: bool) -> tuple[bytes,
     Raises :class:`UsageError` naming the file when it is missing or malformed.
     """
     try:
-        public, secret_key = zmq.auth.load_certificate(path)
+        public, secret_key = zmq.auth.load_certificate(os.path.expanduser(path))
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the key file {os.fspath(path)}: {exc}") from None
     public = _z85_key(public, f"the public key in {os.fspath(path)}")
@@ -155,7 +155,7 @@ def create_keys(directory: str | os.PathLike[str], clients: int = 1, workers: in
     """
     if clients < 0 or workers < 0:
         raise UsageError("the numbers of client and worker keys must not be negative")
-    root = Path(directory)
+    root = Path(directory).expanduser()
     written: list[Path] = []
     for path in (root, root / CLIENTS_DIR, root / WORKERS_DIR):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -223,7 +223,7 @@ class Security:
         """
         if role not in ROLE_DIRS:
             raise UsageError(f"unknown role {role!r}: use one of {', '.join(sorted(ROLES))}")
-        root = Path(directory)
+        root = Path(directory).expanduser()
         if not root.is_dir():
             raise UsageError(f"the key directory {root} does not exist")
         folder = root / ROLE_DIRS[role]
@@ -247,12 +247,13 @@ class Security:
             return None
         if directory is None and (key_file is None or broker_key_file is None):
             raise UsageError("without a key directory, give both this peer's key file and the broker's key file")
-        if directory is not None and not Path(directory).is_dir():
-            raise UsageError(f"the key directory {directory} does not exist")
+        root = Path(directory).expanduser() if directory is not None else None
+        if root is not None and not root.is_dir():
+            raise UsageError(f"the key directory {root} does not exist")
         if key_file is None:
-            key_file = _single_secret(Path(cast(str, directory)) / ROLE_DIRS[role], role)
+            key_file = _single_secret(cast(Path, root) / ROLE_DIRS[role], role)
         if broker_key_file is None:
-            broker_key_file = Path(cast(str, directory)) / f"{BROKER_KEY_NAME}{PUBLIC_SUFFIX}"
+            broker_key_file = cast(Path, root) / f"{BROKER_KEY_NAME}{PUBLIC_SUFFIX}"
         return cls.from_files(key_file, broker_key_file)
 
     def configure(self, sock: zmq.Socket[Any]) -> None:
@@ -307,7 +308,7 @@ class BrokerSecurity:
     @classmethod
     def from_directory(cls, directory: str | os.PathLike[str]) -> BrokerSecurity:
         """``broker.key_secret``, ``clients/*.key`` and ``workers/*.key`` of a key directory."""
-        root = Path(directory)
+        root = Path(directory).expanduser()
         if not root.is_dir():
             raise UsageError(f"the key directory {root} does not exist (create one with `zmqdask-keys {root}`)")
         public, secret = read_key_file(root / f"{BROKER_KEY_NAME}{SECRET_SUFFIX}", secret=True)
