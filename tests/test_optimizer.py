@@ -322,3 +322,40 @@ def test_projection_is_pushed_into_persisted_partitions() -> None:
     # Different column selections are different sources; the whole frame keeps its token.
     assert source._token != make_futures_source(futures, meta, (None,) * 4)._token
     assert sources_of(persisted.expr, FromFutures)[0].columns_selected is None
+
+
+def test_counting_rows_skips_nodes_that_keep_them() -> None:
+    from zmqdask.dataframe.shuffle import HashShuffle, SortValues
+
+    frame = pd.DataFrame({"a": np.arange(40) % 7, "b": np.arange(40.0)})
+    lazy = zd.from_pandas(frame, npartitions=4)
+    for query in (
+        lazy.sort_values("b"),
+        lazy.set_index("a", divisions=[0, 3, 6]),
+        lazy.b.cumsum() + 1,
+        lazy.assign(c=lazy.b * 2)[["c"]].abs(),
+        lazy.repartition(npartitions=3),
+    ):
+        plan = optimize(query._length().expr)
+        assert not any(isinstance(e, (SortValues, HashShuffle)) for e in plan.walk())
+        assert len(query) == len(frame)
+    filtered = lazy[lazy.b > 10].sort_values("b")
+    assert len(filtered) == int((frame.b > 10).sum())
+
+
+def test_head_of_a_sort_needs_no_shuffle() -> None:
+    from zmqdask.dataframe.shuffle import SortValues
+
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"a": rng.integers(0, 5, 300).astype(float), "b": rng.normal(size=300)})
+    frame.loc[frame.index[::9], "a"] = np.nan
+    lazy = zd.from_pandas(frame, npartitions=6)
+    for by, ascending in (("a", True), ("a", False), (["a", "b"], [False, True])):
+        query = lazy.sort_values(by, ascending=ascending)
+        expected = frame.sort_values(by, ascending=ascending, kind="stable", na_position="last")
+        head = query.head(7, compute=False)
+        assert not any(isinstance(e, SortValues) for e in head.optimize().expr.walk())
+        for n in (4, 60, 400):
+            tm.assert_frame_equal(query.head(n), expected.head(n))
+            tm.assert_frame_equal(query.tail(n), expected.tail(n))
+    tm.assert_series_equal(lazy.b.sort_values().head(5), frame.b.sort_values().head(5))

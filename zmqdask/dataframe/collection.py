@@ -320,6 +320,14 @@ class _Frame(Collection, FrameMethods, FrameReductions):
         ``compute=False`` returns the lazy collection of that first attempt instead.
         """
         total = self.npartitions
+        sorted_edge = plan.sorted_edge_expr(self._expr, n, last=False)
+        if sorted_edge is not None:
+            # The first rows of a sort need no shuffle: the first n rows of each partition.
+            lazy = new_collection(sorted_edge)
+            if not compute:
+                return lazy
+            self._check_blocking("await client.compute({}.head(n, compute=False))")
+            return lazy.compute()
         first = total if npartitions == -1 else max(1, min(npartitions, total))
         lazy = new_collection(plan.edge_expr(self._expr, n, list(range(first)), ops.head_part, "head"))
         if not compute:
@@ -337,6 +345,13 @@ class _Frame(Collection, FrameMethods, FrameReductions):
     def tail(self, n: int = 5, npartitions: int = 1, compute: bool = True) -> Any:
         """The last ``n`` rows; reads partitions from the last backwards, as many as needed."""
         total = self.npartitions
+        sorted_edge = plan.sorted_edge_expr(self._expr, n, last=True)
+        if sorted_edge is not None:
+            lazy = new_collection(sorted_edge)
+            if not compute:
+                return lazy
+            self._check_blocking("await client.compute({}.tail(n, compute=False))")
+            return lazy.compute()
         count = total if npartitions == -1 else max(1, min(npartitions, total))
         lazy = new_collection(plan.edge_expr(self._expr, n, list(range(total - count, total)), ops.tail_part, "tail"))
         if not compute:
@@ -693,6 +708,12 @@ class Series(_Frame):
     def map(self, arg: Any, na_action: builtins.str | None = None, meta: Any = None) -> Series:
         """Values mapped by a function, dict or Series."""
         return self.map_partitions(_map_elements, arg, na_action, meta=meta)
+
+    def sort_values(self, ascending: bool = True) -> Series:
+        """Values sorted across partitions (see ``zmqdask.dataframe.shuffle``)."""
+        from zmqdask.dataframe.shuffle import sort_values
+
+        return sort_values(self, self._meta.name, ascending=ascending)
 
     def mode(self, dropna: bool = True, split_every: int | None = None) -> Series:
         """The most frequent value(s), sorted (see ``zmqdask.dataframe.stats``)."""

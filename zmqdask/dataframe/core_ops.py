@@ -92,6 +92,13 @@ class Binop(Blockwise):
     def _task(self, i: int) -> TaskSpec:
         return (apply_binop, (self._part(self.left, i), self._part(self.right, i), self.op), {})
 
+    def _same_rows(self) -> Expr | None:
+        # Aligned operands have the same rows; a frame-like side stands for them.
+        for side in (self.left, self.right):
+            if isinstance(side, Expr) and is_frame_like(side._meta):
+                return side
+        return None
+
     @cached_property
     def _meta(self) -> Any:
         left = self.left._meta if isinstance(self.left, Expr) else self.left
@@ -126,6 +133,9 @@ class Unary(Blockwise):
     def _task(self, i: int) -> TaskSpec:
         return (apply_unary, (self._part(self.frame, i), self.op), {})
 
+    def _same_rows(self) -> Expr | None:
+        return self.frame
+
     @cached_property
     def _meta(self) -> Any:
         return emulate(apply_unary, self.frame._meta, self.op)
@@ -152,6 +162,9 @@ class MapMethod(Blockwise):
             (self._part(self.frame, i), self.method, self._part(self.args, i), self._part(self.kwargs, i)),
             {},
         )
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame if self.method in COLUMNWISE_METHODS else None
 
     @cached_property
     def _meta(self) -> Any:
@@ -223,6 +236,9 @@ class Assign(Blockwise):
 
     def _task(self, i: int) -> TaskSpec:
         return (assign_columns, (self._part(self.frame, i), self.names, *self._part(self.values, i)), {})
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame
 
     @cached_property
     def _meta(self) -> Any:
@@ -373,6 +389,9 @@ class Repartition(Expr):
 
     _columnwise = True
 
+    def _same_rows(self) -> Expr | None:
+        return self.frame
+
     @cached_property
     def _meta(self) -> Any:
         return self.frame._meta
@@ -434,6 +453,9 @@ class SplitPartitions(Expr):
 
     _columnwise = True
 
+    def _same_rows(self) -> Expr | None:
+        return self.frame
+
     @cached_property
     def _meta(self) -> Any:
         return self.frame._meta
@@ -484,6 +506,9 @@ class RepartitionDivisions(Expr):
     new_divisions: tuple[Any, ...]
 
     _columnwise = True
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame
 
     @cached_property
     def _meta(self) -> Any:
@@ -554,6 +579,9 @@ class IndexOf(Blockwise):
 
     def _function(self) -> Callable[..., Any]:
         return index_of
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame
 
     @cached_property
     def _meta(self) -> Any:

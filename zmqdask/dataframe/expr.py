@@ -434,6 +434,13 @@ class Expr:
         """Physical nodes replacing this abstract one, or ``None`` if already physical."""
         return None
 
+    def _same_rows(self) -> Expr | None:
+        """An input with exactly as many rows as this node (in any order), or ``None``.
+
+        Counting rows then skips this node: ``len(df.set_index(...))`` needs no shuffle.
+        """
+        return None
+
     def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
         """Columns of input ``dep`` this node reads when its consumers need ``needed``."""
         if self._is_columnwise() and isinstance(dep._meta, pd.DataFrame):
@@ -600,6 +607,9 @@ class Projection(Blockwise):
     def _meta(self) -> Any:
         return _project(self.frame._meta, self.columns)
 
+    def _same_rows(self) -> Expr | None:
+        return self.frame
+
     def _wanted(self) -> frozenset[Any]:
         return frozenset(self.columns) if type(self.columns) is tuple else frozenset([self.columns])
 
@@ -754,6 +764,9 @@ class MapPartitions(Blockwise):
 DEFAULT_SPLIT_EVERY = 8
 """How many intermediate results a combine task of a tree reduction takes."""
 
+ROW_COUNT_LABEL = "len"
+"""Label of the reduction counting rows, which may skip nodes that keep the row count."""
+
 
 @node
 class Reduction(Expr):
@@ -797,6 +810,13 @@ class Reduction(Expr):
 
     def _describe(self) -> str:
         return f"{self.label}: chunk={self.chunk.__name__}, split_every={self.split_every}"
+
+    def _simplify_down(self) -> Expr | None:
+        if self.label == ROW_COUNT_LABEL:
+            source = self.frame._same_rows()
+            if source is not None:
+                return self._replace(frame=source)
+        return None
 
     def _lower(self) -> Expr | None:
         chunks = MapPartitions(self.frame, self.chunk, (), self.chunk_kwargs, None, False, f"{self.label}-chunk")

@@ -70,6 +70,15 @@ def edge_expr(expr: Expr, n: int, picked: list[int], func: Callable[..., Any], l
     return ops.RowSelect(together, func, (n,), label)
 
 
+def sorted_edge_expr(expr: Expr, n: int, last: bool) -> Expr | None:
+    """The first (or last) ``n`` rows of a sort, without the shuffle, when ``expr`` is a sort."""
+    from zmqdask.dataframe.shuffle import SortValues, sorted_edge_reduction
+
+    if not isinstance(expr, SortValues) or expr.frame.npartitions < 2:
+        return None
+    return sorted_edge_reduction(expr, n, last)
+
+
 def align(*exprs: Expr) -> list[Expr]:
     """Inputs for a partition-wise operation on several collections.
 

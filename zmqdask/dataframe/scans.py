@@ -86,6 +86,9 @@ class Scan(Expr):
     def _prefix(self) -> str:
         return self.method
 
+    def _same_rows(self) -> Expr | None:
+        return self.frame
+
     @cached_property
     def _meta(self) -> Any:
         return emulate(_scan, self.frame._meta, self.method, self.skipna)
@@ -170,6 +173,9 @@ class Shift(Expr):
 
     def _prefix(self) -> str:
         return self.method.replace("_", "-")
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame
 
     @cached_property
     def _meta(self) -> Any:

@@ -84,7 +84,9 @@ def hash_codes(obj: pd.DataFrame | pd.Series, on: Sequence[Hashable] | None, npa
 
 def split_by_codes(obj: Any, codes: np.ndarray, npartitions: int) -> list[Any]:
     """Cut ``obj`` into ``npartitions`` pieces by bucket code, keeping row order in each."""
-    order = np.argsort(codes, kind="stable")
+    # Narrow codes make numpy's stable sort a radix sort, several times faster.
+    narrow = codes.astype(np.uint16) if npartitions <= 2**16 else codes
+    order = np.argsort(narrow, kind="stable")
     counts = np.bincount(codes, minlength=npartitions)
     bounds = np.concatenate([[0], np.cumsum(counts)])
     ordered = obj.iloc[order]
@@ -132,7 +134,11 @@ def sample_partition(obj: pd.DataFrame | pd.Series, by: Hashable | None, nsample
     """
     values = _sort_key(obj, by).dropna()
     count = len(values)
-    ordered = values.sort_values(kind="stable").reset_index(drop=True)
+    if values.dtype.kind in "iuf" and isinstance(values.dtype, np.dtype):
+        # Only the sorted values matter here (no labels, no stability): numpy sorts faster.
+        ordered = pd.Series(np.sort(values.to_numpy()), dtype=values.dtype, name=values.name)
+    else:
+        ordered = values.sort_values(kind="stable").reset_index(drop=True)
     if count <= nsamples:
         return ordered, count
     positions = np.unique(np.linspace(0, count - 1, num=nsamples).round().astype(np.int64))
@@ -181,7 +187,10 @@ def boundary_codes(
     nbuckets = len(boundaries) + 1
     key = _sort_key(obj, by)
     missing = key.isna().to_numpy()
-    if len(boundaries):
+    if len(boundaries) and key.dtype.kind in "iuf" and isinstance(key.dtype, np.dtype):
+        values = key.to_numpy()
+        codes = np.searchsorted(np.asarray(list(boundaries), dtype=key.dtype), values, side="right").astype(np.int64)
+    elif len(boundaries):
         edges = pd.Series(list(boundaries), dtype=key.dtype)
         codes = np.zeros(len(key), dtype=np.int64)
         present = ~missing
@@ -214,6 +223,20 @@ def sort_partition(
     if isinstance(frame, pd.Series):
         return frame.sort_values(ascending=bool(ascending), kind="stable", na_position="last")
     return frame.sort_values(by, ascending=ascending, kind="stable", na_position="last")
+
+
+def sorted_edge(pieces: Sequence[Any], by: Any, ascending: Any, n: int, last: bool) -> Any:
+    """The first (``last``: final) ``n`` rows of the stable sort of ``pieces`` (in order).
+
+    The first rows of a stable sort of all rows are among the first rows of each
+    partition's sort, and concatenating in partition order keeps ties in their order.
+    """
+    ordered = sort_partition(pieces, by, ascending)
+    return ordered.iloc[max(len(ordered) - n, 0) :] if last else ordered.iloc[:n]
+
+
+def _sorted_edge_chunk(part: Any, by: Any, ascending: Any, n: int, last: bool) -> Any:
+    return sorted_edge([part], by, ascending, n, last)
 
 
 def index_partition(pieces: Sequence[pd.DataFrame], column: Hashable, drop: bool = True) -> pd.DataFrame:
@@ -258,6 +281,9 @@ class HashShuffle(Expr):
 
     def _prefix(self) -> str:
         return "hash-shuffle"
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame
 
     @cached_property
     def _meta(self) -> Any:
@@ -311,6 +337,9 @@ class SortValues(Expr):
     def _prefix(self) -> str:
         return "sort-values"
 
+    def _same_rows(self) -> Expr | None:
+        return self.frame
+
     @cached_property
     def _meta(self) -> Any:
         return self.frame._meta
@@ -351,6 +380,24 @@ class SortValues(Expr):
         return layer
 
 
+def sorted_edge_reduction(sort: SortValues, n: int, last: bool) -> Reduction:
+    """``sort.head(n)`` (``last``: ``tail``) as a tree reduction over the unsorted partitions."""
+    by: Any = list(sort.by) if len(sort.by) > 1 else sort.by[0]
+    ascending: Any = list(sort.ascending) if len(sort.ascending) > 1 else sort.ascending[0]
+    kwargs = {"by": by, "ascending": ascending, "n": int(n), "last": last}
+    return Reduction(
+        sort.frame,
+        _sorted_edge_chunk,
+        sorted_edge,
+        sorted_edge,
+        sort._meta,
+        kwargs,
+        kwargs,
+        kwargs,
+        label="sorted-tail" if last else "sorted-head",
+    )
+
+
 @node
 class SetIndex(Expr):
     """``frame`` re-partitioned by ``column`` into ranges given by ``division_values``, indexed by it."""
@@ -361,6 +408,9 @@ class SetIndex(Expr):
 
     def _prefix(self) -> str:
         return "set-index"
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame
 
     @cached_property
     def _meta(self) -> Any:
@@ -403,6 +453,9 @@ class SampledSetIndex(Expr):
 
     def _prefix(self) -> str:
         return "set-index"
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame
 
     @cached_property
     def _meta(self) -> Any:

@@ -345,6 +345,9 @@ class RollingAggregate(Expr):
     def _prefix(self) -> str:
         return f"rolling-{self.method}"
 
+    def _same_rows(self) -> Expr | None:
+        return self.frame
+
     @cached_property
     def _meta(self) -> Any:
         return emulate(rolling_whole, self.frame._meta, self.window, self.min_periods, self.method, self.kwargs)
