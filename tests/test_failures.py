@@ -126,7 +126,9 @@ class Daemon:
                 if not chunk:
                     break
                 buffer += chunk
-                for line in buffer.decode(errors="replace").splitlines():
+                *complete, buffer = buffer.split(b"\n")  # the last piece may be half a line
+                for raw in complete:
+                    line = raw.decode(errors="replace")
                     if line.startswith(prefix):
                         return line[len(prefix) :].strip()
         raise AssertionError(f"{self.name} did not print {prefix!r} within {timeout} s:\n{self.log_tail()}")
