@@ -155,7 +155,7 @@ def _names(codes: np.ndarray, dtype: Any) -> Any:
         sample = pd.array(["a"], dtype=dtype)
         storage = "large" if pa.types.is_large_string(getattr(sample, "_pa_array", pa.array([""])).type) else "small"
         values = pd.array(_arrow_names(storage).take(pa.array(codes)), dtype=dtype)
-        remember_codes(values, codes, _names_index(dtype))
+        remember_codes(values, codes.astype(np.int8), _names_index(dtype))  # 26 names fit a byte
         return values
     return pd.array(_NAMES_ARRAY[codes], dtype=dtype)
 
