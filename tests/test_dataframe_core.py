@@ -587,3 +587,22 @@ def test_notebook_flow_with_an_async_client(run_async: Any) -> None:
         assert await client.compute(df.shape[0]) == len(expected)
 
     run_async(body)
+
+
+def test_index_attributes_rows_and_axis_errors() -> None:
+    ts = zmqdask.datasets.timeseries(end="2000-01-03", freq="1h")
+    pts = ts.compute()
+    assert_same(ts.index.day_of_week, pts.index.day_of_week)
+    assert_same(ts.index.floor("6h"), pts.index.floor("6h"))
+    assert_same(ts.assign(h=ts.index.hour).h.sum(), pts.assign(h=pts.index.hour).h.sum())
+    assert_same(ts.groupby(ts.index.hour).y.max(), pts.groupby(pts.index.hour).y.max())
+    with pytest.raises(AttributeError):
+        ts.index.no_such_attribute  # noqa: B018
+    with pytest.raises(AttributeError):
+        ts.index.hour.day  # noqa: B018 - an attribute of a derived index
+    with pytest.raises(ValueError):
+        ts.x.sum(axis=1)
+    with pytest.raises(ValueError):
+        ts[["x", "y"]].mean(axis=2)
+    one = zd.from_pandas(pts.reset_index(drop=True).iloc[::-1], npartitions=1, sort=False)
+    assert_same(one.sort_index(), pts.reset_index(drop=True))

@@ -78,6 +78,12 @@ CASES: list[Case] = [
     ("shift-diff", lambda d: d[["x", "y"]].diff(2), None),
     ("drop-duplicates", lambda d: d[["name"]].drop_duplicates(), None),
     ("corr", lambda d: d[["x", "y", "id"]].corr(), None),
+    ("index-attribute", lambda d: d.index.hour, None),
+    ("groupby-index-hour", lambda d: d.groupby([d.index.hour, "name"]).x.agg(["mean", "count"]), None),
+    ("filter-index-hour", lambda d: d[d.index.hour > 20].y.sum(), None),
+    ("groupby-mixed-keys", lambda d: d.groupby(["name", d.x > 0]).y.sum(), None),
+    ("row-wise", lambda d: d[["x", "y"]].mean(axis=1) + d[["x", "y", "id"]].max(axis="columns"), None),
+    ("value-counts-by-label", lambda d: d.name.value_counts(sort=False).sort_index(), None),
     (
         "concat",
         lambda d: (
@@ -110,6 +116,8 @@ def _check(name: str, got: Any, expected: Any) -> None:
         got, expected = _sorted(got), _sorted(expected)
     if isinstance(expected, pd.DataFrame):
         pd.testing.assert_frame_equal(got, expected)
+    elif isinstance(expected, pd.Index):
+        pd.testing.assert_index_equal(got, expected)
     elif isinstance(expected, pd.Series):
         pd.testing.assert_series_equal(got, expected)
     elif isinstance(expected, float) and np.isnan(expected):

@@ -812,24 +812,51 @@ class Index(Series):
         return f"Name: {self._meta.name}, dtype: {self._meta.dtype}"
 
     def _binop(self, op: str, other: Any, reflected: bool = False) -> Any:
-        # pandas gives numpy arrays for Index comparisons; a Series of the labels (indexed by
-        # themselves) gives the same values and can filter the frame it came from.
-        return self.to_series()._binop(op, other, reflected)
+        # pandas gives numpy arrays for Index comparisons; a Series of the values indexed like
+        # the frame gives the same values and can filter the frame it came from.
+        return self._aligned()._binop(op, other, reflected)
 
     def _method(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return new_collection(ops.MapMethod(self._expr, name, args, kwargs))
 
-    def min(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def min(
+        self, axis: Any = None, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None
+    ) -> Any:
         """Smallest label."""
-        return self.to_series().min(skipna=skipna, split_every=split_every)
+        return self.to_series().min(axis=axis, skipna=skipna, split_every=split_every)
 
-    def max(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def max(
+        self, axis: Any = None, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None
+    ) -> Any:
         """Largest label."""
-        return self.to_series().max(skipna=skipna, split_every=split_every)
+        return self.to_series().max(axis=axis, skipna=skipna, split_every=split_every)
 
     def to_series(self) -> Series:
         """The labels as a Series indexed by themselves."""
         return self._method("to_series")
+
+    def _aligned(self) -> Series:
+        """The labels as a Series indexed like the frame they came from (lines up with its rows)."""
+        expr = self._expr
+        if isinstance(expr, ops.IndexAttribute):
+            return Series(expr._replace(as_series=True))
+        return self.to_series()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or not hasattr(self._meta, name):
+            raise AttributeError(f"'Index' object has no attribute {name!r}")
+        expr = self._expr
+        if not isinstance(expr, ops.IndexOf):
+            raise AttributeError(f"'{name}' of a derived index is not supported; compute it from df.index")
+        if callable(getattr(self._meta, name)):
+
+            def method(*args: Any, **kwargs: Any) -> Any:
+                return new_collection(ops.IndexAttribute(expr.frame, name, True, args, kwargs))
+
+            method.__name__ = name
+            method.__doc__ = f"``index.{name}(...)`` per partition."
+            return method
+        return new_collection(ops.IndexAttribute(expr.frame, name, False, (), {}))
 
 
 # ---------------------------------------------------------------------------------------

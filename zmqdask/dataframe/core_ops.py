@@ -591,6 +591,53 @@ class IndexOf(Blockwise):
         return frozenset()
 
 
+def index_attribute(
+    part: Any, attr: str, call: bool, args: tuple[Any, ...], kwargs: dict[str, Any], as_series: bool
+) -> Any:
+    """``part.index.<attr>`` (called when ``call``): an Index, or a Series indexed like ``part``."""
+    value = getattr(part.index, attr)
+    if call:
+        value = value(*args, **kwargs)
+    if as_series:
+        name = value.name if isinstance(value, pd.Index) else part.index.name
+        return pd.Series(np.asarray(value), index=part.index, name=name)
+    return value
+
+
+@node
+class IndexAttribute(Blockwise):
+    """An attribute (``hour``) or method result (``floor("h")``) of every partition's index.
+
+    ``as_series`` gives the values as a Series indexed like the frame, which lines up with
+    the frame's rows for filters, grouping and arithmetic.
+    """
+
+    frame: Expr
+    attr: str
+    call: bool
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    as_series: bool = False
+
+    def _prefix(self) -> str:
+        return f"index-{self.attr}".replace("_", "-")
+
+    def _task(self, i: int) -> TaskSpec:
+        frame = self._part(self.frame, i)
+        return (index_attribute, (frame, self.attr, self.call, self.args, self.kwargs, self.as_series), {})
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(index_attribute, self.frame._meta, self.attr, self.call, self.args, self.kwargs, self.as_series)
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        return frozenset()
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.frame.divisions if self.as_series else unknown_divisions(self.npartitions)
+
+
 def length_chunk(part: Any) -> list[int]:
     """A partition's row count, as a one-element list."""
     return [len(part)]

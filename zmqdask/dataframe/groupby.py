@@ -282,7 +282,9 @@ def _counting_chunk(frame: pd.DataFrame, by: Any, plan: AggPlan, sort: bool, dro
     if not sort or not isinstance(by, list) or len(by) != 1 or plan.pair_columns:
         return None
     key = by[0]
-    if key not in frame.columns or isinstance(frame[key].dtype, pd.CategoricalDtype):
+    if isinstance(key, (pd.Series, pd.Index, pd.Grouper)) or key not in frame.columns:
+        return None
+    if isinstance(frame[key].dtype, pd.CategoricalDtype):
         return None
     for column, primitive in plan.slots[1:]:
         if primitive not in _COUNTING or column not in frame.columns:
@@ -489,7 +491,7 @@ class GroupbyAggregate(Expr):
 
     @cached_property
     def _meta(self) -> Any:
-        by = self.by._meta if isinstance(self.by, Expr) else self.by
+        by = _key_metas(self.by)
         return emulate(groupby_whole, self.frame._meta, by, self.plan, self.sort, self.dropna)
 
     @property
@@ -505,7 +507,7 @@ class GroupbyAggregate(Expr):
             return None
         wanted = set(self.plan.columns)
         if type(self.by) is tuple:
-            wanted.update(self.by)
+            wanted.update(key for key in self.by if not isinstance(key, Expr))
         return frozenset(wanted)
 
     def _lower(self) -> Expr | None:
@@ -525,7 +527,7 @@ class GroupbyAggregate(Expr):
 
     def _describe(self) -> str:
         funcs = ", ".join(f"{func}({column})" for _, column, func in self.plan.outputs)
-        by = "<series>" if isinstance(self.by, Expr) else list(self.by)
+        by = "<series>" if isinstance(self.by, Expr) else ["<series>" if isinstance(k, Expr) else k for k in self.by]
         return f"by={by}, {funcs}"
 
 
@@ -533,6 +535,17 @@ def _new_collection(expr: Expr) -> Any:
     from zmqdask.dataframe.collection import new_collection
 
     return new_collection(expr)
+
+
+def _is_lazy(obj: Any) -> bool:
+    return isinstance(getattr(obj, "expr", None), Expr)
+
+
+def _key_metas(by: Any) -> Any:
+    """``by`` with expressions replaced by their metas (the form pandas sees per partition)."""
+    if isinstance(by, Expr):
+        return by._meta
+    return tuple(key._meta if isinstance(key, Expr) else key for key in by)
 
 
 def _expr_of(obj: Any) -> Expr:
@@ -571,27 +584,34 @@ class GroupBy:
         self._series_selection = _series_selection
 
     def _normalize_by(self, by: Any, meta: Any) -> Any:
-        if hasattr(by, "expr") and isinstance(getattr(by, "expr", None), Expr):
-            by_expr: Expr = by.expr
-            if not isinstance(by_expr._meta, pd.Series):
-                raise UsageError("groupby by an expression needs a Series")
-            if by_expr.npartitions != self._frame_expr.npartitions:
-                raise UsageError(
-                    f"the grouping Series has {by_expr.npartitions} partitions, the frame "
-                    f"{self._frame_expr.npartitions}; they must be partitioned alike"
-                )
-            # Grouping by one of the frame's own columns is grouping by that column's name
-            # (pandas then leaves the column out of the aggregated ones).
-            if self._is_own_column(by_expr):
-                return (by_expr.columns,)
-            return by_expr
-        if self._is_series:
-            raise UsageError("a Series can only be grouped by another Series")
+        if _is_lazy(by):
+            key = self._key_expr(by)
+            return (key,) if not isinstance(key, Expr) else key
         labels = list(by) if isinstance(by, list) else [by]
-        missing = [label for label in labels if label not in meta.columns]
+        keys = [self._key_expr(label) if _is_lazy(label) else label for label in labels]
+        if self._is_series and any(not isinstance(key, Expr) for key in keys):
+            raise UsageError("a Series can only be grouped by another Series")
+        missing = [key for key in keys if not isinstance(key, Expr) and key not in meta.columns]
         if missing:
             raise UsageError(f"cannot group by {missing}: not columns of the frame {list(meta.columns)}")
-        return tuple(labels)
+        return tuple(keys)
+
+    def _key_expr(self, by: Any) -> Any:
+        """A lazy grouping key as an expression lined up with the frame, or a column label."""
+        aligned = getattr(by, "_aligned", None)
+        by_expr: Expr = aligned().expr if aligned is not None else by.expr  # an Index: by frame rows
+        if not isinstance(by_expr._meta, pd.Series):
+            raise UsageError("groupby by an expression needs a Series")
+        if by_expr.npartitions != self._frame_expr.npartitions:
+            raise UsageError(
+                f"the grouping Series has {by_expr.npartitions} partitions, the frame "
+                f"{self._frame_expr.npartitions}; they must be partitioned alike"
+            )
+        # Grouping by one of the frame's own columns is grouping by that column's name
+        # (pandas then leaves the column out of the aggregated ones).
+        if self._is_own_column(by_expr):
+            return by_expr.columns
+        return by_expr
 
     def _is_own_column(self, by_expr: Expr) -> bool:
         """Whether ``by_expr`` is a column of the grouped frame, taken from the same data."""
@@ -610,7 +630,7 @@ class GroupBy:
     # -- selection ---------------------------------------------------------------------
 
     def _key_labels(self) -> list[Hashable]:
-        return list(self._by) if type(self._by) is tuple else []
+        return [key for key in self._by if not isinstance(key, Expr)] if type(self._by) is tuple else []
 
     def _available(self) -> list[Hashable]:
         if self._is_series:
@@ -643,10 +663,10 @@ class GroupBy:
         )
 
     def _by_argument(self) -> Any:
-        if type(self._by) is tuple:
-            return list(self._by)
         from zmqdask.dataframe.collection import new_collection
 
+        if type(self._by) is tuple:
+            return [new_collection(key) if isinstance(key, Expr) else key for key in self._by]
         return new_collection(self._by)
 
     def __getattr__(self, name: str) -> GroupBy:
@@ -767,7 +787,7 @@ class GroupBy:
         from zmqdask.dataframe.planning import meta_from
         from zmqdask.dataframe.shuffle import HashShuffle
 
-        if type(self._by) is not tuple:
+        if type(self._by) is not tuple or any(isinstance(key, Expr) for key in self._by):
             raise UsageError(f"groupby(...).{how} needs column labels as keys, not a Series")
         frame = self._frame_expr
         if frame.npartitions > 1:
@@ -787,5 +807,5 @@ class GroupBy:
         return _new_collection(node_)
 
     def __repr__(self) -> str:
-        by = list(self._by) if type(self._by) is tuple else "<series>"
+        by = self._key_labels() if type(self._by) is tuple else "<series>"
         return f"<zmqdask GroupBy by={by} npartitions={self._frame_expr.npartitions}>"

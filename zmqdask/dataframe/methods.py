@@ -178,8 +178,8 @@ class FrameMethods:
         """Rows sorted by index; needs known divisions (partitions already hold sorted ranges)."""
         from zmqdask.dataframe.expr import Partitions
 
-        if not self._expr.known_divisions:
-            raise UsageError("sort_index needs known divisions; use set_index to sort by a column")
+        if not self._expr.known_divisions and self._expr.npartitions > 1:
+            raise UsageError("sort_index needs known divisions (or one partition); use set_index to sort by a column")
         sorted_ = self._method("sort_index")
         if ascending:
             return sorted_

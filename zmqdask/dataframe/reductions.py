@@ -47,33 +47,62 @@ class FrameReductions:
         )
         return _wrap(expr)
 
-    def sum(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def sum(
+        self, axis: Any = None, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None
+    ) -> Any:
         """Sum (per column for a DataFrame)."""
+        if _by_row(axis):
+            return self._rowwise("sum", skipna=skipna, numeric_only=numeric_only)
         return self._reduce("sum", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
 
-    def prod(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def prod(
+        self, axis: Any = None, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None
+    ) -> Any:
         """Product (per column for a DataFrame)."""
+        if _by_row(axis):
+            return self._rowwise("prod", skipna=skipna, numeric_only=numeric_only)
         return self._reduce("prod", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
 
-    def min(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def min(
+        self, axis: Any = None, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None
+    ) -> Any:
         """Minimum (per column for a DataFrame)."""
+        if _by_row(axis):
+            return self._rowwise("min", skipna=skipna, numeric_only=numeric_only)
         return self._reduce("min", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
 
-    def max(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def max(
+        self, axis: Any = None, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None
+    ) -> Any:
         """Maximum (per column for a DataFrame)."""
+        if _by_row(axis):
+            return self._rowwise("max", skipna=skipna, numeric_only=numeric_only)
         return self._reduce("max", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
 
-    def count(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def count(self, axis: Any = None, numeric_only: bool = False, split_every: int | None = None) -> Any:
         """Number of non-missing values (per column for a DataFrame)."""
+        if _by_row(axis):
+            return self._rowwise("count", numeric_only=numeric_only)
         return self._reduce("count", split_every, **self._numeric(numeric_only=numeric_only))
 
-    def any(self, skipna: bool = True, split_every: int | None = None) -> Any:
+    def any(self, axis: Any = None, skipna: bool = True, split_every: int | None = None) -> Any:
         """Whether any value is true."""
+        if _by_row(axis):
+            return self._rowwise("any", skipna=skipna)
         return self._reduce("any", split_every, skipna=skipna)
 
-    def all(self, skipna: bool = True, split_every: int | None = None) -> Any:
+    def all(self, axis: Any = None, skipna: bool = True, split_every: int | None = None) -> Any:
         """Whether all values are true."""
+        if _by_row(axis):
+            return self._rowwise("all", skipna=skipna)
         return self._reduce("all", split_every, skipna=skipna)
+
+    def _rowwise(self, how: str, **kwargs: Any) -> Any:
+        """A reduction across each row's columns: a per-partition operation."""
+        if not isinstance(self._meta, pd.DataFrame):
+            raise ValueError(f"{how}(axis=1) needs a DataFrame")
+        wrapped: Any = self  # the collection classes provide _method
+        return wrapped._method(how, axis=1, **kwargs)
 
     def _numeric(self, **kwargs: Any) -> dict[str, Any]:
         if not isinstance(self._meta, pd.DataFrame):
@@ -82,8 +111,12 @@ class FrameReductions:
             kwargs.pop("numeric_only", None)
         return kwargs
 
-    def mean(self, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def mean(
+        self, axis: Any = None, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None
+    ) -> Any:
         """Arithmetic mean (per column for a DataFrame)."""
+        if _by_row(axis):
+            return self._rowwise("mean", skipna=skipna, numeric_only=numeric_only)
         meta = emulate(
             lambda m: m.mean(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.mean(), self._meta
         )
@@ -99,12 +132,16 @@ class FrameReductions:
         )
         return _wrap(expr)
 
-    def var(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def var(self, axis: Any = None, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
         """Variance with ``ddof`` delta degrees of freedom (missing values skipped)."""
+        if _by_row(axis):
+            return self._rowwise("var", ddof=ddof, numeric_only=numeric_only)
         return self._moments(ddof, numeric_only, split_every, sqrt=False)
 
-    def std(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def std(self, axis: Any = None, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
         """Standard deviation with ``ddof`` delta degrees of freedom (missing values skipped)."""
+        if _by_row(axis):
+            return self._rowwise("std", ddof=ddof, numeric_only=numeric_only)
         return self._moments(ddof, numeric_only, split_every, sqrt=True)
 
     def corr(
@@ -216,6 +253,15 @@ def _side_by_side(left: pd.Series, right: pd.Series) -> pd.DataFrame:
         {"a": left.to_numpy(dtype="float64", na_value=np.nan), "b": right.to_numpy(dtype="float64", na_value=np.nan)},
         index=left.index,
     )
+
+
+def _by_row(axis: Any) -> bool:
+    """Whether ``axis`` asks for one result per row; raises on values pandas rejects."""
+    if axis in (None, 0, "index", "rows"):
+        return False
+    if axis in (1, "columns"):
+        return True
+    raise ValueError(f"no axis named {axis!r}")
 
 
 def len_chunk(part: Any) -> int:
