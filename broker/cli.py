@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from broker.server import BrokerServer
-from zmqdask.config import DEFAULT_PORT
+from zmqdask.config import DEFAULT_PORT, MAX_MESSAGE_BYTES
 from zmqdask.errors import CommunicationError, UsageError
 from zmqdask.security import BrokerSecurity
 
@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=MAX_MESSAGE_BYTES,
+        metavar="BYTES",
+        help="refuse (with an error to the sender) any message larger than this (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -102,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the broker until SIGTERM or SIGINT; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.max_message_bytes < 1024:
+        parser.error("--max-message-bytes must be at least 1024")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be between 0 and 65535, not {args.port}")
     logging.basicConfig(
@@ -116,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             security = BrokerSecurity.from_directory(args.curve_keys)
         except UsageError as exc:
             parser.error(f"--curve-keys: {exc}")
-    server = BrokerServer(args.host, args.port, security=security)
+    server = BrokerServer(args.host, args.port, security=security, max_message_bytes=args.max_message_bytes)
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         logger.info("received %s: stopping", signal.Signals(signum).name)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import itertools
 import logging
 import os
+import pickle
 import socket
 import threading
 import time
@@ -49,7 +51,7 @@ from zmqdask.future import (
 )
 from zmqdask.graph import TaskSpec, is_collection, topological_order
 from zmqdask.security import Security, as_security
-from zmqdask.serialize import TaskRef, dumps, dumps_function
+from zmqdask.serialize import PICKLE_PROTOCOL, TaskRef, dumps, dumps_function
 from zmqdask.session import BrokerSession, ClientStatus
 from zmqdask.sync import LoopThread
 
@@ -142,6 +144,9 @@ class Client(BrokerSession):
         }
         self._set_as_default = set_as_default
         self._function_cache: dict[Any, tuple[bytes, bytes]] = {}
+        self._function_info_cache: dict[Any, tuple[bytes, bytes, str]] = {}
+        self._key_token = uuid.uuid4().hex[:16]
+        self._key_counter = itertools.count()
         self._start_task: Any = None
         self._graph_id = 0  # non-zero while submit_graph appends one graph's tasks
         self._graphs_submitted = 0
@@ -304,43 +309,107 @@ class Client(BrokerSession):
     ) -> Future:
         if not isinstance(priority, int) or not isinstance(retries, int) or retries < 0:
             raise UsageError("priority must be an int and retries a non-negative int")
-        fn_hash, fn_payload = self._function(fn)
+        info = self._function_info(fn)
         dep_states: dict[str, FutureState] = {} if deps_known is None else deps_known
-        if args or kwargs:
+        key, frames = self._task_spec(info, args, kwargs, key, pure, dep_states)
+        with self._lock:
+            return self._queue_task(key, info, frames, dep_states, priority, retries, wanted)
+
+    def _function_info(self, fn: Callable[..., Any]) -> tuple[bytes, bytes, str]:
+        """``(hash, pickled function, name for keys)``, computed once per function."""
+        try:
+            info = self._function_info_cache.get(fn)
+        except TypeError:  # unhashable callable
+            return (*self._function(fn), _funcname(fn))
+        if info is None:
+            info = (*self._function(fn), _funcname(fn))
+            if len(self._function_info_cache) > 10_000:
+                self._function_info_cache.clear()
+            self._function_info_cache[fn] = info
+        return info
+
+    def _task_spec(
+        self,
+        info: tuple[bytes, bytes, str],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        key: str | None,
+        pure: bool,
+        dep_states: dict[str, FutureState],
+    ) -> tuple[str, list[Any]]:
+        """The key and argument frames of one task; futures in the arguments go to ``dep_states``."""
+        fn_hash, _, name = info
+        if kwargs:
+            packed_kwargs = self._replace_futures(dict(kwargs), dep_states)
+        elif not args:
+            packed_kwargs = None
+        else:
+            packed_kwargs = _EMPTY_KWARGS
+        if packed_kwargs is None:
+            frames = _EMPTY_ARGS_FRAMES
+        elif packed_kwargs is _EMPTY_KWARGS and _LEAF_TYPES.issuperset(map(type, args)):
+            # Plain scalar arguments (the common case): nothing to replace, nothing out of
+            # band, and pickle cannot fail; these are the very bytes serialize.dumps makes.
+            frames = [pickle.dumps((tuple(args), {}), protocol=PICKLE_PROTOCOL)]
+        else:
             packed_args = self._replace_futures(tuple(args), dep_states)
-            packed_kwargs = self._replace_futures(dict(kwargs), dep_states) if kwargs else {}
             try:
-                frames = dumps((packed_args, packed_kwargs))
+                frames = dumps((packed_args, packed_kwargs if packed_kwargs is not _EMPTY_KWARGS else {}))
             except SerializationError as exc:
                 raise SerializationError(
-                    f"cannot send the arguments of {_funcname(fn)} to a worker: {exc}", exc.obj_repr
+                    f"cannot send the arguments of {name} to a worker: {exc}", exc.obj_repr
                 ) from None
-        else:
-            frames = _EMPTY_ARGS_FRAMES
         if key is None:
             if pure:
                 digest = hashlib.blake2b(fn_hash, digest_size=16)
                 for frame in frames:
                     digest.update(frame)
-                key = f"{_funcname(fn)}-{digest.hexdigest()}"
+                key = f"{name}-{digest.hexdigest()}"
             else:
-                key = f"{_funcname(fn)}-{uuid.uuid4().hex}"
+                # As unique as a uuid4 (64 random bits per client, then a counter), without
+                # a system call per key.
+                key = f"{name}-{self._key_token}{next(self._key_counter):016x}"
         else:
             _check_key(key)
-        with self._lock:
-            state = self._futures.get(key)
-            if state is not None and state.status not in (CANCELLED, LOST) and state.entry is not None:
-                return Future(key, self, state)
-            state = FutureState(key)
-            self._futures[key] = state
-            flags = proto.FLAG_WANTED if wanted else 0
-            state.entry = [key, fn_hash, list(dep_states), priority, retries, flags, len(frames)]
-            state.frames = frames
-            state.fn_payload = fn_payload
-            state.unsent = True
-            state.deps = list(dep_states.values()) or None
-            future = Future(key, self, state)
-            self._ops.append(("task", state, fn_payload, self._graph_id))
+        return key, frames
+
+    def _queue_task(
+        self,
+        key: str,
+        info: tuple[bytes, bytes, str],
+        frames: list[Any],
+        dep_states: dict[str, FutureState],
+        priority: int,
+        retries: int,
+        wanted: bool,
+    ) -> Future:
+        """Record one task and queue it for the next flush; called with ``_lock`` held."""
+        futures = self._futures
+        state = futures.get(key)
+        if state is not None and state.status not in (CANCELLED, LOST) and state.entry is not None:
+            return Future(key, self, state)
+        if self._releases:
+            self._take_back_release(key, wanted)
+        fn_hash, fn_payload, _ = info
+        state = FutureState(key)
+        futures[key] = state
+        state.entry = [
+            key,
+            fn_hash,
+            list(dep_states),
+            priority,
+            retries,
+            proto.FLAG_WANTED if wanted else 0,
+            proto.payload_field(frames),
+        ]
+        state.frames = frames
+        state.fn_payload = fn_payload
+        state.unsent = True
+        if dep_states:
+            state.deps = list(dep_states.values())
+        future = Future._adopt(key, self, state)
+        self._ops.append(("task", state, fn_payload, self._graph_id))
+        if not self._flush_scheduled:
             self._schedule_flush()
         return future
 
@@ -392,11 +461,24 @@ class Client(BrokerSession):
             keys = list(key)
             if len(keys) != count:
                 raise UsageError(f"map got {len(keys)} keys for {count} elements")
-        futures = []
-        for i in range(count):
-            call_args = [column[i] for column in columns]
-            futures.append(self._submit_one(fn, call_args, kwargs, keys[i], pure, priority, retries, wanted=True))
-        return futures
+        if not isinstance(priority, int) or not isinstance(retries, int) or retries < 0:
+            raise UsageError("priority must be an int and retries a non-negative int")
+        # Every task is prepared first (pickling, keys), then all are recorded under one
+        # lock: the whole map goes out in the next flush.
+        info = self._function_info(fn)
+        task_spec = self._task_spec
+        specs: list[tuple[str, list[Any], dict[str, FutureState]]] = []
+        # Elements beyond the shortest iterable are ignored, as by the builtin map.
+        rows = zip(*columns, strict=False) if len(columns) > 1 else ((item,) for item in columns[0])
+        for call_args, element_key in zip(rows, keys, strict=False):
+            deps: dict[str, FutureState] = {}
+            task_key, frames = task_spec(info, call_args, kwargs, element_key, pure, deps)
+            specs.append((task_key, frames, deps))
+        queue_task = self._queue_task
+        with self._lock:
+            return [
+                queue_task(task_key, info, frames, deps, priority, retries, True) for task_key, frames, deps in specs
+            ]
 
     def submit_graph(self, graph: Mapping[str, TaskSpec], outputs: Sequence[str], priority: int = 0) -> list[Future]:
         """Submit a whole task graph (see :mod:`zmqdask.graph`) as one batch.
@@ -505,8 +587,12 @@ class Client(BrokerSession):
         values: dict[str, Any] = {}
         failures: set[str] = set()
         for key, future in found.items():
+            state = future._state
+            if state.has_value:
+                values[key] = state.value  # no need to suspend for a value already here
+                continue
             try:
-                values[key] = await self._wait_value(future._state)
+                values[key] = await self._wait_value(state)
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and future._state.status != CANCELLED:
                     raise
@@ -547,6 +633,13 @@ class Client(BrokerSession):
                 value_frames = dumps(value)
             except SerializationError as exc:
                 raise SerializationError(f"cannot scatter {exc.obj_repr}: {exc}", exc.obj_repr) from None
+            nbytes = sum(proto.frame_nbytes(frame) for frame in value_frames)
+            if nbytes > self.max_message_bytes * 3 // 4:
+                raise UsageError(
+                    f"cannot scatter a {type(value).__name__} of {nbytes} bytes: it exceeds the broker's message "
+                    f"limit ({self.max_message_bytes} bytes); split it, or start the broker with a larger "
+                    "--max-message-bytes"
+                )
             if named:
                 key = str(name)
                 _check_key(key)
@@ -561,13 +654,17 @@ class Client(BrokerSession):
                 state = self._futures.get(key)
                 fresh = state is None or state.status in (CANCELLED, LOST, ERROR)
                 if fresh:
+                    if self._releases:
+                        self._take_back_release(key, True)
                     state = self._futures[key] = FutureState(key)
                     state.value = value
                     state.has_value = True
                 futures.append(Future(key, self, state))
             if fresh:
-                entries.append([key, len(value_frames)])
-                frames.extend(value_frames)
+                field = proto.payload_field(value_frames)
+                entries.append([key, field])
+                if type(field) is not bytes:
+                    frames.extend(value_frames)
         if entries:
             self._flush()
             self._send(proto.encode(proto.SCATTER, [entries, bool(broadcast)], frames))
@@ -687,6 +784,7 @@ class Client(BrokerSession):
 
 
 _EMPTY_ARGS_FRAMES = dumps(((), {}))
+_EMPTY_KWARGS: dict[str, Any] = {}
 _LEAF_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 
 from zmqdask import protocol as proto
-from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S
+from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, MAX_KILLED_ATTEMPTS, MAX_MESSAGE_BYTES
 from zmqdask.errors import (
     BrokerLostError,
     ClosedClientError,
@@ -55,13 +55,21 @@ from zmqdask.future import (
     FutureState,
 )
 from zmqdask.security import HandshakeMonitor, Security
-from zmqdask.serialize import loads, loads_error
+from zmqdask.serialize import dumps, loads, loads_error
 from zmqdask.sync import LoopThread
 
 logger = logging.getLogger(__name__)
 
-_MAX_TASKS_PER_MESSAGE = 5000
+_NO_FRAMES: list[Any] = []
+
+_MAX_TASKS_PER_MESSAGE = 1000
 _DRAIN_BATCH = 256
+
+RELEASE_DELAY_S = 0.02
+"""How long a RELEASE waits for companions: releases are not on anybody's critical path, and
+one message for many keys spares the broker and workers a wake-up per dropped future."""
+RELEASE_BATCH_KEYS = 10_000
+"""Pending releases that are sent at once, without waiting for :data:`RELEASE_DELAY_S`."""
 _BROKER_ERRORS: dict[str, type[Exception]] = {
     "KilledWorker": KilledWorker,
     "LostDataError": LostDataError,
@@ -97,11 +105,16 @@ class BrokerSession:
         self.status = ClientStatus.NEW
         self.asynchronous = False
         self.malformed = 0
+        self.max_message_bytes = MAX_MESSAGE_BYTES
+        """The broker's limit on one message, learnt at registration."""
         self._identity = os.urandom(16)
         self._lock = threading.RLock()
         self._futures: dict[str, FutureState] = {}
         self._ops: list[tuple[Any, ...]] = []
         self._flush_scheduled = False
+        # Keys whose last Future was dropped, not yet told to the broker (see _release).
+        self._releases: dict[str, None] = {}
+        self._release_timer_armed = False
         self._functions_sent: set[bytes] = set()
         self._epoch = ""
         self._welcome: asyncio.Future[None] | None = None
@@ -270,6 +283,19 @@ class BrokerSession:
             index = end
             if kind == "task":
                 self._send_submit(group)
+            elif kind == "releases":
+                with self._lock:
+                    keys, self._releases = list(self._releases), {}
+                if keys:
+                    self._send(proto.encode(proto.RELEASE, [keys]))
+            elif kind == "scatter":
+                entries: list[list[Any]] = []
+                frames: list[Any] = []
+                for _, state in group:
+                    value_frames = dumps(state.value)
+                    entries.append([state.key, len(value_frames)])
+                    frames.extend(value_frames)
+                self._send(proto.encode(proto.SCATTER, [entries, False], frames))
             else:
                 keys = [op[1] for op in group]
                 command = {"release": proto.RELEASE, "gather": proto.GATHER, "cancel": proto.CANCEL}[kind]
@@ -280,17 +306,35 @@ class BrokerSession:
         function_frames: list[Any] = []
         entries: list[list[Any]] = []
         task_frames: list[Any] = []
+        # Stay well inside the broker's limit: it refuses an oversized message whole.
+        budget = self.max_message_bytes * 3 // 4
+        size = 0
         for _, state, fn_payload, _graph in group:
             state.unsent = False
             entry = state.entry
             fn_hash = entry[1]
+            task_size = sum(proto.frame_nbytes(frame) for frame in state.frames) + len(fn_payload)
+            if task_size > budget:
+                failure = UsageError(
+                    f"task {entry[0]} carries {task_size} bytes of arguments, more than the broker's message "
+                    f"limit allows ({self.max_message_bytes} bytes); scatter large data first "
+                    "(client.scatter) or start the broker with a larger --max-message-bytes"
+                )
+                self._set_failed(state, ERROR, failure, None)
+                continue
+            if entries and size + task_size > budget:
+                self._send(proto.encode(proto.SUBMIT, [functions, entries], function_frames + task_frames))
+                functions, function_frames, entries, task_frames, size = [], [], [], [], 0
+            size += task_size
             if fn_hash not in self._functions_sent:
                 self._functions_sent.add(fn_hash)
                 functions.append(fn_hash)
                 function_frames.append(fn_payload)
             entries.append(entry)
-            task_frames.extend(state.frames)
-        self._send(proto.encode(proto.SUBMIT, [functions, entries], function_frames + task_frames))
+            if type(entry[6]) is not bytes:  # an inline payload travels in the entry itself
+                task_frames.extend(state.frames)
+        if entries or functions:
+            self._send(proto.encode(proto.SUBMIT, [functions, entries], function_frames + task_frames))
 
     def _schedule_heartbeat(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -372,7 +416,10 @@ class BrokerSession:
             self._loop.call_soon(self._drain)
 
     def _on_welcome(self, message: proto.Message) -> None:
-        epoch = message.header[0]
+        epoch, info = message.header
+        limit = info.get("max_message_bytes")
+        if isinstance(limit, int) and limit > 0:
+            self.max_message_bytes = limit
         reconnected = self.status == ClientStatus.RECONNECTING
         changed = bool(self._epoch) and epoch != self._epoch
         self._epoch = epoch
@@ -423,15 +470,22 @@ class BrokerSession:
     def _on_report(self, message: proto.Message) -> None:
         payload = message.payload
         position = 0
+        futures = self._futures
+        frames: list[Any]
         for key, code, detail, nframes in message.header[0]:
-            frames = payload[position : position + nframes]
-            position += nframes
-            state = self._futures.get(key)
-            if state is None or state.status in (CANCELLED,):
+            if type(nframes) is bytes:
+                frames = [nframes]  # inline payload
+            elif nframes:
+                frames = payload[position : position + nframes]
+                position += nframes
+            else:
+                frames = _NO_FRAMES
+            state = futures.get(key)
+            if state is None or state.status == CANCELLED:
                 continue
             if code == proto.FINISHED:
                 state.type_name = detail[0]
-                if nframes and not state.has_value:
+                if frames and not state.has_value:
                     try:
                         state.value = loads(frames)
                         state.has_value = True
@@ -459,7 +513,7 @@ class BrokerSession:
         broker_error = _BROKER_ERRORS.get(type_name)
         if not frames and broker_error is not None:
             if broker_error is KilledWorker:
-                return KilledWorker(text, origin), None
+                return KilledWorker(text, origin, attempts=MAX_KILLED_ATTEMPTS), None
             if issubclass(broker_error, (LostDataError, FutureCancelledError)):
                 return broker_error(text, origin), None
             return broker_error(text), None
@@ -528,7 +582,15 @@ class BrokerSession:
             for state in list(self._futures.values()):
                 if not state.has_value and state.status in (PENDING, FINISHED):
                     visit(state)
+            released: list[str] = []
             for state in order:
+                if state.entry is None and state.has_value:
+                    # Scattered data that a pending task needs: the client still holds the
+                    # value, so it is sent again ahead of the tasks (``order`` puts inputs first).
+                    self._ops.append(("scatter", state))
+                    if state.key not in self._futures:
+                        released.append(state.key)  # only a task needs it, no future does
+                    continue
                 if state.entry is None:
                     if state.key in self._futures and not state.has_value:
                         self._set_failed(
@@ -546,6 +608,7 @@ class BrokerSession:
                     state.status = PENDING
                 state.unsent = True
                 self._ops.append(("task", state, state.fn_payload, -1))  # one unsplittable batch
+            self._ops.extend(("release", key) for key in released)
 
     # --- futures bookkeeping ---------------------------------------------------------------
 
@@ -572,8 +635,44 @@ class BrokerSession:
                 return
             if state.entry is not None and state.entry[5] & proto.FLAG_WANTED == 0:
                 return
-            self._ops.append(("release", state.key))
-            self._schedule_flush()
+            # Releases wait a little for companions (see RELEASE_DELAY_S); a key used again
+            # before they go out is taken back from them by _take_back_release.
+            releases = self._releases
+            releases[state.key] = None
+            if len(releases) >= RELEASE_BATCH_KEYS:
+                self._ops.append(("releases",))
+                self._schedule_flush()
+            elif not self._release_timer_armed:
+                self._release_timer_armed = True
+                self._call_in_loop(self._arm_release_timer)
+
+    def _arm_release_timer(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_later(RELEASE_DELAY_S, self._release_timer_fired)
+
+    def _release_timer_fired(self) -> None:
+        with self._lock:
+            self._release_timer_armed = False
+            if self._releases:
+                self._ops.append(("releases",))
+                self._schedule_flush()
+
+    def _take_back_release(self, key: str, wanted: bool) -> None:
+        """``key`` is about to be submitted or scattered again: settle a release still pending.
+
+        Called with ``_lock`` held, before the submission is queued.  When the new
+        submission is wanted the release is dropped: the broker never heard of it, so it
+        still counts this client's interest, which is what a RELEASE followed by the new
+        submission would have left in place.  An unwanted submission (an inner task of a
+        graph) must not inherit that interest, so the pending releases go out first.
+        """
+        if key in self._releases:
+            if wanted:
+                del self._releases[key]
+            else:
+                self._ops.append(("releases",))
 
     def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
         state = future._state
