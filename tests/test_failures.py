@@ -511,13 +511,6 @@ def test_poison_task_fails_with_killed_worker_and_spares_the_rest(cluster: Clust
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    reason=(
-        "BrokerSession._rebuild_error builds KilledWorker(text, origin) without its attempts, so "
-        "KilledWorker.attempts is 0 instead of 3"
-    ),
-    strict=True,
-)
 def test_killed_worker_reports_its_attempts(cluster: Cluster, tmp_path: Path) -> None:
     """``KilledWorker.attempts`` says how many workers the task killed (errors.py's contract)."""
     address = cluster.start_broker()
@@ -671,14 +664,6 @@ def test_broker_restarted_on_the_same_port_mid_job(cluster: Cluster, wait_until:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    reason=(
-        "after a broker restart BrokerSession._resubmit_all skips scattered inputs the client still holds "
-        "(entry None, has_value), so tasks that depend on them are re-sent with dependencies the new broker "
-        "does not know and fail with LostDataError 'dependency ... is unknown'"
-    ),
-    strict=True,
-)
 def test_broker_restart_resends_scattered_inputs(cluster: Cluster) -> None:
     """A task whose input was scattered still completes after a broker restart.
 
@@ -1020,14 +1005,6 @@ def test_pushed_results_over_the_message_limit_fail_clearly(limited: Cluster, li
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    reason=(
-        "a SUBMIT over max_message_bytes is refused whole with ERROR refs=[]: no future gets a size error; "
-        "every task of the message (the small one too) is lost, then reported as LostDataError 'never "
-        "submitted' or waited for for ever"
-    ),
-    strict=True,
-)
 def test_arguments_over_the_message_limit_fail_clearly(limited: Cluster, limited_client: Client) -> None:
     """An argument too large for the broker fails its future with a clear error, and only that one."""
 
@@ -1064,13 +1041,6 @@ def test_inputs_over_the_message_limit_fail_the_dependent(limited_client: Client
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    reason=(
-        "a SCATTER over max_message_bytes is refused with ERROR refs=[] and Client._scatter waits for the "
-        "keys without a timeout: scatter() never returns"
-    ),
-    strict=True,
-)
 def test_scatter_over_the_message_limit_fails_clearly(limited_client: Client) -> None:
     """Scattering a value too large for the broker raises instead of waiting for ever."""
     client = limited_client

@@ -228,6 +228,8 @@ class BrokerSession:
         try:
             return self._loop_thread.run(coro, timeout)
         except ZmqdaskTimeoutError:
+            if timeout is None:
+                raise  # the coroutine's own timeout, with its own message
             raise ZmqdaskTimeoutError(f"{what or 'operation'} did not finish within {timeout} s") from None
 
     def _send(self, frames: list[Any]) -> None:
@@ -764,6 +766,7 @@ class BrokerSession:
         request_id = self._next_request
         waiter: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._info_requests[request_id] = waiter
+        self._flush()  # so the answer reflects every submission made before this request
         self._send(proto.encode(proto.INFO, [request_id]))
         try:
             return await asyncio.wait_for(waiter, self.timeout)
