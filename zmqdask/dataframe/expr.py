@@ -346,13 +346,27 @@ class Expr:
 
     # -- structure --------------------------------------------------------------------
 
+    @cached_property
+    def _input_fields(self) -> tuple[str, ...]:
+        # Nodes are immutable: which fields hold inputs is found once (sources may hold long
+        # tuples of plain values that need not be searched again at every rewrite).
+        return tuple(
+            f.name
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if any(True for _ in _walk_exprs(getattr(self, f.name)))
+        )
+
+    @cached_property
+    def _dependency_list(self) -> tuple[Expr, ...]:
+        seen: dict[str, Expr] = {}
+        for name in self._input_fields:
+            for dep in _walk_exprs(getattr(self, name)):
+                seen.setdefault(dep._token, dep)
+        return tuple(seen.values())
+
     def dependencies(self) -> list[Expr]:
         """The input expressions, in operand order, without repeats."""
-        seen: dict[str, Expr] = {}
-        for operand in self.operands:
-            for dep in _walk_exprs(operand):
-                seen.setdefault(dep._token, dep)
-        return list(seen.values())
+        return list(self._dependency_list)
 
     def _replace(self: _E, **changes: Any) -> _E:
         """A copy with some operands replaced."""
@@ -361,11 +375,11 @@ class Expr:
     def _map_dependencies(self: _E, mapping: Callable[[Expr], Expr]) -> _E:
         """A copy whose input expressions are replaced by ``mapping(input)``."""
         changes: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            old = getattr(self, f.name)
+        for name in self._input_fields:
+            old = getattr(self, name)
             new = _replace_exprs(old, mapping)
             if _changed(old, new):
-                changes[f.name] = new
+                changes[name] = new
         return self._replace(**changes) if changes else self
 
     def walk(self) -> Iterator[Expr]:
@@ -473,11 +487,10 @@ class Expr:
     def _describe(self) -> str:
         """One line of operands for ``explain()``; inputs are shown as children instead."""
         parts = []
+        inputs = set(self._input_fields)
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if any(True for _ in _walk_exprs(value)):
-                continue
-            parts.append(f"{f.name}={short_repr(value)}")
+            if f.name not in inputs:
+                parts.append(f"{f.name}={short_repr(getattr(self, f.name))}")
         return ", ".join(parts)
 
     def _tree_lines(self, indent: int = 0, seen: set[str] | None = None) -> list[str]:
