@@ -353,8 +353,8 @@ def sleepy(x):
 
 client = Client(sys.argv[1], timeout=30)
 future = client.submit(sleepy, 3, pure=False)
-print("waiting", flush=True)
 try:
+    print("waiting", flush=True)
     future.result()
 except KeyboardInterrupt:
     print("interrupted", flush=True)

@@ -25,6 +25,7 @@ from zmqdask.errors import (
 )
 from zmqdask.future import Future, as_completed, wait
 from zmqdask.local import LocalCluster
+from zmqdask.security import Security
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "KilledWorker",
     "LocalCluster",
     "LostDataError",
+    "Security",
     "SerializationError",
     "SyncInAsyncError",
     "TimeoutError",

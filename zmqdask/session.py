@@ -236,7 +236,16 @@ class BrokerSession:
         sock = self._socket
         if sock is None:
             return
-        sock.send_multipart(frames, copy=False)
+        try:
+            # Never block the event loop: with an unlimited high-water mark a send only fails
+            # when ZeroMQ dropped the connection for good (a refused CURVE handshake).
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            logger.warning("the connection to the broker at %s was dropped; reconnecting", self.address)
+            if self.status == ClientStatus.RUNNING:
+                # Whatever this message carried is re-sent after re-registration.
+                self._begin_reconnect(time.monotonic())
+            return
         self._last_sent = time.monotonic()
         # Any socket operation can consume the FD's edge for messages that arrived
         # meanwhile; if some are readable now, nobody would wake us for them.
