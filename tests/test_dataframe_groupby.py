@@ -292,7 +292,9 @@ def _mixed_keys(n: int = 300) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("key", ["f", "i", "s", "o", "b", "t"])
-@pytest.mark.parametrize("spec", ["sum", "mean", "count", "size", ["sum", "count", "mean"]], ids=str)
+@pytest.mark.parametrize(
+    "spec", ["sum", "mean", "count", "size", "min", "max", ["sum", "count", "mean"], ["min", "max", "mean"]], ids=str
+)
 @pytest.mark.parametrize("dropna", [True, False])
 def test_counting_kernel_equals_the_general_one(key: str, spec: Any, dropna: bool, monkeypatch: Any) -> None:
     from zmqdask.dataframe import groupby as module

@@ -270,14 +270,16 @@ def groupby_chunk(
     return Partial(main, pairs)
 
 
-_COUNTING = frozenset({"size", "sum", "count"})
+_COUNTING = frozenset({"size", "sum", "count", "min", "max"})
+_EXTREMES = {"min": (np.fmin, np.inf), "max": (np.fmax, -np.inf)}
 
 
 def _counting_chunk(frame: pd.DataFrame, by: Any, plan: AggPlan, sort: bool, dropna: bool) -> Partial | None:
     """The partial state by integer codes and ``np.bincount``, when that gives pandas' result.
 
-    Covers one key column, sorted groups, and sums of float64 columns plus counts and sizes
-    (which is what means need); anything else returns None for the general path.
+    Covers one key column, sorted groups, sums of float64 columns, minima and maxima of
+    float64 and int64 columns, counts and sizes (which is what means need); anything else
+    returns None for the general path.
     """
     if not sort or not isinstance(by, list) or len(by) != 1 or plan.pair_columns:
         return None
@@ -289,7 +291,10 @@ def _counting_chunk(frame: pd.DataFrame, by: Any, plan: AggPlan, sort: bool, dro
     for column, primitive in plan.slots[1:]:
         if primitive not in _COUNTING or column not in frame.columns:
             return None
-        if primitive == "sum" and frame[column].dtype != np.dtype("float64"):
+        dtype = frame[column].dtype
+        if primitive == "sum" and dtype != np.dtype("float64"):
+            return None
+        if primitive in _EXTREMES and dtype not in (np.dtype("float64"), np.dtype("int64")):
             return None
     codes, uniques = keycodes.factorize(frame[key])
     present = codes >= 0
@@ -313,6 +318,8 @@ def _counting_chunk(frame: pd.DataFrame, by: Any, plan: AggPlan, sort: bool, dro
             if not everywhere:
                 valid = valid[present]
             columns[position] = np.bincount(codes[valid], minlength=ngroups)[observed].astype(np.int64, copy=False)
+        elif primitive in _EXTREMES:
+            columns[position] = _extreme(series.to_numpy(), codes, present, everywhere, ngroups, primitive)[observed]
         else:
             values = series.to_numpy()
             if not everywhere:
@@ -323,6 +330,25 @@ def _counting_chunk(frame: pd.DataFrame, by: Any, plan: AggPlan, sort: bool, dro
                 sums = np.bincount(codes, weights=np.where(np.isnan(values), 0.0, values), minlength=ngroups)
             columns[position] = sums[observed].astype(np.float64, copy=False)
     return Partial(pd.DataFrame(columns, index=index), {})
+
+
+def _extreme(
+    values: np.ndarray, codes: np.ndarray, present: np.ndarray, everywhere: bool, ngroups: int, how: str
+) -> np.ndarray:
+    """Per-group minimum or maximum; NaN for a float group without values, as pandas gives."""
+    if not everywhere:
+        values = values[present]
+    ufunc, start = _EXTREMES[how]
+    if values.dtype.kind == "i":
+        info = np.iinfo(values.dtype)
+        out = np.full(ngroups, info.max if how == "min" else info.min, dtype=values.dtype)
+        (np.minimum if how == "min" else np.maximum).at(out, codes, values)
+        return out
+    out = np.full(ngroups, start)
+    ufunc.at(out, codes, values)  # fmin/fmax skip missing values
+    valid = np.bincount(codes[~np.isnan(values)], minlength=ngroups)
+    out[valid == 0] = np.nan
+    return out
 
 
 def _levels(index: pd.Index) -> int | list[int]:
