@@ -606,3 +606,12 @@ def test_index_attributes_rows_and_axis_errors() -> None:
         ts[["x", "y"]].mean(axis=2)
     one = zd.from_pandas(pts.reset_index(drop=True).iloc[::-1], npartitions=1, sort=False)
     assert_same(one.sort_index(), pts.reset_index(drop=True))
+
+
+def test_dataframe_namespace_is_sorted_resolvable_and_documented() -> None:
+    import inspect
+
+    assert zd.__all__ == sorted(zd.__all__)
+    for name in zd.__all__:
+        value = getattr(zd, name)
+        assert inspect.getdoc(value), f"{name} has no docstring"

@@ -478,6 +478,7 @@ class DataFrame(_Frame):
 
     @property
     def empty(self) -> bool:
+        """Refused: emptiness needs a computation; use ``len(df) == 0``."""
         raise UsageError("DataFrame.empty is not supported lazily; use len(df) == 0")
 
     @property

@@ -30,6 +30,8 @@ def _classes() -> tuple[type, type]:
 
 
 class PartitionsIndexer:
+    """``obj.partitions[key]``: a subset of the partitions, by position or slice."""
+
     def __init__(self, obj: Collection) -> None:
         self._obj = obj
 
@@ -43,6 +45,8 @@ class PartitionsIndexer:
 
 
 class LocIndexer:
+    """``obj.loc[...]``: rows by label (culling partitions by divisions), optionally columns."""
+
     def __init__(self, obj: _Frame) -> None:
         self._obj = obj
 
@@ -69,6 +73,8 @@ class LocIndexer:
 
 
 class ILocIndexer:
+    """``df.iloc[:, positions]``: columns by position (rows by position are not supported)."""
+
     def __init__(self, obj: DataFrame) -> None:
         self._obj = obj
 

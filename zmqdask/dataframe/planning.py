@@ -22,6 +22,7 @@ REPR_EDGE_ROWS = 2
 
 
 def repartition_expr(expr: Expr, npartitions: int) -> Expr:
+    """``expr`` in ``npartitions`` partitions: neighbours concatenated, or partitions split."""
     current = expr.npartitions
     if npartitions == current:
         return expr
@@ -110,6 +111,7 @@ def align(*exprs: Expr) -> list[Expr]:
 
 
 def is_full_slice(key: Any) -> bool:
+    """Whether ``key`` is ``:`` (every row)."""
     return isinstance(key, slice) and key.start is None and key.stop is None and key.step is None
 
 
@@ -149,6 +151,7 @@ def partitions_for(divisions: tuple[Any, ...], start: Any, stop: Any, is_slice: 
 
 
 def loc_expr(expr: Expr, start: Any, stop: Any, is_slice: bool) -> Expr:
+    """Rows labelled ``start`` (or in ``[start, stop]`` for a slice), reading only partitions that may hold them."""
     if expr.known_divisions:
         keep = partitions_for(expr.divisions, start, stop, is_slice)
         expr = Partitions(expr, tuple(keep or [0]))
@@ -160,6 +163,7 @@ def loc_expr(expr: Expr, start: Any, stop: Any, is_slice: bool) -> Expr:
 
 
 def reset_index_expr(expr: Expr, drop: bool) -> Expr:
+    """``reset_index`` numbering rows 0..n-1 across partitions (partition lengths come first)."""
     lengths = Reduction(
         expr,
         ops.length_chunk,
@@ -173,6 +177,7 @@ def reset_index_expr(expr: Expr, drop: bool) -> Expr:
 
 
 def division_labels(divisions: tuple[Any, ...]) -> list[str]:
+    """The division rows of a structure repr (the middle elided for many partitions)."""
     if divisions and divisions[0] is not None and all(isinstance(d, pd.Timestamp) for d in divisions):
         # Dates without a time of day print as plain dates, as pandas prints such an index.
         shown = [str(label) for label in pd.DatetimeIndex(divisions).astype(str)]
