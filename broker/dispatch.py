@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from broker.ledger import Ledger, TaskRecord
-from broker.outbox import Outbox
+from broker.outbox import Outbox, payload_field
 from broker.peers import WorkerPeer
 from zmqdask.protocol import FLAG_PUSH_RESULT
 
@@ -35,7 +35,7 @@ def choose_worker(rec: TaskRecord, free: list[WorkerPeer]) -> WorkerPeer:
         if scores:
             limit = least.load + LOCALITY_SLACK_TASKS_PER_THREAD
             for holder in sorted(scores, key=scores.__getitem__, reverse=True):
-                if holder.alive and len(holder.processing) < holder.credit and holder.load <= limit:
+                if holder.alive and len(holder.processing) < holder.window and holder.load <= limit:
                     return holder
     return least
 
@@ -52,13 +52,13 @@ def dispatch(
 ) -> int:
     """Send queued tasks to workers with free credit; returns how many were dispatched.
 
-    Never exceeds a worker's credit.  Functions a worker has not received yet travel in the
-    same COMPUTE as the first task using them.
+    Never exceeds a worker's window (hence never its credit).  Functions a worker has not
+    received yet travel in the same COMPUTE as the first task using them.
     """
     ready = ledger.ready
     if not ready:
         return 0
-    free = [worker for worker in workers if len(worker.processing) < worker.credit]
+    free = [worker for worker in workers if len(worker.processing) < worker.window]
     if not free:
         return 0
     tasks = ledger.tasks
@@ -85,10 +85,10 @@ def dispatch(
         if fn_hash is not None and fn_hash not in worker.functions_sent:
             worker.functions_sent.add(fn_hash)
             function = (fn_hash, functions[fn_hash])
-        payload = rec.payload or ()
+        payload = rec.payload if rec.payload is not None else ()
         flags = FLAG_PUSH_RESULT if rec.push_to is not None else 0
-        outbox.compute(worker, [rec.key, fn_hash, deps, flags, len(payload)], payload, function)
+        outbox.compute(worker, [rec.key, fn_hash, deps, flags, payload_field(payload)], payload, function)
         count += 1
-        if len(worker.processing) >= worker.credit:
+        if len(worker.processing) >= worker.window:
             free.remove(worker)
     return count

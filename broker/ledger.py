@@ -25,10 +25,9 @@ import heapq
 import itertools
 import logging
 from collections import deque
-from collections.abc import Sequence
 from typing import Any
 
-from broker.outbox import Outbox
+from broker.outbox import Outbox, Payload, payload_field
 from broker.peers import ClientPeer, WorkerPeer
 from zmqdask import protocol
 from zmqdask.config import MAX_KILLED_ATTEMPTS
@@ -87,7 +86,7 @@ class TaskRecord:
         self,
         key: str,
         fn_hash: bytes | None,
-        payload: Sequence[Any] | None,
+        payload: Payload | None,
         deps: tuple[TaskRecord, ...],
         priority: int,
         seq: int,
@@ -116,7 +115,7 @@ class TaskRecord:
         # Tuples rather than sets or lists: usually one client, and a 1-tuple is the smallest.
         self.wanted_by: tuple[ClientPeer, ...] | None = None
         self.push_to: tuple[ClientPeer, ...] | None = None
-        self.error: tuple[ErrorDetail, Sequence[Any]] | None = None
+        self.error: tuple[ErrorDetail, Payload] | None = None
         self.is_data = is_data
         self.n_active = 0
         """How many dependents are waiting, queued or processing."""
@@ -237,7 +236,7 @@ class Ledger:
         self,
         key: str,
         fn_hash: bytes | None,
-        payload: Sequence[Any] | None,
+        payload: Payload | None,
         deps: tuple[TaskRecord, ...],
         priority: int,
         retries: int,
@@ -306,7 +305,7 @@ class Ledger:
         if rec.error is None:
             return
         detail, frames = rec.error
-        self.outbox.report(client, [rec.key, protocol.ERRED, detail, len(frames)], frames)
+        self.outbox.report(client, [rec.key, protocol.ERRED, detail, payload_field(frames)], frames)
 
     def report_lost(self, client: ClientPeer, key: str, reason: str) -> None:
         """Tell ``client`` that ``key`` has no value and never will."""
@@ -385,7 +384,7 @@ class Ledger:
     # --- results ----------------------------------------------------------------------
 
     def to_memory(
-        self, rec: TaskRecord, worker: WorkerPeer, type_name: str, nbytes: int, frames: Sequence[Any]
+        self, rec: TaskRecord, worker: WorkerPeer, type_name: str, nbytes: int, frames: Payload
     ) -> None:
         """``worker`` holds the value of ``rec`` now: report it and wake dependents."""
         rec.waiting_on = None
@@ -404,7 +403,7 @@ class Ledger:
                     outbox.report(client, entry)
         if push:
             if frames:
-                entry = [rec.key, protocol.FINISHED, [type_name, nbytes], len(frames)]
+                entry = [rec.key, protocol.FINISHED, [type_name, nbytes], payload_field(frames)]
                 for client in push:
                     outbox.report(client, entry, frames)
             else:
@@ -424,7 +423,7 @@ class Ledger:
                     ready.push(dependent)
         self.candidates.append(rec)
 
-    def finished(self, worker: WorkerPeer, key: str, type_name: str, nbytes: int, frames: Sequence[Any]) -> None:
+    def finished(self, worker: WorkerPeer, key: str, type_name: str, nbytes: int, frames: Payload) -> None:
         """DONE FINISHED from ``worker`` for a task (not a STORE)."""
         slot = worker.processing.pop(key, None)
         if slot is not None and slot.processing_on is worker:
@@ -449,7 +448,7 @@ class Ledger:
             self.outbox.delete(worker, key)
             self.candidates.append(rec)
 
-    def failed(self, worker: WorkerPeer, key: str, detail: ErrorDetail, frames: Sequence[Any]) -> None:
+    def failed(self, worker: WorkerPeer, key: str, detail: ErrorDetail, frames: Payload) -> None:
         """DONE ERRED from ``worker`` for a task (not a STORE)."""
         slot = worker.processing.pop(key, None)
         if slot is not None and slot.processing_on is worker:
@@ -508,7 +507,7 @@ class Ledger:
 
     # --- scattered data ---------------------------------------------------------------
 
-    def scatter(self, client: ClientPeer, key: str, frames: Sequence[Any]) -> TaskRecord | None:
+    def scatter(self, client: ClientPeer, key: str, frames: Payload) -> TaskRecord | None:
         """Record a scattered value; returns the record if it must be sent to workers."""
         rec = self.tasks.get(key)
         if rec is not None:
@@ -553,7 +552,7 @@ class Ledger:
             self.outbox.delete(worker, key)
         return True
 
-    def store_failed(self, worker: WorkerPeer, key: str, detail: ErrorDetail, frames: Sequence[Any]) -> bool:
+    def store_failed(self, worker: WorkerPeer, key: str, detail: ErrorDetail, frames: Payload) -> bool:
         """DONE ERRED answering a STORE; False if ``key`` was not being stored on ``worker``."""
         rec = worker.storing.pop(key, None)
         if rec is None:
@@ -568,7 +567,7 @@ class Ledger:
         self,
         client: ClientPeer,
         entry: list[Any],
-        frames: Sequence[Any],
+        frames: Payload,
         known_fn_hash: bytes | None,
     ) -> None:
         """One SUBMIT task entry ``[key, fn_hash, deps, priority, retries, flags, nframes]``.
@@ -764,7 +763,7 @@ class Ledger:
 
     # --- errors -----------------------------------------------------------------------
 
-    def err(self, rec: TaskRecord, detail: ErrorDetail, frames: Sequence[Any], *, lost: bool = False) -> None:
+    def err(self, rec: TaskRecord, detail: ErrorDetail, frames: Payload, *, lost: bool = False) -> None:
         """Fail ``rec`` (not in memory) and, transitively, its unfinished dependents.
 
         Wanters of ``rec`` get ERRED (or LOST when ``lost``, for scattered data); wanters of
@@ -789,9 +788,9 @@ class Ledger:
             push = self._take_push(node)
             if lost and node is rec:
                 entry: list[Any] = [node.key, protocol.LOST, detail[1], 0]
-                entry_frames: Sequence[Any] = ()
+                entry_frames: Payload = ()
             else:
-                entry = [node.key, protocol.ERRED, detail, len(frames)]
+                entry = [node.key, protocol.ERRED, detail, payload_field(frames)]
                 entry_frames = frames
             for client in node.wanted_by or ():
                 if client not in push:

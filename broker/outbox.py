@@ -12,6 +12,25 @@ from zmqdask.protocol import CANCEL_TASKS, COMPUTE, DELETE, GET, REPORT, STORE, 
 Outgoing = list[tuple[bytes, list[Any]]]
 """Messages to send: (destination identity, frames)."""
 
+Payload = bytes | Sequence[Any]
+"""An entry's payload as received: ``bytes`` when it came inline in the header (see
+:mod:`zmqdask.protocol`), else its frames.  It is forwarded in the same form."""
+
+
+def payload_field(payload: Payload) -> int | bytes:
+    """The ``nframes`` field announcing ``payload`` in an entry."""
+    return payload if type(payload) is bytes else len(payload)
+
+
+def payload_nbytes(payload: Payload) -> int:
+    """Size of a payload in bytes."""
+    if type(payload) is bytes:
+        return len(payload)
+    total = 0
+    for frame in payload:
+        total += protocol.frame_nbytes(frame)
+    return total
+
 ENTRY_OVERHEAD_BYTES = 128
 """Rough header cost of one batched entry, so that a batch's encoded size can be bounded."""
 
@@ -77,27 +96,33 @@ class Outbox:
         """Queue one unbatched message; these go out first, in the order queued."""
         self._direct.append((identity, encode(command, header, payload)))
 
-    def report(self, client: ClientPeer, entry: list[Any], frames: Sequence[Any] = ()) -> None:
-        """Add one REPORT entry ``[key, code, detail, nframes]`` for ``client``."""
-        nbytes = ENTRY_OVERHEAD_BYTES
-        for frame in frames:
-            nbytes += protocol.frame_nbytes(frame)
-        batch = self._batch(self._for(client).reports, nbytes)
+    def report(self, client: ClientPeer, entry: list[Any], frames: Payload = ()) -> None:
+        """Add one REPORT entry ``[key, code, detail, nframes]`` for ``client``.
+
+        The entry's last field must be :func:`payload_field` of ``frames``.
+        """
+        if not frames:
+            batch = self._batch(self._for(client).reports, ENTRY_OVERHEAD_BYTES)
+            batch.entries.append(entry)
+            return
+        batch = self._batch(self._for(client).reports, ENTRY_OVERHEAD_BYTES + payload_nbytes(frames))
         batch.entries.append(entry)
-        if frames:
+        if type(frames) is not bytes:
             batch.frames.extend(frames)
 
     def compute(
         self,
         worker: WorkerPeer,
         entry: list[Any],
-        frames: Sequence[Any],
+        frames: Payload,
         function: tuple[bytes, Any] | None = None,
     ) -> None:
-        """Add one COMPUTE task entry; ``function`` is (hash, frame) when the worker lacks it."""
-        nbytes = ENTRY_OVERHEAD_BYTES
-        for frame in frames:
-            nbytes += protocol.frame_nbytes(frame)
+        """Add one COMPUTE task entry; ``function`` is (hash, frame) when the worker lacks it.
+
+        The entry's last field must be :func:`payload_field` of ``frames``.
+        """
+        inline = type(frames) is bytes
+        nbytes = ENTRY_OVERHEAD_BYTES + (len(frames) if inline else payload_nbytes(frames))
         if function is not None:
             nbytes += protocol.frame_nbytes(function[1])
         batch = self._batch(self._for(worker).computes, nbytes)
@@ -105,16 +130,15 @@ class Outbox:
             batch.functions.append(function[0])
             batch.function_frames.append(function[1])
         batch.entries.append(entry)
-        batch.frames.extend(frames)
+        if not inline:
+            batch.frames.extend(frames)
 
-    def store(self, worker: WorkerPeer, key: str, frames: Sequence[Any]) -> None:
+    def store(self, worker: WorkerPeer, key: str, frames: Payload) -> None:
         """Add one STORE entry (a scattered value) for ``worker``."""
-        nbytes = ENTRY_OVERHEAD_BYTES
-        for frame in frames:
-            nbytes += protocol.frame_nbytes(frame)
-        batch = self._batch(self._for(worker).stores, nbytes)
-        batch.entries.append([key, len(frames)])
-        batch.frames.extend(frames)
+        batch = self._batch(self._for(worker).stores, ENTRY_OVERHEAD_BYTES + payload_nbytes(frames))
+        batch.entries.append([key, payload_field(frames)])
+        if type(frames) is not bytes:
+            batch.frames.extend(frames)
 
     def get(self, worker: WorkerPeer, request_id: int, keys: list[str]) -> None:
         """Queue a GET; it precedes any DELETE for the same worker in this step."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from zmqdask.config import DEFAULT_PREFETCH_PER_THREAD
 from zmqdask.protocol import ROLE_CLIENT, ROLE_POOL, ROLE_WORKER
 
 if TYPE_CHECKING:
@@ -49,10 +50,30 @@ class ClientPeer(Peer):
         """Records naming this client in ``wanted_by`` or ``push_to`` (released at its death)."""
 
 
+BASE_PREFETCH_PER_THREAD = DEFAULT_PREFETCH_PER_THREAD
+"""Tasks per executor thread a worker is sent ahead of what it runs, before its pace is known."""
+
+QUEUE_TARGET_S = 0.02
+"""How much work, in seconds at a worker's measured pace, its window lets wait in its queue:
+enough to cover the broker's round trip and a busy broker step, little enough that long tasks
+are not hoarded by one worker."""
+
+PACE_INTERVAL_S = 0.05
+"""How often a worker's pace (completions per second) is measured and its window adjusted."""
+
+
 class WorkerPeer(Peer):
-    """A worker process: runs tasks up to its credit and holds results in its memory."""
+    """A worker process: runs tasks up to its window and holds results in its memory.
+
+    ``credit`` is what the worker accepts at most (from its HELLO); ``window`` is how many of
+    those the broker actually fills.  The window starts at ``nthreads`` running plus
+    :data:`BASE_PREFETCH_PER_THREAD` queued per thread and grows, up to the credit, when the
+    worker finishes tasks fast enough that a queue of :data:`QUEUE_TARGET_S` holds more: tiny
+    tasks then travel in large batches, while long tasks keep the small window.
+    """
 
     __slots__ = (
+        "completed",
         "credit",
         "functions_sent",
         "has",
@@ -60,11 +81,13 @@ class WorkerPeer(Peer):
         "memory_limit",
         "nbytes",
         "nthreads",
+        "pace_since",
         "pid",
         "pool",
         "processing",
         "requests",
         "storing",
+        "window",
     )
 
     def __init__(
@@ -97,6 +120,27 @@ class WorkerPeer(Peer):
         self.functions_sent: set[bytes] = set()
         self.requests: set[int] = set()
         """Ids of GET requests in flight to this worker."""
+        self.window = min(credit, self.base_window())
+        """How many tasks may be processing on this worker now (never above ``credit``)."""
+        self.completed = 0
+        self.pace_since = now
+
+    def base_window(self) -> int:
+        """The window before the worker's pace is known, and the smallest it becomes."""
+        return self.nthreads * (1 + BASE_PREFETCH_PER_THREAD)
+
+    def finished_tasks(self, count: int, now: float) -> None:
+        """``count`` tasks came back from this worker: measure its pace and size its window."""
+        self.completed += count
+        elapsed = now - self.pace_since
+        if elapsed < PACE_INTERVAL_S:
+            return
+        # Idle time in the interval lowers the measured pace; the window then falls back
+        # towards its base, which is what a worker without much to do needs anyway.
+        target = self.nthreads + int(self.completed / elapsed * QUEUE_TARGET_S)
+        self.window = min(self.credit, max(self.base_window(), target))
+        self.completed = 0
+        self.pace_since = now
 
     @property
     def load(self) -> float:
@@ -105,8 +149,8 @@ class WorkerPeer(Peer):
 
     @property
     def free_credit(self) -> int:
-        """How many more tasks this worker may be sent now."""
-        return self.credit - len(self.processing)
+        """How many more tasks this worker may be sent now (within its window)."""
+        return self.window - len(self.processing)
 
     def describe(self) -> dict[str, Any]:
         """The worker's entry in the broker's INFO_REPLY map."""
@@ -116,6 +160,7 @@ class WorkerPeer(Peer):
             "pid": self.pid,
             "nthreads": self.nthreads,
             "credit": self.credit,
+            "window": self.window,
             "processing": len(self.processing),
             "nkeys": len(self.has),
             "nbytes": self.nbytes,

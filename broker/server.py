@@ -16,9 +16,15 @@ import zmq
 
 from broker.outbox import Outgoing
 from broker.state import BrokerState
-from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, MAX_MESSAGE_BYTES, ZERO_COPY_THRESHOLD_BYTES
+from zmqdask.config import (
+    HEARTBEAT_INTERVAL_S,
+    LIVENESS_TIMEOUT_S,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    ZERO_COPY_THRESHOLD_BYTES,
+)
 from zmqdask.errors import CommunicationError
-from zmqdask.protocol import frame_nbytes
+from zmqdask.protocol import HELLO, frame_nbytes
 from zmqdask.security import BrokerSecurity, CurveServer
 
 logger = logging.getLogger(__name__)
@@ -28,6 +34,10 @@ TICK_INTERVAL_S = 0.1
 
 MAX_MESSAGES_PER_ROUND = 2000
 """Messages drained per poll round before pending sends and ticks get their turn."""
+
+MAX_BYTES_PER_ROUND = 128 * 1024
+"""Bytes drained per poll round: a round is one step of the state machine, and dispatching
+the tasks of one large SUBMIT before reading the next keeps the workers busy meanwhile."""
 
 LINGER_MS = 500
 """How long closing the socket may wait for queued messages (the shutdown GOODBYEs)."""
@@ -268,13 +278,37 @@ class BrokerServer:
     def _drain(self, sock: zmq.Socket[Any], state: BrokerState) -> None:
         threshold = ZERO_COPY_THRESHOLD_BYTES
         curve = self._curve
+        # Everything drained in one round is handled as one step of the state machine, so
+        # what it produces for a peer leaves in as few messages as possible.
+        received: list[tuple[bytes, list[Any]]] = []
+        try:
+            self._receive(sock, state, received, threshold, curve)
+        finally:
+            if received:
+                self._emit(state.handle_many(received, time.monotonic()))
+
+    def _receive(
+        self,
+        sock: zmq.Socket[Any],
+        state: BrokerState,
+        received: list[tuple[bytes, list[Any]]],
+        threshold: int,
+        curve: CurveServer | None,
+    ) -> None:
+        budget = MAX_BYTES_PER_ROUND
         for _ in range(MAX_MESSAGES_PER_ROUND):
+            if budget <= 0:
+                return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             identity = frames[0].bytes
             if curve is not None:
+                if received and len(frames) > 1 and frames[1].bytes == _HELLO_HEAD:
+                    # The HELLO guard reads the peer registry: bring it up to date first.
+                    self._emit(state.handle_many(received, time.monotonic()))
+                    received.clear()
                 # The key's User-Id property is only on the received zmq.Frame objects.
                 refusal = curve.check(identity, frames, state.peers)
                 if refusal is not None:
@@ -283,7 +317,9 @@ class BrokerServer:
             # Small frames are cheaper as bytes (headers, tiny pickles); large ones are kept as
             # the received zmq.Frame and forwarded without ever being copied.
             body = [frame.bytes if len(frame) < threshold else frame for frame in frames[1:]]
-            self._emit(state.handle(identity, body, time.monotonic()))
+            received.append((identity, body))
+            for frame in frames:
+                budget -= len(frame)
 
     def _emit(self, out: Outgoing) -> None:
         # Sending can discover dead peers, whose removal produces more messages; a queue keeps
@@ -362,6 +398,7 @@ class BrokerServer:
                 continue  # best effort: the peer is gone or its pipe is full
 
 
+_HELLO_HEAD = bytes((PROTOCOL_VERSION, HELLO))
 _SENT = object()
 _AGAIN = object()
 _UNREACHABLE = object()

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from broker.audit import audit_ledger
 from broker.dispatch import dispatch
 from broker.ledger import ERRED, FORGOTTEN, MEMORY, PROCESSING, Ledger, TaskRecord
-from broker.outbox import Outbox, Outgoing
+from broker.outbox import Outbox, Outgoing, Payload, payload_nbytes
 from broker.peers import ClientPeer, Peer, PoolPeer, WorkerPeer
 from zmqdask import protocol
 from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, MAX_MESSAGE_BYTES
@@ -52,7 +52,6 @@ from zmqdask.protocol import (
     decode,
     encode,
     frame_nbytes,
-    split_payload,
 )
 
 logger = logging.getLogger(__name__)
@@ -196,6 +195,29 @@ class BrokerState:
         except Exception:
             self.counters.internal_errors += 1
             logger.exception("internal error while handling a message from %s", _who(sender, peer))
+        return self._finish()
+
+    def handle_many(self, messages: Iterable[tuple[bytes, list[Any]]], now: float) -> Outgoing:
+        """Process several received messages as one step; never raises.
+
+        The same as calling :meth:`handle` for each in order, except that releasing,
+        dispatching and encoding happen once at the end: what the messages produce for one
+        peer is batched into as few messages as the outbox allows.  A socket loop passes
+        everything it drained in one round.
+        """
+        self._now = now
+        peers = self._peers
+        counters = self.counters
+        for sender, frames in messages:
+            counters.messages += 1
+            peer = peers.get(sender)
+            if peer is not None:
+                peer.last_seen = now
+            try:
+                self._handle(sender, peer, frames)
+            except Exception:
+                counters.internal_errors += 1
+                logger.exception("internal error while handling a message from %s", _who(sender, peer))
         return self._finish()
 
     def tick(self, now: float) -> Outgoing:
@@ -499,22 +521,32 @@ class BrokerState:
         submit = self.ledger.submit
         for entry in tasks:
             nframes = entry[6]
-            if nframes == 1:
-                frames: tuple[Any, ...] = (payload[offset],)
+            if type(nframes) is bytes:
+                frames: Payload = nframes  # inline: kept and forwarded as it came
+            elif nframes == 1:
+                frames = (payload[offset],)
+                offset += 1
             else:
                 frames = tuple(payload[offset : offset + nframes])
-            offset += nframes
+                offset += nframes
             # Records share one hash object per function instead of one per decoded entry.
             submit(client, entry, frames, canonical.get(entry[1]))
 
     def _on_scatter(self, client: ClientPeer, message: Message) -> None:
         entries, broadcast = message.header
-        groups = split_payload([entry[1] for entry in entries], message.payload)
+        payload = message.payload
         ledger = self.ledger
         workers = list(self._workers.values())
         planned = {worker: worker.nbytes for worker in workers}
-        for entry, frames in zip(entries, groups, strict=True):
-            rec = ledger.scatter(client, entry[0], frames)
+        position = 0
+        for key, nframes in entries:
+            frames: Payload
+            if type(nframes) is bytes:
+                frames = nframes
+            else:
+                frames = payload[position : position + nframes]
+                position += nframes
+            rec = ledger.scatter(client, key, frames)
             if rec is None:
                 continue
             if not workers:
@@ -525,7 +557,7 @@ class BrokerState:
             else:
                 target = min(workers, key=planned.__getitem__)
                 # +1 so that empty values still rotate over the workers.
-                planned[target] += sum(frame_nbytes(frame) for frame in frames) + 1
+                planned[target] += payload_nbytes(frames) + 1
                 ledger.store(target, rec)
 
     def _place_store(self, rec: TaskRecord) -> None:
@@ -559,9 +591,17 @@ class BrokerState:
         payload = message.payload
         storing = worker.storing
         offset = 0
-        for key, code, detail, nframes in message.header[0]:
-            frames = payload[offset : offset + nframes] if nframes else ()
-            offset += nframes
+        frames: Payload
+        entries = message.header[0]
+        worker.finished_tasks(len(entries), self._now)
+        for key, code, detail, nframes in entries:
+            if type(nframes) is bytes:
+                frames = nframes
+            elif nframes:
+                frames = payload[offset : offset + nframes]
+                offset += nframes
+            else:
+                frames = ()
             if code == protocol.FINISHED:
                 nbytes = max(0, detail[1])
                 if key in storing and ledger.stored(worker, key, detail[0], nbytes):
@@ -598,13 +638,20 @@ class BrokerState:
         if not requester.alive:
             return
         if isinstance(requester, ClientPeer):
-            groups = split_payload([entry[1] for entry in entries], message.payload)
-            for (key, nframes), frames in zip(entries, groups, strict=True):
+            payload = message.payload
+            position = 0
+            frames: Payload
+            for key, nframes in entries:
+                if type(nframes) is bytes:
+                    frames = nframes
+                else:
+                    frames = payload[position : position + nframes]
+                    position += nframes
                 rec = tasks.get(key)
                 if rec is not None and rec.state is MEMORY:
                     detail = [rec.type_name, rec.nbytes]
                 else:
-                    detail = ["", sum(frame_nbytes(frame) for frame in frames)]
+                    detail = ["", payload_nbytes(frames)]
                 self._outbox.report(requester, [key, protocol.FINISHED, detail, nframes], frames)
             self._answer_missing(request, all_missing)
         else:

@@ -31,7 +31,7 @@ import pytest
 import zmq
 
 from zmqdask import serialize
-from zmqdask.config import DEFAULT_PREFETCH_PER_THREAD, INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH
+from zmqdask.config import INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
     SLOT_BYTES,
@@ -71,9 +71,10 @@ from zmqdask.protocol import (
     Message,
     decode,
     encode,
+    entry_payload,
 )
 from zmqdask.serialize import TaskRef
-from zmqdask.worker import DONE_FLUSH_BYTES, EXIT_BROKER_UNREACHABLE, Worker
+from zmqdask.worker import DONE_FLUSH_BYTES, EXIT_BROKER_UNREACHABLE, MAX_PREFETCH_PER_THREAD, Worker
 
 # Functions of this module travel by value, as a client's notebook functions do: the worker
 # processes cannot import the test module.
@@ -369,8 +370,8 @@ class ScriptedBroker:
             _, message = self.expect(DONE, sender)
             position = 0
             for key, code, detail, nframes in message.header[0]:
-                results[key] = (code, detail, message.payload[position : position + nframes])
-                position += nframes
+                frames, position = entry_payload(nframes, message.payload, position)
+                results[key] = (code, detail, frames)
         return results
 
 
@@ -476,8 +477,8 @@ def get(
     values: dict[str, Any] = {}
     position = 0
     for key, nframes in message.header[1]:
-        values[key] = serialize.loads(message.payload[position : position + nframes])
-        position += nframes
+        frames, position = entry_payload(nframes, message.payload, position)
+        values[key] = serialize.loads(frames)
     return values, message.header[2]
 
 
@@ -489,7 +490,7 @@ def test_worker_registers_with_its_details_and_repeats_hello_until_welcomed(
     role, info = hello.header
     assert identity == b"w-hello" and role == "worker"
     assert info["pid"] == process.pid and info["host"] == socket.gethostname()
-    assert info["nthreads"] == 2 and info["credit"] == 2 + 2 * DEFAULT_PREFETCH_PER_THREAD
+    assert info["nthreads"] == 2 and info["credit"] == 2 + 2 * MAX_PREFETCH_PER_THREAD
     assert (info["name"], info["pool"], info["memory_limit"]) == ("alpha", "p1", 123)
     broker.expect(HELLO, identity)  # not welcomed yet: it asks again
     broker.send(identity, WELCOME, [EPOCH, {}])

@@ -103,6 +103,16 @@ class Future:
         self._state = state if state is not None else client._state_for(key)
         client._retain(self._state)
 
+    @classmethod
+    def _adopt(cls, key: str, client: Client, state: FutureState) -> Future:
+        """A new Future for ``state``, for a caller that holds the client's lock already."""
+        future = cls.__new__(cls)
+        future.key = key
+        future._client = client
+        future._state = state
+        state.refcount += 1
+        return future
+
     @property
     def client(self) -> Client:
         """The client this future belongs to."""

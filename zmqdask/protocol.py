@@ -44,6 +44,14 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
     FETCH        [request_id, holder, keys]   worker -> broker: get me these values from holder
     WORKER_DIED  [identity, running_keys, exitcode]   pool -> broker
 
+Inline payloads: wherever an entry ends with ``nframes`` (SUBMIT, SCATTER, REPORT, COMPUTE,
+STORE, DATA and DONE entries), that field may instead be a ``bytes`` value: the entry's payload
+is then exactly that one frame, carried inside the header, and the entry takes no payload
+frames.  Senders use it for small single-frame payloads (at most
+:data:`INLINE_PAYLOAD_MAX_BYTES`): a ZeroMQ frame costs more to send and receive than a short
+string inside the msgpack header.  Receivers accept either form in every such entry, and the
+broker forwards a payload in the form it arrived in.  :func:`entry_payload` reads either.
+
 Codes in REPORT and DONE entries, and their ``detail``::
 
     FINISHED      [type_name, nbytes]          nframes > 0 when the value travels with it
@@ -120,6 +128,9 @@ ERR_MALFORMED = "malformed"
 ERR_TOO_LARGE = "too-large"
 ERR_NOT_ALLOWED = "not-allowed"
 ERR_UNKNOWN_KEY = "unknown-key"
+
+INLINE_PAYLOAD_MAX_BYTES = 16 * 1024
+"""Largest single-frame payload a sender carries inline in an entry instead of as a frame."""
 
 _COMMAND_FRAMES: dict[int, bytes] = {cmd: bytes((PROTOCOL_VERSION, cmd)) for cmd in COMMAND_NAMES}
 
@@ -206,14 +217,17 @@ def _arity(header: list[Any], n: int) -> None:
         raise ProtocolError(f"header has {len(header)} fields, expected {n}")
 
 
+def _bad_key(value: Any) -> ProtocolError:
+    return ProtocolError(f"invalid key {value!r:.80}")
+
+
 def _key(value: Any) -> str:
     if (
         type(value) is not str
-        or not value
-        or len(value) > MAX_KEY_LENGTH
+        or not 0 < len(value) <= MAX_KEY_LENGTH
         or (not value.isascii() and len(value.encode()) > MAX_KEY_LENGTH)
     ):
-        raise ProtocolError(f"invalid key {value!r:.80}")
+        raise _bad_key(value)
     return value
 
 
@@ -221,14 +235,36 @@ def _keys(value: Any) -> list[str]:
     if type(value) is not list:
         raise ProtocolError("keys must be a list")
     for key in value:
-        _key(key)
+        # The checks of _key, inlined: key lists can be long.
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH:
+            raise _bad_key(key)
+        if not key.isascii() and len(key.encode()) > MAX_KEY_LENGTH:
+            raise _bad_key(key)
     return value
+
+
+_MAX_COUNT = 1 << 31
 
 
 def _count(value: Any) -> int:
-    if type(value) is not int or value < 0 or value > 1 << 31:
+    if type(value) is not int or value < 0 or value > _MAX_COUNT:
         raise ProtocolError(f"invalid count {value!r:.40}")
     return value
+
+
+def _frames(value: Any) -> int:
+    """Payload frames announced by an entry's last field: a count, or 0 for an inline payload."""
+    if type(value) is int:
+        if 0 <= value <= _MAX_COUNT:
+            return value
+    elif type(value) is bytes:
+        return 0
+    raise ProtocolError(f"invalid count {value!r:.40}")
+
+
+def _fn_hash(value: Any) -> None:
+    if type(value) is not bytes or not 0 < len(value) <= 64:
+        raise ProtocolError("invalid function hash")
 
 
 def _identity(value: Any) -> bytes:
@@ -276,17 +312,31 @@ def _v_submit(h: list[Any]) -> int:
     _check(type(functions) is list and type(tasks) is list, "functions and tasks must be lists")
     total = len(functions)
     for fn_hash in functions:
-        _check(type(fn_hash) is bytes and 0 < len(fn_hash) <= 64, "invalid function hash")
+        _fn_hash(fn_hash)
+    max_key = MAX_KEY_LENGTH
+    # One loop with the checks inlined: a SUBMIT can carry thousands of entries.
     for entry in tasks:
-        _check(type(entry) is list and len(entry) == 7, "task entry must have 7 fields")
+        if type(entry) is not list or len(entry) != 7:
+            raise ProtocolError("task entry must have 7 fields")
         key, fn_hash, deps, priority, retries, flags, nframes = entry
-        _key(key)
-        _check(type(fn_hash) is bytes and 0 < len(fn_hash) <= 64, "invalid function hash")
-        _keys(deps)
-        _check(type(priority) is int and -(1 << 31) <= priority <= 1 << 31, "priority must be an int")
-        _count(retries)
-        _count(flags)
-        total += _count(nframes)
+        if type(key) is not str or not 0 < len(key) <= max_key or (not key.isascii() and len(key.encode()) > max_key):
+            raise _bad_key(key)
+        if type(fn_hash) is not bytes or not 0 < len(fn_hash) <= 64:
+            raise ProtocolError("invalid function hash")
+        if deps:
+            _keys(deps)
+        elif type(deps) is not list:
+            raise ProtocolError("keys must be a list")
+        if type(priority) is not int or not -_MAX_COUNT <= priority <= _MAX_COUNT:
+            raise ProtocolError("priority must be an int")
+        if type(retries) is not int or not 0 <= retries <= _MAX_COUNT:
+            raise ProtocolError(f"invalid count {retries!r:.40}")
+        if type(flags) is not int or not 0 <= flags <= _MAX_COUNT:
+            raise ProtocolError(f"invalid count {flags!r:.40}")
+        if type(nframes) is int and 0 <= nframes <= _MAX_COUNT:
+            total += nframes
+        elif type(nframes) is not bytes:
+            raise ProtocolError(f"invalid count {nframes!r:.40}")
     return total
 
 
@@ -296,7 +346,7 @@ def _v_key_frames(entries: Any) -> int:
     for entry in entries:
         _check(type(entry) is list and len(entry) == 2, "entry must be [key, nframes]")
         _key(entry[0])
-        total += _count(entry[1])
+        total += _frames(entry[1])
     return total
 
 
@@ -329,17 +379,18 @@ def _v_entries_with_codes(h: list[Any], allowed: frozenset[int]) -> int:
     _arity(h, 1)
     _check(type(h[0]) is list, "entries must be a list")
     total = 0
+    max_key = MAX_KEY_LENGTH
     for entry in h[0]:
-        _check(type(entry) is list and len(entry) == 4, "entry must have 4 fields")
-        _key(entry[0])
-        code = entry[1]
-        _check(code in allowed, f"unknown code {code!r:.20}")
-        detail = entry[2]
-        if code == FINISHED:
-            _check(
-                type(detail) is list and len(detail) == 2 and type(detail[0]) is str and type(detail[1]) is int,
-                "FINISHED detail must be [type_name, nbytes]",
-            )
+        if type(entry) is not list or len(entry) != 4:
+            raise ProtocolError("entry must have 4 fields")
+        key, code, detail, nframes = entry
+        if type(key) is not str or not 0 < len(key) <= max_key or (not key.isascii() and len(key.encode()) > max_key):
+            raise _bad_key(key)
+        if code == FINISHED and type(code) is int:
+            if type(detail) is not list or len(detail) != 2 or type(detail[0]) is not str or type(detail[1]) is not int:
+                raise ProtocolError("FINISHED detail must be [type_name, nbytes]")
+        elif type(code) is not int or code not in allowed:
+            raise ProtocolError(f"unknown code {code!r:.20}")
         elif code == ERRED:
             _check(
                 type(detail) is list and len(detail) == 3 and all(type(d) is str for d in detail),
@@ -349,7 +400,10 @@ def _v_entries_with_codes(h: list[Any], allowed: frozenset[int]) -> int:
             _keys(detail)
         else:
             _check(type(detail) is str, "detail must be a string")
-        total += _count(entry[3])
+        if type(nframes) is int and 0 <= nframes <= _MAX_COUNT:
+            total += nframes
+        elif type(nframes) is not bytes:
+            raise ProtocolError(f"invalid count {nframes!r:.40}")
     return total
 
 
@@ -371,20 +425,29 @@ def _v_compute(h: list[Any]) -> int:
     _check(type(functions) is list and type(tasks) is list, "functions and tasks must be lists")
     total = len(functions)
     for fn_hash in functions:
-        _check(type(fn_hash) is bytes and 0 < len(fn_hash) <= 64, "invalid function hash")
+        _fn_hash(fn_hash)
+    max_key = MAX_KEY_LENGTH
     for entry in tasks:
-        _check(type(entry) is list and len(entry) == 5, "task entry must have 5 fields")
+        if type(entry) is not list or len(entry) != 5:
+            raise ProtocolError("task entry must have 5 fields")
         key, fn_hash, deps, flags, nframes = entry
-        _key(key)
-        _check(type(fn_hash) is bytes and 0 < len(fn_hash) <= 64, "invalid function hash")
-        _check(type(deps) is list, "deps must be a list")
+        if type(key) is not str or not 0 < len(key) <= max_key or (not key.isascii() and len(key.encode()) > max_key):
+            raise _bad_key(key)
+        if type(fn_hash) is not bytes or not 0 < len(fn_hash) <= 64:
+            raise ProtocolError("invalid function hash")
+        if type(deps) is not list:
+            raise ProtocolError("deps must be a list")
         for dep in deps:
             _check(type(dep) is list and len(dep) == 2, "dep must be [key, holder]")
             _key(dep[0])
             if dep[1] is not None:
                 _identity(dep[1])
-        _count(flags)
-        total += _count(nframes)
+        if type(flags) is not int or not 0 <= flags <= _MAX_COUNT:
+            raise ProtocolError(f"invalid count {flags!r:.40}")
+        if type(nframes) is int and 0 <= nframes <= _MAX_COUNT:
+            total += nframes
+        elif type(nframes) is not bytes:
+            raise ProtocolError(f"invalid count {nframes!r:.40}")
     return total
 
 
@@ -450,14 +513,46 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
 }
 
 
-def split_payload(counts: Sequence[int], payload: Sequence[Any], offset: int = 0) -> list[list[Any]]:
-    """Cut ``payload[offset:]`` into consecutive groups of the given sizes."""
+def split_payload(counts: Sequence[int | bytes], payload: Sequence[Any], offset: int = 0) -> list[list[Any]]:
+    """Cut ``payload[offset:]`` into consecutive groups of the given sizes.
+
+    A ``bytes`` count is an inline payload (see the module docstring): its group is that one
+    frame, and it takes nothing from ``payload``.
+    """
     groups: list[list[Any]] = []
     position = offset
     for count in counts:
-        groups.append(list(payload[position : position + count]))
-        position += count
+        if type(count) is bytes:
+            groups.append([count])
+            continue
+        groups.append(list(payload[position : position + count]))  # type: ignore[operator]
+        position += count  # type: ignore[operator]
     return groups
+
+
+def entry_payload(field: int | bytes, payload: Sequence[Any], position: int) -> tuple[list[Any], int]:
+    """An entry's payload frames and the position after them, for its ``nframes`` field.
+
+    ``field`` is a frame count (the frames are ``payload[position:position + field]``) or an
+    inline payload (``bytes``: the one frame itself, taking nothing from ``payload``).
+    """
+    if type(field) is bytes:
+        return [field], position
+    end = position + field  # type: ignore[operator]
+    return list(payload[position:end]), end
+
+
+def payload_field(frames: Sequence[Any]) -> int | bytes:
+    """The ``nframes`` field a sender puts in an entry for ``frames``: inline when it is worth it.
+
+    A single ``bytes`` frame of at most :data:`INLINE_PAYLOAD_MAX_BYTES` travels inline (the
+    caller then leaves it out of the message's payload frames); anything else is counted.
+    """
+    if len(frames) == 1:
+        frame = frames[0]
+        if type(frame) is bytes and len(frame) <= INLINE_PAYLOAD_MAX_BYTES:
+            return frame
+    return len(frames)
 
 
 def frame_nbytes(frame: Any) -> int:

@@ -34,7 +34,6 @@ import zmq
 
 from zmqdask import protocol, serialize
 from zmqdask.config import (
-    DEFAULT_PREFETCH_PER_THREAD,
     HEARTBEAT_INTERVAL_S,
     INLINE_RESULT_MAX_BYTES,
     LIVENESS_TIMEOUT_S,
@@ -71,6 +70,8 @@ from zmqdask.protocol import (
     UNKNOWN_PEER,
     WELCOME,
     Message,
+    entry_payload,
+    payload_field,
 )
 from zmqdask.security import HandshakeMonitor, Security
 
@@ -339,9 +340,16 @@ class SignalWakeup:
         self._writer.close()
 
 
+MAX_PREFETCH_PER_THREAD = 1024
+"""Queued tasks per executor thread a worker accepts by default.  The broker starts by sending
+``DEFAULT_PREFETCH_PER_THREAD`` and fills more only while the worker's pace shows they take
+little time (see ``broker.peers.WorkerPeer``): tiny tasks need deep queues to keep a worker
+busy across broker round trips."""
+
+
 def default_credit(nthreads: int) -> int:
-    """Task slots a worker grants by default: one running plus the prefetch, per thread."""
-    return nthreads + nthreads * DEFAULT_PREFETCH_PER_THREAD
+    """Task slots a worker grants by default: one running plus the largest prefetch, per thread."""
+    return nthreads + nthreads * MAX_PREFETCH_PER_THREAD
 
 
 class Worker:
@@ -632,8 +640,9 @@ class Worker:
             if task.code == FINISHED:
                 store[key] = task.value
             out = task.out_frames
-            entries.append([key, task.code, task.detail, len(out)])
-            if out:
+            field = payload_field(out)
+            entries.append([key, task.code, task.detail, field])
+            if out and type(field) is not bytes:
                 frames.extend(out)
                 # Many pushed values in one turn would make one huge message: send early.
                 self._done_nbytes += serialize.frames_nbytes(out)
@@ -642,8 +651,9 @@ class Worker:
                     entries, frames = self._done_entries, self._done_frames
 
     def _done(self, key: str, code: int, detail: Any, frames: Sequence[Any] = ()) -> None:
-        self._done_entries.append([key, code, detail, len(frames)])
-        if frames:
+        field = payload_field(frames)
+        self._done_entries.append([key, code, detail, field])
+        if frames and type(field) is not bytes:
             self._done_frames.extend(frames)
 
     def _done_error(self, key: str, error: BaseException) -> None:
@@ -667,8 +677,11 @@ class Worker:
         position = len(functions)
         fetch_by_holder: dict[bytes, list[str]] = {}
         for key, fn_hash, deps, flags, nframes in entries:
-            frames = payload[position : position + nframes]
-            position += nframes
+            if type(nframes) is bytes:
+                frames = [nframes]  # inline payload
+            else:
+                frames = payload[position : position + nframes]
+                position += nframes
             if key in self._tasks:
                 logger.warning("worker %s: task %r is already here; ignoring the copy", self.name, key)
                 continue
@@ -730,8 +743,7 @@ class Worker:
         fetched: dict[str, Any] = {}
         position = 0
         for key, nframes in entries:
-            frames = message.payload[position : position + nframes]
-            position += nframes
+            frames, position = entry_payload(nframes, message.payload, position)
             try:
                 fetched[key] = serialize.loads(frames)
             except Exception as exc:
@@ -762,8 +774,7 @@ class Worker:
     def _on_store(self, message: Message) -> None:
         position = 0
         for key, nframes in message.header[0]:
-            frames = message.payload[position : position + nframes]
-            position += nframes
+            frames, position = entry_payload(nframes, message.payload, position)
             try:
                 value = serialize.loads(frames)
             except Exception as exc:
@@ -796,8 +807,10 @@ class Worker:
                 self._done_error(key, error)
                 missing.append(key)
                 continue
-            entries.append([key, len(value_frames)])
-            frames.extend(value_frames)
+            field = payload_field(value_frames)
+            entries.append([key, field])
+            if type(field) is not bytes:
+                frames.extend(value_frames)
         # The ERRED notice of an unserializable value must reach the broker before the DATA
         # listing it as missing, so the broker fails the key instead of recomputing it.
         self._flush_done()
