@@ -1,0 +1,272 @@
+"""What every lazy collection shares (compute, persist, explain, graphs), and the Scalar collection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
+
+from zmqdask.dataframe import core_ops as ops
+from zmqdask.dataframe import indexing as idx
+from zmqdask.dataframe import planning as plan
+from zmqdask.dataframe.expr import Expr, Partitions
+from zmqdask.dataframe.lower import build_graph, finalizer
+from zmqdask.dataframe.optimize import optimize
+from zmqdask.errors import UsageError
+from zmqdask.graph import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+
+def new_collection(expr: Expr) -> Any:
+    """The collection class matching an expression's meta (see ``zmqdask.dataframe.collection``)."""
+    # Imported here: the collection module builds on this one.
+    from zmqdask.dataframe.collection import new_collection as wrap
+
+    return wrap(expr)
+
+
+def map_partitions(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """See :func:`zmqdask.dataframe.collection.map_partitions`."""
+    from zmqdask.dataframe.collection import map_partitions as apply
+
+    return apply(func, *args, **kwargs)
+
+
+def _expr_of(value: Any) -> Any:
+    """An operand for an expression: a collection's expression, or the value itself."""
+    return value.expr if isinstance(value, Collection) else value
+
+
+# ---------------------------------------------------------------------------------------
+# Shared behaviour
+# ---------------------------------------------------------------------------------------
+
+
+class Collection:
+    """Behaviour shared by every lazy collection: compute, persist, explain, graphs."""
+
+    def __init__(self, expr: Expr) -> None:
+        if not isinstance(expr, Expr):
+            raise TypeError(f"a collection wraps an Expr, not {type(expr).__name__}")
+        self._expr = expr
+
+    @property
+    def expr(self) -> Expr:
+        """The expression this collection stands for."""
+        return self._expr
+
+    @property
+    def _meta(self) -> Any:
+        return self._expr._meta
+
+    @property
+    def _name(self) -> str:
+        return self._expr._name
+
+    @property
+    def npartitions(self) -> int:
+        """Number of partitions."""
+        return self._expr.npartitions
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        """Index boundaries of the partitions (``None`` values when unknown)."""
+        return self._expr.divisions
+
+    @property
+    def known_divisions(self) -> bool:
+        """Whether the divisions are known."""
+        return self._expr.known_divisions
+
+    # -- optimization and lowering ----------------------------------------------------
+
+    @cached_property
+    def _optimized(self) -> Expr:
+        return optimize(self._expr)
+
+    @cached_property
+    def _graph(self) -> tuple[dict[str, TaskSpec], list[str]]:
+        return build_graph(self._optimized)
+
+    def optimize(self) -> Any:
+        """The same collection with its expression optimized (not yet fused)."""
+        return new_collection(optimize(self._expr, fuse=False))
+
+    def explain(self, optimized: bool = True) -> None:
+        """Print the plan as an indented tree: the optimized, fused plan by default."""
+        print(self.plan(optimized))
+
+    def plan(self, optimized: bool = True) -> str:
+        """The text ``explain()`` prints."""
+        return (self._optimized if optimized else self._expr).tree_repr()
+
+    def __zmqdask_graph__(self) -> tuple[dict[str, TaskSpec], list[str]]:
+        graph, keys = self._graph
+        return dict(graph), list(keys)
+
+    def __zmqdask_finalize__(self) -> Callable[[list[Any]], Any]:
+        return finalizer(self._meta)
+
+    def __zmqdask_persisted__(self, futures: list[Any]) -> Any:
+        from zmqdask.dataframe.sources import make_futures_source
+
+        return new_collection(make_futures_source(list(futures), self._meta, self.divisions))
+
+    def __dask_graph__(self) -> dict[str, TaskSpec]:
+        """The optimized task graph (introspection; the protocol uses ``__zmqdask_graph__``)."""
+        return dict(self._graph[0])
+
+    def __dask_keys__(self) -> list[str]:
+        """The output keys of the optimized graph, one per partition."""
+        return list(self._graph[1])
+
+    @property
+    def ntasks(self) -> int:
+        """Number of tasks of the optimized graph."""
+        return len(self._graph[0])
+
+    # -- execution --------------------------------------------------------------------
+
+    def compute(self) -> Any:
+        """The concrete result (blocking): a pandas object or a scalar."""
+        from zmqdask.base import compute
+
+        (result,) = compute(self, alternative=self._awaitable("await client.compute({})"))
+        return result
+
+    def persist(self) -> Any:
+        """An equivalent collection backed by computed partitions.
+
+        With a client this returns at once (futures), also in asynchronous mode.
+        """
+        from zmqdask.base import persist
+
+        (result,) = persist(self)
+        return result
+
+    def _persist_locally(self) -> Any:
+        from zmqdask.dataframe.sources import make_partitions_source
+        from zmqdask.graph import execute_local
+
+        graph, keys = self._graph
+        parts = execute_local(graph, keys)
+        return new_collection(make_partitions_source(parts, self._meta, self.divisions, self._expr._token))
+
+    def _awaitable(self, template: str) -> str:
+        kind = type(self).__name__.lower()
+        return template.format(
+            {"dataframe": "df", "series": "series", "scalar": "scalar", "index": "index"}.get(kind, "obj")
+        )
+
+    def __bool__(self) -> bool:
+        raise TypeError(f"the truth value of a lazy {type(self).__name__} is ambiguous; compute it first")
+
+    # -- partition-wise ---------------------------------------------------------------
+
+    def map_partitions(self, func: Callable[..., Any], *args: Any, meta: Any = None, **kwargs: Any) -> Any:
+        """Apply ``func(partition, *args, **kwargs)`` to every partition.
+
+        Collections among ``args``/``kwargs`` are aligned partition by partition (scalars
+        are broadcast).  ``meta`` (an empty pandas object, a dtype or a ``{column: dtype}``
+        dict) describes the result; without it, ``func`` is run on fake data to infer it.
+        """
+        return map_partitions(func, self, *args, meta=meta, **kwargs)
+
+    def repartition(self, npartitions: int | None = None, divisions: Any = None) -> Any:
+        """The same data in ``npartitions`` partitions (or at new ``divisions``)."""
+        if divisions is not None:
+            if not self.known_divisions:
+                raise UsageError("repartition(divisions=...) needs known divisions; use set_index first")
+            return new_collection(ops.RepartitionDivisions(self._expr, tuple(divisions)))
+        if npartitions is None:
+            raise UsageError("repartition needs npartitions or divisions")
+        if npartitions < 1:
+            raise ValueError("npartitions must be at least 1")
+        return new_collection(plan.repartition_expr(self._expr, npartitions))
+
+    def get_partition(self, n: int) -> Any:
+        """Partition ``n`` alone, as a one-partition collection."""
+        if not 0 <= n < self.npartitions:
+            raise IndexError(f"partition {n} out of range (npartitions={self.npartitions})")
+        return new_collection(Partitions(self._expr, (n,)))
+
+    @property
+    def partitions(self) -> idx.PartitionsIndexer:
+        """``obj.partitions[i]`` or ``[i:j]``: a subset of the partitions."""
+        return idx.PartitionsIndexer(self)
+
+    def copy(self, deep: bool = False) -> Any:
+        """A new collection object for the same (immutable) expression."""
+        return new_collection(self._expr)
+
+
+# ---------------------------------------------------------------------------------------
+# Scalar
+# ---------------------------------------------------------------------------------------
+
+
+def _scalar_binary(op: str, reflected: bool = False) -> Callable[[Any, Any], Any]:
+    def method(self: Any, other: Any) -> Any:
+        from zmqdask.dataframe.collection import _Frame
+
+        if isinstance(other, _Frame):
+            return other._binop(op, self, not reflected)
+        right = _expr_of(other)
+        left: Any = self._expr
+        if reflected:
+            left, right = right, left
+        return new_collection(ops.Binop(op, left, right))
+
+    method.__name__ = f"__{'r' if reflected else ''}{op.rstrip('_')}__"
+    method.__doc__ = f"Lazy ``{op}``."
+    return method
+
+
+class Scalar(Collection):
+    """A lazy single value, such as a reduction's result."""
+
+    @property
+    def dtype(self) -> Any:
+        """The value's dtype (or its type name)."""
+        meta = self._meta
+        return getattr(meta, "dtype", type(meta).__name__)
+
+    __add__ = _scalar_binary("add")
+    __radd__ = _scalar_binary("add", True)
+    __sub__ = _scalar_binary("sub")
+    __rsub__ = _scalar_binary("sub", True)
+    __mul__ = _scalar_binary("mul")
+    __rmul__ = _scalar_binary("mul", True)
+    __truediv__ = _scalar_binary("truediv")
+    __rtruediv__ = _scalar_binary("truediv", True)
+    __floordiv__ = _scalar_binary("floordiv")
+    __rfloordiv__ = _scalar_binary("floordiv", True)
+    __pow__ = _scalar_binary("pow")
+    __rpow__ = _scalar_binary("pow", True)
+    __mod__ = _scalar_binary("mod")
+    __lt__ = _scalar_binary("lt")
+    __le__ = _scalar_binary("le")
+    __gt__ = _scalar_binary("gt")
+    __ge__ = _scalar_binary("ge")
+    __eq__ = _scalar_binary("eq")
+    __ne__ = _scalar_binary("ne")
+    __hash__ = Collection.__hash__
+
+    def __neg__(self) -> Scalar:
+        return Scalar(ops.Unary("neg", self._expr))
+
+    def __abs__(self) -> Scalar:
+        return Scalar(ops.Unary("abs", self._expr))
+
+    def __repr__(self) -> str:
+        return (
+            f"zmqdask Scalar Structure:\ndtype: {self.dtype}\nzmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks"
+        )
+
+    def _repr_html_(self) -> str:
+        return (
+            "<div><strong>zmqdask Scalar Structure:</strong></div>\n"
+            f"<div>dtype: {self.dtype}</div>\n<div>zmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks</div>"
+        )
