@@ -66,6 +66,13 @@ _ANY = frozenset({ROLE_CLIENT, ROLE_WORKER, ROLE_POOL})
 _NO_KEYS: frozenset[str] = frozenset()
 
 
+ERRORS_PER_PEER_PER_TICK = 8
+"""At most this many ERROR replies go to one identity between two ticks; the rest are counted."""
+
+MAX_ERROR_PEERS_PER_TICK = 1024
+"""At most this many identities get ERROR replies between two ticks."""
+
+
 @dataclass(slots=True)
 class BrokerCounters:
     """Running totals, for INFO, logs and tests."""
@@ -89,6 +96,8 @@ class BrokerCounters:
     peers_died: int = 0
     """Registrations ended by death, departure or re-registration."""
     internal_errors: int = 0
+    errors_suppressed: int = 0
+    """Refusals not answered because the peer already had its share of ERRORs this tick."""
     """Bugs caught while handling a message (logged with their traceback)."""
 
     def as_dict(self) -> dict[str, int]:
@@ -142,6 +151,7 @@ class BrokerState:
         self._request_ids = itertools.count(1)
         self._warned: set[bytes] = set()
         self._unknown_notified: set[bytes] = set()
+        self._errors_sent: dict[bytes, int] = {}
         # Workers found dead without a list of running tasks, with the tasks that were blamed:
         # a WORKER_DIED arriving later corrects the blame of tasks that were only prefetched.
         self._graveyard: dict[bytes, tuple[float, list[TaskRecord]]] = {}
@@ -224,6 +234,7 @@ class BrokerState:
         """Advance time: declare silent peers dead and heartbeat the ones we have not talked to."""
         self._now = now
         self._unknown_notified.clear()
+        self._errors_sent.clear()
         try:
             silent_since = now - self.liveness_timeout_s
             for peer in [p for p in self._peers.values() if p.last_seen < silent_since]:
@@ -335,6 +346,13 @@ class BrokerState:
             )
         else:
             logger.debug("refused a message (%s) from %s: %s", code, _who(sender, peer), text)
+        # Refusals are answered at a bounded rate: a peer that floods the broker with bad
+        # messages and never reads the answers must not make them pile up in our memory.
+        sent = self._errors_sent.get(sender, 0)
+        if sent >= ERRORS_PER_PEER_PER_TICK or (not sent and len(self._errors_sent) >= MAX_ERROR_PEERS_PER_TICK):
+            self.counters.errors_suppressed += 1
+            return
+        self._errors_sent[sender] = sent + 1
         self._outbox.send(sender, ERROR, [code, text, []])
 
     def _finish(self) -> Outgoing:

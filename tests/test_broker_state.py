@@ -1126,3 +1126,17 @@ def test_batches_are_split_to_respect_the_message_size_limit() -> None:
         assert sum(len(f) for f in encode(message.command, message.header, message.payload)) <= limit
     assert [e[0] for m in computes for e in m.header[1]] == keys
     assert sum(m.header[0] == [FN] for m in computes) == 1
+
+
+def test_refusals_are_answered_at_a_bounded_rate(h: Harness) -> None:
+    from broker.state import ERRORS_PER_PEER_PER_TICK
+
+    garbage = [bytes((1, 99)), b"\x90"]
+    answered = sum(len(h.raw(b"flooder", garbage)) for _ in range(10 * ERRORS_PER_PEER_PER_TICK))
+    assert answered == ERRORS_PER_PEER_PER_TICK
+    assert h.state.counters.malformed == 10 * ERRORS_PER_PEER_PER_TICK
+    assert h.state.counters.errors_suppressed == 9 * ERRORS_PER_PEER_PER_TICK
+    # Another peer still gets its answer, and the flooder gets more after the next tick.
+    assert len(h.raw(b"other", garbage)) == 1
+    h.tick(0.1)
+    assert len(h.raw(b"flooder", garbage)) == 1
