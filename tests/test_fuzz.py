@@ -584,14 +584,6 @@ def test_broker_survives_a_flood_of_malformed_messages(cluster: Cluster, wait_un
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(
-    reason=(
-        "BrokerState._refuse answers every refused message with ERROR and the ROUTER socket has "
-        "SNDHWM=0, so replies to a peer that never reads queue without bound inside the broker "
-        "(about 175 bytes per refused message: +52 MiB over 300,000 messages)"
-    ),
-    strict=True,
-)
 def test_a_peer_that_never_reads_cannot_grow_the_broker(cluster: Cluster, wait_until: Callable[..., None]) -> None:
     """An unregistered peer sending malformed messages without reading the refusals.
 
