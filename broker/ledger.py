@@ -203,6 +203,10 @@ class Ledger:
         self.gets: dict[tuple[WorkerPeer, ClientPeer], list[str]] = {}
         """Values to fetch from a holder for a client this step: (holder, client) -> keys."""
         self.pending_stores: deque[TaskRecord] = deque()
+        self.started: list[TaskRecord] = []
+        """Records sent to a worker this step that have dependents (see dispatch_ahead)."""
+        self.ahead_pending: list[TaskRecord] = []
+        """Records that could go ahead of their inputs but found no room on the worker."""
         """Scattered values waiting for the first worker to register."""
         self._seq = itertools.count()
 
@@ -376,10 +380,16 @@ class Ledger:
         self.candidates.append(rec)
 
     def start(self, rec: TaskRecord, worker: WorkerPeer) -> None:
-        """Mark a queued record as sent to ``worker`` (counts against its credit)."""
+        """Mark a queued record (or one sent ahead of its inputs) as sent to ``worker``.
+
+        It counts against the worker's window until the worker answers for it.
+        """
         rec.processing_on = worker
+        rec.waiting_on = None
         worker.processing[rec.key] = rec
         self.set_state(rec, PROCESSING)
+        if rec.dependents is not None:
+            self.started.append(rec)
 
     # --- results ----------------------------------------------------------------------
 

@@ -296,13 +296,18 @@ class BrokerServer:
         curve: CurveServer | None,
     ) -> None:
         budget = MAX_BYTES_PER_ROUND
+        recv = _BaseSocket.recv  # the Cython method: pyzmq's Python wrappers cost more than the call
         for _ in range(MAX_MESSAGES_PER_ROUND):
             if budget <= 0:
                 return
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frame = recv(sock, _NOBLOCK, False)
             except zmq.Again:
                 return
+            frames = [frame]
+            while frame.more:
+                frame = recv(sock, _NOBLOCK, False)
+                frames.append(frame)
             identity = frames[0].bytes
             if curve is not None:
                 if received and len(frames) > 1 and frames[1].bytes == _HELLO_HEAD:
@@ -349,8 +354,11 @@ class BrokerServer:
         sock = self._socket
         if sock is None:
             return _UNREACHABLE
+        # The Cython method itself for a real socket: pyzmq's Python wrapper costs more than
+        # the call (any other object, such as a test double, is called through its method).
+        send = _BaseSocket.send if isinstance(sock, _BaseSocket) else _send_through_method
         try:
-            sock.send(identity, zmq.SNDMORE | zmq.NOBLOCK)
+            send(sock, identity, _SNDMORE_NOBLOCK, True, False)
         except zmq.Again:
             return _AGAIN
         except zmq.ZMQError as exc:
@@ -361,7 +369,8 @@ class BrokerServer:
         last = len(frames) - 1
         threshold = ZERO_COPY_THRESHOLD_BYTES
         for index, frame in enumerate(frames):
-            sock.send(frame, zmq.SNDMORE if index < last else 0, copy=frame_nbytes(frame) < threshold)
+            copy = (len(frame) if type(frame) is bytes else frame_nbytes(frame)) < threshold
+            send(sock, frame, _SNDMORE if index < last else 0, copy, False)
         return _SENT
 
     def _unreachable(self, identity: bytes) -> None:
@@ -398,7 +407,15 @@ class BrokerServer:
                 continue  # best effort: the peer is gone or its pipe is full
 
 
+def _send_through_method(sock: Any, data: Any, flags: int, copy: bool, track: bool) -> None:
+    sock.send(data, flags, copy=copy)
+
+
 _HELLO_HEAD = bytes((PROTOCOL_VERSION, HELLO))
+_BaseSocket = zmq.backend.Socket
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
 _SENT = object()
 _AGAIN = object()
 _UNREACHABLE = object()

@@ -311,14 +311,62 @@ def test_task_goes_to_the_holder_of_most_input_bytes_and_names_other_holders(h: 
     assert compute.header[1][0][2] == [["big", None], ["small", holder["small"]]]
 
 
-def test_dependent_waits_until_inputs_are_in_memory(h: Harness) -> None:
+def test_dependent_waits_until_inputs_on_different_workers_are_in_memory(h: Harness) -> None:
+    h.worker(b"w1", credit=1)
+    h.worker(b"w2", credit=1)
+    h.client(b"c1")
+    out = h.submit(b"c1", [("a", []), ("c", []), ("b", ["a", "c"])])
+    assert sorted(compute_keys(out, b"w1") + compute_keys(out, b"w2")) == ["a", "c"]
+    assert h.state.ledger.tasks["b"].state == "waiting"  # its inputs run on two workers
+    holder_of_a = b"w1" if compute_keys(out, b"w1") == ["a"] else b"w2"
+    other = b"w2" if holder_of_a == b"w1" else b"w1"
+    h.finish(holder_of_a, "a")
+    out = h.finish(other, "c")
+    assert compute_keys(out, b"w1") + compute_keys(out, b"w2") == ["b"]
+
+
+def test_dependents_go_ahead_to_the_worker_computing_their_inputs(h: Harness) -> None:
+    h.worker(b"w1", credit=3)
+    h.client(b"c1")
+    out = h.submit(b"c1", [("k0", [])] + [(f"k{i}", [f"k{i - 1}"]) for i in range(1, 5)])
+    compute = one(out, b"w1", P.COMPUTE)
+    # The chain follows its first task to w1 as far as the credit allows, each link naming
+    # its input as local (None): w1 runs it when the input finishes there.
+    assert [entry[0] for entry in compute.header[1]] == ["k0", "k1", "k2"]
+    assert [entry[2] for entry in compute.header[1]] == [[], [["k0", None]], [["k1", None]]]
+    assert h.state.ledger.tasks["k3"].state == "waiting"
+    out = h.finish(b"w1", "k0")
+    assert compute_keys(out, b"w1") == ["k3"]  # room again: the next link goes ahead too
+    out = h.finish(b"w1", "k1", "k2", "k3")
+    assert compute_keys(out, b"w1") == ["k4"]
+    out = h.finish(b"w1", "k4")
+    assert report_entries(out, b"c1")["k4"][1] == P.FINISHED
+
+
+def test_a_task_sent_ahead_of_a_failed_input_fails_and_is_cancelled(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")
     out = h.submit(b"c1", [("a", []), ("b", ["a"])])
-    assert compute_keys(out, b"w1") == ["a"]
-    assert h.state.ledger.tasks["b"].state == "waiting"
-    out = h.finish(b"w1", "a")
-    assert compute_keys(out, b"w1") == ["b"]
+    assert compute_keys(out, b"w1") == ["a", "b"]
+    out = h.done(b"w1", [["a", P.ERRED, ["E", "m", "a"], 1]], [b"<exc>"])
+    assert report_entries(out, b"c1")["b"][1] == P.ERRED
+    assert one(out, b"w1", P.CANCEL_TASKS).header == [["b"]]
+    # The worker answers for b (it never ran it); b keeps its record until then.
+    h.done(b"w1", [["b", P.MISSING_DEPS, ["a"], 0]])
+    assert h.state.workers[b"w1"].processing == {}
+
+
+def test_a_task_sent_ahead_is_requeued_when_its_input_is_given_back(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    out = h.submit(b"c1", [("a", []), ("b", ["a"])])
+    assert compute_keys(out, b"w1") == ["a", "b"]
+    # w1 drops a (cancelled) and so b, which it cannot run without it.
+    out = h.done(b"w1", [["a", P.CANCELLED, "cancelled", 0], ["b", P.MISSING_DEPS, ["a"], 0]])
+    assert compute_keys(out, b"w1") == ["a", "b"]
+    h.finish(b"w1", "a")
+    out = h.finish(b"w1", "b")
+    assert report_entries(out, b"c1")["b"][1] == P.FINISHED
 
 
 def test_unknown_dependency_errs_the_task(h: Harness) -> None:
@@ -334,9 +382,9 @@ def test_released_inputs_are_recomputed_when_needed_again(h: Harness) -> None:
     h.client(b"c1")
     out = h.submit(b"c1", [("a", [])], flags=0)
     assert not msgs(out, b"w1", P.COMPUTE) and "a" not in h.state.ledger.tasks  # nobody needs it
-    h.submit(b"c1", [("a", []), ("b", ["a"])], unwanted=("a",), with_function=False)
-    out = h.finish(b"w1", "a")
-    assert compute_keys(out, b"w1") == ["b"]
+    out = h.submit(b"c1", [("a", []), ("b", ["a"])], unwanted=("a",), with_function=False)
+    assert compute_keys(out, b"w1") == ["a", "b"]  # b goes ahead to the worker computing a
+    h.finish(b"w1", "a")
     out = h.finish(b"w1", "b")
     assert one(out, b"w1", P.DELETE).header == [["a"]]  # b done: a is not needed any more
     assert h.state.ledger.tasks["a"].state == "released"  # spec kept: b's lineage
@@ -514,6 +562,9 @@ def test_deep_chains_do_not_recurse(h: Harness) -> None:
     h.submit(b"c1", [("k0", [])] + [(f"k{i}", [f"k{i - 1}"]) for i in range(1, depth)])
     out = h.done(b"w1", [["k0", P.ERRED, ["E", "m", "k0"], 1]], [b"<exc>"])
     assert len(report_entries(out, b"c1")) == depth
+    # Links sent ahead to w1 are cancelled there; w1 confirms.
+    cancelled = one(out, b"w1", P.CANCEL_TASKS).header[0]
+    h.done(b"w1", [[key, P.CANCELLED, "cancelled", 0] for key in cancelled])
     h.send(b"c1", P.RELEASE, [[f"k{i}" for i in range(depth)]])
     assert h.state.ledger.tasks == {}
 
@@ -540,10 +591,8 @@ def test_lost_keys_are_recomputed_from_lineage(h: Harness) -> None:
     assert h.state.ledger.tasks["a"].state == "released"
     h.worker(b"w2")
     out = h.send(b"w1", P.GOODBYE, ["bye"])
-    assert compute_keys(out, b"w2") == ["a"]
-    assert h.state.ledger.tasks["b"].state == "waiting"
-    out = h.finish(b"w2", "a")
-    assert compute_keys(out, b"w2") == ["b"]
+    assert compute_keys(out, b"w2") == ["a", "b"]  # b follows a, ahead of it
+    h.finish(b"w2", "a")
     out = h.finish(b"w2", "b")
     assert report_entries(out, b"c1")["b"][1] == P.FINISHED
 
@@ -636,8 +685,8 @@ def test_missing_deps_recomputes_the_input(h: Harness) -> None:
     h.submit(b"c1", [("a", []), ("b", ["a"])], unwanted=("a",))
     h.finish(b"w1", "a")
     out = h.done(b"w1", [["b", P.MISSING_DEPS, ["a"], 0]])  # w1 lost a
-    assert compute_keys(out, b"w1") == ["a"]
-    assert compute_keys(h.finish(b"w1", "a"), b"w1") == ["b"]
+    assert compute_keys(out, b"w1") == ["a", "b"]  # a again, and b ahead of it
+    assert report_entries(h.finish(b"w1", "a", "b"), b"c1")["b"][1] == P.FINISHED
 
 
 def test_result_from_a_presumed_dead_worker_is_accepted(h: Harness) -> None:

@@ -286,12 +286,10 @@ def test_running_slots_round_trip() -> None:
 
 
 def test_executor_runs_tasks_and_cancels_only_unstarted_ones() -> None:
-    context = zmq.Context()
-    wake = context.socket(zmq.PULL)
-    wake.bind("inproc://test-executor")
+    wake = threading.Event()
     release = threading.Event()
     slots = slots_view(bytearray(slots_nbytes(1)))
-    executor = Executor(context, "inproc://test-executor", 1, slots)
+    executor = Executor(1, wake.set, slots)
     try:
         blocker = Task("blocker", lambda: release.wait(WAIT_S), [])
         queued = Task("queued", echo, task_frames(1))
@@ -302,15 +300,39 @@ def test_executor_runs_tasks_and_cancels_only_unstarted_ones() -> None:
         assert executor.cancel(queued) and queued.state == STATE_CANCELLED
         release.set()
         # A thread clears its slot and queues the result before it sends the wake-up.
-        assert wake.poll(int(WAIT_S * 1000))
+        assert wake.wait(WAIT_S)
         finished = executor.drain()
         assert [t.key for t in finished] == ["blocker"] and finished[0].value is True
         assert read_slots(slots) == []
     finally:
         release.set()
         assert executor.stop(WAIT_S)
-        wake.close(linger=0)
-        context.term()
+
+
+def test_executor_hands_results_over_in_its_own_thread_or_wakes_the_main_thread() -> None:
+    wake = threading.Event()
+    taken: list[str] = []
+    accept = threading.Event()
+    accept.set()
+
+    def hand_over() -> bool:
+        if not accept.is_set():
+            return False
+        taken.extend(task.key for task in executor.drain())
+        return True
+
+    executor = Executor(1, wake.set, hand_over=hand_over)
+    try:
+        for i in range(50):
+            executor.submit(Task(f"t{i}", echo, task_frames(i)))
+        wait_until(lambda: len(taken) == 50)
+        assert taken == [f"t{i}" for i in range(50)] and not wake.is_set()
+        accept.clear()  # the results are left to the main thread, which is woken once
+        executor.submit(Task("late", echo, task_frames(1)))
+        assert wake.wait(WAIT_S)
+        assert [task.key for task in executor.drain()] == ["late"]
+    finally:
+        assert executor.stop(WAIT_S)
 
 
 # === a real worker process against a scripted broker =========================================

@@ -1,11 +1,12 @@
 """Task execution inside a worker process: task records, the function cache, executor threads.
 
-The worker's main thread owns the broker socket; the threads here only run tasks::
+The worker's main thread handles the broker's messages; the threads here run tasks::
 
     main thread ── Executor.submit(task) ──▶ SimpleQueue ──▶ executor thread i
-         ▲                                                        │ execute(task)
-         └── inproc PULL ◀── wake-up (one PUSH per thread) ◀──────┤
-         └── Executor.drain() ◀── deque of finished tasks ◀───────┘
+                                                                  │ execute(task)
+         ┌─ hand_over(): the executor thread itself collects ◀────┤ (when the worker's
+         │  the results and sends DONE                            │  socket lock is free)
+         └─ else wake(): the main thread collects them ◀──────────┘
 
 Each executor thread also writes the key it is running into its *running slot*, a small
 shared-memory buffer the pool manager reads after the process died (see :func:`write_slot`).
@@ -23,8 +24,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-
-import zmq
 
 from zmqdask import serialize
 from zmqdask.config import INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH
@@ -241,8 +240,15 @@ class Task:
         return f"<Task {self.key!r} state={self.state} code={self.code}>"
 
 
+_SCALAR_TYPES = frozenset({int, float, bool, str, bytes, complex, type(None)})
+
+
 def measure(value: Any) -> list[Any]:
     """``[type_name, nbytes]`` of a value, as a FINISHED entry's detail."""
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        # What serialize.sizeof and serialize.type_name give for these, without the lookups.
+        return [kind.__name__, sys.getsizeof(value)]
     try:
         nbytes = serialize.sizeof(value)
     except Exception:  # a broken nbytes property must not fail a finished task
@@ -321,27 +327,34 @@ def _erred(task: Task, exc: BaseException) -> Task:
 
 # --- executor threads ----------------------------------------------------------------------
 
+HANDOVER_INTERVAL_S = 0.002
+"""A thread running a long series of queued tasks hands its results over at least this often."""
+
 
 class Executor:
     """``nthreads`` threads running submitted tasks; finished tasks are collected with :meth:`drain`.
 
-    Only the main thread calls :meth:`submit`, :meth:`cancel`, :meth:`drain` and :meth:`stop`.
-    ``wake`` is a PULL socket bound at ``wake_address`` by the caller; each executor thread
-    connects a PUSH socket of its own to it and sends an empty frame when it finishes a task
-    and no wake-up is pending, so a burst of tiny tasks costs one wake-up per main-loop turn,
-    not one per task, and no result ever waits for a timer.
+    Only the main thread calls :meth:`submit`, :meth:`cancel` and :meth:`stop`; :meth:`drain`
+    may be called by whoever hands results over (see below), one caller at a time.
+
+    A thread that finished a task hands the results over when it is about to wait for more
+    work, or at least every :data:`HANDOVER_INTERVAL_S` while it works through a queue of
+    tiny tasks.  Handing over first calls ``hand_over`` (if given) in the executor thread:
+    it may collect and send the results itself and return True.  Otherwise, or when it
+    returns False, ``wake`` is called (at most once until the next :meth:`drain`) so that
+    the main thread collects them.  Neither waits for a timer.
     """
 
     def __init__(
         self,
-        context: zmq.Context[Any],
-        wake_address: str,
         nthreads: int,
+        wake: Callable[[], None],
         running_slots: memoryview | None = None,
         name: str = "zmqdask-executor",
+        hand_over: Callable[[], bool] | None = None,
     ) -> None:
-        self._context = context
-        self._wake_address = wake_address
+        self._wake = wake
+        self._hand_over = hand_over
         self._slots = running_slots
         self._tasks: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._results: collections.deque[Task] = collections.deque()
@@ -360,6 +373,11 @@ class Executor:
     def nthreads(self) -> int:
         """Number of executor threads."""
         return len(self._threads)
+
+    @property
+    def has_results(self) -> bool:
+        """Whether finished tasks wait to be drained."""
+        return bool(self._results)
 
     def submit(self, task: Task) -> None:
         """Queue a task for the next free thread."""
@@ -395,32 +413,33 @@ class Executor:
         return not any(thread.is_alive() for thread in self._threads)
 
     def _work(self, index: int) -> None:
-        wake = self._context.socket(zmq.PUSH)
-        wake.linger = 0
-        wake.connect(self._wake_address)
         tasks, results, lock, slots = self._tasks, self._results, self._lock, self._slots
-        try:
-            while True:
-                task = tasks.get()
-                if task is None:
-                    return
-                with lock:
-                    if task.state != STATE_QUEUED:
-                        continue
-                    task.state = STATE_RUNNING
-                if slots is not None:
-                    write_slot(slots, index, task.key.encode("utf-8"))
-                execute(task)
-                if slots is not None:
-                    clear_slot(slots, index)
-                results.append(task)
-                if not self._wake_pending:
-                    self._wake_pending = True
-                    try:
-                        wake.send(b"", zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass  # a wake-up is already queued
-                    except zmq.ZMQError:
-                        return  # the context is closing: the worker is exiting
-        finally:
-            wake.close()
+        get, empty, monotonic = tasks.get, tasks.empty, time.monotonic
+        handed_over = monotonic()
+        while True:
+            task = get()
+            if task is None:
+                return
+            with lock:
+                if task.state != STATE_QUEUED:
+                    continue
+                task.state = STATE_RUNNING
+            if slots is not None:
+                write_slot(slots, index, task.key.encode("utf-8"))
+            execute(task)
+            if slots is not None:
+                clear_slot(slots, index)
+            results.append(task)
+            # Results go out when this thread would wait for work anyway, and regularly
+            # while it works through a long queue, so the broker can refill it meanwhile.
+            if empty() or monotonic() - handed_over >= HANDOVER_INTERVAL_S:
+                handed_over = monotonic()
+                self._deliver()
+
+    def _deliver(self) -> None:
+        hand_over = self._hand_over
+        if hand_over is not None and hand_over():
+            return
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake()

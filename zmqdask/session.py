@@ -22,12 +22,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
 from zmqdask import protocol as proto
-from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, MAX_KILLED_ATTEMPTS, MAX_MESSAGE_BYTES
+from zmqdask.config import (
+    HEARTBEAT_INTERVAL_S,
+    LIVENESS_TIMEOUT_S,
+    MAX_KILLED_ATTEMPTS,
+    MAX_MESSAGE_BYTES,
+    ZERO_COPY_THRESHOLD_BYTES,
+)
 from zmqdask.errors import (
     BrokerLostError,
     ClosedClientError,
@@ -61,6 +67,11 @@ from zmqdask.sync import LoopThread
 logger = logging.getLogger(__name__)
 
 _NO_FRAMES: list[Any] = []
+_BaseSocket = zmq.backend.Socket
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_SNDMORE = _NOBLOCK | int(zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 _MAX_TASKS_PER_MESSAGE = 1000
 _DRAIN_BATCH = 256
@@ -236,10 +247,16 @@ class BrokerSession:
         sock = self._socket
         if sock is None:
             return
+        send = _BaseSocket.send  # the Cython method: pyzmq's Python wrappers cost more than the call
+        last = len(frames) - 1
         try:
             # Never block the event loop: with an unlimited high-water mark a send only fails
             # when ZeroMQ dropped the connection for good (a refused CURVE handshake).
-            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            for index, frame in enumerate(frames):
+                # Large frames go without a copy; the rest are copied, as pyzmq would do.
+                nbytes = len(frame) if type(frame) is bytes else proto.frame_nbytes(frame)
+                copy = nbytes < ZERO_COPY_THRESHOLD_BYTES
+                send(sock, frame, _NOBLOCK_SNDMORE if index < last else _NOBLOCK, copy, False)
         except zmq.Again:
             logger.warning("the connection to the broker at %s was dropped; reconnecting", self.address)
             if self.status == ClientStatus.RUNNING:
@@ -249,7 +266,7 @@ class BrokerSession:
         self._last_sent = time.monotonic()
         # Any socket operation can consume the FD's edge for messages that arrived
         # meanwhile; if some are readable now, nobody would wake us for them.
-        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN and self._loop is not None:
+        if cast(int, _BaseSocket.get(sock, _EVENTS)) & _POLLIN and self._loop is not None:
             self._loop.call_soon(self._drain)
 
     def _schedule_flush(self) -> None:
@@ -399,9 +416,14 @@ class BrokerSession:
         sock = self._socket
         if sock is None:
             return
+        recv = _BaseSocket.recv
         for _ in range(_DRAIN_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frame = recv(sock, _NOBLOCK, False)
+                frames = [frame]
+                while frame.more:
+                    frame = recv(sock, _NOBLOCK, False)
+                    frames.append(frame)
             except zmq.Again:
                 return
             except zmq.ZMQError:
@@ -728,6 +750,10 @@ class BrokerSession:
             self._check_open()
             if not state.data_requested:
                 self._request_data(state)
+            if state.unsent and self._flush_scheduled:
+                # This coroutine is about to wait for it: send now rather than one loop turn
+                # later (everything queued so far goes in the same batch anyway).
+                self._flush()
             waiter = loop.create_future()
             if state.waiters is None:
                 state.waiters = []

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import zmq
 
@@ -40,6 +40,7 @@ from zmqdask.config import (
 )
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
+    STATE_CANCELLED,
     STATE_WAITING,
     Executor,
     FunctionCache,
@@ -352,12 +353,55 @@ def default_credit(nthreads: int) -> int:
     return nthreads + nthreads * MAX_PREFETCH_PER_THREAD
 
 
+HANDOVER_WAIT_S = 0.001
+"""How long an executor thread waits for the socket lock to send its results itself before
+leaving them to the main thread (which holds the lock while it handles messages)."""
+
+_BaseSocket = zmq.backend.Socket
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
+
+
+def _readable(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message waits on ``sock`` (this also resets its descriptor's edge)."""
+    return bool(cast(int, _BaseSocket.get(sock, _EVENTS)) & _POLLIN)
+
+
+class _DescriptorPoller(zmq.Poller):
+    """A poller that watches ZeroMQ sockets through their file descriptor only.
+
+    Waiting on the descriptor never touches the socket itself, so another thread may use
+    the socket (under the worker's lock) while the main thread waits.  The descriptor is
+    edge-triggered: whoever uses the socket checks ``EVENTS`` afterwards (see Worker).
+    """
+
+    def register(self, socket: Any, flags: int = _POLLIN) -> None:
+        """Watch ``socket`` (its descriptor, if it is a ZeroMQ socket) or a raw descriptor."""
+        super().register(socket.FD if isinstance(socket, zmq.Socket) else socket, flags)
+
+    def unregister(self, socket: Any) -> None:
+        """Stop watching ``socket``; call it before the socket is closed."""
+        super().unregister(socket.FD if isinstance(socket, zmq.Socket) else socket)
+
+
 class Worker:
-    """A worker's state and main loop; construct it and call :meth:`run` in the process's main thread."""
+    """A worker's state and main loop; construct it and call :meth:`run` in the process's main thread.
+
+    Threads and the lock::
+
+        main thread:     [lock: tick, collect results, receive and handle, send DONE] poll fds
+        executor thread: run task ... [lock: collect results, send DONE]  (else wake main)
+
+    ``_io_lock`` guards the broker socket and every piece of worker state that handling a
+    message or collecting results touches.  The main thread releases it only to wait on the
+    socket's descriptor, the wake-up pipe and the signal fd, so a thread that finished a task
+    while the main thread waits sends the DONE itself: the result does not wait for the main
+    thread to wake up first.  A thread that cannot get the lock soon writes to the wake-up
+    pipe instead, and the main thread sends the results at the end of its turn.
+    """
 
     _context: zmq.Context[Any]
-    _inproc: zmq.Context[Any]
-    _wake: zmq.Socket[Any]
     _link: BrokerLink
     _executor: Executor
     _poller: zmq.Poller
@@ -406,6 +450,8 @@ class Worker:
         """Tasks not yet reported: waiting for inputs, queued or running."""
         self._waiting_on: dict[str, list[Task]] = {}
         """Key being fetched -> tasks that need it."""
+        self._local_waiting: dict[str, list[Task]] = {}
+        """Key of a task here not finished yet -> tasks sent ahead that need its value."""
         self._fetches: dict[int, list[str]] = {}
         """FETCH request id -> keys asked for."""
         self._next_request = 1
@@ -414,6 +460,9 @@ class Worker:
         self._done_frames: list[Any] = []
         self._done_nbytes = 0
         self._stop_requested = False
+        self._io_lock = threading.Lock()
+        self._closed = False
+        """Set under ``_io_lock`` once the worker said goodbye: executor threads send nothing."""
         self._malformed = 0
         self._parent_fd: int | None = None
         self._next_parent_check = 0.0
@@ -445,15 +494,12 @@ class Worker:
     def run(self) -> int:
         """Serve the broker until stopped; returns the exit code (``EXIT_*``)."""
         self._context = zmq.Context()
-        # Executor threads keep their wake-up sockets while a task runs, so they live in a
-        # context of their own: terminating the broker context (which flushes GOODBYE) must not
-        # wait for a task to finish.
-        self._inproc = zmq.Context(io_threads=0)
-        self._wake = self._inproc.socket(zmq.PULL)
-        self._wake.linger = 0
-        wake_address = f"inproc://zmqdask-worker-wake-{os.getpid()}"
-        self._wake.bind(wake_address)
-        self._executor = Executor(self._inproc, wake_address, self.nthreads, self._slots)
+        # Executor threads wake the main thread through a pipe: no socket of theirs keeps the
+        # context from terminating (which flushes GOODBYE) while a task still runs.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._executor = Executor(self.nthreads, self._wake_main, self._slots, hand_over=self._hand_over)
         signals: SignalWakeup | None = None
         if threading.current_thread() is threading.main_thread():
             # A managed worker leaves Ctrl-C to its pool manager, which stops it in order.
@@ -465,7 +511,7 @@ class Worker:
             )
         code = EXIT_INTERNAL_ERROR
         try:
-            self._poller = zmq.Poller()
+            self._poller = _DescriptorPoller()
             self._link = BrokerLink(
                 self._context,
                 self._poller,
@@ -478,7 +524,7 @@ class Worker:
                 liveness_timeout_s=self.liveness_timeout_s,
                 security=self.security,
             )
-            self._poller.register(self._wake, zmq.POLLIN)
+            self._poller.register(self._wake_r, zmq.POLLIN)
             if signals is not None:
                 self._poller.register(signals.fd, zmq.POLLIN)
             self._parent_fd = self._parent_sentinel()
@@ -494,23 +540,37 @@ class Worker:
     # --- the loop ------------------------------------------------------------------------
 
     def _loop(self, signals: SignalWakeup | None) -> int:
-        link, poller, wake = self._link, self._poller, self._wake
+        link, poller, lock, wake_r = self._link, self._poller, self._io_lock, self._wake_r
         while not self._stop_requested:
             now = time.monotonic()
-            event = link.tick(now)
-            if event is LinkEvent.GAVE_UP:
-                logger.error(
-                    "worker %s: no broker answered at %s for %.1f s; exiting",
-                    self.name,
-                    self.address,
-                    self.death_timeout_s,
-                )
-                return EXIT_BROKER_UNREACHABLE
-            if event is LinkEvent.FORGOTTEN:
-                self._forget()
-                continue
-            if self._parent_gone(now):
-                return self._leave("pool manager gone", EXIT_PARENT_GONE)
+            with lock:
+                event = link.tick(now)
+                if event is LinkEvent.GAVE_UP:
+                    logger.error(
+                        "worker %s: no broker answered at %s for %.1f s; exiting",
+                        self.name,
+                        self.address,
+                        self.death_timeout_s,
+                    )
+                    return EXIT_BROKER_UNREACHABLE
+                if event is LinkEvent.FORGOTTEN:
+                    self._forget()
+                    continue
+                if self._parent_gone(now):
+                    return self._leave("pool manager gone", EXIT_PARENT_GONE)
+                # Finished results go out before new messages are handled, so a GET or
+                # CANCEL_TASKS in this turn already sees the values and states of tasks that
+                # have finished.
+                self._collect()
+                if self._drain_broker() is LinkEvent.FORGOTTEN:
+                    self._forget()
+                    continue
+                self._collect()
+                self._flush_done()
+                # The descriptor only signals edges, and any use of the socket (sending too)
+                # may consume one: poll only when nothing is waiting to be read.
+                if _readable(link.socket):
+                    continue
             timeout_s = link.deadline() - now
             if self.parent_pid is not None and self._parent_fd is None:
                 timeout_s = min(timeout_s, PARENT_CHECK_INTERVAL_S)
@@ -518,31 +578,59 @@ class Worker:
             if signals is not None and signals.fd in ready:
                 signals.drain()
             if self._parent_fd is not None and self._parent_fd in ready:
-                return self._leave("pool manager gone", EXIT_PARENT_GONE)
-            if wake in ready:
+                with lock:
+                    return self._leave("pool manager gone", EXIT_PARENT_GONE)
+            if wake_r in ready:
                 try:
-                    while True:
-                        wake.recv(zmq.NOBLOCK)
-                except zmq.Again:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
                     pass
-            # Finished results go out before new messages are handled, so a GET or CANCEL_TASKS
-            # in this turn already sees the values and states of tasks that have finished.
+        with lock:
+            return self._leave("worker stopping", EXIT_OK)
+
+    def _wake_main(self) -> None:
+        """Called by an executor thread: results wait for the main thread to collect them."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake-up is pending anyway) or the worker is exiting
+
+    def _hand_over(self) -> bool:
+        """Called by an executor thread with results: send them itself if the lock comes soon."""
+        lock = self._io_lock
+        if not lock.acquire(timeout=HANDOVER_WAIT_S):
+            return False
+        try:
+            if self._closed:
+                return True  # the worker left; nothing goes out any more
             self._collect()
-            if link.socket in ready and self._drain_broker() is LinkEvent.FORGOTTEN:
-                self._forget()
-                continue
             self._flush_done()
-        return self._leave("worker stopping", EXIT_OK)
+            # This send may have consumed the descriptor's edge for a message that arrived
+            # meanwhile; the main thread, waiting on that edge, must be told.
+            if _readable(self._link.socket):
+                self._wake_main()
+            return True
+        except zmq.ZMQError as exc:
+            logger.debug("worker %s: could not send results from an executor thread: %s", self.name, exc)
+            return False
+        finally:
+            lock.release()
 
     def _drain_broker(self) -> LinkEvent:
         link = self._link
         sock = link.socket
         handlers = self._handlers
+        recv = _BaseSocket.recv
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frame = recv(sock, _NOBLOCK, False)
             except zmq.Again:
                 break
+            frames = [frame]
+            while frame.more:
+                frame = recv(sock, _NOBLOCK, False)
+                frames.append(frame)
             link.received(time.monotonic())
             try:
                 message = protocol.decode(frames)
@@ -576,6 +664,7 @@ class Worker:
             self._executor.cancel(task)
         self._tasks.clear()
         self._waiting_on.clear()
+        self._local_waiting.clear()
         self._fetches.clear()
         self._store.clear()
         self._done_entries.clear()
@@ -590,18 +679,22 @@ class Worker:
         # Results already computed go out first: a pushed value still reaches its client.
         self._collect()
         self._flush_done()
+        self._closed = True
         self._link.close(goodbye=reason)
         return code
 
     def _teardown(self, code: int) -> None:
-        if hasattr(self, "_link"):
-            self._link.close()
+        with self._io_lock:
+            self._closed = True
+            if hasattr(self, "_link"):
+                self._link.close()
         self._context.term()  # bounded by the GOODBYE linger
         stopped = self._executor.stop(EXECUTOR_STOP_TIMEOUT_S)
-        self._wake.close()
         if stopped:
-            self._inproc.term()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         else:
+            # A thread still running may write to the pipe when it finishes: leave it open.
             logger.info("worker %s: a task is still running at exit (code %d)", self.name, code)
 
     def _parent_sentinel(self) -> int | None:
@@ -630,7 +723,7 @@ class Worker:
 
     def _collect(self) -> None:
         store, tasks, generation = self._store, self._tasks, self._generation
-        entries, frames = self._done_entries, self._done_frames
+        local_waiting = self._local_waiting
         for task in self._executor.drain():
             if task.generation != generation:
                 continue
@@ -641,14 +734,44 @@ class Worker:
                 store[key] = task.value
             out = task.out_frames
             field = payload_field(out)
-            entries.append([key, task.code, task.detail, field])
+            self._done_entries.append([key, task.code, task.detail, field])
             if out and type(field) is not bytes:
-                frames.extend(out)
+                self._done_frames.extend(out)
                 # Many pushed values in one turn would make one huge message: send early.
                 self._done_nbytes += serialize.frames_nbytes(out)
                 if self._done_nbytes >= DONE_FLUSH_BYTES:
                     self._flush_done()
-                    entries, frames = self._done_entries, self._done_frames
+            if local_waiting:
+                # Tasks sent ahead of this one learn its outcome after its own DONE entry.
+                waiters = local_waiting.pop(key, None)
+                if waiters is not None:
+                    self._feed_local_waiters(key, task, waiters)
+
+    def _feed_local_waiters(self, key: str, finished: Task, waiters: list[Task]) -> None:
+        """Tasks sent ahead of their input ``key``, computed here: run them or give them back."""
+        value = finished.value if finished.code == FINISHED else _ABSENT
+        for task in waiters:
+            if task.state != STATE_WAITING:
+                continue  # cancelled meanwhile
+            task.pending.discard(key)
+            if value is _ABSENT:
+                # The input failed or was cancelled: the broker decides what happens next (it
+                # has failed or requeued the input already, or will on the entry just added).
+                task.state = STATE_CANCELLED
+                if self._tasks.get(task.key) is task:
+                    del self._tasks[task.key]
+                self._done(task.key, MISSING_DEPS, [key])
+                continue
+            if task.deps is None:
+                task.deps = {}
+            task.deps[key] = value
+            if task.pending:
+                continue
+            if task.missing:  # a fetched input could not be had
+                del self._tasks[task.key]
+                self._done(task.key, MISSING_DEPS, task.missing)
+            else:
+                self._executor.submit(task)
 
     def _done(self, key: str, code: int, detail: Any, frames: Sequence[Any] = ()) -> None:
         field = payload_field(frames)
@@ -703,12 +826,17 @@ class Worker:
         values: dict[str, Any] = {}
         missing: list[str] = []
         remote: list[tuple[str, bytes]] = []
+        local: list[str] = []
         for dep_key, holder in deps:
             value = store.get(dep_key, _ABSENT)
             if value is not _ABSENT:
                 values[dep_key] = value
             elif holder is None or holder == self.identity:
-                missing.append(dep_key)
+                if dep_key in self._tasks:
+                    # Sent ahead of an input that is being computed here: wait for it.
+                    local.append(dep_key)
+                else:
+                    missing.append(dep_key)
             else:
                 remote.append((dep_key, holder))
         if missing:
@@ -716,8 +844,13 @@ class Worker:
             return
         task.deps = values
         self._tasks[task.key] = task
+        for dep_key in local:
+            if dep_key not in task.pending:
+                task.pending.add(dep_key)
+                self._local_waiting.setdefault(dep_key, []).append(task)
         if not remote:
-            self._executor.submit(task)
+            if not local:
+                self._executor.submit(task)
             return
         for dep_key, holder in remote:
             if dep_key in task.pending:
