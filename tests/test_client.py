@@ -177,6 +177,19 @@ def test_scatter(client: Client) -> None:
     assert client.submit(inc, single).result(timeout=30) == 43
 
 
+def test_scattered_keys_follow_the_content_also_when_hashed_in_chunks(client: Client) -> None:
+    from zmqdask.client import HASH_CHUNK_BYTES
+
+    large = np.arange(HASH_CHUNK_BYTES // 8 * 2 + 1000, dtype="float64")  # hashed in chunks
+    altered = large.copy()
+    altered[len(altered) // 2] += 1  # one value in the middle of the second chunk
+    first, again, other = client.scatter([large, large.copy(), altered])
+    assert first.key == again.key and first.key != other.key
+    small_a, small_b = client.scatter([np.arange(10.0), np.arange(10.0) + 1])
+    assert small_a.key != small_b.key
+    assert client.submit(np.sum, other).result(timeout=30) == altered.sum()
+
+
 def test_large_result_round_trip(client: Client) -> None:
     future = client.submit(np.ones, 5_000_000)
     result = future.result(timeout=60)

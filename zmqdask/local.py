@@ -135,18 +135,28 @@ class LocalCluster:
         return f"LocalCluster({self.address!r}, workers={self.n_workers}, threads={self.threads_per_worker})"
 
 
+LARGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+"""glibc tunable for the children: large allocations are backed by transparent huge pages.
+
+The broker and the workers receive large values into fresh buffers; with 4 KiB pages,
+faulting them in costs more than moving the bytes (a 200 MB array crosses two of them).
+Other C libraries, and glibc versions before 2.35, ignore it."""
+
+
 def _child_environment() -> dict[str, str]:
-    """The children's environment: ours, plus our import path and our pid.
+    """The children's environment: ours, plus our import path, our pid and large pages.
 
     Workers must import whatever modules the client's functions come from, as
     multiprocessing-started workers would; the parent pid lets the children exit when this
-    process dies without closing them.
+    process dies without closing them.  :data:`LARGE_PAGES_TUNABLE` is added unless glibc
+    tunables are set already (the user's choice wins).
     """
     env = dict(os.environ, ZMQDASK_PARENT_PID=str(os.getpid()))
     paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.setdefault("GLIBC_TUNABLES", LARGE_PAGES_TUNABLE)
     return env
 
 

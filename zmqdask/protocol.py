@@ -33,7 +33,9 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
 
     COMPUTE      [functions, tasks]           broker -> worker
                  tasks: [[key, fn_hash, deps, flags, nframes], ...]; deps [[dep_key, holder], ...]
-                 holder is the identity of a worker holding dep_key, or None if the receiver has it
+                 holder is the identity of a worker holding dep_key, or None if the receiver has
+                 it or is computing it: a task sent ahead of its inputs runs once they finish
+                 there, and is answered MISSING_DEPS if one of them fails or is cancelled
     STORE        [entries]                    broker -> worker; entries [[key, nframes], ...]
     GET          [request_id, keys]           broker -> worker: send these values
     DATA         [request_id, entries, missing]  worker -> broker (answering GET) and
