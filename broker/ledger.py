@@ -109,7 +109,8 @@ class TaskRecord:
         """How many workers died while running this task."""
         self.processing_on: WorkerPeer | None = None
         """The worker whose credit this task counts against (possibly while being cancelled)."""
-        self.who_has: set[WorkerPeer] | None = None
+        # A tuple, not a set: usually one holder, and a 1-tuple is a fraction of a set's size.
+        self.who_has: tuple[WorkerPeer, ...] | None = None
         self.nbytes = 0
         self.type_name = ""
         # Tuples rather than sets or lists: usually one client, and a 1-tuple is the smallest.
@@ -276,8 +277,12 @@ class Ledger:
     def drop_interest(self, rec: TaskRecord, client: ClientPeer) -> None:
         """Forget every interest of ``client`` in ``rec``; the record may become unneeded."""
         wanted_by = rec.wanted_by
-        if wanted_by is not None and client in wanted_by:
-            rec.wanted_by = tuple(c for c in wanted_by if c is not client) or None
+        if wanted_by is not None:
+            if len(wanted_by) == 1:
+                if wanted_by[0] is client:
+                    rec.wanted_by = None
+            elif client in wanted_by:
+                rec.wanted_by = tuple(c for c in wanted_by if c is not client) or None
         push_to = rec.push_to
         if push_to is not None and client in push_to:
             rec.push_to = tuple(c for c in push_to if c is not client) or None
@@ -377,7 +382,8 @@ class Ledger:
             self.ready.push(rec)
         # Nobody may need it (submitted without a future and no dependent in the batch, or
         # requeued after its wanters left): the end-of-step release pass drops it then.
-        self.candidates.append(rec)
+        if rec.wanted_by is None and rec.push_to is None and rec.n_active == 0:
+            self.candidates.append(rec)
 
     def start(self, rec: TaskRecord, worker: WorkerPeer) -> None:
         """Mark a queued record (or one sent ahead of its inputs) as sent to ``worker``.
@@ -400,7 +406,7 @@ class Ledger:
         rec.waiting_on = None
         rec.type_name = type_name
         rec.nbytes = nbytes
-        rec.who_has = {worker}
+        rec.who_has = (worker,)
         worker.has.add(rec)
         worker.nbytes += nbytes
         self.set_state(rec, MEMORY)
@@ -555,7 +561,7 @@ class Ledger:
             rec.payload = None  # the value lives on a worker now; the broker keeps no copy
         elif state is MEMORY and rec.who_has is not None:
             if worker not in rec.who_has:
-                rec.who_has.add(worker)
+                rec.who_has += (worker,)
                 worker.has.add(rec)
                 worker.nbytes += rec.nbytes
         else:
@@ -588,9 +594,24 @@ class Ledger:
         key, fn_hash, dep_keys, priority, retries, flags, _ = entry
         wanted = bool(flags & FLAG_WANTED)
         push = bool(flags & FLAG_PUSH_RESULT)
-        rec = self.tasks.get(key)
+        tasks = self.tasks
+        rec = tasks.get(key)
         if rec is not None:
             self.resubmitted(rec, client, wanted=wanted, push=push)
+            return
+        if not dep_keys and known_fn_hash is not None and (wanted or push):
+            # The common case, in short: a new task without inputs that a client wants goes
+            # straight to the ready queue (what new_task, add_interest and make_ready do).
+            rec = TaskRecord(key, known_fn_hash, frames, _NO_DEPS, priority, next(self._seq), retries, False)
+            tasks[key] = rec
+            rec.state = QUEUED
+            self.counts[QUEUED] += 1
+            if wanted:
+                rec.wanted_by = (client,)
+            if push:
+                rec.push_to = (client,)
+            client.interest.add(rec)
+            self.ready.push(rec)
             return
         deps: list[TaskRecord] = []
         unknown: str | None = None
@@ -702,11 +723,10 @@ class Ledger:
         who_has = rec.who_has
         if who_has is None or worker not in who_has:
             return
-        who_has.discard(worker)
+        rec.who_has = tuple(holder for holder in who_has if holder is not worker) or None
         worker.has.discard(rec)
         worker.nbytes -= rec.nbytes
-        if not who_has:
-            rec.who_has = None
+        if rec.who_has is None:
             self._lost(rec)
 
     def _lost(self, rec: TaskRecord) -> None:

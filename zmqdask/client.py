@@ -11,6 +11,8 @@ flush goes out as one message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import html
 import itertools
@@ -21,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -470,15 +472,17 @@ class Client(BrokerSession):
         specs: list[tuple[str, list[Any], dict[str, FutureState]]] = []
         # Elements beyond the shortest iterable are ignored, as by the builtin map.
         rows = zip(*columns, strict=False) if len(columns) > 1 else ((item,) for item in columns[0])
-        for call_args, element_key in zip(rows, keys, strict=False):
-            deps: dict[str, FutureState] = {}
-            task_key, frames = task_spec(info, call_args, kwargs, element_key, pure, deps)
-            specs.append((task_key, frames, deps))
-        queue_task = self._queue_task
-        with self._lock:
-            return [
-                queue_task(task_key, info, frames, deps, priority, retries, True) for task_key, frames, deps in specs
-            ]
+        with _collector_paused(count):
+            for call_args, element_key in zip(rows, keys, strict=False):
+                deps: dict[str, FutureState] = {}
+                task_key, frames = task_spec(info, call_args, kwargs, element_key, pure, deps)
+                specs.append((task_key, frames, deps))
+            queue_task = self._queue_task
+            with self._lock:
+                return [
+                    queue_task(task_key, info, frames, deps, priority, retries, True)
+                    for task_key, frames, deps in specs
+                ]
 
     def submit_graph(self, graph: Mapping[str, TaskSpec], outputs: Sequence[str], priority: int = 0) -> list[Future]:
         """Submit a whole task graph (see :mod:`zmqdask.graph`) as one batch.
@@ -497,7 +501,7 @@ class Client(BrokerSession):
         keep_alive: list[Future] = []
         # Holding the lock for the whole graph keeps the loop thread from flushing half of
         # it (a synchronous caller submits from its own thread).
-        with self._lock:
+        with self._lock, _collector_paused(len(order)):
             self._graphs_submitted += 1
             self._graph_id = self._graphs_submitted
             try:
@@ -785,6 +789,29 @@ class Client(BrokerSession):
 _EMPTY_ARGS_FRAMES = dumps(((), {}))
 _EMPTY_KWARGS: dict[str, Any] = {}
 _LEAF_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+GC_PAUSE_MIN_TASKS = 1000
+"""Bulk submissions of at least this many tasks pause the cyclic garbage collector."""
+
+
+@contextlib.contextmanager
+def _collector_paused(count: int) -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while ``count`` tasks are created at once.
+
+    Each task is a handful of container objects that live on; creating a hundred thousand
+    triggers several full collections of the whole heap on the way, which costs more than
+    creating them.  Nothing they hold is cyclic garbage, and collection resumes afterwards
+    (if it was enabled) at its usual pace.
+    """
+    if count < GC_PAUSE_MIN_TASKS or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 HASH_CHUNK_BYTES = 16 * 1024 * 1024

@@ -74,6 +74,7 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
 _MAX_TASKS_PER_MESSAGE = 1000
+_MAX_KEYS_PER_RELEASE = 1000
 _DRAIN_BATCH = 256
 
 RELEASE_DELAY_S = 0.02
@@ -314,8 +315,10 @@ class BrokerSession:
             elif kind == "releases":
                 with self._lock:
                     keys, self._releases = list(self._releases), {}
-                if keys:
-                    self._send(proto.encode(proto.RELEASE, [keys]))
+                # Several modest messages rather than one huge one: the broker handles each
+                # as it comes, between the messages of work still running.
+                for start in range(0, len(keys), _MAX_KEYS_PER_RELEASE):
+                    self._send(proto.encode(proto.RELEASE, [keys[start : start + _MAX_KEYS_PER_RELEASE]]))
             elif kind == "scatter":
                 entries: list[list[Any]] = []
                 frames: list[Any] = []
@@ -341,7 +344,11 @@ class BrokerSession:
             state.unsent = False
             entry = state.entry
             fn_hash = entry[1]
-            task_size = sum(proto.frame_nbytes(frame) for frame in state.frames) + len(fn_payload)
+            inline = entry[6]
+            if type(inline) is bytes:  # the usual small payload: its one frame is in the entry
+                task_size = len(inline) + len(fn_payload)
+            else:
+                task_size = sum(proto.frame_nbytes(frame) for frame in state.frames) + len(fn_payload)
             if task_size > budget:
                 failure = UsageError(
                     f"task {entry[0]} carries {task_size} bytes of arguments, more than the broker's message "
@@ -359,7 +366,7 @@ class BrokerSession:
                 functions.append(fn_hash)
                 function_frames.append(fn_payload)
             entries.append(entry)
-            if type(entry[6]) is not bytes:  # an inline payload travels in the entry itself
+            if type(inline) is not bytes:
                 task_frames.extend(state.frames)
         if entries or functions:
             self._send(proto.encode(proto.SUBMIT, [functions, entries], function_frames + task_frames))
