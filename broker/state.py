@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -55,6 +56,12 @@ from zmqdask.protocol import (
 )
 
 logger = logging.getLogger(__name__)
+
+RELEASE_KEYS_PER_STEP = 500
+"""Released keys applied per step when releases pile up: a client dropping a hundred thousand
+futures at once must not hold up the messages of work still running for as long as
+releasing them all takes.  Messages naming a key whose release waits apply the waiting
+releases first, so the order of a client's messages is kept."""
 
 MAX_WARNED_PEERS = 10_000
 """Bound on the set of peers whose first refused message was logged at WARNING."""
@@ -149,6 +156,10 @@ class BrokerState:
         self._function_hashes: dict[bytes, bytes] = {}
         self._requests: dict[int, _Request] = {}
         self._request_ids = itertools.count(1)
+        # Releases received and not applied yet (see RELEASE_KEYS_PER_STEP), oldest first,
+        # and how many of them name each key.
+        self._release_backlog: deque[tuple[ClientPeer, list[str]]] = deque()
+        self._release_index: dict[str, int] = {}
         self._warned: set[bytes] = set()
         self._unknown_notified: set[bytes] = set()
         self._errors_sent: dict[bytes, int] = {}
@@ -228,6 +239,16 @@ class BrokerState:
             except Exception:
                 counters.internal_errors += 1
                 logger.exception("internal error while handling a message from %s", _who(sender, peer))
+        return self._finish()
+
+    @property
+    def pending_work(self) -> bool:
+        """Whether work waits that :meth:`work` would do (releases received, not applied yet)."""
+        return bool(self._release_backlog)
+
+    def work(self, now: float) -> Outgoing:
+        """Do one step's share of the work that waits, for a loop with nothing else to do."""
+        self._now = now
         return self._finish()
 
     def tick(self, now: float) -> Outgoing:
@@ -359,6 +380,8 @@ class BrokerState:
         """End of a step: release, dispatch, issue GETs, then encode everything batched."""
         ledger = self.ledger
         try:
+            if self._release_backlog:
+                self._apply_releases(RELEASE_KEYS_PER_STEP)
             while True:
                 ledger.process_releases()
                 self.counters.dispatched += dispatch(ledger, self._workers.values(), self._functions, self._outbox)
@@ -389,10 +412,29 @@ class BrokerState:
                 for key in keys:
                     ledger.gather(client, key)
                 continue
-            request_id = next(self._request_ids)
-            self._requests[request_id] = _Request(holder, client, None, keys)
-            holder.requests.add(request_id)
-            self._outbox.get(holder, request_id, keys)
+            # One GET per slice of the keys that fits a message: the holder answers each
+            # request with a single DATA, which must stay inside the size limit.
+            for chunk in self._fit_in_messages(keys):
+                request_id = next(self._request_ids)
+                self._requests[request_id] = _Request(holder, client, None, chunk)
+                holder.requests.add(request_id)
+                self._outbox.get(holder, request_id, chunk)
+
+    def _fit_in_messages(self, keys: list[str]) -> list[list[str]]:
+        """Cut ``keys`` into slices whose values add up to at most half the message limit."""
+        budget = self.max_message_bytes // 2
+        tasks = self.ledger.tasks
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for key in keys:
+            rec = tasks.get(key)
+            nbytes = rec.nbytes if rec is not None else 0
+            if chunks[-1] and size + nbytes > budget:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(key)
+            size += nbytes
+        return chunks
 
     # --- registration and liveness ----------------------------------------------------
 
@@ -522,12 +564,19 @@ class BrokerState:
                     rec.suspicious -= 1
 
     def _on_info(self, peer: Peer, message: Message) -> None:
+        if self._release_backlog:
+            # The counts in the answer reflect every release received before the request.
+            self._apply_releases(None)
+            self.ledger.process_releases()
         self._outbox.send(peer.identity, INFO_REPLY, [message.header[0], self.info()])
 
     # --- clients ----------------------------------------------------------------------
 
     def _on_submit(self, client: ClientPeer, message: Message) -> None:
         functions, tasks = message.header
+        waiting = self._release_index
+        if waiting and any(entry[0] in waiting or any(dep in waiting for dep in entry[2]) for entry in tasks):
+            self._apply_releases(None)
         payload = message.payload
         known = self._functions
         canonical = self._function_hashes
@@ -552,6 +601,9 @@ class BrokerState:
 
     def _on_scatter(self, client: ClientPeer, message: Message) -> None:
         entries, broadcast = message.header
+        waiting = self._release_index
+        if waiting and any(entry[0] in waiting for entry in entries):
+            self._apply_releases(None)
         payload = message.payload
         ledger = self.ledger
         workers = list(self._workers.values())
@@ -588,17 +640,52 @@ class BrokerState:
             self.ledger.pending_stores.append(rec)
 
     def _on_release(self, client: ClientPeer, message: Message) -> None:
+        # Only noted here: each step applies its share (see RELEASE_KEYS_PER_STEP).
+        keys = message.header[0]
+        self._release_backlog.append((client, keys))
+        index = self._release_index
+        for key in keys:
+            index[key] = index.get(key, 0) + 1
+
+    def _apply_releases(self, budget: int | None) -> None:
+        """Apply waiting releases, oldest first: all of them, or about ``budget`` keys."""
+        backlog = self._release_backlog
+        index = self._release_index
         tasks = self.ledger.tasks
-        for key in message.header[0]:
-            rec = tasks.get(key)
-            if rec is not None:
-                self.ledger.drop_interest(rec, client)
+        drop_interest = self.ledger.drop_interest
+        while backlog and (budget is None or budget > 0):
+            client, keys = backlog[0]
+            if budget is not None and len(keys) > budget:
+                keys, backlog[0] = keys[:budget], (client, keys[budget:])
+            else:
+                backlog.popleft()
+            if budget is not None:
+                budget -= len(keys)
+            alive = client.alive
+            for key in keys:
+                count = index[key] - 1
+                if count:
+                    index[key] = count
+                else:
+                    del index[key]
+                if alive:
+                    rec = tasks.get(key)
+                    if rec is not None:
+                        drop_interest(rec, client)
+
+    def _apply_releases_naming(self, keys: list[str]) -> None:
+        """Before a message naming ``keys`` is handled: apply waiting releases of any of them."""
+        index = self._release_index
+        if index and any(key in index for key in keys):
+            self._apply_releases(None)
 
     def _on_cancel(self, client: ClientPeer, message: Message) -> None:
+        self._apply_releases_naming(message.header[0])
         for key in message.header[0]:
             self.ledger.cancel(client, key)
 
     def _on_gather(self, client: ClientPeer, message: Message) -> None:
+        self._apply_releases_naming(message.header[0])
         for key in message.header[0]:
             self.ledger.gather(client, key)
 

@@ -956,14 +956,6 @@ def make_bytes(nbytes: int) -> bytes:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    reason=(
-        "a worker's DATA over the broker's max_message_bytes is refused (ERROR with no refs) and dropped: the"
-        " GET is never answered, so that value and every value batched with it in the same DATA never arrive "
-        "and gather waits for ever"
-    ),
-    strict=True,
-)
 def test_results_over_the_message_limit_fail_clearly(limited: Cluster, limited_client: Client) -> None:
     """A result too large for the broker fails its future with an error naming the limit.
 
@@ -983,13 +975,6 @@ def test_results_over_the_message_limit_fail_clearly(limited: Cluster, limited_c
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    reason=(
-        "a worker's DONE carrying a pushed value over max_message_bytes is refused whole: the task (and every"
-        " entry batched with it) stays processing in the broker for ever and the future never resolves"
-    ),
-    strict=True,
-)
 def test_pushed_results_over_the_message_limit_fail_clearly(limited: Cluster, limited_client: Client) -> None:
     """A result pushed with its completion notice but too large for the broker fails clearly."""
 
@@ -1020,13 +1005,6 @@ def test_arguments_over_the_message_limit_fail_clearly(limited: Cluster, limited
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    reason=(
-        "a worker-to-worker transfer (FETCH, GET, DATA) of a value over max_message_bytes is refused and "
-        "never answered: the dependent task waits for its input for ever"
-    ),
-    strict=True,
-)
 def test_inputs_over_the_message_limit_fail_the_dependent(limited_client: Client) -> None:
     """A dependent whose input is too large to move between workers fails instead of hanging."""
     client = limited_client

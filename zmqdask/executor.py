@@ -266,6 +266,23 @@ def error_detail(exc: BaseException, key: str) -> tuple[list[Any], list[Any]]:
         return serialize.dumps_error(stand_in, key)
 
 
+class InlineLimit:
+    """The largest result sent with its completion notice (set from the broker's limit)."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self) -> None:
+        self.nbytes = INLINE_RESULT_MAX_BYTES
+
+    def follow(self, max_message_bytes: int) -> None:
+        """Keep pushed results well inside the broker's message limit."""
+        self.nbytes = min(INLINE_RESULT_MAX_BYTES, max_message_bytes // 8)
+
+
+inline_limit = InlineLimit()
+"""One per worker process: every executor thread reads it, the main thread sets it."""
+
+
 def execute(task: Task) -> Task:
     """Run one task and fill in its outcome; never raises.
 
@@ -299,7 +316,7 @@ def execute(task: Task) -> Task:
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from a task are task errors too
         return _erred(task, exc)
     detail = measure(value)
-    if task.flags & FLAG_PUSH_RESULT and detail[1] <= INLINE_RESULT_MAX_BYTES:
+    if task.flags & FLAG_PUSH_RESULT and detail[1] <= inline_limit.nbytes:
         # Values whose in-memory size already exceeds the inline limit are not pickled here
         # just to be thrown away: the client fetches them with GATHER.
         try:
@@ -309,7 +326,7 @@ def execute(task: Task) -> Task:
                 f"the result of task {key!r} (a {detail[0]}) cannot be serialized: {exc}", detail[0]
             )
             return _erred(task, error)
-        if serialize.frames_nbytes(frames) <= INLINE_RESULT_MAX_BYTES:
+        if serialize.frames_nbytes(frames) <= inline_limit.nbytes:
             task.out_frames = frames
     task.value = value
     task.detail = detail

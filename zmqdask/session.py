@@ -759,8 +759,10 @@ class BrokerSession:
                 self._request_data(state)
             if state.unsent and self._flush_scheduled:
                 # This coroutine is about to wait for it: send now rather than one loop turn
-                # later (everything queued so far goes in the same batch anyway).
+                # later (everything queued so far goes in the same batch anyway).  Sending can
+                # settle the state at once (a task refused for its size): look again first.
                 self._flush()
+                continue
             waiter = loop.create_future()
             if state.waiters is None:
                 state.waiters = []

@@ -37,6 +37,7 @@ from zmqdask.config import (
     HEARTBEAT_INTERVAL_S,
     INLINE_RESULT_MAX_BYTES,
     LIVENESS_TIMEOUT_S,
+    MAX_MESSAGE_BYTES,
 )
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
@@ -46,6 +47,7 @@ from zmqdask.executor import (
     FunctionCache,
     Task,
     error_detail,
+    inline_limit,
     measure,
     slots_nbytes,
     slots_view,
@@ -141,6 +143,7 @@ class BrokerLink:
     ) -> None:
         self.address = address
         self.identity = identity
+        self.max_message_bytes = MAX_MESSAGE_BYTES  # the broker's, learnt from WELCOME
         self.security = security
         """CURVE keys to connect with, or None for a broker without keys."""
         self._monitor: HandshakeMonitor | None = None
@@ -215,6 +218,10 @@ class BrokerLink:
                 return LinkEvent.NOTHING  # an answer to a HELLO that crossed the first WELCOME
             self.registered = True
             self.epoch = epoch
+            limit = message.header[1].get("max_message_bytes")
+            if isinstance(limit, int) and limit >= 1024:
+                self.max_message_bytes = limit
+                inline_limit.follow(limit)
             logger.info("%s: registered with the broker at %s (epoch %s)", self._who(), self.address, epoch)
             return LinkEvent.WELCOMED
         if command == HEARTBEAT:
@@ -739,7 +746,7 @@ class Worker:
                 self._done_frames.extend(out)
                 # Many pushed values in one turn would make one huge message: send early.
                 self._done_nbytes += serialize.frames_nbytes(out)
-                if self._done_nbytes >= DONE_FLUSH_BYTES:
+                if self._done_nbytes >= min(DONE_FLUSH_BYTES, self._link.max_message_bytes // 4):
                     self._flush_done()
             if local_waiting:
                 # Tasks sent ahead of this one learn its outcome after its own DONE entry.
@@ -938,6 +945,21 @@ class Worker:
                     f"the value of {key!r} (a {type_name}) cannot be serialized: {exc}", type_name
                 )
                 self._done_error(key, error)
+                missing.append(key)
+                continue
+            nbytes = serialize.frames_nbytes(value_frames)
+            limit = self._link.max_message_bytes
+            if nbytes > limit * 3 // 4:
+                # It could never reach anyone: fail the key rather than let the request hang.
+                del store[key]
+                self._done_error(
+                    key,
+                    UsageError(
+                        f"the value of {key!r} ({nbytes} bytes) is too large to travel: it exceeds the broker's "
+                        f"message size limit ({limit} bytes); start the broker with a larger "
+                        "--max-message-bytes, or reduce the value on the cluster before gathering"
+                    ),
+                )
                 missing.append(key)
                 continue
             field = payload_field(value_frames)
