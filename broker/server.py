@@ -255,13 +255,17 @@ class BrokerServer:
         next_tick = time.monotonic() + TICK_INTERVAL_S
         try:
             while not self._stop.is_set():
-                timeout_ms = max(0, math.ceil((next_tick - time.monotonic()) * 1000.0))
+                # Waiting work (releases piled up) is done between messages: do not sleep.
+                idle_work = state.pending_work
+                timeout_ms = 0 if idle_work else max(0, math.ceil((next_tick - time.monotonic()) * 1000.0))
                 events = dict(poller.poll(timeout_ms))
                 flags = events.get(sock, 0)
                 if flags & zmq.POLLOUT:
                     self._retry_backlog()
                 if flags & zmq.POLLIN:
                     self._drain(sock, state)
+                elif idle_work:
+                    self._emit(state.work(time.monotonic()))
                 now = time.monotonic()
                 if now >= next_tick:
                     self._emit(state.tick(now))

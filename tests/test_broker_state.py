@@ -566,7 +566,36 @@ def test_deep_chains_do_not_recurse(h: Harness) -> None:
     cancelled = one(out, b"w1", P.CANCEL_TASKS).header[0]
     h.done(b"w1", [[key, P.CANCELLED, "cancelled", 0] for key in cancelled])
     h.send(b"c1", P.RELEASE, [[f"k{i}" for i in range(depth)]])
+    while h.state.pending_work:  # a large release is applied over several steps
+        h.state.work(h.now)
     assert h.state.ledger.tasks == {}
+
+
+def test_large_releases_are_applied_over_steps_and_never_after_a_later_submission(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import broker.state
+
+    monkeypatch.setattr(broker.state, "RELEASE_KEYS_PER_STEP", 2)
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", [("a", []), ("b", []), ("c", []), ("d", [])])
+    h.finish(b"w1", "a", "b", "c", "d")
+    out = h.send(b"c1", P.RELEASE, [["a", "b", "c", "d"]])
+    assert sorted(one(out, b"w1", P.DELETE).header[0]) == ["a", "b"]  # this step's share
+    assert h.state.pending_work and h.state.ledger.tasks["c"].state == "memory"
+    # Submitting c again applies the waiting releases first, so c stays wanted.
+    out = h.submit(b"c1", [("c", [])], with_function=False)
+    assert one(out, b"w1", P.DELETE).header == [["d"]]
+    assert report_entries(out, b"c1")["c"][1] == P.FINISHED
+    assert not h.state.pending_work and h.state.ledger.tasks["c"].wanted_by is not None
+    # An INFO answer counts every release received before the request.
+    h.submit(b"c1", [("e", []), ("f", [])], with_function=False)
+    h.finish(b"w1", "e", "f")
+    h.send(b"c1", P.RELEASE, [["c", "e", "f"]])
+    assert h.state.pending_work
+    info = one(h.send(b"c1", P.INFO, [7]), b"c1", P.INFO_REPLY).header[1]
+    assert info["tasks"]["memory"] == 0 and not h.state.pending_work
 
 
 # --- worker death ------------------------------------------------------------------------
