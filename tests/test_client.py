@@ -219,6 +219,34 @@ def test_released_futures_free_the_cluster(client: Client, wait_until) -> None: 
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
 
 
+def test_futures_dropped_before_their_batch_is_sent_are_released_after_it(
+    run_async, wait_until, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import zmqdask.session
+
+    # Releases become due after a few keys, while the chain's submissions still wait for
+    # their flush: the SUBMIT of every key must reach the broker before its RELEASE.
+    monkeypatch.setattr(zmqdask.session, "RELEASE_BATCH_KEYS", 5)
+
+    async def body(c: Client) -> tuple[int, int]:
+        x = c.submit(inc, 0, pure=False)
+        for _ in range(99):
+            x = c.submit(inc, x, pure=False)  # each earlier future is dropped here
+        value = await x
+        del x
+        gc.collect()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            info = await c.scheduler_info()
+            held = sum(info["tasks"].get(state, 0) for state in ("waiting", "queued", "processing", "memory"))
+            if held == 0:
+                break
+            await asyncio.sleep(0.05)
+        return value, held
+
+    assert run_async(body) == (100, 0)
+
+
 def test_scheduler_info_and_nthreads(client: Client) -> None:
     info = client.scheduler_info()
     assert len(info["workers"]) == 2

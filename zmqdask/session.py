@@ -126,6 +126,7 @@ class BrokerSession:
         self._flush_scheduled = False
         # Keys whose last Future was dropped, not yet told to the broker (see _release).
         self._releases: dict[str, None] = {}
+        self._releases_due = False
         self._release_timer_armed = False
         self._functions_sent: set[bytes] = set()
         self._epoch = ""
@@ -285,13 +286,31 @@ class BrokerSession:
 
     def _flush(self) -> None:
         with self._lock:
+            if self._socket is None or self.status == ClientStatus.RECONNECTING:
+                self._flush_scheduled = False
+                return  # everything stays queued, releases too
             ops, self._ops = self._ops, []
             self._flush_scheduled = False
-        if not ops or self._socket is None or self.status == ClientStatus.RECONNECTING:
-            if ops and self.status == ClientStatus.RECONNECTING:
-                with self._lock:
-                    self._ops[:0] = ops
-            return
+            # Taken together with the operations: each of these keys was submitted before it
+            # was dropped, so its SUBMIT is in ``ops`` (or went out earlier) and precedes this.
+            released = self._take_releases() if self._releases_due else []
+        self._send_ops(ops)
+        self._send_releases(released)
+
+    def _take_releases(self) -> list[str]:
+        """The pending releases, now due; called with ``_lock`` held."""
+        keys = list(self._releases)
+        self._releases = {}
+        self._releases_due = False
+        return keys
+
+    def _send_releases(self, keys: list[str]) -> None:
+        # Several modest messages rather than one huge one: the broker handles each as it
+        # comes, between the messages of work still running.
+        for start in range(0, len(keys), _MAX_KEYS_PER_RELEASE):
+            self._send(proto.encode(proto.RELEASE, [keys[start : start + _MAX_KEYS_PER_RELEASE]]))
+
+    def _send_ops(self, ops: list[tuple[Any, ...]]) -> None:
         # Consecutive operations of one kind share a message; the order between kinds is
         # kept, because a RELEASE followed by a re-SUBMIT of the same key must stay in order.
         # Long runs of tasks are cut into several messages, but never inside one graph
@@ -313,12 +332,8 @@ class BrokerSession:
             if kind == "task":
                 self._send_submit(group)
             elif kind == "releases":
-                with self._lock:
-                    keys, self._releases = list(self._releases), {}
-                # Several modest messages rather than one huge one: the broker handles each
-                # as it comes, between the messages of work still running.
-                for start in range(0, len(keys), _MAX_KEYS_PER_RELEASE):
-                    self._send(proto.encode(proto.RELEASE, [keys[start : start + _MAX_KEYS_PER_RELEASE]]))
+                for op in group:
+                    self._send_releases(op[1])
             elif kind == "scatter":
                 entries: list[list[Any]] = []
                 frames: list[Any] = []
@@ -680,7 +695,9 @@ class BrokerSession:
             releases = self._releases
             releases[state.key] = None
             if len(releases) >= RELEASE_BATCH_KEYS:
-                self._ops.append(("releases",))
+                # Due at the end of the next flush: an operation queued here would split the
+                # run of submissions around it into separate messages.
+                self._releases_due = True
                 self._schedule_flush()
             elif not self._release_timer_armed:
                 self._release_timer_armed = True
@@ -696,7 +713,7 @@ class BrokerSession:
         with self._lock:
             self._release_timer_armed = False
             if self._releases:
-                self._ops.append(("releases",))
+                self._releases_due = True
                 self._schedule_flush()
 
     def _take_back_release(self, key: str, wanted: bool) -> None:
@@ -712,7 +729,7 @@ class BrokerSession:
             if wanted:
                 del self._releases[key]
             else:
-                self._ops.append(("releases",))
+                self._ops.append(("releases", self._take_releases()))
 
     def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
         state = future._state
