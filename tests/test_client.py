@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import zmqdask
-from zmqdask import Client, Future, as_completed, wait
+from zmqdask import Client, Future, LocalCluster, as_completed, wait
 from zmqdask.errors import (
     ClosedClientError,
     ConnectTimeoutError,
@@ -437,3 +437,22 @@ def test_wait_accepts_persisted_collections(client: Client) -> None:
     assert len(done) == 4 and not not_done
     assert all(future.status == "finished" for future in done)
     assert persisted.x.sum().compute() == pdf.x.sum()
+
+
+def test_local_cluster_starts_when_the_port_it_chose_is_taken_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import zmqdask.local
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        # The broker cannot bind the port chosen for it: the cluster falls back to a port of
+        # the broker's own choosing, and its pool follows that one.
+        monkeypatch.setattr(zmqdask.local, "_free_port", lambda host: taken)
+        with LocalCluster(n_workers=1, threads_per_worker=1) as local:
+            assert local.address is not None and not local.address.endswith(f":{taken}")
+            with Client(local.address, timeout=30) as c:
+                c.wait_for_workers(1, timeout=30)
+                assert c.submit(inc, 1, pure=False).result(timeout=30) == 2

@@ -750,7 +750,7 @@ class Client(BrokerSession):
 
     async def _wait_for_workers(self, n_workers: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.01
+        delay = WORKERS_POLL_FIRST_S
         while True:
             info = await self._info()
             if len(info.get("workers", {})) >= n_workers:
@@ -760,7 +760,7 @@ class Client(BrokerSession):
                     f"only {len(info.get('workers', {}))} of {n_workers} workers connected within {timeout} s"
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 1.5, WORKERS_POLL_MAX_S)
 
     # --- reprs -----------------------------------------------------------------------------
 
@@ -790,6 +790,11 @@ _EMPTY_ARGS_FRAMES = dumps(((), {}))
 _EMPTY_KWARGS: dict[str, Any] = {}
 _LEAF_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 
+
+WORKERS_POLL_FIRST_S = 0.005
+WORKERS_POLL_MAX_S = 0.05
+"""wait_for_workers asks the broker every few milliseconds at first (a local cluster's
+workers register within about half a second of its start), then less often."""
 
 GC_PAUSE_MIN_TASKS = 1000
 """Bulk submissions of at least this many tasks pause the cyclic garbage collector."""

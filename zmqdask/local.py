@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import selectors
+import socket
 import subprocess
 import sys
 import threading
@@ -61,11 +62,34 @@ class LocalCluster:
         self._finalizer: weakref.finalize | None = None
 
     def start(self, timeout: float = 30.0) -> str:
-        """Start the broker and the worker pool; returns the broker address."""
+        """Start the broker and the worker pool; returns the broker address.
+
+        With ``port=0`` a free port is chosen here, so the pool (whose start takes longer
+        than the broker's) starts at the same time as the broker instead of after it; if the
+        port is taken in between, the broker picks one itself and the pool follows it.
+        """
         if self.address is not None:
             return self.address
         deadline = time.monotonic() + timeout
         env = _child_environment()
+        port = _free_port(self.host) if self.port == 0 and self.n_workers else None
+        if port is not None and self._start_broker(port, env, deadline, early_pool=True):
+            return self._started()
+        if self._pool is not None or self._broker is not None:
+            self.close()
+        if not self._start_broker(self.port, env, deadline, early_pool=False):
+            code = self._broker.poll() if self._broker is not None else None
+            self.close()
+            raise CommunicationError(
+                f"the local broker did not start within {timeout} s"
+                + (f" (it exited with code {code}; see its error output above)" if code is not None else "")
+            )
+        if self.n_workers and self.address is not None:
+            self._start_pool(self.address, env)
+        return self._started()
+
+    def _start_broker(self, port: int, env: dict[str, str], deadline: float, *, early_pool: bool) -> bool:
+        """Start the broker on ``port`` (and the pool at once if ``early_pool``); True once it listens."""
         self._broker = subprocess.Popen(
             [
                 sys.executable,
@@ -74,7 +98,7 @@ class LocalCluster:
                 "--host",
                 self.host,
                 "--port",
-                str(self.port),
+                str(port),
                 "--log-level",
                 self.log_level,
             ],
@@ -83,37 +107,41 @@ class LocalCluster:
             env=env,
         )
         self._finalizer = weakref.finalize(self, _terminate, [self._broker])
+        if early_pool:
+            # The pool's workers keep trying to connect until the broker listens.
+            self._start_pool(f"tcp://{_local_host(self.host)}:{port}", env)
         line = _read_line_matching(self._broker, _LISTENING, deadline)
         if line is None:
-            code = self._broker.poll()
-            self.close()
-            raise CommunicationError(
-                f"the local broker did not start within {timeout} s"
-                + (f" (it exited with code {code}; see its error output above)" if code is not None else "")
-            )
+            return False
         self.address = line
-        if self.n_workers:
-            self._pool = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "zmqdask.pool",
-                    self.address,
-                    "--nworkers",
-                    str(self.n_workers),
-                    "--nthreads",
-                    str(self.threads_per_worker),
-                    "--log-level",
-                    self.log_level,
-                ],
-                stdout=subprocess.DEVNULL,
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
+        return True
+
+    def _start_pool(self, address: str, env: dict[str, str]) -> None:
+        self._pool = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "zmqdask.pool",
+                address,
+                "--nworkers",
+                str(self.n_workers),
+                "--nthreads",
+                str(self.threads_per_worker),
+                "--log-level",
+                self.log_level,
+            ],
+            stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        if self._finalizer is not None:
             self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _terminate, [self._pool, self._broker])
-        logger.info("local cluster at %s with %d workers", self.address, self.n_workers)
-        return self.address
+        self._finalizer = weakref.finalize(self, _terminate, [p for p in (self._pool, self._broker) if p is not None])
+
+    def _started(self) -> str:
+        address = self.address or ""
+        logger.info("local cluster at %s with %d workers", address, self.n_workers)
+        return address
 
     def close(self, timeout: float = _STOP_GRACE_S) -> None:
         """Stop the pool, then the broker (SIGTERM, then SIGKILL after ``timeout``)."""
@@ -133,6 +161,29 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         return f"LocalCluster({self.address!r}, workers={self.n_workers}, threads={self.threads_per_worker})"
+
+
+def _free_port(host: str) -> int | None:
+    """A TCP port free on ``host`` right now (None if that cannot be found out)."""
+    bind_host = "" if host in ("0.0.0.0", "*", "", "::") else host
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            bind_host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+            return int(probe.getsockname()[1])
+    except OSError:
+        return None
+
+
+def _local_host(host: str) -> str:
+    """How a process on this machine reaches a broker bound to ``host``."""
+    if host in ("0.0.0.0", "*", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 LARGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
