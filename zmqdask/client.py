@@ -395,16 +395,18 @@ class Client(BrokerSession):
         fn_hash, fn_payload, _ = info
         state = FutureState(key)
         futures[key] = state
+        field = proto.payload_field(frames)
         state.entry = [
             key,
             fn_hash,
-            list(dep_states),
+            list(dep_states) if dep_states else _NO_DEP_KEYS,
             priority,
             retries,
             proto.FLAG_WANTED if wanted else 0,
-            proto.payload_field(frames),
+            field,
         ]
-        state.frames = frames
+        # An inline payload lives in the entry itself (a million queued tasks: 130 MB less).
+        state.frames = None if type(field) is bytes else frames
         state.fn_payload = fn_payload
         state.unsent = True
         if dep_states:
@@ -473,10 +475,14 @@ class Client(BrokerSession):
         # Elements beyond the shortest iterable are ignored, as by the builtin map.
         rows = zip(*columns, strict=False) if len(columns) > 1 else ((item,) for item in columns[0])
         with _collector_paused(count):
+            deps: dict[str, FutureState] = {}
             for call_args, element_key in zip(rows, keys, strict=False):
-                deps: dict[str, FutureState] = {}
                 task_key, frames = task_spec(info, call_args, kwargs, element_key, pure, deps)
-                specs.append((task_key, frames, deps))
+                if deps:
+                    specs.append((task_key, frames, deps))
+                    deps = {}
+                else:  # the usual case: no futures among the arguments, one shared empty map
+                    specs.append((task_key, frames, _NO_DEP_STATES))
             queue_task = self._queue_task
             with self._lock:
                 return [
@@ -788,6 +794,8 @@ class Client(BrokerSession):
 
 _EMPTY_ARGS_FRAMES = dumps(((), {}))
 _EMPTY_KWARGS: dict[str, Any] = {}
+_NO_DEP_KEYS: list[str] = []  # shared by the entries of tasks without inputs; never changed
+_NO_DEP_STATES: dict[str, FutureState] = {}  # likewise, for map's tasks without inputs
 _LEAF_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 

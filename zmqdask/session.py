@@ -394,6 +394,11 @@ class BrokerSession:
         if self.status not in (ClientStatus.RUNNING, ClientStatus.RECONNECTING):
             return
         now = time.monotonic()
+        if self.status == ClientStatus.RUNNING and now - self._last_heard > LIVENESS_TIMEOUT_S:
+            # The silence may be this process's own: a long synchronous call (a map of a
+            # million tasks) kept the loop from reading.  What the broker sent meanwhile is
+            # waiting in the socket; read it before judging.
+            self._drain()
         try:
             if self.status == ClientStatus.RUNNING and now - self._last_heard > LIVENESS_TIMEOUT_S:
                 logger.warning("broker at %s silent for %.1f s; reconnecting", self.address, now - self._last_heard)
