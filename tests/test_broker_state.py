@@ -356,6 +356,19 @@ def test_a_task_sent_ahead_of_a_failed_input_fails_and_is_cancelled(h: Harness) 
     assert h.state.workers[b"w1"].processing == {}
 
 
+def test_tasks_sent_ahead_to_a_worker_that_dies_are_requeued_after_their_inputs(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    out = h.submit(b"c1", [("a", []), ("b", ["a"]), ("c", ["b"])])
+    assert compute_keys(out, b"w1") == ["a", "b", "c"]
+    h.worker(b"w2")
+    out = h.send(b"w1", P.GOODBYE, ["bye"])
+    # The chain starts over on w2, again sent whole: each link after its input.
+    assert compute_keys(out, b"w2") == ["a", "b", "c"]
+    out = h.finish(b"w2", "a", "b", "c")
+    assert report_entries(out, b"c1")["c"][1] == P.FINISHED
+
+
 def test_a_task_sent_ahead_is_requeued_when_its_input_is_given_back(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")

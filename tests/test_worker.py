@@ -710,6 +710,64 @@ def test_cancel_drops_tasks_that_have_not_started(
     assert sorted(reported) == ["fetching", "queued", "running"]
 
 
+def add_one(value: int) -> int:
+    return value + 1
+
+
+def test_tasks_sent_ahead_run_when_their_local_inputs_finish(broker: ScriptedBroker, workers: WorkerProcesses) -> None:
+    identity = register(broker, workers)
+    # b and c name inputs this worker is computing (holder None): they wait here for them.
+    compute(
+        broker,
+        identity,
+        [
+            ("a", operator.add, (1, 2), [], 0),
+            ("b", add_one, (TaskRef("a"),), [["a", None]], 0),
+            ("c", add_one, (TaskRef("b"),), [["b", None]], FLAG_PUSH_RESULT),
+        ],
+    )
+    results = broker.done({"a", "b", "c"})
+    assert all(code == FINISHED for code, _, _ in results.values())
+    assert serialize.loads(results["c"][2]) == 5
+    reported = [entry[0] for _, m in broker.log if m.command == DONE for entry in m.header[0]]
+    assert reported == ["a", "b", "c"]  # an input's DONE entry precedes its dependent's
+
+
+def test_a_task_sent_ahead_is_given_back_when_its_local_input_fails_or_it_is_cancelled(
+    broker: ScriptedBroker, workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    identity = register(broker, workers)
+    compute(
+        broker,
+        identity,
+        [
+            ("bad", fail_with_value_error, ("no",), [], 0),
+            ("after-bad", add_one, (TaskRef("bad"),), [["bad", None]], 0),
+        ],
+    )
+    results = broker.done({"bad", "after-bad"})
+    assert results["bad"][0] == ERRED
+    assert results["after-bad"][:2] == (MISSING_DEPS, ["bad"])
+    release, started = tmp_path / "release", tmp_path / "started"
+    compute(
+        broker,
+        identity,
+        [
+            ("slow", wait_for_file, (str(release), str(started)), [], 0),
+            ("after-slow", echo, (TaskRef("slow"),), [["slow", None]], 0),
+        ],
+    )
+    wait_until(started.exists)
+    broker.send(identity, CANCEL_TASKS, [["after-slow"]])
+    assert broker.done({"after-slow"})["after-slow"][0] == CANCELLED
+    release.touch()
+    assert broker.done({"slow"})["slow"][0] == FINISHED
+    values, _ = get(broker, identity, ["slow"])
+    assert values == {"slow": "released"}
+    reported = [entry[0] for _, m in broker.log if m.command == DONE for entry in m.header[0]]
+    assert reported.count("after-slow") == 1  # cancelled, never run
+
+
 def test_a_forgetful_broker_gets_a_fresh_worker(
     broker: ScriptedBroker, workers: WorkerProcesses, tmp_path: Path
 ) -> None:
