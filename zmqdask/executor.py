@@ -319,14 +319,20 @@ def execute(task: Task) -> Task:
     if task.flags & FLAG_PUSH_RESULT and detail[1] <= inline_limit.nbytes:
         # Values whose in-memory size already exceeds the inline limit are not pickled here
         # just to be thrown away: the client fetches them with GATHER.
-        try:
-            frames = serialize.dumps(value)
-        except Exception as exc:
-            error = SerializationError(
-                f"the result of task {key!r} (a {detail[0]}) cannot be serialized: {exc}", detail[0]
-            )
-            return _erred(task, error)
-        if serialize.frames_nbytes(frames) <= inline_limit.nbytes:
+        if type(value) in _SCALAR_TYPES:
+            # Nothing out of band and nothing pickle cannot do: the bytes serialize.dumps makes.
+            frames: list[Any] = [pickle.dumps(value, protocol=serialize.PICKLE_PROTOCOL)]
+            nbytes = len(frames[0])
+        else:
+            try:
+                frames = serialize.dumps(value)
+            except Exception as exc:
+                error = SerializationError(
+                    f"the result of task {key!r} (a {detail[0]}) cannot be serialized: {exc}", detail[0]
+                )
+                return _erred(task, error)
+            nbytes = serialize.frames_nbytes(frames)
+        if nbytes <= inline_limit.nbytes:
             task.out_frames = frames
     task.value = value
     task.detail = detail
