@@ -89,6 +89,10 @@ def check_blocking_allowed(client: Client, alternative: str) -> None:
         )
 
 
+GOODBYE_LINGER_MS = 200
+"""How long closing waits, at most, for the GOODBYE to leave (milliseconds, as ZeroMQ counts)."""
+
+
 class Client(BrokerSession):
     """Connect to a zmqdask cluster, or start a local one, and run work on it.
 
@@ -252,10 +256,13 @@ class Client(BrokerSession):
         if self._heartbeat_handle is not None:
             self._heartbeat_handle.cancel()
             self._heartbeat_handle = None
-        self._close_socket()
+        # A short linger lets the GOODBYE just queued reach the broker, which then releases
+        # this client's keys at once instead of after the liveness timeout.  term() waits
+        # for that linger, so it runs off the event loop.
+        self._close_socket(linger_ms=GOODBYE_LINGER_MS)
         if self._context is not None:
-            self._context.term()
-            self._context = None
+            context, self._context = self._context, None
+            await asyncio.to_thread(context.term)
         if self.cluster is not None:
             cluster, self.cluster = self.cluster, None
             await asyncio.to_thread(cluster.close)

@@ -169,7 +169,7 @@ class BrokerSession:
         # The zmq FD only signals edges; _drain() reads until EAGAIN each time it fires.
         self._loop.add_reader(sock.FD, self._drain)
 
-    def _close_socket(self) -> None:
+    def _close_socket(self, linger_ms: int = 0) -> None:
         sock = self._socket
         self._socket = None
         if self._handshake_monitor is not None:
@@ -181,7 +181,7 @@ class BrokerSession:
                     self._loop.remove_reader(sock.FD)
             except Exception:
                 pass
-            sock.close(linger=0)
+            sock.close(linger=linger_ms)
 
     async def _handshake(self, deadline: float) -> None:
         assert self._loop is not None
