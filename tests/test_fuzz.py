@@ -49,9 +49,12 @@ MUTE_MESSAGES = 400_000
 """Messages the peer that never reads sends."""
 MUTE_CHECKPOINT = 100_000
 """When the mute peer's test first measures the broker's memory."""
-MUTE_GROWTH_LIMIT_BYTES = 8 * 1024 * 1024
+MUTE_GROWTH_LIMIT_BYTES = 20 * 1024 * 1024
 """Allowed growth between the checkpoint and the end of the mute peer's messages: refusals
-answered at about 120 bytes each would grow the broker by some 35 MiB meanwhile."""
+answered at about 120 bytes each would grow the broker by some 35 MiB meanwhile (52 MiB was
+measured before replies were rate-limited).  Bounded growth measured 6.7 MiB on a quiet
+machine and 13.4 MiB with a second test run competing for the cores: the allocator keeps
+what a larger transient receive backlog needed."""
 FUZZ_WORKER_CREDIT = 1
 """Task slots a fuzzing "worker" grants: tasks the broker sends it are never answered."""
 JOB_BATCH = 20
