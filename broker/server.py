@@ -109,6 +109,8 @@ class BrokerServer:
         self._backlog: dict[bytes, deque[list[Any]]] = {}
         self._pending: deque[tuple[bytes, list[Any]]] = deque()
         self._emitting = False
+        # Peers a send found unreachable; they are declared dead after the next read.
+        self._unreachable_ids: dict[bytes, None] = {}
         self._thread: threading.Thread | None = None
         self._security = security
         self._curve: CurveServer | None = None
@@ -241,7 +243,7 @@ class BrokerServer:
               frames below ZERO_COPY_THRESHOLD_BYTES become bytes; larger stay zmq.Frame
               state.handle(identity, frames, now) ──▶ [(identity, frames), ...]
             ROUTER.send(identity | frames, NOBLOCK; copy=False for large frames) ──▶ peer
-              EHOSTUNREACH → state.peer_unreachable(identity) → more messages to send
+              EHOSTUNREACH → after the next read, state.peer_unreachable(identity) → more
               EAGAIN       → per-peer backlog, retried on POLLOUT, never dropped
             every TICK_INTERVAL_S: state.tick(now) → heartbeats, dead peers
         """
@@ -257,7 +259,15 @@ class BrokerServer:
             while not self._stop.is_set():
                 # Waiting work (releases piled up) is done between messages: do not sleep.
                 idle_work = state.pending_work
-                timeout_ms = 0 if idle_work else max(0, math.ceil((next_tick - time.monotonic()) * 1000.0))
+                # A peer that left says GOODBYE before its connection closes, but a send to it
+                # may fail before that message is read: unreachable peers found so far are
+                # declared dead only after one more read, which takes a GOODBYE first.
+                unreachable = self._take_unreachable()
+                timeout_ms = (
+                    0
+                    if idle_work or unreachable
+                    else max(0, math.ceil((next_tick - time.monotonic()) * 1000.0))
+                )
                 events = dict(poller.poll(timeout_ms))
                 flags = events.get(sock, 0)
                 if flags & zmq.POLLOUT:
@@ -266,6 +276,7 @@ class BrokerServer:
                     self._drain(sock, state)
                 elif idle_work:
                     self._emit(state.work(time.monotonic()))
+                self._declare_unreachable(unreachable)
                 now = time.monotonic()
                 if now >= next_tick:
                     self._emit(state.tick(now))
@@ -379,8 +390,18 @@ class BrokerServer:
 
     def _unreachable(self, identity: bytes) -> None:
         self._backlog.pop(identity, None)
-        if self.state is not None:
-            self._pending.extend(self.state.peer_unreachable(identity, time.monotonic()))
+        self._unreachable_ids[identity] = None
+
+    def _take_unreachable(self) -> list[bytes]:
+        identities = list(self._unreachable_ids)
+        self._unreachable_ids.clear()
+        return identities
+
+    def _declare_unreachable(self, identities: list[bytes]) -> None:
+        state = self.state
+        if state is not None:
+            for identity in identities:
+                self._emit(state.peer_unreachable(identity, time.monotonic()))
 
     def _retry_backlog(self) -> None:
         for identity in list(self._backlog):
@@ -393,8 +414,7 @@ class BrokerServer:
                     break
                 queue.popleft()
                 if result is _UNREACHABLE:
-                    del self._backlog[identity]
-                    self._emit(self.state.peer_unreachable(identity, time.monotonic()) if self.state else [])
+                    self._unreachable(identity)
                     break
             else:
                 del self._backlog[identity]

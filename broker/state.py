@@ -503,6 +503,12 @@ class BrokerState:
         if isinstance(peer, WorkerPeer):
             del self._workers[identity]
             nprocessing, nkeys = len(peer.processing), len(peer.has)
+            # Work somebody still needs is what a departure can cost; the rest (say, results
+            # of a client that is leaving too) is routine.
+            needed = self.ledger.needed
+            nneeded = sum(1 for rec in peer.processing.values() if needed(rec)) + sum(
+                1 for rec in peer.has if rec.who_has == (peer,) and needed(rec)
+            )
             orphans, blamed = self.ledger.worker_removed(peer, running)
             if running is None and blamed:
                 self._graveyard[identity] = (self._now, blamed)
@@ -514,14 +520,14 @@ class BrokerState:
             peer.requests.clear()
             for rec in orphans:
                 self._place_store(rec)
-            # A worker leaving empty-handed (say, at shutdown) is routine; losing work is not.
             logger.log(
-                logging.WARNING if nprocessing or nkeys else logging.INFO,
-                "%s is gone (%s): %d tasks to requeue, %d keys it held",
+                logging.WARNING if nneeded else logging.INFO,
+                "%s is gone (%s): %d tasks to requeue, %d keys it held, %d of them still needed",
                 peer.label(),
                 reason,
                 nprocessing,
                 nkeys,
+                nneeded,
             )
         elif isinstance(peer, ClientPeer):
             del self._clients[identity]
@@ -547,6 +553,10 @@ class BrokerState:
     def _on_goodbye(self, peer: Peer, message: Message) -> None:
         # A departing worker is not crashing: nothing it was running is blamed.
         self._peer_died(peer, _NO_KEYS, f"said goodbye: {message.header[0]}")
+        if isinstance(peer, ClientPeer):
+            # Everything the client sent before is handled and its interest dropped: a client
+            # about to stop its own cluster waits for this before stopping the workers.
+            self._outbox.send(peer.identity, GOODBYE, ["goodbye"])
 
     def _on_worker_died(self, pool: PoolPeer, message: Message) -> None:
         identity, running_keys, exitcode = message.header

@@ -247,7 +247,11 @@ def test_send_path_keeps_a_backlog_on_eagain_and_reports_unreachable_peers() -> 
         server._emit([(b"slow", [b"1"]), (b"fast", [b"a"]), (b"slow", [b"2", b"3"]), (b"gone", [b"x"])])
         # "slow" refused once: its messages wait, in order, behind the first; others go on.
         assert fake.sent == [[b"fast", b"a"]]
-        assert "gone" not in {w.decode() for w in server.state.workers}  # found dead on send
+        # Found unreachable on send, declared dead only after the next read (which would
+        # have taken its GOODBYE, had it said one).
+        assert "gone" in {w.decode() for w in server.state.workers}
+        server._declare_unreachable(server._take_unreachable())
+        assert "gone" not in {w.decode() for w in server.state.workers}
         server._retry_backlog()
         assert fake.sent == [[b"fast", b"a"], [b"slow", b"1"], [b"slow", b"2", b"3"]]
         assert server._backlog == {}

@@ -624,6 +624,29 @@ def test_worker_death_requeues_its_tasks(h: Harness) -> None:
     assert sorted(compute_keys(out, b"w2")) == ["a", "b"]
 
 
+def test_a_worker_leaving_warns_only_when_work_still_needed_is_lost(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.worker(b"w1", credit=2)
+    h.worker(b"w2", credit=2)
+    h.client(b"c1")
+    h.submit(b"c1", [("a", []), ("b", [])])
+    for key in ("a", "b"):
+        worker = h.state.ledger.tasks[key].processing_on
+        assert worker is not None
+        h.finish(worker.identity, key)
+    with caplog.at_level("INFO", logger="broker.state"):
+        h.send(b"c1", P.RELEASE, [["a", "b"]])
+        h.state.work(h.now)  # releases are applied a share per step
+        h.send(b"w1", P.GOODBYE, ["bye"])
+        h.submit(b"c1", [("c", [])])
+        h.finish(b"w2", "c")
+        h.send(b"w2", P.GOODBYE, ["bye"])  # holds "c", which c1 still wants
+    left = [(r.levelname, r.getMessage()) for r in caplog.records if "is gone" in r.getMessage()]
+    assert [level for level, _ in left] == ["INFO", "WARNING"]
+    assert left[1][1].endswith("1 keys it held, 1 of them still needed")
+
+
 def test_lost_keys_are_recomputed_from_lineage(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")
@@ -791,6 +814,7 @@ def test_client_death_releases_its_keys(h: Harness) -> None:
     h.finish(b"w1", "mine")
     out = h.send(b"c1", P.GOODBYE, ["closing"])
     assert one(out, b"w1", P.DELETE).header == [["mine"]]
+    assert one(out, b"c1", P.GOODBYE).header == ["goodbye"]  # the answer a closing client waits for
     assert set(h.state.ledger.tasks) == {"theirs", "queued"}
     h.tick(h.state.liveness_timeout_s * 0.6)
     h.send(b"w1", P.HEARTBEAT, [EPOCH])

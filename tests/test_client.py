@@ -456,3 +456,33 @@ def test_local_cluster_starts_when_the_port_it_chose_is_taken_meanwhile(monkeypa
             with Client(local.address, timeout=30) as c:
                 c.wait_for_workers(1, timeout=30)
                 assert c.submit(inc, 1, pure=False).result(timeout=30) == 2
+
+
+QUIET_CLOSE_SCRIPT = """
+import sys
+from zmqdask import Client
+
+def inc(x):
+    return x + 1
+
+with Client(n_workers=2, threads_per_worker=1) as client:
+    held = client.map(inc, range(20000))
+    assert client.gather(held)[-1] == 20000
+    released = client.map(inc, range(20000, 40000))
+    client.gather(released)
+    del released
+print("closed", flush=True)
+"""
+
+
+def test_closing_a_client_with_its_own_cluster_logs_no_warning(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Workers stopping after the client left cost nobody anything: nothing alarming printed."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "quiet_close.py"
+    script.write_text(QUIET_CLOSE_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["closed"]
+    assert "WARNING" not in result.stderr and "ERROR" not in result.stderr, result.stderr

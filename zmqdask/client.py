@@ -90,6 +90,9 @@ def check_blocking_allowed(client: Client, alternative: str) -> None:
 
 
 GOODBYE_LINGER_MS = 200
+GOODBYE_ANSWER_TIMEOUT_S = 2.0
+"""How long closing a client that started its own cluster waits for the broker's answer to
+its GOODBYE before stopping that cluster anyway."""
 """How long closing waits, at most, for the GOODBYE to leave (milliseconds, as ZeroMQ counts)."""
 
 
@@ -238,16 +241,26 @@ class Client(BrokerSession):
     async def _close(self) -> None:
         if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):
             return
+        was_running = self.status == ClientStatus.RUNNING
         self.status = ClientStatus.CLOSING
         with _current_lock:
             if self in _current_clients:
                 _current_clients.remove(self)
         if self._socket is not None:
             try:
+                if was_running and self.cluster is not None and self._loop is not None:
+                    self._goodbye_answered = self._loop.create_future()
                 self._flush()
                 self._send(proto.encode(proto.GOODBYE, ["client closing"]))
             except zmq.ZMQError:
                 pass
+        if self._goodbye_answered is not None:
+            # Our own cluster stops next: once the broker has answered, it has dropped this
+            # client's work, and the workers' leaving costs nobody anything (no warnings).
+            try:
+                await asyncio.wait_for(self._goodbye_answered, GOODBYE_ANSWER_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                logger.debug("the broker did not answer GOODBYE within %s s", GOODBYE_ANSWER_TIMEOUT_S)
         self._fail_pending(ClosedClientError("the client was closed before this result arrived"), CANCELLED)
         await self._teardown()
         self.status = ClientStatus.CLOSED

@@ -16,7 +16,9 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
     HELLO        [role, info]                 peer -> broker; role is "client" | "worker" | "pool"
     WELCOME      [epoch, info]                broker -> peer
     HEARTBEAT    [epoch]                      both ways; a peer sends the epoch it knows ("" if none)
-    GOODBYE      [reason]                     both ways; the sender is leaving
+    GOODBYE      [reason]                     both ways; the sender is leaving (the broker
+                                              answers a client's GOODBYE with one, once that
+                                              client's work is dropped)
     UNKNOWN_PEER [epoch]                      broker -> peer: you are not registered, send HELLO
     ERROR        [code, text, refs]           broker -> peer: your message was refused
 

@@ -132,6 +132,7 @@ class BrokerSession:
         self._epoch = ""
         self._welcome: asyncio.Future[None] | None = None
         self._info_requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._goodbye_answered: asyncio.Future[None] | None = None
         self._next_request = 0
         self._last_sent = 0.0
         self._last_heard = 0.0
@@ -500,6 +501,12 @@ class BrokerSession:
         self._send_hello()
 
     def _on_goodbye(self, message: proto.Message) -> None:
+        if self.status == ClientStatus.CLOSING:
+            # The answer to our own GOODBYE (or the broker stopping as we close): either way
+            # the broker has nothing more to do for us.
+            if self._goodbye_answered is not None and not self._goodbye_answered.done():
+                self._goodbye_answered.set_result(None)
+            return
         logger.warning("broker at %s is leaving: %s", self.address, message.header[0])
         if self.status == ClientStatus.RUNNING:
             self.status = ClientStatus.RECONNECTING
