@@ -127,25 +127,39 @@ class TaskRecord:
 
 class ReadyQueue:
     """Queued tasks by (-priority, submission order); entries of tasks that left the queued
-    state in another way are skipped when popped (lazy deletion)."""
+    state in another way are skipped when popped (lazy deletion).
 
-    __slots__ = ("_heap",)
+    Entries usually arrive in order (a batch of tasks of one priority, submitted in turn):
+    those go to a FIFO run, O(1) each way.  Only an entry that sorts before the run's last
+    one goes to a heap; popping takes the smaller of the two heads, so the order is exact.
+    """
+
+    __slots__ = ("_heap", "_run")
 
     def __init__(self) -> None:
+        self._run: deque[tuple[int, int, str]] = deque()
         self._heap: list[tuple[int, int, str]] = []
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._run) + len(self._heap)
 
     def push(self, rec: TaskRecord) -> None:
         """Add a record that just became queued."""
-        heapq.heappush(self._heap, (-rec.priority, rec.seq, rec.key))
+        entry = (-rec.priority, rec.seq, rec.key)
+        run = self._run
+        if not run or run[-1] <= entry:
+            run.append(entry)
+        else:
+            heapq.heappush(self._heap, entry)
 
     def pop(self, tasks: dict[str, TaskRecord]) -> TaskRecord | None:
         """Remove and return the most urgent queued record, or None."""
-        heap = self._heap
-        while heap:
-            _, seq, key = heapq.heappop(heap)
+        run, heap = self._run, self._heap
+        while run or heap:
+            if heap and (not run or heap[0] < run[0]):
+                _, seq, key = heapq.heappop(heap)
+            else:
+                _, seq, key = run.popleft()
             rec = tasks.get(key)
             # The seq check rejects an entry left behind by an earlier record of the same key.
             if rec is not None and rec.state is QUEUED and rec.seq == seq:
@@ -158,17 +172,18 @@ class ReadyQueue:
 
     def compact(self, tasks: dict[str, TaskRecord], nqueued: int) -> None:
         """Drop stale entries once they dominate the heap."""
-        if len(self._heap) <= 2 * nqueued + 1024:
+        if len(self) <= 2 * nqueued + 1024:
             return
         seen: set[str] = set()
         fresh = []
-        for entry in self._heap:
+        for entry in itertools.chain(self._run, self._heap):
             rec = tasks.get(entry[2])
             if rec is not None and rec.state is QUEUED and rec.seq == entry[1] and entry[2] not in seen:
                 seen.add(entry[2])
                 fresh.append(entry)
-        heapq.heapify(fresh)
-        self._heap = fresh
+        fresh.sort()
+        self._run = deque(fresh)
+        self._heap = []
 
 
 def lost_data_detail(key: str) -> ErrorDetail:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from broker.ledger import QUEUED, RELEASED, ReadyQueue, TaskRecord
 from broker.state import BrokerState
 from zmqdask import protocol as P
 from zmqdask.config import MAX_KILLED_ATTEMPTS
@@ -1255,3 +1256,54 @@ def test_refusals_are_answered_at_a_bounded_rate(h: Harness) -> None:
     assert len(h.raw(b"other", garbage)) == 1
     h.tick(0.1)
     assert len(h.raw(b"flooder", garbage)) == 1
+
+
+# --- ready queue ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ready_queue_pops_by_priority_then_age_whatever_the_push_order(seed: int) -> None:
+    rng = random.Random(seed)
+    queue = ReadyQueue()
+    tasks: dict[str, TaskRecord] = {}
+    records = []
+    for seq in range(600):
+        # Mostly in order and of one priority (the fast path), sometimes older or more urgent.
+        priority = 0 if rng.random() < 0.8 else rng.randint(-2, 3)
+        rec = TaskRecord(f"k{seq}", b"f", b"", (), priority, seq, 0, False)
+        rec.state = QUEUED
+        records.append(rec)
+    order = list(range(600))
+    for start in range(0, 600, 50):  # shuffle within windows: pushes arrive roughly in order
+        window = order[start : start + 50]
+        if rng.random() < 0.5:
+            rng.shuffle(window)
+        order[start : start + 50] = window
+    popped: list[str] = []
+    expected_pool: list[TaskRecord] = []
+    for index in order:
+        rec = records[index]
+        tasks[rec.key] = rec
+        queue.push(rec)
+        expected_pool.append(rec)
+        if rng.random() < 0.1:  # a task leaves the queued state another way (lazy deletion)
+            gone = rng.choice(expected_pool)
+            gone.state = RELEASED
+            expected_pool.remove(gone)
+        if rng.random() < 0.3:
+            rec_out = queue.pop(tasks)
+            if not expected_pool:
+                assert rec_out is None
+                continue
+            assert rec_out is not None
+            best = min(expected_pool, key=lambda r: (-r.priority, r.seq))
+            assert rec_out is best
+            rec_out.state = RELEASED
+            expected_pool.remove(rec_out)
+            popped.append(rec_out.key)
+    queue.compact(tasks, len(expected_pool))
+    rest = []
+    while (rec_out := queue.pop(tasks)) is not None:
+        rest.append(rec_out)
+        rec_out.state = RELEASED
+    assert rest == sorted(expected_pool, key=lambda r: (-r.priority, r.seq))
