@@ -428,10 +428,18 @@ class Ledger:
         push = self._take_push(rec)
         outbox = self.outbox
         if rec.wanted_by is not None:
-            entry = [rec.key, protocol.FINISHED, [type_name, nbytes], 0]
-            for client in rec.wanted_by:
-                if client not in push:
-                    outbox.report(client, entry)
+            if type(frames) is bytes:
+                # A small value that came inline (say, a number) goes to every client holding
+                # a future for it: cheaper than a GATHER and a GET later.
+                entry = [rec.key, protocol.FINISHED, [type_name, nbytes], frames]
+                for client in rec.wanted_by:
+                    if client not in push:
+                        outbox.report(client, entry, frames)
+            else:
+                entry = [rec.key, protocol.FINISHED, [type_name, nbytes], 0]
+                for client in rec.wanted_by:
+                    if client not in push:
+                        outbox.report(client, entry)
         if push:
             if frames:
                 entry = [rec.key, protocol.FINISHED, [type_name, nbytes], payload_field(frames)]

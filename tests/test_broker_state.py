@@ -202,6 +202,21 @@ def test_push_result_flag_delivers_inline_value(h: Harness) -> None:
     assert report.payload == [b"v1", b"v2"]
 
 
+def test_a_small_value_that_came_inline_goes_to_every_client_holding_a_future(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("a", [])])
+    h.submit(b"c2", [("a", [])], with_function=False)
+    out = h.done(b"w1", [["a", P.FINISHED, ["int", 28], b"tiny"]])
+    for client in (b"c1", b"c2"):
+        assert report_entries(out, client)["a"] == ["a", P.FINISHED, ["int", 28], b"tiny"]
+    # Values sent as frames (not inline) are not forwarded unasked.
+    h.submit(b"c1", [("b", [])], with_function=False)
+    out = h.done(b"w1", [["b", P.FINISHED, ["int", 28], 1]], [b"frame"])
+    assert one(out, b"c1", P.REPORT).header == [[["b", P.FINISHED, ["int", 28], 0]]]
+
+
 def test_push_result_without_inline_value_is_fetched_with_get(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")

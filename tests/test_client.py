@@ -486,3 +486,32 @@ def test_closing_a_client_with_its_own_cluster_logs_no_warning(tmp_path) -> None
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["closed"]
     assert "WARNING" not in result.stderr and "ERROR" not in result.stderr, result.stderr
+
+
+def test_small_results_come_with_their_completion_and_large_ones_on_request(client: Client) -> None:
+    small = client.submit(inc, 1, pure=False)
+    large = client.submit(np.arange, 10_000, pure=False)
+    done, _ = wait([small, large], timeout=30)
+    assert len(done) == 2
+    # Nobody asked for either value yet: the number came along, the array stays on its worker.
+    assert small._state is not None and small._state.has_value
+    assert large._state is not None and not large._state.has_value
+    assert small.result(timeout=30) == 2
+    assert large.result(timeout=30).sum() == 49_995_000
+
+
+def test_a_map_failing_part_way_raises_and_leaves_nothing_behind(client: Client, wait_until) -> None:  # type: ignore[no-untyped-def]
+    """map sends its tasks a chunk at a time; an element that cannot be sent late in the
+    sequence still raises at the call, and the tasks already sent are released."""
+    elements: list[object] = list(range(10_000))
+    elements.append(threading.Lock())
+    with pytest.raises(SerializationError, match="lock"):
+        client.map(inc, elements, pure=False)
+    gc.collect()
+
+    def ledger_empty() -> bool:
+        tasks = client.scheduler_info()["tasks"]
+        return not any(count for state, count in tasks.items() if state != "forgotten")
+
+    wait_until(ledger_empty, timeout=30)
+    assert client.gather(client.map(inc, range(5))) == [1, 2, 3, 4, 5]

@@ -525,14 +525,23 @@ def test_results_are_pushed_when_asked_for_and_kept_for_get(broker: ScriptedBrok
     compute(
         broker,
         identity,
-        [("pushed", operator.add, (1, 2), [], FLAG_PUSH_RESULT), ("kept", operator.mul, (3, 4), [], 0)],
+        [
+            ("pushed", operator.add, ([1], [2]), [], FLAG_PUSH_RESULT),
+            ("kept", operator.mul, ([3], 4), [], 0),
+            ("long", operator.mul, ("ab", 300), [], 0),
+            ("small", operator.mul, (3, 4), [], 0),
+        ],
     )
-    results = broker.done({"pushed", "kept"})
+    results = broker.done({"pushed", "kept", "long", "small"})
     code, detail, frames = results["pushed"]
-    assert code == FINISHED and serialize.loads(frames) == 3 and detail == ["int", serialize.sizeof(3)]
-    assert results["kept"] == (FINISHED, ["int", serialize.sizeof(12)], [])
-    values, missing = get(broker, identity, ["kept", "pushed", "unknown"])
-    assert values == {"kept": 12, "pushed": 3} and missing == ["unknown"]
+    assert code == FINISHED and serialize.loads(frames) == [1, 2] and detail == ["list", serialize.sizeof([1, 2])]
+    assert results["kept"] == (FINISHED, ["list", serialize.sizeof([3, 3, 3, 3])], [])
+    assert results["long"] == (FINISHED, ["str", serialize.sizeof("ab" * 300)], [])
+    # A small scalar travels with its DONE even unasked: cheaper than a GET later.
+    code, detail, frames = results["small"]
+    assert code == FINISHED and serialize.loads(frames) == 12 and detail == ["int", serialize.sizeof(12)]
+    values, missing = get(broker, identity, ["kept", "pushed", "small", "unknown"])
+    assert values == {"kept": [3, 3, 3, 3], "pushed": [1, 2], "small": 12} and missing == ["unknown"]
 
 
 def test_many_tiny_tasks_come_back_in_batches(broker: ScriptedBroker, workers: WorkerProcesses) -> None:

@@ -90,6 +90,8 @@ def check_blocking_allowed(client: Client, alternative: str) -> None:
 
 
 GOODBYE_LINGER_MS = 200
+_MAP_CHUNK_TASKS = 4096
+"""map records and sends its tasks this many at a time."""
 GOODBYE_ANSWER_TIMEOUT_S = 2.0
 """How long closing a client that started its own cluster waits for the broker's answer to
 its GOODBYE before stopping that cluster anyway."""
@@ -487,11 +489,14 @@ class Client(BrokerSession):
                 raise UsageError(f"map got {len(keys)} keys for {count} elements")
         if not isinstance(priority, int) or not isinstance(retries, int) or retries < 0:
             raise UsageError("priority must be an int and retries a non-negative int")
-        # Every task is prepared first (pickling, keys), then all are recorded under one
-        # lock: the whole map goes out in the next flush.
+        # Tasks are prepared (pickling, keys) and recorded a chunk at a time, and each chunk
+        # is sent as soon as it is recorded: the cluster starts on the first ones while the
+        # rest are prepared.  A failure part-way drops the futures made so far, which
+        # releases their tasks.
         info = self._function_info(fn)
         task_spec = self._task_spec
         specs: list[tuple[str, list[Any], dict[str, FutureState]]] = []
+        futures: list[Future] = []
         # Elements beyond the shortest iterable are ignored, as by the builtin map.
         rows = zip(*columns, strict=False) if len(columns) > 1 else ((item,) for item in columns[0])
         with _collector_paused(count):
@@ -503,12 +508,30 @@ class Client(BrokerSession):
                     deps = {}
                 else:  # the usual case: no futures among the arguments, one shared empty map
                     specs.append((task_key, frames, _NO_DEP_STATES))
-            queue_task = self._queue_task
-            with self._lock:
-                return [
-                    queue_task(task_key, info, frames, deps, priority, retries, True)
-                    for task_key, frames, deps in specs
-                ]
+                if len(specs) >= _MAP_CHUNK_TASKS:
+                    self._queue_chunk(info, specs, priority, retries, futures)
+                    specs = []
+            self._queue_chunk(info, specs, priority, retries, futures)
+        return futures
+
+    def _queue_chunk(
+        self,
+        info: tuple[bytes, bytes, str],
+        specs: list[tuple[str, list[Any], dict[str, FutureState]]],
+        priority: int,
+        retries: int,
+        futures: list[Future],
+    ) -> None:
+        """Record prepared tasks (adding their futures to ``futures``) and send them soon."""
+        queue_task = self._queue_task
+        with self._lock:
+            futures.extend(
+                queue_task(task_key, info, frames, deps, priority, retries, True) for task_key, frames, deps in specs
+            )
+        if self._in_loop_thread() and self._flush_scheduled:
+            # On the client's own loop nothing else runs until map returns: send now.  From
+            # another thread the loop sends what was scheduled while this one goes on.
+            self._flush()
 
     def submit_graph(self, graph: Mapping[str, TaskSpec], outputs: Sequence[str], priority: int = 0) -> list[Future]:
         """Submit a whole task graph (see :mod:`zmqdask.graph`) as one batch.
@@ -604,6 +627,9 @@ class Client(BrokerSession):
     async def _gather(self, obj: Any, errors: str) -> Any:
         found: dict[str, Future] = {}
         _collect_futures(obj, found)
+        # Reports waiting in the socket may carry some of these values already (small ones
+        # come with their completion notice): read them before asking for the rest.
+        self._drain()
         with self._lock:
             for future in found.values():
                 state = future._state

@@ -44,5 +44,10 @@ BATCH_MAX_BYTES = 1024 * 1024
 INLINE_RESULT_MAX_BYTES = 1024 * 1024
 """Results up to this size travel with their completion notice when a client awaits them."""
 
+SMALL_RESULT_MAX_BYTES = 256
+"""Scalar results (numbers, short strings) up to this size in memory travel with their
+completion notice, and on to the clients holding their futures, even before anyone awaits
+them: cheaper than asking for them later."""
+
 LIVENESS_TIMEOUT_S = HEARTBEAT_INTERVAL_S * LIVENESS_INTERVALS
 """Silence after which a peer is treated as dead."""

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zmqdask import serialize
-from zmqdask.config import INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH
+from zmqdask.config import INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH, SMALL_RESULT_MAX_BYTES
 from zmqdask.errors import ProtocolError, RemoteTaskFailure, SerializationError
 from zmqdask.protocol import ERRED, FINISHED, FLAG_PUSH_RESULT
 
@@ -288,7 +288,7 @@ def execute(task: Task) -> Task:
 
     On success ``code`` is FINISHED, ``value`` holds the result, ``detail`` is
     ``[type_name, nbytes]`` and ``out_frames`` the serialized value when the task asked for
-    it to be pushed and it is small enough.  Otherwise ``code`` is ERRED with the error's
+    it to be pushed and it is small enough, or when it is a small scalar.  Otherwise ``code`` is ERRED with the error's
     detail and frame.
     """
     key = task.key
@@ -316,10 +316,13 @@ def execute(task: Task) -> Task:
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from a task are task errors too
         return _erred(task, exc)
     detail = measure(value)
-    if task.flags & FLAG_PUSH_RESULT and detail[1] <= inline_limit.nbytes:
+    scalar = type(value) in _SCALAR_TYPES
+    if (task.flags & FLAG_PUSH_RESULT and detail[1] <= inline_limit.nbytes) or (
+        scalar and detail[1] <= SMALL_RESULT_MAX_BYTES
+    ):
         # Values whose in-memory size already exceeds the inline limit are not pickled here
         # just to be thrown away: the client fetches them with GATHER.
-        if type(value) in _SCALAR_TYPES:
+        if scalar:
             # Nothing out of band and nothing pickle cannot do: the bytes serialize.dumps makes.
             frames: list[Any] = [pickle.dumps(value, protocol=serialize.PICKLE_PROTOCOL)]
             nbytes = len(frames[0])
