@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import floor as floor_module
 from cases import FRAMEWORKS, MARKER, Spec
 
 HERE = Path(__file__).resolve().parent
@@ -48,7 +49,19 @@ ERROR_CELL_CHARS = 40
 
 FRAMEWORK_TITLES = {"zmqdask": "zmqdask", "dask": "dask.distributed", "pool": "ProcessPool"}
 
-MAIN_CASES = ("roundtrip", "submit", "map", "chain", "scatter", "ts_sum", "ts_persist", "ts_groupby", "ts_filter")
+MAIN_CASES = (
+    "roundtrip",
+    "submit",
+    "map",
+    "chain",
+    "scatter",
+    "gather",
+    "there_and_back",
+    "ts_sum",
+    "ts_persist",
+    "ts_groupby",
+    "ts_filter",
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
@@ -358,7 +371,9 @@ def tables(
         Row(f"map + gather (tasks/s), {spec.map_tasks} tasks", "map", show="rate"),
         Row(f"chain of dependent tasks (tasks/s), {spec.chain_length} long", "chain", show="rate"),
         Row("Client() to first result (s), cluster start included", "startup"),
-        Row(f"scatter + gather (GB/s), {spec.scatter_bytes / 1e6:.0f} MB array", "scatter", show="gbps"),
+        Row(f"scatter (GB/s), {spec.scatter_bytes / 1e6:.0f} MB array", "scatter", show="gbps"),
+        Row(f"gather (GB/s), {spec.scatter_bytes / 1e6:.0f} MB array held by a worker", "gather", show="gbps"),
+        Row("array as argument and result (GB/s, both ways)", "there_and_back", show="gbps"),
         Row(f"timeseries(freq={spec.timeseries_freq!r})[['x','y']].sum(), fresh (s)", "ts_sum"),
         Row("persist() of timeseries (s)", "ts_persist"),
         Row("groupby('name').x.mean() on persisted (s)", "ts_groupby"),
@@ -423,13 +438,24 @@ def _error_lines(results: Results) -> list[str]:
 
 
 def report(
-    args: argparse.Namespace, frameworks: list[str], spec: Spec, results: Results, command: str
+    args: argparse.Namespace,
+    frameworks: list[str],
+    spec: Spec,
+    results: Results,
+    command: str,
+    floor: tuple[float, float] | None = None,
 ) -> tuple[str, str]:
     """The plain-text report and the markdown document."""
     intro = [
         f"Medians of {spec.repeats} repeats (Client() to first result: of {args.startup_repeats} cluster starts).",
         "Ratios are peer time / zmqdask time: above 1 means zmqdask is faster.",
     ]
+    if floor is not None:
+        intro.append(
+            "Floor of a round trip here, same run: bare pyzmq from this process through a Python ROUTER"
+            " process to a Python worker process and back (the same four hops, no framework):"
+            f" p50 {floor[0]:.3f} ms, p99 {floor[1]:.3f} ms."
+        )
     text = [f"command: {command}", *machine(), *intro]
     md = ["# Benchmarks", "", f"Command: `{command}`", "", *(f"- {line}" for line in machine()), "", *intro]
     for title, rows in tables(args, frameworks, spec, results):
@@ -449,9 +475,10 @@ def report(
         "- Tiny tasks are `x + 1` submitted with `pure=False`; dask.distributed runs with its default configuration.",
         "- Every timeseries frame gets a new seed and every query on the persisted frame a new `split_every`",
         "  (at least npartitions: one combine step), so no framework hands back a result of an earlier repeat.",
-        "- zmqdask's persist row submits the frame's graph and waits on its partition futures, which is what",
-        "  `Client.persist` does; `zmqdask.wait` does not take collections yet.",
-        "- ProcessPool has no scatter: its figure is sending the array to a worker and back.",
+        "- The persist row calls `client.persist` and then the framework's own `wait` on the persisted frame.",
+        "- Scatter returns once a worker holds the array; each repeat scatters new contents. Gather"
+        " fetches a task's result that only the worker holds (a scattered value's gather would be"
+        " served from the client's own copy). ProcessPool has neither: n/a.",
         "  It has no collections, so the timeseries rows are n/a.",
         "- The machine is shared and noisy; read small differences as noise.",
     ]
@@ -523,7 +550,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     print("running sessions:", file=sys.stderr, flush=True)
     results = run_all(args.frameworks, spec, args)
-    text, md = report(args, args.frameworks, spec, results, command.strip())
+    floor = None
+    if "zmqdask" in args.frameworks:
+        try:
+            floor = floor_module.bare_round_trip(spec.roundtrips * spec.repeats)
+        except (OSError, TimeoutError, RuntimeError) as exc:
+            print(f"the bare round-trip floor could not be measured: {exc}", file=sys.stderr)
+    text, md = report(args, args.frameworks, spec, results, command.strip(), floor)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(md)

@@ -131,10 +131,23 @@ class ClientAdapter:
             future = self.client.submit(workloads.inc, future, pure=False)
         return int(await future)
 
-    async def scatter_gather(self, array: np.ndarray) -> np.ndarray:
-        """Scatter ``array`` to a worker and gather it back."""
-        future = await self.client.scatter(array)
+    async def scatter(self, array: np.ndarray) -> Any:
+        """Scatter ``array``; returns once a worker holds it."""
+        return await self.client.scatter(array)
+
+    async def held_copy(self, future: Any) -> Any:
+        """A future of a task returning the scattered value: held by a worker, not by the client."""
+        held = self.client.submit(workloads.identity, future, pure=False)
+        await self._wait([held])
+        return held
+
+    async def gather(self, future: Any) -> Any:
+        """Gather one future's value."""
         return await self.client.gather(future)
+
+    async def there_and_back(self, array: np.ndarray) -> np.ndarray:
+        """Pass ``array`` to a task returning it, and await the result."""
+        return await self.client.submit(workloads.identity, array, pure=False)
 
     def timeseries(self, freq: str, end: str = TIMESERIES_END) -> Any:
         """A lazy timeseries frame (30 daily partitions by default) with data never used before.
@@ -203,8 +216,20 @@ class PoolAdapter:
             value = self._pool().submit(workloads.inc, value).result()
         return value
 
-    async def scatter_gather(self, array: np.ndarray) -> np.ndarray:
-        """Send ``array`` to a worker and back (the pool has no scatter)."""
+    async def scatter(self, array: np.ndarray) -> Any:
+        """The pool has no scatter."""
+        raise NotApplicable("no scatter")
+
+    async def held_copy(self, future: Any) -> Any:
+        """The pool keeps no results on its workers."""
+        raise NotApplicable("no results held by workers")
+
+    async def gather(self, future: Any) -> Any:
+        """The pool keeps no results on its workers."""
+        raise NotApplicable("no results held by workers")
+
+    async def there_and_back(self, array: np.ndarray) -> np.ndarray:
+        """Pass ``array`` to a task returning it, and wait for the result."""
         return self._pool().submit(workloads.identity, array).result()
 
     def timeseries(self, freq: str, end: str = TIMESERIES_END) -> Any:
@@ -277,16 +302,52 @@ async def case_chain(adapter: Adapter, spec: Spec) -> CaseResult:
     return {"seconds": seconds, "count": n}
 
 
+def _big_array(spec: Spec) -> np.ndarray:
+    return np.arange(spec.scatter_bytes // 8, dtype=np.float64)
+
+
 async def case_scatter(adapter: Adapter, spec: Spec) -> CaseResult:
-    """Scatter a large array and gather it back."""
-    array = np.arange(spec.scatter_bytes // 8, dtype=np.float64)
-    back = await adapter.scatter_gather(array[:1000])
-    seconds = await _timed(
-        spec.repeats, lambda: adapter.scatter_gather(array), lambda r: r.shape == array.shape and r[-1] == array[-1]
-    )
-    if not np.array_equal(back, array[:1000]):
+    """Scatter a large array until a worker holds it; each repeat scatters new contents."""
+    array = _big_array(spec)
+    small = await adapter.gather(await adapter.scatter(array[:1000]))
+    if not np.array_equal(small, array[:1000]):
         raise RuntimeError("wrong result")
+    seconds = []
+    for repeat in range(spec.repeats):
+        # New contents each time: content-hashed keys must not find the previous copy.
+        array[0] = float(repeat + 1)
+        start = time.perf_counter()
+        future = await adapter.scatter(array)
+        seconds.append(time.perf_counter() - start)
+        del future
     return {"seconds": seconds, "count": array.nbytes}
+
+
+async def case_gather(adapter: Adapter, spec: Spec) -> CaseResult:
+    """Gather a large array that only a worker holds (a task's result, fetched each repeat)."""
+    array = _big_array(spec)
+    scattered = await adapter.scatter(array)
+    seconds = []
+    for _ in range(spec.repeats):
+        held = await adapter.held_copy(scattered)
+        start = time.perf_counter()
+        back = await adapter.gather(held)
+        seconds.append(time.perf_counter() - start)
+        if back.shape != array.shape or back[-1] != array[-1] or back is array:
+            raise RuntimeError("wrong result")
+        del held, back
+    return {"seconds": seconds, "count": array.nbytes}
+
+
+async def case_there_and_back(adapter: Adapter, spec: Spec) -> CaseResult:
+    """A large array as a task's argument, returned as its result: both ways counted."""
+    array = _big_array(spec)
+    seconds = await _timed(
+        spec.repeats,
+        lambda: adapter.there_and_back(array),
+        lambda r: r.shape == array.shape and r[-1] == array[-1] and r is not array,
+    )
+    return {"seconds": seconds, "count": 2 * array.nbytes}
 
 
 def _is_xy_sum(value: Any) -> bool:
@@ -393,6 +454,8 @@ CASES: dict[str, Callable[[Adapter, Spec], Awaitable[CaseResult]]] = {
     "map": case_map,
     "chain": case_chain,
     "scatter": case_scatter,
+    "gather": case_gather,
+    "there_and_back": case_there_and_back,
     "ts_sum": case_ts_sum,
     "ts_persist": case_ts_persist,
     "ts_groupby": case_ts_groupby,
