@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=DEFAULT_PORT, help="TCP port; 0 picks a free one (default: %(default)s)"
     )
     parser.add_argument(
+        "--ipc",
+        metavar="PATH",
+        default=None,
+        help=(
+            "also listen on the Unix socket PATH: clients and workers on this host may connect to "
+            "ipc://PATH, which is quicker than TCP (the local cluster of Client() does this)"
+        ),
+    )
+    parser.add_argument(
         "--curve-keys",
         metavar="DIR",
         default=None,
@@ -125,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             security = BrokerSecurity.from_directory(args.curve_keys)
         except UsageError as exc:
             parser.error(f"--curve-keys: {exc}")
-    server = BrokerServer(args.host, args.port, security=security, max_message_bytes=args.max_message_bytes)
+    server = BrokerServer(
+        args.host, args.port, security=security, max_message_bytes=args.max_message_bytes, ipc_path=args.ipc
+    )
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         logger.info("received %s: stopping", signal.Signals(signum).name)

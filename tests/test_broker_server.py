@@ -193,6 +193,34 @@ def test_cli_prints_its_address_and_stops_on_sigterm(dealers: Dealers) -> None:
                 stream.close()
 
 
+def test_cli_also_listens_on_a_unix_socket_when_asked(dealers: Dealers, tmp_path: Path) -> None:
+    path = tmp_path / "broker.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "--host", "127.0.0.1", "--port", "0", "--ipc", str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        match = LISTENING.match(_read_line(proc, 20.0))
+        assert match  # the TCP address is still the one printed
+        local = dealers.connect(f"ipc://{path}", b"ipc-client")
+        remote = dealers.connect(f"tcp://127.0.0.1:{match.group(1)}", b"tcp-client")
+        register(local, "client", {"name": "local"})
+        register(remote, "client", {"name": "remote"})
+        proc.send_signal(signal.SIGTERM)
+        for client in (local, remote):
+            assert expect(client, P.GOODBYE).header == ["broker shutting down"]
+        assert proc.wait(timeout=TIMEOUT_S) == EXIT_OK
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def test_cli_reports_a_port_in_use_with_a_named_exit_code() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

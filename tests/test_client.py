@@ -458,6 +458,34 @@ def test_local_cluster_starts_when_the_port_it_chose_is_taken_meanwhile(monkeypa
                 assert c.submit(inc, 1, pure=False).result(timeout=30) == 2
 
 
+def test_the_clients_own_cluster_is_reached_over_a_unix_socket_and_tcp_stays_open(
+    tmp_path, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    import tempfile
+
+    with Client(n_workers=1, threads_per_worker=1, timeout=30) as own:
+        local = own.cluster
+        assert local is not None and local.local_address is not None and local.address is not None
+        assert local.local_address.startswith("ipc://") and local.address.startswith("tcp://")
+        socket_dir = os.path.dirname(local.local_address[len("ipc://") :])
+        assert os.path.exists(local.local_address[len("ipc://") :])
+        assert own.submit(inc, 1, pure=False).result(timeout=30) == 2
+        with Client(local.address, timeout=30) as other:  # another client, over TCP
+            assert other.submit(inc, 2, pure=False).result(timeout=30) == 3
+    assert not os.path.exists(socket_dir)  # removed with the cluster
+
+    # A temporary directory too deep for a Unix socket path: TCP all the way.
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster:
+        assert cluster.local_address == cluster.address
+        with Client(cluster.address, timeout=30) as c:
+            c.wait_for_workers(1, timeout=30)
+            assert c.submit(inc, 3, pure=False).result(timeout=30) == 4
+    assert list(deep.iterdir()) == []
+
+
 QUIET_CLOSE_SCRIPT = """
 import sys
 from zmqdask import Client

@@ -208,6 +208,7 @@ class Client(BrokerSession):
 
                 self.cluster = LocalCluster(**self._cluster_options)  # type: ignore[arg-type]
                 self.address = await asyncio.to_thread(self.cluster.start, max(self.timeout, 30.0))
+                self._connect_address = self.cluster.local_address
                 deadline = time.monotonic() + self.timeout
             self._context = zmq.Context()
             self._connect_socket()

@@ -44,6 +44,11 @@ BATCH_MAX_BYTES = 1024 * 1024
 INLINE_RESULT_MAX_BYTES = 1024 * 1024
 """Results up to this size travel with their completion notice when a client awaits them."""
 
+IPC_BUFFER_BYTES = 4 * 1024 * 1024
+"""Socket buffer size asked for on Unix socket (``ipc://``) connections.  The default (about
+200 KiB) would make a large value cross in hundreds of wake-ups of the receiver; TCP on
+loopback grows its buffers by itself, Unix sockets do not."""
+
 SMALL_RESULT_MAX_BYTES = 256
 """Scalar results (numbers, short strings) up to this size in memory travel with their
 completion notice, and on to the clients holding their futures, even before anyone awaits

@@ -6,13 +6,17 @@ import logging
 import os
 import re
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import weakref
 from typing import IO
+
+import zmq
 
 from zmqdask.errors import CommunicationError, UsageError
 
@@ -20,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 _LISTENING = re.compile(r"zmqdask-broker listening on (tcp://\S+)")
 _STOP_GRACE_S = 5.0
+_MAX_IPC_PATH_BYTES = 100
+"""Longest Unix socket path used (the kernel's limit is a little above 100 bytes)."""
 
 
 class LocalCluster:
@@ -57,6 +63,11 @@ class LocalCluster:
         self.port = port
         self.log_level = log_level
         self.address: str | None = None
+        """The broker's TCP address, for any client (set by :meth:`start`)."""
+        self.local_address: str | None = None
+        """The address the pool uses and ``Client()`` connects to: a Unix socket where the
+        platform has them (a message through it skips the TCP stack), else :attr:`address`."""
+        self._ipc_dir: str | None = None
         self._broker: subprocess.Popen[bytes] | None = None
         self._pool: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
@@ -72,6 +83,13 @@ class LocalCluster:
             return self.address
         deadline = time.monotonic() + timeout
         env = _child_environment()
+        if self._ipc_dir is None and os.name == "posix" and zmq.has("ipc"):
+            # A private directory: nobody else can connect to (or squat on) the socket path.
+            self._ipc_dir = tempfile.mkdtemp(prefix="zmqdask-")
+            path = self._ipc_path()
+            if path is not None and len(os.fsencode(path)) > _MAX_IPC_PATH_BYTES:
+                shutil.rmtree(self._ipc_dir, ignore_errors=True)  # too long for a Unix socket: TCP
+                self._ipc_dir = None
         port = _free_port(self.host) if self.port == 0 and self.n_workers else None
         if port is not None and self._start_broker(port, env, deadline, early_pool=True):
             return self._started()
@@ -85,8 +103,15 @@ class LocalCluster:
                 + (f" (it exited with code {code}; see its error output above)" if code is not None else "")
             )
         if self.n_workers and self.address is not None:
-            self._start_pool(self.address, env)
+            self._start_pool(self._pool_address(self.address), env)
         return self._started()
+
+    def _ipc_path(self) -> str | None:
+        return os.path.join(self._ipc_dir, "broker.sock") if self._ipc_dir is not None else None
+
+    def _pool_address(self, tcp_address: str) -> str:
+        path = self._ipc_path()
+        return f"ipc://{path}" if path is not None else tcp_address
 
     def _start_broker(self, port: int, env: dict[str, str], deadline: float, *, early_pool: bool) -> bool:
         """Start the broker on ``port`` (and the pool at once if ``early_pool``); True once it listens."""
@@ -101,19 +126,21 @@ class LocalCluster:
                 str(port),
                 "--log-level",
                 self.log_level,
+                *(["--ipc", path] if (path := self._ipc_path()) is not None else []),
             ],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             env=env,
         )
-        self._finalizer = weakref.finalize(self, _terminate, [self._broker])
+        self._finalizer = weakref.finalize(self, _stop_children, [self._broker], self._ipc_dir)
         if early_pool:
             # The pool's workers keep trying to connect until the broker listens.
-            self._start_pool(f"tcp://{_local_host(self.host)}:{port}", env)
+            self._start_pool(self._pool_address(f"tcp://{_local_host(self.host)}:{port}"), env)
         line = _read_line_matching(self._broker, _LISTENING, deadline)
         if line is None:
             return False
         self.address = line
+        self.local_address = self._pool_address(line)
         return True
 
     def _start_pool(self, address: str, env: dict[str, str]) -> None:
@@ -136,7 +163,9 @@ class LocalCluster:
         )
         if self._finalizer is not None:
             self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _terminate, [p for p in (self._pool, self._broker) if p is not None])
+        self._finalizer = weakref.finalize(
+            self, _stop_children, [p for p in (self._pool, self._broker) if p is not None], self._ipc_dir
+        )
 
     def _started(self) -> str:
         address = self.address or ""
@@ -151,6 +180,9 @@ class LocalCluster:
             self._finalizer.detach()
             self._finalizer = None
         _terminate(processes, timeout)
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            self._ipc_dir = None
 
     def __enter__(self) -> LocalCluster:
         self.start()
@@ -248,6 +280,13 @@ def _drain_in_background(stream: IO[bytes]) -> None:
             pass
 
     threading.Thread(target=drain, name="zmqdask-local-stdout", daemon=True).start()
+
+
+def _stop_children(processes: list[subprocess.Popen[bytes]], ipc_dir: str | None) -> None:
+    """Stop the children of a cluster nobody closed, and remove its socket directory."""
+    _terminate(processes)
+    if ipc_dir is not None:
+        shutil.rmtree(ipc_dir, ignore_errors=True)
 
 
 def _terminate(processes: list[subprocess.Popen[bytes]], timeout: float = _STOP_GRACE_S) -> None:

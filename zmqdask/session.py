@@ -29,6 +29,7 @@ import zmq
 from zmqdask import protocol as proto
 from zmqdask.config import (
     HEARTBEAT_INTERVAL_S,
+    IPC_BUFFER_BYTES,
     LIVENESS_TIMEOUT_S,
     MAX_KILLED_ATTEMPTS,
     MAX_MESSAGE_BYTES,
@@ -108,6 +109,8 @@ class BrokerSession:
         self, address: str | None, timeout: float, reconnect_timeout: float, name: str, security: Security | None = None
     ) -> None:
         self.address = address
+        self._connect_address: str | None = None
+        """Where the socket connects when not :attr:`address` (a local cluster's Unix socket)."""
         self.security = security
         """CURVE keys to connect with, or None for a broker without keys."""
         self._handshake_monitor: HandshakeMonitor | None = None
@@ -160,12 +163,15 @@ class BrokerSession:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        if (self._connect_address or "").startswith("ipc://"):
+            sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
+            sock.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
         if self.security is not None:
             self.security.configure(sock)
         if self.status == ClientStatus.CONNECTING:
             # Attached before connecting, so that the first refused handshake is seen too.
             self._handshake_monitor = HandshakeMonitor(sock, keyed=self.security is not None)
-        sock.connect(self.address)
+        sock.connect(self._connect_address or self.address)
         self._socket = sock
         # The zmq FD only signals edges; _drain() reads until EAGAIN each time it fires.
         self._loop.add_reader(sock.FD, self._drain)

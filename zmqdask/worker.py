@@ -36,6 +36,7 @@ from zmqdask import protocol, serialize
 from zmqdask.config import (
     HEARTBEAT_INTERVAL_S,
     INLINE_RESULT_MAX_BYTES,
+    IPC_BUFFER_BYTES,
     LIVENESS_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
 )
@@ -173,6 +174,9 @@ class BrokerLink:
         sock.sndhwm = 0
         sock.rcvhwm = 0
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self.address.startswith("ipc://"):
+            sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
+            sock.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
         if self.security is not None:
             self.security.configure(sock)
             self._monitor = HandshakeMonitor(sock, self.role)  # only failed handshakes: silent when healthy
