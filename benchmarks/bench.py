@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import floor as floor_module
+import zmq
 from cases import FRAMEWORKS, MARKER, Spec
 
 HERE = Path(__file__).resolve().parent
@@ -46,6 +47,8 @@ GRACE_S = 20.0
 
 ERROR_CELL_CHARS = 40
 """Longest error text shown in a table cell; the full text is listed under the tables."""
+
+TRANSPORT_TITLES = {"tcp": "over TCP on loopback", "ipc": "over a Unix socket (as Client()'s own cluster)"}
 
 FRAMEWORK_TITLES = {"zmqdask": "zmqdask", "dask": "dask.distributed", "pool": "ProcessPool"}
 
@@ -443,18 +446,20 @@ def report(
     spec: Spec,
     results: Results,
     command: str,
-    floor: tuple[float, float] | None = None,
+    floors: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[str, str]:
     """The plain-text report and the markdown document."""
     intro = [
         f"Medians of {spec.repeats} repeats (Client() to first result: of {args.startup_repeats} cluster starts).",
         "Ratios are peer time / zmqdask time: above 1 means zmqdask is faster.",
     ]
-    if floor is not None:
+    if floors:
+        measured = "; ".join(
+            f"{TRANSPORT_TITLES[name]} p50 {p50:.3f} ms, p99 {p99:.3f} ms" for name, (p50, p99) in floors.items()
+        )
         intro.append(
             "Floor of a round trip here, same run: bare pyzmq from this process through a Python ROUTER"
-            " process to a Python worker process and back (the same four hops, no framework):"
-            f" p50 {floor[0]:.3f} ms, p99 {floor[1]:.3f} ms."
+            f" process to a Python worker process and back (the same four hops, no framework): {measured}."
         )
     text = [f"command: {command}", *machine(), *intro]
     md = ["# Benchmarks", "", f"Command: `{command}`", "", *(f"- {line}" for line in machine()), "", *intro]
@@ -550,13 +555,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     print("running sessions:", file=sys.stderr, flush=True)
     results = run_all(args.frameworks, spec, args)
-    floor = None
+    floors: dict[str, tuple[float, float]] = {}
     if "zmqdask" in args.frameworks:
-        try:
-            floor = floor_module.bare_round_trip(spec.roundtrips * spec.repeats)
-        except (OSError, TimeoutError, RuntimeError) as exc:
-            print(f"the bare round-trip floor could not be measured: {exc}", file=sys.stderr)
-    text, md = report(args, args.frameworks, spec, results, command.strip(), floor)
+        for transport in TRANSPORT_TITLES:
+            try:
+                floors[transport] = floor_module.bare_round_trip(spec.roundtrips * spec.repeats, transport)
+            except (OSError, TimeoutError, RuntimeError, zmq.ZMQError) as exc:
+                print(f"the bare round-trip floor over {transport} could not be measured: {exc}", file=sys.stderr)
+    text, md = report(args, args.frameworks, spec, results, command.strip(), floors)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(md)

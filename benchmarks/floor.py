@@ -8,7 +8,10 @@ back the same way: the same four ZeroMQ hops as a zmqdask round trip, with none 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 import statistics
+import tempfile
 import time
 from typing import Any
 
@@ -21,11 +24,15 @@ REPLY_TIMEOUT_MS = 5_000
 """How long one round trip may take before the measurement gives up."""
 
 
-def _broker(port_queue: Any) -> None:
+def _broker(endpoint_queue: Any, ipc_path: str | None) -> None:
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
-    port_queue.put(router.bind_to_random_port("tcp://127.0.0.1"))
+    if ipc_path is None:
+        endpoint_queue.put(f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}")
+    else:
+        router.bind(f"ipc://{ipc_path}")
+        endpoint_queue.put(f"ipc://{ipc_path}")
     worker = None
     while True:
         if not router.poll(READY_TIMEOUT_MS * 6):
@@ -41,32 +48,38 @@ def _broker(port_queue: Any) -> None:
             router.send_multipart([worker, b"task", sender, rest[0]])
 
 
-def _worker(port: int) -> None:
+def _worker(endpoint: str) -> None:
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(f"tcp://127.0.0.1:{port}")
+    dealer.connect(endpoint)
     dealer.send_multipart([b"worker"])
     while dealer.poll(READY_TIMEOUT_MS * 6):
         _, client, body = dealer.recv_multipart()
         dealer.send_multipart([b"reply", client, body])
 
 
-def bare_round_trip(count: int) -> tuple[float, float]:
-    """Median and 99th percentile of ``count`` sequential round trips, in milliseconds."""
+def bare_round_trip(count: int, transport: str = "tcp") -> tuple[float, float]:
+    """Median and 99th percentile of ``count`` sequential round trips, in milliseconds.
+
+    ``transport`` is ``"tcp"`` (loopback) or ``"ipc"`` (a Unix socket, as the local cluster
+    of ``Client()`` uses).
+    """
     ctx = multiprocessing.get_context("spawn")
-    ports: Any = ctx.Queue()
-    broker = ctx.Process(target=_broker, args=(ports,), daemon=True)
+    endpoints: Any = ctx.Queue()
+    socket_dir = tempfile.mkdtemp(prefix="zmqdask-floor-") if transport == "ipc" else None
+    ipc_path = os.path.join(socket_dir, "floor.sock") if socket_dir is not None else None
+    broker = ctx.Process(target=_broker, args=(endpoints, ipc_path), daemon=True)
     broker.start()
     worker = None
     context = zmq.Context()
     client = context.socket(zmq.DEALER)
     client.setsockopt(zmq.LINGER, 0)
     try:
-        port = ports.get(timeout=READY_TIMEOUT_MS / 1000)
-        worker = ctx.Process(target=_worker, args=(port,), daemon=True)
+        endpoint = endpoints.get(timeout=READY_TIMEOUT_MS / 1000)
+        worker = ctx.Process(target=_worker, args=(endpoint,), daemon=True)
         worker.start()
-        client.connect(f"tcp://127.0.0.1:{port}")
+        client.connect(endpoint)
         # Calls sent before the worker registered are dropped: ask until one is answered.
         deadline = time.monotonic() + READY_TIMEOUT_MS / 1000
         while True:
@@ -101,3 +114,5 @@ def bare_round_trip(count: int) -> tuple[float, float]:
                 if process.is_alive():
                     process.kill()
                     process.join(1.0)
+        if socket_dir is not None:
+            shutil.rmtree(socket_dir, ignore_errors=True)

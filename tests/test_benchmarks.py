@@ -1,0 +1,45 @@
+"""Smoke-runs the benchmark harness on zmqdask alone, at tiny sizes: every case reports a figure."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH = REPO_ROOT / "benchmarks" / "bench.py"
+NUMBER = re.compile(r"^[\d,]+(\.\d+)?$")
+
+
+@pytest.mark.timeout(180)
+def test_every_benchmark_case_reports_a_number(tmp_path: Path) -> None:
+    markdown = tmp_path / "bench.md"
+    command = [
+        sys.executable,
+        str(BENCH),
+        "--quick",
+        "--frameworks",
+        "zmqdask",
+        "--scaling-workers",
+        "1",
+        "--payload-sizes",
+        "100",
+        "--scatter-mb",
+        "2",
+        "--markdown",
+        str(markdown),
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in markdown.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    cells = {row.split(" | ")[0].lstrip("| "): row.rstrip(" |").split(" | ")[1] for row in rows}
+    expected = ("round trip p50", "map + gather", "scatter (GB/s)", "gather (GB/s)", "array as argument", "groupby")
+    for label in expected:
+        matching = [value for name, value in cells.items() if name.startswith(label)]
+        assert matching, f"no row for {label!r} in {sorted(cells)}"
+        assert all(NUMBER.match(value) for value in matching), (label, matching)
+    assert "Errors" not in markdown.read_text()
+    assert re.search(r"over a Unix socket \(as Client\(\)'s own cluster\) p50 \d+\.\d+ ms", done.stdout)
