@@ -31,7 +31,7 @@ import pytest
 import zmq
 
 from zmqdask import serialize
-from zmqdask.config import INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH
+from zmqdask.config import INLINE_AFTER_QUICK_CALLS, INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
     SLOT_BYTES,
@@ -120,6 +120,21 @@ def wait_for_file(path: str, started: str | None = None) -> str:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.005)
     return "released"
+
+
+def thread_name(_: Any = None) -> str:
+    return threading.current_thread().name
+
+
+def thread_name_after(seconds: float, _: Any = None) -> str:
+    time.sleep(seconds)
+    return threading.current_thread().name
+
+
+def sleep_if_exists(path: str, seconds: float, _: Any = None) -> str:
+    if os.path.exists(path):
+        time.sleep(seconds)
+    return threading.current_thread().name
 
 
 def touch_and_sleep(path: str, seconds: float) -> None:
@@ -518,6 +533,70 @@ def test_worker_registers_with_its_details_and_repeats_hello_until_welcomed(
     broker.send(identity, WELCOME, [EPOCH, {}])
     _, heartbeat = broker.expect(HEARTBEAT, identity, ignore=frozenset({HELLO}))
     assert heartbeat.header == [EPOCH]
+
+
+def run_one(broker: ScriptedBroker, identity: bytes, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """One COMPUTE of one task; returns its value (pushed back with the DONE)."""
+    compute(broker, identity, [(key, fn, args, [], FLAG_PUSH_RESULT)])
+    code, _, frames = broker.done({key})[key]
+    assert code == FINISHED
+    return serialize.loads(frames)
+
+
+def test_a_function_proven_quick_runs_on_the_main_thread_when_the_worker_is_idle(
+    broker: ScriptedBroker, workers: WorkerProcesses
+) -> None:
+    identity = register(broker, workers)
+    names = [run_one(broker, identity, f"q{i}", thread_name, i) for i in range(INLINE_AFTER_QUICK_CALLS + 2)]
+    assert names[:INLINE_AFTER_QUICK_CALLS] == ["zmqdask-executor-0"] * INLINE_AFTER_QUICK_CALLS
+    assert names[INLINE_AFTER_QUICK_CALLS:] == ["MainThread", "MainThread"]
+    # Slower calls never qualify; a batch always goes to the executor threads.
+    slow = [
+        run_one(broker, identity, f"s{i}", thread_name_after, 0.005, i) for i in range(INLINE_AFTER_QUICK_CALLS + 1)
+    ]
+    assert set(slow) == {"zmqdask-executor-0"}
+    compute(broker, identity, [(f"b{i}", thread_name, (i,), [], FLAG_PUSH_RESULT) for i in range(3)])
+    batch = broker.done({"b0", "b1", "b2"})
+    assert {serialize.loads(frames) for _, _, frames in batch.values()} == {"zmqdask-executor-0"}
+
+
+def test_a_quick_function_turning_slow_on_the_main_thread_keeps_the_worker_alive_and_loses_its_place(
+    broker: ScriptedBroker, workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    identity = register(broker, workers, heartbeat_interval_s=0.05, liveness_timeout_s=0.5)
+    flag = tmp_path / "slow-now"
+    for i in range(INLINE_AFTER_QUICK_CALLS + 1):
+        run_one(broker, identity, f"q{i}", sleep_if_exists, str(flag), 1.5, i)
+    kept = run_one(broker, identity, "kept", operator.mul, [3], 2)
+    assert kept == [3, 3]
+    flag.touch()
+    compute(broker, identity, [("long", sleep_if_exists, (str(flag), 1.5), [], FLAG_PUSH_RESULT)])
+    # A live broker keeps talking while the call blocks the worker's loop for three times the
+    # liveness timeout: the worker keeps heartbeating, and afterwards does not take its own
+    # silence for the broker's (no HELLO, nothing dropped).
+    heartbeats = 0
+    deadline = time.monotonic() + WAIT_S
+    result = None
+    while result is None:
+        assert time.monotonic() < deadline, "the long call never finished"
+        broker.send(identity, HEARTBEAT, [EPOCH])
+        if not broker.socket.poll(50):
+            continue
+        _, message = broker.recv()
+        assert message.command != HELLO, "the worker dropped its registration"
+        if message.command == HEARTBEAT:
+            heartbeats += 1
+        elif message.command == DONE:
+            entry = message.header[0][0]
+            assert entry[0] == "long" and entry[1] == FINISHED
+            result = serialize.loads(entry_payload(entry[3], message.payload, 0)[0])
+    assert result == "MainThread"
+    assert heartbeats >= 5
+    values, missing = get(broker, identity, ["kept"])
+    assert values == {"kept": [3, 3]} and not missing
+    # Slow once, never again on the main thread.
+    flag.unlink()
+    assert run_one(broker, identity, "after", sleep_if_exists, str(flag), 1.5) == "zmqdask-executor-0"
 
 
 def test_results_are_pushed_when_asked_for_and_kept_for_get(broker: ScriptedBroker, workers: WorkerProcesses) -> None:

@@ -26,7 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 from zmqdask import serialize
-from zmqdask.config import INLINE_RESULT_MAX_BYTES, MAX_KEY_LENGTH, SMALL_RESULT_MAX_BYTES
+from zmqdask.config import (
+    INLINE_AFTER_QUICK_CALLS,
+    INLINE_RESULT_MAX_BYTES,
+    INLINE_TASK_MAX_S,
+    MAX_KEY_LENGTH,
+    SMALL_RESULT_MAX_BYTES,
+)
 from zmqdask.errors import ProtocolError, RemoteTaskFailure, SerializationError
 from zmqdask.protocol import ERRED, FINISHED, FLAG_PUSH_RESULT
 
@@ -203,6 +209,7 @@ class Task:
         "missing",
         "out_frames",
         "pending",
+        "seconds",
         "state",
         "value",
     )
@@ -235,6 +242,8 @@ class Task:
         self.detail: Any = None
         self.out_frames: list[Any] = []
         self.value: Any = None
+        self.seconds = 0.0
+        """How long the function call took (0 if it was never called)."""
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} state={self.state} code={self.code}>"
@@ -312,7 +321,11 @@ def execute(task: Task) -> Task:
             args = serialize.substitute_refs(args, deps)
             kwargs = serialize.substitute_refs(kwargs, deps)
             task.deps = None
-        value = fn(*args, **kwargs)
+        started = time.perf_counter()
+        try:
+            value = fn(*args, **kwargs)
+        finally:
+            task.seconds = time.perf_counter() - started
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from a task are task errors too
         return _erred(task, exc)
     detail = measure(value)
@@ -355,6 +368,47 @@ def _erred(task: Task, exc: BaseException) -> Task:
 
 HANDOVER_INTERVAL_S = 0.002
 """A thread running a long series of queued tasks hands its results over at least this often."""
+
+
+class QuickFunctions:
+    """Which functions have proven quick enough to run on a worker's main thread.
+
+    Every finished call is recorded; a function qualifies after
+    :data:`~zmqdask.config.INLINE_AFTER_QUICK_CALLS` calls shorter than
+    :data:`~zmqdask.config.INLINE_TASK_MAX_S`, and one longer call disqualifies it for good.
+    """
+
+    __slots__ = ("_calls",)
+
+    MAX_FUNCTIONS = 10_000
+    """More distinct functions than this and the record starts over (bounded memory)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[Any, int] = {}
+        """Function -> quick calls so far (capped), or -1 once a call was slow."""
+
+    def record(self, fn: Any, seconds: float) -> None:
+        """Note one finished call of ``fn`` that took ``seconds``."""
+        calls = self._calls
+        try:
+            count = calls.get(fn, 0)
+        except TypeError:  # an unhashable callable: never qualifies
+            return
+        if count < 0:
+            return
+        if seconds >= INLINE_TASK_MAX_S:
+            calls[fn] = -1
+        elif count < INLINE_AFTER_QUICK_CALLS:
+            if not count and len(calls) >= self.MAX_FUNCTIONS:
+                calls.clear()
+            calls[fn] = count + 1
+
+    def is_quick(self, fn: Any) -> bool:
+        """Whether ``fn`` may run on the main thread."""
+        try:
+            return self._calls.get(fn, 0) >= INLINE_AFTER_QUICK_CALLS
+        except TypeError:
+            return False
 
 
 class Executor:
@@ -404,6 +458,10 @@ class Executor:
     def has_results(self) -> bool:
         """Whether finished tasks wait to be drained."""
         return bool(self._results)
+
+    def add_finished(self, task: Task) -> None:
+        """Add a task the caller ran itself to the finished ones (collected by :meth:`drain`)."""
+        self._results.append(task)
 
     def submit(self, task: Task) -> None:
         """Queue a task for the next free thread."""

@@ -43,15 +43,20 @@ from zmqdask.config import (
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
     STATE_CANCELLED,
+    STATE_RUNNING,
     STATE_WAITING,
     Executor,
     FunctionCache,
+    QuickFunctions,
     Task,
+    clear_slot,
     error_detail,
+    execute,
     inline_limit,
     measure,
     slots_nbytes,
     slots_view,
+    write_slot,
 )
 from zmqdask.protocol import (
     CANCEL_TASKS,
@@ -256,11 +261,12 @@ class BrokerLink:
         if silence >= self.death_timeout_s:
             return LinkEvent.GAVE_UP
         if self.registered:
-            if silence >= self.liveness_timeout_s:
+            # Messages waiting in the socket count as heard: the silence may be our own (a
+            # long call on the main thread kept the loop from reading).
+            if silence >= self.liveness_timeout_s and not _readable(self.socket):
                 logger.warning("%s: nothing heard from the broker for %.1f s", self._who(), silence)
                 return LinkEvent.FORGOTTEN
-            if now - self._last_send >= self.heartbeat_interval_s:
-                self.send(HEARTBEAT, [self.epoch])
+            self.heartbeat_if_due(now)
         elif now - self._last_hello >= self.heartbeat_interval_s:
             # An unanswered HELLO is repeated on a fresh connection, not queued behind the
             # first one: a broker coming up later then sees one HELLO instead of a backlog
@@ -270,6 +276,11 @@ class BrokerLink:
             self._report_refusal()
             self.reconnect()
         return LinkEvent.NOTHING
+
+    def heartbeat_if_due(self, now: float) -> None:
+        """Send a HEARTBEAT if registered and nothing was sent for a heartbeat interval."""
+        if self.registered and now - self._last_send >= self.heartbeat_interval_s:
+            self.send(HEARTBEAT, [self.epoch])
 
     def deadline(self) -> float:
         """The monotonic time by which :meth:`tick` must be called again."""
@@ -472,6 +483,13 @@ class Worker:
         self._done_nbytes = 0
         self._stop_requested = False
         self._io_lock = threading.Lock()
+        self._quick = QuickFunctions()
+        self._inline: Task | None = None
+        """A quick task this turn's COMPUTE left for the main thread to run itself."""
+        self._inline_since: float | None = None
+        """When the main thread started running a task itself (None when it is not)."""
+        self._inline_watch: threading.Thread | None = None
+        self._inline_watch_stop = threading.Event()
         self._closed = False
         """Set under ``_io_lock`` once the worker said goodbye: executor threads send nothing."""
         self._malformed = 0
@@ -576,12 +594,18 @@ class Worker:
                 if self._drain_broker() is LinkEvent.FORGOTTEN:
                     self._forget()
                     continue
-                self._collect()
-                self._flush_done()
-                # The descriptor only signals edges, and any use of the socket (sending too)
-                # may consume one: poll only when nothing is waiting to be read.
-                if _readable(link.socket):
-                    continue
+                inline, self._inline = self._inline, None
+                if inline is None:
+                    self._collect()
+                    self._flush_done()
+                    # The descriptor only signals edges, and any use of the socket (sending
+                    # too) may consume one: poll only when nothing is waiting to be read.
+                    if _readable(link.socket):
+                        continue
+            if inline is not None:
+                # Outside the lock: the watch thread may need it to send heartbeats.
+                self._run_inline(inline)
+                continue
             timeout_s = link.deadline() - now
             if self.parent_pid is not None and self._parent_fd is None:
                 timeout_s = min(timeout_s, PARENT_CHECK_INTERVAL_S)
@@ -599,6 +623,47 @@ class Worker:
                     pass
         with lock:
             return self._leave("worker stopping", EXIT_OK)
+
+    def _run_inline(self, task: Task) -> None:
+        """Run a quick task on this thread while the executor is idle, then send its DONE.
+
+        No executor thread is running or about to run anything (only this thread submits),
+        so the first running slot is free to name the task for the pool manager.
+        """
+        if self._inline_watch is None:
+            self._inline_watch = threading.Thread(target=self._watch_inline, name="zmqdask-inline-watch", daemon=True)
+            self._inline_watch.start()
+        slots = self._slots
+        task.state = STATE_RUNNING
+        if slots is not None:
+            write_slot(slots, 0, task.key.encode("utf-8"))
+        self._inline_since = time.monotonic()
+        try:
+            execute(task)
+        finally:
+            self._inline_since = None
+            if slots is not None:
+                clear_slot(slots, 0)
+        with self._io_lock:
+            if self._closed:
+                return
+            self._executor.add_finished(task)
+            self._collect()
+            self._flush_done()
+
+    def _watch_inline(self) -> None:
+        """Keep heartbeats going while a call on the main thread turns out to be long."""
+        interval = self.heartbeat_interval_s / 2
+        while not self._inline_watch_stop.wait(interval):
+            since = self._inline_since
+            if since is None or time.monotonic() - since < interval:
+                continue
+            with self._io_lock:
+                if not self._closed and self._inline_since is not None:
+                    try:
+                        self._link.heartbeat_if_due(time.monotonic())
+                    except zmq.ZMQError as exc:
+                        logger.debug("worker %s: heartbeat during a long call failed: %s", self.name, exc)
 
     def _wake_main(self) -> None:
         """Called by an executor thread: results wait for the main thread to collect them."""
@@ -671,6 +736,7 @@ class Worker:
         )
         # Tasks still running finish later with the old generation and are discarded.
         self._generation += 1
+        self._inline = None
         for task in self._tasks.values():
             self._executor.cancel(task)
         self._tasks.clear()
@@ -695,6 +761,7 @@ class Worker:
         return code
 
     def _teardown(self, code: int) -> None:
+        self._inline_watch_stop.set()
         with self._io_lock:
             self._closed = True
             if hasattr(self, "_link"):
@@ -741,6 +808,8 @@ class Worker:
             key = task.key
             if tasks.get(key) is task:
                 del tasks[key]
+            if task.seconds:
+                self._quick.record(task.fn, task.seconds)
             if task.code == FINISHED:
                 store[key] = task.value
             out = task.out_frames
@@ -823,8 +892,14 @@ class Worker:
             task = Task(key, fn, frames, flags, fn_error=fn_error, generation=self._generation)
             if deps:
                 self._admit_with_inputs(task, deps, fetch_by_holder)
+                continue
+            tasks = self._tasks
+            tasks[key] = task
+            if len(entries) == 1 and len(tasks) == 1 and self._inline is None and self._quick.is_quick(fn):
+                # The only task here, of a function that has always been quick: this thread
+                # runs it once the turn's messages are handled (no hand-over, no wake-up).
+                self._inline = task
             else:
-                self._tasks[key] = task
                 self._executor.submit(task)
         for holder, keys in fetch_by_holder.items():
             request_id = self._next_request
