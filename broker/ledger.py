@@ -460,7 +460,11 @@ class Ledger:
                     dependent.waiting_on = None
                     self.set_state(dependent, QUEUED)
                     ready.push(dependent)
-        self.candidates.append(rec)
+        # Nobody may need the value any more (an input whose dependents all left): let the
+        # end-of-step release pass look.  Whatever needs it later appends it again when
+        # that need ends.
+        if rec.wanted_by is None and rec.push_to is None and rec.n_active == 0:
+            self.candidates.append(rec)
 
     def finished(self, worker: WorkerPeer, key: str, type_name: str, nbytes: int, frames: Payload) -> None:
         """DONE FINISHED from ``worker`` for a task (not a STORE)."""

@@ -585,7 +585,10 @@ class BrokerState:
     def _on_submit(self, client: ClientPeer, message: Message) -> None:
         functions, tasks = message.header
         waiting = self._release_index
-        if waiting and any(entry[0] in waiting or any(dep in waiting for dep in entry[2]) for entry in tasks):
+        if waiting and (
+            not waiting.keys().isdisjoint([entry[0] for entry in tasks])
+            or not waiting.keys().isdisjoint([dep for entry in tasks if entry[2] for dep in entry[2]])
+        ):
             self._apply_releases(None)
         payload = message.payload
         known = self._functions
@@ -686,7 +689,7 @@ class BrokerState:
     def _apply_releases_naming(self, keys: list[str]) -> None:
         """Before a message naming ``keys`` is handled: apply waiting releases of any of them."""
         index = self._release_index
-        if index and any(key in index for key in keys):
+        if index and not index.keys().isdisjoint(keys):
             self._apply_releases(None)
 
     def _on_cancel(self, client: ClientPeer, message: Message) -> None:

@@ -43,3 +43,14 @@ def test_every_benchmark_case_reports_a_number(tmp_path: Path) -> None:
         assert all(NUMBER.match(value) for value in matching), (label, matching)
     assert "Errors" not in markdown.read_text()
     assert re.search(r"over a Unix socket \(as Client\(\)'s own cluster\) p50 \d+\.\d+ ms", done.stdout)
+
+
+@pytest.mark.timeout(120)
+def test_the_memory_benchmark_reports_bytes_per_task_and_checks_every_result() -> None:
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "memory.py"), "--tasks", "5000"]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^client: \+[\d,]+ B per task", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^broker: \+[\d,]+ B per task", done.stdout, re.MULTILINE), done.stdout
+    assert "all correct" in done.stdout
+    assert "WARNING" not in done.stderr, done.stderr

@@ -167,6 +167,11 @@ class LocalCluster:
             self, _stop_children, [p for p in (self._pool, self._broker) if p is not None], self._ipc_dir
         )
 
+    @property
+    def broker_pid(self) -> int | None:
+        """Process id of the broker, None when it is not running."""
+        return self._broker.pid if self._broker is not None else None
+
     def _started(self) -> str:
         address = self.address or ""
         logger.info("local cluster at %s with %d workers", address, self.n_workers)
