@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import time
+import traceback
 
 import numpy as np
 import pytest
@@ -101,7 +102,12 @@ def test_task_exception_is_reraised_with_remote_traceback(client: Client) -> Non
         bad.result(timeout=30)
     assert bad.status == "error"
     assert isinstance(bad.exception(), Boom)
-    assert "explode" in (bad.traceback() or "")
+    remote_tb = bad.traceback()
+    assert remote_tb is not None
+    names = [frame.name for frame in traceback.extract_tb(remote_tb)]
+    assert names[-1] == "explode" and "execute" not in names  # the task's frames, not the worker's
+    assert "explode" in "".join(traceback.format_tb(remote_tb))
+    assert client.submit(inc, 1).traceback(timeout=30) is None
     dependent = client.submit(inc, bad)
     with pytest.raises(Boom):
         dependent.result(timeout=30)

@@ -170,3 +170,38 @@ def test_graph_order_execution_and_culling() -> None:
     assert set(cull(graph, ["b"])) == {"a", "b"}
     with pytest.raises(ValueError, match="cycle"):
         topological_order({"x": (operator.neg, (TaskRef("y"),), {}), "y": (operator.neg, (TaskRef("x"),), {})})
+
+
+def _outer(x: int) -> None:
+    _middle(x)
+
+
+def _middle(x: int) -> None:
+    try:
+        _inner(x)
+    except KeyError as exc:
+        raise ValueError("wrapped") from exc
+
+
+def _inner(x: int) -> None:
+    raise KeyError(x)
+
+
+def test_a_remote_traceback_text_becomes_a_traceback_object_with_the_same_frames() -> None:
+    import traceback
+
+    from zmqdask.serialize import traceback_from_text
+
+    try:
+        _outer(3)
+    except ValueError as exc:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        expected = [(f.filename, f.lineno, f.name) for f in traceback.extract_tb(exc.__traceback__)]
+    rebuilt = traceback_from_text(text)
+    assert rebuilt is not None
+    # The frames of the exception raised last (not of its cause), in order, names and lines kept.
+    assert [(f.filename, f.lineno, f.name) for f in traceback.extract_tb(rebuilt)] == expected
+    assert [name for *_, name in expected][-2:] == ["_outer", "_middle"]
+    worker_frame = '  File "/site/zmqdask/executor.py", line 9, in execute\n'
+    assert traceback_from_text("Traceback (most recent call last):\n" + worker_frame + "KeyError: 1\n") is None
+    assert traceback_from_text("KeyError: 1") is None and traceback_from_text(None) is None

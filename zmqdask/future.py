@@ -13,10 +13,12 @@ import asyncio
 import collections
 import html
 import threading
+import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zmqdask.errors import FutureCancelledError, UsageError
+from zmqdask.serialize import traceback_from_text
 
 if TYPE_CHECKING:
     from zmqdask.client import Client
@@ -156,10 +158,14 @@ class Future:
             self._client._blocking(self._client._wait_done(self._state), timeout, "await wait([future])")
         return self._state.exception
 
-    def traceback(self, timeout: float | None = None) -> str | None:
-        """The remote traceback text of a failed task (None if it succeeded)."""
+    def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
+        """The traceback of a failed task, as an object the ``traceback`` module can print.
+
+        Its entries name the frames where the task ran on its worker (file, line, function);
+        None if the task succeeded.  The exception carries the same traceback as text too.
+        """
         self.exception(timeout)
-        return self._state.traceback
+        return traceback_from_text(self._state.traceback)
 
     def cancel(self) -> Any:
         """Cancel the computation (returns an awaitable on an asynchronous client)."""

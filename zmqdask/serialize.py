@@ -9,9 +9,12 @@ cannot (lambdas, closures, classes defined in ``__main__``).
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
+import re
 import sys
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -127,6 +130,60 @@ def loads_error(detail: list[Any], frames: list[Any]) -> tuple[BaseException, st
             pass
     type_name, message = detail[0], detail[1]
     return RemoteTaskFailure(type_name, message), ""
+
+
+_FRAME_LINE = re.compile(r'^  File "(?P<file>[^"]*)", line (?P<line>\d+), in (?P<name>.+)$')
+_TRACEBACK_HEAD = "Traceback (most recent call last):\n"
+_EXECUTOR_FILE = os.path.join("zmqdask", "executor.py")
+
+
+class _RemoteFrames(Exception):
+    """Raised at the bottom of the stand-in frames built by :func:`traceback_from_text`."""
+
+
+def traceback_from_text(text: str | None) -> types.TracebackType | None:
+    """A traceback object whose frames name the remote frames of a formatted traceback.
+
+    ``text`` is what a worker's ``traceback.format_exception`` produced; the frames of the
+    last exception in it (those of the task's own code: the worker's wrapper is left out)
+    become real traceback entries with the remote file names, line numbers and function
+    names, so the ``traceback`` module can print and walk them.  None if there are none.
+    """
+    if not text or _TRACEBACK_HEAD not in text:
+        return None
+    last = text.rsplit(_TRACEBACK_HEAD, 1)[1]
+    frames = []
+    for line in last.splitlines():
+        match = _FRAME_LINE.match(line)
+        if match is not None and not match["file"].endswith(_EXECUTOR_FILE):
+            frames.append((match["file"], int(match["line"]), match["name"]))
+    if not frames:
+        return None
+
+    def bottom() -> None:
+        raise _RemoteFrames
+
+    # Each stand-in runs at the remote line number, under the remote names, and calls the
+    # next one; the innermost raises.  The traceback of that exception is the one wanted,
+    # less this function's own entry at the top and the raising helper's at the bottom.
+    call: Callable[[], None] = bottom
+    for filename, lineno, name in reversed(frames):
+        code = compile("\n" * (lineno - 1) + "__zmqdask_next__()", filename, "exec").replace(co_name=name)
+        call = types.FunctionType(code, {"__zmqdask_next__": call})
+    try:
+        call()
+    except _RemoteFrames as exc:
+        head = exc.__traceback__
+    else:  # pragma: no cover - the innermost call always raises
+        return None
+    assert head is not None
+    first = head.tb_next
+    entry = first
+    while entry is not None and entry.tb_next is not None and entry.tb_next.tb_next is not None:
+        entry = entry.tb_next
+    if entry is not None:
+        entry.tb_next = None
+    return first
 
 
 def _truncate(text: str, limit: int = 2000) -> str:
