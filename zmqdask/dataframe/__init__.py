@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as _pd
+
+# Results follow pandas 3 (which columns a groupby keeps, copy-on-write, string dtypes...):
+# with an older pandas they would differ from the user's own pandas without a word.
+if int(_pd.__version__.split(".", 1)[0]) < 3:
+    raise ImportError(
+        f"zmqdask.dataframe needs pandas 3 or newer, found pandas {_pd.__version__}; "
+        "upgrade it with: pip install 'pandas>=3'"
+    )
+
 from zmqdask.dataframe.collection import DataFrame, Index, Scalar, Series, map_partitions, new_collection
 
 __all__ = [

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
@@ -296,7 +296,7 @@ def _counting_chunk(frame: pd.DataFrame, by: Any, plan: AggPlan, sort: bool, dro
             return None
         if primitive in _EXTREMES and dtype not in (np.dtype("float64"), np.dtype("int64")):
             return None
-    codes, uniques = keycodes.factorize(frame[key])
+    codes, uniques = keycodes.factorize(cast(pd.Series, frame[key]))
     present = codes >= 0
     everywhere = bool(present.all())
     if not everywhere:
@@ -452,7 +452,7 @@ def _final_values(state: Partial, plan: AggPlan, column: Hashable, func: str) ->
         m2 = main[plan.slot(column, "m2")]
         dof = n - plan.ddof
         var = (m2 / dof.where(dof > 0, np.nan)).where(dof > 0, np.nan)
-        return np.sqrt(var) if func == "std" else var
+        return cast(pd.Series, np.sqrt(var)) if func == "std" else var
     if func == "nunique":
         pairs = state.pairs[column]
         counts = pairs.groupby(level=_levels(pairs.index), sort=False, dropna=False).size()
