@@ -571,26 +571,41 @@ def test_a_quick_function_turning_slow_on_the_main_thread_keeps_the_worker_alive
     assert kept == [3, 3]
     flag.touch()
     compute(broker, identity, [("long", sleep_if_exists, (str(flag), 1.5), [], FLAG_PUSH_RESULT)])
-    # A live broker keeps talking while the call blocks the worker's loop for three times the
-    # liveness timeout: the worker keeps heartbeating, and afterwards does not take its own
+    # A live broker keeps talking while the call blocks the worker's main thread for three
+    # times the liveness timeout: the worker keeps heartbeating, answers a GET and runs a new
+    # task on its idle executor thread meanwhile, and afterwards does not take its own
     # silence for the broker's (no HELLO, nothing dropped).
     heartbeats = 0
     deadline = time.monotonic() + WAIT_S
-    result = None
-    while result is None:
+    asked_at = time.monotonic() + 0.3
+    asked = False
+    order: list[str] = []
+    results: dict[str, Any] = {}
+    while "long" not in results:
         assert time.monotonic() < deadline, "the long call never finished"
         broker.send(identity, HEARTBEAT, [EPOCH])
+        if not asked and time.monotonic() >= asked_at:
+            asked = True
+            broker.send(identity, GET, [7, ["kept"]])
+            compute(broker, identity, [("side", thread_name, (1,), [], FLAG_PUSH_RESULT)])
         if not broker.socket.poll(50):
             continue
         _, message = broker.recv()
         assert message.command != HELLO, "the worker dropped its registration"
         if message.command == HEARTBEAT:
             heartbeats += 1
+        elif message.command == DATA:
+            assert message.header[0] == 7 and [entry[0] for entry in message.header[1]] == ["kept"]
+            order.append("data")
         elif message.command == DONE:
-            entry = message.header[0][0]
-            assert entry[0] == "long" and entry[1] == FINISHED
-            result = serialize.loads(entry_payload(entry[3], message.payload, 0)[0])
-    assert result == "MainThread"
+            position = 0
+            for key, code, _detail, nframes in message.header[0]:
+                frames, position = entry_payload(nframes, message.payload, position)
+                assert code == FINISHED
+                results[key] = serialize.loads(frames)
+                order.append(key)
+    assert results == {"long": "MainThread", "side": "zmqdask-executor-0"}
+    assert order == ["data", "side", "long"]
     assert heartbeats >= 5
     values, missing = get(broker, identity, ["kept"])
     assert values == {"kept": [3, 3]} and not missing

@@ -379,6 +379,12 @@ HANDOVER_WAIT_S = 0.001
 """How long an executor thread waits for the socket lock to send its results itself before
 leaving them to the main thread (which holds the lock while it handles messages)."""
 
+INLINE_WATCH_INTERVAL_S = 0.1
+"""How often the watch thread looks whether a call on the main thread has run this long."""
+
+INLINE_SERVE_INTERVAL_S = 0.005
+"""How often the watch thread does the loop's work while such a call goes on."""
+
 _BaseSocket = zmq.backend.Socket
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
@@ -652,18 +658,41 @@ class Worker:
             self._flush_done()
 
     def _watch_inline(self) -> None:
-        """Keep heartbeats going while a call on the main thread turns out to be long."""
-        interval = self.heartbeat_interval_s / 2
-        while not self._inline_watch_stop.wait(interval):
+        """Stand in for the main thread while a call it runs itself turns out to be long."""
+        stop = self._inline_watch_stop
+        while not stop.wait(INLINE_WATCH_INTERVAL_S):
             since = self._inline_since
-            if since is None or time.monotonic() - since < interval:
+            if since is None or time.monotonic() - since < INLINE_WATCH_INTERVAL_S:
                 continue
-            with self._io_lock:
-                if not self._closed and self._inline_since is not None:
+            # The main thread is inside the task's code and touches nothing of the worker's
+            # until it takes the lock again: under the lock, this thread does the loop's
+            # turns meanwhile (heartbeats, GETs for other workers, new tasks for the idle
+            # executor threads, cancellations).  It never waits on the socket itself, which
+            # the main thread may use as soon as the call returns.
+            while self._inline_since is not None and not stop.is_set():
+                with self._io_lock:
+                    if self._closed or self._inline_since is None:
+                        break
                     try:
-                        self._link.heartbeat_if_due(time.monotonic())
+                        self._serve_turn()
                     except zmq.ZMQError as exc:
-                        logger.debug("worker %s: heartbeat during a long call failed: %s", self.name, exc)
+                        logger.debug("worker %s: serving during a long call failed: %s", self.name, exc)
+                stop.wait(INLINE_SERVE_INTERVAL_S)
+
+    def _serve_turn(self) -> None:
+        """One non-blocking turn of the loop's work, for the watch thread (lock held)."""
+        event = self._link.tick(time.monotonic())
+        if event is LinkEvent.FORGOTTEN:
+            self._forget()
+            return
+        if event is LinkEvent.GAVE_UP:
+            return  # the main loop decides, once the call returns
+        self._collect()
+        if self._drain_broker() is LinkEvent.FORGOTTEN:
+            self._forget()
+            return
+        self._collect()
+        self._flush_done()
 
     def _wake_main(self) -> None:
         """Called by an executor thread: results wait for the main thread to collect them."""
