@@ -106,6 +106,7 @@ __all__ = [
     "Partitions",
     "Projection",
     "Reduction",
+    "RowMover",
     "Source",
     "TreeCombine",
     "emulate",
@@ -457,6 +458,25 @@ class Source(Blockwise):
     @property
     def divisions(self) -> tuple[Any, ...]:
         return unknown_divisions(self.npartitions)
+
+
+class RowMover(Expr):
+    """A node that only moves the rows of its ``frame`` operand between partitions.
+
+    Shuffles, sorts and repartitionings share this: the output holds exactly the input's
+    rows, so counting rows may skip the node, and (unless a subclass says otherwise) the
+    schema is the input's.  Subclasses are :func:`node` classes declaring a ``frame`` field;
+    the annotation below only tells type checkers about it.
+    """
+
+    frame: Expr
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
 
 
 def _identity(value: Any) -> Any:

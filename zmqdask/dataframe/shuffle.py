@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pandas.util import hash_pandas_object
 
-from zmqdask.dataframe.expr import Expr, Reduction, node, unknown_divisions
+from zmqdask.dataframe.expr import Expr, Reduction, RowMover, node, unknown_divisions
 from zmqdask.dataframe.lower import unify_categories
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
@@ -251,63 +251,46 @@ def index_partition(pieces: Sequence[pd.DataFrame], column: Hashable, drop: bool
 
 
 def _shuffle_layer(
-    node_name: str, frame: Expr, split: Callable[..., Any], split_args: tuple[Any, ...], nout: int
+    expr: RowMover,
+    split: Callable[..., Any],
+    split_args: tuple[Any, ...],
+    combine: Callable[..., Any],
+    combine_args: tuple[Any, ...] = (),
 ) -> dict[str, TaskSpec]:
-    """Split, pick and gather layers; gather ``j`` is left to the caller (keys are returned)."""
+    """The split, pick and gather tasks moving the rows of ``expr.frame`` into ``expr``'s partitions.
+
+    Input ``i`` is cut by ``split(partition_i, *split_args)`` into one bucket per output
+    partition; output ``j`` is ``combine(bucket j of every input in input order, *combine_args)``.
+    """
+    name, frame, nout = expr._name, expr.frame, expr.npartitions
     layer: dict[str, TaskSpec] = {}
     for i in range(frame.npartitions):
-        split_key = f"{node_name}-split-{i}"
+        split_key = f"{name}-split-{i}"
         layer[split_key] = (split, (TaskRef(frame._key(i)), *split_args), {})
         for j in range(nout):
-            layer[f"{node_name}-pick-{i}.{j}"] = (pick, (TaskRef(split_key), j), {})
+            layer[f"{name}-pick-{i}.{j}"] = (pick, (TaskRef(split_key), j), {})
+    for j in range(nout):
+        pieces = [TaskRef(f"{name}-pick-{i}.{j}") for i in range(frame.npartitions)]
+        layer[expr._key(j)] = (combine, (pieces, *combine_args), {})
     return layer
 
 
-def _pieces(node_name: str, ninputs: int, j: int) -> list[TaskRef]:
-    return [TaskRef(f"{node_name}-pick-{i}.{j}") for i in range(ninputs)]
+def _sampled_bounds_layer(expr: RowMover, by: Hashable | None) -> tuple[dict[str, TaskSpec], TaskRef]:
+    """Tasks choosing sort boundaries for ``expr``'s partitions from samples of ``expr.frame``.
 
-
-@node
-class HashShuffle(Expr):
-    """Rows of ``frame`` moved into ``npartitions`` partitions by the hash of ``on``.
-
-    ``on`` is a tuple of column labels, or None for the index.  Equal keys (including
-    numbers of different dtypes that compare equal) land in the same output partition.
+    Every input partition is sampled on ``by`` (None: the index); one task merges the
+    samples into :func:`choose_boundaries`' result, to which the returned reference points.
     """
-
-    frame: Expr
-    on: tuple[Hashable, ...] | None
-    nout: int
-
-    def _prefix(self) -> str:
-        return "hash-shuffle"
-
-    def _same_rows(self) -> Expr | None:
-        return self.frame
-
-    @cached_property
-    def _meta(self) -> Any:
-        return self.frame._meta
-
-    @property
-    def npartitions(self) -> int:
-        return self.nout
-
-    @property
-    def divisions(self) -> tuple[Any, ...]:
-        return unknown_divisions(self.nout)
-
-    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
-        if needed is None or self.on is None:
-            return needed
-        return needed | frozenset(self.on)
-
-    def _layer(self) -> dict[str, TaskSpec]:
-        on = None if self.on is None else list(self.on)
-        layer = _shuffle_layer(self._name, self.frame, hash_split, (on, self.nout), self.nout)
-        for j in range(self.nout):
-            layer[self._key(j)] = (gather, (_pieces(self._name, self.frame.npartitions, j),), {})
-        return layer
+    name, frame = expr._name, expr.frame
+    layer: dict[str, TaskSpec] = {}
+    samples = []
+    for i in range(frame.npartitions):
+        key = f"{name}-sample-{i}"
+        layer[key] = (_sample_task, (TaskRef(frame._key(i)), by, SAMPLES_PER_PARTITION), {})
+        samples.append(TaskRef(key))
+    bounds_key = f"{name}-bounds"
+    layer[bounds_key] = (choose_boundaries, (samples, expr.npartitions), {})
+    return layer, TaskRef(bounds_key)
 
 
 def _split_sorted(
@@ -321,8 +304,50 @@ def _sample_task(obj: Any, by: Hashable | None, nsamples: int) -> tuple[pd.Serie
     return sample_partition(obj, by, nsamples)
 
 
+class Shuffle(RowMover):
+    """A :class:`RowMover` into ``nout`` partitions whose index bounds are not known in advance.
+
+    Subclasses are :func:`node` classes declaring the fields ``frame`` and ``nout``.
+    """
+
+    nout: int
+
+    @property
+    def npartitions(self) -> int:
+        return self.nout
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return unknown_divisions(self.nout)
+
+
 @node
-class SortValues(Expr):
+class HashShuffle(Shuffle):
+    """Rows of ``frame`` moved into ``npartitions`` partitions by the hash of ``on``.
+
+    ``on`` is a tuple of column labels, or None for the index.  Equal keys (including
+    numbers of different dtypes that compare equal) land in the same output partition.
+    """
+
+    frame: Expr
+    on: tuple[Hashable, ...] | None
+    nout: int
+
+    def _prefix(self) -> str:
+        return "hash-shuffle"
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if needed is None or self.on is None:
+            return needed
+        return needed | frozenset(self.on)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        on = None if self.on is None else list(self.on)
+        return _shuffle_layer(self, hash_split, (on, self.nout), gather)
+
+
+@node
+class SortValues(Shuffle):
     """Rows of ``frame`` sorted by ``by`` across partitions (stable; missing keys last).
 
     Boundaries come from per-partition samples inside the same graph, so the input is read
@@ -337,53 +362,28 @@ class SortValues(Expr):
     def _prefix(self) -> str:
         return "sort-values"
 
-    def _same_rows(self) -> Expr | None:
-        return self.frame
-
-    @cached_property
-    def _meta(self) -> Any:
-        return self.frame._meta
-
-    @property
-    def npartitions(self) -> int:
-        return self.nout
-
-    @property
-    def divisions(self) -> tuple[Any, ...]:
-        return unknown_divisions(self.nout)
-
     def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
         if needed is None or not isinstance(self.frame._meta, pd.DataFrame):
             return needed
         return needed | frozenset(self.by)
 
-    def _layer(self) -> dict[str, TaskSpec]:
-        name, frame = self._name, self.frame
-        first = self.by[0]
-        layer: dict[str, TaskSpec] = {}
-        samples = []
-        for i in range(frame.npartitions):
-            key = f"{name}-sample-{i}"
-            layer[key] = (_sample_task, (TaskRef(frame._key(i)), first, SAMPLES_PER_PARTITION), {})
-            samples.append(TaskRef(key))
-        bounds_key = f"{name}-bounds"
-        layer[bounds_key] = (choose_boundaries, (samples, self.nout), {})
-        layer.update(
-            _shuffle_layer(
-                name, frame, _split_sorted, (first, TaskRef(bounds_key), self.nout, self.ascending[0]), self.nout
-            )
-        )
+    def sort_arguments(self) -> tuple[Any, Any]:
+        """``by`` and ``ascending`` as pandas' ``sort_values`` takes them (a list only for several keys)."""
         by: Any = list(self.by) if len(self.by) > 1 else self.by[0]
         ascending: Any = list(self.ascending) if len(self.ascending) > 1 else self.ascending[0]
-        for j in range(self.nout):
-            layer[self._key(j)] = (sort_partition, (_pieces(name, frame.npartitions, j), by, ascending), {})
+        return by, ascending
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        first = self.by[0]
+        layer, bounds = _sampled_bounds_layer(self, first)
+        split_args = (first, bounds, self.nout, self.ascending[0])
+        layer.update(_shuffle_layer(self, _split_sorted, split_args, sort_partition, self.sort_arguments()))
         return layer
 
 
 def sorted_edge_reduction(sort: SortValues, n: int, last: bool) -> Reduction:
     """``sort.head(n)`` (``last``: ``tail``) as a tree reduction over the unsorted partitions."""
-    by: Any = list(sort.by) if len(sort.by) > 1 else sort.by[0]
-    ascending: Any = list(sort.ascending) if len(sort.ascending) > 1 else sort.ascending[0]
+    by, ascending = sort.sort_arguments()
     kwargs = {"by": by, "ascending": ascending, "n": int(n), "last": last}
     return Reduction(
         sort.frame,
@@ -398,23 +398,40 @@ def sorted_edge_reduction(sort: SortValues, n: int, last: bool) -> Reduction:
     )
 
 
+class IndexByColumn(RowMover):
+    """A :class:`RowMover` that makes ``column`` the index, each output partition sorted by it.
+
+    Subclasses are :func:`node` classes declaring the fields ``frame`` and ``column``, and
+    say how the range boundaries are found.
+    """
+
+    column: Hashable
+
+    def _prefix(self) -> str:
+        return "set-index"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta.set_index(self.column)
+
+    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
+        if needed is None:
+            return None
+        return needed | {self.column}
+
+    def _ranges_layer(self, bounds: tuple[Any, list[Any], Any] | TaskRef) -> dict[str, TaskSpec]:
+        """The tasks moving rows into the ranges of ``bounds`` (:func:`choose_boundaries`' form)."""
+        n = self.npartitions
+        return _shuffle_layer(self, _split_sorted, (self.column, bounds, n, True), index_partition, (self.column,))
+
+
 @node
-class SetIndex(Expr):
+class SetIndex(IndexByColumn):
     """``frame`` re-partitioned by ``column`` into ranges given by ``division_values``, indexed by it."""
 
     frame: Expr
     column: Hashable
     division_values: tuple[Any, ...]
-
-    def _prefix(self) -> str:
-        return "set-index"
-
-    def _same_rows(self) -> Expr | None:
-        return self.frame
-
-    @cached_property
-    def _meta(self) -> Any:
-        return self.frame._meta.set_index(self.column)
 
     @property
     def npartitions(self) -> int:
@@ -424,23 +441,13 @@ class SetIndex(Expr):
     def divisions(self) -> tuple[Any, ...]:
         return self.division_values
 
-    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
-        if needed is None:
-            return None
-        return needed | {self.column}
-
     def _layer(self) -> dict[str, TaskSpec]:
-        name, frame, n = self._name, self.frame, self.npartitions
         boundaries = list(self.division_values[1:-1])
-        bounds = (self.division_values[0], boundaries, self.division_values[-1])
-        layer = _shuffle_layer(name, frame, _split_sorted, (self.column, bounds, n, True), n)
-        for j in range(n):
-            layer[self._key(j)] = (index_partition, (_pieces(name, frame.npartitions, j), self.column), {})
-        return layer
+        return self._ranges_layer((self.division_values[0], boundaries, self.division_values[-1]))
 
 
 @node
-class SampledSetIndex(Expr):
+class SampledSetIndex(IndexByColumn, Shuffle):
     """``frame`` indexed and sorted by ``column``, with range boundaries sampled inside the graph.
 
     Partitions are sorted and ordered like :class:`SetIndex`'s, but their divisions are not
@@ -451,42 +458,9 @@ class SampledSetIndex(Expr):
     column: Hashable
     nout: int
 
-    def _prefix(self) -> str:
-        return "set-index"
-
-    def _same_rows(self) -> Expr | None:
-        return self.frame
-
-    @cached_property
-    def _meta(self) -> Any:
-        return self.frame._meta.set_index(self.column)
-
-    @property
-    def npartitions(self) -> int:
-        return self.nout
-
-    @property
-    def divisions(self) -> tuple[Any, ...]:
-        return unknown_divisions(self.nout)
-
-    def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
-        if needed is None:
-            return None
-        return needed | {self.column}
-
     def _layer(self) -> dict[str, TaskSpec]:
-        name, frame, n = self._name, self.frame, self.nout
-        layer: dict[str, TaskSpec] = {}
-        samples = []
-        for i in range(frame.npartitions):
-            key = f"{name}-sample-{i}"
-            layer[key] = (_sample_task, (TaskRef(frame._key(i)), self.column, SAMPLES_PER_PARTITION), {})
-            samples.append(TaskRef(key))
-        bounds_key = f"{name}-bounds"
-        layer[bounds_key] = (choose_boundaries, (samples, n), {})
-        layer.update(_shuffle_layer(name, frame, _split_sorted, (self.column, TaskRef(bounds_key), n, True), n))
-        for j in range(n):
-            layer[self._key(j)] = (index_partition, (_pieces(name, frame.npartitions, j), self.column), {})
+        layer, bounds = _sampled_bounds_layer(self, self.column)
+        layer.update(self._ranges_layer(bounds))
         return layer
 
 
