@@ -18,6 +18,7 @@ from zmqdask.dataframe.expr import (
     Blockwise,
     Expr,
     Projection,
+    RowMover,
     emulate,
     is_frame_like,
     node,
@@ -381,20 +382,13 @@ def concat_parts(parts: list[Any]) -> Any:
 
 
 @node
-class Repartition(Expr):
+class Repartition(RowMover):
     """Output partition ``j`` is the concatenation of input partitions ``groups[j]``."""
 
     frame: Expr
     groups: tuple[tuple[int, ...], ...]
 
     _columnwise = True
-
-    def _same_rows(self) -> Expr | None:
-        return self.frame
-
-    @cached_property
-    def _meta(self) -> Any:
-        return self.frame._meta
 
     @property
     def npartitions(self) -> int:
@@ -440,7 +434,7 @@ def split_index(part: Any, lower: Any, upper: Any, last: bool) -> Any:
 
 
 @node
-class SplitPartitions(Expr):
+class SplitPartitions(RowMover):
     """Each input partition ``i`` cut into ``pieces[i]`` output partitions.
 
     With ``bounds`` (one tuple of inner index boundaries per input partition) pieces are cut
@@ -452,13 +446,6 @@ class SplitPartitions(Expr):
     bounds: tuple[tuple[Any, ...], ...] | None
 
     _columnwise = True
-
-    def _same_rows(self) -> Expr | None:
-        return self.frame
-
-    @cached_property
-    def _meta(self) -> Any:
-        return self.frame._meta
 
     @property
     def npartitions(self) -> int:
@@ -496,7 +483,7 @@ class SplitPartitions(Expr):
 
 
 @node
-class RepartitionDivisions(Expr):
+class RepartitionDivisions(RowMover):
     """The rows of ``frame`` (known divisions) regrouped at ``new_divisions``.
 
     Rows below the first or above the last new division go to the first or last partition.
@@ -506,13 +493,6 @@ class RepartitionDivisions(Expr):
     new_divisions: tuple[Any, ...]
 
     _columnwise = True
-
-    def _same_rows(self) -> Expr | None:
-        return self.frame
-
-    @cached_property
-    def _meta(self) -> Any:
-        return self.frame._meta
 
     @property
     def npartitions(self) -> int:
