@@ -107,6 +107,7 @@ __all__ = [
     "Projection",
     "Reduction",
     "RowMover",
+    "SinglePartition",
     "Source",
     "TreeCombine",
     "emulate",
@@ -671,8 +672,24 @@ ROW_COUNT_LABEL = "len"
 """Label of the reduction counting rows, which may skip nodes that keep the row count."""
 
 
+class SinglePartition(Expr):
+    """A node whose whole result is one partition, without known index bounds.
+
+    Reductions, assembled summaries and writes (whose result is a summary of what was
+    written) are such nodes.
+    """
+
+    @property
+    def npartitions(self) -> int:
+        return 1
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return (None, None)
+
+
 @node
-class Reduction(Expr):
+class Reduction(SinglePartition):
     """A tree reduction of all partitions of ``frame`` into one result.
 
     ``chunk(partition, **chunk_kwargs)`` runs per partition (fused with the partition's
@@ -699,14 +716,6 @@ class Reduction(Expr):
     @cached_property
     def _meta(self) -> Any:
         return self.meta
-
-    @property
-    def npartitions(self) -> int:
-        return 1
-
-    @property
-    def divisions(self) -> tuple[Any, ...]:
-        return (None, None)
 
     def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
         return None if self.columns_needed is None else frozenset(self.columns_needed)
@@ -736,7 +745,7 @@ class Reduction(Expr):
 
 
 @node
-class TreeCombine(Expr):
+class TreeCombine(SinglePartition):
     """The physical upper part of a tree reduction over already-chunked partitions."""
 
     frame: Expr
@@ -754,14 +763,6 @@ class TreeCombine(Expr):
     @cached_property
     def _meta(self) -> Any:
         return self.meta
-
-    @property
-    def npartitions(self) -> int:
-        return 1
-
-    @property
-    def divisions(self) -> tuple[Any, ...]:
-        return (None, None)
 
     def _describe(self) -> str:
         inputs = self.frame.npartitions

@@ -32,7 +32,16 @@ import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe import keycodes
-from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, MapPartitions, Projection, TreeCombine, emulate, node
+from zmqdask.dataframe.expr import (
+    DEFAULT_SPLIT_EVERY,
+    Expr,
+    MapPartitions,
+    Projection,
+    SinglePartition,
+    TreeCombine,
+    emulate,
+    node,
+)
 from zmqdask.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -498,7 +507,7 @@ def whole_groups_part(
 
 
 @node
-class GroupbyAggregate(Expr):
+class GroupbyAggregate(SinglePartition):
     """A grouped aggregation of all partitions into one partition, as a tree reduction.
 
     ``by`` is a tuple of column labels of ``frame`` or an expression (a Series partitioned
@@ -519,14 +528,6 @@ class GroupbyAggregate(Expr):
     def _meta(self) -> Any:
         by = _key_metas(self.by)
         return emulate(groupby_whole, self.frame._meta, by, self.plan, self.sort, self.dropna)
-
-    @property
-    def npartitions(self) -> int:
-        return 1
-
-    @property
-    def divisions(self) -> tuple[Any, ...]:
-        return (None, None)
 
     def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
         if dep != self.frame or not isinstance(self.frame._meta, pd.DataFrame):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zmqdask.dataframe.expr import Expr, Source, node, unknown_divisions
+from zmqdask.dataframe.expr import Expr, SinglePartition, Source, node, unknown_divisions
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
@@ -485,7 +485,7 @@ def _total_rows(counts: list[int]) -> int:
 
 
 @node
-class WriteParquet(Expr):
+class WriteParquet(SinglePartition):
     """Write each partition of ``frame`` to ``directory/part.<i>.parquet``; yields the row count."""
 
     frame: Expr
@@ -498,14 +498,6 @@ class WriteParquet(Expr):
     @cached_property
     def _meta(self) -> Any:
         return 0
-
-    @property
-    def npartitions(self) -> int:
-        return 1
-
-    @property
-    def divisions(self) -> tuple[Any, ...]:
-        return (None, None)
 
     def _layer(self) -> dict[str, TaskSpec]:
         layer: dict[str, TaskSpec] = {}
@@ -564,7 +556,7 @@ def _paths(written: list[str]) -> list[str]:
 
 
 @node
-class WriteCSV(Expr):
+class WriteCSV(SinglePartition):
     """Write partition ``i`` of ``frame`` to ``paths[i]``; yields the list of paths."""
 
     frame: Expr
@@ -577,14 +569,6 @@ class WriteCSV(Expr):
     @cached_property
     def _meta(self) -> Any:
         return list(self.paths)
-
-    @property
-    def npartitions(self) -> int:
-        return 1
-
-    @property
-    def divisions(self) -> tuple[Any, ...]:
-        return (None, None)
 
     def _layer(self) -> dict[str, TaskSpec]:
         layer: dict[str, TaskSpec] = {}

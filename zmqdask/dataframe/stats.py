@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Projection, Reduction, emulate, node
+from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Projection, Reduction, SinglePartition, emulate, node
 from zmqdask.dataframe.groupby import concat_nonempty
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
@@ -176,7 +176,7 @@ def _value_counts_whole(series: pd.Series, sort: bool, ascending: bool, normaliz
 
 
 @node
-class DescribeAssemble(Expr):
+class DescribeAssemble(SinglePartition):
     """One task placing the per-column descriptions side by side."""
 
     parts: tuple[Expr, ...]
@@ -189,14 +189,6 @@ class DescribeAssemble(Expr):
     @cached_property
     def _meta(self) -> Any:
         return self.meta
-
-    @property
-    def npartitions(self) -> int:
-        return 1
-
-    @property
-    def divisions(self) -> tuple[Any, ...]:
-        return (None, None)
 
     def _layer(self) -> dict[str, TaskSpec]:
         pieces = [TaskRef(part._key(0)) for part in self.parts]
@@ -488,7 +480,7 @@ def quantile_assemble(pieces: Sequence[Any], labels: tuple[Hashable, ...], q: An
 
 
 @node
-class QuantileAssemble(Expr):
+class QuantileAssemble(SinglePartition):
     """One task placing per-column quantiles side by side."""
 
     parts: tuple[Expr, ...]
@@ -502,14 +494,6 @@ class QuantileAssemble(Expr):
     @cached_property
     def _meta(self) -> Any:
         return self.meta
-
-    @property
-    def npartitions(self) -> int:
-        return 1
-
-    @property
-    def divisions(self) -> tuple[Any, ...]:
-        return (None, None)
 
     def _layer(self) -> dict[str, TaskSpec]:
         pieces = [TaskRef(part._key(0)) for part in self.parts]
