@@ -12,7 +12,7 @@ import io as _io
 import logging
 import os
 import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -472,6 +472,42 @@ def read_parquet(path: Any, columns: Sequence[Hashable] | None = None, filters: 
     return _new_collection(source)
 
 
+def _write_layer(
+    expr: Expr,
+    frame: Expr,
+    write: Callable[[Any, str, Any], Any],
+    targets: Sequence[str],
+    options: Any,
+    summarize: Callable[[list[Any]], Any],
+) -> dict[str, TaskSpec]:
+    """Tasks writing partition ``i`` of ``frame`` to ``targets[i]``, then ``expr``'s one output.
+
+    Each write is ``write(partition, target, options)``; the output is ``summarize`` of
+    their results, in partition order.
+    """
+    layer: dict[str, TaskSpec] = {}
+    written = []
+    for i, target in enumerate(targets):
+        key = f"{expr._name}-part-{i}"
+        layer[key] = (write, (TaskRef(frame._key(i)), target, options), {})
+        written.append(TaskRef(key))
+    layer[expr._key(0)] = (summarize, (written,), {})
+    return layer
+
+
+def _refuse_if_blocking_forbidden(alternative: str) -> None:
+    """Raise now if computing would block an asynchronous client's running event loop.
+
+    Writers call this before creating or clearing anything, so a refused write leaves the
+    target untouched.
+    """
+    from zmqdask.base import ensure_blocking_allowed, get_client
+
+    client = get_client()
+    if client is not None:
+        ensure_blocking_allowed(client, alternative)
+
+
 def write_parquet_part(part: pd.DataFrame | pd.Series, path: str, write_index: bool | None) -> int:
     """Write one partition to ``path``; returns its number of rows."""
     import_pyarrow()
@@ -500,15 +536,8 @@ class WriteParquet(SinglePartition):
         return 0
 
     def _layer(self) -> dict[str, TaskSpec]:
-        layer: dict[str, TaskSpec] = {}
-        written = []
-        for i in range(self.frame.npartitions):
-            key = f"{self._name}-part-{i}"
-            target = os.path.join(self.directory, f"part.{i}.parquet")
-            layer[key] = (write_parquet_part, (TaskRef(self.frame._key(i)), target, self.write_index), {})
-            written.append(TaskRef(key))
-        layer[self._key(0)] = (_total_rows, (written,), {})
-        return layer
+        targets = [os.path.join(self.directory, f"part.{i}.parquet") for i in range(self.frame.npartitions)]
+        return _write_layer(self, self.frame, write_parquet_part, targets, self.write_index, _total_rows)
 
 
 def to_parquet(df: Any, path: str | os.PathLike[str], write_index: bool | None = None, compute: bool = True) -> Any:
@@ -522,12 +551,7 @@ def to_parquet(df: Any, path: str | os.PathLike[str], write_index: bool | None =
     if not isinstance(expr, Expr):
         raise UsageError(f"to_parquet needs a zmqdask DataFrame, got {type(df).__name__}")
     if compute:
-        # Refuse before touching the directory, not after removing its old files.
-        from zmqdask.base import ensure_blocking_allowed, get_client
-
-        client = get_client()
-        if client is not None:
-            ensure_blocking_allowed(client, "await client.compute(df.to_parquet(path, compute=False))")
+        _refuse_if_blocking_forbidden("await client.compute(df.to_parquet(path, compute=False))")
     directory = os.path.abspath(os.fspath(path))
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):
@@ -571,14 +595,7 @@ class WriteCSV(SinglePartition):
         return list(self.paths)
 
     def _layer(self) -> dict[str, TaskSpec]:
-        layer: dict[str, TaskSpec] = {}
-        written = []
-        for i, path in enumerate(self.paths):
-            key = f"{self._name}-part-{i}"
-            layer[key] = (write_csv_part, (TaskRef(self.frame._key(i)), path, self.kwargs), {})
-            written.append(TaskRef(key))
-        layer[self._key(0)] = (_paths, (written,), {})
-        return layer
+        return _write_layer(self, self.frame, write_csv_part, self.paths, self.kwargs, _paths)
 
 
 def to_csv(df: Any, filename: str | os.PathLike[str], compute: bool = True, **kwargs: Any) -> Any:
@@ -592,11 +609,7 @@ def to_csv(df: Any, filename: str | os.PathLike[str], compute: bool = True, **kw
     if not isinstance(expr, Expr):
         raise UsageError(f"to_csv needs a zmqdask DataFrame or Series, got {type(df).__name__}")
     if compute:
-        from zmqdask.base import ensure_blocking_allowed, get_client
-
-        client = get_client()
-        if client is not None:
-            ensure_blocking_allowed(client, "await client.compute(df.to_csv(path, compute=False))")
+        _refuse_if_blocking_forbidden("await client.compute(df.to_csv(path, compute=False))")
     target = os.path.abspath(os.fspath(filename))
     width = len(str(max(expr.npartitions - 1, 0)))
     if "*" in target:
