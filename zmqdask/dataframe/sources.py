@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from zmqdask.dataframe.expr import Source, make_meta, node, tokenize, unknown_divisions
+from zmqdask.dataframe.expr import Expr, Source, make_meta, node, tokenize, unknown_divisions
 from zmqdask.graph import TaskSpec
 
 
@@ -106,8 +107,26 @@ class FromPandas(Source):
         return f"{type(data).__name__} {shape}{cols}"
 
 
+class ColumnSelectingSource(Source):
+    """A source of partitions with the schema ``meta``, narrowed to ``columns_selected``.
+
+    ``columns_selected`` None means every column; column pruning sets it.  Subclasses are
+    :func:`node` classes declaring the fields ``meta`` and ``columns_selected``.
+    """
+
+    meta: Any
+    columns_selected: tuple[Hashable, ...] | None
+
+    @cached_property
+    def _meta(self) -> Any:
+        return _select_columns(self.meta, self.columns_selected)
+
+    def _with_columns(self, columns: list[Any]) -> Expr | None:
+        return self._replace(columns_selected=tuple(columns))
+
+
 @node
-class FromPartitions(Source):
+class FromPartitions(ColumnSelectingSource):
     """Partitions already computed in this process; ``name`` is the token of what made them."""
 
     parts: tuple[Any, ...]
@@ -125,10 +144,6 @@ class FromPartitions(Source):
         cols = "" if self.columns_selected is None else repr(list(self.columns_selected))
         return tokenize("persisted", self.name, cols)
 
-    @cached_property
-    def _meta(self) -> Any:
-        return _select_columns(self.meta, self.columns_selected)
-
     @property
     def npartitions(self) -> int:
         return len(self.parts)
@@ -140,15 +155,12 @@ class FromPartitions(Source):
     def _task(self, i: int) -> TaskSpec:
         return (_identity, (_select_columns(self.parts[i], self.columns_selected),), {})
 
-    def _with_columns(self, columns: list[Any]) -> FromPartitions:
-        return self._replace(columns_selected=tuple(columns))
-
     def _describe(self) -> str:
         return f"{len(self.parts)} in-memory partitions of {self.name}"
 
 
 @node
-class FromFutures(Source):
+class FromFutures(ColumnSelectingSource):
     """Partitions that live on the cluster, one future per partition."""
 
     futures: tuple[Any, ...]
@@ -164,10 +176,6 @@ class FromFutures(Source):
         cols = "" if self.columns_selected is None else repr(list(self.columns_selected))
         return tokenize("futures", [f.key for f in self.futures], cols)
 
-    @cached_property
-    def _meta(self) -> Any:
-        return _select_columns(self.meta, self.columns_selected)
-
     @property
     def npartitions(self) -> int:
         return len(self.futures)
@@ -181,9 +189,6 @@ class FromFutures(Source):
         if self.columns_selected is None:
             return (_identity, (self.futures[i],), {})
         return (_select_columns, (self.futures[i], self.columns_selected), {})
-
-    def _with_columns(self, columns: list[Any]) -> FromFutures:
-        return self._replace(columns_selected=tuple(columns))
 
     def _describe(self) -> str:
         cols = "" if self.columns_selected is None else f", columns={list(self.columns_selected)}"
