@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zmqdask.dataframe.expr import Expr, SinglePartition, Source, node, unknown_divisions
+from zmqdask.dataframe.expr import Expr, SinglePartition, node, unknown_divisions
+from zmqdask.dataframe.sources import ColumnSelectingSource
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
@@ -159,7 +160,7 @@ def _columns_to_read(columns: tuple[Hashable, ...], parse_dates: Any) -> list[Ha
 
 
 @node
-class ReadCSV(Source):
+class ReadCSV(ColumnSelectingSource):
     """CSV partitions: ``blocks`` holds ``(path, start, stop)`` (``stop`` None: the whole file)."""
 
     blocks: tuple[tuple[str, int, int | None], ...]
@@ -170,12 +171,6 @@ class ReadCSV(Source):
 
     def _prefix(self) -> str:
         return "read-csv"
-
-    @cached_property
-    def _meta(self) -> Any:
-        if self.columns_selected is None:
-            return self.meta
-        return self.meta[list(self.columns_selected)]
 
     @property
     def npartitions(self) -> int:
@@ -189,7 +184,7 @@ class ReadCSV(Source):
     def _with_columns(self, columns: list[Any]) -> Expr | None:
         if "index_col" in self.kwargs or "usecols" in self.kwargs:
             return None
-        return self._replace(columns_selected=tuple(columns))
+        return super()._with_columns(columns)
 
     def _describe(self) -> str:
         cols = "" if self.columns_selected is None else f", columns={list(self.columns_selected)}"
@@ -349,7 +344,7 @@ def _range_indexed(path: str) -> bool:
 
 
 @node
-class ReadParquet(Source):
+class ReadParquet(ColumnSelectingSource):
     """One partition per Parquet file, with optional column pruning and row filters."""
 
     paths: tuple[str, ...]
@@ -361,12 +356,6 @@ class ReadParquet(Source):
     def _prefix(self) -> str:
         return "read-parquet"
 
-    @cached_property
-    def _meta(self) -> Any:
-        if self.columns_selected is None:
-            return self.meta
-        return self.meta[list(self.columns_selected)]
-
     @property
     def npartitions(self) -> int:
         return len(self.paths)
@@ -377,9 +366,6 @@ class ReadParquet(Source):
 
     def _task(self, i: int) -> TaskSpec:
         return (read_parquet_part, (self.paths[i], self.columns_selected, self.filters), {})
-
-    def _with_columns(self, columns: list[Any]) -> Expr | None:
-        return self._replace(columns_selected=tuple(columns))
 
     def _with_filters(self, filters: list[tuple[Any, str, Any]]) -> Expr | None:
         new = [tuple(f) for f in filters]
