@@ -73,9 +73,12 @@ def merge_partitions(
     )
 
 
-@node
-class Merge(Expr):
-    """An abstract join; lowered to a broadcast, aligned or hash-shuffled plan."""
+class JoinNode(Expr):
+    """A join of ``left`` and ``right``, as :func:`merge_partitions` does it for two partitions.
+
+    Subclasses are :func:`node` classes declaring these fields; the annotations here only
+    inform type checkers.
+    """
 
     left: Expr
     right: Expr
@@ -83,10 +86,7 @@ class Merge(Expr):
     left_on: tuple[Hashable, ...] | None
     right_on: tuple[Hashable, ...] | None
     suffixes: tuple[str, str]
-    as_join: bool = False
-
-    def _prefix(self) -> str:
-        return "join" if self.as_join else "merge"
+    as_join: bool
 
     @cached_property
     def _meta(self) -> Any:
@@ -100,6 +100,26 @@ class Merge(Expr):
             self.suffixes,
             self.as_join,
         )
+
+    def _describe_join(self) -> str:
+        """The join type and keys, for ``explain()``."""
+        return f"how={self.how}, left_on={self.left_on}, right_on={self.right_on}"
+
+
+@node
+class Merge(JoinNode):
+    """An abstract join; lowered to a broadcast, aligned or hash-shuffled plan."""
+
+    left: Expr
+    right: Expr
+    how: str
+    left_on: tuple[Hashable, ...] | None
+    right_on: tuple[Hashable, ...] | None
+    suffixes: tuple[str, str]
+    as_join: bool = False
+
+    def _prefix(self) -> str:
+        return "join" if self.as_join else "merge"
 
     @cached_property
     def strategy(self) -> str:
@@ -158,11 +178,11 @@ class Merge(Expr):
         )
 
     def _describe(self) -> str:
-        return f"how={self.how}, left_on={self.left_on}, right_on={self.right_on}, plan={self.strategy}"
+        return f"{self._describe_join()}, plan={self.strategy}"
 
 
 @node
-class MergePartitions(Blockwise):
+class MergePartitions(JoinNode, Blockwise):
     """Partition ``i`` of the left side joined with partition ``i`` of the right side.
 
     ``broadcast`` names a side with a single partition that meets every partition of the
@@ -182,19 +202,6 @@ class MergePartitions(Blockwise):
 
     def _prefix(self) -> str:
         return "join-partitions" if self.as_join else "merge-partitions"
-
-    @cached_property
-    def _meta(self) -> Any:
-        return emulate(
-            merge_partitions,
-            self.left._meta,
-            self.right._meta,
-            self.how,
-            self.left_on,
-            self.right_on,
-            self.suffixes,
-            self.as_join,
-        )
 
     @property
     def npartitions(self) -> int:
@@ -219,7 +226,7 @@ class MergePartitions(Blockwise):
 
     def _describe(self) -> str:
         side = f", broadcast {self.broadcast}" if self.broadcast else ""
-        return f"how={self.how}, left_on={self.left_on}, right_on={self.right_on}{side}"
+        return f"{self._describe_join()}{side}"
 
 
 # --------------------------------------------------------------------------------------------
