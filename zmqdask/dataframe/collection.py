@@ -225,6 +225,32 @@ class _Frame(Collection, FrameMethods, FrameReductions):
         """The index, lazily."""
         return Index(ops.IndexOf(self._expr))
 
+    # -- delegated to other modules ---------------------------------------------------
+
+    def groupby(self, by: Any, sort: bool = True, dropna: bool = True, **kwargs: Any) -> Any:
+        """Group rows, or a Series' values (see ``zmqdask.dataframe.groupby``)."""
+        from zmqdask.dataframe.groupby import GroupBy
+
+        return GroupBy(self, by, sort=sort, dropna=dropna, **kwargs)
+
+    def rolling(self, window: Any, min_periods: int | None = None) -> Any:
+        """Rolling windows (see ``zmqdask.dataframe.timeseries_ops``)."""
+        from zmqdask.dataframe.timeseries_ops import Rolling
+
+        return Rolling(self, window, min_periods=min_periods)
+
+    def resample(
+        self,
+        rule: Any,
+        closed: builtins.str | None = None,
+        label: builtins.str | None = None,
+        origin: Any = "start_day",
+    ) -> Any:
+        """Time-based resampling (see ``zmqdask.dataframe.timeseries_ops.Resampler``)."""
+        from zmqdask.dataframe.timeseries_ops import Resampler
+
+        return Resampler(self, rule, closed=closed, label=label, origin=origin)
+
 
 # ---------------------------------------------------------------------------------------
 # DataFrame
@@ -351,12 +377,6 @@ class DataFrame(_Frame):
 
     # -- delegated to other modules ---------------------------------------------------
 
-    def groupby(self, by: Any, sort: bool = True, dropna: bool = True, **kwargs: Any) -> Any:
-        """Group rows (see ``zmqdask.dataframe.groupby``)."""
-        from zmqdask.dataframe.groupby import GroupBy
-
-        return GroupBy(self, by, sort=sort, dropna=dropna, **kwargs)
-
     def merge(
         self,
         right: Any,
@@ -403,24 +423,6 @@ class DataFrame(_Frame):
         from zmqdask.dataframe.shuffle import sort_values
 
         return sort_values(self, by, ascending=ascending)
-
-    def resample(
-        self,
-        rule: Any,
-        closed: builtins.str | None = None,
-        label: builtins.str | None = None,
-        origin: Any = "start_day",
-    ) -> Any:
-        """Time-based resampling (see ``zmqdask.dataframe.timeseries_ops.Resampler``)."""
-        from zmqdask.dataframe.timeseries_ops import Resampler
-
-        return Resampler(self, rule, closed=closed, label=label, origin=origin)
-
-    def rolling(self, window: Any, min_periods: int | None = None) -> Any:
-        """Rolling windows (see ``zmqdask.dataframe.timeseries_ops``)."""
-        from zmqdask.dataframe.timeseries_ops import Rolling
-
-        return Rolling(self, window, min_periods=min_periods)
 
     def to_csv(self, filename: Any, **kwargs: Any) -> Any:
         """Write one CSV file per partition (see ``zmqdask.dataframe.io.to_csv``)."""
@@ -563,35 +565,11 @@ class Series(_Frame):
         """The index moved into a column (unless ``drop``), rows numbered 0..n-1."""
         return new_collection(plan.reset_index_expr(self._expr, drop))
 
-    def groupby(self, by: Any, sort: bool = True, dropna: bool = True, **kwargs: Any) -> Any:
-        """Group values (see ``zmqdask.dataframe.groupby``)."""
-        from zmqdask.dataframe.groupby import GroupBy
-
-        return GroupBy(self, by, sort=sort, dropna=dropna, **kwargs)
-
     def value_counts(self, *args: Any, **kwargs: Any) -> Any:
         """Counts of distinct values (see ``zmqdask.dataframe.stats``)."""
         from zmqdask.dataframe import stats
 
         return stats.value_counts(self, *args, **kwargs)
-
-    def rolling(self, window: Any, min_periods: int | None = None) -> Any:
-        """Rolling windows (see ``zmqdask.dataframe.timeseries_ops``)."""
-        from zmqdask.dataframe.timeseries_ops import Rolling
-
-        return Rolling(self, window, min_periods=min_periods)
-
-    def resample(
-        self,
-        rule: Any,
-        closed: builtins.str | None = None,
-        label: builtins.str | None = None,
-        origin: Any = "start_day",
-    ) -> Any:
-        """Time-based resampling (see ``zmqdask.dataframe.timeseries_ops.Resampler``)."""
-        from zmqdask.dataframe.timeseries_ops import Resampler
-
-        return Resampler(self, rule, closed=closed, label=label, origin=origin)
 
     def _structure(self) -> pd.Series:
         labels = plan.division_labels(self.divisions)
