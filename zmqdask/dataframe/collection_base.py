@@ -13,18 +13,11 @@ from zmqdask.dataframe import planning as plan
 from zmqdask.dataframe.expr import Expr, Partitions
 from zmqdask.dataframe.lower import build_graph, finalizer
 from zmqdask.dataframe.optimize import optimize
+from zmqdask.dataframe.wrapping import new_collection
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 
 logger = logging.getLogger(__name__)
-
-
-def new_collection(expr: Expr) -> Any:
-    """The collection class matching an expression's meta (see ``zmqdask.dataframe.collection``)."""
-    # Imported here: the collection module builds on this one.
-    from zmqdask.dataframe.collection import new_collection as wrap
-
-    return wrap(expr)
 
 
 def map_partitions(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

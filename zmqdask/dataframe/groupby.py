@@ -42,6 +42,7 @@ from zmqdask.dataframe.expr import (
     emulate,
     node,
 )
+from zmqdask.dataframe.wrapping import expr_of, new_collection
 from zmqdask.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -558,12 +559,6 @@ class GroupbyAggregate(SinglePartition):
         return f"by={by}, {funcs}"
 
 
-def _new_collection(expr: Expr) -> Any:
-    from zmqdask.dataframe.collection import new_collection
-
-    return new_collection(expr)
-
-
 def _is_lazy(obj: Any) -> bool:
     return isinstance(getattr(obj, "expr", None), Expr)
 
@@ -573,13 +568,6 @@ def _key_metas(by: Any) -> Any:
     if isinstance(by, Expr):
         return by._meta
     return tuple(key._meta if isinstance(key, Expr) else key for key in by)
-
-
-def _expr_of(obj: Any) -> Expr:
-    expr = getattr(obj, "expr", None)
-    if not isinstance(expr, Expr):
-        raise UsageError(f"expected a zmqdask DataFrame or Series, got {type(obj).__name__}")
-    return expr
 
 
 class GroupBy:
@@ -601,7 +589,7 @@ class GroupBy:
         _series_selection: bool = False,
     ) -> None:
         self._frame = frame
-        self._frame_expr = _expr_of(frame)
+        self._frame_expr = expr_of(frame)
         self._sort = bool(sort)
         self._dropna = bool(dropna)
         meta = self._frame_expr._meta
@@ -690,8 +678,6 @@ class GroupBy:
         )
 
     def _by_argument(self) -> Any:
-        from zmqdask.dataframe.collection import new_collection
-
         if type(self._by) is tuple:
             return [new_collection(key) if isinstance(key, Expr) else key for key in self._by]
         return new_collection(self._by)
@@ -736,7 +722,7 @@ class GroupBy:
             self._dropna,
             DEFAULT_SPLIT_EVERY if split_every is None else int(split_every),
         )
-        return _new_collection(node)
+        return new_collection(node)
 
     def sum(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
         """Sum of each group."""
@@ -831,7 +817,7 @@ class GroupBy:
         else:
             meta = meta_from(meta)
         node_ = MapPartitions(frame, whole_groups_part, options, {}, meta, False, f"groupby-{how}")
-        return _new_collection(node_)
+        return new_collection(node_)
 
     def __repr__(self) -> str:
         by = self._key_labels() if type(self._by) is tuple else "<series>"

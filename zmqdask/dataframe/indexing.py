@@ -10,17 +10,11 @@ import pandas as pd
 from zmqdask.dataframe import core_ops as ops
 from zmqdask.dataframe import planning as plan
 from zmqdask.dataframe.expr import Partitions
+from zmqdask.dataframe.wrapping import new_collection
 from zmqdask.errors import UsageError
 
 if TYPE_CHECKING:
     from zmqdask.dataframe.collection import Collection, DataFrame, Series, _Frame
-
-
-def new_collection(expr: Any) -> Any:
-    """The collection wrapping ``expr`` (see :func:`zmqdask.dataframe.collection.new_collection`)."""
-    from zmqdask.dataframe.collection import new_collection as wrap
-
-    return wrap(expr)
 
 
 def _classes() -> tuple[type, type]:

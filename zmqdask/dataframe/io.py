@@ -21,6 +21,7 @@ import pandas as pd
 
 from zmqdask.dataframe.expr import Expr, SinglePartition, node, unknown_divisions
 from zmqdask.dataframe.sources import ColumnSelectingSource
+from zmqdask.dataframe.wrapping import new_collection
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
@@ -227,7 +228,7 @@ def read_csv(urlpath: Any, blocksize: int | str | None = None, **kwargs: Any) ->
         header_options = {k: v for k, v in kwargs.items() if k not in ("usecols", "index_col", "dtype", "parse_dates")}
         names = tuple(pd.read_csv(paths[0], nrows=0, **header_options).columns)
     source = ReadCSV(tuple(_csv_blocks(paths, size)), names, dict(kwargs), meta)
-    return _new_collection(source)
+    return new_collection(source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,7 +456,7 @@ def read_parquet(path: Any, columns: Sequence[Hashable] | None = None, filters: 
         None if columns is None else tuple(columns),
         stored_filters,
     )
-    return _new_collection(source)
+    return new_collection(source)
 
 
 def _write_layer(
@@ -543,7 +544,7 @@ def to_parquet(df: Any, path: str | os.PathLike[str], write_index: bool | None =
     for name in os.listdir(directory):
         if re.fullmatch(r"part\.\d+\.parquet", name):
             os.remove(os.path.join(directory, name))
-    result = _new_collection(WriteParquet(expr, directory, write_index))
+    result = new_collection(WriteParquet(expr, directory, write_index))
     if compute:
         result.compute()
         return None
@@ -605,11 +606,5 @@ def to_csv(df: Any, filename: str | os.PathLike[str], compute: bool = True, **kw
         directory = target
         paths = tuple(os.path.join(target, f"{str(i).zfill(width)}.part") for i in range(expr.npartitions))
     os.makedirs(directory, exist_ok=True)
-    result = _new_collection(WriteCSV(expr, paths, dict(kwargs)))
+    result = new_collection(WriteCSV(expr, paths, dict(kwargs)))
     return result.compute() if compute else result
-
-
-def _new_collection(expr: Expr) -> Any:
-    from zmqdask.dataframe.collection import new_collection
-
-    return new_collection(expr)

@@ -13,16 +13,10 @@ from typing import Any
 import numpy as np
 
 from zmqdask.dataframe.expr import Expr
+from zmqdask.dataframe.wrapping import new_collection
 from zmqdask.errors import UsageError
 
 _UNSET: Any = object()
-
-
-def _wrap(expr: Expr) -> Any:
-    # Imported here: the collection module imports this one.
-    from zmqdask.dataframe.collection import new_collection
-
-    return new_collection(expr)
 
 
 def _is_collection(value: Any) -> bool:
@@ -141,7 +135,7 @@ class FrameMethods:
 
         if limit is not None:
             raise UsageError(f"{method}(limit=...) is not supported")
-        return _wrap(Scan(self._expr, method, bool(skipna)))
+        return new_collection(Scan(self._expr, method, bool(skipna)))
 
     def shift(self, periods: int = 1, freq: Any = None) -> Any:
         """Values moved by ``periods`` rows (rows cross partition boundaries, as in pandas)."""
@@ -160,7 +154,7 @@ class FrameMethods:
     def _shift(self, method: str, periods: int, kwargs: dict[str, Any]) -> Any:
         from zmqdask.dataframe.scans import Shift
 
-        return _wrap(Shift(self._expr, method, int(periods), kwargs))
+        return new_collection(Shift(self._expr, method, int(periods), kwargs))
 
     # -- row selections over all partitions -------------------------------------------
 
@@ -172,7 +166,7 @@ class FrameMethods:
             raise UsageError("sample needs frac= between 0 and 1 (above 1 only with replace=True)")
         entropy: Any = np.random.SeedSequence().entropy
         seed = int(entropy) % 2**32 if random_state is None else int(random_state)
-        return _wrap(Sample(self._expr, float(frac), bool(replace), seed))
+        return new_collection(Sample(self._expr, float(frac), bool(replace), seed))
 
     def sort_index(self, ascending: bool = True) -> Any:
         """Rows sorted by index; needs known divisions (partitions already hold sorted ranges)."""
@@ -183,7 +177,7 @@ class FrameMethods:
         sorted_ = self._method("sort_index")
         if ascending:
             return sorted_
-        reversed_ = _wrap(Partitions(sorted_.expr, tuple(range(self._expr.npartitions - 1, -1, -1))))
+        reversed_ = new_collection(Partitions(sorted_.expr, tuple(range(self._expr.npartitions - 1, -1, -1))))
         return reversed_._method("sort_index", ascending=False)
 
     def drop_duplicates(self, subset: Any = None, keep: str = "first", split_every: int | None = None) -> Any:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from zmqdask.dataframe.expr import Blockwise, Expr, emulate, is_frame_like, node, unknown_divisions
 from zmqdask.dataframe.shuffle import HashShuffle
+from zmqdask.dataframe.wrapping import new_collection
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
@@ -260,12 +261,6 @@ def _check_columns(side: str, keys: tuple[Hashable, ...] | None, meta: Any) -> N
         raise UsageError(f"{side} join keys {missing} are not columns of the {side} frame")
 
 
-def _new_collection(expr: Expr) -> Any:
-    from zmqdask.dataframe.collection import new_collection
-
-    return new_collection(expr)
-
-
 def merge(
     left: Any,
     right: Any,
@@ -301,7 +296,7 @@ def merge(
     _check_columns("right", right_keys, right_expr._meta)
     node_ = Merge(left_expr, right_expr, how, left_keys, right_keys, (suffixes[0], suffixes[1]))
     node_._meta  # noqa: B018 - an invalid join (e.g. clashing names) fails here, not at compute
-    return _new_collection(node_)
+    return new_collection(node_)
 
 
 def join(left: Any, right: Any, on: Any = None, how: str = "left", lsuffix: str = "", rsuffix: str = "") -> Any:
@@ -313,7 +308,7 @@ def join(left: Any, right: Any, on: Any = None, how: str = "left", lsuffix: str 
     _check_columns("left", left_keys, left_expr._meta)
     node_ = Merge(left_expr, right_expr, how, left_keys, None, (lsuffix, rsuffix), True)
     node_._meta  # noqa: B018 - overlapping columns without suffixes fail here, not at compute
-    return _new_collection(node_)
+    return new_collection(node_)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,5 +398,5 @@ def concat(objs: Any, axis: int | str = 0, ignore_index: bool = False) -> Any:
         raise UsageError("concat needs at least one frame")
     if not all(is_frame_like(expr._meta) for expr in exprs):
         raise UsageError("concat needs DataFrames or Series")
-    result = _new_collection(Concat(exprs)) if len(exprs) > 1 else _new_collection(exprs[0])
+    result = new_collection(Concat(exprs)) if len(exprs) > 1 else new_collection(exprs[0])
     return result.reset_index(drop=True) if ignore_index else result

@@ -9,14 +9,8 @@ import pandas as pd
 
 from zmqdask.dataframe import core_ops as ops
 from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Reduction, emulate
+from zmqdask.dataframe.wrapping import new_collection
 from zmqdask.errors import UsageError
-
-
-def _wrap(expr: Expr) -> Any:
-    # Imported here: the collection module imports this one.
-    from zmqdask.dataframe.collection import new_collection
-
-    return new_collection(expr)
 
 
 class FrameReductions:
@@ -45,7 +39,7 @@ class FrameReductions:
             split_every or DEFAULT_SPLIT_EVERY,
             how,
         )
-        return _wrap(expr)
+        return new_collection(expr)
 
     def sum(
         self, axis: Any = None, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None
@@ -130,7 +124,7 @@ class FrameReductions:
             split_every=split_every or DEFAULT_SPLIT_EVERY,
             label="mean",
         )
-        return _wrap(expr)
+        return new_collection(expr)
 
     def var(self, axis: Any = None, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
         """Variance with ``ddof`` delta degrees of freedom (missing values skipped)."""
@@ -187,7 +181,7 @@ class FrameReductions:
                 raise UsageError("DataFrame.corr/cov take no other; use Series.corr(other)")
             columns = corr.numeric_frame(self._meta, numeric_only)
             frame: Expr = Projection(self._expr, tuple(columns))
-            return _wrap(corr.moments_reduction(frame, correlation, min_periods, ddof, split_every))
+            return new_collection(corr.moments_reduction(frame, correlation, min_periods, ddof, split_every))
         other_expr = getattr(other, "expr", None)
         if not isinstance(other_expr, Expr) or not isinstance(other_expr._meta, pd.Series):
             raise UsageError("Series.corr/cov need another lazy Series")
@@ -195,7 +189,7 @@ class FrameReductions:
         meta = pd.DataFrame({"a": pd.Series(dtype="float64"), "b": pd.Series(dtype="float64")})
         pairs = MapPartitions(left, _side_by_side, (right,), {}, meta, True, "pair")
         matrix = corr.moments_reduction(pairs, correlation, min_periods, ddof, split_every)
-        return _wrap(MapMethod(matrix, "pipe", (corr.pair_value,), {}))
+        return new_collection(MapMethod(matrix, "pipe", (corr.pair_value,), {}))
 
     def sem(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
         """Standard error of the mean: ``std(ddof) / sqrt(count)``."""
@@ -209,7 +203,7 @@ class FrameReductions:
     def _wrap_self(self, columns: Any) -> Any:
         from zmqdask.dataframe.expr import Projection
 
-        return _wrap(Projection(self._expr, tuple(columns)))
+        return new_collection(Projection(self._expr, tuple(columns)))
 
     def _moments(self, ddof: int, numeric_only: bool, split_every: int | None, sqrt: bool) -> Any:
         meta = emulate(
@@ -227,13 +221,13 @@ class FrameReductions:
             split_every or DEFAULT_SPLIT_EVERY,
             "std" if sqrt else "var",
         )
-        return _wrap(expr)
+        return new_collection(expr)
 
     @property
     def size(self) -> Any:
         """Number of elements, lazily."""
         expr = Reduction(self._expr, ops.size_chunk, ops.sum_values, ops.sum_values, 0, label="size")
-        return _wrap(expr)
+        return new_collection(expr)
 
     def nunique(self, *args: Any, **kwargs: Any) -> Any:
         """Number of distinct values (see ``zmqdask.dataframe.stats``)."""

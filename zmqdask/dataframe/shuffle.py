@@ -26,6 +26,7 @@ from pandas.util import hash_pandas_object
 
 from zmqdask.dataframe.expr import Expr, Reduction, RowMover, node, unknown_divisions
 from zmqdask.dataframe.lower import unify_categories
+from zmqdask.dataframe.wrapping import expr_of, new_collection
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
@@ -484,24 +485,11 @@ def _may_block() -> bool:
     return True
 
 
-def _expr_of(obj: Any) -> Expr:
-    expr = getattr(obj, "expr", None)
-    if not isinstance(expr, Expr):
-        raise UsageError(f"expected a zmqdask DataFrame or Series, got {type(obj).__name__}")
-    return expr
-
-
-def _new_collection(expr: Expr) -> Any:
-    from zmqdask.dataframe.collection import new_collection
-
-    return new_collection(expr)
-
-
 def hash_shuffle(frame: Any, on: Hashable | list[Hashable] | None, npartitions: int | None = None) -> Any:
     """``frame`` with rows moved so that equal values of ``on`` (None: the index) share a partition."""
-    expr = _expr_of(frame)
+    expr = expr_of(frame)
     keys = None if on is None else tuple(on) if isinstance(on, list) else (on,)
-    return _new_collection(HashShuffle(expr, keys, npartitions or expr.npartitions))
+    return new_collection(HashShuffle(expr, keys, npartitions or expr.npartitions))
 
 
 def compute_divisions(frame: Any, column: Hashable, npartitions: int) -> tuple[Any, ...]:
@@ -509,7 +497,7 @@ def compute_divisions(frame: Any, column: Hashable, npartitions: int) -> tuple[A
 
     Computes the samples now (one pass over the data, on the current client if any).
     """
-    expr = _expr_of(frame)
+    expr = expr_of(frame)
     samples = Reduction(
         expr,
         _sample_task,
@@ -523,7 +511,7 @@ def compute_divisions(frame: Any, column: Hashable, npartitions: int) -> tuple[A
         label="set-index-divisions",
         columns_needed=(column,),
     )
-    minimum, boundaries, maximum = _new_collection(samples).compute()
+    minimum, boundaries, maximum = new_collection(samples).compute()
     if minimum is None:
         return (None, None)
     return (minimum, *boundaries, maximum)
@@ -544,7 +532,7 @@ def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, d
     an asynchronous client's running event loop (where that would block) they are sampled
     inside the graph instead, and the result's divisions are unknown.
     """
-    expr = _expr_of(frame)
+    expr = expr_of(frame)
     meta = expr._meta
     if not isinstance(meta, pd.DataFrame) or column not in meta.columns:
         raise UsageError(f"set_index needs a column of the frame; {column!r} is not one")
@@ -554,7 +542,7 @@ def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, d
             # Inside an asynchronous client's event loop the sample cannot be computed now:
             # the boundaries are chosen inside the graph instead, and divisions stay unknown.
             logger.debug("set_index(%r) in a running event loop: divisions will be unknown", column)
-            return _new_collection(SampledSetIndex(expr, column, wanted))
+            return new_collection(SampledSetIndex(expr, column, wanted))
         divisions = compute_divisions(frame, column, wanted)
         if divisions[0] is None:
             # No values at all: one empty partition with unknown bounds.
@@ -565,12 +553,12 @@ def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, d
             raise UsageError("divisions need at least two values (the bounds of one partition)")
         if any(divisions[k + 1] < divisions[k] for k in range(len(divisions) - 1)):
             raise UsageError("divisions must be sorted")
-    return _new_collection(SetIndex(expr, column, tuple(divisions)))
+    return new_collection(SetIndex(expr, column, tuple(divisions)))
 
 
 def sort_values(frame: Any, by: Hashable | list[Hashable], *, ascending: bool | list[bool] = True) -> Any:
     """``frame`` sorted by ``by`` across partitions; ties keep their original order."""
-    expr = _expr_of(frame)
+    expr = expr_of(frame)
     meta = expr._meta
     keys = list(by) if isinstance(by, list) else [by]
     if isinstance(meta, pd.DataFrame):
@@ -582,4 +570,4 @@ def sort_values(frame: Any, by: Hashable | list[Hashable], *, ascending: bool | 
     orders = list(ascending) if isinstance(ascending, list) else [bool(ascending)] * len(keys)
     if len(orders) != len(keys):
         raise UsageError("ascending needs one flag per sort key")
-    return _new_collection(SortValues(expr, tuple(keys), tuple(bool(o) for o in orders), expr.npartitions))
+    return new_collection(SortValues(expr, tuple(keys), tuple(bool(o) for o in orders), expr.npartitions))

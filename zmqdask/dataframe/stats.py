@@ -17,6 +17,7 @@ import pandas as pd
 
 from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Projection, Reduction, SinglePartition, emulate, node
 from zmqdask.dataframe.groupby import concat_nonempty
+from zmqdask.dataframe.wrapping import expr_of, new_collection
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
@@ -96,7 +97,7 @@ def mode_aggregate(counts: Sequence[pd.Series], name: Hashable) -> pd.Series:
 
 def mode(series: Any, dropna: bool = True, split_every: int | None = None) -> Any:
     """The most frequent value(s) of a Series, sorted (several on ties), like ``Series.mode``."""
-    expr = _expr_of(series)
+    expr = expr_of(series)
     meta = expr._meta
     if not isinstance(meta, pd.Series):
         raise UsageError("mode needs a Series")
@@ -112,7 +113,7 @@ def mode(series: Any, dropna: bool = True, split_every: int | None = None) -> An
         split_every or DEFAULT_SPLIT_EVERY,
         "mode",
     )
-    return _new_collection(node_)
+    return new_collection(node_)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,19 +196,6 @@ class DescribeAssemble(SinglePartition):
         return {self._key(0): (describe_assemble, (pieces, self.meta.columns), {})}
 
 
-def _expr_of(obj: Any) -> Expr:
-    expr = getattr(obj, "expr", None)
-    if not isinstance(expr, Expr):
-        raise UsageError(f"expected a zmqdask DataFrame or Series, got {type(obj).__name__}")
-    return expr
-
-
-def _new_collection(expr: Expr) -> Any:
-    from zmqdask.dataframe.collection import new_collection
-
-    return new_collection(expr)
-
-
 def _column_description(expr: Expr) -> Reduction:
     meta = emulate(_pandas_describe, expr._meta)
     return Reduction(
@@ -224,23 +212,23 @@ def _column_description(expr: Expr) -> Reduction:
 
 def describe(frame: Any) -> Any:
     """Count, mean, std, min, quartiles and max of each numeric column, exactly as pandas."""
-    expr = _expr_of(frame)
+    expr = expr_of(frame)
     meta = expr._meta
     if isinstance(meta, pd.Series):
-        return _new_collection(_column_description(expr))
+        return new_collection(_column_description(expr))
     if not isinstance(meta, pd.DataFrame):
         raise UsageError("describe needs a DataFrame or Series")
     full_meta = emulate(_pandas_describe, meta)
     labels = list(full_meta.columns)
     parts = tuple(_column_description(Projection(expr, label)) for label in labels)
-    return _new_collection(DescribeAssemble(parts, tuple(labels), full_meta))
+    return new_collection(DescribeAssemble(parts, tuple(labels), full_meta))
 
 
 def value_counts(
     series: Any, sort: bool = True, ascending: bool = False, normalize: bool = False, dropna: bool = True
 ) -> Any:
     """Counts (or proportions) of each distinct value of a Series, most frequent first."""
-    expr = _expr_of(series)
+    expr = expr_of(series)
     if not isinstance(expr._meta, pd.Series):
         raise UsageError("value_counts needs a Series")
     meta = emulate(_value_counts_whole, expr._meta, sort, ascending, normalize, dropna)
@@ -255,12 +243,12 @@ def value_counts(
         {"sort": sort, "ascending": ascending, "normalize": normalize},
         label="value-counts",
     )
-    return _new_collection(node_)
+    return new_collection(node_)
 
 
 def nunique(obj: Any, dropna: bool = True) -> Any:
     """Number of distinct values: a scalar for a Series, a Series by column for a DataFrame."""
-    expr = _expr_of(obj)
+    expr = expr_of(obj)
     meta = expr._meta
     if isinstance(meta, pd.Series):
         columns = None
@@ -281,7 +269,7 @@ def nunique(obj: Any, dropna: bool = True) -> Any:
         {"columns": columns},
         label="nunique",
     )
-    return _new_collection(node_)
+    return new_collection(node_)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +295,7 @@ def drop_duplicates(obj: Any, subset: Any = None, keep: str = "first", split_eve
     """Rows without repeats, in their original order, keeping the first (or last) of each."""
     if keep not in ("first", "last"):
         raise UsageError("drop_duplicates supports keep='first' or keep='last'")
-    expr = _expr_of(obj)
+    expr = expr_of(obj)
     columns = None if subset is None else (list(subset) if isinstance(subset, (list, tuple)) else [subset])
     kwargs = {"subset": columns, "keep": keep}
     node_ = Reduction(
@@ -322,7 +310,7 @@ def drop_duplicates(obj: Any, subset: Any = None, keep: str = "first", split_eve
         split_every or DEFAULT_SPLIT_EVERY,
         "drop-duplicates",
     )
-    return _new_collection(node_)
+    return new_collection(node_)
 
 
 def largest_rows(pieces: Sequence[Any], n: int, columns: Any, largest: bool) -> Any:
@@ -341,7 +329,7 @@ def largest_chunk(part: Any, n: int, columns: Any, largest: bool) -> Any:
 
 def nlargest(obj: Any, n: int, columns: Any = None, largest: bool = True, split_every: int | None = None) -> Any:
     """The ``n`` rows with the largest (``largest=False``: smallest) values, as pandas orders them."""
-    expr = _expr_of(obj)
+    expr = expr_of(obj)
     if isinstance(expr._meta, pd.DataFrame) and columns is None:
         raise UsageError("DataFrame.nlargest/nsmallest need columns=")
     kwargs = {"n": int(n), "columns": columns, "largest": largest}
@@ -357,7 +345,7 @@ def nlargest(obj: Any, n: int, columns: Any = None, largest: bool = True, split_
         split_every or DEFAULT_SPLIT_EVERY,
         "nlargest" if largest else "nsmallest",
     )
-    return _new_collection(node_)
+    return new_collection(node_)
 
 
 def extreme_chunk(part: Any, largest: bool, skipna: bool) -> pd.DataFrame:
@@ -411,7 +399,7 @@ def extreme_aggregate(chunks: Sequence[pd.DataFrame], largest: bool, skipna: boo
 
 def idxextreme(obj: Any, largest: bool, skipna: bool = True, split_every: int | None = None) -> Any:
     """Label of the largest (or smallest) value: per column for a DataFrame."""
-    expr = _expr_of(obj)
+    expr = expr_of(obj)
     meta = expr._meta
     method = "idxmax" if largest else "idxmin"
     columns = meta.columns if isinstance(meta, pd.DataFrame) else None
@@ -428,7 +416,7 @@ def idxextreme(obj: Any, largest: bool, skipna: bool = True, split_every: int | 
         split_every or DEFAULT_SPLIT_EVERY,
         method,
     )
-    return _new_collection(node_)
+    return new_collection(node_)
 
 
 def quantile_gathered(pieces: Sequence[Any], q: Any) -> Any:
@@ -455,11 +443,11 @@ def _quantile_column(expr: Expr, q: Any) -> Reduction:
 
 def quantile(obj: Any, q: Any = 0.5, numeric_only: bool = False) -> Any:
     """Exact quantiles, as pandas computes them (each column is gathered into one task)."""
-    expr = _expr_of(obj)
+    expr = expr_of(obj)
     meta = expr._meta
     q = list(q) if isinstance(q, (list, tuple)) else q
     if isinstance(meta, pd.Series):
-        return _new_collection(_quantile_column(expr, q))
+        return new_collection(_quantile_column(expr, q))
     if not isinstance(meta, pd.DataFrame):
         raise UsageError("quantile needs a DataFrame or Series")
     if numeric_only:
@@ -467,7 +455,7 @@ def quantile(obj: Any, q: Any = 0.5, numeric_only: bool = False) -> Any:
     full_meta = emulate(lambda m: m.quantile(q), meta)
     labels = tuple(meta.columns)
     parts = tuple(_quantile_column(Projection(expr, label), q) for label in labels)
-    return _new_collection(QuantileAssemble(parts, labels, q, full_meta))
+    return new_collection(QuantileAssemble(parts, labels, q, full_meta))
 
 
 def quantile_assemble(pieces: Sequence[Any], labels: tuple[Hashable, ...], q: Any) -> Any:

@@ -36,6 +36,7 @@ from zmqdask.dataframe.groupby import (
     groupby_combine,
     make_plan,
 )
+from zmqdask.dataframe.wrapping import expr_of, new_collection
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
@@ -385,19 +386,6 @@ class RollingAggregate(Expr):
 # --------------------------------------------------------------------------------------------
 
 
-def _expr_of(obj: Any) -> Expr:
-    expr = getattr(obj, "expr", None)
-    if not isinstance(expr, Expr):
-        raise UsageError(f"expected a zmqdask DataFrame or Series, got {type(obj).__name__}")
-    return expr
-
-
-def _new_collection(expr: Expr) -> Any:
-    from zmqdask.dataframe.collection import new_collection
-
-    return new_collection(expr)
-
-
 class Resampler:
     """Time-bin aggregations of a frame or Series with a datetime index and known divisions.
 
@@ -416,7 +404,7 @@ class Resampler:
         origin: Any = "start_day",
     ) -> None:
         self._frame = frame
-        self._expr = _expr_of(frame)
+        self._expr = expr_of(frame)
         meta = self._expr._meta
         if not isinstance(meta.index, pd.DatetimeIndex):
             raise UsageError("resample needs a DatetimeIndex; use set_index on a datetime column first")
@@ -450,7 +438,7 @@ class Resampler:
         else:
             plan = make_plan(spec, list(meta.columns), ddof=ddof)
         node_ = ResampleAggregate(self._expr, self._rule, self._closed, self._label, self._origin, plan)
-        return _new_collection(node_)
+        return new_collection(node_)
 
     def agg(self, arg: Any) -> Any:
         """Aggregate by name, list of names, or dict column -> name(s)."""
@@ -523,7 +511,7 @@ def _column_names(expr: Expr) -> list[Any]:
 
 def _select(frame: Any, key: Any) -> Any:
     """``frame[key]`` for a column label or a list of them, checked against the frame's columns."""
-    columns = _column_names(_expr_of(frame))
+    columns = _column_names(expr_of(frame))
     wanted = key if isinstance(key, list) else [key]
     missing = [k for k in wanted if k not in columns]
     if missing:
@@ -540,7 +528,7 @@ class Rolling:
 
     def __init__(self, frame: Any, window: Any, min_periods: int | None = None) -> None:
         self._frame = frame
-        self._expr = _expr_of(frame)
+        self._expr = expr_of(frame)
         if isinstance(window, (int, np.integer)):
             if window < 0:
                 raise UsageError("window must be non-negative")
@@ -557,7 +545,7 @@ class Rolling:
 
     def _apply(self, method: str, **kwargs: Any) -> Any:
         node_ = RollingAggregate(self._expr, self._window, self._min_periods, method, kwargs)
-        return _new_collection(node_)
+        return new_collection(node_)
 
     def sum(self) -> Any:
         """Rolling sum."""
