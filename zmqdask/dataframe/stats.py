@@ -9,7 +9,7 @@ values.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -176,8 +176,27 @@ def _value_counts_whole(series: pd.Series, sort: bool, ascending: bool, normaliz
     return counts(sort=sort, ascending=ascending, normalize=normalize, dropna=dropna)
 
 
+class ColumnsAssemble(SinglePartition):
+    """One task putting together per-column results ``parts`` into a result shaped like ``meta``.
+
+    Subclasses are :func:`node` classes declaring the fields ``parts`` (single-partition
+    expressions, one per column) and ``meta``.
+    """
+
+    parts: tuple[Expr, ...]
+    meta: Any
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    def _part_refs(self) -> list[TaskRef]:
+        """References to the per-column results, in column order."""
+        return [TaskRef(part._key(0)) for part in self.parts]
+
+
 @node
-class DescribeAssemble(SinglePartition):
+class DescribeAssemble(ColumnsAssemble):
     """One task placing the per-column descriptions side by side."""
 
     parts: tuple[Expr, ...]
@@ -187,27 +206,35 @@ class DescribeAssemble(SinglePartition):
     def _prefix(self) -> str:
         return "describe"
 
-    @cached_property
-    def _meta(self) -> Any:
-        return self.meta
-
     def _layer(self) -> dict[str, TaskSpec]:
-        pieces = [TaskRef(part._key(0)) for part in self.parts]
-        return {self._key(0): (describe_assemble, (pieces, self.meta.columns), {})}
+        return {self._key(0): (describe_assemble, (self._part_refs(), self.meta.columns), {})}
 
 
-def _column_description(expr: Expr) -> Reduction:
-    meta = emulate(_pandas_describe, expr._meta)
+def _gathered_column(
+    expr: Expr, finish: Callable[..., Any], meta: Any, finish_kwargs: dict[str, Any], label: str
+) -> Reduction:
+    """``finish(pieces, **finish_kwargs)`` over all partitions of a column, in one task.
+
+    Exact quantiles (describe's quartiles among them) need all of the column's values at
+    once, so the reduction is a single gather.
+    """
     return Reduction(
         expr,
         _identity,
         _concat_pieces,
-        describe_gathered,
+        finish,
         meta,
-        # One gather per column: the exact quantiles need all of the column's values.
+        {},
+        {},
+        finish_kwargs,
         split_every=max(2, expr.npartitions),
-        label="describe-column",
+        label=label,
     )
+
+
+def _column_description(expr: Expr) -> Reduction:
+    meta = emulate(_pandas_describe, expr._meta)
+    return _gathered_column(expr, describe_gathered, meta, {}, "describe-column")
 
 
 def describe(frame: Any) -> Any:
@@ -426,19 +453,7 @@ def quantile_gathered(pieces: Sequence[Any], q: Any) -> Any:
 
 def _quantile_column(expr: Expr, q: Any) -> Reduction:
     meta = emulate(lambda m: m.quantile(q), expr._meta)
-    return Reduction(
-        expr,
-        _identity,
-        _concat_pieces,
-        quantile_gathered,
-        meta,
-        {},
-        {},
-        {"q": q},
-        # One gather per column: an exact quantile needs all of the column's values.
-        split_every=max(2, expr.npartitions),
-        label="quantile",
-    )
+    return _gathered_column(expr, quantile_gathered, meta, {"q": q}, "quantile")
 
 
 def quantile(obj: Any, q: Any = 0.5, numeric_only: bool = False) -> Any:
@@ -468,7 +483,7 @@ def quantile_assemble(pieces: Sequence[Any], labels: tuple[Hashable, ...], q: An
 
 
 @node
-class QuantileAssemble(SinglePartition):
+class QuantileAssemble(ColumnsAssemble):
     """One task placing per-column quantiles side by side."""
 
     parts: tuple[Expr, ...]
@@ -479,10 +494,5 @@ class QuantileAssemble(SinglePartition):
     def _prefix(self) -> str:
         return "quantile"
 
-    @cached_property
-    def _meta(self) -> Any:
-        return self.meta
-
     def _layer(self) -> dict[str, TaskSpec]:
-        pieces = [TaskRef(part._key(0)) for part in self.parts]
-        return {self._key(0): (quantile_assemble, (pieces, self.labels, self.q), {})}
+        return {self._key(0): (quantile_assemble, (self._part_refs(), self.labels, self.q), {})}
