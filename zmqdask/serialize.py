@@ -226,6 +226,14 @@ def sizeof(obj: Any) -> int:
     nbytes = getattr(obj, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
+    manager = getattr(obj, "_mgr", None)
+    if manager is not None and hasattr(obj, "index"):
+        # A DataFrame: what memory_usage(deep=False).sum() says, a hundred times faster (it
+        # builds a Series of per-column figures, about 0.5 ms: a tax on every small task).
+        try:
+            return int(sum(array.nbytes for array in manager.arrays) + obj.index.nbytes)
+        except Exception:
+            pass
     memory_usage = getattr(obj, "memory_usage", None)
     if memory_usage is not None and hasattr(obj, "index"):
         try:
