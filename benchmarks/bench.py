@@ -484,7 +484,7 @@ def report(
         "- Scatter returns once a worker holds the array; each repeat scatters new contents. Gather"
         " fetches a task's result that only the worker holds (a scattered value's gather would be"
         " served from the client's own copy). ProcessPool has neither: n/a.",
-        "  It has no collections, so the timeseries rows are n/a.",
+        "- ProcessPool has no collections either, so its timeseries rows are n/a.",
         "- The machine is shared and noisy; read small differences as noise.",
     ]
     return "\n".join(text), "\n".join(md) + "\n"
