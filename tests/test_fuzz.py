@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from test_failures import Cluster, held_tasks, wait_all
+from daemons import Cluster, held_tasks, wait_all
 
 from zmqdask import Client, Future
 from zmqdask import protocol as proto
