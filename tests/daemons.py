@@ -8,6 +8,8 @@ whatever is left at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import os
 import selectors
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -289,3 +291,28 @@ async def async_failure(future: Future, error: type[BaseException], match: str) 
     with pytest.raises(error, match=match) as info:
         await future
     return info.value
+
+
+@contextlib.contextmanager
+def running_cluster(path: Path, nworkers: int = 0, max_message_bytes: int | None = None) -> Iterator[Cluster]:
+    """A :class:`Cluster` in ``path``, with a broker and ``nworkers`` workers already running if
+    ``nworkers``; every daemon is stopped (its process group killed) at the end, and their
+    output printed (pytest shows it only when the test failed)."""
+    daemons = Cluster(path)
+    try:
+        if nworkers:
+            daemons.start_broker(max_message_bytes=max_message_bytes)
+            daemons.start_pool(nworkers)
+        yield daemons
+    finally:
+        daemons.close()
+        print(daemons.logs())
+
+
+@contextlib.contextmanager
+def connected_client(daemons: Cluster, nworkers: int = 2) -> Iterator[Client]:
+    """A client of ``daemons`` once ``nworkers`` workers are connected; closed at the end."""
+    with Client(daemons.address, timeout=30) as client:
+        client.wait_for_workers(nworkers, timeout=60)
+        yield client
+    gc.collect()

@@ -28,6 +28,7 @@ from daemons import (
     Cluster,
     Daemon,
     held_tasks,
+    running_cluster,
     wait_all,
 )
 
@@ -43,13 +44,8 @@ logger = logging.getLogger(__name__)
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """This test's daemons; every one is stopped (and its group killed) at the end."""
-    daemons = Cluster(tmp_path)
-    try:
+    with running_cluster(tmp_path) as daemons:
         yield daemons
-    finally:
-        daemons.close()
-        # Shown by pytest only when the test failed.
-        print(daemons.logs())
 
 
 # --- task functions (imported by the workers from this module) ------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from daemons import Cluster, held_tasks, wait_all
+from daemons import Cluster, held_tasks, running_cluster, wait_all
 
 from zmqdask import Client, Future
 from zmqdask import protocol as proto
@@ -481,12 +481,8 @@ class Job:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """This test's broker and pool, stopped (process groups killed) at the end."""
-    daemons = Cluster(tmp_path)
-    try:
+    with running_cluster(tmp_path) as daemons:
         yield daemons
-    finally:
-        daemons.close()
-        print(daemons.logs())
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ with an error that says what to do, and everything beside it goes on (see :mod:`
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import sys
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemons import Cluster, async_failure, run_async, wait_all
+from daemons import Cluster, async_failure, connected_client, run_async, running_cluster, wait_all
 
 from zmqdask import Client, Future, wait
 from zmqdask.errors import SerializationError, ZmqdaskError
@@ -41,23 +40,15 @@ BAD_PAYLOAD_TIMEOUT_S = 15.0
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A broker and two workers shared by the payload tests of this module."""
-    daemons = Cluster(tmp_path_factory.mktemp("shared"))
-    try:
-        daemons.start_broker()
-        daemons.start_pool(2)
+    with running_cluster(tmp_path_factory.mktemp("shared"), 2) as daemons:
         yield daemons
-    finally:
-        daemons.close()
-        print(daemons.logs())
 
 
 @pytest.fixture
 def client2(shared: Cluster) -> Iterator[Client]:
     """A client of the shared cluster, with both workers connected."""
-    with Client(shared.address, timeout=30) as client:
-        client.wait_for_workers(2, timeout=60)
+    with connected_client(shared) as client:
         yield client
-    gc.collect()
 
 
 class LoadFailure(Exception):
@@ -222,23 +213,15 @@ def test_functions_whose_module_the_worker_cannot_import(client2: Client, tmp_pa
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A broker refusing messages over :data:`LIMIT_BYTES`, with two workers."""
-    daemons = Cluster(tmp_path_factory.mktemp("limited"))
-    try:
-        daemons.start_broker(max_message_bytes=LIMIT_BYTES)
-        daemons.start_pool(2)
+    with running_cluster(tmp_path_factory.mktemp("limited"), 2, max_message_bytes=LIMIT_BYTES) as daemons:
         yield daemons
-    finally:
-        daemons.close()
-        print(daemons.logs())
 
 
 @pytest.fixture
 def limited_client(limited: Cluster) -> Iterator[Client]:
     """A client of the size-limited broker, with both workers connected."""
-    with Client(limited.address, timeout=30) as client:
-        client.wait_for_workers(2, timeout=60)
+    with connected_client(limited) as client:
         yield client
-    gc.collect()
 
 
 def make_bytes(nbytes: int) -> bytes:
