@@ -280,7 +280,7 @@ class BrokerServer:
                 # A peer that left says GOODBYE before its connection closes, but a send to it
                 # may fail before that message is read: unreachable peers found so far are
                 # declared dead only after one more read, which takes a GOODBYE first.
-                unreachable = self._take_unreachable()
+                unreachable = self._take_unreachable() if self._unreachable_ids else None
                 timeout_ms = (
                     0
                     if idle_work or unreachable
@@ -294,7 +294,8 @@ class BrokerServer:
                     self._drain(sock, state)
                 elif idle_work:
                     self._emit(state.work(time.monotonic()))
-                self._declare_unreachable(unreachable)
+                if unreachable:
+                    self._declare_unreachable(unreachable)
                 now = time.monotonic()
                 if now >= next_tick:
                     self._emit(state.tick(now))
