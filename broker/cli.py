@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=(
             "also listen on the Unix socket PATH: clients and workers on this host may connect to "
-            "ipc://PATH, which is quicker than TCP (the local cluster of Client() does this)"
+            "ipc://PATH, which is quicker than TCP (the local cluster of Client() does this); "
+            "refused if another process listens there, removed when the broker stops"
         ),
     )
     parser.add_argument(

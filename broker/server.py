@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
+import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -162,6 +165,14 @@ class BrokerServer:
             raise CommunicationError(f"cannot listen on tcp://{host}:{self.port}: {exc.strerror}") from exc
         self.port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rstrip("\0").rsplit(":", 1)[1])
         if self.ipc_path is not None:
+            if _unix_socket_in_use(self.ipc_path):
+                sock.close(linger=0)
+                if curve is not None:
+                    curve.close()
+                raise CommunicationError(
+                    f"cannot listen on ipc://{self.ipc_path}: another process listens there "
+                    "(another broker?); give this one another --ipc path"
+                )
             try:
                 # Applies to the TCP connections too: 4 MiB is what TCP on loopback grows to.
                 sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
@@ -236,6 +247,8 @@ class BrokerServer:
                 return
         if self._socket is not None and not self._socket.closed:
             self._socket.close(linger=0)
+            if self.ipc_path is not None:
+                _remove_unix_socket(self.ipc_path)
         if self._curve is not None:
             self._curve.close()  # its ZAP socket would keep the context from terminating
             self._curve = None
@@ -307,6 +320,8 @@ class BrokerServer:
         finally:
             self._say_goodbye(state)
             sock.close(linger=LINGER_MS)
+            if self.ipc_path is not None:
+                _remove_unix_socket(self.ipc_path)
             logger.info("broker stopped")
 
     def _drain(self, sock: zmq.Socket[Any], state: BrokerState) -> None:
@@ -448,6 +463,29 @@ class BrokerServer:
                 sock.send_multipart(frames)
             except zmq.ZMQError:
                 continue  # best effort: the peer is gone or its pipe is full
+
+
+def _unix_socket_in_use(path: str) -> bool:
+    """Whether a process accepts connections on the Unix socket ``path`` (binding there
+    would silently take the path over; a file nobody listens on is a leftover)."""
+    if not os.path.exists(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _remove_unix_socket(path: str) -> None:
+    """Remove the socket file this broker listened on (ZeroMQ leaves it behind)."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
 
 
 def _send_through_method(sock: Any, data: Any, flags: int, copy: bool, track: bool) -> None:

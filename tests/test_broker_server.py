@@ -205,6 +205,16 @@ def test_cli_also_listens_on_a_unix_socket_when_asked(dealers: Dealers, tmp_path
     try:
         match = LISTENING.match(_read_line(proc, 20.0))
         assert match  # the TCP address is still the one printed
+        # A second broker may not take the path over while the first listens there.
+        second = subprocess.run(
+            [sys.executable, "-m", "broker", "--host", "127.0.0.1", "--port", "0", "--ipc", str(path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == EXIT_BIND_FAILED
+        assert "another process listens there" in second.stderr and str(path) in second.stderr
         local = dealers.connect(f"ipc://{path}", b"ipc-client")
         remote = dealers.connect(f"tcp://127.0.0.1:{match.group(1)}", b"tcp-client")
         register(local, "client", {"name": "local"})
@@ -213,6 +223,7 @@ def test_cli_also_listens_on_a_unix_socket_when_asked(dealers: Dealers, tmp_path
         for client in (local, remote):
             assert expect(client, P.GOODBYE).header == ["broker shutting down"]
         assert proc.wait(timeout=TIMEOUT_S) == EXIT_OK
+        assert not path.exists()  # the socket file goes with the broker
     finally:
         if proc.poll() is None:
             proc.kill()
