@@ -289,7 +289,7 @@ def test_arguments_that_cannot_be_loaded_fail_the_task() -> None:
 def test_running_slots_round_trip() -> None:
     buffer = multiprocessing.RawArray(ctypes.c_uint8, slots_nbytes(3))
     slots = slots_view(buffer)
-    assert len(slots) == 3 * SLOT_BYTES
+    assert len(slots) == 4 * SLOT_BYTES  # three executor threads and the main thread
     longest = "\U0001f600" * MAX_KEY_LENGTH  # four UTF-8 bytes per character
     write_slot(slots, 0, b"first")
     write_slot(slots, 2, longest.encode())
@@ -1036,6 +1036,29 @@ def test_pool_reports_and_replaces_a_dead_worker_and_stops_on_sigterm(broker: Sc
         assert time.monotonic() - stop_time < 5.0
         wait_until(lambda: not any(_alive(pid) for pid in children), timeout=5.0)
         broker.expect(GOODBYE, pool_identity)
+
+
+def exit_if_exists(path: str, _: Any = None) -> str:
+    if os.path.exists(path):
+        os._exit(3)
+    return "alive"
+
+
+def test_a_task_that_kills_its_worker_on_the_main_thread_is_named_by_the_pool(
+    broker: ScriptedBroker, tmp_path: Path
+) -> None:
+    with pool_process(broker.address, "--nworkers", "1") as pool:
+        assert _read_line(pool) == f"zmqdask-worker started 1 workers for {broker.address}\n"
+        pool_identity, infos = _welcome_pool(broker, 1)
+        victim = next(iter(infos))
+        flag = tmp_path / "die-now"
+        for i in range(INLINE_AFTER_QUICK_CALLS + 1):  # proven quick: the next call runs on the main thread
+            assert run_one(broker, victim, f"q{i}", exit_if_exists, str(flag), i) == "alive"
+        flag.touch()
+        compute(broker, victim, [("fatal", exit_if_exists, (str(flag),), [], 0)])
+        _, died = broker.expect(WORKER_DIED, pool_identity, ignore=frozenset({HEARTBEAT, GOODBYE, DONE}))
+        identity, running, exitcode = died.header
+        assert (identity, running, exitcode) == (victim, ["fatal"], 3)
 
 
 def test_workers_exit_when_the_pool_is_killed(broker: ScriptedBroker) -> None:

@@ -50,8 +50,9 @@ SLOT_BYTES = _SLOT_HEADER.size + SLOT_KEY_BYTES
 
 
 def slots_nbytes(nthreads: int) -> int:
-    """Size in bytes of the running-slots buffer of a worker with ``nthreads`` threads."""
-    return nthreads * SLOT_BYTES
+    """Size in bytes of the running-slots buffer of a worker with ``nthreads`` threads: one
+    slot per executor thread, and the last for the main thread (which runs quick tasks)."""
+    return (nthreads + 1) * SLOT_BYTES
 
 
 def write_slot(slots: memoryview, index: int, key: bytes) -> None:

@@ -633,8 +633,8 @@ class Worker:
     def _run_inline(self, task: Task) -> None:
         """Run a quick task on this thread while the executor is idle, then send its DONE.
 
-        No executor thread is running or about to run anything (only this thread submits),
-        so the first running slot is free to name the task for the pool manager.
+        The last running slot is the main thread's: it names the task for the pool manager
+        even when the watch thread hands new tasks to the executor meanwhile.
         """
         if self._inline_watch is None:
             self._inline_watch = threading.Thread(target=self._watch_inline, name="zmqdask-inline-watch", daemon=True)
@@ -642,14 +642,14 @@ class Worker:
         slots = self._slots
         task.state = STATE_RUNNING
         if slots is not None:
-            write_slot(slots, 0, task.key.encode("utf-8"))
+            write_slot(slots, self.nthreads, task.key.encode("utf-8"))
         self._inline_since = time.monotonic()
         try:
             execute(task)
         finally:
             self._inline_since = None
             if slots is not None:
-                clear_slot(slots, 0)
+                clear_slot(slots, self.nthreads)
         with self._io_lock:
             if self._closed:
                 return
