@@ -9,7 +9,8 @@ The worker's main thread handles the broker's messages; the threads here run tas
          └─ else wake(): the main thread collects them ◀──────────┘
 
 Each executor thread also writes the key it is running into its *running slot*, a small
-shared-memory buffer the pool manager reads after the process died (see :func:`write_slot`).
+shared-memory buffer the pool manager reads after the process died (see :func:`write_slot`);
+the last slot is the worker's main thread's, for the quick tasks it runs itself.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from zmqdask.protocol import ERRED, FINISHED, FLAG_PUSH_RESULT
 
 # --- running slots -------------------------------------------------------------------------
 #
-# One slot per executor thread: a little-endian u16 length, then the key's UTF-8 bytes.
+# One slot per executor thread, then one for the main thread: a little-endian u16 length,
+# then the key's UTF-8 bytes.
 # Length 0 means idle.  The protocol bounds a key to MAX_KEY_LENGTH characters, which is at
 # most four bytes each in UTF-8.
 
