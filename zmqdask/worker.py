@@ -593,17 +593,11 @@ class Worker:
                     continue
                 if self._parent_gone(now):
                     return self._leave("pool manager gone", EXIT_PARENT_GONE)
-                # Finished results go out before new messages are handled, so a GET or
-                # CANCEL_TASKS in this turn already sees the values and states of tasks that
-                # have finished.
-                self._collect()
-                if self._drain_broker() is LinkEvent.FORGOTTEN:
-                    self._forget()
+                if not self._exchange():
                     continue
                 inline, self._inline = self._inline, None
                 if inline is None:
-                    self._collect()
-                    self._flush_done()
+                    self._send_results()
                     # The descriptor only signals edges, and any use of the socket (sending
                     # too) may consume one: poll only when nothing is waiting to be read.
                     if _readable(link.socket):
@@ -654,8 +648,7 @@ class Worker:
             if self._closed:
                 return
             self._executor.add_finished(task)
-            self._collect()
-            self._flush_done()
+            self._send_results()
 
     def _watch_inline(self) -> None:
         """Stand in for the main thread while a call it runs itself turns out to be long."""
@@ -687,10 +680,24 @@ class Worker:
             return
         if event is LinkEvent.GAVE_UP:
             return  # the main loop decides, once the call returns
+        if self._exchange():
+            self._send_results()
+
+    def _exchange(self) -> bool:
+        """Collect finished tasks, then handle the broker's waiting messages (lock held).
+
+        Finished results are taken first, so a GET or CANCEL_TASKS handled now already sees
+        the values and states of tasks that have finished.  False if the broker turned out to
+        have forgotten this worker (its state is dropped and it registers again).
+        """
         self._collect()
         if self._drain_broker() is LinkEvent.FORGOTTEN:
             self._forget()
-            return
+            return False
+        return True
+
+    def _send_results(self) -> None:
+        """Send DONE for every task finished so far (lock held)."""
         self._collect()
         self._flush_done()
 
@@ -709,8 +716,7 @@ class Worker:
         try:
             if self._closed:
                 return True  # the worker left; nothing goes out any more
-            self._collect()
-            self._flush_done()
+            self._send_results()
             # This send may have consumed the descriptor's edge for a message that arrived
             # meanwhile; the main thread, waiting on that edge, must be told.
             if _readable(self._link.socket):
@@ -783,8 +789,7 @@ class Worker:
         for task in self._tasks.values():
             self._executor.cancel(task)
         # Results already computed go out first: a pushed value still reaches its client.
-        self._collect()
-        self._flush_done()
+        self._send_results()
         self._closed = True
         self._link.close(goodbye=reason)
         return code
