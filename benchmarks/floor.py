@@ -3,6 +3,11 @@
 A client DEALER sends a small message to a ROUTER in a second Python process, which
 forwards it to a DEALER in a third process; that one answers at once and the answer comes
 back the same way: the same four ZeroMQ hops as a zmqdask round trip, with none of its work.
+
+:func:`measure_floor` also reports the CPU time each of the three processes spends per round
+trip (Linux), and can place all three on one CPU: on a virtual machine, waking a thread on
+another virtual CPU costs far more than a switch on the same one, and the difference shows
+how much of the floor is those wake-ups.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -24,7 +30,30 @@ REPLY_TIMEOUT_MS = 5_000
 """How long one round trip may take before the measurement gives up."""
 
 
-def _broker(endpoint_queue: Any, ipc_path: str | None) -> None:
+@dataclass(frozen=True)
+class FloorResult:
+    """Latency of bare round trips, and the CPU each process spent on one (microseconds)."""
+
+    p50_ms: float
+    p99_ms: float
+    cpu_us: dict[str, float]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far, all its threads (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pin(cpu: int | None) -> None:
+    # Before the context exists: ZeroMQ's I/O thread inherits the placement when it starts.
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+def _broker(endpoint_queue: Any, ipc_path: str | None, cpu: int | None = None) -> None:
+    _pin(cpu)
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -48,7 +77,8 @@ def _broker(endpoint_queue: Any, ipc_path: str | None) -> None:
             router.send_multipart([worker, b"task", sender, rest[0]])
 
 
-def _worker(endpoint: str) -> None:
+def _worker(endpoint: str, cpu: int | None = None) -> None:
+    _pin(cpu)
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
@@ -65,19 +95,32 @@ def bare_round_trip(count: int, transport: str = "tcp") -> tuple[float, float]:
     ``transport`` is ``"tcp"`` (loopback) or ``"ipc"`` (a Unix socket, as the local cluster
     of ``Client()`` uses).
     """
+    result = measure_floor(count, transport)
+    return result.p50_ms, result.p99_ms
+
+
+def measure_floor(count: int, transport: str = "tcp", one_cpu: bool = False) -> FloorResult:
+    """``count`` sequential bare round trips: latency and CPU per round trip of each process.
+
+    With ``one_cpu`` the three processes (and their ZeroMQ I/O threads) all run on the first
+    CPU this process may use.  CPU times are empty where ``/proc`` is not available.
+    """
     ctx = multiprocessing.get_context("spawn")
     endpoints: Any = ctx.Queue()
     socket_dir = tempfile.mkdtemp(prefix="zmqdask-floor-") if transport == "ipc" else None
     ipc_path = os.path.join(socket_dir, "floor.sock") if socket_dir is not None else None
-    broker = ctx.Process(target=_broker, args=(endpoints, ipc_path), daemon=True)
+    original_cpus = os.sched_getaffinity(0) if one_cpu else None
+    cpu = min(original_cpus) if original_cpus else None
+    broker = ctx.Process(target=_broker, args=(endpoints, ipc_path, cpu), daemon=True)
     broker.start()
     worker = None
+    _pin(cpu)
     context = zmq.Context()
     client = context.socket(zmq.DEALER)
     client.setsockopt(zmq.LINGER, 0)
     try:
         endpoint = endpoints.get(timeout=READY_TIMEOUT_MS / 1000)
-        worker = ctx.Process(target=_worker, args=(endpoint,), daemon=True)
+        worker = ctx.Process(target=_worker, args=(endpoint, cpu), daemon=True)
         worker.start()
         client.connect(endpoint)
         # Calls sent before the worker registered are dropped: ask until one is answered.
@@ -91,8 +134,13 @@ def bare_round_trip(count: int, transport: str = "tcp") -> tuple[float, float]:
                 raise TimeoutError("the bare worker did not start")
         while client.poll(100):  # answers to the earlier attempts
             client.recv_multipart()
+        pids = {"client": os.getpid(), "broker": broker.pid, "worker": worker.pid}
         latencies = []
-        for i in range(count + count // 10 + 1):
+        warm_up = count // 10
+        cpu_before: dict[str, float] = {}
+        for i in range(count + warm_up):
+            if i == warm_up:
+                cpu_before = _cpu_seconds(pids)
             body = i.to_bytes(8, "little")
             start = time.perf_counter()
             client.send_multipart([b"call", body])
@@ -100,14 +148,21 @@ def bare_round_trip(count: int, transport: str = "tcp") -> tuple[float, float]:
                 raise TimeoutError("no answer from the bare worker")
             if client.recv_multipart()[1] != body:
                 raise RuntimeError("wrong answer from the bare worker")
-            if i > count // 10:  # the first tenth warms up
+            if i >= warm_up:
                 latencies.append(time.perf_counter() - start)
+        cpu_after = _cpu_seconds(pids)
         client.send_multipart([b"stop"])
         latencies.sort()
-        return statistics.median(latencies) * 1e3, latencies[int(len(latencies) * 0.99)] * 1e3
+        return FloorResult(
+            p50_ms=statistics.median(latencies) * 1e3,
+            p99_ms=latencies[int(len(latencies) * 0.99)] * 1e3,
+            cpu_us={name: (cpu_after[name] - cpu_before[name]) / count * 1e6 for name in cpu_after},
+        )
     finally:
         client.close()
         context.term()
+        if original_cpus is not None:
+            os.sched_setaffinity(0, original_cpus)
         for process in (worker, broker):
             if process is not None:
                 process.join(1.0)
@@ -116,3 +171,10 @@ def bare_round_trip(count: int, transport: str = "tcp") -> tuple[float, float]:
                     process.join(1.0)
         if socket_dir is not None:
             shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
+    try:
+        return {name: process_cpu_seconds(pid) for name, pid in pids.items() if pid is not None}
+    except OSError:
+        return {}

@@ -54,3 +54,29 @@ def test_the_memory_benchmark_reports_bytes_per_task_and_checks_every_result() -
     assert re.search(r"^broker: \+[\d,]+ B per task", done.stdout, re.MULTILINE), done.stdout
     assert "all correct" in done.stdout
     assert "WARNING" not in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(150)
+def test_the_cost_benchmark_reports_cpu_per_task_for_every_process() -> None:
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "cost.py"),
+        "--roundtrips",
+        "200",
+        "--map-tasks",
+        "2000",
+        "--repeats",
+        "2",
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=140)
+    assert done.returncode == 0, done.stderr
+    cpu_lines = [line for line in done.stdout.splitlines() if line.strip().startswith("CPU per")]
+    # The floor and zmqdask round trips, each placed by the OS and on one CPU, then two maps.
+    assert len(cpu_lines) == 6, done.stdout
+    for line in cpu_lines[:4]:
+        assert re.search(r"client [\d.]+, broker [\d.]+, .*sum [\d.]+ us", line), line
+    for line in cpu_lines[4:]:
+        bound = r"worker 0 [\d.]+, worker 1 [\d.]+; sum [\d.]+ us; \d+ CPUs bound it at [\d,]+ tasks/s"
+        assert re.search(bound, line), line
+    assert re.search(r"^zmqdask map \+ gather of 2,000, repeat 2 .*: [\d,]+ tasks/s$", done.stdout, re.MULTILINE)
+    assert "WARNING" not in done.stderr, done.stderr
