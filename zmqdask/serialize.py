@@ -54,6 +54,11 @@ def dumps(obj: Any) -> list[Any]:
 
     try:
         head = pickle.dumps(obj, protocol=PICKLE_PROTOCOL, buffer_callback=keep_large)
+        # Functions and classes of __main__ (a script, a notebook) pickle by reference,
+        # which a worker cannot resolve: its __main__ is not the client's.  Those, passed
+        # as arguments (map_partitions(func), apply(func)), go by value like lambdas.
+        if b"__main__" in head or b"__mp_main__" in head:
+            raise pickle.PicklingError("refers to __main__")
     except Exception:
         buffers.clear()
         try:
