@@ -8,8 +8,10 @@ The two paths share the optimizer and the lowering, and differ only in the execu
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
+from zmqdask.errors import UsageError
 from zmqdask.graph import execute_local, is_collection
 
 logger = logging.getLogger(__name__)
@@ -48,14 +50,73 @@ def compute_locally(*collections: Any) -> list[Any]:
     ]
 
 
-def compute(*collections: Any, alternative: str = "await client.compute(collection)") -> tuple[Any, ...]:
-    """Compute several collections at once; non-collections are returned unchanged.
+LOCAL_SCHEDULERS = frozenset({"sync", "synchronous", "single-threaded", "threads", "threading", "processes"})
+"""``scheduler=`` names that run the graph in this process, as with no client."""
 
-    ``alternative`` names the awaitable form for the error raised when this would block
-    an event loop.
+
+def _uses_client(scheduler: Any) -> bool:
+    """Whether ``scheduler=`` (Dask's keyword) sends work to the current client."""
+    if scheduler is None or scheduler == "distributed":
+        return True
+    if scheduler in LOCAL_SCHEDULERS:
+        return False
+    if hasattr(scheduler, "compute") and hasattr(scheduler, "submit"):
+        return True  # a Client passed as the scheduler, as Dask allows
+    raise UsageError(
+        f"unknown scheduler {scheduler!r}: use 'distributed' (the current client, the default) or "
+        f"one of {sorted(LOCAL_SCHEDULERS)} to compute in this process"
+    )
+
+
+def _find_collections(obj: Any, found: list[Any]) -> None:
+    """Append the lazy collections inside ``obj`` (nested lists, tuples, sets, dicts) to ``found``."""
+    if is_collection(obj):
+        found.append(obj)
+    elif type(obj) in _TRAVERSED:
+        for item in obj:
+            _find_collections(item, found)
+    elif type(obj) is dict:
+        for item in obj.values():
+            _find_collections(item, found)
+
+
+def _substitute(obj: Any, results: Iterator[Any]) -> Any:
+    """``obj`` with each collection replaced by the next of ``results`` (same order as found)."""
+    if is_collection(obj):
+        return next(results)
+    if type(obj) in _TRAVERSED:
+        return type(obj)(_substitute(item, results) for item in obj)
+    if type(obj) is dict:
+        return {key: _substitute(value, results) for key, value in obj.items()}
+    return obj
+
+
+_TRAVERSED = (list, tuple, set, frozenset)
+
+
+def compute(
+    *args: Any,
+    traverse: bool = True,
+    scheduler: Any = None,
+    optimize_graph: bool = True,
+    alternative: str = "await client.compute(collection)",
+) -> tuple[Any, ...]:
+    """Compute the lazy collections among ``args`` at once; returns a tuple like ``args``.
+
+    As in Dask, collections inside lists, tuples, sets and dicts are computed too (unless
+    ``traverse=False``), and anything else is returned unchanged.  ``scheduler='sync'`` (or
+    'threads', 'processes') computes in this process even when a client exists.
+    ``optimize_graph`` is accepted for compatibility: graphs are always optimized.
+    ``alternative`` names the awaitable form for the error raised when this would block an
+    event loop.
     """
-    lazy = [c for c in collections if is_collection(c)]
-    client = get_client() if lazy else None
+    lazy: list[Any] = []
+    for arg in args:
+        if traverse:
+            _find_collections(arg, lazy)
+        elif is_collection(arg):
+            lazy.append(arg)
+    client = get_client() if lazy and _uses_client(scheduler) else None
     if client is not None:
         ensure_blocking_allowed(client, alternative)
         # Submit everything before waiting, so the cluster works on all of it at once.
@@ -63,22 +124,32 @@ def compute(*collections: Any, alternative: str = "await client.compute(collecti
         results = iter([f.result() for f in futures])
     else:
         results = iter(compute_locally(*lazy))
-    return tuple(next(results) if is_collection(c) else c for c in collections)
+    if not traverse:
+        return tuple(next(results) if is_collection(arg) else arg for arg in args)
+    return tuple(_substitute(arg, results) for arg in args)
 
 
-def persist(*collections: Any) -> tuple[Any, ...]:
-    """Persist several collections; returns equivalent collections backed by results.
+def persist(*args: Any, traverse: bool = True, scheduler: Any = None, optimize_graph: bool = True) -> tuple[Any, ...]:
+    """Persist the lazy collections among ``args``; returns a tuple like ``args``.
 
     With a client this returns at once (the results are futures, computing on the
-    cluster), also inside a running event loop.  Without one it computes in this process.
+    cluster), also inside a running event loop.  Without one (or with ``scheduler='sync'``)
+    it computes in this process.  Collections inside lists, tuples, sets and dicts are
+    persisted too, unless ``traverse=False``.
     """
-    client = get_client()
-    out: list[Any] = []
-    for collection in collections:
+    client = get_client() if _uses_client(scheduler) else None
+
+    def persist_one(collection: Any) -> Any:
         if not is_collection(collection):
-            out.append(collection)
-        elif client is not None:
-            out.append(client.persist(collection))
-        else:
-            out.append(collection._persist_locally())
-    return tuple(out)
+            return collection
+        if client is not None:
+            return client.persist(collection)
+        return collection._persist_locally()
+
+    if not traverse:
+        return tuple(persist_one(arg) for arg in args)
+    found: list[Any] = []
+    for arg in args:
+        _find_collections(arg, found)
+    persisted = iter([persist_one(collection) for collection in found])
+    return tuple(_substitute(arg, persisted) for arg in args)

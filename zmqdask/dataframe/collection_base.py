@@ -122,21 +122,29 @@ class Collection:
 
     # -- execution --------------------------------------------------------------------
 
-    def compute(self) -> Any:
-        """The concrete result (blocking): a pandas object or a scalar."""
+    def compute(self, scheduler: Any = None, optimize_graph: bool = True) -> Any:
+        """The concrete result (blocking): a pandas object or a scalar.
+
+        ``scheduler='sync'`` computes in this process even when a client exists.
+        """
         from zmqdask.base import compute
 
-        (result,) = compute(self, alternative=self._awaitable("await client.compute({})"))
+        (result,) = compute(
+            self,
+            scheduler=scheduler,
+            optimize_graph=optimize_graph,
+            alternative=self._awaitable("await client.compute({})"),
+        )
         return result
 
-    def persist(self) -> Any:
+    def persist(self, scheduler: Any = None, optimize_graph: bool = True) -> Any:
         """An equivalent collection backed by computed partitions.
 
         With a client this returns at once (futures), also in asynchronous mode.
         """
         from zmqdask.base import persist
 
-        (result,) = persist(self)
+        (result,) = persist(self, scheduler=scheduler, optimize_graph=optimize_graph)
         return result
 
     def _persist_locally(self) -> Any:
