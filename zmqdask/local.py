@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import IO
+from typing import IO, Any
 
 import zmq
 
@@ -45,7 +45,13 @@ class LocalCluster:
         host: str = "127.0.0.1",
         port: int = 0,
         log_level: str = "WARNING",
+        memory_limit: int | str | None = None,
+        dashboard_address: Any = None,
+        silence_logs: Any = None,
     ) -> None:
+        """``memory_limit`` (bytes, or a string such as ``"4GB"``) is each worker's, as reported
+        to the broker; ``dashboard_address`` and ``silence_logs`` are accepted for Dask's sake
+        (there is no dashboard; the children log at ``log_level``)."""
         if n_workers is None:
             n_workers = os.cpu_count() or 1
         if not isinstance(n_workers, int) or n_workers < 0:
@@ -62,6 +68,7 @@ class LocalCluster:
         self.host = host
         self.port = port
         self.log_level = log_level
+        self.memory_limit = parse_bytes(memory_limit) if memory_limit not in (None, "auto") else None
         self.address: str | None = None
         """The broker's TCP address, for any client (set by :meth:`start`)."""
         self.local_address: str | None = None
@@ -156,8 +163,11 @@ class LocalCluster:
                 str(self.threads_per_worker),
                 "--log-level",
                 self.log_level,
+                "--quiet",
+                *(["--memory-limit", str(self.memory_limit)] if self.memory_limit is not None else []),
             ],
-            stdout=subprocess.DEVNULL,
+            # Inherited, as with Dask's local cluster: what tasks print shows up where this
+            # process prints (the terminal, or the one running the notebook server).
             stdin=subprocess.DEVNULL,
             env=env,
         )
@@ -231,8 +241,36 @@ faulting them in costs more than moving the bytes (a 200 MB array crosses two of
 Other C libraries, and glibc versions before 2.35, ignore it."""
 
 
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """A size in bytes from an int or a string such as ``"4GB"``, ``"512 MiB"`` or ``"1e9"``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-z]*)\s*", value.lower())
+        if match and match.group(2) in _BYTE_UNITS:
+            try:
+                return int(float(match.group(1)) * _BYTE_UNITS[match.group(2)])
+            except ValueError:
+                pass
+    raise UsageError(f"memory_limit must be a number of bytes or a size such as '4GB', got {value!r}")
+
+
 def _child_environment() -> dict[str, str]:
-    """The children's environment: ours, plus our import path, our pid and large pages.
+    """The children's environment: ours plus import path, pid, large pages, unbuffered output.
 
     Workers must import whatever modules the client's functions come from, as
     multiprocessing-started workers would; the parent pid lets the children exit when this
@@ -245,6 +283,8 @@ def _child_environment() -> dict[str, str]:
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.setdefault("GLIBC_TUNABLES", LARGE_PAGES_TUNABLE)
+    # Tasks' prints appear as they are made, not when a worker's buffer fills or it exits.
+    env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 

@@ -481,6 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker-key", metavar="FILE", default=None, help="the broker's public key (default: DIR/broker.key)"
     )
     parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="do not print the start-up line (standard output is left to the tasks' own prints)",
+    )
+    parser.add_argument(
         "--log-level",
         type=_parse_log_level,
         default=logging.INFO,
@@ -522,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pool.install_signal_handlers()
     try:
         pool.start()
-        print(f"zmqdask-worker started {args.nworkers} workers for {args.address}", flush=True)
+        if not args.quiet:
+            print(f"zmqdask-worker started {args.nworkers} workers for {args.address}", flush=True)
         return pool.run()
     except UsageError as exc:
         print(f"zmqdask-worker: error: {exc}", file=sys.stderr)
