@@ -122,18 +122,35 @@ class Client(BrokerSession):
         set_as_default: bool = True,
         reconnect_timeout: float = RECONNECT_TIMEOUT_S,
         security: Security | str | os.PathLike[str] | None = None,
+        memory_limit: int | str | None = None,
+        dashboard_address: Any = None,
+        silence_logs: Any = None,
+        direct_to_workers: Any = None,
     ) -> None:
+        """See the class docstring; ``memory_limit`` goes to the local cluster's workers, and
+        ``dashboard_address``, ``silence_logs`` and ``direct_to_workers`` are accepted for
+        Dask's sake (no dashboard; every message goes through the broker)."""
         keys = as_security(security, proto.ROLE_CLIENT)
         if keys is not None and address is None:
             raise UsageError(
                 "security= needs the address of a broker started with --curve-keys; "
                 "the local cluster of Client() listens on 127.0.0.1 without keys"
             )
+        given_cluster: Any = None
+        connect_address: str | None = None
         if address is not None and not isinstance(address, str):
             cluster_address = getattr(address, "address", None)
-            if not isinstance(cluster_address, str):
-                raise UsageError(f"address must be a 'tcp://host:port' string or a cluster, got {address!r}")
-            address = cluster_address
+            if cluster_address is None and callable(getattr(address, "start", None)):
+                # Client(LocalCluster(...)) as in Dask: a cluster not started yet starts with
+                # this client (and, being the caller's, is not closed with it).
+                given_cluster, address = address, None
+            elif not isinstance(cluster_address, str):
+                raise UsageError(
+                    f"address must be a 'tcp://host:port' string or a LocalCluster, got {type(address).__name__}"
+                )
+            else:
+                connect_address = getattr(address, "local_address", None)
+                address = cluster_address
         if address is not None and not address.startswith(("tcp://", "ipc://", "inproc://")):
             if ":" in address and "://" not in address:
                 address = "tcp://" + address
@@ -148,10 +165,15 @@ class Client(BrokerSession):
         )
         self.asynchronous = asynchronous
         self.cluster: Any = None
+        """The local cluster this client started itself (and stops when it closes), if any."""
+        self._given_cluster = given_cluster
+        if isinstance(connect_address, str):
+            self._connect_address = connect_address  # the cluster's Unix socket, when it has one
         self._cluster_options = {
             "n_workers": n_workers,
             "threads_per_worker": threads_per_worker,
             "processes": processes,
+            "memory_limit": memory_limit,
         }
         self._set_as_default = set_as_default
         self._function_cache: dict[Any, tuple[bytes, bytes]] = {}
@@ -203,7 +225,12 @@ class Client(BrokerSession):
         self._loop_thread_id = threading.get_ident()
         deadline = time.monotonic() + self.timeout
         try:
-            if self.address is None:
+            if self._given_cluster is not None:
+                given = self._given_cluster
+                self.address = await asyncio.to_thread(given.start, max(self.timeout, 30.0))
+                self._connect_address = given.local_address
+                deadline = time.monotonic() + self.timeout
+            elif self.address is None:
                 from zmqdask.local import LocalCluster
 
                 self.cluster = LocalCluster(**self._cluster_options)  # type: ignore[arg-type]
@@ -308,14 +335,20 @@ class Client(BrokerSession):
         workers: Any = None,
         resources: Any = None,
         allow_other_workers: bool = False,
+        fifo_timeout: Any = None,
+        actor: bool = False,
+        actors: bool = False,
         **kwargs: Any,
     ) -> Future:
         """Run ``fn(*args, **kwargs)`` on the cluster; returns a Future at once.
 
         Futures anywhere in ``args``/``kwargs`` become dependencies: the worker receives
-        their values.  Pure calls with equal arguments share one task and key.
+        their values.  Pure calls with equal arguments share one task and key.  Dask's
+        placement hints (``workers``, ``resources``, ``allow_other_workers``,
+        ``fifo_timeout``) are accepted and not used: any worker may run any task.
         """
         self._check_open()
+        _refuse_actors(actor or actors)
         if not callable(fn):
             raise UsageError(f"submit expects a callable as its first argument, got {type(fn).__name__}")
         return self._submit_one(fn, args, kwargs, key, pure, priority, retries, wanted=True)
@@ -468,10 +501,20 @@ class Client(BrokerSession):
         priority: int = 0,
         retries: int = 0,
         batch_size: int | None = None,
+        workers: Any = None,
+        resources: Any = None,
+        allow_other_workers: bool = False,
+        fifo_timeout: Any = None,
+        actor: bool = False,
+        actors: bool = False,
         **kwargs: Any,
     ) -> list[Future]:
-        """Submit ``fn`` over the elements of the iterables; returns a list of Futures."""
+        """Submit ``fn`` over the elements of the iterables; returns a list of Futures.
+
+        Dask's placement hints are accepted and not used, as in :meth:`submit`.
+        """
         self._check_open()
+        _refuse_actors(actor or actors)
         if not callable(fn):
             raise UsageError(f"map expects a callable as its first argument, got {type(fn).__name__}")
         if not iterables:
@@ -872,6 +915,11 @@ def _collector_paused(count: int) -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def _refuse_actors(requested: bool) -> None:
+    if requested:
+        raise UsageError("zmqdask has no actors; submit functions instead (actor=False)")
 
 
 HASH_CHUNK_BYTES = 16 * 1024 * 1024

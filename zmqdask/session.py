@@ -91,8 +91,8 @@ _BROKER_ERRORS: dict[str, type[Exception]] = {
 }
 
 
-class ClientStatus(enum.Enum):
-    """Lifecycle of a client."""
+class ClientStatus(str, enum.Enum):
+    """Lifecycle of a client; each compares equal to its name (``client.status == "running"``)."""
 
     NEW = "new"
     CONNECTING = "connecting"
