@@ -1,0 +1,158 @@
+"""Dask code that ports by changing imports: call forms and keywords Dask users write."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import zmqdask
+import zmqdask.dataframe as dd
+from zmqdask import Client, LocalCluster
+from zmqdask.errors import UsageError
+from zmqdask.local import parse_bytes
+from zmqdask.serialize import dumps, loads
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def takes_no_keywords(x: int) -> int:
+    return x * 10
+
+
+def test_a_function_of_main_passed_as_an_argument_travels_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    main = types.ModuleType("__main__")
+    source = "def triple(x):\n    return 3 * x\n"
+    exec(compile(source, "<script>", "exec"), main.__dict__)
+    triple = main.__dict__["triple"]
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert b"__main__" in pickle.dumps(triple)  # plain pickle would send a reference
+    frames = dumps((triple, 4))
+    # A worker's __main__ is another module: the function must come with the pickle.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+    fn, arg = loads(frames)
+    assert fn(arg) == 12
+
+
+def test_script_functions_work_in_dataframe_operations_and_task_prints_are_shown(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import pandas as pd
+            import zmqdask.dataframe as dd
+            from zmqdask import Client
+
+            def double(part):
+                return part * 2
+
+            class Offset:
+                def __init__(self, n):
+                    self.n = n
+
+                def __call__(self, x):
+                    return x + self.n
+
+            def shout(x):
+                print("printed by task", x, flush=True)
+                return x
+
+            if __name__ == "__main__":
+                pdf = pd.DataFrame({"x": range(10)})
+                with Client(n_workers=1) as client:
+                    df = dd.from_pandas(pdf, npartitions=2)
+                    print("map_partitions", df.map_partitions(double).x.sum().compute())
+                    print("map", df.x.map(Offset(1)).sum().compute())
+                    print("result", client.submit(shout, 7).result())
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "map_partitions 90" in lines and "map 55" in lines and "result 7" in lines
+    assert "printed by task 7" in lines  # the worker's stdout is this process's, as in Dask
+    assert "zmqdask-worker started" not in done.stdout
+
+
+@pytest.fixture
+def frame() -> dd.DataFrame:
+    return dd.from_pandas(pd.DataFrame({"x": range(10), "y": range(10, 20)}), npartitions=3)
+
+
+def test_compute_and_persist_look_inside_lists_tuples_and_dicts(frame: dd.DataFrame) -> None:
+    total, peak = frame.x.sum(), frame.y.max()
+    assert zmqdask.compute([total, peak], {"t": total}, 5) == ([45, 19], {"t": 45}, 5)
+    assert zmqdask.compute((total,), [peak]) == ((45,), [19])
+    kept = zmqdask.compute([total], traverse=False)[0]
+    assert kept[0] is total  # traverse=False leaves containers alone, as in Dask
+    (persisted,) = zmqdask.persist([frame])
+    assert isinstance(persisted, list) and persisted[0].x.sum().compute() == 45
+
+
+def test_compute_and_persist_through_a_client_look_inside_containers(client: Client, frame: dd.DataFrame) -> None:
+    (result,) = zmqdask.compute({"sum": frame.x.sum(), "parts": [frame.y.min()]})
+    assert result == {"sum": 45, "parts": [10]}
+    (persisted,) = zmqdask.persist({"df": frame})
+    assert persisted["df"].y.sum().compute() == 145
+
+
+def test_scheduler_keyword_computes_locally_or_says_what_it_accepts(client: Client, frame: dd.DataFrame) -> None:
+    assert frame.x.sum().compute(scheduler="sync") == 45
+    assert frame.x.sum().compute(scheduler="distributed") == 45
+    assert zmqdask.compute(frame.x.max(), scheduler="threads") == (9,)
+    with pytest.raises(UsageError, match="unknown scheduler 'gpu'"):
+        frame.x.sum().compute(scheduler="gpu")
+
+
+def test_client_of_a_local_cluster_not_started_yet_starts_it_and_leaves_it_running() -> None:
+    cluster = LocalCluster(n_workers=1, memory_limit="1.5GB")
+    try:
+        with Client(cluster) as client:
+            assert client.status == "running"
+            assert client.submit(inc, 1).result() == 2
+            workers = client.scheduler_info()["workers"].values()
+            assert {w["memory_limit"] for w in workers} == {1_500_000_000}
+        assert cluster.address is not None  # the caller's cluster: still running
+        with Client(cluster) as again:
+            assert again.submit(inc, 2).result() == 3
+    finally:
+        cluster.close()
+
+
+def test_dask_placement_keywords_are_accepted_and_not_passed_to_the_function(client: Client) -> None:
+    hints = {"workers": ["w1"], "resources": {"GPU": 1}, "allow_other_workers": True, "fifo_timeout": "1s"}
+    assert client.submit(takes_no_keywords, 1, **hints).result() == 10
+    assert client.gather(client.map(takes_no_keywords, [1, 2], **hints)) == [10, 20]
+    with pytest.raises(UsageError, match="no actors"):
+        client.submit(inc, 1, actor=True)
+    with pytest.raises(UsageError, match="no actors"):
+        client.map(inc, [1], actors=True)
+
+
+def test_client_keywords_of_dask_local_clusters_are_accepted() -> None:
+    with Client(n_workers=1, memory_limit=10**9, dashboard_address=":0", silence_logs=True) as client:
+        assert client.submit(inc, 3).result() == 4
+        assert {w["memory_limit"] for w in client.scheduler_info()["workers"].values()} == {10**9}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("4GB", 4 * 10**9), ("512 MiB", 512 * 2**20), ("1e9", 10**9), (2048, 2048), ("100", 100), ("2kb", 2000)],
+)
+def test_sizes_parse_like_dask(text: int | str, expected: int) -> None:
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "4 parsecs", -1, "GB"])
+def test_bad_sizes_say_what_is_expected(text: int | str) -> None:
+    with pytest.raises(UsageError, match="such as '4GB'"):
+        parse_bytes(text)
