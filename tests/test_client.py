@@ -307,8 +307,22 @@ def test_async_client(run_async) -> None:  # type: ignore[no-untyped-def]
         future = c.submit(inc, 10)
         assert await future == 11
         assert await c.gather(c.map(inc, range(10))) == list(range(1, 11))
-        with pytest.raises(SyncInAsyncError, match="await future"):
-            c.submit(inc, 99).result()
+        # As in Dask, result(), exception() and traceback() are awaitables here.
+        pending = c.submit(slow_inc, 99, 0.05)
+        assert await pending.result() == 100
+        assert await pending.result(timeout=5) == 100  # once finished too
+        assert await pending.exception() is None and await pending.traceback() is None
+        failing = c.submit(explode, 2)
+        with pytest.raises(Boom):
+            await failing.result()
+        assert isinstance(await failing.exception(), Boom)
+        assert "explode" in "".join(traceback.format_tb(await failing.traceback()))
+        with pytest.raises(zmqdask.TimeoutError, match=r"did not finish within 0\.05 s"):
+            await c.submit(slow_inc, 1, 2.0, pure=False).result(timeout=0.05)
+        # Waiting synchronously would block the loop: the error names the awaitable form.
+        with pytest.raises(SyncInAsyncError, match="async for"):
+            for _ in as_completed([c.submit(slow_inc, 5, 0.5, pure=False)]):
+                pass
         results = []
         async for _future, value in as_completed(c.map(inc, range(5)), with_results=True):
             results.append(value)

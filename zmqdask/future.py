@@ -141,9 +141,12 @@ class Future:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for and return the value; raises the task's exception if it failed.
 
-        On an asynchronous client inside its event loop use ``await future`` instead.
+        On an asynchronous client this returns an awaitable, as in Dask:
+        ``await future.result()`` (or simply ``await future``).
         """
         state = self._state
+        if self._client.asynchronous:
+            return self._client._awaitable_within(self._client._wait_value(state), timeout, f"result of {self.key}")
         if state.has_value:
             return state.value
         if state.status in TERMINAL_FAILURES and state.exception is not None:
@@ -152,19 +155,35 @@ class Future:
             self._client._wait_value(state), timeout, "await future", what=f"result of {self.key}"
         )
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """Wait for completion and return the exception, or None if it succeeded."""
+    def exception(self, timeout: float | None = None) -> Any:
+        """Wait for completion and return the exception, or None if it succeeded.
+
+        On an asynchronous client this returns an awaitable: ``await future.exception()``.
+        """
+        if self._client.asynchronous:
+            return self._client._awaitable_within(self._exception_async(), timeout, f"completion of {self.key}")
         if not self.done():
             self._client._blocking(self._client._wait_done(self._state), timeout, "await wait([future])")
         return self._state.exception
 
-    def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
+    def traceback(self, timeout: float | None = None) -> Any:
         """The traceback of a failed task, as an object the ``traceback`` module can print.
 
         Its entries name the frames where the task ran on its worker (file, line, function);
         None if the task succeeded.  The exception carries the same traceback as text too.
+        On an asynchronous client this returns an awaitable: ``await future.traceback()``.
         """
+        if self._client.asynchronous:
+            return self._client._awaitable_within(self._traceback_async(), timeout, f"completion of {self.key}")
         self.exception(timeout)
+        return traceback_from_text(self._state.traceback)
+
+    async def _exception_async(self) -> BaseException | None:
+        await self._client._wait_done(self._state)
+        return self._state.exception
+
+    async def _traceback_async(self) -> types.TracebackType | None:
+        await self._client._wait_done(self._state)
         return traceback_from_text(self._state.traceback)
 
     def cancel(self) -> Any:
@@ -291,6 +310,28 @@ async def _completed(value: Any) -> Any:
     return value
 
 
+def fire_and_forget(obj: Any) -> None:
+    """Let the tasks behind these futures run to the end even once no Future refers to them.
+
+    ``obj`` is a future or any nesting of lists, tuples, sets and dicts of them.  Normally
+    dropping the last Future of a pending task cancels it; here the client keeps each one
+    until it finishes (or fails), then lets it go.
+    """
+    kind = type(obj)
+    if isinstance(obj, Future):
+        obj._client._add_done_callback(obj, _forget)
+    elif kind is list or kind is tuple or kind is set or kind is frozenset:
+        for item in obj:
+            fire_and_forget(item)
+    elif kind is dict:
+        for item in obj.values():
+            fire_and_forget(item)
+
+
+def _forget(_future: Future) -> None:
+    """The done callback of :func:`fire_and_forget`: holding the future was its whole job."""
+
+
 def _in_running_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -382,7 +423,17 @@ class as_completed:
     def _emit_sync(self, future: Future) -> Any:
         if not self.with_results:
             return future
+        state = future._state
+        if future._client.asynchronous and not state.has_value and state.status not in TERMINAL_FAILURES:
+            from zmqdask.errors import SyncInAsyncError
+
+            raise SyncInAsyncError("use `async for future, value in as_completed(...)` on an asynchronous client")
         try:
+            if future._client.asynchronous:
+                if state.has_value:
+                    return future, state.value
+                assert state.exception is not None
+                raise state.exception
             return future, future.result()
         except FutureCancelledError:
             return future, None

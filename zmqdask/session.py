@@ -252,6 +252,15 @@ class BrokerSession:
                 raise  # the coroutine's own timeout, with its own message
             raise ZmqdaskTimeoutError(f"{what or 'operation'} did not finish within {timeout} s") from None
 
+    async def _awaitable_within(self, coro: Any, timeout: float | None, what: str) -> Any:
+        """Await ``coro`` on an asynchronous client, bounded by ``timeout`` seconds if given."""
+        if timeout is None:
+            return await coro
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except asyncio.TimeoutError:
+            raise ZmqdaskTimeoutError(f"{what} did not finish within {timeout} s") from None
+
     def _send(self, frames: list[Any]) -> None:
         sock = self._socket
         if sock is None:
