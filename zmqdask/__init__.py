@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from zmqdask.client import Client, ClientStatus, default_client, get_client
+from zmqdask.delayed import Delayed, delayed
 from zmqdask.errors import (
     ClosedClientError,
     CommunicationError,
@@ -23,7 +24,7 @@ from zmqdask.errors import (
     UsageError,
     ZmqdaskError,
 )
-from zmqdask.future import Future, as_completed, wait
+from zmqdask.future import Future, as_completed, fire_and_forget, wait
 from zmqdask.local import LocalCluster
 from zmqdask.security import Security
 
@@ -49,6 +50,7 @@ __all__ = [
     "ClosedClientError",
     "CommunicationError",
     "ConnectTimeoutError",
+    "Delayed",
     "Future",
     "FutureCancelledError",
     "KilledWorker",
@@ -66,6 +68,8 @@ __all__ = [
     "dataframe",
     "datasets",
     "default_client",
+    "delayed",
+    "fire_and_forget",
     "get_client",
     "persist",
     "wait",

@@ -1,0 +1,113 @@
+"""``zmqdask.delayed``: lazy calls computed in this process and on a real cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+
+import pandas as pd
+import pytest
+
+import zmqdask
+import zmqdask.dataframe as dd
+from zmqdask import Client, Delayed, delayed
+from zmqdask.errors import SyncInAsyncError, UsageError
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+class Boom(ValueError):
+    """Raised by a delayed call."""
+
+
+def explode(x: int) -> int:
+    raise Boom(f"bad {x}")
+
+
+def test_calls_build_a_graph_and_compute_without_a_client() -> None:
+    one = delayed(inc)(1)
+    two = delayed(inc)(one)
+    total = delayed(add)(one, two)
+    assert isinstance(total, Delayed)
+    assert set(total.dask) == {one.key, two.key, total.key}
+    assert total.compute() == 5
+    assert zmqdask.compute(one, [two, total], 7) == (2, [3, 5], 7)
+
+
+def test_decorators_purity_and_keys() -> None:
+    pure_add = delayed(pure=True)(add)
+    assert pure_add(1, 2).key == pure_add(1, 2).key != pure_add(2, 1).key
+    assert delayed(inc)(1).key != delayed(inc)(1).key  # calls are impure by default, as in Dask
+    assert delayed(inc)(1).key.startswith("inc-")
+    assert delayed(inc)(1, dask_key_name="my-key").key == "my-key"
+
+    @delayed
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double(4).compute() == 8
+
+
+def test_operators_items_attributes_and_unpacking() -> None:
+    a = delayed(inc)(1)  # 2
+    assert (a + 1).compute() == 3 and (10 - a).compute() == 8 and (a * a).compute() == 4
+    assert (-a).compute() == -2 and abs(delayed(-3)).compute() == 3
+    assert (a**3).compute() == 8 and (7 // a).compute() == 3 and (a / 4).compute() == 0.5
+    assert (a > 1).compute() is True and (a == 2).compute() is True
+    items = delayed({"x": a, "rest": [a, 5]})
+    assert items.compute() == {"x": 2, "rest": [2, 5]}
+    assert items["rest"][1].compute() == 5
+    assert delayed("text").upper().compute() == "TEXT"
+    quotient, remainder = delayed(divmod, nout=2)(7, 2)
+    assert (quotient.compute(), remainder.compute()) == (3, 1)
+    assert delayed(operator.add)(a, a).compute() == 4
+    assert hash(a) == hash(a.key)
+
+
+def test_what_a_delayed_value_cannot_do_is_said_clearly() -> None:
+    a = delayed(inc)(1)
+    with pytest.raises(TypeError, match="not known until it is computed"):
+        bool(a)
+    with pytest.raises(TypeError, match="nout="):
+        list(a)
+    with pytest.raises(TypeError, match="immutable"):
+        a.value = 3
+    with pytest.raises(UsageError, match="nout"):
+        delayed(inc, nout=-1)
+
+
+def test_delayed_on_a_cluster_with_collections_and_futures(client: Client) -> None:
+    frame = dd.from_pandas(pd.DataFrame({"x": range(10)}), npartitions=3)
+    parts = [delayed(inc)(i) for i in range(5)]
+    total = delayed(sum)(parts)
+    assert total.compute() == 15
+    future = client.compute(total)
+    assert future.result() == 15
+    scattered = client.scatter(100)
+    assert delayed(add)(scattered, parts[0]).compute() == 101
+    # A lazy DataFrame as an argument arrives as the pandas object it computes to.
+    assert delayed(len)(frame).compute() == 10
+    assert delayed(lambda df: int(df.x.sum()))(frame[frame.x > 4]).compute() == 35
+    kept = total.persist()
+    assert isinstance(kept, Delayed) and (kept + 1).compute() == 16
+    with pytest.raises(Boom, match="bad 3"):
+        delayed(explode)(3).compute()
+
+
+def test_delayed_under_an_asynchronous_client(cluster) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        async with Client(cluster.address, asynchronous=True) as client:
+            value = delayed(add)(delayed(inc)(1), 10)
+            assert await client.compute(value) == 12
+            persisted = value.persist()  # returns at once, as DataFrame.persist does
+            assert await client.compute(persisted * 2) == 24
+            with pytest.raises(SyncInAsyncError, match=r"client\.compute"):
+                value.compute()
+
+    asyncio.run(main())
