@@ -156,3 +156,38 @@ def test_sizes_parse_like_dask(text: int | str, expected: int) -> None:
 def test_bad_sizes_say_what_is_expected(text: int | str) -> None:
     with pytest.raises(UsageError, match="such as '4GB'"):
         parse_bytes(text)
+
+
+def write_marker(path: str, delay: float) -> str:
+    import time
+
+    time.sleep(delay)
+    Path(path).write_text("done")
+    return path
+
+
+def test_fire_and_forget_runs_a_task_whose_future_is_dropped(client: Client, tmp_path: Path, wait_until) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "marker"
+    future = client.submit(write_marker, str(marker), 0.3, pure=False)
+    zmqdask.fire_and_forget([future])
+    del future
+    wait_until(marker.exists, timeout=20)
+
+
+def test_dask_client_methods_zmqdask_lacks_say_what_to_do_instead(client: Client) -> None:
+    with pytest.raises(AttributeError, match=r"no who_has\(\): .*scheduler_info\(\)"):
+        client.who_has()
+    with pytest.raises(AttributeError, match=r"no restart\(\): close the client"):
+        client.restart()
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_thing'"):
+        client.no_such_thing  # noqa: B018
+    assert client.dashboard_link is None
+    assert not hasattr(client, "run")
+
+
+def test_shutdown_closes_the_client_and_its_own_cluster() -> None:
+    client = Client(n_workers=1)
+    cluster = client.cluster
+    assert cluster is not None and cluster.broker_pid is not None
+    client.shutdown()
+    assert client.status == "closed" and cluster.broker_pid is None

@@ -858,6 +858,25 @@ class Client(BrokerSession):
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, WORKERS_POLL_MAX_S)
 
+    def shutdown(self) -> Any:
+        """Close the client and stop the local cluster it started (Dask's name for it).
+
+        A broker and workers started separately keep running: stop them with SIGTERM.
+        """
+        return self.close()
+
+    @property
+    def dashboard_link(self) -> None:
+        """None: zmqdask has no dashboard (``scheduler_info()`` reports workers and tasks)."""
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names the class does not have: Dask's that zmqdask lacks say so and what to do.
+        hint = _UNSUPPORTED_DASK_METHODS.get(name)
+        if hint is not None:
+            raise AttributeError(f"zmqdask's Client has no {name}(): {hint}")
+        raise AttributeError(f"'Client' object has no attribute {name!r}")
+
     # --- reprs -----------------------------------------------------------------------------
 
     def __repr__(self) -> str:
@@ -915,6 +934,27 @@ def _collector_paused(count: int) -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+_UNSUPPORTED_DASK_METHODS = {
+    "run": "it cannot target each worker; submit a task, or start workers with the set-up they need",
+    "run_on_scheduler": "the broker runs no user code; compute in a task or in the client",
+    "who_has": "the broker keeps placement to itself; scheduler_info() gives each worker's keys and bytes",
+    "has_what": "the broker keeps placement to itself; scheduler_info() gives each worker's keys and bytes",
+    "restart": "close the client and create a new one (a local cluster restarts with it)",
+    "upload_file": "local workers import from the client's sys.path; install modules where remote workers run",
+    "register_worker_plugin": "there are no plugins; do per-worker set-up at import time of your module",
+    "register_plugin": "there are no plugins; do per-worker set-up at import time of your module",
+    "publish_dataset": "keep the futures (or persisted collections) in the client that made them",
+    "get_dataset": "keep the futures (or persisted collections) in the client that made them",
+    "list_datasets": "keep the futures (or persisted collections) in the client that made them",
+    "rebalance": "results stay where they were computed and move to the workers that need them",
+    "replicate": "results stay where they were computed and move to the workers that need them",
+    "retry": "submit the function again (or pass retries= to submit)",
+    "get_task_stream": "there is no task stream; time tasks in your own code",
+    "profile": "profile a task's function in the client, or run py-spy on a worker process",
+    "get_executor": "use submit/map and gather",
+}
 
 
 def _refuse_actors(requested: bool) -> None:
