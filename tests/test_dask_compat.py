@@ -191,3 +191,31 @@ def test_shutdown_closes_the_client_and_its_own_cluster() -> None:
     assert cluster is not None and cluster.broker_pid is not None
     client.shutdown()
     assert client.status == "closed" and cluster.broker_pid is None
+
+
+def sum_of_children(n: int) -> int:
+    from zmqdask import get_client
+
+    client = get_client()
+    return sum(client.gather(client.map(inc, range(n), pure=False)))
+
+
+def nested_children(depth: int) -> int:
+    from zmqdask import get_client
+
+    if depth == 0:
+        return 1
+    client = get_client()
+    return 1 + client.submit(nested_children, depth - 1, pure=False).result(timeout=60)
+
+
+def test_tasks_submit_tasks_through_get_client_without_running_out_of_threads(client: Client) -> None:
+    # Workers have one thread each: the waiting tasks give their thread to their children.
+    parents = client.map(sum_of_children, [20, 30, 40, 50], pure=False)
+    assert client.gather(parents) == [210, 465, 820, 1275]
+    assert client.submit(nested_children, 4, pure=False).result(timeout=60) == 5
+
+
+def test_get_client_outside_tasks_without_a_client_says_how_to_get_one() -> None:
+    with pytest.raises(ValueError, match=r"create one with Client\(\)"):
+        zmqdask.get_client()

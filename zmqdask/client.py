@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -73,11 +74,50 @@ def default_client() -> Client | None:
 
 
 def get_client() -> Client:
-    """The current client; raises ValueError when there is none."""
+    """The current client; raises ValueError when there is none.
+
+    Inside a task, this is a client of the worker's own broker (made on first use, one per
+    worker process), so tasks can submit tasks and wait for them, as in Dask.  The calling
+    task's executor thread leaves the pool and a new one takes its place (Dask's
+    ``secede``), so the tasks it waits for always find a thread.
+    """
     client = default_client()
-    if client is None:
+    if client is not None:
+        return client
+    worker_module = sys.modules.get("zmqdask.worker")
+    address = worker_module.task_client_address() if worker_module is not None else None
+    if worker_module is None or address is None:
         raise ValueError("no zmqdask Client is running; create one with Client()")
+    client = _task_client(address)
+    # This task will wait for others: its thread must not be the one they need.
+    worker_module.secede_current_task()
     return client
+
+
+_task_client_lock = threading.Lock()
+_task_clients: dict[str, Client] = {}
+
+
+def _task_client(address: str) -> Client:
+    """The client tasks of this worker process share, connected to ``address``."""
+    with _task_client_lock:
+        client = _task_clients.get(address)
+        if client is None or client.status not in (ClientStatus.RUNNING, ClientStatus.RECONNECTING):
+            client = Client(address, name=f"tasks-of-worker-{os.getpid()}", set_as_default=False)
+            _task_clients[address] = client
+        return client
+
+
+def close_task_clients(timeout: float = 2.0) -> None:
+    """Close the clients made for tasks by :func:`get_client` (a worker process leaving)."""
+    with _task_client_lock:
+        clients = list(_task_clients.values())
+        _task_clients.clear()
+    for client in clients:
+        try:
+            client.close(timeout=timeout)
+        except Exception:  # the worker is leaving either way
+            logger.debug("closing a task client failed", exc_info=True)
 
 
 def check_blocking_allowed(client: Client, alternative: str) -> None:
@@ -90,12 +130,12 @@ def check_blocking_allowed(client: Client, alternative: str) -> None:
 
 
 GOODBYE_LINGER_MS = 200
+"""How long closing waits, at most, for the GOODBYE to leave (milliseconds, as ZeroMQ counts)."""
 _MAP_CHUNK_TASKS = 4096
 """map records and sends its tasks this many at a time."""
 GOODBYE_ANSWER_TIMEOUT_S = 2.0
 """How long closing a client that started its own cluster waits for the broker's answer to
 its GOODBYE before stopping that cluster anyway."""
-"""How long closing waits, at most, for the GOODBYE to leave (milliseconds, as ZeroMQ counts)."""
 
 
 class Client(BrokerSession):

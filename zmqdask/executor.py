@@ -445,6 +445,9 @@ class Executor:
         # under this lock so a task is either run or reported cancelled, never both.
         self._lock = threading.Lock()
         self._wake_pending = False
+        self._name = name
+        # Which executor thread this is, for secede(); unset in any other thread.
+        self._local = threading.local()
         self._threads = [
             threading.Thread(target=self._work, args=(index,), name=f"{name}-{index}", daemon=True)
             for index in range(nthreads)
@@ -499,9 +502,29 @@ class Executor:
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in self._threads)
 
+    def secede(self) -> bool:
+        """Called by a task that is about to wait for other tasks: its thread leaves the pool.
+
+        A new thread takes its place at once, so the tasks it waits for (which the broker
+        may well send here) find a thread to run on; the seceded thread ends once its task
+        has.  False when the caller is not an executor thread or has seceded already.
+        """
+        local = self._local
+        if getattr(local, "seceded", True):
+            return False
+        local.seceded = True
+        # The replacement has no running slot (index -1): the slots are the pool's, sized
+        # for the threads the worker was started with.
+        thread = threading.Thread(target=self._work, args=(-1,), name=f"{self._name}-replacement", daemon=True)
+        thread.start()
+        return True
+
     def _work(self, index: int) -> None:
-        tasks, results, lock, slots = self._tasks, self._results, self._lock, self._slots
+        tasks, results, lock = self._tasks, self._results, self._lock
+        slots = self._slots if index >= 0 else None
         get, empty, monotonic = tasks.get, tasks.empty, time.monotonic
+        local = self._local
+        local.seceded = False
         handed_over = monotonic()
         while True:
             task = get()
@@ -519,9 +542,11 @@ class Executor:
             results.append(task)
             # Results go out when this thread would wait for work anyway, and regularly
             # while it works through a long queue, so the broker can refill it meanwhile.
-            if empty() or monotonic() - handed_over >= HANDOVER_INTERVAL_S:
+            if local.seceded or empty() or monotonic() - handed_over >= HANDOVER_INTERVAL_S:
                 handed_over = monotonic()
                 self._deliver()
+            if local.seceded:
+                return  # its replacement serves the queue from now on
 
     def _deliver(self) -> None:
         hand_over = self._hand_over

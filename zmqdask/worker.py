@@ -535,6 +535,8 @@ class Worker:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._executor = Executor(self.nthreads, self._wake_main, self._slots, hand_over=self._hand_over)
+        global _executor_for_tasks
+        _executor_for_tasks = self._executor  # one worker per process: for secede_current_task()
         signals: SignalWakeup | None = None
         if threading.current_thread() is threading.main_thread():
             # A managed worker leaves Ctrl-C to its pool manager, which stops it in order.
@@ -1098,6 +1100,26 @@ class Worker:
                 self._done(key, CANCELLED, "cancelled")
 
 
+_task_client_address: str | None = None
+_executor_for_tasks: Executor | None = None
+
+
+def secede_current_task() -> None:
+    """The calling task is about to wait for other tasks: free its executor thread's place."""
+    executor = _executor_for_tasks
+    if executor is not None:
+        executor.secede()
+
+
+def task_client_address() -> str | None:
+    """The broker address for ``get_client()`` inside a task of this worker process.
+
+    None outside a worker, and on a cluster with CURVE keys: a worker's keys are not a
+    client's, so a task there must connect with ``Client(address, security=...)`` itself.
+    """
+    return _task_client_address
+
+
 def run_worker(
     address: str,
     *,
@@ -1120,7 +1142,9 @@ def run_worker(
     executor threads still running a task.  Call it as a process's target (the pool manager
     does), never in a process that has other work to do.
     """
+    global _task_client_address
     code = EXIT_INTERNAL_ERROR
+    _task_client_address = address if security is None else None
     try:
         worker = Worker(
             address,
@@ -1141,6 +1165,9 @@ def run_worker(
     except BaseException:
         logger.exception("worker %s failed", name or identity)
     finally:
+        client_module = sys.modules.get("zmqdask.client")
+        if client_module is not None:
+            client_module.close_task_clients()
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             try:
