@@ -219,3 +219,34 @@ def test_tasks_submit_tasks_through_get_client_without_running_out_of_threads(cl
 def test_get_client_outside_tasks_without_a_client_says_how_to_get_one() -> None:
     with pytest.raises(ValueError, match=r"create one with Client\(\)"):
         zmqdask.get_client()
+
+
+def test_to_csv_into_one_file_keeps_partition_order_and_one_header(client: Client, tmp_path: Path) -> None:
+    pdf = pd.DataFrame({"x": range(25), "y": [f"v{i}" for i in range(25)]})
+    frame = dd.from_pandas(pdf, npartitions=4)
+    target = tmp_path / "out" / "all.csv"
+    assert frame.to_csv(target, single_file=True, index=False) == [str(target)]
+    assert pd.read_csv(target).equals(pdf)
+    frame.x.to_csv(tmp_path / "x.csv", single_file=True)  # a Series too
+    assert pd.read_csv(tmp_path / "x.csv", index_col=0)["x"].tolist() == list(range(25))
+    with pytest.raises(UsageError, match="needs a file name"):
+        frame.to_csv(tmp_path / "part-*.csv", single_file=True)
+
+
+def test_dask_keywords_of_drop_set_index_and_parquet(tmp_path: Path) -> None:
+    pdf = pd.DataFrame({"a": [3, 1, 2], "b": [1.0, 2.0, 3.0], "c": ["x", "y", "z"]})
+    frame = dd.from_pandas(pdf, npartitions=2)
+    assert list(frame.drop("a", axis=1).columns) == ["b", "c"]
+    assert list(frame.drop(["a", "c"], axis="columns").compute().columns) == ["b"]
+    with pytest.raises(UsageError, match="axis=1"):
+        frame.drop("a")
+    indexed = frame.set_index("a", sorted=True).compute()
+    assert indexed.index.tolist() == [1, 2, 3] and indexed.b.tolist() == [2.0, 3.0, 1.0]
+    pytest.importorskip("pyarrow")
+    frame.to_parquet(tmp_path / "pq", engine="pyarrow")
+    back = dd.read_parquet(tmp_path / "pq", engine="auto").compute()
+    assert back.sort_values("b").reset_index(drop=True).equals(pdf)
+    with pytest.raises(UsageError, match="overwrite=True"):
+        frame.to_parquet(tmp_path / "pq", overwrite=False)
+    with pytest.raises(UsageError, match="engine='fastparquet' is not available"):
+        dd.read_parquet(tmp_path / "pq", engine="fastparquet")

@@ -251,6 +251,13 @@ class _Frame(Collection, FrameMethods, FrameReductions):
 
         return Resampler(self, rule, closed=closed, label=label, origin=origin)
 
+    def to_csv(self, filename: Any, **kwargs: Any) -> Any:
+        """Write CSV: one file per partition, or one file with ``single_file=True``
+        (see ``zmqdask.dataframe.io.to_csv``)."""
+        from zmqdask.dataframe.io import to_csv
+
+        return to_csv(self, filename, **kwargs)
+
 
 # ---------------------------------------------------------------------------------------
 # DataFrame
@@ -347,9 +354,12 @@ class DataFrame(_Frame):
             raise UsageError("rename(index=...) is not supported; use map_partitions")
         return self._method("rename", columns=columns)
 
-    def drop(self, labels: Any = None, columns: Any = None, errors: str = "raise") -> DataFrame:
-        """The frame without some columns."""
-        columns = columns if columns is not None else labels
+    def drop(self, labels: Any = None, axis: Any = 0, columns: Any = None, errors: str = "raise") -> DataFrame:
+        """The frame without some columns: ``drop(columns=...)`` or ``drop(labels, axis=1)``."""
+        if columns is None:
+            if labels is not None and axis not in (1, "columns"):
+                raise UsageError("dropping rows is not supported: pass axis=1 (or columns=) to drop columns")
+            columns = labels
         if columns is None:
             raise UsageError("drop needs columns (dropping rows is not supported)")
         dropped = [columns] if isinstance(columns, (str, int)) or not hasattr(columns, "__iter__") else list(columns)
@@ -412,10 +422,25 @@ class DataFrame(_Frame):
 
         return join(self, other, on=on, how=how, lsuffix=lsuffix, rsuffix=rsuffix)
 
-    def set_index(self, column: Any, npartitions: int | None = None, divisions: Any = None) -> Any:
-        """A sorted index from a column (see ``zmqdask.dataframe.shuffle``)."""
+    def set_index(
+        self,
+        column: Any,
+        npartitions: int | None = None,
+        divisions: Any = None,
+        sorted: bool = False,
+        drop: bool = True,
+        **options: Any,
+    ) -> Any:
+        """A sorted index from a column (see ``zmqdask.dataframe.shuffle``).
+
+        ``sorted=True`` (Dask's hint that the column is sorted already) is accepted; the
+        boundaries are sampled either way.  Only ``drop=True`` (the column becomes the index)
+        is supported.  Other Dask options (``shuffle_method``, ``compute``...) are ignored.
+        """
         from zmqdask.dataframe.shuffle import set_index
 
+        if not drop:
+            raise UsageError("set_index(drop=False) is not supported; copy the column first with assign()")
         return set_index(self, column, npartitions=npartitions, divisions=divisions)
 
     def sort_values(self, by: Any, ascending: bool = True) -> Any:
@@ -423,12 +448,6 @@ class DataFrame(_Frame):
         from zmqdask.dataframe.shuffle import sort_values
 
         return sort_values(self, by, ascending=ascending)
-
-    def to_csv(self, filename: Any, **kwargs: Any) -> Any:
-        """Write one CSV file per partition (see ``zmqdask.dataframe.io.to_csv``)."""
-        from zmqdask.dataframe.io import to_csv
-
-        return to_csv(self, filename, **kwargs)
 
     def to_parquet(self, path: Any, **kwargs: Any) -> Any:
         """Write partitions as Parquet files (see ``zmqdask.dataframe.io``)."""

@@ -432,12 +432,17 @@ def _parquet_divisions(pq: Any, paths: list[str], meta: pd.DataFrame) -> tuple[A
     return (*lows_, highs_[-1])
 
 
-def read_parquet(path: Any, columns: Sequence[Hashable] | None = None, filters: Any = None) -> Any:
+def read_parquet(
+    path: Any, columns: Sequence[Hashable] | None = None, filters: Any = None, engine: str = "pyarrow", **options: Any
+) -> Any:
     """A lazy DataFrame over Parquet files: a file, a directory of ``*.parquet``, a glob or a list.
 
     One partition per file.  ``filters`` are ``(column, op, value)`` conjunctions (or a
     list of them, OR-ed); divisions are known when the files are sorted by a stored index.
+    ``engine`` must be pyarrow (or "auto"); other Dask options (``index``,
+    ``calculate_divisions``, ``split_row_groups``...) are accepted and not used.
     """
+    _check_engine(engine)
     pq = import_pyarrow()
     groups = _as_disjunction(filters)
     paths = expand_paths(path, suffix=".parquet")
@@ -480,6 +485,11 @@ def _write_layer(
         written.append(TaskRef(key))
     layer[expr._key(0)] = (summarize, (written,), {})
     return layer
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ("pyarrow", "auto"):
+        raise UsageError(f"Parquet is read and written with pyarrow; engine={engine!r} is not available")
 
 
 def _refuse_if_blocking_forbidden(alternative: str) -> None:
@@ -527,12 +537,25 @@ class WriteParquet(SinglePartition):
         return _write_layer(self, self.frame, write_parquet_part, targets, self.write_index, _total_rows)
 
 
-def to_parquet(df: Any, path: str | os.PathLike[str], write_index: bool | None = None, compute: bool = True) -> Any:
+def to_parquet(
+    df: Any,
+    path: str | os.PathLike[str],
+    write_index: bool | None = None,
+    compute: bool = True,
+    engine: str = "pyarrow",
+    overwrite: bool = True,
+    **options: Any,
+) -> Any:
     """Write one Parquet file per partition into the directory ``path``.
 
-    Earlier ``part.*.parquet`` files in that directory are removed first.  With
-    ``compute=False`` the write is returned as a lazy scalar (the number of rows written).
+    Earlier ``part.*.parquet`` files in that directory are replaced (``overwrite=False``
+    refuses to when there are any).  With ``compute=False`` the write is returned as a lazy
+    scalar (the number of rows written).  ``engine`` must be pyarrow (or "auto");
+    ``partition_on`` is not supported, other Dask options are accepted and not used.
     """
+    _check_engine(engine)
+    if options.get("partition_on"):
+        raise UsageError("to_parquet(partition_on=...) is not supported; write one directory per group instead")
     import_pyarrow()
     expr = getattr(df, "expr", None)
     if not isinstance(expr, Expr):
@@ -541,9 +564,11 @@ def to_parquet(df: Any, path: str | os.PathLike[str], write_index: bool | None =
         _refuse_if_blocking_forbidden("await client.compute(df.to_parquet(path, compute=False))")
     directory = os.path.abspath(os.fspath(path))
     os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):
-        if re.fullmatch(r"part\.\d+\.parquet", name):
-            os.remove(os.path.join(directory, name))
+    earlier = [name for name in os.listdir(directory) if re.fullmatch(r"part\.\d+\.parquet", name)]
+    if earlier and not overwrite:
+        raise UsageError(f"{directory} holds {len(earlier)} part files already; pass overwrite=True to replace them")
+    for name in earlier:
+        os.remove(os.path.join(directory, name))
     result = new_collection(WriteParquet(expr, directory, write_index))
     if compute:
         result.compute()
@@ -585,18 +610,70 @@ class WriteCSV(SinglePartition):
         return _write_layer(self, self.frame, write_csv_part, self.paths, self.kwargs, _paths)
 
 
-def to_csv(df: Any, filename: str | os.PathLike[str], compute: bool = True, **kwargs: Any) -> Any:
-    """Write one CSV file per partition; returns the paths written.
+def append_csv_part(part: pd.DataFrame | pd.Series, path: str, kwargs: dict[str, Any], previous: Any) -> str:
+    """Write partition 0 to ``path`` (``previous`` is None), or append a later one after
+    ``previous`` (the path, once the partition before has been written) without a header."""
+    if previous is None:
+        part.to_csv(path, mode="w", **kwargs)
+    else:
+        part.to_csv(path, mode="a", **{**kwargs, "header": False})
+    return path
+
+
+@node
+class WriteCSVSingleFile(SinglePartition):
+    """Write the partitions of ``frame`` one after another into one CSV file; yields ``[path]``."""
+
+    frame: Expr
+    path: str
+    kwargs: dict[str, Any]
+
+    def _prefix(self) -> str:
+        return "to-csv-single"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return [self.path]
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        # A chain: each append depends on the one before, so the partitions land in order
+        # and only one of them is in a worker's memory for the writing at a time.
+        layer: dict[str, TaskSpec] = {}
+        previous: Any = None
+        for i in range(self.frame.npartitions):
+            key = f"{self._name}-part-{i}"
+            layer[key] = (append_csv_part, (TaskRef(self.frame._key(i)), self.path, self.kwargs, previous), {})
+            previous = TaskRef(key)
+        layer[self._key(0)] = (_paths, ([previous],), {})
+        return layer
+
+
+def to_csv(
+    df: Any, filename: str | os.PathLike[str], single_file: bool = False, compute: bool = True, **kwargs: Any
+) -> Any:
+    """Write one CSV file per partition (or, with ``single_file=True``, one file); returns the
+    paths written.
 
     ``filename`` holds a ``*``, replaced by the partition number (``"out/part-*.csv"``), or
-    names a directory that receives ``<i>.part`` files.  ``kwargs`` go to
-    ``pandas.DataFrame.to_csv``.  With ``compute=False`` the write is returned as a lazy value.
+    names a directory that receives ``<i>.part`` files; with ``single_file`` it is the file.
+    ``kwargs`` go to ``pandas.DataFrame.to_csv``.  With ``compute=False`` the write is
+    returned as a lazy value.
     """
     expr = getattr(df, "expr", None)
     if not isinstance(expr, Expr):
         raise UsageError(f"to_csv needs a zmqdask DataFrame or Series, got {type(df).__name__}")
+    if kwargs.get("mode", "w") != "w":
+        raise UsageError("to_csv writes new files (mode='w'); append to them with pandas after reading them back")
+    kwargs.pop("mode", None)
     if compute:
         _refuse_if_blocking_forbidden("await client.compute(df.to_csv(path, compute=False))")
+    if single_file:
+        path = os.path.abspath(os.fspath(filename))
+        if "*" in os.path.basename(path) or os.path.isdir(path):
+            raise UsageError(f"single_file=True needs a file name, got {os.fspath(filename)!r}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        single = new_collection(WriteCSVSingleFile(expr, path, dict(kwargs)))
+        return single.compute() if compute else single
     target = os.path.abspath(os.fspath(filename))
     width = len(str(max(expr.npartitions - 1, 0)))
     if "*" in target:
