@@ -250,3 +250,11 @@ def test_dask_keywords_of_drop_set_index_and_parquet(tmp_path: Path) -> None:
         frame.to_parquet(tmp_path / "pq", overwrite=False)
     with pytest.raises(UsageError, match="engine='fastparquet' is not available"):
         dd.read_parquet(tmp_path / "pq", engine="fastparquet")
+
+
+def test_a_collection_persisted_by_a_closed_client_says_its_data_is_gone() -> None:
+    with Client(n_workers=1) as short_lived:
+        frame = dd.from_pandas(pd.DataFrame({"x": range(10)}), npartitions=2).persist()
+        assert short_lived.compute(frame.x.sum()).result() == 45
+    with pytest.raises(UsageError, match="went with its client"):
+        frame.x.sum().compute()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from zmqdask.errors import UsageError
-from zmqdask.graph import execute_local, is_collection
+from zmqdask.graph import execute_local, is_collection, references
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def compute_locally(*collections: Any) -> list[Any]:
         sub, keys = collection.__zmqdask_graph__()
         graph.update(sub)
         outputs.append(keys)
+    _refuse_futures(graph)
     flat = [key for keys in outputs for key in keys]
     values = execute_local(graph, list(dict.fromkeys(flat)))
     by_key = dict(zip(dict.fromkeys(flat), values, strict=False))
@@ -92,6 +93,23 @@ def _substitute(obj: Any, results: Iterator[Any]) -> Any:
 
 
 _TRAVERSED = (list, tuple, set, frozenset)
+
+
+def _refuse_futures(graph: dict[str, Any]) -> None:
+    """Refuse to run locally a graph over values that live on a cluster (persisted parts)."""
+    from zmqdask.future import Future
+
+    for spec in graph.values():
+        found: set[str] = set()
+        for part in (spec[1], spec[2]):
+            references(part, found, lambda obj: isinstance(obj, Future))
+        futures = [key for key in found if key not in graph]
+        if futures:
+            raise UsageError(
+                f"this computation needs data persisted on a cluster ({futures[0]!r}), and no client "
+                "connected to that cluster is running: its data went with its client.  Create a "
+                "client and persist or compute the collection again from its source"
+            )
 
 
 def compute(
