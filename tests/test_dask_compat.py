@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import subprocess
 import sys
@@ -258,3 +259,29 @@ def test_a_collection_persisted_by_a_closed_client_says_its_data_is_gone() -> No
         assert short_lived.compute(frame.x.sum()).result() == 45
     with pytest.raises(UsageError, match="went with its client"):
         frame.x.sum().compute()
+
+
+def sleepy(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_as_completed_batches_and_timeout(client: Client, cluster: LocalCluster) -> None:
+    futures = client.map(inc, range(10))
+    batches = list(zmqdask.as_completed(futures, with_results=True).batches())
+    assert sorted(value for batch in batches for _, value in batch) == list(range(1, 11))
+    slow = client.submit(sleepy, 3.0, pure=False)
+    with pytest.raises(zmqdask.TimeoutError, match=r"1 futures had not finished within 0\.2 s"):
+        for _ in zmqdask.as_completed([client.submit(inc, 1), slow], timeout=0.2):
+            pass
+
+    async def main() -> None:
+        async with Client(cluster.address, asynchronous=True) as aclient:
+            late = aclient.submit(sleepy, 3.0, pure=False)
+            with pytest.raises(zmqdask.TimeoutError, match="had not finished"):
+                async for _ in zmqdask.as_completed([late], timeout=0.2):
+                    pass
+
+    asyncio.run(main())

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import html
 import threading
+import time
 import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -344,12 +345,23 @@ class as_completed:
     """Iterate over futures in the order they finish, with ``for`` or ``async for``.
 
     ``with_results=True`` yields ``(future, result)`` pairs.  ``add(future)`` extends the set
-    while iterating; ``count()`` is how many are not yet yielded.
+    while iterating; ``count()`` is how many are not yet yielded; ``batches()`` yields lists of
+    all the futures finished since the last one.  With ``timeout`` (seconds from creation), a
+    wait past it raises ``zmqdask.TimeoutError``.
     """
 
-    def __init__(self, futures: Iterable[Future] = (), with_results: bool = False, raise_errors: bool = True) -> None:
+    def __init__(
+        self,
+        futures: Iterable[Future] = (),
+        with_results: bool = False,
+        raise_errors: bool = True,
+        *,
+        timeout: float | None = None,
+    ) -> None:
         self.with_results = with_results
         self.raise_errors = raise_errors
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
         self._lock = threading.Lock()
         self._condition = threading.Condition(self._lock)
         self._ready: collections.deque[Future] = collections.deque()
@@ -417,8 +429,29 @@ class as_completed:
                         from zmqdask.errors import SyncInAsyncError
 
                         raise SyncInAsyncError("use `async for future in as_completed(...)` on an asynchronous client")
+                    self._check_deadline()
                     # Wake up periodically so Ctrl-C stays responsive.
                     self._condition.wait(timeout=0.1)
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Yield lists of the futures (or ``(future, result)`` pairs) finished since the last list."""
+        while True:
+            try:
+                first = next(self)
+            except StopIteration:
+                return
+            batch = [first]
+            while (future := self._pop()) is not None:
+                batch.append(self._emit_sync(future))
+            yield batch
+
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            from zmqdask.errors import TimeoutError as ZmqdaskTimeoutError
+
+            raise ZmqdaskTimeoutError(
+                f"as_completed: {len(self._pending)} futures had not finished within {self._timeout} s"
+            )
 
     def _emit_sync(self, future: Future) -> Any:
         if not self.with_results:
@@ -467,4 +500,11 @@ class as_completed:
                 self._async_event.clear()
                 if self._ready:
                     continue
-            await self._async_event.wait()
+            if self._deadline is None:
+                await self._async_event.wait()
+                continue
+            self._check_deadline()
+            try:
+                await asyncio.wait_for(self._async_event.wait(), max(0.0, self._deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                self._check_deadline()
