@@ -335,3 +335,44 @@ def test_generated_string_keys_group_by_remembered_codes() -> None:
         lazy[lazy.x > 0.5].groupby("name").agg({"y": ["sum", "count"]}).compute(),
         whole[whole.x > 0.5].groupby("name").agg({"y": ["sum", "count"]}),
     )
+
+
+@pytest.mark.parametrize("method", ["median", "prod", "idxmax", "idxmin"])
+def test_whole_group_aggregations_match_pandas_sorted_by_key(method: str) -> None:
+    frame = _frame()
+    numeric = frame[["j", "x", "i"]]
+    lazy = zd.from_pandas(frame, npartitions=4)
+    by_j = getattr(lazy[["j", "x", "i"]].groupby("j"), method)().compute()
+    pd.testing.assert_frame_equal(by_j, getattr(numeric.groupby("j"), method)())
+    by_k = getattr(lazy.groupby("k").i, method)().compute()
+    pd.testing.assert_series_equal(by_k, getattr(frame.groupby("k").i, method)())
+    if method in ("median", "prod"):  # as pandas: no such aggregation of strings
+        with pytest.raises(UsageError, match=rf"groupby\(\.\.\.\)\.{method}\(\) on sample data"):
+            getattr(lazy.groupby("j"), method)()
+
+
+def test_grouped_value_counts_match_pandas() -> None:
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=4)
+    pd.testing.assert_series_equal(
+        lazy.groupby("j").s.value_counts().compute().sort_index(), frame.groupby("j").s.value_counts().sort_index()
+    )
+
+
+@pytest.mark.parametrize("method", ["cumsum", "cumprod", "cummax", "cummin", "cumcount", "shift", "diff"])
+def test_per_row_group_methods_match_pandas_up_to_row_order(method: str) -> None:
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=4)
+    result = getattr(lazy.groupby("k").x, method)().compute().sort_index()
+    pd.testing.assert_series_equal(result, getattr(frame.groupby("k").x, method)().sort_index())
+
+
+def test_get_group_by_one_and_by_several_keys() -> None:
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=4)
+    pd.testing.assert_frame_equal(lazy.groupby("k").get_group("b").compute(), frame.groupby("k").get_group("b"))
+    pd.testing.assert_frame_equal(
+        lazy.groupby(["k", "j"]).get_group(("a", 2)).compute(), frame.groupby(["k", "j"]).get_group(("a", 2))
+    )
+    with pytest.raises(UsageError, match="2 key values"):
+        lazy.groupby(["k", "j"]).get_group("a")

@@ -500,11 +500,18 @@ def whole_groups_part(
     sort: bool,
     dropna: bool,
 ) -> Any:
-    """pandas' ``groupby(by)[selection].<how>(func)`` of a partition holding whole groups."""
+    """pandas' ``groupby(by)[selection].<how>(func)`` of a partition holding whole groups
+    (``how="method"``: the GroupBy method named ``func``)."""
     grouped: Any = part.groupby(list(by), sort=sort, dropna=dropna, observed=True)
     if selection is not None:
         grouped = grouped[selection]
+    if how == "method":
+        return getattr(grouped, func)(*args, **kwargs)
     return getattr(grouped, how)(func, *args, **kwargs)
+
+
+def _sort_index(part: Any) -> Any:
+    return part.sort_index()
 
 
 @node
@@ -796,6 +803,81 @@ class GroupBy:
         """
         return self._whole_groups("transform", func, args, kwargs, meta)
 
+    # Aggregations that need a group's rows together (no chunk/combine form): computed on
+    # whole groups after a shuffle, then gathered into one partition sorted by key, as the
+    # tree-reduced aggregations are.
+    def median(self, numeric_only: bool = False) -> Any:
+        """Median of each group."""
+        return self._whole_group_aggregate("median", numeric_only=numeric_only)
+
+    def prod(self, numeric_only: bool = False, min_count: int = 0) -> Any:
+        """Product of each group."""
+        return self._whole_group_aggregate("prod", numeric_only=numeric_only, min_count=min_count)
+
+    def idxmax(self, skipna: bool = True) -> Any:
+        """Index label of each group's largest value."""
+        return self._whole_group_aggregate("idxmax", skipna=skipna)
+
+    def idxmin(self, skipna: bool = True) -> Any:
+        """Index label of each group's smallest value."""
+        return self._whole_group_aggregate("idxmin", skipna=skipna)
+
+    def value_counts(self, normalize: bool = False, dropna: bool = True) -> Any:
+        """Counts of each value within each group (a Series indexed by key and value)."""
+        return self._whole_group_aggregate("value_counts", normalize=normalize, dropna=dropna)
+
+    # Per-row results within groups: each row keeps its index label, but (as with
+    # transform) rows come out grouped by partition after the shuffle, not in input order.
+    def cumsum(self) -> Any:
+        """Running sum within each group (rows keep their labels, not their order)."""
+        return self._whole_groups("method", "cumsum", (), {}, None)
+
+    def cumprod(self) -> Any:
+        """Running product within each group (rows keep their labels, not their order)."""
+        return self._whole_groups("method", "cumprod", (), {}, None)
+
+    def cummax(self) -> Any:
+        """Running maximum within each group (rows keep their labels, not their order)."""
+        return self._whole_groups("method", "cummax", (), {}, None)
+
+    def cummin(self) -> Any:
+        """Running minimum within each group (rows keep their labels, not their order)."""
+        return self._whole_groups("method", "cummin", (), {}, None)
+
+    def cumcount(self, ascending: bool = True) -> Any:
+        """Position of each row within its group (rows keep their labels, not their order)."""
+        return self._whole_groups("method", "cumcount", (), {"ascending": ascending}, None)
+
+    def shift(self, periods: int = 1) -> Any:
+        """Values shifted within each group (rows keep their labels, not their order)."""
+        return self._whole_groups("method", "shift", (), {"periods": periods}, None)
+
+    def diff(self, periods: int = 1) -> Any:
+        """Differences within each group (rows keep their labels, not their order)."""
+        return self._whole_groups("method", "diff", (), {"periods": periods}, None)
+
+    def get_group(self, name: Any) -> Any:
+        """The rows of one group (keys given as a value, or a tuple for several keys)."""
+        keys = self._key_labels()
+        if type(self._by) is not tuple or len(keys) != len(self._by):
+            raise UsageError("get_group needs column labels as keys, not a Series")
+        values = name if isinstance(name, tuple) else (name,)
+        if len(values) != len(keys):
+            raise UsageError(f"get_group needs {len(keys)} key values (one per key column), got {name!r}")
+        frame = self._frame
+        mask = None
+        for key, value in zip(keys, values, strict=True):
+            match = frame[key] == value
+            mask = match if mask is None else mask & match
+        rows = frame[mask]
+        return rows if self._selection is None else rows[self._selection]
+
+    def _whole_group_aggregate(self, method: str, **kwargs: Any) -> Any:
+        result = self._whole_groups("method", method, (), kwargs, None)
+        if result.npartitions > 1:
+            result = result.repartition(npartitions=1)
+        return result.map_partitions(_sort_index, meta=result._meta) if self._sort else result
+
     def _whole_groups(self, how: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Any) -> Any:
         from zmqdask.dataframe.planning import meta_from
         from zmqdask.dataframe.shuffle import HashShuffle
@@ -810,9 +892,10 @@ class GroupBy:
             try:
                 meta = emulate(whole_groups_part, frame._meta, *options)
             except Exception as exc:
+                call = f"{func}()" if how == "method" else f"{how}({getattr(func, '__name__', func)!r})"
                 raise UsageError(
-                    f"could not infer the result of groupby(...).{how}({getattr(func, '__name__', func)!r}) on "
-                    f"sample data ({type(exc).__name__}: {exc}); pass meta="
+                    f"could not infer the result of groupby(...).{call} on sample data "
+                    f"({type(exc).__name__}: {exc})" + ("" if how == "method" else "; pass meta=")
                 ) from exc
         else:
             meta = meta_from(meta)
