@@ -55,8 +55,11 @@ def audit_ledger(ledger: Ledger, workers: Mapping[bytes, WorkerPeer], clients: M
     if counts != ledger.counts:
         problems.append(f"state counts {ledger.counts} but actual {counts}")
     for worker in live_workers:
-        if len(worker.processing) > worker.credit:
-            problems.append(f"{worker!r}: {len(worker.processing)} tasks exceed credit {worker.credit}")
+        if worker.busy > worker.credit:
+            problems.append(f"{worker!r}: {worker.busy} tasks exceed credit {worker.credit}")
+        stray = worker.seceded - worker.processing.keys()
+        if stray:
+            problems.append(f"{worker!r}: seceded keys not processing: {sorted(stray)[:3]}")
         for rec in worker.has:
             if rec.who_has is None or worker not in rec.who_has or ledger.tasks.get(rec.key) is not rec:
                 problems.append(f"{worker!r}: holds {rec.key!r} unknown to the record")

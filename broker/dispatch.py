@@ -35,13 +35,13 @@ def choose_worker(rec: TaskRecord, free: list[WorkerPeer]) -> WorkerPeer:
         if scores:
             limit = least.load + LOCALITY_SLACK_TASKS_PER_THREAD
             for holder in sorted(scores, key=scores.__getitem__, reverse=True):
-                if holder.alive and len(holder.processing) < holder.window and holder.load <= limit:
+                if holder.alive and holder.busy < holder.window and holder.load <= limit:
                     return holder
     return least
 
 
 def _load(worker: WorkerPeer) -> float:
-    return len(worker.processing) / worker.nthreads
+    return worker.busy / worker.nthreads
 
 
 AHEAD_PENDING_MAX = 4096
@@ -65,7 +65,7 @@ def dispatch(
     count = 0
     ready = ledger.ready
     if ready:
-        free = [worker for worker in workers if len(worker.processing) < worker.window]
+        free = [worker for worker in workers if worker.busy < worker.window]
         tasks = ledger.tasks
         while free:
             rec = ready.pop(tasks)
@@ -78,7 +78,7 @@ def dispatch(
             worker = choose_worker(rec, free)
             _send(ledger, rec, worker, functions, outbox)
             count += 1
-            if len(worker.processing) >= worker.window:
+            if worker.busy >= worker.window:
                 free.remove(worker)
     if ledger.started or ledger.ahead_pending:
         count += dispatch_ahead(ledger, functions, outbox)
@@ -112,7 +112,7 @@ def dispatch_ahead(ledger: Ledger, functions: dict[bytes, Any], outbox: Outbox) 
             worker = _ahead_worker(rec)
             if worker is None:
                 continue
-            if len(worker.processing) >= worker.window:
+            if worker.busy >= worker.window:
                 remaining.append(rec)
                 continue
             _send(ledger, rec, worker, functions, outbox)

@@ -468,7 +468,7 @@ class Ledger:
 
     def finished(self, worker: WorkerPeer, key: str, type_name: str, nbytes: int, frames: Payload) -> None:
         """DONE FINISHED from ``worker`` for a task (not a STORE)."""
-        slot = worker.processing.pop(key, None)
+        slot = worker.stop_processing(key)
         if slot is not None and slot.processing_on is worker:
             slot.processing_on = None
         rec = self.tasks.get(key)
@@ -493,7 +493,7 @@ class Ledger:
 
     def failed(self, worker: WorkerPeer, key: str, detail: ErrorDetail, frames: Payload) -> None:
         """DONE ERRED from ``worker`` for a task (not a STORE)."""
-        slot = worker.processing.pop(key, None)
+        slot = worker.stop_processing(key)
         if slot is not None and slot.processing_on is worker:
             slot.processing_on = None
         rec = self.tasks.get(key)
@@ -517,7 +517,7 @@ class Ledger:
 
     def cancelled(self, worker: WorkerPeer, key: str) -> None:
         """DONE CANCELLED: ``worker`` dropped a task it had not started."""
-        slot = worker.processing.pop(key, None)
+        slot = worker.stop_processing(key)
         if slot is not None and slot.processing_on is worker:
             slot.processing_on = None
         rec = self.tasks.get(key)
@@ -530,7 +530,7 @@ class Ledger:
 
     def missing_deps(self, worker: WorkerPeer, key: str, dep_keys: list[str]) -> None:
         """DONE MISSING_DEPS: ``worker`` could not obtain these inputs of ``key``."""
-        slot = worker.processing.pop(key, None)
+        slot = worker.stop_processing(key)
         if slot is not None and slot.processing_on is worker:
             slot.processing_on = None
         for dep_key in dep_keys:
@@ -800,6 +800,7 @@ class Ledger:
             else:
                 self.candidates.append(rec)
         worker.processing.clear()
+        worker.seceded.clear()
         # Held keys first: inputs lost with the worker start recomputing before the tasks that
         # need them are requeued, so those find their inputs waiting, not released.
         for rec in list(worker.has):

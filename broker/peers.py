@@ -86,6 +86,7 @@ class WorkerPeer(Peer):
         "pool",
         "processing",
         "requests",
+        "seceded",
         "storing",
         "window",
     )
@@ -111,7 +112,10 @@ class WorkerPeer(Peer):
         self.pool = pool
         self.memory_limit = memory_limit
         self.processing: dict[str, TaskRecord] = {}
-        """Tasks sent and not yet answered (running or prefetched): what counts against credit."""
+        """Tasks sent and not yet answered (running or prefetched)."""
+        self.seceded: set[str] = set()
+        """Keys of ``processing`` whose tasks wait for other tasks (SECEDE): running, but
+        holding no place in the window or the credit, so the tasks they wait for can come."""
         self.has: set[TaskRecord] = set()
         """Keys whose value this worker holds."""
         self.nbytes = 0
@@ -143,14 +147,24 @@ class WorkerPeer(Peer):
         self.pace_since = now
 
     @property
+    def busy(self) -> int:
+        """Tasks that count against the window and the credit: processing, not seceded."""
+        return len(self.processing) - len(self.seceded)
+
+    @property
     def load(self) -> float:
         """Tasks held per executor thread."""
-        return len(self.processing) / self.nthreads
+        return self.busy / self.nthreads
 
     @property
     def free_credit(self) -> int:
         """How many more tasks this worker may be sent now (within its window)."""
-        return self.window - len(self.processing)
+        return self.window - self.busy
+
+    def stop_processing(self, key: str) -> TaskRecord | None:
+        """The record of ``key`` once the worker answered for it (or lost it); None if unknown."""
+        self.seceded.discard(key)
+        return self.processing.pop(key, None)
 
     def describe(self) -> dict[str, Any]:
         """The worker's entry in the broker's INFO_REPLY map."""
@@ -162,6 +176,7 @@ class WorkerPeer(Peer):
             "credit": self.credit,
             "window": self.window,
             "processing": len(self.processing),
+            "seceded": len(self.seceded),
             "nkeys": len(self.has),
             "nbytes": self.nbytes,
             "memory_limit": self.memory_limit,

@@ -45,6 +45,7 @@ from zmqdask.protocol import (
     ROLE_POOL,
     ROLE_WORKER,
     SCATTER,
+    SECEDE,
     SUBMIT,
     UNKNOWN_PEER,
     WELCOME,
@@ -185,6 +186,7 @@ class BrokerState:
             DATA: (self._on_data, _WORKER),
             FETCH: (self._on_fetch, _WORKER),
             WORKER_DIED: (self._on_worker_died, _POOL),
+            SECEDE: (self._on_secede, _WORKER),
         }
 
     # --- public API -------------------------------------------------------------------
@@ -651,6 +653,14 @@ class BrokerState:
             self.ledger.store(min(self._workers.values(), key=lambda w: w.nbytes), rec)
         else:
             self.ledger.pending_stores.append(rec)
+
+    def _on_secede(self, worker: WorkerPeer, message: Message) -> None:
+        # Keys it no longer processes (answered, cancelled) are ignored: the message may
+        # cross their DONE.
+        processing = worker.processing
+        for key in message.header[0]:
+            if key in processing:
+                worker.seceded.add(key)
 
     def _on_release(self, client: ClientPeer, message: Message) -> None:
         # Only noted here: each step applies its share (see RELEASE_KEYS_PER_STEP).

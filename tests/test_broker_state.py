@@ -275,6 +275,25 @@ def test_credit_is_never_exceeded() -> None:
     assert h.state.audit() == []
 
 
+def test_seceded_tasks_leave_room_in_the_window_and_credit_until_they_finish(h: Harness) -> None:
+    h.worker(b"w1", credit=2)
+    h.client(b"c1")
+    out = h.submit(b"c1", [(f"parent{i}", []) for i in range(4)])
+    assert compute_keys(out, b"w1") == ["parent0", "parent1"]  # the credit is full
+    # Both parents wait for children (get_client in a task): they stop counting.
+    out = h.send(b"w1", P.SECEDE, [["parent0", "parent1", "never-sent"]])
+    assert compute_keys(out, b"w1") == ["parent2", "parent3"]
+    out = h.submit(b"c1", [("child0", [])])
+    assert compute_keys(out, b"w1") == []  # parent2 and parent3 fill the credit again
+    out = h.send(b"w1", P.SECEDE, [["parent2"]])
+    assert compute_keys(out, b"w1") == ["child0"]
+    info = h.state.info()["workers"]
+    assert [(w["processing"], w["seceded"]) for w in info.values()] == [(5, 3)]
+    h.finish(b"w1", "child0", "parent0", "parent2")  # answers end the seceded state
+    assert h.state.workers[b"w1"].seceded == {"parent1"}
+    assert h.state.audit() == []
+
+
 def test_function_frames_are_sent_once_per_worker(h: Harness) -> None:
     h.worker(b"w1", credit=1)
     h.client(b"c1")

@@ -210,11 +210,19 @@ def nested_children(depth: int) -> int:
     return 1 + client.submit(nested_children, depth - 1, pure=False).result(timeout=60)
 
 
+def child_of(i: int) -> int:
+    from zmqdask import get_client
+
+    return get_client().submit(inc, i, pure=False).result(timeout=60)
+
+
 def test_tasks_submit_tasks_through_get_client_without_running_out_of_threads(client: Client) -> None:
     # Workers have one thread each: the waiting tasks give their thread to their children.
     parents = client.map(sum_of_children, [20, 30, 40, 50], pure=False)
     assert client.gather(parents) == [210, 465, 820, 1275]
     assert client.submit(nested_children, 4, pure=False).result(timeout=60) == 5
+    # More waiting parents than the workers' windows hold: seceded tasks leave room.
+    assert client.gather(client.map(child_of, range(120), pure=False)) == list(range(1, 121))
 
 
 def test_get_client_outside_tasks_without_a_client_says_how_to_get_one() -> None:

@@ -502,22 +502,23 @@ class Executor:
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in self._threads)
 
-    def secede(self) -> bool:
+    def secede(self) -> str | None:
         """Called by a task that is about to wait for other tasks: its thread leaves the pool.
 
         A new thread takes its place at once, so the tasks it waits for (which the broker
         may well send here) find a thread to run on; the seceded thread ends once its task
-        has.  False when the caller is not an executor thread or has seceded already.
+        has.  Returns the task's key, or None when the caller is not an executor thread or
+        has seceded already.
         """
         local = self._local
         if getattr(local, "seceded", True):
-            return False
+            return None
         local.seceded = True
         # The replacement has no running slot (index -1): the slots are the pool's, sized
         # for the threads the worker was started with.
         thread = threading.Thread(target=self._work, args=(-1,), name=f"{self._name}-replacement", daemon=True)
         thread.start()
-        return True
+        return str(local.key)
 
     def _work(self, index: int) -> None:
         tasks, results, lock = self._tasks, self._results, self._lock
@@ -536,6 +537,7 @@ class Executor:
                 task.state = STATE_RUNNING
             if slots is not None:
                 write_slot(slots, index, task.key.encode("utf-8"))
+            local.key = task.key
             execute(task)
             if slots is not None:
                 clear_slot(slots, index)

@@ -47,6 +47,9 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
     DONE         [entries]                    worker -> broker; entries [[key, code, detail, nframes]]
     FETCH        [request_id, holder, keys]   worker -> broker: get me these values from holder
     WORKER_DIED  [identity, running_keys, exitcode]   pool -> broker
+    SECEDE       [keys]                       worker -> broker: these running tasks wait for
+                                              other tasks (get_client in a task); do not count
+                                              them against my window and credit any more
 
 Inline payloads: wherever an entry ends with ``nframes`` (SUBMIT, SCATTER, REPORT, COMPUTE,
 STORE, DATA and DONE entries), that field may instead be a ``bytes`` value: the entry's payload
@@ -100,6 +103,7 @@ CANCEL_TASKS = 25
 DONE = 26
 FETCH = 27
 WORKER_DIED = 28
+SECEDE = 29
 
 COMMAND_NAMES: dict[int, str] = {
     value: name
@@ -514,6 +518,7 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     DONE: _v_done,
     FETCH: _v_fetch,
     WORKER_DIED: _v_worker_died,
+    SECEDE: _v_keys,
 }
 
 

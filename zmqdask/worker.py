@@ -75,6 +75,7 @@ from zmqdask.protocol import (
     HELLO,
     MISSING_DEPS,
     ROLE_WORKER,
+    SECEDE,
     STORE,
     UNKNOWN_PEER,
     WELCOME,
@@ -535,8 +536,8 @@ class Worker:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._executor = Executor(self.nthreads, self._wake_main, self._slots, hand_over=self._hand_over)
-        global _executor_for_tasks
-        _executor_for_tasks = self._executor  # one worker per process: for secede_current_task()
+        global _worker_for_tasks
+        _worker_for_tasks = self  # one worker per process: for secede_current_task()
         signals: SignalWakeup | None = None
         if threading.current_thread() is threading.main_thread():
             # A managed worker leaves Ctrl-C to its pool manager, which stops it in order.
@@ -625,6 +626,17 @@ class Worker:
                     pass
         with lock:
             return self._leave("worker stopping", EXIT_OK)
+
+    def secede(self) -> None:
+        """The task on the calling executor thread waits for other tasks: a new thread takes
+        its place, and the broker stops counting it against this worker's window and credit
+        (else tasks waiting on tasks they cannot get sent here could fill both for good)."""
+        key = self._executor.secede()
+        if key is None:
+            return
+        with self._io_lock:
+            if not self._closed:
+                self._link.send(SECEDE, [[key]])
 
     def _run_inline(self, task: Task) -> None:
         """Run a quick task on this thread while the executor is idle, then send its DONE.
@@ -1101,14 +1113,15 @@ class Worker:
 
 
 _task_client_address: str | None = None
-_executor_for_tasks: Executor | None = None
+_worker_for_tasks: Worker | None = None
 
 
 def secede_current_task() -> None:
-    """The calling task is about to wait for other tasks: free its executor thread's place."""
-    executor = _executor_for_tasks
-    if executor is not None:
-        executor.secede()
+    """The calling task is about to wait for other tasks: free its thread's place, and its
+    place in the broker's count of this worker's tasks (see :meth:`Worker.secede`)."""
+    worker = _worker_for_tasks
+    if worker is not None:
+        worker.secede()
 
 
 def task_client_address() -> str | None:
