@@ -293,3 +293,23 @@ def test_as_completed_batches_and_timeout(client: Client, cluster: LocalCluster)
                     pass
 
     asyncio.run(main())
+
+
+class TwoPartError(Exception):
+    """An exception whose __init__ takes more than it passes on to Exception."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def raise_two_part(code: int) -> None:
+    raise TwoPartError("failed", code)
+
+
+def test_exceptions_whose_init_differs_from_their_args_keep_type_and_attributes(client: Client) -> None:
+    future = client.submit(raise_two_part, 7)
+    with pytest.raises(TwoPartError, match="failed") as caught:
+        future.result()
+    assert caught.value.code == 7
+    assert isinstance(future.exception(), TwoPartError) and future.exception().code == 7

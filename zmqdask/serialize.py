@@ -115,13 +115,46 @@ def dumps_error(exc: BaseException, origin_key: str) -> tuple[list[Any], list[An
     """Serialize a task's exception; returns ``(detail, frames)`` for an ERRED entry."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None
-    try:
-        frame = cloudpickle.dumps((exc, text), protocol=PICKLE_PROTOCOL)
-        pickle.loads(frame)  # an exception that pickles but cannot be rebuilt is replaced too
-    except Exception:
+    frame = None
+    # Plainly first; then, for an exception whose __init__ does not take its own ``args``
+    # (``def __init__(self, a, b): super().__init__(a)``), rebuilt without calling __init__;
+    # only what cannot travel at all is replaced by a stand-in.
+    forms: list[Any] = [exc]
+    if type(exc).__reduce__ is BaseException.__reduce__:  # a class's own __reduce__ is its say
+        forms.append(_RebuiltException(exc))
+    for form in forms:
+        try:
+            candidate = cloudpickle.dumps((form, text), protocol=PICKLE_PROTOCOL)
+            pickle.loads(candidate)  # an exception that pickles but cannot be rebuilt fails here
+        except Exception:
+            continue
+        frame = candidate
+        break
+    if frame is None:
         stand_in = RemoteTaskFailure(type(exc).__name__, str(exc), text)
         frame = cloudpickle.dumps((stand_in, text), protocol=PICKLE_PROTOCOL)
     return [type(exc).__name__, _truncate(str(exc)), origin_key], [frame]
+
+
+class _RebuiltException:
+    """Pickles as its exception's class, ``args`` and attributes, rebuilt without ``__init__``."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return (rebuild_exception, (type(exc), exc.args, dict(getattr(exc, "__dict__", {}))))
+
+
+def rebuild_exception(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    """An instance of ``cls`` with these ``args`` and attributes, made without calling its ``__init__``."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 def loads_error(detail: list[Any], frames: list[Any]) -> tuple[BaseException, str]:
