@@ -111,3 +111,27 @@ def test_delayed_under_an_asynchronous_client(cluster) -> None:  # type: ignore[
                 value.compute()
 
     asyncio.run(main())
+
+
+def load_part(i: int) -> pd.DataFrame:
+    return pd.DataFrame({"i": [i] * 3, "x": [10 * i, 10 * i + 1, 10 * i + 2]})
+
+
+def test_from_delayed_and_to_delayed_without_a_client() -> None:
+    frame = dd.from_delayed([delayed(load_part)(i) for i in range(4)])
+    expected = pd.concat([load_part(i) for i in range(4)])
+    assert frame.npartitions == 4 and len(frame) == 12
+    pd.testing.assert_frame_equal(frame.compute(), expected)
+    parts = (frame.x * 2).to_delayed()
+    assert len(parts) == 4 and parts[2].compute().tolist() == [40, 42, 44]
+    with pytest.raises(UsageError, match="list of delayed values"):
+        dd.from_delayed([load_part(0)])
+
+
+def test_from_delayed_and_to_delayed_on_a_cluster(client: Client) -> None:
+    parts = [delayed(load_part)(i) for i in range(4)]
+    frame = dd.from_delayed(parts, meta={"i": "int64", "x": "int64"})
+    assert frame.groupby("i").x.sum().compute().tolist() == [3, 33, 63, 93]
+    assert dd.from_delayed(parts).x.max().compute() == 32  # meta from the first partition
+    pieces = frame.x.to_delayed()
+    assert delayed(sum)([piece.sum() for piece in pieces]).compute() == 192

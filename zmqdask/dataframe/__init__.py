@@ -22,6 +22,7 @@ __all__ = [
     "Scalar",
     "Series",
     "concat",
+    "from_delayed",
     "from_pandas",
     "map_partitions",
     "merge",
@@ -48,6 +49,20 @@ def from_pandas(data: Any, npartitions: int | None = None, chunksize: int | None
     from zmqdask.dataframe.sources import from_pandas_expr
 
     return new_collection(from_pandas_expr(data, npartitions=npartitions, chunksize=chunksize, sort=sort))
+
+
+def from_delayed(dfs: Any, meta: Any = None, divisions: Any = None, verify_meta: bool = True) -> Any:
+    """A collection whose partitions are the values of delayed calls (or futures), in order.
+
+    The delayed values are sent off for computing at once (to the current client, or
+    computed in this process without one), and the frame is backed by their results.
+    ``meta`` (an empty frame, or a dict or list of ``(column, dtype)``) gives the schema;
+    without it the first partition is waited for, which an asynchronous client's running
+    loop cannot do (pass ``meta=`` there).  ``divisions`` may give the index bounds.
+    """
+    from zmqdask.dataframe.sources import from_delayed_collection
+
+    return from_delayed_collection(dfs, meta=meta, divisions=divisions, verify_meta=verify_meta)
 
 
 def concat(objs: Any, axis: int | str = 0, ignore_index: bool = False) -> Any:

@@ -147,6 +147,14 @@ class Collection:
         (result,) = persist(self, scheduler=scheduler, optimize_graph=optimize_graph)
         return result
 
+    def to_delayed(self, optimize_graph: bool = True) -> list[Any]:
+        """One delayed value per partition (each computes to that pandas partition)."""
+        from zmqdask.delayed import Delayed
+        from zmqdask.graph import cull
+
+        graph, keys = self.__zmqdask_graph__()
+        return [Delayed(key, None, (), cull(graph, [key])) for key in keys]
+
     def _persist_locally(self) -> Any:
         from zmqdask.dataframe.sources import make_partitions_source
         from zmqdask.graph import execute_local

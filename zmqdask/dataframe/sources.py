@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Hashable
 from functools import cached_property
 from typing import Any
@@ -236,3 +237,39 @@ def make_partitions_source(parts: list[Any], meta: Any, divisions: tuple[Any, ..
 def make_futures_source(futures: list[Any], meta: Any, divisions: tuple[Any, ...]) -> FromFutures:
     """A source over partitions held by the cluster."""
     return FromFutures(tuple(futures), make_meta(meta), tuple(divisions))
+
+
+def from_delayed_collection(dfs: Any, *, meta: Any, divisions: Any, verify_meta: bool) -> Any:
+    """The collection :func:`zmqdask.dataframe.from_delayed` returns (see there)."""
+    from zmqdask.base import get_client
+    from zmqdask.dataframe.collection import new_collection
+    from zmqdask.dataframe.planning import meta_from
+    from zmqdask.delayed import Delayed
+    from zmqdask.errors import UsageError
+    from zmqdask.future import Future
+
+    parts = [dfs] if isinstance(dfs, (Delayed, Future)) else list(dfs)
+    if not parts or not all(isinstance(part, (Delayed, Future)) for part in parts):
+        raise UsageError("from_delayed needs a non-empty list of delayed values (or futures) of pandas objects")
+    if divisions is None:
+        divisions = (None,) * (len(parts) + 1)
+    elif len(divisions) != len(parts) + 1:
+        raise UsageError(f"divisions need {len(parts) + 1} values for {len(parts)} partitions, got {len(divisions)}")
+    client = get_client()
+    if client is None:
+        from zmqdask.base import compute
+
+        values = list(compute(*parts))
+        first = values[0]
+        meta = first.iloc[:0] if meta is None else meta_from(meta)
+        name = f"from-delayed-{uuid.uuid4().hex}"
+        return new_collection(make_partitions_source(values, meta, tuple(divisions), name))
+    futures = [part if isinstance(part, Future) else client.compute(part) for part in parts]
+    if meta is None:
+        from zmqdask.base import ensure_blocking_allowed
+
+        ensure_blocking_allowed(client, "dd.from_delayed(parts, meta=...)")
+        meta = futures[0].result().iloc[:0]
+    else:
+        meta = meta_from(meta)
+    return new_collection(make_futures_source(futures, meta, tuple(divisions)))
