@@ -376,3 +376,16 @@ def test_get_group_by_one_and_by_several_keys() -> None:
     )
     with pytest.raises(UsageError, match="2 key values"):
         lazy.groupby(["k", "j"]).get_group("a")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"x": "median", "i": "prod"}, {"x": ["median", "mean"], "i": "sum"}, ["median", "max"]],
+    ids=["dict", "dict-of-lists", "list"],
+)
+def test_agg_with_whole_group_aggregations_matches_pandas(spec: Any) -> None:
+    frame = _frame()[["j", "x", "i"]]
+    lazy = zd.from_pandas(frame, npartitions=4)
+    pd.testing.assert_frame_equal(lazy.groupby("j").agg(spec).compute(), frame.groupby("j").agg(spec))
+    named = lazy.groupby("j").agg(mid=("x", "median"), total=("i", "sum")).compute()
+    pd.testing.assert_frame_equal(named, frame.groupby("j").agg(mid=("x", "median"), total=("i", "sum")))

@@ -134,6 +134,26 @@ class AggPlan:
         return seen
 
 
+WHOLE_GROUP_AGGREGATIONS = frozenset({"median", "prod", "idxmax", "idxmin"})
+"""Aggregations ``agg`` accepts by name that are computed on whole groups (no tree form)."""
+
+
+def _needs_whole_groups(arg: Any, named: dict[str, Any]) -> bool:
+    """Whether an ``agg`` specification names an aggregation of :data:`WHOLE_GROUP_AGGREGATIONS`."""
+    names: list[Any] = []
+    if isinstance(arg, dict):
+        for value in arg.values():
+            names.extend(value if isinstance(value, list) else [value])
+    elif isinstance(arg, list):
+        names.extend(arg)
+    elif arg is not None:
+        names.append(arg)
+    for value in named.values():
+        if isinstance(value, tuple) and len(value) == 2:
+            names.append(value[1])
+    return any(isinstance(name, str) and name in WHOLE_GROUP_AGGREGATIONS for name in names)
+
+
 def _func_name(func: Any) -> str:
     if isinstance(func, str):
         return func
@@ -779,6 +799,12 @@ class GroupBy:
         """Aggregate by name, list of names, dict column -> name(s), or ``label=(column, name)``."""
         if arg is None and not named:
             raise UsageError("agg needs an aggregation: a name, a list, a dict, or label=(column, name)")
+        if _needs_whole_groups(arg, named):
+            # Some of them (a median, a product...) have no chunk/combine form: all of them
+            # are computed by pandas on whole groups instead.
+            if named:
+                return self._whole_group_aggregate("agg", **named)
+            return self._whole_group_aggregate("agg", arg)
         return self._aggregate(arg, named=named or None, split_every=split_every)
 
     aggregate = agg
@@ -872,8 +898,8 @@ class GroupBy:
         rows = frame[mask]
         return rows if self._selection is None else rows[self._selection]
 
-    def _whole_group_aggregate(self, method: str, **kwargs: Any) -> Any:
-        result = self._whole_groups("method", method, (), kwargs, None)
+    def _whole_group_aggregate(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        result = self._whole_groups("method", method, args, kwargs, None)
         if result.npartitions > 1:
             result = result.repartition(npartitions=1)
         return result.map_partitions(_sort_index, meta=result._meta) if self._sort else result
