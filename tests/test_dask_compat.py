@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -66,6 +67,11 @@ def test_script_functions_work_in_dataframe_operations_and_task_prints_are_shown
                 print("printed by task", x, flush=True)
                 return x
 
+            def chatty(t):
+                for i in range(20):
+                    print(f"LINE-{t}-{i}")
+                return t
+
             if __name__ == "__main__":
                 pdf = pd.DataFrame({"x": range(10)})
                 with Client(n_workers=1) as client:
@@ -73,6 +79,7 @@ def test_script_functions_work_in_dataframe_operations_and_task_prints_are_shown
                     print("map_partitions", df.map_partitions(double).x.sum().compute())
                     print("map", df.x.map(Offset(1)).sum().compute())
                     print("result", client.submit(shout, 7).result())
+                    client.gather(client.map(chatty, range(6)))
             """
         )
     )
@@ -81,6 +88,8 @@ def test_script_functions_work_in_dataframe_operations_and_task_prints_are_shown
     lines = done.stdout.splitlines()
     assert "map_partitions 90" in lines and "map 55" in lines and "result 7" in lines
     assert "printed by task 7" in lines  # the worker's stdout is this process's, as in Dask
+    # Workers print concurrently: every line arrives whole.
+    assert sum(1 for line in lines if re.fullmatch(r"LINE-\d-\d+", line)) == 120, done.stdout
     assert "zmqdask-worker started" not in done.stdout
 
 

@@ -270,7 +270,7 @@ def parse_bytes(value: int | float | str) -> int:
 
 
 def _child_environment() -> dict[str, str]:
-    """The children's environment: ours plus import path, pid, large pages, unbuffered output.
+    """The children's environment: ours, plus our import path, our pid and large pages.
 
     Workers must import whatever modules the client's functions come from, as
     multiprocessing-started workers would; the parent pid lets the children exit when this
@@ -283,8 +283,6 @@ def _child_environment() -> dict[str, str]:
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.setdefault("GLIBC_TUNABLES", LARGE_PAGES_TUNABLE)
-    # Tasks' prints appear as they are made, not when a worker's buffer fills or it exits.
-    env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 

@@ -103,6 +103,12 @@ def _child_main(log_level: int | None, options: dict[str, Any]) -> None:
     # Worker processes do not inherit the CLI's logging setup (they are not forked from it).
     if log_level is not None:
         logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    # Each line a task prints leaves in one write: whole, even with other workers printing to
+    # the same terminal or pipe, and at once rather than when a block buffer fills.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True, write_through=False)
     run_worker(**options)
 
 
