@@ -125,8 +125,11 @@ def test_scheduler_keyword_computes_locally_or_says_what_it_accepts(client: Clie
 
 def test_client_of_a_local_cluster_not_started_yet_starts_it_and_leaves_it_running() -> None:
     cluster = LocalCluster(n_workers=1, memory_limit="1.5GB")
+    assert cluster.status == "created" and cluster.dashboard_link is None
     try:
         with Client(cluster) as client:
+            assert cluster.status == "running" and cluster.scheduler_address == cluster.address
+            assert client.id == client.name
             assert client.status == "running"
             assert client.submit(inc, 1).result() == 2
             workers = client.scheduler_info()["workers"].values()
@@ -201,6 +204,14 @@ def test_shutdown_closes_the_client_and_its_own_cluster() -> None:
     assert cluster is not None and cluster.broker_pid is not None
     client.shutdown()
     assert client.status == "closed" and cluster.broker_pid is None
+
+
+def test_shutdown_stops_a_local_cluster_the_client_was_given() -> None:
+    cluster = LocalCluster(n_workers=1)
+    client = Client(cluster)
+    assert client.submit(inc, 1).result() == 2
+    client.shutdown()
+    assert client.status == "closed" and cluster.status == "closed"
 
 
 def sum_of_children(n: int) -> int:

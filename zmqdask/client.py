@@ -899,11 +899,32 @@ class Client(BrokerSession):
             delay = min(delay * 1.5, WORKERS_POLL_MAX_S)
 
     def shutdown(self) -> Any:
-        """Close the client and stop the local cluster it started (Dask's name for it).
+        """Close the client and stop its local cluster: the one it started, or the
+        ``LocalCluster`` it was given (Dask's ``shutdown``).
 
-        A broker and workers started separately keep running: stop them with SIGTERM.
+        A broker and workers started as daemons keep running: stop them with SIGTERM.
         """
-        return self.close()
+        given, self._given_cluster = self._given_cluster, None
+        if self.asynchronous:
+            return self._shutdown_async(given)
+        try:
+            self.close()
+        finally:
+            if given is not None:
+                given.close()
+        return None
+
+    async def _shutdown_async(self, given: Any) -> None:
+        try:
+            await self._close()
+        finally:
+            if given is not None:
+                await asyncio.to_thread(given.close)
+
+    @property
+    def id(self) -> str:
+        """This client's name, unique per client (Dask's ``Client.id``)."""
+        return self.name
 
     @property
     def dashboard_link(self) -> None:
@@ -994,6 +1015,22 @@ _UNSUPPORTED_DASK_METHODS = {
     "get_task_stream": "there is no task stream; time tasks in your own code",
     "profile": "profile a task's function in the client, or run py-spy on a worker process",
     "get_executor": "use submit/map and gather",
+    "get_versions": "zmqdask.__version__ and the packages' own versions tell them; the cluster runs this one",
+    "futures_of": "keep the futures you submit, or persist() and compute the collection again",
+    "get_metadata": "keep such values in the client (a dict) or scatter them",
+    "set_metadata": "keep such values in the client (a dict) or scatter them",
+    "processing": "scheduler_info() gives each worker's count of processing tasks",
+    "get_worker_logs": "workers log to the standard error of their pool (the client's, for Client())",
+    "get_scheduler_logs": "the broker logs to its standard error (the client's, for Client())",
+    "retire_workers": "stop a worker pool with SIGTERM: its running tasks go to other workers",
+    "write_scheduler_file": "pass the broker's address (client.scheduler_info()['address']) instead",
+    "forward_logging": "workers log to the standard error of their pool (the client's, for Client())",
+    "story": "set --log-level DEBUG on the broker and workers to follow a key",
+    "call_stack": "run py-spy dump on the worker process (scheduler_info() gives its pid)",
+    "dump_cluster_state": "scheduler_info() gives the broker's view of workers and tasks",
+    "unpublish_dataset": "keep the futures (or persisted collections) in the client that made them",
+    "datasets": "keep the futures (or persisted collections) in the client that made them",
+    "unregister_worker_plugin": "there are no plugins; do per-worker set-up at import time of your module",
 }
 
 

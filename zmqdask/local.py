@@ -178,6 +178,23 @@ class LocalCluster:
         )
 
     @property
+    def scheduler_address(self) -> str | None:
+        """The broker's address (Dask's name for it): what ``Client(address)`` takes."""
+        return self.address
+
+    @property
+    def dashboard_link(self) -> None:
+        """None: zmqdask has no dashboard."""
+        return None
+
+    @property
+    def status(self) -> str:
+        """``"running"`` once started and until closed, else ``"created"`` or ``"closed"``."""
+        if self._broker is not None:
+            return "running"
+        return "closed" if self.address is not None else "created"
+
+    @property
     def broker_pid(self) -> int | None:
         """Process id of the broker, None when it is not running."""
         return self._broker.pid if self._broker is not None else None
