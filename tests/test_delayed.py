@@ -70,6 +70,14 @@ def test_operators_items_attributes_and_unpacking() -> None:
     assert hash(a) == hash(a.key)
 
 
+def test_wrapping_twice_naming_values_and_introspection() -> None:
+    assert delayed(delayed(abs))(-3).compute() == 3
+    five = delayed(5, name="five")
+    assert five.key == "five" and (five + 1).compute() == 6
+    total = delayed(add)(five, 1)
+    assert set(total.__dask_graph__()) == {"five", total.key} and total.__dask_keys__() == [total.key]
+
+
 def test_what_a_delayed_value_cannot_do_is_said_clearly() -> None:
     a = delayed(inc)(1)
     with pytest.raises(TypeError, match="not known until it is computed"):

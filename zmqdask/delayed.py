@@ -52,6 +52,14 @@ class Delayed:
         """The task graph behind this value (introspection)."""
         return graph_of([self])
 
+    def __dask_graph__(self) -> dict[str, TaskSpec]:
+        """The task graph behind this value (introspection, as on DataFrames)."""
+        return graph_of([self])
+
+    def __dask_keys__(self) -> list[str]:
+        """The key of this value, as a one-element list."""
+        return [self._key]
+
     def __repr__(self) -> str:
         return f"Delayed({self._key!r})"
 
@@ -218,13 +226,15 @@ def delayed(
     """
     if obj is None:
         return lambda fn: delayed(fn, pure=pure, nout=nout, name=name, traverse=traverse)
-    if isinstance(obj, Delayed):
+    if isinstance(obj, (Delayed, DelayedFunction)):
         return obj
     if callable(obj) and not is_collection(obj):
         if nout is not None and (not isinstance(nout, int) or nout < 0):
             raise UsageError(f"nout must be a non-negative int, got {nout!r}")
         return DelayedFunction(obj, pure, nout, name)
-    return _call(_identity, (obj if traverse else _Opaque(obj),), {}, name=name or type(obj).__name__, pure=True)
+    # As in Dask, the name of a wrapped value is its key.
+    wrapped = obj if traverse else _Opaque(obj)
+    return _call(_identity, (wrapped,), {}, name=type(obj).__name__, pure=True, key=name)
 
 
 class _Opaque:
