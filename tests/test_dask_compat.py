@@ -333,3 +333,22 @@ def test_exceptions_whose_init_differs_from_their_args_keep_type_and_attributes(
         future.result()
     assert caught.value.code == 7
     assert isinstance(future.exception(), TwoPartError) and future.exception().code == 7
+
+
+def test_explode_melt_and_comparison_methods_match_pandas() -> None:
+    pdf = pd.DataFrame({"a": [[1, 2], [3], [], [4, 5, 6]] * 3, "b": range(12), "c": [1.5 * i for i in range(12)]})
+    frame = dd.from_pandas(pdf, npartitions=3)
+    pd.testing.assert_frame_equal(frame.explode("a").compute(), pdf.explode("a"))
+    pd.testing.assert_series_equal(frame.a.explode().compute(), pdf.a.explode())
+    pd.testing.assert_series_equal(frame.b.gt(5).compute(), pdf.b.gt(5))
+    pd.testing.assert_series_equal(frame.b.le(frame.c).compute(), pdf.b.le(pdf.c))
+    pd.testing.assert_frame_equal(frame[["b", "c"]].ne(3).compute(), pdf[["b", "c"]].ne(3))
+    wide = pd.DataFrame({"id": range(6), "x": range(6), "y": range(10, 16)})
+    long = dd.melt(dd.from_pandas(wide, npartitions=2), id_vars="id").compute()
+    expected = pd.melt(wide, id_vars="id")
+    order = ["variable", "id"]
+    pd.testing.assert_frame_equal(
+        long.sort_values(order).reset_index(drop=True), expected.sort_values(order).reset_index(drop=True)
+    )
+    with pytest.raises(UsageError, match="reset_index"):
+        frame.explode("a", ignore_index=True)

@@ -25,6 +25,7 @@ __all__ = [
     "from_delayed",
     "from_pandas",
     "map_partitions",
+    "melt",
     "merge",
     "new_collection",
     "read_csv",
@@ -70,6 +71,13 @@ def concat(objs: Any, axis: int | str = 0, ignore_index: bool = False) -> Any:
     from zmqdask.dataframe.multi import concat as concat_
 
     return concat_(objs, axis=axis, ignore_index=ignore_index)
+
+
+def melt(
+    frame: Any, id_vars: Any = None, value_vars: Any = None, var_name: Any = None, value_name: Any = "value"
+) -> Any:
+    """Wide to long, as ``pandas.melt`` (see ``DataFrame.melt``)."""
+    return frame.melt(id_vars=id_vars, value_vars=value_vars, var_name=var_name, value_name=value_name)
 
 
 def merge(left: Any, right: Any, **kwargs: Any) -> Any:

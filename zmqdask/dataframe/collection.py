@@ -368,6 +368,24 @@ class DataFrame(_Frame):
             raise KeyError(f"columns not found: {missing}")
         return self[[c for c in self._meta.columns if c not in dropped]]
 
+    def melt(
+        self,
+        id_vars: Any = None,
+        value_vars: Any = None,
+        var_name: Any = None,
+        value_name: Any = "value",
+    ) -> DataFrame:
+        """Wide to long, as ``pandas.melt``, partition by partition (the index is not kept)."""
+        return map_partitions(
+            pd.melt,
+            self,
+            id_vars=id_vars,
+            value_vars=value_vars,
+            var_name=var_name,
+            value_name=value_name,
+            clear_divisions=True,
+        )
+
     def reset_index(self, drop: bool = False) -> DataFrame:
         """The index moved into a column (unless ``drop``), rows numbered 0..n-1 as in pandas."""
         return DataFrame(plan.reset_index_expr(self._expr, drop))
