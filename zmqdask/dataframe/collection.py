@@ -86,6 +86,8 @@ class _Frame(Collection, FrameMethods, FrameReductions):
     __ge__ = _binary("ge")
     __eq__ = _binary("eq")
     __ne__ = _binary("ne")
+    # pandas' comparison methods are the operators (alignment included).
+    eq, ne, lt, le, gt, ge = __eq__, __ne__, __lt__, __le__, __gt__, __ge__
     __and__ = _binary("and_")
     __rand__ = _binary("and_", True)
     __or__ = _binary("or_")

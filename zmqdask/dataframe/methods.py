@@ -76,30 +76,6 @@ class FrameMethods:
         """Values where ``cond`` does not hold, ``other`` elsewhere."""
         return self._method("mask", cond, other)
 
-    def eq(self, other: Any) -> Any:
-        """Elementwise ``==`` (``other``: a scalar or an aligned collection)."""
-        return self._method("eq", other)
-
-    def ne(self, other: Any) -> Any:
-        """Elementwise ``!=``."""
-        return self._method("ne", other)
-
-    def lt(self, other: Any) -> Any:
-        """Elementwise ``<``."""
-        return self._method("lt", other)
-
-    def le(self, other: Any) -> Any:
-        """Elementwise ``<=``."""
-        return self._method("le", other)
-
-    def gt(self, other: Any) -> Any:
-        """Elementwise ``>``."""
-        return self._method("gt", other)
-
-    def ge(self, other: Any) -> Any:
-        """Elementwise ``>=``."""
-        return self._method("ge", other)
-
     def explode(self, *args: Any, **kwargs: Any) -> Any:
         """List-like values spread over rows, each keeping its row's index (as in pandas)."""
         if kwargs.get("ignore_index"):
