@@ -54,6 +54,12 @@ def audit_ledger(ledger: Ledger, workers: Mapping[bytes, WorkerPeer], clients: M
                 problems.append(f"{key!r}: wanted by dead or unaware client {client!r}")
     if counts != ledger.counts:
         problems.append(f"state counts {ledger.counts} but actual {counts}")
+    refs: dict[bytes, int] = {}
+    for rec in ledger.tasks.values():
+        if rec.fn_hash is not None:
+            refs[rec.fn_hash] = refs.get(rec.fn_hash, 0) + 1
+    if refs != ledger.function_refs:
+        problems.append(f"function references {ledger.function_refs} but records run {refs}")
     for worker in live_workers:
         if worker.busy > worker.credit:
             problems.append(f"{worker!r}: {worker.busy} tasks exceed credit {worker.credit}")

@@ -219,11 +219,15 @@ class Ledger:
         self.gets: dict[tuple[WorkerPeer, ClientPeer], list[str]] = {}
         """Values to fetch from a holder for a client this step: (holder, client) -> keys."""
         self.pending_stores: deque[TaskRecord] = deque()
+        """Scattered values waiting for the first worker to register."""
         self.started: list[TaskRecord] = []
         """Records sent to a worker this step that have dependents (see dispatch_ahead)."""
         self.ahead_pending: list[TaskRecord] = []
         """Records that could go ahead of their inputs but found no room on the worker."""
-        """Scattered values waiting for the first worker to register."""
+        self.function_refs: dict[bytes, int] = {}
+        """How many records run each function (the broker keeps a function while any does)."""
+        self.unreferenced_functions: list[bytes] = []
+        """Functions whose last record was forgotten, for the broker's FunctionTable."""
         self._seq = itertools.count()
 
     # --- primitives -------------------------------------------------------------------
@@ -265,6 +269,9 @@ class Ledger:
     ) -> TaskRecord:
         """Create a released record for a key not in the ledger."""
         rec = TaskRecord(key, fn_hash, payload, deps or _NO_DEPS, priority, next(self._seq), retries, is_data)
+        if fn_hash is not None:
+            refs = self.function_refs
+            refs[fn_hash] = refs.get(fn_hash, 0) + 1
         for dep in deps:
             if dep.dependents is None:
                 dep.dependents = {rec}
@@ -631,6 +638,8 @@ class Ledger:
             # straight to the ready queue (what new_task, add_interest and make_ready do).
             rec = TaskRecord(key, known_fn_hash, frames, _NO_DEPS, priority, next(self._seq), retries, False)
             tasks[key] = rec
+            refs = self.function_refs
+            refs[known_fn_hash] = refs.get(known_fn_hash, 0) + 1
             rec.state = QUEUED
             self.counts[QUEUED] += 1
             if wanted:
@@ -898,6 +907,16 @@ class Ledger:
         rec.deps = _NO_DEPS
         rec.payload = None
         rec.error = None
+        fn_hash = rec.fn_hash
+        if fn_hash is not None:
+            refs = self.function_refs
+            left = refs[fn_hash] - 1
+            if left:
+                refs[fn_hash] = left
+            else:
+                del refs[fn_hash]
+                self.unreferenced_functions.append(fn_hash)
+            rec.fn_hash = None
 
 
 def _unrecomputable(key: str, dependent: str | None = None) -> ErrorDetail:

@@ -41,13 +41,15 @@ class Peer:
 class ClientPeer(Peer):
     """A client: holds futures (``wanted_by``) and waits for values (``push_to``)."""
 
-    __slots__ = ("interest", "pid")
+    __slots__ = ("functions", "interest", "pid")
 
     def __init__(self, identity: bytes, name: str, pid: int, now: float) -> None:
         super().__init__(identity, ROLE_CLIENT, name, now)
         self.pid = pid
         self.interest: set[TaskRecord] = set()
         """Records naming this client in ``wanted_by`` or ``push_to`` (released at its death)."""
+        self.functions: set[bytes] = set()
+        """Hashes of the functions this client sent and may name again without sending."""
 
 
 BASE_PREFETCH_PER_THREAD = DEFAULT_PREFETCH_PER_THREAD
@@ -179,6 +181,7 @@ class WorkerPeer(Peer):
             "seceded": len(self.seceded),
             "nkeys": len(self.has),
             "nbytes": self.nbytes,
+            "functions": len(self.functions_sent),
             "memory_limit": self.memory_limit,
             "pool": self.pool,
         }

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from broker.audit import audit_ledger
 from broker.dispatch import dispatch
+from broker.functions import FunctionTable
 from broker.ledger import ERRED, FORGOTTEN, MEMORY, PROCESSING, Ledger, TaskRecord
 from broker.outbox import Outbox, Outgoing, Payload, payload_nbytes
 from broker.peers import ClientPeer, Peer, PoolPeer, WorkerPeer
@@ -33,6 +34,7 @@ from zmqdask.protocol import (
     ERR_TOO_LARGE,
     ERROR,
     FETCH,
+    FORGET_FUNCTIONS,
     GATHER,
     GET,
     GOODBYE,
@@ -153,8 +155,7 @@ class BrokerState:
         self._workers: dict[bytes, WorkerPeer] = {}
         self._clients: dict[bytes, ClientPeer] = {}
         self._pools: dict[bytes, PoolPeer] = {}
-        self._functions: dict[bytes, Any] = {}
-        self._function_hashes: dict[bytes, bytes] = {}
+        self._functions = FunctionTable()
         self._requests: dict[int, _Request] = {}
         self._request_ids = itertools.count(1)
         # Releases received and not applied yet (see RELEASE_KEYS_PER_STEP), oldest first,
@@ -187,6 +188,7 @@ class BrokerState:
             FETCH: (self._on_fetch, _WORKER),
             WORKER_DIED: (self._on_worker_died, _POOL),
             SECEDE: (self._on_secede, _WORKER),
+            FORGET_FUNCTIONS: (self._on_forget_functions, _CLIENT),
         }
 
     # --- public API -------------------------------------------------------------------
@@ -305,12 +307,15 @@ class BrokerState:
             "workers": {w.identity.hex(): w.describe() for w in self._workers.values()},
             "nclients": len(self._clients),
             "tasks": dict(self.ledger.counts),
+            "functions": len(self._functions),
+            "function_bytes": self._functions.nbytes,
             "malformed": self.counters.malformed,
         }
 
     def audit(self) -> list[str]:
         """Violations of the ledger's invariants (empty when all is well); O(ledger size)."""
         problems = audit_ledger(self.ledger, self._workers, self._clients)
+        problems.extend(self._functions.audit(self.ledger.function_refs, self._clients.values()))
         for rid, request in self._requests.items():
             if request.holder.alive and rid not in request.holder.requests:
                 problems.append(f"request {rid} unknown to its holder")
@@ -386,10 +391,14 @@ class BrokerState:
                 self._apply_releases(RELEASE_KEYS_PER_STEP)
             while True:
                 ledger.process_releases()
-                self.counters.dispatched += dispatch(ledger, self._workers.values(), self._functions, self._outbox)
+                self.counters.dispatched += dispatch(
+                    ledger, self._workers.values(), self._functions.payloads, self._outbox
+                )
                 if not ledger.gets:
                     break
                 self._issue_gets()
+            if ledger.unreferenced_functions or self._functions.pending:
+                self._drop_functions()
         except Exception:
             self.counters.internal_errors += 1
             logger.exception("internal error while finishing a step")
@@ -401,6 +410,15 @@ class BrokerState:
             if peer is not None:
                 peer.last_sent = now
         return out
+
+    def _drop_functions(self) -> None:
+        # After dispatching: a function a record of this step runs is referenced by now.
+        ledger = self.ledger
+        functions = self._functions
+        functions.unreferenced(ledger.unreferenced_functions)
+        ledger.unreferenced_functions = []
+        for worker, hashes in functions.collect(ledger.function_refs, self._workers.values()).items():
+            self._outbox.send(worker.identity, FORGET_FUNCTIONS, [hashes])
 
     def _issue_gets(self) -> None:
         ledger = self.ledger
@@ -534,6 +552,7 @@ class BrokerState:
         elif isinstance(peer, ClientPeer):
             del self._clients[identity]
             self.ledger.client_removed(peer)
+            self._functions.client_gone(peer)
             logger.info("%s is gone (%s)", peer.label(), reason)
         else:
             self._pools.pop(identity, None)
@@ -593,12 +612,10 @@ class BrokerState:
         ):
             self._apply_releases(None)
         payload = message.payload
-        known = self._functions
-        canonical = self._function_hashes
+        table = self._functions
         for index, fn_hash in enumerate(functions):
-            if fn_hash not in known:
-                known[fn_hash] = payload[index]
-                canonical[fn_hash] = fn_hash
+            table.register(client, fn_hash, payload[index])
+        canonical = table.canonical
         offset = len(functions)
         submit = self.ledger.submit
         for entry in tasks:
@@ -613,6 +630,11 @@ class BrokerState:
                 offset += nframes
             # Records share one hash object per function instead of one per decoded entry.
             submit(client, entry, frames, canonical.get(entry[1]))
+
+    def _on_forget_functions(self, client: ClientPeer, message: Message) -> None:
+        # The client sends a function again before it next names one of these; tasks that
+        # run one keep it meanwhile (FunctionTable).
+        self._functions.disown(client, message.header[0])
 
     def _on_scatter(self, client: ClientPeer, message: Message) -> None:
         entries, broadcast = message.header

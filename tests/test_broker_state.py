@@ -307,6 +307,78 @@ def test_function_frames_are_sent_once_per_worker(h: Harness) -> None:
     assert third.header[0] == [FN] and third.payload == [FN_FRAME, b"args:c"]
 
 
+def held_functions(h: Harness) -> int:
+    return int(h.state.info()["functions"])
+
+
+def test_a_function_is_kept_while_its_client_may_name_it_and_dropped_when_it_forgets(h: Harness) -> None:
+    h.worker(b"w1", credit=4)
+    h.worker(b"w2", credit=4)
+    h.client(b"c1")
+    out = h.submit(b"c1", [("a", [])])
+    first = [identity for identity, m in out if m.command == P.COMPUTE]
+    assert len(first) == 1 and h.state.info()["function_bytes"] == len(FN_FRAME)
+    h.finish(first[0], "a")
+    out = h.send(b"c1", P.RELEASE, [["a"]])
+    assert h.state.ledger.tasks == {}
+    assert held_functions(h) == 1, "the client may still name the function by hash"
+    assert not [m for _, m in out if m.command == P.FORGET_FUNCTIONS]
+    out = h.send(b"c1", P.FORGET_FUNCTIONS, [[FN]])
+    assert held_functions(h) == 0 and h.state.info()["function_bytes"] == 0
+    # Only the worker that received the function is told to drop it.
+    assert one(out, first[0], P.FORGET_FUNCTIONS).header == [[FN]]
+    other = b"w2" if first[0] == b"w1" else b"w1"
+    assert not msgs(out, other, P.FORGET_FUNCTIONS)
+    # Sent again, the function reaches that worker again with its next task.
+    again = h.submit(b"c1", [("b", [])])
+    computes = [m for _, m in again if m.command == P.COMPUTE]
+    assert len(computes) == 1 and computes[0].header[0] == [FN] and computes[0].payload[0] == FN_FRAME
+
+
+def test_a_function_outlives_its_clients_while_a_task_runs_it(h: Harness) -> None:
+    h.worker(b"w1", credit=4)
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("a", [])])
+    h.submit(b"c2", [("b", [])], with_function=False)  # c2 names it without sending it
+    out = h.send(b"c1", P.FORGET_FUNCTIONS, [[FN]])
+    assert held_functions(h) == 1 and not msgs(out, b"w1", P.FORGET_FUNCTIONS)
+    h.send(b"c1", P.GOODBYE, ["bye"])
+    assert held_functions(h) == 1, "task b still runs the function"
+    h.finish(b"w1", "a", "b")
+    out = h.send(b"c2", P.RELEASE, [["b"]])
+    assert held_functions(h) == 0
+    assert one(out, b"w1", P.FORGET_FUNCTIONS).header == [[FN]]
+
+
+def test_functions_of_a_client_that_leaves_are_dropped_unless_another_owns_them(h: Harness) -> None:
+    h.worker(b"w1", credit=4)
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("a", [])])
+    h.submit(b"c2", [("b", [])])  # c2 sends the same function: both own it
+    h.submit(b"c2", [("g", [])], fn=b"fn-other")
+    h.finish(b"w1", "a", "b", "g")
+    h.send(b"c1", P.RELEASE, [["a"]])
+    h.send(b"c2", P.RELEASE, [["b", "g"]])
+    assert held_functions(h) == 2
+    out = h.send(b"c1", P.GOODBYE, ["bye"])
+    assert held_functions(h) == 2 and not msgs(out, b"w1", P.FORGET_FUNCTIONS)
+    h.send(b"c2", P.FORGET_FUNCTIONS, [[b"fn-other", b"never-sent"]])
+    assert held_functions(h) == 1
+    h.now += 100.0  # c2 falls silent and is declared dead; w1 does not
+    h.send(b"w1", P.HEARTBEAT, [EPOCH])
+    out = h.tick(0.0)
+    assert not h.state.clients and held_functions(h) == 0
+    assert one(out, b"w1", P.FORGET_FUNCTIONS).header == [[FN]]
+
+
+def test_forget_functions_from_a_worker_is_refused(h: Harness) -> None:
+    h.worker(b"w1")
+    out = h.send(b"w1", P.FORGET_FUNCTIONS, [[FN]])
+    assert one(out, b"w1", P.ERROR).header[0] == P.ERR_NOT_ALLOWED
+
+
 def test_unknown_function_hash_errs_the_task(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")

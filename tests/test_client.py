@@ -10,6 +10,7 @@ import re
 import threading
 import time
 import traceback
+from typing import Any
 
 import numpy as np
 import pytest
@@ -563,3 +564,41 @@ def test_a_map_failing_part_way_raises_and_leaves_nothing_behind(client: Client,
 
     wait_until(ledger_empty, timeout=30)
     assert client.gather(client.map(inc, range(5))) == [1, 2, 3, 4, 5]
+
+
+def _adder(n: int) -> Any:
+    def add(x: int) -> int:  # a local function: pickled by value, one pickle (and hash) per n
+        return x + n
+
+    return add
+
+
+def _functions_loaded_here() -> int:
+    from zmqdask import worker
+
+    assert worker._worker_for_tasks is not None
+    return len(worker._worker_for_tasks._functions)
+
+
+def test_functions_are_sent_again_after_a_client_trims_them_and_dropped_when_it_leaves(
+    cluster: LocalCluster, wait_until: Any
+) -> None:
+    with Client(cluster.address, timeout=30) as observer:
+        baseline = observer.scheduler_info()["functions"]
+        with Client(cluster.address, timeout=30) as c:
+            c.functions_kept_max = 4
+            adders = [_adder(i) for i in range(12)]
+            # One at a time, so every flush may trim: the second round names functions the
+            # client told the broker to forget, and must send them again.
+            for _ in range(2):
+                for i, add in enumerate(adders):
+                    assert c.submit(add, 100, pure=False).result(timeout=30) == 100 + i
+            gc.collect()
+            # With no future left, the broker keeps only what the client may still name.
+            wait_until(lambda: observer.scheduler_info()["functions"] <= baseline + 5, timeout=15)
+            info = observer.scheduler_info()
+            assert all(w["functions"] <= baseline + 5 for w in info["workers"].values())
+        wait_until(lambda: observer.scheduler_info()["functions"] == baseline, timeout=15)
+        # The workers dropped them too: what they load is what the broker keeps, plus the probe.
+        probes = [observer.submit(_functions_loaded_here, pure=False) for _ in range(8)]
+        assert max(observer.gather(probes)) <= baseline + 1

@@ -47,6 +47,11 @@ def test_submit_roundtrip_and_frame_accounting() -> None:
         proto.decode(proto.encode(proto.SUBMIT, header, [b"fn", b"a1", b"a2"]))
 
 
+def test_forget_functions_roundtrip() -> None:
+    message = roundtrip(proto.FORGET_FUNCTIONS, [[FN, b"g" * 16]])
+    assert message.name == "FORGET_FUNCTIONS" and message.header == [[FN, b"g" * 16]] and message.payload == []
+
+
 @pytest.mark.parametrize(
     "frames, match",
     [
@@ -63,6 +68,9 @@ def test_submit_roundtrip_and_frame_accounting() -> None:
         ([bytes((PROTOCOL_VERSION, proto.DONE)), msgpack.packb([[["k", 9, "x", 0]]])], "unknown code"),
         ([bytes((PROTOCOL_VERSION, proto.DONE)), msgpack.packb([[["k", proto.FINISHED, "x", 0]]])], "FINISHED"),
         ([bytes((PROTOCOL_VERSION, proto.SUBMIT)), msgpack.packb([[], [["k", FN, [], 0, 0, 0]]])], "7 fields"),
+        ([bytes((PROTOCOL_VERSION, proto.FORGET_FUNCTIONS)), msgpack.packb([["not bytes"]])], "function hash"),
+        ([bytes((PROTOCOL_VERSION, proto.FORGET_FUNCTIONS)), msgpack.packb([[b"x" * 65]])], "function hash"),
+        ([bytes((PROTOCOL_VERSION, proto.FORGET_FUNCTIONS)), msgpack.packb([b"x"])], "must be a list"),
     ],
 )
 def test_malformed_messages_raise_protocol_error(frames: list, match: str) -> None:

@@ -856,6 +856,9 @@ class Client(BrokerSession):
                 "workers": workers,
                 "tasks": info.get("tasks", {}),
                 "nclients": info.get("nclients", 0),
+                # Pickled functions the broker keeps for clients' tasks (see FORGET_FUNCTIONS).
+                "functions": info.get("functions", 0),
+                "function_bytes": info.get("function_bytes", 0),
             }
 
         if self.asynchronous:

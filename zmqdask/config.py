@@ -62,5 +62,13 @@ SMALL_RESULT_MAX_BYTES = 256
 completion notice, and on to the clients holding their futures, even before anyone awaits
 them: cheaper than asking for them later."""
 
+FUNCTIONS_KEPT_MAX = 1000
+"""A client names at most this many of the functions it sent by hash alone; past that it tells
+the broker to forget the oldest half (FORGET_FUNCTIONS) and sends them again when it next
+uses them.  The broker keeps a function while a client names it or a task runs it."""
+
+FUNCTION_BYTES_KEPT_MAX = 256 * 1024**2
+"""The same bound on the total size of those pickled functions (closures can carry data)."""
+
 LIVENESS_TIMEOUT_S = HEARTBEAT_INTERVAL_S * LIVENESS_INTERVALS
 """Silence after which a peer is treated as dead."""

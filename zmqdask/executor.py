@@ -164,6 +164,17 @@ class FunctionCache:
         self._functions[fn_hash] = fn
         self._failures.pop(fn_hash, None)
 
+    def forget(self, hashes: list[bytes]) -> list[Callable[..., Any]]:
+        """Drop these functions (the broker will send them again if a task needs them);
+        returns the callables dropped."""
+        dropped = []
+        for fn_hash in hashes:
+            fn = self._functions.pop(fn_hash, None)
+            if fn is not None:
+                dropped.append(fn)
+            self._failures.pop(fn_hash, None)
+        return dropped
+
     def lookup(self, fn_hash: bytes) -> tuple[Callable[..., Any] | None, BaseException | None]:
         """``(function, None)``, or ``(None, error)`` explaining why there is no function."""
         fn = self._functions.get(fn_hash)
@@ -405,6 +416,13 @@ class QuickFunctions:
             if not count and len(calls) >= self.MAX_FUNCTIONS:
                 calls.clear()
             calls[fn] = count + 1
+
+    def forget(self, fn: Any) -> None:
+        """Drop what is known of ``fn`` (its worker let go of it)."""
+        try:
+            self._calls.pop(fn, None)
+        except TypeError:
+            pass
 
     def is_quick(self, fn: Any) -> bool:
         """Whether ``fn`` may run on the main thread."""

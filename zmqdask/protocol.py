@@ -50,6 +50,9 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
     SECEDE       [keys]                       worker -> broker: these running tasks wait for
                                               other tasks (get_client in a task); do not count
                                               them against my window and credit any more
+    FORGET_FUNCTIONS [fn_hashes]              client -> broker: I will send these functions
+                                              again before I use them; broker -> worker: no
+                                              task of yours uses these any more, drop them
 
 Inline payloads: wherever an entry ends with ``nframes`` (SUBMIT, SCATTER, REPORT, COMPUTE,
 STORE, DATA and DONE entries), that field may instead be a ``bytes`` value: the entry's payload
@@ -104,6 +107,7 @@ DONE = 26
 FETCH = 27
 WORKER_DIED = 28
 SECEDE = 29
+FORGET_FUNCTIONS = 30
 
 COMMAND_NAMES: dict[int, str] = {
     value: name
@@ -486,6 +490,14 @@ def _v_fetch(h: list[Any]) -> int:
     return 0
 
 
+def _v_fn_hashes(h: list[Any]) -> int:
+    _arity(h, 1)
+    _check(type(h[0]) is list, "function hashes must be a list")
+    for fn_hash in h[0]:
+        _fn_hash(fn_hash)
+    return 0
+
+
 def _v_worker_died(h: list[Any]) -> int:
     _arity(h, 3)
     _identity(h[0])
@@ -519,6 +531,7 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     FETCH: _v_fetch,
     WORKER_DIED: _v_worker_died,
     SECEDE: _v_keys,
+    FORGET_FUNCTIONS: _v_fn_hashes,
 }
 
 

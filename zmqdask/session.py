@@ -28,6 +28,8 @@ import zmq
 
 from zmqdask import protocol as proto
 from zmqdask.config import (
+    FUNCTION_BYTES_KEPT_MAX,
+    FUNCTIONS_KEPT_MAX,
     HEARTBEAT_INTERVAL_S,
     IPC_BUFFER_BYTES,
     LIVENESS_TIMEOUT_S,
@@ -131,7 +133,13 @@ class BrokerSession:
         self._releases: dict[str, None] = {}
         self._releases_due = False
         self._release_timer_armed = False
-        self._functions_sent: set[bytes] = set()
+        # Functions the broker has from us, by hash, with their sizes, oldest first.
+        self._functions_sent: dict[bytes, int] = {}
+        self._functions_sent_bytes = 0
+        self.functions_kept_max = FUNCTIONS_KEPT_MAX
+        """How many sent functions this client names by hash alone (see FUNCTIONS_KEPT_MAX)."""
+        self.function_bytes_kept_max = FUNCTION_BYTES_KEPT_MAX
+        """The same bound on their total size (see FUNCTION_BYTES_KEPT_MAX)."""
         self._epoch = ""
         self._welcome: asyncio.Future[None] | None = None
         self._info_requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -371,6 +379,9 @@ class BrokerSession:
         # Stay well inside the broker's limit: it refuses an oversized message whole.
         budget = self.max_message_bytes * 3 // 4
         size = 0
+        sent = self._functions_sent
+        if len(sent) > self.functions_kept_max or self._functions_sent_bytes > self.function_bytes_kept_max:
+            self._forget_old_functions()
         for _, state, fn_payload, _graph in group:
             state.unsent = False
             entry = state.entry
@@ -392,8 +403,9 @@ class BrokerSession:
                 self._send(proto.encode(proto.SUBMIT, [functions, entries], function_frames + task_frames))
                 functions, function_frames, entries, task_frames, size = [], [], [], [], 0
             size += task_size
-            if fn_hash not in self._functions_sent:
-                self._functions_sent.add(fn_hash)
+            if fn_hash not in sent:
+                sent[fn_hash] = len(fn_payload)
+                self._functions_sent_bytes += len(fn_payload)
                 functions.append(fn_hash)
                 function_frames.append(fn_payload)
             entries.append(entry)
@@ -401,6 +413,25 @@ class BrokerSession:
                 task_frames.extend(state.frames)
         if entries or functions:
             self._send(proto.encode(proto.SUBMIT, [functions, entries], function_frames + task_frames))
+
+    def _forget_old_functions(self) -> None:
+        """Tell the broker to forget the older half of the functions it has from us.
+
+        Sent before the SUBMIT being built: a function forgotten here is not in
+        ``_functions_sent`` any more, so that SUBMIT (and any later one) carries it again,
+        and the broker reads the two messages in order.
+        """
+        sent = self._functions_sent
+        keep_count = self.functions_kept_max // 2
+        keep_bytes = self.function_bytes_kept_max // 2
+        forgotten: list[bytes] = []
+        for fn_hash in list(sent):
+            if len(sent) <= keep_count and self._functions_sent_bytes <= keep_bytes:
+                break
+            self._functions_sent_bytes -= sent.pop(fn_hash)
+            forgotten.append(fn_hash)
+        if forgotten:
+            self._send(proto.encode(proto.FORGET_FUNCTIONS, [forgotten]))
 
     def _schedule_heartbeat(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -649,6 +680,7 @@ class BrokerSession:
     def _resubmit_all(self) -> None:
         """After re-registering, send again every task whose value we do not hold yet."""
         self._functions_sent.clear()
+        self._functions_sent_bytes = 0
         seen: set[str] = set()
         order: list[FutureState] = []
 

@@ -11,6 +11,8 @@ The main thread owns every socket and never runs user code::
                           ▲ wake-up (inproc)          │ SimpleQueue
                           └──── executor threads ◀────┘
 
+FORGET_FUNCTIONS arrives the same way: functions no task of this worker runs any more.
+
 ``BrokerLink`` (registration, heartbeats, liveness) and ``SignalWakeup`` are shared with the
 pool manager (:mod:`zmqdask.pool`).
 """
@@ -69,6 +71,7 @@ from zmqdask.protocol import (
     ERROR,
     FETCH,
     FINISHED,
+    FORGET_FUNCTIONS,
     GET,
     GOODBYE,
     HEARTBEAT,
@@ -509,6 +512,7 @@ class Worker:
             DATA: self._on_data,
             DELETE: self._on_delete,
             CANCEL_TASKS: self._on_cancel_tasks,
+            FORGET_FUNCTIONS: self._on_forget_functions,
         }
 
     def hello_info(self) -> dict[str, Any]:
@@ -1102,6 +1106,12 @@ class Worker:
         store = self._store
         for key in message.header[0]:
             store.pop(key, None)
+
+    def _on_forget_functions(self, message: Message) -> None:
+        # The broker sends this only once no task it gave us runs these functions; it sends a
+        # function again with the next task that needs it.
+        for fn in self._functions.forget(message.header[0]):
+            self._quick.forget(fn)
 
     def _on_cancel_tasks(self, message: Message) -> None:
         for key in message.header[0]:
