@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -94,25 +95,45 @@ PARENT_CHECK_INTERVAL_S = 1.0
 """How often a broker started by a local cluster checks that its parent is alive."""
 
 
-def _stop_with_parent(server: BrokerServer) -> None:
+def _stop_with_parent(server: BrokerServer) -> threading.Event:
     """Stop when the process that started us exits, if it asked for that.
 
     A local cluster sets ``ZMQDASK_PARENT_PID`` to its own pid; a broker started any other
-    way (a shell, systemd) ignores it.
+    way (a shell, systemd) ignores it.  The event returned is set if the parent was found gone.
     """
+    orphaned = threading.Event()
     parent = os.environ.get("ZMQDASK_PARENT_PID")
     if parent is None or parent != str(os.getppid()):
-        return
+        return orphaned
 
     def watch() -> None:
         # Orphaned children are re-parented, so a changed parent pid means ours is gone.
         while not server.stopped.wait(PARENT_CHECK_INTERVAL_S):
             if str(os.getppid()) != parent:
                 logger.warning("the process that started this broker (pid %s) is gone: stopping", parent)
+                orphaned.set()
                 server.stop()
                 return
 
     threading.Thread(target=watch, name="zmqdask-parent-watch", daemon=True).start()
+    return orphaned
+
+
+def _remove_socket_directory(ipc_path: str) -> None:
+    """Remove the private directory a local cluster made for our Unix socket.
+
+    Its owner removes it when it closes the cluster; one that died first (SIGKILL) cannot.
+    Only a directory named as the local cluster names them, holding nothing but the socket,
+    is removed.
+    """
+    directory = os.path.dirname(os.path.abspath(ipc_path))
+    if not os.path.basename(directory).startswith("zmqdask-"):
+        return
+    try:
+        if set(os.listdir(directory)) <= {os.path.basename(ipc_path)}:
+            shutil.rmtree(directory, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,9 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BIND_FAILED
 
     print(LISTENING_LINE.format(address=address), flush=True)
-    _stop_with_parent(server)
+    orphaned = _stop_with_parent(server)
     try:
         server.serve_forever()
     finally:
         server.close()
+        if orphaned.is_set() and args.ipc:
+            _remove_socket_directory(args.ipc)
     return EXIT_OK

@@ -507,6 +507,51 @@ def test_the_clients_own_cluster_is_reached_over_a_unix_socket_and_tcp_stays_ope
     assert list(deep.iterdir()) == []
 
 
+KILLED_OWNER_SCRIPT = """
+import threading
+from zmqdask import Client
+
+client = Client(n_workers=1, threads_per_worker=1)
+local = client.cluster
+print(local.local_address, local._broker.pid, local._pool.pid, flush=True)
+threading.Event().wait()
+"""
+
+
+def test_a_killed_client_leaves_neither_its_cluster_nor_its_socket_directory(tmp_path, wait_until) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", KILLED_OWNER_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        address, broker_pid, pool_pid = owner.stdout.readline().split()
+        assert address.startswith("ipc://")
+        socket_dir = os.path.dirname(address[len("ipc://") :])
+        assert os.path.isdir(socket_dir)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+
+        def gone(pid: str) -> bool:
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return True
+            # A zombie until its new parent reaps it: gone for our purposes.
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+        wait_until(lambda: gone(broker_pid) and gone(pool_pid), timeout=20)
+        wait_until(lambda: not os.path.exists(socket_dir), timeout=5)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(30)
+        if owner.stdout is not None:
+            owner.stdout.close()
+
+
 QUIET_CLOSE_SCRIPT = """
 import sys
 from zmqdask import Client
