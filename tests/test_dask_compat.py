@@ -352,3 +352,82 @@ def test_explode_melt_and_comparison_methods_match_pandas() -> None:
     )
     with pytest.raises(UsageError, match="reset_index"):
         frame.explode("a", ignore_index=True)
+
+
+def slow_square(x: int, delay: float = 0.02) -> int:
+    import time
+
+    time.sleep(delay)
+    return x * x
+
+
+def test_progress_draws_until_everything_is_done_and_futures_of_finds_them(client: Client) -> None:
+    import io
+
+    futures = client.map(slow_square, range(20), pure=False)
+    shown = io.StringIO()
+    zmqdask.progress(futures, file=shown, interval="20ms")
+    assert all(future.done() for future in futures)
+    lines = shown.getvalue().split("\r")
+    assert lines[-1].startswith("[" + "#" * 40 + "] | 100% Completed") and lines[-1].endswith("s\n")
+    # A persisted frame's partitions are futures too.
+    pdf = pd.DataFrame({"x": range(100)})
+    persisted = client.persist(dd.from_pandas(pdf, npartitions=4))
+    assert len(zmqdask.futures_of(persisted)) == 4
+    assert zmqdask.futures_of([futures[:3], {"f": futures[3]}]) == futures[:4]
+    shown = io.StringIO()
+    zmqdask.progress(persisted, file=shown, complete=False)
+    assert shown.getvalue().endswith("\r") and "100%" not in shown.getvalue().rsplit("\r", 2)[-2]
+    with pytest.raises(UsageError, match="interval"):
+        zmqdask.progress(futures, interval="soon")
+
+
+def test_progress_on_a_running_event_loop_returns_at_once(run_async) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    async def body(c: Client) -> str:
+        futures = c.map(slow_square, range(10), delay=0.05, pure=False)
+        shown = io.StringIO()
+        assert zmqdask.progress(futures, file=shown, interval=0.01) is None
+        assert not all(future.done() for future in futures)  # it did not wait for them
+        await zmqdask.wait(futures)
+        deadline = asyncio.get_running_loop().time() + 10
+        while "100%" not in shown.getvalue():
+            assert asyncio.get_running_loop().time() < deadline, shown.getvalue()
+            await asyncio.sleep(0.01)
+        return shown.getvalue()
+
+    last = run_async(body).rsplit("\r", 1)[-1]
+    assert last.startswith("[" + "#" * 40 + "] | 100% Completed") and last.endswith("s\n")
+
+
+def worker_fact(_: int) -> tuple[str, int]:
+    worker = zmqdask.get_worker()
+    # Dask code keeps one expensive object per worker this way.
+    if not hasattr(worker, "calls_seen"):
+        worker.calls_seen = 0
+    worker.calls_seen += 1
+    return worker.name, worker.calls_seen
+
+
+def parent_with_worker_client(n: int) -> int:
+    zmqdask.secede()
+    zmqdask.rejoin()
+    with zmqdask.worker_client() as inner:
+        return sum(inner.gather(inner.map(inc, range(n), pure=False)))
+
+
+def test_get_worker_worker_client_secede_and_rejoin_inside_tasks(client: Client) -> None:
+    facts = client.gather(client.map(worker_fact, range(40), pure=False))
+    by_worker: dict[str, list[int]] = {}
+    for name, seen in facts:
+        by_worker.setdefault(name, []).append(seen)
+    # Each worker counted its own calls: the attribute lived on between tasks.
+    assert sum(max(seen) for seen in by_worker.values()) == 40
+    assert all(sorted(seen) == list(range(1, len(seen) + 1)) for seen in by_worker.values())
+    parents = client.map(parent_with_worker_client, [10, 20, 30, 40], pure=False)
+    assert client.gather(parents) == [55, 210, 465, 820]
+    with pytest.raises(ValueError, match="only inside a task"):
+        zmqdask.get_worker()
+    zmqdask.secede()  # outside a task: nothing to do
+    zmqdask.rejoin()

@@ -26,7 +26,9 @@ from zmqdask.errors import (
 )
 from zmqdask.future import Future, as_completed, fire_and_forget, wait
 from zmqdask.local import LocalCluster
+from zmqdask.progress import futures_of, progress
 from zmqdask.security import Security
+from zmqdask.task_context import get_worker, rejoin, secede, worker_client
 
 __version__ = "0.1.0"
 
@@ -70,7 +72,13 @@ __all__ = [
     "default_client",
     "delayed",
     "fire_and_forget",
+    "futures_of",
     "get_client",
+    "get_worker",
     "persist",
+    "progress",
+    "rejoin",
+    "secede",
     "wait",
+    "worker_client",
 ]
