@@ -431,3 +431,28 @@ def test_get_worker_worker_client_secede_and_rejoin_inside_tasks(client: Client)
         zmqdask.get_worker()
     zmqdask.secede()  # outside a task: nothing to do
     zmqdask.rejoin()
+
+
+def hold_memory(nbytes: int, seconds: float) -> int:
+    import time
+
+    import numpy as np
+
+    block = np.ones(nbytes, dtype=np.uint8)  # written, so resident
+    time.sleep(seconds)
+    return int(block.sum())
+
+
+@pytest.mark.timeout(120)
+def test_a_task_exceeding_the_memory_limit_kills_its_worker_and_fails_with_killed_worker(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with Client(n_workers=1, threads_per_worker=1, memory_limit="400MB", timeout=30) as c:
+        assert c.scheduler_info()["workers"]
+        hog = c.submit(hold_memory, 600 * 10**6, 30.0, pure=False)
+        with pytest.raises(zmqdask.KilledWorker, match="exhausting memory"):
+            hog.result(timeout=90)
+        # The worker came back, and work within the limit runs as before.
+        assert c.submit(hold_memory, 10**6, 0.0, pure=False).result(timeout=30) == 10**6
+    err = capfd.readouterr().err
+    assert re.search(r"uses [\d.]+ MiB, more than 95% of its memory limit of 381.5 MiB, while running \['hold_memory", err)

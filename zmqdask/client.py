@@ -53,6 +53,7 @@ from zmqdask.future import (
     FutureState,
 )
 from zmqdask.graph import TaskSpec, is_collection, topological_order
+from zmqdask.local import format_bytes
 from zmqdask.security import Security, as_security
 from zmqdask.serialize import PICKLE_PROTOCOL, TaskRef, dumps, dumps_function
 from zmqdask.session import BrokerSession, ClientStatus
@@ -955,7 +956,7 @@ class Client(BrokerSession):
                 rows += [
                     ("Workers", str(len(workers))),
                     ("Threads", str(sum(w.get("nthreads", 0) for w in workers))),
-                    ("Memory held", _format_bytes(sum(w.get("nbytes", 0) for w in workers))),
+                    ("Memory held", format_bytes(sum(w.get("nbytes", 0) for w in workers))),
                 ]
             except Exception:
                 pass
@@ -1148,9 +1149,3 @@ async def _as_coro(fn: Callable[[], Any]) -> Any:
     return fn()
 
 
-def _format_bytes(n: float) -> str:
-    for unit in ("B", "kiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"

@@ -272,6 +272,15 @@ _BYTE_UNITS = {
 }
 
 
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``: a size for people to read."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
 def parse_bytes(value: int | float | str) -> int:
     """A size in bytes from an int or a string such as ``"4GB"``, ``"512 MiB"`` or ``"1e9"``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:

@@ -9,7 +9,11 @@ four worker processes and one pool manager, all connected to the broker::
       └── worker <pool>-w1-g0 ──...──▶ broker       (a replacement is <pool>-w1-g1, ...)
 
 A child that dies unexpectedly is reported at once (with the keys it was running, so the
-broker can count a strike against a task that kills workers) and replaced.
+broker can count a strike against a task that kills workers) and replaced.  A child whose
+resident memory passes :data:`MEMORY_TERMINATE_FRACTION` of its memory limit is killed the
+same way (as Dask's nanny does): a task that exhausts memory fails with KilledWorker after
+three workers, instead of the kernel's OOM killer choosing a victim, perhaps the user's own
+process.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import zmq
 from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S
 from zmqdask.errors import ProtocolError, UsageError
 from zmqdask.executor import clear_slots, read_slots, slots_nbytes, slots_view
+from zmqdask.local import format_bytes
 from zmqdask.protocol import ROLE_POOL, ROLE_WORKER, WORKER_DIED, decode
 from zmqdask.security import Security
 from zmqdask.worker import (
@@ -67,6 +72,10 @@ WATCH_INTERVAL_S = 1.0
 """How often the pool checks that the process named by ``ZMQDASK_PARENT_PID`` is alive."""
 PARENT_PID_ENV = "ZMQDASK_PARENT_PID"
 """Environment variable naming a process whose exit stops the pool (set by LocalCluster)."""
+MEMORY_TERMINATE_FRACTION = 0.95
+"""A worker using more than this share of its memory limit (resident set) is killed and replaced."""
+MEMORY_CHECK_INTERVAL_S = 0.1
+"""How often the pool reads its workers' resident memory when they have a limit."""
 LOG_FORMAT = "%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"
 """Log line format of the pool manager and its workers."""
 
@@ -193,6 +202,10 @@ class PoolManager:
         self._stop_requested = False
         self._stopping = False
         self._next_watch = 0.0
+        self._next_memory_check = 0.0
+        self._page_size = _page_size() if memory_limit > 0 else 0
+        if memory_limit > 0 and not self._page_size:
+            logger.warning("cannot read process memory on this system: the memory limit is not enforced")
 
     def identity_of(self, index: int, generation: int) -> bytes:
         """The socket identity of worker ``index`` in its ``generation``-th incarnation."""
@@ -263,6 +276,11 @@ class PoolManager:
                     deadline = min(deadline, child.restart_at)
             if self.watch_pid is not None:
                 deadline = min(deadline, self._next_watch)
+            if self._page_size:
+                if now >= self._next_memory_check:
+                    self._next_memory_check = now + MEMORY_CHECK_INTERVAL_S
+                    self._enforce_memory_limit()
+                deadline = min(deadline, self._next_memory_check)
             ready = dict(self._poller.poll(max(0, math.ceil((deadline - now) * 1000))))
             if self._signals is not None and self._signals.fd in ready:
                 self._signals.drain()
@@ -380,6 +398,28 @@ class PoolManager:
                 link.reconnect()
                 return
 
+    def _enforce_memory_limit(self) -> None:
+        # Killing is enough: the sentinel then reports the death with the keys the worker
+        # was running, and the child is replaced as after any other death.
+        allowed = self.memory_limit * MEMORY_TERMINATE_FRACTION
+        for child in self._children:
+            process = child.process
+            if process is None or process.pid is None or process.exitcode is not None:
+                continue
+            rss = _resident_bytes(process.pid, self._page_size)
+            if rss is None or rss <= allowed:
+                continue
+            running = read_slots(slots_view(child.buffer))
+            logger.warning(
+                "worker %s uses %s, more than %d%% of its memory limit of %s%s: killing it (it will be restarted)",
+                child.identity.decode(),
+                format_bytes(rss),
+                round(MEMORY_TERMINATE_FRACTION * 100),
+                format_bytes(self.memory_limit),
+                f", while running {running}" if running else "",
+            )
+            process.kill()
+
     def _watched_process_gone(self, now: float) -> bool:
         if self.watch_pid is None or now < self._next_watch:
             return False
@@ -417,6 +457,25 @@ class PoolManager:
         if self._context is not None:
             self._context.term()  # bounded by the GOODBYE linger
             self._context = None
+
+
+def _page_size() -> int:
+    """The page size, if this system shows processes' memory in /proc (else 0)."""
+    if not os.path.exists(f"/proc/{os.getpid()}/statm"):
+        return 0
+    try:
+        return os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def _resident_bytes(pid: int, page_size: int) -> int | None:
+    """Resident memory of process ``pid`` in bytes, or None if it cannot be read (it exited)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * page_size
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _close_process(process: multiprocessing.process.BaseProcess) -> None:
@@ -463,7 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="BYTES",
-        help="memory each worker may use (default: physical memory / nworkers)",
+        help=(
+            "memory each worker may use; one using more than 95%% of it is killed and replaced "
+            "(default: physical memory / nworkers; 0: no limit)"
+        ),
     )
     parser.add_argument(
         "--death-timeout",
