@@ -31,7 +31,7 @@ from broker.outbox import Outbox, Payload, payload_field
 from broker.peers import ClientPeer, WorkerPeer
 from zmqdask import protocol
 from zmqdask.config import MAX_KILLED_ATTEMPTS
-from zmqdask.protocol import FLAG_PUSH_RESULT, FLAG_WANTED
+from zmqdask.protocol import FLAG_PUSH_RESULT, FLAG_RETRY, FLAG_WANTED
 
 logger = logging.getLogger(__name__)
 
@@ -631,6 +631,8 @@ class Ledger:
         tasks = self.tasks
         rec = tasks.get(key)
         if rec is not None:
+            if flags & FLAG_RETRY and rec.state is ERRED and known_fn_hash == rec.fn_hash:
+                self.retry(rec, frames, retries)
             self.resubmitted(rec, client, wanted=wanted, push=push)
             return
         if not dep_keys and known_fn_hash is not None and (wanted or push):
@@ -675,6 +677,19 @@ class Ledger:
             self.err(rec, ["LostDataError", f"dependency {unknown} is unknown", key], ())
         else:
             self.make_ready(rec)
+
+    def retry(self, rec: TaskRecord, frames: Payload, retries: int) -> None:
+        """Take an erred record back to released, with its arguments sent again (the broker
+        dropped them when it erred); :meth:`resubmitted` then sends it on its way.
+
+        Inputs that erred too must be retried first (the client sends them earlier in the
+        same SUBMIT), or the record errs again with their error.
+        """
+        rec.error = None
+        rec.payload = frames
+        rec.retries = retries
+        rec.suspicious = 0
+        self.set_state(rec, RELEASED)
 
     def resubmitted(self, rec: TaskRecord, client: ClientPeer, *, wanted: bool, push: bool) -> None:
         """A key already in the ledger was submitted again: never run it twice."""

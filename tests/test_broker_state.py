@@ -658,6 +658,28 @@ def test_retries_requeue_then_error(h: Harness) -> None:
     assert report.header == [[["flaky", P.ERRED, detail, 1]]] and report.payload == [b"<exc2>"]
 
 
+def test_retry_runs_an_erred_task_and_its_erred_input_again(h: Harness) -> None:
+    h.worker(b"w1", credit=4)
+    h.client(b"c1")
+    h.submit(b"c1", [("a", []), ("b", ["a"])])
+    out = h.done(b"w1", [["a", P.ERRED, ["ValueError", "flaky", "a"], 1]], [b"exc"])
+    assert report_entries(out, b"c1")["b"][1] == P.ERRED
+    h.done(b"w1", [["b", P.MISSING_DEPS, ["a"], 0]])  # b had gone ahead to w1: it answers for it
+    # Without the flag a resubmitted erred key only repeats its error.
+    out = h.submit(b"c1", [("a", [])], with_function=False)
+    assert report_entries(out, b"c1")["a"][1] == P.ERRED and not compute_keys(out, b"w1")
+    # With it, inputs first as the client sends them, both run again.
+    flags = P.FLAG_WANTED | P.FLAG_RETRY
+    out = h.submit(b"c1", [("a", []), ("b", ["a"])], flags=flags, with_function=False)
+    assert compute_keys(out, b"w1") == ["a", "b"]  # b goes ahead to the worker computing a
+    assert not report_entries(out, b"c1")
+    out = h.finish(b"w1", "a", "b")
+    assert {key: entry[1] for key, entry in report_entries(out, b"c1").items()} == {"a": P.FINISHED, "b": P.FINISHED}
+    # The flag is ignored for a key that did not err.
+    out = h.submit(b"c1", [("a", [])], flags=flags, with_function=False)
+    assert report_entries(out, b"c1")["a"][1] == P.FINISHED and not compute_keys(out, b"w1")
+
+
 def test_errors_propagate_to_dependents_with_the_same_detail(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")

@@ -455,4 +455,55 @@ def test_a_task_exceeding_the_memory_limit_kills_its_worker_and_fails_with_kille
         # The worker came back, and work within the limit runs as before.
         assert c.submit(hold_memory, 10**6, 0.0, pure=False).result(timeout=30) == 10**6
     err = capfd.readouterr().err
-    assert re.search(r"uses [\d.]+ MiB, more than 95% of its memory limit of 381.5 MiB, while running \['hold_memory", err)
+    expected = r"uses [\d.]+ MiB, more than 95% of its memory limit of 381.5 MiB, while running \['hold_memory"
+    assert re.search(expected, err), err
+
+
+def fails_until_file_exists(path: str, x: int) -> int:
+    import os
+
+    if not os.path.exists(path):
+        raise ValueError("not yet")
+    return x + 1
+
+
+def count_and_fail(path: str) -> None:
+    with open(path, "a") as log:
+        log.write("run\n")
+    with open(path) as log:
+        raise ValueError(f"run {len(log.readlines())}")
+
+
+def test_retry_runs_erred_futures_and_their_erred_inputs_again(client: Client, tmp_path: Path) -> None:
+    flag = str(tmp_path / "ready")
+    first = client.submit(fails_until_file_exists, flag, 1, pure=False)
+    second = client.submit(inc, first, pure=False)
+    fine = client.submit(inc, 10, pure=False)
+    with pytest.raises(ValueError, match="not yet"):
+        second.result(timeout=30)
+    assert first.status == "error" and fine.result(timeout=30) == 11
+    Path(flag).touch()
+    client.retry([second, fine])  # second's erred input goes again too; fine is left alone
+    assert second.result(timeout=30) == 3 and first.result(timeout=30) == 2
+    assert fine.result(timeout=30) == 11
+    runs = tmp_path / "runs.log"
+    lone = client.submit(count_and_fail, str(runs), pure=False)
+    with pytest.raises(ValueError):
+        lone.result(timeout=30)
+    lone.retry()
+    with pytest.raises(ValueError, match="run 2"):  # it ran again, and failed again
+        lone.result(timeout=30)
+
+
+def test_retry_on_an_asynchronous_client(run_async, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flag = tmp_path / "ready"
+
+    async def body(c: Client) -> int:
+        future = c.submit(fails_until_file_exists, str(flag), 41, pure=False)
+        with pytest.raises(ValueError):
+            await future
+        flag.touch()
+        await future.retry()
+        return int(await future)
+
+    assert run_async(body) == 42

@@ -840,6 +840,50 @@ class Client(BrokerSession):
         self._loop_thread.run(_as_coro(do_cancel), timeout=self.timeout)  # type: ignore[union-attr]
         return None
 
+    def retry(self, futures: Any) -> Any:
+        """Run erred futures again, with their erred inputs (Dask's ``client.retry``).
+
+        Futures that did not err are left alone.  Returns an awaitable on an asynchronous
+        client; the futures are pending again once it returns.
+        """
+        self._check_open()
+        found: dict[str, Future] = {}
+        _collect_futures(futures, found)
+
+        def do_retry() -> None:
+            order: list[FutureState] = []
+            seen: set[str] = set()
+            # Inputs first: the broker takes an erred input back before its dependents.
+            stack: list[tuple[FutureState, bool]] = [(f._state, False) for f in reversed(found.values())]
+            while stack:
+                state, expanded = stack.pop()
+                if expanded:
+                    order.append(state)
+                    continue
+                if state.key in seen or state.status != ERROR or state.entry is None:
+                    continue
+                seen.add(state.key)
+                stack.append((state, True))
+                stack.extend((dep, False) for dep in state.deps or ())
+            with self._lock:
+                for state in order:
+                    state.status = PENDING
+                    state.exception = None
+                    state.traceback = None
+                    entry = state.entry
+                    assert entry is not None
+                    state.entry = [*entry[:5], entry[5] | proto.FLAG_RETRY, entry[6]]
+                    state.unsent = True
+                    self._ops.append(("task", state, state.fn_payload or b"", 0))
+                if order:
+                    self._schedule_flush()
+
+        if self.asynchronous:
+            do_retry()
+            return _done_coro()
+        self._loop_thread.run(_as_coro(do_retry), timeout=self.timeout)  # type: ignore[union-attr]
+        return None
+
     def scheduler_info(self) -> Any:
         """Broker and worker information, shaped like Dask's ``scheduler_info()``."""
         self._check_open()
@@ -1015,7 +1059,6 @@ _UNSUPPORTED_DASK_METHODS = {
     "list_datasets": "keep the futures (or persisted collections) in the client that made them",
     "rebalance": "results stay where they were computed and move to the workers that need them",
     "replicate": "results stay where they were computed and move to the workers that need them",
-    "retry": "submit the function again (or pass retries= to submit)",
     "get_task_stream": "there is no task stream; time tasks in your own code",
     "profile": "profile a task's function in the client, or run py-spy on a worker process",
     "get_executor": "use submit/map and gather",

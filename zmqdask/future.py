@@ -191,6 +191,10 @@ class Future:
         """Cancel the computation (returns an awaitable on an asynchronous client)."""
         return self._client.cancel([self])
 
+    def retry(self) -> Any:
+        """Run this future's task again if it erred (returns an awaitable on an asynchronous client)."""
+        return self._client.retry([self])
+
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         """Call ``fn(future)`` once the future is done (at once if it already is)."""
         self._client._add_done_callback(self, fn)

@@ -134,6 +134,9 @@ FLAG_WANTED = 1
 """SUBMIT: the submitting client holds a future for this key."""
 FLAG_PUSH_RESULT = 2
 """SUBMIT/COMPUTE: a client is waiting for the value; send it with the completion notice."""
+FLAG_RETRY = 4
+"""SUBMIT: if the key erred, run it again from the spec sent with it (``Future.retry``);
+ignored for a key in any other state."""
 
 # ERROR codes.
 ERR_MALFORMED = "malformed"
