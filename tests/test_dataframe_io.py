@@ -66,6 +66,10 @@ def test_read_csv_matches_pandas(tmp_path: Path, blocksize: Any) -> None:
     pd.testing.assert_frame_equal(lazy.compute().reset_index(drop=True), expected)
     parts = [lazy.get_partition(i).compute() for i in range(lazy.npartitions)]
     assert all(list(part.dtypes) == list(expected.dtypes) for part in parts)
+    # Counting rows reads no column the user asked for: it must still see every row.
+    assert len(lazy) == len(expected) and lazy.shape[0].compute() == len(expected)
+    assert len(lazy.reset_index()) == len(expected) and len(lazy[["b"]]) == len(expected)
+    assert list(lazy.index.compute()) == [i for part in parts for i in part.index]
 
 
 def test_read_csv_glob_prunes_columns(tmp_path: Path) -> None:

@@ -132,7 +132,9 @@ def read_csv_part(
     if columns is not None:
         read = _columns_to_read(columns, kwargs.get("parse_dates"))
         if read is not None:
-            options["usecols"] = read
+            # No column at all (len(df) needs only the rows): pandas reads no rows for
+            # usecols=[], so read the first column and drop it below.
+            options["usecols"] = read if read else [0]
     if stop is None:
         frame = pd.read_csv(path, **options)
     else:
