@@ -237,3 +237,21 @@ def test_lazy_groupby_apply_and_transform(npartitions: int) -> None:
     _same(running.sort_index(), frame.groupby(["s", "k"])[["x", "i"]].transform("cumsum"))
     with pytest.raises(UsageError):
         lazy.groupby(lazy.i % 3).x.apply(len)
+
+
+def test_numpy_ufuncs_stay_lazy_and_iteration_computes_partition_by_partition() -> None:
+    pdf = pd.DataFrame({"t": np.arange(1.0, 31.0), "u": np.arange(30.0) * 2}, index=np.arange(30) * 3)
+    df = zd.from_pandas(pdf, npartitions=4)
+    logged = np.log1p(df.t)
+    assert isinstance(logged, zd.Series)  # lazy, as in Dask
+    pd.testing.assert_series_equal(logged.compute(), np.log1p(pdf.t))
+    pd.testing.assert_series_equal(np.add(df.t, df.u).compute(), pdf.t + pdf.u)
+    pd.testing.assert_series_equal(np.maximum(df.t, 10.0).compute(), np.maximum(pdf.t, 10.0))
+    pd.testing.assert_frame_equal(np.sqrt(df).compute(), np.sqrt(pdf))
+    # The sequence protocol used to build lazy items for ever: iteration now ends.
+    assert list(df.t) == list(pdf.t) and sum(df.t) == pdf.t.sum()
+    assert list(df.index) == list(pdf.index) and list(df) == ["t", "u"]
+    np.testing.assert_array_equal(np.asarray(df.t), pdf.t.to_numpy())
+    np.testing.assert_array_equal(np.asarray(df), pdf.to_numpy())
+    with pytest.raises(UsageError, match=r"add\.reduce"):
+        np.add.reduce(df.t)

@@ -57,6 +57,20 @@ def _binary(op: str, reflected: bool = False) -> Callable[[Any, Any], Any]:
 class _Frame(Collection, FrameMethods, FrameReductions):
     """Shared by partitioned collections (DataFrame, Series, Index)."""
 
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        # np.log1p(df.x) stays lazy, as in Dask: an elementwise ufunc is applied per
+        # partition, with other collections among its inputs aligned.
+        if method != "__call__" or ufunc.nout != 1 or "out" in kwargs:
+            raise UsageError(
+                f"numpy's {ufunc.__name__}.{method} cannot run on a lazy collection; compute it first, "
+                "or use map_partitions"
+            )
+        return map_partitions(_call_ufunc, ufunc, kwargs, *inputs)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        # np.asarray(df.x) computes, as in Dask.
+        return np.asarray(self.compute(), dtype=dtype)
+
     def _binop(self, op: str, other: Any, reflected: bool = False) -> Any:
         if isinstance(other, Collection):
             left, right = plan.align(self._expr, other.expr)
@@ -546,6 +560,11 @@ class Series(_Frame):
             return Series(Filter(frame, predicate))
         return self.loc[key]
 
+    def __iter__(self) -> Iterator[Any]:
+        """The values, computing one partition at a time (as Dask does)."""
+        for i in range(self.npartitions):
+            yield from self.get_partition(i).compute()
+
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"'Series' object has no attribute {name!r}")
 
@@ -705,6 +724,11 @@ class Index(Series):
 # ---------------------------------------------------------------------------------------
 # map_partitions
 # ---------------------------------------------------------------------------------------
+
+
+def _call_ufunc(ufunc: np.ufunc, kwargs: dict[str, Any], *inputs: Any) -> Any:
+    """One partition of ``ufunc(*inputs, **kwargs)``."""
+    return ufunc(*inputs, **kwargs)
 
 
 def map_partitions(
