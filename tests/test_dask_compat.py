@@ -507,3 +507,38 @@ def test_retry_on_an_asynchronous_client(run_async, tmp_path: Path) -> None:  # 
         return int(await future)
 
     assert run_async(body) == 42
+
+
+def exits(code: int) -> None:
+    sys.exit(code)
+
+
+def interrupts() -> None:
+    raise KeyboardInterrupt
+
+
+def fails_on_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+def test_a_task_calling_sys_exit_fails_its_future_and_the_client_goes_on(client: Client) -> None:
+    for future in (client.submit(exits, 3, pure=False), client.submit(interrupts, pure=False)):
+        with pytest.raises(zmqdask.errors.RemoteTaskFailure, match="which stops a process") as info:
+            future.result(timeout=30)
+        assert info.value.type_name in ("SystemExit", "KeyboardInterrupt")
+    assert client.submit(inc, 1, pure=False).result(timeout=30) == 2
+
+
+def test_cancelled_error_and_failed_results_of_as_completed_look_like_dask(client: Client) -> None:
+    futures = client.map(fails_on_odd, range(4), pure=False)
+    pairs = dict(zmqdask.as_completed(futures, with_results=True, raise_errors=False))
+    assert [pairs[f] for f in futures[::2]] == [0, 2]
+    for future in futures[1::2]:
+        kind, exc, _tb = pairs[future]
+        assert kind is ValueError and isinstance(exc, ValueError)
+    cancelled = client.submit(slow_square, 3, 5.0, pure=False)
+    cancelled.cancel()
+    with pytest.raises(zmqdask.CancelledError):
+        cancelled.result(timeout=30)

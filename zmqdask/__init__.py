@@ -12,6 +12,7 @@ from typing import Any
 from zmqdask.client import Client, ClientStatus, default_client, get_client
 from zmqdask.delayed import Delayed, delayed
 from zmqdask.errors import (
+    CancelledError,
     ClosedClientError,
     CommunicationError,
     ConnectTimeoutError,
@@ -47,6 +48,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CancelledError",
     "Client",
     "ClientStatus",
     "ClosedClientError",

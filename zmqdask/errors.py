@@ -26,6 +26,7 @@ remote traceback attached); only failures of zmqdask itself use this tree.
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 
 
 class ZmqdaskError(Exception):
@@ -68,8 +69,12 @@ class KilledWorker(TaskError):
         self.attempts = attempts
 
 
-class FutureCancelledError(TaskError):
-    """The future's task was cancelled before it produced a value."""
+class FutureCancelledError(TaskError, concurrent.futures.CancelledError):
+    """The future's task was cancelled before it produced a value.
+
+    Also a ``concurrent.futures.CancelledError`` (exported as ``zmqdask.CancelledError``, as
+    Dask exports it), so ``except CancelledError`` catches it.
+    """
 
 
 class LostDataError(TaskError):
@@ -106,3 +111,7 @@ class RemoteTaskFailure(ZmqdaskError):
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
         self.remote_traceback = remote_traceback
+
+
+CancelledError = concurrent.futures.CancelledError
+"""What ``dask.distributed.CancelledError`` is: the base of :class:`FutureCancelledError`."""

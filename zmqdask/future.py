@@ -348,7 +348,8 @@ def _in_running_loop() -> bool:
 class as_completed:
     """Iterate over futures in the order they finish, with ``for`` or ``async for``.
 
-    ``with_results=True`` yields ``(future, result)`` pairs.  ``add(future)`` extends the set
+    ``with_results=True`` yields ``(future, result)`` pairs; with ``raise_errors=False`` too,
+    a failed future comes as ``(future, (type, exception, traceback))``, as in Dask.  ``add(future)`` extends the set
     while iterating; ``count()`` is how many are not yet yielded; ``batches()`` yields lists of
     all the futures finished since the last one.  With ``timeout`` (seconds from creation), a
     wait past it raises ``zmqdask.TimeoutError``.
@@ -477,7 +478,7 @@ class as_completed:
         except Exception as exc:
             if self.raise_errors:
                 raise
-            return future, exc
+            return future, (type(exc), exc, exc.__traceback__)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
@@ -497,7 +498,7 @@ class as_completed:
                 except Exception as exc:
                     if self.raise_errors:
                         raise
-                    return future, exc
+                    return future, (type(exc), exc, exc.__traceback__)
             with self._lock:
                 if not self._pending and not self._ready:
                     raise StopAsyncIteration

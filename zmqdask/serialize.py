@@ -162,6 +162,13 @@ def loads_error(detail: list[Any], frames: list[Any]) -> tuple[BaseException, st
     if frames:
         try:
             exc, text = pickle.loads(_view(frames[0]))
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)) and isinstance(text, str):
+                # Raised here they would stop the client (its event loop lets them through)
+                # rather than fail one future.
+                failure = RemoteTaskFailure(
+                    type(exc).__name__, f"the task raised {exc!r}, which stops a process; it failed instead", text
+                )
+                return failure, text
             if isinstance(exc, BaseException) and isinstance(text, str):
                 return exc, text
         except Exception:
