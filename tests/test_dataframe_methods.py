@@ -255,3 +255,15 @@ def test_numpy_ufuncs_stay_lazy_and_iteration_computes_partition_by_partition() 
     np.testing.assert_array_equal(np.asarray(df), pdf.to_numpy())
     with pytest.raises(UsageError, match=r"add\.reduce"):
         np.add.reduce(df.t)
+
+
+def test_loc_selects_columns_by_label_slice_or_boolean_mask() -> None:
+    pdf = pd.DataFrame({name: range(12) for name in "abcd"})
+    df = zd.from_pandas(pdf, npartitions=3)
+    sliced = df.loc[:, "b":"c"]
+    assert list(sliced.columns) == ["b", "c"]  # known before computing
+    pd.testing.assert_frame_equal(sliced.compute(), pdf.loc[:, "b":"c"])
+    pd.testing.assert_frame_equal(df.loc[2:7, "c":].compute(), pdf.loc[2:7, "c":])
+    mask = [True, False, True, False]
+    pd.testing.assert_frame_equal(df.loc[:, mask].compute(), pdf.loc[:, mask])
+    pd.testing.assert_series_equal(df.loc[:, "a"].compute(), pdf.loc[:, "a"])

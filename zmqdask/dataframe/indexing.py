@@ -38,6 +38,15 @@ class PartitionsIndexer:
         return new_collection(Partitions(self._obj.expr, tuple(picked)))
 
 
+def _is_boolean_mask(value: Any) -> bool:
+    """A list or array of booleans (not a lazy Series)."""
+    return (
+        isinstance(value, (list, np.ndarray, pd.Index))
+        and len(value) > 0
+        and all(isinstance(item, (bool, np.bool_)) for item in value)
+    )
+
+
 class LocIndexer:
     """``obj.loc[...]``: rows by label (culling partitions by divisions), optionally columns."""
 
@@ -48,6 +57,10 @@ class LocIndexer:
         obj = self._obj
         if isinstance(key, tuple) and len(key) == 2 and isinstance(obj, _classes()[0]):
             rows, cols = key
+            if isinstance(cols, slice) or _is_boolean_mask(cols):
+                # A slice of column labels, or a boolean mask over the columns: which columns
+                # is known from the meta alone (a slice given to df[...] would select rows).
+                cols = list(obj._meta.loc[:, cols].columns)
             selected: Any = self[rows] if not plan.is_full_slice(rows) else obj
             return selected[cols]
         if isinstance(key, _classes()[1]):
