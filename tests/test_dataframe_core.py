@@ -615,3 +615,12 @@ def test_dataframe_namespace_is_sorted_resolvable_and_documented() -> None:
     for name in zd.__all__:
         value = getattr(zd, name)
         assert inspect.getdoc(value), f"{name} has no docstring"
+
+
+def test_aligning_frames_whose_index_ranges_do_not_overlap_duplicates_no_rows() -> None:
+    low = pd.Series(np.arange(5.0), index=range(5))
+    high = pd.Series(np.arange(6.0), index=range(100, 106))
+    lazy_low, lazy_high = zd.from_pandas(low, npartitions=1), zd.from_pandas(high, npartitions=2)
+    # The first output partition has no input: it used to receive a whole input partition.
+    pd.testing.assert_series_equal((lazy_low + lazy_high).compute(), low + high)
+    pd.testing.assert_series_equal((lazy_high - lazy_low).compute(), high - low)

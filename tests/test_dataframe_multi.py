@@ -200,5 +200,21 @@ def test_concat_matches_pandas(nfirst: int) -> None:
         zd.merge(lazy_first, lazy_second, on="k").compute().pipe(_canonical),
         pd.merge(first, second, on="k").pipe(_canonical),
     )
-    with pytest.raises(UsageError):
-        zd.concat([lazy_first, lazy_second], axis=1)
+    # Side by side, over index ranges that do not overlap: the union, as pandas gives it.
+    pd.testing.assert_frame_equal(
+        zd.concat([lazy_first, lazy_second], axis=1).compute(), pd.concat([first, second], axis=1)
+    )
+
+
+def test_concat_along_columns_aligns_partitions() -> None:
+    left = pd.DataFrame({"x": range(20), "y": np.arange(20.0)})
+    right = pd.DataFrame({"z": range(100, 120)})
+    frame = zd.from_pandas(left, npartitions=3)
+    side = zd.concat([frame[["x"]], frame.y], axis=1)
+    assert list(side.columns) == ["x", "y"] and side.npartitions == 3
+    pd.testing.assert_frame_equal(side.compute(), pd.concat([left[["x"]], left.y], axis=1))
+    # Different partitions: repartitioned to common divisions first.
+    both = zd.concat([frame, zd.from_pandas(right, npartitions=2)], axis=1)
+    pd.testing.assert_frame_equal(both.compute(), pd.concat([left, right], axis=1))
+    with pytest.raises(UsageError, match="axis must be 0"):
+        zd.concat([frame, frame], axis=2)

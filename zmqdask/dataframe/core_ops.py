@@ -522,8 +522,10 @@ class RepartitionDivisions(RowMover):
                 layer[key] = (split_index, (TaskRef(self.frame._key(i)), lower, upper, False), {})
                 pieces.append(TaskRef(key))
             if not pieces:
+                # No input overlaps: the empty range [new[j], new[j]) of any input gives the
+                # columns and dtypes (``lower`` is None for the first output: all rows).
                 key = f"{self._name}-piece-0-{j}"
-                layer[key] = (split_index, (TaskRef(self.frame._key(0)), lower, lower, False), {})
+                layer[key] = (split_index, (TaskRef(self.frame._key(0)), new[j], new[j], False), {})
                 pieces.append(TaskRef(key))
             layer[self._key(j)] = (concat_parts, (pieces,), {})
         return layer

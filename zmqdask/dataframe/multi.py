@@ -391,8 +391,10 @@ def concat(objs: Any, axis: int | str = 0, ignore_index: bool = False) -> Any:
     Partitions are kept as they are; divisions stay known when every input's index range
     lies after the previous one's.  Missing columns are filled as pandas fills them.
     """
+    if axis in (1, "columns"):
+        return _concat_columns(list(objs), ignore_index)
     if axis not in (0, "index", "rows"):
-        raise UsageError("concat supports axis=0 only; use merge or join to put columns side by side")
+        raise UsageError(f"concat's axis must be 0 (rows) or 1 (columns), not {axis!r}")
     exprs = tuple(_as_expr(obj) for obj in objs)
     if not exprs:
         raise UsageError("concat needs at least one frame")
@@ -400,3 +402,26 @@ def concat(objs: Any, axis: int | str = 0, ignore_index: bool = False) -> Any:
         raise UsageError("concat needs DataFrames or Series")
     result = new_collection(Concat(exprs)) if len(exprs) > 1 else new_collection(exprs[0])
     return result.reset_index(drop=True) if ignore_index else result
+
+
+def _concat_columns(objs: list[Any], ignore_index: bool) -> Any:
+    """``concat(objs, axis=1)``: the inputs side by side, aligned partition by partition.
+
+    Inputs with the same partitions (columns of one frame, say) go through unchanged; others
+    are repartitioned to common divisions first, which needs known divisions, as in Dask.
+    """
+    from zmqdask.dataframe.collection import map_partitions
+
+    exprs = [_as_expr(obj) for obj in objs]
+    if not exprs:
+        raise UsageError("concat needs at least one frame")
+    if not all(is_frame_like(expr._meta) for expr in exprs):
+        raise UsageError("concat needs DataFrames or Series")
+    if len(exprs) == 1:
+        return new_collection(exprs[0])
+    return map_partitions(_side_by_side, ignore_index, *[new_collection(expr) for expr in exprs])
+
+
+def _side_by_side(ignore_index: bool, *parts: Any) -> Any:
+    """One partition of ``concat(..., axis=1)``."""
+    return pd.concat(parts, axis=1, ignore_index=ignore_index)
