@@ -267,3 +267,30 @@ def test_loc_selects_columns_by_label_slice_or_boolean_mask() -> None:
     mask = [True, False, True, False]
     pd.testing.assert_frame_equal(df.loc[:, mask].compute(), pdf.loc[:, mask])
     pd.testing.assert_series_equal(df.loc[:, "a"].compute(), pdf.loc[:, "a"])
+
+
+def test_categories_made_per_partition_are_unknown_until_made_known() -> None:
+    pdf = pd.DataFrame({"c": list("zyxxyzzw"), "t": ["p", "q"] * 4, "n": range(8)})
+    df = zd.from_pandas(pdf, npartitions=3)
+    per_partition = df.c.astype("category")
+    assert str(per_partition.dtype) == "category" and not per_partition.cat.known
+    # Partition-local codes would be silently wrong: asking for them says what to do.
+    with pytest.raises(UsageError, match=r"as_known\(\)"):
+        _ = per_partition.cat.codes
+    with pytest.raises(UsageError, match="categorize"):
+        _ = per_partition.cat.categories
+    assert per_partition.compute().tolist() == pdf.c.tolist()
+    known = per_partition.cat.as_known()
+    assert known.cat.known and list(known.dtype.categories) == ["w", "x", "y", "z"]
+    pd.testing.assert_series_equal(known.cat.codes.compute(), pdf.c.astype("category").cat.codes)
+    assert not known.cat.as_unknown().cat.known
+    categorized = df.categorize()
+    assert categorized.c.cat.known and categorized.t.cat.known and categorized.n.dtype == pdf.n.dtype
+    pd.testing.assert_frame_equal(categorized.compute(), pdf.astype({"c": "category", "t": "category"}))
+    assert list(df.categorize(columns=["t"]).dtypes.index) == ["c", "t", "n"]
+    assert not df.astype({"c": "category"}).c.cat.known
+    # Categories given explicitly are the same in every partition: known.
+    order = pd.CategoricalDtype(["z", "y", "x", "w"])
+    explicit = df.c.astype(order)
+    assert explicit.cat.known
+    assert explicit.cat.codes.compute().tolist() == pdf.c.astype(order).cat.codes.tolist()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,9 @@ def _binary(op: str, reflected: bool = False) -> Callable[[Any, Any], Any]:
     method.__doc__ = f"Lazy ``{op}`` with another collection or a scalar."
     return method
 
+
+if TYPE_CHECKING:
+    from zmqdask.dataframe.categorical import CategoricalAccessor
 
 class _Frame(Collection, FrameMethods, FrameReductions):
     """Shared by partitioned collections (DataFrame, Series, Index)."""
@@ -297,6 +300,13 @@ class DataFrame(_Frame):
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._meta.columns)
+
+    def categorize(self, columns: Sequence[Hashable] | None = None, index: Any = None) -> DataFrame:
+        """Text columns (or ``columns``) as categoricals with the same categories in every
+        partition; reads those columns once, now.  ``index`` is accepted and not used."""
+        from zmqdask.dataframe.categorical import categorize
+
+        return categorize(self, columns)
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, Series):
@@ -579,9 +589,12 @@ class Series(_Frame):
         return idx.Accessor(self, "dt")
 
     @property
-    def cat(self) -> idx.Accessor:
-        """Categorical properties and methods, applied per partition."""
-        return idx.Accessor(self, "cat")
+    def cat(self) -> CategoricalAccessor:
+        """Categorical properties and methods, applied per partition (``known``,
+        ``as_known()`` and ``as_unknown()`` as in Dask)."""
+        from zmqdask.dataframe.categorical import CategoricalAccessor
+
+        return CategoricalAccessor(self)
 
     def between(self, left: Any, right: Any, inclusive: builtins.str = "both") -> Series:
         """Boolean mask of ``left <= value <= right``."""

@@ -89,8 +89,15 @@ class FrameMethods:
         return self._method("fillna", value, **kwargs)
 
     def astype(self, dtype: Any) -> Any:
-        """Values cast to ``dtype`` (or a ``{column: dtype}`` mapping)."""
-        return self._method("astype", dtype)
+        """Values cast to ``dtype`` (or a ``{column: dtype}`` mapping).
+
+        ``"category"`` makes each partition's categories from its own values: they are
+        unknown until made known (``.cat.as_known()``, ``categorize()``), as in Dask.
+        """
+        from zmqdask.dataframe.categorical import cast
+
+        categorical = cast(self, dtype)
+        return categorical if categorical is not None else self._method("astype", dtype)
 
     def dropna(self, **kwargs: Any) -> Any:
         """Rows with missing values removed (``how``, ``subset``, ``thresh`` as in pandas)."""

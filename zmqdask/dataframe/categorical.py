@@ -1,0 +1,163 @@
+"""Categorical columns whose categories are not known until the data is read, as in Dask.
+
+``astype("category")`` runs partition by partition, so each partition gets the categories of
+its own values: partition 0 may code ``"z"`` as 0 and partition 1 code ``"y"`` as 0.  Such a
+column's meta carries the single category :data:`UNKNOWN_CATEGORIES`; what depends on the
+categories of the whole column (``.cat.codes``, ``.cat.categories``) says to make them known
+first, with ``.cat.as_known()`` or ``df.categorize()``, which read the column's values once
+and cast every partition to the same categories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from zmqdask.dataframe.indexing import Accessor
+from zmqdask.errors import UsageError
+
+if TYPE_CHECKING:
+    from zmqdask.dataframe.collection import DataFrame, Series
+
+UNKNOWN_CATEGORIES = "__UNKNOWN_CATEGORIES__"
+"""The one category in the meta of a categorical column whose categories are not known."""
+
+
+def asks_unknown_categories(dtype: Any) -> bool:
+    """Whether casting to ``dtype`` makes categories that depend on each partition's values."""
+    if isinstance(dtype, str):
+        return dtype == "category"
+    return isinstance(dtype, pd.CategoricalDtype) and dtype.categories is None
+
+
+def unknown_columns(meta: Any, dtype: Any) -> list[Hashable]:
+    """The columns of ``meta`` (or ``[None]`` for a Series) that ``astype(dtype)`` leaves unknown."""
+    if isinstance(dtype, dict):
+        return [column for column, wanted in dtype.items() if asks_unknown_categories(wanted)]
+    if not asks_unknown_categories(dtype):
+        return []
+    return list(meta.columns) if isinstance(meta, pd.DataFrame) else [None]
+
+
+def mark_unknown(meta: Any, columns: Sequence[Hashable]) -> Any:
+    """``meta`` with the categories of ``columns`` (``[None]``: the Series itself) marked unknown."""
+
+    def unknown(series: pd.Series) -> pd.Series:
+        dtype = pd.CategoricalDtype([UNKNOWN_CATEGORIES], ordered=getattr(series.dtype, "ordered", False))
+        return pd.Series([], dtype=dtype, index=series.index, name=series.name)
+
+    if isinstance(meta, pd.Series):
+        return unknown(meta)
+    meta = meta.copy()
+    for column in columns:
+        meta[column] = unknown(meta[column])
+    return meta
+
+
+def categories_known(dtype: Any) -> bool:
+    """Whether a categorical dtype's categories are those of the whole column."""
+    return not (
+        isinstance(dtype, pd.CategoricalDtype)
+        and len(dtype.categories) == 1
+        and dtype.categories[0] == UNKNOWN_CATEGORIES
+    )
+
+
+def _cast_partition(part: Any, dtype: Any) -> Any:
+    return part.astype(dtype)
+
+
+def cast(obj: Any, dtype: Any) -> Any:
+    """``obj.astype(dtype)``, with the categories it makes per partition marked unknown."""
+    columns = unknown_columns(obj._meta, dtype)
+    if not columns:
+        return None
+    meta = mark_unknown(obj._meta.astype(dtype), columns)
+    return obj.map_partitions(_cast_partition, dtype, meta=meta)
+
+
+def _sorted_categories(values: Any) -> list[Any]:
+    # pandas sorts the categories of astype("category"); values that do not sort keep the
+    # order they were found in.
+    distinct = list(pd.unique(pd.Series(values).dropna()))
+    try:
+        return sorted(distinct)
+    except TypeError:
+        return distinct
+
+
+def categorize(frame: DataFrame, columns: Sequence[Hashable] | None = None) -> DataFrame:
+    """``frame`` with ``columns`` (default: text and unknown categorical ones) cast to
+    categories read from the data, the same in every partition (computes them now)."""
+    from zmqdask.base import compute
+
+    meta = frame._meta
+    if columns is None:
+        columns = [
+            column
+            for column, dtype in meta.dtypes.items()
+            if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype) or not categories_known(dtype)
+        ]
+    missing = [column for column in columns if column not in meta.columns]
+    if missing:
+        raise UsageError(f"categorize: columns not in the frame: {missing}")
+    if not columns:
+        return frame
+    values = compute(*[frame[column].unique() for column in columns])
+    dtypes = {
+        column: pd.CategoricalDtype(
+            _sorted_categories(found), ordered=getattr(meta[column].dtype, "ordered", False) or False
+        )
+        for column, found in zip(columns, values, strict=True)
+    }
+    return frame.astype(dtypes)
+
+
+class CategoricalAccessor(Accessor):
+    """``series.cat``: per partition, except what needs the categories of the whole column."""
+
+    _NEEDS_KNOWN = frozenset({"codes", "categories"})
+
+    def __init__(self, series: Series) -> None:
+        super().__init__(series, "cat")
+
+    @property
+    def known(self) -> bool:
+        """Whether the categories are those of the whole column (not per partition)."""
+        return categories_known(self._series._meta.dtype)
+
+    def as_known(self) -> Series:
+        """The same Series with the categories of the whole column in every partition (reads
+        the column's values now when they are not known)."""
+        if self.known:
+            return self._series
+        series = self._series
+        (values,) = _compute_unique(series)
+        dtype = pd.CategoricalDtype(_sorted_categories(values), ordered=series._meta.dtype.ordered)
+        return series.astype(dtype)
+
+    def as_unknown(self) -> Series:
+        """The same Series with its categories marked unknown."""
+        return self._series.map_partitions(
+            _identity, meta=mark_unknown(self._series._meta, [None])
+        )
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in self._NEEDS_KNOWN and not self.known:
+            raise UsageError(
+                f".cat.{attr} needs the categories of the whole column, which astype('category') leaves to "
+                "each partition: call .cat.as_known() (or df.categorize()) first"
+            )
+        return super().__getattr__(attr)
+
+
+def _identity(part: Any) -> Any:
+    return part
+
+
+def _compute_unique(series: Series) -> tuple[Any, ...]:
+    from zmqdask.base import compute
+
+    return compute(series.unique())
