@@ -389,3 +389,22 @@ def test_agg_with_whole_group_aggregations_matches_pandas(spec: Any) -> None:
     pd.testing.assert_frame_equal(lazy.groupby("j").agg(spec).compute(), frame.groupby("j").agg(spec))
     named = lazy.groupby("j").agg(mid=("x", "median"), total=("i", "sum")).compute()
     pd.testing.assert_frame_equal(named, frame.groupby("j").agg(mid=("x", "median"), total=("i", "sum")))
+
+
+def test_groupby_by_the_index_name_and_dask_keywords() -> None:
+    pdf = pd.DataFrame({"k": [1, 2, 1, 3, 2, 1] * 3, "x": np.arange(18.0)})
+    lazy = zd.from_pandas(pdf, npartitions=3)
+    by_index, pandas_by_index = lazy.set_index("k"), pdf.set_index("k")
+    pd.testing.assert_series_equal(by_index.groupby("k").x.sum().compute(), pandas_by_index.groupby("k").x.sum())
+    pd.testing.assert_frame_equal(by_index.groupby("k").max().compute(), pandas_by_index.groupby("k").max())
+    expected = pdf.groupby("k").x.sum()
+    grouped = lazy.groupby("k", observed=True, group_keys=False)
+    pd.testing.assert_series_equal(grouped.x.sum(split_out=2).compute(), expected)
+    pd.testing.assert_series_equal(lazy.groupby("k").x.sum(shuffle_method="tasks").compute(), expected)
+    pd.testing.assert_frame_equal(
+        lazy.groupby("k").agg({"x": "sum"}, split_out=2).compute(), pdf.groupby("k").agg({"x": "sum"})
+    )
+    with pytest.raises(UsageError, match="min_count"):
+        lazy.groupby("k").x.sum(min_count=1)
+    with pytest.raises(UsageError, match="observed=False"):
+        lazy.groupby("k", observed=False)

@@ -246,11 +246,19 @@ class _Frame(Collection, FrameMethods, FrameReductions):
 
     # -- delegated to other modules ---------------------------------------------------
 
-    def groupby(self, by: Any, sort: bool = True, dropna: bool = True, **kwargs: Any) -> Any:
-        """Group rows, or a Series' values (see ``zmqdask.dataframe.groupby``)."""
+    def groupby(
+        self, by: Any, sort: bool = True, dropna: bool = True, observed: bool = True, group_keys: bool = True
+    ) -> Any:
+        """Group rows, or a Series' values (see ``zmqdask.dataframe.groupby``).
+
+        ``by`` may name columns or the index.  Groups are the key values present
+        (``observed=True``, pandas' default); ``group_keys`` is accepted for Dask code.
+        """
         from zmqdask.dataframe.groupby import GroupBy
 
-        return GroupBy(self, by, sort=sort, dropna=dropna, **kwargs)
+        if not observed:
+            raise UsageError("groupby(observed=False) is not supported: the groups are the key values present")
+        return GroupBy(self, by, sort=sort, dropna=dropna)
 
     def rolling(self, window: Any, min_periods: int | None = None) -> Any:
         """Rolling windows (see ``zmqdask.dataframe.timeseries_ops``)."""

@@ -630,7 +630,16 @@ class GroupBy:
             key = self._key_expr(by)
             return (key,) if not isinstance(key, Expr) else key
         labels = list(by) if isinstance(by, list) else [by]
-        keys = [self._key_expr(label) if _is_lazy(label) else label for label in labels]
+        index_name = meta.index.name
+        keys = []
+        for label in labels:
+            if _is_lazy(label):
+                keys.append(self._key_expr(label))
+            elif index_name is not None and label == index_name and label not in getattr(meta, "columns", ()):
+                # The name of the index, as pandas allows: group by the index itself.
+                keys.append(self._key_expr(self._frame.index))
+            else:
+                keys.append(label)
         if self._is_series and any(not isinstance(key, Expr) for key in keys):
             raise UsageError("a Series can only be grouped by another Series")
         missing = [key for key in keys if not isinstance(key, Expr) and key not in meta.columns]
@@ -751,52 +760,64 @@ class GroupBy:
         )
         return new_collection(node)
 
-    def sum(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def sum(self, numeric_only: bool = False, split_every: int | None = None, **options: Any) -> Any:
         """Sum of each group."""
+        _accept_dask_options(options)
         return self._aggregate("sum", numeric_only=numeric_only, split_every=split_every)
 
-    def mean(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def mean(self, numeric_only: bool = False, split_every: int | None = None, **options: Any) -> Any:
         """Mean of each group (from partial sums and counts)."""
+        _accept_dask_options(options)
         return self._aggregate("mean", numeric_only=numeric_only, split_every=split_every)
 
-    def count(self, split_every: int | None = None) -> Any:
+    def count(self, split_every: int | None = None, **options: Any) -> Any:
         """Number of non-missing values in each group."""
+        _accept_dask_options(options)
         return self._aggregate("count", split_every=split_every)
 
-    def min(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def min(self, numeric_only: bool = False, split_every: int | None = None, **options: Any) -> Any:
         """Minimum of each group."""
+        _accept_dask_options(options)
         return self._aggregate("min", numeric_only=numeric_only, split_every=split_every)
 
-    def max(self, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def max(self, numeric_only: bool = False, split_every: int | None = None, **options: Any) -> Any:
         """Maximum of each group."""
+        _accept_dask_options(options)
         return self._aggregate("max", numeric_only=numeric_only, split_every=split_every)
 
-    def std(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def std(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None, **options: Any) -> Any:
         """Standard deviation of each group."""
+        _accept_dask_options(options)
         return self._aggregate("std", ddof=ddof, numeric_only=numeric_only, split_every=split_every)
 
-    def var(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None) -> Any:
+    def var(self, ddof: int = 1, numeric_only: bool = False, split_every: int | None = None, **options: Any) -> Any:
         """Variance of each group."""
+        _accept_dask_options(options)
         return self._aggregate("var", ddof=ddof, numeric_only=numeric_only, split_every=split_every)
 
-    def size(self, split_every: int | None = None) -> Any:
+    def size(self, split_every: int | None = None, **options: Any) -> Any:
         """Number of rows in each group."""
+        _accept_dask_options(options)
         return self._aggregate("size", split_every=split_every)
 
-    def first(self, split_every: int | None = None) -> Any:
+    def first(self, split_every: int | None = None, **options: Any) -> Any:
         """First non-missing value of each group, in partition order."""
+        _accept_dask_options(options)
         return self._aggregate("first", split_every=split_every)
 
-    def last(self, split_every: int | None = None) -> Any:
+    def last(self, split_every: int | None = None, **options: Any) -> Any:
         """Last non-missing value of each group, in partition order."""
+        _accept_dask_options(options)
         return self._aggregate("last", split_every=split_every)
 
-    def nunique(self, split_every: int | None = None) -> Any:
+    def nunique(self, split_every: int | None = None, **options: Any) -> Any:
         """Number of distinct non-missing values in each group."""
+        _accept_dask_options(options)
         return self._aggregate("nunique", split_every=split_every)
 
     def agg(self, arg: Any = None, split_every: int | None = None, **named: Any) -> Any:
         """Aggregate by name, list of names, dict column -> name(s), or ``label=(column, name)``."""
+        _accept_dask_options({key: named.pop(key) for key in list(named) if key in _DASK_OPTIONS})
         if arg is None and not named:
             raise UsageError("agg needs an aggregation: a name, a list, a dict, or label=(column, name)")
         if _needs_whole_groups(arg, named):
@@ -931,3 +952,17 @@ class GroupBy:
     def __repr__(self) -> str:
         by = self._key_labels() if type(self._by) is tuple else "<series>"
         return f"<zmqdask GroupBy by={by} npartitions={self._frame_expr.npartitions}>"
+
+
+_DASK_OPTIONS = frozenset({"split_out", "shuffle", "shuffle_method"})
+"""Dask's keywords of groupby aggregations that choose how the result is partitioned or how
+rows move: accepted, and the result is the same (one partition)."""
+
+
+def _accept_dask_options(options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - _DASK_OPTIONS)
+    if unknown:
+        raise UsageError(
+            f"unexpected keyword arguments {unknown}; groupby aggregations take numeric_only, ddof, split_every "
+            f"and Dask's {sorted(_DASK_OPTIONS)}"
+        )
