@@ -542,3 +542,45 @@ def test_cancelled_error_and_failed_results_of_as_completed_look_like_dask(clien
     cancelled.cancel()
     with pytest.raises(zmqdask.CancelledError):
         cancelled.result(timeout=30)
+
+
+def fails_first_time(path: str, value: int) -> int:
+    import os
+
+    if not os.path.exists(path):
+        open(path, "w").close()
+        raise RuntimeError("first try fails")
+    return value
+
+
+def test_compute_and_persist_take_retries_and_dask_placement_keywords(client: Client, tmp_path: Path) -> None:
+    pdf = pd.DataFrame({"x": range(10)})
+    frame = dd.from_pandas(pdf, npartitions=2)
+    flaky = frame.x.map_partitions(lambda part, path: part * fails_first_time(path, 2), str(tmp_path / "a"))
+    assert flaky.sum().compute(retries=1) == 90
+    again = frame.x.map_partitions(lambda part, path: part * fails_first_time(path, 3), str(tmp_path / "b"))
+    assert client.compute(again.sum(), retries=2, workers=["w"], allow_other_workers=True).result(timeout=30) == 135
+    persisted = client.persist(frame, retries=1, resources={"GPU": 1})
+    assert len(persisted) == 10
+    third = zmqdask.delayed(fails_first_time)(str(tmp_path / "c"), 7)
+    assert third.compute(retries=1) == 7
+    with pytest.raises(UsageError, match="unexpected keyword"):
+        client.compute(frame, colour="blue")
+    assert Client.current() is client
+
+
+def test_dataframe_arithmetic_methods_iteration_and_column_removal_match_pandas() -> None:
+    pdf = pd.DataFrame({"s": ["apple", "banana", "cherry", "date"], "x": [1.0, None, 3.0, 4.0], "y": range(4)})
+    df = dd.from_pandas(pdf, npartitions=2)
+    numbers, lazy_numbers = pdf[["x", "y"]], df[["x", "y"]]
+    pd.testing.assert_frame_equal(lazy_numbers.sub(df.y, axis=0).compute(), numbers.sub(pdf.y, axis=0))
+    pd.testing.assert_series_equal(df.x.add(df.y, fill_value=0).compute(), pdf.x.add(pdf.y, fill_value=0))
+    pd.testing.assert_frame_equal(lazy_numbers.pow(2).compute(), numbers.pow(2))
+    pd.testing.assert_series_equal(df.y.rsub(10).compute(), pdf.y.rsub(10))
+    pd.testing.assert_series_equal(df.s.str[:2].compute(), pdf.s.str[:2])
+    assert [row.s for _, row in df.iterrows()] == list(pdf.s)
+    assert [row.s for row in df.itertuples(index=False)] == list(pdf.s)
+    y = df.pop("y")
+    assert list(df.columns) == ["s", "x"] and y.compute().tolist() == [0, 1, 2, 3]
+    del df["x"]
+    pd.testing.assert_frame_equal(df.compute(), pdf[["s"]])

@@ -117,6 +117,7 @@ def compute(
     traverse: bool = True,
     scheduler: Any = None,
     optimize_graph: bool = True,
+    retries: int = 0,
     alternative: str = "await client.compute(collection)",
 ) -> tuple[Any, ...]:
     """Compute the lazy collections among ``args`` at once; returns a tuple like ``args``.
@@ -124,9 +125,9 @@ def compute(
     As in Dask, collections inside lists, tuples, sets and dicts are computed too (unless
     ``traverse=False``), and anything else is returned unchanged.  ``scheduler='sync'`` (or
     'threads', 'processes') computes in this process even when a client exists.
-    ``optimize_graph`` is accepted for compatibility: graphs are always optimized.
-    ``alternative`` names the awaitable form for the error raised when this would block an
-    event loop.
+    ``optimize_graph`` is accepted for compatibility: graphs are always optimized.  On a
+    client every task is tried ``retries`` more times if it fails.  ``alternative`` names
+    the awaitable form for the error raised when this would block an event loop.
     """
     lazy: list[Any] = []
     for arg in args:
@@ -138,7 +139,7 @@ def compute(
     if client is not None:
         ensure_blocking_allowed(client, alternative)
         # Submit everything before waiting, so the cluster works on all of it at once.
-        futures = [client.compute(c) for c in lazy]
+        futures = [client.compute(c, retries=retries) for c in lazy]
         results = iter([f.result() for f in futures])
     else:
         results = iter(compute_locally(*lazy))
@@ -147,7 +148,9 @@ def compute(
     return tuple(_substitute(arg, results) for arg in args)
 
 
-def persist(*args: Any, traverse: bool = True, scheduler: Any = None, optimize_graph: bool = True) -> tuple[Any, ...]:
+def persist(
+    *args: Any, traverse: bool = True, scheduler: Any = None, optimize_graph: bool = True, retries: int = 0
+) -> tuple[Any, ...]:
     """Persist the lazy collections among ``args``; returns a tuple like ``args``.
 
     With a client this returns at once (the results are futures, computing on the
@@ -161,7 +164,7 @@ def persist(*args: Any, traverse: bool = True, scheduler: Any = None, optimize_g
         if not is_collection(collection):
             return collection
         if client is not None:
-            return client.persist(collection)
+            return client.persist(collection, retries=retries)
         return collection._persist_locally()
 
     if not traverse:

@@ -236,6 +236,14 @@ class Client(BrokerSession):
 
     # --- lifecycle -------------------------------------------------------------------------
 
+    @classmethod
+    def current(cls, allow_global: bool = True) -> Client:
+        """The current client (see :func:`get_client`); raises ValueError when there is none."""
+        client = default_client()
+        if client is None:
+            raise ValueError("no zmqdask Client is running; create one with Client()")
+        return client
+
     def __await__(self) -> Any:
         return self._start_once().__await__()
 
@@ -618,11 +626,13 @@ class Client(BrokerSession):
             # another thread the loop sends what was scheduled while this one goes on.
             self._flush()
 
-    def submit_graph(self, graph: Mapping[str, TaskSpec], outputs: Sequence[str], priority: int = 0) -> list[Future]:
+    def submit_graph(
+        self, graph: Mapping[str, TaskSpec], outputs: Sequence[str], priority: int = 0, retries: int = 0
+    ) -> list[Future]:
         """Submit a whole task graph (see :mod:`zmqdask.graph`) as one batch.
 
         Returns Futures for ``outputs`` in order; intermediate values are released by the
-        broker once nothing needs them.
+        broker once nothing needs them.  Each task is tried ``retries`` more times if it fails.
         """
         self._check_open()
         output_set = set(outputs)
@@ -645,7 +655,15 @@ class Client(BrokerSession):
                     # TaskRefs name other graph keys; their states carry the lineage.
                     _collect_refs((args, kwargs), states, deps)
                     future = self._submit_one(
-                        fn, tuple(args), dict(kwargs), key, True, priority, 0, wanted=key in output_set, deps_known=deps
+                        fn,
+                        tuple(args),
+                        dict(kwargs),
+                        key,
+                        True,
+                        priority,
+                        retries,
+                        wanted=key in output_set,
+                        deps_known=deps,
                     )
                     states[key] = future._state
                     if key in output_set:
@@ -659,9 +677,23 @@ class Client(BrokerSession):
         del keep_alive
         return [result[key] for key in outputs]
 
-    def compute(self, collections: Any, sync: bool = False, priority: int = 0) -> Any:
-        """Start computing a collection (or a list of them); returns Future(s) at once."""
+    def compute(
+        self,
+        collections: Any,
+        sync: bool = False,
+        optimize_graph: bool = True,
+        retries: int = 0,
+        priority: int = 0,
+        **placement: Any,
+    ) -> Any:
+        """Start computing a collection (or a list of them); returns Future(s) at once.
+
+        Every task of the graph is tried ``retries`` more times if it fails.  Dask's
+        ``workers``, ``resources``, ``allow_other_workers``, ``fifo_timeout`` and
+        ``traverse`` are accepted and not used; graphs are always optimized.
+        """
         self._check_open()
+        _accept_placement(placement)
         single = not isinstance(collections, (list, tuple))
         items = [collections] if single else list(collections)
         futures: list[Any] = []
@@ -673,15 +705,21 @@ class Client(BrokerSession):
                 raise UsageError(f"compute expects zmqdask collections or futures, got {type(item).__name__}")
             graph, outputs = item.__zmqdask_graph__()
             finalize = item.__zmqdask_finalize__()
-            parts = self.submit_graph(graph, outputs, priority=priority)
-            futures.append(self._submit_one(finalize, (parts,), {}, None, True, priority, 0, wanted=True))
+            parts = self.submit_graph(graph, outputs, priority=priority, retries=retries)
+            futures.append(self._submit_one(finalize, (parts,), {}, None, True, priority, retries, wanted=True))
         if sync:
             return self.gather(futures[0] if single else futures)
         return futures[0] if single else futures
 
-    def persist(self, collections: Any, priority: int = 0) -> Any:
-        """Start computing collections and return equivalent ones backed by futures, at once."""
+    def persist(
+        self, collections: Any, optimize_graph: bool = True, retries: int = 0, priority: int = 0, **placement: Any
+    ) -> Any:
+        """Start computing collections and return equivalent ones backed by futures, at once.
+
+        ``retries`` and Dask's placement keywords as for :meth:`compute`.
+        """
         self._check_open()
+        _accept_placement(placement)
         single = not isinstance(collections, (list, tuple))
         items = [collections] if single else list(collections)
         results = []
@@ -689,7 +727,8 @@ class Client(BrokerSession):
             if not is_collection(item):
                 raise UsageError(f"persist expects zmqdask collections, got {type(item).__name__}")
             graph, outputs = item.__zmqdask_graph__()
-            results.append(item.__zmqdask_persisted__(self.submit_graph(graph, outputs, priority=priority)))
+            parts = self.submit_graph(graph, outputs, priority=priority, retries=retries)
+            results.append(item.__zmqdask_persisted__(parts))
         return results[0] if single else results
 
     # --- gathering and friends -------------------------------------------------------------
@@ -1079,6 +1118,20 @@ _UNSUPPORTED_DASK_METHODS = {
     "datasets": "keep the futures (or persisted collections) in the client that made them",
     "unregister_worker_plugin": "there are no plugins; do per-worker set-up at import time of your module",
 }
+
+
+_PLACEMENT_KEYWORDS = frozenset(
+    {"workers", "resources", "allow_other_workers", "fifo_timeout", "traverse", "actors", "user_priority"}
+)
+"""Dask's keywords of compute/persist that choose workers or tune Dask's scheduler: any
+worker runs any task here, so they are accepted and not used."""
+
+
+def _accept_placement(options: Mapping[str, Any]) -> None:
+    unknown = sorted(set(options) - _PLACEMENT_KEYWORDS)
+    if unknown:
+        raise UsageError(f"unexpected keyword arguments {unknown}")
+    _refuse_actors(bool(options.get("actors")))
 
 
 def _refuse_actors(requested: bool) -> None:

@@ -78,18 +78,21 @@ class Delayed:
         (future,) = futures
         return Delayed(f"persisted-{self._key}", (_identity, (future,), {}))
 
-    def compute(self, scheduler: Any = None, **options: Any) -> Any:
-        """The value (blocking): computed by the current client, or in this process."""
+    def compute(self, scheduler: Any = None, retries: int = 0, **options: Any) -> Any:
+        """The value (blocking): computed by the current client (each task tried ``retries``
+        more times if it fails), or in this process."""
         from zmqdask.base import compute
 
-        (result,) = compute(self, scheduler=scheduler, alternative="await client.compute(delayed_value)")
+        (result,) = compute(
+            self, scheduler=scheduler, retries=retries, alternative="await client.compute(delayed_value)"
+        )
         return result
 
-    def persist(self, scheduler: Any = None, **options: Any) -> Delayed:
+    def persist(self, scheduler: Any = None, retries: int = 0, **options: Any) -> Delayed:
         """The same value, computed on the cluster and kept there (returns at once)."""
         from zmqdask.base import persist
 
-        (result,) = persist(self, scheduler=scheduler)
+        (result,) = persist(self, scheduler=scheduler, retries=retries)
         return result
 
     # -- building on a delayed value -----------------------------------------------------

@@ -54,8 +54,23 @@ def _binary(op: str, reflected: bool = False) -> Callable[[Any, Any], Any]:
     return method
 
 
+def _arithmetic(name: str, op: str, reflected: bool = False) -> Callable[..., Any]:
+    def method(self: Any, other: Any, axis: Any = None, level: Any = None, fill_value: Any = None) -> Any:
+        if axis is None and level is None and fill_value is None:
+            return self._binop(op, other, reflected)
+        # pandas' own method per partition, with ``other`` aligned to the partitions when it
+        # is a collection (df.sub(df.x, axis=0), fill_value=...).
+        options = {k: v for k, v in (("axis", axis), ("level", level), ("fill_value", fill_value)) if v is not None}
+        return self._method(name, other, **options)
+
+    method.__name__ = name
+    method.__doc__ = f"pandas' ``{name}`` (``axis``, ``level`` and ``fill_value`` as in pandas), lazily."
+    return method
+
+
 if TYPE_CHECKING:
     from zmqdask.dataframe.categorical import CategoricalAccessor
+
 
 class _Frame(Collection, FrameMethods, FrameReductions):
     """Shared by partitioned collections (DataFrame, Series, Index)."""
@@ -125,23 +140,22 @@ class _Frame(Collection, FrameMethods, FrameReductions):
     def __abs__(self) -> Any:
         return self.abs()
 
-    def add(self, other: Any) -> Any:
-        """``self + other``."""
-        return self._binop("add", other)
-
-    def sub(self, other: Any) -> Any:
-        """``self - other``."""
-        return self._binop("sub", other)
-
-    def mul(self, other: Any) -> Any:
-        """``self * other``."""
-        return self._binop("mul", other)
-
-    def div(self, other: Any) -> Any:
-        """``self / other``."""
-        return self._binop("truediv", other)
-
-    truediv = div
+    add = _arithmetic("add", "add")
+    sub = _arithmetic("sub", "sub")
+    mul = _arithmetic("mul", "mul")
+    div = _arithmetic("div", "truediv")
+    truediv = _arithmetic("truediv", "truediv")
+    floordiv = _arithmetic("floordiv", "floordiv")
+    mod = _arithmetic("mod", "mod")
+    pow = _arithmetic("pow", "pow")
+    radd = _arithmetic("radd", "add", True)
+    rsub = _arithmetic("rsub", "sub", True)
+    rmul = _arithmetic("rmul", "mul", True)
+    rdiv = _arithmetic("rdiv", "truediv", True)
+    rtruediv = _arithmetic("rtruediv", "truediv", True)
+    rfloordiv = _arithmetic("rfloordiv", "floordiv", True)
+    rmod = _arithmetic("rmod", "mod", True)
+    rpow = _arithmetic("rpow", "pow", True)
 
     def _method(self, name: str, *args: Any, **kwargs: Any) -> Any:
         args = tuple(_expr_of(a) for a in args)
@@ -340,6 +354,27 @@ class DataFrame(_Frame):
         self._expr = self.assign(**{key: value}).expr if isinstance(key, str) else _assign(self, [(key, value)]).expr
         self.__dict__.pop("_optimized", None)
         self.__dict__.pop("_graph", None)
+
+    def __delitem__(self, key: Any) -> None:
+        self._expr = self.drop(columns=[key]).expr
+        self.__dict__.pop("_optimized", None)
+        self.__dict__.pop("_graph", None)
+
+    def pop(self, item: Any) -> Series:
+        """Remove column ``item`` from this frame and return it (lazily, as in Dask)."""
+        column = self[item]
+        del self[item]
+        return column
+
+    def iterrows(self) -> Iterator[tuple[Any, pd.Series]]:
+        """``(label, row)`` pairs, computing one partition at a time."""
+        for i in range(self.npartitions):
+            yield from self.get_partition(i).compute().iterrows()
+
+    def itertuples(self, index: bool = True, name: builtins.str | None = "Pandas") -> Iterator[Any]:
+        """Rows as named tuples, computing one partition at a time."""
+        for i in range(self.npartitions):
+            yield from self.get_partition(i).compute().itertuples(index=index, name=name)
 
     @property
     def columns(self) -> pd.Index:

@@ -122,10 +122,11 @@ class Collection:
 
     # -- execution --------------------------------------------------------------------
 
-    def compute(self, scheduler: Any = None, optimize_graph: bool = True) -> Any:
+    def compute(self, scheduler: Any = None, optimize_graph: bool = True, retries: int = 0) -> Any:
         """The concrete result (blocking): a pandas object or a scalar.
 
-        ``scheduler='sync'`` computes in this process even when a client exists.
+        ``scheduler='sync'`` computes in this process even when a client exists; on a
+        client every task is tried ``retries`` more times if it fails.
         """
         from zmqdask.base import compute
 
@@ -133,18 +134,19 @@ class Collection:
             self,
             scheduler=scheduler,
             optimize_graph=optimize_graph,
+            retries=retries,
             alternative=self._awaitable("await client.compute({})"),
         )
         return result
 
-    def persist(self, scheduler: Any = None, optimize_graph: bool = True) -> Any:
+    def persist(self, scheduler: Any = None, optimize_graph: bool = True, retries: int = 0) -> Any:
         """An equivalent collection backed by computed partitions.
 
         With a client this returns at once (futures), also in asynchronous mode.
         """
         from zmqdask.base import persist
 
-        (result,) = persist(self, scheduler=scheduler, optimize_graph=optimize_graph)
+        (result,) = persist(self, scheduler=scheduler, optimize_graph=optimize_graph, retries=retries)
         return result
 
     def to_delayed(self, optimize_graph: bool = True) -> list[Any]:

@@ -106,6 +106,12 @@ class Accessor:
     def __dir__(self) -> list[str]:
         return dir(getattr(self._series._meta, self._name))
 
+    def __getitem__(self, key: Any) -> Any:
+        """``series.str[0]``, ``series.str[:2]``: per partition."""
+        if self._name != "str":
+            raise TypeError(f"'.{self._name}' accessor is not subscriptable")
+        return new_collection(ops.MapAccessor(self._series.expr, "str", "__getitem__", True, (key,), {}))
+
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("_"):
             raise AttributeError(attr)
