@@ -124,10 +124,11 @@ def test_scheduler_keyword_computes_locally_or_says_what_it_accepts(client: Clie
 
 
 def test_client_of_a_local_cluster_not_started_yet_starts_it_and_leaves_it_running() -> None:
-    cluster = LocalCluster(n_workers=1, memory_limit="1.5GB")
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="1.5GB")
     assert cluster.status == "created" and cluster.dashboard_link is None
     try:
         with Client(cluster) as client:
+            assert len(client.scheduler_info()["workers"]) == 2  # as in Dask: there on return
             assert cluster.status == "running" and cluster.scheduler_address == cluster.address
             assert client.id == client.name
             assert client.status == "running"

@@ -289,8 +289,10 @@ class Client(BrokerSession):
             self._context = zmq.Context()
             self._connect_socket()
             await self._handshake(deadline)
-            if self.cluster is not None and self.cluster.n_workers:
-                await self._wait_for_workers(self.cluster.n_workers, max(self.timeout, 30.0))
+            # As in Dask, a client of a local cluster starts once its workers are there.
+            local = self.cluster if self.cluster is not None else self._given_cluster
+            if local is not None and local.n_workers:
+                await self._wait_for_workers(local.n_workers, max(self.timeout, 30.0))
         except BaseException:
             await self._teardown()
             self.status = ClientStatus.CLOSED
