@@ -10,6 +10,7 @@ import sys
 import textwrap
 import types
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -585,3 +586,32 @@ def test_dataframe_arithmetic_methods_iteration_and_column_removal_match_pandas(
     assert list(df.columns) == ["s", "x"] and y.compute().tolist() == [0, 1, 2, 3]
     del df["x"]
     pd.testing.assert_frame_equal(df.compute(), pdf[["s"]])
+
+
+def test_client_get_runs_graphs_written_in_dasks_format(client: Client, run_async) -> None:  # type: ignore[no-untyped-def]
+    import operator
+
+    dsk = {
+        "x": 1,
+        "y": (inc, "x"),
+        ("z", 0): (operator.add, "x", "y"),
+        "w": (sum, ["x", "y", ("z", 0)]),
+        "v": (operator.mul, (inc, "w"), 2),  # a nested task
+        "label": "x",  # a value naming a key is that key's value
+    }
+    assert client.get(dsk, "w") == 6
+    assert client.get(dsk, ["y", ["v", ("z", 0)]]) == [2, [14, 3]]
+    assert client.get(dsk, "label") == 1
+    futures = client.get(dsk, ["w", "v"], sync=False)
+    assert all(isinstance(f, zmqdask.Future) for f in futures) and client.gather(futures) == [6, 14]
+    # Another graph that names its keys alike does not get the first one's values.
+    assert client.get({"w": (inc, 41)}, "w") == 42
+    with pytest.raises(UsageError, match="not in the graph"):
+        client.get(dsk, "nope")
+    with pytest.raises(ValueError, match="odd 1"):
+        client.get({"a": 1, "b": (fails_on_odd, "a")}, "b")
+
+    async def body(c: Client) -> Any:
+        return await c.get({"a": 20, "b": (inc, "a")}, ["a", "b"])
+
+    assert run_async(body) == [20, 21]

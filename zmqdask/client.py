@@ -29,6 +29,7 @@ from typing import Any
 
 import zmq
 
+from zmqdask import dask_graph
 from zmqdask import protocol as proto
 from zmqdask.config import (
     CONNECT_TIMEOUT_S,
@@ -712,6 +713,57 @@ class Client(BrokerSession):
         if sync:
             return self.gather(futures[0] if single else futures)
         return futures[0] if single else futures
+
+    def get(
+        self,
+        dsk: Mapping[Any, Any],
+        keys: Any,
+        sync: bool = True,
+        retries: int = 0,
+        priority: int = 0,
+        **placement: Any,
+    ) -> Any:
+        """Run a graph written in Dask's format (``{key: (func, *args)}``) and return the
+        values of ``keys`` (a key, or nested lists of keys), as Dask's ``client.get``.
+
+        With ``sync=False`` returns futures in the shape of ``keys`` instead; on an
+        asynchronous client the values come as an awaitable.
+        """
+        self._check_open()
+        _accept_placement(placement)
+        suffix = f"{self._key_token}{next(self._key_counter):x}"
+        graph = dask_graph.convert(dsk, suffix)
+
+        def names(shape: Any) -> Any:
+            if type(shape) is list:
+                return [names(item) for item in shape]
+            try:
+                known = shape in dsk
+            except TypeError:
+                known = False
+            if not known:
+                raise UsageError(f"key {shape!r} is not in the graph")
+            return dask_graph.key_name(shape, suffix)
+
+        shape = names(keys)
+        flat: list[str] = []
+
+        def flatten(item: Any) -> None:
+            if type(item) is list:
+                for part in item:
+                    flatten(part)
+            else:
+                flat.append(item)
+
+        flatten(shape)
+        outputs = list(dict.fromkeys(flat))
+        futures = dict(zip(outputs, self.submit_graph(graph, outputs, priority=priority, retries=retries), strict=True))
+
+        def as_futures(item: Any) -> Any:
+            return [as_futures(part) for part in item] if type(item) is list else futures[item]
+
+        result = as_futures(shape)
+        return result if not sync else self.gather(result)
 
     def persist(
         self, collections: Any, optimize_graph: bool = True, retries: int = 0, priority: int = 0, **placement: Any
