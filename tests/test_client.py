@@ -99,8 +99,11 @@ def test_dependencies_stay_on_the_cluster(client: Client) -> None:
 
 def test_task_exception_is_reraised_with_remote_traceback(client: Client) -> None:
     bad = client.submit(explode, 3)
-    with pytest.raises(Boom, match="bad value 3"):
+    with pytest.raises(Boom, match="bad value 3") as raised:
         bad.result(timeout=30)
+    # As in Dask, the task's own frames end the traceback (where a post-mortem debugger lands).
+    raised_names = [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]
+    assert raised_names[-1] == "explode" and "test_task_exception_is_reraised_with_remote_traceback" in raised_names
     assert bad.status == "error"
     assert isinstance(bad.exception(), Boom)
     remote_tb = bad.traceback()

@@ -64,7 +64,7 @@ from zmqdask.future import (
     FutureState,
 )
 from zmqdask.security import HandshakeMonitor, Security
-from zmqdask.serialize import dumps, loads, loads_error
+from zmqdask.serialize import dumps, loads, loads_error, traceback_from_text
 from zmqdask.sync import LoopThread
 
 logger = logging.getLogger(__name__)
@@ -632,9 +632,14 @@ class BrokerSession:
             return broker_error(text), None
         exc, remote_tb = loads_error(detail, frames)
         if remote_tb and not getattr(exc, "_zmqdask_noted", False):
-            note = f"Remote traceback of task {origin}:\n{remote_tb.rstrip()}"
-            if hasattr(exc, "add_note"):
-                exc.add_note(note)
+            # As in Dask, the task's own frames come last in the traceback of the exception
+            # raised here (a debugger's post-mortem lands in them); frames that cannot be
+            # rebuilt go into a note instead.
+            remote_frames = traceback_from_text(remote_tb)
+            if remote_frames is not None and exc.__traceback__ is None:
+                exc = exc.with_traceback(remote_frames)
+            elif hasattr(exc, "add_note"):
+                exc.add_note(f"Remote traceback of task {origin}:\n{remote_tb.rstrip()}")
             try:
                 exc._zmqdask_noted = True  # type: ignore[attr-defined]
             except Exception:
