@@ -176,6 +176,9 @@ def test_lazy_set_index_matches_pandas(column: str) -> None:
             assert present.max() < divisions[i + 1] or i == len(parts) - 1
     expected = frame.set_index(column).sort_index(kind="stable")
     pd.testing.assert_frame_equal(lazy.compute(), expected)
+    kept = _lazy(frame, 5).set_index(column, drop=False)
+    assert kept.known_divisions and kept.divisions == divisions and list(kept.columns) == list(frame.columns)
+    pd.testing.assert_frame_equal(kept.compute(), frame.set_index(column, drop=False).sort_index(kind="stable"))
 
 
 def test_lazy_set_index_with_given_divisions_and_empty_partitions() -> None:

@@ -521,14 +521,17 @@ class DataFrame(_Frame):
         """A sorted index from a column (see ``zmqdask.dataframe.shuffle``).
 
         ``sorted=True`` (Dask's hint that the column is sorted already) is accepted; the
-        boundaries are sampled either way.  Only ``drop=True`` (the column becomes the index)
-        is supported.  Other Dask options (``shuffle_method``, ``compute``...) are ignored.
+        boundaries are sampled either way.  ``drop=False`` keeps the column as well.  Other
+        Dask options (``shuffle_method``, ``compute``...) are ignored.
         """
         from zmqdask.dataframe.shuffle import set_index
 
-        if not drop:
-            raise UsageError("set_index(drop=False) is not supported; copy the column first with assign()")
-        return set_index(self, column, npartitions=npartitions, divisions=divisions)
+        if drop or not isinstance(column, Hashable) or column not in self._meta.columns:
+            return set_index(self, column, npartitions=npartitions, divisions=divisions)
+        # A copy of the column becomes the index, under the column's name.
+        copy = f"__index_{column}__"
+        indexed = set_index(self.assign(**{copy: self[column]}), copy, npartitions=npartitions, divisions=divisions)
+        return indexed.map_partitions(_name_index, column)
 
     def sort_values(self, by: Any, ascending: bool = True) -> Any:
         """Rows sorted by columns (see ``zmqdask.dataframe.shuffle``)."""
@@ -780,6 +783,11 @@ class Index(Series):
 # ---------------------------------------------------------------------------------------
 # map_partitions
 # ---------------------------------------------------------------------------------------
+
+
+def _name_index(part: Any, name: Any) -> Any:
+    """``part`` with its index named ``name``."""
+    return part.rename_axis(name)
 
 
 def _call_ufunc(ufunc: np.ufunc, kwargs: dict[str, Any], *inputs: Any) -> Any:
