@@ -294,3 +294,19 @@ def test_categories_made_per_partition_are_unknown_until_made_known() -> None:
     explicit = df.c.astype(order)
     assert explicit.cat.known
     assert explicit.cat.codes.compute().tolist() == pdf.c.astype(order).cat.codes.tolist()
+
+
+def test_random_split_gives_disjoint_reproducible_pieces_covering_every_row() -> None:
+    pdf = pd.DataFrame({"x": range(2000), "y": np.arange(2000.0)})
+    df = zd.from_pandas(pdf, npartitions=5)
+    train, valid, test = df.random_split([0.6, 0.3, 0.1], random_state=7)
+    pieces = [piece.compute() for piece in (train, valid, test)]
+    assert sum(len(piece) for piece in pieces) == len(pdf)
+    combined = pd.concat(pieces).sort_index()
+    pd.testing.assert_frame_equal(combined, pdf)  # disjoint and complete
+    assert 1000 < len(pieces[0]) < 1400 and 80 < len(pieces[2]) < 320
+    again = df.random_split([0.6, 0.3, 0.1], random_state=7)
+    pd.testing.assert_frame_equal(again[1].compute(), pieces[1])
+    assert again[0].x.sum().compute() == pieces[0].x.sum()  # a projection draws the same rows
+    with pytest.raises(UsageError, match="sum to 1"):
+        df.random_split([0.5, 0.2])

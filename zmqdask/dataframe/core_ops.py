@@ -314,6 +314,33 @@ class Sample(Blockwise):
         return self.frame._meta
 
 
+def random_split_part(part: Any, lower: float, upper: float, seed: int, i: int) -> Any:
+    """The rows of partition ``i`` whose draw lies in ``[lower, upper)``: every piece of one
+    split draws the same stream, so the pieces are disjoint and cover the partition."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
+    draws = rng.random(len(part))
+    return part[(draws >= lower) & (draws < upper)]
+
+
+@node
+class RandomSplitPiece(Blockwise):
+    """One piece of ``random_split``: the rows whose random draw falls in ``[lower, upper)``."""
+
+    frame: Expr
+    lower: float
+    upper: float
+    seed: int
+
+    _columnwise = True
+
+    def _task(self, i: int) -> TaskSpec:
+        return (random_split_part, (self._part(self.frame, i), self.lower, self.upper, self.seed, i), {})
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.frame._meta
+
+
 # ---------------------------------------------------------------------------------------
 # Row selections: keep columns, drop rows (projections move below them)
 # ---------------------------------------------------------------------------------------

@@ -181,6 +181,24 @@ class FrameMethods:
         seed = int(entropy) % 2**32 if random_state is None else int(random_state)
         return new_collection(Sample(self._expr, float(frac), bool(replace), seed))
 
+    def random_split(self, frac: Any, random_state: int | None = None, shuffle: bool = False) -> list[Any]:
+        """The rows split at random into pieces of about the fractions ``frac`` (which sum to
+        1), as Dask's ``random_split``: disjoint, together every row, reproducible with
+        ``random_state``.  ``shuffle`` is accepted; rows keep their partition and order."""
+        from zmqdask.dataframe.core_ops import RandomSplitPiece
+
+        fractions = [float(f) for f in frac]
+        if not fractions or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+            raise UsageError(f"random_split needs non-negative fractions that sum to 1, got {list(frac)}")
+        entropy: Any = np.random.SeedSequence().entropy
+        seed = int(entropy) % 2**32 if random_state is None else int(random_state)
+        bounds = np.concatenate([[0.0], np.cumsum(fractions)])
+        bounds[-1] = np.inf  # every draw (in [0, 1)) lands in some piece despite rounding
+        return [
+            new_collection(RandomSplitPiece(self._expr, float(bounds[k]), float(bounds[k + 1]), seed))
+            for k in range(len(fractions))
+        ]
+
     def sort_index(self, ascending: bool = True) -> Any:
         """Rows sorted by index; needs known divisions (partitions already hold sorted ranges)."""
         from zmqdask.dataframe.expr import Partitions
