@@ -12,6 +12,12 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3}
 STOP_WAIT_S=10
 
+if ! command -v zmqdask-broker >/dev/null; then
+    echo "zmqdask-broker is not on PATH: activate the environment zmqdask is installed in" \
+        "(after the README's first command: . .venv/bin/activate)" >&2
+    exit 2
+fi
+
 tmp=$(mktemp -d)
 broker_pid=""
 pool_pid=""
