@@ -80,6 +80,7 @@ class WorkerPeer(Peer):
         "functions_sent",
         "has",
         "host",
+        "last_progress",
         "memory_limit",
         "nbytes",
         "nthreads",
@@ -89,6 +90,7 @@ class WorkerPeer(Peer):
         "processing",
         "requests",
         "seceded",
+        "stalled",
         "storing",
         "window",
     )
@@ -130,6 +132,10 @@ class WorkerPeer(Peer):
         """How many tasks may be processing on this worker now (never above ``credit``)."""
         self.completed = 0
         self.pace_since = now
+        self.last_progress = now
+        """When the worker last answered for a task."""
+        self.stalled = False
+        """Set when its tasks were given back to idle workers (see :meth:`stall`)."""
 
     def base_window(self) -> int:
         """The window before the worker's pace is known, and the smallest it becomes."""
@@ -137,6 +143,9 @@ class WorkerPeer(Peer):
 
     def finished_tasks(self, count: int, now: float) -> None:
         """``count`` tasks came back from this worker: measure its pace and size its window."""
+        self.last_progress = now
+        if self.stalled:
+            return  # the window stays at one task per thread until the worker runs one (unstall)
         self.completed += count
         elapsed = now - self.pace_since
         if elapsed < PACE_INTERVAL_S:
@@ -145,6 +154,19 @@ class WorkerPeer(Peer):
         # towards its base, which is what a worker without much to do needs anyway.
         target = self.nthreads + int(self.completed / elapsed * QUEUE_TARGET_S)
         self.window = min(self.credit, max(self.base_window(), target))
+        self.completed = 0
+        self.pace_since = now
+
+    def stall(self) -> None:
+        """The worker has finished nothing for a while, with tasks queued behind what it runs:
+        send it no more than one task per thread until it finishes one (:meth:`unstall`)."""
+        self.stalled = True
+        self.window = min(self.credit, self.nthreads)
+
+    def unstall(self, now: float) -> None:
+        """The worker ran a task again: back to the window of a worker whose pace is unknown."""
+        self.stalled = False
+        self.window = min(self.credit, self.base_window())
         self.completed = 0
         self.pace_since = now
 

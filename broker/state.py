@@ -60,6 +60,10 @@ from zmqdask.protocol import (
 
 logger = logging.getLogger(__name__)
 
+STALL_S = 1.0
+"""A worker that has finished nothing for this long, with tasks queued behind the ones it
+runs, gives those back when another worker has an idle thread."""
+
 RELEASE_KEYS_PER_STEP = 500
 """Released keys applied per step when releases pile up: a client dropping a hundred thousand
 futures at once must not hold up the messages of work still running for as long as
@@ -268,6 +272,7 @@ class BrokerState:
                 for identity in [i for i, (t, _) in self._graveyard.items() if t < silent_since]:
                     del self._graveyard[identity]
             self.ledger.ready.compact(self.ledger.tasks, self.ledger.counts["queued"])
+            self._give_back_stalled(now)
         except Exception:
             self.counters.internal_errors += 1
             logger.exception("internal error during tick")
@@ -281,6 +286,38 @@ class BrokerState:
                 out.append((peer.identity, heartbeat))
                 peer.last_sent = now
         return out
+
+    def _give_back_stalled(self, now: float) -> None:
+        """Move tasks queued on a worker that has finished nothing for :data:`STALL_S` to
+        workers with an idle thread.
+
+        Tasks go to workers ahead of time (the window) so that tiny tasks never wait for the
+        broker; behind a task that runs for long (or for ever: a running task cannot be
+        interrupted) they would wait as long while other workers idle.  The stalled worker
+        is asked to drop its newest tasks (CANCEL_TASKS: it drops those it has not started
+        and answers CANCELLED, which requeues them) and is sent one task per thread at most
+        until it finishes one.
+        """
+        workers = self._workers.values()
+        if len(workers) < 2 or not any(w.busy < w.nthreads and not w.stalled for w in workers):
+            return
+        since = now - STALL_S
+        for worker in workers:
+            excess = worker.busy - worker.nthreads
+            if excess <= 0 or worker.last_progress > since:
+                continue
+            worker.stall()
+            seceded = worker.seceded
+            # Newest first: the tasks least likely to have started.
+            keys = [key for key in reversed(worker.processing) if key not in seceded][:excess]
+            for key in keys:
+                self._outbox.cancel_task(worker, key)
+            logger.info(
+                "%s finished nothing for %.1f s: asking it to give back %d queued tasks for idle workers",
+                worker.label(),
+                now - worker.last_progress,
+                len(keys),
+            )
 
     def peer_unreachable(self, identity: bytes, now: float) -> Outgoing:
         """The socket could not route to ``identity`` (it disconnected): treat it as dead."""
@@ -743,6 +780,8 @@ class BrokerState:
         offset = 0
         frames: Payload
         entries = message.header[0]
+        if worker.stalled and any(entry[1] == protocol.FINISHED or entry[1] == protocol.ERRED for entry in entries):
+            worker.unstall(self._now)
         worker.finished_tasks(len(entries), self._now)
         for key, code, detail, nframes in entries:
             if type(nframes) is bytes:

@@ -294,6 +294,39 @@ def test_seceded_tasks_leave_room_in_the_window_and_credit_until_they_finish(h: 
     assert h.state.audit() == []
 
 
+def test_tasks_queued_behind_a_stalled_worker_go_to_an_idle_one(h: Harness) -> None:
+    h.worker(b"w1", credit=20)
+    h.client(b"c1")
+    h.submit(b"c1", [("long", [])])  # the only worker: w1 runs it (for ever, as it turns out)
+    out = h.submit(b"c1", [(f"t{i}", []) for i in range(6)])
+    assert compute_keys(out, b"w1") == [f"t{i}" for i in range(6)]  # queued behind "long"
+    h.worker(b"w2", credit=20)
+    assert not msgs(h.tick(0.5), b"w1", P.CANCEL_TASKS)  # not stalled yet
+    out = h.tick(0.6)
+    given_back = one(out, b"w1", P.CANCEL_TASKS).header[0]
+    assert sorted(given_back) == [f"t{i}" for i in range(6)]  # newest first, all of the excess
+    # w1 drops those it had not started; they go to w2, and w1 gets no more for now.
+    out = h.done(b"w1", [[key, P.CANCELLED, "cancelled", 0] for key in given_back])
+    assert sorted(compute_keys(out, b"w2")) == sorted(given_back) and not compute_keys(out, b"w1")
+    h.finish(b"w2", *given_back)
+    out = h.submit(b"c1", [("more", [])])
+    assert compute_keys(out, b"w2") == ["more"]
+    # Once w1 finishes something it takes tasks again.
+    h.finish(b"w1", "long")
+    out = h.submit(b"c1", [("again", []), ("and-again", [])])
+    assert compute_keys(out, b"w1")
+
+
+def test_a_busy_worker_keeps_its_queue_while_no_other_worker_is_idle(h: Harness) -> None:
+    h.worker(b"w1", credit=20)
+    h.worker(b"w2", credit=20)
+    h.client(b"c1")
+    out = h.submit(b"c1", [(f"t{i}", []) for i in range(10)])
+    assert compute_keys(out, b"w1") and compute_keys(out, b"w2")
+    for _ in range(30):  # 3 s with both workers busy: nothing moves
+        assert not [m for _, m in h.tick(0.1) if m.command == P.CANCEL_TASKS]
+
+
 def test_function_frames_are_sent_once_per_worker(h: Harness) -> None:
     h.worker(b"w1", credit=1)
     h.client(b"c1")

@@ -650,3 +650,25 @@ def test_functions_are_sent_again_after_a_client_trims_them_and_dropped_when_it_
         # The workers dropped them too: what they load is what the broker keeps, plus the probe.
         probes = [observer.submit(_functions_loaded_here, pure=False) for _ in range(8)]
         assert max(observer.gather(probes)) <= baseline + 1
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_tasks_queued_behind_a_task_that_runs_for_long_move_to_the_idle_worker() -> None:
+    with Client(n_workers=2, threads_per_worker=1, timeout=30) as c:
+        # A cancelled task that keeps running (a running task cannot be interrupted) holds
+        # its worker's only thread; what was queued behind it moves to the other worker.
+        stuck = c.submit(sleep_for, 60.0, pure=False)
+        wait_until_running = time.monotonic() + 10
+        while not any(w["processing"] for w in c.scheduler_info()["workers"].values()):
+            assert time.monotonic() < wait_until_running
+            time.sleep(0.01)
+        stuck.cancel()
+        started = time.monotonic()
+        assert c.gather(c.map(inc, range(40), pure=False)) == list(range(1, 41))
+        # Long tasks queued on both workers: the tail is shared out as workers free up.
+        assert sorted(c.gather(c.map(sleep_for, [0.3] * 6, pure=False))) == [0.3] * 6
+        assert time.monotonic() - started < 30
