@@ -181,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.serve_forever()
     finally:
         server.close()
-        if orphaned.is_set() and args.ipc:
+        # A local cluster's broker (its owner named itself in ZMQDASK_PARENT_PID) removes the
+        # owner's socket directory however it stops: the owner may be gone (SIGKILL), or be
+        # stopping with it (SIGTERM to the whole process group, as `timeout` and
+        # `docker stop` send) without running its own clean-up.
+        if args.ipc and (orphaned.is_set() or os.environ.get("ZMQDASK_PARENT_PID") is not None):
             _remove_socket_directory(args.ipc)
     return EXIT_OK

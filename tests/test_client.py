@@ -521,19 +521,25 @@ threading.Event().wait()
 """
 
 
-def test_a_killed_client_leaves_neither_its_cluster_nor_its_socket_directory(tmp_path, wait_until) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("whole_group", [False, True], ids=["SIGKILL-to-client", "SIGTERM-to-process-group"])
+def test_a_killed_client_leaves_neither_its_cluster_nor_its_socket_directory(whole_group: bool, wait_until) -> None:  # type: ignore[no-untyped-def]
     import signal
     import subprocess
     import sys
 
-    owner = subprocess.Popen([sys.executable, "-c", KILLED_OWNER_SCRIPT], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", KILLED_OWNER_SCRIPT], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         assert owner.stdout is not None
         address, broker_pid, pool_pid = owner.stdout.readline().split()
         assert address.startswith("ipc://")
         socket_dir = os.path.dirname(address[len("ipc://") :])
         assert os.path.isdir(socket_dir)
-        owner.send_signal(signal.SIGKILL)
+        if whole_group:  # what `timeout`, `docker stop` and Ctrl-\ in some shells do
+            os.killpg(owner.pid, signal.SIGTERM)
+        else:
+            owner.send_signal(signal.SIGKILL)
         owner.wait(30)
 
         def gone(pid: str) -> bool:
