@@ -615,3 +615,29 @@ def test_client_get_runs_graphs_written_in_dasks_format(client: Client, run_asyn
         return await c.get({"a": 20, "b": (inc, "a")}, ["a", "b"])
 
     assert run_async(body) == [20, 21]
+
+
+def load_lookup() -> pd.DataFrame:
+    return pd.DataFrame({"k": [0, 1, 2], "label": ["zero", "one", "two"]})
+
+
+def attach_labels(part: pd.DataFrame, lookup: pd.DataFrame) -> pd.DataFrame:
+    return part.merge(lookup, on="k", how="left")
+
+
+def test_map_partitions_takes_delayed_arguments_and_holds_results_to_the_meta_given(client: Client) -> None:
+    pdf = pd.DataFrame({"k": [0, 1, 2, 1, 0, 2], "x": range(6)})
+    frame = dd.from_pandas(pdf, npartitions=3)
+    meta = pd.DataFrame({"k": pd.Series(dtype="int64"), "x": pd.Series(dtype="int64"), "label": pd.Series(dtype="str")})
+    labelled = frame.map_partitions(attach_labels, zmqdask.delayed(load_lookup)(), meta=meta)
+    expected = pd.concat(attach_labels(pdf.iloc[i : i + 2], load_lookup()) for i in (0, 2, 4))
+    assert labelled.compute()["label"].tolist() == expected["label"].tolist()
+    # A function returning one value per partition, declared as a Series, as Dask allows.
+    sums = frame.map_partitions(lambda part: part.x.sum(), meta=("x", "i8"))
+    assert sums.compute().tolist() == [1, 5, 9] and sums.sum().compute() == 15
+    # Declared columns in another order are put in the declared order; other columns are refused.
+    reordered = frame.map_partitions(lambda part: part[["x", "k"]], meta={"k": "i8", "x": "i8"})
+    assert list(reordered.compute().columns) == ["k", "x"]
+    wrong = frame.map_partitions(lambda part: part.rename(columns={"x": "q"}), meta={"k": "i8", "x": "i8"})
+    with pytest.raises(ValueError, match="do not match the columns of the meta"):
+        wrong.compute()

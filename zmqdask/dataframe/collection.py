@@ -807,6 +807,21 @@ def map_partitions(
     each row's index) unless ``clear_divisions`` is true.  A function returning a scalar
     gives a Series with one value per partition.
     """
-    exprs = [_expr_of(a) for a in args]
-    kw = {k: _expr_of(v) for k, v in kwargs.items()}
+    exprs = [_expr_of(_delayed_value(a)) for a in args]
+    kw = {k: _expr_of(_delayed_value(v)) for k, v in kwargs.items()}
     return new_collection(plan.map_partitions_expr(func, exprs, kw, meta, clear_divisions))
+
+
+def _delayed_value(value: Any) -> Any:
+    """A delayed argument as something a partition task can take: a future of its value on
+    the current client (computing from now on), else its value computed here."""
+    from zmqdask.delayed import Delayed
+
+    if not isinstance(value, Delayed):
+        return value
+    from zmqdask.base import get_client
+
+    client = get_client()
+    if client is not None:
+        return client.compute(value)
+    return value.compute(scheduler="sync")

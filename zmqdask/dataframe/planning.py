@@ -234,11 +234,49 @@ def map_partitions_expr(
             ) from exc
     else:
         meta = meta_from(meta)
+        if isinstance(meta, (pd.DataFrame, pd.Series)):
+            # Told, not inferred: hold each partition's result to it.
+            func = _ConformToMeta(func, meta)
     if ops.is_scalar_meta(meta):
         # One value per partition: gathered as a Series indexed by partition number.
         return ops.MapPartitionsScalar(frame, func, rest, kw, pd.Series([meta]).iloc[:0])
     keeps_index = isinstance(meta, (pd.DataFrame, pd.Series)) and isinstance(frame._meta, (pd.DataFrame, pd.Series))
     return MapPartitions(frame, func, rest, kw, meta, keeps_index and not clear_divisions)
+
+
+class _ConformToMeta:
+    """Calls ``func`` and holds its result to the ``meta`` the user gave map_partitions.
+
+    A scalar where a Series was declared becomes a one-value Series (labelled with the
+    partition's first index label), as Dask lets it; a frame with the declared columns in
+    another order is put in that order; other columns are a clear error, not a KeyError later.
+    """
+
+    def __init__(self, func: Callable[..., Any], meta: Any) -> None:
+        self.func = func
+        self.meta = meta
+
+    def __call__(self, part: Any, *rest: Any, **kwargs: Any) -> Any:
+        result = self.func(part, *rest, **kwargs)
+        meta = self.meta
+        if isinstance(meta, pd.Series) and not isinstance(result, (pd.Series, pd.DataFrame, pd.Index)):
+            if np.ndim(result) == 0:
+                index = part.index[:1] if hasattr(part, "index") and len(part) else None
+                values = [result] if index is None or len(index) else []
+                return pd.Series(values, index=index, name=meta.name, dtype=meta.dtype)
+        elif isinstance(meta, pd.DataFrame) and isinstance(result, pd.DataFrame):
+            declared, found = list(meta.columns), list(result.columns)
+            if found != declared:
+                if sorted(map(str, found)) != sorted(map(str, declared)) or len(found) != len(declared):
+                    raise ValueError(
+                        f"the columns of the result of {getattr(self.func, '__name__', self.func)!r} "
+                        f"({found}) do not match the columns of the meta= given ({declared})"
+                    )
+                return result[declared]
+        return result
+
+    def __zmqdask_tokenize__(self) -> tuple[Any, ...]:
+        return ("conform", self.func, self.meta)
 
 
 class _Reorder:
