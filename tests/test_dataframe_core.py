@@ -496,7 +496,7 @@ def test_dataframe_repr() -> None:
     text = repr(df)
     lines = text.splitlines()
     assert lines[0] == "zmqdask DataFrame Structure:"
-    assert lines[1].split() == ["id", "name", "x", "y"]
+    assert lines[1].split() == ["name", "id", "x", "y"]
     assert lines[2].strip() == "npartitions=30"
     assert lines[3].split()[0] == "2000-01-01" and "int64" in lines[3] and "float64" in lines[3]
     assert lines[5].split()[0] == "..."

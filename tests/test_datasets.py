@@ -19,7 +19,7 @@ def test_default_shape_divisions_and_dtypes() -> None:
     assert df.npartitions == 30
     assert df.known_divisions
     assert df.divisions == tuple(pd.date_range("2000-01-01", "2000-01-31", freq="1D"))
-    assert list(df.columns) == ["id", "name", "x", "y"]
+    assert list(df.columns) == ["name", "id", "x", "y"]  # as in Dask
     assert df.dtypes["id"] == np.dtype("int64")
     assert df.dtypes["x"] == np.dtype("float64") and df.dtypes["y"] == np.dtype("float64")
     assert pd.api.types.is_string_dtype(df.dtypes["name"])

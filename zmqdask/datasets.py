@@ -34,7 +34,7 @@ DEFAULT_SEED = 20000101
 POISSON_MEAN = 1000
 """Mean of the integer columns."""
 
-DEFAULT_DTYPES: dict[str, Any] = {"id": int, "name": str, "x": float, "y": float}
+DEFAULT_DTYPES: dict[str, Any] = {"name": str, "id": int, "x": float, "y": float}
 """Columns of ``timeseries()`` by default, in order."""
 
 _NAMES_ARRAY = np.array(NAMES, dtype=object)
@@ -252,8 +252,8 @@ def timeseries(
 ) -> Any:
     """A lazy DataFrame of random data indexed by time, one partition per ``partition_freq``.
 
-    Defaults give 30 daily partitions of 86,400 rows: ``id`` (Poisson, mean 1000), ``name``
-    (one of 26 first names), ``x`` and ``y`` (uniform on [-1, 1)), indexed by
+    Defaults give 30 daily partitions of 86,400 rows: ``name`` (one of 26 first names),
+    ``id`` (Poisson, mean 1000), ``x`` and ``y`` (uniform on [-1, 1)), indexed by
     ``timestamp`` with known divisions.  ``dtypes`` maps column names to dtypes (float,
     int, str, "category" or bool columns are generated accordingly).  The same ``seed``
     gives the same data; ``seed=None`` uses a fixed default.
