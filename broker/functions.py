@@ -19,6 +19,16 @@ from broker.peers import ClientPeer, WorkerPeer
 from zmqdask.protocol import frame_nbytes
 
 
+def count_down(counts: dict[bytes, int], key: bytes) -> bool:
+    """Take one from ``counts[key]``; True, with ``key`` removed, when none is left."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+        return False
+    del counts[key]
+    return True
+
+
 class FunctionTable:
     """Pickled functions by hash, with the clients that own each (see the module docstring)."""
 
@@ -53,11 +63,7 @@ class FunctionTable:
             if fn_hash not in client.functions:
                 continue
             client.functions.discard(fn_hash)
-            left = owners[fn_hash] - 1
-            if left:
-                owners[fn_hash] = left
-            else:
-                del owners[fn_hash]
+            if count_down(owners, fn_hash):
                 self._candidates.append(fn_hash)
 
     def client_gone(self, client: ClientPeer) -> None:

@@ -27,6 +27,7 @@ import logging
 from collections import deque
 from typing import Any
 
+from broker.functions import count_down
 from broker.outbox import Outbox, Payload, payload_field
 from broker.peers import ClientPeer, WorkerPeer
 from zmqdask import protocol
@@ -924,12 +925,7 @@ class Ledger:
         rec.error = None
         fn_hash = rec.fn_hash
         if fn_hash is not None:
-            refs = self.function_refs
-            left = refs[fn_hash] - 1
-            if left:
-                refs[fn_hash] = left
-            else:
-                del refs[fn_hash]
+            if count_down(self.function_refs, fn_hash):
                 self.unreferenced_functions.append(fn_hash)
             rec.fn_hash = None
 

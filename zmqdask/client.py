@@ -927,10 +927,15 @@ class Client(BrokerSession):
             with self._lock:
                 self._schedule_flush()
 
+        return self._on_loop(do_cancel)
+
+    def _on_loop(self, fn: Callable[[], None]) -> Any:
+        """Run ``fn`` on the client's loop: at once on an asynchronous client (returning an
+        awaitable, as Dask's methods do there), else from this thread, waiting for it."""
         if self.asynchronous:
-            do_cancel()
+            fn()
             return _done_coro()
-        self._loop_thread.run(_as_coro(do_cancel), timeout=self.timeout)  # type: ignore[union-attr]
+        self._loop_thread.run(_as_coro(fn), timeout=self.timeout)  # type: ignore[union-attr]
         return None
 
     def retry(self, futures: Any) -> Any:
@@ -971,11 +976,7 @@ class Client(BrokerSession):
                 if order:
                     self._schedule_flush()
 
-        if self.asynchronous:
-            do_retry()
-            return _done_coro()
-        self._loop_thread.run(_as_coro(do_retry), timeout=self.timeout)  # type: ignore[union-attr]
-        return None
+        return self._on_loop(do_retry)
 
     def scheduler_info(self) -> Any:
         """Broker and worker information, shaped like Dask's ``scheduler_info()``."""
