@@ -104,6 +104,11 @@ def test_task_exception_is_reraised_with_remote_traceback(client: Client) -> Non
     # As in Dask, the task's own frames end the traceback (where a post-mortem debugger lands).
     raised_names = [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]
     assert raised_names[-1] == "explode" and "test_task_exception_is_reraised_with_remote_traceback" in raised_names
+    for _ in range(2):  # raising it again does not stack the frames of earlier raises
+        with pytest.raises(Boom) as again:
+            bad.result(timeout=30)
+        names_again = [frame.name for frame in traceback.extract_tb(again.value.__traceback__)]
+        assert names_again.count("explode") == 1 and names_again.count("_blocking") == 0
     assert bad.status == "error"
     assert isinstance(bad.exception(), Boom)
     remote_tb = bad.traceback()

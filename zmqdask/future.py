@@ -91,6 +91,14 @@ class FutureState:
                     waiter.set_result(None)
 
 
+def failure_of(state: FutureState) -> BaseException:
+    """The exception to raise for a failed key: the task's own frames last (as in Dask), and
+    none left over from an earlier raise of the same exception object."""
+    exc = state.exception
+    assert exc is not None
+    return exc.with_traceback(traceback_from_text(state.traceback) if state.traceback else None)
+
+
 class Future:
     """A remote computation's result, like ``dask.distributed.Future``.
 
@@ -151,7 +159,7 @@ class Future:
         if state.has_value:
             return state.value
         if state.status in TERMINAL_FAILURES and state.exception is not None:
-            raise state.exception
+            raise failure_of(state)
         return self._client._blocking(
             self._client._wait_value(state), timeout, "await future", what=f"result of {self.key}"
         )
@@ -471,7 +479,7 @@ class as_completed:
                 if state.has_value:
                     return future, state.value
                 assert state.exception is not None
-                raise state.exception
+                raise failure_of(state)
             return future, future.result()
         except FutureCancelledError:
             return future, None

@@ -62,6 +62,7 @@ from zmqdask.future import (
     DoneAndNotDoneFutures,
     Future,
     FutureState,
+    failure_of,
 )
 from zmqdask.security import HandshakeMonitor, Security
 from zmqdask.serialize import dumps, loads, loads_error, traceback_from_text
@@ -833,8 +834,7 @@ class BrokerSession:
             if state.has_value:
                 return state.value
             if state.status in TERMINAL_FAILURES:
-                assert state.exception is not None
-                raise state.exception
+                raise failure_of(state)
             self._check_open()
             if not state.data_requested:
                 self._request_data(state)
