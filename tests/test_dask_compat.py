@@ -641,3 +641,24 @@ def test_map_partitions_takes_delayed_arguments_and_holds_results_to_the_meta_gi
     wrong = frame.map_partitions(lambda part: part.rename(columns={"x": "q"}), meta={"k": "i8", "x": "i8"})
     with pytest.raises(ValueError, match="do not match the columns of the meta"):
         wrong.compute()
+
+
+def partition_pid(part: pd.DataFrame) -> pd.Series:
+    import os
+
+    return pd.Series([os.getpid()] * len(part), index=part.index)
+
+
+def test_config_set_chooses_the_scheduler_like_dask_config(client: Client) -> None:
+    import os
+
+    frame = dd.from_pandas(pd.DataFrame({"x": range(8)}), npartitions=2)
+    pids = frame.map_partitions(partition_pid, meta=("pid", "i8"))
+    assert os.getpid() not in set(pids.compute())  # on the cluster
+    with zmqdask.config.set(scheduler="sync"):
+        assert zmqdask.config.get("scheduler") == "sync"
+        assert set(pids.compute()) == {os.getpid()}  # in this process
+        with zmqdask.config.set({"scheduler": "distributed", "dataframe.shuffle.method": "tasks"}):
+            assert os.getpid() not in set(pids.compute())
+        assert zmqdask.config.get("dataframe.shuffle.method") is None
+    assert zmqdask.config.get("scheduler") is None and zmqdask.config.get("missing", 3) == 3

@@ -56,7 +56,12 @@ LOCAL_SCHEDULERS = frozenset({"sync", "synchronous", "single-threaded", "threads
 
 
 def _uses_client(scheduler: Any) -> bool:
-    """Whether ``scheduler=`` (Dask's keyword) sends work to the current client."""
+    """Whether ``scheduler=`` (Dask's keyword; unset: ``zmqdask.config.get("scheduler")``)
+    sends work to the current client."""
+    if scheduler is None:
+        from zmqdask import config
+
+        scheduler = config.get("scheduler")
     if scheduler is None or scheduler == "distributed":
         return True
     if scheduler in LOCAL_SCHEDULERS:

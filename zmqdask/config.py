@@ -1,6 +1,15 @@
-"""Shared constants: timings, limits and defaults used by the client, broker and workers."""
+"""Shared constants: timings, limits and defaults used by the client, broker and workers.
+
+Also Dask's ``config.set``/``config.get`` for user settings (``with zmqdask.config.set(
+scheduler="sync"):``); of those, ``scheduler`` is what zmqdask reads (the default of
+``compute``'s ``scheduler=``), and the others are kept for code that reads them back.
+"""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
 
 PROTOCOL_VERSION = 1
 """Version byte carried in every message's first frame."""
@@ -72,3 +81,41 @@ FUNCTION_BYTES_KEPT_MAX = 256 * 1024**2
 
 LIVENESS_TIMEOUT_S = HEARTBEAT_INTERVAL_S * LIVENESS_INTERVALS
 """Silence after which a peer is treated as dead."""
+
+
+_settings: dict[str, Any] = {}
+_settings_lock = threading.Lock()
+_MISSING = object()
+
+
+# Dask's name, zmqdask.config.set(...): it shadows the builtin inside this module only.
+class set:
+    """Set user settings now; as a context manager, restore the previous ones on exit.
+
+    ``set({"scheduler": "sync"})`` or ``set(scheduler="sync")``; dotted or nested keys are
+    kept as given (``"dataframe.shuffle.method"``).
+    """
+
+    def __init__(self, arg: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        updates = {**(dict(arg) if arg is not None else {}), **kwargs}
+        with _settings_lock:
+            self._previous = {key: _settings.get(key, _MISSING) for key in updates}
+            _settings.update(updates)
+
+    def __enter__(self) -> set:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _settings_lock:
+            for key, value in self._previous.items():
+                if value is _MISSING:
+                    _settings.pop(key, None)
+                else:
+                    _settings[key] = value
+
+
+def get(key: str, default: Any = None) -> Any:
+    """A user setting made with :class:`set`, or ``default``."""
+    with _settings_lock:
+        return _settings.get(key, default)
+
