@@ -231,3 +231,29 @@ def test_to_datetime_and_to_numeric() -> None:
     numbers = pd.Series(["1", "2.5", "x"] * 3)
     got = zd.to_numeric(zd.from_pandas(numbers, npartitions=2), errors="coerce").compute()
     pd.testing.assert_series_equal(got, pd.to_numeric(numbers, errors="coerce"))
+
+
+def test_read_parquet_of_a_hive_partitioned_directory_matches_pandas(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"k": ["a", "a", "b", "c"] * 5, "year": [2020, 2021] * 10, "v": range(20)})
+    frame.to_parquet(tmp_path / "hive", partition_cols=["k", "year"])
+    expected = pd.read_parquet(tmp_path / "hive")
+
+    def canonical(result: pd.DataFrame) -> pd.DataFrame:
+        result = result.sort_values("v").reset_index(drop=True)
+        return result.astype({"k": str, "year": "int64"})[["v", "k", "year"]]
+
+    lazy = read_parquet(str(tmp_path / "hive"))
+    assert lazy.npartitions == 4 and list(lazy.columns) == ["v", "k", "year"]  # one per file
+    assert isinstance(lazy.dtypes["k"], pd.CategoricalDtype) and list(lazy.dtypes["k"].categories) == ["a", "b", "c"]
+    pd.testing.assert_frame_equal(canonical(lazy.compute()), canonical(expected))
+    assert len(lazy) == 20 and lazy.v.sum().compute() == 190
+    # Filters on directory columns drop whole files before anything is read.
+    only_a = read_parquet(str(tmp_path / "hive"), filters=[("k", "==", "a")])
+    assert only_a.npartitions == 2
+    pd.testing.assert_frame_equal(canonical(only_a.compute()), canonical(expected[expected.k == "a"]))
+    mixed = read_parquet(str(tmp_path / "hive"), columns=["v"], filters=[("year", ">", 2020), ("v", "<", 10)])
+    assert sorted(mixed.compute().v) == sorted(frame[(frame.year > 2020) & (frame.v < 10)].v)
+    # ...and a filter written on the lazy frame reaches the reader too.
+    lazy_filter = lazy[lazy.year == 2021]
+    assert lazy_filter.v.sum().compute() == frame[frame.year == 2021].v.sum()
+    assert lazy.groupby("k").v.sum().compute().to_dict() == frame.groupby("k").v.sum().to_dict()

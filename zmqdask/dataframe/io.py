@@ -275,6 +275,10 @@ def _mask(frame: pd.DataFrame, column: Hashable, op: str, value: Any) -> np.ndar
     else:
         level: Any = column
         values = pd.Series(frame.index.get_level_values(level), index=frame.index)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        # Compared by value, as pyarrow compares a dictionary column (a hive directory
+        # column, say): an unordered categorical allows only == and != in pandas.
+        values = pd.Series(values.to_numpy(), index=values.index)
     if op in ("==", "="):
         result = values == value
     elif op == "!=":
@@ -307,8 +311,18 @@ def apply_filters(frame: pd.DataFrame, groups: list[list[tuple[Any, str, Any]]])
     return frame[keep]
 
 
-def read_parquet_part(path: str, columns: tuple[Hashable, ...] | None, filters: tuple[Any, ...] | None) -> pd.DataFrame:
-    """One Parquet file as a partition, with columns pruned and rows filtered."""
+def read_parquet_part(
+    path: str,
+    columns: tuple[Hashable, ...] | None,
+    filters: tuple[Any, ...] | None,
+    partition: tuple[tuple[str, Any, tuple[Any, ...]], ...] = (),
+) -> pd.DataFrame:
+    """One Parquet file as a partition, with columns pruned and rows filtered.
+
+    ``partition`` holds the file's ``(column, value, categories)`` from the ``key=value``
+    directories above it (a hive-partitioned dataset): those columns are not in the file
+    and are added as categoricals.
+    """
     import_pyarrow()
     groups = _as_disjunction(list(filters) if filters else None)
     wanted: Any = None if columns is None else list(columns)
@@ -316,9 +330,14 @@ def read_parquet_part(path: str, columns: tuple[Hashable, ...] | None, filters: 
     if wanted is not None and groups:
         extra = [c for group in groups for c, _, _ in group if c not in wanted]
         read_columns = wanted + list(dict.fromkeys(extra))
+    directory_columns = {name for name, _, _ in partition}
+    if directory_columns and read_columns is not None:
+        read_columns = [c for c in read_columns if c not in directory_columns]
     # pyarrow prunes row groups and rows for null-safe comparisons; the exact pandas
     # semantics are applied afterwards in any case, so both agree on missing values.
-    safe = [[f for f in group if f[1] in _NULL_SAFE] for group in groups]
+    # Conditions on directory columns are left out of what pyarrow sees (the file has no
+    # such column); a conjunction without them selects more rows, never fewer.
+    safe = [[f for f in group if f[1] in _NULL_SAFE and f[0] not in directory_columns] for group in groups]
     arrow_filters: Any = safe if groups and all(safe) and not _range_indexed(path) else None
     try:
         frame = pd.read_parquet(path, engine="pyarrow", columns=read_columns, filters=arrow_filters)
@@ -329,8 +348,12 @@ def read_parquet_part(path: str, columns: tuple[Hashable, ...] | None, filters: 
             frame = pd.read_parquet(path, engine="pyarrow", columns=read_columns)
         else:
             raise
+    for name, value, categories in partition:
+        if wanted is None or name in wanted or any(name == c for group in groups for c, _, _ in group):
+            codes = np.full(len(frame), list(categories).index(value), dtype=np.int32)
+            frame[name] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(list(categories)))
     frame = apply_filters(frame, groups)
-    if wanted is not None and read_columns != wanted:
+    if wanted is not None and list(frame.columns) != wanted:
         frame = frame[[c for c in wanted if c in frame.columns]]
     return frame
 
@@ -355,6 +378,8 @@ class ReadParquet(ColumnSelectingSource):
     division_values: tuple[Any, ...]
     columns_selected: tuple[Hashable, ...] | None = None
     filters: tuple[Any, ...] | None = None
+    partitions: tuple[tuple[tuple[str, Any, tuple[Any, ...]], ...], ...] | None = None
+    """Per file, its ``(column, value, categories)`` from ``key=value`` directories."""
 
     def _prefix(self) -> str:
         return "read-parquet"
@@ -368,7 +393,8 @@ class ReadParquet(ColumnSelectingSource):
         return self.division_values
 
     def _task(self, i: int) -> TaskSpec:
-        return (read_parquet_part, (self.paths[i], self.columns_selected, self.filters), {})
+        partition = self.partitions[i] if self.partitions is not None else ()
+        return (read_parquet_part, (self.paths[i], self.columns_selected, self.filters, partition), {})
 
     def _with_filters(self, filters: list[tuple[Any, str, Any]]) -> Expr | None:
         new = [tuple(f) for f in filters]
@@ -439,7 +465,9 @@ def read_parquet(
 ) -> Any:
     """A lazy DataFrame over Parquet files: a file, a directory of ``*.parquet``, a glob or a list.
 
-    One partition per file.  ``filters`` are ``(column, op, value)`` conjunctions (or a
+    A directory laid out as ``key=value/.../file`` (hive partitioning, as pandas and Dask
+    write it with ``partition_cols``) gives each key as a categorical column, and filters
+    on those keys skip whole files.  One partition per file.  ``filters`` are ``(column, op, value)`` conjunctions (or a
     list of them, OR-ed); divisions are known when the files are sorted by a stored index.
     ``engine`` must be pyarrow (or "auto"); other Dask options (``index``,
     ``calculate_divisions``, ``split_row_groups``...) are accepted and not used.
@@ -447,8 +475,16 @@ def read_parquet(
     _check_engine(engine)
     pq = import_pyarrow()
     groups = _as_disjunction(filters)
-    paths = expand_paths(path, suffix=".parquet")
-    meta = pq.read_schema(paths[0]).empty_table().to_pandas()
+    hive = _hive_files(path)
+    partitions: tuple[tuple[tuple[str, Any, tuple[Any, ...]], ...], ...] | None = None
+    if hive is None:
+        paths = expand_paths(path, suffix=".parquet")
+        meta = pq.read_schema(paths[0]).empty_table().to_pandas()
+    else:
+        paths, partitions, categories = _hive_layout(hive, groups)
+        meta = pq.read_schema(paths[0]).empty_table().to_pandas()
+        for name, values in categories.items():
+            meta[name] = pd.Categorical([], categories=list(values))
     missing = [c for c in columns or () if c not in meta.columns]
     if missing:
         raise UsageError(f"columns {missing} are not in {paths[0]}")
@@ -462,8 +498,76 @@ def read_parquet(
         _parquet_divisions(pq, paths, meta),
         None if columns is None else tuple(columns),
         stored_filters,
+        partitions,
     )
     return new_collection(source)
+
+
+def _hive_files(path: Any) -> list[tuple[str, dict[str, str]]] | None:
+    """The files of a hive-partitioned dataset (``dir/key=value/.../file``) with their
+    directory values, or None when ``path`` is not a directory laid out that way."""
+    if isinstance(path, (list, tuple)):
+        return None
+    root = str(os.fspath(path))
+    if root.startswith("file://"):
+        root = root[len("file://") :]
+    if not os.path.isdir(root):
+        return None
+    names = [n for n in os.listdir(root) if not n.startswith((".", "_"))]
+    if not names or not all("=" in n and os.path.isdir(os.path.join(root, n)) for n in names):
+        return None
+    found: list[tuple[str, dict[str, str]]] = []
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = sorted((d for d in subdirectories if not d.startswith((".", "_"))), key=_natural_key)
+        relative = os.path.relpath(directory, root)
+        parts = [] if relative == "." else relative.split(os.sep)
+        if not all("=" in part for part in parts):
+            continue
+        values = dict(part.split("=", 1) for part in parts)
+        for name in sorted(files, key=_natural_key):
+            if not name.startswith((".", "_")):
+                found.append((os.path.join(directory, name), values))
+    if not found:
+        raise UsageError(f"no Parquet files under {root!r}")
+    return found
+
+
+def _hive_layout(
+    files: list[tuple[str, dict[str, str]]], groups: list[list[tuple[Any, str, Any]]]
+) -> tuple[list[str], tuple[tuple[tuple[str, Any, tuple[Any, ...]], ...], ...], dict[str, tuple[Any, ...]]]:
+    """Paths, per-file partition values and each directory column's categories, with the
+    files that no filter group can match dropped (their directory values rule them out)."""
+    names = list(dict.fromkeys(name for _, values in files for name in values))
+    raw = {name: sorted({values.get(name, "") for _, values in files}, key=_natural_key) for name in names}
+    typed: dict[str, dict[str, Any]] = {}
+    for name, texts in raw.items():
+        # As pyarrow infers them: whole numbers become integers, anything else stays text.
+        try:
+            typed[name] = {text: int(text) for text in texts}
+        except ValueError:
+            typed[name] = {text: text for text in texts}
+    categories = {name: tuple(sorted(typed[name].values())) for name in names}
+    paths: list[str] = []
+    partitions = []
+    for path, values in files:
+        row = {name: typed[name][values.get(name, "")] for name in names}
+        if groups and not any(_directory_match(row, group) for group in groups):
+            continue
+        paths.append(path)
+        partitions.append(tuple((name, row[name], categories[name]) for name in names))
+    if not paths:  # every file ruled out: keep the first, whose rows the filters then drop
+        path, values = files[0]
+        row = {name: typed[name][values.get(name, "")] for name in names}
+        paths.append(path)
+        partitions.append(tuple((name, row[name], categories[name]) for name in names))
+    return paths, tuple(partitions), categories
+
+
+def _directory_match(row: dict[str, Any], group: list[tuple[Any, str, Any]]) -> bool:
+    """Whether a conjunction of filters may hold for a file with these directory values."""
+    frame = pd.DataFrame({name: [value] for name, value in row.items()})
+    conditions = [condition for condition in group if condition[0] in row]
+    return not conditions or bool(apply_filters(frame, [conditions]).shape[0])
 
 
 def _write_layer(
