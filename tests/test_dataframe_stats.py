@@ -136,3 +136,10 @@ def test_describe_through_worker_processes(run_async: Any) -> None:
     got_described, got_counts = run_async(body)
     pd.testing.assert_frame_equal(got_described, frame.describe())
     pd.testing.assert_series_equal(got_counts.sort_index(), frame.s.value_counts().sort_index())
+
+
+def test_index_nunique_and_unique_count_labels() -> None:
+    pdf = pd.DataFrame({"x": range(10)}, index=[1, 1, 2, 2, 3, 3, 4, 4, 5, 7])
+    lazy = zd.from_pandas(pdf, npartitions=3)
+    assert lazy.index.nunique().compute() == pdf.index.nunique() == 6
+    assert list(lazy.index.unique().compute()) == list(pdf.index.unique())

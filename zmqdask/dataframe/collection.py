@@ -756,6 +756,10 @@ class Index(Series):
         """The labels as a Series indexed by themselves."""
         return self._method("to_series")
 
+    def unique(self, split_every: int | None = None) -> Series:
+        """Distinct labels in order of first appearance, as a Series numbered from 0."""
+        return self._aligned().unique(split_every=split_every)
+
     def _aligned(self) -> Series:
         """The labels as a Series indexed like the frame they came from (lines up with its rows)."""
         expr = self._expr

@@ -121,10 +121,12 @@ def mode(series: Any, dropna: bool = True, split_every: int | None = None) -> An
 # --------------------------------------------------------------------------------------------
 
 
-def unique_chunk(obj: pd.DataFrame | pd.Series, dropna: bool = True) -> dict[Hashable, pd.Series]:
+def unique_chunk(obj: pd.DataFrame | pd.Series | pd.Index, dropna: bool = True) -> dict[Hashable, pd.Series]:
     """Distinct values of each column (a Series counts as one column named ``None``)."""
     columns: dict[Hashable, pd.Series]
-    if isinstance(obj, pd.Series):
+    if isinstance(obj, pd.Index):
+        columns = {None: pd.Series(obj, copy=False)}
+    elif isinstance(obj, pd.Series):
         columns = {None: obj}
     else:
         columns = {column: obj[column] for column in obj.columns}
@@ -277,14 +279,14 @@ def nunique(obj: Any, dropna: bool = True) -> Any:
     """Number of distinct values: a scalar for a Series, a Series by column for a DataFrame."""
     expr = expr_of(obj)
     meta = expr._meta
-    if isinstance(meta, pd.Series):
+    if isinstance(meta, (pd.Series, pd.Index)):
         columns = None
         result_meta: Any = 0
     elif isinstance(meta, pd.DataFrame):
         columns = meta.columns
         result_meta = pd.Series([], index=columns[:0], dtype="int64")
     else:
-        raise UsageError("nunique needs a DataFrame or Series")
+        raise UsageError("nunique needs a DataFrame, Series or Index")
     node_ = Reduction(
         expr,
         unique_chunk,
