@@ -134,7 +134,9 @@ class CategoricalAccessor(Accessor):
         if self.known:
             return self._series
         series = self._series
-        (values,) = _compute_unique(series)
+        from zmqdask.base import compute
+
+        (values,) = compute(series.unique())
         dtype = pd.CategoricalDtype(_sorted_categories(values), ordered=series._meta.dtype.ordered)
         return series.astype(dtype)
 
@@ -155,9 +157,3 @@ class CategoricalAccessor(Accessor):
 
 def _identity(part: Any) -> Any:
     return part
-
-
-def _compute_unique(series: Series) -> tuple[Any, ...]:
-    from zmqdask.base import compute
-
-    return compute(series.unique())
