@@ -310,3 +310,73 @@ def test_random_split_gives_disjoint_reproducible_pieces_covering_every_row() ->
     assert again[0].x.sum().compute() == pieces[0].x.sum()  # a projection draws the same rows
     with pytest.raises(UsageError, match="sum to 1"):
         df.random_split([0.5, 0.2])
+
+
+@pytest.mark.parametrize("npartitions", [1, 4])
+def test_memory_usage_sums_every_partition_like_pandas(npartitions: int) -> None:
+    expected, lazy = _pairs(npartitions)  # some partitions emptied by the filter
+    by_column = lazy.memory_usage(index=False).compute()
+    numeric = ["x", "i", "k"]
+    pd.testing.assert_series_equal(by_column[numeric], expected.memory_usage(index=False)[numeric])
+    # Strings held in separate partitions cost a few bytes more each (their offsets): bounds.
+    for deep in (False, True):
+        strings = lazy.memory_usage(index=False, deep=deep).compute()["s"]
+        single = expected.s.memory_usage(index=False, deep=deep)
+        assert single <= strings <= single + 64 * npartitions
+    with_index = lazy.memory_usage().compute()
+    assert list(with_index.index) == ["Index", *expected.columns]
+    assert with_index["Index"] == expected.memory_usage()["Index"]
+    assert lazy.x.memory_usage(index=False).compute() == expected.x.memory_usage(index=False)
+    assert lazy.s.memory_usage(deep=True).compute() >= expected.s.memory_usage(index=False, deep=True)
+
+
+def test_shuffle_puts_equal_keys_in_one_partition_and_keeps_every_row() -> None:
+    frame = _frame(200)
+    lazy = zd.from_pandas(frame, npartitions=5)
+    shuffled = lazy.shuffle(on="i", npartitions=3)
+    assert shuffled.npartitions == 3 and not shuffled.known_divisions
+    parts = [shuffled.get_partition(n).compute() for n in range(3)]
+    owners: dict[int, int] = {}
+    for n, part in enumerate(parts):
+        for key in part.i.unique():
+            assert owners.setdefault(int(key), n) == n
+    pd.testing.assert_frame_equal(pd.concat(parts).sort_index(), frame)
+    by_two = lazy.shuffle(on=["i", "s"]).compute().sort_index()
+    pd.testing.assert_frame_equal(by_two, frame)
+    values = lazy.i.shuffle(on="i", npartitions=2).compute().sort_index()
+    pd.testing.assert_series_equal(values, frame.i)
+    on_index = lazy.shuffle(on_index=True, npartitions=2).compute().sort_index()
+    pd.testing.assert_frame_equal(on_index, frame)
+    with pytest.raises(UsageError, match="not among the columns"):
+        lazy.shuffle(on="nope")
+    with pytest.raises(UsageError, match="column names"):
+        lazy.shuffle(on=lazy.i)
+    with pytest.raises(UsageError, match="positive integer"):
+        lazy.shuffle(on="i", npartitions=0)
+
+
+def test_small_dask_conveniences_match_pandas() -> None:
+    frame = _frame(60)
+    lazy = zd.from_pandas(frame, npartitions=3)
+    pd.testing.assert_frame_equal(lazy.add_prefix("p_").compute(), frame.add_prefix("p_"))
+    assert list(lazy.add_suffix("_s").columns) == list(frame.add_suffix("_s").columns)
+    items = dict(lazy.items())
+    assert list(items) == list(frame.columns)
+    pd.testing.assert_series_equal(items["i"].compute(), frame.i)
+    assert lazy.x.dtypes == frame.x.dtypes
+    assert lazy.i.add(1).product().compute() == (frame.i + 1).product()
+    pd.testing.assert_series_equal(zd.isna(lazy.k).compute(), pd.isna(frame.k))
+    assert zd.isna(None)
+    total, largest = zd.compute(lazy.i.sum(), lazy.x.max())
+    assert total == frame.i.sum() and largest == frame.x.max()
+    pd.testing.assert_series_equal(
+        zd.to_timedelta(lazy.i, unit="s").compute(), pd.to_timedelta(frame.i, unit="s")
+    )
+    data = {"a": [1, 2, 3, 4, 5], "b": ["u", "v", "w", "x", "y"]}
+    from_dict = zd.from_dict(data, npartitions=2)
+    assert from_dict.npartitions == 2
+    pd.testing.assert_frame_equal(from_dict.compute(), pd.DataFrame(data))
+    rows = zd.from_dict({"r1": [1, 2], "r2": [3, 4]}, orient="index", columns=["p", "q"], npartitions=1)
+    pd.testing.assert_frame_equal(
+        rows.compute(), pd.DataFrame.from_dict({"r1": [1, 2], "r2": [3, 4]}, orient="index", columns=["p", "q"])
+    )

@@ -21,9 +21,12 @@ __all__ = [
     "Index",
     "Scalar",
     "Series",
+    "compute",
     "concat",
     "from_delayed",
+    "from_dict",
     "from_pandas",
+    "isna",
     "map_partitions",
     "melt",
     "merge",
@@ -34,6 +37,7 @@ __all__ = [
     "to_datetime",
     "to_numeric",
     "to_parquet",
+    "to_timedelta",
 ]
 
 _IO_NAMES = ("read_csv", "read_parquet", "to_csv", "to_parquet")
@@ -50,6 +54,36 @@ def from_pandas(data: Any, npartitions: int | None = None, chunksize: int | None
     from zmqdask.dataframe.sources import from_pandas_expr
 
     return new_collection(from_pandas_expr(data, npartitions=npartitions, chunksize=chunksize, sort=sort))
+
+
+def from_dict(
+    data: Any,
+    npartitions: int | None = None,
+    orient: str = "columns",
+    dtype: Any = None,
+    columns: Any = None,
+    chunksize: int | None = None,
+) -> Any:
+    """A lazy DataFrame from a dict of columns (or of rows, with ``orient="index"``), as
+    ``pandas.DataFrame.from_dict`` then :func:`from_pandas` with ``npartitions``."""
+    frame = _pd.DataFrame.from_dict(data, orient=orient, dtype=dtype, columns=columns)  # type: ignore[call-overload]
+    return from_pandas(frame, npartitions=npartitions, chunksize=chunksize)
+
+
+def compute(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+    """Compute several collections at once, sharing their common work (``zmqdask.compute``)."""
+    from zmqdask.base import compute as compute_
+
+    return compute_(*args, **kwargs)
+
+
+def isna(obj: Any) -> Any:
+    """Missing-value mask: lazy for a collection, ``pandas.isna`` for anything else."""
+    from zmqdask.dataframe.methods import FrameMethods
+
+    if isinstance(obj, FrameMethods):
+        return obj.isna()
+    return _pd.isna(obj)
 
 
 def from_delayed(dfs: Any, meta: Any = None, divisions: Any = None, verify_meta: bool = True) -> Any:
@@ -99,6 +133,13 @@ def to_numeric(arg: Any, errors: str = "raise", meta: Any = None) -> Any:
     import pandas as pd
 
     return map_partitions(pd.to_numeric, arg, meta=meta, errors=errors)
+
+
+def to_timedelta(arg: Any, unit: str | None = None, errors: str = "raise", meta: Any = None) -> Any:
+    """``pandas.to_timedelta`` of a lazy Series, per partition."""
+    import pandas as pd
+
+    return map_partitions(pd.to_timedelta, arg, meta=meta, unit=unit, errors=errors)
 
 
 def __getattr__(name: str) -> Any:

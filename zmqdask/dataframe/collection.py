@@ -292,6 +292,44 @@ class _Frame(Collection, FrameMethods, FrameReductions):
 
         return Resampler(self, rule, closed=closed, label=label, origin=origin)
 
+    def shuffle(
+        self,
+        on: Any = None,
+        ignore_index: bool = False,
+        npartitions: int | None = None,
+        on_index: bool = False,
+        **options: Any,
+    ) -> Any:
+        """Rows moved so that equal values of ``on`` share a partition, as Dask's ``shuffle``.
+
+        ``on`` names a column or a list of columns; without it (or with ``on_index``) rows
+        move by their index.  Rows keep their index whatever ``ignore_index`` says, and the
+        result has ``npartitions`` partitions (default: as many as now) with unknown
+        divisions.  Dask's tuning options (``shuffle_method``...) are accepted and not used.
+        """
+        from zmqdask.dataframe.shuffle import hash_shuffle
+
+        if isinstance(on, Collection):
+            raise UsageError(
+                "shuffle(on=) takes column names; assign the lazy Series as a column and shuffle on its name"
+            )
+        if npartitions is not None and (not isinstance(npartitions, int) or npartitions < 1):
+            raise UsageError(f"shuffle(npartitions=) must be a positive integer, got {npartitions!r}")
+        if on_index:
+            on = None
+        if on is not None:
+            names = list(on) if isinstance(on, (list, tuple)) else [on]
+            known = self._meta.columns if isinstance(self._meta, pd.DataFrame) else pd.Index([self._meta.name])
+            missing = [name for name in names if name not in known]
+            if missing:
+                raise UsageError(f"shuffle(on=) names {missing!r}, which are not among the columns {list(known)!r}")
+            if not isinstance(self._meta, pd.DataFrame):
+                # A Series shuffled on its own values: as a one-column frame, keyed on it.
+                series: Any = self
+                return hash_shuffle(series.to_frame(), names, npartitions)[self._meta.name]
+            on = names
+        return hash_shuffle(self, on, npartitions)
+
     def to_csv(self, filename: Any, **kwargs: Any) -> Any:
         """Write CSV: one file per partition, or one file with ``single_file=True``
         (see ``zmqdask.dataframe.io.to_csv``)."""
@@ -365,6 +403,19 @@ class DataFrame(_Frame):
         column = self[item]
         del self[item]
         return column
+
+    def items(self) -> Iterator[tuple[Any, Series]]:
+        """``(column name, lazy Series)`` for each column, as ``pandas.DataFrame.items``."""
+        for name in self._meta.columns:
+            yield name, self[name]
+
+    def add_prefix(self, prefix: builtins.str) -> DataFrame:
+        """Column names with ``prefix`` in front."""
+        return self._method("add_prefix", prefix)
+
+    def add_suffix(self, suffix: builtins.str) -> DataFrame:
+        """Column names with ``suffix`` after them."""
+        return self._method("add_suffix", suffix)
 
     def iterrows(self) -> Iterator[tuple[Any, pd.Series]]:
         """``(label, row)`` pairs, computing one partition at a time."""
@@ -598,6 +649,11 @@ class Series(_Frame):
     @property
     def dtype(self) -> Any:
         """The values' dtype."""
+        return self._meta.dtype
+
+    @property
+    def dtypes(self) -> Any:
+        """The values' dtype (as ``dtype``)."""
         return self._meta.dtype
 
     @property

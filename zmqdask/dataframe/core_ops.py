@@ -749,6 +749,15 @@ def reduce_aggregate(chunks: list[Any], how: str, kwargs: dict[str, Any]) -> Any
     return getattr(joined, how)(**kwargs)
 
 
+def memory_usage_chunk(part: Any, index: bool, deep: bool) -> Any:
+    """One partition's bytes: a one-row frame per column (DataFrame) or a one-row Series."""
+    if isinstance(part, pd.DataFrame):
+        return _one_row(part.memory_usage(index=index, deep=deep))
+    if isinstance(part, pd.Index):
+        return pd.Series([part.memory_usage(deep=deep)])
+    return pd.Series([part.memory_usage(index=index, deep=deep)])
+
+
 COMBINE_HOW = {"sum": "sum", "min": "min", "max": "max", "count": "sum", "prod": "prod", "any": "any", "all": "all"}
 """The reduction that merges partial results of each simple reduction."""
 

@@ -57,6 +57,28 @@ class FrameReductions:
             return self._rowwise("prod", skipna=skipna, numeric_only=numeric_only)
         return self._reduce("prod", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
 
+    product = prod
+
+    def memory_usage(self, index: bool = True, deep: bool = False, split_every: int | None = None) -> Any:
+        """Bytes held, summed over partitions: per column for a DataFrame (the index as
+        ``Index`` when ``index``), one number for a Series.  ``deep`` counts the contents of
+        object and string values too, as in pandas."""
+        meta = emulate(lambda m: ops.reduce_aggregate([ops.memory_usage_chunk(m, index, deep)], "sum", {}), self._meta)
+        total = {"how": "sum", "kwargs": {}}
+        expr = Reduction(
+            self._expr,
+            ops.memory_usage_chunk,
+            ops.reduce_combine,
+            ops.reduce_aggregate,
+            meta,
+            {"index": index, "deep": deep},
+            total,
+            total,
+            split_every or DEFAULT_SPLIT_EVERY,
+            "memory-usage",
+        )
+        return new_collection(expr)
+
     def min(
         self, axis: Any = None, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None
     ) -> Any:
