@@ -377,6 +377,7 @@ def test_progress_draws_until_everything_is_done_and_futures_of_finds_them(clien
     persisted = client.persist(dd.from_pandas(pdf, npartitions=4))
     assert len(zmqdask.futures_of(persisted)) == 4
     assert zmqdask.futures_of([futures[:3], {"f": futures[3]}]) == futures[:4]
+    assert client.futures_of(persisted) == zmqdask.futures_of(persisted)
     shown = io.StringIO()
     zmqdask.progress(persisted, file=shown, complete=False)
     assert shown.getvalue().endswith("\r") and "100%" not in shown.getvalue().rsplit("\r", 2)[-2]

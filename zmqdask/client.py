@@ -938,6 +938,13 @@ class Client(BrokerSession):
         self._loop_thread.run(_as_coro(fn), timeout=self.timeout)  # type: ignore[union-attr]
         return None
 
+    def futures_of(self, obj: Any) -> list[Future]:
+        """The futures inside ``obj``: a future, a persisted collection, or containers of
+        those (Dask's ``client.futures_of``; see :func:`zmqdask.futures_of`)."""
+        from zmqdask.progress import futures_of
+
+        return futures_of(obj)
+
     def retry(self, futures: Any) -> Any:
         """Run erred futures again, with their erred inputs (Dask's ``client.retry``).
 
@@ -1157,7 +1164,6 @@ _UNSUPPORTED_DASK_METHODS = {
     "profile": "profile a task's function in the client, or run py-spy on a worker process",
     "get_executor": "use submit/map and gather",
     "get_versions": "zmqdask.__version__ and the packages' own versions tell them; the cluster runs this one",
-    "futures_of": "keep the futures you submit, or persist() and compute the collection again",
     "get_metadata": "keep such values in the client (a dict) or scatter them",
     "set_metadata": "keep such values in the client (a dict) or scatter them",
     "processing": "scheduler_info() gives each worker's count of processing tasks",
