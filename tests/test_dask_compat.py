@@ -663,3 +663,23 @@ def test_config_set_chooses_the_scheduler_like_dask_config(client: Client) -> No
             assert os.getpid() not in set(pids.compute())
         assert zmqdask.config.get("dataframe.shuffle.method") is None
     assert zmqdask.config.get("scheduler") is None and zmqdask.config.get("missing", 3) == 3
+
+
+def _divide(a: float, b: float) -> float:
+    return a / b
+
+
+def test_partial_of_a_script_function_runs_on_the_workers(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    # A function of the user's script: the workers' __main__ is not the script, so neither
+    # it nor a partial holding it can travel by reference.
+    main = sys.modules["__main__"]
+    script_function = types.FunctionType(_divide.__code__, {}, "script_divide")
+    script_function.__module__ = "__main__"
+    script_function.__qualname__ = "script_divide"
+    monkeypatch.setattr(main, "script_divide", script_function, raising=False)
+    halve_ten = functools.partial(script_function, 10)
+    assert client.submit(halve_ten, 4).result() == 2.5
+    assert client.gather(client.map(halve_ten, [1, 2, 5])) == [10.0, 5.0, 2.0]
+    assert zmqdask.delayed(halve_ten)(8).compute() == 1.25

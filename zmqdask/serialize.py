@@ -102,6 +102,10 @@ def dumps_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
             # defined in __main__ or a notebook are not, so those go by value.
             if getattr(fn, "__module__", None) in (None, "__main__", "__mp_main__"):
                 raise pickle.PicklingError("defined in __main__")
+            # Nor may anything it holds: a functools.partial (or a callable instance) of a
+            # __main__ function pickles that function by reference too.
+            if b"__main__" in payload or b"__mp_main__" in payload:
+                raise pickle.PicklingError("refers to __main__")
         except Exception:
             payload = cloudpickle.dumps(fn, protocol=PICKLE_PROTOCOL)
     except Exception as exc:
