@@ -282,6 +282,10 @@ def test_categories_made_per_partition_are_unknown_until_made_known() -> None:
     assert per_partition.compute().tolist() == pdf.c.tolist()
     known = per_partition.cat.as_known()
     assert known.cat.known and list(known.dtype.categories) == ["w", "x", "y", "z"]
+    # The whole column's categories, once, as a pandas Index (not one copy per partition).
+    pd.testing.assert_index_equal(known.cat.categories, pd.Index(["w", "x", "y", "z"]))
+    assert known.cat.categories.tolist() == ["w", "x", "y", "z"] and known.cat.ordered is False
+    assert df.categorize(columns=["t"]).t.cat.categories.tolist() == ["p", "q"]
     pd.testing.assert_series_equal(known.cat.codes.compute(), pdf.c.astype("category").cat.codes)
     assert not known.cat.as_unknown().cat.known
     categorized = df.categorize()
@@ -292,7 +296,7 @@ def test_categories_made_per_partition_are_unknown_until_made_known() -> None:
     # Categories given explicitly are the same in every partition: known.
     order = pd.CategoricalDtype(["z", "y", "x", "w"])
     explicit = df.c.astype(order)
-    assert explicit.cat.known
+    assert explicit.cat.known and explicit.cat.categories.tolist() == ["z", "y", "x", "w"]
     assert explicit.cat.codes.compute().tolist() == pdf.c.astype(order).cat.codes.tolist()
 
 

@@ -118,7 +118,7 @@ def categorize(frame: DataFrame, columns: Sequence[Hashable] | None = None) -> D
 class CategoricalAccessor(Accessor):
     """``series.cat``: per partition, except what needs the categories of the whole column."""
 
-    _NEEDS_KNOWN = frozenset({"codes", "categories"})
+    _NEEDS_KNOWN = frozenset({"codes"})
 
     def __init__(self, series: Series) -> None:
         super().__init__(series, "cat")
@@ -140,6 +140,19 @@ class CategoricalAccessor(Accessor):
         dtype = pd.CategoricalDtype(_sorted_categories(values), ordered=series._meta.dtype.ordered)
         return series.astype(dtype)
 
+    @property
+    def categories(self) -> pd.Index:
+        """The categories of the whole column, from the schema (as Dask gives them): a pandas
+        Index, read without computing anything.  They must be known."""
+        if not self.known:
+            raise self._unknown("categories")
+        return self._series._meta.dtype.categories
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the categories are ordered."""
+        return bool(self._series._meta.dtype.ordered)
+
     def as_unknown(self) -> Series:
         """The same Series with its categories marked unknown."""
         return self._series.map_partitions(
@@ -148,11 +161,15 @@ class CategoricalAccessor(Accessor):
 
     def __getattr__(self, attr: str) -> Any:
         if attr in self._NEEDS_KNOWN and not self.known:
-            raise UsageError(
-                f".cat.{attr} needs the categories of the whole column, which astype('category') leaves to "
-                "each partition: call .cat.as_known() (or df.categorize()) first"
-            )
+            raise self._unknown(attr)
         return super().__getattr__(attr)
+
+    @staticmethod
+    def _unknown(attr: str) -> UsageError:
+        return UsageError(
+            f".cat.{attr} needs the categories of the whole column, which astype('category') leaves to "
+            "each partition: call .cat.as_known() (or df.categorize()) first"
+        )
 
 
 def _identity(part: Any) -> Any:
