@@ -88,6 +88,25 @@ def test_what_a_delayed_value_cannot_do_is_said_clearly() -> None:
         a.value = 3
     with pytest.raises(UsageError, match="nout"):
         delayed(inc, nout=-1)
+    # Drawing the graph is not offered: said at once, not queued as a task named "visualize".
+    with pytest.raises(UsageError, match="explain"):
+        a.visualize()
+    with pytest.raises(UsageError, match=r"obj\.dask"):
+        zmqdask.visualize(a)
+    frame = dd.from_pandas(pd.DataFrame({"x": [1, 2, 3]}), npartitions=2)
+    with pytest.raises(UsageError, match="explain"):
+        frame.visualize()
+    assert frame.x.sum().dask and isinstance(frame.dask, dict)
+
+
+def test_persist_without_a_client_computes_here_and_keeps_the_value() -> None:
+    a = delayed(sum)([1, 2])
+    for persisted in (a.persist(), zmqdask.persist(a)[0], zmqdask.persist(a, scheduler="sync")[0]):
+        assert isinstance(persisted, Delayed) and persisted.key != a.key
+        assert persisted.compute() == 3
+        assert delayed(inc)(persisted).compute() == 4
+    assert zmqdask.is_dask_collection(a) and zmqdask.is_dask_collection(dd.from_pandas(pd.DataFrame({"x": [1]})))
+    assert not zmqdask.is_dask_collection(3) and not zmqdask.is_dask_collection(inc)
 
 
 def test_delayed_on_a_cluster_with_collections_and_futures(client: Client) -> None:

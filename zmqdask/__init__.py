@@ -34,7 +34,12 @@ from zmqdask.task_context import get_worker, rejoin, secede, worker_client
 __version__ = "0.1.0"
 
 _LAZY_MODULES = frozenset({"dataframe", "datasets"})
-_LAZY_FUNCTIONS = {"compute": "zmqdask.base", "persist": "zmqdask.base"}
+_LAZY_FUNCTIONS = {
+    "compute": "zmqdask.base",
+    "is_dask_collection": "zmqdask.base",
+    "persist": "zmqdask.base",
+    "visualize": "zmqdask.base",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -77,10 +82,12 @@ __all__ = [
     "futures_of",
     "get_client",
     "get_worker",
+    "is_dask_collection",
     "persist",
     "progress",
     "rejoin",
     "secede",
+    "visualize",
     "wait",
     "worker_client",
 ]

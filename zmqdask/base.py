@@ -179,3 +179,20 @@ def persist(
         _find_collections(arg, found)
     persisted = iter([persist_one(collection) for collection in found])
     return tuple(_substitute(arg, persisted) for arg in args)
+
+
+def is_dask_collection(obj: Any) -> bool:
+    """Whether ``obj`` is a lazy collection (DataFrame, Series, Delayed...), as Dask's
+    ``is_dask_collection``; futures and plain values are not."""
+    return is_collection(obj)
+
+
+VISUALIZE_ADVICE = (
+    "zmqdask does not draw task graphs; inspect `obj.dask` (the tasks, as a dict) or, for a "
+    "DataFrame, print `df.explain()`"
+)
+
+
+def visualize(*args: Any, **kwargs: Any) -> Any:
+    """Dask's ``visualize``: not available here; raises :class:`UsageError` saying what is."""
+    raise UsageError(VISUALIZE_ADVICE)

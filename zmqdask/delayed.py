@@ -95,6 +95,19 @@ class Delayed:
         (result,) = persist(self, scheduler=scheduler, retries=retries)
         return result
 
+    def _persist_locally(self) -> Delayed:
+        from zmqdask.graph import execute_local
+
+        graph, keys = self.__zmqdask_graph__()
+        (value,) = execute_local(graph, keys)
+        return Delayed(f"persisted-{self._key}", (_identity, (value,), {}))
+
+    def visualize(self, *args: Any, **kwargs: Any) -> Any:
+        """Dask's ``visualize``: not available here; raises :class:`UsageError` saying what is."""
+        from zmqdask.base import visualize
+
+        return visualize(self, *args, **kwargs)
+
     # -- building on a delayed value -----------------------------------------------------
 
     def __getattr__(self, name: str) -> Delayed:

@@ -87,6 +87,12 @@ class Collection:
         """The same collection with its expression optimized (not yet fused)."""
         return new_collection(optimize(self._expr, fuse=False))
 
+    def visualize(self, *args: Any, **kwargs: Any) -> Any:
+        """Dask's ``visualize``: not available here; raises UsageError pointing to ``explain``."""
+        from zmqdask.base import visualize
+
+        return visualize(self, *args, **kwargs)
+
     def explain(self, optimized: bool = True) -> None:
         """Print the plan as an indented tree: the optimized, fused plan by default."""
         print(self.plan(optimized))
@@ -114,6 +120,11 @@ class Collection:
     def __dask_keys__(self) -> list[str]:
         """The output keys of the optimized graph, one per partition."""
         return list(self._graph[1])
+
+    @property
+    def dask(self) -> dict[str, TaskSpec]:
+        """The optimized task graph, as a dict of tasks (introspection, as Dask's ``.dask``)."""
+        return self.__dask_graph__()
 
     @property
     def ntasks(self) -> int:
