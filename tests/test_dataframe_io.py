@@ -115,6 +115,49 @@ def test_read_csv_errors(tmp_path: Path) -> None:
         read_csv(str(path), blocksize=100, skiprows=3)
 
 
+def test_read_csv_refuses_blocks_that_contradict_the_inferred_dtypes(tmp_path: Path) -> None:
+    (tmp_path / "1.csv").write_text("a,c,s\n1,2,x\n2,3,y\n")
+    (tmp_path / "2.csv").write_text("a,c,s\n3,1.5,z\n4,,w\n")  # c: floats and a missing value
+    (tmp_path / "3.csv").write_text("a,c,s\n5,x,\n6,7,\n")  # c: text; s: no value at all
+    first_two = str(tmp_path / "[12].csv")
+    lazy = read_csv(first_two)
+    assert lazy.c.dtype == "int64"  # what the first file says
+    with pytest.raises(ValueError, match=r"column 'c': found float64, expected int64(.|\n)*dtype=\{'c': 'float64'\}"):
+        lazy.compute()
+    with pytest.raises(ValueError, match="assume_missing=True"):
+        lazy.c.sum().compute()
+    assumed = read_csv(first_two, assume_missing=True)
+    assert assumed.dtypes.to_dict() == assumed.compute().dtypes.to_dict()
+    assert assumed.a.dtype == "float64" and assumed.c.sum().compute() == 6.5
+    declared = read_csv(first_two, dtype={"c": "float64"}, assume_missing=True)
+    assert declared.c.dtype == "float64" and declared.a.dtype == "float64"
+    with pytest.raises(ValueError, match=r"3\.csv(.|\n)*'c': 'str'"):
+        read_csv(str(tmp_path / "[13].csv")).compute()
+    with pytest.raises(ValueError, match=r"reading .*3\.csv: could not convert string to float"):
+        read_csv(str(tmp_path / "*.csv"), dtype={"c": "float64"}).compute()
+    # A column empty in one file takes the dtype of the others.
+    text = read_csv(str(tmp_path / "*.csv"), dtype={"c": "str"}).compute()
+    assert len(text) == 6 and text.s.dtype == read_csv(first_two).s.dtype and text.s.isna().sum() == 2
+
+
+@pytest.mark.parametrize("blocksize", [None, 12])
+def test_read_csv_include_path_column(tmp_path: Path, blocksize: Any) -> None:
+    for n in range(3):
+        pd.DataFrame({"x": [n, n + 10], "y": ["p", "q"]}).to_csv(tmp_path / f"part{n}.csv", index=False)
+    paths = [str(tmp_path / f"part{n}.csv") for n in range(3)]
+    lazy = read_csv(str(tmp_path / "part*.csv"), include_path_column=True, blocksize=blocksize)
+    assert list(lazy.columns) == ["x", "y", "path"] and lazy.path.cat.categories.tolist() == paths
+    frame = lazy.compute()
+    assert frame.path.tolist() == [p for p in paths for _ in range(2)]
+    assert frame.path.dtype == lazy.path.dtype
+    assert lazy[["path", "x"]].compute().groupby("path", observed=True).x.sum().tolist() == [10, 12, 14]
+    assert lazy.x.sum().compute() == 36
+    named = read_csv(paths, include_path_column="source")
+    assert named.source.compute().tolist()[-1] == paths[-1]
+    with pytest.raises(UsageError, match="include_path_column"):
+        read_csv(paths, include_path_column="x")
+
+
 def test_parquet_round_trip_keeps_divisions(tmp_path: Path) -> None:
     frame = _frame().dropna().reset_index(drop=True)
     frame.index.name = "id"

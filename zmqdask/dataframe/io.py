@@ -102,17 +102,52 @@ def read_block_bytes(path: str, start: int, stop: int) -> bytes:
         return handle.read(end - begin)
 
 
-def _coerce(frame: pd.DataFrame, dtypes: dict[Hashable, Any] | None) -> pd.DataFrame:
-    """Widen integer columns to the float dtype the schema expects (missing values in other blocks)."""
+def _conform(frame: pd.DataFrame, dtypes: dict[Hashable, Any] | None, path: str) -> pd.DataFrame:
+    """A block with the schema's dtypes, or a ValueError saying how to declare them.
+
+    Integers are widened to the float the schema expects (missing values in other blocks),
+    text and dates to the schema's own kind, and a column with no value at all in this block
+    takes the schema's dtype; any other difference would leave the frame's dtypes wrong.
+    """
     if not dtypes:
         return frame
     casts = {}
+    mismatched = []
     for column, wanted in dtypes.items():
-        if column in frame.columns:
-            have = frame[column].dtype
-            if have != wanted and getattr(wanted, "kind", "") == "f" and getattr(have, "kind", "") in "iub":
-                casts[column] = wanted
+        if column not in frame.columns:
+            continue
+        have = frame[column].dtype
+        if have == wanted or (isinstance(have, pd.CategoricalDtype) and isinstance(wanted, pd.CategoricalDtype)):
+            continue
+        have_kind, wanted_kind = getattr(have, "kind", ""), getattr(wanted, "kind", "")
+        if (
+            (wanted_kind == "f" and have_kind in "iub")
+            or (_is_text(have) and _is_text(wanted))
+            or (have_kind == wanted_kind == "M")
+            or (frame[column].isna().all() and (len(frame) == 0 or wanted_kind not in "iub"))
+        ):
+            casts[column] = wanted
+        else:
+            mismatched.append((column, have, wanted))
+    if mismatched:
+        found = "\n".join(f"  column {c!r}: found {h}, expected {w}" for c, h, w in mismatched)
+        declare = ", ".join(f"{c!r}: {_declared(h)!r}" for c, h, _ in mismatched)
+        raise ValueError(
+            f"read_csv found other dtypes in {path} than it inferred from the first {META_SAMPLE_ROWS} rows "
+            f"of the first file:\n{found}\nDeclare them with dtype={{{declare}}}"
+            + (", or pass assume_missing=True (integer columns read as floats)" if any(
+                getattr(w, "kind", "") in "iu" for _, _, w in mismatched) else "")
+        )
     return frame.astype(casts) if casts else frame
+
+
+def _is_text(dtype: Any) -> bool:
+    return pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)
+
+
+def _declared(dtype: Any) -> str:
+    # What to declare for a column found with ``dtype``: text as str, numbers as they came.
+    return "str" if _is_text(dtype) else str(dtype)
 
 
 def read_csv_part(
@@ -123,33 +158,47 @@ def read_csv_part(
     columns: tuple[Hashable, ...] | None,
     kwargs: dict[str, Any],
     dtypes: dict[Hashable, Any] | None,
+    path_column: Hashable | None = None,
+    paths: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """One CSV partition: the whole file (``stop`` None) or the lines starting in a byte range.
 
     A block after the first of its file has no header line: it is read with ``names``.
+    ``path_column`` names a categorical column of the file's path (categories: ``paths``).
     """
     options = dict(kwargs)
+    wanted = columns
+    if columns is not None and path_column is not None:
+        columns = tuple(c for c in columns if c != path_column)
     if columns is not None:
         read = _columns_to_read(columns, kwargs.get("parse_dates"))
         if read is not None:
             # No column at all (len(df) needs only the rows): pandas reads no rows for
             # usecols=[], so read the first column and drop it below.
             options["usecols"] = read if read else [0]
-    if stop is None:
-        frame = pd.read_csv(path, **options)
-    else:
-        data = read_block_bytes(path, start, stop)
-        if start > 0:
-            options["header"] = None
-            options["names"] = list(names or ())
-        if not data.strip():
-            frame = pd.read_csv(path, nrows=0, **{k: v for k, v in kwargs.items() if k != "usecols"})
-            frame = frame[list(columns)] if columns is not None else frame
+    try:
+        if stop is None:
+            frame = pd.read_csv(path, **options)
         else:
-            frame = pd.read_csv(_io.BytesIO(data), **options)
+            data = read_block_bytes(path, start, stop)
+            if start > 0:
+                options["header"] = None
+                options["names"] = list(names or ())
+            if not data.strip():
+                frame = pd.read_csv(path, nrows=0, **{k: v for k, v in kwargs.items() if k != "usecols"})
+                frame = frame[list(columns)] if columns is not None else frame
+            else:
+                frame = pd.read_csv(_io.BytesIO(data), **options)
+    except ValueError as exc:
+        # pandas does not say which file a value it could not parse came from.
+        raise ValueError(f"reading {path}: {exc}") from exc
     if columns is not None:
         frame = frame[list(columns)]
-    return _coerce(frame, dtypes)
+    if path_column is not None:
+        frame[path_column] = pd.Categorical([path] * len(frame), categories=list(paths))
+        if wanted is not None:
+            frame = frame[list(wanted)]
+    return _conform(frame, dtypes, path)
 
 
 def _columns_to_read(columns: tuple[Hashable, ...], parse_dates: Any) -> list[Hashable] | None:
@@ -171,6 +220,7 @@ class ReadCSV(ColumnSelectingSource):
     kwargs: dict[str, Any]
     meta: Any
     columns_selected: tuple[Hashable, ...] | None = None
+    path_column: Hashable | None = None
 
     def _prefix(self) -> str:
         return "read-csv"
@@ -182,7 +232,11 @@ class ReadCSV(ColumnSelectingSource):
     def _task(self, i: int) -> TaskSpec:
         path, start, stop = self.blocks[i]
         dtypes = dict(self._meta.dtypes.items())
-        return (read_csv_part, (path, start, stop, self.names, self.columns_selected, self.kwargs, dtypes), {})
+        args = (path, start, stop, self.names, self.columns_selected, self.kwargs, dtypes)
+        if self.path_column is None:
+            return (read_csv_part, args, {})
+        paths = tuple(dict.fromkeys(block[0] for block in self.blocks))
+        return (read_csv_part, (*args, self.path_column, paths), {})
 
     def _with_columns(self, columns: list[Any]) -> Expr | None:
         if "index_col" in self.kwargs or "usecols" in self.kwargs:
@@ -206,13 +260,24 @@ def _csv_blocks(paths: list[str], blocksize: int | None) -> list[tuple[str, int,
     return blocks
 
 
-def read_csv(urlpath: Any, blocksize: int | str | None = None, **kwargs: Any) -> Any:
+def read_csv(
+    urlpath: Any,
+    blocksize: int | str | None = None,
+    assume_missing: bool = False,
+    include_path_column: bool | str = False,
+    **kwargs: Any,
+) -> Any:
     """A lazy DataFrame over CSV files: one partition per file, or per ``blocksize`` bytes.
 
     ``urlpath`` is a path, a glob pattern or a list of paths; ``kwargs`` go to
     ``pandas.read_csv`` (``columns=`` is accepted as a synonym of ``usecols=``).  Blocks
     split at line boundaries, so quoted fields must not contain newlines when ``blocksize``
     is given; options that count rows (``skiprows``, ``nrows``...) need whole files.
+
+    The dtypes come from the first rows of the first file; a block that disagrees raises a
+    ValueError naming the ``dtype=`` to declare.  As in Dask, ``assume_missing=True`` reads
+    integer columns whose dtype is not given as floats, and ``include_path_column`` (True
+    or a column name) adds a categorical ``path`` column naming each row's file.
     """
     columns = kwargs.pop("columns", None)
     if columns is not None:
@@ -225,11 +290,23 @@ def read_csv(urlpath: Any, blocksize: int | str | None = None, **kwargs: Any) ->
             raise UsageError(f"read_csv options {unsafe} need whole files; drop blocksize")
     head = pd.read_csv(paths[0], nrows=META_SAMPLE_ROWS, **kwargs)
     meta = head.iloc[:0]
+    if assume_missing:
+        declared = kwargs.get("dtype")
+        declared = declared if isinstance(declared, dict) else {}
+        integers = [c for c, d in meta.dtypes.items() if d.kind in "iu" and c not in declared]
+        meta = meta.astype(dict.fromkeys(integers, "float64"))
+    path_column: Hashable | None = None
+    if include_path_column:
+        path_column = "path" if include_path_column is True else include_path_column
+        if path_column in meta.columns:
+            raise UsageError(f"read_csv(include_path_column=) would replace the column {path_column!r}; name another")
+        meta = meta.copy()
+        meta[path_column] = pd.Categorical([], categories=list(dict.fromkeys(paths)))
     names = None
     if size is not None:
         header_options = {k: v for k, v in kwargs.items() if k not in ("usecols", "index_col", "dtype", "parse_dates")}
         names = tuple(pd.read_csv(paths[0], nrows=0, **header_options).columns)
-    source = ReadCSV(tuple(_csv_blocks(paths, size)), names, dict(kwargs), meta)
+    source = ReadCSV(tuple(_csv_blocks(paths, size)), names, dict(kwargs), meta, None, path_column)
     return new_collection(source)
 
 
