@@ -367,6 +367,17 @@ def test_per_row_group_methods_match_pandas_up_to_row_order(method: str) -> None
     pd.testing.assert_series_equal(result, getattr(frame.groupby("k").x, method)().sort_index())
 
 
+def test_group_shift_takes_dask_meta_and_a_fill_value() -> None:
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=4)
+    shifted = lazy.groupby("k").x.shift(2, meta=("x", "float64"))
+    assert shifted.dtype == "float64"
+    pd.testing.assert_series_equal(shifted.compute().sort_index(), frame.groupby("k").x.shift(2).sort_index())
+    filled = lazy.groupby("k").i.shift(1, fill_value=-1).compute().sort_index()
+    pd.testing.assert_series_equal(filled, frame.groupby("k").i.shift(1, fill_value=-1).sort_index())
+    assert lazy.i.nunique_approx().compute() == frame.i.nunique()
+
+
 def test_get_group_by_one_and_by_several_keys() -> None:
     frame = _frame()
     lazy = zd.from_pandas(frame, npartitions=4)

@@ -359,6 +359,16 @@ def test_shuffle_puts_equal_keys_in_one_partition_and_keeps_every_row() -> None:
         lazy.shuffle(on="i", npartitions=0)
 
 
+def test_array_conversions_say_there_are_no_lazy_arrays() -> None:
+    lazy = zd.from_pandas(_frame(20), npartitions=2)
+    for attempt in (lambda: lazy.x.values, lambda: lazy.values, lambda: lazy.to_dask_array(lengths=True)):
+        with pytest.raises(AttributeError, match=r"needs a lazy array.*compute first"):
+            attempt()
+    assert not hasattr(lazy, "values")  # duck-typing probes still get a plain False
+    named = zd.from_pandas(pd.DataFrame({"values": [1, 2]}), npartitions=1)
+    assert named.values.sum().compute() == 3  # a column of that name is still reachable
+
+
 def test_small_dask_conveniences_match_pandas() -> None:
     frame = _frame(60)
     lazy = zd.from_pandas(frame, npartitions=3)

@@ -72,6 +72,18 @@ if TYPE_CHECKING:
     from zmqdask.dataframe.categorical import CategoricalAccessor
 
 
+_NO_ARRAYS = (
+    "{what} needs a lazy array, which zmqdask does not have: compute first (df.compute().values), "
+    "or convert each partition in a task (df.to_delayed(), then delayed calls of p.to_numpy())"
+)
+
+
+def _no_attribute(kind: str, name: str) -> AttributeError:
+    if name == "values":
+        return AttributeError(_NO_ARRAYS.format(what=".values"))
+    return AttributeError(f"'{kind}' object has no attribute {name!r}")
+
+
 class _Frame(Collection, FrameMethods, FrameReductions):
     """Shared by partitioned collections (DataFrame, Series, Index)."""
 
@@ -330,6 +342,10 @@ class _Frame(Collection, FrameMethods, FrameReductions):
             on = names
         return hash_shuffle(self, on, npartitions)
 
+    def to_dask_array(self, *args: Any, **kwargs: Any) -> Any:
+        """Not available: zmqdask has no lazy arrays (raises AttributeError saying what to do)."""
+        raise AttributeError(_NO_ARRAYS.format(what="to_dask_array()"))
+
     def to_csv(self, filename: Any, **kwargs: Any) -> Any:
         """Write CSV: one file per partition, or one file with ``single_file=True``
         (see ``zmqdask.dataframe.io.to_csv``)."""
@@ -351,7 +367,7 @@ class DataFrame(_Frame):
             raise AttributeError(name)
         if name in self._meta.columns:
             return self[name]
-        raise AttributeError(f"'DataFrame' object has no attribute {name!r}")
+        raise _no_attribute("DataFrame", name)
 
     def __dir__(self) -> list[str]:
         names = set(super().__dir__())
@@ -678,7 +694,7 @@ class Series(_Frame):
             yield from self.get_partition(i).compute()
 
     def __getattr__(self, name: str) -> Any:
-        raise AttributeError(f"'Series' object has no attribute {name!r}")
+        raise _no_attribute("Series", name)
 
     @property
     def str(self) -> idx.Accessor:

@@ -84,6 +84,10 @@ _ALIASES: dict[Any, str] = {
 }
 
 
+_NO_FILL: Any = object()
+"""``shift``'s fill value when none is given (pandas fills with missing values then)."""
+
+
 @dataclass(frozen=True)
 class AggPlan:
     """What a grouped aggregation computes and how its result is laid out.
@@ -895,13 +899,18 @@ class GroupBy:
         """Position of each row within its group (rows keep their labels, not their order)."""
         return self._whole_groups("method", "cumcount", (), {"ascending": ascending}, None)
 
-    def shift(self, periods: int = 1) -> Any:
-        """Values shifted within each group (rows keep their labels, not their order)."""
-        return self._whole_groups("method", "shift", (), {"periods": periods}, None)
+    def shift(self, periods: int = 1, fill_value: Any = _NO_FILL, meta: Any = None) -> Any:
+        """Values shifted within each group (rows keep their labels, not their order).
 
-    def diff(self, periods: int = 1) -> Any:
+        ``meta`` (Dask's) may give the result's schema instead of it being inferred."""
+        kwargs: dict[str, Any] = {"periods": periods}
+        if fill_value is not _NO_FILL:
+            kwargs["fill_value"] = fill_value
+        return self._whole_groups("method", "shift", (), kwargs, meta)
+
+    def diff(self, periods: int = 1, meta: Any = None) -> Any:
         """Differences within each group (rows keep their labels, not their order)."""
-        return self._whole_groups("method", "diff", (), {"periods": periods}, None)
+        return self._whole_groups("method", "diff", (), {"periods": periods}, meta)
 
     def get_group(self, name: Any) -> Any:
         """The rows of one group (keys given as a value, or a tuple for several keys)."""

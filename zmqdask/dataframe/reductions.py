@@ -257,6 +257,10 @@ class FrameReductions:
 
         return stats.nunique(self, *args, **kwargs)
 
+    def nunique_approx(self, split_every: int | None = None) -> Any:
+        """Dask's approximate count of distinct values; here the exact count (``nunique``)."""
+        return self.nunique()
+
     def describe(self, *args: Any, **kwargs: Any) -> Any:
         """Summary statistics (see ``zmqdask.dataframe.stats``)."""
         from zmqdask.dataframe import stats
