@@ -394,3 +394,37 @@ def test_small_dask_conveniences_match_pandas() -> None:
     pd.testing.assert_frame_equal(
         rows.compute(), pd.DataFrame.from_dict({"r1": [1, 2], "r2": [3, 4]}, orient="index", columns=["p", "q"])
     )
+
+
+@pytest.mark.parametrize("aggfunc", ["mean", "sum", "count", "first", "last"])
+def test_pivot_table_lays_out_every_category_like_pandas(aggfunc: str) -> None:
+    rng = np.random.default_rng(3)
+    kinds = pd.CategoricalDtype(["p", "q", "r", "unused"])
+    frame = pd.DataFrame(
+        {"day": rng.integers(0, 6, 80), "kind": pd.Categorical(rng.choice(["p", "q", "r"], 80), dtype=kinds),
+         "v": rng.normal(size=80)}
+    )
+    lazy = zd.from_pandas(frame, npartitions=4)
+    table = lazy.pivot_table(index="day", columns="kind", values="v", aggfunc=aggfunc)
+    assert list(table.columns) == ["p", "q", "r", "unused"] and table.columns.name == "kind"
+    expected = frame.pivot_table(index="day", columns="kind", values="v", aggfunc=aggfunc, observed=False)
+    expected = expected.reindex(columns=table.columns).astype("float64")
+    if aggfunc in ("sum", "count"):
+        expected = expected.fillna(0.0)
+    got = table.compute()
+    pd.testing.assert_frame_equal(got, expected, check_names=False, check_column_type=False)
+    assert got.columns.name == "kind" and got.index.name == "day"
+
+
+def test_pivot_table_says_what_it_needs() -> None:
+    frame = pd.DataFrame({"day": [1, 2], "kind": ["p", "q"], "v": [1.0, 2.0]})
+    lazy = zd.from_pandas(frame, npartitions=1)
+    with pytest.raises(UsageError, match=r"categorize\(columns=\['kind'\]\)"):
+        lazy.pivot_table(index="day", columns="kind", values="v")
+    with pytest.raises(UsageError, match="known categories"):
+        lazy.astype({"kind": "category"}).pivot_table(index="day", columns="kind", values="v")
+    known = lazy.categorize(columns=["kind"])
+    with pytest.raises(UsageError, match="aggfunc"):
+        known.pivot_table(index="day", columns="kind", values="v", aggfunc="median")
+    with pytest.raises(UsageError, match="values="):
+        known.pivot_table(index="day", columns="kind", values="nope")

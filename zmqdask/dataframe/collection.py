@@ -17,6 +17,7 @@ import pandas as pd
 from zmqdask.dataframe import core_ops as ops
 from zmqdask.dataframe import indexing as idx
 from zmqdask.dataframe import planning as plan
+from zmqdask.dataframe.categorical import categories_known
 from zmqdask.dataframe.collection_base import Collection, Scalar, _expr_of
 from zmqdask.dataframe.expr import Expr, Filter, Projection, Reduction
 from zmqdask.dataframe.methods import FrameMethods
@@ -522,6 +523,33 @@ class DataFrame(_Frame):
             clear_divisions=True,
         )
 
+    def pivot_table(self, index: Hashable, columns: Hashable, values: Hashable, aggfunc: builtins.str = "mean") -> Any:
+        """A spreadsheet-style table, as Dask's ``pivot_table``: one row per value of the
+        ``index`` column, one column per category of ``columns``, cells aggregating ``values``.
+
+        ``columns`` must be a categorical column with known categories (``df.categorize()``),
+        so the result's columns are known before computing.  ``aggfunc`` is one of ``mean``,
+        ``sum``, ``count``, ``first``, ``last``; empty cells are 0 for ``sum`` and ``count``.
+        """
+        meta = self._meta
+        for role, name in (("index", index), ("columns", columns), ("values", values)):
+            if not isinstance(name, Hashable) or isinstance(name, tuple) or name not in meta.columns:
+                raise UsageError(f"pivot_table({role}=) must name one column of {list(meta.columns)!r}, got {name!r}")
+        dtype = meta[columns].dtype
+        if not isinstance(dtype, pd.CategoricalDtype) or not categories_known(dtype):
+            raise UsageError(
+                f"pivot_table(columns={columns!r}) needs a categorical column with known categories: "
+                f"use df.categorize(columns=[{columns!r}]) first"
+            )
+        if aggfunc not in _PIVOT_AGGREGATIONS:
+            raise UsageError(f"pivot_table(aggfunc=) must be one of {sorted(_PIVOT_AGGREGATIONS)}, got {aggfunc!r}")
+        labels = pd.CategoricalIndex(dtype.categories, dtype=dtype, name=columns)
+        table_meta = pd.DataFrame(
+            index=pd.Index([], dtype=meta[index].dtype, name=index), columns=labels, dtype="float64"
+        )
+        cells = self[[index, columns, values]].groupby([index, columns], observed=True)[values].agg(aggfunc)
+        return cells.map_partitions(_pivot_cells, columns, labels, aggfunc in ("sum", "count"), meta=table_meta)
+
     def reset_index(self, drop: bool = False) -> DataFrame:
         """The index moved into a column (unless ``drop``), rows numbered 0..n-1 as in pandas."""
         return DataFrame(plan.reset_index_expr(self._expr, drop))
@@ -631,6 +659,16 @@ class DataFrame(_Frame):
             "<div><strong>zmqdask DataFrame Structure:</strong></div>\n"
             f"{table}\n<div>zmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks</div>"
         )
+
+
+_PIVOT_AGGREGATIONS = frozenset({"mean", "sum", "count", "first", "last"})
+
+
+def _pivot_cells(cells: pd.Series, columns: Hashable, labels: pd.CategoricalIndex, zero_fill: bool) -> pd.DataFrame:
+    """The aggregated ``(index, category)`` cells laid out as a table with every category."""
+    table = cells.unstack(columns).reindex(columns=labels).astype("float64")
+    table.columns = labels
+    return table.fillna(0.0) if zero_fill else table
 
 
 def _apply_rows(part: pd.DataFrame, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
