@@ -68,7 +68,8 @@ def test_nunique_and_describe_kernels() -> None:
     columns = describe_columns(frame.iloc[:0])
     assert columns == ["a", "f"]
     described = [describe_gathered([piece[c] for piece in pieces]) for c in columns]
-    pd.testing.assert_frame_equal(describe_assemble(described, frame.describe().columns), frame.describe())
+    described_frame = describe_assemble(described, frame.describe().columns, list(frame.describe().index))
+    pd.testing.assert_frame_equal(described_frame, frame.describe())
 
 
 @pytest.mark.parametrize("npartitions", [1, 4])
@@ -78,6 +79,20 @@ def test_lazy_describe_matches_pandas(npartitions: int) -> None:
     pd.testing.assert_frame_equal(lazy.describe().compute(), frame.describe())
     pd.testing.assert_series_equal(lazy.f.describe().compute(), frame.f.describe())
     pd.testing.assert_series_equal(lazy.s.describe().compute(), frame.s.describe())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"include": "all"}, {"include": ["str"]}, {"exclude": ["number"]}, {"percentiles": [0.1, 0.9]},
+     {"include": "all", "percentiles": [0.3]}],
+)
+def test_lazy_describe_options_match_pandas(options: dict[str, Any]) -> None:
+    frame = _frame().assign(when=pd.date_range("2021-01-01", periods=len(_frame()), freq="h"))
+    lazy = zd.from_pandas(frame, npartitions=3)
+    pd.testing.assert_frame_equal(lazy.describe(**options).compute(), frame.describe(**options))
+    if "percentiles" in options:
+        expected = frame.f.describe(percentiles=options["percentiles"])
+        pd.testing.assert_series_equal(lazy.f.describe(percentiles=options["percentiles"]).compute(), expected)
 
 
 def test_lazy_describe_with_empty_partitions_and_projection() -> None:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Projection, Reduction, SinglePartition, emulate, node
 from zmqdask.dataframe.groupby import concat_nonempty
+from zmqdask.dataframe.meta import meta_nonempty
 from zmqdask.dataframe.wrapping import expr_of, new_collection
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
@@ -30,16 +31,20 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 
-def describe_gathered(pieces: Sequence[pd.Series]) -> pd.Series:
+def describe_gathered(pieces: Sequence[pd.Series], percentiles: Any = None) -> pd.Series:
     """``describe`` of one column from its pieces (in partition order)."""
-    return concat_nonempty(list(pieces)).describe()
+    return concat_nonempty(list(pieces)).describe(percentiles=percentiles)
 
 
-def describe_assemble(descriptions: Sequence[pd.Series], columns: pd.Index) -> pd.DataFrame:
-    """Put per-column descriptions side by side, as ``DataFrame.describe`` does."""
+def describe_assemble(
+    descriptions: Sequence[pd.Series], columns: pd.Index, rows: list[Hashable] | None = None
+) -> pd.DataFrame:
+    """Put per-column descriptions side by side, as ``DataFrame.describe`` does; ``rows``
+    orders the statistics as pandas does when columns of several kinds have different ones
+    (each column's own statistics are missing in the others)."""
     frame = pd.concat(list(descriptions), axis=1)
     frame.columns = columns
-    return frame
+    return frame if rows is None else frame.reindex(rows)
 
 
 def describe_columns(meta: pd.DataFrame | pd.Series) -> list[Hashable]:
@@ -169,8 +174,10 @@ def _concat_pieces(pieces: Sequence[Any]) -> Any:
     return concat_nonempty(list(pieces))
 
 
-def _pandas_describe(obj: Any) -> Any:
-    return obj.describe()
+def _pandas_describe(obj: Any, percentiles: Any = None, include: Any = None, exclude: Any = None) -> Any:
+    if isinstance(obj, pd.Series):
+        return obj.describe(percentiles=percentiles)
+    return obj.describe(percentiles=percentiles, include=include, exclude=exclude)
 
 
 def _value_counts_whole(series: pd.Series, sort: bool, ascending: bool, normalize: bool, dropna: bool) -> pd.Series:
@@ -204,12 +211,13 @@ class DescribeAssemble(ColumnsAssemble):
     parts: tuple[Expr, ...]
     labels: tuple[Hashable, ...]
     meta: Any
+    rows: tuple[Hashable, ...]
 
     def _prefix(self) -> str:
         return "describe"
 
     def _layer(self) -> dict[str, TaskSpec]:
-        return {self._key(0): (describe_assemble, (self._part_refs(), self.meta.columns), {})}
+        return {self._key(0): (describe_assemble, (self._part_refs(), self.meta.columns, list(self.rows)), {})}
 
 
 def _gathered_column(
@@ -234,23 +242,29 @@ def _gathered_column(
     )
 
 
-def _column_description(expr: Expr) -> Reduction:
-    meta = emulate(_pandas_describe, expr._meta)
-    return _gathered_column(expr, describe_gathered, meta, {}, "describe-column")
+def _column_description(expr: Expr, percentiles: Any = None) -> Reduction:
+    percentiles = None if percentiles is None else list(percentiles)
+    meta = emulate(_pandas_describe, expr._meta, percentiles)
+    return _gathered_column(expr, describe_gathered, meta, {"percentiles": percentiles}, "describe-column")
 
 
-def describe(frame: Any) -> Any:
-    """Count, mean, std, min, quartiles and max of each numeric column, exactly as pandas."""
+def describe(frame: Any, percentiles: Any = None, include: Any = None, exclude: Any = None) -> Any:
+    """Summary statistics of each column, exactly as pandas computes them: count, mean, std,
+    min, the ``percentiles`` (default quartiles) and max of numbers; with ``include``/
+    ``exclude`` (``"all"``, dtypes) other columns too (count, unique, top, freq for text)."""
     expr = expr_of(frame)
     meta = expr._meta
     if isinstance(meta, pd.Series):
-        return new_collection(_column_description(expr))
+        return new_collection(_column_description(expr, percentiles))
     if not isinstance(meta, pd.DataFrame):
         raise UsageError("describe needs a DataFrame or Series")
-    full_meta = emulate(_pandas_describe, meta)
+    percentiles = None if percentiles is None else list(percentiles)
+    full_meta = emulate(_pandas_describe, meta, percentiles, include, exclude)
+    # The statistics' order, which the (empty) meta does not keep: from fake data.
+    rows = tuple(_pandas_describe(meta_nonempty(meta), percentiles, include, exclude).index)
     labels = list(full_meta.columns)
-    parts = tuple(_column_description(Projection(expr, label)) for label in labels)
-    return new_collection(DescribeAssemble(parts, tuple(labels), full_meta))
+    parts = tuple(_column_description(Projection(expr, label), percentiles) for label in labels)
+    return new_collection(DescribeAssemble(parts, tuple(labels), full_meta, rows))
 
 
 def value_counts(
