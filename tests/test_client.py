@@ -226,9 +226,20 @@ def test_cancel(client: Client) -> None:
 
 def test_released_futures_free_the_cluster(client: Client, wait_until) -> None:  # type: ignore[no-untyped-def]
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
-    futures = client.map(inc, range(200, 300))
+    futures = client.map(inc, range(200, 300), batch_size=1)  # one task per call
     client.gather(futures)
     assert tasks_held(client) >= 100
+    del futures
+    gc.collect()
+    wait_until(lambda: tasks_held(client) == 0, timeout=20)
+    # Batched calls: a batch's result stays on the cluster until its last call is released.
+    futures = client.map(inc, range(300, 400), batch_size=10)
+    assert client.gather(futures) == list(range(301, 401))
+    assert tasks_held(client) == 10
+    del futures[:95]
+    gc.collect()
+    wait_until(lambda: tasks_held(client) == 1, timeout=20)
+    assert client.gather(futures) == list(range(396, 401))
     del futures
     gc.collect()
     wait_until(lambda: tasks_held(client) == 0, timeout=20)

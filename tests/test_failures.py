@@ -279,7 +279,7 @@ DOOMED_CLIENT_SCRIPT = textwrap.dedent(
 
     address, ntasks, delay, log = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     client = Client(address, timeout=30)
-    futures = client.map(slow, range(ntasks), delay=delay, log=log, pure=False)
+    futures = client.map(slow, range(ntasks), delay=delay, log=log, pure=False, batch_size=1)  # a task each
     scattered = client.scatter([bytes([i]) * 1000 for i in range(20)])
     # Ready once the broker holds everything and some results sit on the workers.
     deadline = time.monotonic() + 60
@@ -449,11 +449,12 @@ def test_broker_gone_for_good_fails_pending_futures(cluster: Cluster) -> None:
         assert finished.result(timeout=30) == 2
         computed = client.submit(sorted, [3, 1, 2])  # a list: held on a worker, never fetched
         wait_all([computed], timeout=30)
-        pending = client.map(slow_inc, range(40), delay=1.0, pure=False)
+        # One task per call: the broker holds each of them (counted below).
+        pending = client.map(slow_inc, range(40), delay=1.0, pure=False, batch_size=1)
 
         async def async_side() -> None:
             async with Client(address, asynchronous=True, timeout=30, reconnect_timeout=RECONNECT_TIMEOUT_S) as aclient:
-                apending = aclient.map(slow_inc, range(100, 140), delay=1.0, pure=False)
+                apending = aclient.map(slow_inc, range(100, 140), delay=1.0, pure=False, batch_size=1)
                 deadline = time.monotonic() + 30
                 while held_tasks(await aclient.scheduler_info()) < 80:
                     assert time.monotonic() < deadline, "the broker never held both clients' tasks"

@@ -73,7 +73,9 @@ def test_a_million_tasks_flood_then_gather() -> None:
             client_before = rss_bytes(os.getpid())
             sampler = PeakSampler(broker_pid)
             start = time.monotonic()
-            futures = client.map(inc, range(FLOOD_TASKS), pure=False)
+            # One task per call (map would otherwise batch them): a million tasks for the
+            # broker's flow control and memory.
+            futures = client.map(inc, range(FLOOD_TASKS), pure=False, batch_size=1)
             submitted_s = time.monotonic() - start
             # The workers never hold more than their credit: sample while the flood drains.
             most_processing = 0

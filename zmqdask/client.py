@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from zmqdask import dask_graph
+from zmqdask import batches, dask_graph
 from zmqdask import protocol as proto
 from zmqdask.config import (
     CONNECT_TIMEOUT_S,
@@ -56,7 +56,7 @@ from zmqdask.future import (
 from zmqdask.graph import TaskSpec, is_collection, topological_order
 from zmqdask.local import format_bytes
 from zmqdask.security import Security, as_security
-from zmqdask.serialize import PICKLE_PROTOCOL, TaskRef, dumps, dumps_function
+from zmqdask.serialize import PICKLE_PROTOCOL, TaskRef, dumps, dumps_function, loads
 from zmqdask.session import BrokerSession, ClientStatus
 from zmqdask.sync import LoopThread
 
@@ -532,9 +532,12 @@ class Client(BrokerSession):
         if kind is Future:
             if obj._client is not self:
                 raise UsageError(f"{obj!r} belongs to another client; gather it there and pass the value")
-            if obj._state is None:
+            state = obj._state
+            if state is None:
                 raise UsageError(f"{obj.key} was released and cannot be used anymore")
-            deps[obj.key] = obj._state
+            if state.entry is None and state.batch is not None:
+                self._materialize(state)
+            deps[obj.key] = state
             return TaskRef(obj.key)
         if kind is tuple or kind is list:
             return kind(self._replace_futures(item, deps) for item in obj)
@@ -585,11 +588,18 @@ class Client(BrokerSession):
                 raise UsageError(f"map got {len(keys)} keys for {count} elements")
         if not isinstance(priority, int) or not isinstance(retries, int) or retries < 0:
             raise UsageError("priority must be an int and retries a non-negative int")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise UsageError(f"batch_size must be a positive int (1: one task per call), got {batch_size!r}")
+        info = self._function_info(fn)
+        size = self._batch_size(info[0], columns, count, batch_size)
+        if size > 1:
+            batched = self._map_batches(info, columns, keys, count, kwargs, pure, priority, retries, size)
+            if batched is not None:
+                return batched
         # Tasks are prepared (pickling, keys) and recorded a chunk at a time, and each chunk
         # is sent as soon as it is recorded: the cluster starts on the first ones while the
         # rest are prepared.  A failure part-way drops the futures made so far, which
         # releases their tasks.
-        info = self._function_info(fn)
         task_spec = self._task_spec
         specs: list[tuple[str, list[Any], dict[str, FutureState]]] = []
         futures: list[Future] = []
@@ -609,6 +619,158 @@ class Client(BrokerSession):
                     specs = []
             self._queue_chunk(info, specs, priority, retries, futures)
         return futures
+
+    def _batch_size(self, fn_hash: bytes, columns: list[list[Any]], count: int, requested: int | None) -> int:
+        """Calls per batch task for a map (1: one task per call), from what is known of the
+        function (its time and result size per call) and the size of the arguments."""
+        if requested is None and count >= batches.BATCH_MIN_CALLS:
+            text = (str, bytes)
+            arg_bytes = sum(len(x) for column in columns for x in column[:count] if type(x) in text) / count
+            result_bytes = self._bytes_per_call.get(fn_hash, 0.0)
+            return batches.batch_size(self._seconds_per_call.get(fn_hash), count, None, max(arg_bytes, result_bytes))
+        return batches.batch_size(None, count, requested)
+
+    def _map_batches(
+        self,
+        info: tuple[bytes, bytes, str],
+        columns: list[list[Any]],
+        keys: list[str | None],
+        count: int,
+        kwargs: dict[str, Any],
+        pure: bool,
+        priority: int,
+        retries: int,
+        size: int,
+    ) -> list[Future] | None:
+        """``map`` as batch tasks of up to ``size`` calls each (see :mod:`zmqdask.batches`).
+
+        None when a call has other arguments than plain values (numbers, strings, None...),
+        or the keywords hold futures or cannot be pickled: those calls go one task each.
+        Each call still gets its own Future and key; calls whose key the client already
+        holds (pure calls made before) reuse it and stay out of the batches.
+        """
+        for column in columns:
+            if not _LEAF_TYPES.issuperset(map(type, column[:count])):
+                return None
+        if kwargs:
+            found: dict[str, FutureState] = {}
+            self._replace_futures(dict(kwargs), found)
+            if found:
+                return None
+            try:
+                dumps(kwargs)
+            except SerializationError:
+                return None
+        rows: list[tuple[Any, ...]] = (
+            list(zip(*columns, strict=False)) if len(columns) > 1 else [(item,) for item in columns[0][:count]]
+        )
+        name = info[2]
+        if pure and keys[0] is None:
+            no_deps: dict[str, FutureState] = {}
+            call_keys = [self._task_spec(info, row, kwargs, None, True, no_deps)[0] for row in rows]
+        elif keys[0] is None:
+            call_keys = [f"{name}-{self._key_token}{next(self._key_counter):016x}" for _ in range(count)]
+        else:
+            call_keys = [key for key in keys if key is not None]
+            for key in call_keys:
+                _check_key(key)
+        futures: list[Future] = []
+        with _collector_paused(count):
+            for start in range(0, count, _MAP_CHUNK_TASKS):
+                with self._lock:
+                    for first in range(start, min(count, start + _MAP_CHUNK_TASKS), size):
+                        self._queue_batch(info, rows, call_keys, first, min(count, first + size), kwargs, priority,
+                                          retries, futures)
+                if self._in_loop_thread() and self._flush_scheduled:
+                    self._flush()  # as _queue_chunk: the cluster starts while the rest is prepared
+        return futures
+
+    def _queue_batch(
+        self,
+        info: tuple[bytes, bytes, str],
+        rows: list[tuple[Any, ...]],
+        call_keys: list[str],
+        first: int,
+        stop: int,
+        kwargs: dict[str, Any],
+        priority: int,
+        retries: int,
+        futures: list[Future],
+    ) -> None:
+        """Record calls ``first:stop`` of a map and one batch task for those not known yet
+        (``_lock`` held); their Futures go to ``futures`` in order."""
+        known = self._futures
+        calls: list[tuple[Any, ...]] = []
+        members: list[FutureState] = []
+        for i in range(first, stop):
+            key = call_keys[i]
+            state = known.get(key)
+            if state is not None and state.status not in (CANCELLED, LOST):
+                futures.append(Future._adopt(key, self, state))
+                continue
+            member = FutureState(key)
+            member.index = len(calls)
+            known[key] = member
+            calls.append(rows[i])
+            members.append(member)
+            futures.append(Future._adopt(key, self, member))
+        if not members:
+            return
+        frames = dumps(((batches.BatchCall(calls, retries),), kwargs))
+        name = info[2]
+        batch_key = f"{name}-batch-{self._key_token}{next(self._key_counter):016x}"
+        holder = self._queue_task(batch_key, info, frames, _NO_DEP_STATES, priority, 0, True)
+        # The batch is held by its calls, not by a Future: the last call released releases it.
+        batch = holder._state
+        holder._state = None  # type: ignore[assignment]
+        assert batch.entry is not None
+        batch.entry[5] |= proto.FLAG_PUSH_RESULT
+        batch.data_requested = True
+        batch.members = members
+        batch.alive = len(members)
+        for member in members:
+            member.batch = batch
+
+    def _materialize(self, member: FutureState) -> None:
+        """A call of a map batch becomes a task of its own, picking its value out of the
+        batch's result: for a task that takes it as input (``_lock`` taken here)."""
+        with self._lock:
+            batch = member.batch
+            if member.entry is not None or batch is None:
+                return
+            pick_hash, pick_payload, _ = self._function_info(batches.pick_element)
+            frames = [pickle.dumps(((TaskRef(batch.key), member.index), {}), protocol=PICKLE_PROTOCOL)]
+            member.entry = [
+                member.key,
+                pick_hash,
+                [batch.key],
+                0,
+                0,
+                proto.FLAG_WANTED,
+                proto.payload_field(frames),
+            ]
+            member.fn_payload = pick_payload
+            member.deps = [batch]
+            member.unsent = True
+            if member.status == FINISHED and not member.has_value:
+                member.status = PENDING  # the broker reports the pick's outcome
+            self._ops.append(("task", member, pick_payload, self._graph_id))
+            if not self._flush_scheduled:
+                self._schedule_flush()
+
+    def _as_own_task(self, member: FutureState) -> None:
+        """Make a call of a map batch an ordinary task: its function with its arguments,
+        taken from the batch's, to run it again alone (``_lock`` held)."""
+        batch = member.batch
+        assert batch is not None and batch.entry is not None
+        payload = batch.entry[6]
+        (call,), kwargs = loads([payload] if type(payload) is bytes else list(batch.frames or ()))
+        frames = dumps((call.calls[member.index], kwargs))
+        member.entry = [member.key, batch.entry[1], [], batch.entry[3], call.retries, proto.FLAG_WANTED,
+                        proto.payload_field(frames)]
+        member.frames = None if type(member.entry[6]) is bytes else frames
+        member.fn_payload = batch.fn_payload
+        self._detach(member)  # an ordinary task from now on
 
     def _queue_chunk(
         self,
@@ -812,6 +974,9 @@ class Client(BrokerSession):
             for future in found.values():
                 state = future._state
                 if not state.has_value and state.status in (PENDING, FINISHED) and not state.data_requested:
+                    if state.batch is not None and state.entry is None:
+                        self._request_data(state)  # a call of a map batch: asks for its batch's value
+                        continue
                     state.data_requested = True
                     if state.unsent and state.entry is not None:
                         state.entry[5] |= proto.FLAG_PUSH_RESULT
@@ -923,6 +1088,11 @@ class Client(BrokerSession):
                         state, CANCELLED, FutureCancelledError(f"{future.key} was cancelled", future.key), None
                     )
                     with self._lock:
+                        if state.batch is not None:
+                            # A call of a map batch: its batch stops once none of its calls is left.
+                            self._detach(state)
+                            if state.entry is None:
+                                continue
                         self._ops.append(("cancel", future.key))
             with self._lock:
                 self._schedule_flush()
@@ -956,6 +1126,11 @@ class Client(BrokerSession):
         _collect_futures(futures, found)
 
         def do_retry() -> None:
+            with self._lock:
+                for future in found.values():
+                    state = future._state
+                    if state.status == ERROR and state.batch is not None and state.entry is None:
+                        self._as_own_task(state)
             order: list[FutureState] = []
             seen: set[str] = set()
             # Inputs first: the broker takes an erred input back before its dependents.

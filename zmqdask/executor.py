@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zmqdask import serialize
+from zmqdask.batches import BatchCall, run_batch
 from zmqdask.config import (
     INLINE_AFTER_QUICK_CALLS,
     INLINE_RESULT_MAX_BYTES,
@@ -337,7 +338,10 @@ def execute(task: Task) -> Task:
             task.deps = None
         started = time.perf_counter()
         try:
-            value = fn(*args, **kwargs)
+            if len(args) == 1 and type(args[0]) is BatchCall:
+                value = run_batch(fn, args[0], kwargs)  # a map batch: each call in turn
+            else:
+                value = fn(*args, **kwargs)
         finally:
             task.seconds = time.perf_counter() - started
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from a task are task errors too

@@ -36,6 +36,8 @@ class FutureState:
     """What the client knows about one key (internal; shared by its Futures)."""
 
     __slots__ = (
+        "alive",
+        "batch",
         "callbacks",
         "data_requested",
         "deps",
@@ -44,7 +46,9 @@ class FutureState:
         "fn_payload",
         "frames",
         "has_value",
+        "index",
         "key",
+        "members",
         "refcount",
         "status",
         "traceback",
@@ -76,6 +80,13 @@ class FutureState:
         # True while the SUBMIT entry sits in the client's unsent batch, so its flags can
         # still be changed in place (e.g. to ask for the result to be pushed).
         self.unsent = False
+        # A call of a map batch (see zmqdask.batches): ``batch`` is the batch task's state
+        # until the call is released or cancelled, ``index`` its place in the batch.  The
+        # batch's state lists its calls in ``members``; ``alive`` counts those still attached.
+        self.batch: FutureState | None = None
+        self.index = 0
+        self.members: list[FutureState] | None = None
+        self.alive = 0
 
     def done(self) -> bool:
         """Whether the key reached a final status."""

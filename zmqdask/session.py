@@ -27,10 +27,12 @@ from typing import Any, cast
 import zmq
 
 from zmqdask import protocol as proto
+from zmqdask.batches import BatchResult, ElementError
 from zmqdask.config import (
     FUNCTION_BYTES_KEPT_MAX,
     FUNCTIONS_KEPT_MAX,
     HEARTBEAT_INTERVAL_S,
+    INLINE_RESULT_MAX_BYTES,
     IPC_BUFFER_BYTES,
     LIVENESS_TIMEOUT_S,
     MAX_KILLED_ATTEMPTS,
@@ -132,6 +134,10 @@ class BrokerSession:
         self._flush_scheduled = False
         # Keys whose last Future was dropped, not yet told to the broker (see _release).
         self._releases: dict[str, None] = {}
+        self._seconds_per_call: dict[bytes, float] = {}
+        """Measured run time of one call of a function in a map batch, by function hash."""
+        self._bytes_per_call: dict[bytes, float] = {}
+        """Measured size of one call's result in a map batch, by function hash."""
         self._releases_due = False
         self._release_timer_armed = False
         # Functions the broker has from us, by hash, with their sizes, oldest first.
@@ -614,6 +620,8 @@ class BrokerSession:
                     state.status = FINISHED
                     self._fire_callbacks(state)
                 state.notify()
+                if state.members is not None:
+                    self._distribute(state)
             elif code == proto.ERRED:
                 error, text = self._rebuild_error(key, detail, frames)
                 self._set_failed(state, ERROR, error, text)
@@ -665,6 +673,61 @@ class BrokerSession:
         state.traceback = text
         self._fire_callbacks(state)
         state.notify()
+        members = state.members
+        if members is not None:
+            # A batch that failed as a whole (its worker died, its result could not travel)
+            # fails each of its calls still waiting, the same way.
+            for member in members:
+                if member.batch is state and not member.has_value and member.status != CANCELLED:
+                    member.status = PENDING if member.status == FINISHED else member.status
+                    self._set_failed(member, status, exc, text)
+
+    def _distribute(self, batch: FutureState) -> None:
+        """Give each call of a finished map batch its value or error (loop thread)."""
+        result = batch.value
+        if not batch.has_value or type(result) is not BatchResult:
+            # Finished, its value too large to come with the notice: the calls are finished;
+            # their values come when one of them is asked for (see _request_data).
+            batch.data_requested = False
+            if batch.entry is not None and batch.members:
+                # At least the inline limit: later batches of this function stay smaller.
+                self._bytes_per_call[batch.entry[1]] = INLINE_RESULT_MAX_BYTES / len(batch.members)
+            wanted = False
+            for member in batch.members or ():
+                if member.batch is batch and member.status == PENDING:
+                    member.status = FINISHED
+                    self._fire_callbacks(member)
+                    member.notify()
+                wanted = wanted or (member.data_requested and not member.has_value)
+            if wanted:
+                self._request_data(batch)
+            return
+        values = result.values
+        for member in batch.members or ():
+            if member.batch is not batch or member.has_value or member.status == CANCELLED:
+                continue
+            value = values[member.index]
+            if type(value) is ElementError:
+                value.detail[2] = member.key
+                error, text = self._rebuild_error(member.key, value.detail, [value.frame])
+                member.status = PENDING if member.status == FINISHED else member.status
+                self._set_failed(member, ERROR, error, text)
+                continue
+            member.value = value
+            member.has_value = True
+            member.type_name = type(value).__name__
+            if member.status == PENDING or member.status == LOST:
+                member.status = FINISHED
+                self._fire_callbacks(member)
+            member.notify()
+        # The calls hold their values now; the batch's copy would only keep released ones.
+        batch.value = None
+        entry = batch.entry
+        if entry is not None and values:
+            measured = result.seconds / len(values)
+            known = self._seconds_per_call.get(entry[1])
+            self._seconds_per_call[entry[1]] = measured if known is None else (known + measured) / 2
+            self._bytes_per_call[entry[1]] = result.nbytes / len(values)
 
     def _fail_pending(self, exc: BaseException, status: str) -> None:
         for state in list(self._futures.values()):
@@ -704,6 +767,8 @@ class BrokerSession:
                     visit(state)
             released: list[str] = []
             for state in order:
+                if state.entry is None and state.batch is not None:
+                    continue  # a call of a map batch: its batch goes again
                 if state.entry is None and state.has_value:
                     # Scattered data that a pending task needs: the client still holds the
                     # value, so it is sent again ahead of the tasks (``order`` puts inputs first).
@@ -749,6 +814,10 @@ class BrokerSession:
             if state.refcount > 0 or self._futures.get(state.key) is not state:
                 return
             del self._futures[state.key]
+            if state.batch is not None:
+                self._detach(state)
+                if state.entry is None:
+                    return  # the broker never heard of this call, only of its batch
             if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):
                 return
             if state.status == CANCELLED:
@@ -767,6 +836,19 @@ class BrokerSession:
             elif not self._release_timer_armed:
                 self._release_timer_armed = True
                 self._call_in_loop(self._arm_release_timer)
+
+    def _detach(self, member: FutureState) -> None:
+        """A call of a map batch is released or cancelled (``_lock`` held): once no call of
+        the batch is left, the batch task is released too (the broker cancels it if it has
+        not run)."""
+        batch = member.batch
+        if batch is None:
+            return
+        member.batch = None
+        batch.alive -= 1
+        if batch.alive == 0:
+            batch.members = None
+            self._release(batch)
 
     def _arm_release_timer(self) -> None:
         loop = self._loop
@@ -821,6 +903,9 @@ class BrokerSession:
             if state.data_requested:
                 return
             state.data_requested = True
+            if state.batch is not None and state.entry is None:
+                self._request_data(state.batch)  # a call of a map batch: its batch's value
+                return
             entry = state.entry
             if entry is not None and state.unsent:
                 entry[5] |= proto.FLAG_PUSH_RESULT

@@ -1,0 +1,163 @@
+"""Map batches: many quick calls of one function travel and run as one task each.
+
+A task costs the same bookkeeping in the client, the broker and the worker however little
+it computes, so ``client.map`` of many calls with plain arguments (numbers, strings, None...)
+groups them: each *batch task* carries a :class:`BatchCall` of up to a few hundred argument
+tuples, and its worker runs them one after the other (:func:`run_batch`) and returns a
+:class:`BatchResult` with one value, or one :class:`ElementError`, per call.
+
+Every call keeps its own Future, key and status in the client (``session.py`` gives each
+its share of the batch's result as it arrives); the broker and the workers only ever see
+the batch.  A call's Future used as an input of another task becomes a task of its own
+there, :func:`pick_element` of the batch's result, so dependencies, errors and lineage work
+as for any task.
+
+How many calls go in one batch is learned per function (see ``Client.map``): a function
+not seen before gets small batches, then batches of about :data:`BATCH_TARGET_SECONDS` of
+work; a function slower than that is not batched at all.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from zmqdask.serialize import dumps_error, loads_error, sizeof
+
+BATCH_MIN_CALLS = 32
+"""``map`` batches only when it makes at least this many calls."""
+
+BATCH_MIN_BATCHES = 16
+"""A map makes at least this many batches, so that every worker thread gets several."""
+
+BATCH_MAX_CALLS = 256
+"""The most calls in one batch."""
+
+BATCH_PROBE_CALLS = 4
+"""Calls per batch for a function whose run time is not known yet."""
+
+BATCH_TARGET_SECONDS = 0.005
+"""The work one batch aims at, from the function's measured time per call."""
+
+BATCH_MAX_BYTES = 1024 * 1024
+"""The arguments, and the results measured so far, of one batch stay under this size: a
+batch's result then comes back with its completion notice, and no batch grows into a
+message too large to send."""
+
+
+class BatchCall:
+    """The single argument of a batch task: the argument tuples of its calls."""
+
+    __slots__ = ("calls", "retries")
+
+    def __init__(self, calls: list[tuple[Any, ...]], retries: int) -> None:
+        self.calls = calls
+        self.retries = retries
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BatchCall, (self.calls, self.retries))
+
+
+class ElementError:
+    """A call's exception inside a :class:`BatchResult`, serialized as a task error is."""
+
+    __slots__ = ("detail", "frame")
+
+    def __init__(self, detail: list[Any], frame: Any) -> None:
+        self.detail = detail
+        self.frame = frame
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ElementError, (self.detail, self.frame))
+
+    def load(self) -> tuple[BaseException, str | None]:
+        """The exception and its remote traceback text."""
+        return loads_error(self.detail, [self.frame])
+
+
+class BatchResult:
+    """What a batch task returns: each call's value (or :class:`ElementError`), in order,
+    the seconds the calls took together and the approximate bytes the values hold."""
+
+    __slots__ = ("nbytes", "seconds", "values")
+
+    def __init__(self, values: list[Any], seconds: float, nbytes: int) -> None:
+        self.values = values
+        self.seconds = seconds
+        self.nbytes = nbytes
+        """Read by the worker's accounting, and by the client to size later batches."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BatchResult, (self.values, self.seconds, self.nbytes))
+
+    def __repr__(self) -> str:
+        return f"<BatchResult of {len(self.values)} calls>"
+
+
+_PLAIN = frozenset({int, float, bool, type(None), str, bytes, complex})
+
+
+def _values_nbytes(values: list[Any]) -> int:
+    getsizeof = sys.getsizeof
+    return sum(getsizeof(value) if type(value) in _PLAIN else sizeof(value) for value in values)
+
+
+def run_batch(fn: Callable[..., Any], batch: BatchCall, kwargs: dict[str, Any]) -> BatchResult:
+    """Run each call of ``batch`` (on a worker); a failing call is tried ``retries`` more
+    times, then its error takes its place, and the other calls go on."""
+    values: list[Any] = []
+    started = time.perf_counter()
+    retries = batch.retries
+    for args in batch.calls:
+        attempt = 0
+        while True:
+            try:
+                value = fn(*args, **kwargs)
+                break
+            except BaseException as exc:  # as for a task: SystemExit in a call is its error
+                if attempt < retries:
+                    attempt += 1
+                    continue
+                # The traceback starts in the call, as a task's starts in its function.
+                if exc.__traceback__ is not None:
+                    exc.__traceback__ = exc.__traceback__.tb_next
+                detail, frames = dumps_error(exc, "")
+                value = ElementError(detail, frames[0] if frames else None)
+                break
+        values.append(value)
+    return BatchResult(values, time.perf_counter() - started, _values_nbytes(values))
+
+
+def pick_element(result: BatchResult, index: int) -> Any:
+    """Call ``index``'s value from a batch's result (a task standing for that call): its
+    value, or its exception raised again."""
+    value = result.values[index]
+    if type(value) is ElementError:
+        exc, text = value.load()
+        if text and hasattr(exc, "add_note"):
+            exc.add_note(f"Raised by the call in a map batch:\n{text.rstrip()}")
+        raise exc
+    return value
+
+
+def batch_size(
+    seconds_per_call: float | None, calls: int, requested: int | None, bytes_per_call: float = 0.0
+) -> int:
+    """Calls per batch for a map of ``calls`` calls (1: no batching).
+
+    ``seconds_per_call`` is the function's measured run time (None: not known yet) and
+    ``bytes_per_call`` the larger of its arguments' and its results' size per call.
+    """
+    if requested is not None:
+        return max(1, min(requested, calls))
+    if calls < BATCH_MIN_CALLS:
+        return 1
+    if seconds_per_call is None:
+        size = BATCH_PROBE_CALLS
+    else:
+        size = int(BATCH_TARGET_SECONDS / max(seconds_per_call, 1e-7))
+    if bytes_per_call > 0:
+        size = min(size, int(BATCH_MAX_BYTES / bytes_per_call))
+    return max(1, min(size, BATCH_MAX_CALLS, calls // BATCH_MIN_BATCHES))
