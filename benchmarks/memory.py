@@ -2,6 +2,9 @@
 
 Prints the resident memory each task adds to the client process and to the broker process
 (Linux: read from ``/proc``), then starts a worker pool, gathers every result and checks it.
+This is done twice: with one task per call (``map(..., batch_size=1)``: a million tasks in
+the broker), and in batches as ``map`` makes them for a quick function (``batch_size=256``,
+see ``zmqdask.batches``: a million futures in the client, 3,907 tasks in the broker).
 
     python benchmarks/memory.py [--tasks 1000000]
 """
@@ -19,6 +22,7 @@ import time
 import workloads
 
 from zmqdask import Client
+from zmqdask.batches import BATCH_MAX_CALLS
 
 SETTLE_TIMEOUT_S = 300.0
 """Longest wait for the broker to hold every task, or for the results."""
@@ -39,24 +43,27 @@ async def queued(client: Client) -> int:
     return int(info["tasks"]["queued"])
 
 
-async def measure(tasks: int) -> None:
-    """Queue ``tasks`` tiny tasks with no worker, report memory, then compute them all."""
+async def measure(tasks: int, batch_size: int) -> None:
+    """Queue ``tasks`` tiny calls with no worker, report memory, then compute them all."""
+    title = f"batch_size={batch_size}" + (" (one task per call)" if batch_size == 1 else " (map's batches)")
+    print(f"{title}:")
     async with Client(asynchronous=True, n_workers=0) as client:
         assert client.cluster is not None and client.cluster.broker_pid is not None
         broker_pid = client.cluster.broker_pid
         gc.collect()
         client_before, broker_before = rss_bytes(os.getpid()), rss_bytes(broker_pid)
         started = time.perf_counter()
-        futures = client.map(workloads.inc, range(tasks), pure=False)
+        futures = client.map(workloads.inc, range(tasks), pure=False, batch_size=batch_size)
+        expected = -(-tasks // batch_size)  # the broker's tasks: one per batch
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while await queued(client) < tasks:
+        while await queued(client) < expected:
             if time.monotonic() > deadline:
                 raise TimeoutError("the broker never held every task")
             await asyncio.sleep(0.1)
         submitted_s = time.perf_counter() - started
         gc.collect()
         client_after, broker_after = rss_bytes(os.getpid()), rss_bytes(broker_pid)
-        print(f"{tasks:,} tiny tasks queued in {submitted_s:.1f} s, no worker yet")
+        print(f"{tasks:,} tiny tasks queued in {submitted_s:.1f} s as {expected:,} tasks of the broker, no worker yet")
         print(f"client: +{(client_after - client_before) / tasks:,.0f} B per task (futures and specs included)")
         print(f"broker: +{(broker_after - broker_before) / tasks:,.0f} B per task")
         assert client.address is not None
@@ -93,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not sys.platform.startswith("linux"):
         parser.error("reads resident memory from /proc: Linux only")
-    asyncio.run(measure(args.tasks))
+    asyncio.run(measure(args.tasks, 1))
+    # The batches map makes for a function it has seen to be quick (a function never seen
+    # gets small batches first).
+    asyncio.run(measure(args.tasks, BATCH_MAX_CALLS))
     return 0
 
 
