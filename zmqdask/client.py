@@ -566,7 +566,10 @@ class Client(BrokerSession):
     ) -> list[Future]:
         """Submit ``fn`` over the elements of the iterables; returns a list of Futures.
 
-        Dask's placement hints are accepted and not used, as in :meth:`submit`.
+        Many quick calls with plain arguments run in batch tasks (see
+        :mod:`zmqdask.batches`), each call keeping its own Future; ``batch_size`` sets the
+        calls per batch task (1: one task per call; default: learned from the function's
+        run time).  Dask's placement hints are accepted and not used, as in :meth:`submit`.
         """
         self._check_open()
         _refuse_actors(actor or actors)
