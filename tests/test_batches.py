@@ -136,6 +136,23 @@ def test_batched_calls_have_their_own_futures_keys_and_types(client: Client, wai
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
 
 
+def test_a_pure_call_submitted_again_shares_the_batched_future(
+    client: Client, wait_until: Callable[..., None]
+) -> None:
+    wait_until(lambda: tasks_held(client) == 0, timeout=20)
+    futures = client.map(inc, range(5000, 5100))
+    again = client.submit(inc, 5005)
+    assert again.key == futures[5].key and again.result(timeout=30) == 5006
+    del futures
+    gc.collect()
+    wait_until(lambda: tasks_held(client) == 1, timeout=20)  # its batch, held by that call
+    assert again.result(timeout=5) == 5006
+    del again
+    gc.collect()
+    wait_until(lambda: tasks_held(client) == 0, timeout=20)
+    assert not any(key.startswith("inc-") for key in client._futures)
+
+
 def test_a_failing_call_fails_alone_with_its_own_exception(client: Client) -> None:
     futures = client.map(fails_on_three, range(100), pure=False)
     wait(futures, timeout=30)

@@ -496,7 +496,11 @@ class Client(BrokerSession):
         """Record one task and queue it for the next flush; called with ``_lock`` held."""
         futures = self._futures
         state = futures.get(key)
-        if state is not None and state.status not in (CANCELLED, LOST) and state.entry is not None:
+        if (
+            state is not None
+            and state.status not in (CANCELLED, LOST)
+            and (state.entry is not None or state.batch is not None)  # a call of a map batch too
+        ):
             return Future(key, self, state)
         if self._releases:
             self._take_back_release(key, wanted)

@@ -685,6 +685,8 @@ class BrokerSession:
     def _distribute(self, batch: FutureState) -> None:
         """Give each call of a finished map batch its value or error (loop thread)."""
         result = batch.value
+        if batch.has_value and result is None:
+            return  # given out already (the batch was reported again, e.g. recomputed)
         if not batch.has_value or type(result) is not BatchResult:
             # Finished, its value too large to come with the notice: the calls are finished;
             # their values come when one of them is asked for (see _request_data).
@@ -811,13 +813,16 @@ class BrokerSession:
     def _release(self, state: FutureState) -> None:
         with self._lock:
             state.refcount -= 1
-            if state.refcount > 0 or self._futures.get(state.key) is not state:
+            if state.refcount > 0:
+                return
+            in_batch = state.batch is not None
+            if in_batch:
+                self._detach(state)
+            if self._futures.get(state.key) is not state:
                 return
             del self._futures[state.key]
-            if state.batch is not None:
-                self._detach(state)
-                if state.entry is None:
-                    return  # the broker never heard of this call, only of its batch
+            if in_batch and state.entry is None:
+                return  # the broker never heard of this call, only of its batch
             if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):
                 return
             if state.status == CANCELLED:
