@@ -199,6 +199,8 @@ def test_cancelling_calls_leaves_the_others_and_stops_an_abandoned_batch(
     assert [f.status for f in futures[:4]] == ["cancelled"] * 4
     with pytest.raises(FutureCancelledError):
         futures[0].result(timeout=5)
+    with pytest.raises(FutureCancelledError, match="cannot be the input"):
+        client.submit(inc, futures[1])
     assert client.gather(futures[4:]) == list(range(4, 64))
     abandoned = client.map(sleepy, range(100, 164), pure=False, batch_size=8)
     client.cancel(abandoned)

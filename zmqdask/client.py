@@ -541,6 +541,9 @@ class Client(BrokerSession):
                 raise UsageError(f"{obj.key} was released and cannot be used anymore")
             if state.entry is None and state.batch is not None:
                 self._materialize(state)
+            elif state.entry is None and state.status == CANCELLED and not state.has_value:
+                # A cancelled call of a map batch: nothing on the cluster stands for it.
+                raise FutureCancelledError(f"{obj.key} was cancelled; it cannot be the input of a task", obj.key)
             deps[obj.key] = state
             return TaskRef(obj.key)
         if kind is tuple or kind is list:
