@@ -131,6 +131,15 @@ def test_batched_calls_have_their_own_futures_keys_and_types(client: Client, wai
     assert client.gather(same) == list(range(2001, 2101))
     with pytest.raises(UsageError, match="batch_size"):
         client.map(inc, range(100), batch_size=0)
+    # Batches that do not divide the rounds map prepares its calls in (4,096): none twice.
+    odd = client.map(inc, range(5000), pure=False, batch_size=7)
+    assert len(odd) == 5000 and len({f.key for f in odd}) == 5000
+    assert client.gather(odd) == list(range(1, 5001))
+    # Keys given for some calls only: the others get keys as without batches.
+    named = client.map(inc, range(40), key=[None if i % 2 else f"named-{i}" for i in range(40)])
+    assert [f.key for f in named[:2]] == ["named-0", client.submit(inc, 1).key]
+    assert client.gather(named) == list(range(1, 41))
+    del odd, named
     del futures, one_each, again, same
     gc.collect()
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
@@ -180,6 +189,16 @@ def test_retries_apply_to_each_call_and_retry_reruns_a_failed_call(client: Clien
     client.retry(futures[:3])
     assert client.gather(futures[:3]) == [3000, 3010, 3020]
     assert futures[3].status == "error"
+    # Retrying a task whose failed input is a batched call runs that call again too.
+    dependent = client.submit(inc, futures[4])
+    wait([dependent], timeout=30)
+    assert dependent.status == "error"
+    client.retry(dependent)
+    assert dependent.result(timeout=30) == 3041 and futures[4].result(timeout=5) == 3040
+    dependent = client.submit(inc, futures[6])  # made an input, then retried itself
+    wait([dependent], timeout=30)
+    client.retry(futures[6])
+    assert futures[6].result(timeout=30) == 3060
 
 
 def test_calls_used_as_inputs_become_tasks_of_their_own(client: Client) -> None:

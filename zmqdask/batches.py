@@ -19,6 +19,7 @@ work; a function slower than that is not batched at all.
 
 from __future__ import annotations
 
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -130,11 +131,19 @@ def run_batch(fn: Callable[..., Any], batch: BatchCall, kwargs: dict[str, Any]) 
     return BatchResult(values, time.perf_counter() - started, _values_nbytes(values))
 
 
-def pick_element(result: BatchResult, index: int) -> Any:
+Rerun = tuple[bytes, tuple[Any, ...], dict[str, Any]]
+"""A call to make again: its pickled function, arguments and keywords."""
+
+
+def pick_element(result: BatchResult, index: int, rerun: Rerun | None = None) -> Any:
     """Call ``index``'s value from a batch's result (a task standing for that call): its
-    value, or its exception raised again."""
+    value, or its exception raised again.  ``rerun`` (the pickled function, the call's
+    arguments and keywords) makes a failed call run again here instead, as ``retry`` asks."""
     value = result.values[index]
     if type(value) is ElementError:
+        if rerun is not None:
+            fn_payload, args, kwargs = rerun
+            return pickle.loads(fn_payload)(*args, **kwargs)
         exc, text = value.load()
         if text and hasattr(exc, "add_note"):
             exc.add_note(f"Raised by the call in a map batch:\n{text.rstrip()}")

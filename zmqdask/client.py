@@ -675,20 +675,23 @@ class Client(BrokerSession):
             list(zip(*columns, strict=False)) if len(columns) > 1 else [(item,) for item in columns[0][:count]]
         )
         name = info[2]
-        if pure and keys[0] is None:
-            no_deps: dict[str, FutureState] = {}
-            call_keys = [self._task_spec(info, row, kwargs, None, True, no_deps)[0] for row in rows]
-        elif keys[0] is None:
-            call_keys = [f"{name}-{self._key_token}{next(self._key_counter):016x}" for _ in range(count)]
-        else:
-            call_keys = [key for key in keys if key is not None]
-            for key in call_keys:
-                _check_key(key)
+        token, counter = self._key_token, self._key_counter
+        no_deps: dict[str, FutureState] = {}
+        call_keys: list[str] = []
+        for row, given in zip(rows, keys, strict=False):
+            if given is not None:
+                _check_key(given)
+                call_keys.append(given)
+            elif pure:
+                call_keys.append(self._task_spec(info, row, kwargs, None, True, no_deps)[0])
+            else:
+                call_keys.append(f"{name}-{token}{next(counter):016x}")
         futures: list[Future] = []
+        step = size * max(1, _MAP_CHUNK_TASKS // size)  # whole batches per round
         with _collector_paused(count):
-            for start in range(0, count, _MAP_CHUNK_TASKS):
+            for start in range(0, count, step):
                 with self._lock:
-                    for first in range(start, min(count, start + _MAP_CHUNK_TASKS), size):
+                    for first in range(start, min(count, start + step), size):
                         self._queue_batch(info, rows, call_keys, first, min(count, first + size), kwargs, priority,
                                           retries, futures)
                 if self._in_loop_thread() and self._flush_scheduled:
@@ -773,14 +776,32 @@ class Client(BrokerSession):
         taken from the batch's, to run it again alone (``_lock`` held)."""
         batch = member.batch
         assert batch is not None and batch.entry is not None
-        payload = batch.entry[6]
-        (call,), kwargs = loads([payload] if type(payload) is bytes else list(batch.frames or ()))
-        frames = dumps((call.calls[member.index], kwargs))
-        member.entry = [member.key, batch.entry[1], [], batch.entry[3], call.retries, proto.FLAG_WANTED,
+        args, kwargs, retries = self._call_spec(member)
+        frames = dumps((args, kwargs))
+        member.entry = [member.key, batch.entry[1], [], batch.entry[3], retries, proto.FLAG_WANTED,
                         proto.payload_field(frames)]
         member.frames = None if type(member.entry[6]) is bytes else frames
         member.fn_payload = batch.fn_payload
         self._detach(member)  # an ordinary task from now on
+
+    def _call_spec(self, member: FutureState) -> tuple[tuple[Any, ...], dict[str, Any], int]:
+        """A call's arguments, keywords and retries, from its batch's payload."""
+        batch = member.batch
+        assert batch is not None and batch.entry is not None
+        payload = batch.entry[6]
+        (call,), kwargs = loads([payload] if type(payload) is bytes else list(batch.frames or ()))
+        return call.calls[member.index], kwargs, call.retries
+
+    def _rerun_in_pick(self, member: FutureState) -> None:
+        """The pick task of a failed call of a map batch, sent again, runs the call again
+        (its key and inputs stay as they were: tasks depending on it follow; ``_lock`` held)."""
+        batch = member.batch
+        assert batch is not None and member.entry is not None
+        args, kwargs, _ = self._call_spec(member)
+        rerun = (batch.fn_payload, args, kwargs)
+        frames = dumps(((TaskRef(batch.key), member.index, rerun), {}))
+        member.entry[6] = proto.payload_field(frames)
+        member.frames = None if type(member.entry[6]) is bytes else frames
 
     def _queue_chunk(
         self,
@@ -1157,6 +1178,8 @@ class Client(BrokerSession):
                 stack.extend((dep, False) for dep in state.deps or ())
             with self._lock:
                 for state in order:
+                    if state.batch is not None and state.entry is not None:
+                        self._rerun_in_pick(state)  # a call of a map batch made an input
                     state.status = PENDING
                     state.exception = None
                     state.traceback = None
