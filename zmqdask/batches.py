@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from zmqdask.config import SMALL_RESULT_MAX_BYTES
 from zmqdask.serialize import dumps_error, loads_error, sizeof
 
 BATCH_MIN_CALLS = 32
@@ -80,35 +81,52 @@ class ElementError:
 
 class BatchResult:
     """What a batch task returns: each call's value (or :class:`ElementError`), in order,
-    the seconds the calls took together and the approximate bytes the values hold."""
+    the seconds the calls took together, the approximate bytes the values hold, and whether
+    they are all small scalars (which travel with the completion notice, as a task's do)."""
 
-    __slots__ = ("nbytes", "seconds", "values")
+    __slots__ = ("failed", "nbytes", "seconds", "small", "values")
 
-    def __init__(self, values: list[Any], seconds: float, nbytes: int) -> None:
+    def __init__(self, values: list[Any], seconds: float, nbytes: int, small: bool, failed: int) -> None:
         self.values = values
         self.seconds = seconds
         self.nbytes = nbytes
         """Read by the worker's accounting, and by the client to size later batches."""
+        self.small = small
+        self.failed = failed
+        """How many calls failed: a batch with failures travels with its completion notice
+        (a task's error does), or its notice says so (see :func:`result_type_name`)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (BatchResult, (self.values, self.seconds, self.nbytes))
+        return (BatchResult, (self.values, self.seconds, self.nbytes, self.small, self.failed))
 
     def __repr__(self) -> str:
         return f"<BatchResult of {len(self.values)} calls>"
 
 
-_PLAIN = frozenset({int, float, bool, type(None), str, bytes, complex})
+_SCALARS = frozenset({int, float, bool, type(None), str, bytes, complex})
 
 
-def _values_nbytes(values: list[Any]) -> int:
+def _sizes(values: list[Any]) -> tuple[int, bool]:
+    """Bytes the values hold, and whether each is a scalar of at most SMALL_RESULT_MAX_BYTES."""
     getsizeof = sys.getsizeof
-    return sum(getsizeof(value) if type(value) in _PLAIN else sizeof(value) for value in values)
+    total = 0
+    small = True
+    for value in values:
+        if type(value) in _SCALARS:
+            size = getsizeof(value)
+            small = small and size <= SMALL_RESULT_MAX_BYTES
+        else:
+            size = sizeof(value)
+            small = False
+        total += size
+    return total, small
 
 
 def run_batch(fn: Callable[..., Any], batch: BatchCall, kwargs: dict[str, Any]) -> BatchResult:
     """Run each call of ``batch`` (on a worker); a failing call is tried ``retries`` more
     times, then its error takes its place, and the other calls go on."""
     values: list[Any] = []
+    failed = 0
     started = time.perf_counter()
     retries = batch.retries
     for args in batch.calls:
@@ -126,9 +144,21 @@ def run_batch(fn: Callable[..., Any], batch: BatchCall, kwargs: dict[str, Any]) 
                     exc.__traceback__ = exc.__traceback__.tb_next
                 detail, frames = dumps_error(exc, "")
                 value = ElementError(detail, frames[0] if frames else None)
+                failed += 1
                 break
         values.append(value)
-    return BatchResult(values, time.perf_counter() - started, _values_nbytes(values))
+    nbytes, small = _sizes(values)
+    return BatchResult(values, time.perf_counter() - started, nbytes, small, failed)
+
+
+BATCH_TYPE_NAME = "BatchResult"
+"""The type name in the completion notice of a batch whose calls all succeeded."""
+
+
+def result_type_name(result: BatchResult) -> str:
+    """The type name a batch's completion notice carries: it tells the client, even when
+    the result stays on the worker, whether some calls failed."""
+    return BATCH_TYPE_NAME if not result.failed else f"{BATCH_TYPE_NAME} ({result.failed} calls failed)"
 
 
 Rerun = tuple[bytes, tuple[Any, ...], dict[str, Any]]

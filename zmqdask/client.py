@@ -736,9 +736,8 @@ class Client(BrokerSession):
         # The batch is held by its calls, not by a Future: the last call released releases it.
         batch = holder._state
         holder._state = None  # type: ignore[assignment]
-        assert batch.entry is not None
-        batch.entry[5] |= proto.FLAG_PUSH_RESULT
-        batch.data_requested = True
+        # Not pushed unless asked for (or made of small scalars, which the worker sends
+        # anyway): results that nobody gathers stay on the cluster, as a task's do.
         batch.members = members
         batch.alive = len(members)
         for member in members:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zmqdask import serialize
-from zmqdask.batches import BatchCall, run_batch
+from zmqdask.batches import BatchCall, BatchResult, result_type_name, run_batch
 from zmqdask.config import (
     INLINE_AFTER_QUICK_CALLS,
     INLINE_RESULT_MAX_BYTES,
@@ -348,8 +348,14 @@ def execute(task: Task) -> Task:
         return _erred(task, exc)
     detail = measure(value)
     scalar = type(value) in _SCALAR_TYPES
-    if (task.flags & FLAG_PUSH_RESULT and detail[1] <= inline_limit.nbytes) or (
-        scalar and detail[1] <= SMALL_RESULT_MAX_BYTES
+    batch = type(value) is BatchResult
+    if batch:
+        detail[0] = result_type_name(value)
+    if (
+        (task.flags & FLAG_PUSH_RESULT and detail[1] <= inline_limit.nbytes)
+        or (scalar and detail[1] <= SMALL_RESULT_MAX_BYTES)
+        # A map batch travels inline as its calls would have: small scalars, and errors.
+        or (batch and (value.small or value.failed) and detail[1] <= inline_limit.nbytes)
     ):
         # Values whose in-memory size already exceeds the inline limit are not pickled here
         # just to be thrown away: the client fetches them with GATHER.

@@ -27,12 +27,11 @@ from typing import Any, cast
 import zmq
 
 from zmqdask import protocol as proto
-from zmqdask.batches import BatchResult, ElementError
+from zmqdask.batches import BATCH_TYPE_NAME, BatchResult, ElementError
 from zmqdask.config import (
     FUNCTION_BYTES_KEPT_MAX,
     FUNCTIONS_KEPT_MAX,
     HEARTBEAT_INTERVAL_S,
-    INLINE_RESULT_MAX_BYTES,
     IPC_BUFFER_BYTES,
     LIVENESS_TIMEOUT_S,
     MAX_KILLED_ATTEMPTS,
@@ -621,7 +620,7 @@ class BrokerSession:
                     self._fire_callbacks(state)
                 state.notify()
                 if state.members is not None:
-                    self._distribute(state)
+                    self._distribute(state, detail[1])
             elif code == proto.ERRED:
                 error, text = self._rebuild_error(key, detail, frames)
                 self._set_failed(state, ERROR, error, text)
@@ -682,30 +681,32 @@ class BrokerSession:
                     member.status = PENDING if member.status == FINISHED else member.status
                     self._set_failed(member, status, exc, text)
 
-    def _distribute(self, batch: FutureState) -> None:
-        """Give each call of a finished map batch its value or error (loop thread)."""
+    def _distribute(self, batch: FutureState, nbytes: int) -> None:
+        """Give each call of a finished map batch its value or error (loop thread);
+        ``nbytes`` is the size of the batch's result, as its worker measured it."""
         result = batch.value
         if batch.has_value and result is None:
             return  # given out already (the batch was reported again, e.g. recomputed)
+        members = batch.members
+        if batch.entry is not None and members:
+            # Later batches of this function stay under BATCH_MAX_BYTES of results.
+            self._bytes_per_call[batch.entry[1]] = nbytes / len(members)
         if not batch.has_value or type(result) is not BatchResult:
-            # Finished, its value too large to come with the notice: the calls are finished;
-            # their values come when one of them is asked for (see _request_data).
-            batch.data_requested = False
-            if batch.entry is not None and batch.members:
-                # At least the inline limit: later batches of this function stay smaller.
-                self._bytes_per_call[batch.entry[1]] = INLINE_RESULT_MAX_BYTES / len(batch.members)
-            wanted = False
-            for member in batch.members or ():
+            # Finished, its value not sent along (not asked for, or too large to come with
+            # the notice).  If some calls failed, which they were is in the value: fetch it.
+            # Otherwise the calls are finished; their values come when one is asked for
+            # (_request_data), or with the answer to a request already made.
+            if batch.type_name != BATCH_TYPE_NAME:
+                self._request_data(batch)
+                return
+            for member in members or ():
                 if member.batch is batch and member.status == PENDING:
                     member.status = FINISHED
                     self._fire_callbacks(member)
                     member.notify()
-                wanted = wanted or (member.data_requested and not member.has_value)
-            if wanted:
-                self._request_data(batch)
             return
         values = result.values
-        for member in batch.members or ():
+        for member in members or ():
             if member.batch is not batch or member.has_value or member.status == CANCELLED:
                 continue
             value = values[member.index]
@@ -729,7 +730,6 @@ class BrokerSession:
             measured = result.seconds / len(values)
             known = self._seconds_per_call.get(entry[1])
             self._seconds_per_call[entry[1]] = measured if known is None else (known + measured) / 2
-            self._bytes_per_call[entry[1]] = result.nbytes / len(values)
 
     def _fail_pending(self, exc: BaseException, status: str) -> None:
         for state in list(self._futures.values()):
