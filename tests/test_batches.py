@@ -27,6 +27,7 @@ from zmqdask.batches import (
     run_batch,
 )
 from zmqdask.errors import UsageError
+from zmqdask.serialize import TaskRef
 
 _ATTEMPTS: collections.Counter[Any] = collections.Counter()
 """Calls per argument in this process (a worker's, for the flaky functions below)."""
@@ -154,12 +155,17 @@ def test_a_pure_call_submitted_again_shares_the_batched_future(
     assert again.key == futures[5].key and again.result(timeout=30) == 5006
     del futures
     gc.collect()
-    wait_until(lambda: tasks_held(client) == 1, timeout=20)  # its batch, held by that call
+    wait_until(lambda: tasks_held(client) == 2, timeout=20)  # its batch, and the call as a task
     assert again.result(timeout=5) == 5006
     del again
     gc.collect()
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
     assert not any(key.startswith("inc-") for key in client._futures)
+    # A graph naming a batched call's key as an input finds it (a task of its own there).
+    named = client.map(inc, range(64), key=[f"call-{i}" for i in range(64)])
+    graph = {"call-3": (inc, (3,), {}), "after": (inc, (TaskRef("call-3"),), {})}
+    (after,) = client.submit_graph(graph, ["after"])
+    assert after.result(timeout=30) == 5 and named[3].result(timeout=5) == 4
 
 
 def test_a_failing_call_fails_alone_with_its_own_exception(client: Client) -> None:

@@ -501,6 +501,8 @@ class Client(BrokerSession):
             and state.status not in (CANCELLED, LOST)
             and (state.entry is not None or state.batch is not None)  # a call of a map batch too
         ):
+            if state.entry is None:
+                self._materialize(state)  # other tasks of this submission may name its key
             return Future(key, self, state)
         if self._releases:
             self._take_back_release(key, wanted)
