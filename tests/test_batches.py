@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from zmqdask.batches import (
     pick_element,
     run_batch,
 )
-from zmqdask.errors import UsageError
+from zmqdask.errors import SerializationError, UsageError
 from zmqdask.serialize import TaskRef
 
 _ATTEMPTS: collections.Counter[Any] = collections.Counter()
@@ -59,6 +60,10 @@ def fails_first_time(x: int, directory: str) -> int:
     except FileExistsError:
         return x * 10
     raise OSError(f"first try of {x}")
+
+
+def lock_at_eight(x: int) -> Any:
+    return threading.Lock() if x == 8 else x
 
 
 def tagged(x: int, tag: str = "") -> str:
@@ -182,6 +187,17 @@ def test_a_failing_call_fails_alone_with_its_own_exception(client: Client) -> No
     assert client.submit(sum, futures[:3]).result(timeout=30) == 3
     with pytest.raises(ValueError, match="three in 3"):
         client.submit(sum, futures[:5]).result(timeout=30)
+
+
+def test_a_call_whose_result_cannot_travel_fails_alone(client: Client) -> None:
+    futures = client.map(lock_at_eight, range(64), pure=False)
+    wait(futures, timeout=30)
+    with pytest.raises(SerializationError, match=r"result of this call .* cannot be serialized"):
+        futures[8].result(timeout=30)
+    assert futures[9].result(timeout=30) == 9 and futures[7].result(timeout=5) == 7
+    assert len(client.gather(futures, errors="skip")) == 63
+    pushed = client.gather(client.map(lock_at_eight, range(64), pure=False), errors="skip")
+    assert pushed == [x for x in range(64) if x != 8]
 
 
 def test_retries_apply_to_each_call_and_retry_reruns_a_failed_call(client: Client, tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from zmqdask.config import SMALL_RESULT_MAX_BYTES
-from zmqdask.serialize import dumps_error, loads_error, sizeof
+from zmqdask.errors import SerializationError
+from zmqdask.serialize import dumps, dumps_error, loads_error, sizeof, type_name
 
 BATCH_MIN_CALLS = 32
 """``map`` batches only when it makes at least this many calls."""
@@ -149,6 +150,26 @@ def run_batch(fn: Callable[..., Any], batch: BatchCall, kwargs: dict[str, Any]) 
         values.append(value)
     nbytes, small = _sizes(values)
     return BatchResult(values, time.perf_counter() - started, nbytes, small, failed)
+
+
+def without_unpicklable(result: BatchResult) -> BatchResult:
+    """``result`` with each value that cannot be serialized replaced by that call's error
+    (a worker does this when the whole result would not serialize: only those calls fail)."""
+    values = list(result.values)
+    failed = result.failed
+    for index, value in enumerate(values):
+        if type(value) in _SCALARS or type(value) is ElementError:
+            continue
+        try:
+            dumps(value)
+        except Exception as exc:
+            kind = type_name(value)
+            error = SerializationError(f"the result of this call (a {kind}) cannot be serialized: {exc}", kind)
+            detail, frames = dumps_error(error, "")
+            values[index] = ElementError(detail, frames[0] if frames else None)
+            failed += 1
+    nbytes, small = _sizes(values)
+    return BatchResult(values, result.seconds, nbytes, small, failed)
 
 
 BATCH_TYPE_NAME = "BatchResult"

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zmqdask import serialize
-from zmqdask.batches import BatchCall, BatchResult, result_type_name, run_batch
+from zmqdask.batches import BatchCall, BatchResult, result_type_name, run_batch, without_unpicklable
 from zmqdask.config import (
     INLINE_AFTER_QUICK_CALLS,
     INLINE_RESULT_MAX_BYTES,
@@ -365,7 +365,16 @@ def execute(task: Task) -> Task:
             nbytes = len(frames[0])
         else:
             try:
-                frames = serialize.dumps(value)
+                try:
+                    frames = serialize.dumps(value)
+                except Exception:
+                    if not batch:
+                        raise
+                    # Only the calls whose values cannot travel fail, not their batch.
+                    value = without_unpicklable(value)
+                    detail = measure(value)
+                    detail[0] = result_type_name(value)
+                    frames = serialize.dumps(value)
             except Exception as exc:
                 error = SerializationError(
                     f"the result of task {key!r} (a {detail[0]}) cannot be serialized: {exc}", detail[0]

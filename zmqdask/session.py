@@ -27,7 +27,7 @@ from typing import Any, cast
 import zmq
 
 from zmqdask import protocol as proto
-from zmqdask.batches import BATCH_TYPE_NAME, BatchResult, ElementError
+from zmqdask.batches import BATCH_TARGET_SECONDS, BATCH_TYPE_NAME, BatchResult, ElementError
 from zmqdask.config import (
     FUNCTION_BYTES_KEPT_MAX,
     FUNCTIONS_KEPT_MAX,
@@ -675,7 +675,16 @@ class BrokerSession:
         members = state.members
         if members is not None:
             # A batch that failed as a whole (its worker died, its result could not travel)
-            # fails each of its calls still waiting, the same way.
+            # fails each of its calls still waiting, the same way; later maps of the function
+            # give each call a task of its own.
+            if hasattr(exc, "add_note") and status == ERROR:
+                exc.add_note(
+                    f"The call ran in a map batch of {len(members)} calls, which failed as a whole: "
+                    "client.retry(futures) runs each failed call alone, and map(..., batch_size=1) "
+                    "gives every call a task of its own."
+                )
+            if state.entry is not None:
+                self._seconds_per_call[state.entry[1]] = BATCH_TARGET_SECONDS
             for member in members:
                 if member.batch is state and not member.has_value and member.status != CANCELLED:
                     member.status = PENDING if member.status == FINISHED else member.status

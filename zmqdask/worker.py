@@ -35,6 +35,7 @@ from typing import Any, NoReturn, cast
 import zmq
 
 from zmqdask import protocol, serialize
+from zmqdask.batches import BatchResult, without_unpicklable
 from zmqdask.config import (
     HEARTBEAT_INTERVAL_S,
     INLINE_RESULT_MAX_BYTES,
@@ -1068,7 +1069,14 @@ class Worker:
                 missing.append(key)
                 continue
             try:
-                value_frames = serialize.dumps(value)
+                try:
+                    value_frames = serialize.dumps(value)
+                except Exception:
+                    if type(value) is not BatchResult:
+                        raise
+                    # Only the calls whose values cannot travel fail, not their batch.
+                    value = store[key] = without_unpicklable(value)
+                    value_frames = serialize.dumps(value)
             except Exception as exc:
                 del store[key]
                 type_name = serialize.type_name(value)
