@@ -478,6 +478,9 @@ def report(
         "- Every framework runs local worker processes with one thread each, started by its own",
         "  client (`zmqdask.Client(...)`, `distributed.Client(...)`, `ProcessPoolExecutor(max_workers=...)`).",
         "- Tiny tasks are `x + 1` submitted with `pure=False`; dask.distributed runs with its default configuration.",
+        "- zmqdask's `map` runs many quick calls with plain arguments in batch tasks, as it does by default"
+        " (`zmqdask.batches`; each call keeps its own future); the submit loop and the chain are one task"
+        " per call, and the payload rows pass arrays, which are not batched.",
         "- Every timeseries frame gets a new seed and every query on the persisted frame a new `split_every`",
         "  (at least npartitions: one combine step), so no framework hands back a result of an earlier repeat.",
         "- The persist row calls `client.persist` and then the framework's own `wait` on the persisted frame.",
