@@ -245,6 +245,24 @@ def test_released_futures_free_the_cluster(client: Client, wait_until) -> None: 
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
 
 
+def test_failed_futures_whose_errors_were_raised_are_still_released(
+    client: Client, wait_until
+) -> None:  # type: ignore[no-untyped-def]
+    wait_until(lambda: tasks_held(client) == 0, timeout=20)
+    futures = client.map(explode, range(40), pure=False, batch_size=1)
+    assert client.gather(futures, errors="skip") == []
+    try:
+        futures[0].result(timeout=30)
+    except ValueError:
+        pass
+    assert tasks_held(client) == 40
+    # The raised errors' tracebacks went through frames holding these futures: dropping
+    # the futures must still release every task (the errors kept are not the ones raised).
+    del futures
+    gc.collect()
+    wait_until(lambda: tasks_held(client) == 0, timeout=20)
+
+
 def test_futures_dropped_before_their_batch_is_sent_are_released_after_it(
     run_async, wait_until, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]

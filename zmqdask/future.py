@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import html
 import threading
 import time
@@ -103,11 +104,24 @@ class FutureState:
 
 
 def failure_of(state: FutureState) -> BaseException:
-    """The exception to raise for a failed key: the task's own frames last (as in Dask), and
-    none left over from an earlier raise of the same exception object."""
+    """The exception to raise for a failed key: the task's own frames last (as in Dask).
+
+    A copy is raised when the exception can be copied: raising adds the frames it passes
+    through to its traceback, and those hold the caller's futures; on the object the state
+    keeps, they would keep the futures (and their data) alive after the caller dropped them.
+    """
     exc = state.exception
     assert exc is not None
-    return exc.with_traceback(traceback_from_text(state.traceback) if state.traceback else None)
+    try:
+        raised = copy.copy(exc)
+        if type(raised) is not type(exc):
+            raise TypeError("not a copy")
+        raised.__cause__ = exc.__cause__
+        raised.__context__ = exc.__context__
+        raised.__suppress_context__ = exc.__suppress_context__
+    except Exception:
+        raised = exc  # its class cannot be rebuilt from its arguments: raise the original
+    return raised.with_traceback(traceback_from_text(state.traceback) if state.traceback else None)
 
 
 class Future:
