@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import os
 import threading
 import time
 import traceback
@@ -64,6 +65,26 @@ def fails_first_time(x: int, directory: str) -> int:
 
 def lock_at_eight(x: int) -> Any:
     return threading.Lock() if x == 8 else x
+
+
+def _refuse_in(pid: int) -> object:
+    if os.getpid() == pid:
+        raise RuntimeError("this value cannot be loaded in the client")
+    return object()
+
+
+class LoadsOnlyOnWorkers:
+    """A value whose unpickling fails in the process ``pid`` (the client)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_in, (self.pid,))
+
+
+def unloadable(x: int, pid: int) -> Any:
+    return LoadsOnlyOnWorkers(pid) if x % 2 else x
 
 
 def tagged(x: int, tag: str = "") -> str:
@@ -198,6 +219,27 @@ def test_a_call_whose_result_cannot_travel_fails_alone(client: Client) -> None:
     assert len(client.gather(futures, errors="skip")) == 63
     pushed = client.gather(client.map(lock_at_eight, range(64), pure=False), errors="skip")
     assert pushed == [x for x in range(64) if x != 8]
+
+
+def test_a_batch_failing_as_a_whole_says_how_to_rerun_its_calls_and_is_not_repeated(
+    client: Client, wait_until: Callable[..., None]
+) -> None:
+    futures = client.map(unloadable, range(64), pid=os.getpid(), pure=False)
+    # Each batch holds an unloadable value: fetching it fails all its calls.
+    assert client.gather(futures, errors="skip") == []
+    assert {f.status for f in futures} == {"error"}
+    with pytest.raises(SerializationError, match="could not be deserialized here") as raised:
+        futures[0].result(timeout=5)
+    notes = getattr(raised.value, "__notes__", [])
+    assert len([n for n in notes if "map batch" in n]) == 1 and "client.retry" in notes[-1]
+    client.retry(futures[:1])
+    assert futures[0].result(timeout=30) == 0  # alone, call 0 is fine
+    del futures, raised  # (the raised exception's traceback holds a future)
+    gc.collect()
+    wait_until(lambda: tasks_held(client) == 0, timeout=20)
+    again = client.map(unloadable, range(64, 128), pid=os.getpid(), pure=False)
+    assert client.gather(again[::2]) == list(range(64, 128, 2))  # one task each now
+    assert tasks_held(client) == 64
 
 
 def test_retries_apply_to_each_call_and_retry_reruns_a_failed_call(client: Client, tmp_path: Path) -> None:

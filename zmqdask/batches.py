@@ -45,9 +45,8 @@ BATCH_TARGET_SECONDS = 0.005
 """The work one batch aims at, from the function's measured time per call."""
 
 BATCH_MAX_BYTES = 1024 * 1024
-"""The arguments, and the results measured so far, of one batch stay under this size: a
-batch's result then comes back with its completion notice, and no batch grows into a
-message too large to send."""
+"""The arguments, and the results measured so far, of one batch stay under this size, so
+that no batch grows into a message much larger than its calls' own would be."""
 
 
 class BatchCall:

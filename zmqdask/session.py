@@ -95,6 +95,12 @@ _BROKER_ERRORS: dict[str, type[Exception]] = {
 }
 
 
+_BATCH_FAILED_NOTE = (
+    "The call ran in a map batch, which failed as a whole: client.retry(futures) runs each "
+    "failed call alone, and map(..., batch_size=1) gives every call a task of its own."
+)
+
+
 class ClientStatus(str, enum.Enum):
     """Lifecycle of a client; each compares equal to its name (``client.status == "running"``)."""
 
@@ -677,14 +683,12 @@ class BrokerSession:
             # A batch that failed as a whole (its worker died, its result could not travel)
             # fails each of its calls still waiting, the same way; later maps of the function
             # give each call a task of its own.
-            if hasattr(exc, "add_note") and status == ERROR:
-                exc.add_note(
-                    f"The call ran in a map batch of {len(members)} calls, which failed as a whole: "
-                    "client.retry(futures) runs each failed call alone, and map(..., batch_size=1) "
-                    "gives every call a task of its own."
-                )
-            if state.entry is not None:
-                self._seconds_per_call[state.entry[1]] = BATCH_TARGET_SECONDS
+            if status == ERROR:
+                # (One exception object may fail several batches: note it once.)
+                if hasattr(exc, "add_note") and _BATCH_FAILED_NOTE not in getattr(exc, "__notes__", ()):
+                    exc.add_note(_BATCH_FAILED_NOTE)
+                if state.entry is not None:
+                    self._seconds_per_call[state.entry[1]] = BATCH_TARGET_SECONDS
             for member in members:
                 if member.batch is state and not member.has_value and member.status != CANCELLED:
                     member.status = PENDING if member.status == FINISHED else member.status
