@@ -24,6 +24,7 @@ from zmqdask.errors import (
     KilledWorker,
     SerializationError,
     SyncInAsyncError,
+    UsageError,
 )
 
 
@@ -243,6 +244,22 @@ def test_released_futures_free_the_cluster(client: Client, wait_until) -> None: 
     del futures
     gc.collect()
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
+
+
+def test_a_released_future_says_so(client: Client, wait_until) -> None:  # type: ignore[no-untyped-def]
+    wait_until(lambda: tasks_held(client) == 0, timeout=20)
+    future = client.submit(inc, 41, pure=False)
+    assert future.result(timeout=30) == 42
+    future.release()
+    future.release()  # twice is harmless
+    assert future.status == "lost" and future.done()
+    with pytest.raises(UsageError, match=r"was released \(Future.release\(\)\)"):
+        future.result(timeout=5)
+    with pytest.raises(UsageError, match="was released"):
+        client.submit(inc, future)
+    wait_until(lambda: tasks_held(client) == 0, timeout=20)
+    del future
+    gc.collect()
 
 
 def test_failed_futures_whose_errors_were_raised_are_still_released(

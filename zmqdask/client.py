@@ -539,7 +539,7 @@ class Client(BrokerSession):
             if obj._client is not self:
                 raise UsageError(f"{obj!r} belongs to another client; gather it there and pass the value")
             state = obj._state
-            if state is None:
+            if state is None or state.refcount < 0:
                 raise UsageError(f"{obj.key} was released and cannot be used anymore")
             if state.entry is None and state.batch is not None:
                 self._materialize(state)

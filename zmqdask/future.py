@@ -103,6 +103,18 @@ class FutureState:
                     waiter.set_result(None)
 
 
+def released_state(key: str) -> FutureState:
+    """The state a Future holds once released: nothing the client tracks (its negative
+    ``refcount`` marks it), failing with an error that says what happened."""
+    state = FutureState(key)
+    state.refcount = -1
+    state.status = LOST
+    state.exception = UsageError(
+        f"{key} was released (Future.release()); keep another Future of it, or submit it again"
+    )
+    return state
+
+
 def failure_of(state: FutureState) -> BaseException:
     """The exception to raise for a failed key: the task's own frames last (as in Dask).
 
@@ -233,10 +245,11 @@ class Future:
         self._client._add_done_callback(self, fn)
 
     def release(self) -> None:
-        """Drop this handle now instead of waiting for garbage collection."""
+        """Drop this handle now instead of waiting for garbage collection; the Future is
+        then of no more use (its status is ``lost``, its result an error saying so)."""
         state = self._state
-        if state is not None:
-            self._state = None  # type: ignore[assignment]
+        if state is not None and state.refcount >= 0:
+            self._state = released_state(self.key)
             self._client._release(state)
 
     def __await__(self) -> Any:
@@ -252,7 +265,7 @@ class Future:
             state = self._state
         except AttributeError:  # __init__ failed before the state was set
             return
-        if state is not None:
+        if state is not None and state.refcount >= 0:
             try:
                 self._client._release(state)
             except Exception:  # the interpreter may be shutting down
