@@ -428,3 +428,25 @@ def test_pivot_table_says_what_it_needs() -> None:
         known.pivot_table(index="day", columns="kind", values="v", aggfunc="median")
     with pytest.raises(UsageError, match="values="):
         known.pivot_table(index="day", columns="kind", values="nope")
+
+
+def test_repartition_by_frequency_and_by_size() -> None:
+    index = pd.date_range("2024-01-01", periods=3000, freq="37min")
+    frame = pd.DataFrame({"x": np.arange(3000.0), "s": ["abc" * 10] * 3000}, index=index)
+    lazy = zd.from_pandas(frame, npartitions=3)
+    daily = lazy.repartition(freq="1D")
+    assert daily.divisions[0] == index[0] and daily.divisions[-1] == index[-1]
+    assert all(b - a <= pd.Timedelta("1D") for a, b in zip(daily.divisions, daily.divisions[1:], strict=False))
+    assert daily.npartitions == len(pd.date_range(index[0], index[-1], freq="1D"))
+    pd.testing.assert_frame_equal(daily.compute(), frame)
+    total = int(frame.memory_usage(deep=True).sum())
+    sized = lazy.repartition(partition_size=total // 5 + 1)
+    assert sized.npartitions == 5
+    pd.testing.assert_frame_equal(sized.compute(), frame)
+    assert lazy.repartition(partition_size="1GB").npartitions == 1
+    with pytest.raises(UsageError, match="one of npartitions"):
+        lazy.repartition(npartitions=2, freq="1D")
+    with pytest.raises(UsageError, match="datetime index"):
+        lazy.reset_index().repartition(freq="1D")
+    with pytest.raises(UsageError, match="partition_size"):
+        lazy.repartition(partition_size="lots")

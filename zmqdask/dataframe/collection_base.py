@@ -196,8 +196,25 @@ class Collection:
         """
         return map_partitions(func, self, *args, meta=meta, **kwargs)
 
-    def repartition(self, npartitions: int | None = None, divisions: Any = None) -> Any:
-        """The same data in ``npartitions`` partitions (or at new ``divisions``)."""
+    def repartition(
+        self,
+        npartitions: int | None = None,
+        divisions: Any = None,
+        partition_size: int | str | None = None,
+        freq: Any = None,
+        force: bool = False,
+    ) -> Any:
+        """The same data in ``npartitions`` partitions, at new ``divisions``, in partitions
+        of about ``partition_size`` bytes (``"100MB"``: the frame's size is computed now), or
+        split at every ``freq`` of a datetime index with known divisions (``"1D"``)."""
+        given = [name for name, value in (("npartitions", npartitions), ("divisions", divisions),
+                                          ("partition_size", partition_size), ("freq", freq)) if value is not None]
+        if len(given) > 1:
+            raise UsageError(f"repartition takes one of npartitions, divisions, partition_size and freq; got {given}")
+        if freq is not None:
+            divisions = self._divisions_every(freq)
+        if partition_size is not None:
+            npartitions = self._partitions_of_size(partition_size)
         if divisions is not None:
             if not self.known_divisions:
                 raise UsageError("repartition(divisions=...) needs known divisions; use set_index first")
@@ -207,6 +224,44 @@ class Collection:
         if npartitions < 1:
             raise ValueError("npartitions must be at least 1")
         return new_collection(plan.repartition_expr(self._expr, npartitions))
+
+    def _divisions_every(self, freq: Any) -> tuple[Any, ...]:
+        """Divisions at every ``freq`` between this frame's first and last index values."""
+        import pandas as pd
+
+        if not self.known_divisions or not isinstance(self.divisions[0], pd.Timestamp):
+            raise UsageError("repartition(freq=...) needs a datetime index with known divisions; use set_index first")
+        start, end = self.divisions[0], self.divisions[-1]
+        try:
+            inner = pd.date_range(start=start, end=end, freq=freq)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"repartition(freq={freq!r}): {exc}") from None
+        return tuple(sorted({start, *inner, end}))
+
+    def _partitions_of_size(self, partition_size: int | str) -> int:
+        """How many partitions of ``partition_size`` bytes hold this frame (computes its size)."""
+        from zmqdask.base import compute
+        from zmqdask.dataframe.shuffle import _may_block
+        from zmqdask.local import parse_bytes
+
+        try:
+            size = parse_bytes(partition_size)
+        except (TypeError, ValueError, UsageError):
+            raise UsageError(
+                f"repartition(partition_size=) takes a number of bytes or a size such as '100MB', "
+                f"got {partition_size!r}"
+            ) from None
+        if size <= 0:
+            raise UsageError(f"repartition(partition_size=) must be positive, got {partition_size!r}")
+        if not _may_block():
+            raise UsageError(
+                "repartition(partition_size=...) computes the frame's size first, which cannot be waited for "
+                "in the running event loop: compute it (await client.compute(df.memory_usage(deep=True).sum())) "
+                "and pass npartitions="
+            )
+        usage: Any = self
+        (total,) = compute(usage.memory_usage(deep=True).sum() if usage.ndim == 2 else usage.memory_usage(deep=True))
+        return max(1, -(-int(total) // size))
 
     def get_partition(self, n: int) -> Any:
         """Partition ``n`` alone, as a one-partition collection."""
