@@ -218,3 +218,19 @@ def test_concat_along_columns_aligns_partitions() -> None:
     pd.testing.assert_frame_equal(both.compute(), pd.concat([left, right], axis=1))
     with pytest.raises(UsageError, match="axis must be 0"):
         zd.concat([frame, frame], axis=2)
+
+
+@pytest.mark.parametrize("how", ["inner", "left", "right", "outer"])
+@pytest.mark.parametrize("npartitions", [(3, 2), (3, 1), (1, 3)])
+def test_merge_indicator_says_where_each_row_came_from(how: str, npartitions: tuple[int, int]) -> None:
+    left = pd.DataFrame({"k": np.arange(40) % 13, "a": np.arange(40)})
+    right = pd.DataFrame({"k": np.arange(0, 30, 2), "b": np.arange(15)})
+    lazy = zd.from_pandas(left, npartitions=npartitions[0]).merge(
+        zd.from_pandas(right, npartitions=npartitions[1]), on="k", how=how, indicator=True
+    )
+    expected = left.merge(right, on="k", how=how, indicator=True)
+    assert list(lazy.columns) == list(expected.columns) and lazy["_merge"].dtype == expected["_merge"].dtype
+    got = lazy.compute().sort_values(["k", "a", "b"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected.sort_values(["k", "a", "b"]).reset_index(drop=True), check_dtype=False)
+    with pytest.raises(UsageError, match="indicator"):
+        zd.merge(zd.from_pandas(left, npartitions=2), zd.from_pandas(right, npartitions=2), indicator="source")

@@ -579,6 +579,7 @@ class DataFrame(_Frame):
         left_index: bool = False,
         right_index: bool = False,
         suffixes: tuple[str, str] = ("_x", "_y"),
+        indicator: bool = False,
     ) -> Any:
         """Database-style join (see ``zmqdask.dataframe.multi``)."""
         from zmqdask.dataframe.multi import merge
@@ -593,6 +594,7 @@ class DataFrame(_Frame):
             left_index=left_index,
             right_index=right_index,
             suffixes=suffixes,
+            indicator=indicator,
         )
 
     def join(self, other: Any, on: Any = None, how: str = "left", lsuffix: str = "", rsuffix: str = "") -> Any:

@@ -50,11 +50,12 @@ def merge_partitions(
     right_on: tuple[Hashable, ...] | None,
     suffixes: tuple[str, str],
     as_join: bool,
+    indicator: bool = False,
 ) -> Any:
     """Join two pandas partitions; ``None`` keys mean the index of that side.
 
     ``as_join`` uses ``DataFrame.join`` semantics (the right side always by its index, the
-    left side's index kept).
+    left side's index kept); ``indicator`` adds pandas' ``_merge`` column.
     """
     if as_join:
         on = None if left_on is None else list(left_on)
@@ -71,6 +72,7 @@ def merge_partitions(
         left_index=left_on is None,
         right_index=right_on is None,
         suffixes=suffixes,
+        indicator=indicator,
     )
 
 
@@ -88,6 +90,7 @@ class JoinNode(Expr):
     right_on: tuple[Hashable, ...] | None
     suffixes: tuple[str, str]
     as_join: bool
+    indicator: bool
 
     @cached_property
     def _meta(self) -> Any:
@@ -100,6 +103,7 @@ class JoinNode(Expr):
             self.right_on,
             self.suffixes,
             self.as_join,
+            self.indicator,
         )
 
     def _describe_join(self) -> str:
@@ -118,6 +122,7 @@ class Merge(JoinNode):
     right_on: tuple[Hashable, ...] | None
     suffixes: tuple[str, str]
     as_join: bool = False
+    indicator: bool = False
 
     def _prefix(self) -> str:
         return "join" if self.as_join else "merge"
@@ -176,6 +181,7 @@ class Merge(JoinNode):
             broadcast,
             self.npartitions,
             self.divisions,
+            self.indicator,
         )
 
     def _describe(self) -> str:
@@ -200,6 +206,7 @@ class MergePartitions(JoinNode, Blockwise):
     broadcast: str
     nout: int
     division_values: tuple[Any, ...]
+    indicator: bool = False
 
     def _prefix(self) -> str:
         return "join-partitions" if self.as_join else "merge-partitions"
@@ -222,7 +229,7 @@ class MergePartitions(JoinNode, Blockwise):
     def _task(self, i: int) -> TaskSpec:
         # _part consults _dep_partition, so a broadcast side is read at partition 0.
         left, right = self._part(self.left, i), self._part(self.right, i)
-        args = (left, right, self.how, self.left_on, self.right_on, self.suffixes, self.as_join)
+        args = (left, right, self.how, self.left_on, self.right_on, self.suffixes, self.as_join, self.indicator)
         return (merge_partitions, args, {})
 
     def _describe(self) -> str:
@@ -271,8 +278,12 @@ def merge(
     left_index: bool = False,
     right_index: bool = False,
     suffixes: tuple[str, str] = ("_x", "_y"),
+    indicator: bool = False,
 ) -> Any:
-    """Database-style join of two frames on columns and/or indexes, like ``pandas.merge``."""
+    """Database-style join of two frames on columns and/or indexes, like ``pandas.merge``
+    (``indicator=True`` adds the ``_merge`` column saying where each row came from)."""
+    if not isinstance(indicator, bool):
+        raise UsageError("indicator must be True or False (a column name is not supported; rename _merge after)")
     if how not in HOWS:
         raise UsageError(f"how must be one of {HOWS}, got {how!r}")
     left_expr, right_expr = _as_expr(left), _as_expr(right)
@@ -294,7 +305,7 @@ def merge(
         raise UsageError("left_on and right_on need the same number of keys")
     _check_columns("left", left_keys, left_expr._meta)
     _check_columns("right", right_keys, right_expr._meta)
-    node_ = Merge(left_expr, right_expr, how, left_keys, right_keys, (suffixes[0], suffixes[1]))
+    node_ = Merge(left_expr, right_expr, how, left_keys, right_keys, (suffixes[0], suffixes[1]), False, indicator)
     node_._meta  # noqa: B018 - an invalid join (e.g. clashing names) fails here, not at compute
     return new_collection(node_)
 
