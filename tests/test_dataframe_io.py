@@ -300,3 +300,28 @@ def test_read_parquet_of_a_hive_partitioned_directory_matches_pandas(tmp_path: P
     lazy_filter = lazy[lazy.year == 2021]
     assert lazy_filter.v.sum().compute() == frame[frame.year == 2021].v.sum()
     assert lazy.groupby("k").v.sum().compute().to_dict() == frame.groupby("k").v.sum().to_dict()
+
+
+def test_to_parquet_partition_on_writes_hive_directories_read_back_alike(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"year": [2020, 2020, 2021, 2021, 2022] * 4, "kind": list("abcab") * 4, "v": np.arange(20.0)}
+    )
+    lazy = zd.from_pandas(frame, npartitions=3)
+    out = tmp_path / "hive"
+    to_parquet(lazy, out, partition_on=["year", "kind"])
+    assert sorted(os.listdir(out)) == ["year=2020", "year=2021", "year=2022"]
+    assert sorted(os.listdir(out / "year=2020")) == ["kind=a", "kind=b"]
+    back = read_parquet(str(out))
+    assert set(back.columns) == {"year", "kind", "v"}
+    got = back.compute().astype({"year": "int64", "kind": "str"})
+    expected = frame[["v", "year", "kind"]].astype({"kind": "str"})
+    pd.testing.assert_frame_equal(
+        got[["v", "year", "kind"]].sort_values("v").reset_index(drop=True), expected, check_dtype=False
+    )
+    assert back[back.year == 2021].v.sum().compute() == frame[frame.year == 2021].v.sum()
+    # Written again: the earlier directories are replaced, not added to.
+    to_parquet(lazy[lazy.year > 2020], out, partition_on="year")
+    assert sorted(os.listdir(out)) == ["year=2021", "year=2022"]
+    assert len(read_parquet(str(out)).compute()) == 12
+    with pytest.raises(UsageError, match="partition_on"):
+        to_parquet(lazy, tmp_path / "bad", partition_on=["nope"])

@@ -12,6 +12,7 @@ import io as _io
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Hashable, Sequence
 from functools import cached_property
 from typing import Any
@@ -696,6 +697,30 @@ def write_parquet_part(part: pd.DataFrame | pd.Series, path: str, write_index: b
     return len(frame)
 
 
+def write_parquet_groups(
+    part: pd.DataFrame, path: str, options: tuple[bool | None, tuple[Hashable, ...]]
+) -> int:
+    """Write one partition as hive-partitioned files: the rows of each value of the
+    ``partition_on`` columns to ``<dir>/<col>=<value>/.../<file name>``, without those
+    columns; returns its number of rows."""
+    import_pyarrow()
+    write_index, partition_on = options
+    directory, name = os.path.split(path)
+    keys = list(partition_on)
+    for group_keys, group in part.groupby(keys, sort=False, observed=True, dropna=False):
+        values: tuple[Any, ...] = group_keys if isinstance(group_keys, tuple) else (group_keys,)
+        levels = [f"{key}={_hive_value(value)}" for key, value in zip(keys, values, strict=True)]
+        target = os.path.join(directory, *levels)
+        os.makedirs(target, exist_ok=True)
+        group.drop(columns=keys).to_parquet(os.path.join(target, name), engine="pyarrow", index=write_index)
+    return len(part)
+
+
+def _hive_value(value: Any) -> str:
+    # A missing value has a directory name of its own in the hive layout.
+    return "__HIVE_DEFAULT_PARTITION__" if value is None or value != value else str(value)
+
+
 def _total_rows(counts: list[int]) -> int:
     return int(sum(counts))
 
@@ -707,6 +732,7 @@ class WriteParquet(SinglePartition):
     frame: Expr
     directory: str
     write_index: bool | None
+    partition_on: tuple[Hashable, ...] = ()
 
     def _prefix(self) -> str:
         return "to-parquet"
@@ -717,6 +743,9 @@ class WriteParquet(SinglePartition):
 
     def _layer(self) -> dict[str, TaskSpec]:
         targets = [os.path.join(self.directory, f"part.{i}.parquet") for i in range(self.frame.npartitions)]
+        if self.partition_on:
+            options = (self.write_index, self.partition_on)
+            return _write_layer(self, self.frame, write_parquet_groups, targets, options, _total_rows)
         return _write_layer(self, self.frame, write_parquet_part, targets, self.write_index, _total_rows)
 
 
@@ -733,16 +762,25 @@ def to_parquet(
 
     Earlier ``part.*.parquet`` files in that directory are replaced (``overwrite=False``
     refuses to when there are any).  With ``compute=False`` the write is returned as a lazy
-    scalar (the number of rows written).  ``engine`` must be pyarrow (or "auto");
-    ``partition_on`` is not supported, other Dask options are accepted and not used.
+    scalar (the number of rows written).  ``engine`` must be pyarrow (or "auto").
+    ``partition_on`` (a column or a list of them) writes hive-partitioned directories,
+    ``<col>=<value>/part.<i>.parquet``, without those columns, as :func:`read_parquet`
+    reads them back; other Dask options are accepted and not used.
     """
     _check_engine(engine)
-    if options.get("partition_on"):
-        raise UsageError("to_parquet(partition_on=...) is not supported; write one directory per group instead")
     import_pyarrow()
     expr = getattr(df, "expr", None)
     if not isinstance(expr, Expr):
         raise UsageError(f"to_parquet needs a zmqdask DataFrame, got {type(df).__name__}")
+    partition_on = options.get("partition_on") or ()
+    if isinstance(partition_on, (str, int)):
+        partition_on = (partition_on,)
+    partition_on = tuple(partition_on)
+    if partition_on:
+        meta = expr._meta
+        missing = [c for c in partition_on if not isinstance(meta, pd.DataFrame) or c not in meta.columns]
+        if missing:
+            raise UsageError(f"to_parquet(partition_on=) names {missing!r}, which are not columns of the frame")
     if compute:
         _refuse_if_blocking_forbidden("await client.compute(df.to_parquet(path, compute=False))")
     directory = os.path.abspath(os.fspath(path))
@@ -752,7 +790,14 @@ def to_parquet(
         raise UsageError(f"{directory} holds {len(earlier)} part files already; pass overwrite=True to replace them")
     for name in earlier:
         os.remove(os.path.join(directory, name))
-    result = new_collection(WriteParquet(expr, directory, write_index))
+    if partition_on:
+        # Directories of an earlier write partitioned on the same first column go too.
+        levels = [name for name in os.listdir(directory) if name.startswith(f"{partition_on[0]}=")]
+        if levels and not overwrite:
+            raise UsageError(f"{directory} holds partition directories already; pass overwrite=True to replace them")
+        for name in levels:
+            shutil.rmtree(os.path.join(directory, name))
+    result = new_collection(WriteParquet(expr, directory, write_index, partition_on))
     if compute:
         result.compute()
         return None
