@@ -306,6 +306,7 @@ def test_as_completed_callbacks_and_large_results_of_batched_calls(client: Clien
     blobs = client.map(big, range(64), pure=False, batch_size=64)
     wait(blobs, timeout=60)
     assert {f.status for f in blobs} == {"finished"}
+    assert blobs[3].type == "bytes" and "type: bytes" in repr(blobs[3])  # known before fetching
     values = client.gather(blobs)
     assert [v[:1] for v in values] == [bytes([x]) for x in range(64)] and len(values[7]) == 100_000
 

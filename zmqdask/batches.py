@@ -172,13 +172,25 @@ def without_unpicklable(result: BatchResult) -> BatchResult:
 
 
 BATCH_TYPE_NAME = "BatchResult"
-"""The type name in the completion notice of a batch whose calls all succeeded."""
+"""The start of the type name in the completion notice of a batch."""
 
 
 def result_type_name(result: BatchResult) -> str:
     """The type name a batch's completion notice carries: it tells the client, even when
-    the result stays on the worker, whether some calls failed."""
-    return BATCH_TYPE_NAME if not result.failed else f"{BATCH_TYPE_NAME} ({result.failed} calls failed)"
+    the result stays on the worker, whether some calls failed, and else the type of the
+    calls' values when they all have one (``BatchResult[ndarray]``; ``BatchResult[]``)."""
+    if result.failed:
+        return f"{BATCH_TYPE_NAME} ({result.failed} calls failed)"
+    names = {type(value).__name__ for value in result.values}
+    return f"{BATCH_TYPE_NAME}[{names.pop() if len(names) == 1 else ''}]"
+
+
+def succeeded_type(type_name: str | None) -> tuple[bool, str | None]:
+    """From a batch's completion notice: whether all its calls succeeded, and the type of
+    their values if they share one."""
+    if type_name is None or not type_name.startswith(f"{BATCH_TYPE_NAME}[") or not type_name.endswith("]"):
+        return False, None
+    return True, type_name[len(BATCH_TYPE_NAME) + 1 : -1] or None
 
 
 Rerun = tuple[bytes, tuple[Any, ...], dict[str, Any]]

@@ -296,24 +296,29 @@ class Future:
 
 
 def _futures_in(obj: Any, found: list[Future]) -> list[Future]:
-    """Futures inside ``obj``: a Future, a persisted collection, or containers of those."""
+    """Futures inside ``obj``: a Future, a persisted collection, or containers of those
+    (each once, in the order first found)."""
+    _collect(obj, found)
+    return list(dict.fromkeys(found))
+
+
+def _collect(obj: Any, found: list[Future]) -> None:
     from zmqdask.graph import is_collection
 
     if isinstance(obj, Future):
         found.append(obj)
     elif isinstance(obj, (list, tuple, set, frozenset)):
         for item in obj:
-            _futures_in(item, found)
+            _collect(item, found)
     elif isinstance(obj, dict):
         for item in obj.values():
-            _futures_in(item, found)
+            _collect(item, found)
     elif is_collection(obj):
         # A persisted collection's graph refers to the futures that back it.
         graph, _ = obj.__zmqdask_graph__()
         for _fn, args, kwargs in graph.values():
-            _futures_in(args, found)
-            _futures_in(kwargs, found)
-    return list(dict.fromkeys(found))
+            _collect(args, found)
+            _collect(kwargs, found)
 
 
 def _client_of(futures: Iterable[Future]) -> Client | None:

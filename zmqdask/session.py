@@ -27,7 +27,7 @@ from typing import Any, cast
 import zmq
 
 from zmqdask import protocol as proto
-from zmqdask.batches import BATCH_TARGET_SECONDS, BATCH_TYPE_NAME, BatchResult, ElementError
+from zmqdask.batches import BATCH_TARGET_SECONDS, BatchResult, ElementError, succeeded_type
 from zmqdask.config import (
     FUNCTION_BYTES_KEPT_MAX,
     FUNCTIONS_KEPT_MAX,
@@ -709,11 +709,13 @@ class BrokerSession:
             # the notice).  If some calls failed, which they were is in the value: fetch it.
             # Otherwise the calls are finished; their values come when one is asked for
             # (_request_data), or with the answer to a request already made.
-            if batch.type_name != BATCH_TYPE_NAME:
+            succeeded, value_type = succeeded_type(batch.type_name)
+            if not succeeded:
                 self._request_data(batch)
                 return
             for member in members or ():
                 if member.batch is batch and member.status == PENDING:
+                    member.type_name = value_type
                     member.status = FINISHED
                     self._fire_callbacks(member)
                     member.notify()
@@ -965,19 +967,34 @@ class BrokerSession:
 
     async def _wait_many(self, futures: list[Future], timeout: float | None, return_when: str) -> DoneAndNotDoneFutures:
         async def until_condition() -> None:
-            pending = {f for f in futures if not f.done()}
-            while pending:
-                if return_when == FIRST_COMPLETED and len(pending) < len(futures):
-                    return
-                if return_when == FIRST_EXCEPTION and any(f.status in TERMINAL_FAILURES for f in futures):
-                    return
-                tasks = [asyncio.ensure_future(self._wait_done(f._state)) for f in pending]
-                try:
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                pending = {f for f in futures if not f.done()}
+            # One done-callback per pending future, counting down: waiting for n futures costs
+            # O(n), however they finish (waking on each completion to re-examine all of them
+            # would cost O(n) per wake-up).
+            total = len({id(f._state) for f in futures})
+            pending = {id(f._state): f for f in futures if not f.done()}
+            progress = {"left": len(pending), "failed": any(f.status in TERMINAL_FAILURES for f in futures)}
+
+            def met() -> bool:
+                if progress["left"] == 0:
+                    return True
+                if return_when == FIRST_COMPLETED:
+                    return progress["left"] < total
+                return return_when == FIRST_EXCEPTION and bool(progress["failed"])
+
+            if met():
+                return
+            settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_done(future: Future) -> None:
+                progress["left"] -= 1
+                if future.status in TERMINAL_FAILURES:
+                    progress["failed"] = True
+                if met() and not settled.done():
+                    settled.set_result(None)
+
+            for future in pending.values():
+                self._add_done_callback(future, on_done)
+            await settled
 
         try:
             await asyncio.wait_for(until_condition(), timeout)
