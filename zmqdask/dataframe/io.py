@@ -133,11 +133,11 @@ def _conform(frame: pd.DataFrame, dtypes: dict[Hashable, Any] | None, path: str)
     if mismatched:
         found = "\n".join(f"  column {c!r}: found {h}, expected {w}" for c, h, w in mismatched)
         declare = ", ".join(f"{c!r}: {_declared(h)!r}" for c, h, _ in mismatched)
+        integers = any(getattr(w, "kind", "") in "iu" for _, _, w in mismatched)
+        hint = ", or pass assume_missing=True (integer columns read as floats)" if integers else ""
         raise ValueError(
             f"read_csv found other dtypes in {path} than it inferred from the first {META_SAMPLE_ROWS} rows "
-            f"of the first file:\n{found}\nDeclare them with dtype={{{declare}}}"
-            + (", or pass assume_missing=True (integer columns read as floats)" if any(
-                getattr(w, "kind", "") in "iu" for _, _, w in mismatched) else "")
+            f"of the first file:\n{found}\nDeclare them with dtype={{{declare}}}{hint}"
         )
     return frame.astype(casts) if casts else frame
 
@@ -196,7 +196,8 @@ def read_csv_part(
     if columns is not None:
         frame = frame[list(columns)]
     if path_column is not None:
-        frame[path_column] = pd.Categorical([path] * len(frame), categories=list(paths))
+        codes = np.full(len(frame), paths.index(path), dtype=np.int32)
+        frame[path_column] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(list(paths)))
         if wanted is not None:
             frame = frame[list(wanted)]
     return _conform(frame, dtypes, path)
