@@ -151,6 +151,13 @@ def _declared(dtype: Any) -> str:
     return "str" if _is_text(dtype) else str(dtype)
 
 
+def constant_categorical(length: int, value: Any, categories: list[Any]) -> Any:
+    """``length`` times ``value`` as a categorical of ``categories`` (built from codes: a file's
+    path, or a hive directory's key value, for every row read from it)."""
+    codes = np.full(length, categories.index(value), dtype=np.int32)
+    return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(categories))
+
+
 def read_csv_part(
     path: str,
     start: int,
@@ -196,8 +203,7 @@ def read_csv_part(
     if columns is not None:
         frame = frame[list(columns)]
     if path_column is not None:
-        codes = np.full(len(frame), paths.index(path), dtype=np.int32)
-        frame[path_column] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(list(paths)))
+        frame[path_column] = constant_categorical(len(frame), path, list(paths))
         if wanted is not None:
             frame = frame[list(wanted)]
     return _conform(frame, dtypes, path)
@@ -429,8 +435,7 @@ def read_parquet_part(
             raise
     for name, value, categories in partition:
         if wanted is None or name in wanted or any(name == c for group in groups for c, _, _ in group):
-            codes = np.full(len(frame), list(categories).index(value), dtype=np.int32)
-            frame[name] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(list(categories)))
+            frame[name] = constant_categorical(len(frame), value, list(categories))
     frame = apply_filters(frame, groups)
     if wanted is not None and list(frame.columns) != wanted:
         frame = frame[[c for c in wanted if c in frame.columns]]
