@@ -57,7 +57,7 @@ def dumps(obj: Any) -> list[Any]:
         # Functions and classes of __main__ (a script, a notebook) pickle by reference,
         # which a worker cannot resolve: its __main__ is not the client's.  Those, passed
         # as arguments (map_partitions(func), apply(func)), go by value like lambdas.
-        if b"__main__" in head or b"__mp_main__" in head:
+        if _refers_to_main(head):
             raise pickle.PicklingError("refers to __main__")
     except Exception:
         buffers.clear()
@@ -93,6 +93,12 @@ def frames_nbytes(frames: list[Any]) -> int:
     return total
 
 
+def _refers_to_main(pickled: bytes) -> bool:
+    """Whether a pickle names something of ``__main__`` by reference (a worker's ``__main__``
+    is not the client's script or notebook, so it could not load it)."""
+    return b"__main__" in pickled or b"__mp_main__" in pickled
+
+
 def dumps_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
     """Pickle a callable once; returns ``(hash, pickled)`` where the hash identifies it."""
     try:
@@ -104,7 +110,7 @@ def dumps_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
                 raise pickle.PicklingError("defined in __main__")
             # Nor may anything it holds: a functools.partial (or a callable instance) of a
             # __main__ function pickles that function by reference too.
-            if b"__main__" in payload or b"__mp_main__" in payload:
+            if _refers_to_main(payload):
                 raise pickle.PicklingError("refers to __main__")
         except Exception:
             payload = cloudpickle.dumps(fn, protocol=PICKLE_PROTOCOL)
