@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Sequence
@@ -123,15 +124,16 @@ def _remove_socket_directory(ipc_path: str) -> None:
     """Remove the private directory a local cluster made for our Unix socket.
 
     Its owner removes it when it closes the cluster; one that died first (SIGKILL) cannot.
-    Only a directory named as the local cluster names them, holding nothing but the socket,
-    is removed.
+    Only a directory named as the local cluster names them, holding nothing but Unix sockets
+    (ours and the workers' data sockets, which may outlive us by a moment), is removed.
     """
     directory = os.path.dirname(os.path.abspath(ipc_path))
     if not os.path.basename(directory).startswith("zmqdask-"):
         return
     try:
-        if set(os.listdir(directory)) <= {os.path.basename(ipc_path)}:
-            shutil.rmtree(directory, ignore_errors=True)
+        with os.scandir(directory) as entries:
+            if all(stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode) for entry in entries):
+                shutil.rmtree(directory, ignore_errors=True)
     except OSError:
         pass
 

@@ -558,10 +558,19 @@ class Ledger:
 
     # --- scattered data ---------------------------------------------------------------
 
-    def scatter(self, client: ClientPeer, key: str, frames: Payload) -> TaskRecord | None:
-        """Record a scattered value; returns the record if it must be sent to workers."""
+    def scatter(self, client: ClientPeer, key: str, frames: Payload | None) -> TaskRecord | None:
+        """Record a scattered value; returns the record if it must be sent to workers.
+
+        ``frames`` is None for a value the client sends to a worker itself (PLACE).
+        """
         rec = self.tasks.get(key)
         if rec is not None:
+            if rec.is_data and rec.state is PROCESSING and rec.payload is None and frames is not None:
+                # Placed with a worker directly and not confirmed: the client sends the bytes
+                # through the broker after all (that worker is unreachable, or died).
+                rec.payload = frames
+                self.add_interest(rec, client, wanted=True, push=False)
+                return rec
             if rec.is_data and (rec.state is RELEASED or rec.state is ERRED) and rec.processing_on is None:
                 # A lost or released scattered key sent again: it becomes available again.
                 rec.error = None

@@ -41,11 +41,15 @@ class Peer:
 class ClientPeer(Peer):
     """A client: holds futures (``wanted_by``) and waits for values (``push_to``)."""
 
-    __slots__ = ("functions", "interest", "pid")
+    __slots__ = ("direct", "functions", "interest", "pid", "relay_keys")
 
-    def __init__(self, identity: bytes, name: str, pid: int, now: float) -> None:
+    def __init__(self, identity: bytes, name: str, pid: int, now: float, direct: bool = False) -> None:
         super().__init__(identity, ROLE_CLIENT, name, now)
         self.pid = pid
+        self.direct = direct
+        """The client fetches large values from their holders itself when told ELSEWHERE."""
+        self.relay_keys: set[str] = set()
+        """Keys asked for with RELAY_GATHER whose GET is not issued yet: never ELSEWHERE."""
         self.interest: set[TaskRecord] = set()
         """Records naming this client in ``wanted_by`` or ``push_to`` (released at its death)."""
         self.functions: set[bytes] = set()
@@ -77,6 +81,7 @@ class WorkerPeer(Peer):
     __slots__ = (
         "completed",
         "credit",
+        "data_address",
         "functions_sent",
         "has",
         "host",
@@ -107,8 +112,11 @@ class WorkerPeer(Peer):
         pool: str,
         memory_limit: int,
         now: float,
+        data_address: str = "",
     ) -> None:
         super().__init__(identity, ROLE_WORKER, name, now)
+        self.data_address = data_address
+        """Where this worker serves its values to clients directly ("" if it does not)."""
         self.nthreads = nthreads
         self.credit = credit
         self.host = host
@@ -206,6 +214,7 @@ class WorkerPeer(Peer):
             "functions": len(self.functions_sent),
             "memory_limit": self.memory_limit,
             "pool": self.pool,
+            "data_address": self.data_address,
         }
 
 

@@ -19,11 +19,11 @@ from typing import Any, cast
 from broker.audit import audit_ledger
 from broker.dispatch import dispatch
 from broker.functions import FunctionTable
-from broker.ledger import ERRED, FORGOTTEN, MEMORY, PROCESSING, Ledger, TaskRecord
+from broker.ledger import ERRED, FORGOTTEN, MEMORY, PROCESSING, Ledger, TaskRecord, lost_data_detail
 from broker.outbox import Outbox, Outgoing, Payload, payload_nbytes
 from broker.peers import ClientPeer, Peer, PoolPeer, WorkerPeer
 from zmqdask import protocol
-from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, MAX_MESSAGE_BYTES
+from zmqdask.config import DIRECT_MIN_BYTES, HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, MAX_MESSAGE_BYTES
 from zmqdask.errors import ProtocolError
 from zmqdask.protocol import (
     CANCEL,
@@ -42,6 +42,8 @@ from zmqdask.protocol import (
     HELLO,
     INFO,
     INFO_REPLY,
+    PLACE,
+    RELAY_GATHER,
     RELEASE,
     ROLE_CLIENT,
     ROLE_POOL,
@@ -110,9 +112,13 @@ class BrokerCounters:
     peers_died: int = 0
     """Registrations ended by death, departure or re-registration."""
     internal_errors: int = 0
+    """Bugs caught while handling a message (logged with their traceback)."""
     errors_suppressed: int = 0
     """Refusals not answered because the peer already had its share of ERRORs this tick."""
-    """Bugs caught while handling a message (logged with their traceback)."""
+    direct_gets: int = 0
+    """Values a client was told to fetch from their holder itself (ELSEWHERE)."""
+    direct_stores: int = 0
+    """Scattered values a client was told to send to a worker itself (PLACE)."""
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain map."""
@@ -187,6 +193,8 @@ class BrokerState:
             RELEASE: (self._on_release, _CLIENT),
             CANCEL: (self._on_cancel, _CLIENT),
             GATHER: (self._on_gather, _CLIENT),
+            RELAY_GATHER: (self._on_relay_gather, _CLIENT),
+            PLACE: (self._on_place, _CLIENT),
             DONE: (self._on_done, _WORKER),
             DATA: (self._on_data, _WORKER),
             FETCH: (self._on_fetch, _WORKER),
@@ -347,6 +355,8 @@ class BrokerState:
             "functions": len(self._functions),
             "function_bytes": self._functions.nbytes,
             "malformed": self.counters.malformed,
+            "direct_gets": self.counters.direct_gets,
+            "direct_stores": self.counters.direct_stores,
         }
 
     def audit(self) -> list[str]:
@@ -469,6 +479,10 @@ class BrokerState:
                 for key in keys:
                     ledger.gather(client, key)
                 continue
+            if client.direct and holder.data_address:
+                keys = self._send_elsewhere(holder, client, keys)
+                if not keys:
+                    continue
             # One GET per slice of the keys that fits a message: the holder answers each
             # request with a single DATA, which must stay inside the size limit.
             for chunk in self._fit_in_messages(keys):
@@ -476,6 +490,28 @@ class BrokerState:
                 self._requests[request_id] = _Request(holder, client, None, chunk)
                 holder.requests.add(request_id)
                 self._outbox.get(holder, request_id, chunk)
+
+    def _send_elsewhere(self, holder: WorkerPeer, client: ClientPeer, keys: list[str]) -> list[str]:
+        """Tell ``client`` where to fetch the large values among ``keys``; returns the rest.
+
+        Only a header goes out for them: the client fetches each from ``holder``'s data
+        socket itself, in one hop, and asks again with RELAY_GATHER if that fails.
+        """
+        tasks = self.ledger.tasks
+        relay_keys = client.relay_keys
+        rest: list[str] = []
+        for key in keys:
+            rec = tasks.get(key)
+            if key in relay_keys:
+                relay_keys.discard(key)
+                rest.append(key)
+            elif rec is not None and rec.nbytes >= DIRECT_MIN_BYTES:
+                detail = [rec.type_name, rec.nbytes, holder.data_address]
+                self._outbox.report(client, [key, protocol.ELSEWHERE, detail, 0])
+                self.counters.direct_gets += 1
+            else:
+                rest.append(key)
+        return rest
 
     def _fit_in_messages(self, keys: list[str]) -> list[list[str]]:
         """Cut ``keys`` into slices whose values add up to at most half the message limit."""
@@ -537,9 +573,13 @@ class BrokerState:
                 pool=_str_field(info, "pool"),
                 memory_limit=_int_field(info, "memory_limit", 0, 0),
                 now=now,
+                data_address=_str_field(info, "data_address"),
             )
         if role == ROLE_CLIENT:
-            return ClientPeer(identity, _str_field(info, "name"), _int_field(info, "pid", 0, 0), now)
+            direct = info.get("direct", False)
+            if type(direct) is not bool:
+                raise ProtocolError("'direct' must be a boolean")
+            return ClientPeer(identity, _str_field(info, "name"), _int_field(info, "pid", 0, 0), now, direct)
         return PoolPeer(
             identity,
             pool=_str_field(info, "pool"),
@@ -704,9 +744,43 @@ class BrokerState:
                 planned[target] += payload_nbytes(frames) + 1
                 ledger.store(target, rec)
 
+    def _on_place(self, client: ClientPeer, message: Message) -> None:
+        entries = message.header[0]
+        waiting = self._release_index
+        if waiting and any(entry[0] in waiting for entry in entries):
+            self._apply_releases(None)
+        ledger = self.ledger
+        targets = [worker for worker in self._workers.values() if worker.data_address] if client.direct else []
+        planned = {worker: worker.nbytes for worker in targets}
+        for key, nbytes in entries:
+            if not targets or key in ledger.tasks:
+                # Through the broker: SCATTER handles a known key (and there is no worker to
+                # take it directly).
+                self._outbox.report(client, [key, protocol.ELSEWHERE, ["", nbytes, ""], 0])
+                continue
+            rec = ledger.scatter(client, key, None)
+            if rec is None:
+                continue
+            target = min(targets, key=planned.__getitem__)
+            planned[target] += nbytes + 1
+            # The worker confirms with DONE once the client's STORE reached it; until then
+            # the record waits in PROCESSING with no payload, as a STORE in flight does.
+            target.storing[key] = rec
+            self._outbox.report(client, [key, protocol.ELSEWHERE, ["", nbytes, target.data_address], 0])
+            self.counters.direct_stores += 1
+
     def _place_store(self, rec: TaskRecord) -> None:
         """Send a scattered value whose holder-to-be died before confirming it elsewhere."""
         if any(rec.key in worker.storing for worker in self._workers.values()):
+            return
+        if rec.payload is None:
+            # Sent to that worker directly: only the client has the bytes, and is asked
+            # to send them again, through the broker this time.
+            clients = [client for client in rec.wanted_by or () if client.alive and client.direct]
+            for client in clients:
+                self._outbox.report(client, [rec.key, protocol.ELSEWHERE, ["", rec.nbytes, ""], 0])
+            if not clients:
+                self.ledger.err(rec, lost_data_detail(rec.key), (), lost=True)
             return
         if self._workers:
             self.ledger.store(min(self._workers.values(), key=lambda w: w.nbytes), rec)
@@ -724,6 +798,8 @@ class BrokerState:
     def _on_release(self, client: ClientPeer, message: Message) -> None:
         # Only noted here: each step applies its share (see RELEASE_KEYS_PER_STEP).
         keys = message.header[0]
+        if client.relay_keys:
+            client.relay_keys.difference_update(keys)
         self._release_backlog.append((client, keys))
         index = self._release_index
         for key in keys:
@@ -770,6 +846,12 @@ class BrokerState:
         self._apply_releases_naming(message.header[0])
         for key in message.header[0]:
             self.ledger.gather(client, key)
+
+    def _on_relay_gather(self, client: ClientPeer, message: Message) -> None:
+        # The client could not fetch these from their holders itself: their GETs, issued
+        # at the end of this step or when the values exist, go through the broker.
+        client.relay_keys.update(message.header[0])
+        self._on_gather(client, message)
 
     # --- workers ----------------------------------------------------------------------
 

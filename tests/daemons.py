@@ -18,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -191,8 +191,10 @@ class Cluster:
         address = self.start_broker(self.port)
         return address
 
-    def start_pool(self, nworkers: int, nthreads: int = 1, death_timeout_s: float = 60.0) -> Daemon:
-        """Start ``python -m zmqdask.pool`` for the current broker."""
+    def start_pool(
+        self, nworkers: int, nthreads: int = 1, death_timeout_s: float = 60.0, options: Sequence[str] = ()
+    ) -> Daemon:
+        """Start ``python -m zmqdask.pool`` for the current broker, with extra ``options``."""
         index = len(self.daemons)
         argv = [
             sys.executable,
@@ -207,6 +209,7 @@ class Cluster:
             str(death_timeout_s),
             "--log-level",
             "WARNING",
+            *options,
         ]
         pool = Daemon(f"pool#{index}", argv, self.log_dir / f"pool-{index}.log")
         self.daemons.append(pool)

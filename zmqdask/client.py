@@ -33,6 +33,7 @@ from zmqdask import batches, dask_graph
 from zmqdask import protocol as proto
 from zmqdask.config import (
     CONNECT_TIMEOUT_S,
+    DIRECT_MIN_BYTES,
     MAX_KEY_LENGTH,
     RECONNECT_TIMEOUT_S,
 )
@@ -354,6 +355,7 @@ class Client(BrokerSession):
         # A short linger lets the GOODBYE just queued reach the broker, which then releases
         # this client's keys at once instead of after the liveness timeout.  term() waits
         # for that linger, so it runs off the event loop.
+        self._close_direct()
         self._close_socket(linger_ms=GOODBYE_LINGER_MS)
         if self._context is not None:
             context, self._context = self._context, None
@@ -1054,6 +1056,7 @@ class Client(BrokerSession):
             items = [(None, data)]
             named = False
         entries: list[list[Any]] = []
+        placements: list[list[Any]] = []
         frames: list[Any] = []
         futures: list[Future] = []
         for name, value in items:
@@ -1090,14 +1093,21 @@ class Client(BrokerSession):
                     state.value = value
                     state.has_value = True
                 futures.append(Future(key, self, state))
-            if fresh:
+            if fresh and nbytes >= DIRECT_MIN_BYTES and not broadcast:
+                # Large: the broker names a worker to send it to directly (see zmqdask.direct).
+                self._placing[key] = value_frames
+                placements.append([key, nbytes])
+            elif fresh:
                 field = proto.payload_field(value_frames)
                 entries.append([key, field])
                 if type(field) is not bytes:
                     frames.extend(value_frames)
-        if entries:
+        if entries or placements:
             self._flush()
+        if entries:
             self._send(proto.encode(proto.SCATTER, [entries, bool(broadcast)], frames))
+        if placements:
+            self._send(proto.encode(proto.PLACE, [placements]))
         for future in futures:
             await self._wait_done(future._state)
         if named:
@@ -1214,6 +1224,9 @@ class Client(BrokerSession):
                 # Pickled functions the broker keeps for clients' tasks (see FORGET_FUNCTIONS).
                 "functions": info.get("functions", 0),
                 "function_bytes": info.get("function_bytes", 0),
+                # Large values moved between clients and workers in one hop (see zmqdask.direct).
+                "direct_gets": info.get("direct_gets", 0),
+                "direct_stores": info.get("direct_stores", 0),
             }
 
         if self.asynchronous:

@@ -53,6 +53,18 @@ BATCH_MAX_BYTES = 1024 * 1024
 INLINE_RESULT_MAX_BYTES = 1024 * 1024
 """Results up to this size travel with their completion notice when a client awaits them."""
 
+DIRECT_MIN_BYTES = 1024 * 1024
+"""Values at least this large move between a client and a worker with a data address
+directly, in one hop, rather than through the broker (two hops, each a full copy through the
+kernel): gathered values, and scattered ones."""
+
+DIRECT_TIMEOUT_S = 10.0
+"""How long a client waits for a worker's data socket to answer, beyond the time the bytes
+themselves take (see :data:`DIRECT_MIN_BYTES_PER_S`), before it falls back to the broker."""
+
+DIRECT_MIN_BYTES_PER_S = 50 * 1024 * 1024
+"""The slowest transfer rate a direct transfer's deadline allows for its bytes."""
+
 IPC_BUFFER_BYTES = 4 * 1024 * 1024
 """Socket buffer size asked for on Unix socket (``ipc://``) connections.  The default (about
 200 KiB) would make a large value cross in hundreds of wake-ups of the receiver; TCP on

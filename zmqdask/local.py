@@ -165,6 +165,8 @@ class LocalCluster:
                 self.log_level,
                 "--quiet",
                 *(["--memory-limit", str(self.memory_limit)] if self.memory_limit is not None else []),
+                # Workers serve large values to clients on this host over Unix sockets of their own.
+                *(["--data-address", f"ipc://{self._ipc_dir}"] if self._ipc_dir is not None else []),
             ],
             # Inherited, as with Dask's local cluster: what tasks print shows up where this
             # process prints (the terminal, or the one running the notebook server).

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S
+from zmqdask.direct import check_data_address
 from zmqdask.errors import ProtocolError, UsageError
 from zmqdask.executor import clear_slots, read_slots, slots_nbytes, slots_view
 from zmqdask.local import format_bytes
@@ -169,6 +170,7 @@ class PoolManager:
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
         security: Security | None = None,
+        data_address: str = "",
     ) -> None:
         if nworkers < 1:
             raise UsageError(f"a pool needs at least one worker, got nworkers={nworkers}")
@@ -190,6 +192,8 @@ class PoolManager:
         self.liveness_timeout_s = liveness_timeout_s
         self.security = security
         """CURVE keys of the pool and its workers (one worker key per host), or None."""
+        self.data_address = check_data_address(data_address) if data_address else ""
+        """Where each worker listens for clients' direct transfers (see :mod:`zmqdask.direct`)."""
         self._mp = worker_context(start_method)
         self._children = [
             _Child(index, self._mp.RawArray(ctypes.c_uint8, slots_nbytes(nthreads))) for index in range(nworkers)
@@ -319,6 +323,7 @@ class PoolManager:
             "heartbeat_interval_s": self.heartbeat_interval_s,
             "liveness_timeout_s": self.liveness_timeout_s,
             "security": self.security,
+            "data_address": self.data_address,
         }
         process = self._mp.Process(
             target=_child_main, args=(self.log_level, options), name=f"zmqdask-worker-{child.index}"
@@ -528,6 +533,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--data-address",
+        default="",
+        metavar="ADDRESS",
+        help=(
+            "where each worker also listens for clients fetching large values directly, in one hop "
+            "instead of two through the broker: tcp://HOST (a free port each; clients must reach HOST) "
+            "or ipc://DIRECTORY (clients on this host); default: everything goes through the broker"
+        ),
+    )
+    parser.add_argument(
         "--death-timeout",
         type=float,
         default=60.0,
@@ -579,6 +594,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         security = Security.from_options(args.curve_keys, args.key, args.broker_key, ROLE_WORKER)
     except UsageError as exc:
         parser.error(f"CURVE keys: {exc}")
+    if args.data_address:
+        try:
+            check_data_address(args.data_address)
+        except UsageError as exc:
+            parser.error(str(exc))
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     memory_limit = default_memory_limit(args.nworkers) if args.memory_limit is None else args.memory_limit
     pool = PoolManager(
@@ -591,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
         watch_pid=_parse_watch_pid(os.environ),
         security=security,
+        data_address=args.data_address,
     )
     pool.install_signal_handlers()
     try:

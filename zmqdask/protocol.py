@@ -29,6 +29,9 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
     RELEASE      [keys]                       client -> broker: no future of mine holds these
     CANCEL       [keys]                       client -> broker
     GATHER       [keys]                       client -> broker: send me these values
+    RELAY_GATHER [keys]                       client -> broker: the same, never answered ELSEWHERE
+    PLACE        [entries]                    client -> broker: where shall I send these values?
+                                              entries [[key, nbytes], ...]; answered ELSEWHERE
     INFO         [request_id]                 client -> broker
     INFO_REPLY   [request_id, info]           broker -> client
     REPORT       [entries]                    broker -> client; entries [[key, code, detail, nframes]]
@@ -54,6 +57,11 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
                                               again before I use them; broker -> worker: no
                                               task of yours uses these any more, drop them
 
+A worker started with a data address also listens there for clients (see
+:mod:`zmqdask.direct`), on a ROUTER socket of its own.  It answers GET with DATA, and takes
+STORE as from the broker (confirming to the broker with DONE): a client told ELSEWHERE moves
+a large value to or from that worker in one hop.
+
 Inline payloads: wherever an entry ends with ``nframes`` (SUBMIT, SCATTER, REPORT, COMPUTE,
 STORE, DATA and DONE entries), that field may instead be a ``bytes`` value: the entry's payload
 is then exactly that one frame, carried inside the header, and the entry takes no payload
@@ -68,6 +76,12 @@ Codes in REPORT and DONE entries, and their ``detail``::
     ERRED         [type_name, message, origin_key]   one frame: the pickled (exception, traceback)
     CANCELLED     reason (str)
     LOST          reason (str)                 REPORT only
+    ELSEWHERE     [type_name, nbytes, address]  REPORT only.  Answering GATHER: the value is
+                                              large and its holder serves it at ``address``.
+                                              Answering PLACE: send the value with STORE to the
+                                              worker at ``address``, or with SCATTER to the
+                                              broker if ``address`` is "" (also sent when the
+                                              worker died before confirming it)
     MISSING_DEPS  [dep_key, ...]               DONE only: inputs could not be fetched
 """
 
@@ -108,6 +122,8 @@ FETCH = 27
 WORKER_DIED = 28
 SECEDE = 29
 FORGET_FUNCTIONS = 30
+RELAY_GATHER = 31
+PLACE = 32
 
 COMMAND_NAMES: dict[int, str] = {
     value: name
@@ -128,6 +144,7 @@ ERRED = 1
 CANCELLED = 2
 LOST = 3
 MISSING_DEPS = 4
+ELSEWHERE = 5
 
 # Task flags (bit set) in SUBMIT and COMPUTE.
 FLAG_WANTED = 1
@@ -371,6 +388,16 @@ def _v_scatter(h: list[Any]) -> int:
     return _v_key_frames(h[0])
 
 
+def _v_place(h: list[Any]) -> int:
+    _arity(h, 1)
+    _check(type(h[0]) is list, "entries must be a list")
+    for entry in h[0]:
+        _check(type(entry) is list and len(entry) == 2, "entry must be [key, nbytes]")
+        _key(entry[0])
+        _count(entry[1])
+    return 0
+
+
 def _v_keys(h: list[Any]) -> int:
     _arity(h, 1)
     _keys(h[0])
@@ -413,6 +440,15 @@ def _v_entries_with_codes(h: list[Any], allowed: frozenset[int]) -> int:
             )
         elif code == MISSING_DEPS:
             _keys(detail)
+        elif code == ELSEWHERE:
+            _check(
+                type(detail) is list
+                and len(detail) == 3
+                and type(detail[0]) is str
+                and type(detail[1]) is int
+                and type(detail[2]) is str,
+                "ELSEWHERE detail must be [type_name, nbytes, address]",
+            )
         else:
             _check(type(detail) is str, "detail must be a string")
         if type(nframes) is int and 0 <= nframes <= _MAX_COUNT:
@@ -422,7 +458,7 @@ def _v_entries_with_codes(h: list[Any], allowed: frozenset[int]) -> int:
     return total
 
 
-_REPORT_CODES = frozenset({FINISHED, ERRED, CANCELLED, LOST})
+_REPORT_CODES = frozenset({FINISHED, ERRED, CANCELLED, LOST, ELSEWHERE})
 _DONE_CODES = frozenset({FINISHED, ERRED, CANCELLED, MISSING_DEPS})
 
 
@@ -521,6 +557,8 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     RELEASE: _v_keys,
     CANCEL: _v_keys,
     GATHER: _v_keys,
+    RELAY_GATHER: _v_keys,
+    PLACE: _v_place,
     INFO: _v_info,
     INFO_REPLY: _v_info_reply,
     REPORT: _v_report,

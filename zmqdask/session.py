@@ -38,6 +38,7 @@ from zmqdask.config import (
     MAX_MESSAGE_BYTES,
     ZERO_COPY_THRESHOLD_BYTES,
 )
+from zmqdask.direct import DirectFetcher
 from zmqdask.errors import (
     BrokerLostError,
     ClosedClientError,
@@ -166,6 +167,13 @@ class BrokerSession:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: LoopThread | None = None
         self._loop_thread_id: int | None = None
+        self._direct: DirectFetcher | None = None
+        """Fetches large values from the workers holding them (made at the first ELSEWHERE)."""
+        self._direct_fetches: set[asyncio.Task[None]] = set()
+        self._placing: dict[str, list[Any]] = {}
+        """Frames of scattered values sent (or about to be sent) to a worker directly, kept
+        until the broker confirms them: sent again through the broker if that fails."""
+        self._placing_timers: dict[str, asyncio.TimerHandle] = {}
 
     def _check_open(self) -> None:
         if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):
@@ -380,7 +388,12 @@ class BrokerSession:
                 self._send(proto.encode(proto.SCATTER, [entries, False], frames))
             else:
                 keys = [op[1] for op in group]
-                command = {"release": proto.RELEASE, "gather": proto.GATHER, "cancel": proto.CANCEL}[kind]
+                command = {
+                    "release": proto.RELEASE,
+                    "gather": proto.GATHER,
+                    "relay_gather": proto.RELAY_GATHER,
+                    "cancel": proto.CANCEL,
+                }[kind]
                 self._send(proto.encode(command, [keys]))
 
     def _send_submit(self, group: list[tuple[Any, ...]]) -> None:
@@ -493,7 +506,7 @@ class BrokerSession:
             # No connection to send on: ZeroMQ dropped it for good after a refused handshake
             # (CURVE keys), and a DEALER without one would block this thread in send.
             return
-        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
+        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), "direct": True}
         self._send(proto.encode(proto.HELLO, [proto.ROLE_CLIENT, info]))
 
     # --- receiving -------------------------------------------------------------------------
@@ -597,6 +610,7 @@ class BrokerSession:
         position = 0
         futures = self._futures
         frames: list[Any]
+        elsewhere: dict[str, list[tuple[FutureState, str, int]]] | None = None
         for key, code, detail, nframes in message.header[0]:
             if type(nframes) is bytes:
                 frames = [nframes]  # inline payload
@@ -605,28 +619,25 @@ class BrokerSession:
                 position += nframes
             else:
                 frames = _NO_FRAMES
+            if self._placing and key in self._placing:
+                if code == proto.ELSEWHERE:
+                    self._place(key, detail[2], detail[1])
+                    continue
+                self._placed(key)
             state = futures.get(key)
             if state is None or state.status == CANCELLED:
                 continue
             if code == proto.FINISHED:
-                state.type_name = detail[0]
-                if frames and not state.has_value:
-                    try:
-                        state.value = loads(frames)
-                        state.has_value = True
-                    except Exception as exc:
-                        failure = SerializationError(
-                            f"the result of {key} ({detail[0]}) could not be deserialized here: "
-                            f"{type(exc).__name__}: {exc}"
-                        )
-                        self._set_failed(state, ERROR, failure, None)
-                        continue
-                if state.status == PENDING or state.status == LOST:
-                    state.status = FINISHED
-                    self._fire_callbacks(state)
-                state.notify()
-                if state.members is not None:
-                    self._distribute(state, detail[1])
+                self._finished(state, detail[0], detail[1], frames)
+            elif code == proto.ELSEWHERE:
+                if state.has_value and state.entry is None and not detail[2]:
+                    # Scattered data whose direct transfer the broker could not confirm.
+                    self._placing[key] = dumps(state.value)
+                    self._place(key, "", detail[1])
+                elif not state.has_value:
+                    if elsewhere is None:
+                        elsewhere = {}
+                    elsewhere.setdefault(detail[2], []).append((state, detail[0], detail[1]))
             elif code == proto.ERRED:
                 error, text = self._rebuild_error(key, detail, frames)
                 self._set_failed(state, ERROR, error, text)
@@ -634,6 +645,126 @@ class BrokerSession:
                 self._set_failed(state, CANCELLED, FutureCancelledError(f"{key} was cancelled: {detail}", key), None)
             elif code == proto.LOST:
                 self._set_failed(state, LOST, LostDataError(f"the data of {key} is lost: {detail}", key), None)
+        if elsewhere is not None:
+            for address, wanted in elsewhere.items():
+                self._fetch_from_holder(address, wanted)
+
+    def _finished(self, state: FutureState, type_name: str, nbytes: int, frames: list[Any]) -> None:
+        """``state``'s task finished; ``frames`` hold its value if it came along."""
+        state.type_name = type_name
+        if frames and not state.has_value:
+            try:
+                state.value = loads(frames)
+                state.has_value = True
+            except Exception as exc:
+                failure = SerializationError(
+                    f"the result of {state.key} ({type_name}) could not be deserialized here: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                self._set_failed(state, ERROR, failure, None)
+                return
+        if state.status == PENDING or state.status == LOST:
+            state.status = FINISHED
+            self._fire_callbacks(state)
+        state.notify()
+        if state.members is not None:
+            self._distribute(state, nbytes)
+
+    def _fetch_from_holder(self, address: str, wanted: list[tuple[FutureState, str, int]]) -> None:
+        """The broker says these large values are held at ``address``: fetch them from there
+        (see :mod:`zmqdask.direct`), or through the broker if that is not possible."""
+        if self._direct is None and self._context is not None:
+            self._direct = DirectFetcher(self._context)
+        if self._direct is None or self._loop is None or not self._direct.usable(address):
+            self._relay_gather([state.key for state, _, _ in wanted])
+            return
+        task = self._loop.create_task(self._fetch_direct(self._direct, address, wanted))
+        self._direct_fetches.add(task)
+        task.add_done_callback(self._direct_fetches.discard)
+
+    async def _fetch_direct(
+        self, fetcher: DirectFetcher, address: str, wanted: list[tuple[FutureState, str, int]]
+    ) -> None:
+        keys = [state.key for state, _, _ in wanted]
+        answer = await fetcher.fetch(address, keys, sum(nbytes for _, _, nbytes in wanted))
+        if answer is None:
+            self._relay_gather(keys)
+            return
+        values, missing = answer
+        again = list(missing)
+        for state, type_name, nbytes in wanted:
+            frames = values.get(state.key)
+            if frames is None:
+                if state.key not in missing:
+                    again.append(state.key)
+            elif self._futures.get(state.key) is state and state.status != CANCELLED:
+                self._finished(state, type_name, nbytes, frames)
+        if again:
+            # Moved, released or lost meanwhile: the broker knows what became of them.
+            self._relay_gather(again)
+
+    def _place(self, key: str, address: str, nbytes: int) -> None:
+        """Send the scattered value ``key`` to the worker at ``address``, as the broker said
+        (through the broker when ``address`` is "", or when that worker cannot be reached)."""
+        frames = self._placing.get(key)
+        if frames is None:
+            return
+        if address and self._direct is None and self._context is not None:
+            self._direct = DirectFetcher(self._context)
+        fetcher = self._direct
+        if not address or fetcher is None or self._loop is None or not fetcher.usable(address):
+            self._scatter_through_broker(key)
+            return
+
+        async def put() -> None:
+            if not await fetcher.put(address, key, frames):
+                self._scatter_through_broker(key)
+            elif key in self._placing and self._loop is not None:
+                self._placing_timers[key] = self._loop.call_later(
+                    fetcher.deadline_s(nbytes), self._placement_overdue, key, address
+                )
+
+        task = self._loop.create_task(put())
+        self._direct_fetches.add(task)
+        task.add_done_callback(self._direct_fetches.discard)
+
+    def _placement_overdue(self, key: str, address: str) -> None:
+        self._placing_timers.pop(key, None)
+        if key in self._placing and self._direct is not None:
+            self._direct.give_up(address)
+            self._scatter_through_broker(key)
+
+    def _placed(self, key: str) -> None:
+        """The broker answered for the scattered ``key``: its frames are not needed any more."""
+        self._placing.pop(key, None)
+        timer = self._placing_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _scatter_through_broker(self, key: str) -> None:
+        frames = self._placing.get(key)
+        self._placed(key)
+        if frames is None:
+            return
+        field = proto.payload_field(frames)
+        self._flush()
+        self._send(proto.encode(proto.SCATTER, [[[key, field]], False], frames if type(field) is not bytes else []))
+
+    def _relay_gather(self, keys: list[str]) -> None:
+        with self._lock:
+            self._ops.extend(("relay_gather", key) for key in keys)
+            self._schedule_flush()
+
+    def _close_direct(self) -> None:
+        """Stop direct fetches and close their sockets (on the loop, before the context ends)."""
+        for task in list(self._direct_fetches):
+            task.cancel()
+        self._direct_fetches.clear()
+        for key in list(self._placing):
+            self._placed(key)
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
 
     def _rebuild_error(self, key: str, detail: list[Any], frames: list[Any]) -> tuple[BaseException, str | None]:
         type_name, text, origin = detail
@@ -778,6 +909,9 @@ class BrokerSession:
                 visit(dep)
             order.append(state)
 
+        # Values being placed with workers directly go again with the scatters below.
+        for key in list(self._placing):
+            self._placed(key)
         with self._lock:
             for state in list(self._futures.values()):
                 if not state.has_value and state.status in (PENDING, FINISHED):

@@ -43,6 +43,7 @@ from zmqdask.config import (
     LIVENESS_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
 )
+from zmqdask.direct import bind_data_socket, send_to
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
     STATE_CANCELLED,
@@ -455,6 +456,7 @@ class Worker:
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
         security: Security | None = None,
+        data_address: str = "",
     ) -> None:
         if nthreads < 1:
             raise UsageError(f"a worker needs at least one thread, got nthreads={nthreads}")
@@ -472,6 +474,11 @@ class Worker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness_timeout_s = liveness_timeout_s
         self.security = security
+        # A data socket would carry values unencrypted past CURVE keys: none on such clusters.
+        self.data_address = data_address if security is None else ""
+        """Where to listen for clients' direct requests (see :mod:`zmqdask.direct`), or ""."""
+        self._data_socket: zmq.Socket[Any] | None = None
+        self._data_bound = ""
         self._slots = slots_view(running_slots) if running_slots is not None else None
         if self._slots is not None and len(self._slots) < slots_nbytes(nthreads):
             raise UsageError(
@@ -526,6 +533,7 @@ class Worker:
             "pid": os.getpid(),
             "pool": self.pool,
             "memory_limit": self.memory_limit,
+            "data_address": self._data_bound,
         }
 
     def request_stop(self) -> None:
@@ -555,6 +563,11 @@ class Worker:
         code = EXIT_INTERNAL_ERROR
         try:
             self._poller = _DescriptorPoller()
+            if self.data_address:
+                bound = bind_data_socket(self._context, self.data_address, self.identity)
+                if bound is not None:
+                    self._data_socket, self._data_bound = bound
+                    self._poller.register(self._data_socket, zmq.POLLIN)
             self._link = BrokerLink(
                 self._context,
                 self._poller,
@@ -608,7 +621,7 @@ class Worker:
                     self._send_results()
                     # The descriptor only signals edges, and any use of the socket (sending
                     # too) may consume one: poll only when nothing is waiting to be read.
-                    if _readable(link.socket):
+                    if _readable(link.socket) or (self._data_socket is not None and _readable(self._data_socket)):
                         continue
             if inline is not None:
                 # Outside the lock: the watch thread may need it to send heartbeats.
@@ -713,6 +726,8 @@ class Worker:
         if self._drain_broker() is LinkEvent.FORGOTTEN:
             self._forget()
             return False
+        if self._data_socket is not None:
+            self._drain_data(self._data_socket)
         return True
 
     def _send_results(self) -> None:
@@ -780,6 +795,31 @@ class Worker:
                 logger.exception("worker %s: failed to handle %s", self.name, message.name)
         return LinkEvent.NOTHING
 
+    def _drain_data(self, sock: zmq.Socket[Any]) -> None:
+        """Serve clients' direct requests (lock held): GET is answered from the values held
+        here; STORE is taken as from the broker, which the DONE confirming it goes to."""
+        for _ in range(MAX_MESSAGES_PER_TURN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                message = protocol.decode(frames[1:])
+                if message.command == STORE:
+                    self._on_store(message)
+                    continue
+                if message.command != GET:
+                    raise ProtocolError(f"{message.name} is not served on the data socket")
+            except ProtocolError as exc:
+                self._malformed += 1
+                level = logging.WARNING if self._malformed == 1 else logging.DEBUG
+                logger.log(level, "worker %s: dropped a malformed direct request: %s", self.name, exc)
+                continue
+            request_id, keys = message.header
+            entries, payload, missing = self._values_for(keys, limit=None)
+            if not send_to(sock, frames[0].bytes, protocol.encode(DATA, [request_id, entries, missing], payload)):
+                logger.debug("worker %s: a client cannot take a direct answer now; it will ask the broker", self.name)
+
     def _forget(self) -> None:
         """The broker forgot this worker: drop all state and register again."""
         logger.warning(
@@ -819,6 +859,9 @@ class Worker:
             self._closed = True
             if hasattr(self, "_link"):
                 self._link.close()
+            if self._data_socket is not None:
+                self._data_socket.close(linger=0)
+                self._data_socket = None
         self._context.term()  # bounded by the GOODBYE linger
         stopped = self._executor.stop(EXECUTOR_STOP_TIMEOUT_S)
         if stopped:
@@ -1059,6 +1102,15 @@ class Worker:
 
     def _on_get(self, message: Message) -> None:
         request_id, keys = message.header
+        entries, frames, missing = self._values_for(keys, limit=self._link.max_message_bytes * 3 // 4)
+        self._link.send(DATA, [request_id, entries, missing], frames)
+
+    def _values_for(self, keys: list[str], limit: int | None) -> tuple[list[list[Any]], list[Any], list[str]]:
+        """DATA entries, payload frames and missing keys answering a GET of ``keys``.
+
+        A value that cannot be serialized, or whose frames exceed ``limit`` bytes, fails its
+        key (its ERRED notice is sent first) and is listed as missing.
+        """
         store = self._store
         entries: list[list[Any]] = []
         frames: list[Any] = []
@@ -1087,15 +1139,14 @@ class Worker:
                 missing.append(key)
                 continue
             nbytes = serialize.frames_nbytes(value_frames)
-            limit = self._link.max_message_bytes
-            if nbytes > limit * 3 // 4:
+            if limit is not None and nbytes > limit:
                 # It could never reach anyone: fail the key rather than let the request hang.
                 del store[key]
                 self._done_error(
                     key,
                     UsageError(
                         f"the value of {key!r} ({nbytes} bytes) is too large to travel: it exceeds the broker's "
-                        f"message size limit ({limit} bytes); start the broker with a larger "
+                        f"message size limit ({self._link.max_message_bytes} bytes); start the broker with a larger "
                         "--max-message-bytes, or reduce the value on the cluster before gathering"
                     ),
                 )
@@ -1108,7 +1159,7 @@ class Worker:
         # The ERRED notice of an unserializable value must reach the broker before the DATA
         # listing it as missing, so the broker fails the key instead of recomputing it.
         self._flush_done()
-        self._link.send(DATA, [request_id, entries, missing], frames)
+        return entries, frames, missing
 
     def _on_delete(self, message: Message) -> None:
         store = self._store
@@ -1166,6 +1217,7 @@ def run_worker(
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
     security: Security | None = None,
+    data_address: str = "",
 ) -> NoReturn:
     """Process entry point: run one worker, then end the process with its exit code.
 
@@ -1191,6 +1243,7 @@ def run_worker(
             heartbeat_interval_s=heartbeat_interval_s,
             liveness_timeout_s=liveness_timeout_s,
             security=security,
+            data_address=data_address,
         )
         code = worker.run()
     except BaseException:

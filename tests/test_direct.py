@@ -1,0 +1,260 @@
+"""Large values moved between clients and workers in one hop (zmqdask.direct).
+
+Pure tests of the broker's side (ELSEWHERE, RELAY_GATHER, PLACE) and of the messages, then
+real clusters: workers listening on TCP and on Unix sockets, a data socket that cannot be
+reached, and a worker that stops answering.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from daemons import connected_client, running_cluster
+from test_broker_state import Harness, msgs, one, report_entries
+
+from zmqdask import Client, LocalCluster, wait
+from zmqdask import protocol as P
+from zmqdask.config import DIRECT_MIN_BYTES
+from zmqdask.direct import check_data_address, reachable
+from zmqdask.errors import ProtocolError, UsageError
+from zmqdask.protocol import decode, encode
+
+BIG = DIRECT_MIN_BYTES * 2
+DATA_ADDRESS = "ipc:///tmp/zmqdask-test/w1.sock"
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def _direct_client(h: Harness, identity: bytes, direct: bool = True) -> None:
+    one(h.send(identity, P.HELLO, ["client", {"name": "c", "pid": 1, "direct": direct}]), identity, P.WELCOME)
+
+
+def _held_value(h: Harness, key: str = "x", nbytes: int = BIG) -> None:
+    """Worker w1 (with a data address) and client c1; ``key`` computed and held by w1."""
+    h.worker(b"w1", data_address=DATA_ADDRESS)
+    _direct_client(h, b"c1")
+    h.submit(b"c1", [(key, [])])
+    h.finish(b"w1", key, nbytes=nbytes)
+
+
+# --- the broker's side -----------------------------------------------------------------------
+
+
+def test_a_large_value_is_fetched_from_its_holder_not_relayed(h: Harness) -> None:
+    _held_value(h)
+    out = h.send(b"c1", P.GATHER, [["x"]])
+    assert report_entries(out, b"c1")["x"] == ["x", P.ELSEWHERE, ["int", BIG, DATA_ADDRESS], 0]
+    assert msgs(out, b"w1", P.GET) == []
+    assert h.state.counters.direct_gets == 1
+
+
+def test_relay_gather_always_goes_through_the_broker(h: Harness) -> None:
+    _held_value(h)
+    out = h.send(b"c1", P.RELAY_GATHER, [["x"]])
+    assert one(out, b"w1", P.GET).header[1] == ["x"]
+    assert report_entries(out, b"c1") == {}
+    # Only that request: the next GATHER may be answered ELSEWHERE again.
+    out = h.send(b"c1", P.GATHER, [["x"]])
+    assert report_entries(out, b"c1")["x"][1] == P.ELSEWHERE
+
+
+@pytest.mark.parametrize("case", ["small value", "client without direct", "worker without data address"])
+def test_values_go_through_the_broker_otherwise(h: Harness, case: str) -> None:
+    h.worker(b"w1", data_address="" if case == "worker without data address" else DATA_ADDRESS)
+    _direct_client(h, b"c1", direct=case != "client without direct")
+    h.submit(b"c1", [("x", [])])
+    h.finish(b"w1", "x", nbytes=100 if case == "small value" else BIG)
+    out = h.send(b"c1", P.GATHER, [["x"]])
+    assert one(out, b"w1", P.GET).header[1] == ["x"]
+    assert h.state.counters.direct_gets == 0
+
+
+def test_a_placed_value_is_confirmed_by_the_worker_it_was_sent_to(h: Harness) -> None:
+    h.worker(b"w1", data_address=DATA_ADDRESS)
+    _direct_client(h, b"c1")
+    out = h.send(b"c1", P.PLACE, [[["big", BIG]]])
+    assert report_entries(out, b"c1")["big"] == ["big", P.ELSEWHERE, ["", BIG, DATA_ADDRESS], 0]
+    assert msgs(out, b"w1", P.STORE) == []  # the client sends the bytes itself
+    out = h.finish(b"w1", "big", nbytes=BIG)  # the worker's DONE once the client's STORE arrived
+    assert report_entries(out, b"c1")["big"][1] == P.FINISHED
+    assert h.state.info()["tasks"].get("memory") == 1
+
+
+@pytest.mark.parametrize("case", ["no data worker", "known key", "client without direct"])
+def test_place_answers_send_it_through_me_when_it_cannot_place(h: Harness, case: str) -> None:
+    h.worker(b"w1", data_address="" if case == "no data worker" else DATA_ADDRESS)
+    _direct_client(h, b"c1", direct=case != "client without direct")
+    if case == "known key":
+        h.send(b"c1", P.SCATTER, [[["big", 1]], False], [b"x" * 100])
+    out = h.send(b"c1", P.PLACE, [[["big", BIG]]])
+    assert report_entries(out, b"c1")["big"] == ["big", P.ELSEWHERE, ["", BIG, ""], 0]
+    assert h.state.counters.direct_stores == 0
+
+
+def test_a_placed_value_whose_worker_died_is_asked_for_again_and_kept(h: Harness) -> None:
+    h.worker(b"w1", data_address=DATA_ADDRESS)
+    h.worker(b"w2")
+    _direct_client(h, b"c1")
+    h.send(b"c1", P.PLACE, [[["big", BIG]]])
+    h.submit(b"c1", [("uses-big", ["big"])])
+    out = h.send(b"w1", P.GOODBYE, ["leaving"])  # gone before it confirmed the value
+    assert report_entries(out, b"c1")["big"] == ["big", P.ELSEWHERE, ["", 0, ""], 0]
+    # The client sends the bytes through the broker; the task waiting on them is not failed.
+    out = h.send(b"c1", P.SCATTER, [[["big", 1]], False], [b"payload"])
+    store = one(out, b"w2", P.STORE)
+    assert store.header[0] == [["big", 1]] and bytes(store.payload[0]) == b"payload"
+    out = h.finish(b"w2", "big")
+    assert "uses-big" in [entry[0] for m in msgs(out, b"w2", P.COMPUTE) for entry in m.header[1]]
+
+
+def test_a_placed_value_can_still_come_through_the_broker(h: Harness) -> None:
+    # The client could not reach the worker named: it sends the bytes with SCATTER instead.
+    h.worker(b"w1", data_address=DATA_ADDRESS)
+    _direct_client(h, b"c1")
+    h.send(b"c1", P.PLACE, [[["big", BIG]]])
+    out = h.send(b"c1", P.SCATTER, [[["big", 1]], False], [b"payload"])
+    assert one(out, b"w1", P.STORE).header[0] == [["big", 1]]
+    out = h.finish(b"w1", "big")
+    assert report_entries(out, b"c1")["big"][1] == P.FINISHED
+
+
+def test_a_placed_value_nobody_waits_for_is_lost_when_its_worker_dies(h: Harness) -> None:
+    h.worker(b"w1", data_address=DATA_ADDRESS)
+    _direct_client(h, b"c1", direct=True)
+    h.send(b"c1", P.PLACE, [[["big", BIG]]])
+    h.state.clients[b"c1"].direct = False  # a client that could not send it again
+    out = h.send(b"w1", P.GOODBYE, ["leaving"])
+    assert report_entries(out, b"c1")["big"][1] == P.LOST
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+def test_elsewhere_place_and_relay_gather_round_trip() -> None:
+    for command, header in [
+        (P.REPORT, [[["k", P.ELSEWHERE, ["int", 5, "tcp://h:1"], 0]]]),
+        (P.PLACE, [[["k", 5]]]),
+        (P.RELAY_GATHER, [["k"]]),
+    ]:
+        assert decode(encode(command, header)).header == header
+
+
+@pytest.mark.parametrize(
+    "command, header",
+    [
+        (P.REPORT, [[["k", P.ELSEWHERE, ["int", 5], 0]]]),
+        (P.REPORT, [[["k", P.ELSEWHERE, ["int", "5", "tcp://h:1"], 0]]]),
+        (P.DONE, [[["k", P.ELSEWHERE, ["int", 5, "tcp://h:1"], 0]]]),  # REPORT only
+        (P.PLACE, [[["k", -1]]]),
+        (P.PLACE, [[["k"]]]),
+        (P.RELAY_GATHER, [[1]]),
+    ],
+)
+def test_malformed_direct_messages_are_refused(command: int, header: list[Any]) -> None:
+    with pytest.raises(ProtocolError):
+        decode(encode(command, header))
+
+
+def test_data_addresses_are_checked(tmp_path: Path) -> None:
+    assert check_data_address(f"ipc://{tmp_path}") == f"ipc://{tmp_path}"
+    assert check_data_address("tcp://10.0.0.5") == "tcp://10.0.0.5"
+    for bad, hint in [
+        ("tcp://10.0.0.5:9000", "without a port"),
+        (f"ipc://{tmp_path}/missing", "not a directory"),
+        ("10.0.0.5", "expected ipc://DIRECTORY or tcp://HOST"),
+    ]:
+        with pytest.raises(UsageError, match=hint):
+            check_data_address(bad)
+    assert not reachable(f"ipc://{tmp_path}/no-such.sock")
+    assert reachable("tcp://10.0.0.5:9000")
+
+
+# --- real clusters ---------------------------------------------------------------------------
+
+
+def _big_array(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(BIG // 8 + 1000)
+
+
+def _direct_counts(client: Client) -> tuple[int, int]:
+    info = client.scheduler_info()
+    return info["direct_gets"], info["direct_stores"]
+
+
+def test_local_cluster_workers_serve_large_values_over_unix_sockets(client: Client) -> None:
+    addresses = [w["data_address"] for w in client.scheduler_info()["workers"].values()]
+    assert len(addresses) == 2 and all(a.startswith("ipc://") and reachable(a) for a in addresses)
+    gets, stores = _direct_counts(client)
+    array = _big_array(1)
+    scattered = client.scatter(array)
+    doubled = client.submit(np.multiply, scattered, 2)
+    assert np.array_equal(doubled.result(timeout=30), array * 2)
+    assert float(client.submit(np.sum, scattered).result(timeout=30)) == pytest.approx(array.sum())
+    # A small value still comes through the broker.
+    assert client.submit(len, scattered).result(timeout=30) == len(array)
+    assert _direct_counts(client) == (gets + 1, stores + 1)
+
+
+def test_large_values_move_directly_over_tcp(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as daemons:
+        daemons.start_broker()
+        daemons.start_pool(2, options=["--data-address", "tcp://127.0.0.1"])
+        with connected_client(daemons) as client:
+            addresses = [w["data_address"] for w in client.scheduler_info()["workers"].values()]
+            assert all(a.startswith("tcp://127.0.0.1:") for a in addresses)
+            arrays = [_big_array(seed) for seed in range(3)]
+            scattered = client.scatter(arrays)
+            copies = client.map(np.copy, scattered, pure=False)
+            wait(copies, timeout=30)
+            for array, back in zip(arrays, client.gather(copies), strict=True):
+                assert np.array_equal(array, back)
+            assert _direct_counts(client) == (3, 3)
+
+
+def test_an_unreachable_data_socket_makes_values_go_through_the_broker(tmp_path: Path) -> None:
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    with running_cluster(tmp_path) as daemons:
+        daemons.start_broker()
+        daemons.start_pool(2, options=["--data-address", f"ipc://{sockets}"])
+        with connected_client(daemons) as client:
+            for path in sockets.iterdir():  # the workers still listen, but nobody can connect
+                path.unlink()
+            array = _big_array(2)
+            scattered = client.scatter(array)
+            copied = client.submit(np.copy, scattered, pure=False)
+            assert np.array_equal(copied.result(timeout=30), array)
+            # The broker named the workers; the client could not reach them and relayed.
+            assert _direct_counts(client) == (1, 1)
+
+
+@pytest.mark.slow
+def test_a_holder_that_stops_answering_is_given_up_and_the_value_recomputed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zmqdask.direct
+
+    monkeypatch.setattr(zmqdask.direct, "DIRECT_TIMEOUT_S", 0.5)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1)
+    with Client(cluster, timeout=30) as client:
+        client.wait_for_workers(2, timeout=60)
+        made = client.submit(np.ones, BIG // 8, pure=False)
+        wait([made], timeout=30)
+        holder = next(
+            w["pid"] for w in client.scheduler_info()["workers"].values() if w["nkeys"] == 1
+        )
+        os.kill(holder, signal.SIGSTOP)  # alive, but answers nobody
+        try:
+            # The direct request times out, the broker's GET too (the worker is declared
+            # dead), and the task runs again on the other worker.
+            assert made.result(timeout=60).sum() == BIG // 8
+        finally:
+            os.kill(holder, signal.SIGCONT)

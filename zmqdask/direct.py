@@ -1,0 +1,228 @@
+"""Large values straight between a client and the worker holding them, in one hop.
+
+Through the broker, a value crosses two sockets, each a full copy through the kernel, one
+after the other.  A worker started with a *data address* therefore also binds a ROUTER
+socket of its own and announces where in its HELLO.  When a client asks for a value of at
+least :data:`~zmqdask.config.DIRECT_MIN_BYTES` held by such a worker, the broker answers with
+an ELSEWHERE report naming that address instead of relaying the bytes, and the client sends
+the holder a GET itself::
+
+    client ──GATHER──▶ broker ──REPORT ELSEWHERE [type, nbytes, address]──▶ client
+    client ──GET [request_id, keys]──▶ worker's data socket ──DATA──▶ client
+
+The broker's ledger stays the only truth: the worker answers from what it holds, and a key it
+no longer holds, a worker that does not answer in time or an address this host cannot reach
+make the client ask the broker again with RELAY_GATHER, which is never answered ELSEWHERE.
+
+A data address is ``ipc://DIRECTORY`` (each worker binds a Unix socket in it, named after
+its identity: the local cluster's choice) or ``tcp://HOST`` (each worker binds a free port on
+HOST).  Workers with CURVE keys do not bind one: the data socket would be unencrypted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from zmqdask import protocol
+from zmqdask.config import DIRECT_MIN_BYTES_PER_S, DIRECT_TIMEOUT_S, IPC_BUFFER_BYTES, ZERO_COPY_THRESHOLD_BYTES
+from zmqdask.errors import ProtocolError, UsageError
+
+logger = logging.getLogger(__name__)
+
+_MAX_IPC_PATH = 100
+"""Longest Unix socket path bound (the system limit is 107 or 108 bytes)."""
+
+
+def check_data_address(spec: str) -> str:
+    """Validate a data address given to a pool; returns it, or raises :class:`UsageError`."""
+    if spec.startswith("ipc://"):
+        directory = spec[len("ipc://") :]
+        if not directory or not os.path.isdir(directory):
+            raise UsageError(f"data address {spec!r}: {directory!r} is not a directory (expected ipc://DIRECTORY)")
+        return spec
+    if spec.startswith("tcp://"):
+        host = spec[len("tcp://") :]
+        if not host or re.fullmatch(r".*[^:]:\d+", host):
+            raise UsageError(
+                f"data address {spec!r}: expected tcp://HOST, without a port (each worker takes a free one)"
+            )
+        return spec
+    raise UsageError(f"data address {spec!r}: expected ipc://DIRECTORY or tcp://HOST")
+
+
+def bind_data_socket(context: zmq.Context[Any], spec: str, identity: bytes) -> tuple[zmq.Socket[Any], str] | None:
+    """Bind a worker's data socket as ``spec`` says; returns it and the address clients use.
+
+    None (logged) when it cannot be bound: the worker then serves everything through the
+    broker, which is slower but complete.
+    """
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        if spec.startswith("ipc://"):
+            # Named by a digest: identities can be long, and the path must stay short.
+            path = os.path.join(spec[len("ipc://") :], hashlib.blake2b(identity, digest_size=10).hexdigest() + ".sock")
+            if len(path.encode()) > _MAX_IPC_PATH:
+                raise UsageError(f"the socket path {path!r} is too long for a Unix socket")
+            sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
+            sock.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
+            address = f"ipc://{path}"
+            sock.bind(address)
+        else:
+            host = spec[len("tcp://") :]
+            port = sock.bind_to_random_port(f"tcp://{host}")
+            address = f"tcp://{host}:{port}"
+    except (zmq.ZMQError, UsageError) as exc:
+        sock.close(linger=0)
+        logger.warning("cannot listen for direct transfers at %s (%s): values go through the broker", spec, exc)
+        return None
+    return sock, address
+
+
+def send_to(sock: zmq.Socket[Any], identity: bytes, frames: Sequence[Any]) -> bool:
+    """Send one message to the peer ``identity`` of a ROUTER without blocking; False if the
+    peer cannot take it now (it then times out and asks the broker instead)."""
+    send = sock.send
+    try:
+        send(identity, zmq.NOBLOCK | zmq.SNDMORE)
+        last = len(frames) - 1
+        for index, frame in enumerate(frames):
+            nbytes = len(frame) if type(frame) is bytes else protocol.frame_nbytes(frame)
+            flags = zmq.NOBLOCK | (zmq.SNDMORE if index < last else 0)
+            send(frame, flags, copy=nbytes < ZERO_COPY_THRESHOLD_BYTES)
+    except zmq.Again:
+        return False
+    return True
+
+
+def reachable(address: str) -> bool:
+    """Whether this process can plausibly connect to a worker's data ``address``: a Unix
+    socket must exist on this host (a local cluster on another machine has the same paths)."""
+    if address.startswith("ipc://"):
+        return os.path.exists(address[len("ipc://") :])
+    return address.startswith("tcp://")
+
+
+class DirectFetcher:
+    """The client's side: one DEALER per worker data address, one request at a time on each.
+
+    Requests to one worker wait for each other (the values come one after another over one
+    connection anyway); a request not answered in time closes its socket, so its late answer
+    is never read, and the address is not tried again by this client.
+    """
+
+    def __init__(self, context: zmq.Context[Any]) -> None:
+        self._context = zmq.asyncio.Context.shadow(context.underlying)
+        self._channels: dict[str, tuple[zmq.asyncio.Socket, asyncio.Lock]] = {}
+        self._failed: set[str] = set()
+        self._next_request = 0
+        self._closed = False
+
+    def usable(self, address: str) -> bool:
+        """Whether to try ``address`` at all."""
+        return not self._closed and address not in self._failed and reachable(address)
+
+    def give_up(self, address: str) -> None:
+        """Do not use ``address`` again (a transfer to it was not confirmed in time)."""
+        if address not in self._failed:
+            logger.warning("a direct transfer to %s was not confirmed in time; using the broker from now on", address)
+        self._failed.add(address)
+        self._drop(address)
+
+    @staticmethod
+    def deadline_s(nbytes: int) -> float:
+        """How long a direct transfer of ``nbytes`` may take before it counts as failed."""
+        return DIRECT_TIMEOUT_S + nbytes / DIRECT_MIN_BYTES_PER_S
+
+    async def put(self, address: str, key: str, frames: list[Any]) -> bool:
+        """Send the value ``key`` to the worker at ``address`` (a STORE, confirmed by that
+        worker to the broker, not to us); False if it could not even be queued."""
+        if not self.usable(address):
+            return False
+        sock, _ = self._channel(address)
+        field = protocol.payload_field(frames)
+        message = protocol.encode(protocol.STORE, [[[key, field]]], frames if type(field) is not bytes else ())
+        try:
+            # Queued without copying; ZeroMQ sends it while the loop goes on.
+            await sock.send_multipart(message, copy=False)
+        except zmq.ZMQError as exc:
+            logger.warning("cannot send to the worker at %s (%s); using the broker", address, exc)
+            self._failed.add(address)
+            self._drop(address)
+            return False
+        return True
+
+    async def fetch(self, address: str, keys: list[str], nbytes: int) -> tuple[dict[str, list[Any]], list[str]] | None:
+        """Ask the worker at ``address`` for ``keys`` (``nbytes`` in all).
+
+        Returns the frames of each value it sent and the keys it does not hold, or None if
+        it did not answer within :data:`DIRECT_TIMEOUT_S` plus the time the bytes take at
+        :data:`DIRECT_MIN_BYTES_PER_S`.
+        """
+        if not self.usable(address):
+            return None
+        sock, lock = self._channel(address)
+        timeout = self.deadline_s(nbytes)
+        async with lock:
+            if sock.closed:
+                return None
+            self._next_request += 1
+            request_id = self._next_request
+            try:
+                await sock.send_multipart(protocol.encode(protocol.GET, [request_id, keys]))
+                message = await asyncio.wait_for(self._answer(sock, request_id), timeout)
+            except (asyncio.TimeoutError, zmq.ZMQError, ProtocolError) as exc:
+                logger.warning(
+                    "no answer from the worker at %s (%s); its values come through the broker from now on",
+                    address,
+                    type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else exc,
+                )
+                self._failed.add(address)
+                self._drop(address)
+                return None
+        entries, missing = message.header[1], message.header[2]
+        values: dict[str, list[Any]] = {}
+        counts = [entry[1] for entry in entries]
+        for entry, frames in zip(entries, protocol.split_payload(counts, message.payload), strict=True):
+            values[entry[0]] = frames
+        return values, list(missing)
+
+    @staticmethod
+    async def _answer(sock: zmq.asyncio.Socket, request_id: int) -> protocol.Message:
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            message = protocol.decode(frames)
+            if message.command == protocol.DATA and message.header[0] == request_id:
+                return message
+
+    def _channel(self, address: str) -> tuple[zmq.asyncio.Socket, asyncio.Lock]:
+        channel = self._channels.get(address)
+        if channel is None:
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            if address.startswith("ipc://"):
+                sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
+                sock.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
+            sock.connect(address)
+            channel = self._channels[address] = (sock, asyncio.Lock())
+        return channel
+
+    def _drop(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            channel[0].close(linger=0)
+
+    def close(self) -> None:
+        """Close every socket (on the loop's thread, before the context terminates)."""
+        self._closed = True
+        for address in list(self._channels):
+            self._drop(address)
