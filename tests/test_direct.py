@@ -258,3 +258,56 @@ def test_a_holder_that_stops_answering_is_given_up_and_the_value_recomputed(
             assert made.result(timeout=60).sum() == BIG // 8
         finally:
             os.kill(holder, signal.SIGCONT)
+
+
+# --- large task arguments ---------------------------------------------------------------------
+
+
+def test_which_arguments_are_sent_ahead() -> None:
+    import pandas as pd
+
+    from zmqdask.client import _placeable_nbytes
+
+    assert _placeable_nbytes(np.zeros(10)) == 80
+    assert _placeable_nbytes(b"x" * 5) == 5
+    frame = pd.DataFrame({"a": np.arange(1000)})
+    assert _placeable_nbytes(frame) == frame.memory_usage(index=True).sum()
+    assert _placeable_nbytes(frame["a"]) == frame["a"].memory_usage(index=True)
+    assert _placeable_nbytes([np.zeros(10**6)]) == 0  # only top-level arguments are looked at
+    assert _placeable_nbytes(np.float64(1.0)) == 0
+
+
+def _fail_once_then_sum(array: np.ndarray, marker: str) -> float:
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt fails")
+    return float(array.sum())
+
+
+def test_large_arguments_go_ahead_of_their_task_and_are_released_after(client: Client, wait_until: Any) -> None:
+    import pandas as pd
+
+    gets, stores = _direct_counts(client)
+    array = _big_array(3)
+    total = client.submit(np.sum, array)
+    assert total.result(timeout=30) == pytest.approx(array.sum())
+    # The same pure call with the same array: the same keys, nothing sent again.
+    assert client.submit(np.sum, array).key == total.key
+    frame = pd.DataFrame({"x": _big_array(4)})
+    described = client.submit(pd.DataFrame.sum, frame, numeric_only=True)
+    assert described.result(timeout=30)["x"] == pytest.approx(frame.x.sum())
+    scaled = client.submit(np.multiply, array, 2)
+    assert np.array_equal(scaled.result(timeout=30), array * 2)
+    assert _direct_counts(client)[1] == stores + 2  # the array once, the frame once
+    assert _direct_counts(client)[0] == gets + 1  # the doubled array came back directly
+    del total, described, scaled
+    wait_until(lambda: client.scheduler_info()["tasks"]["memory"] == 0, timeout=20)
+
+
+def test_a_task_with_a_large_argument_can_be_retried(client: Client, tmp_path: Path) -> None:
+    array = _big_array(5)
+    future = client.submit(_fail_once_then_sum, array, marker=str(tmp_path / "failed-once"))
+    with pytest.raises(RuntimeError, match="first attempt fails"):
+        future.result(timeout=30)
+    future.retry()
+    assert future.result(timeout=30) == pytest.approx(array.sum())

@@ -423,9 +423,13 @@ class Client(BrokerSession):
             raise UsageError("priority must be an int and retries a non-negative int")
         info = self._function_info(fn)
         dep_states: dict[str, FutureState] = {} if deps_known is None else deps_known
-        key, frames = self._task_spec(info, args, kwargs, key, pure, dep_states)
+        owned: list[Future] = []
+        key, frames = self._task_spec(info, args, kwargs, key, pure, dep_states, owned)
         with self._lock:
-            return self._queue_task(key, info, frames, dep_states, priority, retries, wanted)
+            future = self._queue_task(key, info, frames, dep_states, priority, retries, wanted)
+            if owned and future._state.owned is None:
+                future._state.owned = owned
+            return future
 
     def _function_info(self, fn: Callable[..., Any]) -> tuple[bytes, bytes, str]:
         """``(hash, pickled function, name for keys)``, computed once per function."""
@@ -448,8 +452,13 @@ class Client(BrokerSession):
         key: str | None,
         pure: bool,
         dep_states: dict[str, FutureState],
+        owned: list[Future] | None = None,
     ) -> tuple[str, list[Any]]:
-        """The key and argument frames of one task; futures in the arguments go to ``dep_states``."""
+        """The key and argument frames of one task; futures in the arguments go to ``dep_states``.
+
+        With ``owned``, large arguments (see :meth:`_place_argument`) are sent ahead to a
+        worker and replaced by references; their Futures are added to ``owned``.
+        """
         fn_hash, _, name = info
         if kwargs:
             packed_kwargs = self._replace_futures(dict(kwargs), dep_states)
@@ -465,6 +474,13 @@ class Client(BrokerSession):
             frames = [pickle.dumps((tuple(args), {}), protocol=PICKLE_PROTOCOL)]
         else:
             packed_args = self._replace_futures(tuple(args), dep_states)
+            if owned is not None:
+                packed_args = tuple(self._place_argument(arg, pure, dep_states, owned) for arg in packed_args)
+                if packed_kwargs is not _EMPTY_KWARGS:
+                    packed_kwargs = {
+                        name: self._place_argument(value, pure, dep_states, owned)
+                        for name, value in packed_kwargs.items()
+                    }
             try:
                 frames = dumps((packed_args, packed_kwargs if packed_kwargs is not _EMPTY_KWARGS else {}))
             except SerializationError as exc:
@@ -532,6 +548,42 @@ class Client(BrokerSession):
         if not self._flush_scheduled:
             self._schedule_flush()
         return future
+
+    def _place_argument(self, value: Any, pure: bool, deps: dict[str, FutureState], owned: list[Future]) -> Any:
+        """``value`` itself, or, if it is a large array, frame or byte string, a reference to
+        it scattered as data of its own.
+
+        Inside the task's message the value would cross two sockets through the broker;
+        scattered, it goes to a worker in one hop (see :mod:`zmqdask.direct`), and the task
+        runs where it is.  It is scattered as if the call's Future held a Future of it.
+        """
+        if _placeable_nbytes(value) < DIRECT_MIN_BYTES:
+            return value
+        try:
+            frames = dumps(value)
+        except SerializationError:
+            return value  # the task's own serialization reports it, naming the function
+        name = type(value).__name__
+        if pure:
+            digest = hashlib.blake2b(digest_size=16)
+            for frame in frames:
+                digest.update(frame)
+            key = f"{name}-{digest.hexdigest()}"
+        else:
+            key = f"{name}-{self._key_token}{next(self._key_counter):016x}"
+        with self._lock:
+            state = self._futures.get(key)
+            if state is None or state.status in (CANCELLED, LOST, ERROR):
+                if self._releases:
+                    self._take_back_release(key, False)
+                state = self._futures[key] = FutureState(key)
+                state.value = value
+                state.has_value = True
+                self._place_ops.append((key, frames))
+                self._schedule_flush()
+            owned.append(Future._adopt(key, self, state))
+        deps[key] = state
+        return TaskRef(key)
 
     def _replace_futures(self, obj: Any, deps: dict[str, FutureState]) -> Any:
         kind = type(obj)
@@ -1424,6 +1476,23 @@ def _refuse_actors(requested: bool) -> None:
 
 HASH_CHUNK_BYTES = 16 * 1024 * 1024
 """Scattered data larger than this is hashed in chunks of this size, several at a time."""
+
+
+def _placeable_nbytes(value: Any) -> int:
+    """Bytes of an argument worth scattering ahead of its task: a NumPy array, a pandas
+    frame or series, or a byte string; 0 for anything else (not measured)."""
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return len(value)
+    module = kind.__module__
+    if module == "numpy":
+        return int(getattr(value, "nbytes", 0)) if kind.__name__ == "ndarray" else 0
+    if module == "pandas" or module.startswith("pandas."):
+        if kind.__name__ == "DataFrame":
+            return int(value.memory_usage(index=True, deep=False).sum())
+        if kind.__name__ == "Series":
+            return int(value.memory_usage(index=True, deep=False))
+    return 0
 
 
 async def _content_digest(frames: list[Any]) -> str:

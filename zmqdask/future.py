@@ -50,6 +50,7 @@ class FutureState:
         "index",
         "key",
         "members",
+        "owned",
         "refcount",
         "status",
         "traceback",
@@ -88,6 +89,9 @@ class FutureState:
         self.index = 0
         self.members: list[FutureState] | None = None
         self.alive = 0
+        # Futures of large arguments the task's call passed by value, sent to workers ahead
+        # of it (see Client._place_argument): they live as long as this state does.
+        self.owned: list[Future] | None = None
 
     def done(self) -> bool:
         """Whether the key reached a final status."""

@@ -174,6 +174,9 @@ class BrokerSession:
         """Frames of scattered values sent (or about to be sent) to a worker directly, kept
         until the broker confirms them: sent again through the broker if that fails."""
         self._placing_timers: dict[str, asyncio.TimerHandle] = {}
+        self._place_ops: list[tuple[str, list[Any]]] = []
+        """Large task arguments to scatter with PLACE at the next flush, ahead of the tasks
+        naming them (see Client._place_argument)."""
 
     def _check_open(self) -> None:
         if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):
@@ -334,10 +337,18 @@ class BrokerSession:
                 self._flush_scheduled = False
                 return  # everything stays queued, releases too
             ops, self._ops = self._ops, []
+            places, self._place_ops = self._place_ops, []
             self._flush_scheduled = False
             # Taken together with the operations: each of these keys was submitted before it
             # was dropped, so its SUBMIT is in ``ops`` (or went out earlier) and precedes this.
             released = self._take_releases() if self._releases_due else []
+        if places:
+            # First: the tasks of this flush may name them.  Only new scattered keys are
+            # here, so no earlier operation of this flush concerns them.
+            for key, frames in places:
+                self._placing[key] = frames
+            entries = [[key, sum(proto.frame_nbytes(frame) for frame in frames)] for key, frames in places]
+            self._send(proto.encode(proto.PLACE, [entries]))
         self._send_ops(ops)
         self._send_releases(released)
 
