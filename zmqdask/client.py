@@ -475,10 +475,13 @@ class Client(BrokerSession):
         else:
             packed_args = self._replace_futures(tuple(args), dep_states)
             if owned is not None:
-                packed_args = tuple(self._place_argument(arg, pure, dep_states, owned) for arg in packed_args)
+                # Keyed by content only when the call's own key is: a graph's tasks have
+                # theirs already, and hashing their partitions would cost more than it saves.
+                by_content = pure and key is None
+                packed_args = tuple(self._place_argument(arg, by_content, dep_states, owned) for arg in packed_args)
                 if packed_kwargs is not _EMPTY_KWARGS:
                     packed_kwargs = {
-                        name: self._place_argument(value, pure, dep_states, owned)
+                        name: self._place_argument(value, by_content, dep_states, owned)
                         for name, value in packed_kwargs.items()
                     }
             try:
@@ -549,7 +552,7 @@ class Client(BrokerSession):
             self._schedule_flush()
         return future
 
-    def _place_argument(self, value: Any, pure: bool, deps: dict[str, FutureState], owned: list[Future]) -> Any:
+    def _place_argument(self, value: Any, by_content: bool, deps: dict[str, FutureState], owned: list[Future]) -> Any:
         """``value`` itself, or, if it is a large array, frame or byte string, a reference to
         it scattered as data of its own.
 
@@ -564,7 +567,7 @@ class Client(BrokerSession):
         except SerializationError:
             return value  # the task's own serialization reports it, naming the function
         name = type(value).__name__
-        if pure:
+        if by_content:
             digest = hashlib.blake2b(digest_size=16)
             for frame in frames:
                 digest.update(frame)
