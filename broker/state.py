@@ -34,6 +34,7 @@ from zmqdask.protocol import (
     ERR_TOO_LARGE,
     ERROR,
     FETCH,
+    FETCH_FROM,
     FORGET_FUNCTIONS,
     GATHER,
     GET,
@@ -43,6 +44,7 @@ from zmqdask.protocol import (
     INFO,
     INFO_REPLY,
     PLACE,
+    RELAY_FETCH,
     RELAY_GATHER,
     RELEASE,
     ROLE_CLIENT,
@@ -119,6 +121,8 @@ class BrokerCounters:
     """Values a client was told to fetch from their holder itself (ELSEWHERE)."""
     direct_stores: int = 0
     """Scattered values a client was told to send to a worker itself (PLACE)."""
+    direct_fetches: int = 0
+    """FETCHes a worker was told to serve from the holder itself (FETCH_FROM)."""
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain map."""
@@ -198,6 +202,7 @@ class BrokerState:
             DONE: (self._on_done, _WORKER),
             DATA: (self._on_data, _WORKER),
             FETCH: (self._on_fetch, _WORKER),
+            RELAY_FETCH: (self._on_relay_fetch, _WORKER),
             WORKER_DIED: (self._on_worker_died, _POOL),
             SECEDE: (self._on_secede, _WORKER),
             FORGET_FUNCTIONS: (self._on_forget_functions, _CLIENT),
@@ -357,6 +362,7 @@ class BrokerState:
             "malformed": self.counters.malformed,
             "direct_gets": self.counters.direct_gets,
             "direct_stores": self.counters.direct_stores,
+            "direct_fetches": self.counters.direct_fetches,
         }
 
     def audit(self) -> list[str]:
@@ -929,6 +935,29 @@ class BrokerState:
             self._outbox.send(requester.identity, DATA, [request.requester_rid, entries, all_missing], message.payload)
 
     def _on_fetch(self, worker: WorkerPeer, message: Message) -> None:
+        request_id, holder_identity, keys = message.header
+        holder = self._workers.get(holder_identity)
+        if (
+            holder is not None
+            and holder is not worker
+            and holder.data_address
+            and worker.data_address
+            and (holder.host == worker.host or not holder.data_address.startswith("ipc://"))
+        ):
+            tasks = self.ledger.tasks
+            nbytes = 0
+            for key in keys:
+                rec = tasks.get(key)
+                nbytes += rec.nbytes if rec is not None else 0
+            if nbytes >= DIRECT_MIN_BYTES:
+                # Only a header here: the worker GETs them from the holder in one hop (and
+                # sends RELAY_FETCH if that fails).
+                self._outbox.send(worker.identity, FETCH_FROM, [request_id, holder.data_address, keys, nbytes])
+                self.counters.direct_fetches += 1
+                return
+        self._on_relay_fetch(worker, message)
+
+    def _on_relay_fetch(self, worker: WorkerPeer, message: Message) -> None:
         request_id, holder_identity, keys = message.header
         holder = self._workers.get(holder_identity)
         if holder is None or holder is worker:

@@ -135,6 +135,55 @@ def test_a_placed_value_nobody_waits_for_is_lost_when_its_worker_dies(h: Harness
     assert report_entries(out, b"c1")["big"][1] == P.LOST
 
 
+def _two_holders(h: Harness, address_1: str, address_2: str, host_2: str = "h") -> None:
+    """Workers w1 and w2 with data addresses; ``x`` computed and held by w1."""
+    h.worker(b"w1", data_address=address_1, host="h")
+    h.worker(b"w2", data_address=address_2, host=host_2)
+    _direct_client(h, b"c1")
+    h.submit(b"c1", [("x", [])])
+    h.finish(b"w1", "x", nbytes=BIG)
+
+
+def test_a_worker_fetches_a_large_input_from_its_holder_directly(h: Harness) -> None:
+    _two_holders(h, DATA_ADDRESS, "ipc:///tmp/zmqdask-test/w2.sock")
+    out = h.send(b"w2", P.FETCH, [7, b"w1", ["x"]])
+    assert one(out, b"w2", P.FETCH_FROM).header == [7, DATA_ADDRESS, ["x"], BIG]
+    assert msgs(out, b"w1", P.GET) == []
+    assert h.state.counters.direct_fetches == 1
+    out = h.send(b"w2", P.RELAY_FETCH, [7, b"w1", ["x"]])  # the holder did not answer it
+    assert one(out, b"w1", P.GET).header[1] == ["x"]
+
+
+@pytest.mark.parametrize(
+    "case", ["small value", "Unix socket on another host", "asker without data address", "holder gone"]
+)
+def test_inputs_are_relayed_by_the_broker_otherwise(h: Harness, case: str) -> None:
+    _two_holders(
+        h,
+        DATA_ADDRESS,
+        "" if case == "asker without data address" else "ipc:///tmp/zmqdask-test/w2.sock",
+        host_2="elsewhere" if case == "Unix socket on another host" else "h",
+    )
+    if case == "small value":
+        h.submit(b"c1", [("small", [])])
+        h.finish(b"w1", "small", nbytes=100)
+    key = "small" if case == "small value" else "x"
+    if case == "holder gone":
+        h.send(b"w1", P.GOODBYE, ["leaving"])
+    out = h.send(b"w2", P.FETCH, [7, b"w1", [key]])
+    assert msgs(out, b"w2", P.FETCH_FROM) == []
+    if case == "holder gone":
+        assert one(out, b"w2", P.DATA).header == [7, [], [key]]
+    else:
+        assert one(out, b"w1", P.GET).header[1] == [key]
+
+
+def test_tcp_data_addresses_are_used_across_hosts(h: Harness) -> None:
+    _two_holders(h, "tcp://10.0.0.1:4000", "tcp://10.0.0.2:4000", host_2="other-host")
+    out = h.send(b"w2", P.FETCH, [7, b"w1", ["x"]])
+    assert one(out, b"w2", P.FETCH_FROM).header[1] == "tcp://10.0.0.1:4000"
+
+
 # --- messages ------------------------------------------------------------------------------
 
 
@@ -143,6 +192,8 @@ def test_elsewhere_place_and_relay_gather_round_trip() -> None:
         (P.REPORT, [[["k", P.ELSEWHERE, ["int", 5, "tcp://h:1"], 0]]]),
         (P.PLACE, [[["k", 5]]]),
         (P.RELAY_GATHER, [["k"]]),
+        (P.FETCH_FROM, [3, "tcp://h:1", ["k"], 10]),
+        (P.RELAY_FETCH, [3, b"w1", ["k"]]),
     ]:
         assert decode(encode(command, header)).header == header
 
@@ -156,6 +207,9 @@ def test_elsewhere_place_and_relay_gather_round_trip() -> None:
         (P.PLACE, [[["k", -1]]]),
         (P.PLACE, [[["k"]]]),
         (P.RELAY_GATHER, [[1]]),
+        (P.FETCH_FROM, [3, "", ["k"], 10]),
+        (P.FETCH_FROM, [3, "tcp://h:1", ["k"]]),
+        (P.FETCH_FROM, [3, "tcp://h:1", ["k"], -1]),
     ],
 )
 def test_malformed_direct_messages_are_refused(command: int, header: list[Any]) -> None:
@@ -311,3 +365,15 @@ def test_a_task_with_a_large_argument_can_be_retried(client: Client, tmp_path: P
         future.result(timeout=30)
     future.retry()
     assert future.result(timeout=30) == pytest.approx(array.sum())
+
+
+def test_workers_move_large_inputs_between_them_directly() -> None:
+    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster, timeout=30) as client:
+        client.wait_for_workers(2, timeout=60)
+        first, second = _big_array(6), _big_array(7)
+        # Placed on the two workers in turn (each goes to the one holding fewest bytes).
+        held = client.scatter([first, second])
+        assert sorted(w["nkeys"] for w in client.scheduler_info()["workers"].values()) == [1, 1]
+        total = client.submit(np.add, held[0], held[1])
+        assert np.array_equal(total.result(timeout=30), first + second)
+        assert client.scheduler_info()["direct_fetches"] == 1

@@ -57,6 +57,7 @@ from zmqdask.protocol import (
     DONE,
     ERRED,
     FETCH,
+    FETCH_FROM,
     FINISHED,
     FLAG_PUSH_RESULT,
     GET,
@@ -64,6 +65,7 @@ from zmqdask.protocol import (
     HEARTBEAT,
     HELLO,
     MISSING_DEPS,
+    RELAY_FETCH,
     STORE,
     UNKNOWN_PEER,
     WELCOME,
@@ -705,6 +707,110 @@ def test_inputs_are_taken_locally_or_fetched_once_per_holder(broker: ScriptedBro
 
 def sum_refs(values: list[int]) -> int:
     return sum(values)
+
+
+class FakeDataSocket:
+    """A ROUTER on 127.0.0.1 standing where another worker's data socket would be."""
+
+    def __init__(self) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.address = f"tcp://127.0.0.1:{self.socket.bind_to_random_port('tcp://127.0.0.1')}"
+
+    def expect_get(self) -> tuple[bytes, list[Any]]:
+        assert self.socket.poll(int(WAIT_S * 1000)), "no GET came to the data socket"
+        identity, *frames = self.socket.recv_multipart()
+        message = decode(frames)
+        assert message.command == GET
+        return identity, message.header
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+@pytest.fixture
+def peer() -> Iterator[FakeDataSocket]:
+    fake = FakeDataSocket()
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def test_inputs_told_to_be_elsewhere_are_fetched_from_the_holder_directly(
+    broker: ScriptedBroker, workers: WorkerProcesses, peer: FakeDataSocket
+) -> None:
+    identity = register(broker, workers)
+    compute(broker, identity, [("sum", sum_refs, ([TaskRef("far")],), [["far", b"w-far"]], FLAG_PUSH_RESULT)])
+    _, fetch = broker.expect(FETCH, identity)
+    request_id, _, keys = fetch.header
+    broker.send(identity, FETCH_FROM, [request_id, peer.address, keys, 8])
+    asker, (get_id, get_keys) = peer.expect_get()
+    assert (get_id, get_keys) == (request_id, ["far"])
+    frames = serialize.dumps(41)
+    peer.socket.send_multipart([asker, *encode(DATA, [get_id, [["far", len(frames)]], []], frames)])
+    assert serialize.loads(broker.done({"sum"})["sum"][2]) == 41
+
+
+def test_a_holder_that_does_not_answer_is_given_up_for_the_broker(
+    broker: ScriptedBroker, workers: WorkerProcesses, peer: FakeDataSocket
+) -> None:
+    identity = register(broker, workers, direct_timeout_s=0.2)
+    compute(broker, identity, [("sum", sum_refs, ([TaskRef("far")],), [["far", b"w-far"]], FLAG_PUSH_RESULT)])
+    _, fetch = broker.expect(FETCH, identity)
+    request_id, _, keys = fetch.header
+    broker.send(identity, FETCH_FROM, [request_id, peer.address, keys, 8])
+    peer.expect_get()  # and never answered
+    _, relay = broker.expect(RELAY_FETCH, identity)
+    assert relay.header == [request_id, b"w-far", ["far"]]
+    frames = serialize.dumps(7)
+    broker.send(identity, DATA, [request_id, [["far", len(frames)]], []], frames)
+    assert serialize.loads(broker.done({"sum"})["sum"][2]) == 7
+    # That address is not tried again: the next FETCH_FROM naming it is relayed at once.
+    compute(broker, identity, [("again", sum_refs, ([TaskRef("far2")],), [["far2", b"w-far"]], FLAG_PUSH_RESULT)])
+    _, fetch = broker.expect(FETCH, identity)
+    broker.send(identity, FETCH_FROM, [fetch.header[0], peer.address, ["far2"], 8])
+    _, relay = broker.expect(RELAY_FETCH, identity)
+    assert relay.header[0] == fetch.header[0]
+
+
+def test_a_worker_serves_its_values_and_takes_stores_on_its_data_socket(
+    broker: ScriptedBroker, workers: WorkerProcesses
+) -> None:
+    workers.start(broker.address, data_address="tcp://127.0.0.1")
+    identity, hello = broker.expect(HELLO)
+    address = hello.header[1]["data_address"]
+    assert address.startswith("tcp://127.0.0.1:")
+    broker.send(identity, WELCOME, [EPOCH, {}])
+    broker.expect(HEARTBEAT, identity, ignore=frozenset({HELLO}))
+    broker.backlog.clear()
+    broker.send(identity, STORE, [[["held", 1]]], serialize.dumps([1, 2, 3]))
+    assert broker.done({"held"})["held"][0] == FINISHED
+    context = zmq.Context()
+    client = context.socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    try:
+        client.connect(address)
+        client.send_multipart([b"not a message"])  # dropped; the worker goes on
+        frames = serialize.dumps("sent directly")
+        client.send_multipart(encode(STORE, [[["put", len(frames)]]], frames))
+        # Confirmed to the broker, as a STORE from the broker would be.
+        assert broker.done({"put"})["put"][0] == FINISHED
+        client.send_multipart(encode(GET, [5, ["put", "held", "nope"]]))
+        assert client.poll(int(WAIT_S * 1000))
+        answer = decode(client.recv_multipart())
+        assert answer.command == DATA and answer.header[0] == 5 and answer.header[2] == ["nope"]
+        values = {}
+        position = 0
+        for key, nframes in answer.header[1]:
+            value_frames, position = entry_payload(nframes, answer.payload, position)
+            values[key] = serialize.loads(value_frames)
+        assert values == {"put": "sent directly", "held": [1, 2, 3]}
+    finally:
+        client.close(linger=0)
+        context.term()
 
 
 def test_missing_inputs_are_reported(broker: ScriptedBroker, workers: WorkerProcesses) -> None:

@@ -1282,6 +1282,7 @@ class Client(BrokerSession):
                 # Large values moved between clients and workers in one hop (see zmqdask.direct).
                 "direct_gets": info.get("direct_gets", 0),
                 "direct_stores": info.get("direct_stores", 0),
+                "direct_fetches": info.get("direct_fetches", 0),
             }
 
         if self.asynchronous:

@@ -104,6 +104,12 @@ def send_to(sock: zmq.Socket[Any], identity: bytes, frames: Sequence[Any]) -> bo
     return True
 
 
+def transfer_deadline_s(nbytes: int, base_s: float | None = None) -> float:
+    """How long a direct transfer of ``nbytes`` may take before it counts as failed:
+    ``base_s`` (default :data:`DIRECT_TIMEOUT_S`) plus the bytes at the slowest rate allowed."""
+    return (DIRECT_TIMEOUT_S if base_s is None else base_s) + nbytes / DIRECT_MIN_BYTES_PER_S
+
+
 def reachable(address: str) -> bool:
     """Whether this process can plausibly connect to a worker's data ``address``: a Unix
     socket must exist on this host (a local cluster on another machine has the same paths)."""
@@ -138,11 +144,6 @@ class DirectFetcher:
         self._failed.add(address)
         self._drop(address)
 
-    @staticmethod
-    def deadline_s(nbytes: int) -> float:
-        """How long a direct transfer of ``nbytes`` may take before it counts as failed."""
-        return DIRECT_TIMEOUT_S + nbytes / DIRECT_MIN_BYTES_PER_S
-
     async def put(self, address: str, key: str, frames: list[Any]) -> bool:
         """Send the value ``key`` to the worker at ``address`` (a STORE, confirmed by that
         worker to the broker, not to us); False if it could not even be queued."""
@@ -171,7 +172,7 @@ class DirectFetcher:
         if not self.usable(address):
             return None
         sock, lock = self._channel(address)
-        timeout = self.deadline_s(nbytes)
+        timeout = transfer_deadline_s(nbytes)
         async with lock:
             if sock.closed:
                 return None

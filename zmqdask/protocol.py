@@ -49,6 +49,10 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
     CANCEL_TASKS [keys]                       broker -> worker: drop these tasks if not started
     DONE         [entries]                    worker -> broker; entries [[key, code, detail, nframes]]
     FETCH        [request_id, holder, keys]   worker -> broker: get me these values from holder
+    FETCH_FROM   [request_id, address, keys, nbytes]  broker -> worker, answering FETCH: they
+                                              are large (nbytes in all); GET them from the
+                                              holder's data socket yourself
+    RELAY_FETCH  [request_id, holder, keys]   worker -> broker: FETCH, never answered FETCH_FROM
     WORKER_DIED  [identity, running_keys, exitcode]   pool -> broker
     SECEDE       [keys]                       worker -> broker: these running tasks wait for
                                               other tasks (get_client in a task); do not count
@@ -57,10 +61,10 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
                                               again before I use them; broker -> worker: no
                                               task of yours uses these any more, drop them
 
-A worker started with a data address also listens there for clients (see
+A worker started with a data address also listens there for clients and other workers (see
 :mod:`zmqdask.direct`), on a ROUTER socket of its own.  It answers GET with DATA, and takes
-STORE as from the broker (confirming to the broker with DONE): a client told ELSEWHERE moves
-a large value to or from that worker in one hop.
+STORE as from the broker (confirming to the broker with DONE): a client told ELSEWHERE, or a
+worker told FETCH_FROM, moves a large value to or from that worker in one hop.
 
 Inline payloads: wherever an entry ends with ``nframes`` (SUBMIT, SCATTER, REPORT, COMPUTE,
 STORE, DATA and DONE entries), that field may instead be a ``bytes`` value: the entry's payload
@@ -124,6 +128,8 @@ SECEDE = 29
 FORGET_FUNCTIONS = 30
 RELAY_GATHER = 31
 PLACE = 32
+FETCH_FROM = 33
+RELAY_FETCH = 34
 
 COMMAND_NAMES: dict[int, str] = {
     value: name
@@ -529,6 +535,15 @@ def _v_fetch(h: list[Any]) -> int:
     return 0
 
 
+def _v_fetch_from(h: list[Any]) -> int:
+    _arity(h, 4)
+    _count(h[0])
+    _check(type(h[1]) is str and bool(h[1]), "address must be a non-empty string")
+    _keys(h[2])
+    _check(type(h[3]) is int and h[3] >= 0, "nbytes must be a non-negative int")
+    return 0
+
+
 def _v_fn_hashes(h: list[Any]) -> int:
     _arity(h, 1)
     _check(type(h[0]) is list, "function hashes must be a list")
@@ -570,6 +585,8 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     CANCEL_TASKS: _v_keys,
     DONE: _v_done,
     FETCH: _v_fetch,
+    FETCH_FROM: _v_fetch_from,
+    RELAY_FETCH: _v_fetch,
     WORKER_DIED: _v_worker_died,
     SECEDE: _v_keys,
     FORGET_FUNCTIONS: _v_fn_hashes,

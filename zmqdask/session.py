@@ -38,7 +38,7 @@ from zmqdask.config import (
     MAX_MESSAGE_BYTES,
     ZERO_COPY_THRESHOLD_BYTES,
 )
-from zmqdask.direct import DirectFetcher
+from zmqdask.direct import DirectFetcher, transfer_deadline_s
 from zmqdask.errors import (
     BrokerLostError,
     ClosedClientError,
@@ -732,7 +732,7 @@ class BrokerSession:
                 self._scatter_through_broker(key)
             elif key in self._placing and self._loop is not None:
                 self._placing_timers[key] = self._loop.call_later(
-                    fetcher.deadline_s(nbytes), self._placement_overdue, key, address
+                    transfer_deadline_s(nbytes), self._placement_overdue, key, address
                 )
 
         task = self._loop.create_task(put())

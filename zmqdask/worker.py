@@ -37,13 +37,14 @@ import zmq
 from zmqdask import protocol, serialize
 from zmqdask.batches import BatchResult, without_unpicklable
 from zmqdask.config import (
+    DIRECT_TIMEOUT_S,
     HEARTBEAT_INTERVAL_S,
     INLINE_RESULT_MAX_BYTES,
     IPC_BUFFER_BYTES,
     LIVENESS_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
 )
-from zmqdask.direct import bind_data_socket, send_to
+from zmqdask.direct import bind_data_socket, reachable, send_to, transfer_deadline_s
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
     STATE_CANCELLED,
@@ -72,6 +73,7 @@ from zmqdask.protocol import (
     ERRED,
     ERROR,
     FETCH,
+    FETCH_FROM,
     FINISHED,
     FORGET_FUNCTIONS,
     GET,
@@ -79,6 +81,7 @@ from zmqdask.protocol import (
     HEARTBEAT,
     HELLO,
     MISSING_DEPS,
+    RELAY_FETCH,
     ROLE_WORKER,
     SECEDE,
     STORE,
@@ -457,6 +460,7 @@ class Worker:
         liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
         security: Security | None = None,
         data_address: str = "",
+        direct_timeout_s: float = DIRECT_TIMEOUT_S,
     ) -> None:
         if nthreads < 1:
             raise UsageError(f"a worker needs at least one thread, got nthreads={nthreads}")
@@ -477,6 +481,8 @@ class Worker:
         # A data socket would carry values unencrypted past CURVE keys: none on such clusters.
         self.data_address = data_address if security is None else ""
         """Where to listen for clients' direct requests (see :mod:`zmqdask.direct`), or ""."""
+        self.direct_timeout_s = direct_timeout_s
+        """How long another worker's data socket may take to start answering a GET."""
         self._data_socket: zmq.Socket[Any] | None = None
         self._data_bound = ""
         self._slots = slots_view(running_slots) if running_slots is not None else None
@@ -494,6 +500,13 @@ class Worker:
         """Key of a task here not finished yet -> tasks sent ahead that need its value."""
         self._fetches: dict[int, list[str]] = {}
         """FETCH request id -> keys asked for."""
+        self._fetch_holders: dict[int, bytes] = {}
+        """FETCH request id -> the worker holding the keys (for RELAY_FETCH)."""
+        self._direct_deadlines: dict[int, tuple[float, str]] = {}
+        """Request id of a GET sent to another worker's data socket -> (deadline, address)."""
+        self._peer_sockets: dict[str, zmq.Socket[Any]] = {}
+        """Other workers' data sockets, by address (DEALERs, for FETCH_FROM)."""
+        self._failed_peers: set[str] = set()
         self._next_request = 1
         self._generation = 0
         self._done_entries: list[list[Any]] = []
@@ -518,6 +531,7 @@ class Worker:
             STORE: self._on_store,
             GET: self._on_get,
             DATA: self._on_data,
+            FETCH_FROM: self._on_fetch_from,
             DELETE: self._on_delete,
             CANCEL_TASKS: self._on_cancel_tasks,
             FORGET_FUNCTIONS: self._on_forget_functions,
@@ -621,13 +635,15 @@ class Worker:
                     self._send_results()
                     # The descriptor only signals edges, and any use of the socket (sending
                     # too) may consume one: poll only when nothing is waiting to be read.
-                    if _readable(link.socket) or (self._data_socket is not None and _readable(self._data_socket)):
+                    if self._readable_any():
                         continue
             if inline is not None:
                 # Outside the lock: the watch thread may need it to send heartbeats.
                 self._run_inline(inline)
                 continue
             timeout_s = link.deadline() - now
+            if self._direct_deadlines:
+                timeout_s = min(timeout_s, min(deadline for deadline, _ in self._direct_deadlines.values()) - now)
             if self.parent_pid is not None and self._parent_fd is None:
                 timeout_s = min(timeout_s, PARENT_CHECK_INTERVAL_S)
             ready = dict(poller.poll(max(0, math.ceil(timeout_s * 1000))))
@@ -728,7 +744,19 @@ class Worker:
             return False
         if self._data_socket is not None:
             self._drain_data(self._data_socket)
+        if self._peer_sockets:
+            self._drain_peers()
+        if self._direct_deadlines:
+            self._expire_direct(time.monotonic())
         return True
+
+    def _readable_any(self) -> bool:
+        """Whether a message waits in any socket (their descriptors only signal edges)."""
+        if _readable(self._link.socket):
+            return True
+        if self._data_socket is not None and _readable(self._data_socket):
+            return True
+        return any(_readable(sock) for sock in self._peer_sockets.values())
 
     def _send_results(self) -> None:
         """Send DONE for every task finished so far (lock held)."""
@@ -820,6 +848,68 @@ class Worker:
             if not send_to(sock, frames[0].bytes, protocol.encode(DATA, [request_id, entries, missing], payload)):
                 logger.debug("worker %s: a client cannot take a direct answer now; it will ask the broker", self.name)
 
+    def _on_fetch_from(self, message: Message) -> None:
+        request_id, address, keys, nbytes = message.header
+        if request_id not in self._fetches:
+            return  # answered or forgotten meanwhile
+        if address in self._failed_peers or not reachable(address):
+            self._relay_fetch(request_id, keys)
+            return
+        sock = self._peer_sockets.get(address)
+        if sock is None:
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            if address.startswith("ipc://"):
+                sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
+                sock.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
+            sock.connect(address)
+            self._peer_sockets[address] = sock
+            self._poller.register(sock, zmq.POLLIN)
+        sock.send_multipart(protocol.encode(GET, [request_id, keys]))
+        deadline = time.monotonic() + transfer_deadline_s(nbytes, self.direct_timeout_s)
+        self._direct_deadlines[request_id] = (deadline, address)
+
+    def _drain_peers(self) -> None:
+        """Take other workers' DATA answering direct GETs (lock held)."""
+        for sock in list(self._peer_sockets.values()):
+            for _ in range(MAX_MESSAGES_PER_TURN):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                try:
+                    message = protocol.decode(frames)
+                    if message.command != DATA:
+                        raise ProtocolError(f"{message.name} from a data socket")
+                except ProtocolError as exc:
+                    logger.warning("worker %s: dropped a malformed answer from a data socket: %s", self.name, exc)
+                    continue
+                # An answer that comes after its request was relayed is taken all the same
+                # if the relayed one has not come yet (_on_data ignores the later of the two).
+                self._direct_deadlines.pop(message.header[0], None)
+                self._on_data(message)
+
+    def _expire_direct(self, now: float) -> None:
+        expired = [rid for rid, (deadline, _) in self._direct_deadlines.items() if deadline <= now]
+        for request_id in expired:
+            _, address = self._direct_deadlines.pop(request_id)
+            if address not in self._failed_peers:
+                logger.warning("worker %s: no answer from the data socket at %s; using the broker", self.name, address)
+                self._failed_peers.add(address)
+                sock = self._peer_sockets.pop(address, None)
+                if sock is not None:
+                    self._poller.unregister(sock)
+                    sock.close(linger=0)
+            keys = self._fetches.get(request_id)
+            if keys is not None:
+                self._relay_fetch(request_id, keys)
+
+    def _relay_fetch(self, request_id: int, keys: list[str]) -> None:
+        holder = self._fetch_holders.get(request_id)
+        if holder is None:
+            return
+        self._link.send(RELAY_FETCH, [request_id, holder, keys])
+
     def _forget(self) -> None:
         """The broker forgot this worker: drop all state and register again."""
         logger.warning(
@@ -837,6 +927,8 @@ class Worker:
         self._waiting_on.clear()
         self._local_waiting.clear()
         self._fetches.clear()
+        self._fetch_holders.clear()
+        self._direct_deadlines.clear()
         self._store.clear()
         self._done_entries.clear()
         self._done_frames.clear()
@@ -862,6 +954,9 @@ class Worker:
             if self._data_socket is not None:
                 self._data_socket.close(linger=0)
                 self._data_socket = None
+            for sock in self._peer_sockets.values():
+                sock.close(linger=0)
+            self._peer_sockets.clear()
         self._context.term()  # bounded by the GOODBYE linger
         stopped = self._executor.stop(EXECUTOR_STOP_TIMEOUT_S)
         if stopped:
@@ -1001,6 +1096,7 @@ class Worker:
             request_id = self._next_request
             self._next_request = request_id + 1 if request_id < 1 << 31 else 1
             self._fetches[request_id] = keys
+            self._fetch_holders[request_id] = holder
             self._link.send(FETCH, [request_id, holder, keys])
 
     def _admit_with_inputs(self, task: Task, deps: list[list[Any]], fetch_by_holder: dict[bytes, list[str]]) -> None:
@@ -1049,6 +1145,7 @@ class Worker:
     def _on_data(self, message: Message) -> None:
         request_id, entries, _missing = message.header
         keys = self._fetches.pop(request_id, None)
+        self._fetch_holders.pop(request_id, None)
         if keys is None:
             logger.debug("worker %s: DATA for unknown request %d", self.name, request_id)
             return
@@ -1218,6 +1315,7 @@ def run_worker(
     liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
     security: Security | None = None,
     data_address: str = "",
+    direct_timeout_s: float = DIRECT_TIMEOUT_S,
 ) -> NoReturn:
     """Process entry point: run one worker, then end the process with its exit code.
 
@@ -1244,6 +1342,7 @@ def run_worker(
             liveness_timeout_s=liveness_timeout_s,
             security=security,
             data_address=data_address,
+            direct_timeout_s=direct_timeout_s,
         )
         code = worker.run()
     except BaseException:
