@@ -27,7 +27,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -86,6 +86,19 @@ def bind_data_socket(context: zmq.Context[Any], spec: str, identity: bytes) -> t
         logger.warning("cannot listen for direct transfers at %s (%s): values go through the broker", spec, exc)
         return None
     return sock, address
+
+
+_SocketT = TypeVar("_SocketT", bound=zmq.Socket[Any])
+
+
+def connect_data_socket(sock: _SocketT, address: str) -> _SocketT:
+    """Connect a new DEALER ``sock`` to the data socket at ``address``; returns it."""
+    sock.setsockopt(zmq.LINGER, 0)
+    if address.startswith("ipc://"):
+        sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
+        sock.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
+    sock.connect(address)
+    return sock
 
 
 def send_to(sock: zmq.Socket[Any], identity: bytes, frames: Sequence[Any]) -> bool:
@@ -208,12 +221,7 @@ class DirectFetcher:
     def _channel(self, address: str) -> tuple[zmq.asyncio.Socket, asyncio.Lock]:
         channel = self._channels.get(address)
         if channel is None:
-            sock = self._context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            if address.startswith("ipc://"):
-                sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
-                sock.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
-            sock.connect(address)
+            sock = connect_data_socket(self._context.socket(zmq.DEALER), address)
             channel = self._channels[address] = (sock, asyncio.Lock())
         return channel
 

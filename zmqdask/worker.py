@@ -44,7 +44,7 @@ from zmqdask.config import (
     LIVENESS_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
 )
-from zmqdask.direct import bind_data_socket, reachable, send_to, transfer_deadline_s
+from zmqdask.direct import bind_data_socket, connect_data_socket, reachable, send_to, transfer_deadline_s
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
     STATE_CANCELLED,
@@ -823,30 +823,38 @@ class Worker:
                 logger.exception("worker %s: failed to handle %s", self.name, message.name)
         return LinkEvent.NOTHING
 
-    def _drain_data(self, sock: zmq.Socket[Any]) -> None:
-        """Serve clients' direct requests (lock held): GET is answered from the values held
-        here; STORE is taken as from the broker, which the DONE confirming it goes to."""
+    def _direct_messages(
+        self, sock: zmq.Socket[Any], commands: frozenset[int], routed: bool
+    ) -> Iterator[tuple[bytes, Message]]:
+        """The waiting messages of a data socket (a ROUTER when ``routed``: with the
+        sender's identity) whose command is one of ``commands``; others are dropped."""
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                break
+                return
             try:
-                message = protocol.decode(frames[1:])
-                if message.command == STORE:
-                    self._on_store(message)
-                    continue
-                if message.command != GET:
-                    raise ProtocolError(f"{message.name} is not served on the data socket")
+                message = protocol.decode(frames[1:] if routed else frames)
+                if message.command not in commands:
+                    raise ProtocolError(f"{message.name} is not taken on a data socket")
             except ProtocolError as exc:
                 self._malformed += 1
                 level = logging.WARNING if self._malformed == 1 else logging.DEBUG
-                logger.log(level, "worker %s: dropped a malformed direct request: %s", self.name, exc)
+                logger.log(level, "worker %s: dropped a malformed message on a data socket: %s", self.name, exc)
+                continue
+            yield (frames[0].bytes if routed else b""), message
+
+    def _drain_data(self, sock: zmq.Socket[Any]) -> None:
+        """Serve direct requests (lock held): GET is answered from the values held here;
+        STORE is taken as from the broker, which the DONE confirming it goes to."""
+        for sender, message in self._direct_messages(sock, _SERVED_DIRECTLY, routed=True):
+            if message.command == STORE:
+                self._on_store(message)
                 continue
             request_id, keys = message.header
             entries, payload, missing = self._values_for(keys, limit=None)
-            if not send_to(sock, frames[0].bytes, protocol.encode(DATA, [request_id, entries, missing], payload)):
-                logger.debug("worker %s: a client cannot take a direct answer now; it will ask the broker", self.name)
+            if not send_to(sock, sender, protocol.encode(DATA, [request_id, entries, missing], payload)):
+                logger.debug("worker %s: a peer cannot take a direct answer now; it will ask the broker", self.name)
 
     def _on_fetch_from(self, message: Message) -> None:
         request_id, address, keys, nbytes = message.header
@@ -857,12 +865,7 @@ class Worker:
             return
         sock = self._peer_sockets.get(address)
         if sock is None:
-            sock = self._context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            if address.startswith("ipc://"):
-                sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
-                sock.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
-            sock.connect(address)
+            sock = connect_data_socket(self._context.socket(zmq.DEALER), address)
             self._peer_sockets[address] = sock
             self._poller.register(sock, zmq.POLLIN)
         sock.send_multipart(protocol.encode(GET, [request_id, keys]))
@@ -872,18 +875,7 @@ class Worker:
     def _drain_peers(self) -> None:
         """Take other workers' DATA answering direct GETs (lock held)."""
         for sock in list(self._peer_sockets.values()):
-            for _ in range(MAX_MESSAGES_PER_TURN):
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                try:
-                    message = protocol.decode(frames)
-                    if message.command != DATA:
-                        raise ProtocolError(f"{message.name} from a data socket")
-                except ProtocolError as exc:
-                    logger.warning("worker %s: dropped a malformed answer from a data socket: %s", self.name, exc)
-                    continue
+            for _, message in self._direct_messages(sock, _ANSWERS, routed=False):
                 # An answer that comes after its request was relayed is taken all the same
                 # if the relayed one has not come yet (_on_data ignores the later of the two).
                 self._direct_deadlines.pop(message.header[0], None)
