@@ -229,6 +229,9 @@ class Ledger:
         """How many records run each function (the broker keeps a function while any does)."""
         self.unreferenced_functions: list[bytes] = []
         """Functions whose last record was forgotten, for the broker's FunctionTable."""
+        self.awaiting: dict[TaskRecord, WorkerPeer | None] = {}
+        """Scattered values whose bytes a client is sending (PROCESSING, no payload here):
+        to that worker directly (PLACE, which the worker confirms), or to the broker (None)."""
         self._seq = itertools.count()
 
     # --- primitives -------------------------------------------------------------------
@@ -378,6 +381,8 @@ class Ledger:
             # answers (the result, or CANCELLED, which requeues) instead of running it twice.
             rec.waiting_on = None
             self.set_state(rec, PROCESSING)
+            return
+        if rec.is_data and self.ask_for_bytes(rec):
             return
         if rec.is_data or rec.payload is None:
             self.err(rec, lost_data_detail(rec.key) if rec.is_data else _unrecomputable(rec.key), (), lost=rec.is_data)
@@ -566,9 +571,12 @@ class Ledger:
         rec = self.tasks.get(key)
         if rec is not None:
             if rec.is_data and rec.state is PROCESSING and rec.payload is None and frames is not None:
-                # Placed with a worker directly and not confirmed: the client sends the bytes
-                # through the broker after all (that worker is unreachable, or died).
+                # Awaited from a client and not confirmed: the bytes come through the broker
+                # (that client could not reach the worker named, or was asked to send them).
                 rec.payload = frames
+                target = self.awaiting.pop(rec, None)
+                if target is not None and target.storing.get(key) is rec:
+                    del target.storing[key]
                 self.add_interest(rec, client, wanted=True, push=False)
                 return rec
             if rec.is_data and (rec.state is RELEASED or rec.state is ERRED) and rec.processing_on is None:
@@ -585,6 +593,30 @@ class Ledger:
         self.set_state(rec, PROCESSING)
         return rec
 
+    def ask_for_bytes(self, rec: TaskRecord) -> bool:
+        """Ask the clients holding the scattered ``rec`` to send its bytes again, through the
+        broker (REPORT ELSEWHERE with no address); False if no client that can is left.
+
+        A client keeps every value it scattered while it holds a future of it, so a value
+        whose last holder died, or whose direct transfer failed, is not lost while one does:
+        tasks waiting for it wait on.
+        """
+        senders = self._senders(rec)
+        if not senders:
+            return False
+        rec.payload = None
+        if rec.state is not PROCESSING:
+            self.set_state(rec, PROCESSING)
+        self.awaiting[rec] = None
+        for client in senders:
+            self.outbox.report(client, [rec.key, protocol.ELSEWHERE, ["", rec.nbytes, ""], 0])
+        return True
+
+    @staticmethod
+    def _senders(rec: TaskRecord) -> list[ClientPeer]:
+        """Live clients holding a future of the scattered ``rec`` that can send it again."""
+        return [client for client in rec.wanted_by or () if client.alive and client.direct]
+
     def store(self, worker: WorkerPeer, rec: TaskRecord) -> None:
         """Send a scattered value to ``worker`` (STORE uses no credit)."""
         if rec.payload is None:
@@ -597,6 +629,7 @@ class Ledger:
         rec = worker.storing.pop(key, None)
         if rec is None:
             return False
+        self.awaiting.pop(rec, None)
         state = rec.state
         if self.tasks.get(key) is not rec:
             self.outbox.delete(worker, key)
@@ -617,6 +650,7 @@ class Ledger:
         rec = worker.storing.pop(key, None)
         if rec is None:
             return False
+        self.awaiting.pop(rec, None)
         if self.tasks.get(key) is rec and rec.state is PROCESSING:
             self.err(rec, detail, frames)
         return True
@@ -899,8 +933,13 @@ class Ledger:
         """Release what nobody needs any more and forget what no dependent refers to."""
         candidates = self.candidates
         outbox = self.outbox
+        awaiting = self.awaiting
         while candidates:
             rec = candidates.pop()
+            if awaiting and rec in awaiting and awaiting[rec] is None and not self._senders(rec):
+                # Its bytes were asked of clients, and none that could send them wants it any more.
+                del awaiting[rec]
+                self.err(rec, lost_data_detail(rec.key), (), lost=True)
             state = rec.state
             if state is FORGOTTEN or self.needed(rec):
                 continue
@@ -920,6 +959,10 @@ class Ledger:
     def _forget(self, rec: TaskRecord) -> None:
         if self.tasks.get(rec.key) is rec:
             del self.tasks[rec.key]
+        if rec.is_data and self.awaiting:
+            target = self.awaiting.pop(rec, None)
+            if target is not None and target.storing.get(rec.key) is rec:
+                del target.storing[rec.key]
         self.counts[rec.state] -= 1
         rec.state = FORGOTTEN
         for dep in rec.deps:

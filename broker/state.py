@@ -759,33 +759,38 @@ class BrokerState:
         targets = [worker for worker in self._workers.values() if worker.data_address] if client.direct else []
         planned = {worker: worker.nbytes for worker in targets}
         for key, nbytes in entries:
-            if not targets or key in ledger.tasks:
-                # Through the broker: SCATTER handles a known key (and there is no worker to
-                # take it directly).
-                self._outbox.report(client, [key, protocol.ELSEWHERE, ["", nbytes, ""], 0])
-                continue
+            # A new key, or a scattered one that was lost or released, waits in PROCESSING
+            # with no payload for the client's bytes; a known one gets this client's interest
+            # (and FINISHED if it is in memory: nothing needs sending).
             rec = ledger.scatter(client, key, None)
             if rec is None:
+                known = ledger.tasks[key]
+                if known in ledger.awaiting and ledger.awaiting[known] is None:
+                    # Asked of another client too: whoever sends it first provides it.
+                    self._outbox.report(client, [key, protocol.ELSEWHERE, ["", nbytes, ""], 0])
+                continue
+            if not targets:
+                ledger.awaiting[rec] = None
+                self._outbox.report(client, [key, protocol.ELSEWHERE, ["", nbytes, ""], 0])
                 continue
             target = min(targets, key=planned.__getitem__)
             planned[target] += nbytes + 1
-            # The worker confirms with DONE once the client's STORE reached it; until then
-            # the record waits in PROCESSING with no payload, as a STORE in flight does.
+            # The worker confirms with DONE once the client's STORE reached it, as for a
+            # STORE from the broker.
             target.storing[key] = rec
+            ledger.awaiting[rec] = target
             self._outbox.report(client, [key, protocol.ELSEWHERE, ["", nbytes, target.data_address], 0])
             self.counters.direct_stores += 1
 
     def _place_store(self, rec: TaskRecord) -> None:
         """Send a scattered value whose holder-to-be died before confirming it elsewhere."""
-        if any(rec.key in worker.storing for worker in self._workers.values()):
+        if any(worker.storing.get(rec.key) is rec for worker in self._workers.values()):
             return
         if rec.payload is None:
             # Sent to that worker directly: only the client has the bytes, and is asked
             # to send them again, through the broker this time.
-            clients = [client for client in rec.wanted_by or () if client.alive and client.direct]
-            for client in clients:
-                self._outbox.report(client, [rec.key, protocol.ELSEWHERE, ["", rec.nbytes, ""], 0])
-            if not clients:
+            if not self.ledger.ask_for_bytes(rec):
+                self.ledger.awaiting.pop(rec, None)
                 self.ledger.err(rec, lost_data_detail(rec.key), (), lost=True)
             return
         if self._workers:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +89,39 @@ def test_a_placed_value_is_confirmed_by_the_worker_it_was_sent_to(h: Harness) ->
     assert h.state.info()["tasks"].get("memory") == 1
 
 
-@pytest.mark.parametrize("case", ["no data worker", "known key", "client without direct"])
+@pytest.mark.parametrize("case", ["no data worker", "client without direct"])
 def test_place_answers_send_it_through_me_when_it_cannot_place(h: Harness, case: str) -> None:
     h.worker(b"w1", data_address="" if case == "no data worker" else DATA_ADDRESS)
     _direct_client(h, b"c1", direct=case != "client without direct")
-    if case == "known key":
-        h.send(b"c1", P.SCATTER, [[["big", 1]], False], [b"x" * 100])
     out = h.send(b"c1", P.PLACE, [[["big", BIG]]])
     assert report_entries(out, b"c1")["big"] == ["big", P.ELSEWHERE, ["", BIG, ""], 0]
     assert h.state.counters.direct_stores == 0
+    out = h.send(b"c1", P.SCATTER, [[["big", 1]], False], [b"payload"])
+    assert one(out, b"w1", P.STORE).header[0] == [["big", 1]]
+    assert report_entries(h.finish(b"w1", "big"), b"c1")["big"][1] == P.FINISHED
+
+
+def test_placing_a_known_value_sends_nothing(h: Harness) -> None:
+    h.worker(b"w1", data_address=DATA_ADDRESS)
+    _direct_client(h, b"c1")
+    _direct_client(h, b"c2")
+    h.send(b"c1", P.SCATTER, [[["big", 1]], False], [b"payload"])
+    h.finish(b"w1", "big")
+    out = h.send(b"c2", P.PLACE, [[["big", BIG]]])
+    assert report_entries(out, b"c2")["big"][1] == P.FINISHED
+    assert msgs(out, b"w1", P.STORE) == [] and h.state.counters.direct_stores == 0
+
+
+def test_a_value_placed_while_another_client_sends_it_waits_for_that(h: Harness) -> None:
+    h.worker(b"w1", data_address=DATA_ADDRESS)
+    _direct_client(h, b"c1")
+    _direct_client(h, b"c2")
+    h.send(b"c1", P.PLACE, [[["big", BIG]]])
+    out = h.send(b"c2", P.PLACE, [[["big", BIG]]])
+    assert report_entries(out, b"c2") == {}  # c1's bytes are on their way to w1
+    out = h.finish(b"w1", "big")
+    assert report_entries(out, b"c1")["big"][1] == P.FINISHED
+    assert report_entries(out, b"c2")["big"][1] == P.FINISHED
 
 
 def test_a_placed_value_whose_worker_died_is_asked_for_again_and_kept(h: Harness) -> None:
@@ -224,6 +249,8 @@ def test_data_addresses_are_checked(tmp_path: Path) -> None:
         ("tcp://10.0.0.5:9000", "without a port"),
         (f"ipc://{tmp_path}/missing", "not a directory"),
         ("10.0.0.5", "expected ipc://DIRECTORY or tcp://HOST"),
+        ("tcp://*", "not a wildcard"),
+        ("tcp://0.0.0.0", "not a wildcard"),
     ]:
         with pytest.raises(UsageError, match=hint):
             check_data_address(bad)
@@ -377,3 +404,117 @@ def test_workers_move_large_inputs_between_them_directly() -> None:
         total = client.submit(np.add, held[0], held[1])
         assert np.array_equal(total.result(timeout=30), first + second)
         assert client.scheduler_info()["direct_fetches"] == 1
+
+
+# --- what goes wrong on the way ------------------------------------------------------------
+
+
+def test_a_value_given_up_on_a_worker_is_placed_again_when_its_new_holder_dies(h: Harness) -> None:
+    h.worker(b"w3")  # no data address
+    h.worker(b"w1", data_address="tcp://10.0.0.1:5555")
+    _direct_client(h, b"c1")
+    h.send(b"c1", P.PLACE, [[["big", BIG]]])
+    h.submit(b"c1", [("uses-big", ["big"])])
+    # The client could not reach w1 and sends the bytes through the broker; w3 takes them.
+    out = h.send(b"c1", P.SCATTER, [[["big", 1]], False], [b"payload"])
+    assert [identity for identity, m in out if m.command == P.STORE] == [b"w3"]
+    assert "big" not in h.state.workers[b"w1"].storing  # w1's placement is void
+    out = h.send(b"w3", P.GOODBYE, ["leaving"])  # before confirming it
+    assert one(out, b"w1", P.STORE).header[0] == [["big", 1]]
+
+
+def test_bytes_asked_of_clients_that_all_let_go_are_lost(h: Harness) -> None:
+    h.worker(b"w1", data_address=DATA_ADDRESS)
+    _direct_client(h, b"c1")
+    h.send(b"c1", P.PLACE, [[["big", BIG]]])
+    h.submit(b"c1", [("uses-big", ["big"])])
+    out = h.send(b"w1", P.GOODBYE, ["leaving"])
+    assert report_entries(out, b"c1")["big"][1] == P.ELSEWHERE  # send it again, please
+    h.worker(b"w2")
+    out = h.send(b"c1", P.RELEASE, [["big"]])  # ... but the client let it go meanwhile
+    out += h.tick(0.01)
+    assert report_entries(out, b"c1")["uses-big"][1] == P.ERRED
+    assert h.state.ledger.awaiting == {}
+
+
+def test_a_scattered_value_whose_holder_died_is_sent_again_by_its_client(h: Harness) -> None:
+    h.worker(b"w1")
+    h.worker(b"w2")
+    _direct_client(h, b"c1")
+    out = h.send(b"c1", P.SCATTER, [[["data", 1]], False], [b"payload"])
+    holder = next(identity for identity, m in out if m.command == P.STORE)
+    h.finish(holder, "data")
+    h.submit(b"c1", [("uses-data", ["data"])])
+    out = h.send(holder, P.GOODBYE, ["leaving"])
+    assert report_entries(out, b"c1")["data"] == ["data", P.ELSEWHERE, ["", 8, ""], 0]
+    other = b"w2" if holder == b"w1" else b"w1"
+    out = h.send(b"c1", P.SCATTER, [[["data", 1]], False], [b"payload"])
+    one(out, other, P.STORE)
+    out = h.finish(other, "data")
+    assert "uses-data" in [entry[0] for m in msgs(out, other, P.COMPUTE) for entry in m.header[1]]
+
+
+def test_a_client_keeps_few_connections_to_data_sockets() -> None:
+    import zmq
+
+    from zmqdask.direct import _MAX_CHANNELS, DirectFetcher
+
+    context = zmq.Context()
+    try:
+        fetcher = DirectFetcher(context)
+        for port in range(40000, 40000 + 3 * _MAX_CHANNELS):
+            fetcher._channel(f"tcp://127.0.0.1:{port}")
+        assert len(fetcher._channels) == _MAX_CHANNELS
+        assert f"tcp://127.0.0.1:{40000 + 3 * _MAX_CHANNELS - 1}" in fetcher._channels
+        fetcher.close()
+    finally:
+        context.term()
+
+
+def test_a_placement_released_before_it_is_confirmed_leaves_nothing_behind(
+    client: Client, monkeypatch: pytest.MonkeyPatch, wait_until: Any
+) -> None:
+    import zmqdask.direct
+
+    monkeypatch.setattr(zmqdask.direct, "DIRECT_TIMEOUT_S", 0.2)
+    array = _big_array(8)
+    client.submit(np.sum, array)  # dropped at once
+    session: Any = client
+    wait_until(lambda: not session._placing, timeout=10)
+    wait_until(lambda: client.scheduler_info()["tasks"]["memory"] == 0, timeout=10)
+    assert session._direct is None or not session._direct._failed
+    assert client.submit(np.sum, array).result(timeout=30) == pytest.approx(array.sum())
+
+
+def test_a_scattered_array_dropped_and_passed_again_is_found(client: Client) -> None:
+    for seed in range(10):
+        array = _big_array(100 + seed)
+        held = client.scatter(array)
+        del held  # a release still pending when the same array is passed again
+        assert client.submit(np.sum, array).result(timeout=30) == pytest.approx(array.sum())
+
+
+def _slow_sum(array: np.ndarray) -> float:
+    import time
+
+    time.sleep(3)
+    return float(array.sum())
+
+
+@pytest.mark.slow
+def test_arguments_and_scattered_values_outlive_the_worker_holding_them() -> None:
+    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster, timeout=30) as client:
+        client.wait_for_workers(2, timeout=60)
+        array = _big_array(9)
+        total = client.submit(_slow_sum, array)
+        deadline = time.monotonic() + 30
+        while True:
+            workers = client.scheduler_info()["workers"].values()
+            busy = [w for w in workers if w["processing"] and w["nkeys"]]
+            if busy:
+                break
+            assert time.monotonic() < deadline, "the task never started next to its argument"
+            time.sleep(0.05)
+        os.kill(busy[0]["pid"], signal.SIGKILL)  # the argument and the running task go
+        # The client still has the array: it sends it again, and the task runs again.
+        assert total.result(timeout=60) == pytest.approx(array.sum())

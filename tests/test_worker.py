@@ -754,6 +754,30 @@ def test_inputs_told_to_be_elsewhere_are_fetched_from_the_holder_directly(
     assert serialize.loads(broker.done({"sum"})["sum"][2]) == 41
 
 
+def test_inputs_a_holder_does_not_have_are_asked_of_the_broker_again(
+    broker: ScriptedBroker, workers: WorkerProcesses, peer: FakeDataSocket
+) -> None:
+    identity = register(broker, workers)
+    compute(
+        broker,
+        identity,
+        [("sum", sum_refs, ([TaskRef("a"), TaskRef("b")],), [["a", b"w-far"], ["b", b"w-far"]], FLAG_PUSH_RESULT)],
+    )
+    _, fetch = broker.expect(FETCH, identity)
+    request_id, _, keys = fetch.header
+    broker.send(identity, FETCH_FROM, [request_id, peer.address, keys, 8])
+    asker, (get_id, _) = peer.expect_get()
+    frames = serialize.dumps(1)
+    peer.socket.send_multipart([asker, *encode(DATA, [get_id, [["a", len(frames)]], ["b"]], frames)])
+    # Not reported as missing: the broker, which believes w-far holds it, must hear it says no.
+    _, relay = broker.expect(RELAY_FETCH, identity)
+    again, holder, missing = relay.header
+    assert (holder, missing) == (b"w-far", ["b"]) and again != request_id
+    frames = serialize.dumps(2)
+    broker.send(identity, DATA, [again, [["b", len(frames)]], []], frames)
+    assert serialize.loads(broker.done({"sum"})["sum"][2]) == 3
+
+
 def test_a_holder_that_does_not_answer_is_given_up_for_the_broker(
     broker: ScriptedBroker, workers: WorkerProcesses, peer: FakeDataSocket
 ) -> None:

@@ -578,7 +578,9 @@ class Client(BrokerSession):
             state = self._futures.get(key)
             if state is None or state.status in (CANCELLED, LOST, ERROR):
                 if self._releases:
-                    self._take_back_release(key, False)
+                    # Held by a Future again at once: a pending release of it is dropped, so
+                    # the broker keeps the value it may still hold (and says FINISHED).
+                    self._take_back_release(key, True)
                 state = self._futures[key] = FutureState(key)
                 state.value = value
                 state.has_value = True

@@ -58,9 +58,11 @@ DIRECT_MIN_BYTES = 1024 * 1024
 directly, in one hop, rather than through the broker (two hops, each a full copy through the
 kernel): gathered values, and scattered ones."""
 
-DIRECT_TIMEOUT_S = 10.0
-"""How long a client waits for a worker's data socket to answer, beyond the time the bytes
-themselves take (see :data:`DIRECT_MIN_BYTES_PER_S`), before it falls back to the broker."""
+DIRECT_TIMEOUT_S = 3.0
+"""How long a peer waits for a worker's data socket to answer, beyond the time the bytes
+themselves take (see :data:`DIRECT_MIN_BYTES_PER_S`), before it falls back to the broker.
+A live worker's main thread answers within milliseconds; this is mostly the time a peer
+loses to a worker that died while it was asking."""
 
 DIRECT_MIN_BYTES_PER_S = 50 * 1024 * 1024
 """The slowest transfer rate a direct transfer's deadline allows for its bytes."""

@@ -38,6 +38,15 @@ from zmqdask.errors import ProtocolError, UsageError
 
 logger = logging.getLogger(__name__)
 
+_WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
+
+_MAX_CHANNELS = 16
+"""Most data sockets of other workers a peer keeps connected; the least recently used one
+is closed past that (workers that died leave theirs behind)."""
+
+_RECONNECT_IVL_MAX_MS = 5000
+"""Longest wait between ZeroMQ's attempts to reconnect a data socket whose peer went away."""
+
 _MAX_IPC_PATH = 100
 """Longest Unix socket path bound (the system limit is 107 or 108 bytes)."""
 
@@ -54,6 +63,12 @@ def check_data_address(spec: str) -> str:
         if not host or re.fullmatch(r".*[^:]:\d+", host):
             raise UsageError(
                 f"data address {spec!r}: expected tcp://HOST, without a port (each worker takes a free one)"
+            )
+        if host in _WILDCARD_HOSTS:
+            # Workers announce the address they bound: it must be one that others can reach.
+            raise UsageError(
+                f"data address {spec!r}: give an address of this host that clients and other workers can "
+                "reach (its IP address or host name), not a wildcard"
             )
         return spec
     raise UsageError(f"data address {spec!r}: expected ipc://DIRECTORY or tcp://HOST")
@@ -94,10 +109,15 @@ _SocketT = TypeVar("_SocketT", bound=zmq.Socket[Any])
 def connect_data_socket(sock: _SocketT, address: str) -> _SocketT:
     """Connect a new DEALER ``sock`` to the data socket at ``address``; returns it."""
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
     if address.startswith("ipc://"):
         sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
         sock.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
-    sock.connect(address)
+    try:
+        sock.connect(address)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
     return sock
 
 
@@ -162,10 +182,10 @@ class DirectFetcher:
         worker to the broker, not to us); False if it could not even be queued."""
         if not self.usable(address):
             return False
-        sock, _ = self._channel(address)
         field = protocol.payload_field(frames)
         message = protocol.encode(protocol.STORE, [[[key, field]]], frames if type(field) is not bytes else ())
         try:
+            sock, _ = self._channel(address)
             # Queued without copying; ZeroMQ sends it while the loop goes on.
             await sock.send_multipart(message, copy=False)
         except zmq.ZMQError as exc:
@@ -184,7 +204,12 @@ class DirectFetcher:
         """
         if not self.usable(address):
             return None
-        sock, lock = self._channel(address)
+        try:
+            sock, lock = self._channel(address)
+        except zmq.ZMQError as exc:
+            logger.warning("cannot connect to the worker at %s (%s); using the broker", address, exc)
+            self._failed.add(address)
+            return None
         timeout = transfer_deadline_s(nbytes)
         async with lock:
             if sock.closed:
@@ -219,10 +244,15 @@ class DirectFetcher:
                 return message
 
     def _channel(self, address: str) -> tuple[zmq.asyncio.Socket, asyncio.Lock]:
-        channel = self._channels.get(address)
+        channels = self._channels
+        channel = channels.pop(address, None)
         if channel is None:
+            idle = [other for other, (_, lock) in channels.items() if not lock.locked()]
+            for other in idle[: max(0, len(channels) + 1 - _MAX_CHANNELS)]:
+                self._drop(other)  # the least recently used first (dicts keep insertion order)
             sock = connect_data_socket(self._context.socket(zmq.DEALER), address)
-            channel = self._channels[address] = (sock, asyncio.Lock())
+            channel = (sock, asyncio.Lock())
+        channels[address] = channel  # now the most recently used
         return channel
 
     def _drop(self, address: str) -> None:

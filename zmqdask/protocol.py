@@ -400,7 +400,7 @@ def _v_place(h: list[Any]) -> int:
     for entry in h[0]:
         _check(type(entry) is list and len(entry) == 2, "entry must be [key, nbytes]")
         _key(entry[0])
-        _count(entry[1])
+        _check(type(entry[1]) is int and 0 <= entry[1] < 1 << 63, "nbytes must be a non-negative int")
     return 0
 
 
@@ -540,7 +540,7 @@ def _v_fetch_from(h: list[Any]) -> int:
     _count(h[0])
     _check(type(h[1]) is str and bool(h[1]), "address must be a non-empty string")
     _keys(h[2])
-    _check(type(h[3]) is int and h[3] >= 0, "nbytes must be a non-negative int")
+    _check(type(h[3]) is int and 0 <= h[3] < 1 << 63, "nbytes must be a non-negative int")
     return 0
 
 

@@ -697,7 +697,12 @@ class BrokerSession:
         self, fetcher: DirectFetcher, address: str, wanted: list[tuple[FutureState, str, int]]
     ) -> None:
         keys = [state.key for state, _, _ in wanted]
-        answer = await fetcher.fetch(address, keys, sum(nbytes for _, _, nbytes in wanted))
+        try:
+            answer = await fetcher.fetch(address, keys, sum(nbytes for _, _, nbytes in wanted))
+        except Exception:
+            # Whatever went wrong here, the broker can still serve them.
+            logger.exception("a direct fetch from %s failed; asking the broker", address)
+            answer = None
         if answer is None:
             self._relay_gather(keys)
             return
@@ -728,7 +733,12 @@ class BrokerSession:
             return
 
         async def put() -> None:
-            if not await fetcher.put(address, key, frames):
+            try:
+                sent = await fetcher.put(address, key, frames)
+            except Exception:
+                logger.exception("a direct transfer to %s failed; sending through the broker", address)
+                sent = False
+            if not sent:
                 self._scatter_through_broker(key)
             elif key in self._placing and self._loop is not None:
                 self._placing_timers[key] = self._loop.call_later(
@@ -741,9 +751,15 @@ class BrokerSession:
 
     def _placement_overdue(self, key: str, address: str) -> None:
         self._placing_timers.pop(key, None)
-        if key in self._placing and self._direct is not None:
+        if key not in self._placing:
+            return
+        if key not in self._futures:
+            # Released before the broker confirmed it: nobody here waits for that any more.
+            self._placed(key)
+            return
+        if self._direct is not None:
             self._direct.give_up(address)
-            self._scatter_through_broker(key)
+        self._scatter_through_broker(key)
 
     def _placed(self, key: str) -> None:
         """The broker answered for the scattered ``key``: its frames are not needed any more."""

@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, cast
 
 import zmq
@@ -107,6 +107,14 @@ EXIT_PARENT_GONE = 4
 GOODBYE_LINGER_S = 1.0
 """How long a leaving peer lets its last messages go out before dropping them."""
 MAX_MESSAGES_PER_TURN = 1000
+
+_SERVED_DIRECTLY = frozenset({GET, STORE})
+"""What a worker's data socket takes from clients and other workers."""
+_ANSWERS = frozenset({DATA})
+"""What comes back from another worker's data socket."""
+
+MAX_PEER_SOCKETS = 16
+"""Most connections a worker keeps to other workers' data sockets (see _close_idle_peers)."""
 """Broker messages handled before finished results get their turn again."""
 EXECUTOR_STOP_TIMEOUT_S = 0.2
 """How long a stopping worker waits for executor threads to finish their current task."""
@@ -849,7 +857,7 @@ class Worker:
         STORE is taken as from the broker, which the DONE confirming it goes to."""
         for sender, message in self._direct_messages(sock, _SERVED_DIRECTLY, routed=True):
             if message.command == STORE:
-                self._on_store(message)
+                self._on_store(message, direct=True)
                 continue
             request_id, keys = message.header
             entries, payload, missing = self._values_for(keys, limit=None)
@@ -863,12 +871,19 @@ class Worker:
         if address in self._failed_peers or not reachable(address):
             self._relay_fetch(request_id, keys)
             return
-        sock = self._peer_sockets.get(address)
-        if sock is None:
-            sock = connect_data_socket(self._context.socket(zmq.DEALER), address)
-            self._peer_sockets[address] = sock
-            self._poller.register(sock, zmq.POLLIN)
-        sock.send_multipart(protocol.encode(GET, [request_id, keys]))
+        sock = self._peer_sockets.pop(address, None)
+        try:
+            if sock is None:
+                self._close_idle_peers()
+                sock = connect_data_socket(self._context.socket(zmq.DEALER), address)
+                self._poller.register(sock, zmq.POLLIN)
+            self._peer_sockets[address] = sock  # now the most recently used
+            sock.send_multipart(protocol.encode(GET, [request_id, keys]), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            logger.warning("worker %s: cannot reach %s (%s); using the broker", self.name, address, exc)
+            self._give_up_peer(address)
+            self._relay_fetch(request_id, keys)
+            return
         deadline = time.monotonic() + transfer_deadline_s(nbytes, self.direct_timeout_s)
         self._direct_deadlines[request_id] = (deadline, address)
 
@@ -878,7 +893,22 @@ class Worker:
             for _, message in self._direct_messages(sock, _ANSWERS, routed=False):
                 # An answer that comes after its request was relayed is taken all the same
                 # if the relayed one has not come yet (_on_data ignores the later of the two).
-                self._direct_deadlines.pop(message.header[0], None)
+                request_id, entries, _ = message.header
+                self._direct_deadlines.pop(request_id, None)
+                keys = self._fetches.get(request_id)
+                if keys is None:
+                    continue
+                returned = {entry[0] for entry in entries}
+                absent = [key for key in keys if key not in returned]
+                holder = self._fetch_holders.get(request_id)
+                if absent and holder is not None:
+                    # The holder does not have them (any more): the broker asks it again, and
+                    # so learns where they are not, then finds them or has them recomputed.
+                    self._fetches[request_id] = [key for key in keys if key in returned]
+                    again = self._new_request_id()
+                    self._fetches[again] = absent
+                    self._fetch_holders[again] = holder
+                    self._link.send(RELAY_FETCH, [again, holder, absent])
                 self._on_data(message)
 
     def _expire_direct(self, now: float) -> None:
@@ -887,14 +917,31 @@ class Worker:
             _, address = self._direct_deadlines.pop(request_id)
             if address not in self._failed_peers:
                 logger.warning("worker %s: no answer from the data socket at %s; using the broker", self.name, address)
-                self._failed_peers.add(address)
-                sock = self._peer_sockets.pop(address, None)
-                if sock is not None:
-                    self._poller.unregister(sock)
-                    sock.close(linger=0)
+                self._give_up_peer(address)
             keys = self._fetches.get(request_id)
             if keys is not None:
                 self._relay_fetch(request_id, keys)
+
+    def _give_up_peer(self, address: str) -> None:
+        self._failed_peers.add(address)
+        self._close_peer(address)
+
+    def _close_peer(self, address: str) -> None:
+        sock = self._peer_sockets.pop(address, None)
+        if sock is not None:
+            self._poller.unregister(sock)
+            sock.close(linger=0)
+
+    def _close_idle_peers(self) -> None:
+        """Keep fewer than MAX_PEER_SOCKETS connections to other workers' data sockets:
+        close the least recently used that no request waits on (workers that died leave
+        theirs behind)."""
+        excess = len(self._peer_sockets) + 1 - MAX_PEER_SOCKETS
+        if excess <= 0:
+            return
+        busy = {address for _, address in self._direct_deadlines.values()}
+        for address in [a for a in self._peer_sockets if a not in busy][:excess]:
+            self._close_peer(address)
 
     def _relay_fetch(self, request_id: int, keys: list[str]) -> None:
         holder = self._fetch_holders.get(request_id)
@@ -1085,11 +1132,15 @@ class Worker:
             else:
                 self._executor.submit(task)
         for holder, keys in fetch_by_holder.items():
-            request_id = self._next_request
-            self._next_request = request_id + 1 if request_id < 1 << 31 else 1
+            request_id = self._new_request_id()
             self._fetches[request_id] = keys
             self._fetch_holders[request_id] = holder
             self._link.send(FETCH, [request_id, holder, keys])
+
+    def _new_request_id(self) -> int:
+        request_id = self._next_request
+        self._next_request = request_id + 1 if request_id < 1 << 31 else 1
+        return request_id
 
     def _admit_with_inputs(self, task: Task, deps: list[list[Any]], fetch_by_holder: dict[bytes, list[str]]) -> None:
         store = self._store
@@ -1175,10 +1226,14 @@ class Worker:
                 else:
                     self._executor.submit(task)
 
-    def _on_store(self, message: Message) -> None:
+    def _on_store(self, message: Message, direct: bool = False) -> None:
         position = 0
         for key, nframes in message.header[0]:
             frames, position = entry_payload(nframes, message.payload, position)
+            if direct and key in self._tasks:
+                # A task's key, sent by a peer: its DONE would pass for the task's result.
+                logger.warning("worker %s: refused a direct STORE of %r, the key of a task here", self.name, key)
+                continue
             try:
                 value = serialize.loads(frames)
             except Exception as exc:
