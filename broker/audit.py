@@ -52,6 +52,13 @@ def audit_ledger(ledger: Ledger, workers: Mapping[bytes, WorkerPeer], clients: M
         for client in (rec.wanted_by or ()) + (rec.push_to or ()):
             if client not in live_clients or rec not in client.interest:
                 problems.append(f"{key!r}: wanted by dead or unaware client {client!r}")
+    for rec, target in ledger.awaiting.items():
+        key = rec.key
+        awaitable = rec.is_data and rec.state is PROCESSING and rec.payload is None
+        if ledger.tasks.get(key) is not rec or not awaitable:
+            problems.append(f"{key!r}: awaited from a client but {rec.state}, payload {rec.payload is not None}")
+        if target is not None and (target not in live_workers or target.storing.get(key) is not rec):
+            problems.append(f"{key!r}: placed on {target!r}, which is gone or does not expect it")
     if counts != ledger.counts:
         problems.append(f"state counts {ledger.counts} but actual {counts}")
     refs: dict[bytes, int] = {}

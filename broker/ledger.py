@@ -574,9 +574,7 @@ class Ledger:
                 # Awaited from a client and not confirmed: the bytes come through the broker
                 # (that client could not reach the worker named, or was asked to send them).
                 rec.payload = frames
-                target = self.awaiting.pop(rec, None)
-                if target is not None and target.storing.get(key) is rec:
-                    del target.storing[key]
+                self._unawait(rec)
                 self.add_interest(rec, client, wanted=True, push=False)
                 return rec
             if rec.is_data and (rec.state is RELEASED or rec.state is ERRED) and rec.processing_on is None:
@@ -611,6 +609,12 @@ class Ledger:
         for client in senders:
             self.outbox.report(client, [rec.key, protocol.ELSEWHERE, ["", rec.nbytes, ""], 0])
         return True
+
+    def _unawait(self, rec: TaskRecord) -> None:
+        """``rec``'s bytes are no longer awaited: void its placement on a worker, if any."""
+        target = self.awaiting.pop(rec, None)
+        if target is not None and target.storing.get(rec.key) is rec:
+            del target.storing[rec.key]
 
     @staticmethod
     def _senders(rec: TaskRecord) -> list[ClientPeer]:
@@ -952,6 +956,8 @@ class Ledger:
             elif state is PROCESSING:
                 if rec.processing_on is not None:
                     outbox.cancel_task(rec.processing_on, rec.key)
+                if awaiting:
+                    self._unawait(rec)
                 self.set_state(rec, RELEASED)
             if rec.dependents is None and rec.processing_on is None and rec.state is not MEMORY:
                 self._forget(rec)
@@ -960,9 +966,7 @@ class Ledger:
         if self.tasks.get(rec.key) is rec:
             del self.tasks[rec.key]
         if rec.is_data and self.awaiting:
-            target = self.awaiting.pop(rec, None)
-            if target is not None and target.storing.get(rec.key) is rec:
-                del target.storing[rec.key]
+            self._unawait(rec)
         self.counts[rec.state] -= 1
         rec.state = FORGOTTEN
         for dep in rec.deps:

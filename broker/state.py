@@ -764,9 +764,10 @@ class BrokerState:
             # (and FINISHED if it is in memory: nothing needs sending).
             rec = ledger.scatter(client, key, None)
             if rec is None:
-                known = ledger.tasks[key]
-                if known in ledger.awaiting and ledger.awaiting[known] is None:
-                    # Asked of another client too: whoever sends it first provides it.
+                if ledger.tasks[key] in ledger.awaiting:
+                    # Its bytes are awaited from another client, which may never send them
+                    # (it may leave first): this one sends them through the broker too, and
+                    # whichever comes first provides the value.
                     self._outbox.report(client, [key, protocol.ELSEWHERE, ["", nbytes, ""], 0])
                 continue
             if not targets:

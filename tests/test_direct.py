@@ -112,16 +112,22 @@ def test_placing_a_known_value_sends_nothing(h: Harness) -> None:
     assert msgs(out, b"w1", P.STORE) == [] and h.state.counters.direct_stores == 0
 
 
-def test_a_value_placed_while_another_client_sends_it_waits_for_that(h: Harness) -> None:
+def test_a_value_placed_by_two_clients_comes_from_whichever_sends_it(h: Harness) -> None:
     h.worker(b"w1", data_address=DATA_ADDRESS)
     _direct_client(h, b"c1")
     _direct_client(h, b"c2")
     h.send(b"c1", P.PLACE, [[["big", BIG]]])
     out = h.send(b"c2", P.PLACE, [[["big", BIG]]])
-    assert report_entries(out, b"c2") == {}  # c1's bytes are on their way to w1
+    # c1 may never send it (it may leave first): c2 is asked to send it through the broker.
+    assert report_entries(out, b"c2")["big"] == ["big", P.ELSEWHERE, ["", BIG, ""], 0]
+    h.submit(b"c2", [("uses-big", ["big"])])
+    h.send(b"c1", P.GOODBYE, ["leaving"])
+    out = h.send(b"c2", P.SCATTER, [[["big", 1]], False], [b"payload"])
+    one(out, b"w1", P.STORE)
     out = h.finish(b"w1", "big")
-    assert report_entries(out, b"c1")["big"][1] == P.FINISHED
     assert report_entries(out, b"c2")["big"][1] == P.FINISHED
+    assert "uses-big" in [entry[0] for m in msgs(out, b"w1", P.COMPUTE) for entry in m.header[1]]
+    assert h.state.ledger.awaiting == {}
 
 
 def test_a_placed_value_whose_worker_died_is_asked_for_again_and_kept(h: Harness) -> None:

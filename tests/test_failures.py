@@ -430,6 +430,12 @@ def test_broker_restart_resends_scattered_inputs(cluster: Cluster) -> None:
         assert data.result(timeout=5) == list(range(1000))
         assert computed.result(timeout=5) == list(range(1000))
         assert running.result(timeout=5) == [*range(1000), 0]
+        # Held but needed by no task at the kill: sent again all the same, so it can still be used.
+        [spare] = client.scatter([list(range(50))])
+        wait_all([spare], timeout=30)
+        cluster.broker.kill()
+        cluster.restart_broker()
+        assert client.submit(sum, spare).result(timeout=60) == sum(range(50))
 
 
 RECONNECT_TIMEOUT_S = 3.0

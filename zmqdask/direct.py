@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -43,6 +44,10 @@ _WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
 _MAX_CHANNELS = 16
 """Most data sockets of other workers a peer keeps connected; the least recently used one
 is closed past that (workers that died leave theirs behind)."""
+
+FAILED_COOLDOWN_S = 30.0
+"""How long a peer uses the broker instead of a data socket that failed it (not answering
+in time, refusing the connection) before it tries that socket again."""
 
 _RECONNECT_IVL_MAX_MS = 5000
 """Longest wait between ZeroMQ's attempts to reconnect a data socket whose peer went away."""
@@ -155,62 +160,91 @@ class DirectFetcher:
     """The client's side: one DEALER per worker data address, one request at a time on each.
 
     Requests to one worker wait for each other (the values come one after another over one
-    connection anyway); a request not answered in time closes its socket, so its late answer
-    is never read, and the address is not tried again by this client.
+    connection anyway).  A request not answered in time closes its socket, so its late
+    answer is never read, and the address is not tried again for :data:`FAILED_COOLDOWN_S`.
+    Values sent with :meth:`put` count as outstanding on their channel until
+    :meth:`put_settled`: a channel with outstanding values is never closed to make room.
     """
 
     def __init__(self, context: zmq.Context[Any]) -> None:
         self._context = zmq.asyncio.Context.shadow(context.underlying)
         self._channels: dict[str, tuple[zmq.asyncio.Socket, asyncio.Lock]] = {}
-        self._failed: set[str] = set()
+        self._failed: dict[str, float] = {}
+        """Address -> until when it is not tried (monotonic time)."""
+        self._puts: dict[str, dict[str, int]] = {}
+        """Address -> keys sent there with put() and not settled yet -> their bytes."""
         self._next_request = 0
         self._closed = False
 
     def usable(self, address: str) -> bool:
-        """Whether to try ``address`` at all."""
-        return not self._closed and address not in self._failed and reachable(address)
+        """Whether to try ``address`` now."""
+        if self._closed or not reachable(address):
+            return False
+        until = self._failed.get(address)
+        if until is None:
+            return True
+        if until > time.monotonic():
+            return False
+        del self._failed[address]
+        return True
 
-    def give_up(self, address: str) -> None:
-        """Do not use ``address`` again (a transfer to it was not confirmed in time)."""
+    def give_up(self, address: str, why: str) -> None:
+        """Do not use ``address`` for a while: a transfer there failed (``why``, for the log)."""
         if address not in self._failed:
-            logger.warning("a direct transfer to %s was not confirmed in time; using the broker from now on", address)
-        self._failed.add(address)
+            logger.warning(
+                "direct transfers with %s failed (%s); using the broker for it for %d s",
+                address,
+                why,
+                FAILED_COOLDOWN_S,
+            )
+        self._failed[address] = time.monotonic() + FAILED_COOLDOWN_S
+        self._puts.pop(address, None)
         self._drop(address)
 
-    async def put(self, address: str, key: str, frames: list[Any]) -> bool:
+    async def put(self, address: str, key: str, frames: list[Any]) -> float | None:
         """Send the value ``key`` to the worker at ``address`` (a STORE, confirmed by that
-        worker to the broker, not to us); False if it could not even be queued."""
+        worker to the broker, not to us).
+
+        Returns how long to wait for that confirmation (the bytes outstanding to that worker
+        count), or None if the value could not even be queued.
+        """
         if not self.usable(address):
-            return False
+            return None
         field = protocol.payload_field(frames)
         message = protocol.encode(protocol.STORE, [[[key, field]]], frames if type(field) is not bytes else ())
+        outstanding = self._puts.setdefault(address, {})
+        outstanding[key] = sum(protocol.frame_nbytes(frame) for frame in frames)
         try:
             sock, _ = self._channel(address)
             # Queued without copying; ZeroMQ sends it while the loop goes on.
             await sock.send_multipart(message, copy=False)
         except zmq.ZMQError as exc:
-            logger.warning("cannot send to the worker at %s (%s); using the broker", address, exc)
-            self._failed.add(address)
-            self._drop(address)
-            return False
-        return True
+            self.give_up(address, str(exc))
+            return None
+        return transfer_deadline_s(sum(outstanding.values()))
+
+    def put_settled(self, address: str, key: str) -> None:
+        """The broker answered for the value ``key`` sent to ``address``."""
+        outstanding = self._puts.get(address)
+        if outstanding is not None:
+            outstanding.pop(key, None)
+            if not outstanding:
+                del self._puts[address]
 
     async def fetch(self, address: str, keys: list[str], nbytes: int) -> tuple[dict[str, list[Any]], list[str]] | None:
         """Ask the worker at ``address`` for ``keys`` (``nbytes`` in all).
 
         Returns the frames of each value it sent and the keys it does not hold, or None if
         it did not answer within :data:`DIRECT_TIMEOUT_S` plus the time the bytes take at
-        :data:`DIRECT_MIN_BYTES_PER_S`.
+        :data:`DIRECT_MIN_BYTES_PER_S` (counted from when the request is sent).
         """
         if not self.usable(address):
             return None
         try:
             sock, lock = self._channel(address)
         except zmq.ZMQError as exc:
-            logger.warning("cannot connect to the worker at %s (%s); using the broker", address, exc)
-            self._failed.add(address)
+            self.give_up(address, str(exc))
             return None
-        timeout = transfer_deadline_s(nbytes)
         async with lock:
             if sock.closed:
                 return None
@@ -218,15 +252,9 @@ class DirectFetcher:
             request_id = self._next_request
             try:
                 await sock.send_multipart(protocol.encode(protocol.GET, [request_id, keys]))
-                message = await asyncio.wait_for(self._answer(sock, request_id), timeout)
+                message = await asyncio.wait_for(self._answer(sock, request_id), transfer_deadline_s(nbytes))
             except (asyncio.TimeoutError, zmq.ZMQError, ProtocolError) as exc:
-                logger.warning(
-                    "no answer from the worker at %s (%s); its values come through the broker from now on",
-                    address,
-                    type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else exc,
-                )
-                self._failed.add(address)
-                self._drop(address)
+                self.give_up(address, "no answer in time" if isinstance(exc, asyncio.TimeoutError) else str(exc))
                 return None
         entries, missing = message.header[1], message.header[2]
         values: dict[str, list[Any]] = {}
@@ -247,9 +275,12 @@ class DirectFetcher:
         channels = self._channels
         channel = channels.pop(address, None)
         if channel is None:
-            idle = [other for other, (_, lock) in channels.items() if not lock.locked()]
+            # Make room: close the least recently used channels nothing waits on (dicts keep
+            # insertion order).  Values queued on a channel are lost if it closes, so one
+            # with outstanding puts stays, even past the limit.
+            idle = [a for a, (_, lock) in channels.items() if not lock.locked() and a not in self._puts]
             for other in idle[: max(0, len(channels) + 1 - _MAX_CHANNELS)]:
-                self._drop(other)  # the least recently used first (dicts keep insertion order)
+                self._drop(other)
             sock = connect_data_socket(self._context.socket(zmq.DEALER), address)
             channel = (sock, asyncio.Lock())
         channels[address] = channel  # now the most recently used
@@ -263,5 +294,6 @@ class DirectFetcher:
     def close(self) -> None:
         """Close every socket (on the loop's thread, before the context terminates)."""
         self._closed = True
+        self._puts.clear()
         for address in list(self._channels):
             self._drop(address)

@@ -38,7 +38,7 @@ from zmqdask.config import (
     MAX_MESSAGE_BYTES,
     ZERO_COPY_THRESHOLD_BYTES,
 )
-from zmqdask.direct import DirectFetcher, transfer_deadline_s
+from zmqdask.direct import DirectFetcher
 from zmqdask.errors import (
     BrokerLostError,
     ClosedClientError,
@@ -174,6 +174,8 @@ class BrokerSession:
         """Frames of scattered values sent (or about to be sent) to a worker directly, kept
         until the broker confirms them: sent again through the broker if that fails."""
         self._placing_timers: dict[str, asyncio.TimerHandle] = {}
+        self._placing_to: dict[str, str] = {}
+        """Key sent to a worker's data socket -> that socket's address, until answered."""
         self._place_ops: list[tuple[str, list[Any]]] = []
         """Large task arguments to scatter with PLACE at the next flush, ahead of the tasks
         naming them (see Client._place_argument)."""
@@ -734,16 +736,15 @@ class BrokerSession:
 
         async def put() -> None:
             try:
-                sent = await fetcher.put(address, key, frames)
+                wait_s = await fetcher.put(address, key, frames)
             except Exception:
                 logger.exception("a direct transfer to %s failed; sending through the broker", address)
-                sent = False
-            if not sent:
+                wait_s = None
+            if wait_s is None:
                 self._scatter_through_broker(key)
             elif key in self._placing and self._loop is not None:
-                self._placing_timers[key] = self._loop.call_later(
-                    transfer_deadline_s(nbytes), self._placement_overdue, key, address
-                )
+                self._placing_to[key] = address
+                self._placing_timers[key] = self._loop.call_later(wait_s, self._placement_overdue, key, address)
 
         task = self._loop.create_task(put())
         self._direct_fetches.add(task)
@@ -758,7 +759,7 @@ class BrokerSession:
             self._placed(key)
             return
         if self._direct is not None:
-            self._direct.give_up(address)
+            self._direct.give_up(address, "a value sent there was not confirmed in time")
         self._scatter_through_broker(key)
 
     def _placed(self, key: str) -> None:
@@ -767,6 +768,14 @@ class BrokerSession:
         timer = self._placing_timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+        address = self._placing_to.pop(key, None)
+        if address is not None and self._direct is not None:
+            self._direct.put_settled(address, key)
+
+    def _placed_if_released(self, key: str) -> None:
+        # Queued by _release from any thread: by now the key may be held again, and placed again.
+        if key not in self._futures:
+            self._placed(key)
 
     def _scatter_through_broker(self, key: str) -> None:
         frames = self._placing.get(key)
@@ -941,15 +950,19 @@ class BrokerSession:
             self._placed(key)
         with self._lock:
             for state in list(self._futures.values()):
-                if not state.has_value and state.status in (PENDING, FINISHED):
+                if state.status not in (PENDING, FINISHED):
+                    continue
+                if not state.has_value or (state.entry is None and state.batch is None):
+                    # Tasks without their value yet, and every value scattered from here (the
+                    # new broker has none of them; one may still be on its way).
                     visit(state)
             released: list[str] = []
             for state in order:
                 if state.entry is None and state.batch is not None:
                     continue  # a call of a map batch: its batch goes again
                 if state.entry is None and state.has_value:
-                    # Scattered data that a pending task needs: the client still holds the
-                    # value, so it is sent again ahead of the tasks (``order`` puts inputs first).
+                    # Scattered data: the client still holds the value, so it is sent again,
+                    # ahead of the tasks that need it (``order`` puts inputs first).
                     self._ops.append(("scatter", state))
                     if state.key not in self._futures:
                         released.append(state.key)  # only a task needs it, no future does
@@ -997,6 +1010,9 @@ class BrokerSession:
             if self._futures.get(state.key) is not state:
                 return
             del self._futures[state.key]
+            if self._placing and state.key in self._placing:
+                # Nobody here waits for the broker to confirm it any more.
+                self._call_in_loop(self._placed_if_released, state.key)
             if in_batch and state.entry is None:
                 return  # the broker never heard of this call, only of its batch
             if self.status in (ClientStatus.CLOSED, ClientStatus.CLOSING):

@@ -44,7 +44,14 @@ from zmqdask.config import (
     LIVENESS_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
 )
-from zmqdask.direct import bind_data_socket, connect_data_socket, reachable, send_to, transfer_deadline_s
+from zmqdask.direct import (
+    FAILED_COOLDOWN_S,
+    bind_data_socket,
+    connect_data_socket,
+    reachable,
+    send_to,
+    transfer_deadline_s,
+)
 from zmqdask.errors import ProtocolError, SerializationError, UsageError
 from zmqdask.executor import (
     STATE_CANCELLED,
@@ -510,11 +517,13 @@ class Worker:
         """FETCH request id -> keys asked for."""
         self._fetch_holders: dict[int, bytes] = {}
         """FETCH request id -> the worker holding the keys (for RELAY_FETCH)."""
-        self._direct_deadlines: dict[int, tuple[float, str]] = {}
-        """Request id of a GET sent to another worker's data socket -> (deadline, address)."""
+        self._direct_deadlines: dict[int, tuple[float, str, int]] = {}
+        """Request id of a GET sent to another worker's data socket -> (deadline, address,
+        bytes asked for)."""
         self._peer_sockets: dict[str, zmq.Socket[Any]] = {}
         """Other workers' data sockets, by address (DEALERs, for FETCH_FROM)."""
-        self._failed_peers: set[str] = set()
+        self._failed_peers: dict[str, float] = {}
+        """Data sockets that failed this worker -> until when it uses the broker instead."""
         self._next_request = 1
         self._generation = 0
         self._done_entries: list[list[Any]] = []
@@ -651,7 +660,7 @@ class Worker:
                 continue
             timeout_s = link.deadline() - now
             if self._direct_deadlines:
-                timeout_s = min(timeout_s, min(deadline for deadline, _ in self._direct_deadlines.values()) - now)
+                timeout_s = min(timeout_s, min(entry[0] for entry in self._direct_deadlines.values()) - now)
             if self.parent_pid is not None and self._parent_fd is None:
                 timeout_s = min(timeout_s, PARENT_CHECK_INTERVAL_S)
             ready = dict(poller.poll(max(0, math.ceil(timeout_s * 1000))))
@@ -868,7 +877,7 @@ class Worker:
         request_id, address, keys, nbytes = message.header
         if request_id not in self._fetches:
             return  # answered or forgotten meanwhile
-        if address in self._failed_peers or not reachable(address):
+        if self._failed_peers.get(address, 0.0) > time.monotonic() or not reachable(address):
             self._relay_fetch(request_id, keys)
             return
         sock = self._peer_sockets.pop(address, None)
@@ -884,8 +893,10 @@ class Worker:
             self._give_up_peer(address)
             self._relay_fetch(request_id, keys)
             return
-        deadline = time.monotonic() + transfer_deadline_s(nbytes, self.direct_timeout_s)
-        self._direct_deadlines[request_id] = (deadline, address)
+        # The holder answers one request after another: the bytes asked of it before count.
+        queued = sum(entry[2] for entry in self._direct_deadlines.values() if entry[1] == address)
+        deadline = time.monotonic() + transfer_deadline_s(queued + nbytes, self.direct_timeout_s)
+        self._direct_deadlines[request_id] = (deadline, address, nbytes)
 
     def _drain_peers(self) -> None:
         """Take other workers' DATA answering direct GETs (lock held)."""
@@ -912,18 +923,23 @@ class Worker:
                 self._on_data(message)
 
     def _expire_direct(self, now: float) -> None:
-        expired = [rid for rid, (deadline, _) in self._direct_deadlines.items() if deadline <= now]
+        expired = [rid for rid, entry in self._direct_deadlines.items() if entry[0] <= now]
         for request_id in expired:
-            _, address = self._direct_deadlines.pop(request_id)
-            if address not in self._failed_peers:
-                logger.warning("worker %s: no answer from the data socket at %s; using the broker", self.name, address)
+            _, address, _ = self._direct_deadlines.pop(request_id)
+            if self._failed_peers.get(address, 0.0) <= now:
+                logger.warning(
+                    "worker %s: no answer from the data socket at %s; using the broker for it for %d s",
+                    self.name,
+                    address,
+                    FAILED_COOLDOWN_S,
+                )
                 self._give_up_peer(address)
             keys = self._fetches.get(request_id)
             if keys is not None:
                 self._relay_fetch(request_id, keys)
 
     def _give_up_peer(self, address: str) -> None:
-        self._failed_peers.add(address)
+        self._failed_peers[address] = time.monotonic() + FAILED_COOLDOWN_S
         self._close_peer(address)
 
     def _close_peer(self, address: str) -> None:
@@ -939,7 +955,7 @@ class Worker:
         excess = len(self._peer_sockets) + 1 - MAX_PEER_SOCKETS
         if excess <= 0:
             return
-        busy = {address for _, address in self._direct_deadlines.values()}
+        busy = {entry[1] for entry in self._direct_deadlines.values()}
         for address in [a for a in self._peer_sockets if a not in busy][:excess]:
             self._close_peer(address)
 
