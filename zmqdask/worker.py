@@ -522,6 +522,12 @@ class Worker:
         bytes asked for)."""
         self._peer_sockets: dict[str, zmq.Socket[Any]] = {}
         """Other workers' data sockets, by address (DEALERs, for FETCH_FROM)."""
+        self._direct_fds: set[int] = set()
+        """Descriptors of the data socket and the peer sockets, as the poller reports them."""
+        self._direct_due = True
+        """Read the data and peer sockets in the next turn (the poller saw one ready)."""
+        self._direct_used = True
+        """They were used since the last poll, which may have taken their descriptors' edge."""
         self._failed_peers: dict[str, float] = {}
         """Data sockets that failed this worker -> until when it uses the broker instead."""
         self._next_request = 1
@@ -599,6 +605,7 @@ class Worker:
                 if bound is not None:
                     self._data_socket, self._data_bound = bound
                     self._poller.register(self._data_socket, zmq.POLLIN)
+                    self._direct_fds.add(self._data_socket.FD)
             self._link = BrokerLink(
                 self._context,
                 self._poller,
@@ -675,6 +682,8 @@ class Worker:
                         pass
                 except BlockingIOError:
                     pass
+            if self._direct_fds and not self._direct_fds.isdisjoint(ready):
+                self._direct_due = True
         with lock:
             return self._leave("worker stopping", EXIT_OK)
 
@@ -745,6 +754,7 @@ class Worker:
             return
         if event is LinkEvent.GAVE_UP:
             return  # the main loop decides, once the call returns
+        self._direct_due = True  # the main thread, running a call, polls nothing meanwhile
         if self._exchange():
             self._send_results()
 
@@ -759,10 +769,15 @@ class Worker:
         if self._drain_broker() is LinkEvent.FORGOTTEN:
             self._forget()
             return False
-        if self._data_socket is not None:
-            self._drain_data(self._data_socket)
-        if self._peer_sockets:
-            self._drain_peers()
+        if self._direct_due:
+            # Only when the poller saw them ready (or they were used since): an idle socket
+            # costs nothing per turn of the task loop.
+            self._direct_due = False
+            self._direct_used = True
+            if self._data_socket is not None:
+                self._drain_data(self._data_socket)
+            if self._peer_sockets:
+                self._drain_peers()
         if self._direct_deadlines:
             self._expire_direct(time.monotonic())
         return True
@@ -771,9 +786,14 @@ class Worker:
         """Whether a message waits in any socket (their descriptors only signal edges)."""
         if _readable(self._link.socket):
             return True
-        if self._data_socket is not None and _readable(self._data_socket):
-            return True
-        return any(_readable(sock) for sock in self._peer_sockets.values())
+        if self._direct_used:
+            self._direct_used = False
+            if (self._data_socket is not None and _readable(self._data_socket)) or any(
+                _readable(sock) for sock in self._peer_sockets.values()
+            ):
+                self._direct_due = True
+                return True
+        return False
 
     def _send_results(self) -> None:
         """Send DONE for every task finished so far (lock held)."""
@@ -886,8 +906,10 @@ class Worker:
                 self._close_idle_peers()
                 sock = connect_data_socket(self._context.socket(zmq.DEALER), address)
                 self._poller.register(sock, zmq.POLLIN)
+                self._direct_fds.add(sock.FD)
             self._peer_sockets[address] = sock  # now the most recently used
             sock.send_multipart(protocol.encode(GET, [request_id, keys]), zmq.NOBLOCK)
+            self._direct_used = True
         except zmq.ZMQError as exc:
             logger.warning("worker %s: cannot reach %s (%s); using the broker", self.name, address, exc)
             self._give_up_peer(address)
@@ -945,6 +967,7 @@ class Worker:
     def _close_peer(self, address: str) -> None:
         sock = self._peer_sockets.pop(address, None)
         if sock is not None:
+            self._direct_fds.discard(sock.FD)
             self._poller.unregister(sock)
             sock.close(linger=0)
 
