@@ -607,8 +607,12 @@ class Ledger:
             self.set_state(rec, PROCESSING)
         self.awaiting[rec] = None
         for client in senders:
-            self.outbox.report(client, [rec.key, protocol.ELSEWHERE, ["", rec.nbytes, ""], 0])
+            self.ask_through_broker(client, rec.key, rec.nbytes)
         return True
+
+    def ask_through_broker(self, client: ClientPeer, key: str, nbytes: int) -> None:
+        """Ask ``client`` to send the value it scattered as ``key`` with SCATTER."""
+        self.outbox.report(client, [key, protocol.ELSEWHERE, ["", nbytes, ""], 0])
 
     def _unawait(self, rec: TaskRecord) -> None:
         """``rec``'s bytes are no longer awaited: void its placement on a worker, if any."""

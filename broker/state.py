@@ -768,11 +768,11 @@ class BrokerState:
                     # Its bytes are awaited from another client, which may never send them
                     # (it may leave first): this one sends them through the broker too, and
                     # whichever comes first provides the value.
-                    self._outbox.report(client, [key, protocol.ELSEWHERE, ["", nbytes, ""], 0])
+                    ledger.ask_through_broker(client, key, nbytes)
                 continue
             if not targets:
                 ledger.awaiting[rec] = None
-                self._outbox.report(client, [key, protocol.ELSEWHERE, ["", nbytes, ""], 0])
+                ledger.ask_through_broker(client, key, nbytes)
                 continue
             target = min(targets, key=planned.__getitem__)
             planned[target] += nbytes + 1

@@ -941,7 +941,7 @@ class Worker:
                     again = self._new_request_id()
                     self._fetches[again] = absent
                     self._fetch_holders[again] = holder
-                    self._link.send(RELAY_FETCH, [again, holder, absent])
+                    self._relay_fetch(again, absent)
                 self._on_data(message)
 
     def _expire_direct(self, now: float) -> None:
