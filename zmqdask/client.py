@@ -568,10 +568,12 @@ class Client(BrokerSession):
             return value  # the task's own serialization reports it, naming the function
         name = type(value).__name__
         if by_content:
-            digest = hashlib.blake2b(digest_size=16)
+            # SHA-256, which has hardware support on most CPUs: 2-3 times BLAKE2b's speed
+            # on a large array, and the caller's thread waits for it.
+            digest = hashlib.sha256()
             for frame in frames:
                 digest.update(frame)
-            key = f"{name}-{digest.hexdigest()}"
+            key = f"{name}-{digest.hexdigest()[:32]}"
         else:
             key = f"{name}-{self._key_token}{next(self._key_counter):016x}"
         with self._lock:
@@ -1113,7 +1115,7 @@ class Client(BrokerSession):
             items = [(None, data)]
             named = False
         entries: list[list[Any]] = []
-        placements: list[list[Any]] = []
+        placements = False
         frames: list[Any] = []
         futures: list[Future] = []
         for name, value in items:
@@ -1152,19 +1154,18 @@ class Client(BrokerSession):
                 futures.append(Future(key, self, state))
             if fresh and nbytes >= DIRECT_MIN_BYTES and not broadcast:
                 # Large: the broker names a worker to send it to directly (see zmqdask.direct).
-                self._placing[key] = value_frames
-                placements.append([key, nbytes])
+                with self._lock:
+                    self._place_ops.append((key, value_frames))
+                placements = True
             elif fresh:
                 field = proto.payload_field(value_frames)
                 entries.append([key, field])
                 if type(field) is not bytes:
                     frames.extend(value_frames)
         if entries or placements:
-            self._flush()
+            self._flush()  # sends the PLACE for the large ones too
         if entries:
             self._send(proto.encode(proto.SCATTER, [entries, bool(broadcast)], frames))
-        if placements:
-            self._send(proto.encode(proto.PLACE, [placements]))
         for future in futures:
             await self._wait_done(future._state)
         if named:
