@@ -173,9 +173,9 @@ class BrokerSession:
         self._placing: dict[str, list[Any]] = {}
         """Frames of scattered values sent (or about to be sent) to a worker directly, kept
         until the broker confirms them: sent again through the broker if that fails."""
-        self._placing_timers: dict[str, asyncio.TimerHandle] = {}
-        self._placing_to: dict[str, str] = {}
-        """Key sent to a worker's data socket -> that socket's address, until answered."""
+        self._placing_sent: dict[str, tuple[str, asyncio.TimerHandle]] = {}
+        """Key sent to a worker's data socket -> (that socket's address, the timer that falls
+        back to the broker if the broker does not answer for it in time)."""
         self._place_ops: list[tuple[str, list[Any]]] = []
         """Large task arguments to scatter with PLACE at the next flush, ahead of the tasks
         naming them (see Client._place_argument)."""
@@ -743,15 +743,14 @@ class BrokerSession:
             if wait_s is None:
                 self._scatter_through_broker(key)
             elif key in self._placing and self._loop is not None:
-                self._placing_to[key] = address
-                self._placing_timers[key] = self._loop.call_later(wait_s, self._placement_overdue, key, address)
+                timer = self._loop.call_later(wait_s, self._placement_overdue, key, address)
+                self._placing_sent[key] = (address, timer)
 
         task = self._loop.create_task(put())
         self._direct_fetches.add(task)
         task.add_done_callback(self._direct_fetches.discard)
 
     def _placement_overdue(self, key: str, address: str) -> None:
-        self._placing_timers.pop(key, None)
         if key not in self._placing:
             return
         if key not in self._futures:
@@ -765,12 +764,12 @@ class BrokerSession:
     def _placed(self, key: str) -> None:
         """The broker answered for the scattered ``key``: its frames are not needed any more."""
         self._placing.pop(key, None)
-        timer = self._placing_timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-        address = self._placing_to.pop(key, None)
-        if address is not None and self._direct is not None:
-            self._direct.put_settled(address, key)
+        sent = self._placing_sent.pop(key, None)
+        if sent is not None:
+            address, timer = sent
+            timer.cancel()  # a no-op when it is the one firing
+            if self._direct is not None:
+                self._direct.put_settled(address, key)
 
     def _placed_if_released(self, key: str) -> None:
         # Queued by _release from any thread: by now the key may be held again, and placed again.
