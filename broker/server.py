@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -270,7 +270,7 @@ class BrokerServer:
         Frame flow (one ROUTER socket for clients, workers and pools)::
 
             peer DEALER ── [cmd | header | payload...] ──▶ ROUTER prepends [identity]
-              recv_multipart(NOBLOCK, copy=False), drained until EAGAIN (bounded per round)
+              recv_multipart(NOBLOCK, copy=False), drained while EVENTS says more wait (bounded per round)
               frames below ZERO_COPY_THRESHOLD_BYTES become bytes; larger stay zmq.Frame
               state.handle(identity, frames, now) ──▶ [(identity, frames), ...]
             ROUTER.send(identity | frames, NOBLOCK; copy=False for large frames) ──▶ peer
@@ -346,8 +346,13 @@ class BrokerServer:
     ) -> None:
         budget = MAX_BYTES_PER_ROUND
         recv = _BaseSocket.recv  # the Cython method: pyzmq's Python wrappers cost more than the call
-        for _ in range(MAX_MESSAGES_PER_ROUND):
+        events = _BaseSocket.get
+        for turn in range(MAX_MESSAGES_PER_ROUND):
             if budget <= 0:
+                return
+            # After a message, asking whether another waits is cheaper than a receive that
+            # fails (an exception): the step that answers it starts sooner.
+            if turn and not cast(int, events(sock, _EVENTS)) & _POLLIN:
                 return
             try:
                 frame = recv(sock, _NOBLOCK, False)
@@ -495,6 +500,8 @@ def _send_through_method(sock: Any, data: Any, flags: int, copy: bool, track: bo
 _HELLO_HEAD = bytes((PROTOCOL_VERSION, HELLO))
 _BaseSocket = zmq.backend.Socket
 _NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 _SNDMORE = int(zmq.SNDMORE)
 _SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
 _SENT = object()

@@ -832,7 +832,11 @@ class Worker:
         sock = link.socket
         handlers = self._handlers
         recv = _BaseSocket.recv
-        for _ in range(MAX_MESSAGES_PER_TURN):
+        for turn in range(MAX_MESSAGES_PER_TURN):
+            # After a message, asking whether another waits is cheaper than a receive that
+            # fails (an exception), and the task it brought starts sooner.
+            if turn and not _readable(sock):
+                break
             try:
                 frame = recv(sock, _NOBLOCK, False)
             except zmq.Again:
