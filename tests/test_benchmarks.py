@@ -80,3 +80,18 @@ def test_the_cost_benchmark_reports_cpu_per_task_for_every_process() -> None:
         assert re.search(bound, line), line
     assert re.search(r"^zmqdask map \+ gather of 2,000, repeat 2 .*: [\d,]+ tasks/s$", done.stdout, re.MULTILINE)
     assert "WARNING" not in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_critical_path_benchmark_follows_a_round_trip_through_every_process() -> None:
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "critical_path.py"), "--roundtrips", "200"]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr
+    steps = [line.split() for line in done.stdout.splitlines() if " -> " in line]
+    # The path starts and ends in the client, and passes the broker twice and the worker.
+    assert steps[0][:2] == ["client:", "submit"] and steps[-1][3:5] == ["client:", "result"], done.stdout
+    processes = [step[0] for step in steps]
+    assert processes.count("broker:") >= 4 and "worker:" in processes, done.stdout
+    assert ["worker:", "task", "->", "worker:", "ran"] == next(s[:5] for s in steps if s[:2] == ["worker:", "task"])
+    assert all(float(step[5]) > 0 for step in steps), done.stdout
+    assert re.search(r"^by kind: .*hop [\d.]+ us", done.stdout, re.MULTILINE), done.stdout
