@@ -93,9 +93,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
+import zmq
 
 from zmqdask.config import MAX_KEY_LENGTH, PROTOCOL_VERSION
 from zmqdask.errors import ProtocolError
@@ -197,9 +198,14 @@ def encode(command: int, header: Sequence[Any], payload: Sequence[Any] = ()) -> 
 
 
 def _as_bytes(frame: Any) -> bytes:
+    kind = type(frame)
+    if kind is bytes:
+        return cast(bytes, frame)
+    if kind is zmq.Frame:
+        return cast(bytes, frame.bytes)  # cached by the frame: no second copy
     if isinstance(frame, bytes):
         return frame
-    buffer = getattr(frame, "buffer", None)  # zmq.Frame
+    buffer = getattr(frame, "buffer", None)  # another zmq.Frame type
     if buffer is not None:
         return bytes(buffer)
     return bytes(frame)
@@ -637,7 +643,7 @@ def payload_field(frames: Sequence[Any]) -> int | bytes:
 
 def frame_nbytes(frame: Any) -> int:
     """Size of a payload frame (``bytes``, ``memoryview`` or ``zmq.Frame``) in bytes."""
-    if isinstance(frame, (bytes, bytearray)):
+    if isinstance(frame, (bytes, bytearray)) or type(frame) is zmq.Frame:
         return len(frame)
     buffer = getattr(frame, "buffer", None)
     if buffer is not None:
