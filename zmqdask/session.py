@@ -317,7 +317,7 @@ class BrokerSession:
         self._last_sent = time.monotonic()
         # Any socket operation can consume the FD's edge for messages that arrived
         # meanwhile; if some are readable now, nobody would wake us for them.
-        if cast(int, _BaseSocket.get(sock, _EVENTS)) & _POLLIN and self._loop is not None:
+        if self._readable() and self._loop is not None:
             self._loop.call_soon(self._drain)
 
     def _schedule_flush(self) -> None:
