@@ -122,6 +122,16 @@ def test_lazy_resample_matches_pandas(npartitions: int, rule: str, method: str) 
     _assert_same(got.compute(), getattr(frame.resample(rule), method)())
 
 
+@pytest.mark.parametrize("rule", ["2D", "3D", "5D", "36h", "W"])
+def test_lazy_resample_by_several_days_bins_every_partition_from_one_origin(rule: str) -> None:
+    # Partitions start on other days than the data: each must still bin from its first day.
+    index = pd.date_range("2000-01-01 05:00", periods=20 * 24, freq="h")
+    frame = pd.DataFrame({"x": np.arange(len(index)) % 17}, index=index)
+    lazy = zd.from_pandas(frame, npartitions=7)
+    _assert_same(lazy.x.resample(rule).sum().compute(), frame.x.resample(rule).sum())
+    _assert_same(lazy.resample(rule).count().compute(), frame.resample(rule).count())
+
+
 def test_lazy_resample_agg_series_and_divisions() -> None:
     frame, lazy = _lazy(6)
     got = lazy.resample("2h").agg({"x": ["sum", "max"], "y": "mean"})

@@ -66,7 +66,9 @@ def grouper(rule: Any, origin: Any, closed: str | None, label: str | None) -> pd
         kwargs["closed"] = closed
     if label is not None:
         kwargs["label"] = label
-    if isinstance(to_offset(rule), pd.offsets.Tick):
+    # Fixed frequencies bin from an origin, which must be the same in every partition; since
+    # pandas 3 a day ("2D") is not a Tick but is binned that way too.
+    if isinstance(to_offset(rule), (pd.offsets.Tick, pd.offsets.Day)):
         kwargs["origin"] = origin
     return pd.Grouper(**kwargs)
 
