@@ -135,6 +135,21 @@ def test_arithmetic_and_comparisons(frames: tuple[pd.DataFrame, zd.DataFrame]) -
     assert_same(abs(df.x), pdf.x.abs())
 
 
+def test_pandas_operands_align_with_the_rows_as_in_pandas(frames: tuple[pd.DataFrame, zd.DataFrame]) -> None:
+    pdf, df = frames
+    short = pd.Series([100.0, 200.0, 300.0], index=pdf.index[[0, 5, 30]])
+    full = pd.Series(np.arange(len(pdf), dtype=float), index=pdf.index)
+    assert_same(df.z + short, pdf.z + short)
+    assert_same(short - df.z, short - pdf.z)
+    assert_same(df.z[df.z > full], pdf.z[pdf.z > full])
+    assert_same(df[["x", "z"]].div(full, axis=0), pdf[["x", "z"]].div(full, axis=0))
+    assert_same(df[["x", "z"]] * pdf[["x", "z"]].iloc[::3], pdf[["x", "z"]] * pdf[["x", "z"]].iloc[::3])
+    # Against a DataFrame's columns (the default axis) a pandas Series is one row of factors.
+    factors = pd.Series({"x": 2.0, "z": -1.0})
+    assert_same(df[["x", "z"]] * factors, pdf[["x", "z"]] * factors)
+    assert_same(df[["x", "z"]].sub(factors), pdf[["x", "z"]].sub(factors))
+
+
 def test_scalar_broadcast(frames: tuple[pd.DataFrame, zd.DataFrame]) -> None:
     pdf, df = frames
     centered = df.z - df.z.mean()

@@ -62,11 +62,29 @@ def _arithmetic(name: str, op: str, reflected: bool = False) -> Callable[..., An
         # pandas' own method per partition, with ``other`` aligned to the partitions when it
         # is a collection (df.sub(df.x, axis=0), fill_value=...).
         options = {k: v for k, v in (("axis", axis), ("level", level), ("fill_value", fill_value)) if v is not None}
-        return self._method(name, other, **options)
+        return self._method(name, _row_aligned_operand(self, other, axis), **options)
 
     method.__name__ = name
     method.__doc__ = f"pandas' ``{name}`` (``axis``, ``level`` and ``fill_value`` as in pandas), lazily."
     return method
+
+
+def _row_aligned_operand(frame: Any, other: Any, axis: Any = None) -> Any:
+    """``other`` as a lazy collection when pandas would align it with ``frame``'s rows.
+
+    Sent whole to every partition, a pandas Series or DataFrame would be aligned with each
+    partition's rows by pandas, and every row of it outside that partition would come back
+    (as NaN) once per partition; as a collection it is split along the same divisions
+    first, as Dask does.  A pandas Series against a DataFrame's columns (the default axis
+    of DataFrame arithmetic) is sent whole, as pandas aligns it with the columns.
+    """
+    if isinstance(other, pd.DataFrame) or (
+        isinstance(other, pd.Series) and (not isinstance(frame, DataFrame) or axis in (0, "index", "rows"))
+    ):
+        from zmqdask.dataframe.sources import from_pandas_expr
+
+        return new_collection(from_pandas_expr(other, npartitions=1))
+    return other
 
 
 if TYPE_CHECKING:
@@ -88,6 +106,10 @@ def _no_attribute(kind: str, name: str) -> AttributeError:
 class _Frame(Collection, FrameMethods, FrameReductions):
     """Shared by partitioned collections (DataFrame, Series, Index)."""
 
+    # Above pandas' own (DataFrame 4000): ``pandas_object - lazy`` is left to the lazy
+    # collection's reflected operator instead of pandas treating it as an array.
+    __pandas_priority__ = 4500
+
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         # np.log1p(df.x) stays lazy, as in Dask: an elementwise ufunc is applied per
         # partition, with other collections among its inputs aligned.
@@ -103,6 +125,7 @@ class _Frame(Collection, FrameMethods, FrameReductions):
         return np.asarray(self.compute(), dtype=dtype)
 
     def _binop(self, op: str, other: Any, reflected: bool = False) -> Any:
+        other = _row_aligned_operand(self, other)
         if isinstance(other, Collection):
             left, right = plan.align(self._expr, other.expr)
         else:
