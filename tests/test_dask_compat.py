@@ -644,6 +644,25 @@ def test_map_partitions_takes_delayed_arguments_and_holds_results_to_the_meta_gi
         wrong.compute()
 
 
+def number_rows(part: pd.DataFrame, step: int, partition_info: dict[str, Any] | None = None) -> pd.DataFrame:
+    assert partition_info is not None
+    return part.assign(number=partition_info["number"] * step, division=partition_info["division"])
+
+
+def test_map_partitions_passes_partition_info_to_functions_that_take_it(client: Client) -> None:
+    frame = dd.from_pandas(pd.DataFrame({"x": range(12)}), npartitions=3)
+    numbered = frame.map_partitions(number_rows, 10).compute()
+    assert numbered["number"].tolist() == [0] * 4 + [10] * 4 + [20] * 4
+    assert numbered["division"].tolist() == [0] * 4 + [4] * 4 + [8] * 4
+    # Through a projection, returning one value per partition, and with unknown divisions.
+    assert frame.map_partitions(number_rows, 1)["number"].max().compute() == 2
+    firsts = frame.map_partitions(lambda part, partition_info=None: partition_info["number"]).compute()
+    assert firsts.tolist() == [0, 1, 2]
+    unsorted = dd.from_pandas(pd.DataFrame({"x": range(12)}), npartitions=3, sort=False)
+    unknown = unsorted.map_partitions(number_rows, 1).compute()
+    assert unknown["division"].isna().all() and unknown["number"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+
+
 def partition_pid(part: pd.DataFrame) -> pd.Series:
     import os
 

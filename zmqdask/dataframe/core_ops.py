@@ -22,6 +22,7 @@ from zmqdask.dataframe.expr import (
     emulate,
     is_frame_like,
     node,
+    partition_info,
     unknown_divisions,
 )
 from zmqdask.dataframe.lower import unify_categories
@@ -272,12 +273,16 @@ class MapPartitionsScalar(Blockwise):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     meta: Any
+    partition_info: bool = False
 
     def _prefix(self) -> str:
         return getattr(self.func, "__name__", "map-partitions").lower().strip("<>")
 
     def _task(self, i: int) -> TaskSpec:
-        refs = (self._part(self.frame, i), i, self.func, self._part(self.args, i), self._part(self.kwargs, i))
+        kwargs = self._part(self.kwargs, i)
+        if self.partition_info:
+            kwargs = {**kwargs, "partition_info": partition_info(self.frame.divisions, i)}
+        refs = (self._part(self.frame, i), i, self.func, self._part(self.args, i), kwargs)
         return (scalar_partition, refs, {})
 
     @cached_property

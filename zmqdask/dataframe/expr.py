@@ -636,13 +636,18 @@ class MapPartitions(Blockwise):
     meta: Any
     divisions_kept: bool = False
     label: str = ""
+    partition_info: bool = False
+    """Pass ``partition_info={"number": i, "division": ...}`` to the function, as Dask does."""
 
     def _prefix(self) -> str:
         return self.label or getattr(self.func, "__name__", "map-partitions").lower().strip("<>")
 
     def _task(self, i: int) -> TaskSpec:
         args = (self._part(self.frame, i), *self._part(self.args, i))
-        return (self.func, args, self._part(self.kwargs, i))
+        kwargs = self._part(self.kwargs, i)
+        if self.partition_info:
+            kwargs = {**kwargs, "partition_info": partition_info(self.frame.divisions, i)}
+        return (self.func, args, kwargs)
 
     @cached_property
     def _meta(self) -> Any:
@@ -659,6 +664,11 @@ class MapPartitions(Blockwise):
         if self.divisions_kept:
             return self.frame.divisions
         return unknown_divisions(self.npartitions)
+
+
+def partition_info(divisions: tuple[Any, ...], i: int) -> dict[str, Any]:
+    """What Dask passes as ``partition_info`` to a function of partition ``i``."""
+    return {"number": i, "division": divisions[i]}
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ and to reuse from other modules of ``zmqdask.dataframe``.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe import core_ops as ops
-from zmqdask.dataframe.expr import Expr, MapPartitions, Partitions, Reduction, emulate, make_meta
+from zmqdask.dataframe.expr import Expr, MapPartitions, Partitions, Reduction, emulate, make_meta, partition_info
 from zmqdask.errors import UsageError
 
 REPR_EDGE_ROWS = 2
@@ -219,11 +220,14 @@ def map_partitions_expr(
     first_index = next(i for i, e in enumerate(exprs) if isinstance(e, Expr) and not ops.is_scalar_meta(e._meta))
     frame = exprs[first_index]
     rest = tuple(exprs[:first_index] + exprs[first_index + 1 :])
+    wants_info = "partition_info" not in kw and takes_keyword(func, "partition_info")
     if first_index != 0:
         func = _Reorder(func, first_index)
     if meta is None:
         metas = [e._meta if isinstance(e, Expr) else e for e in rest]
         kw_metas = {k: (v._meta if isinstance(v, Expr) else v) for k, v in kw.items()}
+        if wants_info:
+            kw_metas["partition_info"] = partition_info(frame.divisions, 0)
         try:
             meta = emulate(func, frame._meta, *metas, **kw_metas)
         except Exception as exc:
@@ -239,9 +243,18 @@ def map_partitions_expr(
             func = _ConformToMeta(func, meta)
     if ops.is_scalar_meta(meta):
         # One value per partition: gathered as a Series indexed by partition number.
-        return ops.MapPartitionsScalar(frame, func, rest, kw, pd.Series([meta]).iloc[:0])
+        return ops.MapPartitionsScalar(frame, func, rest, kw, pd.Series([meta]).iloc[:0], partition_info=wants_info)
     keeps_index = isinstance(meta, (pd.DataFrame, pd.Series)) and isinstance(frame._meta, (pd.DataFrame, pd.Series))
-    return MapPartitions(frame, func, rest, kw, meta, keeps_index and not clear_divisions)
+    return MapPartitions(frame, func, rest, kw, meta, keeps_index and not clear_divisions, partition_info=wants_info)
+
+
+def takes_keyword(func: Callable[..., Any], name: str) -> bool:
+    """Whether ``func`` has a parameter ``name`` that can be passed by keyword."""
+    try:
+        parameter = inspect.signature(func).parameters.get(name)
+    except (TypeError, ValueError):  # builtins and other callables without a signature
+        return False
+    return parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
 
 
 class _ConformToMeta:
