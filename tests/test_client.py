@@ -567,7 +567,7 @@ from zmqdask import Client
 
 client = Client(n_workers=1, threads_per_worker=1)
 local = client.cluster
-print(local.local_address, local._broker.pid, local._pool.pid, flush=True)
+print(local.local_address, local._broker.pid, local._pools[0][0].pid, flush=True)
 threading.Event().wait()
 """
 

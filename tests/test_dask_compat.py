@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,23 +125,63 @@ def test_scheduler_keyword_computes_locally_or_says_what_it_accepts(client: Clie
         frame.x.sum().compute(scheduler="gpu")
 
 
-def test_client_of_a_local_cluster_not_started_yet_starts_it_and_leaves_it_running() -> None:
+def test_a_local_cluster_starts_when_made_and_its_client_leaves_it_running() -> None:
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="1.5GB")
-    assert cluster.status == "created" and cluster.dashboard_link is None
+    assert cluster.status == "running" and cluster.dashboard_link is None  # as in Dask
+    assert cluster.scheduler_address == cluster.address and cluster.address.startswith("tcp://")
     try:
         with Client(cluster) as client:
             assert len(client.scheduler_info()["workers"]) == 2  # as in Dask: there on return
-            assert cluster.status == "running" and cluster.scheduler_address == cluster.address
             assert client.id == client.name
             assert client.status == "running"
             assert client.submit(inc, 1).result() == 2
             workers = client.scheduler_info()["workers"].values()
             assert {w["memory_limit"] for w in workers} == {1_500_000_000}
-        assert cluster.address is not None  # the caller's cluster: still running
-        with Client(cluster) as again:
+        assert cluster.status == "running"  # the caller's cluster: still running
+        with Client(cluster.scheduler_address) as again:
             assert again.submit(inc, 2).result() == 3
+        with pytest.raises(AttributeError, match="scheduler_info"):
+            cluster.workers  # noqa: B018
     finally:
         cluster.close()
+    assert cluster.status == "closed"
+
+
+def test_a_local_cluster_scales_up_and_down(wait_until: Callable[..., None]) -> None:
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster) as client:
+        held = client.submit(inc, 10)
+        assert held.result() == 11
+        cluster.scale(3)
+        client.wait_for_workers(3, timeout=60)
+        assert cluster.n_workers == 3 and sum(client.gather(client.map(inc, range(30)))) == 465
+        cluster.scale(1)  # stops the newest pool, of two workers
+        wait_until(lambda: len(client.scheduler_info()["workers"]) == 1, 60)
+        assert cluster.n_workers == 1 and held.result() == 11 and client.submit(inc, 1).result() == 2
+        with pytest.raises(UsageError, match="non-negative"):
+            cluster.scale(-1)
+
+
+def test_an_asynchronous_local_cluster_starts_when_awaited_or_given_to_a_client() -> None:
+    async def main() -> list[Any]:
+        seen = []
+        async with LocalCluster(n_workers=1, asynchronous=True) as cluster:
+            async with Client(cluster, asynchronous=True) as client:
+                seen.append(await client.submit(inc, 1))
+        seen.append(cluster.status)
+        later = LocalCluster(n_workers=1, asynchronous=True)
+        seen.append(later.status)
+        assert await later is later
+        async with Client(later, asynchronous=True) as client:
+            seen.append(await client.submit(inc, 2))
+        await later.close()
+        seen.append(later.status)
+        given = LocalCluster(n_workers=1, asynchronous=True)
+        async with Client(given, asynchronous=True) as client:  # a client starts it
+            seen.append(await client.submit(inc, 3))
+        given.close()
+        return seen
+
+    assert asyncio.run(main()) == [2, "closed", "created", 3, "closed", 4]
 
 
 def test_dask_placement_keywords_are_accepted_and_not_passed_to_the_function(client: Client) -> None:

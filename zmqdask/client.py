@@ -183,9 +183,10 @@ class Client(BrokerSession):
         connect_address: str | None = None
         if address is not None and not isinstance(address, str):
             cluster_address = getattr(address, "address", None)
-            if cluster_address is None and callable(getattr(address, "start", None)):
-                # Client(LocalCluster(...)) as in Dask: a cluster not started yet starts with
-                # this client (and, being the caller's, is not closed with it).
+            if callable(getattr(address, "start", None)) and hasattr(address, "local_address"):
+                # Client(LocalCluster(...)) as in Dask: a cluster not started yet (an
+                # asynchronous one) starts with this client, which waits for its workers;
+                # being the caller's, it is not closed with the client.
                 given_cluster, address = address, None
             elif not isinstance(cluster_address, str):
                 raise UsageError(
@@ -284,7 +285,8 @@ class Client(BrokerSession):
             elif self.address is None:
                 from zmqdask.local import LocalCluster
 
-                self.cluster = LocalCluster(**self._cluster_options)  # type: ignore[arg-type]
+                # Asynchronous: started below in a thread, not in the constructor on the loop.
+                self.cluster = LocalCluster(**self._cluster_options, asynchronous=True)  # type: ignore[arg-type]
                 self.address = await asyncio.to_thread(self.cluster.start, max(self.timeout, 30.0))
                 self._connect_address = self.cluster.local_address
                 deadline = time.monotonic() + self.timeout

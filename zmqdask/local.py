@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Generator
 from typing import IO, Any
 
 import zmq
@@ -31,10 +33,13 @@ _MAX_IPC_PATH_BYTES = 100
 class LocalCluster:
     """Starts ``zmqdask-broker`` and ``zmqdask-worker`` on this machine and stops them.
 
-    ``Client()`` with no address creates one; it can also be used directly::
+    ``Client()`` with no address creates one; it can also be used directly, as in Dask::
 
-        with LocalCluster(n_workers=2) as cluster:
-            client = Client(cluster.address)
+        cluster = LocalCluster(n_workers=2)      # started here
+        client = Client(cluster)                 # or Client(cluster.scheduler_address)
+
+        cluster = await LocalCluster(asynchronous=True)   # started without blocking the loop
+        async with LocalCluster(asynchronous=True) as cluster: ...
     """
 
     def __init__(
@@ -48,10 +53,16 @@ class LocalCluster:
         memory_limit: int | str | None = None,
         dashboard_address: Any = None,
         silence_logs: Any = None,
+        asynchronous: bool = False,
     ) -> None:
         """``memory_limit`` (bytes, or a string such as ``"4GB"``) is each worker's, as reported
         to the broker; ``dashboard_address`` and ``silence_logs`` are accepted for Dask's sake
-        (there is no dashboard; the children log at ``log_level``)."""
+        (there is no dashboard; the children log at ``log_level``).
+
+        The cluster starts here, as Dask's does, unless ``asynchronous``: then it starts when
+        awaited (``await LocalCluster(asynchronous=True)``, ``async with``) or by the first
+        ``Client`` given it.
+        """
         if n_workers is None:
             n_workers = os.cpu_count() or 1
         if not isinstance(n_workers, int) or n_workers < 0:
@@ -74,10 +85,15 @@ class LocalCluster:
         self.local_address: str | None = None
         """The address the pool uses and ``Client()`` connects to: a Unix socket where the
         platform has them (a message through it skips the TCP stack), else :attr:`address`."""
+        self.asynchronous = asynchronous
         self._ipc_dir: str | None = None
         self._broker: subprocess.Popen[bytes] | None = None
-        self._pool: subprocess.Popen[bytes] | None = None
+        self._pools: list[tuple[subprocess.Popen[bytes], int]] = []
+        """Worker pools started, oldest first, with their number of workers."""
+        self._env: dict[str, str] = {}
         self._finalizer: weakref.finalize | None = None
+        if not asynchronous:
+            self.start()
 
     def start(self, timeout: float = 30.0) -> str:
         """Start the broker and the worker pool; returns the broker address.
@@ -89,7 +105,7 @@ class LocalCluster:
         if self.address is not None:
             return self.address
         deadline = time.monotonic() + timeout
-        env = _child_environment()
+        env = self._env = _child_environment()
         if self._ipc_dir is None and os.name == "posix" and zmq.has("ipc"):
             # A private directory: nobody else can connect to (or squat on) the socket path.
             self._ipc_dir = tempfile.mkdtemp(prefix="zmqdask-")
@@ -100,7 +116,7 @@ class LocalCluster:
         port = _free_port(self.host) if self.port == 0 and self.n_workers else None
         if port is not None and self._start_broker(port, env, deadline, early_pool=True):
             return self._started()
-        if self._pool is not None or self._broker is not None:
+        if self._pools or self._broker is not None:
             self.close()
         if not self._start_broker(self.port, env, deadline, early_pool=False):
             code = self._broker.poll() if self._broker is not None else None
@@ -110,7 +126,7 @@ class LocalCluster:
                 + (f" (it exited with code {code}; see its error output above)" if code is not None else "")
             )
         if self.n_workers and self.address is not None:
-            self._start_pool(self._pool_address(self.address), env)
+            self._start_pool(self._pool_address(self.address), env, self.n_workers)
         return self._started()
 
     def _ipc_path(self) -> str | None:
@@ -142,7 +158,7 @@ class LocalCluster:
         self._finalizer = weakref.finalize(self, _stop_children, [self._broker], self._ipc_dir)
         if early_pool:
             # The pool's workers keep trying to connect until the broker listens.
-            self._start_pool(self._pool_address(f"tcp://{_local_host(self.host)}:{port}"), env)
+            self._start_pool(self._pool_address(f"tcp://{_local_host(self.host)}:{port}"), env, self.n_workers)
         line = _read_line_matching(self._broker, _LISTENING, deadline)
         if line is None:
             return False
@@ -150,15 +166,15 @@ class LocalCluster:
         self.local_address = self._pool_address(line)
         return True
 
-    def _start_pool(self, address: str, env: dict[str, str]) -> None:
-        self._pool = subprocess.Popen(
+    def _start_pool(self, address: str, env: dict[str, str], nworkers: int) -> None:
+        pool = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "zmqdask.pool",
                 address,
                 "--nworkers",
-                str(self.n_workers),
+                str(nworkers),
                 "--nthreads",
                 str(self.threads_per_worker),
                 "--log-level",
@@ -173,10 +189,48 @@ class LocalCluster:
             stdin=subprocess.DEVNULL,
             env=env,
         )
+        self._pools.append((pool, nworkers))
+        self._watch_children()
+
+    def _children(self) -> list[subprocess.Popen[bytes]]:
+        """The running children in the order they stop: pools, newest first, then the broker."""
+        pools = [pool for pool, _ in reversed(self._pools)]
+        return pools + ([self._broker] if self._broker is not None else [])
+
+    def _watch_children(self) -> None:
+        # Whoever forgets to close the cluster, its children stop when it is collected.
         if self._finalizer is not None:
             self._finalizer.detach()
-        self._finalizer = weakref.finalize(
-            self, _stop_children, [p for p in (self._pool, self._broker) if p is not None], self._ipc_dir
+        self._finalizer = weakref.finalize(self, _stop_children, self._children(), self._ipc_dir)
+
+    def scale(self, n: int) -> None:
+        """Run ``n`` workers from now on (Dask's ``cluster.scale(n)``).
+
+        More workers come in a new pool; fewer are had by stopping the newest pools whole
+        (and starting one of the difference if that stopped too many).  Values held only by
+        stopped workers are computed again when needed; scattered ones are sent again by the
+        clients holding them.  ``client.wait_for_workers(n)`` waits for new ones.
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise UsageError(f"scale takes a non-negative number of workers, got {n!r}")
+        if self._broker is None:
+            self.n_workers = n  # not started (or closed): the count it starts with
+            return
+        while self.n_workers > n and self._pools:
+            pool, count = self._pools.pop()
+            _terminate([pool])
+            self.n_workers -= count
+        if self.n_workers < n and self.address is not None:
+            self._start_pool(self._pool_address(self.address), self._env, n - self.n_workers)
+            self.n_workers = n
+        self._watch_children()
+
+    @property
+    def workers(self) -> dict[str, Any]:
+        """Not kept here: the broker knows the workers (``client.scheduler_info()["workers"]``)."""
+        raise AttributeError(
+            "LocalCluster does not track its workers; ask the broker through a client: "
+            "client.scheduler_info()['workers'] or client.nthreads(); n_workers is the number started"
         )
 
     @property
@@ -206,10 +260,15 @@ class LocalCluster:
         logger.info("local cluster at %s with %d workers", address, self.n_workers)
         return address
 
-    def close(self, timeout: float = _STOP_GRACE_S) -> None:
-        """Stop the pool, then the broker (SIGTERM, then SIGKILL after ``timeout``)."""
-        processes = [p for p in (self._pool, self._broker) if p is not None]
-        self._pool = self._broker = None
+    def close(self, timeout: float = _STOP_GRACE_S) -> Any:
+        """Stop the pools, then the broker (SIGTERM, then SIGKILL after ``timeout``).
+
+        Returns an awaitable that is already done, so that ``await cluster.close()`` of an
+        asynchronous cluster works as in Dask.
+        """
+        processes = self._children()
+        self._pools = []
+        self._broker = None
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
@@ -217,6 +276,7 @@ class LocalCluster:
         if self._ipc_dir is not None:
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
             self._ipc_dir = None
+        return _Done()
 
     def __enter__(self) -> LocalCluster:
         self.start()
@@ -225,8 +285,30 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __await__(self) -> Generator[Any, None, LocalCluster]:
+        return self._started_in_thread().__await__()
+
+    async def _started_in_thread(self) -> LocalCluster:
+        # Starting takes about half a second of waiting on children: not on the event loop.
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aenter__(self) -> LocalCluster:
+        return await self._started_in_thread()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
     def __repr__(self) -> str:
         return f"LocalCluster({self.address!r}, workers={self.n_workers}, threads={self.threads_per_worker})"
+
+
+class _Done:
+    """An awaitable with nothing left to wait for."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
 
 
 def _free_port(host: str) -> int | None:
