@@ -586,6 +586,19 @@ def test_cancelled_error_and_failed_results_of_as_completed_look_like_dask(clien
     cancelled.cancel()
     with pytest.raises(zmqdask.CancelledError):
         cancelled.result(timeout=30)
+    # A cancelled future comes with its error, raised neither with nor without raise_errors.
+    for raise_errors in (True, False):
+        ((future, error),) = list(zmqdask.as_completed([cancelled], with_results=True, raise_errors=raise_errors))
+        assert future is cancelled and isinstance(error, zmqdask.CancelledError) and cancelled.key in str(error)
+
+    async def cancelled_async() -> Any:
+        async with Client(client.address, asynchronous=True) as aclient:
+            future = aclient.submit(slow_square, 4, 5.0, pure=False)
+            await future.cancel()
+            return [pair async for pair in zmqdask.as_completed([future], with_results=True)]
+
+    ((_, error),) = asyncio.run(cancelled_async())
+    assert isinstance(error, zmqdask.CancelledError)
 
 
 def fails_first_time(path: str, value: int) -> int:

@@ -404,7 +404,8 @@ class as_completed:
     """Iterate over futures in the order they finish, with ``for`` or ``async for``.
 
     ``with_results=True`` yields ``(future, result)`` pairs; with ``raise_errors=False`` too,
-    a failed future comes as ``(future, (type, exception, traceback))``, as in Dask.  ``add(future)`` extends the set
+    a failed future comes as ``(future, (type, exception, traceback))``, as in Dask, and a
+    cancelled one always as ``(future, CancelledError)``.  ``add(future)`` extends the set
     while iterating; ``count()`` is how many are not yet yielded; ``batches()`` yields lists of
     all the futures finished since the last one.  With ``timeout`` (seconds from creation), a
     wait past it raises ``zmqdask.TimeoutError``.
@@ -528,8 +529,8 @@ class as_completed:
                 assert state.exception is not None
                 raise failure_of(state)
             return future, future.result()
-        except FutureCancelledError:
-            return future, None
+        except FutureCancelledError as exc:
+            return future, exc  # as Dask: a cancelled future comes with its error, not raised
         except Exception as exc:
             if self.raise_errors:
                 raise
@@ -548,8 +549,8 @@ class as_completed:
                     return future
                 try:
                     return future, await future
-                except FutureCancelledError:
-                    return future, None
+                except FutureCancelledError as exc:
+                    return future, exc
                 except Exception as exc:
                     if self.raise_errors:
                         raise
