@@ -293,12 +293,15 @@ def test_cancelling_calls_leaves_the_others_and_stops_an_abandoned_batch(
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
 
 
-def test_as_completed_callbacks_and_large_results_of_batched_calls(client: Client) -> None:
+def test_as_completed_callbacks_and_large_results_of_batched_calls(
+    client: Client, wait_until: Callable[..., None]
+) -> None:
     seen: list[int] = []
     futures = client.map(inc, range(500), pure=False)
     for future in futures[:5]:
         future.add_done_callback(lambda f: seen.append(f.result()))
     assert sorted(f.result() for f in as_completed(futures)) == list(range(1, 501))
+    wait_until(lambda: len(seen) == 5, timeout=30)  # callbacks run in a thread of their own
     assert sorted(seen) == [1, 2, 3, 4, 5]
     pairs = sorted((value for _, value in as_completed(futures[:50], with_results=True)))
     assert pairs == list(range(1, 51))

@@ -182,6 +182,22 @@ def test_done_callbacks(client: Client) -> None:
     assert called == [future.key]
 
 
+def test_done_callbacks_run_in_a_thread_of_their_own_and_may_block(client: Client) -> None:
+    # As in Dask: a callback may wait for another future, which a callback on the client's
+    # event loop could not do.
+    seen: list[tuple[str, int]] = []
+    done = threading.Event()
+    slow = client.submit(slow_inc, 1, 0.3, pure=False)
+
+    def callback(f: Future) -> None:
+        seen.append((threading.current_thread().name, f.result() + slow.result(timeout=30)))
+        done.set()
+
+    client.submit(inc, 10, pure=False).add_done_callback(callback)
+    assert done.wait(30)
+    assert seen[0][0].startswith("zmqdask-callback") and seen[0][1] == 13
+
+
 def test_scatter(client: Client) -> None:
     array = np.arange(1_000_000, dtype="float64")
     [remote] = client.scatter([array])

@@ -358,6 +358,7 @@ class Client(BrokerSession):
         # this client's keys at once instead of after the liveness timeout.  term() waits
         # for that linger, so it runs off the event loop.
         self._close_direct()
+        self._stop_callback_thread()
         self._close_socket(linger_ms=GOODBYE_LINGER_MS)
         if self._context is not None:
             context, self._context = self._context, None

@@ -245,8 +245,12 @@ class Future:
         return self._client.retry([self])
 
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
-        """Call ``fn(future)`` once the future is done (at once if it already is)."""
-        self._client._add_done_callback(self, fn)
+        """Call ``fn(future)`` once the future is done (at once if it already is).
+
+        As in Dask, callbacks run in a thread of the client's, one at a time in the order
+        the futures finish: one may block, on ``other.result()`` for instance.
+        """
+        self._client._add_user_callback(self, fn)
 
     def release(self) -> None:
         """Drop this handle now instead of waiting for garbage collection; the Future is

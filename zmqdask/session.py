@@ -15,6 +15,7 @@ the user-facing API on top.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import logging
 import os
@@ -168,6 +169,8 @@ class BrokerSession:
         self._loop_thread: LoopThread | None = None
         self._loop_thread_id: int | None = None
         self._direct: DirectFetcher | None = None
+        self._callback_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        """Runs the callbacks given to ``Future.add_done_callback``, one at a time, in order."""
         """Fetches large values from the workers holding them (made at the first ELSEWHERE)."""
         self._direct_fetches: set[asyncio.Task[None]] = set()
         self._placing: dict[str, list[Any]] = {}
@@ -1106,6 +1109,38 @@ class BrokerSession:
             attach()
         else:
             self._loop.call_soon_threadsafe(attach)
+
+    def _add_user_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
+        """``fn(future)`` once done, in a thread of this client's, as Dask runs done callbacks:
+        a callback may block (``other.result()``) without stalling the client's loop."""
+
+        def hand_over(done: Future) -> None:
+            with self._lock:
+                if self._callback_thread is None:
+                    self._callback_thread = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=1, thread_name_prefix="zmqdask-callback"
+                    )
+                runner = self._callback_thread
+            try:
+                runner.submit(self._run_user_callback, fn, done)
+            except RuntimeError:  # shut down: the client closed
+                logger.debug("a done callback of %s was not run: the client is closed", done.key)
+
+        self._add_done_callback(future, hand_over)
+
+    @staticmethod
+    def _run_user_callback(fn: Callable[[Future], Any], future: Future) -> None:
+        try:
+            fn(future)
+        except Exception:
+            logger.exception("a done callback of %s raised", future.key)
+
+    def _stop_callback_thread(self) -> None:
+        # Callbacks already handed over still run; the thread ends after the last one.
+        with self._lock:
+            runner, self._callback_thread = self._callback_thread, None
+        if runner is not None:
+            runner.shutdown(wait=False)
 
     def _request_data(self, state: FutureState) -> None:
         # Called on the loop thread.  A task not yet flushed just gets its push flag set.
