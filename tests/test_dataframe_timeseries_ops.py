@@ -229,6 +229,20 @@ def test_lazy_rolling_projection_moves_below() -> None:
     _assert_same(got.compute(), frame.rolling(3).max()["x"])
 
 
+def window_range(window: Any, scale: float = 1.0) -> float:
+    return float(window.max() - window.min()) * scale
+
+
+def test_lazy_rolling_apply_matches_pandas() -> None:
+    frame, lazy = _lazy(7)
+    expected = frame.x.rolling(5).apply(window_range, raw=True)
+    _assert_same(lazy.x.rolling(5).apply(window_range, raw=True).compute(), expected)
+    got = lazy.rolling("45min", min_periods=2).apply(window_range, args=(2.0,))
+    _assert_same(got.compute(), frame.rolling("45min", min_periods=2).apply(window_range, args=(2.0,)))
+    with pytest.raises(UsageError, match="takes a function"):
+        lazy.x.rolling(3).apply("max")
+
+
 def test_rolling_rejects_bad_windows() -> None:
     frame, lazy = _lazy(2)
     with pytest.raises(UsageError):

@@ -17,7 +17,7 @@ partitions, and each partition sees exactly the rows pandas would see.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -580,6 +580,18 @@ class Rolling:
     def var(self, ddof: int = 1) -> Any:
         """Rolling variance."""
         return self._apply("var", ddof=ddof)
+
+    def apply(
+        self,
+        func: Callable[..., Any],
+        raw: bool = False,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        """``func`` of each window (a Series, or a NumPy array with ``raw=True``), as pandas'."""
+        if not callable(func):
+            raise UsageError(f"rolling apply takes a function, got {type(func).__name__}")
+        return self._apply("apply", func=func, raw=raw, args=tuple(args), kwargs=dict(kwargs or {}))
 
     def agg(self, func: str) -> Any:
         """Rolling aggregation by name."""
