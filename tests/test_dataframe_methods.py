@@ -450,3 +450,16 @@ def test_repartition_by_frequency_and_by_size() -> None:
         lazy.reset_index().repartition(freq="1D")
     with pytest.raises(UsageError, match="partition_size"):
         lazy.repartition(partition_size="lots")
+
+
+def test_eval_per_partition_and_sort_values_takes_na_position() -> None:
+    pdf = pd.DataFrame({"x": [3.0, np.nan, 1.0, 5.0, np.nan, 2.0, 8.0, 0.0], "y": np.arange(8) % 3})
+    df = zd.from_pandas(pdf, npartitions=3)
+    pd.testing.assert_frame_equal(df.eval("z = x + y * 2").compute(), pdf.eval("z = x + y * 2"))
+    pd.testing.assert_series_equal(df.eval("x > y").compute(), pdf.eval("x > y"))
+    with pytest.raises(UsageError, match="inplace=True"):
+        df.eval("z = x", inplace=True)
+    pd.testing.assert_frame_equal(df.sort_values("x", na_position="last").compute(), pdf.sort_values("x"))
+    pd.testing.assert_series_equal(df.x.sort_values(na_position="last").compute(), pdf.x.sort_values())
+    with pytest.raises(UsageError, match="missing values sort last"):
+        df.sort_values("x", na_position="first")

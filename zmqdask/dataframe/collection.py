@@ -653,11 +653,11 @@ class DataFrame(_Frame):
         indexed = set_index(self.assign(**{copy: self[column]}), copy, npartitions=npartitions, divisions=divisions)
         return indexed.map_partitions(_name_index, column)
 
-    def sort_values(self, by: Any, ascending: bool = True) -> Any:
-        """Rows sorted by columns (see ``zmqdask.dataframe.shuffle``)."""
+    def sort_values(self, by: Any, ascending: bool = True, na_position: builtins.str = "last") -> Any:
+        """Rows sorted by columns, missing values last (see ``zmqdask.dataframe.shuffle``)."""
         from zmqdask.dataframe.shuffle import sort_values
 
-        return sort_values(self, by, ascending=ascending)
+        return sort_values(self, by, ascending=ascending, na_position=na_position)
 
     def to_parquet(self, path: Any, **kwargs: Any) -> Any:
         """Write partitions as Parquet files (see ``zmqdask.dataframe.io``)."""
@@ -789,11 +789,11 @@ class Series(_Frame):
         """Values mapped by a function, dict or Series."""
         return self.map_partitions(_map_elements, arg, na_action, meta=meta)
 
-    def sort_values(self, ascending: bool = True) -> Series:
-        """Values sorted across partitions (see ``zmqdask.dataframe.shuffle``)."""
+    def sort_values(self, ascending: bool = True, na_position: builtins.str = "last") -> Series:
+        """Values sorted across partitions, missing values last (see ``zmqdask.dataframe.shuffle``)."""
         from zmqdask.dataframe.shuffle import sort_values
 
-        return sort_values(self, self._meta.name, ascending=ascending)
+        return sort_values(self, self._meta.name, ascending=ascending, na_position=na_position)
 
     def mode(self, dropna: bool = True, split_every: int | None = None) -> Series:
         """The most frequent value(s), sorted (see ``zmqdask.dataframe.stats``)."""

@@ -117,6 +117,12 @@ class FrameMethods:
         """Rows matching a pandas query string (evaluated per partition)."""
         return self._method("query", expr, **kwargs)
 
+    def eval(self, expr: str, **kwargs: Any) -> Any:
+        """A pandas ``eval`` expression of the columns, such as ``"z = x + y"`` (per partition)."""
+        if kwargs.get("inplace"):
+            raise UsageError("eval(inplace=True) cannot change a lazy frame; use df = df.eval(expr)")
+        return self._method("eval", expr, **kwargs)
+
     # -- scans ------------------------------------------------------------------------
 
     def ffill(self, limit: int | None = None) -> Any:

@@ -556,8 +556,16 @@ def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, d
     return new_collection(SetIndex(expr, column, tuple(divisions)))
 
 
-def sort_values(frame: Any, by: Hashable | list[Hashable], *, ascending: bool | list[bool] = True) -> Any:
-    """``frame`` sorted by ``by`` across partitions; ties keep their original order."""
+def sort_values(
+    frame: Any, by: Hashable | list[Hashable], *, ascending: bool | list[bool] = True, na_position: str = "last"
+) -> Any:
+    """``frame`` sorted by ``by`` across partitions; ties keep their original order and
+    missing values come last."""
+    if na_position != "last":
+        raise UsageError(
+            f"na_position={na_position!r} is not supported: missing values sort last; to have them first, "
+            "select them with isna() and concat them before the sorted rest"
+        )
     expr = expr_of(frame)
     meta = expr._meta
     keys = list(by) if isinstance(by, list) else [by]
