@@ -20,6 +20,7 @@ from zmqdask.dataframe.timeseries_ops import (
     resample_output,
     rolling_apply,
     rolling_carry,
+    rolling_lead,
 )
 from zmqdask.errors import UsageError
 
@@ -227,6 +228,27 @@ def test_lazy_rolling_projection_moves_below() -> None:
     frame, lazy = _lazy(4)
     got = lazy.rolling(3).max()["x"]
     _assert_same(got.compute(), frame.rolling(3).max()["x"])
+
+
+@pytest.mark.parametrize("npartitions", [1, 7])
+@pytest.mark.parametrize("window", [2, 5, 40, "30min", "3h"])
+def test_lazy_centered_rolling_matches_pandas(npartitions: int, window: Any) -> None:
+    # A window of 40 rows reaches across several partitions both ways.
+    frame, lazy = _lazy(npartitions)
+    for method in ("sum", "mean", "count", "max"):
+        got = getattr(lazy.rolling(window, center=True), method)()
+        _assert_same(got.compute(), getattr(frame.rolling(window, center=True), method)())
+    got = lazy.y.rolling(window, center=True, min_periods=1).apply(window_range, raw=True)
+    _assert_same(got.compute(), frame.y.rolling(window, center=True, min_periods=1).apply(window_range, raw=True))
+
+
+def test_rolling_lead_is_bounded_and_other_windows_are_refused() -> None:
+    frame = _series_frame()
+    assert len(rolling_lead(frame.iloc[:2], frame.iloc[2:10], 5)) == 4
+    lead = rolling_lead(frame, None, "1h")
+    assert lead.index[-1] < frame.index[0] + pd.Timedelta("1h") <= frame.index[len(lead)]
+    with pytest.raises(UsageError, match="win_type"):
+        zd.from_pandas(frame, npartitions=2).rolling(3, win_type="triang")
 
 
 def window_range(window: Any, scale: float = 1.0) -> float:

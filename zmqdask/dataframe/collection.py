@@ -310,11 +310,11 @@ class _Frame(Collection, FrameMethods, FrameReductions):
             raise UsageError("groupby(observed=False) is not supported: the groups are the key values present")
         return GroupBy(self, by, sort=sort, dropna=dropna)
 
-    def rolling(self, window: Any, min_periods: int | None = None) -> Any:
-        """Rolling windows (see ``zmqdask.dataframe.timeseries_ops``)."""
+    def rolling(self, window: Any, min_periods: int | None = None, center: bool = False, **options: Any) -> Any:
+        """Rolling windows, centered or not (see ``zmqdask.dataframe.timeseries_ops``)."""
         from zmqdask.dataframe.timeseries_ops import Rolling
 
-        return Rolling(self, window, min_periods=min_periods)
+        return Rolling(self, window, min_periods=min_periods, center=center, **options)
 
     def resample(
         self,

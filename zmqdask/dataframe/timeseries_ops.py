@@ -168,6 +168,18 @@ def rolling_carry(previous: Any, part: Any, window: Any) -> Any:
     return joined[joined.index > last - duration]
 
 
+def rolling_lead(part: Any, following: Any, window: Any) -> Any:
+    """Rows of ``part`` followed by ``following`` that an earlier partition's centered
+    windows can reach (the mirror of :func:`rolling_carry`)."""
+    joined = concat_nonempty([part, following]) if following is not None else part
+    duration = window_offset(window)
+    if duration is None:
+        return joined.iloc[: max(int(window) - 1, 0)]
+    if len(joined) == 0:
+        return joined
+    return joined[joined.index < joined.index[0] + duration]
+
+
 def rolling_apply(
     previous: Any,
     part: Any,
@@ -175,13 +187,19 @@ def rolling_apply(
     min_periods: int | None,
     method: str,
     kwargs: dict[str, Any],
+    center: bool = False,
+    following: Any = None,
 ) -> Any:
-    """Rolling ``method`` of one partition, computed over the carried rows plus the partition."""
-    if previous is None or len(previous) == 0 or len(part) == 0:
-        return getattr(part.rolling(window, min_periods=min_periods), method)(**kwargs)
-    joined = pd.concat([previous, part])
-    result = getattr(joined.rolling(window, min_periods=min_periods), method)(**kwargs)
-    return result.iloc[len(previous) :]
+    """Rolling ``method`` of one partition, computed over the carried rows plus the partition
+    (plus, for centered windows, the rows after it that its windows reach)."""
+    before = previous if previous is not None and len(previous) and len(part) else None
+    after = following if following is not None and len(following) and len(part) else None
+    if before is None and after is None:
+        return getattr(part.rolling(window, min_periods=min_periods, center=center), method)(**kwargs)
+    joined = pd.concat([piece for piece in (before, part, after) if piece is not None])
+    result = getattr(joined.rolling(window, min_periods=min_periods, center=center), method)(**kwargs)
+    start = len(before) if before is not None else 0
+    return result.iloc[start : start + len(part)]
 
 
 def resample_layout(
@@ -328,9 +346,11 @@ class ResampleCombine(Expr):
         return layer
 
 
-def rolling_whole(obj: Any, window: Any, min_periods: int | None, method: str, kwargs: dict[str, Any]) -> Any:
+def rolling_whole(
+    obj: Any, window: Any, min_periods: int | None, method: str, kwargs: dict[str, Any], center: bool = False
+) -> Any:
     """Rolling aggregation of one pandas object (used to derive result schemas)."""
-    return getattr(obj.rolling(window, min_periods=min_periods), method)(**kwargs)
+    return getattr(obj.rolling(window, min_periods=min_periods, center=center), method)(**kwargs)
 
 
 @node
@@ -342,6 +362,7 @@ class RollingAggregate(Expr):
     min_periods: int | None
     method: str
     kwargs: dict[str, Any]
+    center: bool = False
 
     _columnwise = True
 
@@ -353,7 +374,9 @@ class RollingAggregate(Expr):
 
     @cached_property
     def _meta(self) -> Any:
-        return emulate(rolling_whole, self.frame._meta, self.window, self.min_periods, self.method, self.kwargs)
+        return emulate(
+            rolling_whole, self.frame._meta, self.window, self.min_periods, self.method, self.kwargs, self.center
+        )
 
     @property
     def npartitions(self) -> int:
@@ -366,12 +389,19 @@ class RollingAggregate(Expr):
     def _layer(self) -> dict[str, TaskSpec]:
         name, frame = self._name, self.frame
         layer: dict[str, TaskSpec] = {}
+        # Centered windows also reach forward: a chain of leads from the last partition back.
+        leads: list[Any] = [None] * frame.npartitions
+        if self.center:
+            for i in range(frame.npartitions - 1, 0, -1):
+                lead_key = f"{name}-lead-{i}"
+                layer[lead_key] = (rolling_lead, (TaskRef(frame._key(i)), leads[i], self.window), {})
+                leads[i - 1] = TaskRef(lead_key)
         previous: Any = None
         for i in range(frame.npartitions):
             part = TaskRef(frame._key(i))
             layer[self._key(i)] = (
                 rolling_apply,
-                (previous, part, self.window, self.min_periods, self.method, self.kwargs),
+                (previous, part, self.window, self.min_periods, self.method, self.kwargs, self.center, leads[i]),
                 {},
             )
             if i < frame.npartitions - 1:
@@ -528,9 +558,18 @@ class Rolling:
     reach.  Time windows need a sorted datetime index.
     """
 
-    def __init__(self, frame: Any, window: Any, min_periods: int | None = None) -> None:
+    def __init__(
+        self, frame: Any, window: Any, min_periods: int | None = None, center: bool = False, **options: Any
+    ) -> None:
+        unsupported = [name for name, value in options.items() if value is not None]
+        if unsupported:
+            raise UsageError(
+                f"rolling does not take {sorted(unsupported)} here: window, min_periods and center are supported; "
+                "use map_partitions on whole partitions for other kinds of windows"
+            )
         self._frame = frame
         self._expr = expr_of(frame)
+        self._center = bool(center)
         if isinstance(window, (int, np.integer)):
             if window < 0:
                 raise UsageError("window must be non-negative")
@@ -546,7 +585,7 @@ class Rolling:
         self._min_periods = min_periods
 
     def _apply(self, method: str, **kwargs: Any) -> Any:
-        node_ = RollingAggregate(self._expr, self._window, self._min_periods, method, kwargs)
+        node_ = RollingAggregate(self._expr, self._window, self._min_periods, method, kwargs, self._center)
         return new_collection(node_)
 
     def sum(self) -> Any:
@@ -602,7 +641,7 @@ class Rolling:
     aggregate = agg
 
     def __getitem__(self, key: Any) -> Rolling:
-        return Rolling(_select(self._frame, key), self._window, min_periods=self._min_periods)
+        return Rolling(_select(self._frame, key), self._window, min_periods=self._min_periods, center=self._center)
 
     def __getattr__(self, name: str) -> Rolling:
         if name.startswith("_") or name not in _column_names(self._expr):
