@@ -178,10 +178,38 @@ def test_an_asynchronous_local_cluster_starts_when_awaited_or_given_to_a_client(
         given = LocalCluster(n_workers=1, asynchronous=True)
         async with Client(given, asynchronous=True) as client:  # a client starts it
             seen.append(await client.submit(inc, 3))
-        given.close()
+        await given.close()
+        # Awaited and given to a client at once: started once, the second waits for the first.
+        both = LocalCluster(n_workers=1, asynchronous=True)
+        started, client = await asyncio.gather(both, Client(both, asynchronous=True))
+        assert started is both
+        seen.append(await client.submit(inc, 4))
+        seen.append(len(both._pools))
+        await client.close()
+        # Closing stops the children in a thread: the loop goes on meanwhile.
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        await both.close()
+        ticker.cancel()
+        seen.append(ticks > 0)
         return seen
 
-    assert asyncio.run(main()) == [2, "closed", "created", 3, "closed", 4]
+    assert asyncio.run(main()) == [2, "closed", "created", 3, "closed", 4, 5, 1, True]
+
+
+def test_a_closed_local_cluster_says_so_at_once() -> None:
+    cluster = LocalCluster(n_workers=1)
+    cluster.close()
+    for use in (lambda: Client(cluster), lambda: cluster.scale(2), cluster.start):
+        with pytest.raises(UsageError, match="closed; make a new one"):
+            use()
 
 
 def test_dask_placement_keywords_are_accepted_and_not_passed_to_the_function(client: Client) -> None:

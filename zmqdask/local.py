@@ -86,6 +86,8 @@ class LocalCluster:
         """The address the pool uses and ``Client()`` connects to: a Unix socket where the
         platform has them (a message through it skips the TCP stack), else :attr:`address`."""
         self.asynchronous = asynchronous
+        self._start_lock = threading.Lock()
+        self._closed = False
         self._ipc_dir: str | None = None
         self._broker: subprocess.Popen[bytes] | None = None
         self._pools: list[tuple[subprocess.Popen[bytes], int]] = []
@@ -102,8 +104,16 @@ class LocalCluster:
         than the broker's) starts at the same time as the broker instead of after it; if the
         port is taken in between, the broker picks one itself and the pool follows it.
         """
-        if self.address is not None:
-            return self.address
+        # One start at a time: an asynchronous cluster may be awaited and given to clients at
+        # once, each starting it in a thread of its own; the later ones wait for the first.
+        with self._start_lock:
+            if self._closed:
+                raise UsageError("this LocalCluster is closed; make a new one")
+            if self.address is not None:
+                return self.address
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         env = self._env = _child_environment()
         if self._ipc_dir is None and os.name == "posix" and zmq.has("ipc"):
@@ -117,10 +127,10 @@ class LocalCluster:
         if port is not None and self._start_broker(port, env, deadline, early_pool=True):
             return self._started()
         if self._pools or self._broker is not None:
-            self.close()
+            self._stop_children()
         if not self._start_broker(self.port, env, deadline, early_pool=False):
             code = self._broker.poll() if self._broker is not None else None
-            self.close()
+            self._stop_children()
             raise CommunicationError(
                 f"the local broker did not start within {timeout} s"
                 + (f" (it exited with code {code}; see its error output above)" if code is not None else "")
@@ -213,6 +223,8 @@ class LocalCluster:
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise UsageError(f"scale takes a non-negative number of workers, got {n!r}")
+        if self._closed:
+            raise UsageError("this LocalCluster is closed; make a new one")
         if self._broker is None:
             self.n_workers = n  # not started (or closed): the count it starts with
             return
@@ -246,9 +258,9 @@ class LocalCluster:
     @property
     def status(self) -> str:
         """``"running"`` once started and until closed, else ``"created"`` or ``"closed"``."""
-        if self._broker is not None:
-            return "running"
-        return "closed" if self.address is not None else "created"
+        if self._closed:
+            return "closed"
+        return "running" if self._broker is not None else "created"
 
     @property
     def broker_pid(self) -> int | None:
@@ -263,9 +275,24 @@ class LocalCluster:
     def close(self, timeout: float = _STOP_GRACE_S) -> Any:
         """Stop the pools, then the broker (SIGTERM, then SIGKILL after ``timeout``).
 
-        Returns an awaitable that is already done, so that ``await cluster.close()`` of an
-        asynchronous cluster works as in Dask.
+        Returns an awaitable, for ``await cluster.close()`` as in Dask.  Called on a running
+        event loop, an asynchronous cluster stops in a thread, awaited or not (the loop goes
+        on meanwhile; the awaitable is done once it has stopped); otherwise the cluster has
+        stopped when this returns.
         """
+        self._closed = True
+        if self.asynchronous:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                # Handed to a thread now, not when awaited: a close never awaited still happens.
+                return loop.run_in_executor(None, self._stop_children, timeout)
+        self._stop_children(timeout)
+        return _Done()
+
+    def _stop_children(self, timeout: float = _STOP_GRACE_S) -> None:
         processes = self._children()
         self._pools = []
         self._broker = None
@@ -276,7 +303,6 @@ class LocalCluster:
         if self._ipc_dir is not None:
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
             self._ipc_dir = None
-        return _Done()
 
     def __enter__(self) -> LocalCluster:
         self.start()
@@ -297,7 +323,8 @@ class LocalCluster:
         return await self._started_in_thread()
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.close)
+        self._closed = True
+        await asyncio.to_thread(self._stop_children)
 
     def __repr__(self) -> str:
         return f"LocalCluster({self.address!r}, workers={self.n_workers}, threads={self.threads_per_worker})"
