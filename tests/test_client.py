@@ -198,6 +198,26 @@ def test_done_callbacks_run_in_a_thread_of_their_own_and_may_block(client: Clien
     assert seen[0][0].startswith("zmqdask-callback") and seen[0][1] == 13
 
 
+def test_done_callbacks_of_an_asynchronous_client_get_values_from_result(client: Client) -> None:
+    # In the callback's thread, result() and exception() block and return, as in Dask.
+    async def main() -> list[Any]:
+        async with Client(client.address, asynchronous=True) as aclient:
+            seen: list[Any] = []
+            done = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            other = aclient.submit(slow_inc, 1, 0.3, pure=False)
+
+            def callback(f: Future) -> None:
+                seen.extend([f.result(), other.result(timeout=30), f.exception()])
+                loop.call_soon_threadsafe(done.set)
+
+            aclient.submit(inc, 10, pure=False).add_done_callback(callback)
+            await asyncio.wait_for(done.wait(), 30)
+            return seen
+
+    assert asyncio.run(main()) == [11, 2, None]
+
+
 def test_scatter(client: Client) -> None:
     array = np.arange(1_000_000, dtype="float64")
     [remote] = client.scatter([array])

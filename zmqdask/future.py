@@ -192,11 +192,15 @@ class Future:
         """Wait for and return the value; raises the task's exception if it failed.
 
         On an asynchronous client this returns an awaitable, as in Dask:
-        ``await future.result()`` (or simply ``await future``).
+        ``await future.result()`` (or simply ``await future``); called from another thread
+        than the client's event loop (a done callback's), it blocks and returns the value.
         """
         state = self._state
         if self._client.asynchronous:
-            return self._client._awaitable_within(self._client._wait_value(state), timeout, f"result of {self.key}")
+            what = f"result of {self.key}"
+            if self._client._loop_runs_in_another_thread():
+                return self._client._wait_from_another_thread(self._client._wait_value(state), timeout, what)
+            return self._client._awaitable_within(self._client._wait_value(state), timeout, what)
         if state.has_value:
             return state.value
         if state.status in TERMINAL_FAILURES and state.exception is not None:
@@ -208,10 +212,14 @@ class Future:
     def exception(self, timeout: float | None = None) -> Any:
         """Wait for completion and return the exception, or None if it succeeded.
 
-        On an asynchronous client this returns an awaitable: ``await future.exception()``.
+        On an asynchronous client this returns an awaitable: ``await future.exception()``
+        (from another thread than the client's event loop, it blocks and returns it).
         """
         if self._client.asynchronous:
-            return self._client._awaitable_within(self._exception_async(), timeout, f"completion of {self.key}")
+            what = f"completion of {self.key}"
+            if self._client._loop_runs_in_another_thread():
+                return self._client._wait_from_another_thread(self._exception_async(), timeout, what)
+            return self._client._awaitable_within(self._exception_async(), timeout, what)
         if not self.done():
             self._client._blocking(self._client._wait_done(self._state), timeout, "await wait([future])")
         return self._state.exception

@@ -288,6 +288,22 @@ class BrokerSession:
                 raise  # the coroutine's own timeout, with its own message
             raise ZmqdaskTimeoutError(f"{what or 'operation'} did not finish within {timeout} s") from None
 
+    def _loop_runs_in_another_thread(self) -> bool:
+        """Whether an asynchronous client's loop runs, in a thread other than the caller's."""
+        loop = self._loop
+        return loop is not None and loop.is_running() and not self._in_loop_thread()
+
+    def _wait_from_another_thread(self, coro: Any, timeout: float | None, what: str) -> Any:
+        """Run ``coro`` on an asynchronous client's loop and block this thread for its result
+        (a done callback's thread, say), as Dask's ``result()`` does there."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            coro.close()
+            raise ClosedClientError("this client is closed; create a new Client to go on")
+        # Bounded by timeout if given, else by the task's own end: a closing client fails
+        # every pending future, and a stopping loop cancels the coroutine.
+        return asyncio.run_coroutine_threadsafe(self._awaitable_within(coro, timeout, what), loop).result()
+
     async def _awaitable_within(self, coro: Any, timeout: float | None, what: str) -> Any:
         """Await ``coro`` on an asynchronous client, bounded by ``timeout`` seconds if given."""
         if timeout is None:
