@@ -560,8 +560,10 @@ class BrokerSession:
         recv = _BaseSocket.recv
         for turn in range(_DRAIN_BATCH):
             # After a message, asking whether another waits is cheaper than a receive that
-            # fails (an exception): one fewer costly step before the loop waits again.
-            if turn and not self._readable():
+            # fails (an exception): one fewer costly step before the loop waits again.  A
+            # handler may have replaced the socket (reconnecting): the new one has its own
+            # reader, and asking it here could take the edge that reader waits for.
+            if turn and (self._socket is not sock or not self._readable()):
                 return
             try:
                 frame = recv(sock, _NOBLOCK, False)
