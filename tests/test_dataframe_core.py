@@ -148,6 +148,19 @@ def test_pandas_operands_align_with_the_rows_as_in_pandas(frames: tuple[pd.DataF
     factors = pd.Series({"x": 2.0, "z": -1.0})
     assert_same(df[["x", "z"]] * factors, pdf[["x", "z"]] * factors)
     assert_same(df[["x", "z"]].sub(factors), pdf[["x", "z"]].sub(factors))
+    assert_same(np.add(df.z, short), np.add(pdf.z, short))
+    assert_same(np.add(short, df.z), np.add(short, pdf.z))
+
+
+def test_pandas_operands_that_cannot_be_aligned_are_refused_clearly() -> None:
+    pdf = make_pdf()
+    unsorted = zd.from_pandas(pdf, npartitions=3, sort=False)
+    with pytest.raises(UsageError, match="set_index first"):
+        unsorted.z + pd.Series([1.0])
+    sorted_ = zd.from_pandas(pdf, npartitions=3)
+    for bad in (pd.Series([1.0, 2.0], index=[1.0, np.nan]), pd.Series([], dtype="float64")):
+        with pytest.raises(UsageError, match="empty or has missing labels"):
+            sorted_.z + bad
 
 
 def test_scalar_broadcast(frames: tuple[pd.DataFrame, zd.DataFrame]) -> None:

@@ -83,6 +83,17 @@ def _row_aligned_operand(frame: Any, other: Any, axis: Any = None) -> Any:
     ):
         from zmqdask.dataframe.sources import from_pandas_expr
 
+        kind = type(other).__name__
+        if not frame.known_divisions:
+            raise UsageError(
+                f"a pandas {kind} is aligned with a lazy collection by index, which needs the collection's "
+                "divisions (the index range of each partition): set_index first, or use from_pandas(..., sort=True)"
+            )
+        if len(other) == 0 or other.index.hasnans:
+            raise UsageError(
+                f"cannot align a lazy collection with a pandas {kind} whose index is empty or has missing "
+                "labels; drop those rows first"
+            )
         return new_collection(from_pandas_expr(other, npartitions=1))
     return other
 
@@ -118,7 +129,7 @@ class _Frame(Collection, FrameMethods, FrameReductions):
                 f"numpy's {ufunc.__name__}.{method} cannot run on a lazy collection; compute it first, "
                 "or use map_partitions"
             )
-        return map_partitions(_call_ufunc, ufunc, kwargs, *inputs)
+        return map_partitions(_call_ufunc, ufunc, kwargs, *(_row_aligned_operand(self, x) for x in inputs))
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         # np.asarray(df.x) computes, as in Dask.
