@@ -133,6 +133,21 @@ def test_lazy_resample_by_several_days_bins_every_partition_from_one_origin(rule
     _assert_same(lazy.resample(rule).count().compute(), frame.resample(rule).count())
 
 
+@pytest.mark.parametrize("rule", ["2W", "3W-MON", "2ME", "2MS", "2B"])
+def test_resample_by_several_calendar_periods_is_refused(rule: str) -> None:
+    _, lazy = _lazy(3)
+    with pytest.raises(UsageError, match="several calendar periods"):
+        lazy.resample(rule)
+
+
+@pytest.mark.parametrize("rule", ["W", "W-MON", "ME", "MS", "B", "QE", "BME", "SME"])
+def test_resample_by_one_calendar_period_matches_pandas(rule: str) -> None:
+    index = pd.date_range("2000-01-03 05:00", periods=400, freq="7h")
+    frame = pd.DataFrame({"x": np.arange(400)}, index=index)
+    lazy = zd.from_pandas(frame, npartitions=7)
+    _assert_same(lazy.x.resample(rule).sum().compute(), frame.x.resample(rule).sum())
+
+
 def test_lazy_resample_agg_series_and_divisions() -> None:
     frame, lazy = _lazy(6)
     got = lazy.resample("2h").agg({"x": ["sum", "max"], "y": "mean"})

@@ -443,9 +443,17 @@ class Resampler:
         if not self._expr.known_divisions:
             raise UsageError("resample needs known divisions; use set_index (or from_pandas with sort=True)")
         try:
-            to_offset(rule)
+            offset = to_offset(rule)
         except ValueError as exc:
             raise UsageError(f"invalid resampling rule {rule!r}: {exc}") from exc
+        if offset.n != 1 and not isinstance(offset, (pd.offsets.Tick, pd.offsets.Day)):
+            # pandas starts such bins (every 2 weeks, 2 month ends, ...) from the data's first
+            # timestamp, which each partition would take from its own rows.
+            raise UsageError(
+                f"resampling by {rule!r} (several calendar periods per bin) is not supported: its bins "
+                f"depend on where the data starts; resample by {offset.base.freqstr!r} and combine "
+                "neighbouring bins, or use a fixed frequency such as '14D'"
+            )
         self._rule = rule
         self._closed = closed
         self._label = label
