@@ -110,10 +110,15 @@ async def maps(count: int, repeats: int) -> None:
                 raise RuntimeError("wrong results")
             del futures, results
             cpu_us = per_task_us(before, after, count)
-            bound = ncpus / (sum(cpu_us.values()) / 1e6)
+            total_us = sum(cpu_us.values())
+            # /proc counts CPU time in clock ticks (10 ms): a short run may read as none.
+            if total_us > 0:
+                bound = f"{ncpus} CPUs bound it at {ncpus / (total_us / 1e6):,.0f} tasks/s"
+            else:
+                bound = f"too short to measure: CPU times tick every {1000 / os.sysconf('SC_CLK_TCK'):.0f} ms"
             note = " (the previous repeat's releases overlap this one)" if repeat else " (fresh cluster)"
             print(f"zmqdask map + gather of {count:,}, repeat {repeat + 1}{note}: {count / elapsed:,.0f} tasks/s")
-            print(f"  CPU per task: {describe(cpu_us)}; {ncpus} CPUs bound it at {bound:,.0f} tasks/s")
+            print(f"  CPU per task: {describe(cpu_us)}; {bound}")
 
 
 def print_floor(count: int, one_cpu: bool) -> None:

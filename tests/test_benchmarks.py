@@ -76,7 +76,7 @@ def test_the_cost_benchmark_reports_cpu_per_task_for_every_process() -> None:
     for line in cpu_lines[:4]:
         assert re.search(r"client [\d.]+, broker [\d.]+, .*sum [\d.]+ us", line), line
     for line in cpu_lines[4:]:
-        bound = r"worker 0 [\d.]+, worker 1 [\d.]+; sum [\d.]+ us; \d+ CPUs bound it at [\d,]+ tasks/s"
+        bound = r"worker 0 [\d.]+, worker 1 [\d.]+; sum [\d.]+ us; (\d+ CPUs bound it at [\d,]+ tasks/s|too short)"
         assert re.search(bound, line), line
     assert re.search(r"^zmqdask map \+ gather of 2,000, repeat 2 .*: [\d,]+ tasks/s$", done.stdout, re.MULTILINE)
     assert "WARNING" not in done.stderr, done.stderr

@@ -198,6 +198,15 @@ def test_done_callbacks_run_in_a_thread_of_their_own_and_may_block(client: Clien
     assert seen[0][0].startswith("zmqdask-callback") and seen[0][1] == 13
 
 
+def test_a_done_callback_added_after_the_client_closed_still_runs() -> None:
+    with Client(n_workers=1) as local:
+        future = local.submit(inc, 1)
+        assert future.result(timeout=30) == 2
+    seen: list[str] = []
+    future.add_done_callback(lambda f: seen.append(f.status))
+    assert seen == ["finished"]
+
+
 def test_done_callbacks_of_an_asynchronous_client_get_values_from_result(client: Client) -> None:
     # In the callback's thread, result() and exception() block and return, as in Dask.
     async def main() -> list[Any]:

@@ -1123,16 +1123,20 @@ class BrokerSession:
                     state.callbacks = []
                 state.callbacks.append((future, fn))
 
-        if self._loop is None or self._in_loop_thread():
-            attach()
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._in_loop_thread():
+            attach()  # no loop any more (the client closed): its futures are all done
         else:
-            self._loop.call_soon_threadsafe(attach)
+            loop.call_soon_threadsafe(attach)
 
     def _add_user_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
         """``fn(future)`` once done, in a thread of this client's, as Dask runs done callbacks:
         a callback may block (``other.result()``) without stalling the client's loop."""
 
         def hand_over(done: Future) -> None:
+            if self.status == ClientStatus.CLOSED:
+                self._run_user_callback(fn, done)  # nothing else will come: no thread needed
+                return
             with self._lock:
                 if self._callback_thread is None:
                     self._callback_thread = concurrent.futures.ThreadPoolExecutor(
@@ -1141,8 +1145,8 @@ class BrokerSession:
                 runner = self._callback_thread
             try:
                 runner.submit(self._run_user_callback, fn, done)
-            except RuntimeError:  # shut down: the client closed
-                logger.debug("a done callback of %s was not run: the client is closed", done.key)
+            except RuntimeError:  # shut down: the client closed, and nothing else will come
+                self._run_user_callback(fn, done)
 
         self._add_done_callback(future, hand_over)
 
