@@ -7,11 +7,9 @@ Port Dask code by changing imports: ``from zmqdask import Client``, ``import zmq
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-# delayed and progress are imported now because each shares its name with its module:
-# importing that module later (as the client does) would set the package's attribute to
-# the module, hiding the function.
+from zmqdask.client import Client, ClientStatus, default_client, get_client
 from zmqdask.delayed import Delayed, delayed
 from zmqdask.errors import (
     CancelledError,
@@ -27,35 +25,16 @@ from zmqdask.errors import (
     UsageError,
     ZmqdaskError,
 )
+from zmqdask.future import Future, as_completed, fire_and_forget, wait
+from zmqdask.local import LocalCluster
 from zmqdask.progress import futures_of, progress
-
-if TYPE_CHECKING:
-    from zmqdask import dataframe, datasets
-    from zmqdask.base import compute, is_dask_collection, persist, visualize
-    from zmqdask.client import Client, ClientStatus, default_client, get_client
-    from zmqdask.future import Future, as_completed, fire_and_forget, wait
-    from zmqdask.local import LocalCluster
-    from zmqdask.security import Security
-    from zmqdask.task_context import get_worker, rejoin, secede, worker_client
+from zmqdask.security import Security
+from zmqdask.task_context import get_worker, rejoin, secede, worker_client
 
 __version__ = "0.1.0"
 
 _LAZY_MODULES = frozenset({"dataframe", "datasets"})
-_LAZY_NAMES = {
-    "Client": "zmqdask.client",
-    "ClientStatus": "zmqdask.client",
-    "default_client": "zmqdask.client",
-    "get_client": "zmqdask.client",
-    "Future": "zmqdask.future",
-    "as_completed": "zmqdask.future",
-    "fire_and_forget": "zmqdask.future",
-    "wait": "zmqdask.future",
-    "LocalCluster": "zmqdask.local",
-    "Security": "zmqdask.security",
-    "get_worker": "zmqdask.task_context",
-    "rejoin": "zmqdask.task_context",
-    "secede": "zmqdask.task_context",
-    "worker_client": "zmqdask.task_context",
+_LAZY_FUNCTIONS = {
     "compute": "zmqdask.base",
     "is_dask_collection": "zmqdask.base",
     "persist": "zmqdask.base",
@@ -64,22 +43,13 @@ _LAZY_NAMES = {
 
 
 def __getattr__(name: str) -> Any:
-    # Loaded on first use: the broker and the workers import parts of this package (the
-    # protocol, the worker loop) and start faster without the client, asyncio and the
-    # DataFrame layer (pandas).  ``from zmqdask import Client`` works as usual.
+    # The DataFrame layer imports pandas; load it only when it is used, so the client,
+    # worker and broker start quickly.
     if name in _LAZY_MODULES:
         return importlib.import_module(f"zmqdask.{name}")
-    module = _LAZY_NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'zmqdask' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    # The public names, loaded or not, and the module's own dunders; not its helpers.
-    return sorted(set(__all__) | {name for name in globals() if name.startswith("__")})
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name]), name)
+    raise AttributeError(f"module 'zmqdask' has no attribute {name!r}")
 
 
 __all__ = [
