@@ -169,9 +169,9 @@ class BrokerSession:
         self._loop_thread: LoopThread | None = None
         self._loop_thread_id: int | None = None
         self._direct: DirectFetcher | None = None
+        """Fetches large values from the workers holding them (made at the first ELSEWHERE)."""
         self._callback_thread: concurrent.futures.ThreadPoolExecutor | None = None
         """Runs the callbacks given to ``Future.add_done_callback``, one at a time, in order."""
-        """Fetches large values from the workers holding them (made at the first ELSEWHERE)."""
         self._direct_fetches: set[asyncio.Task[None]] = set()
         self._placing: dict[str, list[Any]] = {}
         """Frames of scattered values sent (or about to be sent) to a worker directly, kept
