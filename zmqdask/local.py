@@ -86,7 +86,8 @@ class LocalCluster:
         """The address the pool uses and ``Client()`` connects to: a Unix socket where the
         platform has them (a message through it skips the TCP stack), else :attr:`address`."""
         self.asynchronous = asynchronous
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.RLock()
+        """Held while children start or stop: starts, scale() and close() come one at a time."""
         self._closed = False
         self._ipc_dir: str | None = None
         self._broker: subprocess.Popen[bytes] | None = None
@@ -223,19 +224,20 @@ class LocalCluster:
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise UsageError(f"scale takes a non-negative number of workers, got {n!r}")
-        if self._closed:
-            raise UsageError("this LocalCluster is closed; make a new one")
-        if self._broker is None:
-            self.n_workers = n  # not started (or closed): the count it starts with
-            return
-        while self.n_workers > n and self._pools:
-            pool, count = self._pools.pop()
-            _terminate([pool])
-            self.n_workers -= count
-        if self.n_workers < n and self.address is not None:
-            self._start_pool(self._pool_address(self.address), self._env, n - self.n_workers)
-            self.n_workers = n
-        self._watch_children()
+        with self._start_lock:
+            if self._closed:
+                raise UsageError("this LocalCluster is closed; make a new one")
+            if self._broker is None:
+                self.n_workers = n  # not started yet: the count it starts with
+                return
+            while self.n_workers > n and self._pools:
+                pool, count = self._pools.pop()
+                _terminate([pool])
+                self.n_workers -= count
+            if self.n_workers < n and self.address is not None:
+                self._start_pool(self._pool_address(self.address), self._env, n - self.n_workers)
+                self.n_workers = n
+            self._watch_children()
 
     @property
     def workers(self) -> dict[str, Any]:
@@ -293,16 +295,17 @@ class LocalCluster:
         return _Done()
 
     def _stop_children(self, timeout: float = _STOP_GRACE_S) -> None:
-        processes = self._children()
-        self._pools = []
-        self._broker = None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        _terminate(processes, timeout)
-        if self._ipc_dir is not None:
-            shutil.rmtree(self._ipc_dir, ignore_errors=True)
-            self._ipc_dir = None
+        with self._start_lock:  # after a start in progress, never during it
+            processes = self._children()
+            self._pools = []
+            self._broker = None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+            _terminate(processes, timeout)
+            if self._ipc_dir is not None:
+                shutil.rmtree(self._ipc_dir, ignore_errors=True)
+                self._ipc_dir = None
 
     def __enter__(self) -> LocalCluster:
         self.start()
