@@ -652,3 +652,12 @@ def test_aligning_frames_whose_index_ranges_do_not_overlap_duplicates_no_rows() 
     # The first output partition has no input: it used to receive a whole input partition.
     pd.testing.assert_series_equal((lazy_low + lazy_high).compute(), low + high)
     pd.testing.assert_series_equal((lazy_high - lazy_low).compute(), high - low)
+
+
+def test_assigning_columns_of_another_length_is_refused_as_by_pandas() -> None:
+    df = zd.from_pandas(pd.DataFrame({"x": [1, 2], "y": [3, 4]}), npartitions=1)
+    for names in (["A"], ["A", "B", "C"]):
+        with pytest.raises(ValueError, match="Length mismatch"):
+            df.columns = names
+    df.columns = ["A", "B"]
+    assert list(df.compute().columns) == ["A", "B"]

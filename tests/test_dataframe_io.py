@@ -325,3 +325,33 @@ def test_to_parquet_partition_on_writes_hive_directories_read_back_alike(tmp_pat
     assert len(read_parquet(str(out)).compute()) == 12
     with pytest.raises(UsageError, match="partition_on"):
         to_parquet(lazy, tmp_path / "bad", partition_on=["nope"])
+
+
+def test_writing_the_same_frame_again_on_a_cluster_writes_every_file(tmp_path: Path, client: Any) -> None:
+    # The write tasks of a second call must run again, not be taken for the first call's
+    # (whose results may still be held): to_parquet removes the first call's files first.
+    frame = zd.from_pandas(pd.DataFrame({"a": range(40)}), npartitions=4)
+    target = tmp_path / "pq"
+    for round_ in range(3):
+        frame.to_parquet(target)
+        assert len(os.listdir(target)) == 4 and len(pd.read_parquet(target)) == 40, round_
+    for round_ in range(3):
+        paths = frame.to_csv(str(tmp_path / "csv" / "part-*.csv"), index=False)
+        assert sum(len(pd.read_csv(p)) for p in paths) == 40, round_
+        for path in paths:
+            os.remove(path)
+
+
+def test_to_parquet_appends_after_the_files_there_and_writes_the_index_as_a_column(tmp_path: Path) -> None:
+    index = pd.RangeIndex(100, 120, name="idx")
+    first = pd.DataFrame({"a": range(20), "b": [f"s{i}" for i in range(20)]}, index=index)
+    second = first.set_axis(pd.RangeIndex(120, 140, name="idx")).assign(a=lambda f: f.a + 20)
+    zd.from_pandas(first, npartitions=2).to_parquet(tmp_path)
+    # pandas reads the directory back with the index: it is stored, not implied by each file.
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path), first)
+    zd.from_pandas(second, npartitions=2).to_parquet(tmp_path, append=True)
+    assert sorted(os.listdir(tmp_path)) == [f"part.{i}.parquet" for i in range(4)]
+    both = zd.read_parquet(tmp_path).compute()
+    pd.testing.assert_frame_equal(both.sort_index(), pd.concat([first, second]))
+    with pytest.raises(UsageError, match="cannot append columns"):
+        zd.from_pandas(first[["b", "a"]], npartitions=1).to_parquet(tmp_path, append=True)

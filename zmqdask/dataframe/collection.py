@@ -485,7 +485,13 @@ class DataFrame(_Frame):
 
     @columns.setter
     def columns(self, names: Any) -> None:
-        renamed = self.rename(columns=dict(zip(self._meta.columns, names, strict=False)))
+        names = list(names)
+        if len(names) != len(self._meta.columns):
+            raise ValueError(
+                f"Length mismatch: Expected axis has {len(self._meta.columns)} elements, new values have "
+                f"{len(names)} elements"
+            )
+        renamed = self.rename(columns=dict(zip(self._meta.columns, names, strict=True)))
         self._expr = renamed.expr
         self.__dict__.pop("_optimized", None)
         self.__dict__.pop("_graph", None)

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable, Hashable, Sequence
 from functools import cached_property
 from typing import Any
@@ -699,8 +700,14 @@ def write_parquet_part(part: pd.DataFrame | pd.Series, path: str, write_index: b
     """Write one partition to ``path``; returns its number of rows."""
     import_pyarrow()
     frame = part.to_frame() if isinstance(part, pd.Series) else part
-    frame.to_parquet(path, engine="pyarrow", index=write_index)
+    frame.to_parquet(path, engine="pyarrow", index=_index_option(write_index))
     return len(frame)
+
+
+def _index_option(write_index: bool | None) -> bool:
+    # The index as a column, as Dask writes it: left to pandas, a range index would be kept
+    # as each file's own start and stop only, which readers of the whole directory misread.
+    return write_index is None or write_index
 
 
 def write_parquet_groups(
@@ -718,7 +725,8 @@ def write_parquet_groups(
         levels = [f"{key}={_hive_value(value)}" for key, value in zip(keys, values, strict=True)]
         target = os.path.join(directory, *levels)
         os.makedirs(target, exist_ok=True)
-        group.drop(columns=keys).to_parquet(os.path.join(target, name), engine="pyarrow", index=write_index)
+        target_file = os.path.join(target, name)
+        group.drop(columns=keys).to_parquet(target_file, engine="pyarrow", index=_index_option(write_index))
     return len(part)
 
 
@@ -739,6 +747,10 @@ class WriteParquet(SinglePartition):
     directory: str
     write_index: bool | None
     partition_on: tuple[Hashable, ...] = ()
+    first_part: int = 0
+    """Number of the first file (after the files already there, when appending)."""
+    write_id: str = ""
+    """Unique to each call: writing the same frame again runs its tasks again."""
 
     def _prefix(self) -> str:
         return "to-parquet"
@@ -748,7 +760,8 @@ class WriteParquet(SinglePartition):
         return 0
 
     def _layer(self) -> dict[str, TaskSpec]:
-        targets = [os.path.join(self.directory, f"part.{i}.parquet") for i in range(self.frame.npartitions)]
+        first = self.first_part
+        targets = [os.path.join(self.directory, f"part.{first + i}.parquet") for i in range(self.frame.npartitions)]
         if self.partition_on:
             options = (self.write_index, self.partition_on)
             return _write_layer(self, self.frame, write_parquet_groups, targets, options, _total_rows)
@@ -762,12 +775,15 @@ def to_parquet(
     compute: bool = True,
     engine: str = "pyarrow",
     overwrite: bool = True,
+    append: bool = False,
     **options: Any,
 ) -> Any:
     """Write one Parquet file per partition into the directory ``path``.
 
     Earlier ``part.*.parquet`` files in that directory are replaced (``overwrite=False``
-    refuses to when there are any).  With ``compute=False`` the write is returned as a lazy
+    refuses to when there are any), unless ``append``: then the new files follow them,
+    numbered after them, and must have the same columns.  The index is written as a column
+    unless ``write_index=False``.  With ``compute=False`` the write is returned as a lazy
     scalar (the number of rows written).  ``engine`` must be pyarrow (or "auto").
     ``partition_on`` (a column or a list of them) writes hive-partitioned directories,
     ``<col>=<value>/part.<i>.parquet``, without those columns, as :func:`read_parquet`
@@ -792,10 +808,18 @@ def to_parquet(
     directory = os.path.abspath(os.fspath(path))
     os.makedirs(directory, exist_ok=True)
     earlier = [name for name in os.listdir(directory) if re.fullmatch(r"part\.\d+\.parquet", name)]
-    if earlier and not overwrite:
+    first_part = 0
+    if append:
+        if partition_on:
+            raise UsageError("to_parquet(append=True) cannot write partition_on directories; write them anew")
+        if earlier:
+            _check_appended_columns(os.path.join(directory, sorted(earlier)[0]), expr._meta)
+            first_part = 1 + max(int(name.split(".")[1]) for name in earlier)
+    elif earlier and not overwrite:
         raise UsageError(f"{directory} holds {len(earlier)} part files already; pass overwrite=True to replace them")
-    for name in earlier:
-        os.remove(os.path.join(directory, name))
+    else:
+        for name in earlier:
+            os.remove(os.path.join(directory, name))
     if partition_on:
         # Directories of an earlier write partitioned on the same first column go too.
         levels = [name for name in os.listdir(directory) if name.startswith(f"{partition_on[0]}=")]
@@ -803,11 +827,24 @@ def to_parquet(
             raise UsageError(f"{directory} holds partition directories already; pass overwrite=True to replace them")
         for name in levels:
             shutil.rmtree(os.path.join(directory, name))
-    result = new_collection(WriteParquet(expr, directory, write_index, partition_on))
+    result = new_collection(WriteParquet(expr, directory, write_index, partition_on, first_part, uuid.uuid4().hex))
     if compute:
         result.compute()
         return None
     return result
+
+
+def _check_appended_columns(existing_file: str, meta: Any) -> None:
+    """Refuse to append a frame whose columns differ from those of the files there."""
+    import pyarrow.parquet as pq
+
+    existing = pq.read_schema(existing_file).empty_table().to_pandas()
+    frame = meta.to_frame() if isinstance(meta, pd.Series) else meta
+    if list(existing.columns) != list(frame.columns):
+        raise UsageError(
+            f"cannot append columns {list(frame.columns)} to Parquet files with columns {list(existing.columns)}; "
+            "write to another directory, or select and order the columns as they are there"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -832,6 +869,8 @@ class WriteCSV(SinglePartition):
     frame: Expr
     paths: tuple[str, ...]
     kwargs: dict[str, Any]
+    write_id: str = ""
+    """Unique to each call: writing the same frame again runs its tasks again."""
 
     def _prefix(self) -> str:
         return "to-csv"
@@ -861,6 +900,8 @@ class WriteCSVSingleFile(SinglePartition):
     frame: Expr
     path: str
     kwargs: dict[str, Any]
+    write_id: str = ""
+    """Unique to each call: writing the same frame again runs its tasks again."""
 
     def _prefix(self) -> str:
         return "to-csv-single"
@@ -906,7 +947,7 @@ def to_csv(
         if "*" in os.path.basename(path) or os.path.isdir(path):
             raise UsageError(f"single_file=True needs a file name, got {os.fspath(filename)!r}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        single = new_collection(WriteCSVSingleFile(expr, path, dict(kwargs)))
+        single = new_collection(WriteCSVSingleFile(expr, path, dict(kwargs), uuid.uuid4().hex))
         return single.compute() if compute else single
     target = os.path.abspath(os.fspath(filename))
     width = len(str(max(expr.npartitions - 1, 0)))
@@ -917,5 +958,5 @@ def to_csv(
         directory = target
         paths = tuple(os.path.join(target, f"{str(i).zfill(width)}.part") for i in range(expr.npartitions))
     os.makedirs(directory, exist_ok=True)
-    result = new_collection(WriteCSV(expr, paths, dict(kwargs)))
+    result = new_collection(WriteCSV(expr, paths, dict(kwargs), uuid.uuid4().hex))
     return result.compute() if compute else result
