@@ -463,3 +463,19 @@ def test_eval_per_partition_and_sort_values_takes_na_position() -> None:
     pd.testing.assert_series_equal(df.x.sort_values(na_position="last").compute(), pdf.x.sort_values())
     with pytest.raises(UsageError, match="missing values sort last"):
         df.sort_values("x", na_position="first")
+
+
+def test_str_cat_joins_all_values_across_partitions_or_aligns_other_series() -> None:
+    values = pd.Series(["x", "y", None, "z", "", "w", "v", None], name="s")
+    lazy = zd.from_pandas(values, npartitions=3)
+    for options in ({"sep": ","}, {}, {"sep": "-", "na_rep": "?"}):
+        assert lazy.str.cat(**options).compute() == values.str.cat(**options)
+    other = pd.Series(list("abcdefgh"))
+    lazy_other = zd.from_pandas(other, npartitions=2)
+    pd.testing.assert_series_equal(lazy.str.cat(lazy_other, sep="|").compute(), values.str.cat(other, sep="|"))
+    pd.testing.assert_series_equal(
+        lazy.str.cat([lazy_other, other], sep="|", na_rep="-").compute(),
+        values.str.cat([other, other], sep="|", na_rep="-"),
+    )
+    with pytest.raises(UsageError, match="other Series"):
+        lazy.str.cat(list("abcdefgh"))

@@ -112,6 +112,37 @@ class Accessor:
             raise TypeError(f"'.{self._name}' accessor is not subscriptable")
         return new_collection(ops.MapAccessor(self._series.expr, "str", "__getitem__", True, (key,), {}))
 
+    def cat(self, others: Any = None, sep: str | None = None, na_rep: str | None = None, join: str = "left") -> Any:
+        """``.str.cat``: without ``others`` all values joined into one string (a lazy
+        scalar, across partitions); with a Series (lazy or pandas), row by row, aligned."""
+        if self._name != "str":
+            return self.__getattr__("cat")(others, sep=sep, na_rep=na_rep, join=join)
+        from zmqdask.dataframe.collection import Collection, _row_aligned_operand, map_partitions
+        from zmqdask.dataframe.expr import Reduction
+
+        if others is None:
+            options = {"sep": sep or "", "na_rep": na_rep}
+            reduction = Reduction(
+                self._series.expr,
+                str_cat_chunk,
+                str_cat_combine,
+                str_cat_aggregate,
+                "",
+                options,
+                {"sep": sep or ""},
+                {"sep": sep or ""},
+                label="str-cat",
+            )
+            return new_collection(reduction)
+        listed = list(others) if isinstance(others, (list, tuple)) else [others]
+        aligned = [_row_aligned_operand(self._series, other) for other in listed]
+        if not all(isinstance(other, Collection) for other in aligned):
+            raise UsageError(
+                "str.cat of a lazy Series takes other Series (lazy or pandas, aligned by index); "
+                "for a list of values, make a Series of them with the same index first"
+            )
+        return map_partitions(_str_cat_rows, self._series, *aligned, sep=sep, na_rep=na_rep, join=join)
+
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("_"):
             raise AttributeError(attr)
@@ -126,3 +157,26 @@ class Accessor:
             method.__doc__ = f"``.{self._name}.{attr}`` per partition."
             return method
         return new_collection(ops.MapAccessor(expr, self._name, attr, False, (), {}))
+
+
+def str_cat_chunk(part: pd.Series, sep: str, na_rep: str | None) -> tuple[bool, str]:
+    """One partition's values joined (missing ones skipped unless ``na_rep``), and whether
+    it had any value to join (an empty result may stand for one empty string)."""
+    values = part if na_rep is not None else part.dropna()
+    return len(values) > 0, values.str.cat(sep=sep, na_rep=na_rep)
+
+
+def str_cat_combine(chunks: list[tuple[bool, str]], sep: str) -> tuple[bool, str]:
+    """Joined chunks, in partition order."""
+    texts = [text for has_values, text in chunks if has_values]
+    return bool(texts), sep.join(texts)
+
+
+def str_cat_aggregate(chunks: list[tuple[bool, str]], sep: str) -> str:
+    """The one string of all values."""
+    return str_cat_combine(chunks, sep)[1]
+
+
+def _str_cat_rows(part: pd.Series, *others: pd.Series, **options: Any) -> pd.Series:
+    joined: Any = list(others) if len(others) > 1 else others[0]
+    return part.str.cat(joined, **options)
