@@ -726,6 +726,12 @@ def test_map_partitions_takes_delayed_arguments_and_holds_results_to_the_meta_gi
         wrong.compute()
 
 
+def test_standardizing_a_frame_with_its_own_mean_and_std_runs_on_the_cluster(client: Client) -> None:
+    pdf = pd.DataFrame({"x": [1.0, 4.0, 2.0, 8.0, 5.0, 7.0], "y": [3, 1, 4, 1, 5, 9]})
+    frame = dd.from_pandas(pdf, npartitions=3)
+    pd.testing.assert_frame_equal(((frame - frame.mean()) / frame.std()).compute(), (pdf - pdf.mean()) / pdf.std())
+
+
 def number_rows(part: pd.DataFrame, step: int, partition_info: dict[str, Any] | None = None) -> pd.DataFrame:
     assert partition_info is not None
     return part.assign(number=partition_info["number"] * step, division=partition_info["division"])

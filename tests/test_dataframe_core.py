@@ -661,3 +661,15 @@ def test_assigning_columns_of_another_length_is_refused_as_by_pandas() -> None:
             df.columns = names
     df.columns = ["A", "B"]
     assert list(df.compute().columns) == ["A", "B"]
+
+
+def test_a_reduction_over_the_columns_combines_with_every_row_as_in_pandas() -> None:
+    rng = np.random.default_rng(0)
+    pdf = pd.DataFrame({"x": rng.normal(size=30), "y": rng.integers(0, 9, 30), "z": rng.normal(size=30)})
+    df = zd.from_pandas(pdf, npartitions=3)
+    assert_same((df - df.mean()) / df.std(), (pdf - pdf.mean()) / pdf.std())
+    assert_same(df / df.max(), pdf / pdf.max())
+    assert_same(df.sub(df.mean(), axis="columns"), pdf.sub(pdf.mean(), axis="columns"))
+    assert_same(((df - df.mean()) / df.std())[["x"]], ((pdf - pdf.mean()) / pdf.std())[["x"]])
+    assert_same(df[["x", "z"]] - df.mean(), pdf[["x", "z"]] - pdf.mean())  # columns of both, as pandas
+    assert_same(np.subtract(df, df.mean()), np.subtract(pdf, pdf.mean()))

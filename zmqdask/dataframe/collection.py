@@ -76,8 +76,13 @@ def _row_aligned_operand(frame: Any, other: Any, axis: Any = None) -> Any:
     partition's rows by pandas, and every row of it outside that partition would come back
     (as NaN) once per partition; as a collection it is split along the same divisions
     first, as Dask does.  A pandas Series against a DataFrame's columns (the default axis
-    of DataFrame arithmetic) is sent whole, as pandas aligns it with the columns.
+    of DataFrame arithmetic) is sent whole, as pandas aligns it with the columns, and so is
+    a lazy reduction of a DataFrame's columns (``df - df.mean()``).
     """
+    if isinstance(frame, DataFrame) and isinstance(other, Series) and axis not in (0, "index", "rows"):
+        row = ops.as_row(other.expr)
+        if row is not None:
+            return new_collection(row)  # df.mean(): one value per column, for every row
     if isinstance(other, pd.DataFrame) or (
         isinstance(other, pd.Series) and (not isinstance(frame, DataFrame) or axis in (0, "index", "rows"))
     ):

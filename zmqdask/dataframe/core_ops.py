@@ -18,7 +18,10 @@ from zmqdask.dataframe.expr import (
     Blockwise,
     Expr,
     Projection,
+    Reduction,
     RowMover,
+    SinglePartition,
+    _identity,
     emulate,
     is_frame_like,
     node,
@@ -26,6 +29,7 @@ from zmqdask.dataframe.expr import (
     unknown_divisions,
 )
 from zmqdask.dataframe.lower import unify_categories
+from zmqdask.dataframe.meta import RowValues
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
 
@@ -463,6 +467,34 @@ def split_index(part: Any, lower: Any, upper: Any, last: bool) -> Any:
     start = 0 if lower is None else int(index.searchsorted(lower, side="left"))
     stop = len(index) if upper is None else int(index.searchsorted(upper, side="right" if last else "left"))
     return part.iloc[start:stop]
+
+
+@node
+class AsRow(SinglePartition):
+    """A reduction over a frame's columns (``df.mean()``), as one value per column that each
+    partition of another frame is combined with: ``(df - df.mean()) / df.std()``."""
+
+    frame: Expr
+    labels: tuple[Any, ...]
+    """The reduced frame's columns, taken when made (optimizing may replace that frame)."""
+    dtype: str
+
+    def _prefix(self) -> str:
+        return "as-row"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return RowValues(pd.Index(self.labels), self.dtype)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        return {self._key(0): (_identity, (TaskRef(self.frame._key(0)),), {})}
+
+
+def as_row(expr: Expr) -> Expr | None:
+    """``expr`` as the values of a row when it is a reduction of a DataFrame's columns."""
+    if isinstance(expr, Reduction) and isinstance(expr.frame._meta, pd.DataFrame) and isinstance(expr._meta, pd.Series):
+        return AsRow(expr, tuple(expr.frame._meta.columns), str(expr._meta.dtype))
+    return None
 
 
 @node

@@ -64,8 +64,26 @@ def _fake_index(index: pd.Index, n: int) -> pd.Index:
     return pd.Index(_fake_values(index.dtype, n), name=index.name)
 
 
+class RowValues:
+    """The meta of one value per column (``df.mean()``) used against a frame's rows: not
+    partitioned, so every partition gets the whole of it, as pandas aligns it with columns."""
+
+    def __init__(self, labels: pd.Index, dtype: Any) -> None:
+        self.labels = labels
+        self.dtype = dtype
+
+    def sample(self) -> pd.Series:
+        """Fake values, one per column label."""
+        return pd.Series(_fake_values(self.dtype, len(self.labels)), index=self.labels)
+
+    def __repr__(self) -> str:
+        return f"RowValues({list(self.labels)!r}, {self.dtype})"
+
+
 def meta_nonempty(meta: Any, n: int = 2) -> Any:
     """Fake data with ``meta``'s schema and ``n`` rows, to run functions on for inference."""
+    if isinstance(meta, RowValues):
+        return meta.sample()
     if isinstance(meta, pd.DataFrame):
         index = _fake_index(meta.index, n)
         data = {i: _fake_values(dtype, n) for i, dtype in enumerate(meta.dtypes)}
