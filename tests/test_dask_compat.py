@@ -726,6 +726,24 @@ def test_map_partitions_takes_delayed_arguments_and_holds_results_to_the_meta_gi
         wrong.compute()
 
 
+def test_awaiting_a_persisted_collection_or_delayed_value_gives_it_back_once_computed(client: Client) -> None:
+    async def main() -> list[Any]:
+        async with Client(client.address, asynchronous=True) as aclient:
+            frame = dd.from_pandas(pd.DataFrame({"a": range(10)}), npartitions=2)
+            persisted = await aclient.persist(frame)
+            held = zmqdask.futures_of(persisted)
+            value = await aclient.persist(zmqdask.delayed(abs)(-3))
+            return [
+                type(persisted).__name__,
+                all(f.status == "finished" for f in held) and len(held) == 2,
+                await aclient.compute(persisted.a.sum()),
+                await aclient.compute(value),
+                await frame is frame,  # nothing to wait for: itself
+            ]
+
+    assert asyncio.run(main()) == ["DataFrame", True, 45, 3, True]
+
+
 def test_standardizing_a_frame_with_its_own_mean_and_std_runs_on_the_cluster(client: Client) -> None:
     pdf = pd.DataFrame({"x": [1.0, 4.0, 2.0, 8.0, 5.0, 7.0], "y": [3, 1, 4, 1, 5, 9]})
     frame = dd.from_pandas(pdf, npartitions=3)

@@ -7,6 +7,7 @@ The two paths share the optimizer and the lowering, and differ only in the execu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -196,3 +197,23 @@ VISUALIZE_ADVICE = (
 def visualize(*args: Any, **kwargs: Any) -> Any:
     """Dask's ``visualize``: not available here; raises :class:`UsageError` saying what is."""
     raise UsageError(VISUALIZE_ADVICE)
+
+
+def settled(value: Any) -> Any:
+    """The awaitable of ``await value`` for a collection or delayed value: done once the
+    futures a persisted one holds are (``await client.persist(df)``, as in Dask), then
+    the value itself; at once for one that holds none."""
+
+    async def wait_then_return() -> Any:
+        from zmqdask.future import wait
+        from zmqdask.progress import futures_of
+
+        futures = futures_of(value)
+        if futures:
+            if futures[0]._client.asynchronous:
+                await wait(futures)
+            else:  # a synchronous client's wait blocks: not on this loop
+                await asyncio.to_thread(wait, futures)
+        return value
+
+    return wait_then_return().__await__()

@@ -88,6 +88,12 @@ class Delayed:
         )
         return result
 
+    def __await__(self) -> Any:
+        """``await client.persist(value)``: the delayed value, once it is computed."""
+        from zmqdask.base import settled
+
+        return settled(self)
+
     def persist(self, scheduler: Any = None, retries: int = 0, **options: Any) -> Delayed:
         """The same value, computed on the cluster and kept there (returns at once)."""
         from zmqdask.base import persist

@@ -150,6 +150,12 @@ class Collection:
         )
         return result
 
+    def __await__(self) -> Any:
+        """``await client.persist(df)``: the collection, once its partitions are computed."""
+        from zmqdask.base import settled
+
+        return settled(self)
+
     def persist(self, scheduler: Any = None, optimize_graph: bool = True, retries: int = 0) -> Any:
         """An equivalent collection backed by computed partitions.
 
