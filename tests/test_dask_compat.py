@@ -744,6 +744,23 @@ def test_awaiting_a_persisted_collection_or_delayed_value_gives_it_back_once_com
     assert asyncio.run(main()) == ["DataFrame", True, 45, 3, True]
 
 
+def logged_double(part: pd.DataFrame, log: str) -> pd.DataFrame:
+    with open(log, "a") as out:
+        out.write("call\n")
+    return part.assign(c=part.a * 2.0)
+
+
+def test_collections_computed_together_compute_what_they_share_once(client: Client, tmp_path: Path) -> None:
+    log = str(tmp_path / "calls")
+    pdf = pd.DataFrame({"a": range(40), "d": [float(i) for i in range(40)]})
+    shared = dd.from_pandas(pdf, npartitions=4).map_partitions(logged_double, log, meta=pdf.iloc[:0].assign(c=0.0))
+    results = zmqdask.compute(shared.c.sum(), shared.d.max(), shared.a.min())
+    assert results == (1560.0, 39.0, 0)
+    assert Path(log).read_text().count("call") == 4  # once per partition, not once per output
+    futures = client.compute([shared.c.max(), shared.d.sum()])
+    assert client.gather(futures) == [78.0, 780.0]
+
+
 def test_standardizing_a_frame_with_its_own_mean_and_std_runs_on_the_cluster(client: Client) -> None:
     pdf = pd.DataFrame({"x": [1.0, 4.0, 2.0, 8.0, 5.0, 7.0], "y": [3, 1, 4, 1, 5, 9]})
     frame = dd.from_pandas(pdf, npartitions=3)

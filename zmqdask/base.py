@@ -34,12 +34,24 @@ def ensure_blocking_allowed(client: Any, alternative: str) -> None:
     check_blocking_allowed(client, alternative)
 
 
+def graphs_of(collections: list[Any]) -> list[tuple[dict[str, Any], list[str]]]:
+    """Each collection's ``(graph, output keys)``.  DataFrame collections computed together
+    are optimized together, so the work they share keeps one key and is done once."""
+    frames = [i for i, c in enumerate(collections) if type(c).__module__.startswith("zmqdask.dataframe")]
+    pairs: dict[int, tuple[dict[str, Any], list[str]]] = {}
+    if len(frames) > 1:
+        from zmqdask.dataframe.collection_base import graphs_together
+
+        for index, (graph, keys) in zip(frames, graphs_together([collections[i] for i in frames]), strict=True):
+            pairs[index] = (dict(graph), list(keys))
+    return [pairs[i] if i in pairs else c.__zmqdask_graph__() for i, c in enumerate(collections)]
+
+
 def compute_locally(*collections: Any) -> list[Any]:
     """Run the collections' graphs in this process, as one merged graph; returns results."""
     graph: dict[str, Any] = {}
     outputs: list[list[str]] = []
-    for collection in collections:
-        sub, keys = collection.__zmqdask_graph__()
+    for sub, keys in graphs_of(list(collections)):
         graph.update(sub)
         outputs.append(keys)
     _refuse_futures(graph)
@@ -145,7 +157,7 @@ def compute(
     if client is not None:
         ensure_blocking_allowed(client, alternative)
         # Submit everything before waiting, so the cluster works on all of it at once.
-        futures = [client.compute(c, retries=retries) for c in lazy]
+        futures = client.compute(lazy, retries=retries)
         results = iter([f.result() for f in futures])
     else:
         results = iter(compute_locally(*lazy))

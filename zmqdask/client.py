@@ -31,6 +31,7 @@ import zmq
 
 from zmqdask import batches, dask_graph
 from zmqdask import protocol as proto
+from zmqdask.base import graphs_of
 from zmqdask.config import (
     CONNECT_TIMEOUT_S,
     DIRECT_MIN_BYTES,
@@ -957,20 +958,36 @@ class Client(BrokerSession):
         _accept_placement(placement)
         single = not isinstance(collections, (list, tuple))
         items = [collections] if single else list(collections)
+        for item in items:
+            if not isinstance(item, Future) and not is_collection(item):
+                raise UsageError(f"compute expects zmqdask collections or futures, got {type(item).__name__}")
+        lazy = [item for item in items if not isinstance(item, Future)]
+        partitions = iter(self._submit_graphs(lazy, priority, retries))
         futures: list[Any] = []
         for item in items:
             if isinstance(item, Future):
                 futures.append(item)
                 continue
-            if not is_collection(item):
-                raise UsageError(f"compute expects zmqdask collections or futures, got {type(item).__name__}")
-            graph, outputs = item.__zmqdask_graph__()
             finalize = item.__zmqdask_finalize__()
-            parts = self.submit_graph(graph, outputs, priority=priority, retries=retries)
+            parts = next(partitions)
             futures.append(self._submit_one(finalize, (parts,), {}, None, True, priority, retries, wanted=True))
         if sync:
             return self.gather(futures[0] if single else futures)
         return futures[0] if single else futures
+
+    def _submit_graphs(self, collections: list[Any], priority: int, retries: int) -> list[list[Future]]:
+        """Submit the collections' graphs as one, and return the futures of each one's
+        output partitions: a task two of them share is submitted (and computed) once."""
+        merged: dict[str, TaskSpec] = {}
+        outputs_of: list[list[str]] = []
+        for graph, outputs in graphs_of(collections):
+            merged.update(graph)
+            outputs_of.append(outputs)
+        every_output = list(dict.fromkeys(key for outputs in outputs_of for key in outputs))
+        if not every_output:
+            return [[] for _ in collections]
+        futures = dict(zip(every_output, self.submit_graph(merged, every_output, priority, retries), strict=True))
+        return [[futures[key] for key in outputs] for outputs in outputs_of]
 
     def get(
         self,
@@ -1034,12 +1051,11 @@ class Client(BrokerSession):
         _accept_placement(placement)
         single = not isinstance(collections, (list, tuple))
         items = [collections] if single else list(collections)
-        results = []
         for item in items:
             if not is_collection(item):
                 raise UsageError(f"persist expects zmqdask collections, got {type(item).__name__}")
-            graph, outputs = item.__zmqdask_graph__()
-            parts = self.submit_graph(graph, outputs, priority=priority, retries=retries)
+        results = []
+        for item, parts in zip(items, self._submit_graphs(items, priority, retries), strict=True):
             results.append(item.__zmqdask_persisted__(parts))
         return results[0] if single else results
 

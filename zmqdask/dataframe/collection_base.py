@@ -12,7 +12,7 @@ from zmqdask.dataframe import indexing as idx
 from zmqdask.dataframe import planning as plan
 from zmqdask.dataframe.expr import Expr, Partitions
 from zmqdask.dataframe.lower import build_graph, finalizer
-from zmqdask.dataframe.optimize import optimize
+from zmqdask.dataframe.optimize import optimize, optimize_together
 from zmqdask.dataframe.wrapping import new_collection
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
@@ -353,3 +353,9 @@ class Scalar(Collection):
             "<div><strong>zmqdask Scalar Structure:</strong></div>\n"
             f"<div>dtype: {self.dtype}</div>\n<div>zmqdask Name: {self._expr._prefix()}, {self.ntasks} tasks</div>"
         )
+
+
+def graphs_together(collections: list[Collection]) -> list[tuple[dict[str, TaskSpec], list[str]]]:
+    """Each collection's task graph and output keys, optimized together: the work they
+    share has the same keys in every graph, so the cluster (or this process) does it once."""
+    return [build_graph(expr) for expr in optimize_together([c.expr for c in collections])]

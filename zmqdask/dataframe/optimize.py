@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from zmqdask.dataframe.expr import Blockwise, Expr
+from zmqdask.dataframe.expr import Blockwise, Expr, node
 from zmqdask.dataframe.lower import Fused
 from zmqdask.errors import ZmqdaskError
 from zmqdask.graph import references
@@ -42,6 +42,34 @@ def optimize(expr: Expr, fuse: bool = True) -> Expr:
     if fuse:
         expr = fuse_blockwise(expr)
     return expr
+
+
+@node
+class Outputs(Expr):
+    """Several expressions computed together, optimized as one: the columns a shared node
+    must produce are those all of them read, and a shared node is not fused into each of
+    its consumers' tasks, so that it is computed once.  It has no tasks of its own."""
+
+    exprs: tuple[Expr, ...]
+
+    def _prefix(self) -> str:
+        return "outputs"
+
+    @property
+    def _meta(self) -> Any:
+        return None
+
+    def _layer(self) -> dict[str, Any]:
+        return {}
+
+
+def optimize_together(exprs: list[Expr]) -> list[Expr]:
+    """Each of ``exprs`` optimized as by :func:`optimize`, all at once (see :class:`Outputs`)."""
+    if len(exprs) < 2:
+        return [optimize(expr) for expr in exprs]
+    together = optimize(Outputs(tuple(exprs)))
+    assert isinstance(together, Outputs)
+    return list(together.exprs)
 
 
 def rewrite(expr: Expr, rule: Callable[[Expr], Expr | None]) -> Expr:
