@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any
 
 import numpy as np
@@ -138,6 +139,18 @@ def test_resample_by_several_calendar_periods_is_refused(rule: str) -> None:
     _, lazy = _lazy(3)
     with pytest.raises(UsageError, match="several calendar periods"):
         lazy.resample(rule)
+
+
+def test_resample_of_a_timezone_aware_index_bins_days_as_pandas_without_warnings() -> None:
+    index = pd.date_range("2000-01-01 05:00", periods=400, freq="3h", tz="US/Eastern")
+    frame = pd.DataFrame({"x": np.arange(400)}, index=index)
+    lazy = zd.from_pandas(frame, npartitions=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for rule in ("1D", "6h"):
+            _assert_same(lazy.x.resample(rule).sum().compute(), frame.x.resample(rule).sum())
+    with pytest.raises(UsageError, match="timezone-aware index by '2D'"):
+        lazy.resample("2D")
 
 
 @pytest.mark.parametrize("rule", ["W", "W-MON", "ME", "MS", "B", "QE", "BME", "SME"])

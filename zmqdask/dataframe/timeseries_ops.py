@@ -67,10 +67,16 @@ def grouper(rule: Any, origin: Any, closed: str | None, label: str | None) -> pd
     if label is not None:
         kwargs["label"] = label
     # Fixed frequencies bin from an origin, which must be the same in every partition; since
-    # pandas 3 a day ("2D") is not a Tick but is binned that way too.
-    if isinstance(to_offset(rule), (pd.offsets.Tick, pd.offsets.Day)):
+    # pandas 3 a day ("2D") is not a Tick but is binned that way too, on a naive index (on a
+    # timezone-aware one pandas bins by calendar days there, and warns of any origin).
+    offset = to_offset(rule)
+    if isinstance(offset, pd.offsets.Tick) or (isinstance(offset, pd.offsets.Day) and _naive(origin)):
         kwargs["origin"] = origin
     return pd.Grouper(**kwargs)
+
+
+def _naive(origin: Any) -> bool:
+    return not isinstance(origin, pd.Timestamp) or origin.tz is None
 
 
 def bin_label(timestamp: Any, rule: Any, origin: Any, closed: str | None, label: str | None) -> pd.Timestamp:
@@ -446,6 +452,11 @@ class Resampler:
             offset = to_offset(rule)
         except ValueError as exc:
             raise UsageError(f"invalid resampling rule {rule!r}: {exc}") from exc
+        if offset.n != 1 and isinstance(offset, pd.offsets.Day) and meta.index.tz is not None:
+            raise UsageError(
+                f"resampling a timezone-aware index by {rule!r} is not supported: pandas bins several "
+                "calendar days from where the data starts; resample by '1D', or by hours ('48h')"
+            )
         if offset.n != 1 and not isinstance(offset, (pd.offsets.Tick, pd.offsets.Day)):
             # pandas starts such bins (every 2 weeks, 2 month ends, ...) from the data's first
             # timestamp, which each partition would take from its own rows.
