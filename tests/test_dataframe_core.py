@@ -673,3 +673,29 @@ def test_a_reduction_over_the_columns_combines_with_every_row_as_in_pandas() -> 
     assert_same(((df - df.mean()) / df.std())[["x"]], ((pdf - pdf.mean()) / pdf.std())[["x"]])
     assert_same(df[["x", "z"]] - df.mean(), pdf[["x", "z"]] - pdf.mean())  # columns of both, as pandas
     assert_same(np.subtract(df, df.mean()), np.subtract(pdf, pdf.mean()))
+
+
+def test_row_values_of_any_dtype_and_arithmetic_of_reductions_combine_with_every_row() -> None:
+    pdf = pd.DataFrame({"x": [1, 2, 3, 4, 5, 6], "y": [6, 5, 4, 3, 2, 1], "s": list("abcdef")})
+    numbers = pdf[["x", "y"]]
+    df = zd.from_pandas(pdf, npartitions=2)
+    lazy_numbers = df[["x", "y"]]
+    cases = [
+        (lazy_numbers - lazy_numbers.max(), numbers - numbers.max()),  # integer values
+        (lazy_numbers / lazy_numbers.count(), numbers / numbers.count()),
+        (
+            (lazy_numbers - lazy_numbers.min()) / (lazy_numbers.max() - lazy_numbers.min()),
+            (numbers - numbers.min()) / (numbers.max() - numbers.min()),
+        ),
+        (lazy_numbers - lazy_numbers.mean() * 2, numbers - numbers.mean() * 2),
+        (lazy_numbers.mean() - lazy_numbers, numbers.mean() - numbers),  # reflected
+        (lazy_numbers - df.mean(numeric_only=True), numbers - pdf.mean(numeric_only=True)),
+        (lazy_numbers.add(lazy_numbers.mean(), fill_value=0), numbers.add(numbers.mean(), fill_value=0)),
+    ]
+    for lazy, expected in cases:
+        assert_same(lazy, expected)
+        assert list(lazy.columns) == list(expected.columns)  # the lazy schema, before computing
+        assert dict(lazy.dtypes) == dict(expected.dtypes)
+    gaps = pd.DataFrame({"x": [1.0, np.nan, 3.0, 4.0], "y": [np.nan, 5.0, 4.0, 3.0]})
+    lazy_gaps = zd.from_pandas(gaps, npartitions=2)
+    assert_same(lazy_gaps.fillna(lazy_gaps.mean()), gaps.fillna(gaps.mean()))

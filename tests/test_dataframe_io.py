@@ -353,5 +353,10 @@ def test_to_parquet_appends_after_the_files_there_and_writes_the_index_as_a_colu
     assert sorted(os.listdir(tmp_path)) == [f"part.{i}.parquet" for i in range(4)]
     both = zd.read_parquet(tmp_path).compute()
     pd.testing.assert_frame_equal(both.sort_index(), pd.concat([first, second]))
-    with pytest.raises(UsageError, match="cannot append columns"):
-        zd.from_pandas(first[["b", "a"]], npartitions=1).to_parquet(tmp_path, append=True)
+    # Columns, their dtypes or the index other than the files': refused, nothing written.
+    for other in (first[["b", "a"]], first.assign(a=first.a * 0.5), first.rename_axis("other")):
+        with pytest.raises(UsageError, match="cannot append to"):
+            zd.from_pandas(other, npartitions=1).to_parquet(tmp_path, append=True)
+    with pytest.raises(UsageError, match="writes at once"):
+        zd.from_pandas(second, npartitions=1).to_parquet(tmp_path, append=True, compute=False)
+    assert len(os.listdir(tmp_path)) == 4

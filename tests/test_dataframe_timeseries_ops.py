@@ -149,6 +149,10 @@ def test_resample_of_a_timezone_aware_index_bins_days_as_pandas_without_warnings
         warnings.simplefilter("error")
         for rule in ("1D", "6h"):
             _assert_same(lazy.x.resample(rule).sum().compute(), frame.x.resample(rule).sum())
+            expected = frame.x.resample(rule, origin="epoch").sum() if rule == "6h" else None
+            got = lazy.x.resample(rule, origin="epoch").sum().compute()
+            if expected is not None:
+                _assert_same(got, expected)
     with pytest.raises(UsageError, match="timezone-aware index by '2D'"):
         lazy.resample("2D")
 

@@ -141,6 +141,12 @@ class _Frame(Collection, FrameMethods, FrameReductions):
         return np.asarray(self.compute(), dtype=dtype)
 
     def _binop(self, op: str, other: Any, reflected: bool = False) -> Any:
+        if isinstance(self, Series) and isinstance(other, DataFrame):
+            # df.mean() - df: the row's values, against every row of the frame.
+            row = ops.as_row(self._expr)
+            if row is not None:
+                left, right = (other.expr, row) if reflected else (row, other.expr)
+                return new_collection(ops.Binop(op, left, right))
         other = _row_aligned_operand(self, other)
         if isinstance(other, Collection):
             left, right = plan.align(self._expr, other.expr)

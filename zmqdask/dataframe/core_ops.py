@@ -29,7 +29,7 @@ from zmqdask.dataframe.expr import (
     unknown_divisions,
 )
 from zmqdask.dataframe.lower import unify_categories
-from zmqdask.dataframe.meta import RowValues
+from zmqdask.dataframe.meta import RowValues, meta_nonempty
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
 
@@ -174,8 +174,9 @@ class MapMethod(Blockwise):
 
     @cached_property
     def _meta(self) -> Any:
-        args = tuple(a._meta if isinstance(a, Expr) else a for a in self.args)
-        kwargs = {k: (v._meta if isinstance(v, Expr) else v) for k, v in self.kwargs.items()}
+        # A row's values (df.mean()) go in as made-up values: emulate passes them on as they are.
+        args = tuple(_operand_meta(a) for a in self.args)
+        kwargs = {k: _operand_meta(v) for k, v in self.kwargs.items()}
         return emulate(call_method, self.frame._meta, self.method, args, kwargs)
 
     def _is_columnwise(self) -> bool:
@@ -471,13 +472,13 @@ def split_index(part: Any, lower: Any, upper: Any, last: bool) -> Any:
 
 @node
 class AsRow(SinglePartition):
-    """A reduction over a frame's columns (``df.mean()``), as one value per column that each
-    partition of another frame is combined with: ``(df - df.mean()) / df.std()``."""
+    """Values per column of a frame (``df.mean()``, ``df.max() - df.min()``), as a row that
+    each partition of another frame is combined with: ``(df - df.mean()) / df.std()``."""
 
     frame: Expr
     labels: tuple[Any, ...]
-    """The reduced frame's columns, taken when made (optimizing may replace that frame)."""
-    dtype: str
+    """The values' column labels, taken when made (optimizing may replace the inputs)."""
+    dtype: Any
 
     def _prefix(self) -> str:
         return "as-row"
@@ -490,10 +491,48 @@ class AsRow(SinglePartition):
         return {self._key(0): (_identity, (TaskRef(self.frame._key(0)),), {})}
 
 
+def _operand_meta(operand: Any) -> Any:
+    if not isinstance(operand, Expr):
+        return operand
+    meta = operand._meta
+    return meta.sample() if isinstance(meta, RowValues) else meta
+
+
 def as_row(expr: Expr) -> Expr | None:
-    """``expr`` as the values of a row when it is a reduction of a DataFrame's columns."""
-    if isinstance(expr, Reduction) and isinstance(expr.frame._meta, pd.DataFrame) and isinstance(expr._meta, pd.Series):
-        return AsRow(expr, tuple(expr.frame._meta.columns), str(expr._meta.dtype))
+    """``expr`` as the values of a row, when it is one value per column of a DataFrame:
+    a reduction of one, or elementwise arithmetic of such reductions (and scalars)."""
+    if not isinstance(expr._meta, pd.Series):
+        return None
+    labels = _row_labels(expr)
+    if labels is None:
+        return None
+    return AsRow(expr, tuple(labels), expr._meta.dtype)
+
+
+def _row_labels(expr: Expr) -> pd.Index | None:
+    """The column labels a row-valued expression has, or None if it is not one."""
+    if isinstance(expr, Reduction):
+        frame_meta = expr.frame._meta
+        if not isinstance(frame_meta, pd.DataFrame):
+            return None
+        try:
+            # The reduction itself, on made-up rows: its result's index (numeric_only and
+            # other options decide which columns remain).
+            sample = meta_nonempty(frame_meta)
+            value = expr.aggregate([expr.chunk(sample, **expr.chunk_kwargs)], **expr.aggregate_kwargs)
+        except Exception:
+            return frame_meta.columns
+        return value.index if isinstance(value, pd.Series) else None
+    if isinstance(expr, Blockwise) and expr.npartitions == 1:
+        labels: pd.Index | None = None
+        for dep in expr.dependencies():
+            if not is_frame_like(dep._meta):
+                continue
+            found = _row_labels(dep)
+            if found is None:
+                return None
+            labels = found if labels is None else labels.union(found, sort=False)
+        return labels
     return None
 
 

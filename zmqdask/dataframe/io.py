@@ -812,8 +812,12 @@ def to_parquet(
     if append:
         if partition_on:
             raise UsageError("to_parquet(append=True) cannot write partition_on directories; write them anew")
+        if not compute:
+            # The new files are numbered after those there now: two lazy appends would
+            # write the same files.
+            raise UsageError("to_parquet(append=True) writes at once; it cannot be returned lazily (compute=False)")
         if earlier:
-            _check_appended_columns(os.path.join(directory, sorted(earlier)[0]), expr._meta)
+            _check_appended_columns(os.path.join(directory, sorted(earlier)[0]), expr._meta, write_index)
             first_part = 1 + max(int(name.split(".")[1]) for name in earlier)
     elif earlier and not overwrite:
         raise UsageError(f"{directory} holds {len(earlier)} part files already; pass overwrite=True to replace them")
@@ -834,16 +838,24 @@ def to_parquet(
     return result
 
 
-def _check_appended_columns(existing_file: str, meta: Any) -> None:
-    """Refuse to append a frame whose columns differ from those of the files there."""
+def _check_appended_columns(existing_file: str, meta: Any, write_index: bool | None) -> None:
+    """Refuse to append a frame whose columns, dtypes or index differ from the files there:
+    readers would fail on the directory, or read it wrong."""
     import pyarrow.parquet as pq
 
     existing = pq.read_schema(existing_file).empty_table().to_pandas()
     frame = meta.to_frame() if isinstance(meta, pd.Series) else meta
-    if list(existing.columns) != list(frame.columns):
+    if not _index_option(write_index):
+        frame = frame.reset_index(drop=True)
+
+    def layout(f: pd.DataFrame) -> list[tuple[Any, str]]:
+        return [*((c, str(t)) for c, t in f.dtypes.items()), (("index", f.index.name), str(f.index.dtype))]
+
+    if layout(existing) != layout(frame):
         raise UsageError(
-            f"cannot append columns {list(frame.columns)} to Parquet files with columns {list(existing.columns)}; "
-            "write to another directory, or select and order the columns as they are there"
+            f"cannot append to {os.path.dirname(existing_file)}: its files hold {layout(existing)} "
+            f"(columns, dtypes, then the index), this frame {layout(frame)}; write to another directory, "
+            "or make the columns, their dtypes and the index name match"
         )
 
 

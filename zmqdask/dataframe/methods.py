@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from zmqdask.dataframe.expr import Expr
 from zmqdask.dataframe.wrapping import new_collection
@@ -86,6 +87,15 @@ class FrameMethods:
         """Missing values replaced by ``value`` (a scalar, dict or aligned collection)."""
         if value is None and kwargs.get("method") is not None:
             raise UsageError("fillna(method=...) is not supported; use ffill() or bfill()")
+        if isinstance(self._expr._meta, pd.DataFrame):
+            from zmqdask.dataframe.collection import Series
+            from zmqdask.dataframe.core_ops import as_row
+
+            if isinstance(value, Series):
+                # df.fillna(df.mean()): one value per column, for every partition.
+                row = as_row(value.expr)
+                if row is not None:
+                    value = new_collection(row)
         return self._method("fillna", value, **kwargs)
 
     def astype(self, dtype: Any) -> Any:

@@ -478,7 +478,8 @@ class Resampler:
             if origin == "start":
                 return first
             if origin == "epoch":
-                return origin
+                # As pandas reads it; a timestamp also says whether the index has a timezone.
+                return pd.Timestamp("1970-01-01", tz=first.tz)
             raise UsageError(f"origin {origin!r} is not supported; use start_day, start, epoch or a timestamp")
         return pd.Timestamp(origin)
 
