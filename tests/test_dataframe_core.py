@@ -699,3 +699,5 @@ def test_row_values_of_any_dtype_and_arithmetic_of_reductions_combine_with_every
     gaps = pd.DataFrame({"x": [1.0, np.nan, 3.0, 4.0], "y": [np.nan, 5.0, 4.0, 3.0]})
     lazy_gaps = zd.from_pandas(gaps, npartitions=2)
     assert_same(lazy_gaps.fillna(lazy_gaps.mean()), gaps.fillna(gaps.mean()))
+    with pytest.raises(UsageError, match="compute it first"):
+        lazy_numbers - lazy_numbers.median()  # exact quantiles are not reductions here

@@ -83,6 +83,12 @@ def _row_aligned_operand(frame: Any, other: Any, axis: Any = None) -> Any:
         row = ops.as_row(other.expr)
         if row is not None:
             return new_collection(row)  # df.mean(): one value per column, for every row
+        if other.npartitions == 1 and not other.known_divisions and frame.npartitions != 1:
+            raise UsageError(
+                "a lazy Series of one value per column is combined with every row of a frame when it "
+                "comes from reductions (df.mean(), df.max() - df.min()); for this one, compute it "
+                "first: df - values.compute()"
+            )
     if isinstance(other, pd.DataFrame) or (
         isinstance(other, pd.Series) and (not isinstance(frame, DataFrame) or axis in (0, "index", "rows"))
     ):
