@@ -28,7 +28,7 @@ from zmqdask.config import (
     ZERO_COPY_THRESHOLD_BYTES,
 )
 from zmqdask.errors import CommunicationError
-from zmqdask.protocol import HELLO, frame_nbytes
+from zmqdask.protocol import HELLO, send_frames
 from zmqdask.security import BrokerSecurity, CurveServer
 
 logger = logging.getLogger(__name__)
@@ -420,11 +420,7 @@ class BrokerServer:
                 return _UNREACHABLE
             raise
         # Once the identity frame is accepted the rest of the message cannot be refused.
-        last = len(frames) - 1
-        threshold = ZERO_COPY_THRESHOLD_BYTES
-        for index, frame in enumerate(frames):
-            copy = (len(frame) if type(frame) is bytes else frame_nbytes(frame)) < threshold
-            send(sock, frame, _SNDMORE if index < last else 0, copy, False)
+        send_frames(sock, frames)
         return _SENT
 
     def _unreachable(self, identity: bytes) -> None:

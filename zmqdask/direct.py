@@ -34,7 +34,7 @@ import zmq
 import zmq.asyncio
 
 from zmqdask import protocol
-from zmqdask.config import DIRECT_MIN_BYTES_PER_S, DIRECT_TIMEOUT_S, IPC_BUFFER_BYTES, ZERO_COPY_THRESHOLD_BYTES
+from zmqdask.config import DIRECT_MIN_BYTES_PER_S, DIRECT_TIMEOUT_S, IPC_BUFFER_BYTES
 from zmqdask.errors import ProtocolError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -129,14 +129,9 @@ def connect_data_socket(sock: _SocketT, address: str) -> _SocketT:
 def send_to(sock: zmq.Socket[Any], identity: bytes, frames: Sequence[Any]) -> bool:
     """Send one message to the peer ``identity`` of a ROUTER without blocking; False if the
     peer cannot take it now (it then times out and asks the broker instead)."""
-    send = sock.send
     try:
-        send(identity, zmq.NOBLOCK | zmq.SNDMORE)
-        last = len(frames) - 1
-        for index, frame in enumerate(frames):
-            nbytes = len(frame) if type(frame) is bytes else protocol.frame_nbytes(frame)
-            flags = zmq.NOBLOCK | (zmq.SNDMORE if index < last else 0)
-            send(frame, flags, copy=nbytes < ZERO_COPY_THRESHOLD_BYTES)
+        sock.send(identity, zmq.NOBLOCK | zmq.SNDMORE)
+        protocol.send_frames(sock, frames, zmq.NOBLOCK)
     except zmq.Again:
         return False
     return True

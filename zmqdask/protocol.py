@@ -98,6 +98,7 @@ from typing import Any, cast
 import msgpack
 import zmq
 
+from zmqdask import config
 from zmqdask.config import MAX_KEY_LENGTH, PROTOCOL_VERSION
 from zmqdask.errors import ProtocolError
 
@@ -649,3 +650,28 @@ def frame_nbytes(frame: Any) -> int:
     if buffer is not None:
         return int(buffer.nbytes)
     return int(memoryview(frame).nbytes)
+
+
+_SOCKET_SEND = zmq.backend.Socket.send
+_SNDMORE = int(zmq.SNDMORE)
+
+
+def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
+    """Send ``frames`` as (the rest of) one message, each with ``flags`` (``zmq.NOBLOCK``).
+
+    Frames of ``config.ZERO_COPY_THRESHOLD_BYTES`` and more go without a copy; smaller ones
+    are copied, which costs less.  A real socket is sent to through pyzmq's Cython method
+    (its Python wrappers cost more than the call); anything else, a test double say,
+    through its own ``send``.  Raises what the send raises (``zmq.Again``, ...).
+    """
+    last = len(frames) - 1
+    threshold = config.ZERO_COPY_THRESHOLD_BYTES
+    if isinstance(sock, zmq.backend.Socket):
+        send = _SOCKET_SEND
+        for index, frame in enumerate(frames):
+            nbytes = len(frame) if type(frame) is bytes else frame_nbytes(frame)
+            send(sock, frame, flags | _SNDMORE if index < last else flags, nbytes < threshold, False)
+        return
+    for index, frame in enumerate(frames):
+        nbytes = len(frame) if type(frame) is bytes else frame_nbytes(frame)
+        sock.send(frame, flags | _SNDMORE if index < last else flags, copy=nbytes < threshold)

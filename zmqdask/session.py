@@ -37,7 +37,6 @@ from zmqdask.config import (
     LIVENESS_TIMEOUT_S,
     MAX_KILLED_ATTEMPTS,
     MAX_MESSAGE_BYTES,
-    ZERO_COPY_THRESHOLD_BYTES,
 )
 from zmqdask.direct import DirectFetcher
 from zmqdask.errors import (
@@ -76,7 +75,6 @@ logger = logging.getLogger(__name__)
 _NO_FRAMES: list[Any] = []
 _BaseSocket = zmq.backend.Socket
 _NOBLOCK = int(zmq.NOBLOCK)
-_NOBLOCK_SNDMORE = _NOBLOCK | int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
@@ -317,16 +315,10 @@ class BrokerSession:
         sock = self._socket
         if sock is None:
             return
-        send = _BaseSocket.send  # the Cython method: pyzmq's Python wrappers cost more than the call
-        last = len(frames) - 1
         try:
             # Never block the event loop: with an unlimited high-water mark a send only fails
             # when ZeroMQ dropped the connection for good (a refused CURVE handshake).
-            for index, frame in enumerate(frames):
-                # Large frames go without a copy; the rest are copied, as pyzmq would do.
-                nbytes = len(frame) if type(frame) is bytes else proto.frame_nbytes(frame)
-                copy = nbytes < ZERO_COPY_THRESHOLD_BYTES
-                send(sock, frame, _NOBLOCK_SNDMORE if index < last else _NOBLOCK, copy, False)
+            proto.send_frames(sock, frames, _NOBLOCK)
         except zmq.Again:
             logger.warning("the connection to the broker at %s was dropped; reconnecting", self.address)
             if self.status == ClientStatus.RUNNING:

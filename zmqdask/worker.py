@@ -43,7 +43,6 @@ from zmqdask.config import (
     IPC_BUFFER_BYTES,
     LIVENESS_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
-    ZERO_COPY_THRESHOLD_BYTES,
 )
 from zmqdask.direct import (
     FAILED_COOLDOWN_S,
@@ -228,13 +227,7 @@ class BrokerLink:
 
     def send(self, command: int, header: Sequence[Any], payload: Sequence[Any] = ()) -> None:
         """Send one message (large payload frames without copying)."""
-        frames = protocol.encode(command, header, payload)
-        sock = self.socket
-        send = _BaseSocket.send  # the Cython method: pyzmq's Python wrappers cost more than the call
-        last = len(frames) - 1
-        for index, frame in enumerate(frames):
-            nbytes = len(frame) if type(frame) is bytes else protocol.frame_nbytes(frame)
-            send(sock, frame, _SNDMORE if index < last else 0, nbytes < ZERO_COPY_THRESHOLD_BYTES, False)
+        protocol.send_frames(self.socket, protocol.encode(command, header, payload))
         self._last_send = time.monotonic()
 
     def send_hello(self) -> None:
@@ -418,7 +411,6 @@ INLINE_SERVE_INTERVAL_S = 0.005
 
 _BaseSocket = zmq.backend.Socket
 _NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 
