@@ -37,6 +37,8 @@ def ensure_blocking_allowed(client: Any, alternative: str) -> None:
 def graphs_of(collections: list[Any]) -> list[tuple[dict[str, Any], list[str]]]:
     """Each collection's ``(graph, output keys)``.  DataFrame collections computed together
     are optimized together, so the work they share keeps one key and is done once."""
+    # By module name: importing the DataFrame layer (pandas) to ask isinstance would cost
+    # every client that has none.
     frames = [i for i, c in enumerate(collections) if type(c).__module__.startswith("zmqdask.dataframe")]
     pairs: dict[int, tuple[dict[str, Any], list[str]]] = {}
     if len(frames) > 1:
