@@ -447,6 +447,7 @@ def report(
     results: Results,
     command: str,
     floors: dict[str, tuple[float, float]] | None = None,
+    transfer_floor: floor_module.TransferResult | None = None,
 ) -> tuple[str, str]:
     """The plain-text report and the markdown document."""
     intro = [
@@ -460,6 +461,13 @@ def report(
         intro.append(
             "Floor of a round trip here, same run: bare pyzmq from this process through a Python ROUTER"
             f" process to a Python worker process and back (the same four hops, no framework): {measured}."
+        )
+    if transfer_floor is not None:
+        intro.append(
+            f"Floor of a scatter here, same run: the {spec.scatter_bytes / 1e6:.0f} MB array as one bare pyzmq"
+            " message from this process to another over a Unix socket, new contents each repeat:"
+            f" median {transfer_floor.median_gbps:.2f} GB/s (slowest {transfer_floor.min_gbps:.2f},"
+            f" fastest {transfer_floor.max_gbps:.2f})."
         )
     text = [f"command: {command}", *machine(), *intro]
     md = ["# Benchmarks", "", f"Command: `{command}`", "", *(f"- {line}" for line in machine()), "", *intro]
@@ -559,13 +567,18 @@ def main(argv: list[str] | None = None) -> int:
     print("running sessions:", file=sys.stderr, flush=True)
     results = run_all(args.frameworks, spec, args)
     floors: dict[str, tuple[float, float]] = {}
+    transfer_floor = None
     if "zmqdask" in args.frameworks:
         for transport in TRANSPORT_TITLES:
             try:
                 floors[transport] = floor_module.bare_round_trip(spec.roundtrips * spec.repeats, transport)
             except (OSError, TimeoutError, RuntimeError, zmq.ZMQError) as exc:
                 print(f"the bare round-trip floor over {transport} could not be measured: {exc}", file=sys.stderr)
-    text, md = report(args, args.frameworks, spec, results, command.strip(), floors)
+        try:
+            transfer_floor = floor_module.bare_transfer(spec.scatter_bytes, spec.repeats)
+        except (OSError, TimeoutError, RuntimeError, zmq.ZMQError) as exc:
+            print(f"the bare transfer floor could not be measured: {exc}", file=sys.stderr)
+    text, md = report(args, args.frameworks, spec, results, command.strip(), floors, transfer_floor)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(md)

@@ -8,6 +8,9 @@ back the same way: the same four ZeroMQ hops as a zmqdask round trip, with none 
 trip (Linux), and can place all three on one CPU: on a virtual machine, waking a thread on
 another virtual CPU costs far more than a switch on the same one, and the difference shows
 how much of the floor is those wake-ups.
+
+:func:`bare_transfer` is the floor under a scatter: one large array sent as one message,
+without copies in Python, from this process to a second one over a Unix socket.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import zmq
+
+from zmqdask.config import IPC_BUFFER_BYTES
 
 READY_TIMEOUT_MS = 10_000
 """How long the helper processes get to start and connect."""
@@ -171,6 +177,76 @@ def measure_floor(count: int, transport: str = "tcp", one_cpu: bool = False) -> 
                     process.join(1.0)
         if socket_dir is not None:
             shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """Rates of bare one-message transfers of an array (GB/s): median, slowest, fastest."""
+
+    median_gbps: float
+    min_gbps: float
+    max_gbps: float
+
+
+def _receiver(endpoint: str) -> None:
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
+    dealer.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
+    dealer.connect(endpoint)
+    dealer.send(b"ready")
+    while dealer.poll(READY_TIMEOUT_MS * 6):
+        # Held until the next one is announced, as a worker holds scattered data until it is
+        # released: each transfer lands in memory of its own.
+        frame = dealer.recv(copy=False)
+        if len(frame) == 4 and frame.bytes == b"stop":
+            return
+        dealer.send(len(frame).to_bytes(8, "little"))
+        del frame
+
+
+def bare_transfer(nbytes: int, repeats: int) -> TransferResult:
+    """Send an array of ``nbytes`` to a second process ``repeats`` times, each time new
+    contents, over a Unix socket with the buffers the local cluster asks for; each repeat
+    ends when the receiver has all of it."""
+    ctx = multiprocessing.get_context("spawn")
+    socket_dir = tempfile.mkdtemp(prefix="zmqdask-floor-")
+    endpoint = f"ipc://{os.path.join(socket_dir, 'transfer.sock')}"
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
+    router.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
+    router.bind(endpoint)
+    receiver = ctx.Process(target=_receiver, args=(endpoint,), daemon=True)
+    receiver.start()
+    try:
+        if not router.poll(READY_TIMEOUT_MS):
+            raise TimeoutError("the bare receiver did not start")
+        peer, _ = router.recv_multipart()
+        array = np.arange(nbytes // 8, dtype=np.float64)
+        seconds = []
+        for repeat in range(repeats):
+            array[0] = float(repeat + 1)
+            start = time.perf_counter()
+            router.send_multipart([peer, array], copy=False)
+            if not router.poll(REPLY_TIMEOUT_MS * 6):
+                raise TimeoutError("the bare receiver did not confirm a transfer")
+            if int.from_bytes(router.recv_multipart()[1], "little") != array.nbytes:
+                raise RuntimeError("the bare receiver got a wrong size")
+            seconds.append(time.perf_counter() - start)
+        router.send_multipart([peer, b"stop"])
+        rates = sorted(array.nbytes / s / 1e9 for s in seconds)
+        return TransferResult(statistics.median(rates), rates[0], rates[-1])
+    finally:
+        router.close()
+        context.term()
+        receiver.join(1.0)
+        if receiver.is_alive():
+            receiver.kill()
+            receiver.join(1.0)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:

@@ -43,6 +43,7 @@ def test_every_benchmark_case_reports_a_number(tmp_path: Path) -> None:
         assert all(NUMBER.match(value) for value in matching), (label, matching)
     assert "Errors" not in markdown.read_text()
     assert re.search(r"over a Unix socket \(as Client\(\)'s own cluster\) p50 \d+\.\d+ ms", done.stdout)
+    assert re.search(r"Floor of a scatter here, .* median \d+\.\d+ GB/s \(slowest \d+\.\d+", done.stdout)
 
 
 @pytest.mark.timeout(120)
