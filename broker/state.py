@@ -850,9 +850,14 @@ class BrokerState:
             self._apply_releases(None)
 
     def _on_cancel(self, client: ClientPeer, message: Message) -> None:
-        self._apply_releases_naming(message.header[0])
-        for key in message.header[0]:
+        keys = message.header[0]
+        self._apply_releases_naming(keys)
+        for key in keys:
             self.ledger.cancel(client, key)
+        if keys:
+            # After every report this CANCEL caused: the client may already have submitted
+            # some of these keys again, and tells reports about the old ones by this mark.
+            self._outbox.report(client, [keys[-1], protocol.CANCELS_SEEN, len(keys), 0])
 
     def _on_gather(self, client: ClientPeer, message: Message) -> None:
         self._apply_releases_naming(message.header[0])

@@ -94,7 +94,15 @@ def compute_keys(out: Out, identity: bytes) -> list[str]:
 
 
 def report_entries(out: Out, identity: bytes) -> dict[str, list[Any]]:
-    return {entry[0]: entry for m in msgs(out, identity, P.REPORT) for entry in m.header[0]}
+    """The REPORT entries for ``identity`` by key, without the answers to its CANCELs."""
+    return {
+        entry[0]: entry for m in msgs(out, identity, P.REPORT) for entry in m.header[0] if entry[1] != P.CANCELS_SEEN
+    }
+
+
+def cancels_seen(out: Out, identity: bytes) -> list[list[Any]]:
+    """The answers to ``identity``'s CANCELs in ``out``, in order."""
+    return [entry for m in msgs(out, identity, P.REPORT) for entry in m.header[0] if entry[1] == P.CANCELS_SEEN]
 
 
 @pytest.fixture
@@ -661,6 +669,27 @@ def test_cancel_cancels_dependents_and_reports_to_their_wanters(h: Harness) -> N
     assert one(out, b"w1", P.CANCEL_TASKS).header == [["a"]]
     h.done(b"w1", [["a", P.FINISHED, ["int", 8], 0]])  # it finished anyway: discarded
     assert h.state.ledger.tasks == {}
+
+
+def test_a_cancel_is_answered_once_after_every_report_it_causes(h: Harness) -> None:
+    h.worker(b"w1", credit=1)
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])])
+    h.submit(b"c1", [("x", [])], with_function=False)
+    h.submit(b"c1", [("y", ["x"])], with_function=False)
+    out = h.send(b"c1", P.CANCEL, [["x", "gone"]])
+    entries = [entry for m in msgs(out, b"c1", P.REPORT) for entry in m.header[0]]
+    assert [entry[0] for entry in entries if entry[1] == P.CANCELLED] == ["x", "y", "gone"]
+    assert entries[-1] == ["gone", P.CANCELS_SEEN, 2, 0]
+    assert cancels_seen(out, b"c1") == [entries[-1]]
+    # Answered even when nothing is cancelled (a finished key keeps its value).
+    h.finish(b"w1", "a")
+    out = h.send(b"c1", P.CANCEL, [["a"]])
+    assert report_entries(out, b"c1") == {} and cancels_seen(out, b"c1") == [["a", P.CANCELS_SEEN, 1, 0]]
+    # Submitted again after the CANCEL: a new task, reported normally.
+    h.send(b"c1", P.CANCEL, [["x"]])
+    h.submit(b"c1", [("x", [])], with_function=False)
+    assert "x" in h.state.ledger.tasks
 
 
 def test_cancel_keeps_a_key_someone_else_wants(h: Harness) -> None:

@@ -270,6 +270,39 @@ def test_cancel(client: Client) -> None:
     assert client.gather(blocker) == [1, 2, 3, 4]
 
 
+def test_a_key_cancelled_and_submitted_again_at_once_runs(client: Client) -> None:
+    # The broker answers the CANCEL after the new SUBMIT has left: its report must not
+    # cancel the new future.
+    for i in range(20):
+        first = client.submit(slow_inc, i % 3, 0.01)
+        client.cancel([first])
+        again = client.submit(slow_inc, i % 3, 0.01)
+        assert first.cancelled()
+        assert again.result(timeout=30) == i % 3 + 1
+    # An input and its dependent, both cancelled and both submitted again.
+    for i in range(10):
+        x = client.submit(slow_inc, 100 + i, 0.01)
+        y = client.submit(inc, x)
+        client.cancel([y])
+        client.cancel([x])
+        x2 = client.submit(slow_inc, 100 + i, 0.01)
+        y2 = client.submit(inc, x2)
+        assert y2.key == y.key
+        assert y2.result(timeout=30) == 102 + i
+
+
+def test_a_key_cancelled_and_submitted_again_runs_on_an_async_client(run_async) -> None:  # type: ignore[no-untyped-def]
+    async def body(c: Client) -> list[int]:
+        results = []
+        for i in range(20):
+            first = c.submit(slow_inc, i, 0.01)
+            await c.cancel([first])
+            results.append(await c.submit(slow_inc, i, 0.01))
+        return results
+
+    assert run_async(body) == list(range(1, 21))
+
+
 def test_released_futures_free_the_cluster(client: Client, wait_until) -> None:  # type: ignore[no-untyped-def]
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
     futures = client.map(inc, range(200, 300), batch_size=1)  # one task per call

@@ -47,6 +47,11 @@ def test_submit_roundtrip_and_frame_accounting() -> None:
         proto.decode(proto.encode(proto.SUBMIT, header, [b"fn", b"a1", b"a2"]))
 
 
+def test_report_answering_a_cancel_roundtrip() -> None:
+    header = [[["x", proto.CANCELLED, "cancelled", 0], ["x", proto.CANCELS_SEEN, 3, 0]]]
+    assert roundtrip(proto.REPORT, header).header == header
+
+
 def test_forget_functions_roundtrip() -> None:
     message = roundtrip(proto.FORGET_FUNCTIONS, [[FN, b"g" * 16]])
     assert message.name == "FORGET_FUNCTIONS" and message.header == [[FN, b"g" * 16]] and message.payload == []
@@ -67,6 +72,9 @@ def test_forget_functions_roundtrip() -> None:
         ([bytes((PROTOCOL_VERSION, proto.GET)), msgpack.packb([-1, []])], "invalid count"),
         ([bytes((PROTOCOL_VERSION, proto.DONE)), msgpack.packb([[["k", 9, "x", 0]]])], "unknown code"),
         ([bytes((PROTOCOL_VERSION, proto.DONE)), msgpack.packb([[["k", proto.FINISHED, "x", 0]]])], "FINISHED"),
+        ([bytes((PROTOCOL_VERSION, proto.DONE)), msgpack.packb([[["k", proto.CANCELS_SEEN, 1, 0]]])], "unknown code"),
+        ([bytes((PROTOCOL_VERSION, proto.REPORT)), msgpack.packb([[["k", proto.CANCELS_SEEN, 0, 0]]])], "key count"),
+        ([bytes((PROTOCOL_VERSION, proto.REPORT)), msgpack.packb([[["k", proto.CANCELS_SEEN, "1", 0]]])], "key count"),
         ([bytes((PROTOCOL_VERSION, proto.SUBMIT)), msgpack.packb([[], [["k", FN, [], 0, 0, 0]]])], "7 fields"),
         ([bytes((PROTOCOL_VERSION, proto.FORGET_FUNCTIONS)), msgpack.packb([["not bytes"]])], "function hash"),
         ([bytes((PROTOCOL_VERSION, proto.FORGET_FUNCTIONS)), msgpack.packb([[b"x" * 65]])], "function hash"),

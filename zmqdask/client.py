@@ -47,6 +47,7 @@ from zmqdask.errors import (
 )
 from zmqdask.errors import TimeoutError as ZmqdaskTimeoutError
 from zmqdask.future import (
+    CANCEL_CLOCK,
     CANCELLED,
     ERROR,
     FINISHED,
@@ -1213,6 +1214,7 @@ class Client(BrokerSession):
                             if state.entry is None:
                                 continue
                         self._ops.append(("cancel", future.key))
+                        self._cancels_unanswered.append(CANCEL_CLOCK.tick())
             with self._lock:
                 self._schedule_flush()
 

@@ -33,12 +33,41 @@ LOST = "lost"
 TERMINAL_FAILURES = frozenset({ERROR, CANCELLED, LOST})
 
 
+class CancelClock:
+    """Counts the cancellations queued by every client of this process.
+
+    Each :class:`FutureState` notes the count when it is created (``born``), and each client
+    notes it for every cancellation it queues: a state born at or after a cancellation was
+    submitted after it, so the broker's answers to that cancellation are not about it (see
+    ``BrokerSession._on_report``).  One count for the process keeps a state's note
+    meaningful whichever client made it.
+    """
+
+    __slots__ = ("_lock", "value")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def tick(self) -> int:
+        """Count one more cancellation; returns the new count."""
+        # Clients in several threads tick: the increment must not lose one.
+        with self._lock:
+            self.value += 1
+            return self.value
+
+
+CANCEL_CLOCK = CancelClock()
+"""The process's :class:`CancelClock`."""
+
+
 class FutureState:
     """What the client knows about one key (internal; shared by its Futures)."""
 
     __slots__ = (
         "alive",
         "batch",
+        "born",
         "callbacks",
         "data_requested",
         "deps",
@@ -63,6 +92,7 @@ class FutureState:
     def __init__(self, key: str) -> None:
         self.key = key
         self.status = PENDING
+        self.born = CANCEL_CLOCK.value
         self.value: Any = None
         self.has_value = False
         self.exception: BaseException | None = None

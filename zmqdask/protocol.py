@@ -153,6 +153,9 @@ CANCELLED = 2
 LOST = 3
 MISSING_DEPS = 4
 ELSEWHERE = 5
+CANCELS_SEEN = 6
+"""REPORT: the broker handled a CANCEL of ``detail`` keys (the entry names the last one);
+what it reports after this is about keys as submitted after that CANCEL."""
 
 # Task flags (bit set) in SUBMIT and COMPUTE.
 FLAG_WANTED = 1
@@ -462,6 +465,8 @@ def _v_entries_with_codes(h: list[Any], allowed: frozenset[int]) -> int:
                 and type(detail[2]) is str,
                 "ELSEWHERE detail must be [type_name, nbytes, address]",
             )
+        elif code == CANCELS_SEEN:
+            _check(type(detail) is int and 0 < detail <= _MAX_COUNT, "CANCELS_SEEN detail must be a key count")
         else:
             _check(type(detail) is str, "detail must be a string")
         if type(nframes) is int and 0 <= nframes <= _MAX_COUNT:
@@ -471,7 +476,7 @@ def _v_entries_with_codes(h: list[Any], allowed: frozenset[int]) -> int:
     return total
 
 
-_REPORT_CODES = frozenset({FINISHED, ERRED, CANCELLED, LOST, ELSEWHERE})
+_REPORT_CODES = frozenset({FINISHED, ERRED, CANCELLED, LOST, ELSEWHERE, CANCELS_SEEN})
 _DONE_CODES = frozenset({FINISHED, ERRED, CANCELLED, MISSING_DEPS})
 
 

@@ -15,6 +15,7 @@ the user-facing API on top.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import enum
 import logging
@@ -136,6 +137,10 @@ class BrokerSession:
         self._lock = threading.RLock()
         self._futures: dict[str, FutureState] = {}
         self._ops: list[tuple[Any, ...]] = []
+        # The cancel clock's count at each key cancelled here whose CANCEL the broker has not
+        # answered yet, oldest first: a CANCELLED report for a state born at or after the
+        # first is about that key as it was before it was submitted again (see _on_report).
+        self._cancels_unanswered: collections.deque[int] = collections.deque()
         self._flush_scheduled = False
         # Keys whose last Future was dropped, not yet told to the broker (see _release).
         self._releases: dict[str, None] = {}
@@ -633,6 +638,8 @@ class BrokerSession:
     def _on_error(self, message: proto.Message) -> None:
         code, text, refs = message.header
         logger.error("broker refused a message (%s): %s", code, text)
+        # It may have been a CANCEL, which will not be answered: stop waiting for answers.
+        self._cancels_unanswered.clear()
         failure = UsageError(f"the broker refused a request ({code}): {text}")
         for key in refs:
             state = self._futures.get(key) if isinstance(key, str) else None
@@ -664,6 +671,11 @@ class BrokerSession:
                     self._place(key, detail[2], detail[1])
                     continue
                 self._placed(key)
+            if code == proto.CANCELS_SEEN:
+                unanswered = self._cancels_unanswered
+                for _ in range(min(detail, len(unanswered))):
+                    unanswered.popleft()
+                continue
             state = futures.get(key)
             if state is None or state.status == CANCELLED:
                 continue
@@ -682,6 +694,11 @@ class BrokerSession:
                 error, text = self._rebuild_error(key, detail, frames)
                 self._set_failed(state, ERROR, error, text)
             elif code == proto.CANCELLED:
+                unanswered = self._cancels_unanswered
+                if unanswered and state.born >= unanswered[0]:
+                    # Cancelled before this state was submitted again: the broker handles our
+                    # messages in order, so the new one was not known to it then.
+                    continue
                 self._set_failed(state, CANCELLED, FutureCancelledError(f"{key} was cancelled: {detail}", key), None)
             elif code == proto.LOST:
                 self._set_failed(state, LOST, LostDataError(f"the data of {key} is lost: {detail}", key), None)
@@ -975,6 +992,11 @@ class BrokerSession:
         for key in list(self._placing):
             self._placed(key)
         with self._lock:
+            # CANCELs the old broker got will not be answered; those still queued go to the
+            # new one, and are the latest cancellations.
+            queued = sum(1 for op in self._ops if op[0] == "cancel")
+            while len(self._cancels_unanswered) > queued:
+                self._cancels_unanswered.popleft()
             for state in list(self._futures.values()):
                 if state.status not in (PENDING, FINISHED):
                     continue
