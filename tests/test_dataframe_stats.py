@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 from typing import Any
 
@@ -152,9 +153,116 @@ def test_describe_through_worker_processes(run_async: Any) -> None:
     pd.testing.assert_frame_equal(got_described, frame.describe())
     pd.testing.assert_series_equal(got_counts.sort_index(), frame.s.value_counts().sort_index())
 
+    async def summary(client: Any) -> str:
+        # info() must compute: on a running loop it refuses, naming the awaitable form.
+        with pytest.raises(UsageError, match=r"await client\.compute"):
+            lazy.info(verbose=True)
+        lazy.info(buf=io.StringIO())  # dtypes only: nothing to compute
+        return "ok"
+
+    assert run_async(summary) == "ok"
+
 
 def test_index_nunique_and_unique_count_labels() -> None:
     pdf = pd.DataFrame({"x": range(10)}, index=[1, 1, 2, 2, 3, 3, 4, 4, 5, 7])
     lazy = zd.from_pandas(pdf, npartitions=3)
     assert lazy.index.nunique().compute() == pdf.index.nunique() == 6
     assert list(lazy.index.unique().compute()) == list(pdf.index.unique())
+
+
+def _moment_frame(n: int = 400, seed: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "e": rng.exponential(2.0, n) + 1e6,  # far from 0: the merge must not lose precision
+            "g": rng.normal(size=n),
+            "i": rng.integers(0, 7, n),
+            "b": rng.integers(0, 2, n).astype(bool),
+            "c": 4.25,
+        }
+    )
+    frame.loc[frame.index[::17], "g"] = np.nan
+    return frame
+
+
+def _biased(adjusted_skew: pd.Series, counts: pd.Series) -> pd.Series:
+    # scipy's sample skewness from pandas' adjusted one.
+    return adjusted_skew * (counts - 2) / np.sqrt(counts * (counts - 1))
+
+
+@pytest.mark.parametrize("npartitions", [1, 6])
+def test_lazy_skew_and_kurtosis_match_pandas_and_dask_conventions(npartitions: int) -> None:
+    frame = _moment_frame()
+    lazy = zd.from_pandas(frame, npartitions=npartitions)
+    # pandas' values: adjusted, missing values skipped.
+    pd.testing.assert_series_equal(lazy.skew(bias=False, nan_policy="omit").compute(), frame.skew())
+    pd.testing.assert_series_equal(lazy.kurtosis(bias=False, nan_policy="omit").compute(), frame.kurt())
+    pd.testing.assert_series_equal(
+        lazy.kurt(fisher=False, bias=False, nan_policy="omit").compute(), frame.kurt().add(3.0)
+    )
+    # Dask's defaults: no finite-sample correction, a column with a missing value is NaN, a
+    # constant one has skewness 0 and excess kurtosis -3.
+    skew = lazy.skew().compute()
+    expected = _biased(frame.skew(), frame.count())
+    expected["c"] = 0.0
+    expected["g"] = np.nan
+    pd.testing.assert_series_equal(skew, expected)
+    kurt = lazy.kurtosis().compute()
+    deviations = frame - frame.mean()
+    pearson = (deviations**4).mean() / (deviations**2).mean() ** 2
+    assert kurt["g"] != kurt["g"] and kurt["c"] == -3.0
+    np.testing.assert_allclose(kurt[["e", "i", "b"]], pearson[["e", "i", "b"]].astype(float) - 3, rtol=1e-9)
+    # A Series, a filter leaving empty partitions, rows, and the numeric columns only.
+    assert lazy.e.skew(bias=False, nan_policy="omit").compute() == pytest.approx(frame.e.skew(), rel=1e-9)
+    kept = lazy[lazy.i > 4]
+    pd.testing.assert_series_equal(
+        kept.skew(bias=False, nan_policy="omit").compute(), frame[frame.i > 4].skew()
+    )
+    pd.testing.assert_series_equal(lazy.skew(axis=1).compute(), frame.skew(axis=1, skipna=False))
+    mixed = zd.from_pandas(frame.assign(s="x"), npartitions=2)
+    pd.testing.assert_series_equal(
+        mixed.skew(numeric_only=True, bias=False, nan_policy="omit").compute(), frame.skew()
+    )
+
+
+def test_skew_and_kurtosis_refuse_what_they_cannot_compute() -> None:
+    lazy = zd.from_pandas(_moment_frame().assign(s="x"), npartitions=2)
+    with pytest.raises(TypeError, match="skew"):
+        lazy.s.skew()
+    with pytest.raises(TypeError):
+        lazy.skew()
+    with pytest.raises(ValueError, match="nan_policy"):
+        lazy.e.skew(nan_policy="raise")
+    with pytest.raises(UsageError, match="add 3"):
+        lazy.kurtosis(axis=1, fisher=False, numeric_only=True)
+
+
+def _info_text(frame: Any, **options: Any) -> str:
+    out = io.StringIO()
+    frame.info(buf=out, **options)
+    return out.getvalue()
+
+
+def test_info_summarizes_like_pandas() -> None:
+    frame = pd.DataFrame(
+        {"a": range(12), "b": [1.5, None] * 6, "s": list("abcdefghijkl")},
+        index=pd.date_range("2000-01-01", periods=12, name="when"),
+    )
+    lazy = zd.from_pandas(frame, npartitions=3)
+    brief = _info_text(lazy)
+    assert brief.splitlines()[1:] == ["Columns: 3 entries, a to s", "dtypes: float64(1), int64(1), str(1)"]
+    lines = _info_text(lazy, verbose=True, memory_usage=True).splitlines()
+    expected = io.StringIO()
+    frame.info(buf=expected, memory_usage="deep")
+    wanted = [line.rstrip() for line in expected.getvalue().splitlines() if not line.startswith("Freq")]
+    # The same table, counts and memory; the index range is written in full.
+    assert lines[1] == "DatetimeIndex: 12 entries, 2000-01-01 00:00:00 to 2000-01-12 00:00:00"
+    assert lines[2:] == wanted[2:]
+    # Unknown divisions and a first partition left empty: the range is read from the rows.
+    shifted = lazy[lazy.a > 5].reset_index(drop=True)
+    lines = _info_text(shifted, verbose=True).splitlines()
+    assert lines[1] == "RangeIndex: 6 entries, 0 to 5" and lines[5] == " 0   a       6 non-null      int64"
+    # Nothing left: every count is 0 (not the sum of no rows), as pandas.
+    empty = lazy[lazy.a > 100]
+    pd.testing.assert_series_equal(empty.count().compute(), frame.iloc[:0].count())
+    assert " 2   s       0 non-null      str" in _info_text(empty, verbose=True)

@@ -429,6 +429,12 @@ class DataFrame(_Frame):
     def __iter__(self) -> Iterator[Any]:
         return iter(self._meta.columns)
 
+    def info(self, buf: Any = None, verbose: bool = False, memory_usage: bool = False) -> None:
+        """Print a concise summary, as pandas does (see ``zmqdask.dataframe.stats.info``)."""
+        from zmqdask.dataframe.stats import info
+
+        info(self, buf, verbose, memory_usage)
+
     def categorize(self, columns: Sequence[Hashable] | None = None, index: Any = None) -> DataFrame:
         """Text columns (or ``columns``) as categoricals with the same categories in every
         partition; reads those columns once, now.  ``index`` is accepted and not used."""

@@ -796,7 +796,9 @@ def _one_row(values: pd.Series) -> pd.DataFrame:
 
 def reduce_chunk(part: Any, how: str, kwargs: dict[str, Any]) -> Any:
     """One partition's partial result: a one-row frame (DataFrame) or a 0/1-row Series."""
-    if len(part) == 0:
+    if len(part) == 0 and how != "count":
+        # Left out of the merge; a count is merged by summing, so an empty part counts 0
+        # (were every part empty, the sum of no rows would be 0.0 or "" by dtype).
         return part.iloc[:0]
     result = getattr(part, how)(**kwargs)
     if isinstance(part, pd.DataFrame):
@@ -910,6 +912,108 @@ def moments_aggregate(chunks: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray
     if labels is None:
         return np.float64(result[0])
     return pd.Series(result, index=labels, dtype="float64")
+
+
+HigherMoments = tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""Column labels (None for a Series), then per column: count of values, mean, and the sums
+of the 2nd, 3rd and 4th powers of deviations from it, and whether a value was missing."""
+
+_ROUNDING_ZERO = 1e-14
+"""A sum of squared deviations below this is a constant column's rounding error (as pandas)."""
+
+
+def higher_moments_chunk(part: Any, numeric_only: bool) -> HigherMoments:
+    """Count, mean and central moment sums up to the 4th per column, missing values skipped."""
+    if isinstance(part, pd.DataFrame):
+        if numeric_only:
+            part = part.select_dtypes(include=["number", "bool"])
+        labels: Any = part.columns
+        values = part.to_numpy(dtype="float64", na_value=np.nan)
+    else:
+        labels = None
+        values = part.to_numpy(dtype="float64", na_value=np.nan).reshape(-1, 1)
+    valid = ~np.isnan(values)
+    count = valid.sum(axis=0).astype("float64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), 0.0)
+        deviations = np.where(valid, values - mean, 0.0)
+    squares = deviations**2
+    return (
+        labels,
+        count,
+        mean,
+        squares.sum(axis=0),
+        (squares * deviations).sum(axis=0),
+        (squares**2).sum(axis=0),
+        ~valid.all(axis=0),
+    )
+
+
+def higher_moments_combine(chunks: list[HigherMoments]) -> HigherMoments:
+    """Merge moment sums pairwise (Pébay's formulas for the 3rd and 4th)."""
+    labels, n_a, mean, m2, m3, m4, missing = chunks[0]
+    for _, n_b, mean_b, m2_b, m3_b, m4_b, missing_b in chunks[1:]:
+        n = n_a + n_b
+        safe = np.maximum(n, 1)
+        delta = mean_b - mean
+        ratio = delta / safe
+        m4 = (
+            m4
+            + m4_b
+            + delta * ratio**3 * n_a * n_b * (n_a * n_a - n_a * n_b + n_b * n_b)
+            + 6 * ratio**2 * (n_a * n_a * m2_b + n_b * n_b * m2)
+            + 4 * ratio * (n_a * m3_b - n_b * m3)
+        )
+        m3 = m3 + m3_b + delta * ratio**2 * n_a * n_b * (n_a - n_b) + 3 * ratio * (n_a * m2_b - n_b * m2)
+        m2 = m2 + m2_b + delta * ratio * n_a * n_b
+        mean = np.where(n > 0, mean + delta * n_b / safe, 0.0)
+        missing = missing | missing_b
+        n_a = n
+    return labels, n_a, mean, m2, m3, m4, missing
+
+
+def _moment_result(labels: Any, values: np.ndarray) -> Any:
+    if labels is None:
+        return np.float64(values[0])
+    return pd.Series(values, index=labels, dtype="float64")
+
+
+def skew_aggregate(chunks: list[HigherMoments], bias: bool, skipna: bool) -> Any:
+    """Skewness from merged moments: biased (as Dask and scipy) or pandas' adjusted one."""
+    labels, n, _, m2, m3, _, missing = higher_moments_combine(chunks)
+    m2 = np.where(m2 < _ROUNDING_ZERO, 0.0, m2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if bias:
+            # Dask's and scipy's: a constant column has skewness 0.
+            value = np.where(m2 > 0, (m3 / n) / (m2 / n) ** 1.5, 0.0)
+            value = np.where(n > 0, value, np.nan)
+        else:
+            # pandas': undefined (NaN) for a constant column.
+            adjusted = n * np.sqrt(n - 1) / (n - 2) * m3 / m2**1.5
+            value = np.where((n < 3) | (m2 == 0), np.nan, adjusted)
+    if not skipna:
+        value = np.where(missing, np.nan, value)
+    return _moment_result(labels, value)
+
+
+def kurtosis_aggregate(chunks: list[HigherMoments], fisher: bool, bias: bool, skipna: bool) -> Any:
+    """Kurtosis from merged moments: biased (as Dask and scipy) or pandas' adjusted one;
+    excess kurtosis (``fisher``) or Pearson's."""
+    labels, n, _, m2, _, m4, missing = higher_moments_combine(chunks)
+    m2 = np.where(m2 < _ROUNDING_ZERO, 0.0, m2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if bias:
+            # Dask's: a constant column has kurtosis 0 before Fisher's shift.
+            value = np.where(m2 > 0, (m4 / n) / (m2 / n) ** 2, 0.0)
+            value = np.where(n > 0, value - 3 if fisher else value, np.nan)
+        else:
+            numerator = n * (n + 1) * (n - 1) * m4
+            denominator = (n - 2) * (n - 3) * m2**2
+            excess = numerator / denominator - 3 * (n - 1) ** 2 / ((n - 2) * (n - 3))
+            value = np.where((n < 4) | (m2 == 0), np.nan, excess if fisher else excess + 3)
+    if not skipna:
+        value = np.where(missing, np.nan, value)
+    return _moment_result(labels, value)
 
 
 def size_chunk(part: Any) -> int:

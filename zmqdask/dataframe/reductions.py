@@ -245,6 +245,74 @@ class FrameReductions:
         )
         return new_collection(expr)
 
+    def skew(
+        self,
+        axis: Any = 0,
+        bias: bool = True,
+        nan_policy: str = "propagate",
+        numeric_only: bool = False,
+        split_every: int | None = None,
+    ) -> Any:
+        """Skewness per column.
+
+        As Dask: ``bias=True`` gives the sample skewness without the finite-sample correction
+        (scipy's default), and ``nan_policy="propagate"`` makes a column with a missing value
+        NaN.  ``bias=False`` gives pandas' adjusted value and ``nan_policy="omit"`` skips
+        missing values, as pandas does: both together equal ``pandas.DataFrame.skew()``.
+        """
+        skipna = _nan_policy(nan_policy)
+        if _by_row(axis):
+            return self._rowwise("skew", skipna=skipna, numeric_only=numeric_only)
+        aggregate_kwargs = {"bias": bool(bias), "skipna": skipna}
+        return self._higher_moments(ops.skew_aggregate, aggregate_kwargs, numeric_only, split_every, "skew")
+
+    def kurtosis(
+        self,
+        axis: Any = 0,
+        fisher: bool = True,
+        bias: bool = True,
+        nan_policy: str = "propagate",
+        numeric_only: bool = False,
+        split_every: int | None = None,
+    ) -> Any:
+        """Kurtosis per column: excess kurtosis with ``fisher=True`` (normal is 0).
+
+        As Dask: ``bias=True`` (scipy's default, no finite-sample correction) and
+        ``nan_policy="propagate"``; ``bias=False, nan_policy="omit"`` equals
+        ``pandas.DataFrame.kurtosis()``.
+        """
+        skipna = _nan_policy(nan_policy)
+        if _by_row(axis):
+            if not fisher:
+                raise UsageError("kurtosis(axis=1) gives Fisher's (excess) kurtosis only; add 3 for Pearson's")
+            return self._rowwise("kurt", skipna=skipna, numeric_only=numeric_only)
+        aggregate_kwargs = {"fisher": bool(fisher), "bias": bool(bias), "skipna": skipna}
+        return self._higher_moments(ops.kurtosis_aggregate, aggregate_kwargs, numeric_only, split_every, "kurtosis")
+
+    kurt = kurtosis
+
+    def _higher_moments(
+        self, aggregate: Any, aggregate_kwargs: dict[str, Any], numeric_only: bool, split_every: int | None, label: str
+    ) -> Any:
+        meta = emulate(
+            lambda m: m.skew(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.skew(), self._meta
+        )
+        if not isinstance(self._meta, pd.DataFrame) and not _is_numeric(self._meta.dtype):
+            raise TypeError(f"{label} needs numbers; this Series holds {self._meta.dtype}")
+        expr = Reduction(
+            self._expr,
+            ops.higher_moments_chunk,
+            ops.higher_moments_combine,
+            aggregate,
+            meta,
+            {"numeric_only": numeric_only},
+            {},
+            aggregate_kwargs,
+            split_every or DEFAULT_SPLIT_EVERY,
+            label,
+        )
+        return new_collection(expr)
+
     @property
     def size(self) -> Any:
         """Number of elements, lazily."""
@@ -296,3 +364,16 @@ def _combine_kwargs(how: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if how in ("sum", "prod"):
         return {"skipna": False}
     return {k: v for k, v in kwargs.items() if k == "skipna"}
+
+
+def _nan_policy(policy: str) -> bool:
+    """Whether missing values are skipped, for Dask's ``nan_policy``."""
+    if policy == "propagate":
+        return False
+    if policy == "omit":
+        return True
+    raise ValueError(f"nan_policy must be 'propagate' or 'omit', not {policy!r}")
+
+
+def _is_numeric(dtype: Any) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))

@@ -9,6 +9,7 @@ values.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Hashable, Sequence
 from functools import cached_property
 from typing import Any
@@ -512,3 +513,89 @@ class QuantileAssemble(ColumnsAssemble):
 
     def _layer(self) -> dict[str, TaskSpec]:
         return {self._key(0): (quantile_assemble, (self._part_refs(), self.labels, self.q), {})}
+
+
+# --------------------------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------------------------
+
+
+def info(frame: Any, buf: Any = None, verbose: bool = False, memory_usage: bool = False) -> None:
+    """Print a concise summary of a lazy DataFrame, as ``pandas.DataFrame.info`` does.
+
+    Without ``verbose``, only what is known without computing (the columns and dtypes); with
+    it, the number of rows, the index range and each column's non-missing count, computed
+    in one go; ``memory_usage=True`` adds the bytes held (values of text columns included).
+    Written to ``buf`` (a writable text stream) or standard output.
+    """
+    from zmqdask.base import compute
+
+    meta = frame._meta
+    lines = [f"<class '{type(frame).__module__.rsplit('.', 1)[0]}.{type(frame).__name__}'>"]
+    columns = list(meta.columns)
+    if not verbose:
+        if columns:
+            lines.append(f"Columns: {len(columns)} entries, {columns[0]} to {columns[-1]}")
+        else:
+            lines.append("Columns: 0 entries")
+    lazy: list[Any] = [frame.count(), frame.index.size]
+    if memory_usage:
+        lazy.append(frame.memory_usage(deep=True).sum())
+    if verbose or memory_usage:
+        known = frame.known_divisions and frame.npartitions > 0
+        if verbose and not known:
+            lazy += [frame.head(1, compute=False).index, frame.tail(1, compute=False).index]
+        values = compute(*lazy, alternative="await client.compute(df.count())")
+        counts, length = values[0], int(values[1])
+        usage = int(values[2]) if memory_usage else None
+        if verbose:
+            if known:
+                first, last = frame.divisions[0], frame.divisions[-1]
+            else:
+                heads, tails = values[-2], values[-1]
+                if length and not len(heads):
+                    heads = frame.head(1).index  # the first partition is empty: read on
+                if length and not len(tails):
+                    tails = frame.tail(1).index
+                first = heads[0] if len(heads) else None
+                last = tails[-1] if len(tails) else None
+            index_kind = type(meta.index).__name__
+            span = f", {first} to {last}" if length and first is not None else ""
+            lines.append(f"{index_kind}: {length} entries{span}")
+            lines.append(f"Data columns (total {len(columns)} columns):")
+            lines += _info_table(columns, [int(counts[c]) for c in columns], [str(meta[c].dtype) for c in columns])
+    else:
+        usage = None
+    dtype_counts = meta.dtypes.astype(str).value_counts(sort=False)
+    lines.append("dtypes: " + ", ".join(f"{name}({count})" for name, count in sorted(dtype_counts.items())))
+    if usage is not None:
+        lines.append(f"memory usage: {_format_usage(usage)}")
+    out = buf if buf is not None else sys.stdout
+    out.write("\n".join(lines) + "\n")
+
+
+def _info_table(columns: list[Any], counts: list[int], dtypes: list[str]) -> list[str]:
+    # pandas' layout: the first cell carries the line's leading space, under a "---" rule.
+    header = (" #", "Column", "Non-Null Count", "Dtype")
+    rows = [
+        (f" {i}", str(name), f"{count} non-null", dtype)
+        for i, (name, count, dtype) in enumerate(zip(columns, counts, dtypes, strict=True))
+    ]
+    widths = [max(3 if k == 0 else 0, len(header[k]), *(len(row[k]) for row in rows)) for k in range(4)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+    rule = ["-" * max(3, len(cell.strip())) for cell in header]
+    return [line(header), line(rule), *(line(row) for row in rows)]
+
+
+def _format_usage(nbytes: float) -> str:
+    """Bytes as pandas' ``info`` writes them: "330.0 bytes", "1.2 KB", ..."""
+    unit = "bytes"
+    for bigger in ("KB", "MB", "GB", "TB", "PB"):
+        if nbytes < 1024.0:
+            break
+        nbytes /= 1024.0
+        unit = bigger
+    return f"{nbytes:3.1f} {unit}"
