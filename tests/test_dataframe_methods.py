@@ -82,8 +82,22 @@ def test_lazy_cumprod_and_scan_options() -> None:
     frame, lazy = _pairs(5)
     _same((lazy.x / 10 + 1).cumprod().compute(), (frame.x / 10 + 1).cumprod())
     assert lazy.cumsum().divisions == lazy.divisions
-    with pytest.raises(UsageError):
-        lazy.ffill(limit=2)
+    with pytest.raises(ValueError, match="positive integer"):
+        lazy.ffill(limit=0)
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+@pytest.mark.parametrize("limit", [1, 2, 7])
+def test_lazy_fills_with_a_limit_reach_across_partitions(npartitions: int, limit: int) -> None:
+    frame, lazy = _pairs(npartitions)
+    # Runs of missing values longer than the limit, some crossing partition boundaries.
+    masked = frame.x.where((frame.index % 11 < 3) | (frame.index % 23 == 0))
+    lazy_masked = lazy.x.where((lazy.index % 11 < 3) | (lazy.index % 23 == 0))
+    _same(lazy_masked.ffill(limit=limit).compute(), masked.ffill(limit=limit))
+    _same(lazy_masked.bfill(limit=limit).compute(), masked.bfill(limit=limit))
+    both = lazy.assign(x=lazy_masked)[["x", "s"]]
+    _same(both.ffill(limit=limit).compute(), frame.assign(x=masked)[["x", "s"]].ffill(limit=limit))
+    assert both.bfill(limit=limit).divisions == lazy.divisions
 
 
 @pytest.mark.parametrize("npartitions", PARTITIONS)
@@ -164,8 +178,24 @@ def test_lazy_shift_diff_pct_change(npartitions: int, periods: int) -> None:
     _same(lazy.x.diff(periods).compute(), frame.x.diff(periods))
     _same(lazy[numeric].pct_change(periods, fill_method=None).compute(), frame[numeric].pct_change(periods))
     assert lazy.shift(periods).divisions == lazy.divisions
-    with pytest.raises(UsageError):
-        lazy.shift(1, freq="1h")
+
+
+@pytest.mark.parametrize("freq", ["h", "15min", pd.Timedelta("2h"), "MS", "B"])
+@pytest.mark.parametrize("periods", [1, -3])
+def test_lazy_shift_with_freq_moves_the_index(freq: Any, periods: int) -> None:
+    index = pd.date_range("2000-01-01", periods=300, freq="37min")
+    frame = pd.DataFrame({"x": np.arange(300.0), "s": [f"v{i % 7}" for i in range(300)]}, index=index)
+    lazy = zd.from_pandas(frame, npartitions=6)
+    shifted = lazy.shift(periods, freq=freq)
+    _same(shifted.compute(), frame.shift(periods, freq=freq))
+    _same(lazy.x.shift(periods, freq=freq).compute(), frame.x.shift(periods, freq=freq))
+    if freq in ("MS", "B"):
+        assert not shifted.known_divisions  # calendar steps may merge partitions' labels
+    else:
+        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq)) * periods
+        assert shifted.divisions == tuple(d + step for d in lazy.divisions)
+        window = slice("2000-01-02 03:00", "2000-01-02 09:00")
+        _same(shifted.loc[window].compute(), frame.shift(periods, freq=freq).loc[window])
 
 
 def test_lazy_elementwise_extras() -> None:

@@ -220,6 +220,24 @@ def test_concat_along_columns_aligns_partitions() -> None:
         zd.concat([frame, frame], axis=2)
 
 
+def test_concat_inner_join_keeps_the_shared_columns() -> None:
+    first = pd.DataFrame({"x": range(6), "y": list("abcdef"), "z": 1.5})
+    second = pd.DataFrame({"z": [9.0] * 4, "x": range(10, 14), "w": 0}, index=range(6, 10))
+    lazy_first, lazy_second = zd.from_pandas(first, npartitions=2), zd.from_pandas(second, npartitions=2)
+    rows = zd.concat([lazy_first, lazy_second], join="inner")
+    assert list(rows.columns) == ["x", "z"] and rows.known_divisions
+    pd.testing.assert_frame_equal(rows.compute(), pd.concat([first, second], join="inner"))
+    # Dask's options about partition order are accepted: the rows come as pandas gives them.
+    shuffled = zd.concat([lazy_second, lazy_first], join="inner", interleave_partitions=True, ignore_index=True)
+    pd.testing.assert_frame_equal(shuffled.compute(), pd.concat([second, first], join="inner", ignore_index=True))
+    other = pd.DataFrame({"q": range(4)}, index=[1, 2, 3, 7])
+    lazy_other = zd.from_pandas(other, npartitions=2)
+    side = zd.concat([lazy_first, lazy_other], axis=1, join="inner")
+    pd.testing.assert_frame_equal(side.compute(), pd.concat([first, other], axis=1, join="inner"))
+    with pytest.raises(UsageError, match="join must be"):
+        zd.concat([lazy_first, lazy_second], join="left")
+
+
 @pytest.mark.parametrize("how", ["inner", "left", "right", "outer"])
 @pytest.mark.parametrize("npartitions", [(3, 2), (3, 1), (1, 3)])
 def test_merge_indicator_says_where_each_row_came_from(how: str, npartitions: tuple[int, int]) -> None:

@@ -100,11 +100,27 @@ def from_delayed(dfs: Any, meta: Any = None, divisions: Any = None, verify_meta:
     return from_delayed_collection(dfs, meta=meta, divisions=divisions, verify_meta=verify_meta)
 
 
-def concat(objs: Any, axis: int | str = 0, ignore_index: bool = False) -> Any:
+def concat(
+    objs: Any,
+    axis: int | str = 0,
+    join: str = "outer",
+    ignore_index: bool = False,
+    interleave_partitions: bool = False,
+    ignore_unknown_divisions: bool = False,
+    ignore_order: bool = False,
+) -> Any:
     """The rows of several collections one after the other (see ``zmqdask.dataframe.multi.concat``)."""
     from zmqdask.dataframe.multi import concat as concat_
 
-    return concat_(objs, axis=axis, ignore_index=ignore_index)
+    return concat_(
+        objs,
+        axis=axis,
+        join=join,
+        ignore_index=ignore_index,
+        interleave_partitions=interleave_partitions,
+        ignore_unknown_divisions=ignore_unknown_divisions,
+        ignore_order=ignore_order,
+    )
 
 
 def melt(

@@ -136,12 +136,18 @@ class FrameMethods:
     # -- scans ------------------------------------------------------------------------
 
     def ffill(self, limit: int | None = None) -> Any:
-        """Missing values replaced by the last valid one before them (across partitions)."""
-        return self._scan("ffill", limit=limit)
+        """Missing values replaced by the last valid one before them (across partitions);
+        with ``limit``, at most that many in a row."""
+        if limit is None:
+            return self._scan("ffill")
+        return self._shift("ffill", _fill_limit(limit), {})
 
     def bfill(self, limit: int | None = None) -> Any:
-        """Missing values replaced by the next valid one after them (across partitions)."""
-        return self._scan("bfill", limit=limit)
+        """Missing values replaced by the next valid one after them (across partitions);
+        with ``limit``, at most that many in a row."""
+        if limit is None:
+            return self._scan("bfill")
+        return self._shift("bfill", -_fill_limit(limit), {})
 
     def cumsum(self, skipna: bool = True) -> Any:
         """Cumulative sum over all partitions."""
@@ -159,17 +165,18 @@ class FrameMethods:
         """Cumulative maximum over all partitions."""
         return self._scan("cummax", skipna=skipna)
 
-    def _scan(self, method: str, skipna: bool = True, limit: int | None = None) -> Any:
+    def _scan(self, method: str, skipna: bool = True) -> Any:
         from zmqdask.dataframe.scans import Scan
 
-        if limit is not None:
-            raise UsageError(f"{method}(limit=...) is not supported")
         return new_collection(Scan(self._expr, method, bool(skipna)))
 
     def shift(self, periods: int = 1, freq: Any = None) -> Any:
-        """Values moved by ``periods`` rows (rows cross partition boundaries, as in pandas)."""
+        """Values moved by ``periods`` rows (rows cross partition boundaries, as in pandas);
+        with ``freq``, the index labels move by ``periods`` times ``freq`` instead."""
         if freq is not None:
-            raise UsageError("shift(freq=...) is not supported; shift the index with map_partitions")
+            from zmqdask.dataframe.scans import ShiftIndex
+
+            return new_collection(ShiftIndex(self._expr, int(periods), freq))
         return self._shift("shift", periods, {})
 
     def diff(self, periods: int = 1) -> Any:
@@ -274,3 +281,9 @@ class FrameMethods:
     def pipe(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``func(self, *args, **kwargs)``."""
         return func(self, *args, **kwargs)
+
+
+def _fill_limit(limit: Any) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, not {limit!r}")
+    return int(limit)

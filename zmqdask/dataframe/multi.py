@@ -396,14 +396,29 @@ class Concat(Blockwise):
         return f"{len(self.frames)} inputs"
 
 
-def concat(objs: Any, axis: int | str = 0, ignore_index: bool = False) -> Any:
+def concat(
+    objs: Any,
+    axis: int | str = 0,
+    join: str = "outer",
+    ignore_index: bool = False,
+    interleave_partitions: bool = False,
+    ignore_unknown_divisions: bool = False,
+    ignore_order: bool = False,
+) -> Any:
     """The rows of several DataFrames or Series one after the other, like ``pandas.concat``.
 
     Partitions are kept as they are; divisions stay known when every input's index range
-    lies after the previous one's.  Missing columns are filled as pandas fills them.
+    lies after the previous one's.  Missing columns are filled as pandas fills them
+    (``join="outer"``), or only the columns all inputs have are kept (``join="inner"``).
+    Rows come in the order pandas gives them, input after input, so Dask's
+    ``interleave_partitions`` (which sorts overlapping partitions by their divisions) is
+    not needed to get a result: it and ``ignore_unknown_divisions`` and ``ignore_order``
+    are accepted and change nothing.
     """
+    if join not in ("outer", "inner"):
+        raise UsageError(f"concat's join must be 'outer' or 'inner', not {join!r}")
     if axis in (1, "columns"):
-        return _concat_columns(list(objs), ignore_index)
+        return _concat_columns(list(objs), ignore_index, join)
     if axis not in (0, "index", "rows"):
         raise UsageError(f"concat's axis must be 0 (rows) or 1 (columns), not {axis!r}")
     exprs = tuple(_as_expr(obj) for obj in objs)
@@ -411,11 +426,32 @@ def concat(objs: Any, axis: int | str = 0, ignore_index: bool = False) -> Any:
         raise UsageError("concat needs at least one frame")
     if not all(is_frame_like(expr._meta) for expr in exprs):
         raise UsageError("concat needs DataFrames or Series")
+    if join == "inner" and len(exprs) > 1:
+        exprs = _common_columns(exprs)
     result = new_collection(Concat(exprs)) if len(exprs) > 1 else new_collection(exprs[0])
     return result.reset_index(drop=True) if ignore_index else result
 
 
-def _concat_columns(objs: list[Any], ignore_index: bool) -> Any:
+def _common_columns(exprs: tuple[Expr, ...]) -> tuple[Expr, ...]:
+    """The inputs of ``concat(join="inner")`` cut to the columns they all have (in the
+    first one's order); Series count as one column named by their name."""
+    from zmqdask.dataframe.expr import Projection
+
+    def names(expr: Expr) -> list[Any]:
+        meta = expr._meta
+        return list(meta.columns) if isinstance(meta, pd.DataFrame) else [meta.name]
+
+    shared = set(names(exprs[0]))
+    for expr in exprs[1:]:
+        shared &= set(names(expr))
+    kept = [name for name in names(exprs[0]) if name in shared]
+    return tuple(
+        Projection(expr, tuple(kept)) if isinstance(expr._meta, pd.DataFrame) and names(expr) != kept else expr
+        for expr in exprs
+    )
+
+
+def _concat_columns(objs: list[Any], ignore_index: bool, join: str = "outer") -> Any:
     """``concat(objs, axis=1)``: the inputs side by side, aligned partition by partition.
 
     Inputs with the same partitions (columns of one frame, say) go through unchanged; others
@@ -430,9 +466,9 @@ def _concat_columns(objs: list[Any], ignore_index: bool) -> Any:
         raise UsageError("concat needs DataFrames or Series")
     if len(exprs) == 1:
         return new_collection(exprs[0])
-    return map_partitions(_side_by_side, ignore_index, *[new_collection(expr) for expr in exprs])
+    return map_partitions(_side_by_side, ignore_index, join, *[new_collection(expr) for expr in exprs])
 
 
-def _side_by_side(ignore_index: bool, *parts: Any) -> Any:
+def _side_by_side(ignore_index: bool, join: str, *parts: Any) -> Any:
     """One partition of ``concat(..., axis=1)``."""
-    return pd.concat(parts, axis=1, ignore_index=ignore_index)
+    return pd.concat(parts, axis=1, ignore_index=ignore_index, join="inner" if join == "inner" else "outer")

@@ -9,6 +9,7 @@ the partitions before it placed in front, which gives exactly pandas' result.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from functools import cached_property
 from typing import Any
@@ -127,8 +128,8 @@ class Scan(Expr):
 # shift, diff, pct_change: each partition reads a few rows of its neighbours
 # --------------------------------------------------------------------------------------------
 
-SHIFTS: frozenset[str] = frozenset({"shift", "diff", "pct_change"})
-"""Methods computed by :class:`Shift`."""
+SHIFTS: frozenset[str] = frozenset({"shift", "diff", "pct_change", "ffill", "bfill"})
+"""Methods computed by :class:`Shift` (ffill and bfill with a ``limit``: their reach)."""
 
 
 def edge_rows(neighbour: Any, part: Any, n: int, before: bool) -> Any:
@@ -145,6 +146,9 @@ def edge_rows(neighbour: Any, part: Any, n: int, before: bool) -> Any:
 
 
 def _shifted(obj: Any, method: str, periods: int, kwargs: dict[str, Any]) -> Any:
+    if method == "ffill" or method == "bfill":
+        # A fill with a limit reaches that many rows back (ffill) or ahead (bfill).
+        return getattr(obj, method)(limit=abs(periods), **kwargs)
     return getattr(obj, method)(periods, **kwargs)
 
 
@@ -162,7 +166,8 @@ def shift_apply(part: Any, neighbour: Any, method: str, periods: int, kwargs: di
 
 @node
 class Shift(Expr):
-    """``frame.<method>(periods)`` for shift, diff and pct_change, across partitions."""
+    """``frame.<method>(periods)`` for shift, diff and pct_change, across partitions (and
+    ffill or bfill with ``limit=abs(periods)``)."""
 
     frame: Expr
     method: str
@@ -208,3 +213,72 @@ class Shift(Expr):
 
     def _describe(self) -> str:
         return f"{self.method}({self.periods})"
+
+
+# --------------------------------------------------------------------------------------------
+# shift(freq=...): the index moves, the values stay
+# --------------------------------------------------------------------------------------------
+
+
+def shift_index(part: Any, periods: int, freq: Any) -> Any:
+    """``part.shift(periods, freq=freq)``: every label moved by ``periods`` times ``freq``."""
+    return part.shift(periods, freq=freq)
+
+
+@node
+class ShiftIndex(Expr):
+    """``frame.shift(periods, freq=freq)``, partition by partition.
+
+    Divisions move with the labels when ``freq`` is a fixed span (a Timedelta, or a
+    frequency such as "h" or "5min"): such a move keeps every label in its partition's
+    bounds.  A calendar frequency ("MS", "B", ...) can send labels of two partitions to the
+    same date, so the divisions become unknown.
+    """
+
+    frame: Expr
+    periods: int
+    freq: Any
+
+    _columnwise = True
+
+    def _prefix(self) -> str:
+        return "shift-index"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(shift_index, self.frame._meta, self.periods, self.freq)
+
+    @property
+    def npartitions(self) -> int:
+        return self.frame.npartitions
+
+    @cached_property
+    def divisions(self) -> tuple[Any, ...]:
+        divisions = self.frame.divisions
+        step = fixed_span(self.freq)
+        if step is None or any(d is None for d in divisions):
+            return (None,) * len(divisions)
+        return tuple(d + step * self.periods for d in divisions)
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        frame = self.frame
+        return {
+            self._key(i): (shift_index, (TaskRef(frame._key(i)), self.periods, self.freq), {})
+            for i in range(frame.npartitions)
+        }
+
+    def _describe(self) -> str:
+        return f"shift({self.periods}, freq={self.freq!r})"
+
+
+def fixed_span(freq: Any) -> pd.Timedelta | None:
+    """``freq`` as a Timedelta when it is a fixed span of time, else None."""
+    if isinstance(freq, (pd.Timedelta, datetime.timedelta)):
+        return pd.Timedelta(freq)
+    try:
+        offset = pd.tseries.frequencies.to_offset(freq)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(offset, pd.tseries.offsets.Tick):
+        return pd.Timedelta(offset)
+    return None
