@@ -509,3 +509,33 @@ def test_str_cat_joins_all_values_across_partitions_or_aligns_other_series() -> 
     )
     with pytest.raises(UsageError, match="other Series"):
         lazy.str.cat(list("abcdefgh"))
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+def test_map_overlap_gives_each_partition_its_neighbours_rows(npartitions: int) -> None:
+    index = pd.date_range("2000-01-01", periods=200, freq="17min")
+    frame = pd.DataFrame({"x": np.sin(np.arange(200.0)), "y": np.arange(200)}, index=index)
+    lazy = zd.from_pandas(frame, npartitions=npartitions)
+    _same(lazy.map_overlap(lambda d: d.rolling(5).sum(), 4, 0).compute(), frame.rolling(5).sum())
+    centered = lazy.x.map_overlap(lambda s: s.rolling(7, center=True).mean(), 3, 3)
+    _same(centered.compute(), frame.x.rolling(7, center=True).mean())
+    _same(lazy.map_overlap(lambda d: d.rolling("3h").max(), "3h", 0).compute(), frame.rolling("3h").max())
+    # A reach longer than a partition, an extra argument, and partitions a filter emptied.
+    _same(zd.map_overlap(lambda d, k: d.diff(k), lazy, 30, 0, 30).compute(), frame.diff(30))
+    kept = lazy[(lazy.y < 40) | (lazy.y > 150)]
+    _same(kept.map_overlap(lambda d: d.shift(-2), 0, 2).compute(), frame[(frame.y < 40) | (frame.y > 150)].shift(-2))
+    assert centered.divisions == lazy.divisions
+
+
+def test_map_overlap_refuses_what_it_cannot_do() -> None:
+    _, lazy = _pairs(4)
+    with pytest.raises(UsageError, match="one row per row"):
+        lazy.map_overlap(lambda d: d[d.x > 0], 1, 1).compute()
+    with pytest.raises(UsageError, match="must not be negative"):
+        lazy.map_overlap(lambda d: d, -1, 1)
+    with pytest.raises(UsageError, match="datetime index"):
+        lazy.map_overlap(lambda d: d, "1h", 0)
+    with pytest.raises(UsageError, match="one collection"):
+        lazy.map_overlap(lambda d, other: d, 1, 1, lazy)
+    with pytest.raises(UsageError, match="meta="):
+        lazy.map_overlap(lambda d: d.no_such_column, 1, 1)

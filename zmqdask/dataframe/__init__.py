@@ -27,6 +27,7 @@ __all__ = [
     "from_dict",
     "from_pandas",
     "isna",
+    "map_overlap",
     "map_partitions",
     "melt",
     "merge",
@@ -121,6 +122,13 @@ def concat(
         ignore_unknown_divisions=ignore_unknown_divisions,
         ignore_order=ignore_order,
     )
+
+
+def map_overlap(func: Any, df: Any, before: Any, after: Any, *args: Any, meta: Any = None, **kwargs: Any) -> Any:
+    """``func`` of each partition with rows of its neighbours (see ``zmqdask.dataframe.scans.map_overlap``)."""
+    from zmqdask.dataframe.scans import map_overlap as map_overlap_
+
+    return map_overlap_(func, df, before, after, *args, meta=meta, **kwargs)
 
 
 def melt(

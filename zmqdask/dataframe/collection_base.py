@@ -202,6 +202,15 @@ class Collection:
         """
         return map_partitions(func, self, *args, meta=meta, **kwargs)
 
+    def map_overlap(
+        self, func: Callable[..., Any], before: Any, after: Any, *args: Any, meta: Any = None, **kwargs: Any
+    ) -> Any:
+        """Apply ``func`` to every partition with ``before`` rows of the partitions before
+        it and ``after`` rows of those after it (see ``zmqdask.dataframe.map_overlap``)."""
+        from zmqdask.dataframe.scans import map_overlap
+
+        return map_overlap(func, self, before, after, *args, meta=meta, **kwargs)
+
     def repartition(
         self,
         npartitions: int | None = None,

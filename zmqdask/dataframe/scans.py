@@ -14,9 +14,11 @@ import logging
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe.expr import Expr, emulate, node
+from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
 
@@ -282,3 +284,161 @@ def fixed_span(freq: Any) -> pd.Timedelta | None:
     if isinstance(offset, pd.tseries.offsets.Tick):
         return pd.Timedelta(offset)
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# map_overlap: each partition with rows of its neighbours
+# --------------------------------------------------------------------------------------------
+
+
+def overlap_span(reach: Any, name: str) -> int | pd.Timedelta:
+    """``before``/``after`` of ``map_overlap``: a row count or a span of the index."""
+    if isinstance(reach, bool):
+        raise UsageError(f"map_overlap's {name} must be a number of rows or a span of time, not {reach!r}")
+    if isinstance(reach, (int, np.integer)):
+        if reach < 0:
+            raise UsageError(f"map_overlap's {name} must not be negative, not {reach}")
+        return int(reach)
+    try:
+        span = pd.Timedelta(reach)
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"map_overlap's {name} must be a number of rows or a span of time ('2h', a Timedelta), not {reach!r}"
+        ) from None
+    if span < pd.Timedelta(0):
+        raise UsageError(f"map_overlap's {name} must not be negative, not {reach!r}")
+    return span
+
+
+def overlap_before(previous: Any, part: Any, reach: int | pd.Timedelta) -> Any:
+    """The rows of ``previous`` then ``part`` that the next partition gets before its own:
+    the last ``reach`` rows, or those within ``reach`` of the last label."""
+    joined = _joined(previous, part) if previous is not None else part
+    if isinstance(reach, int):
+        return joined.iloc[max(len(joined) - reach, 0) :]
+    if len(joined) == 0:
+        return joined
+    return joined[joined.index >= joined.index[-1] - reach]
+
+
+def overlap_after(part: Any, following: Any, reach: int | pd.Timedelta) -> Any:
+    """The rows of ``part`` then ``following`` that the previous partition gets after its
+    own: the first ``reach`` rows, or those within ``reach`` of the first label."""
+    joined = _joined(part, following) if following is not None else part
+    if isinstance(reach, int):
+        return joined.iloc[:reach]
+    if len(joined) == 0:
+        return joined
+    return joined[joined.index <= joined.index[0] + reach]
+
+
+def overlap_apply(
+    func: Any, previous: Any, part: Any, following: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``func`` of the partition with its neighbours' rows around it, cut back to the
+    partition's own rows."""
+    before = previous if previous is not None and len(previous) and len(part) else None
+    after = following if following is not None and len(following) and len(part) else None
+    if before is None and after is None:
+        return func(part, *args, **kwargs)
+    joined = pd.concat([piece for piece in (before, part, after) if piece is not None])
+    result = func(joined, *args, **kwargs)
+    if not hasattr(result, "iloc") or len(result) != len(joined):
+        raise UsageError(
+            "map_overlap's function must return one row per row it is given (it was given "
+            f"{len(joined)} and returned {len(result) if hasattr(result, '__len__') else 'a scalar'}); "
+            "use map_partitions for other functions"
+        )
+    start = len(before) if before is not None else 0
+    return result.iloc[start : start + len(part)]
+
+
+@node
+class MapOverlap(Expr):
+    """``func`` of each partition with ``before`` rows of the partitions before it and
+    ``after`` rows of those after it; the result keeps the partition's rows only."""
+
+    frame: Expr
+    func: Any
+    before: Any
+    after: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    meta: Any
+
+    def _prefix(self) -> str:
+        return "overlap-" + getattr(self.func, "__name__", "func").lower().strip("<>")
+
+    def _same_rows(self) -> Expr | None:
+        return None
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    @property
+    def npartitions(self) -> int:
+        return self.frame.npartitions
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.frame.divisions
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        name, frame, n = self._name, self.frame, self.frame.npartitions
+        layer: dict[str, TaskSpec] = {}
+        # Chains in both directions, so a reach longer than a partition takes rows from
+        # further partitions too.
+        following: list[Any] = [None] * n
+        if self.after:
+            for i in range(n - 1, 0, -1):
+                key = f"{name}-after-{i}"
+                layer[key] = (overlap_after, (TaskRef(frame._key(i)), following[i], self.after), {})
+                following[i - 1] = TaskRef(key)
+        previous: Any = None
+        for i in range(n):
+            part = TaskRef(frame._key(i))
+            layer[self._key(i)] = (overlap_apply, (self.func, previous, part, following[i], self.args, self.kwargs), {})
+            if self.before and i < n - 1:
+                key = f"{name}-before-{i}"
+                layer[key] = (overlap_before, (previous, part, self.before), {})
+                previous = TaskRef(key)
+        return layer
+
+    def _describe(self) -> str:
+        return f"map_overlap({getattr(self.func, '__name__', self.func)}, before={self.before}, after={self.after})"
+
+
+def map_overlap(func: Any, frame: Any, before: Any, after: Any, *args: Any, meta: Any = None, **kwargs: Any) -> Any:
+    """``func`` of each partition of ``frame`` with ``before`` rows of the partitions before
+    it and ``after`` rows of those after it, as Dask's ``map_overlap``.
+
+    ``before``/``after`` are row counts or spans of a datetime index ("2h", a Timedelta).
+    ``func`` must return one row per row it is given; each partition keeps the rows of its
+    own.  ``meta`` describes the result as in ``map_partitions`` (inferred when omitted).
+    """
+    from zmqdask.dataframe.planning import _ConformToMeta, meta_from
+    from zmqdask.dataframe.wrapping import expr_of, new_collection
+
+    expr = expr_of(frame)
+    if not isinstance(expr._meta, (pd.DataFrame, pd.Series)):
+        raise UsageError("map_overlap needs a DataFrame or Series")
+    if any(isinstance(getattr(a, "expr", None), Expr) for a in (*args, *kwargs.values())):
+        raise UsageError("map_overlap takes one collection; pass other values computed, or use map_partitions")
+    reach_before, reach_after = overlap_span(before, "before"), overlap_span(after, "after")
+    if isinstance(reach_before, pd.Timedelta) or isinstance(reach_after, pd.Timedelta):
+        if not isinstance(expr._meta.index, pd.DatetimeIndex):
+            raise UsageError("map_overlap with a span of time needs a datetime index; give row counts instead")
+    if meta is None:
+        try:
+            meta = emulate(func, expr._meta, *args, **kwargs)
+        except Exception as exc:
+            raise UsageError(
+                f"could not infer the result of {getattr(func, '__name__', func)!r} on sample data "
+                f"({type(exc).__name__}: {exc}); pass meta="
+            ) from exc
+    else:
+        meta = meta_from(meta)
+        if isinstance(meta, (pd.DataFrame, pd.Series)):
+            func = _ConformToMeta(func, meta)
+    return new_collection(MapOverlap(expr, func, reach_before, reach_after, tuple(args), dict(kwargs), meta))
