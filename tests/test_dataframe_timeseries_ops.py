@@ -241,12 +241,27 @@ def test_lazy_rolling_column_selection(npartitions: int) -> None:
 
 
 @pytest.mark.parametrize("window", [4, "1h"])
-@pytest.mark.parametrize("method", ["sum", "mean", "count", "min", "max", "std", "var"])
+@pytest.mark.parametrize("method", ["sum", "mean", "count", "min", "max", "std", "var", "skew", "kurt", "sem"])
 def test_lazy_rolling_matches_pandas(window: Any, method: str) -> None:
     frame, lazy = _lazy(9)
     _assert_same(getattr(lazy.rolling(window), method)().compute(), getattr(frame.rolling(window), method)())
     got = getattr(lazy.y.rolling(window, min_periods=2), method)()
     _assert_same(got.compute(), getattr(frame.y.rolling(window, min_periods=2), method)())
+
+
+@pytest.mark.parametrize("window", [6, "2h"])
+def test_lazy_rolling_quantile_and_aggregations_match_pandas(window: Any) -> None:
+    frame, lazy = _lazy(9)
+    _assert_same(lazy.rolling(window).quantile(0.3).compute(), frame.rolling(window).quantile(0.3))
+    _assert_same(lazy.rolling(window).agg(["sum", "mean"]).compute(), frame.rolling(window).agg(["sum", "mean"]))
+    spec = {"x": "max", "y": ["min", "std"]}
+    _assert_same(lazy.rolling(window).agg(spec).compute(), frame.rolling(window).agg(spec))
+    _assert_same(lazy.y.rolling(window).agg(["count", "max"]).compute(), frame.y.rolling(window).agg(["count", "max"]))
+    for wrong in ("nope", ["sum", "quantile"], {"nope": "sum"}, []):
+        with pytest.raises(UsageError, match="rolling aggregation"):
+            lazy.rolling(3).agg(wrong)
+    with pytest.raises(UsageError, match="between 0 and 1"):
+        lazy.rolling(3).quantile(1.5)
 
 
 def test_lazy_rolling_windows_span_many_partitions() -> None:
@@ -279,7 +294,7 @@ def test_rolling_lead_is_bounded_and_other_windows_are_refused() -> None:
     assert len(rolling_lead(frame.iloc[:2], frame.iloc[2:10], 5)) == 4
     lead = rolling_lead(frame, None, "1h")
     assert lead.index[-1] < frame.index[0] + pd.Timedelta("1h") <= frame.index[len(lead)]
-    with pytest.raises(UsageError, match="win_type"):
+    with pytest.raises(UsageError, match=r"win_type.*map_overlap"):
         zd.from_pandas(frame, npartitions=2).rolling(3, win_type="triang")
 
 

@@ -43,7 +43,9 @@ from zmqdask.serialize import TaskRef
 
 logger = logging.getLogger(__name__)
 
-ROLLING_METHODS: frozenset[str] = frozenset({"sum", "mean", "count", "min", "max", "std", "var", "median"})
+ROLLING_METHODS: frozenset[str] = frozenset(
+    {"sum", "mean", "count", "min", "max", "std", "var", "median", "skew", "kurt", "sem", "quantile"}
+)
 """Rolling aggregations that are computed with an overlap from earlier partitions."""
 
 _ZERO_FILLED = frozenset({"size", "sum", "count", "vcount"})
@@ -585,7 +587,8 @@ class Rolling:
         if unsupported:
             raise UsageError(
                 f"rolling does not take {sorted(unsupported)} here: window, min_periods and center are supported; "
-                "use map_partitions on whole partitions for other kinds of windows"
+                "for other kinds of windows give each partition the rows before it with map_overlap, such as "
+                "df.map_overlap(lambda d: d.rolling(5, win_type='triang').mean(), 4, 0)"
             )
         self._frame = frame
         self._expr = expr_of(frame)
@@ -640,6 +643,24 @@ class Rolling:
         """Rolling variance."""
         return self._apply("var", ddof=ddof)
 
+    def skew(self) -> Any:
+        """Rolling skewness (pandas': adjusted for the window's size)."""
+        return self._apply("skew")
+
+    def kurt(self) -> Any:
+        """Rolling excess kurtosis (pandas')."""
+        return self._apply("kurt")
+
+    def sem(self, ddof: int = 1) -> Any:
+        """Rolling standard error of the mean."""
+        return self._apply("sem", ddof=ddof)
+
+    def quantile(self, q: float, interpolation: str = "linear") -> Any:
+        """Rolling quantile ``q`` (between 0 and 1)."""
+        if not 0 <= q <= 1:
+            raise UsageError(f"quantile must be between 0 and 1, not {q!r}")
+        return self._apply("quantile", q=q, interpolation=interpolation)
+
     def apply(
         self,
         func: Callable[..., Any],
@@ -652,11 +673,26 @@ class Rolling:
             raise UsageError(f"rolling apply takes a function, got {type(func).__name__}")
         return self._apply("apply", func=func, raw=raw, args=tuple(args), kwargs=dict(kwargs or {}))
 
-    def agg(self, func: str) -> Any:
-        """Rolling aggregation by name."""
-        if func not in ROLLING_METHODS:
-            raise UsageError(f"rolling aggregation must be one of {sorted(ROLLING_METHODS)}, got {func!r}")
-        return self._apply(func)
+    def agg(self, func: Any) -> Any:
+        """Rolling aggregation by name, list of names, or ``{column: name(s)}`` dict, as pandas'."""
+        names = [func] if isinstance(func, str) else func
+        if isinstance(names, dict):
+            columns = _column_names(self._expr)
+            missing = [column for column in names if column not in columns]
+            if missing:
+                raise UsageError(f"rolling aggregation names columns that are not there: {missing}")
+            names = [n for value in names.values() for n in ([value] if isinstance(value, str) else value)]
+        if not isinstance(names, (list, tuple)) or not names:
+            raise UsageError(
+                f"rolling aggregation takes a name, a list of names or a {{column: names}} dict, got {func!r}"
+            )
+        unknown = [n for n in names if n not in ROLLING_METHODS or n == "quantile"]
+        if unknown:
+            allowed = sorted(ROLLING_METHODS - {"quantile"})
+            raise UsageError(f"rolling aggregations must be among {allowed}, got {unknown}")
+        if isinstance(func, str):
+            return self._apply(func)
+        return self._apply("aggregate", func=func)
 
     aggregate = agg
 
