@@ -252,3 +252,21 @@ def test_merge_indicator_says_where_each_row_came_from(how: str, npartitions: tu
     pd.testing.assert_frame_equal(got, expected.sort_values(["k", "a", "b"]).reset_index(drop=True), check_dtype=False)
     with pytest.raises(UsageError, match="indicator"):
         zd.merge(zd.from_pandas(left, npartitions=2), zd.from_pandas(right, npartitions=2), indicator="source")
+
+
+def test_combine_first_fills_from_the_other_and_adds_its_labels() -> None:
+    first = pd.DataFrame(
+        {"x": [1.0, np.nan, 3.0, np.nan, 5.0, 6.0], "y": [None, "b", "c", None, "e", "f"]}, index=[0, 2, 4, 6, 8, 10]
+    )
+    second = pd.DataFrame({"x": [10.0, 20.0, 30.0, 40.0], "z": [1, 2, 3, 4]}, index=[1, 2, 6, 12])
+    lazy_first, lazy_second = zd.from_pandas(first, npartitions=3), zd.from_pandas(second, npartitions=2)
+    # Partitions where one side has no rows are where pandas itself behaves differently.
+    pd.testing.assert_frame_equal(lazy_first.combine_first(lazy_second).compute(), first.combine_first(second))
+    pd.testing.assert_series_equal(lazy_first.x.combine_first(lazy_second.x).compute(), first.x.combine_first(second.x))
+    ints, other_ints = pd.Series([1, 2, 3], index=[0, 5, 9]), pd.Series([7, 8], index=[1, 5])
+    got = zd.from_pandas(ints, npartitions=2).combine_first(zd.from_pandas(other_ints, npartitions=1)).compute()
+    pd.testing.assert_series_equal(got, ints.combine_first(other_ints))
+    with pytest.raises(UsageError, match="known divisions"):
+        lazy_first.reset_index().combine_first(lazy_second.reset_index().repartition(npartitions=2))
+    with pytest.raises(UsageError, match="fillna"):
+        lazy_first.combine_first(3)

@@ -914,6 +914,41 @@ def moments_aggregate(chunks: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray
     return pd.Series(result, index=labels, dtype="float64")
 
 
+def combine_first_meta(left: Any, right: Any) -> Any:
+    """The schema of ``left.combine_first(right)`` over partitions: a column that only one
+    side has is missing where the other side's rows are, so integers become floats and
+    booleans objects there, as pandas gives them (a Series has a value at every label)."""
+    meta = emulate(lambda a, b: a.combine_first(b), left, right)
+    if isinstance(meta, pd.DataFrame):
+        shared = set(left.columns) & set(right.columns) if isinstance(right, pd.DataFrame) else set()
+        widened = {c: _nullable(meta[c].dtype) for c in meta.columns if c not in shared}
+        return meta.astype({c: d for c, d in widened.items() if d != meta[c].dtype})
+    return meta
+
+
+def _nullable(dtype: Any) -> Any:
+    if pd.api.types.is_bool_dtype(dtype) and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+        return np.dtype(object)
+    if pd.api.types.is_integer_dtype(dtype) and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+        return np.dtype("float64")
+    return dtype
+
+
+def combine_first_part(left: Any, right: Any, meta: Any) -> Any:
+    """One partition of ``combine_first``, in the schema every partition shares (pandas
+    treats an empty side differently, and may fail casting missing values back)."""
+    if len(right) == 0:
+        result = left
+    elif len(left) == 0:
+        result = right
+    else:
+        result = left.combine_first(right)
+    if isinstance(meta, pd.DataFrame):
+        result = result.reindex(columns=meta.columns)
+        return result.astype(meta.dtypes.to_dict())
+    return result.astype(meta.dtype)
+
+
 HigherMoments = tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 """Column labels (None for a Series), then per column: count of values, mean, and the sums
 of the 2nd, 3rd and 4th powers of deviations from it, and whether a value was missing."""

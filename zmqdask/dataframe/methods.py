@@ -77,6 +77,24 @@ class FrameMethods:
         """Values where ``cond`` does not hold, ``other`` elsewhere."""
         return self._method("mask", cond, other)
 
+    def combine_first(self, other: Any) -> Any:
+        """Missing values filled from ``other`` at the same labels, and ``other``'s rows whose
+        labels this one lacks added (as pandas).  Both need known divisions (or the same
+        partitions); they are aligned partition by partition."""
+        if not _is_collection(other):
+            raise UsageError("combine_first takes a zmqdask DataFrame or Series; use fillna for plain values")
+        this: Any = self  # the collection classes provide divisions and _meta
+        if not (this.known_divisions and other.known_divisions) and this.divisions != other.divisions:
+            raise UsageError(
+                "combine_first needs known divisions on both (set_index(..., sorted=True) or from_pandas), "
+                "so that each label is looked for in one partition"
+            )
+        from zmqdask.dataframe.collection import map_partitions
+        from zmqdask.dataframe.core_ops import combine_first_meta, combine_first_part
+
+        meta = combine_first_meta(this._meta, other._meta)
+        return map_partitions(combine_first_part, self, other, meta, meta=meta)
+
     def explode(self, *args: Any, **kwargs: Any) -> Any:
         """List-like values spread over rows, each keeping its row's index (as in pandas)."""
         if kwargs.get("ignore_index"):
