@@ -360,11 +360,49 @@ def test_grouped_value_counts_match_pandas() -> None:
 
 
 @pytest.mark.parametrize("method", ["cumsum", "cumprod", "cummax", "cummin", "cumcount", "shift", "diff"])
-def test_per_row_group_methods_match_pandas_up_to_row_order(method: str) -> None:
+@pytest.mark.parametrize("sort", [True, False])
+def test_per_row_group_methods_match_pandas_row_for_row(method: str, sort: bool) -> None:
     frame = _frame()
-    lazy = zd.from_pandas(frame, npartitions=4)
-    result = getattr(lazy.groupby("k").x, method)().compute().sort_index()
-    pd.testing.assert_series_equal(result, getattr(frame.groupby("k").x, method)().sort_index())
+    # Unsorted: unknown divisions, as after read_csv; only partitioning lines rows up.
+    lazy = zd.from_pandas(frame, npartitions=4, sort=sort)
+    result = getattr(lazy.groupby("k").x, method)()
+    assert result.divisions == lazy.divisions
+    pd.testing.assert_series_equal(result.compute(), getattr(frame.groupby("k").x, method)())
+    # Partitioned like the frame, so it lines up with it and its columns.
+    pd.testing.assert_frame_equal(
+        lazy.assign(r=result).compute(), frame.assign(r=getattr(frame.groupby("k").x, method)())
+    )
+
+
+def test_transform_lines_up_with_its_frame_even_with_unknown_divisions() -> None:
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=5, sort=False)
+    share = lazy.x / lazy.groupby("j").x.transform("sum")
+    pd.testing.assert_series_equal(share.compute(), frame.x / frame.groupby("j").x.transform("sum"))
+    kept = lazy[lazy.i > 10]
+    deviation = kept.x - kept.groupby(["k", "j"]).x.transform("mean")
+    expected = frame[frame.i > 10].x - frame[frame.i > 10].groupby(["k", "j"]).x.transform("mean")
+    pd.testing.assert_series_equal(deviation.compute(), expected)
+    both = kept.groupby("j")[["x", "i"]].transform(lambda g: g - g.min())
+    expected_both = frame[frame.i > 10].groupby("j")[["x", "i"]].transform(lambda g: g - g.min())
+    pd.testing.assert_frame_equal(both.compute(), expected_both)
+
+
+def test_rows_partitioned_differently_with_unknown_divisions_are_not_paired() -> None:
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=4, sort=False)
+    shuffled = lazy.shuffle(on="j")
+    for other in (shuffled.x, lazy.sort_values("i").x, zd.from_pandas(frame, npartitions=4).x):
+        with pytest.raises(UsageError, match="cannot line these collections up"):
+            lazy.x - other
+    with pytest.raises(UsageError, match="cannot line these collections up"):
+        lazy.assign(y=shuffled.i)
+    # The same steps on both sides keep partitions paired: filters, arithmetic, scans.
+    kept = lazy[lazy.i > 5]
+    pd.testing.assert_series_equal(
+        (kept.x - lazy.x.cumsum()).compute(), frame[frame.i > 5].x - frame.x.cumsum()
+    )
+    pd.testing.assert_series_equal((shuffled.x - shuffled.i).compute().sort_index(), (frame.x - frame.i).sort_index())
 
 
 def test_group_shift_takes_dask_meta_and_a_fill_value() -> None:

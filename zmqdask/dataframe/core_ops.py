@@ -273,6 +273,9 @@ def scalar_partition(part: Any, i: int, func: Callable[..., Any], args: tuple[An
 class MapPartitionsScalar(Blockwise):
     """A function returning one value per partition; the values form a Series."""
 
+    def _partitioning_parents(self) -> list[Expr] | None:
+        return None  # one value per partition, labelled by partition number
+
     frame: Expr
     func: Callable[..., Any]
     args: tuple[Any, ...]
@@ -747,6 +750,9 @@ def reset_index_part(part: Any, lengths: list[int], i: int, drop: bool) -> Any:
 @node
 class ResetIndex(Blockwise):
     """``reset_index`` with one global row numbering, as pandas gives it."""
+
+    def _partitioning_parents(self) -> list[Expr] | None:
+        return None  # new labels: the input's do not tell where these rows are
 
     frame: Expr
     lengths: Expr

@@ -320,6 +320,17 @@ class Expr:
         """Physical nodes replacing this abstract one, or ``None`` if already physical."""
         return None
 
+    def _partitioning_parents(self) -> list[Expr] | None:
+        """The inputs whose partitioning this node keeps, or ``None`` if it decides itself
+        where rows go.
+
+        Keeping means: a row of partition ``i`` of such an input, if it is in the output,
+        is in its partition ``i`` under the same index label.  Collections whose divisions
+        are unknown can only be lined up partition by partition when they descend from the
+        same nodes through such steps (see :func:`partitioning_roots`).
+        """
+        return None
+
     def _same_rows(self) -> Expr | None:
         """An input with exactly as many rows as this node (in any order), or ``None``.
 
@@ -424,6 +435,11 @@ class Blockwise(Expr):
     def _dep_partition(self, dep: Expr, i: int) -> int:
         """Which partition of input ``dep`` output partition ``i`` reads."""
         return i if is_frame_like(dep._meta) else 0
+
+    def _partitioning_parents(self) -> list[Expr] | None:
+        # Partition i of the output is made of partition i of each frame input (a source
+        # has none: it is where partitioning starts).
+        return [dep for dep in self.dependencies() if is_frame_like(dep._meta)]
 
     def _part(self, operand: Any, i: int) -> Any:
         """``operand`` with each input expression replaced by a reference to its partition."""
@@ -597,6 +613,9 @@ class Partitions(Blockwise):
     def _dep_partition(self, dep: Expr, i: int) -> int:
         return self.partitions[i]
 
+    def _partitioning_parents(self) -> list[Expr] | None:
+        return None  # partition i is another partition of the input
+
     def _task(self, i: int) -> TaskSpec:
         return (_identity, (TaskRef(self.frame._key(self.partitions[i])),), {})
 
@@ -664,6 +683,11 @@ class MapPartitions(Blockwise):
         if self.divisions_kept:
             return self.frame.divisions
         return unknown_divisions(self.npartitions)
+
+    def _partitioning_parents(self) -> list[Expr] | None:
+        # A function said to change the index (clear_divisions, or not a frame) places rows
+        # under labels of its own.
+        return super()._partitioning_parents() if self.divisions_kept else None
 
 
 def partition_info(divisions: tuple[Any, ...], i: int) -> dict[str, Any]:
@@ -803,3 +827,22 @@ class TreeCombine(SinglePartition):
 def frame_dependencies(exprs: Sequence[Expr]) -> list[Expr]:
     """The frame-like expressions among ``exprs``."""
     return [e for e in exprs if is_frame_like(e._meta)]
+
+
+def partitioning_roots(expr: Expr) -> frozenset[str]:
+    """Tokens of the nodes where ``expr``'s partitioning comes from: the nearest nodes, down
+    its inputs, that do not keep an input's partitioning (see
+    :meth:`Expr._partitioning_parents`)."""
+    roots: set[str] = set()
+    stack, seen = [expr], set()
+    while stack:
+        node_ = stack.pop()
+        if node_._token in seen:
+            continue
+        seen.add(node_._token)
+        parents = node_._partitioning_parents()
+        if not parents:
+            roots.add(node_._token)
+        else:
+            stack.extend(parents)
+    return frozenset(roots)

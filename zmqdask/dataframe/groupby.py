@@ -44,6 +44,8 @@ from zmqdask.dataframe.expr import (
 )
 from zmqdask.dataframe.wrapping import expr_of, new_collection
 from zmqdask.errors import UsageError
+from zmqdask.graph import TaskSpec
+from zmqdask.serialize import TaskRef
 
 logger = logging.getLogger(__name__)
 
@@ -534,6 +536,113 @@ def whole_groups_part(
     return getattr(grouped, how)(func, *args, **kwargs)
 
 
+# --------------------------------------------------------------------------------------------
+# Per-row results within groups (transform, cumsum, shift, ...): there and back again
+# --------------------------------------------------------------------------------------------
+
+_SOURCE = "__zmqdask_source_partition__"
+_POSITION = "__zmqdask_source_position__"
+
+
+def group_rows_split(part: pd.DataFrame, source: int, by: tuple[Hashable, ...], nout: int) -> list[pd.DataFrame]:
+    """Partition ``source``'s rows, tagged with where they came from, cut by the hash of
+    the group keys into ``nout`` buckets."""
+    from zmqdask.dataframe.shuffle import hash_split
+
+    tagged = part.assign(**{_SOURCE: np.full(len(part), source, dtype=np.int64), _POSITION: np.arange(len(part))})
+    return hash_split(tagged, list(by), nout)
+
+
+def group_rows_apply(pieces: Sequence[pd.DataFrame], nsources: int, options: tuple[Any, ...], meta: Any) -> list[Any]:
+    """The per-row result of one bucket's whole groups, cut back by source partition:
+    ``(rows, their positions there)`` for each source."""
+    from zmqdask.dataframe.shuffle import gather
+
+    joined = gather(pieces)
+    sources = joined[_SOURCE].to_numpy()
+    positions = joined[_POSITION].to_numpy()
+    if len(joined) == 0:
+        # pandas cannot transform no groups with a function: nothing to compute anyway.
+        return [(meta, positions)] * nsources
+    result = whole_groups_part(joined.drop(columns=[_SOURCE, _POSITION]), *options)
+    if len(result) != len(joined):
+        raise UsageError(
+            f"groupby(...).{options[2] if options[2] != 'method' else options[3]} must give one row per row "
+            f"(got {len(result)} for {len(joined)}); use groupby(...).apply for other results"
+        )
+    # pandas keeps the rows' order in these results, so position i is joined's row i.
+    return [(result.iloc[mask], positions[mask]) for mask in (sources == s for s in range(nsources))]
+
+
+def group_rows_restore(pieces: Sequence[tuple[Any, np.ndarray]]) -> Any:
+    """Partition ``i`` of the result: its rows from every bucket, back in their order."""
+    full = [(rows, positions) for rows, positions in pieces if len(rows)]
+    if not full:
+        return pieces[0][0]
+    rows = pd.concat([r for r, _ in full]) if len(full) > 1 else full[0][0]
+    order = np.argsort(np.concatenate([p for _, p in full]), kind="stable")
+    return rows.iloc[order]
+
+
+@node
+class GroupRows(Expr):
+    """Per-row results of ``frame``'s groups (``whole_groups_part`` options), with each row
+    back in its partition and place: the groups are brought together by a hash shuffle,
+    computed whole, and the results go back where their rows came from.  The result is
+    partitioned like ``frame`` (same divisions), so it lines up with it."""
+
+    frame: Expr
+    options: tuple[Any, ...]
+    meta: Any
+
+    def _prefix(self) -> str:
+        how, func = self.options[2], self.options[3]
+        return f"groupby-{func if how == 'method' else how}"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return self.meta
+
+    @property
+    def npartitions(self) -> int:
+        return self.frame.npartitions
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return self.frame.divisions
+
+    def _partitioning_parents(self) -> list[Expr] | None:
+        return [self.frame]
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        name, frame, n = self._name, self.frame, self.frame.npartitions
+        by = self.options[0]
+        layer: dict[str, TaskSpec] = {}
+        for i in range(n):
+            layer[f"{name}-split-{i}"] = (group_rows_split, (TaskRef(frame._key(i)), i, by, n), {})
+            for j in range(n):
+                layer[f"{name}-pick-{i}.{j}"] = (_pick, (TaskRef(f"{name}-split-{i}"), j), {})
+        for j in range(n):
+            pieces = [TaskRef(f"{name}-pick-{i}.{j}") for i in range(n)]
+            layer[f"{name}-groups-{j}"] = (group_rows_apply, (pieces, n, self.options, self.meta), {})
+            for i in range(n):
+                layer[f"{name}-back-{j}.{i}"] = (_pick, (TaskRef(f"{name}-groups-{j}"), i), {})
+        for i in range(n):
+            back = [TaskRef(f"{name}-back-{j}.{i}") for j in range(n)]
+            layer[self._key(i)] = (group_rows_restore, (back,), {})
+        return layer
+
+    def _describe(self) -> str:
+        return f"by={list(self.options[0])}, {self.options[2]} {self.options[3]}"
+
+
+def _pick(items: Sequence[Any], position: int) -> Any:
+    return items[position]
+
+
 def _sort_index(part: Any) -> Any:
     return part.sort_index()
 
@@ -849,10 +958,11 @@ class GroupBy:
     def transform(self, func: Any, *args: Any, meta: Any = None, **kwargs: Any) -> Any:
         """``func`` on each group, broadcast back to its rows, as pandas' ``GroupBy.transform``.
 
-        Rows are moved so that groups are whole (see :meth:`apply`); the result keeps each
-        row's index label but not the input's row order or divisions.
+        Rows are moved so that groups are whole (see :meth:`apply`), and the results go back
+        to their rows' partitions and places: the result is partitioned like the frame
+        (same divisions, same row order), so it lines up with it (``df.x - transformed``).
         """
-        return self._whole_groups("transform", func, args, kwargs, meta)
+        return self._per_row("transform", func, args, kwargs, meta)
 
     # Aggregations that need a group's rows together (no chunk/combine form): computed on
     # whole groups after a shuffle, then gathered into one partition sorted by key, as the
@@ -877,40 +987,39 @@ class GroupBy:
         """Counts of each value within each group (a Series indexed by key and value)."""
         return self._whole_group_aggregate("value_counts", normalize=normalize, dropna=dropna)
 
-    # Per-row results within groups: each row keeps its index label, but (as with
-    # transform) rows come out grouped by partition after the shuffle, not in input order.
+    # Per-row results within groups: as transform, partitioned like the frame, in its order.
     def cumsum(self) -> Any:
-        """Running sum within each group (rows keep their labels, not their order)."""
-        return self._whole_groups("method", "cumsum", (), {}, None)
+        """Running sum within each group."""
+        return self._per_row("method", "cumsum", (), {}, None)
 
     def cumprod(self) -> Any:
-        """Running product within each group (rows keep their labels, not their order)."""
-        return self._whole_groups("method", "cumprod", (), {}, None)
+        """Running product within each group."""
+        return self._per_row("method", "cumprod", (), {}, None)
 
     def cummax(self) -> Any:
-        """Running maximum within each group (rows keep their labels, not their order)."""
-        return self._whole_groups("method", "cummax", (), {}, None)
+        """Running maximum within each group."""
+        return self._per_row("method", "cummax", (), {}, None)
 
     def cummin(self) -> Any:
-        """Running minimum within each group (rows keep their labels, not their order)."""
-        return self._whole_groups("method", "cummin", (), {}, None)
+        """Running minimum within each group."""
+        return self._per_row("method", "cummin", (), {}, None)
 
     def cumcount(self, ascending: bool = True) -> Any:
-        """Position of each row within its group (rows keep their labels, not their order)."""
-        return self._whole_groups("method", "cumcount", (), {"ascending": ascending}, None)
+        """Position of each row within its group."""
+        return self._per_row("method", "cumcount", (), {"ascending": ascending}, None)
 
     def shift(self, periods: int = 1, fill_value: Any = _NO_FILL, meta: Any = None) -> Any:
-        """Values shifted within each group (rows keep their labels, not their order).
+        """Values shifted within each group.
 
         ``meta`` (Dask's) may give the result's schema instead of it being inferred."""
         kwargs: dict[str, Any] = {"periods": periods}
         if fill_value is not _NO_FILL:
             kwargs["fill_value"] = fill_value
-        return self._whole_groups("method", "shift", (), kwargs, meta)
+        return self._per_row("method", "shift", (), kwargs, meta)
 
     def diff(self, periods: int = 1, meta: Any = None) -> Any:
-        """Differences within each group (rows keep their labels, not their order)."""
-        return self._whole_groups("method", "diff", (), {"periods": periods}, meta)
+        """Differences within each group."""
+        return self._per_row("method", "diff", (), {"periods": periods}, meta)
 
     def get_group(self, name: Any) -> Any:
         """The rows of one group (keys given as a value, or a tuple for several keys)."""
@@ -934,8 +1043,34 @@ class GroupBy:
             result = result.repartition(npartitions=1)
         return result.map_partitions(_sort_index, meta=result._meta) if self._sort else result
 
-    def _whole_groups(self, how: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Any) -> Any:
+    def _per_row(self, how: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Any) -> Any:
+        """A result with one row per row of the frame, partitioned like it (see :class:`GroupRows`)."""
+        if type(self._by) is not tuple or any(isinstance(key, Expr) for key in self._by):
+            name = func if how == "method" else how
+            raise UsageError(f"groupby(...).{name} needs column labels as keys, not a Series")
+        frame = self._frame_expr
+        options = (self._by, self._selection, how, func, args, kwargs, self._sort, self._dropna)
+        meta = self._whole_groups_meta(frame, options, meta)
+        if frame.npartitions == 1:
+            return new_collection(MapPartitions(frame, whole_groups_part, options, {}, meta, True, f"groupby-{how}"))
+        return new_collection(GroupRows(frame, options, meta))
+
+    def _whole_groups_meta(self, frame: Expr, options: tuple[Any, ...], meta: Any) -> Any:
         from zmqdask.dataframe.planning import meta_from
+
+        if meta is not None:
+            return meta_from(meta)
+        how, func = options[2], options[3]
+        try:
+            return emulate(whole_groups_part, frame._meta, *options)
+        except Exception as exc:
+            call = f"{func}()" if how == "method" else f"{how}({getattr(func, '__name__', func)!r})"
+            raise UsageError(
+                f"could not infer the result of groupby(...).{call} on sample data "
+                f"({type(exc).__name__}: {exc})" + ("" if how == "method" else "; pass meta=")
+            ) from exc
+
+    def _whole_groups(self, how: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Any) -> Any:
         from zmqdask.dataframe.shuffle import HashShuffle
 
         if type(self._by) is not tuple or any(isinstance(key, Expr) for key in self._by):
@@ -944,17 +1079,7 @@ class GroupBy:
         if frame.npartitions > 1:
             frame = HashShuffle(frame, self._by, frame.npartitions)
         options = (self._by, self._selection, how, func, args, kwargs, self._sort, self._dropna)
-        if meta is None:
-            try:
-                meta = emulate(whole_groups_part, frame._meta, *options)
-            except Exception as exc:
-                call = f"{func}()" if how == "method" else f"{how}({getattr(func, '__name__', func)!r})"
-                raise UsageError(
-                    f"could not infer the result of groupby(...).{call} on sample data "
-                    f"({type(exc).__name__}: {exc})" + ("" if how == "method" else "; pass meta=")
-                ) from exc
-        else:
-            meta = meta_from(meta)
+        meta = self._whole_groups_meta(frame, options, meta)
         node_ = MapPartitions(frame, whole_groups_part, options, {}, meta, False, f"groupby-{how}")
         return new_collection(node_)
 

@@ -347,6 +347,9 @@ def conform(part: Any, meta: Any) -> Any:
 class Concat(Blockwise):
     """The partitions of several frames one after the other (pandas' ``concat`` along rows)."""
 
+    def _partitioning_parents(self) -> list[Expr] | None:
+        return None  # its partitions are those of several inputs, one after the other
+
     frames: tuple[Expr, ...]
 
     def _prefix(self) -> str:

@@ -15,7 +15,16 @@ import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe import core_ops as ops
-from zmqdask.dataframe.expr import Expr, MapPartitions, Partitions, Reduction, emulate, make_meta, partition_info
+from zmqdask.dataframe.expr import (
+    Expr,
+    MapPartitions,
+    Partitions,
+    Reduction,
+    emulate,
+    make_meta,
+    partition_info,
+    partitioning_roots,
+)
 from zmqdask.errors import UsageError
 
 REPR_EDGE_ROWS = 2
@@ -92,7 +101,7 @@ def align(*exprs: Expr) -> list[Expr]:
     if len(frames) < 2:
         return list(exprs)
     first = frames[0]
-    if all(f.divisions == first.divisions for f in frames):
+    if first.known_divisions and all(f.divisions == first.divisions for f in frames):
         return list(exprs)
     if all(f.known_divisions for f in frames):
         try:
@@ -103,11 +112,19 @@ def align(*exprs: Expr) -> list[Expr]:
             ops.RepartitionDivisions(e, union) if not ops.is_scalar_meta(e._meta) and e.divisions != union else e
             for e in exprs
         ]
-    if all(f.npartitions == first.npartitions for f in frames):
+    # Unknown divisions: partition i of each holds the same labels only when all come from
+    # the same nodes through steps that keep partitions (filters, column arithmetic, scans),
+    # not through a shuffle, a sort or a reading of their own.
+    if all(f.npartitions == 1 for f in frames):
+        return list(exprs)  # every label is in the one partition
+    roots = partitioning_roots(first)
+    if all(f.npartitions == first.npartitions and partitioning_roots(f) == roots for f in frames):
         return list(exprs)
     raise UsageError(
-        "cannot align collections with unknown divisions and different numbers of partitions "
-        f"({[f.npartitions for f in frames]}); repartition them to the same npartitions"
+        "cannot line these collections up row by row: their divisions are not all known and their rows "
+        "were partitioned differently (by a shuffle, a sort, a groupby apply or separate reads), so "
+        "equal index labels may sit in different partitions. Give both known divisions "
+        "(set_index(column, sorted=True) if sorted, else set_index(column)), or compute the smaller one first"
     )
 
 

@@ -125,6 +125,9 @@ class Scan(Expr):
     def _describe(self) -> str:
         return f"{self.method}, skipna={self.skipna}"
 
+    def _partitioning_parents(self) -> list[Expr] | None:
+        return [self.frame]
+
 
 # --------------------------------------------------------------------------------------------
 # shift, diff, pct_change: each partition reads a few rows of its neighbours
@@ -215,6 +218,9 @@ class Shift(Expr):
 
     def _describe(self) -> str:
         return f"{self.method}({self.periods})"
+
+    def _partitioning_parents(self) -> list[Expr] | None:
+        return [self.frame]
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,6 +413,9 @@ class MapOverlap(Expr):
 
     def _describe(self) -> str:
         return f"map_overlap({getattr(self.func, '__name__', self.func)}, before={self.before}, after={self.after})"
+
+    def _partitioning_parents(self) -> list[Expr] | None:
+        return [self.frame]
 
 
 def map_overlap(func: Any, frame: Any, before: Any, after: Any, *args: Any, meta: Any = None, **kwargs: Any) -> Any:

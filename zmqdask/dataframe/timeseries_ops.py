@@ -380,6 +380,9 @@ class RollingAggregate(Expr):
     def _same_rows(self) -> Expr | None:
         return self.frame
 
+    def _partitioning_parents(self) -> list[Expr] | None:
+        return [self.frame]
+
     @cached_property
     def _meta(self) -> Any:
         return emulate(
