@@ -229,6 +229,9 @@ class Ledger:
         """How many records run each function (the broker keeps a function while any does)."""
         self.unreferenced_functions: list[bytes] = []
         """Functions whose last record was forgotten, for the broker's FunctionTable."""
+        self.kept: set[TaskRecord] = set()
+        """Unfinished records a client asked to run to the end (``fire_and_forget``): needed
+        until they finish, whoever wants them."""
         self.awaiting: dict[TaskRecord, WorkerPeer | None] = {}
         """Scattered values whose bytes a client is sending (PROCESSING, no payload here):
         to that worker directly (PLACE, which the worker confirms), or to the broker (None)."""
@@ -246,6 +249,10 @@ class Ledger:
         counts[state] += 1
         rec.state = state
         now_active = state in ACTIVE_STATES
+        if not now_active and self.kept and rec in self.kept:
+            # Finished (or failed, or released by a restart): it was kept for this.
+            self.kept.discard(rec)
+            self.candidates.append(rec)
         if (old in ACTIVE_STATES) is not now_active:
             if now_active:
                 for dep in rec.deps:
@@ -255,10 +262,22 @@ class Ledger:
                     dep.n_active -= 1
                 self.candidates.extend(rec.deps)
 
-    @staticmethod
-    def needed(rec: TaskRecord) -> bool:
-        """Whether a client or an unfinished dependent still needs ``rec``."""
-        return rec.wanted_by is not None or rec.push_to is not None or rec.n_active > 0
+    def needed(self, rec: TaskRecord) -> bool:
+        """Whether a client, an unfinished dependent or a request to run it to the end
+        (:meth:`keep`) still needs ``rec``."""
+        return (
+            rec.wanted_by is not None
+            or rec.push_to is not None
+            or rec.n_active > 0
+            or (bool(self.kept) and rec in self.kept)
+        )
+
+    def keep(self, key: str) -> None:
+        """KEEP of ``key``: if it has not finished, run it to the end even once no client
+        wants it (it is released then, as any unwanted result)."""
+        rec = self.tasks.get(key)
+        if rec is not None and rec.state in ACTIVE_STATES:
+            self.kept.add(rec)
 
     def new_task(
         self,

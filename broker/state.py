@@ -43,6 +43,7 @@ from zmqdask.protocol import (
     HELLO,
     INFO,
     INFO_REPLY,
+    KEEP,
     PLACE,
     RELAY_FETCH,
     RELAY_GATHER,
@@ -206,6 +207,7 @@ class BrokerState:
             WORKER_DIED: (self._on_worker_died, _POOL),
             SECEDE: (self._on_secede, _WORKER),
             FORGET_FUNCTIONS: (self._on_forget_functions, _CLIENT),
+            KEEP: (self._on_keep, _CLIENT),
         }
 
     # --- public API -------------------------------------------------------------------
@@ -858,6 +860,10 @@ class BrokerState:
             # After every report this CANCEL caused: the client may already have submitted
             # some of these keys again, and tells reports about the old ones by this mark.
             self._outbox.report(client, [keys[-1], protocol.CANCELS_SEEN, len(keys), 0])
+
+    def _on_keep(self, client: ClientPeer, message: Message) -> None:
+        for key in message.header[0]:
+            self.ledger.keep(key)
 
     def _on_gather(self, client: ClientPeer, message: Message) -> None:
         self._apply_releases_naming(message.header[0])

@@ -692,6 +692,31 @@ def test_a_cancel_is_answered_once_after_every_report_it_causes(h: Harness) -> N
     assert "x" in h.state.ledger.tasks
 
 
+def test_kept_tasks_run_to_the_end_after_their_client_leaves(h: Harness) -> None:
+    h.worker(b"w1", credit=1)
+    h.client(b"c1")
+    h.submit(b"c1", [("a", []), ("b", []), ("c", ["b"])])
+    h.send(b"c1", P.KEEP, [["a", "c", "unknown"]])
+    out = h.send(b"c1", P.GOODBYE, ["bye"])
+    # a and c (and c's input b) stay; nothing is cancelled on the worker.
+    assert set(h.state.ledger.tasks) == {"a", "b", "c"} and not msgs(out, b"w1", P.CANCEL_TASKS)
+    h.finish(b"w1", "a")
+    h.finish(b"w1", "b")
+    h.finish(b"w1", "c")
+    # Finished and wanted by nobody: released and forgotten, as any unwanted result.
+    assert h.state.ledger.tasks == {} and not h.state.ledger.kept
+
+
+def test_a_kept_task_that_fails_is_forgotten_too(h: Harness) -> None:
+    h.worker(b"w1", credit=1)
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])])
+    h.send(b"c1", P.KEEP, [["a"]])
+    h.send(b"c1", P.GOODBYE, ["bye"])
+    h.done(b"w1", [["a", P.ERRED, ["ValueError", "no", "a"], 1]], [b"<exc>"])
+    assert h.state.ledger.tasks == {} and not h.state.ledger.kept
+
+
 def test_cancel_keeps_a_key_someone_else_wants(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")

@@ -303,6 +303,80 @@ def test_a_key_cancelled_and_submitted_again_runs_on_an_async_client(run_async) 
     assert run_async(body) == list(range(1, 21))
 
 
+class Scaler:
+    """A model whose state changes between calls, as a notebook's fitted models do."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def predict(self, x: int) -> int:
+        return x * self.factor
+
+
+def test_each_call_sends_the_callable_as_it_is_now(client: Client) -> None:
+    model = Scaler(2)
+    assert client.submit(model.predict, 3).result(timeout=30) == 6
+    model.factor = 10  # fitted again: the next calls see it, pure or not, one by one or mapped
+    assert client.submit(model.predict, 3).result(timeout=30) == 30
+    assert client.submit(model.predict, 4, pure=False).result(timeout=30) == 40
+    assert client.gather(client.map(model.predict, [1, 2])) == [10, 20]
+    box = [5]
+    assert client.submit(lambda x: x * box[0], 2).result(timeout=30) == 10
+    box[0] = 7
+    assert client.submit(lambda x: x * box[0], 2).result(timeout=30) == 14
+
+
+def test_map_key_is_a_prefix_not_a_numbering(client: Client) -> None:
+    first = client.map(inc, [1, 2], key="step")
+    assert client.gather(first) == [2, 3] and all(f.key.startswith("step-") for f in first)
+    # The same prefix for other calls: other keys, so other results.
+    assert client.gather(client.map(add, [10, 20], [1, 1], key="step")) == [11, 21]
+    assert client.gather(client.map(inc, [100, 200, 300], key="step")) == [101, 201, 301]
+
+
+def test_cancel_reaches_dependents_and_finished_futures(client: Client) -> None:
+    for i in range(5):
+        a = client.submit(slow_inc, 50 + i, 0.3)
+        b = client.submit(inc, a)
+        client.cancel([a])
+        assert b.cancelled()  # at once, not when the broker says so
+        a2 = client.submit(slow_inc, 50 + i, 0.3)
+        b2 = client.submit(inc, a2)
+        assert b2.key == b.key and b2.result(timeout=30) == 52 + i
+    done = client.submit(inc, 1000)
+    assert done.result(timeout=30) == 1001
+    client.cancel([done])
+    assert done.cancelled()
+    with pytest.raises(FutureCancelledError):
+        done.result(timeout=5)
+
+
+def test_gather_of_an_iterator_gives_an_iterator_of_values(client: Client) -> None:
+    futures = client.map(inc, range(3))
+    gathered = client.gather(f for f in futures)
+    assert not isinstance(gathered, list) and list(gathered) == [1, 2, 3]
+    twice = list(as_completed([futures[0], futures[0], futures[1]]))
+    assert twice.count(futures[0]) == 2 and len(twice) == 3
+
+
+def test_fire_and_forget_tasks_run_after_their_client_closed(
+    cluster: LocalCluster, tmp_path: Any, wait_until: Any
+) -> None:
+    marks = [tmp_path / f"mark-{i}" for i in range(4)]
+    with Client(cluster.address, timeout=30) as c:
+        c.wait_for_workers(2, timeout=60)
+        zmqdask.fire_and_forget([c.submit(touch_after, str(mark), 0.3, pure=False) for mark in marks])
+    # Two workers, four tasks of 0.3 s: most had not started when the client left.
+    wait_until(lambda: all(mark.exists() for mark in marks), timeout=30)
+
+
+def touch_after(path: str, delay: float) -> str:
+    time.sleep(delay)
+    with open(path, "w") as handle:
+        handle.write("done")
+    return path
+
+
 def test_released_futures_free_the_cluster(client: Client, wait_until) -> None:  # type: ignore[no-untyped-def]
     wait_until(lambda: tasks_held(client) == 0, timeout=20)
     futures = client.map(inc, range(200, 300), batch_size=1)  # one task per call
@@ -443,6 +517,8 @@ def test_async_client(run_async) -> None:  # type: ignore[no-untyped-def]
         # As in Dask, result(), exception() and traceback() are awaitables here.
         pending = c.submit(slow_inc, 99, 0.05)
         assert await pending.result() == 100
+        # No one else holds the Future here: the awaitable must.
+        assert await c.submit(slow_inc, 7, 0.05, pure=False).result() == 8
         assert await pending.result(timeout=5) == 100  # once finished too
         assert await pending.exception() is None and await pending.traceback() is None
         failing = c.submit(explode, 2)

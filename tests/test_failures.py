@@ -250,6 +250,32 @@ def test_poison_task_fails_with_killed_worker_and_spares_the_rest(cluster: Clust
         print(f"poison: {sum(attempts.values())} workers killed, 250 results checked")
 
 
+def inc_or_die(x: int, fatal: int) -> int:
+    """``x + 1``, except for ``fatal``, which kills its worker process."""
+    if x == fatal:
+        os._exit(17)
+    return x + 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_map_call_that_kills_its_worker_fails_alone(cluster: Cluster) -> None:
+    """Calls of a map run in batches; a batch that kills its workers runs its calls again
+    one by one, so the other calls of that batch finish."""
+    address = cluster.start_broker()
+    cluster.start_pool(2)
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(2, timeout=60)
+        futures = client.map(inc_or_die, range(100), fatal=37, batch_size=10)
+        wait_all(futures, timeout=100)
+        failed = [i for i, future in enumerate(futures) if future.status == "error"]
+        assert failed == [37]
+        with pytest.raises(KilledWorker) as info:
+            futures[37].result(timeout=5)
+        assert info.value.key == futures[37].key
+        assert client.gather(futures[:37] + futures[38:]) == [i + 1 for i in range(100) if i != 37]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_killed_worker_reports_its_attempts(cluster: Cluster, tmp_path: Path) -> None:

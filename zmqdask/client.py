@@ -59,7 +59,7 @@ from zmqdask.future import (
 from zmqdask.graph import TaskSpec, is_collection, topological_order
 from zmqdask.local import format_bytes
 from zmqdask.security import Security, as_security
-from zmqdask.serialize import PICKLE_PROTOCOL, TaskRef, dumps, dumps_function, loads
+from zmqdask.serialize import PICKLE_PROTOCOL, TaskRef, dumps, loads, pickle_function
 from zmqdask.session import BrokerSession, ClientStatus
 from zmqdask.sync import LoopThread
 
@@ -222,7 +222,6 @@ class Client(BrokerSession):
             "memory_limit": memory_limit,
         }
         self._set_as_default = set_as_default
-        self._function_cache: dict[Any, tuple[bytes, bytes]] = {}
         self._function_info_cache: dict[Any, tuple[bytes, bytes, str]] = {}
         self._key_token = uuid.uuid4().hex[:16]
         self._key_counter = itertools.count()
@@ -371,18 +370,6 @@ class Client(BrokerSession):
 
     # --- submitting ------------------------------------------------------------------------
 
-    def _function(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
-        try:
-            cached = self._function_cache.get(fn)
-        except TypeError:  # unhashable callable
-            return dumps_function(fn)
-        if cached is None:
-            cached = dumps_function(fn)
-            if len(self._function_cache) > 10_000:
-                self._function_cache.clear()
-            self._function_cache[fn] = cached
-        return cached
-
     def submit(
         self,
         fn: Callable[..., Any],
@@ -423,10 +410,18 @@ class Client(BrokerSession):
         retries: int,
         wanted: bool,
         deps_known: dict[str, FutureState] | None = None,
+        functions: dict[int, tuple[Any, tuple[bytes, bytes, str]]] | None = None,
     ) -> Future:
         if not isinstance(priority, int) or not isinstance(retries, int) or retries < 0:
             raise UsageError("priority must be an int and retries a non-negative int")
-        info = self._function_info(fn)
+        if functions is None:
+            info = self._function_info(fn)
+        else:
+            # One graph is one moment: each function is pickled once for all its tasks.
+            known = functions.get(id(fn))
+            if known is None or known[0] is not fn:
+                known = functions[id(fn)] = (fn, self._function_info(fn))
+            info = known[1]
         dep_states: dict[str, FutureState] = {} if deps_known is None else deps_known
         owned: list[Future] = []
         key, frames = self._task_spec(info, args, kwargs, key, pure, dep_states, owned)
@@ -437,16 +432,27 @@ class Client(BrokerSession):
             return future
 
     def _function_info(self, fn: Callable[..., Any]) -> tuple[bytes, bytes, str]:
-        """``(hash, pickled function, name for keys)``, computed once per function."""
+        """``(hash, pickled function, name for keys)``.
+
+        An importable function is pickled by name once and remembered.  Anything pickled
+        by value (defined in ``__main__`` or a notebook, a lambda, a bound method) is
+        pickled at every call, as Dask does: its pickle holds the globals and the state it
+        reads, which may have changed since the last call (``factor = 10``, a model fitted
+        again).  Equal pickles still share one hash, so the broker and the workers keep one
+        copy.
+        """
         try:
             info = self._function_info_cache.get(fn)
+            cacheable = True
         except TypeError:  # unhashable callable
-            return (*self._function(fn), _funcname(fn))
+            info, cacheable = None, False
         if info is None:
-            info = (*self._function(fn), _funcname(fn))
-            if len(self._function_info_cache) > 10_000:
-                self._function_info_cache.clear()
-            self._function_info_cache[fn] = info
+            fn_hash, payload, by_value = pickle_function(fn)
+            info = (fn_hash, payload, _funcname(fn))
+            if cacheable and not by_value:
+                if len(self._function_info_cache) > 10_000:
+                    self._function_info_cache.clear()
+                self._function_info_cache[fn] = info
         return info
 
     def _task_spec(
@@ -654,12 +660,13 @@ class Client(BrokerSession):
             raise UsageError("map needs at least one iterable")
         columns = [list(iterable) for iterable in iterables]
         count = min(len(column) for column in columns)
+        prefix: str | None = None
         if isinstance(key, str) or key is None:
-            keys: list[str | None]
-            if key is None:
-                keys = [None] * count
-            else:
-                keys = [f"{key}-{i}" for i in range(count)]
+            # A string is a prefix, as in Dask: each call's key is the prefix and a token of
+            # the call (of its arguments when pure), never a position that another map with
+            # the same prefix would also use.
+            keys: list[str | None] = [None] * count
+            prefix = key
         else:
             keys = list(key)
             if len(keys) != count:
@@ -669,6 +676,8 @@ class Client(BrokerSession):
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise UsageError(f"batch_size must be a positive int (1: one task per call), got {batch_size!r}")
         info = self._function_info(fn)
+        if prefix is not None:
+            info = (info[0], info[1], prefix)
         size = self._batch_size(info[0], columns, count, batch_size)
         if size > 1:
             batched = self._map_batches(info, columns, keys, count, kwargs, pure, priority, retries, size)
@@ -851,6 +860,24 @@ class Client(BrokerSession):
         member.fn_payload = batch.fn_payload
         self._detach(member)  # an ordinary task from now on
 
+    def _run_calls_alone(self, batch: FutureState) -> bool:
+        """A map batch killed the workers that ran it: each call still waiting runs again
+        alone, so that only a call that kills its worker fails (as when each call has a
+        task of its own), and the function's later maps give every call a task."""
+        with self._lock:
+            waiting = [
+                m for m in batch.members or () if m.batch is batch and not m.has_value and m.status == PENDING
+            ]
+            if len(waiting) < 2 or batch.entry is None:
+                return False
+            self._seconds_per_call[batch.entry[1]] = batches.BATCH_TARGET_SECONDS
+            for member in waiting:
+                self._as_own_task(member)
+                member.unsent = True
+                self._ops.append(("task", member, member.fn_payload or b"", 0))
+            self._schedule_flush()
+        return True
+
     def _call_spec(self, member: FutureState) -> tuple[tuple[Any, ...], dict[str, Any], int]:
         """A call's arguments, keywords and retries, from its batch's payload."""
         batch = member.batch
@@ -906,6 +933,7 @@ class Client(BrokerSession):
         states: dict[str, FutureState] = {}
         result: dict[str, Future] = {}
         keep_alive: list[Future] = []
+        functions: dict[int, tuple[Any, tuple[bytes, bytes, str]]] = {}
         # Holding the lock for the whole graph keeps the loop thread from flushing half of
         # it (a synchronous caller submits from its own thread).
         with self._lock, _collector_paused(len(order)):
@@ -927,6 +955,7 @@ class Client(BrokerSession):
                         retries,
                         wanted=key in output_set,
                         deps_known=deps,
+                        functions=functions,
                     )
                     states[key] = future._state
                     if key in output_set:
@@ -1072,6 +1101,12 @@ class Client(BrokerSession):
         self._check_open()
         if errors not in ("raise", "skip"):
             raise UsageError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        if isinstance(futures, Iterator):
+            # As Dask: an iterator (a generator of futures) gives an iterator of values,
+            # each gathered as it is reached; on an asynchronous client, all at once.
+            if self.asynchronous or asynchronous:
+                return self._gather(list(futures), errors)
+            return (self.gather(future, errors=errors) for future in futures)
         coro = self._gather(futures, errors)
         if self.asynchronous or asynchronous:
             return coro
@@ -1195,30 +1230,54 @@ class Client(BrokerSession):
         return futures[0]
 
     def cancel(self, futures: Any, force: bool = False) -> Any:
-        """Cancel futures: their tasks stop if nobody else needs them."""
+        """Cancel futures, finished or not, and the pending futures that depend on them:
+        their tasks stop if nobody else needs them, and their values are dropped here."""
         self._check_open()
         found: dict[str, Future] = {}
         _collect_futures(futures, found)
 
         def do_cancel() -> None:
-            for future in found.values():
-                state = future._state
-                if state.status == PENDING or (state.status == FINISHED and not state.has_value):
-                    self._set_failed(
-                        state, CANCELLED, FutureCancelledError(f"{future.key} was cancelled", future.key), None
-                    )
-                    with self._lock:
-                        if state.batch is not None:
-                            # A call of a map batch: its batch stops once none of its calls is left.
-                            self._detach(state)
-                            if state.entry is None:
-                                continue
-                        self._ops.append(("cancel", future.key))
-                        self._cancels_unanswered.append(CANCEL_CLOCK.tick())
+            states = [f._state for f in found.values() if f._state.status in (PENDING, FINISHED)]
+            # The broker cancels the dependents too, but says so only later: a future
+            # submitted again meanwhile must not be handed their old, doomed state.
+            for state in [*states, *self._pending_dependents(states)]:
+                if state.status not in (PENDING, FINISHED):
+                    continue
+                state.value = None
+                state.has_value = False
+                if state.status == FINISHED:
+                    state.status = PENDING  # so that it can fail
+                self._set_failed(state, CANCELLED, FutureCancelledError(f"{state.key} was cancelled", state.key), None)
+                with self._lock:
+                    if state.batch is not None:
+                        # A call of a map batch: its batch stops once none of its calls is left.
+                        self._detach(state)
+                        if state.entry is None:
+                            continue
+                    self._ops.append(("cancel", state.key))
+                    self._cancels_unanswered.append(CANCEL_CLOCK.tick())
             with self._lock:
                 self._schedule_flush()
 
         return self._on_loop(do_cancel)
+
+    def _pending_dependents(self, states: list[FutureState]) -> list[FutureState]:
+        """The pending futures' states that depend on ``states``, directly or not."""
+        with self._lock:
+            candidates = [s for s in self._futures.values() if s.deps and s.status == PENDING]
+        if not candidates or not states:
+            return []
+        doomed = {id(state) for state in states}
+        found: list[FutureState] = []
+        changed = True
+        while changed:  # states come in submission order: usually one pass finds them all
+            changed = False
+            for state in candidates:
+                if id(state) not in doomed and any(id(dep) in doomed for dep in state.deps or ()):
+                    doomed.add(id(state))
+                    found.append(state)
+                    changed = True
+        return found
 
     def _on_loop(self, fn: Callable[[], None]) -> Any:
         """Run ``fn`` on the client's loop: at once on an asynchronous client (returning an

@@ -230,7 +230,9 @@ class Future:
             what = f"result of {self.key}"
             if self._client._loop_runs_in_another_thread():
                 return self._client._wait_from_another_thread(self._client._wait_value(state), timeout, what)
-            return self._client._awaitable_within(self._client._wait_value(state), timeout, what)
+            # The awaitable holds this Future: in ``await client.submit(...).result()`` nothing
+            # else does, and a dropped Future releases its task.
+            return self._client._awaitable_within(self._result_async(), timeout, what)
         if state.has_value:
             return state.value
         if state.status in TERMINAL_FAILURES and state.exception is not None:
@@ -265,6 +267,9 @@ class Future:
             return self._client._awaitable_within(self._traceback_async(), timeout, f"completion of {self.key}")
         self.exception(timeout)
         return traceback_from_text(self._state.traceback)
+
+    async def _result_async(self) -> Any:
+        return await self._client._wait_value(self._state)
 
     async def _exception_async(self) -> BaseException | None:
         await self._client._wait_done(self._state)
@@ -417,10 +422,12 @@ def fire_and_forget(obj: Any) -> None:
 
     ``obj`` is a future or any nesting of lists, tuples, sets and dicts of them.  Normally
     dropping the last Future of a pending task cancels it; here the client keeps each one
-    until it finishes (or fails), then lets it go.
+    until it finishes (or fails), and the broker runs it to the end even after the client
+    has closed.
     """
     kind = type(obj)
     if isinstance(obj, Future):
+        obj._client._keep(obj)
         obj._client._add_done_callback(obj, _forget)
     elif kind is list or kind is tuple or kind is set or kind is frozenset:
         for item in obj:
@@ -468,7 +475,8 @@ class as_completed:
         self._lock = threading.Lock()
         self._condition = threading.Condition(self._lock)
         self._ready: collections.deque[Future] = collections.deque()
-        self._pending: set[Future] = set()
+        # Future -> times added and not yet done: a future added twice is yielded twice.
+        self._pending: dict[Future, int] = {}
         self._async_event: asyncio.Event | None = None
         self._client: Client | None = None
         for future in futures:
@@ -480,7 +488,7 @@ class as_completed:
             raise UsageError(f"as_completed takes Futures, got {type(future).__name__}")
         with self._lock:
             self._client = self._client or future._client
-            self._pending.add(future)
+            self._pending[future] = self._pending.get(future, 0) + 1
         future.add_done_callback(self._on_done)
 
     def update(self, futures: Iterable[Future]) -> None:
@@ -491,7 +499,7 @@ class as_completed:
     def count(self) -> int:
         """Number of futures not yet yielded."""
         with self._lock:
-            return len(self._pending) + len(self._ready)
+            return sum(self._pending.values()) + len(self._ready)
 
     def is_empty(self) -> bool:
         """Whether every future has been yielded."""
@@ -500,9 +508,13 @@ class as_completed:
     def _on_done(self, future: Future) -> None:
         # Runs on the client's event loop thread (or at once from add() if already done).
         with self._lock:
-            if future not in self._pending:
+            times = self._pending.get(future)
+            if not times:
                 return
-            self._pending.discard(future)
+            if times == 1:
+                del self._pending[future]
+            else:
+                self._pending[future] = times - 1
             self._ready.append(future)
             self._condition.notify_all()
         event = self._async_event
@@ -553,7 +565,7 @@ class as_completed:
             from zmqdask.errors import TimeoutError as ZmqdaskTimeoutError
 
             raise ZmqdaskTimeoutError(
-                f"as_completed: {len(self._pending)} futures had not finished within {self._timeout} s"
+                f"as_completed: {sum(self._pending.values())} futures had not finished within {self._timeout} s"
             )
 
     def _emit_sync(self, future: Future) -> Any:

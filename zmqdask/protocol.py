@@ -32,6 +32,7 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
     RELAY_GATHER [keys]                       client -> broker: the same, never answered ELSEWHERE
     PLACE        [entries]                    client -> broker: where shall I send these values?
                                               entries [[key, nbytes], ...]; answered ELSEWHERE
+    KEEP         [keys]                       client -> broker: run these to the end, wanted or not
     INFO         [request_id]                 client -> broker
     INFO_REPLY   [request_id, info]           broker -> client
     REPORT       [entries]                    broker -> client; entries [[key, code, detail, nframes]]
@@ -132,6 +133,7 @@ RELAY_GATHER = 31
 PLACE = 32
 FETCH_FROM = 33
 RELAY_FETCH = 34
+KEEP = 35
 
 COMMAND_NAMES: dict[int, str] = {
     value: name
@@ -602,6 +604,7 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     WORKER_DIED: _v_worker_died,
     SECEDE: _v_keys,
     FORGET_FUNCTIONS: _v_fn_hashes,
+    KEEP: _v_keys,
 }
 
 

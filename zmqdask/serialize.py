@@ -100,7 +100,19 @@ def _refers_to_main(pickled: bytes) -> bool:
 
 
 def dumps_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
-    """Pickle a callable once; returns ``(hash, pickled)`` where the hash identifies it."""
+    """Pickle a callable; returns ``(hash, pickled)`` where the hash identifies it."""
+    fn_hash, payload, _ = pickle_function(fn)
+    return fn_hash, payload
+
+
+def pickle_function(fn: Callable[..., Any]) -> tuple[bytes, bytes, bool]:
+    """Pickle a callable; returns ``(hash, pickled, by_value)``.
+
+    ``by_value`` is False when the pickle only names an importable function or class: it
+    stays valid as long as that exists.  Any other pickle (a function of ``__main__`` or a
+    notebook, a lambda, a bound method, a partial, a callable object) holds the globals and
+    state the callable reads, as they are now.
+    """
     try:
         try:
             payload = pickle.dumps(fn, protocol=PICKLE_PROTOCOL)
@@ -112,13 +124,17 @@ def dumps_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
             # __main__ function pickles that function by reference too.
             if _refers_to_main(payload):
                 raise pickle.PicklingError("refers to __main__")
+            # Only a bare name stays valid: a bound method, a partial or a callable object
+            # carries its state in the pickle, by value.
+            by_value = not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type))
         except Exception:
             payload = cloudpickle.dumps(fn, protocol=PICKLE_PROTOCOL)
+            by_value = True
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize function {_describe(fn)}: {type(exc).__name__}: {exc}", _describe(fn)
         ) from exc
-    return hashlib.blake2b(payload, digest_size=16).digest(), payload
+    return hashlib.blake2b(payload, digest_size=16).digest(), payload, by_value
 
 
 def dumps_error(exc: BaseException, origin_key: str) -> tuple[list[Any], list[Any]]:

@@ -422,6 +422,7 @@ class BrokerSession:
                     "gather": proto.GATHER,
                     "relay_gather": proto.RELAY_GATHER,
                     "cancel": proto.CANCEL,
+                    "keep": proto.KEEP,
                 }[kind]
                 self._send(proto.encode(command, [keys]))
 
@@ -889,10 +890,12 @@ class BrokerSession:
         self._fire_callbacks(state)
         state.notify()
         members = state.members
+        if members is not None and status == ERROR and isinstance(exc, KilledWorker) and self._run_calls_alone(state):
+            return  # its calls run again, each alone: only a call that kills its worker fails
         if members is not None:
-            # A batch that failed as a whole (its worker died, its result could not travel)
-            # fails each of its calls still waiting, the same way; later maps of the function
-            # give each call a task of its own.
+            # A batch that failed as a whole (its result could not travel, say) fails each
+            # of its calls still waiting, the same way; later maps of the function give each
+            # call a task of its own.
             if status == ERROR:
                 # (One exception object may fail several batches: note it once.)
                 if hasattr(exc, "add_note") and _BATCH_FAILED_NOTE not in getattr(exc, "__notes__", ()):
@@ -903,6 +906,11 @@ class BrokerSession:
                 if member.batch is state and not member.has_value and member.status != CANCELLED:
                     member.status = PENDING if member.status == FINISHED else member.status
                     self._set_failed(member, status, exc, text)
+
+    def _run_calls_alone(self, batch: FutureState) -> bool:
+        """Submit each waiting call of ``batch`` again as a task of its own (the client's
+        part); False if there is nothing to split."""
+        return False
 
     def _distribute(self, batch: FutureState, nbytes: int) -> None:
         """Give each call of a finished map batch its value or error (loop thread);
@@ -1122,6 +1130,18 @@ class BrokerSession:
                 del self._releases[key]
             else:
                 self._ops.append(("releases", self._take_releases()))
+
+    def _keep(self, future: Future) -> None:
+        """Ask the broker to run ``future``'s task to the end even once no client wants it
+        (``fire_and_forget``): this client may close before it finishes."""
+        state = future._state
+        with self._lock:
+            if state.done():
+                return
+            # A call of a map batch runs in its batch task.
+            key = state.batch.key if state.entry is None and state.batch is not None else state.key
+            self._ops.append(("keep", key))
+            self._schedule_flush()
 
     def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
         state = future._state
