@@ -360,3 +360,12 @@ def test_to_parquet_appends_after_the_files_there_and_writes_the_index_as_a_colu
     with pytest.raises(UsageError, match="writes at once"):
         zd.from_pandas(second, npartitions=1).to_parquet(tmp_path, append=True, compute=False)
     assert len(os.listdir(tmp_path)) == 4
+
+
+def test_read_parquet_of_one_column_named_alone_is_a_series(tmp_path: Path) -> None:
+    frame = _frame(200)
+    path = tmp_path / "one.parquet"
+    frame.to_parquet(path)
+    column = read_parquet(str(path), columns="s")
+    assert column.ndim == 1 and column.name == "s"
+    pd.testing.assert_series_equal(column.compute(), frame.s)

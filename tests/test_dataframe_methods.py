@@ -539,3 +539,25 @@ def test_map_overlap_refuses_what_it_cannot_do() -> None:
         lazy.map_overlap(lambda d, other: d, 1, 1, lazy)
     with pytest.raises(UsageError, match="meta="):
         lazy.map_overlap(lambda d: d.no_such_column, 1, 1)
+
+
+def test_scans_of_booleans_count_in_integers() -> None:
+    values = pd.Series([True, False, True, True, False, True] * 5, name="b")
+    lazy = zd.from_pandas(values, npartitions=4)
+    for method in ("cumsum", "cumprod", "cummax"):
+        _same(getattr(lazy, method)().compute(), getattr(values, method)())
+    frame = pd.DataFrame({"b": values, "x": np.arange(30.0)})
+    _same(zd.from_pandas(frame, npartitions=3).cumsum().compute(), frame.cumsum())
+
+
+def test_callable_selections_and_sums_with_min_count() -> None:
+    frame, lazy = _pairs(4)
+    _same(lazy[lambda d: d.x > 0].compute(), frame[lambda d: d.x > 0])
+    _same(lazy.loc[lambda d: d.i > 10, ["x", "s"]].compute(), frame.loc[lambda d: d.i > 10, ["x", "s"]])
+    _same(lazy.x[lambda s: s < 0].compute(), frame.x[lambda s: s < 0])
+    sparse = pd.DataFrame({"x": [1.0, np.nan, np.nan, 4.0, np.nan, np.nan], "y": np.nan, "z": range(6)})
+    lazy_sparse = zd.from_pandas(sparse, npartitions=3)
+    for min_count in (1, 2, 3):
+        _same(lazy_sparse.sum(min_count=min_count).compute(), sparse.sum(min_count=min_count))
+        _same(lazy_sparse.y.sum(min_count=min_count).compute(), sparse.y.sum(min_count=min_count))
+    assert lazy_sparse.z.sum(min_count=2).compute() == 15

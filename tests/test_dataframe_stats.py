@@ -266,3 +266,21 @@ def test_info_summarizes_like_pandas() -> None:
     empty = lazy[lazy.a > 100]
     pd.testing.assert_series_equal(empty.count().compute(), frame.iloc[:0].count())
     assert " 2   s       0 non-null      str" in _info_text(empty, verbose=True)
+
+
+def test_to_datetime_reads_every_partition_in_the_format_of_the_first_value() -> None:
+    text = pd.Series(["2021-01-01", None, "2021-01-02", "2021-03-28 02:30", "2021-01-03", "03/01/2021"], name="d")
+    lazy = zd.from_pandas(text, npartitions=3)
+    pd.testing.assert_series_equal(
+        zd.to_datetime(lazy, errors="coerce").compute(), pd.to_datetime(text, errors="coerce")
+    )
+    # Partitions whose first values differ: still the first value's format for all.
+    days = pd.Series(["02/01/2021", "13/01/2021", "01/02/2021"], name="d")
+    lazy_days = zd.from_pandas(days, npartitions=3)
+    pd.testing.assert_series_equal(
+        zd.to_datetime(lazy_days, dayfirst=True).compute(), pd.to_datetime(days, dayfirst=True)
+    )
+    numbers = pd.Series([1_600_000_000, 1_700_000_000], name="t")
+    pd.testing.assert_series_equal(
+        zd.to_datetime(zd.from_pandas(numbers, npartitions=2), unit="s").compute(), pd.to_datetime(numbers, unit="s")
+    )

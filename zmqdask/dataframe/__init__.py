@@ -146,10 +146,29 @@ def merge(left: Any, right: Any, **kwargs: Any) -> Any:
 
 
 def to_datetime(arg: Any, meta: Any = None, **kwargs: Any) -> Any:
-    """``pandas.to_datetime`` of a lazy Series, per partition."""
+    """``pandas.to_datetime`` of a lazy Series, per partition.
+
+    Text without a ``format=`` is read in the format pandas guesses from the first value
+    of the whole Series (not of each partition), so every partition reads it alike and
+    ``errors="coerce"`` turns the same values into NaT as pandas does.
+    """
     import pandas as pd
 
+    from zmqdask.dataframe.stats import datetime_format
+
+    if kwargs.get("format") is None and _is_text_series(arg):
+        # One format for all partitions: a lazy value computed with them.
+        kwargs["format"] = datetime_format(arg, dayfirst=bool(kwargs.get("dayfirst")))
     return map_partitions(pd.to_datetime, arg, meta=meta, **kwargs)
+
+
+def _is_text_series(arg: Any) -> bool:
+    import pandas as pd
+
+    meta = getattr(getattr(arg, "expr", None), "_meta", None)
+    if not isinstance(meta, (pd.Series, pd.Index)):
+        return False
+    return bool(pd.api.types.is_object_dtype(meta.dtype) or pd.api.types.is_string_dtype(meta.dtype))
 
 
 def to_numeric(arg: Any, errors: str = "raise", meta: Any = None) -> Any:

@@ -325,17 +325,37 @@ class _Frame(Collection, FrameMethods, FrameReductions):
     # -- delegated to other modules ---------------------------------------------------
 
     def groupby(
-        self, by: Any, sort: bool = True, dropna: bool = True, observed: bool = True, group_keys: bool = True
+        self,
+        by: Any = None,
+        level: Any = None,
+        as_index: bool = True,
+        sort: bool = True,
+        group_keys: bool = True,
+        observed: bool = True,
+        dropna: bool = True,
     ) -> Any:
         """Group rows, or a Series' values (see ``zmqdask.dataframe.groupby``).
 
-        ``by`` may name columns or the index.  Groups are the key values present
-        (``observed=True``, pandas' default); ``group_keys`` is accepted for Dask code.
+        ``by`` may name columns or the index; ``level=0`` (or the index's name) groups by
+        the index.  Groups are the key values present (``observed=True``, pandas' default);
+        ``group_keys`` is accepted for Dask code.
         """
         from zmqdask.dataframe.groupby import GroupBy
 
         if not observed:
             raise UsageError("groupby(observed=False) is not supported: the groups are the key values present")
+        if not as_index:
+            raise UsageError("groupby(as_index=False) is not supported; call .reset_index() on the result")
+        if level is not None:
+            name = self._meta.index.name
+            if by is not None or isinstance(self._meta.index, pd.MultiIndex) or level not in (0, -1, name):
+                raise UsageError(
+                    "groupby(level=...) takes the index's only level (0 or its name), without by=; "
+                    "for several levels, reset_index() and group by the columns"
+                )
+            by = name if name is not None and name not in getattr(self._meta, "columns", ()) else self.index
+        if by is None:
+            raise UsageError("groupby needs by= (columns, the index name or a Series) or level=0")
         return GroupBy(self, by, sort=sort, dropna=dropna)
 
     def rolling(self, window: Any, min_periods: int | None = None, center: bool = False, **options: Any) -> Any:
@@ -443,6 +463,8 @@ class DataFrame(_Frame):
         return categorize(self, columns)
 
     def __getitem__(self, key: Any) -> Any:
+        if callable(key) and not isinstance(key, (Collection, type)):
+            key = key(self)  # as pandas: df[lambda d: d.x > 0]
         if isinstance(key, Series):
             (frame, predicate) = plan.align(self._expr, key.expr)
             return DataFrame(Filter(frame, predicate))
@@ -786,6 +808,8 @@ class Series(_Frame):
         return (self._length(),)
 
     def __getitem__(self, key: Any) -> Any:
+        if callable(key) and not isinstance(key, (Collection, type)):
+            key = key(self)
         if isinstance(key, Series):
             (frame, predicate) = plan.align(self._expr, key.expr)
             return Series(Filter(frame, predicate))

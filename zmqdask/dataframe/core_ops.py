@@ -874,6 +874,14 @@ def mean_aggregate(chunks: list[tuple[Any, Any]]) -> Any:
     return np.float64(total) / count
 
 
+def sum_min_count_aggregate(chunks: list[tuple[Any, Any]], min_count: int) -> Any:
+    """Sum of partial sums; NaN where fewer than ``min_count`` values were counted."""
+    total, count = mean_combine(chunks)
+    if isinstance(total, pd.Series):
+        return total.where(count >= min_count)
+    return total if count >= min_count else np.float64("nan")
+
+
 def moments_chunk(part: Any, numeric_only: bool) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     """Count, mean and sum of squared deviations per column, for a mergeable variance."""
     if isinstance(part, pd.DataFrame):

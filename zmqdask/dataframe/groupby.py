@@ -643,8 +643,11 @@ def _pick(items: Sequence[Any], position: int) -> Any:
     return items[position]
 
 
-def _sort_index(part: Any) -> Any:
-    return part.sort_index()
+def _sort_by_keys(part: Any, nkeys: int) -> Any:
+    """Rows sorted by the first ``nkeys`` index levels (the group keys), stably."""
+    if part.index.nlevels <= nkeys:
+        return part.sort_index()
+    return part.sort_index(level=list(range(nkeys)), sort_remaining=False, kind="stable")
 
 
 @node
@@ -1041,7 +1044,10 @@ class GroupBy:
         result = self._whole_groups("method", method, args, kwargs, None)
         if result.npartitions > 1:
             result = result.repartition(npartitions=1)
-        return result.map_partitions(_sort_index, meta=result._meta) if self._sort else result
+        if not self._sort:
+            return result
+        # By the keys only, keeping each group's own order (value_counts: by count).
+        return result.map_partitions(_sort_by_keys, len(self._key_labels()), meta=result._meta)
 
     def _per_row(self, how: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Any) -> Any:
         """A result with one row per row of the frame, partitioned like it (see :class:`GroupRows`)."""

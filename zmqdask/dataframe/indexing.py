@@ -55,8 +55,14 @@ class LocIndexer:
 
     def __getitem__(self, key: Any) -> Any:
         obj = self._obj
+        if callable(key) and not hasattr(key, "expr"):
+            key = key(obj)  # as pandas: df.loc[lambda d: d.x > 0]
         if isinstance(key, tuple) and len(key) == 2 and isinstance(obj, _classes()[0]):
             rows, cols = key
+            if callable(rows) and not hasattr(rows, "expr"):
+                rows = rows(obj)
+            if callable(cols) and not hasattr(cols, "expr"):
+                cols = cols(obj)
             if isinstance(cols, slice) or _is_boolean_mask(cols):
                 # A slice of column labels, or a boolean mask over the columns: which columns
                 # is known from the meta alone (a slice given to df[...] would select rows).

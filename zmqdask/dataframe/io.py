@@ -558,6 +558,9 @@ def read_parquet(
     ``calculate_divisions``, ``split_row_groups``...) are accepted and not used.
     """
     _check_engine(engine)
+    if columns is not None and not isinstance(columns, (list, tuple)):
+        # One column named alone gives a Series, as in Dask and pandas' selection.
+        return read_parquet(path, [columns], filters, engine, **options)[columns]
     pq = import_pyarrow()
     groups = _as_disjunction(filters)
     hive = _hive_files(path)

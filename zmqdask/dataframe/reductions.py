@@ -42,11 +42,39 @@ class FrameReductions:
         return new_collection(expr)
 
     def sum(
-        self, axis: Any = None, skipna: bool = True, numeric_only: bool = False, split_every: int | None = None
+        self,
+        axis: Any = None,
+        skipna: bool = True,
+        numeric_only: bool = False,
+        min_count: int = 0,
+        split_every: int | None = None,
     ) -> Any:
-        """Sum (per column for a DataFrame)."""
+        """Sum (per column for a DataFrame); NaN where fewer than ``min_count`` values are
+        not missing."""
         if _by_row(axis):
-            return self._rowwise("sum", skipna=skipna, numeric_only=numeric_only)
+            return self._rowwise("sum", skipna=skipna, numeric_only=numeric_only, min_count=min_count)
+        if min_count:
+            if not isinstance(min_count, int) or min_count < 0:
+                raise UsageError(f"min_count must be a non-negative int, not {min_count!r}")
+            meta = emulate(
+                lambda m: m.sum(numeric_only=numeric_only, min_count=min_count)
+                if isinstance(m, pd.DataFrame)
+                else m.sum(min_count=min_count),
+                self._meta,
+            )
+            expr = Reduction(
+                self._expr,
+                ops.mean_chunk,
+                ops.mean_combine,
+                ops.sum_min_count_aggregate,
+                meta,
+                {"skipna": skipna, "numeric_only": numeric_only},
+                {},
+                {"min_count": min_count},
+                split_every or DEFAULT_SPLIT_EVERY,
+                "sum",
+            )
+            return new_collection(expr)
         return self._reduce("sum", split_every, **self._numeric(skipna=skipna, numeric_only=numeric_only))
 
     def prod(

@@ -39,6 +39,16 @@ def _joined(first: Any, second: Any) -> Any:
     return pd.concat([first, second])
 
 
+def _in_scanned_dtypes(part: Any, method: str, skipna: bool) -> Any:
+    """``part`` in the dtypes its scan has (a sum of booleans counts in integers), so that
+    the carried row, already scanned, joins it without turning columns into objects."""
+    wanted = _scan(part.iloc[:0], method, skipna)
+    if isinstance(part, pd.DataFrame):
+        changes = {c: t for c, t in wanted.dtypes.items() if part.dtypes[c] != t}
+        return part.astype(changes) if changes else part
+    return part if part.dtype == wanted.dtype else part.astype(wanted.dtype)
+
+
 def scan_summary(part: Any, method: str, skipna: bool) -> Any:
     """What partition ``part`` passes on: its scanned edge row (None when it is empty)."""
     if len(part) == 0:
@@ -70,7 +80,7 @@ def scan_apply(part: Any, carry: Any, method: str, skipna: bool) -> Any:
     if method == "bfill":
         result = _joined(part, carry).bfill().iloc[:-1]
     else:
-        result = _scan(_joined(carry, part), method, skipna).iloc[1:]
+        result = _scan(_joined(carry, _in_scanned_dtypes(part, method, skipna)), method, skipna).iloc[1:]
     # The same labels, with the partition's own index (concatenating dropped its freq).
     result.index = part.index
     return result

@@ -599,3 +599,49 @@ def _format_usage(nbytes: float) -> str:
         nbytes /= 1024.0
         unit = bigger
     return f"{nbytes:3.1f} {unit}"
+
+
+# --------------------------------------------------------------------------------------------
+# The format of dates written as text
+# --------------------------------------------------------------------------------------------
+
+
+def first_valid_chunk(part: Any) -> Any:
+    """The first non-missing value of a partition, or None."""
+    valid = part.dropna()
+    if len(valid) == 0:
+        return None
+    return valid.iloc[0] if isinstance(valid, pd.Series) else valid[0]
+
+
+def first_valid_combine(values: list[Any]) -> Any:
+    """The first value that is not None, in partition order."""
+    return next((value for value in values if value is not None), None)
+
+
+def guess_format_aggregate(values: list[Any], dayfirst: bool) -> str:
+    """pandas' guess of a date format from the Series' first value; "mixed" (each value
+    read on its own, as pandas does when it cannot guess) otherwise."""
+    from pandas.tseries.api import guess_datetime_format
+
+    value = first_valid_combine(values)
+    guessed = guess_datetime_format(value, dayfirst=dayfirst) if isinstance(value, str) else None
+    return guessed or "mixed"
+
+
+def datetime_format(series: Any, dayfirst: bool = False) -> Any:
+    """A lazy value: the format pandas would read ``series``' dates in (see
+    :func:`guess_format_aggregate`)."""
+    expr = Reduction(
+        expr_of(series),
+        first_valid_chunk,
+        first_valid_combine,
+        guess_format_aggregate,
+        "",
+        {},
+        {},
+        {"dayfirst": dayfirst},
+        DEFAULT_SPLIT_EVERY,
+        "datetime-format",
+    )
+    return new_collection(expr)
