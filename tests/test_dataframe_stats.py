@@ -284,3 +284,12 @@ def test_to_datetime_reads_every_partition_in_the_format_of_the_first_value() ->
     pd.testing.assert_series_equal(
         zd.to_datetime(zd.from_pandas(numbers, npartitions=2), unit="s").compute(), pd.to_datetime(numbers, unit="s")
     )
+
+
+def test_reductions_of_nullable_columns_keep_pandas_dtypes() -> None:
+    frame = pd.DataFrame(
+        {"i": pd.array([1, None, 3, 4, 7], dtype="Int64"), "f": pd.array([0.5, 1.5, None, 2.0, 1.0], dtype="Float64")}
+    )
+    lazy = zd.from_pandas(frame, npartitions=3)
+    for method in ("sum", "mean", "max", "min", "std", "var", "count"):
+        pd.testing.assert_series_equal(getattr(lazy, method)().compute(), getattr(frame, method)())

@@ -155,6 +155,13 @@ def test_from_delayed_and_to_delayed_without_a_client() -> None:
         dd.from_delayed([load_part(0)])
 
 
+def test_client_compute_returns_plain_values_as_they_are(client: Client) -> None:
+    futures = client.compute([delayed(inc)(1), 3, "x"])
+    assert futures[1:] == [3, "x"] and client.gather(futures) == [2, 3, "x"]
+    assert client.compute(5) == 5 and client.compute({"a": 1}) == {"a": 1}
+    assert client.compute([delayed(inc)(5), 7], sync=True) == [6, 7]
+
+
 def test_from_delayed_and_to_delayed_on_a_cluster(client: Client) -> None:
     parts = [delayed(load_part)(i) for i in range(4)]
     frame = dd.from_delayed(parts, meta={"i": "int64", "x": "int64"})

@@ -980,7 +980,8 @@ class Client(BrokerSession):
     ) -> Any:
         """Start computing a collection (or a list of them); returns Future(s) at once.
 
-        Every task of the graph is tried ``retries`` more times if it fails.  Dask's
+        As in Dask, anything that is neither a collection nor a future is returned as it
+        is.  Every task of the graph is tried ``retries`` more times if it fails.  Dask's
         ``workers``, ``resources``, ``allow_other_workers``, ``fifo_timeout`` and
         ``traverse`` are accepted and not used; graphs are always optimized.
         """
@@ -988,14 +989,11 @@ class Client(BrokerSession):
         _accept_placement(placement)
         single = not isinstance(collections, (list, tuple))
         items = [collections] if single else list(collections)
-        for item in items:
-            if not isinstance(item, Future) and not is_collection(item):
-                raise UsageError(f"compute expects zmqdask collections or futures, got {type(item).__name__}")
-        lazy = [item for item in items if not isinstance(item, Future)]
+        lazy = [item for item in items if not isinstance(item, Future) and is_collection(item)]
         partitions = iter(self._submit_graphs(lazy, priority, retries))
         futures: list[Any] = []
         for item in items:
-            if isinstance(item, Future):
+            if isinstance(item, Future) or not is_collection(item):
                 futures.append(item)
                 continue
             finalize = item.__zmqdask_finalize__()

@@ -820,8 +820,32 @@ class TreeCombine(SinglePartition):
                 next_level.append(TaskRef(key))
             level = next_level
             depth += 1
-        layer[self._key(0)] = (self.aggregate, (level,), self.aggregate_kwargs)
+        meta = self.meta
+        if isinstance(meta, pd.Series) and _nullable_number(meta.dtype):
+            # Partial results merge in NumPy dtypes: give the result the nullable dtype pandas
+            # gives (a DataFrame's sum of Int64 columns is Float64 values, say).
+            layer[self._key(0)] = (aggregate_as, (level, self.aggregate, meta.dtype), self.aggregate_kwargs)
+        else:
+            layer[self._key(0)] = (self.aggregate, (level,), self.aggregate_kwargs)
         return layer
+
+
+def _nullable_number(dtype: Any) -> bool:
+    """Whether ``dtype`` is one of pandas' nullable numbers or booleans (Int64, Float64...)."""
+    if not isinstance(dtype, pd.api.extensions.ExtensionDtype) or isinstance(dtype, pd.CategoricalDtype):
+        return False
+    return bool(pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+
+
+def aggregate_as(chunks: list[Any], aggregate: Callable[..., Any], dtype: Any, **kwargs: Any) -> Any:
+    """``aggregate(chunks, **kwargs)`` in ``dtype`` when it is a Series that can take it."""
+    result = aggregate(chunks, **kwargs)
+    if isinstance(result, pd.Series) and result.dtype != dtype:
+        try:
+            return result.astype(dtype)
+        except (TypeError, ValueError):
+            return result
+    return result
 
 
 def frame_dependencies(exprs: Sequence[Expr]) -> list[Expr]:
