@@ -293,3 +293,26 @@ def test_reductions_of_nullable_columns_keep_pandas_dtypes() -> None:
     lazy = zd.from_pandas(frame, npartitions=3)
     for method in ("sum", "mean", "max", "min", "std", "var", "count"):
         pd.testing.assert_series_equal(getattr(lazy, method)().compute(), getattr(frame, method)())
+
+
+def test_mean_of_dates_and_durations_is_exact() -> None:
+    dates = pd.Series(pd.date_range("2021-01-01", periods=1000, freq="37min"), name="t")
+    dates[5] = pd.NaT
+    lazy = zd.from_pandas(dates, npartitions=7)
+    # pandas sums in floats and truncates; an exact sum, rounded, is within one unit (us) of it.
+    assert abs(lazy.mean().compute() - dates.mean()) <= pd.Timedelta("1us")
+    durations = dates - dates.min()
+    assert abs((lazy - lazy.min()).mean().compute() - durations.mean()) <= pd.Timedelta("1us")
+    local = dates.dt.tz_localize("Europe/Paris")
+    assert zd.from_pandas(local, npartitions=3).mean().compute() == local.mean()
+    assert lazy.mean(skipna=False).compute() is pd.NaT
+    assert lazy[lazy.isna()].mean().compute() is pd.NaT
+
+
+def test_idxmax_without_skipna_refuses_missing_values_as_pandas() -> None:
+    frame = pd.DataFrame({"x": [1.0, np.nan, 3.0, 2.0], "y": [4.0, 1.0, 2.0, 3.0]})
+    lazy = zd.from_pandas(frame, npartitions=2)
+    with pytest.raises(ValueError, match="NA value"):
+        lazy.x.idxmax(skipna=False).compute()
+    assert lazy.y.idxmax(skipna=False).compute() == frame.y.idxmax(skipna=False)
+    pd.testing.assert_series_equal(lazy.idxmin().compute(), frame.idxmin())

@@ -874,6 +874,37 @@ def mean_aggregate(chunks: list[tuple[Any, Any]]) -> Any:
     return np.float64(total) / count
 
 
+def time_mean_chunk(part: Any) -> tuple[int, int, bool, Any]:
+    """Exact sum of one partition's dates or durations (as integers of their unit), how many
+    values it has, whether one was missing, and the dtype."""
+    valid = part.dropna()
+    ticks = np.asarray(valid.array.asi8, dtype="i8")
+    # Two halves, each summed in int64 without overflow, joined in Python's unbounded ints.
+    high, low = np.divmod(ticks, 1 << 32)
+    total = int(high.sum()) * (1 << 32) + int(low.sum())
+    return total, len(valid), len(valid) < len(part), part.dtype
+
+
+def time_mean_combine(chunks: list[tuple[int, int, bool, Any]]) -> tuple[int, int, bool, Any]:
+    """Add sums and counts."""
+    total, count, missing, dtype = chunks[0]
+    for more, n, more_missing, _ in chunks[1:]:
+        total += more
+        count += n
+        missing = missing or more_missing
+    return total, count, missing, dtype
+
+
+def time_mean_aggregate(chunks: list[tuple[int, int, bool, Any]], skipna: bool) -> Any:
+    """The mean date or duration, rounded to its unit; NaT when there is none (or one is
+    missing, without skipna)."""
+    total, count, missing, dtype = time_mean_combine(chunks)
+    if not count or (missing and not skipna):
+        return pd.NaT
+    mean = (2 * total + count) // (2 * count)  # the nearest integer
+    return pd.Series(np.array([mean], dtype="i8")).astype(dtype).iloc[0]
+
+
 def sum_min_count_aggregate(chunks: list[tuple[Any, Any]], min_count: int) -> Any:
     """Sum of partial sums; NaN where fewer than ``min_count`` values were counted."""
     total, count = mean_combine(chunks)

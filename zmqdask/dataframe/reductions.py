@@ -161,6 +161,22 @@ class FrameReductions:
         """Arithmetic mean (per column for a DataFrame)."""
         if _by_row(axis):
             return self._rowwise("mean", skipna=skipna, numeric_only=numeric_only)
+        kind = getattr(self._meta, "dtype", None)
+        if kind is not None and (pd.api.types.is_datetime64_any_dtype(kind) or pd.api.types.is_timedelta64_dtype(kind)):
+            # Dates and durations: means merged by their differences, as dates cannot be summed.
+            expr = Reduction(
+                self._expr,
+                ops.time_mean_chunk,
+                ops.time_mean_combine,
+                ops.time_mean_aggregate,
+                emulate(lambda m: m.mean(), self._meta),
+                {},
+                {},
+                {"skipna": skipna},
+                split_every or DEFAULT_SPLIT_EVERY,
+                "mean",
+            )
+            return new_collection(expr)
         meta = emulate(
             lambda m: m.mean(numeric_only=numeric_only) if isinstance(m, pd.DataFrame) else m.mean(), self._meta
         )

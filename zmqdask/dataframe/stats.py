@@ -431,6 +431,9 @@ def extreme_combine(chunks: Sequence[pd.DataFrame], largest: bool, skipna: bool)
 def extreme_aggregate(chunks: Sequence[pd.DataFrame], largest: bool, skipna: bool, columns: Any) -> Any:
     """The label of the extreme value: a scalar for a Series, a Series by column for a frame."""
     merged = extreme_combine(chunks, largest, skipna)
+    if not skipna and len(merged) and merged["value"].isna().any():
+        # As pandas 3: there is no label to give.
+        raise ValueError("Encountered an NA value with skipna=False")
     count = 1 if columns is None else len(columns)
     found = dict(zip(merged["column"].tolist(), merged["label"].tolist(), strict=False)) if len(merged) else {}
     if len(found) < count:
