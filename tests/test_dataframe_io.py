@@ -369,3 +369,13 @@ def test_read_parquet_of_one_column_named_alone_is_a_series(tmp_path: Path) -> N
     column = read_parquet(str(path), columns="s")
     assert column.ndim == 1 and column.name == "s"
     pd.testing.assert_series_equal(column.compute(), frame.s)
+
+
+def test_a_quoted_value_cut_by_a_block_says_to_read_whole_files(tmp_path: Path) -> None:
+    path = tmp_path / "quoted.csv"
+    values = ["x\n7,y" if i % 4 == 0 else "plain" for i in range(400)]
+    frame = pd.DataFrame({"a": range(400), "s": values})
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="blocksize=None"):
+        read_csv(str(path), blocksize=500).compute()
+    pd.testing.assert_frame_equal(read_csv(str(path), blocksize=None).compute(), frame)

@@ -200,7 +200,11 @@ def read_csv_part(
                 frame = pd.read_csv(_io.BytesIO(data), **options)
     except ValueError as exc:
         # pandas does not say which file a value it could not parse came from.
-        raise ValueError(f"reading {path}: {exc}") from exc
+        hint = ""
+        if stop is not None and "inside string" in str(exc):
+            # Blocks are cut at line starts: a quoted value holding a line break gets cut.
+            hint = "; a quoted value spans lines, so the file cannot be cut in blocks: read it with blocksize=None"
+        raise ValueError(f"reading {path}: {exc}{hint}") from exc
     if columns is not None:
         frame = frame[list(columns)]
     if path_column is not None:
