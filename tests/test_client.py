@@ -26,6 +26,7 @@ from zmqdask.errors import (
     SyncInAsyncError,
     UsageError,
 )
+from zmqdask.serialize import TaskRef
 
 
 def inc(x: int) -> int:
@@ -343,6 +344,17 @@ def test_cancel_reaches_dependents_and_finished_futures(client: Client) -> None:
         a2 = client.submit(slow_inc, 50 + i, 0.3)
         b2 = client.submit(inc, a2)
         assert b2.key == b.key and b2.result(timeout=30) == 52 + i
+    # Through a graph's inner key, which no future holds: the output is cancelled too.
+    for i in range(3):
+        x = client.submit(slow_inc, 70 + i, 0.3)
+        graph = {f"inner-{i}": (inc, (x,), {}), f"out-{i}": (inc, (TaskRef(f"inner-{i}"),), {})}
+        (out,) = client.submit_graph(graph, [f"out-{i}"])
+        client.cancel([x])
+        assert out.cancelled()
+        x2 = client.submit(slow_inc, 70 + i, 0.3)
+        graph = {f"inner-{i}": (inc, (x2,), {}), f"out-{i}": (inc, (TaskRef(f"inner-{i}"),), {})}
+        (out2,) = client.submit_graph(graph, [f"out-{i}"])
+        assert out2.result(timeout=30) == 73 + i
     done = client.submit(inc, 1000)
     assert done.result(timeout=30) == 1001
     client.cancel([done])

@@ -865,8 +865,12 @@ class Client(BrokerSession):
         alone, so that only a call that kills its worker fails (as when each call has a
         task of its own), and the function's later maps give every call a task."""
         with self._lock:
+            # A call made the input of another task is a pick task the broker has erred with
+            # the batch: it fails as the batch did (client.retry runs it again).
             waiting = [
-                m for m in batch.members or () if m.batch is batch and not m.has_value and m.status == PENDING
+                m
+                for m in batch.members or ()
+                if m.batch is batch and not m.has_value and m.status == PENDING and m.entry is None
             ]
             if len(waiting) < 2 or batch.entry is None:
                 return False
@@ -1260,21 +1264,29 @@ class Client(BrokerSession):
         return self._on_loop(do_cancel)
 
     def _pending_dependents(self, states: list[FutureState]) -> list[FutureState]:
-        """The pending futures' states that depend on ``states``, directly or not."""
+        """The pending futures' states that depend on ``states``, directly or through
+        intermediate tasks no future holds (a graph's inner keys)."""
         with self._lock:
             candidates = [s for s in self._futures.values() if s.deps and s.status == PENDING]
         if not candidates or not states:
             return []
-        doomed = {id(state) for state in states}
+        # id -> whether that state depends on a cancelled one; walked down ``deps`` once.
+        verdict: dict[int, bool] = {id(state): True for state in states}
         found: list[FutureState] = []
-        changed = True
-        while changed:  # states come in submission order: usually one pass finds them all
-            changed = False
-            for state in candidates:
-                if id(state) not in doomed and any(id(dep) in doomed for dep in state.deps or ()):
-                    doomed.add(id(state))
-                    found.append(state)
-                    changed = True
+        for candidate in candidates:
+            stack: list[tuple[FutureState, bool]] = [(candidate, False)]
+            while stack:
+                state, expanded = stack.pop()
+                if id(state) in verdict:
+                    continue
+                deps = [d for d in state.deps or () if d.status in (PENDING, FINISHED)]
+                if expanded:
+                    verdict[id(state)] = any(verdict.get(id(d), False) for d in deps)
+                    continue
+                stack.append((state, True))
+                stack.extend((d, False) for d in deps if id(d) not in verdict)
+            if verdict[id(candidate)]:
+                found.append(candidate)
         return found
 
     def _on_loop(self, fn: Callable[[], None]) -> Any:

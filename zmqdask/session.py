@@ -141,6 +141,8 @@ class BrokerSession:
         # answered yet, oldest first: a CANCELLED report for a state born at or after the
         # first is about that key as it was before it was submitted again (see _on_report).
         self._cancels_unanswered: collections.deque[int] = collections.deque()
+        # States passed to fire_and_forget, by key, until they finish.
+        self._kept: dict[str, FutureState] = {}
         self._flush_scheduled = False
         # Keys whose last Future was dropped, not yet told to the broker (see _release).
         self._releases: dict[str, None] = {}
@@ -639,8 +641,6 @@ class BrokerSession:
     def _on_error(self, message: proto.Message) -> None:
         code, text, refs = message.header
         logger.error("broker refused a message (%s): %s", code, text)
-        # It may have been a CANCEL, which will not be answered: stop waiting for answers.
-        self._cancels_unanswered.clear()
         failure = UsageError(f"the broker refused a request ({code}): {text}")
         for key in refs:
             state = self._futures.get(key) if isinstance(key, str) else None
@@ -1041,6 +1041,11 @@ class BrokerSession:
                 state.unsent = True
                 self._ops.append(("task", state, state.fn_payload, -1))  # one unsplittable batch
             self._ops.extend(("release", key) for key in released)
+            for key, state in list(self._kept.items()):
+                if state.done():
+                    del self._kept[key]
+                else:
+                    self._ops.append(("keep", key))
 
     # --- futures bookkeeping ---------------------------------------------------------------
 
@@ -1139,9 +1144,11 @@ class BrokerSession:
             if state.done():
                 return
             # A call of a map batch runs in its batch task.
-            key = state.batch.key if state.entry is None and state.batch is not None else state.key
-            self._ops.append(("keep", key))
+            kept = state.batch if state.entry is None and state.batch is not None else state
+            self._kept[kept.key] = kept  # asked again of a broker restarted meanwhile
+            self._ops.append(("keep", kept.key))
             self._schedule_flush()
+        self._add_done_callback(future, lambda _: self._kept.pop(kept.key, None))
 
     def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
         state = future._state
