@@ -183,6 +183,8 @@ class BrokerState:
         # Workers found dead without a list of running tasks, with the tasks that were blamed:
         # a WORKER_DIED arriving later corrects the blame of tasks that were only prefetched.
         self._graveyard: dict[bytes, tuple[float, list[TaskRecord]]] = {}
+        self._pythons: dict[bytes, str] = {}
+        """The Python version each client and worker announced in its HELLO."""
         self._welcome_info = {
             "heartbeat_interval": heartbeat_interval_s,
             "liveness_timeout": liveness_timeout_s,
@@ -554,7 +556,15 @@ class BrokerState:
             self._outbox.send(sender, ERROR, [ERR_MALFORMED, f"HELLO refused: {exc}", []])
             return
         self._peers[sender] = peer
-        self._outbox.send(sender, WELCOME, [self.epoch, self._welcome_info])
+        welcome = self._welcome_info
+        python = info.get("python")
+        if isinstance(python, str) and not isinstance(peer, PoolPeer):
+            self._pythons[sender] = python
+            if isinstance(peer, ClientPeer):
+                workers = sorted({self._pythons.get(w, python) for w in self._workers})
+                welcome = {**welcome, "worker_pythons": workers}
+            self._check_pythons(peer, python)
+        self._outbox.send(sender, WELCOME, [self.epoch, welcome])
         logger.info("registered %s", peer.label())
         if isinstance(peer, WorkerPeer):
             self._workers[sender] = peer
@@ -567,6 +577,21 @@ class BrokerState:
             self._clients[sender] = peer
         else:
             self._pools[sender] = cast(PoolPeer, peer)
+
+    def _check_pythons(self, peer: Peer, python: str) -> None:
+        """Warn when a client and a worker run different Python versions: a function pickled
+        by value (defined in a notebook or script) is bytecode of one version."""
+        others = self._workers if isinstance(peer, ClientPeer) else self._clients
+        differing = sorted({self._pythons[i] for i in others if i in self._pythons} - {python})
+        if differing:
+            logger.warning(
+                "%s runs Python %s, while %s run Python %s: functions defined in a notebook or script "
+                "cannot run across versions; use the same Python version everywhere",
+                peer.label(),
+                python,
+                "workers" if isinstance(peer, ClientPeer) else "clients",
+                ", ".join(differing),
+            )
 
     def _make_peer(self, identity: bytes, role: str, info: dict[str, Any]) -> Peer:
         now = self._now
@@ -603,6 +628,7 @@ class BrokerState:
         peer.alive = False
         self.counters.peers_died += 1
         identity = peer.identity
+        self._pythons.pop(identity, None)
         if self._peers.get(identity) is peer:
             del self._peers[identity]
         if isinstance(peer, WorkerPeer):

@@ -692,6 +692,22 @@ def test_a_cancel_is_answered_once_after_every_report_it_causes(h: Harness) -> N
     assert "x" in h.state.ledger.tasks
 
 
+def test_clients_and_workers_of_different_pythons_are_warned_about(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.worker(b"w1", python="3.12")
+    out = h.send(b"c1", P.HELLO, ["client", {"name": "c1", "pid": 1, "python": "3.11"}])
+    assert one(out, b"c1", P.WELCOME).header[1]["worker_pythons"] == ["3.12"]
+    assert "Python 3.11, while workers run Python 3.12" in caplog.text
+    caplog.clear()
+    h.worker(b"w2", python="3.11")  # the same as the client: nothing to say
+    assert "Python" not in caplog.text
+    h.send(b"w1", P.GOODBYE, ["bye"])
+    out = h.send(b"c2", P.HELLO, ["client", {"name": "c2", "pid": 2, "python": "3.11"}])
+    assert one(out, b"c2", P.WELCOME).header[1]["worker_pythons"] == ["3.11"]
+    assert "Python" not in caplog.text
+
+
 def test_kept_tasks_run_to_the_end_after_their_client_leaves(h: Harness) -> None:
     h.worker(b"w1", credit=1)
     h.client(b"c1")

@@ -7,6 +7,8 @@ import gc
 import operator
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -512,6 +514,37 @@ def test_closed_client_is_a_clear_error(cluster: object) -> None:
     c.close()
     with pytest.raises(ClosedClientError, match="closed"):
         c.submit(inc, 1)
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1", "tcp://127.0.0.1:8790/", "tcp://127.0.0.1:abc"])
+def test_a_malformed_address_is_refused_at_once_and_the_process_can_exit(address: str) -> None:
+    # In a process of its own: a socket left open would keep it from ever exiting.
+    script = (
+        "import asyncio, sys\n"
+        "from zmqdask import Client\n"
+        "from zmqdask.errors import UsageError\n"
+        "try:\n"
+        f"    Client({address!r}, timeout='3s')\n"
+        "except UsageError as exc:\n"
+        "    print('refused:', exc)\n"
+        "async def main():\n"
+        "    try:\n"
+        f"        await Client({address!r}, asynchronous=True, timeout=3)\n"
+        "    except UsageError as exc:\n"
+        "        print('refused:', exc)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("refused: cannot connect to") == 2 and "tcp://HOST:PORT" in done.stdout
+
+
+def test_timeouts_take_durations_as_dask_does() -> None:
+    from zmqdask.session import seconds
+
+    assert [seconds(v, "timeout") for v in (3, "2s", "500ms", "1min")] == [3.0, 2.0, 0.5, 60.0]
+    with pytest.raises(UsageError, match="duration"):
+        Client("tcp://127.0.0.1:9", timeout="soon")
 
 
 def test_unreachable_broker_times_out() -> None:

@@ -33,7 +33,7 @@ from daemons import (
 )
 
 import zmqdask
-from zmqdask import Client
+from zmqdask import Client, LocalCluster
 from zmqdask.config import LIVENESS_TIMEOUT_S, MAX_KILLED_ATTEMPTS
 from zmqdask.errors import BrokerLostError, KilledWorker
 from zmqdask.serialize import TaskRef
@@ -274,6 +274,19 @@ def test_a_map_call_that_kills_its_worker_fails_alone(cluster: Cluster) -> None:
             futures[37].result(timeout=5)
         assert info.value.key == futures[37].key
         assert client.gather(futures[:37] + futures[38:]) == [i + 1 for i in range(100) if i != 37]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_local_cluster_starts_a_killed_worker_pool_again() -> None:
+    with LocalCluster(n_workers=2, threads_per_worker=1) as local, Client(local, timeout=30) as client:
+        client.wait_for_workers(2, timeout=60)
+        futures = client.map(slow_inc, range(20), delay=0.2)
+        (pool, _), = local._pools
+        os.kill(pool.pid, signal.SIGKILL)
+        wait_all(futures, timeout=90)
+        assert client.gather(futures) == list(range(1, 21))
+        assert client.submit(inc, 99).result(timeout=30) == 100
 
 
 @pytest.mark.slow

@@ -133,3 +133,6 @@ def get(key: str, default: Any = None) -> Any:
     with _settings_lock:
         return _settings.get(key, default)
 
+PYTHON_VERSION = "{}.{}".format(*__import__("sys").version_info[:2])
+"""This interpreter's version, as clients and workers announce it: a function pickled by
+value (bytecode) only runs on the Python version that pickled it."""

@@ -95,6 +95,7 @@ class LocalCluster:
         """Worker pools started, oldest first, with their number of workers."""
         self._env: dict[str, str] = {}
         self._finalizer: weakref.finalize | None = None
+        self._watchdog: threading.Thread | None = None
         if not asynchronous:
             self.start()
 
@@ -202,6 +203,26 @@ class LocalCluster:
         )
         self._pools.append((pool, nworkers))
         self._watch_children()
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=_watch_pools, args=(weakref.ref(self),), name="zmqdask-local-pools", daemon=True
+            )
+            self._watchdog.start()
+
+    def _restart_dead_pools(self) -> None:
+        """Start again each pool that exited on its own (killed, say): its workers' tasks
+        were requeued by the broker, and new workers take them."""
+        with self._start_lock:
+            if self._closed or self._broker is None or self.address is None or self._broker.poll() is not None:
+                return  # stopping, or the broker itself is gone: nothing to serve
+            for index, (pool, nworkers) in enumerate(list(self._pools)):
+                code = pool.poll()
+                if code is None:
+                    continue
+                logger.warning("a worker pool of the local cluster exited (code %s); starting it again", code)
+                self._pools.pop(index)
+                self._start_pool(self._pool_address(self.address), self._env, nworkers)
+                return  # the list changed: the others are looked at next time
 
     def _children(self) -> list[subprocess.Popen[bytes]]:
         """The running children in the order they stop: pools, newest first, then the broker."""
@@ -339,6 +360,24 @@ class _Done:
     def __await__(self) -> Generator[Any, None, None]:
         return
         yield
+
+
+POOL_CHECK_INTERVAL_S = 1.0
+"""How often a local cluster looks for worker pools that exited on their own."""
+
+
+def _watch_pools(cluster_ref: weakref.ref[LocalCluster]) -> None:
+    # Holds the cluster only while looking: a cluster nobody refers to is still collected.
+    while True:
+        time.sleep(POOL_CHECK_INTERVAL_S)
+        cluster = cluster_ref()
+        if cluster is None or cluster._closed:
+            return
+        try:
+            cluster._restart_dead_pools()
+        except Exception:
+            logger.exception("could not start a worker pool of the local cluster again")
+        del cluster
 
 
 def _free_port(host: str) -> int | None:

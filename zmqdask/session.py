@@ -20,6 +20,7 @@ import concurrent.futures
 import enum
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -38,6 +39,7 @@ from zmqdask.config import (
     LIVENESS_TIMEOUT_S,
     MAX_KILLED_ATTEMPTS,
     MAX_MESSAGE_BYTES,
+    PYTHON_VERSION,
 )
 from zmqdask.direct import DirectFetcher
 from zmqdask.errors import (
@@ -102,6 +104,23 @@ _BATCH_FAILED_NOTE = (
 )
 
 
+_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|sec|seconds?|m|min|minutes?|h|hours?)?\s*")
+
+_UNIT_SECONDS = {"ms": 0.001, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def seconds(value: Any, name: str) -> float:
+    """A duration in seconds from a number or a string such as "2s", "500ms" or "1min"
+    (as Dask's timeouts take them); a UsageError for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.lower())
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS.get(match.group(2) or "s", 1.0)
+    raise UsageError(f"{name} must be a number of seconds or a duration such as '2s' or '500ms', not {value!r}")
+
+
 class ClientStatus(str, enum.Enum):
     """Lifecycle of a client; each compares equal to its name (``client.status == "running"``)."""
 
@@ -125,8 +144,8 @@ class BrokerSession:
         self.security = security
         """CURVE keys to connect with, or None for a broker without keys."""
         self._handshake_monitor: HandshakeMonitor | None = None
-        self.timeout = float(timeout)
-        self.reconnect_timeout = float(reconnect_timeout)
+        self.timeout = seconds(timeout, "timeout")
+        self.reconnect_timeout = seconds(reconnect_timeout, "reconnect_timeout")
         self.name = name
         self.status = ClientStatus.NEW
         self.asynchronous = False
@@ -212,7 +231,18 @@ class BrokerSession:
         if self.status == ClientStatus.CONNECTING:
             # Attached before connecting, so that the first refused handshake is seen too.
             self._handshake_monitor = HandshakeMonitor(sock, keyed=self.security is not None)
-        sock.connect(self._connect_address or self.address)
+        address = self._connect_address or self.address
+        try:
+            sock.connect(address)
+        except zmq.ZMQError as exc:
+            # Closed here: a socket left open would keep the context (and the process) alive.
+            if self._handshake_monitor is not None:
+                self._handshake_monitor.close()
+                self._handshake_monitor = None
+            sock.close(linger=0)
+            raise UsageError(
+                f"cannot connect to {address!r}: {exc} (expected tcp://HOST:PORT, or ipc://PATH)"
+            ) from None
         self._socket = sock
         # The zmq FD only signals edges; _drain() reads until EVENTS says none waits.
         self._loop.add_reader(sock.FD, self._drain)
@@ -538,7 +568,13 @@ class BrokerSession:
             # No connection to send on: ZeroMQ dropped it for good after a refused handshake
             # (CURVE keys), and a DEALER without one would block this thread in send.
             return
-        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), "direct": True}
+        info = {
+            "name": self.name,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "direct": True,
+            "python": PYTHON_VERSION,
+        }
         self._send(proto.encode(proto.HELLO, [proto.ROLE_CLIENT, info]))
 
     # --- receiving -------------------------------------------------------------------------
@@ -600,6 +636,15 @@ class BrokerSession:
         limit = info.get("max_message_bytes")
         if isinstance(limit, int) and limit > 0:
             self.max_message_bytes = limit
+        others = [v for v in info.get("worker_pythons", ()) if isinstance(v, str) and v != PYTHON_VERSION]
+        if others:
+            logger.warning(
+                "this client runs Python %s and workers of broker %s run Python %s: functions defined here "
+                "(in a notebook or script) cannot run there; use the same Python version everywhere",
+                PYTHON_VERSION,
+                self.address,
+                ", ".join(sorted(set(others))),
+            )
         reconnected = self.status == ClientStatus.RECONNECTING
         changed = bool(self._epoch) and epoch != self._epoch
         self._epoch = epoch

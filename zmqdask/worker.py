@@ -43,6 +43,7 @@ from zmqdask.config import (
     IPC_BUFFER_BYTES,
     LIVENESS_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
+    PYTHON_VERSION,
 )
 from zmqdask.direct import (
     FAILED_COOLDOWN_S,
@@ -571,6 +572,7 @@ class Worker:
             "pool": self.pool,
             "memory_limit": self.memory_limit,
             "data_address": self._data_bound,
+            "python": PYTHON_VERSION,
         }
 
     def request_stop(self) -> None:
