@@ -465,7 +465,8 @@ def report(
     if transfer_floor is not None:
         intro.append(
             f"Floor of a scatter here, same run: the {spec.scatter_bytes / 1e6:.0f} MB array as one bare pyzmq"
-            " message from this process to another over a Unix socket, new contents each repeat:"
+            " message from this process to another over a Unix socket, new contents each repeat, after one"
+            " untimed:"
             f" median {transfer_floor.median_gbps:.2f} GB/s (slowest {transfer_floor.min_gbps:.2f},"
             f" fastest {transfer_floor.max_gbps:.2f})."
         )
@@ -492,7 +493,9 @@ def report(
         "- Every timeseries frame gets a new seed and every query on the persisted frame a new `split_every`",
         "  (at least npartitions: one combine step), so no framework hands back a result of an earlier repeat.",
         "- The persist row calls `client.persist` and then the framework's own `wait` on the persisted frame.",
-        "- Scatter returns once a worker holds the array; each repeat scatters new contents. Gather"
+        "- Scatter returns once a worker holds the array; each repeat scatters new contents, after two"
+        " untimed full-size scatters (one per worker: a process's first large receive lands in fresh"
+        " pages); the floor line's transfer also skips its first. Gather"
         " fetches a task's result that only the worker holds (a scattered value's gather would be"
         " served from the client's own copy). ProcessPool has neither: n/a.",
         "- ProcessPool has no collections either, so its timeseries rows are n/a.",

@@ -302,6 +302,10 @@ async def case_chain(adapter: Adapter, spec: Spec) -> CaseResult:
     return {"seconds": seconds, "count": n}
 
 
+SCATTER_WARMUPS = 2
+"""Untimed full-size scatters before the timed ones (one per worker of the main cases)."""
+
+
 def _big_array(spec: Spec) -> np.ndarray:
     return np.arange(spec.scatter_bytes // 8, dtype=np.float64)
 
@@ -312,6 +316,12 @@ async def case_scatter(adapter: Adapter, spec: Spec) -> CaseResult:
     small = await adapter.gather(await adapter.scatter(array[:1000]))
     if not np.array_equal(small, array[:1000]):
         raise RuntimeError("wrong result")
+    # Warm-up, one full-size scatter per worker: the first large value a process receives
+    # lands in pages it never touched, which costs page faults in any framework.
+    for warm_up in range(SCATTER_WARMUPS):
+        array[0] = -float(warm_up + 1)
+        future = await adapter.scatter(array)
+        del future
     seconds = []
     for repeat in range(spec.repeats):
         # New contents each time: content-hashed keys must not find the previous copy.
