@@ -400,6 +400,25 @@ def test_transform_lines_up_with_its_frame_even_with_unknown_divisions() -> None
     pd.testing.assert_frame_equal(both.compute(), expected_both)
 
 
+def test_per_row_results_grouped_by_series_and_of_a_series() -> None:
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=4)
+    key, lazy_key = frame.i % 3, lazy.i % 3
+    pd.testing.assert_series_equal(lazy.x.groupby(lazy_key).cumsum().compute(), frame.x.groupby(key).cumsum())
+    pd.testing.assert_series_equal(
+        lazy.x.groupby(lazy.k).transform("mean").compute(), frame.x.groupby(frame.k).transform("mean")
+    )
+    pd.testing.assert_frame_equal(
+        lazy.groupby(lazy_key)[["x", "i"]].cumsum().compute(), frame.groupby(key)[["x", "i"]].cumsum()
+    )
+    shifted = lazy.groupby(["k", lazy_key]).x.shift(1)
+    pd.testing.assert_series_equal(shifted.compute(), frame.groupby(["k", key]).x.shift(1))
+    # A key partitioned differently (unknown divisions) cannot be lined up with the rows.
+    unsorted = zd.from_pandas(frame, npartitions=4, sort=False)
+    with pytest.raises(UsageError, match="cannot line these collections up"):
+        unsorted.x.groupby(unsorted.shuffle(on="j").j)
+
+
 def test_rows_partitioned_differently_with_unknown_divisions_are_not_paired() -> None:
     frame = _frame()
     lazy = zd.from_pandas(frame, npartitions=4, sort=False)

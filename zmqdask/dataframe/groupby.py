@@ -643,6 +643,19 @@ def _pick(items: Sequence[Any], position: int) -> Any:
     return items[position]
 
 
+_VALUES = "__zmqdask_values__"
+"""The column a grouped Series' values take while its per-row result is computed."""
+
+_KEY = "__zmqdask_key_"
+"""Prefix of the columns grouping Series take while a per-row result is computed."""
+
+_NO_RENAME = object()
+
+
+def _as_values_frame(part: pd.Series) -> pd.DataFrame:
+    return part.to_frame(_VALUES)
+
+
 def _sort_by_keys(part: Any, nkeys: int) -> Any:
     """Rows sorted by the first ``nkeys`` index levels (the group keys), stably."""
     if part.index.nlevels <= nkeys:
@@ -769,11 +782,15 @@ class GroupBy:
         by_expr: Expr = aligned().expr if aligned is not None else by.expr  # an Index: by frame rows
         if not isinstance(by_expr._meta, pd.Series):
             raise UsageError("groupby by an expression needs a Series")
-        if by_expr.npartitions != self._frame_expr.npartitions:
-            raise UsageError(
-                f"the grouping Series has {by_expr.npartitions} partitions, the frame "
-                f"{self._frame_expr.npartitions}; they must be partitioned alike"
-            )
+        from zmqdask.dataframe.planning import align
+
+        # Each row's key must be in the partition of the row: lined up as any two
+        # collections are (refused when that cannot be known).
+        frame_expr, aligned_by = align(self._frame_expr, by_expr)
+        if frame_expr is not self._frame_expr:
+            self._frame_expr = frame_expr
+            self._frame = new_collection(frame_expr)
+        by_expr = aligned_by
         # Grouping by one of the frame's own columns is grouping by that column's name
         # (pandas then leaves the column out of the aggregated ones).
         if self._is_own_column(by_expr):
@@ -1051,15 +1068,30 @@ class GroupBy:
 
     def _per_row(self, how: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Any) -> Any:
         """A result with one row per row of the frame, partitioned like it (see :class:`GroupRows`)."""
-        if type(self._by) is not tuple or any(isinstance(key, Expr) for key in self._by):
-            name = func if how == "method" else how
-            raise UsageError(f"groupby(...).{name} needs column labels as keys, not a Series")
-        frame = self._frame_expr
-        options = (self._by, self._selection, how, func, args, kwargs, self._sort, self._dropna)
-        meta = self._whole_groups_meta(frame, options, meta)
+        by = self._by if type(self._by) is tuple else (self._by,)
+        frame, selection = self._frame_expr, self._selection
+        rename: Any = _NO_RENAME
+        if self._is_series or any(isinstance(key, Expr) for key in by):
+            # Keys given as Series (and a grouped Series' values) become columns of one frame
+            # under names of their own; the result takes the original name back.
+            if self._is_series:
+                rename = frame._meta.name
+                frame = MapPartitions(frame, _as_values_frame, (), {}, frame._meta.to_frame(_VALUES), True, "to-frame")
+                selection = _VALUES
+            from zmqdask.dataframe.core_ops import Assign
+
+            names = tuple(f"{_KEY}{i}" for i, key in enumerate(by) if isinstance(key, Expr))
+            values = tuple(key for key in by if isinstance(key, Expr))
+            frame = Assign(frame, names, values)
+            keys = iter(names)
+            by = tuple(next(keys) if isinstance(key, Expr) else key for key in by)
+        options = (by, selection, how, func, args, kwargs, self._sort, self._dropna)
+        meta = self._whole_groups_meta(frame, options, None if rename is not _NO_RENAME else meta)
         if frame.npartitions == 1:
-            return new_collection(MapPartitions(frame, whole_groups_part, options, {}, meta, True, f"groupby-{how}"))
-        return new_collection(GroupRows(frame, options, meta))
+            result = new_collection(MapPartitions(frame, whole_groups_part, options, {}, meta, True, f"groupby-{how}"))
+        else:
+            result = new_collection(GroupRows(frame, options, meta))
+        return result if rename is _NO_RENAME else result.rename(rename)
 
     def _whole_groups_meta(self, frame: Expr, options: tuple[Any, ...], meta: Any) -> Any:
         from zmqdask.dataframe.planning import meta_from
