@@ -270,3 +270,20 @@ def test_combine_first_fills_from_the_other_and_adds_its_labels() -> None:
         lazy_first.reset_index().combine_first(lazy_second.reset_index().repartition(npartitions=2))
     with pytest.raises(UsageError, match="fillna"):
         lazy_first.combine_first(3)
+
+
+def test_concat_and_combine_first_keep_values_of_categories_not_known_yet() -> None:
+    frame = pd.DataFrame({"k": ["a", "b", None, "a", "c", "b"], "x": np.arange(6.0)})
+    other = pd.DataFrame({"k": ["z", "b", "q"], "x": [7.0, 8.0, 9.0]}, index=[10, 11, 12])
+    lazy = zd.from_pandas(frame, npartitions=2)
+    lazy_other = zd.from_pandas(other, npartitions=2)
+    cat, cat_other = lazy.assign(k=lazy.k.astype("category")), lazy_other.assign(k=lazy_other.k.astype("category"))
+    expected = pd.concat([frame, other])
+    got = zd.concat([cat, cat_other]).compute()
+    assert got.k.astype(object).tolist() == expected.k.tolist()
+    assert zd.concat([cat.k, cat_other.k]).compute().astype(object).tolist() == expected.k.tolist()
+    # A frame without the column: missing there, as pandas.
+    missing = zd.concat([cat, lazy_other[["x"]]]).compute()
+    assert missing.k.astype(object).tolist() == pd.concat([frame, other[["x"]]]).k.tolist()
+    combined = cat.combine_first(cat_other).compute()
+    assert combined.k.astype(object).tolist() == frame.combine_first(other).k.tolist()

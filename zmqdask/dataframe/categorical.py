@@ -65,6 +65,26 @@ def categories_known(dtype: Any) -> bool:
     )
 
 
+def conform_dtypes(part: Any, meta: Any) -> Any:
+    """``part`` (a DataFrame or Series) in ``meta``'s dtypes, except that a categorical column
+    whose categories are unknown keeps (or takes) the categories of its own values: the
+    placeholder is no category of real data, and casting to it would erase every value."""
+    if isinstance(meta, pd.DataFrame):
+        wanted: dict[Any, Any] = {}
+        for column, dtype in meta.dtypes.items():
+            current = part.dtypes[column]
+            if not categories_known(dtype):
+                if not isinstance(current, pd.CategoricalDtype):
+                    wanted[column] = "category"
+            elif current != dtype:
+                wanted[column] = dtype
+        return part.astype(wanted) if wanted else part
+    dtype = meta.dtype
+    if not categories_known(dtype):
+        return part if isinstance(part.dtype, pd.CategoricalDtype) else part.astype("category")
+    return part if part.dtype == dtype else part.astype(dtype)
+
+
 def _cast_partition(part: Any, dtype: Any) -> Any:
     return part.astype(dtype)
 

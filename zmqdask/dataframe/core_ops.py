@@ -988,10 +988,11 @@ def combine_first_part(left: Any, right: Any, meta: Any) -> Any:
         result = right
     else:
         result = left.combine_first(right)
+    from zmqdask.dataframe.categorical import conform_dtypes
+
     if isinstance(meta, pd.DataFrame):
         result = result.reindex(columns=meta.columns)
-        return result.astype(meta.dtypes.to_dict())
-    return result.astype(meta.dtype)
+    return conform_dtypes(result, meta)
 
 
 HigherMoments = tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]

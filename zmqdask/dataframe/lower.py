@@ -241,7 +241,13 @@ def unify_categories(parts: list[Any]) -> list[Any]:
         ordered = bool(dtypes[0].ordered)
         if ordered:
             continue  # ordered categoricals differ in meaning; pandas' concat decides
-        union = pd.api.types.union_categoricals([piece.array for piece in pieces], sort_categories=True)
+        arrays = [piece.array for piece in pieces]
+        if len({d.categories.dtype for d in dtypes if len(d.categories)}) > 1 or any(
+            not len(d.categories) for d in dtypes
+        ):
+            # Categories of different kinds (a piece with none is float): compared as objects.
+            arrays = [a.set_categories(a.categories.astype(object)) for a in arrays]
+        union = pd.api.types.union_categoricals(arrays, sort_categories=True)
         casts[column] = pd.CategoricalDtype(union.categories, ordered=False)
     if not casts:
         return parts

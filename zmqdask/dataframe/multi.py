@@ -333,13 +333,15 @@ def _concat_metas(*metas: Any) -> Any:
 
 def conform(part: Any, meta: Any) -> Any:
     """A piece of one input given the columns and dtypes of the concatenated result."""
+    from zmqdask.dataframe.categorical import conform_dtypes
+
     if isinstance(meta, pd.DataFrame) and isinstance(part, pd.DataFrame):
         if list(part.columns) != list(meta.columns):
             part = part.reindex(columns=meta.columns)
         if not part.dtypes.equals(meta.dtypes):
-            part = part.astype(meta.dtypes.to_dict())
+            part = conform_dtypes(part, meta)
     elif isinstance(meta, pd.Series) and part.dtype != meta.dtype:
-        part = part.astype(meta.dtype)
+        part = conform_dtypes(part, meta)
     return part
 
 
