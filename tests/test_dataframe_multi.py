@@ -287,3 +287,39 @@ def test_concat_and_combine_first_keep_values_of_categories_not_known_yet() -> N
     assert missing.k.astype(object).tolist() == pd.concat([frame, other[["x"]]]).k.tolist()
     combined = cat.combine_first(cat_other).compute()
     assert combined.k.astype(object).tolist() == frame.combine_first(other).k.tolist()
+
+
+def test_index_joins_of_known_divisions_keep_them_and_line_up_with_their_inputs() -> None:
+    left = pd.DataFrame({"x": np.arange(40.0)}, index=np.arange(0, 80, 2))
+    right = pd.DataFrame({"y": np.arange(30.0)}, index=np.arange(0, 90, 3))
+    a, b = zd.from_pandas(left, npartitions=4), zd.from_pandas(right, npartitions=3)
+    for how in ("inner", "left", "right", "outer"):
+        joined = a.join(b, how=how)
+        assert joined.known_divisions
+        expected = left.join(right, how=how)
+        pd.testing.assert_frame_equal(joined.compute(), expected)
+        merged = zd.merge(a, b, left_index=True, right_index=True, how=how)
+        assert merged.known_divisions
+        pd.testing.assert_frame_equal(merged.compute(), left.merge(right, left_index=True, right_index=True, how=how))
+    joined = a.join(b)
+    pd.testing.assert_series_equal((joined.x / b.y).compute(), left.join(right).x / right.y)
+    pd.testing.assert_frame_equal(joined.assign(r=a.x * 2).compute(), left.join(right).assign(r=left.x * 2))
+
+
+def test_persisted_and_column_pruned_collections_line_up_with_their_source(tmp_path: Any) -> None:
+    frame = pd.DataFrame({"x": np.arange(300.0), "y": np.arange(300) % 7})
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    lazy = zd.read_csv(str(path), blocksize=1000)
+    assert not lazy.known_divisions and lazy.npartitions > 1
+    clean = lazy[lazy.y > 2]
+    persisted = clean.persist(scheduler="sync")
+    # Each block numbers its rows from 0: labels line up within partitions, as in Dask.
+    got = (persisted.x + lazy.y).compute().to_numpy()
+    np.testing.assert_array_equal(got, (frame.x.where(frame.y > 2) + frame.y).to_numpy())
+    just_x = zd.read_csv(str(path), blocksize=1000, usecols=["x"])
+    just_y = zd.read_csv(str(path), blocksize=1000, usecols=["y"])
+    np.testing.assert_array_equal((just_x.x + just_y.y).compute().to_numpy(), (frame.x + frame.y).to_numpy())
+    forgotten = zd.from_pandas(frame, npartitions=3).clear_divisions()
+    assert not forgotten.known_divisions
+    pd.testing.assert_series_equal((forgotten.x + zd.from_pandas(frame, npartitions=3).y).compute(), frame.x + frame.y)

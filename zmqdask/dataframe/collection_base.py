@@ -109,9 +109,11 @@ class Collection:
         return finalizer(self._meta)
 
     def __zmqdask_persisted__(self, futures: list[Any]) -> Any:
+        from zmqdask.dataframe.expr import partitioning_roots
         from zmqdask.dataframe.sources import make_futures_source
 
-        return new_collection(make_futures_source(list(futures), self._meta, self.divisions))
+        origin = partitioning_roots(self._expr)
+        return new_collection(make_futures_source(list(futures), self._meta, self.divisions, origin))
 
     def __dask_graph__(self) -> dict[str, TaskSpec]:
         """The optimized task graph (introspection; the protocol uses ``__zmqdask_graph__``)."""
@@ -180,7 +182,10 @@ class Collection:
 
         graph, keys = self._graph
         parts = execute_local(graph, keys)
-        return new_collection(make_partitions_source(parts, self._meta, self.divisions, self._expr._token))
+        from zmqdask.dataframe.expr import partitioning_roots
+
+        origin = partitioning_roots(self._expr)
+        return new_collection(make_partitions_source(parts, self._meta, self.divisions, self._expr._token, origin))
 
     def _awaitable(self, template: str) -> str:
         kind = type(self).__name__.lower()
@@ -210,6 +215,12 @@ class Collection:
         from zmqdask.dataframe.scans import map_overlap
 
         return map_overlap(func, self, before, after, *args, meta=meta, **kwargs)
+
+    def clear_divisions(self) -> Any:
+        """The same partitions with unknown divisions (Dask's ``clear_divisions``)."""
+        from zmqdask.dataframe.core_ops import ClearDivisions
+
+        return new_collection(ClearDivisions(self.expr))
 
     def repartition(
         self,

@@ -148,6 +148,29 @@ class Unary(Blockwise):
 
 
 @node
+class ClearDivisions(Blockwise):
+    """The same partitions, with their index bounds forgotten (Dask's ``clear_divisions``)."""
+
+    frame: Expr
+
+    _columnwise = True
+
+    def _function(self) -> Callable[..., Any]:
+        return _same
+
+    def _same_rows(self) -> Expr | None:
+        return self.frame
+
+    @property
+    def divisions(self) -> tuple[Any, ...]:
+        return unknown_divisions(self.frame.npartitions)
+
+
+def _same(part: Any) -> Any:
+    return part
+
+
+@node
 class MapMethod(Blockwise):
     """``partition.method(*args, **kwargs)``, an operation that keeps the index."""
 

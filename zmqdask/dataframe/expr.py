@@ -331,6 +331,12 @@ class Expr:
         """
         return None
 
+    def _partitioning_identity(self) -> frozenset[str]:
+        """What a node that keeps no input's partitioning stands for when collections are
+        lined up (see :func:`partitioning_roots`): itself, unless its partitions are known
+        to be those of another expression (a persisted one's, a source's before pruning)."""
+        return frozenset({self._token})
+
     def _same_rows(self) -> Expr | None:
         """An input with exactly as many rows as this node (in any order), or ``None``.
 
@@ -866,7 +872,7 @@ def partitioning_roots(expr: Expr) -> frozenset[str]:
         seen.add(node_._token)
         parents = node_._partitioning_parents()
         if not parents:
-            roots.add(node_._token)
+            roots |= node_._partitioning_identity()
         else:
             stack.extend(parents)
     return frozenset(roots)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from zmqdask.dataframe.expr import Expr, SinglePartition, node, unknown_divisions
 from zmqdask.dataframe.sources import ColumnSelectingSource
+from zmqdask.dataframe.tokens import tokenize
 from zmqdask.dataframe.wrapping import new_collection
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
@@ -237,6 +238,11 @@ class ReadCSV(ColumnSelectingSource):
 
     def _prefix(self) -> str:
         return "read-csv"
+
+    def _partitioning_identity(self) -> frozenset[str]:
+        # The same blocks read with other columns or dtypes hold the same rows.
+        options = {k: v for k, v in self.kwargs.items() if k not in ("usecols", "dtype")}
+        return frozenset({tokenize("read-csv-rows", self.blocks, options, self.names is None)})
 
     @property
     def npartitions(self) -> int:

@@ -156,7 +156,10 @@ class Merge(JoinNode):
     @property
     def divisions(self) -> tuple[Any, ...]:
         keeps_left_index = self.as_join or (self.left_on is None and self.right_on is None)
-        if self.strategy in ("broadcast-right", "aligned") and keeps_left_index and self.how in ("inner", "left"):
+        if self.strategy == "aligned" and keeps_left_index:
+            # Both sides cover the same range in partition i: so does any join of them.
+            return self.left.divisions
+        if self.strategy == "broadcast-right" and keeps_left_index and self.how in ("inner", "left"):
             return self.left.divisions
         return unknown_divisions(self.npartitions)
 
@@ -305,6 +308,8 @@ def merge(
         raise UsageError("left_on and right_on need the same number of keys")
     _check_columns("left", left_keys, left_expr._meta)
     _check_columns("right", right_keys, right_expr._meta)
+    if left_keys is None and right_keys is None:
+        left_expr, right_expr = _aligned_on_index(left_expr, right_expr)
     node_ = Merge(left_expr, right_expr, how, left_keys, right_keys, (suffixes[0], suffixes[1]), False, indicator)
     node_._meta  # noqa: B018 - an invalid join (e.g. clashing names) fails here, not at compute
     return new_collection(node_)
@@ -317,9 +322,25 @@ def join(left: Any, right: Any, on: Any = None, how: str = "left", lsuffix: str 
     left_expr, right_expr = _as_expr(left), _as_expr(right)
     left_keys = _keys(on)
     _check_columns("left", left_keys, left_expr._meta)
+    if left_keys is None:
+        left_expr, right_expr = _aligned_on_index(left_expr, right_expr)
     node_ = Merge(left_expr, right_expr, how, left_keys, None, (lsuffix, rsuffix), True)
     node_._meta  # noqa: B018 - overlapping columns without suffixes fail here, not at compute
     return new_collection(node_)
+
+
+def _aligned_on_index(left: Expr, right: Expr) -> tuple[Expr, Expr]:
+    """Two sides joined index to index: with known divisions, both repartitioned to their
+    union, so partition i meets partition i and the result keeps known divisions (no
+    shuffle); as they are otherwise."""
+    if left.npartitions == 1 or right.npartitions == 1 or not (left.known_divisions and right.known_divisions):
+        return left, right
+    if left.divisions == right.divisions:
+        return left, right
+    from zmqdask.dataframe.planning import align
+
+    aligned_left, aligned_right = align(left, right)
+    return aligned_left, aligned_right
 
 
 # --------------------------------------------------------------------------------------------

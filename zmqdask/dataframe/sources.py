@@ -125,6 +125,12 @@ class ColumnSelectingSource(Source):
     def _with_columns(self, columns: list[Any]) -> Expr | None:
         return self._replace(columns_selected=tuple(columns))
 
+    def _partitioning_identity(self) -> frozenset[str]:
+        # Which columns are read does not change which rows each partition holds.
+        if self.columns_selected is None:
+            return frozenset({self._token})
+        return self._replace(columns_selected=None)._partitioning_identity()
+
 
 @node
 class FromPartitions(ColumnSelectingSource):
@@ -135,9 +141,14 @@ class FromPartitions(ColumnSelectingSource):
     division_values: tuple[Any, ...]
     name: str
     columns_selected: tuple[Any, ...] | None = None
+    origin: frozenset[str] = frozenset()
+    """The partitioning roots of the expression computed into these partitions."""
 
     def _prefix(self) -> str:
         return "persisted"
+
+    def _partitioning_identity(self) -> frozenset[str]:
+        return self.origin or super()._partitioning_identity()
 
     @cached_property
     def _token(self) -> str:
@@ -168,9 +179,15 @@ class FromFutures(ColumnSelectingSource):
     meta: Any
     division_values: tuple[Any, ...]
     columns_selected: tuple[Any, ...] | None = None
+    origin: frozenset[str] = frozenset()
+    """The partitioning roots of the expression persisted into these partitions."""
 
     def _prefix(self) -> str:
         return "persisted"
+
+    def _partitioning_identity(self) -> frozenset[str]:
+        # The partitions of what was persisted, row for row: it lines up with that.
+        return self.origin or super()._partitioning_identity()
 
     @cached_property
     def _token(self) -> str:
@@ -229,14 +246,20 @@ def data_token(data: pd.DataFrame | pd.Series) -> Any:
     return {"frame": frame, "columns": tuple(data.columns), "per_column": per_column}
 
 
-def make_partitions_source(parts: list[Any], meta: Any, divisions: tuple[Any, ...], name: str) -> FromPartitions:
-    """A source over partitions computed in this process."""
-    return FromPartitions(tuple(parts), make_meta(meta), tuple(divisions), name)
+def make_partitions_source(
+    parts: list[Any], meta: Any, divisions: tuple[Any, ...], name: str, origin: frozenset[str] = frozenset()
+) -> FromPartitions:
+    """A source over partitions computed in this process (from an expression whose
+    partitioning roots are ``origin``)."""
+    return FromPartitions(tuple(parts), make_meta(meta), tuple(divisions), name, None, origin)
 
 
-def make_futures_source(futures: list[Any], meta: Any, divisions: tuple[Any, ...]) -> FromFutures:
-    """A source over partitions held by the cluster."""
-    return FromFutures(tuple(futures), make_meta(meta), tuple(divisions))
+def make_futures_source(
+    futures: list[Any], meta: Any, divisions: tuple[Any, ...], origin: frozenset[str] = frozenset()
+) -> FromFutures:
+    """A source over partitions held by the cluster (from an expression whose partitioning
+    roots are ``origin``)."""
+    return FromFutures(tuple(futures), make_meta(meta), tuple(divisions), None, origin)
 
 
 def from_delayed_collection(dfs: Any, *, meta: Any, divisions: Any, verify_meta: bool) -> Any:
