@@ -229,6 +229,9 @@ class Ledger:
         """How many records run each function (the broker keeps a function while any does)."""
         self.unreferenced_functions: list[bytes] = []
         """Functions whose last record was forgotten, for the broker's FunctionTable."""
+        self.respecified: set[TaskRecord] = set()
+        """Records given a new call while a run of their old one goes on (cancelled, not yet
+        answered): that run's answer is dropped and the record runs again."""
         self.kept: set[TaskRecord] = set()
         """Unfinished records a client asked to run to the end (``fire_and_forget``): needed
         until they finish, whoever wants them."""
@@ -503,6 +506,8 @@ class Ledger:
         slot = worker.stop_processing(key)
         if slot is not None and slot.processing_on is worker:
             slot.processing_on = None
+        if self.respecified and self._answer_of_old_call(slot, worker, key):
+            return
         rec = self.tasks.get(key)
         if rec is None or rec.is_data:
             if rec is None or rec.who_has is None or worker not in rec.who_has:
@@ -523,11 +528,26 @@ class Ledger:
             self.outbox.delete(worker, key)
             self.candidates.append(rec)
 
+    def _answer_of_old_call(self, slot: TaskRecord | None, worker: WorkerPeer, key: str) -> bool:
+        """Whether ``worker``'s answer for ``key`` is of a call its record no longer runs
+        (dropped, and the record runs its new call)."""
+        if slot is None or slot not in self.respecified or self.tasks.get(key) is not slot:
+            return False
+        self.respecified.discard(slot)
+        self.outbox.delete(worker, key)
+        if slot.state is PROCESSING and slot.processing_on is None:
+            self.make_ready(slot)
+        else:
+            self.candidates.append(slot)
+        return True
+
     def failed(self, worker: WorkerPeer, key: str, detail: ErrorDetail, frames: Payload) -> None:
         """DONE ERRED from ``worker`` for a task (not a STORE)."""
         slot = worker.stop_processing(key)
         if slot is not None and slot.processing_on is worker:
             slot.processing_on = None
+        if self.respecified and self._answer_of_old_call(slot, worker, key):
+            return
         rec = self.tasks.get(key)
         if rec is None:
             return
@@ -552,6 +572,8 @@ class Ledger:
         slot = worker.stop_processing(key)
         if slot is not None and slot.processing_on is worker:
             slot.processing_on = None
+        if self.respecified and slot is not None:
+            self.respecified.discard(slot)  # nothing of the old call ran: the record goes on
         rec = self.tasks.get(key)
         if rec is None or slot is not rec:
             return
@@ -704,6 +726,8 @@ class Ledger:
         if rec is not None:
             if flags & FLAG_RETRY and rec.state is ERRED and known_fn_hash == rec.fn_hash:
                 self.retry(rec, frames, retries)
+            elif rec.state is RELEASED and not rec.is_data and known_fn_hash is not None:
+                self._respecify(rec, known_fn_hash, frames, retries)
             self.resubmitted(rec, client, wanted=wanted, push=push)
             return
         if not dep_keys and known_fn_hash is not None and (wanted or push):
@@ -761,6 +785,23 @@ class Ledger:
         rec.retries = retries
         rec.suspicious = 0
         self.set_state(rec, RELEASED)
+
+    def _respecify(self, rec: TaskRecord, fn_hash: bytes, frames: Payload, retries: int) -> None:
+        """A released record submitted again with another call under its key (a client
+        reusing ``key=``): it runs the new call.  A run of the old call that a cancellation
+        has not stopped yet is not taken as this one's answer (see :attr:`respecified`)."""
+        if rec.fn_hash == fn_hash and _same_payload(rec.payload, frames):
+            return
+        old_hash = rec.fn_hash
+        if old_hash is not None and count_down(self.function_refs, old_hash):
+            self.unreferenced_functions.append(old_hash)
+        self.function_refs[fn_hash] = self.function_refs.get(fn_hash, 0) + 1
+        rec.fn_hash = fn_hash
+        rec.payload = frames
+        rec.retries = retries
+        rec.suspicious = 0
+        if rec.processing_on is not None:
+            self.respecified.add(rec)
 
     def resubmitted(self, rec: TaskRecord, client: ClientPeer, *, wanted: bool, push: bool) -> None:
         """A key already in the ledger was submitted again: never run it twice."""
@@ -988,6 +1029,8 @@ class Ledger:
     def _forget(self, rec: TaskRecord) -> None:
         if self.tasks.get(rec.key) is rec:
             del self.tasks[rec.key]
+        if self.respecified:
+            self.respecified.discard(rec)
         if rec.is_data and self.awaiting:
             self._unawait(rec)
         self.counts[rec.state] -= 1
@@ -1013,3 +1056,18 @@ def _unrecomputable(key: str, dependent: str | None = None) -> ErrorDetail:
     if dependent is None:
         return ["LostDataError", f"the value of {key!r} is gone and it cannot be recomputed", key]
     return ["LostDataError", f"input {key!r} of {dependent!r} is gone and cannot be recomputed", dependent]
+
+
+def _same_payload(old: Payload | None, new: Payload) -> bool:
+    """Whether two task payloads (an inline ``bytes`` or a list of frames) hold equal bytes."""
+    if old is None:
+        return False
+    if type(old) is bytes or type(new) is bytes:
+        return type(old) is type(new) and old == new
+    if len(old) != len(new):
+        return False
+    return all(_frame_bytes(a) == _frame_bytes(b) for a, b in zip(old, new, strict=True))
+
+
+def _frame_bytes(frame: Any) -> bytes:
+    return bytes(memoryview(getattr(frame, "buffer", frame)))

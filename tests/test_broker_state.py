@@ -733,6 +733,30 @@ def test_a_kept_task_that_fails_is_forgotten_too(h: Harness) -> None:
     assert h.state.ledger.tasks == {} and not h.state.ledger.kept
 
 
+def test_a_key_submitted_again_as_another_call_while_its_cancelled_run_goes_on(h: Harness) -> None:
+    h.worker(b"w1", credit=1)
+    h.client(b"c1")
+    out = h.submit(b"c1", [("k", [])])
+    assert compute_keys(out, b"w1") == ["k"]
+    h.send(b"c1", P.CANCEL, [["k"]])  # running: the worker is asked to drop it, and may not
+    entry = ["k", FN, [], 0, 0, P.FLAG_WANTED, 1]
+    out = h.send(b"c1", P.SUBMIT, [[], [entry]], [b"args:another call"])
+    assert not compute_keys(out, b"w1")  # not twice at once on the worker
+    # The old call's result is dropped (and deleted on the worker); the new call runs.
+    out = h.done(b"w1", [["k", P.FINISHED, ["int", 8], 0]])
+    assert not msgs(out, b"c1", P.REPORT) and msgs(out, b"w1", P.DELETE)
+    assert compute_keys(out, b"w1") == ["k"]
+    out = h.finish(b"w1", "k")
+    assert report_entries(out, b"c1")["k"][1] == P.FINISHED
+    # The same call submitted again takes over the run going on: one run, its result.
+    h.submit(b"c1", [("same", [])], with_function=False)
+    h.send(b"c1", P.CANCEL, [["same"]])
+    out = h.submit(b"c1", [("same", [])], with_function=False)
+    assert not compute_keys(out, b"w1")
+    out = h.finish(b"w1", "same")
+    assert report_entries(out, b"c1")["same"][1] == P.FINISHED
+
+
 def test_cancel_keeps_a_key_someone_else_wants(h: Harness) -> None:
     h.worker(b"w1")
     h.client(b"c1")

@@ -306,6 +306,38 @@ def test_a_key_cancelled_and_submitted_again_runs_on_an_async_client(run_async) 
     assert run_async(body) == list(range(1, 21))
 
 
+class Wrapped(Exception):
+    """An exception whose __init__ reworks its argument, as many libraries' do."""
+
+    def __init__(self, inner: str) -> None:
+        super().__init__(f"wrapped: {inner}")
+        self.inner = inner
+
+
+def raise_wrapped(x: int) -> int:
+    raise Wrapped(f"boom {x}")
+
+
+def test_an_exception_whose_init_reworks_its_arguments_comes_back_as_raised(client: Client) -> None:
+    future = client.submit(raise_wrapped, 1)
+    for _ in range(2):  # raised twice: each a copy, none reworked
+        with pytest.raises(Wrapped) as info:
+            future.result(timeout=30)
+        assert str(info.value) == "wrapped: boom 1" and info.value.inner == "boom 1"
+        assert vars(info.value) == {"inner": "boom 1"}
+    assert str(future.exception(timeout=30)) == "wrapped: boom 1"
+
+
+def test_a_key_given_again_to_another_call_while_its_cancelled_run_goes_on(
+    client: Client, wait_until: Any
+) -> None:
+    first = client.submit(slow_inc, 1, 1.0, key="reused-key")
+    # Running: the cancel cannot stop it.
+    wait_until(lambda: any(w["processing"] for w in client.scheduler_info()["workers"].values()), timeout=20)
+    client.cancel([first])
+    assert client.submit(slow_inc, 100, 0.1, key="reused-key").result(timeout=30) == 101
+
+
 class Scaler:
     """A model whose state changes between calls, as a notebook's fitted models do."""
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zmqdask.errors import FutureCancelledError, UsageError
-from zmqdask.serialize import traceback_from_text
+from zmqdask.serialize import rebuild_exception, traceback_from_text
 
 if TYPE_CHECKING:
     from zmqdask.client import Client
@@ -159,7 +159,11 @@ def failure_of(state: FutureState) -> BaseException:
     exc = state.exception
     assert exc is not None
     try:
-        raised = copy.copy(exc)
+        if type(exc).__reduce__ is BaseException.__reduce__:
+            # Without __init__, which may rework its arguments (or take others than args).
+            raised = rebuild_exception(type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
+        else:
+            raised = copy.copy(exc)
         if type(raised) is not type(exc):
             raise TypeError("not a copy")
         raised.__cause__ = exc.__cause__

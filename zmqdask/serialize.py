@@ -142,12 +142,13 @@ def dumps_error(exc: BaseException, origin_key: str) -> tuple[list[Any], list[An
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None
     frame = None
-    # Plainly first; then, for an exception whose __init__ does not take its own ``args``
-    # (``def __init__(self, a, b): super().__init__(a)``), rebuilt without calling __init__;
-    # only what cannot travel at all is replaced by a stand-in.
+    # Rebuilt without calling __init__ first (its class, ``args`` and attributes): an
+    # __init__ that reworks its arguments (``super().__init__(f"wrapped: {inner}")``) would
+    # rework them again; then plainly, for a class with a __reduce__ of its own, which has
+    # its say; only what cannot travel at all is replaced by a stand-in.
     forms: list[Any] = [exc]
-    if type(exc).__reduce__ is BaseException.__reduce__:  # a class's own __reduce__ is its say
-        forms.append(_RebuiltException(exc))
+    if type(exc).__reduce__ is BaseException.__reduce__:
+        forms.insert(0, _RebuiltException(exc))
     for form in forms:
         try:
             candidate = cloudpickle.dumps((form, text), protocol=PICKLE_PROTOCOL)

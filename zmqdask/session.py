@@ -900,8 +900,8 @@ class BrokerSession:
             if issubclass(broker_error, (LostDataError, FutureCancelledError)):
                 return broker_error(text, origin), None
             return broker_error(text), None
-        exc, remote_tb = loads_error(detail, frames)
-        if remote_tb and not getattr(exc, "_zmqdask_noted", False):
+        exc, remote_tb = loads_error(detail, frames)  # a new object each time: noted once
+        if remote_tb:
             # As in Dask, the task's own frames come last in the traceback of the exception
             # raised here (a debugger's post-mortem lands in them); frames that cannot be
             # rebuilt go into a note instead.
@@ -910,10 +910,6 @@ class BrokerSession:
                 exc = exc.with_traceback(remote_frames)
             elif hasattr(exc, "add_note"):
                 exc.add_note(f"Remote traceback of task {origin}:\n{remote_tb.rstrip()}")
-            try:
-                exc._zmqdask_noted = True  # type: ignore[attr-defined]
-            except Exception:
-                pass
         return exc, remote_tb
 
     _handlers: dict[int, Callable[[BrokerSession, proto.Message], None]] = {
