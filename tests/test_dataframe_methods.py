@@ -561,3 +561,20 @@ def test_callable_selections_and_sums_with_min_count() -> None:
         _same(lazy_sparse.sum(min_count=min_count).compute(), sparse.sum(min_count=min_count))
         _same(lazy_sparse.y.sum(min_count=min_count).compute(), sparse.y.sum(min_count=min_count))
     assert lazy_sparse.z.sum(min_count=2).compute() == 15
+
+
+def test_get_dummies_of_known_categories_match_pandas() -> None:
+    frame = pd.DataFrame({"k": list("abcab" * 4), "j": list("xyxyy" * 4), "v": np.arange(20)})
+    lazy = zd.from_pandas(frame, npartitions=3)
+    with pytest.raises(UsageError, match="categorize"):
+        zd.get_dummies(lazy)
+    known = lazy.categorize()
+    categorical = frame.astype({"k": "category", "j": "category"})
+    _same(zd.get_dummies(known).compute(), pd.get_dummies(categorical))
+    _same(
+        zd.get_dummies(known, columns=["k"], drop_first=True, dtype=int).compute(),
+        pd.get_dummies(categorical, columns=["k"], drop_first=True, dtype=int),
+    )
+    _same(zd.get_dummies(known.k, prefix="kk").compute(), pd.get_dummies(categorical.k, prefix="kk"))
+    # Partitions without some categories still make every column.
+    _same(zd.get_dummies(known[known.v < 3]).compute(), pd.get_dummies(categorical[categorical.v < 3]))

@@ -26,6 +26,7 @@ __all__ = [
     "from_delayed",
     "from_dict",
     "from_pandas",
+    "get_dummies",
     "isna",
     "map_overlap",
     "map_partitions",
@@ -122,6 +123,13 @@ def concat(
         ignore_unknown_divisions=ignore_unknown_divisions,
         ignore_order=ignore_order,
     )
+
+
+def get_dummies(data: Any, **kwargs: Any) -> Any:
+    """Indicator columns of categoricals with known categories (see ``zmqdask.dataframe.categorical``)."""
+    from zmqdask.dataframe.categorical import get_dummies as get_dummies_
+
+    return get_dummies_(data, **kwargs)
 
 
 def map_overlap(func: Any, df: Any, before: Any, after: Any, *args: Any, meta: Any = None, **kwargs: Any) -> Any:

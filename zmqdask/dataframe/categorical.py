@@ -194,3 +194,63 @@ class CategoricalAccessor(Accessor):
 
 def _identity(part: Any) -> Any:
     return part
+
+
+def get_dummies(
+    data: Any,
+    prefix: Any = None,
+    prefix_sep: str = "_",
+    dummy_na: bool = False,
+    columns: Sequence[Hashable] | None = None,
+    drop_first: bool = False,
+    dtype: Any = bool,
+) -> Any:
+    """One indicator column per category, as ``pandas.get_dummies``, partition by partition.
+
+    As in Dask, the columns must be categoricals whose categories are known (so that every
+    partition makes the same columns): ``categorize()`` the frame first, or ``astype`` a
+    ``pandas.CategoricalDtype`` naming them.
+    """
+    from zmqdask.dataframe.collection import map_partitions
+    from zmqdask.dataframe.meta import meta_nonempty
+
+    meta = data._meta
+    if isinstance(meta, pd.Series):
+        encoded = [meta.name]
+        dtypes = [meta.dtype]
+    else:
+        if columns is None:
+            encoded = [c for c, t in meta.dtypes.items() if _encodable(t)]
+        else:
+            encoded = list(columns)
+        dtypes = [meta[c].dtype for c in encoded]
+    unknown = [
+        column
+        for column, kind in zip(encoded, dtypes, strict=True)
+        if not isinstance(kind, pd.CategoricalDtype) or not categories_known(kind)
+    ]
+    if unknown:
+        raise UsageError(
+            f"get_dummies needs categoricals with known categories; {unknown} are not: call "
+            "df.categorize() first (or astype a pandas.CategoricalDtype listing the categories)"
+        )
+    options = {
+        "prefix": prefix,
+        "prefix_sep": prefix_sep,
+        "dummy_na": dummy_na,
+        "drop_first": drop_first,
+        "dtype": dtype,
+    }
+    if not isinstance(meta, pd.Series):
+        options["columns"] = columns
+    result_meta = pd.get_dummies(meta_nonempty(meta), **options).iloc[:0]
+    return map_partitions(pd.get_dummies, data, meta=result_meta, **options)
+
+
+def _encodable(dtype: Any) -> bool:
+    """Whether pandas' get_dummies encodes a column of ``dtype`` by default."""
+    return bool(
+        isinstance(dtype, pd.CategoricalDtype)
+        or pd.api.types.is_object_dtype(dtype)
+        or pd.api.types.is_string_dtype(dtype)
+    )
