@@ -188,12 +188,18 @@ class TransferResult:
     max_gbps: float
 
 
+def _transfer_socket(context: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
+    """A socket with the Unix socket buffers the local cluster asks for."""
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
+    sock.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
+    return sock
+
+
 def _receiver(endpoint: str) -> None:
     context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
-    dealer.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
+    dealer = _transfer_socket(context, zmq.DEALER)
     dealer.connect(endpoint)
     dealer.send(b"ready")
     while dealer.poll(READY_TIMEOUT_MS * 6):
@@ -214,10 +220,7 @@ def bare_transfer(nbytes: int, repeats: int) -> TransferResult:
     socket_dir = tempfile.mkdtemp(prefix="zmqdask-floor-")
     endpoint = f"ipc://{os.path.join(socket_dir, 'transfer.sock')}"
     context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.setsockopt(zmq.SNDBUF, IPC_BUFFER_BYTES)
-    router.setsockopt(zmq.RCVBUF, IPC_BUFFER_BYTES)
+    router = _transfer_socket(context, zmq.ROUTER)
     router.bind(endpoint)
     receiver = ctx.Process(target=_receiver, args=(endpoint,), daemon=True)
     receiver.start()

@@ -936,8 +936,9 @@ def sum_min_count_aggregate(chunks: list[tuple[Any, Any]], min_count: int) -> An
     return total if count >= min_count else np.float64("nan")
 
 
-def moments_chunk(part: Any, numeric_only: bool) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
-    """Count, mean and sum of squared deviations per column, for a mergeable variance."""
+def _deviations(part: Any, numeric_only: bool) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of a partition (a Series is one column, labels None): which values are
+    there, how many, their mean, and each value's deviation from it (0 where missing)."""
     if isinstance(part, pd.DataFrame):
         if numeric_only:
             part = part.select_dtypes(include=["number", "bool"])
@@ -951,8 +952,13 @@ def moments_chunk(part: Any, numeric_only: bool) -> tuple[Any, np.ndarray, np.nd
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), 0.0)
         deviations = np.where(valid, values - mean, 0.0)
-    m2 = (deviations**2).sum(axis=0)
-    return labels, count, mean, m2
+    return labels, valid, count, mean, deviations
+
+
+def moments_chunk(part: Any, numeric_only: bool) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """Count, mean and sum of squared deviations per column, for a mergeable variance."""
+    labels, _, count, mean, deviations = _deviations(part, numeric_only)
+    return labels, count, mean, (deviations**2).sum(axis=0)
 
 
 def moments_combine(
@@ -1028,19 +1034,7 @@ _ROUNDING_ZERO = 1e-14
 
 def higher_moments_chunk(part: Any, numeric_only: bool) -> HigherMoments:
     """Count, mean and central moment sums up to the 4th per column, missing values skipped."""
-    if isinstance(part, pd.DataFrame):
-        if numeric_only:
-            part = part.select_dtypes(include=["number", "bool"])
-        labels: Any = part.columns
-        values = part.to_numpy(dtype="float64", na_value=np.nan)
-    else:
-        labels = None
-        values = part.to_numpy(dtype="float64", na_value=np.nan).reshape(-1, 1)
-    valid = ~np.isnan(values)
-    count = valid.sum(axis=0).astype("float64")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), 0.0)
-        deviations = np.where(valid, values - mean, 0.0)
+    labels, valid, count, mean, deviations = _deviations(part, numeric_only)
     squares = deviations**2
     return (
         labels,
@@ -1049,7 +1043,7 @@ def higher_moments_chunk(part: Any, numeric_only: bool) -> HigherMoments:
         squares.sum(axis=0),
         (squares * deviations).sum(axis=0),
         (squares**2).sum(axis=0),
-        ~valid.all(axis=0),
+        np.asarray(~valid.all(axis=0)),
     )
 
 

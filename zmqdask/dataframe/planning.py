@@ -240,29 +240,38 @@ def map_partitions_expr(
     wants_info = "partition_info" not in kw and takes_keyword(func, "partition_info")
     if first_index != 0:
         func = _Reorder(func, first_index)
-    if meta is None:
-        metas = [e._meta if isinstance(e, Expr) else e for e in rest]
-        kw_metas = {k: (v._meta if isinstance(v, Expr) else v) for k, v in kw.items()}
-        if wants_info:
-            kw_metas["partition_info"] = partition_info(frame.divisions, 0)
-        try:
-            meta = emulate(func, frame._meta, *metas, **kw_metas)
-        except Exception as exc:
-            raise UsageError(
-                f"could not infer the result of {getattr(func, '__name__', func)!r} on sample data "
-                f"({type(exc).__name__}: {exc}); pass meta= (an empty DataFrame/Series, a dtype, "
-                "or a {column: dtype} dict)"
-            ) from exc
-    else:
-        meta = meta_from(meta)
-        if isinstance(meta, (pd.DataFrame, pd.Series)):
-            # Told, not inferred: hold each partition's result to it.
-            func = _ConformToMeta(func, meta)
+    metas = [e._meta if isinstance(e, Expr) else e for e in rest]
+    kw_metas = {k: (v._meta if isinstance(v, Expr) else v) for k, v in kw.items()}
+    if wants_info and meta is None:
+        kw_metas["partition_info"] = partition_info(frame.divisions, 0)
+    meta, func = result_meta(func, frame._meta, metas, kw_metas, meta)
     if ops.is_scalar_meta(meta):
         # One value per partition: gathered as a Series indexed by partition number.
         return ops.MapPartitionsScalar(frame, func, rest, kw, pd.Series([meta]).iloc[:0], partition_info=wants_info)
     keeps_index = isinstance(meta, (pd.DataFrame, pd.Series)) and isinstance(frame._meta, (pd.DataFrame, pd.Series))
     return MapPartitions(frame, func, rest, kw, meta, keeps_index and not clear_divisions, partition_info=wants_info)
+
+
+def result_meta(
+    func: Callable[..., Any], frame_meta: Any, metas: list[Any], kw_metas: dict[str, Any], meta: Any
+) -> tuple[Any, Callable[..., Any]]:
+    """The schema of ``func``'s result per partition and the function to run: ``meta`` as
+    given (each partition's result then held to it), or inferred by running ``func`` on
+    sample data of ``frame_meta`` and the other arguments' metas."""
+    if meta is not None:
+        meta = meta_from(meta)
+        if isinstance(meta, (pd.DataFrame, pd.Series)):
+            # Told, not inferred: hold each partition's result to it.
+            func = _ConformToMeta(func, meta)
+        return meta, func
+    try:
+        return emulate(func, frame_meta, *metas, **kw_metas), func
+    except Exception as exc:
+        raise UsageError(
+            f"could not infer the result of {getattr(func, '__name__', func)!r} on sample data "
+            f"({type(exc).__name__}: {exc}); pass meta= (an empty DataFrame/Series, a dtype, "
+            "or a {column: dtype} dict)"
+        ) from exc
 
 
 def takes_keyword(func: Callable[..., Any], name: str) -> bool:

@@ -436,7 +436,7 @@ def map_overlap(func: Any, frame: Any, before: Any, after: Any, *args: Any, meta
     ``func`` must return one row per row it is given; each partition keeps the rows of its
     own.  ``meta`` describes the result as in ``map_partitions`` (inferred when omitted).
     """
-    from zmqdask.dataframe.planning import _ConformToMeta, meta_from
+    from zmqdask.dataframe.planning import result_meta
     from zmqdask.dataframe.wrapping import expr_of, new_collection
 
     expr = expr_of(frame)
@@ -448,16 +448,5 @@ def map_overlap(func: Any, frame: Any, before: Any, after: Any, *args: Any, meta
     if isinstance(reach_before, pd.Timedelta) or isinstance(reach_after, pd.Timedelta):
         if not isinstance(expr._meta.index, pd.DatetimeIndex):
             raise UsageError("map_overlap with a span of time needs a datetime index; give row counts instead")
-    if meta is None:
-        try:
-            meta = emulate(func, expr._meta, *args, **kwargs)
-        except Exception as exc:
-            raise UsageError(
-                f"could not infer the result of {getattr(func, '__name__', func)!r} on sample data "
-                f"({type(exc).__name__}: {exc}); pass meta="
-            ) from exc
-    else:
-        meta = meta_from(meta)
-        if isinstance(meta, (pd.DataFrame, pd.Series)):
-            func = _ConformToMeta(func, meta)
+    meta, func = result_meta(func, expr._meta, list(args), dict(kwargs), meta)
     return new_collection(MapOverlap(expr, func, reach_before, reach_after, tuple(args), dict(kwargs), meta))
