@@ -618,18 +618,20 @@ class GroupRows(Expr):
         return self.frame
 
     def _layer(self) -> dict[str, TaskSpec]:
+        from zmqdask.dataframe.shuffle import pick
+
         name, frame, n = self._name, self.frame, self.frame.npartitions
         by = self.options[0]
         layer: dict[str, TaskSpec] = {}
         for i in range(n):
             layer[f"{name}-split-{i}"] = (group_rows_split, (TaskRef(frame._key(i)), i, by, n), {})
             for j in range(n):
-                layer[f"{name}-pick-{i}.{j}"] = (_pick, (TaskRef(f"{name}-split-{i}"), j), {})
+                layer[f"{name}-pick-{i}.{j}"] = (pick, (TaskRef(f"{name}-split-{i}"), j), {})
         for j in range(n):
             pieces = [TaskRef(f"{name}-pick-{i}.{j}") for i in range(n)]
             layer[f"{name}-groups-{j}"] = (group_rows_apply, (pieces, n, self.options, self.meta), {})
             for i in range(n):
-                layer[f"{name}-back-{j}.{i}"] = (_pick, (TaskRef(f"{name}-groups-{j}"), i), {})
+                layer[f"{name}-back-{j}.{i}"] = (pick, (TaskRef(f"{name}-groups-{j}"), i), {})
         for i in range(n):
             back = [TaskRef(f"{name}-back-{j}.{i}") for j in range(n)]
             layer[self._key(i)] = (group_rows_restore, (back,), {})
@@ -637,10 +639,6 @@ class GroupRows(Expr):
 
     def _describe(self) -> str:
         return f"by={list(self.options[0])}, {self.options[2]} {self.options[3]}"
-
-
-def _pick(items: Sequence[Any], position: int) -> Any:
-    return items[position]
 
 
 _VALUES = "__zmqdask_values__"

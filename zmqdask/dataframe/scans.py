@@ -385,9 +385,6 @@ class MapOverlap(Expr):
     def _prefix(self) -> str:
         return "overlap-" + getattr(self.func, "__name__", "func").lower().strip("<>")
 
-    def _same_rows(self) -> Expr | None:
-        return None
-
     @cached_property
     def _meta(self) -> Any:
         return self.meta
