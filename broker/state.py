@@ -22,6 +22,7 @@ from broker.functions import FunctionTable
 from broker.ledger import ERRED, FORGOTTEN, MEMORY, PROCESSING, Ledger, TaskRecord, lost_data_detail
 from broker.outbox import Outbox, Outgoing, Payload, payload_nbytes
 from broker.peers import ClientPeer, Peer, PoolPeer, WorkerPeer
+from broker.runs import RunRelay
 from zmqdask import protocol
 from zmqdask.config import DIRECT_MIN_BYTES, HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, MAX_MESSAGE_BYTES
 from zmqdask.errors import ProtocolError
@@ -45,12 +46,16 @@ from zmqdask.protocol import (
     INFO_REPLY,
     KEEP,
     PLACE,
+    RAN,
     RELAY_FETCH,
     RELAY_GATHER,
     RELEASE,
+    RESTART,
+    RESTARTING,
     ROLE_CLIENT,
     ROLE_POOL,
     ROLE_WORKER,
+    RUN,
     SCATTER,
     SECEDE,
     SUBMIT,
@@ -173,6 +178,7 @@ class BrokerState:
         self._functions = FunctionTable()
         self._requests: dict[int, _Request] = {}
         self._request_ids = itertools.count(1)
+        self._runs = RunRelay(self._outbox)
         # Releases received and not applied yet (see RELEASE_KEYS_PER_STEP), oldest first,
         # and how many of them name each key.
         self._release_backlog: deque[tuple[ClientPeer, list[str]]] = deque()
@@ -210,6 +216,9 @@ class BrokerState:
             SECEDE: (self._on_secede, _WORKER),
             FORGET_FUNCTIONS: (self._on_forget_functions, _CLIENT),
             KEEP: (self._on_keep, _CLIENT),
+            RUN: (self._on_run, _CLIENT),
+            RAN: (self._on_ran, _WORKER),
+            RESTART: (self._on_restart, _CLIENT),
         }
 
     # --- public API -------------------------------------------------------------------
@@ -376,6 +385,7 @@ class BrokerState:
         for rid, request in self._requests.items():
             if request.holder.alive and rid not in request.holder.requests:
                 problems.append(f"request {rid} unknown to its holder")
+        problems.extend(self._runs.audit(self._workers))
         return problems
 
     # --- message intake ---------------------------------------------------------------
@@ -649,6 +659,7 @@ class BrokerState:
                 if request is not None:
                     self._answer_missing(request, request.keys)
             peer.requests.clear()
+            self._runs.worker_gone(peer, reason)
             for rec in orphans:
                 self._place_store(rec)
             logger.log(
@@ -664,6 +675,7 @@ class BrokerState:
             del self._clients[identity]
             self.ledger.client_removed(peer)
             self._functions.client_gone(peer)
+            self._runs.client_gone(peer)
             logger.info("%s is gone (%s)", peer.label(), reason)
         else:
             self._pools.pop(identity, None)
@@ -713,6 +725,36 @@ class BrokerState:
         self._outbox.send(peer.identity, INFO_REPLY, [message.header[0], self.info()])
 
     # --- clients ----------------------------------------------------------------------
+
+    def _on_run(self, client: ClientPeer, message: Message) -> None:
+        request_id, targets, field = message.header
+        self._runs.start(client, request_id, targets, self._workers, field, message.payload)
+
+    def _on_ran(self, worker: WorkerPeer, message: Message) -> None:
+        self._runs.answered(worker, message)
+
+    def _on_restart(self, client: ClientPeer, message: Message) -> None:
+        """``Client.restart``: every client's work ends and every pool replaces its workers.
+
+        Each client's interest goes, as if it had left (the one restarting has cancelled its
+        futures itself; the others are told CANCELLED for each of theirs), so nothing is
+        needed any more and nothing is requeued when the old workers die.  Workers outside a
+        pool stay and drop their values as the released keys are forgotten.
+        """
+        request_id = message.header[0]
+        self.ledger.kept.clear()  # fire_and_forget ends too
+        reason = f"the cluster was restarted by {client.label()}"
+        for peer in list(self._clients.values()):
+            if peer is not client:
+                for rec in peer.interest:
+                    self._outbox.report(peer, [rec.key, protocol.CANCELLED, reason, 0])
+            self.ledger.client_removed(peer)
+        pools = {pool.pool for pool in self._pools.values()}
+        replaced = [worker.identity for worker in self._workers.values() if worker.pool in pools]
+        for pool in self._pools.values():
+            self._outbox.send(pool.identity, RESTART, [request_id])
+        self._outbox.send(client.identity, RESTARTING, [request_id, replaced])
+        logger.info("%s: replacing %d workers of %d pools", reason, len(replaced), len(pools))
 
     def _on_submit(self, client: ClientPeer, message: Message) -> None:
         functions, tasks = message.header

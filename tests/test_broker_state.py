@@ -1562,3 +1562,83 @@ def test_ready_queue_pops_by_priority_then_age_whatever_the_push_order(seed: int
         rest.append(rec_out)
         rec_out.state = RELEASED
     assert rest == sorted(expected_pool, key=lambda r: (-r.priority, r.seq))
+
+
+def _runs_harness() -> Harness:
+    h = Harness()
+    h.worker(b"w1")
+    h.worker(b"w2")
+    h.client(b"c1")
+    return h
+
+
+def test_run_goes_untouched_to_every_worker_and_each_answer_back_to_its_client() -> None:
+    h = _runs_harness()
+    out = h.send(b"c1", P.RUN, [5, None, 2], [b"<call>", b"<buffer>"])
+    assert [(who, m.name) for who, m in out] == [(b"c1", "RUNNING"), (b"w1", "RUN"), (b"w2", "RUN")]
+    assert out[0][1].header == [5, [b"w1", b"w2"]]
+    run_ids = {who: m.header[0] for who, m in out[1:]}
+    for _, message in out[1:]:
+        assert message.header[1:] == [None, 2] and message.payload == [b"<call>", b"<buffer>"]
+    answer = h.send(b"w2", P.RAN, [run_ids[b"w2"], b"w2", P.FINISHED, None, 1], [b"<result>"])
+    assert [(who, m.name, m.header, m.payload) for who, m in answer] == [
+        (b"c1", "RAN", [5, b"w2", P.FINISHED, None, 1], [b"<result>"])
+    ]
+    # Answered once: the same answer again, or another worker's run id, goes nowhere.
+    assert h.send(b"w2", P.RAN, [run_ids[b"w2"], b"w2", P.FINISHED, None, 0]) == []
+    assert h.send(b"w2", P.RAN, [run_ids[b"w1"], b"w2", P.FINISHED, None, 0]) == []
+    error = ["ValueError", "no", "run-1"]
+    out = h.send(b"w1", P.RAN, [run_ids[b"w1"], b"w1", P.ERRED, error, b"<exc>"])
+    assert [(who, m.header) for who, m in out] == [(b"c1", [5, b"w1", P.ERRED, error, b"<exc>"])]
+    assert len(h.state._runs) == 0
+
+
+def test_a_run_target_that_is_absent_or_leaves_is_answered_lost() -> None:
+    h = _runs_harness()
+    out = h.send(b"c1", P.RUN, [1, [b"w1", b"gone", b"w1"], b"<call>"])
+    assert [(who, m.name) for who, m in out] == [(b"c1", "RUNNING"), (b"w1", "RUN"), (b"c1", "RAN")]
+    assert out[0][1].header == [1, [b"w1", b"gone"]]
+    assert out[2][1].header[:3] == [1, b"gone", P.LOST]
+    out = h.send(b"w1", P.GOODBYE, ["bye"])
+    lost = [m.header for who, m in out if who == b"c1" and m.name == "RAN"]
+    assert len(lost) == 1 and lost[0][:3] == [1, b"w1", P.LOST] and "left before answering" in lost[0][3]
+    assert len(h.state._runs) == 0
+
+
+def test_answers_to_a_client_that_left_are_dropped_and_runs_need_a_client() -> None:
+    h = _runs_harness()
+    out = h.send(b"c1", P.RUN, [1, [b"w1"], b"<call>"])
+    run_id = out[-1][1].header[0]
+    h.send(b"c1", P.GOODBYE, ["bye"])
+    assert len(h.state._runs) == 0
+    assert h.send(b"w1", P.RAN, [run_id, b"w1", P.FINISHED, None, b"<result>"]) == []
+    out = h.send(b"w2", P.RUN, [1, None, b"<call>"])
+    assert [m.name for _, m in out] == ["ERROR"] and out[0][1].header[0] == P.ERR_NOT_ALLOWED
+
+
+def test_restart_ends_every_clients_work_and_asks_each_pool_to_replace_its_workers() -> None:
+    h = Harness()
+    h.send(b"p1", P.HELLO, ["pool", {"pool": "pool-a", "nworkers": 1}])
+    h.worker(b"w1", pool="pool-a")
+    h.worker(b"w2")  # outside any pool
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("a", []), ("b", ["a"])])
+    h.submit(b"c2", [("c", [])])
+    out = h.send(b"c1", P.RESTART, [9])
+    sent = [(who, m.name) for who, m in out]
+    assert (b"p1", "RESTART") in sent and (b"c1", "RESTARTING") in sent
+    assert next(m.header for who, m in out if m.name == "RESTARTING") == [9, [b"w1"]]
+    # The restarting client cancelled its own futures; the other one is told.
+    reports = [e for who, m in out if m.name == "REPORT" for e in m.header[0]]
+    assert [(e[0], e[1]) for e in reports] == [("c", P.CANCELLED)]
+    assert not any(who == b"c1" and m.name == "REPORT" for who, m in out)
+    # Nothing is wanted any more: finishing the old runs feeds nobody, and a worker death
+    # requeues nothing.
+    finished = h.finish(b"w1", "a") + h.finish(b"w2", "c")
+    assert not any(m.name in ("REPORT", "COMPUTE") for _, m in finished)
+    after = h.send(b"w1", P.GOODBYE, ["bye"])
+    assert not any(m.name == "COMPUTE" for _, m in after)
+    assert h.state.ledger.counts["queued"] == 0
+    # New work after the restart runs as usual.
+    assert any(m.name == "COMPUTE" for _, m in h.submit(b"c2", [("d", [])]))

@@ -86,6 +86,8 @@ _ALWAYS_REFUSED = frozenset(
         proto.DELETE,
         proto.CANCEL_TASKS,
         proto.WORKER_DIED,
+        proto.RUNNING,
+        proto.RESTARTING,
     }
 )
 """Commands no client or worker may send: the broker refuses them by role."""

@@ -52,6 +52,31 @@ def test_report_answering_a_cancel_roundtrip() -> None:
     assert roundtrip(proto.REPORT, header).header == header
 
 
+def test_run_messages_roundtrip_and_are_validated() -> None:
+    run = roundtrip(proto.RUN, [7, [b"w1", b"w2"], 2], [b"pickled call", b"buffer"])
+    assert run.name == "RUN" and run.header == [7, [b"w1", b"w2"], 2] and len(run.payload) == 2
+    assert roundtrip(proto.RUN, [8, None, b"inline call"]).header == [8, None, b"inline call"]
+    assert roundtrip(proto.RUNNING, [7, [b"w1"]]).header == [7, [b"w1"]]
+    for header in (
+        [7, b"w1", proto.FINISHED, None, b"result"],
+        [7, b"w1", proto.ERRED, ["ValueError", "no", "run-1"], 1],
+        [7, b"w1", proto.LOST, "it left", 0],
+    ):
+        payload = [b"frame"] if header[-1] == 1 else []
+        assert roundtrip(proto.RAN, header, payload).header == header
+    bad = [
+        (proto.RUN, [7, [b""], 0], "identity"),
+        (proto.RUN, [7, "all", 0], "targets"),
+        (proto.RUNNING, [7, None], "targets"),
+        (proto.RAN, [7, b"w1", proto.FINISHED, "detail", 0], "FINISHED detail"),
+        (proto.RAN, [7, b"w1", proto.CANCELLED, "no", 0], "unknown code"),
+        (proto.RAN, [7, b"w1", proto.LOST, ["x"], 0], "LOST detail"),
+    ]
+    for command, header, match in bad:
+        with pytest.raises(ProtocolError, match=match):
+            proto.decode(proto.encode(command, header))
+
+
 def test_forget_functions_roundtrip() -> None:
     message = roundtrip(proto.FORGET_FUNCTIONS, [[FN, b"g" * 16]])
     assert message.name == "FORGET_FUNCTIONS" and message.header == [[FN, b"g" * 16]] and message.payload == []

@@ -58,9 +58,10 @@ from zmqdask.future import (
 )
 from zmqdask.graph import TaskSpec, is_collection, topological_order
 from zmqdask.local import format_bytes
+from zmqdask.runs import check_run_call, run_results, worker_targets
 from zmqdask.security import Security, as_security
 from zmqdask.serialize import PICKLE_PROTOCOL, TaskRef, dumps, loads, pickle_function
-from zmqdask.session import BrokerSession, ClientStatus
+from zmqdask.session import BrokerSession, ClientStatus, seconds
 from zmqdask.sync import LoopThread
 
 logger = logging.getLogger(__name__)
@@ -1382,6 +1383,91 @@ class Client(BrokerSession):
             return fetch()
         return self._blocking(fetch(), None, "await client.scheduler_info()")
 
+    def run(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        workers: Any = None,
+        wait: bool = True,
+        nanny: bool = False,
+        on_error: str = "raise",
+        **kwargs: Any,
+    ) -> Any:
+        """Call ``function(*args, **kwargs)`` once in each worker process, or in those named by
+        ``workers``; returns ``{worker address: result}``, as Dask does.
+
+        The call runs outside the worker's tasks, in a thread of its own: at once, even while
+        every thread of the worker is busy.  A coroutine function is awaited.  With
+        ``on_error="raise"`` the first exception is raised, ``"return"`` puts exceptions in
+        the result, ``"ignore"`` leaves their workers out.  A worker that leaves before
+        answering counts as an error (:class:`~zmqdask.errors.CommunicationError`).  With
+        ``wait=False`` the call is sent and None returned at once.
+        """
+        self._check_open()
+        check_run_call(function, nanny, on_error)
+        coro = self._run(function, args, kwargs, workers, wait, on_error)
+        if self.asynchronous:
+            return coro
+        return self._blocking(coro, None, "await client.run(function)")
+
+    async def _run(
+        self, function: Callable[..., Any], args: Any, kwargs: Any, workers: Any, wait: bool, on_error: str
+    ) -> dict[str, Any] | None:
+        address = self.address or ""
+        targets = None
+        if workers is not None:
+            targets = worker_targets(address, (await self._info()).get("workers", {}), workers)
+        try:
+            frames = dumps((function, tuple(args), dict(kwargs)))
+        except SerializationError as exc:
+            raise SerializationError(f"run: cannot send the call to the workers: {exc}", exc.obj_repr) from None
+        nbytes = sum(proto.frame_nbytes(frame) for frame in frames)
+        if nbytes > self.max_message_bytes * 3 // 4:
+            raise UsageError(
+                f"run: the function and its arguments take {nbytes} bytes, more than a message may carry; "
+                "send large data with scatter and tasks instead"
+            )
+        answers = await self._run_on(targets, frames, wait)
+        if answers is None:
+            return None
+        return run_results(address, answers, on_error, lambda key, detail, fr: self._rebuild_error(key, detail, fr)[0])
+
+    def restart(self, timeout: Any = None, wait_for_workers: bool = True) -> Any:
+        """Cancel every future and replace every worker process, as Dask's ``restart`` does.
+
+        The work of every client of the cluster ends (their futures are cancelled too), and
+        each worker pool starts fresh worker processes: values, imported modules and memory
+        go with the old ones.  With ``wait_for_workers`` it returns once as many workers as
+        before are connected again, all of them new, or raises TimeoutError after
+        ``timeout`` (seconds or a duration such as "30s"; 60 s by default).
+        """
+        self._check_open()
+        limit = RESTART_TIMEOUT_S if timeout is None else seconds(timeout, "timeout")
+        coro = self._restart(limit, wait_for_workers)
+        if self.asynchronous:
+            return coro
+        return self._blocking(coro, None, "await client.restart()")
+
+    async def _restart(self, timeout: float, wait_for_workers: bool) -> None:
+        deadline = time.monotonic() + timeout
+        before = len((await self._info()).get("workers", {}))
+        replaced = {identity.hex() for identity in await self._request_restart("the cluster was restarted")}
+        if not wait_for_workers:
+            return
+        delay = WORKERS_POLL_FIRST_S
+        while True:
+            workers = (await self._info()).get("workers", {})
+            if len(workers) >= before and replaced.isdisjoint(workers):
+                return
+            if time.monotonic() >= deadline:
+                new = len(set(workers) - replaced)
+                raise ZmqdaskTimeoutError(
+                    f"{new} of {before} workers were back within {timeout} s of the restart; "
+                    "wait with client.wait_for_workers(n)"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, WORKERS_POLL_MAX_S)
+
     def nthreads(self) -> Any:
         """Worker address -> number of threads."""
         self._check_open()
@@ -1491,6 +1577,8 @@ _LEAF_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 WORKERS_POLL_FIRST_S = 0.005
 WORKERS_POLL_MAX_S = 0.05
+RESTART_TIMEOUT_S = 60.0
+"""How long ``restart`` waits for the workers to come back when no timeout is given."""
 """wait_for_workers asks the broker every few milliseconds at first (a local cluster's
 workers register within about half a second of its start), then less often."""
 
@@ -1518,11 +1606,9 @@ def _collector_paused(count: int) -> Iterator[None]:
 
 
 _UNSUPPORTED_DASK_METHODS = {
-    "run": "it cannot target each worker; submit a task, or start workers with the set-up they need",
     "run_on_scheduler": "the broker runs no user code; compute in a task or in the client",
     "who_has": "the broker keeps placement to itself; scheduler_info() gives each worker's keys and bytes",
     "has_what": "the broker keeps placement to itself; scheduler_info() gives each worker's keys and bytes",
-    "restart": "close the client and create a new one (a local cluster restarts with it)",
     "upload_file": "local workers import from the client's sys.path; install modules where remote workers run",
     "register_worker_plugin": "there are no plugins; do per-worker set-up at import time of your module",
     "register_plugin": "there are no plugins; do per-worker set-up at import time of your module",

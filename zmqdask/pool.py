@@ -38,7 +38,7 @@ from zmqdask.direct import check_data_address
 from zmqdask.errors import ProtocolError, UsageError
 from zmqdask.executor import clear_slots, read_slots, slots_nbytes, slots_view
 from zmqdask.local import format_bytes
-from zmqdask.protocol import ROLE_POOL, ROLE_WORKER, WORKER_DIED, decode
+from zmqdask.protocol import RESTART, ROLE_POOL, ROLE_WORKER, WORKER_DIED, decode
 from zmqdask.security import Security
 from zmqdask.worker import (
     CONTROL_COMMANDS,
@@ -144,6 +144,8 @@ class _Child:
         self.started_at = 0.0
         self.quick_deaths = 0
         self.restart_at: float | None = None
+        self.replacing = False
+        """Killed on the broker's RESTART: to be started again at once, not as a crash."""
 
 
 class PoolManager:
@@ -366,6 +368,15 @@ class PoolManager:
         if self._stopping:
             return
         now = time.monotonic()
+        if child.replacing:
+            child.replacing = False
+            child.quick_deaths = 0
+            child.restart_at = now
+            logger.info("worker %s (pid %s) stopped for a restart of the cluster", child.identity.decode(), pid)
+            if self._link is not None:
+                # No running keys: the tasks were cancelled before, none is to blame.
+                self._link.send(WORKER_DIED, [child.identity, [], exitcode])
+            return
         logger.warning(
             "worker %s (pid %s) died with exit code %s%s",
             child.identity.decode(),
@@ -396,12 +407,27 @@ class PoolManager:
             except ProtocolError as exc:
                 logger.debug("dropped a malformed message from the broker: %s", exc)
                 continue
+            if message.command == RESTART:
+                self._replace_children()
+                continue
             if message.command not in CONTROL_COMMANDS:
                 logger.debug("ignoring unexpected %s from the broker", message.name)
                 continue
             if link.handle(message) is LinkEvent.FORGOTTEN:
                 link.reconnect()
                 return
+
+    def _replace_children(self) -> None:
+        """Kill every worker process (each sentinel then starts its replacement at once)."""
+        now = time.monotonic()
+        for child in self._children:
+            process = child.process
+            if process is None:
+                child.restart_at = now  # waiting out a crash back-off: start it now
+                child.quick_deaths = 0
+            elif process.exitcode is None:
+                child.replacing = True
+                process.kill()
 
     def _enforce_memory_limit(self) -> None:
         # Killing is enough: the sentinel then reports the death with the keys the worker

@@ -62,6 +62,23 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
                                               again before I use them; broker -> worker: no
                                               task of yours uses these any more, drop them
 
+    RUN          [request_id, targets, nframes]   client -> broker: call this function on these
+                                              workers (identities; None for all of them), outside
+                                              their tasks; broker -> worker: [run_id, None, nframes].
+                                              The payload is the pickled (function, args, kwargs)
+    RUNNING      [request_id, targets]        broker -> client: RUN went to these workers; one
+                                              RAN per target follows
+    RAN          [request_id, identity, code, detail, nframes]   worker -> broker (identity is
+                                              its own) and broker -> client: one worker's answer.
+                                              code FINISHED (detail None; payload the pickled
+                                              result), ERRED (as in DONE) or LOST (detail the
+                                              reason: the worker died or was never there)
+    RESTART      [request_id]                 client -> broker: cancel every client's work and
+                                              replace every pool's worker processes;
+                                              broker -> pool: replace your workers now
+    RESTARTING   [request_id, replaced]       broker -> client: done; the workers (identities)
+                                              being replaced
+
 A worker started with a data address also listens there for clients and other workers (see
 :mod:`zmqdask.direct`), on a ROUTER socket of its own.  It answers GET with DATA, and takes
 STORE as from the broker (confirming to the broker with DONE): a client told ELSEWHERE, or a
@@ -134,6 +151,11 @@ PLACE = 32
 FETCH_FROM = 33
 RELAY_FETCH = 34
 KEEP = 35
+RUN = 36
+RAN = 37
+RUNNING = 38
+RESTART = 39
+RESTARTING = 40
 
 COMMAND_NAMES: dict[int, str] = {
     value: name
@@ -566,6 +588,53 @@ def _v_fn_hashes(h: list[Any]) -> int:
     return 0
 
 
+def _v_run(h: list[Any]) -> int:
+    _arity(h, 3)
+    _count(h[0])
+    if h[1] is not None:
+        _check(type(h[1]) is list, "targets must be a list or None")
+        for identity in h[1]:
+            _identity(identity)
+    return _frames(h[2])
+
+
+def _v_running(h: list[Any]) -> int:
+    _arity(h, 2)
+    _count(h[0])
+    _check(type(h[1]) is list, "targets must be a list")
+    for identity in h[1]:
+        _identity(identity)
+    return 0
+
+
+def _v_ran(h: list[Any]) -> int:
+    _arity(h, 5)
+    _count(h[0])
+    _identity(h[1])
+    code, detail = h[2], h[3]
+    if code == FINISHED and type(code) is int:
+        _check(detail is None, "FINISHED detail must be None")
+    elif code == ERRED and type(code) is int:
+        _check(
+            type(detail) is list and len(detail) == 3 and all(type(d) is str for d in detail),
+            "ERRED detail must be [type_name, message, origin_key]",
+        )
+    elif code == LOST and type(code) is int:
+        _check(type(detail) is str, "LOST detail must be a string")
+    else:
+        raise ProtocolError(f"unknown code {code!r:.20}")
+    return _frames(h[4])
+
+
+def _v_restarting(h: list[Any]) -> int:
+    _arity(h, 2)
+    _count(h[0])
+    _check(type(h[1]) is list, "replaced must be a list")
+    for identity in h[1]:
+        _identity(identity)
+    return 0
+
+
 def _v_worker_died(h: list[Any]) -> int:
     _arity(h, 3)
     _identity(h[0])
@@ -605,6 +674,11 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     SECEDE: _v_keys,
     FORGET_FUNCTIONS: _v_fn_hashes,
     KEEP: _v_keys,
+    RUN: _v_run,
+    RUNNING: _v_running,
+    RAN: _v_ran,
+    RESTART: _v_info,
+    RESTARTING: _v_restarting,
 }
 
 

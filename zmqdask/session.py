@@ -69,6 +69,7 @@ from zmqdask.future import (
     FutureState,
     failure_of,
 )
+from zmqdask.runs import Answer, RunWaiter
 from zmqdask.security import HandshakeMonitor, Security
 from zmqdask.serialize import dumps, loads, loads_error, traceback_from_text
 from zmqdask.sync import LoopThread
@@ -181,6 +182,10 @@ class BrokerSession:
         self._epoch = ""
         self._welcome: asyncio.Future[None] | None = None
         self._info_requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._runs: dict[int, RunWaiter] = {}
+        self._restarts: dict[int, asyncio.Future[list[bytes]]] = {}
+        """``Client.restart`` calls waiting for the broker's RESTARTING, by request id."""
+        """``Client.run`` calls waiting for their answers, by request id."""
         self._goodbye_answered: asyncio.Future[None] | None = None
         self._next_request = 0
         self._last_sent = 0.0
@@ -652,6 +657,14 @@ class BrokerSession:
             self._welcome.set_result(None)
         if reconnected or changed:
             logger.info("re-registered with broker %s (epoch %s)", self.address, epoch)
+            # The broker that answers now does not know our runs (a new one, or the same one
+            # that declared us gone): no answer will come for them.
+            self._fail_runs(
+                BrokerLostError(
+                    f"the connection to the broker at {self.address} was lost during client.run: the function "
+                    "may or may not have run on each worker; run it again if it is safe to"
+                )
+            )
             self.status = ClientStatus.RUNNING
             self._lost_since = None
             self._resubmit_all()
@@ -697,6 +710,77 @@ class BrokerSession:
         waiter = self._info_requests.pop(request_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(info)
+
+    def _on_running(self, message: proto.Message) -> None:
+        request_id, targets = message.header
+        waiter = self._runs.get(request_id)
+        if waiter is not None:
+            waiter.running(targets)
+
+    def _on_ran(self, message: proto.Message) -> None:
+        request_id, identity, code, detail, field = message.header
+        waiter = self._runs.get(request_id)
+        if waiter is not None:
+            frames, _ = proto.entry_payload(field, message.payload, 0)
+            waiter.answered(identity, (code, detail, frames))
+
+    def _on_restarting(self, message: proto.Message) -> None:
+        request_id, replaced = message.header
+        waiter = self._restarts.pop(request_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(replaced)
+
+    async def _request_restart(self, reason: str) -> list[bytes]:
+        """Cancel every future here, have the broker end every client's work and its pools
+        replace their workers; returns the identities of the workers being replaced."""
+        assert self._loop is not None
+        self._next_request += 1
+        request_id = self._next_request
+        waiter: asyncio.Future[list[bytes]] = self._loop.create_future()
+        self._restarts[request_id] = waiter
+        self._flush()  # what was submitted before goes first, and is dropped with the rest
+        with self._lock:
+            self._kept.clear()
+            states = [s for s in self._futures.values() if s.status in (PENDING, FINISHED)]
+        for state in states:
+            if state.status not in (PENDING, FINISHED):
+                continue  # a batch failed with an earlier one
+            state.value = None
+            state.has_value = False
+            state.status = PENDING  # so that it can fail
+            error = FutureCancelledError(f"{state.key} was cancelled: {reason}", state.key)
+            self._set_failed(state, CANCELLED, error, None)
+        self._send(proto.encode(proto.RESTART, [request_id]))
+        try:
+            return await asyncio.wait_for(waiter, self.timeout)
+        except asyncio.TimeoutError:
+            raise ZmqdaskTimeoutError(f"the broker did not answer a restart within {self.timeout} s") from None
+        finally:
+            self._restarts.pop(request_id, None)
+
+    def _fail_runs(self, error: BaseException) -> None:
+        runs, self._runs = self._runs, {}
+        for waiter in runs.values():
+            waiter.fail(error)
+
+    async def _run_on(self, targets: list[bytes] | None, frames: list[Any], wait: bool) -> dict[bytes, Answer] | None:
+        """Send a pickled call to the workers ``targets`` (all if None); with ``wait``, return
+        each worker's answer once all have answered (each is answered: see broker.runs)."""
+        assert self._loop is not None
+        self._next_request += 1
+        request_id = self._next_request
+        field = proto.payload_field(frames)
+        waiter = None
+        if wait:
+            waiter = self._runs[request_id] = RunWaiter(self._loop)
+        self._flush()  # the tasks submitted before the call reach the broker first
+        self._send(proto.encode(proto.RUN, [request_id, targets, field], frames if type(field) is not bytes else ()))
+        if waiter is None:
+            return None
+        try:
+            return await waiter.done
+        finally:
+            self._runs.pop(request_id, None)
 
     def _on_report(self, message: proto.Message) -> None:
         payload = message.payload
@@ -920,6 +1004,9 @@ class BrokerSession:
         proto.ERROR: _on_error,
         proto.INFO_REPLY: _on_info_reply,
         proto.REPORT: _on_report,
+        proto.RUNNING: _on_running,
+        proto.RAN: _on_ran,
+        proto.RESTARTING: _on_restarting,
     }
 
     def _set_failed(self, state: FutureState, status: str, exc: BaseException, text: str | None) -> None:
@@ -1006,6 +1093,7 @@ class BrokerSession:
             self._seconds_per_call[entry[1]] = measured if known is None else (known + measured) / 2
 
     def _fail_pending(self, exc: BaseException, status: str) -> None:
+        self._fail_runs(exc)
         for state in list(self._futures.values()):
             if not state.has_value and state.status in (PENDING, FINISHED):
                 state.status = PENDING  # let _set_failed record the failure

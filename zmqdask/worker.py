@@ -89,8 +89,10 @@ from zmqdask.protocol import (
     HEARTBEAT,
     HELLO,
     MISSING_DEPS,
+    RAN,
     RELAY_FETCH,
     ROLE_WORKER,
+    RUN,
     SECEDE,
     STORE,
     UNKNOWN_PEER,
@@ -99,6 +101,7 @@ from zmqdask.protocol import (
     entry_payload,
     payload_field,
 )
+from zmqdask.runs import WorkerRuns
 from zmqdask.security import HandshakeMonitor, Security
 
 logger = logging.getLogger(__name__)
@@ -559,7 +562,9 @@ class Worker:
             DELETE: self._on_delete,
             CANCEL_TASKS: self._on_cancel_tasks,
             FORGET_FUNCTIONS: self._on_forget_functions,
+            RUN: self._on_run,
         }
+        self._runs = WorkerRuns(self.name, self._wake_main, lambda: self._link.max_message_bytes * 3 // 4)
 
     def hello_info(self) -> dict[str, Any]:
         """The ``info`` map of this worker's HELLO."""
@@ -798,9 +803,13 @@ class Worker:
         return False
 
     def _send_results(self) -> None:
-        """Send DONE for every task finished so far (lock held)."""
+        """Send DONE for every task finished so far, and RAN for every run (lock held)."""
         self._collect()
         self._flush_done()
+        for run_id, code, detail, frames in self._runs.take_answers():
+            field = payload_field(frames)
+            payload = frames if type(field) is not bytes else ()
+            self._link.send(RAN, [run_id, self.identity, code, detail, field], payload)
 
     def _wake_main(self) -> None:
         """Called by an executor thread: results wait for the main thread to collect them."""
@@ -1004,6 +1013,7 @@ class Worker:
         )
         # Tasks still running finish later with the old generation and are discarded.
         self._generation += 1
+        self._runs.forget()
         self._inline = None
         for task in self._tasks.values():
             self._executor.cancel(task)
@@ -1360,6 +1370,11 @@ class Worker:
         # function again with the next task that needs it.
         for fn in self._functions.forget(message.header[0]):
             self._quick.forget(fn)
+
+    def _on_run(self, message: Message) -> None:
+        run_id, _, field = message.header
+        frames, _ = entry_payload(field, message.payload, 0)
+        self._runs.start(run_id, frames)
 
     def _on_cancel_tasks(self, message: Message) -> None:
         for key in message.header[0]:

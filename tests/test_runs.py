@@ -1,0 +1,139 @@
+"""``Client.run`` on a real broker and worker processes: one call per worker, outside tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from zmqdask import Client, LocalCluster
+from zmqdask.errors import CommunicationError, SerializationError, UsageError
+
+
+def _pid_and(value: int, scale: int = 1) -> tuple[int, int]:
+    return os.getpid(), value * scale
+
+
+def _fail() -> None:
+    raise ValueError("no such setting on this worker")
+
+
+def _wait_for_file(path: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.01)
+    return path
+
+
+def _touch(path: str) -> None:
+    Path(path).write_text("ran")
+
+
+def test_run_calls_the_function_once_in_each_worker_process(client: Client) -> None:
+    pids = client.run(os.getpid)
+    workers = client.scheduler_info()["workers"]
+    assert set(pids) == set(workers)
+    assert pids == {address: details["pid"] for address, details in workers.items()}
+    assert os.getpid() not in pids.values() and len(set(pids.values())) == 2
+
+
+def test_run_passes_arguments_selects_workers_and_awaits_coroutines(client: Client) -> None:
+    results = client.run(_pid_and, 21, scale=2)
+    assert sorted(value for _, value in results.values()) == [42, 42]
+    one = sorted(results)[0]
+    worker_id = one.rsplit("/", 1)[1]
+    name = client.scheduler_info()["workers"][one]["name"]
+    for selector in ([one], one, [worker_id], [name]):
+        assert client.run(_pid_and, 1, workers=selector) == {one: (results[one][0], 1)}
+
+    async def later(value: int) -> int:
+        await asyncio.sleep(0)
+        return value + 1
+
+    assert list(client.run(later, 1).values()) == [2, 2]
+
+
+def test_run_answers_while_every_worker_thread_is_busy(client: Client, tmp_path: Path) -> None:
+    release = str(tmp_path / "release")
+    # Two single-threaded workers, each running a task that waits for the file.
+    futures = [client.submit(_wait_for_file, release, pure=False) for _ in range(2)]
+    try:
+        pids = client.run(os.getpid)
+        assert len(pids) == 2
+        # The run came back while the tasks could not have finished: they wait for this file.
+        assert not any(future.done() for future in futures)
+    finally:
+        _touch(release)
+    assert client.gather(futures) == [release, release]
+
+
+def test_run_errors_are_raised_returned_or_left_out(client: Client) -> None:
+    with pytest.raises(ValueError, match="no such setting"):
+        client.run(_fail)
+    returned = client.run(_fail, on_error="return")
+    assert len(returned) == 2 and all(isinstance(value, ValueError) for value in returned.values())
+    assert client.run(_fail, on_error="ignore") == {}
+    # A result that cannot travel back is an error like any other, not a hang.
+    with pytest.raises(SerializationError):
+        client.run(threading.Lock)
+    assert len(client.run(os.getpid)) == 2
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda c: c.run(os.getpid, workers=["tcp://nowhere:1/abc"]), "no connected worker is named"),
+        (lambda c: c.run(os.getpid, on_error="log"), "on_error"),
+        (lambda c: c.run(os.getpid, nanny=True), "nanny=True"),
+        (lambda c: c.run(lambda dask_worker: 1), "dask_worker"),
+        (lambda c: c.run(42), "callable"),
+    ],
+)
+def test_run_refuses_what_it_cannot_do_with_what_to_do(
+    client: Client, call: Callable[[Client], object], match: str
+) -> None:
+    with pytest.raises(UsageError, match=match):
+        call(client)
+    assert len(client.run(os.getpid)) == 2
+
+
+def test_run_without_waiting_returns_at_once_and_still_runs(
+    client: Client, tmp_path: Path, wait_until: Callable[..., None]
+) -> None:
+    marker = tmp_path / "marker"
+    assert client.run(_touch, str(marker), wait=False) is None
+    wait_until(marker.exists, timeout=30)
+
+
+def test_run_on_an_asynchronous_client(run_async: Callable[..., object]) -> None:
+    async def body(c: Client) -> object:
+        pids = await c.run(os.getpid)
+        return sorted(pids.values()) == sorted(d["pid"] for d in (await c.scheduler_info())["workers"].values())
+
+    assert run_async(body) is True
+
+
+def test_a_worker_that_dies_during_a_run_is_an_error_and_its_replacement_answers_the_next(
+    wait_until: Callable[..., None],
+) -> None:
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster, timeout=30) as client:
+        client.wait_for_workers(1, timeout=60)
+        (first,) = client.run(os.getpid).values()
+        with pytest.raises(CommunicationError, match="left before answering"):
+            client.run(os._exit, 3)
+
+        def replaced() -> bool:
+            workers = client.scheduler_info()["workers"]
+            return len(workers) == 1 and next(iter(workers.values()))["pid"] != first
+
+        wait_until(replaced, timeout=60)
+        (second,) = client.run(os.getpid).values()
+        assert second != first
+        assert client.submit(_pid_and, 5).result(timeout=30)[1] == 5
