@@ -11,28 +11,46 @@ Every target is answered exactly once: by its worker, or by the broker with LOST
 target is not connected or dies before answering.  So a client waiting for a run waits at
 most as long as its workers live (or the function runs), never for a message that cannot
 come.  Answers for a client that left are dropped.
+
+A SETUP is a RUN that the broker also keeps, by name, and sends to every worker that
+registers later, right after its WELCOME and so before any task (``upload_file``,
+``register_worker_callbacks``).  Nobody waits for those later answers; a failure is logged.
+At most :data:`MAX_SETUPS` calls of at most :data:`MAX_SETUP_BYTES` in all are kept, the
+oldest dropped first (with a warning).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from broker.outbox import Outbox
+from broker.outbox import Outbox, payload_nbytes
 from broker.peers import ClientPeer, WorkerPeer
-from zmqdask.protocol import LOST, RAN, RUN, RUNNING, Message
+from zmqdask.protocol import ERRED, LOST, RAN, RUN, RUNNING, SETUP, Message
+
+logger = logging.getLogger(__name__)
+
+MAX_SETUPS = 64
+"""Most set-up calls kept for workers that register later."""
+
+MAX_SETUP_BYTES = 512 * 1024 * 1024
+"""Most bytes of set-up calls kept (an uploaded package counts whole)."""
 
 
 class RunRelay:
     """The runs in flight: which client asked, under which request id, and which worker runs it."""
 
-    __slots__ = ("_by_worker", "_ids", "_outbox", "_runs")
+    __slots__ = ("_by_worker", "_ids", "_outbox", "_runs", "_setups")
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        self._runs: dict[int, tuple[ClientPeer, int, bytes]] = {}
-        """Broker-side run id -> (client, the client's request id, target identity)."""
+        self._runs: dict[int, tuple[ClientPeer | None, int, bytes]] = {}
+        """Broker-side run id -> (client, the client's request id, target identity); no
+        client for a kept set-up sent to a worker that registered later."""
+        self._setups: dict[str, tuple[int | bytes, list[Any]]] = {}
+        """Kept set-up calls by name, oldest first: (payload field, frames)."""
         self._by_worker: dict[bytes, set[int]] = {}
         self._ids = itertools.count(1)
 
@@ -47,8 +65,12 @@ class RunRelay:
         workers: Mapping[bytes, WorkerPeer],
         field: int | bytes,
         frames: list[Any],
+        setup: str | None = None,
     ) -> None:
-        """Send the call to each target (every registered worker if ``targets`` is None)."""
+        """Send the call to each target (every registered worker if ``targets`` is None);
+        ``setup`` names a SETUP, kept for the workers that register later."""
+        if setup is not None:
+            self._keep(setup, field, frames)
         chosen = list(workers) if targets is None else list(dict.fromkeys(targets))
         # RUNNING first: the client learns how many answers to wait for before any comes.
         self._outbox.send(client.identity, RUNNING, [request_id, chosen])
@@ -60,7 +82,28 @@ class RunRelay:
             self._runs[run_id] = (client, request_id, identity)
             self._by_worker.setdefault(identity, set()).add(run_id)
             # The same frames to every target, untouched (as a broadcast SCATTER's).
-            self._outbox.send(identity, RUN, [run_id, None, field], frames)
+            if setup is None:
+                self._outbox.send(identity, RUN, [run_id, None, field], frames)
+            else:
+                self._outbox.send(identity, SETUP, [run_id, setup, field], frames)
+
+    def worker_joined(self, worker: WorkerPeer) -> None:
+        """Send a newly registered worker every kept set-up (before anything else: the
+        outbox sends these unbatched messages ahead of its STORE and COMPUTE batches)."""
+        for name, (field, frames) in self._setups.items():
+            run_id = next(self._ids)
+            self._runs[run_id] = (None, 0, worker.identity)
+            self._by_worker.setdefault(worker.identity, set()).add(run_id)
+            self._outbox.send(worker.identity, SETUP, [run_id, name, field], frames)
+
+    def _keep(self, name: str, field: int | bytes, frames: list[Any]) -> None:
+        self._setups.pop(name, None)  # the same name again replaces it, and becomes newest
+        self._setups[name] = (field, frames)
+        total = sum(_size(entry) for entry in self._setups.values())
+        while len(self._setups) > 1 and (len(self._setups) > MAX_SETUPS or total > MAX_SETUP_BYTES):
+            oldest = next(iter(self._setups))
+            total -= _size(self._setups.pop(oldest))
+            logger.warning("dropped the oldest worker set-up %r: workers that register later will not run it", oldest)
 
     def answered(self, worker: WorkerPeer, message: Message) -> None:
         """A worker's RAN: pass it on to the client that asked, if it is still here."""
@@ -71,6 +114,10 @@ class RunRelay:
         del self._runs[run_id]
         self._forget(worker.identity, run_id)
         client, request_id, identity = entry
+        if client is None:
+            if code == ERRED:
+                logger.warning("a worker set-up failed on %s: %s: %s", worker.label(), detail[0], detail[1])
+            return
         if client.alive:
             self._outbox.send(client.identity, RAN, [request_id, identity, code, detail, field], message.payload)
 
@@ -78,7 +125,7 @@ class RunRelay:
         """Answer LOST for each run the worker had not answered."""
         for run_id in sorted(self._by_worker.pop(worker.identity, ())):
             client, request_id, identity = self._runs.pop(run_id)
-            if client.alive:
+            if client is not None and client.alive:
                 text = f"{worker.label()} left before answering ({reason})"
                 self._outbox.send(client.identity, RAN, [request_id, identity, LOST, text, 0])
 
@@ -94,7 +141,7 @@ class RunRelay:
         for run_id, (client, _, identity) in self._runs.items():
             if identity not in workers:
                 problems.append(f"run {run_id} waits for {identity.hex()}, which is not registered")
-            if not client.alive:
+            if client is not None and not client.alive:
                 problems.append(f"run {run_id} is kept for a client that left")
             if run_id not in self._by_worker.get(identity, ()):
                 problems.append(f"run {run_id} is missing from its worker's runs")
@@ -106,3 +153,8 @@ class RunRelay:
             runs.discard(run_id)
             if not runs:
                 del self._by_worker[identity]
+
+
+def _size(entry: tuple[int | bytes, list[Any]]) -> int:
+    field, frames = entry
+    return len(field) if type(field) is bytes else payload_nbytes(frames)

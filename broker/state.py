@@ -58,6 +58,7 @@ from zmqdask.protocol import (
     RUN,
     SCATTER,
     SECEDE,
+    SETUP,
     SUBMIT,
     UNKNOWN_PEER,
     WELCOME,
@@ -219,6 +220,7 @@ class BrokerState:
             RUN: (self._on_run, _CLIENT),
             RAN: (self._on_ran, _WORKER),
             RESTART: (self._on_restart, _CLIENT),
+            SETUP: (self._on_setup, _CLIENT),
         }
 
     # --- public API -------------------------------------------------------------------
@@ -578,6 +580,7 @@ class BrokerState:
         logger.info("registered %s", peer.label())
         if isinstance(peer, WorkerPeer):
             self._workers[sender] = peer
+            self._runs.worker_joined(peer)
             pending = self.ledger.pending_stores
             while pending:
                 rec = pending.popleft()
@@ -729,6 +732,10 @@ class BrokerState:
     def _on_run(self, client: ClientPeer, message: Message) -> None:
         request_id, targets, field = message.header
         self._runs.start(client, request_id, targets, self._workers, field, message.payload)
+
+    def _on_setup(self, client: ClientPeer, message: Message) -> None:
+        request_id, name, field = message.header
+        self._runs.start(client, request_id, None, self._workers, field, message.payload, setup=name)
 
     def _on_ran(self, worker: WorkerPeer, message: Message) -> None:
         self._runs.answered(worker, message)

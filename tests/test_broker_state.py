@@ -1642,3 +1642,47 @@ def test_restart_ends_every_clients_work_and_asks_each_pool_to_replace_its_worke
     assert h.state.ledger.counts["queued"] == 0
     # New work after the restart runs as usual.
     assert any(m.name == "COMPUTE" for _, m in h.submit(b"c2", [("d", [])]))
+
+
+def test_a_setup_is_kept_for_workers_that_register_later_and_reaches_them_before_tasks() -> None:
+    h = Harness()
+    h.worker(b"w1")
+    h.client(b"c1")
+    out = h.send(b"c1", P.SETUP, [3, "upload_file:mod.py", 1], [b"<call>"])
+    assert [(who, m.name) for who, m in out] == [(b"c1", "RUNNING"), (b"w1", "SETUP")]
+    assert out[1][1].header[1:] == ["upload_file:mod.py", 1] and out[1][1].payload == [b"<call>"]
+    answer = h.send(b"w1", P.RAN, [out[1][1].header[0], b"w1", P.FINISHED, None, b"<path>"])
+    assert [(who, m.header[:3]) for who, m in answer] == [(b"c1", [3, b"w1", P.FINISHED])]
+    # The same name replaces the call; another name adds one.
+    h.send(b"c1", P.SETUP, [4, "upload_file:mod.py", b"<call v2>"])
+    h.send(b"c1", P.SETUP, [5, "setup:other", b"<other>"])
+    h.submit(b"c1", [("t", [])])
+    out = h.worker(b"w2")
+    names = [m.name for who, m in out if who == b"w2"]
+    assert names[:3] == ["WELCOME", "SETUP", "SETUP"]
+    setups = [m for who, m in out if who == b"w2" and m.name == "SETUP"]
+    expected = [("upload_file:mod.py", b"<call v2>"), ("setup:other", b"<other>")]
+    assert [(m.header[1], m.header[2]) for m in setups] == expected
+    # Nobody waits for these answers: they go nowhere (a failure is only logged).
+    error = ["ImportError", "no module", "setup-1"]
+    assert h.send(b"w2", P.RAN, [setups[0].header[0], b"w2", P.ERRED, error, b"<exc>"]) == []
+    assert h.send(b"w2", P.RAN, [setups[1].header[0], b"w2", P.FINISHED, None, b"<r>"]) == []
+    assert len(h.state._runs) == 2  # w1's runs of the last two, still unanswered
+
+
+def test_kept_setups_are_bounded_oldest_dropped_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import broker.runs
+
+    monkeypatch.setattr(broker.runs, "MAX_SETUPS", 2)
+    monkeypatch.setattr(broker.runs, "MAX_SETUP_BYTES", 10)
+    h = Harness()
+    h.client(b"c1")
+    for name in ("a", "b", "c"):
+        h.send(b"c1", P.SETUP, [1, name, b"x"])
+    big = h.send(b"c1", P.SETUP, [2, "big", b"y" * 20])  # too big for the bound: kept alone
+    assert [m.name for _, m in big] == ["RUNNING"]
+    out = h.worker(b"w1")
+    assert [m.header[1] for _, m in out if m.name == "SETUP"] == ["big"]
+    h.send(b"c1", P.SETUP, [3, "d", b"z"])
+    out = h.worker(b"w2")
+    assert [m.header[1] for _, m in out if m.name == "SETUP"] == ["d"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -137,3 +138,75 @@ def test_a_worker_that_dies_during_a_run_is_an_error_and_its_replacement_answers
         (second,) = client.run(os.getpid).values()
         assert second != first
         assert client.submit(_pid_and, 5).result(timeout=30)[1] == 5
+
+
+def _import_value(name: str) -> object:
+    import importlib
+
+    return importlib.import_module(name).VALUE
+
+
+def test_upload_file_makes_a_module_importable_and_a_new_upload_replaces_it(client: Client, tmp_path: Path) -> None:
+    module = tmp_path / "zmqdask_uploaded_mod.py"
+    module.write_text("VALUE = 'first'\n")
+    paths = client.upload_file(str(module))
+    assert len(paths) == 2 and all(path.endswith("zmqdask_uploaded_mod.py") for path in paths.values())
+    assert client.submit(_import_value, "zmqdask_uploaded_mod", pure=False).result(timeout=30) == "first"
+    module.write_text("VALUE = 'second'\n")
+    client.upload_file(str(module))
+    values = client.gather([client.submit(_import_value, "zmqdask_uploaded_mod", pure=False) for _ in range(4)])
+    assert values == ["second"] * 4
+    with pytest.raises(UsageError, match="cannot read"):
+        client.upload_file(str(tmp_path / "missing.py"))
+
+
+def test_upload_file_of_a_zipped_package(client: Client, tmp_path: Path) -> None:
+    import zipfile
+
+    archive = tmp_path / "zmqdask_zipped.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("zmqdask_zipped_pkg/__init__.py", "VALUE = 42\n")
+    client.upload_file(str(archive))
+    assert client.submit(_import_value, "zmqdask_zipped_pkg", pure=False).result(timeout=30) == 42
+
+
+def _mark_when(started: str, release: str) -> int:
+    import builtins
+
+    _touch(started)
+    _wait_for_file(release)
+    builtins.zmqdask_test_marked = os.getpid()  # type: ignore[attr-defined]
+    return os.getpid()
+
+
+def _marked() -> bool:
+    import builtins
+
+    return getattr(builtins, "zmqdask_test_marked", None) == os.getpid()
+
+
+def test_a_set_up_runs_before_the_tasks_that_follow_it_and_on_every_new_worker(
+    tmp_path: Path, wait_until: Callable[..., None]
+) -> None:
+    started, release = tmp_path / "started", str(tmp_path / "release")
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster, timeout=30) as client:
+        client.wait_for_workers(1, timeout=60)
+        results: list[object] = []
+        setup = functools.partial(_mark_when, str(started), release)
+        registering = threading.Thread(target=lambda: results.append(client.register_worker_callbacks(setup)))
+        registering.start()
+        try:
+            wait_until(started.exists, timeout=30)
+            # Sent while the set-up waits: the worker holds the task back until it is done.
+            future = client.submit(_marked, pure=False)
+            assert not future.done()
+        finally:
+            _touch(release)
+        registering.join(60)
+        assert future.result(timeout=30) is True
+        assert len(results) == 1 and len(results[0]) == 1  # type: ignore[arg-type]
+        # A worker that starts later (here: after a restart) runs it before its first task.
+        started.unlink()  # the new worker's set-up finds the release at once
+        client.restart()
+        assert client.submit(_marked, pure=False).result(timeout=30) is True
+        assert all(client.run(_marked).values())

@@ -58,7 +58,7 @@ from zmqdask.future import (
 )
 from zmqdask.graph import TaskSpec, is_collection, topological_order
 from zmqdask.local import format_bytes
-from zmqdask.runs import check_run_call, run_results, worker_targets
+from zmqdask.runs import UploadedFile, check_run_call, run_results, worker_targets
 from zmqdask.security import Security, as_security
 from zmqdask.serialize import PICKLE_PROTOCOL, TaskRef, dumps, loads, pickle_function
 from zmqdask.session import BrokerSession, ClientStatus, seconds
@@ -1417,20 +1417,72 @@ class Client(BrokerSession):
         targets = None
         if workers is not None:
             targets = worker_targets(address, (await self._info()).get("workers", {}), workers)
+        answers = await self._run_on(targets, self._run_frames(function, args, kwargs), wait)
+        if answers is None:
+            return None
+        return run_results(address, answers, on_error, self._run_error)
+
+    def _run_frames(self, function: Callable[..., Any], args: Any, kwargs: Any) -> list[Any]:
+        """The pickled call of a run or a set-up, refused at once if it cannot travel."""
         try:
             frames = dumps((function, tuple(args), dict(kwargs)))
         except SerializationError as exc:
-            raise SerializationError(f"run: cannot send the call to the workers: {exc}", exc.obj_repr) from None
+            raise SerializationError(f"cannot send the call to the workers: {exc}", exc.obj_repr) from None
         nbytes = sum(proto.frame_nbytes(frame) for frame in frames)
         if nbytes > self.max_message_bytes * 3 // 4:
             raise UsageError(
-                f"run: the function and its arguments take {nbytes} bytes, more than a message may carry; "
-                "send large data with scatter and tasks instead"
+                f"the function and its arguments take {nbytes} bytes, more than a message may carry "
+                f"({self.max_message_bytes}); send large data with scatter and tasks instead"
             )
-        answers = await self._run_on(targets, frames, wait)
-        if answers is None:
-            return None
-        return run_results(address, answers, on_error, lambda key, detail, fr: self._rebuild_error(key, detail, fr)[0])
+        return frames
+
+    def _run_error(self, origin: str, detail: Any, frames: list[Any]) -> BaseException:
+        return self._rebuild_error(origin, detail, frames)[0]
+
+    def upload_file(self, filename: str, load: bool = True) -> Any:
+        """Send a local file to every worker process, now and each one that starts later.
+
+        It lands in a directory first on the worker's ``sys.path``: a module (``.py``) is
+        then imported (again, if it was), with ``load``; an archive (``.zip``, ``.egg``,
+        ``.whl``) goes on ``sys.path`` itself and its top-level packages are imported.  The
+        same file name again replaces the earlier one.  Returns ``{worker: path}``.
+        """
+        self._check_open()
+        try:
+            with open(filename, "rb") as stream:
+                data = stream.read()
+        except OSError as exc:
+            raise UsageError(f"upload_file: cannot read {filename!r}: {exc.strerror or exc}") from None
+        name = os.path.basename(filename)
+        coro = self._set_up_workers(f"upload_file:{name}", UploadedFile(name, data, load))
+        if self.asynchronous:
+            return coro
+        return self._blocking(coro, None, "await client.upload_file(filename)")
+
+    def register_worker_callbacks(self, setup: Callable[[], Any] | None = None) -> Any:
+        """Call ``setup()`` in every worker process now and in each one that starts later (a
+        replacement after a crash or a restart, a new pool) before it runs a task.
+
+        Returns ``{worker: result}`` of the workers there now, raising the first failure.
+        Registering an equal function again replaces it.  A set-up that fails on a worker
+        that starts later is logged by the broker, and that worker runs tasks anyway.
+        """
+        self._check_open()
+        if setup is None:
+            return _done_coro() if self.asynchronous else None
+        if not callable(setup):
+            raise UsageError(f"register_worker_callbacks expects a callable, got {type(setup).__name__}")
+        name = f"setup:{_funcname(setup)}:{self._function_info(setup)[0].hex()}"
+        coro = self._set_up_workers(name, setup)
+        if self.asynchronous:
+            return coro
+        return self._blocking(coro, None, "await client.register_worker_callbacks(setup)")
+
+    async def _set_up_workers(self, name: str, setup: Callable[[], Any]) -> dict[str, Any]:
+        frames = self._run_frames(setup, (), {})
+        answers = await self._run_on(None, frames, True, setup=name)
+        assert answers is not None
+        return run_results(self.address or "", answers, "raise", self._run_error)
 
     def restart(self, timeout: Any = None, wait_for_workers: bool = True) -> Any:
         """Cancel every future and replace every worker process, as Dask's ``restart`` does.
@@ -1609,9 +1661,8 @@ _UNSUPPORTED_DASK_METHODS = {
     "run_on_scheduler": "the broker runs no user code; compute in a task or in the client",
     "who_has": "the broker keeps placement to itself; scheduler_info() gives each worker's keys and bytes",
     "has_what": "the broker keeps placement to itself; scheduler_info() gives each worker's keys and bytes",
-    "upload_file": "local workers import from the client's sys.path; install modules where remote workers run",
-    "register_worker_plugin": "there are no plugins; do per-worker set-up at import time of your module",
-    "register_plugin": "there are no plugins; do per-worker set-up at import time of your module",
+    "register_worker_plugin": "there are no plugin objects; register a set-up function with register_worker_callbacks",
+    "register_plugin": "there are no plugin objects; register a set-up function with register_worker_callbacks",
     "publish_dataset": "keep the futures (or persisted collections) in the client that made them",
     "get_dataset": "keep the futures (or persisted collections) in the client that made them",
     "list_datasets": "keep the futures (or persisted collections) in the client that made them",

@@ -78,6 +78,10 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
                                               broker -> pool: replace your workers now
     RESTARTING   [request_id, replaced]       broker -> client: done; the workers (identities)
                                               being replaced
+    SETUP        [request_id, name, nframes]  client -> broker: RUN on every worker, and keep the
+                                              call (by name; the same name replaces it) for each
+                                              worker that registers later; broker -> worker:
+                                              run it before anything that follows, then RAN
 
 A worker started with a data address also listens there for clients and other workers (see
 :mod:`zmqdask.direct`), on a ROUTER socket of its own.  It answers GET with DATA, and takes
@@ -156,6 +160,7 @@ RAN = 37
 RUNNING = 38
 RESTART = 39
 RESTARTING = 40
+SETUP = 41
 
 COMMAND_NAMES: dict[int, str] = {
     value: name
@@ -626,6 +631,13 @@ def _v_ran(h: list[Any]) -> int:
     return _frames(h[4])
 
 
+def _v_setup(h: list[Any]) -> int:
+    _arity(h, 3)
+    _count(h[0])
+    _check(type(h[1]) is str and 0 < len(h[1]) <= MAX_KEY_LENGTH, "name must be a non-empty string")
+    return _frames(h[2])
+
+
 def _v_restarting(h: list[Any]) -> int:
     _arity(h, 2)
     _count(h[0])
@@ -679,6 +691,7 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     RAN: _v_ran,
     RESTART: _v_info,
     RESTARTING: _v_restarting,
+    SETUP: _v_setup,
 }
 
 

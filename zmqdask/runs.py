@@ -11,9 +11,16 @@ RUNNING has answered once.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
+import importlib
 import inspect
+import os
+import shutil
+import sys
+import tempfile
 import threading
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -41,21 +48,33 @@ async def _awaited(awaitable: Any) -> Any:
 
 
 class WorkerRuns:
-    """A worker's calls in flight and their answers not sent yet."""
+    """A worker's calls in flight and their answers not sent yet.
+
+    A set-up (SETUP) runs in a thread too, so the worker keeps heartbeating however long it
+    takes; while one runs, :attr:`setups_running` is not zero and the worker holds back the
+    tasks that arrive (see ``Worker._defer_compute``), so they run with the set-up done.
+    """
 
     def __init__(self, name: str, wake: Callable[[], None], max_answer_bytes: Callable[[], int]) -> None:
         self._name = name
         self._wake = wake
         self._max_answer_bytes = max_answer_bytes
         # Appended by run threads, taken by the main thread: deque operations are atomic.
-        self._answers: collections.deque[tuple[int, int, int, Any, list[Any]]] = collections.deque()
+        self._answers: collections.deque[tuple[int, bool, int, int, Any, list[Any]]] = collections.deque()
         self._generation = 0
+        self.setups_running = 0
+        """Set-ups started whose answer the main thread has not taken yet (main thread only)."""
 
-    def start(self, run_id: int, frames: list[Any]) -> None:
+    def start(self, run_id: int, frames: list[Any], setup: bool = False) -> None:
         """Run one call in a thread of its own (a daemon: a call that never ends must not
         keep the worker from exiting)."""
+        if setup:
+            self.setups_running += 1
         thread = threading.Thread(
-            target=self._run, args=(run_id, frames, self._generation), name=f"{self._name}-run-{run_id}", daemon=True
+            target=self._run,
+            args=(run_id, frames, self._generation, setup),
+            name=f"{self._name}-run-{run_id}",
+            daemon=True,
         )
         thread.start()
 
@@ -68,14 +87,16 @@ class WorkerRuns:
         """The answers ready so far, as (run_id, code, detail, frames); for the main thread."""
         answers = []
         while self._answers:
-            generation, *answer = self._answers.popleft()
+            generation, setup, run_id, code, detail, frames = self._answers.popleft()
+            if setup:
+                self.setups_running -= 1
             if generation == self._generation:
-                answers.append((answer[0], answer[1], answer[2], answer[3]))
+                answers.append((run_id, code, detail, frames))
         return answers
 
-    def _run(self, run_id: int, frames: list[Any], generation: int) -> None:
-        origin = f"run-{run_id}"
-        answer: tuple[int, int, int, Any, list[Any]]
+    def _run(self, run_id: int, frames: list[Any], generation: int, setup: bool) -> None:
+        origin = f"{'setup' if setup else 'run'}-{run_id}"
+        answer: tuple[int, bool, int, int, Any, list[Any]]
         try:
             out = serialize.dumps(call_of(frames))
             nbytes = serialize.frames_nbytes(out)
@@ -85,10 +106,10 @@ class WorkerRuns:
                     f"the result is {nbytes} bytes, more than a message may carry ({limit}); "
                     "return less, or compute it in a task and gather it"
                 )
-            answer = (generation, run_id, FINISHED, None, out)
+            answer = (generation, setup, run_id, FINISHED, None, out)
         except BaseException as exc:  # whatever it is (SystemExit too), the client must hear of it
             detail, out = error_detail(exc, origin)
-            answer = (generation, run_id, ERRED, detail, out)
+            answer = (generation, setup, run_id, ERRED, detail, out)
         self._answers.append(answer)
         self._wake()
 
@@ -196,3 +217,70 @@ def run_results(
                 continue
         results[worker] = value
     return results
+
+
+IMPORTABLE_ARCHIVES = (".zip", ".egg", ".whl")
+"""Uploaded files that go on ``sys.path`` themselves (packages in an archive)."""
+
+_upload_directory: str | None = None
+
+
+def upload_directory() -> str:
+    """This process's directory for uploaded files, on ``sys.path`` first (made once, and
+    removed when the process exits normally)."""
+    global _upload_directory
+    if _upload_directory is None:
+        _upload_directory = tempfile.mkdtemp(prefix="zmqdask-uploads-")
+        atexit.register(shutil.rmtree, _upload_directory, True)
+    if _upload_directory not in sys.path:
+        sys.path.insert(0, _upload_directory)
+    return _upload_directory
+
+
+class UploadedFile:
+    """The set-up ``Client.upload_file`` keeps for the workers: it writes the file into the
+    worker's upload directory and, with ``load``, imports the module (again, if it was)."""
+
+    def __init__(self, filename: str, data: bytes, load: bool) -> None:
+        self.filename = filename
+        self.data = data
+        self.load = load
+
+    def __call__(self) -> str:
+        directory = upload_directory()
+        path = os.path.join(directory, self.filename)
+        # Written aside and renamed: a task importing it meanwhile never reads half a file.
+        partial = f"{path}.{os.getpid()}.{threading.get_ident()}.partial"
+        with open(partial, "wb") as stream:
+            stream.write(self.data)
+        os.replace(partial, path)
+        stem, extension = os.path.splitext(self.filename)
+        names: list[str] = []
+        if extension == ".py":
+            names = [stem]
+        elif extension in IMPORTABLE_ARCHIVES:
+            if path not in sys.path:
+                sys.path.insert(0, path)
+            names = _top_level_names(path)
+        importlib.invalidate_caches()
+        if self.load:
+            for name in names:
+                module = sys.modules.get(name)
+                if module is not None:
+                    importlib.reload(module)
+                else:
+                    importlib.import_module(name)
+        return path
+
+
+def _top_level_names(archive: str) -> list[str]:
+    """The modules and packages at the top of a zip archive (an egg or wheel is one too)."""
+    names = set()
+    with zipfile.ZipFile(archive) as zipped:
+        for member in zipped.namelist():
+            head, _, rest = member.partition("/")
+            if not rest and head.endswith(".py"):
+                names.add(head[: -len(".py")])
+            elif rest == "__init__.py":
+                names.add(head)
+    return sorted(names)

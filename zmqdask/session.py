@@ -183,6 +183,8 @@ class BrokerSession:
         self._welcome: asyncio.Future[None] | None = None
         self._info_requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._runs: dict[int, RunWaiter] = {}
+        self._setups: dict[str, list[Any]] = {}
+        """Worker set-ups sent (by name, as pickled calls): sent again to a new broker."""
         self._restarts: dict[int, asyncio.Future[list[bytes]]] = {}
         """``Client.restart`` calls waiting for the broker's RESTARTING, by request id."""
         """``Client.run`` calls waiting for their answers, by request id."""
@@ -657,6 +659,9 @@ class BrokerSession:
             self._welcome.set_result(None)
         if reconnected or changed:
             logger.info("re-registered with broker %s (epoch %s)", self.address, epoch)
+            if changed:
+                # A new broker: it keeps none of the set-ups its workers must run.
+                self._resend_setups()
             # The broker that answers now does not know our runs (a new one, or the same one
             # that declared us gone): no answer will come for them.
             self._fail_runs(
@@ -758,14 +763,24 @@ class BrokerSession:
         finally:
             self._restarts.pop(request_id, None)
 
+    def _resend_setups(self) -> None:
+        for name, frames in self._setups.items():
+            self._next_request += 1  # no waiter: the answers are dropped
+            field = proto.payload_field(frames)
+            payload = frames if type(field) is not bytes else ()
+            self._send(proto.encode(proto.SETUP, [self._next_request, name, field], payload))
+
     def _fail_runs(self, error: BaseException) -> None:
         runs, self._runs = self._runs, {}
         for waiter in runs.values():
             waiter.fail(error)
 
-    async def _run_on(self, targets: list[bytes] | None, frames: list[Any], wait: bool) -> dict[bytes, Answer] | None:
+    async def _run_on(
+        self, targets: list[bytes] | None, frames: list[Any], wait: bool, setup: str | None = None
+    ) -> dict[bytes, Answer] | None:
         """Send a pickled call to the workers ``targets`` (all if None); with ``wait``, return
-        each worker's answer once all have answered (each is answered: see broker.runs)."""
+        each worker's answer once all have answered (each is answered: see broker.runs).
+        ``setup`` names a call the broker keeps for the workers that register later."""
         assert self._loop is not None
         self._next_request += 1
         request_id = self._next_request
@@ -774,7 +789,13 @@ class BrokerSession:
         if wait:
             waiter = self._runs[request_id] = RunWaiter(self._loop)
         self._flush()  # the tasks submitted before the call reach the broker first
-        self._send(proto.encode(proto.RUN, [request_id, targets, field], frames if type(field) is not bytes else ()))
+        payload = frames if type(field) is not bytes else ()
+        if setup is None:
+            self._send(proto.encode(proto.RUN, [request_id, targets, field], payload))
+        else:
+            self._setups.pop(setup, None)
+            self._setups[setup] = frames
+            self._send(proto.encode(proto.SETUP, [request_id, setup, field], payload))
         if waiter is None:
             return None
         try:

@@ -94,6 +94,7 @@ from zmqdask.protocol import (
     ROLE_WORKER,
     RUN,
     SECEDE,
+    SETUP,
     STORE,
     UNKNOWN_PEER,
     WELCOME,
@@ -563,8 +564,12 @@ class Worker:
             CANCEL_TASKS: self._on_cancel_tasks,
             FORGET_FUNCTIONS: self._on_forget_functions,
             RUN: self._on_run,
+            SETUP: self._on_setup,
         }
         self._runs = WorkerRuns(self.name, self._wake_main, lambda: self._link.max_message_bytes * 3 // 4)
+        self._deferred: list[Message] = []
+        """COMPUTE messages held back while a set-up runs (see :meth:`_on_setup`)."""
+        self._deferring = False
 
     def hello_info(self) -> dict[str, Any]:
         """The ``info`` map of this worker's HELLO."""
@@ -810,6 +815,8 @@ class Worker:
             field = payload_field(frames)
             payload = frames if type(field) is not bytes else ()
             self._link.send(RAN, [run_id, self.identity, code, detail, field], payload)
+        if self._deferring and not self._runs.setups_running:
+            self._admit_deferred()
 
     def _wake_main(self) -> None:
         """Called by an executor thread: results wait for the main thread to collect them."""
@@ -1014,6 +1021,7 @@ class Worker:
         # Tasks still running finish later with the old generation and are discarded.
         self._generation += 1
         self._runs.forget()
+        self._deferred.clear()  # tasks of the old registration (the set-ups go on, unanswered)
         self._inline = None
         for task in self._tasks.values():
             self._executor.cancel(task)
@@ -1375,6 +1383,29 @@ class Worker:
         run_id, _, field = message.header
         frames, _ = entry_payload(field, message.payload, 0)
         self._runs.start(run_id, frames)
+
+    def _on_setup(self, message: Message) -> None:
+        run_id, _, field = message.header
+        frames, _ = entry_payload(field, message.payload, 0)
+        self._runs.start(run_id, frames, setup=True)
+        # The tasks that come after it (a newly registered worker's first ones, say) wait
+        # until it is done; everything else goes on.
+        self._handlers[COMPUTE] = self._defer_compute
+        self._deferring = True
+
+    def _defer_compute(self, message: Message) -> None:
+        self._deferred.append(message)
+
+    def _admit_deferred(self) -> None:
+        """The set-ups are done: handle the tasks held back meanwhile, in order (lock held)."""
+        self._handlers[COMPUTE] = self._on_compute
+        self._deferring = False
+        deferred, self._deferred = self._deferred, []
+        for message in deferred:
+            try:
+                self._on_compute(message)
+            except Exception:  # one bad message must not take the worker down
+                logger.exception("worker %s: failed to handle %s", self.name, message.name)
 
     def _on_cancel_tasks(self, message: Message) -> None:
         for key in message.header[0]:
