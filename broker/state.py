@@ -62,6 +62,7 @@ from zmqdask.protocol import (
     SUBMIT,
     UNKNOWN_PEER,
     WELCOME,
+    WHO_HAS,
     WORKER_DIED,
     Message,
     decode,
@@ -221,6 +222,7 @@ class BrokerState:
             RAN: (self._on_ran, _WORKER),
             RESTART: (self._on_restart, _CLIENT),
             SETUP: (self._on_setup, _CLIENT),
+            WHO_HAS: (self._on_who_has, _CLIENT),
         }
 
     # --- public API -------------------------------------------------------------------
@@ -726,6 +728,19 @@ class BrokerState:
             self._apply_releases(None)
             self.ledger.process_releases()
         self._outbox.send(peer.identity, INFO_REPLY, [message.header[0], self.info()])
+
+    def _on_who_has(self, peer: Peer, message: Message) -> None:
+        request_id, keys = message.header
+        tasks = self.ledger.tasks
+        if keys is None:
+            records = [rec for rec in tasks.values() if rec.who_has]
+        else:
+            records = [rec for rec in (tasks.get(key) for key in dict.fromkeys(keys)) if rec is not None]
+        holders = {rec.key: [worker.identity.hex() for worker in rec.who_has or ()] for rec in records}
+        answer: dict[str, Any] = {"who_has": holders}
+        if keys is None:
+            answer["has_what"] = {w.identity.hex(): [rec.key for rec in w.has] for w in self._workers.values()}
+        self._outbox.send(peer.identity, INFO_REPLY, [request_id, answer])
 
     # --- clients ----------------------------------------------------------------------
 

@@ -1686,3 +1686,17 @@ def test_kept_setups_are_bounded_oldest_dropped_first(monkeypatch: pytest.Monkey
     h.send(b"c1", P.SETUP, [3, "d", b"z"])
     out = h.worker(b"w2")
     assert [m.header[1] for _, m in out if m.name == "SETUP"] == ["d"]
+
+
+def test_who_has_names_the_holders_of_keys_and_what_each_worker_holds() -> None:
+    h = Harness()
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", [("a", []), ("b", [])])
+    h.finish(b"w1", "a")
+    out = h.send(b"c1", P.WHO_HAS, [7, ["a", "b", "unknown"]])
+    assert [(who, m.name, m.header) for who, m in out] == [
+        (b"c1", "INFO_REPLY", [7, {"who_has": {"a": [b"w1".hex()], "b": []}}])
+    ]
+    out = h.send(b"c1", P.WHO_HAS, [8, None])
+    assert out[0][1].header == [8, {"who_has": {"a": [b"w1".hex()]}, "has_what": {b"w1".hex(): ["a"]}}]

@@ -210,3 +210,22 @@ def test_a_set_up_runs_before_the_tasks_that_follow_it_and_on_every_new_worker(
         client.restart()
         assert client.submit(_marked, pure=False).result(timeout=30) is True
         assert all(client.run(_marked).values())
+
+
+def test_who_has_and_has_what_name_the_workers_holding_values(client: Client) -> None:
+    futures = client.map(_pid_and, range(4), pure=False, batch_size=1)
+    values = client.gather(futures)
+    workers = set(client.scheduler_info()["workers"])
+    where = client.who_has(futures)
+    assert set(where) == {f.key for f in futures}
+    for future, (pid, _) in zip(futures, values, strict=True):
+        (holder,) = where[future.key]
+        assert holder in workers and client.run(os.getpid, workers=[holder])[holder] == pid
+    held = client.has_what()
+    assert set(held) == workers
+    for future in futures:
+        assert future.key in held[where[future.key][0]]
+    one = sorted(workers)[0]
+    assert set(client.has_what(workers=[one])) == {one}
+    with pytest.raises(UsageError, match="no connected worker"):
+        client.has_what(workers=["nobody"])

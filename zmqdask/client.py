@@ -1520,6 +1520,51 @@ class Client(BrokerSession):
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, WORKERS_POLL_MAX_S)
 
+    def who_has(self, futures: Any = None) -> Any:
+        """Key -> addresses of the workers holding its value, for ``futures`` (any futures or
+        collections of them; None: every future of this client), as Dask's ``who_has``."""
+        self._check_open()
+        if futures is None:
+            with self._lock:
+                keys = list(self._futures)
+        else:
+            found: dict[str, Future] = {}
+            _collect_futures(futures, found)
+            keys = list(found)
+
+        async def fetch() -> dict[str, tuple[str, ...]]:
+            answer = await self._info(keys)
+            where = answer.get("who_has", {})
+            return {key: tuple(f"{self.address}/{worker}" for worker in where.get(key, ())) for key in keys}
+
+        if self.asynchronous:
+            return fetch()
+        return self._blocking(fetch(), None, "await client.who_has()")
+
+    def has_what(self, workers: Any = None) -> Any:
+        """Worker address -> the keys whose values it holds (every worker, or those named as in
+        ``scheduler_info()``), as Dask's ``has_what``."""
+        self._check_open()
+
+        async def fetch() -> dict[str, tuple[str, ...]]:
+            answer = await self._info(None)
+            held = {f"{self.address}/{worker}": tuple(keys) for worker, keys in answer.get("has_what", {}).items()}
+            if workers is None:
+                return held
+            wanted = [workers] if isinstance(workers, str) else list(workers)
+            known = {**held, **{address.rsplit("/", 1)[-1]: keys for address, keys in held.items()}}
+            unknown = [w for w in wanted if w not in known]
+            if unknown:
+                raise UsageError(
+                    f"has_what: no connected worker is named {', '.join(map(repr, unknown))}; "
+                    f"connected: {', '.join(sorted(held)) or '(none)'}"
+                )
+            return {w if w in held else f"{self.address}/{w}": known[w] for w in wanted}
+
+        if self.asynchronous:
+            return fetch()
+        return self._blocking(fetch(), None, "await client.has_what()")
+
     def nthreads(self) -> Any:
         """Worker address -> number of threads."""
         self._check_open()
@@ -1659,8 +1704,6 @@ def _collector_paused(count: int) -> Iterator[None]:
 
 _UNSUPPORTED_DASK_METHODS = {
     "run_on_scheduler": "the broker runs no user code; compute in a task or in the client",
-    "who_has": "the broker keeps placement to itself; scheduler_info() gives each worker's keys and bytes",
-    "has_what": "the broker keeps placement to itself; scheduler_info() gives each worker's keys and bytes",
     "register_worker_plugin": "there are no plugin objects; register a set-up function with register_worker_callbacks",
     "register_plugin": "there are no plugin objects; register a set-up function with register_worker_callbacks",
     "publish_dataset": "keep the futures (or persisted collections) in the client that made them",

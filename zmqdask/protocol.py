@@ -35,6 +35,10 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
     KEEP         [keys]                       client -> broker: run these to the end, wanted or not
     INFO         [request_id]                 client -> broker
     INFO_REPLY   [request_id, info]           broker -> client
+    WHO_HAS      [request_id, keys]           client -> broker: where are these values (None:
+                                              every value)?  Answered INFO_REPLY with the map
+                                              {"who_has": {key: [worker_id]}}, plus "has_what":
+                                              {worker_id: [key]} for None (worker ids in hex)
     REPORT       [entries]                    broker -> client; entries [[key, code, detail, nframes]]
 
     COMPUTE      [functions, tasks]           broker -> worker
@@ -161,6 +165,7 @@ RUNNING = 38
 RESTART = 39
 RESTARTING = 40
 SETUP = 41
+WHO_HAS = 42
 
 COMMAND_NAMES: dict[int, str] = {
     value: name
@@ -455,6 +460,14 @@ def _v_info(h: list[Any]) -> int:
     return 0
 
 
+def _v_who_has(h: list[Any]) -> int:
+    _arity(h, 2)
+    _count(h[0])
+    if h[1] is not None:
+        _keys(h[1])
+    return 0
+
+
 def _v_info_reply(h: list[Any]) -> int:
     _arity(h, 2)
     _count(h[0])
@@ -692,6 +705,7 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     RESTART: _v_info,
     RESTARTING: _v_restarting,
     SETUP: _v_setup,
+    WHO_HAS: _v_who_has,
 }
 
 

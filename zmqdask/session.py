@@ -1443,14 +1443,18 @@ class BrokerSession:
         done = {f for f in futures if f.done()}
         return DoneAndNotDoneFutures(done, set(futures) - done)
 
-    async def _info(self) -> dict[str, Any]:
+    async def _info(self, who_has: list[str] | bool | None = False) -> dict[str, Any]:
+        """The broker's INFO map; with ``who_has`` (keys, or None for all), its WHO_HAS map."""
         assert self._loop is not None
         self._next_request += 1
         request_id = self._next_request
         waiter: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._info_requests[request_id] = waiter
         self._flush()  # so the answer reflects every submission made before this request
-        self._send(proto.encode(proto.INFO, [request_id]))
+        if who_has is False:
+            self._send(proto.encode(proto.INFO, [request_id]))
+        else:
+            self._send(proto.encode(proto.WHO_HAS, [request_id, who_has]))
         try:
             return await asyncio.wait_for(waiter, self.timeout)
         except asyncio.TimeoutError:
