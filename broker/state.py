@@ -69,6 +69,7 @@ from zmqdask.protocol import (
     encode,
     frame_nbytes,
 )
+from zmqdask.versions import version_info
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class BrokerState:
         self._requests: dict[int, _Request] = {}
         self._request_ids = itertools.count(1)
         self._runs = RunRelay(self._outbox)
+        self._version_info: dict[str, Any] | None = None
         # Releases received and not applied yet (see RELEASE_KEYS_PER_STEP), oldest first,
         # and how many of them name each key.
         self._release_backlog: deque[tuple[ClientPeer, list[str]]] = deque()
@@ -380,7 +382,13 @@ class BrokerState:
             "direct_gets": self.counters.direct_gets,
             "direct_stores": self.counters.direct_stores,
             "direct_fetches": self.counters.direct_fetches,
+            "versions": self._versions(),
         }
+
+    def _versions(self) -> dict[str, Any]:
+        if self._version_info is None:
+            self._version_info = version_info()  # reads package metadata: once
+        return self._version_info
 
     def audit(self) -> list[str]:
         """Violations of the ledger's invariants (empty when all is well); O(ledger size)."""

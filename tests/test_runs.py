@@ -229,3 +229,25 @@ def test_who_has_and_has_what_name_the_workers_holding_values(client: Client) ->
     assert set(client.has_what(workers=[one])) == {one}
     with pytest.raises(UsageError, match="no connected worker"):
         client.has_what(workers=["nobody"])
+
+
+def test_get_versions_reports_every_process_and_checks_them(client: Client) -> None:
+    found = client.get_versions(check=True, packages=["pytest"])
+    assert set(found) == {"scheduler", "workers", "client"}
+    assert set(found["workers"]) == set(client.scheduler_info()["workers"])
+    for info in (found["client"], found["scheduler"], *found["workers"].values()):
+        assert info["packages"]["zmqdask"] and info["packages"]["pyzmq"] and info["host"]["python"]
+    assert all(info["packages"]["pytest"] for info in found["workers"].values())
+
+
+def test_version_mismatches_name_the_processes_that_differ() -> None:
+    from zmqdask.versions import mismatches
+
+    def info(**packages: str | None) -> dict[str, dict[str, str | None]]:
+        return {"packages": {"python": "3.12.1", "zmqdask": "1.0", "pyzmq": "26", **packages}}
+
+    same = info(numpy="2.0")
+    assert mismatches(same, info(), {"w1": same, "w2": same}) == []
+    lines = mismatches(same, info(), {"w1": same, "w2": info(numpy="1.26")})
+    assert lines == ["numpy: client: 2.0, broker: missing, w1: 2.0, w2: 1.26"]
+    assert mismatches(same, info(pyzmq=None), {"w1": same}) == ["pyzmq: client: 26, broker: missing, w1: 26"]

@@ -63,6 +63,7 @@ from zmqdask.security import Security, as_security
 from zmqdask.serialize import PICKLE_PROTOCOL, TaskRef, dumps, loads, pickle_function
 from zmqdask.session import BrokerSession, ClientStatus, seconds
 from zmqdask.sync import LoopThread
+from zmqdask.versions import mismatches, version_info
 
 logger = logging.getLogger(__name__)
 
@@ -1520,6 +1521,29 @@ class Client(BrokerSession):
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, WORKERS_POLL_MAX_S)
 
+    def get_versions(self, check: bool = False, packages: Sequence[str] | None = None) -> Any:
+        """Python's and the relevant packages' versions in this client, the broker (as
+        ``"scheduler"``) and each worker, as Dask's ``get_versions``; ``packages`` adds more
+        to look up.  With ``check``, differences raise ValueError naming them."""
+        self._check_open()
+        extra = tuple(packages or ())
+
+        async def fetch() -> dict[str, Any]:
+            scheduler = (await self._info()).get("versions", {})
+            workers = await self._run(version_info, (extra,), {}, None, True, "raise")
+            found = {"scheduler": scheduler, "workers": workers or {}, "client": version_info(extra)}
+            if check:
+                lines = mismatches(found["client"], scheduler, found["workers"])
+                if lines:
+                    raise ValueError(
+                        "Mismatched versions found (use the same versions everywhere):\n" + "\n".join(lines)
+                    )
+            return found
+
+        if self.asynchronous:
+            return fetch()
+        return self._blocking(fetch(), None, "await client.get_versions()")
+
     def who_has(self, futures: Any = None) -> Any:
         """Key -> addresses of the workers holding its value, for ``futures`` (any futures or
         collections of them; None: every future of this client), as Dask's ``who_has``."""
@@ -1714,7 +1738,6 @@ _UNSUPPORTED_DASK_METHODS = {
     "get_task_stream": "there is no task stream; time tasks in your own code",
     "profile": "profile a task's function in the client, or run py-spy on a worker process",
     "get_executor": "use submit/map and gather",
-    "get_versions": "zmqdask.__version__ and the packages' own versions tell them; the cluster runs this one",
     "get_metadata": "keep such values in the client (a dict) or scatter them",
     "set_metadata": "keep such values in the client (a dict) or scatter them",
     "processing": "scheduler_info() gives each worker's count of processing tasks",
