@@ -727,7 +727,11 @@ class Ledger:
             if flags & FLAG_RETRY and rec.state is ERRED and known_fn_hash == rec.fn_hash:
                 self.retry(rec, frames, retries)
             elif rec.state is RELEASED and not rec.is_data and known_fn_hash is not None:
-                self._respecify(rec, known_fn_hash, frames, retries)
+                missing = self._respecify(rec, known_fn_hash, frames, retries, dep_keys)
+                if missing is not None:
+                    self.add_interest(rec, client, wanted=wanted, push=push)
+                    self.err(rec, ["LostDataError", f"dependency {missing} is unknown", key], ())
+                    return
             self.resubmitted(rec, client, wanted=wanted, push=push)
             return
         if not dep_keys and known_fn_hash is not None and (wanted or push):
@@ -786,12 +790,30 @@ class Ledger:
         rec.suspicious = 0
         self.set_state(rec, RELEASED)
 
-    def _respecify(self, rec: TaskRecord, fn_hash: bytes, frames: Payload, retries: int) -> None:
-        """A released record submitted again with another call under its key (a client
-        reusing ``key=``): it runs the new call.  A run of the old call that a cancellation
-        has not stopped yet is not taken as this one's answer (see :attr:`respecified`)."""
+    def _respecify(
+        self, rec: TaskRecord, fn_hash: bytes, frames: Payload, retries: int, dep_keys: list[str]
+    ) -> str | None:
+        """A released record submitted again with another call under its key: it runs the
+        new call, with the new call's inputs.  Returns the first input key not in the ledger
+        (the record is left unchanged then), else None.
+
+        This happens when a client reuses ``key=``, and when a DataFrame graph fuses a step
+        with other inputs than a graph before it did (the fused task keeps its last step's
+        key: the value is the same, the call and its inputs are not).  A run of the old call
+        that a cancellation has not stopped yet is not taken as this one's answer (see
+        :attr:`respecified`).
+        """
         if rec.fn_hash == fn_hash and _same_payload(rec.payload, frames):
-            return
+            return None
+        tasks = self.tasks
+        deps: list[TaskRecord] = []
+        for dep_key in dep_keys:
+            dep = tasks.get(dep_key)
+            if dep is None:
+                return dep_key
+            if dep not in deps:
+                deps.append(dep)
+        self._relink(rec, tuple(deps) or _NO_DEPS)
         old_hash = rec.fn_hash
         if old_hash is not None and count_down(self.function_refs, old_hash):
             self.unreferenced_functions.append(old_hash)
@@ -802,6 +824,29 @@ class Ledger:
         rec.suspicious = 0
         if rec.processing_on is not None:
             self.respecified.add(rec)
+        return None
+
+    def _relink(self, rec: TaskRecord, deps: tuple[TaskRecord, ...]) -> None:
+        """Give a released record other inputs; an input it no longer reads may become
+        unneeded (a release candidate)."""
+        old = rec.deps
+        if old == deps:
+            return
+        for dep in old:
+            if dep in deps:
+                continue
+            dependents = dep.dependents
+            if dependents is not None:
+                dependents.discard(rec)
+                if not dependents:
+                    dep.dependents = None
+            self.candidates.append(dep)
+        for dep in deps:
+            if dep.dependents is None:
+                dep.dependents = {rec}
+            else:
+                dep.dependents.add(rec)
+        rec.deps = deps
 
     def resubmitted(self, rec: TaskRecord, client: ClientPeer, *, wanted: bool, push: bool) -> None:
         """A key already in the ledger was submitted again: never run it twice."""

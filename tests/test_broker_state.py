@@ -1700,3 +1700,45 @@ def test_who_has_names_the_holders_of_keys_and_what_each_worker_holds() -> None:
     ]
     out = h.send(b"c1", P.WHO_HAS, [8, None])
     assert out[0][1].header == [8, {"who_has": {"a": [b"w1".hex()]}, "has_what": {b"w1".hex(): ["a"]}}]
+
+
+def test_a_released_key_submitted_with_another_call_takes_that_calls_inputs() -> None:
+    # A DataFrame step fused with its input in one graph (no inputs) and reading that input
+    # as a task of its own in the next: same key, other call, other inputs.
+    h = Harness()
+    h.worker(b"w1", credit=8)
+    h.client(b"c1")
+    h.submit(b"c1", [("step", [])])
+    h.finish(b"w1", "step")
+    h.submit(b"c1", [("down", ["step"])], with_function=False)
+    h.finish(b"w1", "down")
+    h.send(b"c1", P.RELEASE, [["step"]])
+    h.tick(0.0)
+    assert h.state.ledger.tasks["step"].state == "released"  # kept as the lineage of "down"
+    entries = [
+        ["source", FN, [], 0, 0, 0, b"<source>"],
+        ["step", FN, ["source"], 0, 0, P.FLAG_WANTED, b"<reads source>"],
+    ]
+    out = h.send(b"c1", P.SUBMIT, [[], entries])
+    step = h.state.ledger.tasks["step"]
+    assert [dep.key for dep in step.deps] == ["source"] and step.payload == b"<reads source>"
+    assert {d.key for d in h.state.ledger.tasks["source"].dependents or ()} == {"step"}
+    sent = [entry for _, m in out if m.name == "COMPUTE" for entry in m.header[1]]
+    # Sent ahead to the worker computing its new input, which it names.
+    assert [(entry[0], entry[2], entry[4]) for entry in sent] == [
+        ("source", [], b"<source>"),
+        ("step", [["source", None]], b"<reads source>"),
+    ]
+
+
+def test_a_released_key_submitted_again_with_an_unknown_input_errs_clearly() -> None:
+    h = Harness()
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", [("step", [])])
+    h.finish(b"w1", "step")
+    h.send(b"c1", P.RELEASE, [["step"]])
+    h.submit(b"c1", [("keeper", ["step"])], with_function=False)  # keeps the released record
+    out = h.send(b"c1", P.SUBMIT, [[], [["step", FN, ["nowhere"], 0, 0, P.FLAG_WANTED, b"<other>"]]])
+    errors = [e for _, m in out if m.name == "REPORT" for e in m.header[0] if e[1] == P.ERRED]
+    assert any(e[0] == "step" and "nowhere is unknown" in e[2][1] for e in errors)

@@ -168,3 +168,47 @@ def test_on_a_cluster_with_an_async_client(frames: tuple[pd.DataFrame, Any], run
         _check(case[0], results[case[0]], _expected(case, pdf))
     _check("persisted-sum", results["persisted-sum"], pdf[["x", "y"]].sum())
     _check("persisted-head", results["persisted-head"], pdf.head(3))
+
+
+def test_related_computations_one_after_another_reuse_steps_fused_differently(client: Any) -> None:
+    # A step fused into its input's task in one graph is a task reading that input in the
+    # next: its key is the same, its call and inputs are not.
+    df = zmqdask.datasets.timeseries(start="2000-01-01", end="2000-01-05", freq="10s", seed=3)
+    pdf = df.compute()
+    positive = pdf[pdf.x > 0]
+    assert df[df.x > 0].y.sum().compute() == pytest.approx(positive.y.sum())
+    assert (df[df.x > 0].y.sum() + df.y.sum()).compute() == pytest.approx(positive.y.sum() + pdf.y.sum())
+    assert (df[df.x > 0].y.count() / df.y.count()).compute() == pytest.approx(len(positive) / len(pdf))
+    assert df[df.x > 0].y.sum().compute() == pytest.approx(positive.y.sum())
+
+
+def test_a_graph_reaches_the_broker_whole_when_it_reuses_a_key_just_released(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The filter's output is released after each compute (the release waits a moment), and
+    # the merge right after submits the filter again as an inner task of a larger graph:
+    # that graph must still go out in one SUBMIT, or the broker may forget its first part's
+    # inner keys before the rest arrives.
+    from zmqdask import protocol
+
+    submits: list[list[str]] = []
+    send = client._send
+
+    def recording_send(frames: list[Any]) -> None:
+        message = protocol.decode(frames)
+        if message.command == protocol.SUBMIT:
+            submits.append([entry[0] for entry in message.header[1]])
+        send(frames)
+
+    monkeypatch.setattr(client, "_send", recording_send)
+    pdf = pd.DataFrame({"a": np.arange(100) % 5, "b": np.linspace(-1, 1, 100), "s": ["x", "y"] * 50})
+    expected = pdf[pdf.a > 3].merge(pdf, on="s")
+    for _ in range(4):
+        d = zd.from_pandas(pdf, npartitions=5)
+        e = d[d.a > 3]
+        assert len(e.compute()) == 20
+        submits.clear()
+        merged = e.merge(d, on="s").compute()
+        assert merged.shape == expected.shape
+        with_inputs = [keys for keys in submits if any(key.startswith("from-pandas") for key in keys)]
+        assert len(with_inputs) == 1, [len(keys) for keys in submits]

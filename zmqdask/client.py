@@ -228,7 +228,6 @@ class Client(BrokerSession):
         self._key_token = uuid.uuid4().hex[:16]
         self._key_counter = itertools.count()
         self._start_task: Any = None
-        self._graph_id = 0  # non-zero while submit_graph appends one graph's tasks
         self._graphs_submitted = 0
         if not asynchronous:
             self._loop_thread = LoopThread()
@@ -945,6 +944,7 @@ class Client(BrokerSession):
         with self._lock, _collector_paused(len(order)):
             self._graphs_submitted += 1
             self._graph_id = self._graphs_submitted
+            self._graph_start = len(self._ops)
             try:
                 for key in order:
                     fn, args, kwargs = graph[key]

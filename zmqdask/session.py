@@ -183,6 +183,10 @@ class BrokerSession:
         self._welcome: asyncio.Future[None] | None = None
         self._info_requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._runs: dict[int, RunWaiter] = {}
+        self._graph_id = 0
+        """Non-zero while ``submit_graph`` queues one graph's tasks (under ``_lock``)."""
+        self._graph_start = 0
+        """Where in ``_ops`` that graph's operations begin."""
         self._setups: dict[str, list[Any]] = {}
         """Worker set-ups sent (by name, as pickled calls): sent again to a new broker."""
         self._restarts: dict[int, asyncio.Future[list[bytes]]] = {}
@@ -1283,6 +1287,12 @@ class BrokerSession:
         if key in self._releases:
             if wanted:
                 del self._releases[key]
+            elif self._graph_id:
+                # Ahead of the graph's tasks queued so far, not among them: a graph must
+                # reach the broker in one SUBMIT (see _send_ops), and none of those tasks
+                # has a key released here (its own submission would have settled it).
+                self._ops.insert(self._graph_start, ("releases", self._take_releases()))
+                self._graph_start += 1
             else:
                 self._ops.append(("releases", self._take_releases()))
 
