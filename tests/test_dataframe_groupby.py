@@ -488,3 +488,25 @@ def test_groupby_by_the_index_name_and_dask_keywords() -> None:
         lazy.groupby("k").x.sum(min_count=1)
     with pytest.raises(UsageError, match="observed=False"):
         lazy.groupby("k", observed=False)
+
+
+def test_groupby_apply_without_group_keys_keeps_the_rows_index() -> None:
+    pdf = pd.DataFrame({"k": list("abab" * 5), "x": np.arange(20.0)})
+    lazy = zd.from_pandas(pdf, npartitions=3)
+    for func in (lambda g: g.nlargest(2, "x"), lambda g: g.assign(r=g.x - g.x.mean())):
+        expected = pdf.groupby("k", group_keys=False).apply(func).sort_index()
+        got = lazy.groupby("k", group_keys=False).apply(func).compute().sort_index()
+        pd.testing.assert_frame_equal(got, expected)
+    keyed = lazy.groupby("k").apply(lambda g: g.nlargest(2, "x")).compute().sort_index()
+    pd.testing.assert_frame_equal(keyed, pdf.groupby("k").apply(lambda g: g.nlargest(2, "x")).sort_index())
+
+
+def test_groupby_unique_lists_each_groups_values_in_order_of_appearance() -> None:
+    pdf = pd.DataFrame({"k": list("abcab" * 4), "x": np.arange(20) % 7})
+    got = zd.from_pandas(pdf, npartitions=3).groupby("k").x.unique().compute()
+    expected = pdf.groupby("k").x.unique()
+    assert got.index.equals(expected.index)
+    for key in expected.index:
+        assert list(got[key]) == list(expected[key])
+    with pytest.raises(UsageError, match="select one first"):
+        zd.from_pandas(pdf, npartitions=2).groupby("k").unique()

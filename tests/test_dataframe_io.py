@@ -379,3 +379,42 @@ def test_a_quoted_value_cut_by_a_block_says_to_read_whole_files(tmp_path: Path) 
     with pytest.raises(ValueError, match="blocksize=None"):
         read_csv(str(path), blocksize=500).compute()
     pd.testing.assert_frame_equal(read_csv(str(path), blocksize=None).compute(), frame)
+
+
+def test_read_parquet_index_chooses_the_index_or_none(tmp_path: Any) -> None:
+    pdf = pd.DataFrame({"a": range(100), "b": np.arange(100) * 1.0}, index=pd.Index(np.arange(100) * 2, name="idx"))
+    path = str(tmp_path / "frame.parquet")
+    pdf.to_parquet(path)
+    by_a = zd.read_parquet(path, index="a").compute()
+    pd.testing.assert_frame_equal(by_a, pdf.reset_index().set_index("a"))
+    unindexed = zd.read_parquet(path, index=False).compute()
+    pd.testing.assert_frame_equal(unindexed, pdf.reset_index())
+    pd.testing.assert_frame_equal(zd.read_parquet(path, index="idx").compute(), pdf)
+    with pytest.raises(UsageError, match="not among the columns"):
+        zd.read_parquet(path, index="nope")
+
+
+def test_categoricals_read_from_parquet_have_unknown_categories_until_asked(tmp_path: Any) -> None:
+    rng = np.random.default_rng(0)
+    pdf = pd.DataFrame({"c": pd.Categorical(rng.choice(["x", "y", "z"], 60)), "v": np.arange(60.0)})
+    path = str(tmp_path / "categorical")
+    zd.from_pandas(pdf, npartitions=3).to_parquet(path)
+    lazy = zd.read_parquet(path)
+    assert not lazy.c.cat.known
+    with pytest.raises(UsageError, match="categorize"):
+        zd.get_dummies(lazy[["c"]])
+    assert list(lazy.c.cat.as_known().cat.categories) == ["x", "y", "z"]
+    dummies = zd.get_dummies(lazy.categorize(columns=["c"])[["c"]]).compute()
+    pd.testing.assert_frame_equal(dummies.reset_index(drop=True), pd.get_dummies(pdf[["c"]]))
+
+
+def test_read_csv_in_blocks_reads_a_column_as_text_wherever_the_sample_has_text(tmp_path: Any) -> None:
+    # header=None: the header line is a row of the first block only, so the column is text
+    # (as pandas reads the whole file), also in blocks holding only numbers.
+    path = str(tmp_path / "with_header.csv")
+    pd.DataFrame({"id": range(300), "v": np.arange(300) * 0.5}).to_csv(path, index=False)
+    expected = pd.read_csv(path, header=None)
+    lazy = zd.read_csv(path, header=None, blocksize=500)
+    assert lazy.npartitions > 1
+    got = lazy.compute()
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected)

@@ -578,3 +578,57 @@ def test_get_dummies_of_known_categories_match_pandas() -> None:
     _same(zd.get_dummies(known.k, prefix="kk").compute(), pd.get_dummies(categorical.k, prefix="kk"))
     # Partitions without some categories still make every column.
     _same(zd.get_dummies(known[known.v < 3]).compute(), pd.get_dummies(categorical[categorical.v < 3]))
+
+
+def test_index_methods_giving_one_value_per_label_cover_every_partition() -> None:
+    pdf = pd.DataFrame({"x": np.arange(100.0)}, index=pd.date_range("2021-01-01", periods=100, freq="7h"))
+    lazy = zd.from_pandas(pdf, npartitions=4)
+    wanted = pdf.index[::3]
+    for name, value in [
+        ("date", lambda i: i.date),
+        ("isin", lambda i: i.isin(wanted)),
+        ("isna", lambda i: i.isna()),
+        ("notna", lambda i: i.notna()),
+        ("is_month_start", lambda i: i.is_month_start),
+    ]:
+        got = value(lazy.index).compute()
+        assert isinstance(got, pd.Index) and len(got) == len(pdf), name
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(value(pdf.index)))
+    pd.testing.assert_frame_equal(lazy[lazy.index.isin(wanted)].compute(), pdf[pdf.index.isin(wanted)])
+    pd.testing.assert_series_equal(
+        lazy.groupby(lazy.index.date).x.sum().compute(), pdf.groupby(pdf.index.date).x.sum()
+    )
+
+
+@pytest.mark.parametrize("name", ["values", "is_unique", "tolist", "duplicated", "to_numpy"])
+def test_index_attributes_that_need_the_whole_index_say_so(name: str) -> None:
+    lazy = zd.from_pandas(pd.DataFrame({"x": range(10)}), npartitions=3)
+    with pytest.raises(UsageError, match=f"index.{name} needs the whole index"):
+        value = getattr(lazy.index, name)
+        if callable(value):
+            value()
+
+
+def test_assigning_several_columns_at_once_pairs_them_as_pandas_does() -> None:
+    pdf = pd.DataFrame({"a": range(10), "b": np.arange(10) * 0.5})
+    lazy, expected = zd.from_pandas(pdf, npartitions=3), pdf.copy()
+    lazy[["p", "q"]] = lazy[["a", "b"]]
+    expected[["p", "q"]] = expected[["a", "b"]]
+    lazy[["r", "s"]] = 1
+    expected[["r", "s"]] = 1
+    lazy[["a", "t"]] = [5, "x"]
+    expected[["a", "t"]] = [5, "x"]
+    pd.testing.assert_frame_equal(lazy.compute(), expected)
+    with pytest.raises(UsageError, match="frame of 3 columns"):
+        lazy[["u", "v", "w"]] = lazy[["a", "b"]]
+
+
+def test_assigning_an_array_of_values_is_refused_before_computing() -> None:
+    pdf = pd.DataFrame({"a": range(10)})
+    lazy = zd.from_pandas(pdf, npartitions=3)
+    for values in (np.arange(10), list(range(10)), pd.Index(range(10))):
+        with pytest.raises(UsageError, match="make it a lazy Series"):
+            lazy.assign(p=values)
+    by_label = pd.Series(np.arange(10) * 2, index=pdf.index)
+    pd.testing.assert_frame_equal(lazy.assign(p=by_label).compute(), pdf.assign(p=by_label))
+    pd.testing.assert_frame_equal(lazy.assign(p=np.int64(3)).compute(), pdf.assign(p=np.int64(3)))

@@ -316,3 +316,10 @@ def test_idxmax_without_skipna_refuses_missing_values_as_pandas() -> None:
         lazy.x.idxmax(skipna=False).compute()
     assert lazy.y.idxmax(skipna=False).compute() == frame.y.idxmax(skipna=False)
     pd.testing.assert_series_equal(lazy.idxmin().compute(), frame.idxmin())
+
+
+def test_mean_of_large_integers_does_not_overflow() -> None:
+    frame = pd.DataFrame({"big": np.full(10, 2**62), "small": np.arange(10)})
+    lazy = zd.from_pandas(frame, npartitions=3)
+    assert lazy.big.mean().compute() == frame.big.mean()
+    pd.testing.assert_series_equal(lazy.mean().compute(), frame.mean())

@@ -318,3 +318,12 @@ def test_rolling_rejects_bad_windows() -> None:
         lazy.rolling("not a window")
     with pytest.raises(UsageError):
         zd.from_pandas(frame.reset_index(drop=True), npartitions=2).rolling("1h")
+
+
+def test_resample_ohlc_of_a_series_and_of_a_frame() -> None:
+    rng = np.random.default_rng(0)
+    index = pd.date_range("2021-01-01", periods=200, freq="17min")
+    pdf = pd.DataFrame({"x": rng.normal(size=200), "y": np.arange(200.0)}, index=index)
+    lazy = zd.from_pandas(pdf, npartitions=4)
+    pd.testing.assert_frame_equal(lazy.x.resample("1h").ohlc().compute(), pdf.x.resample("1h").ohlc())
+    pd.testing.assert_frame_equal(lazy.resample("2h").ohlc().compute(), pdf.resample("2h").ohlc())

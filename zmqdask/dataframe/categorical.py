@@ -187,8 +187,8 @@ class CategoricalAccessor(Accessor):
     @staticmethod
     def _unknown(attr: str) -> UsageError:
         return UsageError(
-            f".cat.{attr} needs the categories of the whole column, which astype('category') leaves to "
-            "each partition: call .cat.as_known() (or df.categorize()) first"
+            f".cat.{attr} needs the categories of the whole column, which are not known yet (astype('category') "
+            "and read_parquet leave them to each partition): call .cat.as_known() (or df.categorize()) first"
         )
 
 

@@ -338,7 +338,7 @@ class _Frame(Collection, FrameMethods, FrameReductions):
 
         ``by`` may name columns or the index; ``level=0`` (or the index's name) groups by
         the index.  Groups are the key values present (``observed=True``, pandas' default);
-        ``group_keys`` is accepted for Dask code.
+        ``group_keys=False`` leaves the group keys out of ``apply``'s index, as in pandas.
         """
         from zmqdask.dataframe.groupby import GroupBy
 
@@ -356,7 +356,7 @@ class _Frame(Collection, FrameMethods, FrameReductions):
             by = name if name is not None and name not in getattr(self._meta, "columns", ()) else self.index
         if by is None:
             raise UsageError("groupby needs by= (columns, the index name or a Series) or level=0")
-        return GroupBy(self, by, sort=sort, dropna=dropna)
+        return GroupBy(self, by, sort=sort, dropna=dropna, group_keys=group_keys)
 
     def rolling(self, window: Any, min_periods: int | None = None, center: bool = False, **options: Any) -> Any:
         """Rolling windows, centered or not (see ``zmqdask.dataframe.timeseries_ops``)."""
@@ -484,8 +484,11 @@ class DataFrame(_Frame):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if isinstance(key, (list, tuple)):
-            raise UsageError("assign one column at a time, or use assign()")
-        self._expr = self.assign(**{key: value}).expr if isinstance(key, str) else _assign(self, [(key, value)]).expr
+            self._expr = _assign(self, _column_pairs(list(key), value)).expr
+        elif isinstance(key, str):
+            self._expr = self.assign(**{key: value}).expr
+        else:
+            self._expr = _assign(self, [(key, value)]).expr
         self.__dict__.pop("_optimized", None)
         self.__dict__.pop("_graph", None)
 
@@ -767,6 +770,14 @@ def _assign(frame: DataFrame, pairs: list[tuple[Any, Any]]) -> DataFrame:
     for name, value in pairs:
         if callable(value) and not isinstance(value, Collection):
             value = value(new_collection(expr))
+        if isinstance(value, (np.ndarray, pd.Index, list)) and np.ndim(value) > 0:
+            # Partition by partition each piece would get the whole sequence (a pandas
+            # Series is fine: each partition takes the values of its own labels).
+            raise UsageError(
+                f"cannot assign a {type(value).__name__} of values to column {name!r} of a lazy frame: "
+                "make it a lazy Series partitioned like the frame (from_pandas with the frame's "
+                "divisions), or merge it on a key column"
+            )
         value = _expr_of(value)
         if isinstance(value, Expr):
             expr, value = plan.align(expr, value)
@@ -920,6 +931,23 @@ def _map_elements(part: pd.Series, arg: Any, na_action: str | None) -> Any:
     return part.map(arg, na_action=na_action)  # type: ignore[arg-type]
 
 
+def _column_pairs(keys: list[Any], value: Any) -> list[tuple[Any, Any]]:
+    """``df[keys] = value`` as (column, value) pairs, as pandas pairs them: a frame's columns
+    by position, a list's items one per key, anything else (a scalar) to every key."""
+    if isinstance(value, DataFrame):
+        columns = list(value.columns)
+        if len(columns) != len(keys):
+            raise UsageError(f"df[{keys!r}] = frame needs a frame of {len(keys)} columns, got {len(columns)}")
+        return [(key, value[column]) for key, column in zip(keys, columns, strict=True)]
+    if isinstance(value, Series):
+        raise UsageError(f"df[{keys!r}] = series: assign the series to each column one at a time")
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(keys):
+            raise UsageError(f"df[{keys!r}] = list needs {len(keys)} values, got {len(value)}")
+        return list(zip(keys, value, strict=True))
+    return [(key, value) for key in keys]
+
+
 class Index(Series):
     """A lazy pandas Index, one piece per partition."""
 
@@ -972,15 +1000,54 @@ class Index(Series):
         expr = self._expr
         if not isinstance(expr, ops.IndexOf):
             raise AttributeError(f"'{name}' of a derived index is not supported; compute it from df.index")
-        if callable(getattr(self._meta, name)):
+        value = getattr(self._meta, name)
+        if callable(value):
 
             def method(*args: Any, **kwargs: Any) -> Any:
+                _check_per_label(name, value(*args, **kwargs))
                 return new_collection(ops.IndexAttribute(expr.frame, name, True, args, kwargs))
 
             method.__name__ = name
             method.__doc__ = f"``index.{name}(...)`` per partition."
             return method
+        _check_per_label(name, value)
         return new_collection(ops.IndexAttribute(expr.frame, name, False, (), {}))
+
+
+_PER_LABEL_ARRAYS = frozenset(
+    {
+        "date",
+        "time",
+        "timetz",
+        "isin",
+        "isna",
+        "isnull",
+        "notna",
+        "notnull",
+        "to_pydatetime",
+        "is_leap_year",
+        "is_month_start",
+        "is_month_end",
+        "is_quarter_start",
+        "is_quarter_end",
+        "is_year_start",
+        "is_year_end",
+    }
+)
+"""Index attributes and methods whose pandas result is a NumPy array of one value per label:
+computed partition by partition, they give the labels' values (as an Index)."""
+
+
+def _check_per_label(name: str, result: Any) -> None:
+    """Refuse an index attribute or method whose value depends on the whole index (a count,
+    a flag, ``duplicated``) or that materializes it (``values``, ``tolist``): partition by
+    partition it would be wrong."""
+    if isinstance(result, pd.Index) or name in _PER_LABEL_ARRAYS:
+        return
+    raise UsageError(
+        f"index.{name} needs the whole index at once; compute the index first "
+        f"(df.index.compute().{name}), or work on df.index.to_series()"
+    )
 
 
 # ---------------------------------------------------------------------------------------

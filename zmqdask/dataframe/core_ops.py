@@ -60,8 +60,11 @@ def apply_unary(value: Any, op: str) -> Any:
 
 
 def call_method(part: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``part.method(*args, **kwargs)``."""
-    return getattr(part, method)(*args, **kwargs)
+    """``part.method(*args, **kwargs)``; an index's per-label array (``isin``, ``isna``) as an Index."""
+    result = getattr(part, method)(*args, **kwargs)
+    if isinstance(result, np.ndarray) and isinstance(part, pd.Index):
+        return pd.Index(result, name=part.name)
+    return result
 
 
 def call_accessor(
@@ -709,6 +712,8 @@ def index_attribute(
     value = getattr(part.index, attr)
     if call:
         value = value(*args, **kwargs)
+    if isinstance(value, np.ndarray):
+        value = pd.Index(value, name=part.index.name)  # one value per label (``date``, ``isin``)
     if as_series:
         name = value.name if isinstance(value, pd.Index) else part.index.name
         return pd.Series(np.asarray(value), index=part.index, name=name)
@@ -870,11 +875,17 @@ COMBINE_HOW = {"sum": "sum", "min": "min", "max": "max", "count": "sum", "prod":
 
 
 def mean_chunk(part: Any, skipna: bool, numeric_only: bool) -> tuple[Any, Any]:
-    """Sum and count of one partition."""
+    """Sum and count of one partition; integers are summed as floats, as pandas' mean does
+    (large values would overflow an integer sum)."""
     if isinstance(part, pd.DataFrame):
         if numeric_only:
             part = part.select_dtypes(include=["number", "bool"])
+        integers = {c: "float64" for c, t in part.dtypes.items() if isinstance(t, np.dtype) and t.kind in "iu"}
+        if integers:
+            part = part.astype(integers)
         return part.sum(skipna=skipna), part.count()
+    if isinstance(part.dtype, np.dtype) and part.dtype.kind in "iu":
+        part = part.astype("float64")
     return part.sum(skipna=skipna), part.count()
 
 

@@ -525,10 +525,11 @@ def whole_groups_part(
     kwargs: dict[str, Any],
     sort: bool,
     dropna: bool,
+    group_keys: bool = True,
 ) -> Any:
     """pandas' ``groupby(by)[selection].<how>(func)`` of a partition holding whole groups
     (``how="method"``: the GroupBy method named ``func``)."""
-    grouped: Any = part.groupby(list(by), sort=sort, dropna=dropna, observed=True)
+    grouped: Any = part.groupby(list(by), sort=sort, dropna=dropna, observed=True, group_keys=group_keys)
     if selection is not None:
         grouped = grouped[selection]
     if how == "method":
@@ -739,6 +740,7 @@ class GroupBy:
         *,
         sort: bool = True,
         dropna: bool = True,
+        group_keys: bool = True,
         _selection: Any = None,
         _series_selection: bool = False,
     ) -> None:
@@ -746,6 +748,8 @@ class GroupBy:
         self._frame_expr = expr_of(frame)
         self._sort = bool(sort)
         self._dropna = bool(dropna)
+        self._group_keys = bool(group_keys)
+        """Whether ``apply``'s result is indexed by the group keys too (pandas' default)."""
         meta = self._frame_expr._meta
         self._is_series = isinstance(meta, pd.Series)
         self._by = self._normalize_by(by, meta)
@@ -840,6 +844,7 @@ class GroupBy:
             self._by_argument(),
             sort=self._sort,
             dropna=self._dropna,
+            group_keys=self._group_keys,
             _selection=list(key) if isinstance(key, list) else key,
             _series_selection=not isinstance(key, list),
         )
@@ -993,6 +998,12 @@ class GroupBy:
         """Product of each group."""
         return self._whole_group_aggregate("prod", numeric_only=numeric_only, min_count=min_count)
 
+    def unique(self) -> Any:
+        """The distinct values of each group, in order of appearance (a Series of arrays)."""
+        if not self._is_series and not self._series_selection:
+            raise UsageError("groupby(...).unique() is a method of a column's groups: select one first (gb[col])")
+        return self._whole_group_aggregate("unique")
+
     def idxmax(self, skipna: bool = True) -> Any:
         """Index label of each group's largest value."""
         return self._whole_group_aggregate("idxmax", skipna=skipna)
@@ -1114,7 +1125,7 @@ class GroupBy:
         frame = self._frame_expr
         if frame.npartitions > 1:
             frame = HashShuffle(frame, self._by, frame.npartitions)
-        options = (self._by, self._selection, how, func, args, kwargs, self._sort, self._dropna)
+        options = (self._by, self._selection, how, func, args, kwargs, self._sort, self._dropna, self._group_keys)
         meta = self._whole_groups_meta(frame, options, meta)
         node_ = MapPartitions(frame, whole_groups_part, options, {}, meta, False, f"groupby-{how}")
         return new_collection(node_)

@@ -177,6 +177,16 @@ def read_csv_part(
     ``path_column`` names a categorical column of the file's path (categories: ``paths``).
     """
     options = dict(kwargs)
+    if dtypes:
+        # A column the schema has as text is text in every block, as in pandas reading the
+        # whole file: a block with only numbers in it (the header row of header=None files
+        # is in the first block alone) must not read them as numbers.
+        declared = options.get("dtype")
+        converted = options.get("converters") or {}
+        if declared is None or isinstance(declared, dict):
+            text = {c: t for c, t in dtypes.items() if _is_text(t) and c not in converted and c != path_column}
+            if text:
+                options["dtype"] = {**text, **(declared or {})}
     wanted = columns
     if columns is not None and path_column is not None:
         columns = tuple(c for c in columns if c != path_column)
@@ -564,23 +574,28 @@ def read_parquet(
     write it with ``partition_cols``) gives each key as a categorical column, and filters
     on those keys skip whole files.  One partition per file.  ``filters`` are ``(column, op, value)`` conjunctions (or a
     list of them, OR-ed); divisions are known when the files are sorted by a stored index.
-    ``engine`` must be pyarrow (or "auto"); other Dask options (``index``,
-    ``calculate_divisions``, ``split_row_groups``...) are accepted and not used.
+    ``index`` names the column(s) to index each partition by instead of the stored index
+    (divisions unknown then), or is False for none (a stored index becomes a column).
+    ``engine`` must be pyarrow (or "auto"); other Dask options (``calculate_divisions``,
+    ``split_row_groups``...) are accepted and not used.
     """
     _check_engine(engine)
     if columns is not None and not isinstance(columns, (list, tuple)):
         # One column named alone gives a Series, as in Dask and pandas' selection.
         return read_parquet(path, [columns], filters, engine, **options)[columns]
+    index = options.pop("index", None)
+    if index is not None:
+        return _with_index(read_parquet(path, columns, filters, engine, **options), index)
     pq = import_pyarrow()
     groups = _as_disjunction(filters)
     hive = _hive_files(path)
     partitions: tuple[tuple[tuple[str, Any, tuple[Any, ...]], ...], ...] | None = None
     if hive is None:
         paths = expand_paths(path, suffix=".parquet")
-        meta = pq.read_schema(paths[0]).empty_table().to_pandas()
+        meta = _parquet_meta(pq, paths[0])
     else:
         paths, partitions, categories = _hive_layout(hive, groups)
-        meta = pq.read_schema(paths[0]).empty_table().to_pandas()
+        meta = _parquet_meta(pq, paths[0])
         for name, values in categories.items():
             meta[name] = pd.Categorical([], categories=list(values))
     missing = [c for c in columns or () if c not in meta.columns]
@@ -599,6 +614,37 @@ def read_parquet(
         partitions,
     )
     return new_collection(source)
+
+
+def _parquet_meta(pq: Any, path: str) -> pd.DataFrame:
+    """The empty frame of a Parquet file's schema; its categorical columns' categories are
+    unknown (the schema has none: each file's values have their own)."""
+    from zmqdask.dataframe.categorical import mark_unknown
+
+    meta = pq.read_schema(path).empty_table().to_pandas()
+    categorical = [c for c in meta.columns if isinstance(meta[c].dtype, pd.CategoricalDtype)]
+    return mark_unknown(meta, categorical) if categorical else meta
+
+
+def _with_index(frame: Any, index: Any) -> Any:
+    """``read_parquet``'s ``index=``: False, a column label or a list of them."""
+    stored = frame._meta.index
+    plain = stored.name is None and isinstance(stored, pd.RangeIndex)
+    if index is False:
+        return frame.reset_index(drop=plain)
+    labels = list(index) if isinstance(index, (list, tuple)) else [index]
+    if labels == [stored.name] and not isinstance(stored, pd.MultiIndex):
+        return frame
+    frame = frame if plain else frame.reset_index()
+    missing = [label for label in labels if label not in frame.columns]
+    if missing:
+        raise UsageError(f"read_parquet(index=...): {missing} not among the columns {list(frame.columns)}")
+    return frame.map_partitions(_set_index_part, labels, clear_divisions=True)
+
+
+def _set_index_part(part: pd.DataFrame, labels: list[Hashable]) -> pd.DataFrame:
+    """A partition indexed by ``labels`` (one level, or several)."""
+    return part.set_index(labels if len(labels) > 1 else labels[0])
 
 
 def _hive_files(path: Any) -> list[tuple[str, dict[str, str]]] | None:

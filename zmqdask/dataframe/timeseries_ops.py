@@ -547,6 +547,15 @@ class Resampler:
         """Distinct non-missing values per bin."""
         return self._aggregate("nunique")
 
+    def ohlc(self) -> Any:
+        """First, highest, lowest and last value per bin, as columns ``open``, ``high``,
+        ``low`` and ``close`` (under each column of a frame)."""
+        result = self._aggregate(["first", "max", "min", "last"])
+        names = {"first": "open", "max": "high", "min": "low", "last": "close"}
+        if isinstance(self._expr._meta, pd.Series):
+            return result.rename(columns=names)
+        return result.map_partitions(_ohlc_columns, names)
+
     def __getitem__(self, key: Any) -> Resampler:
         return Resampler(
             _select(self._frame, key), self._rule, closed=self._closed, label=self._label, origin=self._origin
@@ -709,3 +718,11 @@ class Rolling:
 
     def __repr__(self) -> str:
         return f"<zmqdask Rolling window={self._window!r}>"
+
+
+def _ohlc_columns(part: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """A frame aggregated by first/max/min/last, with pandas' ohlc column names."""
+    part = part.copy()
+    pairs: list[Any] = list(part.columns)
+    part.columns = pd.MultiIndex.from_tuples([(pair[0], names[pair[1]]) for pair in pairs])
+    return part
