@@ -19,9 +19,11 @@ work; a function slower than that is not batched at all.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -122,6 +124,15 @@ def _sizes(values: list[Any]) -> tuple[int, bool]:
     return total, small
 
 
+def call(fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> Any:
+    """``fn(*args, **kwargs)``; the coroutine of an ``async def`` function is run to its end
+    (on an event loop of this thread's own), as Dask runs them."""
+    value = fn(*args, **kwargs)
+    if type(value) is types.CoroutineType:
+        value = asyncio.run(value)
+    return value
+
+
 def run_batch(fn: Callable[..., Any], batch: BatchCall, kwargs: dict[str, Any]) -> BatchResult:
     """Run each call of ``batch`` (on a worker); a failing call is tried ``retries`` more
     times, then its error takes its place, and the other calls go on."""
@@ -133,7 +144,7 @@ def run_batch(fn: Callable[..., Any], batch: BatchCall, kwargs: dict[str, Any]) 
         attempt = 0
         while True:
             try:
-                value = fn(*args, **kwargs)
+                value = call(fn, args, kwargs)
                 break
             except BaseException as exc:  # as for a task: SystemExit in a call is its error
                 if attempt < retries:

@@ -37,6 +37,8 @@ from zmqdask.config import (
     DIRECT_MIN_BYTES,
     MAX_KEY_LENGTH,
     RECONNECT_TIMEOUT_S,
+    optional_seconds,
+    seconds,
 )
 from zmqdask.errors import (
     ClosedClientError,
@@ -61,7 +63,7 @@ from zmqdask.local import format_bytes
 from zmqdask.runs import UploadedFile, check_run_call, run_results, worker_targets
 from zmqdask.security import Security, as_security
 from zmqdask.serialize import PICKLE_PROTOCOL, TaskRef, dumps, loads, pickle_function
-from zmqdask.session import BrokerSession, ClientStatus, seconds
+from zmqdask.session import BrokerSession, ClientStatus
 from zmqdask.sync import LoopThread
 from zmqdask.versions import mismatches, version_info
 
@@ -80,8 +82,11 @@ def default_client() -> Client | None:
     return None
 
 
-def get_client() -> Client:
+def get_client(address: str | None = None, timeout: Any = None, resolve_address: bool = True) -> Client:
     """The current client; raises ValueError when there is none.
+
+    Dask's ``address``, ``timeout`` and ``resolve_address`` are accepted: a task's client is
+    always one of its worker's own broker.
 
     Inside a task, this is a client of the worker's own broker (made on first use, one per
     worker process), so tasks can submit tasks and wait for them, as in Dask.  The calling
@@ -413,8 +418,7 @@ class Client(BrokerSession):
         deps_known: dict[str, FutureState] | None = None,
         functions: dict[int, tuple[Any, tuple[bytes, bytes, str]]] | None = None,
     ) -> Future:
-        if not isinstance(priority, int) or not isinstance(retries, int) or retries < 0:
-            raise UsageError("priority must be an int and retries a non-negative int")
+        priority, retries = _task_options(priority, retries)
         if functions is None:
             info = self._function_info(fn)
         else:
@@ -672,8 +676,7 @@ class Client(BrokerSession):
             keys = list(key)
             if len(keys) != count:
                 raise UsageError(f"map got {len(keys)} keys for {count} elements")
-        if not isinstance(priority, int) or not isinstance(retries, int) or retries < 0:
-            raise UsageError("priority must be an int and retries a non-negative int")
+        priority, retries = _task_options(priority, retries)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise UsageError(f"batch_size must be a positive int (1: one task per call), got {batch_size!r}")
         info = self._function_info(fn)
@@ -986,15 +989,21 @@ class Client(BrokerSession):
     ) -> Any:
         """Start computing a collection (or a list of them); returns Future(s) at once.
 
-        As in Dask, anything that is neither a collection nor a future is returned as it
-        is.  Every task of the graph is tried ``retries`` more times if it fails.  Dask's
-        ``workers``, ``resources``, ``allow_other_workers``, ``fifo_timeout`` and
-        ``traverse`` are accepted and not used; graphs are always optimized.
+        As in Dask, a list, tuple, set or dict holding collections (``{"a": d1, "b": d2}``)
+        is computed as one value, with the collections in it computed (unless
+        ``traverse=False``), and anything else that is neither a collection nor a future is
+        returned as it is.  Every task of the graph is tried ``retries`` more times if it
+        fails.  Dask's ``workers``, ``resources``, ``allow_other_workers`` and
+        ``fifo_timeout`` are accepted and not used; graphs are always optimized.
         """
         self._check_open()
         _accept_placement(placement)
         single = not isinstance(collections, (list, tuple))
         items = [collections] if single else list(collections)
+        if placement.get("traverse", True):
+            items = [_as_delayed_container(item) for item in items]
+        for item in items:
+            _refuse_foreign_collection(item)
         lazy = [item for item in items if not isinstance(item, Future) and is_collection(item)]
         partitions = iter(self._submit_graphs(lazy, priority, retries))
         futures: list[Any] = []
@@ -1152,16 +1161,26 @@ class Client(BrokerSession):
                 failures.add(key)
         return _rebuild(obj, values, failures)
 
-    def scatter(self, data: Any, broadcast: bool = False, hash: bool = True, workers: Any = None) -> Any:
+    def scatter(
+        self,
+        data: Any,
+        broadcast: bool = False,
+        hash: bool = True,
+        workers: Any = None,
+        direct: Any = None,
+        timeout: Any = None,
+    ) -> Any:
         """Send local data to the workers; returns Future(s) shaped like ``data``.
 
-        A list gives a list of futures, a dict a dict; anything else one future.
+        A list gives a list of futures, a dict a dict; anything else one future.  Dask's
+        ``workers`` and ``direct`` are accepted (large values go to a worker in one hop
+        anyway); ``timeout`` bounds the wait for the workers to hold the data.
         """
         self._check_open()
         coro = self._scatter(data, broadcast, hash)
         if self.asynchronous:
-            return coro
-        return self._blocking(coro, None, "await client.scatter(data)")
+            return self._awaitable_within(coro, timeout, "scatter")
+        return self._blocking(coro, timeout, "await client.scatter(data)", what="scatter")
 
     async def _scatter(self, data: Any, broadcast: bool, hash_keys: bool) -> Any:
         if isinstance(data, dict):
@@ -1354,15 +1373,17 @@ class Client(BrokerSession):
 
         return self._on_loop(do_retry)
 
-    def scheduler_info(self) -> Any:
-        """Broker and worker information, shaped like Dask's ``scheduler_info()``."""
+    def scheduler_info(self, n_workers: int | None = None, **options: Any) -> Any:
+        """Broker and worker information, shaped like Dask's ``scheduler_info()``; every worker
+        unless ``n_workers`` (a positive count) limits them."""
         self._check_open()
+        limit = None if n_workers is None or n_workers < 0 else int(n_workers)
 
         async def fetch() -> dict[str, Any]:
             info = await self._info()
             workers = {
                 f"{self.address}/{worker_id}": dict(details, id=worker_id)
-                for worker_id, details in info.get("workers", {}).items()
+                for worker_id, details in list(info.get("workers", {}).items())[:limit]
             }
             return {
                 "type": "Scheduler",
@@ -1603,10 +1624,11 @@ class Client(BrokerSession):
 
     ncores = nthreads
 
-    def wait_for_workers(self, n_workers: int = 1, timeout: float | None = None) -> Any:
-        """Wait until at least ``n_workers`` workers are connected."""
+    def wait_for_workers(self, n_workers: int = 1, timeout: Any = None) -> Any:
+        """Wait until at least ``n_workers`` workers are connected (``timeout`` in seconds, or a
+        duration such as "30s")."""
         self._check_open()
-        coro = self._wait_for_workers(n_workers, timeout)
+        coro = self._wait_for_workers(n_workers, optional_seconds(timeout))
         if self.asynchronous:
             return coro
         return self._blocking(coro, None, "await client.wait_for_workers(n)")
@@ -1647,6 +1669,12 @@ class Client(BrokerSession):
         finally:
             if given is not None:
                 await asyncio.to_thread(given.close)
+
+    def __reduce__(self) -> Any:
+        raise UsageError(
+            "a Client cannot be sent to a worker (a task's function or arguments hold it); "
+            "call zmqdask.get_client() inside the task instead"
+        )
 
     @property
     def id(self) -> str:
@@ -1762,6 +1790,33 @@ _PLACEMENT_KEYWORDS = frozenset(
 worker runs any task here, so they are accepted and not used."""
 
 
+def _as_delayed_container(item: Any) -> Any:
+    """A container holding collections as one delayed value of it (Dask's ``traverse``)."""
+    if isinstance(item, (list, tuple, set, frozenset, dict)) and _holds_collection(item):
+        from zmqdask.delayed import delayed
+
+        return delayed(item)
+    return item
+
+
+def _holds_collection(obj: Any, depth: int = 0) -> bool:
+    if is_collection(obj) or isinstance(obj, Future):
+        return is_collection(obj)
+    if depth > 8:
+        return False
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple, set, frozenset)) else ()
+    return any(_holds_collection(value, depth + 1) for value in values)
+
+
+def _refuse_foreign_collection(item: Any) -> None:
+    """A Dask collection (built with dask's own modules) cannot run here: say so."""
+    if not is_collection(item) and not isinstance(item, type) and hasattr(item, "__dask_graph__"):
+        raise UsageError(
+            f"{type(item).__module__}.{type(item).__name__} is a dask collection: build it with zmqdask "
+            "(zmqdask.delayed, zmqdask.dataframe), or run a Dask graph with client.get(dsk, keys)"
+        )
+
+
 def _accept_placement(options: Mapping[str, Any]) -> None:
     unknown = sorted(set(options) - _PLACEMENT_KEYWORDS)
     if unknown:
@@ -1827,6 +1882,18 @@ async def _content_digest(frames: list[Any]) -> str:
 
 def _sha256(data: Any) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def _task_options(priority: Any, retries: Any) -> tuple[int, int]:
+    """``priority`` and ``retries`` as the protocol carries them: Dask's ``retries=None``
+    is 0, a float priority its whole part."""
+    if retries is None:
+        retries = 0
+    if isinstance(priority, float) and abs(priority) < 2**31:
+        priority = int(priority)
+    if type(priority) is bool or not isinstance(priority, int) or not isinstance(retries, int) or retries < 0:
+        raise UsageError(f"priority must be a number and retries a non-negative int, got {priority!r} and {retries!r}")
+    return priority, retries
 
 
 def _funcname(fn: Any) -> str:

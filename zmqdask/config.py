@@ -7,6 +7,7 @@ scheduler="sync"):``); of those, ``scheduler`` is what zmqdask reads (the defaul
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -136,3 +137,27 @@ def get(key: str, default: Any = None) -> Any:
 PYTHON_VERSION = "{}.{}".format(*__import__("sys").version_info[:2])
 """This interpreter's version, as clients and workers announce it: a function pickled by
 value (bytecode) only runs on the Python version that pickled it."""
+
+
+_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|sec|seconds?|m|min|minutes?|h|hours?)?\s*")
+
+_UNIT_SECONDS = {"ms": 0.001, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def seconds(value: Any, name: str) -> float:
+    """A duration in seconds from a number or a string such as "2s", "500ms" or "1min"
+    (as Dask's timeouts take them); a UsageError for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.lower())
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS.get(match.group(2) or "s", 1.0)
+    from zmqdask.errors import UsageError
+
+    raise UsageError(f"{name} must be a number of seconds or a duration such as '2s' or '500ms', not {value!r}")
+
+
+def optional_seconds(value: Any, name: str = "timeout") -> float | None:
+    """:func:`seconds` of a timeout that may be None (no limit)."""
+    return None if value is None else seconds(value, name)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zmqdask import serialize
-from zmqdask.batches import BatchCall, BatchResult, result_type_name, run_batch, without_unpicklable
+from zmqdask.batches import BatchCall, BatchResult, call, result_type_name, run_batch, without_unpicklable
 from zmqdask.config import (
     INLINE_AFTER_QUICK_CALLS,
     INLINE_RESULT_MAX_BYTES,
@@ -341,7 +341,7 @@ def execute(task: Task) -> Task:
             if len(args) == 1 and type(args[0]) is BatchCall:
                 value = run_batch(fn, args[0], kwargs)  # a map batch: each call in turn
             else:
-                value = fn(*args, **kwargs)
+                value = call(fn, args, kwargs)
         finally:
             task.seconds = time.perf_counter() - started
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from a task are task errors too

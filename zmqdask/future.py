@@ -19,6 +19,7 @@ import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from zmqdask.config import optional_seconds
 from zmqdask.errors import FutureCancelledError, UsageError
 from zmqdask.serialize import rebuild_exception, traceback_from_text
 
@@ -222,13 +223,16 @@ class Future:
         """Type name of the result, once finished."""
         return self._state.type_name
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: Any = None) -> Any:
         """Wait for and return the value; raises the task's exception if it failed.
 
         On an asynchronous client this returns an awaitable, as in Dask:
         ``await future.result()`` (or simply ``await future``); called from another thread
         than the client's event loop (a done callback's), it blocks and returns the value.
+        ``timeout`` is in seconds, or a duration such as "30s".
         """
+        if timeout is not None:
+            timeout = optional_seconds(timeout)
         state = self._state
         if self._client.asynchronous:
             what = f"result of {self.key}"
@@ -245,12 +249,13 @@ class Future:
             self._client._wait_value(state), timeout, "await future", what=f"result of {self.key}"
         )
 
-    def exception(self, timeout: float | None = None) -> Any:
+    def exception(self, timeout: Any = None) -> Any:
         """Wait for completion and return the exception, or None if it succeeded.
 
         On an asynchronous client this returns an awaitable: ``await future.exception()``
         (from another thread than the client's event loop, it blocks and returns it).
         """
+        timeout = optional_seconds(timeout)
         if self._client.asynchronous:
             what = f"completion of {self.key}"
             if self._client._loop_runs_in_another_thread():
@@ -260,13 +265,14 @@ class Future:
             self._client._blocking(self._client._wait_done(self._state), timeout, "await wait([future])")
         return self._state.exception
 
-    def traceback(self, timeout: float | None = None) -> Any:
+    def traceback(self, timeout: Any = None) -> Any:
         """The traceback of a failed task, as an object the ``traceback`` module can print.
 
         Its entries name the frames where the task ran on its worker (file, line, function);
         None if the task succeeded.  The exception carries the same traceback as text too.
         On an asynchronous client this returns an awaitable: ``await future.traceback()``.
         """
+        timeout = optional_seconds(timeout)
         if self._client.asynchronous:
             return self._client._awaitable_within(self._traceback_async(), timeout, f"completion of {self.key}")
         self.exception(timeout)
@@ -313,7 +319,16 @@ class Future:
     async def _await_value(self) -> Any:
         # The coroutine frame holds ``self``: in ``await client.submit(...)`` nothing else
         # references the Future, and collecting it would release the key mid-flight.
-        return await self._client._wait_value(self._state)
+        client = self._client
+        loop = client._loop
+        if not client.asynchronous and loop is not None and not loop.is_closed():
+            if asyncio.get_running_loop() is not loop:
+                # A synchronous client's future awaited on another event loop (asyncio.run in
+                # a script): wait on the client's own loop, which settles the future, and hand
+                # the outcome over thread-safely.
+                waiting = asyncio.run_coroutine_threadsafe(client._wait_value(self._state), loop)
+                return await asyncio.wrap_future(waiting)
+        return await client._wait_value(self._state)
 
     def __del__(self) -> None:
         try:
@@ -394,12 +409,14 @@ FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALL_COMPLETED = "ALL_COMPLETED"
 
 
-def wait(futures: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED) -> Any:
+def wait(futures: Any, timeout: Any = None, return_when: str = ALL_COMPLETED) -> Any:
     """Wait until futures are done, like ``concurrent.futures.wait``.
 
     ``futures`` may be a Future, a persisted collection, or lists/dicts of them.  Returns
-    ``(done, not_done)``; on an asynchronous client returns an awaitable of it.
+    ``(done, not_done)``; on an asynchronous client returns an awaitable of it.  ``timeout``
+    is in seconds, or a duration such as "30s".
     """
+    timeout = optional_seconds(timeout)
     futures = _futures_in(futures, [])
     if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
         raise UsageError(
@@ -470,8 +487,9 @@ class as_completed:
         with_results: bool = False,
         raise_errors: bool = True,
         *,
-        timeout: float | None = None,
+        timeout: Any = None,
     ) -> None:
+        timeout = optional_seconds(timeout)
         self.with_results = with_results
         self.raise_errors = raise_errors
         self._timeout = timeout
@@ -482,6 +500,7 @@ class as_completed:
         # Future -> times added and not yet done: a future added twice is yielded twice.
         self._pending: dict[Future, int] = {}
         self._async_event: asyncio.Event | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
         self._client: Client | None = None
         for future in futures:
             self.add(future)
@@ -493,7 +512,9 @@ class as_completed:
         with self._lock:
             self._client = self._client or future._client
             self._pending[future] = self._pending.get(future, 0) + 1
-        future.add_done_callback(self._on_done)
+        # On the client's loop thread, not the thread of user callbacks: a callback that
+        # blocks (or iterates an as_completed itself) must not hold this one up.
+        future._client._add_done_callback(future, self._on_done)
 
     def update(self, futures: Iterable[Future]) -> None:
         """Add several futures."""
@@ -509,6 +530,33 @@ class as_completed:
         """Whether every future has been yielded."""
         return self.count() == 0
 
+    def has_ready(self) -> bool:
+        """Whether a finished future waits to be yielded."""
+        with self._lock:
+            return bool(self._ready)
+
+    def next_batch(self, block: bool = True) -> list[Any]:
+        """The futures (or ``(future, result)`` pairs) finished so far, at least one if
+        ``block`` (an empty list once every future was yielded)."""
+        if block:
+            try:
+                first = [next(self)]
+            except StopIteration:
+                return []
+        else:
+            first = []
+        batch = first
+        while (future := self._pop()) is not None:
+            batch.append(self._emit_sync(future))
+        return batch
+
+    def clear(self) -> None:
+        """Stop waiting for the futures not yielded yet."""
+        with self._lock:
+            self._pending.clear()
+            self._ready.clear()
+            self._condition.notify_all()
+
     def _on_done(self, future: Future) -> None:
         # Runs on the client's event loop thread (or at once from add() if already done).
         with self._lock:
@@ -521,10 +569,10 @@ class as_completed:
                 self._pending[future] = times - 1
             self._ready.append(future)
             self._condition.notify_all()
-        event = self._async_event
-        if event is not None:
-            client = future._client
-            client._call_in_loop(event.set)
+        event, loop = self._async_event, self._async_loop
+        if event is not None and loop is not None and not loop.is_closed():
+            # The loop iterating this may be another than the future's client's.
+            loop.call_soon_threadsafe(event.set)
 
     def _pop(self) -> Future | None:
         with self._lock:
@@ -599,6 +647,7 @@ class as_completed:
 
     async def __anext__(self) -> Any:
         if self._async_event is None:
+            self._async_loop = asyncio.get_running_loop()
             self._async_event = asyncio.Event()
         while True:
             future = self._pop()

@@ -20,7 +20,6 @@ import concurrent.futures
 import enum
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -40,6 +39,8 @@ from zmqdask.config import (
     MAX_KILLED_ATTEMPTS,
     MAX_MESSAGE_BYTES,
     PYTHON_VERSION,
+    optional_seconds,
+    seconds,
 )
 from zmqdask.direct import DirectFetcher
 from zmqdask.errors import (
@@ -103,23 +104,6 @@ _BATCH_FAILED_NOTE = (
     "The call ran in a map batch, which failed as a whole: client.retry(futures) runs each "
     "failed call alone, and map(..., batch_size=1) gives every call a task of its own."
 )
-
-
-_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|sec|seconds?|m|min|minutes?|h|hours?)?\s*")
-
-_UNIT_SECONDS = {"ms": 0.001, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hour": 3600.0}
-
-
-def seconds(value: Any, name: str) -> float:
-    """A duration in seconds from a number or a string such as "2s", "500ms" or "1min"
-    (as Dask's timeouts take them); a UsageError for anything else."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.fullmatch(value.lower())
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS.get(match.group(2) or "s", 1.0)
-    raise UsageError(f"{name} must be a number of seconds or a duration such as '2s' or '500ms', not {value!r}")
 
 
 class ClientStatus(str, enum.Enum):
@@ -311,8 +295,13 @@ class BrokerSession:
         else:
             loop.call_soon_threadsafe(fn, *args)
 
-    def _blocking(self, coro: Any, timeout: float | None, alternative: str, what: str = "") -> Any:
+    def _blocking(self, coro: Any, timeout: Any, alternative: str, what: str = "") -> Any:
         """Run one of the core's coroutines to completion from synchronous code."""
+        try:
+            timeout = optional_seconds(timeout)
+        except UsageError:
+            coro.close()
+            raise
         if self.asynchronous:
             coro.close()
             if self._in_loop_thread():
@@ -350,8 +339,13 @@ class BrokerSession:
         # every pending future, and a stopping loop cancels the coroutine.
         return asyncio.run_coroutine_threadsafe(self._awaitable_within(coro, timeout, what), loop).result()
 
-    async def _awaitable_within(self, coro: Any, timeout: float | None, what: str) -> Any:
+    async def _awaitable_within(self, coro: Any, timeout: Any, what: str) -> Any:
         """Await ``coro`` on an asynchronous client, bounded by ``timeout`` seconds if given."""
+        try:
+            timeout = optional_seconds(timeout)
+        except UsageError:
+            coro.close()
+            raise
         if timeout is None:
             return await coro
         try:

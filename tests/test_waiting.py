@@ -1,0 +1,138 @@
+"""Waiting on futures from every kind of caller: other event loops, done callbacks, durations."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from zmqdask import Client, as_completed, wait
+from zmqdask.errors import UsageError
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def test_timeouts_take_durations_everywhere(client: Client) -> None:
+    future = client.submit(_inc, 1)
+    assert future.result(timeout="30s") == 2
+    assert future.exception(timeout="30s") is None
+    done, not_done = wait([future], timeout="30s")
+    assert done == {future} and not not_done
+    assert [f.result() for f in as_completed([future], timeout="30s")] == [2]
+    client.wait_for_workers(1, timeout="30s")
+    with pytest.raises(UsageError, match="duration such as"):
+        future.result(timeout="soon")
+    with pytest.raises(UsageError, match="duration such as"):
+        wait([future], timeout="soon")
+
+
+def test_a_synchronous_clients_future_can_be_awaited_on_another_event_loop(client: Client) -> None:
+    # A script that keeps a synchronous client and awaits its futures inside asyncio.run.
+    async def main() -> tuple[int, list[int]]:
+        value = await client.submit(_inc, 5, pure=False)
+        seen = [await f async for f in as_completed(client.map(_inc, range(3), pure=False))]
+        return value, sorted(seen)
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == (6, [1, 2, 3])
+
+
+def test_as_completed_works_inside_a_done_callback_and_past_a_blocked_one(client: Client) -> None:
+    results: list[object] = []
+    finished = threading.Event()
+
+    def callback(_: object) -> None:
+        try:
+            results.extend(f.result() for f in as_completed(client.map(_inc, range(3), pure=False), timeout=30))
+        except Exception as exc:  # reported below
+            results.append(exc)
+        finished.set()
+
+    client.submit(_inc, 100, pure=False).add_done_callback(callback)
+    assert finished.wait(60)
+    assert sorted(results) == [1, 2, 3]  # type: ignore[type-var]
+
+    # A done callback that blocks holds up later callbacks, not as_completed.
+    release = threading.Event()
+    blocked = client.submit(_inc, 1, pure=False)
+    blocked.add_done_callback(lambda _: release.wait(60))
+    try:
+        assert [f.result() for f in as_completed([client.submit(_inc, 2, pure=False)], timeout=30)] == [3]
+    finally:
+        release.set()
+
+
+def test_wait_until_done_from_several_threads(client: Client, wait_until: Callable[..., None]) -> None:
+    outcomes: list[int] = []
+
+    def waiter(x: int) -> None:
+        outcomes.append(client.submit(_inc, x, pure=False).result(timeout="60s"))
+
+    threads = [threading.Thread(target=waiter, args=(x,)) for x in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes) == [1, 2, 3, 4]
+
+
+async def _async_double(x: int) -> int:
+    await asyncio.sleep(0)
+    return 2 * x
+
+
+def test_async_def_functions_run_as_tasks(client: Client) -> None:
+    assert client.submit(_async_double, 21).result(timeout=30) == 42
+    assert client.gather(client.map(_async_double, range(50))) == [2 * x for x in range(50)]
+    assert client.gather(client.map(_async_double, range(3), batch_size=1)) == [0, 2, 4]
+
+
+def test_dask_keywords_port_unchanged(client: Client) -> None:
+    assert client.submit(_inc, 1, retries=None, priority=1.5).result(timeout=30) == 2
+    assert client.gather(client.map(_inc, [1, 2], retries=None, priority=-0.5)) == [2, 3]
+    with pytest.raises(UsageError, match="priority must be a number"):
+        client.submit(_inc, 1, priority="high")
+    assert client.scatter([1, 2], direct=True, timeout="30s")[0].result(timeout=30) == 1
+    assert len(client.scheduler_info(n_workers=1)["workers"]) == 1
+    assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
+
+
+def test_as_completed_batches_readiness_and_clear(client: Client, wait_until: Callable[..., None]) -> None:
+    futures = client.map(_inc, range(4), pure=False)
+    client.gather(futures)
+    completed = as_completed(futures)
+    wait_until(completed.has_ready, timeout=30)
+    seen = completed.next_batch(block=False)
+    assert seen
+    while batch := completed.next_batch():
+        seen.extend(batch)
+    assert sorted(f.result() for f in seen) == [1, 2, 3, 4]
+    assert completed.next_batch() == [] and not completed.has_ready() and completed.is_empty()
+    cleared = as_completed(client.map(_inc, range(4), pure=False))
+    cleared.clear()
+    assert cleared.is_empty() and list(cleared) == []
+
+
+def test_compute_of_a_container_computes_the_collections_in_it(client: Client) -> None:
+    from zmqdask import delayed
+
+    a, b = delayed(_inc)(1), delayed(_inc)(2)
+    assert client.compute({"a": a, "b": b}).result(timeout=30) == {"a": 2, "b": 3}
+    first, rest = client.compute([a, [b]])
+    assert client.gather([first, rest]) == [2, [3]]
+    assert client.compute([a, [b]], traverse=False)[1] == [b]
+
+
+class _DaskStyleCollection:
+    """What dask's own collections look like to the client: a ``__dask_graph__``."""
+
+    def __dask_graph__(self) -> dict[str, object]:
+        return {"x": 1}
+
+
+def test_compute_of_a_dask_collection_says_to_build_it_with_zmqdask(client: Client) -> None:
+    with pytest.raises(UsageError, match="is a dask collection: build it with zmqdask"):
+        client.compute(_DaskStyleCollection())
