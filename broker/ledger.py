@@ -604,12 +604,23 @@ class Ledger:
 
     # --- scattered data ---------------------------------------------------------------
 
-    def scatter(self, client: ClientPeer, key: str, frames: Payload | None) -> TaskRecord | None:
+    def scatter(
+        self, client: ClientPeer, key: str, frames: Payload | None, *, replace: bool = False
+    ) -> TaskRecord | None:
         """Record a scattered value; returns the record if it must be sent to workers.
 
-        ``frames`` is None for a value the client sends to a worker itself (PLACE).
+        ``frames`` is None for a value the client sends to a worker itself (PLACE).  With
+        ``replace``, a scattered value in memory under ``key`` gives way to these bytes: its
+        holders drop it, and every client holding a future of it hears FINISHED again.
         """
         rec = self.tasks.get(key)
+        if rec is not None and replace and frames is not None and rec.is_data and rec.state is MEMORY:
+            self._drop_holders(rec)
+            rec.payload = frames
+            rec.error = None
+            self.add_interest(rec, client, wanted=True, push=False)
+            self.set_state(rec, PROCESSING)
+            return rec
         if rec is not None:
             if rec.is_data and rec.state is PROCESSING and rec.payload is None and frames is not None:
                 # Awaited from a client and not confirmed: the bytes come through the broker

@@ -820,7 +820,8 @@ class BrokerState:
         self._functions.disown(client, message.header[0])
 
     def _on_scatter(self, client: ClientPeer, message: Message) -> None:
-        entries, broadcast = message.header
+        entries, broadcast = message.header[0], message.header[1]
+        replace = len(message.header) > 2 and message.header[2]
         waiting = self._release_index
         if waiting and any(entry[0] in waiting for entry in entries):
             self._apply_releases(None)
@@ -836,7 +837,7 @@ class BrokerState:
             else:
                 frames = payload[position : position + nframes]
                 position += nframes
-            rec = ledger.scatter(client, key, frames)
+            rec = ledger.scatter(client, key, frames, replace=replace)
             if rec is None:
                 continue
             if not workers:

@@ -1742,3 +1742,25 @@ def test_a_released_key_submitted_again_with_an_unknown_input_errs_clearly() -> 
     out = h.send(b"c1", P.SUBMIT, [[], [["step", FN, ["nowhere"], 0, 0, P.FLAG_WANTED, b"<other>"]]])
     errors = [e for _, m in out if m.name == "REPORT" for e in m.header[0] if e[1] == P.ERRED]
     assert any(e[0] == "step" and "nowhere is unknown" in e[2][1] for e in errors)
+
+
+def test_a_named_value_scattered_again_replaces_the_one_in_memory() -> None:
+    h = Harness()
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.client(b"c2")
+    out = h.send(b"c1", P.SCATTER, [[["params", b"<old>"]], False])
+    assert [(who, m.name) for who, m in out] == [(b"w1", "STORE")]
+    h.done(b"w1", [["params", P.FINISHED, ["dict", 10], 0]])
+    h.send(b"c2", P.SCATTER, [[["params", b"<old>"]], False])  # another client holds it too
+    out = h.send(b"c1", P.SCATTER, [[["params", b"<new>"]], False, True])
+    sent = [(who, m.name, m.header) for who, m in out]
+    assert (b"w1", "DELETE", [["params"]]) in sent
+    assert (b"w1", "STORE", [[["params", b"<new>"]]]) in sent
+    assert h.state.ledger.tasks["params"].state == "processing"
+    out = h.done(b"w1", [["params", P.FINISHED, ["dict", 12], 0]])
+    told = {who for who, m in out if m.name == "REPORT" for e in m.header[0] if e[:2] == ["params", P.FINISHED]}
+    assert told == {b"c1", b"c2"}
+    # Without replace, a value in memory stays as it is.
+    out = h.send(b"c1", P.SCATTER, [[["params", b"<ignored>"]], False])
+    assert not any(m.name == "STORE" for _, m in out)

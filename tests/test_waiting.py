@@ -136,3 +136,46 @@ class _DaskStyleCollection:
 def test_compute_of_a_dask_collection_says_to_build_it_with_zmqdask(client: Client) -> None:
     with pytest.raises(UsageError, match="is a dask collection: build it with zmqdask"):
         client.compute(_DaskStyleCollection())
+
+
+def test_an_asynchronous_client_used_from_another_thread_blocks_there(run_async: Callable[..., object]) -> None:
+    # asyncio.to_thread (notebook helpers, web handlers): nothing in that thread could
+    # await, so the calls block and return values, as Dask's do there.
+    async def body(c: Client) -> object:
+        def in_thread() -> tuple[object, ...]:
+            futures = c.map(_inc, range(3), pure=False)
+            done, _ = wait(futures, timeout="30s")
+            scattered = c.scatter(41)
+            return (
+                c.gather(futures),
+                len(done),
+                c.submit(_inc, scattered).result(timeout=30),
+                len(c.scheduler_info()["workers"]),
+            )
+
+        return await asyncio.to_thread(in_thread)
+
+    assert run_async(body) == ([1, 2, 3], 3, 42, 2)
+
+
+def _ident(x: object) -> object:
+    return x
+
+
+def test_a_name_scattered_again_holds_the_new_value(client: Client) -> None:
+    old = client.scatter({"zmqdask-test-params": {"lr": 0.1}})["zmqdask-test-params"]
+    new = client.scatter({"zmqdask-test-params": {"lr": 0.5}})["zmqdask-test-params"]
+    assert new.result(timeout=30) == {"lr": 0.5} == old.result(timeout=30)
+    assert client.submit(_ident, new, pure=False).result(timeout=30) == {"lr": 0.5}
+    big = client.scatter({"zmqdask-test-array": bytes(3_000_000)})["zmqdask-test-array"]
+    assert len(big.result(timeout=30)) == 3_000_000
+    again = client.scatter({"zmqdask-test-array": b"short"})["zmqdask-test-array"]
+    assert client.submit(len, again, pure=False).result(timeout=30) == 5
+
+
+def test_changing_a_small_value_after_scattering_it_changes_no_copy(client: Client) -> None:
+    settings = {"lr": 0.1, "layers": [1, 2]}
+    [future] = client.scatter([settings], hash=False)
+    settings["layers"].append(3)
+    assert future.result(timeout=30) == {"lr": 0.1, "layers": [1, 2]}
+    assert client.submit(_ident, future, pure=False).result(timeout=30) == {"lr": 0.1, "layers": [1, 2]}

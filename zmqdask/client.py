@@ -1121,9 +1121,9 @@ class Client(BrokerSession):
                 return self._gather(list(futures), errors)
             return (self.gather(future, errors=errors) for future in futures)
         coro = self._gather(futures, errors)
-        if self.asynchronous or asynchronous:
+        if asynchronous and not self.asynchronous:
             return coro
-        return self._blocking(coro, None, "await client.gather(futures)")
+        return self._run_or_await(coro, "await client.gather(futures)")
 
     async def _gather(self, obj: Any, errors: str) -> Any:
         found: dict[str, Future] = {}
@@ -1178,9 +1178,7 @@ class Client(BrokerSession):
         """
         self._check_open()
         coro = self._scatter(data, broadcast, hash)
-        if self.asynchronous:
-            return self._awaitable_within(coro, timeout, "scatter")
-        return self._blocking(coro, timeout, "await client.scatter(data)", what="scatter")
+        return self._run_or_await(coro, "await client.scatter(data)", timeout, "scatter")
 
     async def _scatter(self, data: Any, broadcast: bool, hash_keys: bool) -> Any:
         if isinstance(data, dict):
@@ -1193,6 +1191,8 @@ class Client(BrokerSession):
             items = [(None, data)]
             named = False
         entries: list[list[Any]] = []
+        replacing: list[list[Any]] = []
+        replacing_frames: list[Any] = []
         placements = False
         frames: list[Any] = []
         futures: list[Future] = []
@@ -1221,13 +1221,26 @@ class Client(BrokerSession):
             with self._lock:
                 state = self._futures.get(key)
                 fresh = state is None or state.status in (CANCELLED, LOST, ERROR)
+                if named and not fresh and state is not None and state.entry is None and state.batch is None:
+                    # A name scattered again takes the new value, as in Dask: every future of
+                    # it (the same state) sees it, and the workers' copies are replaced.
+                    state.value = _private_copy(value, value_frames)
+                    state.has_value = True
+                    state.status = PENDING
+                    state.exception = None
+                    futures.append(Future(key, self, state))
+                    field = proto.payload_field(value_frames)
+                    replacing.append([key, field])
+                    if type(field) is not bytes:
+                        replacing_frames.extend(value_frames)
+                    continue
                 if fresh:
                     if self._releases:
                         # A scatter is a transfer the user asked for: a pending release of
                         # the same key goes out first, as it would have without the delay.
                         self._take_back_release(key, False)
                     state = self._futures[key] = FutureState(key)
-                    state.value = value
+                    state.value = _private_copy(value, value_frames)
                     state.has_value = True
                 futures.append(Future(key, self, state))
             if fresh and nbytes >= DIRECT_MIN_BYTES and not broadcast:
@@ -1244,6 +1257,9 @@ class Client(BrokerSession):
             self._flush()  # sends the PLACE for the large ones too
         if entries:
             self._send(proto.encode(proto.SCATTER, [entries, bool(broadcast)], frames))
+        if replacing:
+            self._flush()
+            self._send(proto.encode(proto.SCATTER, [replacing, bool(broadcast), True], replacing_frames))
         for future in futures:
             await self._wait_done(future._state)
         if named:
@@ -1401,9 +1417,7 @@ class Client(BrokerSession):
                 "direct_fetches": info.get("direct_fetches", 0),
             }
 
-        if self.asynchronous:
-            return fetch()
-        return self._blocking(fetch(), None, "await client.scheduler_info()")
+        return self._run_or_await(fetch(), "await client.scheduler_info()")
 
     def run(
         self,
@@ -1428,9 +1442,7 @@ class Client(BrokerSession):
         self._check_open()
         check_run_call(function, nanny, on_error)
         coro = self._run(function, args, kwargs, workers, wait, on_error)
-        if self.asynchronous:
-            return coro
-        return self._blocking(coro, None, "await client.run(function)")
+        return self._run_or_await(coro, "await client.run(function)")
 
     async def _run(
         self, function: Callable[..., Any], args: Any, kwargs: Any, workers: Any, wait: bool, on_error: str
@@ -1477,9 +1489,7 @@ class Client(BrokerSession):
             raise UsageError(f"upload_file: cannot read {filename!r}: {exc.strerror or exc}") from None
         name = os.path.basename(filename)
         coro = self._set_up_workers(f"upload_file:{name}", UploadedFile(name, data, load))
-        if self.asynchronous:
-            return coro
-        return self._blocking(coro, None, "await client.upload_file(filename)")
+        return self._run_or_await(coro, "await client.upload_file(filename)")
 
     def register_worker_callbacks(self, setup: Callable[[], Any] | None = None) -> Any:
         """Call ``setup()`` in every worker process now and in each one that starts later (a
@@ -1496,9 +1506,7 @@ class Client(BrokerSession):
             raise UsageError(f"register_worker_callbacks expects a callable, got {type(setup).__name__}")
         name = f"setup:{_funcname(setup)}:{self._function_info(setup)[0].hex()}"
         coro = self._set_up_workers(name, setup)
-        if self.asynchronous:
-            return coro
-        return self._blocking(coro, None, "await client.register_worker_callbacks(setup)")
+        return self._run_or_await(coro, "await client.register_worker_callbacks(setup)")
 
     async def _set_up_workers(self, name: str, setup: Callable[[], Any]) -> dict[str, Any]:
         frames = self._run_frames(setup, (), {})
@@ -1518,9 +1526,7 @@ class Client(BrokerSession):
         self._check_open()
         limit = RESTART_TIMEOUT_S if timeout is None else seconds(timeout, "timeout")
         coro = self._restart(limit, wait_for_workers)
-        if self.asynchronous:
-            return coro
-        return self._blocking(coro, None, "await client.restart()")
+        return self._run_or_await(coro, "await client.restart()")
 
     async def _restart(self, timeout: float, wait_for_workers: bool) -> None:
         deadline = time.monotonic() + timeout
@@ -1561,9 +1567,7 @@ class Client(BrokerSession):
                     )
             return found
 
-        if self.asynchronous:
-            return fetch()
-        return self._blocking(fetch(), None, "await client.get_versions()")
+        return self._run_or_await(fetch(), "await client.get_versions()")
 
     def who_has(self, futures: Any = None) -> Any:
         """Key -> addresses of the workers holding its value, for ``futures`` (any futures or
@@ -1582,9 +1586,7 @@ class Client(BrokerSession):
             where = answer.get("who_has", {})
             return {key: tuple(f"{self.address}/{worker}" for worker in where.get(key, ())) for key in keys}
 
-        if self.asynchronous:
-            return fetch()
-        return self._blocking(fetch(), None, "await client.who_has()")
+        return self._run_or_await(fetch(), "await client.who_has()")
 
     def has_what(self, workers: Any = None) -> Any:
         """Worker address -> the keys whose values it holds (every worker, or those named as in
@@ -1606,9 +1608,7 @@ class Client(BrokerSession):
                 )
             return {w if w in held else f"{self.address}/{w}": known[w] for w in wanted}
 
-        if self.asynchronous:
-            return fetch()
-        return self._blocking(fetch(), None, "await client.has_what()")
+        return self._run_or_await(fetch(), "await client.has_what()")
 
     def nthreads(self) -> Any:
         """Worker address -> number of threads."""
@@ -1618,9 +1618,7 @@ class Client(BrokerSession):
             info = await self._info()
             return {f"{self.address}/{wid}": d.get("nthreads", 1) for wid, d in info.get("workers", {}).items()}
 
-        if self.asynchronous:
-            return fetch()
-        return self._blocking(fetch(), None, "await client.nthreads()")
+        return self._run_or_await(fetch(), "await client.nthreads()")
 
     ncores = nthreads
 
@@ -1629,9 +1627,7 @@ class Client(BrokerSession):
         duration such as "30s")."""
         self._check_open()
         coro = self._wait_for_workers(n_workers, optional_seconds(timeout))
-        if self.asynchronous:
-            return coro
-        return self._blocking(coro, None, "await client.wait_for_workers(n)")
+        return self._run_or_await(coro, "await client.wait_for_workers(n)")
 
     async def _wait_for_workers(self, n_workers: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1788,6 +1784,19 @@ _PLACEMENT_KEYWORDS = frozenset(
 )
 """Dask's keywords of compute/persist that choose workers or tune Dask's scheduler: any
 worker runs any task here, so they are accepted and not used."""
+
+
+def _private_copy(value: Any, frames: list[Any]) -> Any:
+    """The client's own copy of a value it scatters, when its pickle holds all of it: later
+    changes to the caller's object then reach neither ``result()`` nor a copy sent again
+    after a worker's death, as in Dask.  A value with out-of-band buffers (a large array)
+    is kept as it is: copying it would double the client's memory."""
+    if len(frames) == 1 and type(frames[0]) is bytes:
+        try:
+            return loads(frames)
+        except Exception:  # it pickles but does not load back here: keep the object
+            return value
+    return value
 
 
 def _as_delayed_container(item: Any) -> Any:

@@ -428,10 +428,7 @@ def wait(futures: Any, timeout: Any = None, return_when: str = ALL_COMPLETED) ->
         if _in_running_loop():
             return _completed(empty)
         return empty
-    coro = client._wait_many(futures, timeout, return_when)
-    if client.asynchronous:
-        return coro
-    return client._blocking(coro, None, "await wait(futures)")
+    return client._run_or_await(client._wait_many(futures, timeout, return_when), "await wait(futures)")
 
 
 async def _completed(value: Any) -> Any:

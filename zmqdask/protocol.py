@@ -25,7 +25,9 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
     SUBMIT       [functions, tasks]           client -> broker
                  functions: [fn_hash, ...]     one payload frame each (the pickled function)
                  tasks: [[key, fn_hash, deps, priority, retries, flags, nframes], ...]
-    SCATTER      [entries, broadcast]         client -> broker; entries [[key, nframes], ...]
+    SCATTER      [entries, broadcast(, replace)]  client -> broker; entries [[key, nframes], ...];
+                                              with replace, a key holding a scattered value
+                                              takes these bytes instead (a named scatter again)
     RELEASE      [keys]                       client -> broker: no future of mine holds these
     CANCEL       [keys]                       client -> broker
     GATHER       [keys]                       client -> broker: send me these values
@@ -433,8 +435,9 @@ def _v_key_frames(entries: Any) -> int:
 
 
 def _v_scatter(h: list[Any]) -> int:
-    _arity(h, 2)
+    _check(len(h) in (2, 3), f"header has {len(h)} fields, expected 2 or 3")
     _check(type(h[1]) is bool, "broadcast must be a bool")
+    _check(len(h) == 2 or type(h[2]) is bool, "replace must be a bool")
     return _v_key_frames(h[0])
 
 

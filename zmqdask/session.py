@@ -328,6 +328,17 @@ class BrokerSession:
         loop = self._loop
         return loop is not None and loop.is_running() and not self._in_loop_thread()
 
+    def _run_or_await(self, coro: Any, alternative: str, timeout: Any = None, what: str = "") -> Any:
+        """A public method's answer: on a synchronous client, ``coro``'s result; on an
+        asynchronous one, ``coro`` to await, or its result when called from another thread
+        than the one running the client's loop (``asyncio.to_thread``, a done callback's
+        thread), where nothing could await it: Dask blocks there too."""
+        if self.asynchronous:
+            if self._loop_runs_in_another_thread():
+                return self._wait_from_another_thread(coro, optional_seconds(timeout), what or alternative)
+            return coro if timeout is None else self._awaitable_within(coro, timeout, what or alternative)
+        return self._blocking(coro, timeout, alternative, what)
+
     def _wait_from_another_thread(self, coro: Any, timeout: float | None, what: str) -> Any:
         """Run ``coro`` on an asynchronous client's loop and block this thread for its result
         (a done callback's thread, say), as Dask's ``result()`` does there."""
