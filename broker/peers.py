@@ -19,7 +19,7 @@ class Peer:
     recognisably stale (``alive`` is False) and never reach the new one.
     """
 
-    __slots__ = ("alive", "identity", "last_seen", "last_sent", "name", "role")
+    __slots__ = ("alive", "identity", "incarnation", "last_seen", "last_sent", "name", "role")
 
     def __init__(self, identity: bytes, role: str, name: str, now: float) -> None:
         self.identity = identity
@@ -28,6 +28,9 @@ class Peer:
         self.last_seen = now
         self.last_sent = now
         self.alive = True
+        self.incarnation: str | int | None = None
+        """What the peer's HELLO says this registration is (a client's session, a worker's
+        count of registrations): a HELLO saying the same again is a repeat, not a new start."""
 
     def label(self) -> str:
         """Short human description for logs: role, name and identity."""

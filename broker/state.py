@@ -566,6 +566,13 @@ class BrokerState:
     def _on_hello(self, sender: bytes, message: Message) -> None:
         role, info = message.header
         old = self._peers.get(sender)
+        incarnation = _incarnation(role, info)
+        if old is not None and incarnation is not None and old.role == role and old.incarnation == incarnation:
+            # A HELLO repeated while the first was on its way (a peer sends one every second
+            # while the broker does not answer, and its socket queues them during an outage):
+            # the registration stands, with everything it holds.
+            self._outbox.send(sender, WELCOME, [self.epoch, self._welcome_for(old)])
+            return
         if old is not None:
             # The same identity registering again: its previous incarnation dropped whatever it
             # held, so release that first (a worker's tasks are requeued without blame).
@@ -577,18 +584,22 @@ class BrokerState:
             logger.warning("refused HELLO from %s: %s", sender.hex(), exc)
             self._outbox.send(sender, ERROR, [ERR_MALFORMED, f"HELLO refused: {exc}", []])
             return
+        peer.incarnation = incarnation
         self._peers[sender] = peer
-        welcome = self._welcome_info
         python = info.get("python")
         if isinstance(python, str) and not isinstance(peer, PoolPeer):
             self._pythons[sender] = python
-            if isinstance(peer, ClientPeer):
-                workers = sorted({self._pythons.get(w, python) for w in self._workers})
-                welcome = {**welcome, "worker_pythons": workers}
             self._check_pythons(peer, python)
-        self._outbox.send(sender, WELCOME, [self.epoch, welcome])
+        self._outbox.send(sender, WELCOME, [self.epoch, self._welcome_for(peer)])
         logger.info("registered %s", peer.label())
         if isinstance(peer, WorkerPeer):
+            graves = self._graveyard.pop(sender, None)
+            if graves is not None:
+                # Declared dead while it was only out of reach (it says so by coming back):
+                # the tasks it was not running when it lost the broker are not to blame.
+                was_running = info.get("running")
+                keys = was_running if isinstance(was_running, list) else []
+                self._take_back_blame(graves[1], frozenset(k for k in keys if isinstance(k, str)))
             self._workers[sender] = peer
             self._runs.worker_joined(peer)
             pending = self.ledger.pending_stores
@@ -726,9 +737,21 @@ class BrokerState:
         if graves is not None:
             # It was already declared dead without knowing what it ran: take back the blame
             # of the tasks that were only waiting on it.
-            for rec in graves[1]:
-                if rec.key not in running and rec.suspicious > 0 and rec.state not in (ERRED, FORGOTTEN):
-                    rec.suspicious -= 1
+            self._take_back_blame(graves[1], running)
+
+    def _welcome_for(self, peer: Peer) -> dict[str, Any]:
+        welcome = self._welcome_info
+        python = self._pythons.get(peer.identity)
+        if python is not None and isinstance(peer, ClientPeer):
+            workers = sorted({self._pythons.get(w, python) for w in self._workers})
+            welcome = {**welcome, "worker_pythons": workers}
+        return welcome
+
+    @staticmethod
+    def _take_back_blame(blamed: list[TaskRecord], running: frozenset[str]) -> None:
+        for rec in blamed:
+            if rec.key not in running and rec.suspicious > 0 and rec.state not in (ERRED, FORGOTTEN):
+                rec.suspicious -= 1
 
     def _on_info(self, peer: Peer, message: Message) -> None:
         if self._release_backlog:
@@ -1103,3 +1126,9 @@ def _int_field(info: dict[str, Any], name: str, default: int | None, minimum: in
     if type(value) is not int or value < minimum:
         raise ProtocolError(f"{name!r} must be an integer >= {minimum}, not {value!r:.40}")
     return value
+
+
+def _incarnation(role: str, info: dict[str, Any]) -> str | int | None:
+    """The registration a HELLO announces: a client's ``session``, a worker's ``incarnation``."""
+    value = info.get("session") if role == ROLE_CLIENT else info.get("incarnation") if role == ROLE_WORKER else None
+    return value if type(value) in (str, int) else None

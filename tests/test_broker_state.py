@@ -1764,3 +1764,37 @@ def test_a_named_value_scattered_again_replaces_the_one_in_memory() -> None:
     # Without replace, a value in memory stays as it is.
     out = h.send(b"c1", P.SCATTER, [[["params", b"<ignored>"]], False])
     assert not any(m.name == "STORE" for _, m in out)
+
+
+def test_a_worker_out_of_reach_that_comes_back_clears_the_tasks_it_was_not_running() -> None:
+    # A network blip: the broker hears nothing for longer than the liveness timeout and
+    # blames every task on the worker; the worker comes back (same identity, a new
+    # incarnation) and names the task it was running then.
+    h = Harness()
+    h.client(b"c1")
+    h.worker(b"w1", credit=3, incarnation=0)
+    h.submit(b"c1", [("runs", []), ("waits", []), ("queued", [])])
+    h.state.peer_unreachable(b"w1", h.now)
+    h.check()
+    tasks = h.state.ledger.tasks
+    assert [tasks[k].suspicious for k in ("runs", "waits", "queued")] == [1, 1, 1]
+    h.worker(b"w1", credit=3, incarnation=1, running=["runs"])
+    assert [tasks[k].suspicious for k in ("runs", "waits", "queued")] == [1, 0, 0]
+
+
+def test_a_hello_repeated_by_the_same_registration_keeps_what_it_holds() -> None:
+    # HELLOs queued in a peer's socket during an outage reach the new broker one after
+    # another: only the first registers; the others must not drop what it submitted since.
+    h = Harness()
+    h.worker(b"w1", incarnation=0)
+    hello = ["client", {"name": "c1", "pid": 1, "session": "s-1"}]
+    h.send(b"c1", P.HELLO, hello)
+    h.submit(b"c1", [("t", [])])
+    out = h.send(b"c1", P.HELLO, hello)
+    assert [m.name for _, m in out] == ["WELCOME"]
+    assert h.state.ledger.tasks["t"].wanted_by is not None
+    assert h.send(b"w1", P.HELLO, ["worker", {"nthreads": 1, "credit": 4, "incarnation": 0}])[0][1].name == "WELCOME"
+    assert "t" in h.state.workers[b"w1"].processing
+    # Another session (a new process reusing the identity) starts afresh.
+    h.send(b"c1", P.HELLO, ["client", {"name": "c1", "pid": 2, "session": "s-2"}])
+    assert h.state.ledger.tasks.get("t") is None or h.state.ledger.tasks["t"].wanted_by is None

@@ -568,7 +568,16 @@ def test_a_malformed_address_is_refused_at_once_and_the_process_can_exit(address
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("refused: cannot connect to") == 2 and "tcp://HOST:PORT" in done.stdout
+    assert done.stdout.count("refused:") == 2 and "tcp://HOST:PORT" in done.stdout
+
+
+def test_a_port_out_of_range_is_refused_at_once() -> None:
+    with pytest.raises(UsageError, match="port 99999 is out of range"):
+        Client("tcp://127.0.0.1:99999", timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "zmqdask.pool", "tcp://127.0.0.1:99999"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "out of range" in done.stderr
 
 
 def test_timeouts_take_durations_as_dask_does() -> None:

@@ -444,6 +444,46 @@ def test_broker_restarted_on_the_same_port_mid_job(cluster: Cluster, wait_until:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+def test_a_gather_right_after_a_broker_outage_gets_every_result(
+    cluster: Cluster, wait_until: Callable[..., None]
+) -> None:
+    """The broker stops, the client keeps saying HELLO for seconds (its socket queues them),
+    then a new broker comes up and the client gathers at once: the work it sends again goes
+    ahead of the request for its results, and the HELLOs queued during the outage do not
+    register it anew (which would drop that work)."""
+    address = cluster.start_broker()
+    cluster.start_pool(2)
+    with Client(address, timeout=30, reconnect_timeout=60) as client:
+        client.wait_for_workers(2, timeout=60)
+        futures = client.map(slow_inc, range(200), delay=0.02, batch_size=1)
+        old_broker = cluster.broker
+        assert old_broker is not None
+        old_broker.stop()
+        wait_until(lambda: client.status != zmqdask.ClientStatus.RUNNING, timeout=30)  # its GOODBYE came
+        time.sleep(3.0)  # the outage lasts some seconds: several HELLOs queue meanwhile
+        cluster.restart_broker()
+        assert client.gather(futures) == [i + 1 for i in range(200)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_scatter_while_the_broker_is_gone_fails_after_the_reconnect_timeout(
+    cluster: Cluster, wait_until: Callable[..., None]
+) -> None:
+    address = cluster.start_broker()
+    cluster.start_pool(1)
+    with Client(address, timeout=30, reconnect_timeout=2) as client:
+        client.wait_for_workers(1, timeout=60)
+        broker = cluster.broker
+        assert broker is not None
+        broker.stop()
+        wait_until(lambda: client.status != zmqdask.ClientStatus.RUNNING, timeout=30)
+        with pytest.raises(BrokerLostError, match="unreachable"):
+            client.scatter([1, 2, 3])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_broker_restart_resends_scattered_inputs(cluster: Cluster) -> None:
     """A task whose input was scattered still completes after a broker restart.
 

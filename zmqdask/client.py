@@ -37,6 +37,7 @@ from zmqdask.config import (
     DIRECT_MIN_BYTES,
     MAX_KEY_LENGTH,
     RECONNECT_TIMEOUT_S,
+    broker_address_problem,
     optional_seconds,
     seconds,
 )
@@ -57,6 +58,7 @@ from zmqdask.future import (
     PENDING,
     Future,
     FutureState,
+    failure_of,
 )
 from zmqdask.graph import TaskSpec, is_collection, topological_order
 from zmqdask.local import format_bytes
@@ -209,6 +211,9 @@ class Client(BrokerSession):
                 address = "tcp://" + address
             else:
                 raise UsageError(f"address must look like 'tcp://host:port', got {address!r}")
+        problem = None if address is None else broker_address_problem(address)
+        if problem is not None:
+            raise UsageError(problem)
         super().__init__(
             address,
             timeout,
@@ -1262,6 +1267,10 @@ class Client(BrokerSession):
             self._send(proto.encode(proto.SCATTER, [replacing, bool(broadcast), True], replacing_frames))
         for future in futures:
             await self._wait_done(future._state)
+        for future in futures:
+            state = future._state
+            if state.status in (LOST, ERROR) and state.exception is not None:
+                raise failure_of(state)  # the broker was lost past the reconnect timeout, say
         if named:
             return dict(zip([name for name, _ in items], futures, strict=False))
         if isinstance(data, (list, tuple, set, frozenset)):

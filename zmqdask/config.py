@@ -161,3 +161,16 @@ def seconds(value: Any, name: str) -> float:
 def optional_seconds(value: Any, name: str = "timeout") -> float | None:
     """:func:`seconds` of a timeout that may be None (no limit)."""
     return None if value is None else seconds(value, name)
+
+
+def broker_address_problem(address: str) -> str | None:
+    """What is wrong with a ``tcp://HOST:PORT`` broker address given to connect to (a port
+    out of range, or none), or None.  Other schemes are left to ZeroMQ."""
+    if not address.startswith("tcp://"):
+        return None
+    host, _, port = address[len("tcp://") :].rpartition(":")
+    if not host or not port.isdigit():
+        return f"{address!r} names no port (expected tcp://HOST:PORT)"
+    if not 0 < int(port) < 65536:
+        return f"{address!r}: port {port} is out of range (1-65535)"
+    return None

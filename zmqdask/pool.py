@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S
+from zmqdask.config import HEARTBEAT_INTERVAL_S, LIVENESS_TIMEOUT_S, broker_address_problem
 from zmqdask.direct import check_data_address
 from zmqdask.errors import ProtocolError, UsageError
 from zmqdask.executor import clear_slots, read_slots, slots_nbytes, slots_view
@@ -625,6 +625,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_data_address(args.data_address)
         except UsageError as exc:
             parser.error(str(exc))
+    problem = broker_address_problem(args.address)
+    if problem is not None:
+        parser.error(problem)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     memory_limit = default_memory_limit(args.nworkers) if args.memory_limit is None else args.memory_limit
     pool = PoolManager(

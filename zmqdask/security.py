@@ -522,8 +522,8 @@ class HandshakeMonitor:
                 "public key given here (broker.key) is not the broker's"
             )
         return (
-            "the broker closed the connection during the handshake: it probably requires CURVE keys "
-            "(it was started with --curve-keys)"
+            "the service at this address closed the connection during the handshake: it is not a zmqdask "
+            "broker, or it requires CURVE keys (it was started with --curve-keys)"
         )
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -167,6 +168,7 @@ class BrokerSession:
         self._welcome: asyncio.Future[None] | None = None
         self._info_requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._runs: dict[int, RunWaiter] = {}
+        self._session_token = uuid.uuid4().hex
         self._graph_id = 0
         """Non-zero while ``submit_graph`` queues one graph's tasks (under ``_lock``)."""
         self._graph_start = 0
@@ -590,6 +592,9 @@ class BrokerSession:
             "host": socket.gethostname(),
             "direct": True,
             "python": PYTHON_VERSION,
+            # The same all this session long: a HELLO repeated (queued during an outage)
+            # is not taken for a new client that dropped what this one holds.
+            "session": self._session_token,
         }
         self._send(proto.encode(proto.HELLO, [proto.ROLE_CLIENT, info]))
 
@@ -1125,7 +1130,9 @@ class BrokerSession:
     def _fail_pending(self, exc: BaseException, status: str) -> None:
         self._fail_runs(exc)
         for state in list(self._futures.values()):
-            if not state.has_value and state.status in (PENDING, FINISHED):
+            # Not yet confirmed (a scatter the client holds the value of too: the call that
+            # waits for it must not wait for ever), or finished without the value here.
+            if state.status == PENDING or (state.status == FINISHED and not state.has_value):
                 state.status = PENDING  # let _set_failed record the failure
                 self._set_failed(state, status, exc, None)
 
@@ -1172,13 +1179,16 @@ class BrokerSession:
                     # new broker has none of them; one may still be on its way).
                     visit(state)
             released: list[str] = []
+            # Ahead of what was queued while the broker was away (a GATHER, a RELEASE, a
+            # CANCEL of these keys): the new broker must know a key before hearing of it.
+            resent: list[tuple[Any, ...]] = []
             for state in order:
                 if state.entry is None and state.batch is not None:
                     continue  # a call of a map batch: its batch goes again
                 if state.entry is None and state.has_value:
                     # Scattered data: the client still holds the value, so it is sent again,
                     # ahead of the tasks that need it (``order`` puts inputs first).
-                    self._ops.append(("scatter", state))
+                    resent.append(("scatter", state))
                     if state.key not in self._futures:
                         released.append(state.key)  # only a task needs it, no future does
                     continue
@@ -1198,13 +1208,14 @@ class BrokerSession:
                 if state.status == FINISHED:
                     state.status = PENDING
                 state.unsent = True
-                self._ops.append(("task", state, state.fn_payload, -1))  # one unsplittable batch
-            self._ops.extend(("release", key) for key in released)
+                resent.append(("task", state, state.fn_payload, -1))  # one unsplittable batch
+            resent.extend(("release", key) for key in released)
             for key, state in list(self._kept.items()):
                 if state.done():
                     del self._kept[key]
                 else:
-                    self._ops.append(("keep", key))
+                    resent.append(("keep", key))
+            self._ops[:0] = resent
 
     # --- futures bookkeeping ---------------------------------------------------------------
 

@@ -583,6 +583,7 @@ class Worker:
             "memory_limit": self.memory_limit,
             "data_address": self._data_bound,
             "python": PYTHON_VERSION,
+            "incarnation": self._generation,
         }
 
     def request_stop(self) -> None:
@@ -1018,8 +1019,15 @@ class Worker:
             len(self._store),
             len(self._tasks),
         )
+        # The broker hears which tasks were running when it let go of this worker: the others
+        # it had blamed for the worker's silence are not to blame (see BrokerState._on_hello).
+        running = [key for key, task in self._tasks.items() if task.state == STATE_RUNNING]
+        if self._inline is not None:
+            running.append(self._inline.key)
         # Tasks still running finish later with the old generation and are discarded.
         self._generation += 1
+        self._link.info["incarnation"] = self._generation
+        self._link.info["running"] = running
         self._runs.forget()
         self._deferred.clear()  # tasks of the old registration (the set-ups go on, unanswered)
         self._inline = None
