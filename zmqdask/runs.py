@@ -1,4 +1,5 @@
-"""``Client.run``: call a function once in each worker process, outside its tasks.
+"""``Client.run`` and worker set-ups (``upload_file``, ``register_worker_callbacks``): a
+function called once in each worker process, outside its tasks.
 
 The broker relays the call and the answers without reading them (see :mod:`broker.runs`).
 On a worker, each call gets a thread of its own, so it runs even while every executor thread
