@@ -202,7 +202,9 @@ def killed_worker_detail(key: str) -> ErrorDetail:
         "KilledWorker",
         f"Attempted to run task {key} on {MAX_KILLED_ATTEMPTS} different workers, but all those workers "
         "died while running it. The task itself probably kills its worker process (for example by "
-        "exhausting memory or crashing in native code); it will not be tried again.",
+        "exhausting memory or crashing in native code); it will not be tried again. A worker past its "
+        "memory limit is restarted too, and the results it holds count towards that limit: if the pool's "
+        "log shows such restarts, release results you no longer need, or give workers more memory.",
         key,
     ]
 
@@ -738,10 +740,10 @@ class Ledger:
             if flags & FLAG_RETRY and rec.state is ERRED and known_fn_hash == rec.fn_hash:
                 self.retry(rec, frames, retries)
             elif rec.state is RELEASED and not rec.is_data and known_fn_hash is not None:
-                missing = self._respecify(rec, known_fn_hash, frames, retries, dep_keys)
-                if missing is not None:
+                refused = self._respecify(rec, known_fn_hash, frames, retries, dep_keys)
+                if refused is not None:
                     self.add_interest(rec, client, wanted=wanted, push=push)
-                    self.err(rec, ["LostDataError", f"dependency {missing} is unknown", key], ())
+                    self.err(rec, refused, ())
                     return
             self.resubmitted(rec, client, wanted=wanted, push=push)
             return
@@ -803,10 +805,11 @@ class Ledger:
 
     def _respecify(
         self, rec: TaskRecord, fn_hash: bytes, frames: Payload, retries: int, dep_keys: list[str]
-    ) -> str | None:
+    ) -> ErrorDetail | None:
         """A released record submitted again with another call under its key: it runs the
-        new call, with the new call's inputs.  Returns the first input key not in the ledger
-        (the record is left unchanged then), else None.
+        new call, with the new call's inputs.  Returns why it cannot (an input not in the
+        ledger, or one computed from this very key: a cycle), leaving the record unchanged;
+        else None.
 
         This happens when a client reuses ``key=``, and when a DataFrame graph fuses a step
         with other inputs than a graph before it did (the fused task keeps its last step's
@@ -821,9 +824,11 @@ class Ledger:
         for dep_key in dep_keys:
             dep = tasks.get(dep_key)
             if dep is None:
-                return dep_key
+                return ["LostDataError", f"dependency {dep_key} is unknown", rec.key]
             if dep not in deps:
                 deps.append(dep)
+        if deps and _reaches(deps, rec):
+            return ["ValueError", f"task {rec.key} would depend on itself through its new inputs", rec.key]
         self._relink(rec, tuple(deps) or _NO_DEPS)
         old_hash = rec.fn_hash
         if old_hash is not None and count_down(self.function_refs, old_hash):
@@ -1127,3 +1132,18 @@ def _same_payload(old: Payload | None, new: Payload) -> bool:
 
 def _frame_bytes(frame: Any) -> bytes:
     return bytes(memoryview(getattr(frame, "buffer", frame)))
+
+
+def _reaches(starts: list[TaskRecord], target: TaskRecord) -> bool:
+    """Whether ``target`` is among ``starts`` or their inputs, however far back."""
+    seen: set[int] = set()
+    stack = list(starts)
+    while stack:
+        node = stack.pop()
+        if node is target:
+            return True
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(node.deps)
+    return False

@@ -1798,3 +1798,20 @@ def test_a_hello_repeated_by_the_same_registration_keeps_what_it_holds() -> None
     # Another session (a new process reusing the identity) starts afresh.
     h.send(b"c1", P.HELLO, ["client", {"name": "c1", "pid": 2, "session": "s-2"}])
     assert h.state.ledger.tasks.get("t") is None or h.state.ledger.tasks["t"].wanted_by is None
+
+
+def test_a_key_submitted_again_reading_its_own_dependent_is_refused_not_looped() -> None:
+    h = Harness()
+    h.worker(b"w1", credit=8)
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])])
+    h.finish(b"w1", "a")
+    h.submit(b"c1", [("b", ["a"])], with_function=False)
+    h.finish(b"w1", "b")
+    h.send(b"c1", P.RELEASE, [["a"]])
+    h.tick(0.0)
+    assert h.state.ledger.tasks["a"].state == "released"
+    out = h.send(b"c1", P.SUBMIT, [[], [["a", FN, ["b"], 0, 0, P.FLAG_WANTED, b"<reads b>"]]])
+    errors = [e for _, m in out if m.name == "REPORT" for e in m.header[0] if e[1] == P.ERRED]
+    assert [e[0] for e in errors] == ["a"] and "depend on itself" in errors[0][2][1]
+    assert [dep.key for dep in h.state.ledger.tasks["b"].deps] == ["a"]

@@ -466,6 +466,24 @@ def test_a_gather_right_after_a_broker_outage_gets_every_result(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_workers_killed_by_tasks_come_back_without_a_crash_loop_back_off(cluster: Cluster, tmp_path: Path) -> None:
+    """Tasks that kill their worker one after another, soon after it started: each death is
+    the task's (the broker counts it), not a worker that cannot start, so the pool starts the
+    replacement at once every time instead of backing off."""
+    address = cluster.start_broker()
+    pool = cluster.start_pool(1)
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(1, timeout=60)
+        doomed = [client.submit(die_with_mark, str(tmp_path / f"mark-{i}"), pure=False) for i in range(3)]
+        for future in doomed:
+            with pytest.raises(KilledWorker):
+                future.result(timeout=60)
+        assert client.submit(inc, 1).result(timeout=60) == 2
+    assert "keeps dying" not in pool.log_tail()
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_scatter_while_the_broker_is_gone_fails_after_the_reconnect_timeout(
     cluster: Cluster, wait_until: Callable[..., None]

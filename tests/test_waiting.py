@@ -179,3 +179,16 @@ def test_changing_a_small_value_after_scattering_it_changes_no_copy(client: Clie
     settings["layers"].append(3)
     assert future.result(timeout=30) == {"lr": 0.1, "layers": [1, 2]}
     assert client.submit(_ident, future, pure=False).result(timeout=30) == {"lr": 0.1, "layers": [1, 2]}
+
+
+def test_wait_and_as_completed_over_the_futures_of_two_clients(cluster: object, client: Client) -> None:
+    with Client(cluster.address, timeout=30) as other:  # type: ignore[attr-defined]
+        mine, theirs = client.submit(_inc, 1, pure=False), other.submit(_inc, 2, pure=False)
+        done, not_done = wait([mine, theirs], timeout="60s")
+        assert done == {mine, theirs} and not not_done
+        assert sorted(f.result() for f in as_completed([mine, theirs], timeout=60)) == [2, 3]
+
+        async def both() -> list[int]:
+            return sorted([await f async for f in as_completed([mine, theirs], timeout=60)])
+
+        assert asyncio.run(both()) == [2, 3]

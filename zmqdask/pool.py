@@ -386,7 +386,12 @@ class PoolManager:
         )
         if self._link is not None:
             self._link.send(WORKER_DIED, [child.identity, running, exitcode])
-        child.quick_deaths = child.quick_deaths + 1 if now - child.started_at < CRASH_LOOP_UPTIME_S else 1
+        if running:
+            # A task took it down (the broker counts that against the task): not a worker
+            # that cannot start, so no back-off for the tasks waiting on other work.
+            child.quick_deaths = 1
+        else:
+            child.quick_deaths = child.quick_deaths + 1 if now - child.started_at < CRASH_LOOP_UPTIME_S else 1
         delay = restart_delay(child.quick_deaths)
         if delay:
             logger.warning("worker %d keeps dying; restarting it in %.1f s", child.index, delay)

@@ -1447,17 +1447,26 @@ class BrokerSession:
 
             if met():
                 return
-            settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            settled: asyncio.Future[None] = loop.create_future()
 
-            def on_done(future: Future) -> None:
+            def settle(future: Future) -> None:
                 progress["left"] -= 1
                 if future.status in TERMINAL_FAILURES:
                     progress["failed"] = True
                 if met() and not settled.done():
                     settled.set_result(None)
 
+            def on_done(future: Future) -> None:
+                # On the loop of the future's own client: a future of another client (in
+                # its own thread) hands over to this loop.
+                if future._client is self:
+                    settle(future)
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(settle, future)
+
             for future in pending.values():
-                self._add_done_callback(future, on_done)
+                future._client._add_done_callback(future, on_done)
             await settled
 
         try:
