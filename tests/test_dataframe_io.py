@@ -418,3 +418,14 @@ def test_read_csv_in_blocks_reads_a_column_as_text_wherever_the_sample_has_text(
     assert lazy.npartitions > 1
     got = lazy.compute()
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected)
+
+
+def test_to_csv_names_files_with_name_function(tmp_path: Any) -> None:
+    pdf = pd.DataFrame({"a": range(10)})
+    lazy = zd.from_pandas(pdf, npartitions=3)
+    paths = lazy.to_csv(str(tmp_path / "part-*.csv"), name_function=lambda i: f"2024-{i:02d}", index=False)
+    assert [os.path.basename(p) for p in paths] == ["part-2024-00.csv", "part-2024-01.csv", "part-2024-02.csv"]
+    back = pd.concat(pd.read_csv(p) for p in paths).reset_index(drop=True)
+    pd.testing.assert_frame_equal(back, pdf)
+    with pytest.raises(UsageError, match="the same name"):
+        lazy.to_csv(str(tmp_path / "x-*.csv"), name_function=lambda i: "same")

@@ -323,3 +323,14 @@ def test_mean_of_large_integers_does_not_overflow() -> None:
     lazy = zd.from_pandas(frame, npartitions=3)
     assert lazy.big.mean().compute() == frame.big.mean()
     pd.testing.assert_series_equal(lazy.mean().compute(), frame.mean())
+
+
+@pytest.mark.parametrize("dropna", [True, False])
+def test_series_mode_matches_pandas(dropna: bool) -> None:
+    for series in (
+        pd.Series([1, 2, 2, 3, 3, np.nan, np.nan, np.nan], name="x"),
+        pd.Series(list("abcabcaa")),
+        pd.Series([], dtype=float),
+    ):
+        got = zd.from_pandas(series, npartitions=2).mode(dropna=dropna).compute()
+        pd.testing.assert_series_equal(got, series.mode(dropna=dropna))

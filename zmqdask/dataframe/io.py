@@ -995,15 +995,20 @@ class WriteCSVSingleFile(SinglePartition):
 
 
 def to_csv(
-    df: Any, filename: str | os.PathLike[str], single_file: bool = False, compute: bool = True, **kwargs: Any
+    df: Any,
+    filename: str | os.PathLike[str],
+    single_file: bool = False,
+    compute: bool = True,
+    name_function: Any = None,
+    **kwargs: Any,
 ) -> Any:
     """Write one CSV file per partition (or, with ``single_file=True``, one file); returns the
     paths written.
 
-    ``filename`` holds a ``*``, replaced by the partition number (``"out/part-*.csv"``), or
-    names a directory that receives ``<i>.part`` files; with ``single_file`` it is the file.
-    ``kwargs`` go to ``pandas.DataFrame.to_csv``.  With ``compute=False`` the write is
-    returned as a lazy value.
+    ``filename`` holds a ``*``, replaced by the partition number (``"out/part-*.csv"``) or by
+    ``name_function(number)``, or names a directory that receives ``<i>.part`` files; with
+    ``single_file`` it is the file.  ``kwargs`` go to ``pandas.DataFrame.to_csv``.  With
+    ``compute=False`` the write is returned as a lazy value.
     """
     expr = getattr(df, "expr", None)
     if not isinstance(expr, Expr):
@@ -1024,7 +1029,14 @@ def to_csv(
     width = len(str(max(expr.npartitions - 1, 0)))
     if "*" in target:
         directory = os.path.dirname(target)
-        paths = tuple(target.replace("*", str(i).zfill(width)) for i in range(expr.npartitions))
+        if name_function is None:
+            paths = tuple(target.replace("*", str(i).zfill(width)) for i in range(expr.npartitions))
+        else:
+            paths = tuple(target.replace("*", str(name_function(i))) for i in range(expr.npartitions))
+            if len(set(paths)) != len(paths):
+                raise UsageError("to_csv: name_function gave two partitions the same name")
+    elif name_function is not None:
+        raise UsageError("to_csv(name_function=...) needs a '*' in the file name for it to replace")
     else:
         directory = target
         paths = tuple(os.path.join(target, f"{str(i).zfill(width)}.part") for i in range(expr.npartitions))
