@@ -429,3 +429,15 @@ def test_to_csv_names_files_with_name_function(tmp_path: Any) -> None:
     pd.testing.assert_frame_equal(back, pdf)
     with pytest.raises(UsageError, match="the same name"):
         lazy.to_csv(str(tmp_path / "x-*.csv"), name_function=lambda i: "same")
+
+
+def test_rows_with_a_missing_partition_key_read_back_missing(tmp_path: Any) -> None:
+    pdf = pd.DataFrame({"k": ["a", None, "b", None, "a", "b"], "v": range(6)})
+    path = str(tmp_path / "by_k")
+    zd.from_pandas(pdf, npartitions=2).to_parquet(path, partition_on=["k"])
+    back = zd.read_parquet(path).compute().sort_values("v").reset_index(drop=True)
+    assert back.k.isna().tolist() == pdf.k.isna().tolist()
+    assert back.k.dropna().astype(str).tolist() == pdf.k.dropna().tolist()
+    assert list(back.k.cat.categories) == ["a", "b"]
+    sizes = zd.read_parquet(path).groupby("k").size().compute()
+    assert sizes.to_dict() == pdf.groupby("k").size().to_dict()

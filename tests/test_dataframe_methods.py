@@ -632,3 +632,22 @@ def test_assigning_an_array_of_values_is_refused_before_computing() -> None:
     by_label = pd.Series(np.arange(10) * 2, index=pdf.index)
     pd.testing.assert_frame_equal(lazy.assign(p=by_label).compute(), pdf.assign(p=by_label))
     pd.testing.assert_frame_equal(lazy.assign(p=np.int64(3)).compute(), pdf.assign(p=np.int64(3)))
+
+
+def test_loc_by_date_strings_without_known_divisions() -> None:
+    index = pd.date_range("2000-01-01", periods=20, freq="12h")
+    pdf = pd.DataFrame({"x": np.arange(20.0)}, index=index)
+    lazy = zd.from_pandas(pdf, npartitions=3).clear_divisions()
+    for key in ("2000-01-03", "2000-01-03 12:00", "2000-01", pd.Timestamp("2000-01-03")):
+        expected = pdf.loc[[key]] if isinstance(key, pd.Timestamp) else pdf.loc[key]
+        expected = expected.to_frame().T if isinstance(expected, pd.Series) else expected
+        pd.testing.assert_frame_equal(lazy.loc[key].compute(), expected, check_freq=False)
+    eastern = pdf.tz_localize("UTC").tz_convert("US/Eastern")
+    lazy_eastern = zd.from_pandas(eastern, npartitions=3).clear_divisions()
+    pd.testing.assert_frame_equal(lazy_eastern.loc["2000-01-03"].compute(), eastern.loc["2000-01-03"], check_freq=False)
+
+
+def test_index_drop_duplicates() -> None:
+    pdf = pd.DataFrame({"v": range(6)}, index=[1, 1, 2, 2, 3, 3])
+    got = zd.from_pandas(pdf, npartitions=2).index.drop_duplicates().compute()
+    assert got.tolist() == pdf.index.drop_duplicates().tolist()

@@ -250,3 +250,18 @@ def test_set_index_inside_an_event_loop_samples_in_the_graph(run_async: Any) -> 
     expected = frame.set_index("f").sort_index(kind="stable")
     pd.testing.assert_frame_equal(got, expected)
     pd.testing.assert_frame_equal(head, expected.head(4))
+
+
+def test_divisions_given_must_cover_the_index() -> None:
+    pdf = pd.DataFrame({"v": np.arange(1000)}, index=pd.RangeIndex(1000) * 3)
+    lazy = zd.from_pandas(pdf, npartitions=7)
+    with pytest.raises(UsageError, match="must cover the data's index"):
+        lazy.repartition(divisions=[100, 1500, 2000])
+    covered = lazy.repartition(divisions=[0, 1500, 2997])
+    pd.testing.assert_frame_equal(covered.loc[2500:].compute(), pdf.loc[2500:])
+    keyed = pdf.reset_index().rename(columns={"index": "k"})
+    narrow = zd.from_pandas(keyed, npartitions=4).set_index("k", divisions=[100, 1500, 2000])
+    with pytest.raises(ValueError, match="span every value"):
+        narrow.compute()
+    wide = zd.from_pandas(keyed, npartitions=4).set_index("k", divisions=[0, 1500, 2997])
+    pd.testing.assert_frame_equal(wide.loc[2500:].compute(), keyed.set_index("k").loc[2500:])

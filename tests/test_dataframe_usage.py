@@ -212,3 +212,19 @@ def test_a_graph_reaches_the_broker_whole_when_it_reuses_a_key_just_released(
         assert merged.shape == expected.shape
         with_inputs = [keys for keys in submits if any(key.startswith("from-pandas") for key in keys)]
         assert len(with_inputs) == 1, [len(keys) for keys in submits]
+
+
+def test_a_file_changed_since_an_earlier_read_is_read_again(client: Any, tmp_path: Any) -> None:
+    csv, parquet = str(tmp_path / "data.csv"), str(tmp_path / "data.parquet")
+    first = pd.DataFrame({"a": [1, 2, 3]})
+    first.to_csv(csv, index=False)
+    first.to_parquet(parquet)
+    held = zd.read_csv(csv).persist()  # a result of the old contents stays on the cluster
+    assert zd.read_csv(csv).compute().a.tolist() == [1, 2, 3]
+    assert zd.read_parquet(parquet).compute().a.tolist() == [1, 2, 3]
+    second = pd.DataFrame({"a": [10, 20, 30, 40]})
+    second.to_csv(csv, index=False)
+    second.to_parquet(parquet)
+    assert zd.read_csv(csv).compute().a.tolist() == [10, 20, 30, 40]
+    assert zd.read_parquet(parquet).compute().a.tolist() == [10, 20, 30, 40]
+    assert held.compute().a.tolist() == [1, 2, 3]

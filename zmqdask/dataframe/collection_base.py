@@ -244,7 +244,17 @@ class Collection:
         if divisions is not None:
             if not self.known_divisions:
                 raise UsageError("repartition(divisions=...) needs known divisions; use set_index first")
-            return new_collection(ops.RepartitionDivisions(self._expr, tuple(divisions)))
+            divisions = tuple(divisions)
+            old = self.divisions
+            if len(divisions) < 2 or list(divisions) != sorted(divisions):
+                raise UsageError(f"repartition(divisions=...) needs at least two sorted values, got {divisions!r}")
+            if divisions[0] > old[0] or divisions[-1] < old[-1]:
+                # Rows outside the new bounds would sit in partitions whose bounds deny them.
+                raise UsageError(
+                    f"repartition(divisions=...) must cover the data's index, from {old[0]!r} to {old[-1]!r}; "
+                    f"got {divisions[0]!r} to {divisions[-1]!r}"
+                )
+            return new_collection(ops.RepartitionDivisions(self._expr, divisions))
         if npartitions is None:
             raise UsageError("repartition needs npartitions or divisions")
         if npartitions < 1:

@@ -405,6 +405,29 @@ def loc_labels(part: Any, labels: list[Any]) -> Any:
     return part[part.index.isin(labels)]
 
 
+def loc_label(part: Any, label: Any) -> Any:
+    """Rows labelled ``label``, in any order of the index; a string on a datetime index
+    names a period (``"2000-01"``, ``"2000-01-03"``), as pandas' partial string indexing."""
+    index = part.index
+    if isinstance(index, pd.DatetimeIndex) and isinstance(label, str):
+        bounds = _string_period(label, index.tz)
+        if bounds is not None:
+            return part[(index >= bounds[0]) & (index <= bounds[1])]
+    return part[index.isin([label])]
+
+
+def _string_period(text: str, tz: Any) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The first and last instant of the period a date string names (None if it names none)."""
+    try:
+        period = pd.Period(text)
+    except (ValueError, TypeError):
+        return None
+    start, end = period.start_time, period.end_time
+    if tz is not None:
+        start, end = start.tz_localize(tz), end.tz_localize(tz)
+    return start, end
+
+
 def dropna_part(part: Any, kwargs: dict[str, Any]) -> Any:
     """``part.dropna(**kwargs)``."""
     return part.dropna(**kwargs)

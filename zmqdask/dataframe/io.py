@@ -87,6 +87,15 @@ def expand_paths(urlpath: str | os.PathLike[str] | Sequence[str | os.PathLike[st
 # --------------------------------------------------------------------------------------------
 
 
+def file_stamps(paths: Sequence[str]) -> tuple[tuple[int, int], ...]:
+    """Each file's size and modification time (nanoseconds), in the order of ``paths``."""
+    stamps = []
+    for path in dict.fromkeys(paths):
+        status = os.stat(path)
+        stamps.append((status.st_size, status.st_mtime_ns))
+    return tuple(stamps)
+
+
 def read_block_bytes(path: str, start: int, stop: int) -> bytes:
     """The lines of ``path`` that begin at a byte offset in ``[start, stop)``."""
     with open(path, "rb") as handle:
@@ -155,8 +164,8 @@ def _declared(dtype: Any) -> str:
 
 def constant_categorical(length: int, value: Any, categories: list[Any]) -> Any:
     """``length`` times ``value`` as a categorical of ``categories`` (built from codes: a file's
-    path, or a hive directory's key value, for every row read from it)."""
-    codes = np.full(length, categories.index(value), dtype=np.int32)
+    path, or a hive directory's key value, for every row read from it); None: missing."""
+    codes = np.full(length, -1 if value is None else categories.index(value), dtype=np.int32)
     return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(categories))
 
 
@@ -245,6 +254,9 @@ class ReadCSV(ColumnSelectingSource):
     meta: Any
     columns_selected: tuple[Hashable, ...] | None = None
     path_column: Hashable | None = None
+    stamps: tuple[tuple[int, int], ...] = ()
+    """Each file's size and modification time when the read was made: part of the keys, so
+    that a file changed since is read again rather than taken from results of before."""
 
     def _prefix(self) -> str:
         return "read-csv"
@@ -252,7 +264,7 @@ class ReadCSV(ColumnSelectingSource):
     def _partitioning_identity(self) -> frozenset[str]:
         # The same blocks read with other columns or dtypes hold the same rows.
         options = {k: v for k, v in self.kwargs.items() if k not in ("usecols", "dtype")}
-        return frozenset({tokenize("read-csv-rows", self.blocks, options, self.names is None)})
+        return frozenset({tokenize("read-csv-rows", self.blocks, options, self.names is None, self.stamps)})
 
     @property
     def npartitions(self) -> int:
@@ -335,7 +347,7 @@ def read_csv(
     if size is not None:
         header_options = {k: v for k, v in kwargs.items() if k not in ("usecols", "index_col", "dtype", "parse_dates")}
         names = tuple(pd.read_csv(paths[0], nrows=0, **header_options).columns)
-    source = ReadCSV(tuple(_csv_blocks(paths, size)), names, dict(kwargs), meta, None, path_column)
+    source = ReadCSV(tuple(_csv_blocks(paths, size)), names, dict(kwargs), meta, None, path_column, file_stamps(paths))
     return new_collection(source)
 
 
@@ -484,6 +496,8 @@ class ReadParquet(ColumnSelectingSource):
     columns_selected: tuple[Hashable, ...] | None = None
     filters: tuple[Any, ...] | None = None
     partitions: tuple[tuple[tuple[str, Any, tuple[Any, ...]], ...], ...] | None = None
+    stamps: tuple[tuple[int, int], ...] = ()
+    """Each file's size and modification time when the read was made (see ReadCSV)."""
     """Per file, its ``(column, value, categories)`` from ``key=value`` directories."""
 
     def _prefix(self) -> str:
@@ -612,6 +626,7 @@ def read_parquet(
         None if columns is None else tuple(columns),
         stored_filters,
         partitions,
+        file_stamps(paths),
     )
     return new_collection(source)
 
@@ -686,11 +701,15 @@ def _hive_layout(
     typed: dict[str, dict[str, Any]] = {}
     for name, texts in raw.items():
         # As pyarrow infers them: whole numbers become integers, anything else stays text.
+        # The directory of missing values (pandas and Dask write them there) stands for
+        # missing values, not for a value of its own.
+        present = [text for text in texts if text != HIVE_MISSING]
         try:
-            typed[name] = {text: int(text) for text in texts}
+            typed[name] = {text: int(text) for text in present}
         except ValueError:
-            typed[name] = {text: text for text in texts}
-    categories = {name: tuple(sorted(typed[name].values())) for name in names}
+            typed[name] = {text: text for text in present}
+        typed[name][HIVE_MISSING] = None
+    categories = {name: tuple(sorted(v for v in typed[name].values() if v is not None)) for name in names}
     paths: list[str] = []
     partitions = []
     for path, values in files:
@@ -705,6 +724,10 @@ def _hive_layout(
         paths.append(path)
         partitions.append(tuple((name, row[name], categories[name]) for name in names))
     return paths, tuple(partitions), categories
+
+
+HIVE_MISSING = "__HIVE_DEFAULT_PARTITION__"
+"""The directory name that pandas, pyarrow and Dask give the rows whose partition key is missing."""
 
 
 def _directory_match(row: dict[str, Any], group: list[tuple[Any, str, Any]]) -> bool:

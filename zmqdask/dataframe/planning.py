@@ -176,7 +176,7 @@ def loc_expr(expr: Expr, start: Any, stop: Any, is_slice: bool) -> Expr:
     if is_slice:
         return ops.RowSelect(expr, ops.loc_part, (start, stop), "loc")
     if not expr.known_divisions:
-        return ops.RowSelect(expr, ops.loc_labels, ([start],), "loc")
+        return ops.RowSelect(expr, ops.loc_label, (start,), "loc")
     return ops.RowSelect(expr, ops.loc_part, (start, stop), "loc")
 
 

@@ -301,6 +301,21 @@ def _split_sorted(
     return boundary_split(obj, by, bounds[1], nbuckets, ascending)
 
 
+def _split_within(
+    obj: Any, by: Hashable | None, bounds: tuple[Any, list[Any], Any], nbuckets: int, ascending: bool
+) -> list[Any]:
+    """:func:`_split_sorted` for divisions given by the caller, which must hold every key."""
+    key = _sort_key(obj, by).dropna()
+    if len(key):
+        low, high = key.min(), key.max()
+        if low < bounds[0] or high > bounds[2]:
+            raise ValueError(
+                f"set_index(divisions=...) runs from {bounds[0]} to {bounds[2]}, but the column holds "
+                f"{low} to {high} here: give divisions that span every value (or none, to sample them)"
+            )
+    return _split_sorted(obj, by, bounds, nbuckets, ascending)
+
+
 def _sample_task(obj: Any, by: Hashable | None, nsamples: int) -> tuple[pd.Series, int]:
     return sample_partition(obj, by, nsamples)
 
@@ -420,10 +435,13 @@ class IndexByColumn(RowMover):
             return None
         return needed | {self.column}
 
-    def _ranges_layer(self, bounds: tuple[Any, list[Any], Any] | TaskRef) -> dict[str, TaskSpec]:
+    def _ranges_layer(
+        self, bounds: tuple[Any, list[Any], Any] | TaskRef, split: Callable[..., list[Any]] | None = None
+    ) -> dict[str, TaskSpec]:
         """The tasks moving rows into the ranges of ``bounds`` (:func:`choose_boundaries`' form)."""
         n = self.npartitions
-        return _shuffle_layer(self, _split_sorted, (self.column, bounds, n, True), index_partition, (self.column,))
+        split = split or _split_sorted
+        return _shuffle_layer(self, split, (self.column, bounds, n, True), index_partition, (self.column,))
 
 
 @node
@@ -433,6 +451,9 @@ class SetIndex(IndexByColumn):
     frame: Expr
     column: Hashable
     division_values: tuple[Any, ...]
+    given: bool = False
+    """The divisions came from the caller: a key outside them is an error (the sampled ones
+    hold the data's own minimum and maximum)."""
 
     @property
     def npartitions(self) -> int:
@@ -444,7 +465,8 @@ class SetIndex(IndexByColumn):
 
     def _layer(self) -> dict[str, TaskSpec]:
         boundaries = list(self.division_values[1:-1])
-        return self._ranges_layer((self.division_values[0], boundaries, self.division_values[-1]))
+        bounds = (self.division_values[0], boundaries, self.division_values[-1])
+        return self._ranges_layer(bounds, _split_within if self.given else None)
 
 
 @node
@@ -536,6 +558,7 @@ def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, d
     meta = expr._meta
     if not isinstance(meta, pd.DataFrame) or column not in meta.columns:
         raise UsageError(f"set_index needs a column of the frame; {column!r} is not one")
+    given = divisions is not None
     if divisions is None:
         wanted = npartitions or expr.npartitions
         if not _may_block():
@@ -553,7 +576,7 @@ def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, d
             raise UsageError("divisions need at least two values (the bounds of one partition)")
         if any(divisions[k + 1] < divisions[k] for k in range(len(divisions) - 1)):
             raise UsageError("divisions must be sorted")
-    return new_collection(SetIndex(expr, column, tuple(divisions)))
+    return new_collection(SetIndex(expr, column, tuple(divisions), given))
 
 
 def sort_values(

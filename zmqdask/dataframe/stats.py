@@ -323,8 +323,11 @@ def nunique(obj: Any, dropna: bool = True) -> Any:
 
 def distinct_rows(pieces: Sequence[Any], subset: list[Hashable] | None, keep: str) -> Any:
     """Rows of ``pieces`` (in order) without later (``keep="first"``) or earlier repeats."""
-    joined: Any = concat_nonempty(list(pieces))
     which: Any = keep
+    if pieces and isinstance(pieces[0], pd.Index):
+        labels = pieces[0].append(list(pieces[1:])) if len(pieces) > 1 else pieces[0]
+        return labels.drop_duplicates(keep=which)
+    joined: Any = concat_nonempty(list(pieces))
     if isinstance(joined, pd.Series):
         return joined.drop_duplicates(keep=which)
     return joined.drop_duplicates(subset=subset, keep=which)
