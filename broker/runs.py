@@ -16,7 +16,10 @@ A SETUP is a RUN that the broker also keeps, by name, and sends to every worker 
 registers later, right after its WELCOME and so before any task (``upload_file``,
 ``register_worker_callbacks``).  Nobody waits for those later answers; a failure is logged.
 At most :data:`MAX_SETUPS` calls of at most :data:`MAX_SETUP_BYTES` in all are kept, the
-oldest dropped first (with a warning).
+oldest dropped first (with a warning).  A set-up that was running on
+:data:`~zmqdask.config.MAX_KILLED_ATTEMPTS` workers when they died is dropped too (with an
+error in the log), as a task that kills its workers fails: else every worker started
+afterwards would die the same way, and the tasks held back behind it would never run.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from broker.outbox import Outbox, payload_nbytes
 from broker.peers import ClientPeer, WorkerPeer
+from zmqdask.config import MAX_KILLED_ATTEMPTS
 from zmqdask.protocol import ERRED, LOST, RAN, RUN, RUNNING, SETUP, Message
 
 logger = logging.getLogger(__name__)
@@ -42,13 +46,15 @@ MAX_SETUP_BYTES = 512 * 1024 * 1024
 class RunRelay:
     """The runs in flight: which client asked, under which request id, and which worker runs it."""
 
-    __slots__ = ("_by_worker", "_ids", "_outbox", "_runs", "_setups")
+    __slots__ = ("_by_worker", "_ids", "_outbox", "_runs", "_setup_deaths", "_setups")
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        self._runs: dict[int, tuple[ClientPeer | None, int, bytes]] = {}
-        """Broker-side run id -> (client, the client's request id, target identity); no
-        client for a kept set-up sent to a worker that registered later."""
+        self._runs: dict[int, tuple[ClientPeer | None, int, bytes, str | None]] = {}
+        """Broker-side run id -> (client, the client's request id, target identity, set-up
+        name or None); no client for a kept set-up sent to a worker that registered later."""
+        self._setup_deaths: dict[str, int] = {}
+        """Workers that died while running each kept set-up."""
         self._setups: dict[str, tuple[int | bytes, list[Any]]] = {}
         """Kept set-up calls by name, oldest first: (payload field, frames)."""
         self._by_worker: dict[bytes, set[int]] = {}
@@ -79,7 +85,7 @@ class RunRelay:
                 self._outbox.send(client.identity, RAN, [request_id, identity, LOST, "no such worker is connected", 0])
                 continue
             run_id = next(self._ids)
-            self._runs[run_id] = (client, request_id, identity)
+            self._runs[run_id] = (client, request_id, identity, setup)
             self._by_worker.setdefault(identity, set()).add(run_id)
             # The same frames to every target, untouched (as a broadcast SCATTER's).
             if setup is None:
@@ -92,13 +98,14 @@ class RunRelay:
         outbox sends these unbatched messages ahead of its STORE and COMPUTE batches)."""
         for name, (field, frames) in self._setups.items():
             run_id = next(self._ids)
-            self._runs[run_id] = (None, 0, worker.identity)
+            self._runs[run_id] = (None, 0, worker.identity, name)
             self._by_worker.setdefault(worker.identity, set()).add(run_id)
             self._outbox.send(worker.identity, SETUP, [run_id, name, field], frames)
 
     def _keep(self, name: str, field: int | bytes, frames: list[Any]) -> None:
         self._setups.pop(name, None)  # the same name again replaces it, and becomes newest
         self._setups[name] = (field, frames)
+        self._setup_deaths.pop(name, None)
         total = sum(_size(entry) for entry in self._setups.values())
         while len(self._setups) > 1 and (len(self._setups) > MAX_SETUPS or total > MAX_SETUP_BYTES):
             oldest = next(iter(self._setups))
@@ -113,7 +120,7 @@ class RunRelay:
             return  # its client left (forgotten then), or not a run of this worker's
         del self._runs[run_id]
         self._forget(worker.identity, run_id)
-        client, request_id, identity = entry
+        client, request_id, identity, _ = entry
         if client is None:
             if code == ERRED:
                 logger.warning("a worker set-up failed on %s: %s: %s", worker.label(), detail[0], detail[1])
@@ -124,7 +131,17 @@ class RunRelay:
     def worker_gone(self, worker: WorkerPeer, reason: str) -> None:
         """Answer LOST for each run the worker had not answered."""
         for run_id in sorted(self._by_worker.pop(worker.identity, ())):
-            client, request_id, identity = self._runs.pop(run_id)
+            client, request_id, identity, setup = self._runs.pop(run_id)
+            if setup is not None and setup in self._setups:
+                deaths = self._setup_deaths[setup] = self._setup_deaths.get(setup, 0) + 1
+                if deaths >= MAX_KILLED_ATTEMPTS:
+                    del self._setups[setup]
+                    del self._setup_deaths[setup]
+                    logger.error(
+                        "the worker set-up %r was running when %d workers died: dropped, workers start without it",
+                        setup,
+                        deaths,
+                    )
             if client is not None and client.alive:
                 text = f"{worker.label()} left before answering ({reason})"
                 self._outbox.send(client.identity, RAN, [request_id, identity, LOST, text, 0])
@@ -132,13 +149,13 @@ class RunRelay:
     def client_gone(self, client: ClientPeer) -> None:
         """Forget the client's runs: their answers will be dropped."""
         for run_id in [rid for rid, entry in self._runs.items() if entry[0] is client]:
-            _, _, identity = self._runs.pop(run_id)
+            identity = self._runs.pop(run_id)[2]
             self._forget(identity, run_id)
 
     def audit(self, workers: Mapping[bytes, WorkerPeer]) -> list[str]:
         """Violations of the relay's invariants (empty when all is well)."""
         problems = []
-        for run_id, (client, _, identity) in self._runs.items():
+        for run_id, (client, _, identity, _setup) in self._runs.items():
             if identity not in workers:
                 problems.append(f"run {run_id} waits for {identity.hex()}, which is not registered")
             if client is not None and not client.alive:

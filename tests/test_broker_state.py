@@ -1815,3 +1815,25 @@ def test_a_key_submitted_again_reading_its_own_dependent_is_refused_not_looped()
     errors = [e for _, m in out if m.name == "REPORT" for e in m.header[0] if e[1] == P.ERRED]
     assert [e[0] for e in errors] == ["a"] and "depend on itself" in errors[0][2][1]
     assert [dep.key for dep in h.state.ledger.tasks["b"].deps] == ["a"]
+
+
+def test_a_setup_running_on_three_workers_that_died_is_dropped() -> None:
+    h = Harness()
+    h.client(b"c1")
+    h.send(b"c1", P.SETUP, [1, "setup:crashes", b"<call>"])
+    for n in range(3):
+        worker = f"w{n}".encode()
+        out = h.worker(worker)
+        assert [m.header[1] for _, m in out if m.name == "SETUP"] == ["setup:crashes"]
+        h.send(worker, P.GOODBYE, ["died"])
+    out = h.worker(b"w9")
+    assert not any(m.name == "SETUP" for _, m in out)
+    # A set-up that answers keeps its place however many workers leave afterwards.
+    h.send(b"c1", P.SETUP, [2, "setup:fine", b"<call>"])
+    for n in range(4):
+        worker = f"v{n}".encode()
+        out = h.worker(worker)
+        run_id = next(m.header[0] for _, m in out if m.name == "SETUP")
+        h.send(worker, P.RAN, [run_id, worker, P.FINISHED, None, b"ok"])
+        h.send(worker, P.GOODBYE, ["bye"])
+    assert [m.header[1] for _, m in h.worker(b"v9") if m.name == "SETUP"] == ["setup:fine"]

@@ -484,6 +484,28 @@ def test_workers_killed_by_tasks_come_back_without_a_crash_loop_back_off(cluster
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_request_made_while_the_broker_is_away_is_answered_by_the_next_one(
+    cluster: Cluster, wait_until: Callable[..., None]
+) -> None:
+    address = cluster.start_broker()
+    cluster.start_pool(1)
+    with Client(address, timeout=10, reconnect_timeout=60) as client:
+        client.wait_for_workers(1, timeout=60)
+        broker = cluster.broker
+        assert broker is not None
+        broker.stop()
+        wait_until(lambda: client.status != zmqdask.ClientStatus.RUNNING, timeout=30)
+        answers: list[object] = []
+        asking = threading.Thread(target=lambda: answers.append(client.scheduler_info()))
+        asking.start()
+        time.sleep(2.0)  # the outage goes on while the request waits
+        cluster.restart_broker()
+        asking.join(60)
+        assert len(answers) == 1 and "workers" in answers[0]  # type: ignore[operator]
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_scatter_while_the_broker_is_gone_fails_after_the_reconnect_timeout(
     cluster: Cluster, wait_until: Callable[..., None]

@@ -192,3 +192,30 @@ def test_wait_and_as_completed_over_the_futures_of_two_clients(cluster: object, 
             return sorted([await f async for f in as_completed([mine, theirs], timeout=60)])
 
         assert asyncio.run(both()) == [2, 3]
+
+
+def test_a_name_scattered_again_right_after_its_future_was_dropped_holds_the_new_value(client: Client) -> None:
+    # The release of the dropped future is still on its way when the new value is sent.
+    for i in range(10):
+        dropped = client.scatter({"zmqdask-test-dropped": i})["zmqdask-test-dropped"]
+        del dropped
+        fresh = client.scatter({"zmqdask-test-dropped": 1000 + i})["zmqdask-test-dropped"]
+        assert fresh.result(timeout=30) == 1000 + i
+        assert client.submit(_ident, fresh, pure=False).result(timeout=30) == 1000 + i
+        del fresh
+
+
+def _compile_bad() -> None:
+    compile("x = (", "module.py", "exec")
+
+
+def _decode_bad() -> str:
+    return b"\xff".decode("utf-8")
+
+
+def test_errors_with_fields_of_their_own_keep_them(client: Client) -> None:
+    with pytest.raises(SyntaxError) as syntax:
+        client.submit(_compile_bad, pure=False).result(timeout=30)
+    assert syntax.value.filename == "module.py" and syntax.value.lineno == 1 and syntax.value.msg
+    with pytest.raises(UnicodeDecodeError, match="invalid start byte"):
+        client.submit(_decode_bad, pure=False).result(timeout=30)

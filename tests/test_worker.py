@@ -1260,3 +1260,17 @@ def test_pool_gives_up_when_no_broker_answers() -> None:
         assert pool.wait(WAIT_S) == EXIT_BROKER_UNREACHABLE
         assert pool.stderr is not None
         assert "no broker answered" in pool.stderr.read().decode()
+
+
+def test_a_compute_held_back_behind_a_set_up_loses_the_tasks_given_back() -> None:
+    from zmqdask.protocol import COMPUTE, decode, encode
+    from zmqdask.worker import _without_tasks
+
+    fn = b"f" * 16
+    header = [[fn], [["a", fn, [], 0, 2], ["b", fn, [], 0, b"inline"], ["c", fn, [], 0, 1]]]
+    message = decode(encode(COMPUTE, header, [b"<fn>", b"a1", b"a2", b"c1"]))
+    kept = _without_tasks(message, {"a"})
+    assert kept.header == [[fn], [["b", fn, [], 0, b"inline"], ["c", fn, [], 0, 1]]]
+    assert kept.payload == [b"<fn>", b"c1"]
+    assert decode(encode(COMPUTE, kept.header, kept.payload)).header == kept.header
+    assert _without_tasks(message, {"b", "c"}).payload == [b"<fn>", b"a1", b"a2"]

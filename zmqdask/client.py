@@ -1248,7 +1248,14 @@ class Client(BrokerSession):
                     state.value = _private_copy(value, value_frames)
                     state.has_value = True
                 futures.append(Future(key, self, state))
-            if fresh and nbytes >= DIRECT_MIN_BYTES and not broadcast:
+            if fresh and named:
+                # A name may still hold a value on the broker (another client's, or one this
+                # client released a moment ago): this one replaces it, as in Dask.
+                field = proto.payload_field(value_frames)
+                replacing.append([key, field])
+                if type(field) is not bytes:
+                    replacing_frames.extend(value_frames)
+            elif fresh and nbytes >= DIRECT_MIN_BYTES and not broadcast:
                 # Large: the broker names a worker to send it to directly (see zmqdask.direct).
                 with self._lock:
                     self._place_ops.append((key, value_frames))

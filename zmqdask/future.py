@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zmqdask.config import optional_seconds
 from zmqdask.errors import FutureCancelledError, UsageError
-from zmqdask.serialize import rebuild_exception, traceback_from_text
+from zmqdask.serialize import FIELDS_OUTSIDE_ARGS, rebuild_exception, traceback_from_text
 
 if TYPE_CHECKING:
     from zmqdask.client import Client
@@ -160,7 +160,7 @@ def failure_of(state: FutureState) -> BaseException:
     exc = state.exception
     assert exc is not None
     try:
-        if type(exc).__reduce__ is BaseException.__reduce__:
+        if type(exc).__reduce__ is BaseException.__reduce__ and not isinstance(exc, FIELDS_OUTSIDE_ARGS):
             # Without __init__, which may rework its arguments (or take others than args).
             raised = rebuild_exception(type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
         else:

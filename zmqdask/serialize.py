@@ -137,6 +137,10 @@ def pickle_function(fn: Callable[..., Any]) -> tuple[bytes, bytes, bool]:
     return hashlib.blake2b(payload, digest_size=16).digest(), payload, by_value
 
 
+FIELDS_OUTSIDE_ARGS = (SyntaxError, UnicodeError, OSError)
+"""Built-in exceptions whose fields live outside ``args`` and ``__dict__``: copied by pickling."""
+
+
 def dumps_error(exc: BaseException, origin_key: str) -> tuple[list[Any], list[Any]]:
     """Serialize a task's exception; returns ``(detail, frames)`` for an ERRED entry."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -147,7 +151,9 @@ def dumps_error(exc: BaseException, origin_key: str) -> tuple[list[Any], list[An
     # rework them again; then plainly, for a class with a __reduce__ of its own, which has
     # its say; only what cannot travel at all is replaced by a stand-in.
     forms: list[Any] = [exc]
-    if type(exc).__reduce__ is BaseException.__reduce__:
+    # Not for the built-in exceptions that keep their fields outside ``args`` and
+    # ``__dict__`` (a SyntaxError's line, a UnicodeError's position): plain pickling does.
+    if type(exc).__reduce__ is BaseException.__reduce__ and not isinstance(exc, FIELDS_OUTSIDE_ARGS):
         forms.insert(0, _RebuiltException(exc))
     for form in forms:
         try:

@@ -176,6 +176,8 @@ class BrokerSession:
         self._setups: dict[str, list[Any]] = {}
         """Worker set-ups sent (by name, as pickled calls): sent again to a new broker."""
         self._restarts: dict[int, asyncio.Future[list[bytes]]] = {}
+        self._unanswered: dict[int, list[Any]] = {}
+        """INFO, WHO_HAS and RESTART requests not answered yet, sent again after re-registering."""
         """``Client.restart`` calls waiting for the broker's RESTARTING, by request id."""
         """``Client.run`` calls waiting for their answers, by request id."""
         self._goodbye_answered: asyncio.Future[None] | None = None
@@ -684,6 +686,9 @@ class BrokerSession:
                     "may or may not have run on each worker; run it again if it is safe to"
                 )
             )
+            # Requests the broker of before may never have answered go to this one.
+            for request in list(self._unanswered.values()):
+                self._send(request)
             self.status = ClientStatus.RUNNING
             self._lost_since = None
             self._resubmit_all()
@@ -757,6 +762,7 @@ class BrokerSession:
         request_id = self._next_request
         waiter: asyncio.Future[list[bytes]] = self._loop.create_future()
         self._restarts[request_id] = waiter
+        self._unanswered[request_id] = proto.encode(proto.RESTART, [request_id])
         self._flush()  # what was submitted before goes first, and is dropped with the rest
         with self._lock:
             self._kept.clear()
@@ -770,12 +776,14 @@ class BrokerSession:
             error = FutureCancelledError(f"{state.key} was cancelled: {reason}", state.key)
             self._set_failed(state, CANCELLED, error, None)
         self._send(proto.encode(proto.RESTART, [request_id]))
+        limit = max(self.timeout, self.reconnect_timeout)
         try:
-            return await asyncio.wait_for(waiter, self.timeout)
+            return await asyncio.wait_for(waiter, limit)
         except asyncio.TimeoutError:
-            raise ZmqdaskTimeoutError(f"the broker did not answer a restart within {self.timeout} s") from None
+            raise ZmqdaskTimeoutError(f"the broker did not answer a restart within {limit} s") from None
         finally:
             self._restarts.pop(request_id, None)
+            self._unanswered.pop(request_id, None)
 
     def _resend_setups(self) -> None:
         for name, frames in self._setups.items():
@@ -1487,12 +1495,22 @@ class BrokerSession:
         self._info_requests[request_id] = waiter
         self._flush()  # so the answer reflects every submission made before this request
         if who_has is False:
-            self._send(proto.encode(proto.INFO, [request_id]))
+            request = proto.encode(proto.INFO, [request_id])
         else:
-            self._send(proto.encode(proto.WHO_HAS, [request_id, who_has]))
+            request = proto.encode(proto.WHO_HAS, [request_id, who_has])
+        self._unanswered[request_id] = request
+        self._send(request)
+        # Bounded by the client's timeout, and by the reconnect timeout while the broker is
+        # away (a request sent then goes again to the broker this client registers with).
+        limit = self.timeout if self.status != ClientStatus.RECONNECTING else max(self.timeout, self.reconnect_timeout)
         try:
-            return await asyncio.wait_for(waiter, self.timeout)
+            return await asyncio.wait_for(waiter, limit)
         except asyncio.TimeoutError:
-            raise ZmqdaskTimeoutError(f"the broker did not answer an info request within {self.timeout} s") from None
+            if self.status == ClientStatus.RECONNECTING:
+                raise BrokerLostError(
+                    f"the broker at {self.address} is unreachable; try again once it is back"
+                ) from None
+            raise ZmqdaskTimeoutError(f"the broker did not answer an info request within {limit} s") from None
         finally:
             self._info_requests.pop(request_id, None)
+            self._unanswered.pop(request_id, None)

@@ -1416,12 +1416,37 @@ class Worker:
                 logger.exception("worker %s: failed to handle %s", self.name, message.name)
 
     def _on_cancel_tasks(self, message: Message) -> None:
+        held = {entry[0] for deferred in self._deferred for entry in deferred.header[1]} if self._deferred else ()
+        withdrawn = set()
         for key in message.header[0]:
             task = self._tasks.get(key)
             # A running task cannot be interrupted: it finishes and is reported normally.
             if task is not None and self._executor.cancel(task):
                 del self._tasks[key]
                 self._done(key, CANCELLED, "cancelled")
+            elif key in held:
+                # Held back behind a set-up: the broker gives it to another worker.
+                withdrawn.add(key)
+                self._done(key, CANCELLED, "cancelled")
+        if withdrawn:
+            self._deferred = [_without_tasks(deferred, withdrawn) for deferred in self._deferred]
+
+
+def _without_tasks(message: Message, keys: set[str]) -> Message:
+    """A COMPUTE message without the tasks named in ``keys`` (its functions all kept)."""
+    functions, entries = message.header
+    payload = message.payload
+    kept_entries: list[list[Any]] = []
+    kept_frames: list[Any] = list(payload[: len(functions)])
+    position = len(functions)
+    for entry in entries:
+        frames, position = entry_payload(entry[4], payload, position)
+        if entry[0] in keys:
+            continue
+        kept_entries.append(entry)
+        if type(entry[4]) is not bytes:
+            kept_frames.extend(frames)
+    return Message(message.command, [functions, kept_entries], kept_frames)
 
 
 _task_client_address: str | None = None
