@@ -46,7 +46,7 @@ MAX_SETUP_BYTES = 512 * 1024 * 1024
 class RunRelay:
     """The runs in flight: which client asked, under which request id, and which worker runs it."""
 
-    __slots__ = ("_by_worker", "_ids", "_outbox", "_runs", "_setup_deaths", "_setups")
+    __slots__ = ("_by_worker", "_excused", "_ids", "_outbox", "_runs", "_setup_deaths", "_setups")
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
@@ -55,6 +55,8 @@ class RunRelay:
         name or None); no client for a kept set-up sent to a worker that registered later."""
         self._setup_deaths: dict[str, int] = {}
         """Workers that died while running each kept set-up."""
+        self._excused: set[bytes] = set()
+        """Workers stopped on purpose (a restart): their deaths are not a set-up's doing."""
         self._setups: dict[str, tuple[int | bytes, list[Any]]] = {}
         """Kept set-up calls by name, oldest first: (payload field, frames)."""
         self._by_worker: dict[bytes, set[int]] = {}
@@ -128,11 +130,17 @@ class RunRelay:
         if client.alive:
             self._outbox.send(client.identity, RAN, [request_id, identity, code, detail, field], message.payload)
 
-    def worker_gone(self, worker: WorkerPeer, reason: str) -> None:
-        """Answer LOST for each run the worker had not answered."""
+    def excuse(self, identities: list[bytes]) -> None:
+        """These workers are being stopped on purpose (a restart)."""
+        self._excused.update(identities)
+
+    def worker_gone(self, worker: WorkerPeer, reason: str, departed: bool = False) -> None:
+        """Answer LOST for each run the worker had not answered; ``departed``: it said goodbye."""
+        excused = departed or worker.identity in self._excused
+        self._excused.discard(worker.identity)
         for run_id in sorted(self._by_worker.pop(worker.identity, ())):
             client, request_id, identity, setup = self._runs.pop(run_id)
-            if setup is not None and setup in self._setups:
+            if setup is not None and setup in self._setups and not excused:
                 deaths = self._setup_deaths[setup] = self._setup_deaths.get(setup, 0) + 1
                 if deaths >= MAX_KILLED_ATTEMPTS:
                     del self._setups[setup]

@@ -683,7 +683,7 @@ class BrokerState:
                 if request is not None:
                     self._answer_missing(request, request.keys)
             peer.requests.clear()
-            self._runs.worker_gone(peer, reason)
+            self._runs.worker_gone(peer, reason, departed=reason.startswith("said goodbye"))
             for rec in orphans:
                 self._place_store(rec)
             logger.log(
@@ -804,6 +804,7 @@ class BrokerState:
             self.ledger.client_removed(peer)
         pools = {pool.pool for pool in self._pools.values()}
         replaced = [worker.identity for worker in self._workers.values() if worker.pool in pools]
+        self._runs.excuse(replaced)
         for pool in self._pools.values():
             self._outbox.send(pool.identity, RESTART, [request_id])
         self._outbox.send(client.identity, RESTARTING, [request_id, replaced])
