@@ -124,15 +124,6 @@ def _sizes(values: list[Any]) -> tuple[int, bool]:
     return total, small
 
 
-def call(fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> Any:
-    """``fn(*args, **kwargs)``; the coroutine of an ``async def`` function is run to its end
-    (on an event loop of this thread's own), as Dask runs them."""
-    value = fn(*args, **kwargs)
-    if type(value) is types.CoroutineType:
-        value = asyncio.run(value)
-    return value
-
-
 def run_batch(fn: Callable[..., Any], batch: BatchCall, kwargs: dict[str, Any]) -> BatchResult:
     """Run each call of ``batch`` (on a worker); a failing call is tried ``retries`` more
     times, then its error takes its place, and the other calls go on."""
@@ -144,7 +135,9 @@ def run_batch(fn: Callable[..., Any], batch: BatchCall, kwargs: dict[str, Any]) 
         attempt = 0
         while True:
             try:
-                value = call(fn, args, kwargs)
+                value = fn(*args, **kwargs)
+                if type(value) is types.CoroutineType:  # inline ``call``: this loop is hot
+                    value = asyncio.run(value)
                 break
             except BaseException as exc:  # as for a task: SystemExit in a call is its error
                 if attempt < retries:

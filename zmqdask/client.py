@@ -1226,20 +1226,16 @@ class Client(BrokerSession):
             with self._lock:
                 state = self._futures.get(key)
                 fresh = state is None or state.status in (CANCELLED, LOST, ERROR)
-                if named and not fresh and state is not None and state.entry is None and state.batch is None:
+                again = named and not fresh and state is not None and state.entry is None and state.batch is None
+                if again:
                     # A name scattered again takes the new value, as in Dask: every future of
                     # it (the same state) sees it, and the workers' copies are replaced.
+                    assert state is not None
                     state.value = _private_copy(value, value_frames)
                     state.has_value = True
                     state.status = PENDING
                     state.exception = None
-                    futures.append(Future(key, self, state))
-                    field = proto.payload_field(value_frames)
-                    replacing.append([key, field])
-                    if type(field) is not bytes:
-                        replacing_frames.extend(value_frames)
-                    continue
-                if fresh:
+                elif fresh:
                     if self._releases:
                         # A scatter is a transfer the user asked for: a pending release of
                         # the same key goes out first, as it would have without the delay.
@@ -1248,7 +1244,7 @@ class Client(BrokerSession):
                     state.value = _private_copy(value, value_frames)
                     state.has_value = True
                 futures.append(Future(key, self, state))
-            if fresh and named:
+            if named and (fresh or again):
                 # A name may still hold a value on the broker (another client's, or one this
                 # client released a moment ago): this one replaces it, as in Dask.
                 field = proto.payload_field(value_frames)

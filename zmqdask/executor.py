@@ -15,6 +15,7 @@ the last slot is the worker's main thread's, for the quick tasks it runs itself.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import pickle
 import pickletools
@@ -24,10 +25,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any
 
 from zmqdask import serialize
-from zmqdask.batches import BatchCall, BatchResult, call, result_type_name, run_batch, without_unpicklable
+from zmqdask.batches import BatchCall, BatchResult, result_type_name, run_batch, without_unpicklable
 from zmqdask.config import (
     INLINE_AFTER_QUICK_CALLS,
     INLINE_RESULT_MAX_BYTES,
@@ -341,7 +343,9 @@ def execute(task: Task) -> Task:
             if len(args) == 1 and type(args[0]) is BatchCall:
                 value = run_batch(fn, args[0], kwargs)  # a map batch: each call in turn
             else:
-                value = call(fn, args, kwargs)
+                value = fn(*args, **kwargs)
+                if type(value) is CoroutineType:  # an async def function: run it to its end
+                    value = asyncio.run(value)
         finally:
             task.seconds = time.perf_counter() - started
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from a task are task errors too

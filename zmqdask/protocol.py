@@ -478,6 +478,13 @@ def _v_info_reply(h: list[Any]) -> int:
     return 0
 
 
+def _erred_detail(detail: Any) -> None:
+    _check(
+        type(detail) is list and len(detail) == 3 and all(type(d) is str for d in detail),
+        "ERRED detail must be [type_name, message, origin_key]",
+    )
+
+
 def _v_entries_with_codes(h: list[Any], allowed: frozenset[int]) -> int:
     _arity(h, 1)
     _check(type(h[0]) is list, "entries must be a list")
@@ -495,10 +502,7 @@ def _v_entries_with_codes(h: list[Any], allowed: frozenset[int]) -> int:
         elif type(code) is not int or code not in allowed:
             raise ProtocolError(f"unknown code {code!r:.20}")
         elif code == ERRED:
-            _check(
-                type(detail) is list and len(detail) == 3 and all(type(d) is str for d in detail),
-                "ERRED detail must be [type_name, message, origin_key]",
-            )
+            _erred_detail(detail)
         elif code == MISSING_DEPS:
             _keys(detail)
         elif code == ELSEWHERE:
@@ -636,10 +640,7 @@ def _v_ran(h: list[Any]) -> int:
     if code == FINISHED and type(code) is int:
         _check(detail is None, "FINISHED detail must be None")
     elif code == ERRED and type(code) is int:
-        _check(
-            type(detail) is list and len(detail) == 3 and all(type(d) is str for d in detail),
-            "ERRED detail must be [type_name, message, origin_key]",
-        )
+        _erred_detail(detail)
     elif code == LOST and type(code) is int:
         _check(type(detail) is str, "LOST detail must be a string")
     else:

@@ -79,6 +79,11 @@ class WorkerRuns:
         )
         thread.start()
 
+    @property
+    def answers_waiting(self) -> bool:
+        """Whether an answer waits for the main thread (checked on every turn: cheap)."""
+        return bool(self._answers)
+
     def forget(self) -> None:
         """The broker forgot this worker: answers to its earlier runs would reach a broker
         that numbers runs afresh, and are dropped."""

@@ -812,7 +812,7 @@ class Worker:
         """Send DONE for every task finished so far, and RAN for every run (lock held)."""
         self._collect()
         self._flush_done()
-        for run_id, code, detail, frames in self._runs.take_answers():
+        for run_id, code, detail, frames in self._runs.take_answers() if self._runs.answers_waiting else ():
             field = payload_field(frames)
             payload = frames if type(field) is not bytes else ()
             self._link.send(RAN, [run_id, self.identity, code, detail, field], payload)
