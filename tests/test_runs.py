@@ -251,3 +251,11 @@ def test_version_mismatches_name_the_processes_that_differ() -> None:
     lines = mismatches(same, info(), {"w1": same, "w2": info(numpy="1.26")})
     assert lines == ["numpy: client: 2.0, broker: missing, w1: 2.0, w2: 1.26"]
     assert mismatches(same, info(pyzmq=None), {"w1": same}) == ["pyzmq: client: 26, broker: missing, w1: 26"]
+
+
+def test_who_has_names_the_holders_of_calls_run_in_map_batches(client: Client) -> None:
+    futures = client.map(_pid_and, range(300))  # quick calls: batched
+    client.gather(futures)
+    where = client.who_has(futures)
+    assert set(where) == {f.key for f in futures} and all(len(holders) == 1 for holders in where.values())
+    assert set(client.who_has()) == {f.key for f in futures}

@@ -1585,18 +1585,24 @@ class Client(BrokerSession):
         """Key -> addresses of the workers holding its value, for ``futures`` (any futures or
         collections of them; None: every future of this client), as Dask's ``who_has``."""
         self._check_open()
-        if futures is None:
-            with self._lock:
-                keys = list(self._futures)
-        else:
-            found: dict[str, Future] = {}
-            _collect_futures(futures, found)
-            keys = list(found)
+        with self._lock:
+            if futures is None:
+                # The futures the user holds, not the inner keys of graphs and map batches.
+                states = [s for s in self._futures.values() if s.refcount > 0 and s.members is None]
+            else:
+                found: dict[str, Future] = {}
+                _collect_futures(futures, found)
+                states = [future._state for future in found.values()]
+            # A call of a map batch lives in its batch's value: where the batch is, it is.
+            held_as = {
+                state.key: state.batch.key if state.entry is None and state.batch is not None else state.key
+                for state in states
+            }
 
         async def fetch() -> dict[str, tuple[str, ...]]:
-            answer = await self._info(keys)
+            answer = await self._info(list(dict.fromkeys(held_as.values())))
             where = answer.get("who_has", {})
-            return {key: tuple(f"{self.address}/{worker}" for worker in where.get(key, ())) for key in keys}
+            return {key: tuple(f"{self.address}/{w}" for w in where.get(held, ())) for key, held in held_as.items()}
 
         return self._run_or_await(fetch(), "await client.who_has()")
 
