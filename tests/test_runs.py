@@ -259,3 +259,17 @@ def test_who_has_names_the_holders_of_calls_run_in_map_batches(client: Client) -
     where = client.who_has(futures)
     assert set(where) == {f.key for f in futures} and all(len(holders) == 1 for holders in where.values())
     assert set(client.who_has()) == {f.key for f in futures}
+
+
+def test_uploaded_files_go_when_the_pool_stops_even_from_killed_workers(tmp_path: Path) -> None:
+    module = tmp_path / "zmqdask_upload_cleanup.py"
+    module.write_text("VALUE = 1\n")
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster, timeout=30) as client:
+        client.wait_for_workers(1, timeout=60)
+        (first,) = client.upload_file(str(module)).values()
+        client.restart()  # the first worker is killed: it cannot remove its own directory
+        (second,) = client.run(_import_value, "zmqdask_upload_cleanup").values()
+        assert second == 1
+        root = Path(first).parent.parent
+        assert root.name.startswith("zmqdask-uploads-") and Path(first).exists()
+    assert not root.exists()

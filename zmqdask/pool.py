@@ -24,9 +24,11 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,7 @@ from zmqdask.errors import ProtocolError, UsageError
 from zmqdask.executor import clear_slots, read_slots, slots_nbytes, slots_view
 from zmqdask.local import format_bytes
 from zmqdask.protocol import RESTART, ROLE_POOL, ROLE_WORKER, WORKER_DIED, decode
+from zmqdask.runs import UPLOAD_ROOT_VARIABLE
 from zmqdask.security import Security
 from zmqdask.worker import (
     CONTROL_COMMANDS,
@@ -207,6 +210,7 @@ class PoolManager:
         self._signals: SignalWakeup | None = None
         self._stop_requested = False
         self._stopping = False
+        self._upload_root: str | None = None
         self._next_watch = 0.0
         self._next_memory_check = 0.0
         self._page_size = _page_size() if memory_limit > 0 else 0
@@ -248,6 +252,11 @@ class PoolManager:
             )
         except zmq.ZMQError as exc:
             raise UsageError(f"cannot connect to {self.address!r}: {exc} (expected tcp://HOST:PORT)") from exc
+        # Files uploaded to the workers (Client.upload_file) go under one directory of the
+        # pool's, removed when it stops: a worker killed (by a restart, a crash, the memory
+        # limit) cannot clean up after itself.
+        self._upload_root = tempfile.mkdtemp(prefix="zmqdask-uploads-")
+        os.environ[UPLOAD_ROOT_VARIABLE] = self._upload_root
         for child in self._children:
             self._start_child(child)
 
@@ -493,6 +502,9 @@ class PoolManager:
         if self._context is not None:
             self._context.term()  # bounded by the GOODBYE linger
             self._context = None
+        if self._upload_root is not None:
+            shutil.rmtree(self._upload_root, ignore_errors=True)
+            self._upload_root = None
 
 
 def _page_size() -> int:

@@ -228,15 +228,23 @@ def run_results(
 IMPORTABLE_ARCHIVES = (".zip", ".egg", ".whl")
 """Uploaded files that go on ``sys.path`` themselves (packages in an archive)."""
 
+UPLOAD_ROOT_VARIABLE = "ZMQDASK_UPLOAD_ROOT"
+"""The environment variable naming the pool's directory for its workers' uploads."""
+
 _upload_directory: str | None = None
 
 
 def upload_directory() -> str:
-    """This process's directory for uploaded files, on ``sys.path`` first (made once, and
-    removed when the process exits normally)."""
+    """This process's directory for uploaded files, on ``sys.path`` first (made once, inside
+    the pool's directory when there is one, which the pool removes when it stops; removed at
+    exit too)."""
     global _upload_directory
     if _upload_directory is None:
-        _upload_directory = tempfile.mkdtemp(prefix="zmqdask-uploads-")
+        root = os.environ.get(UPLOAD_ROOT_VARIABLE)
+        if root and os.path.isdir(root):
+            _upload_directory = tempfile.mkdtemp(prefix="worker-", dir=root)
+        else:
+            _upload_directory = tempfile.mkdtemp(prefix="zmqdask-uploads-")
         atexit.register(shutil.rmtree, _upload_directory, True)
     if _upload_directory not in sys.path:
         sys.path.insert(0, _upload_directory)
