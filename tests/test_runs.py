@@ -273,3 +273,13 @@ def test_uploaded_files_go_when_the_pool_stops_even_from_killed_workers(tmp_path
         root = Path(first).parent.parent
         assert root.name.startswith("zmqdask-uploads-") and Path(first).exists()
     assert not root.exists()
+
+
+def _setup_returning_a_lock() -> object:
+    return threading.Lock()
+
+
+def test_a_set_up_whose_result_cannot_travel_still_counts_as_done(client: Client) -> None:
+    results = client.register_worker_callbacks(_setup_returning_a_lock)
+    assert len(results) == 2 and set(results.values()) == {None}
+    assert len(client.run(os.getpid)) == 2

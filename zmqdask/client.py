@@ -1507,7 +1507,8 @@ class Client(BrokerSession):
         """Call ``setup()`` in every worker process now and in each one that starts later (a
         replacement after a crash or a restart, a new pool) before it runs a task.
 
-        Returns ``{worker: result}`` of the workers there now, raising the first failure.
+        Returns ``{worker: result}`` of the workers there now (None for a result that cannot
+        be pickled), raising the first failure.
         Registering an equal function again replaces it.  A set-up that fails on a worker
         that starts later is logged by the broker, and that worker runs tasks anyway.
         """

@@ -104,7 +104,13 @@ class WorkerRuns:
         origin = f"{'setup' if setup else 'run'}-{run_id}"
         answer: tuple[int, bool, int, int, Any, list[Any]]
         try:
-            out = serialize.dumps(call_of(frames))
+            result = call_of(frames)
+            try:
+                out = serialize.dumps(result)
+            except SerializationError:
+                if not setup:
+                    raise
+                out = serialize.dumps(None)  # a set-up's result is a courtesy: it ran, say so
             nbytes = serialize.frames_nbytes(out)
             limit = self._max_answer_bytes()
             if nbytes > limit:
