@@ -283,3 +283,22 @@ def test_a_set_up_whose_result_cannot_travel_still_counts_as_done(client: Client
     results = client.register_worker_callbacks(_setup_returning_a_lock)
     assert len(results) == 2 and set(results.values()) == {None}
     assert len(client.run(os.getpid)) == 2
+
+
+def test_a_long_set_up_is_logged_once_by_its_worker(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    from zmqdask import serialize
+    from zmqdask.runs import LONG_SETUP_S, WorkerRuns
+
+    release = str(tmp_path / "release")
+    woken = threading.Event()
+    runs = WorkerRuns("w-test", woken.set, lambda: 1 << 20)
+    runs.start(1, serialize.dumps((_wait_for_file, (release,), {})), setup=True)
+    with caplog.at_level("WARNING", logger="zmqdask.runs"):
+        runs.report_long_setups(time.monotonic())
+        assert not caplog.records
+        runs.report_long_setups(time.monotonic() + LONG_SETUP_S + 1)
+        runs.report_long_setups(time.monotonic() + LONG_SETUP_S + 2)
+    assert len(caplog.records) == 1 and "has been running" in caplog.records[0].getMessage()
+    _touch(release)
+    assert woken.wait(30)
+    assert [answer[:2] for answer in runs.take_answers()] == [(1, 0)] and runs.setups_running == 0

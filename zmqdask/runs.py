@@ -16,11 +16,13 @@ import atexit
 import collections
 import importlib
 import inspect
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +31,11 @@ from zmqdask import serialize
 from zmqdask.errors import CommunicationError, SerializationError, UsageError
 from zmqdask.executor import error_detail
 from zmqdask.protocol import ERRED, FINISHED
+
+logger = logging.getLogger(__name__)
+
+LONG_SETUP_S = 30.0
+"""A set-up running this long is logged by its worker (its tasks wait for it)."""
 
 Answer = tuple[int, Any, list[Any]]
 """(code, detail, payload frames) of one worker's answer, as in a RAN message."""
@@ -65,12 +72,15 @@ class WorkerRuns:
         self._generation = 0
         self.setups_running = 0
         """Set-ups started whose answer the main thread has not taken yet (main thread only)."""
+        self._setup_started: dict[int, float] = {}
+        """Run id -> when each running set-up started, until it is reported long (main thread)."""
 
     def start(self, run_id: int, frames: list[Any], setup: bool = False) -> None:
         """Run one call in a thread of its own (a daemon: a call that never ends must not
         keep the worker from exiting)."""
         if setup:
             self.setups_running += 1
+            self._setup_started[run_id] = time.monotonic()
         thread = threading.Thread(
             target=self._run,
             args=(run_id, frames, self._generation, setup),
@@ -78,6 +88,19 @@ class WorkerRuns:
             daemon=True,
         )
         thread.start()
+
+    def report_long_setups(self, now: float) -> None:
+        """Log, once each, the set-ups running for :data:`LONG_SETUP_S` or more: the tasks
+        sent to this worker wait for them."""
+        for run_id, started in list(self._setup_started.items()):
+            if now - started >= LONG_SETUP_S:
+                del self._setup_started[run_id]
+                logger.warning(
+                    "worker %s: a set-up (register_worker_callbacks, upload_file) has been running for %.0f s; "
+                    "the tasks sent here wait for it to finish",
+                    self._name,
+                    now - started,
+                )
 
     @property
     def answers_waiting(self) -> bool:
@@ -96,6 +119,7 @@ class WorkerRuns:
             generation, setup, run_id, code, detail, frames = self._answers.popleft()
             if setup:
                 self.setups_running -= 1
+                self._setup_started.pop(run_id, None)
             if generation == self._generation:
                 answers.append((run_id, code, detail, frames))
         return answers

@@ -816,8 +816,11 @@ class Worker:
             field = payload_field(frames)
             payload = frames if type(field) is not bytes else ()
             self._link.send(RAN, [run_id, self.identity, code, detail, field], payload)
-        if self._deferring and not self._runs.setups_running:
-            self._admit_deferred()
+        if self._deferring:
+            if not self._runs.setups_running:
+                self._admit_deferred()
+            else:
+                self._runs.report_long_setups(time.monotonic())
 
     def _wake_main(self) -> None:
         """Called by an executor thread: results wait for the main thread to collect them."""
