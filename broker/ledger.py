@@ -842,6 +842,15 @@ class Ledger:
             self.respecified.add(rec)
         return None
 
+    def _unlink(self, dep: TaskRecord, rec: TaskRecord) -> None:
+        """``rec`` no longer reads ``dep``, which may become unneeded (a release candidate)."""
+        dependents = dep.dependents
+        if dependents is not None:
+            dependents.discard(rec)
+            if not dependents:
+                dep.dependents = None
+        self.candidates.append(dep)
+
     def _relink(self, rec: TaskRecord, deps: tuple[TaskRecord, ...]) -> None:
         """Give a released record other inputs; an input it no longer reads may become
         unneeded (a release candidate)."""
@@ -849,14 +858,8 @@ class Ledger:
         if old == deps:
             return
         for dep in old:
-            if dep in deps:
-                continue
-            dependents = dep.dependents
-            if dependents is not None:
-                dependents.discard(rec)
-                if not dependents:
-                    dep.dependents = None
-            self.candidates.append(dep)
+            if dep not in deps:
+                self._unlink(dep, rec)
         for dep in deps:
             if dep.dependents is None:
                 dep.dependents = {rec}
@@ -1097,12 +1100,7 @@ class Ledger:
         self.counts[rec.state] -= 1
         rec.state = FORGOTTEN
         for dep in rec.deps:
-            dependents = dep.dependents
-            if dependents is not None:
-                dependents.discard(rec)
-                if not dependents:
-                    dep.dependents = None
-            self.candidates.append(dep)
+            self._unlink(dep, rec)
         rec.deps = _NO_DEPS
         rec.payload = None
         rec.error = None

@@ -67,7 +67,7 @@ def test_run_messages_roundtrip_and_are_validated() -> None:
     bad = [
         (proto.RUN, [7, [b""], 0], "identity"),
         (proto.RUN, [7, "all", 0], "targets"),
-        (proto.RUNNING, [7, None], "targets"),
+        (proto.RUNNING, [7, None], "identities"),
         (proto.RAN, [7, b"w1", proto.FINISHED, "detail", 0], "FINISHED detail"),
         (proto.RAN, [7, b"w1", proto.CANCELLED, "no", 0], "unknown code"),
         (proto.RAN, [7, b"w1", proto.LOST, ["x"], 0], "LOST detail"),

@@ -5,23 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from zmqdask import Client, LocalCluster
 from zmqdask.errors import FutureCancelledError, UsageError
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    """A cluster of this module's own: a restart ends every client's work on it."""
-    local = LocalCluster(n_workers=2, threads_per_worker=1)
-    local.start(timeout=60)
-    try:
-        yield local
-    finally:
-        local.close()
 
 
 def _inc(x: int) -> int:

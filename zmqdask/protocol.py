@@ -617,18 +617,21 @@ def _v_run(h: list[Any]) -> int:
     _arity(h, 3)
     _count(h[0])
     if h[1] is not None:
-        _check(type(h[1]) is list, "targets must be a list or None")
-        for identity in h[1]:
-            _identity(identity)
+        _identities(h[1], "targets")
     return _frames(h[2])
 
 
-def _v_running(h: list[Any]) -> int:
+def _identities(value: Any, what: str) -> None:
+    _check(type(value) is list, f"{what} must be a list")
+    for identity in value:
+        _identity(identity)
+
+
+def _v_request_identities(h: list[Any]) -> int:
+    """RUNNING and RESTARTING: ``[request_id, identities]``."""
     _arity(h, 2)
     _count(h[0])
-    _check(type(h[1]) is list, "targets must be a list")
-    for identity in h[1]:
-        _identity(identity)
+    _identities(h[1], "identities")
     return 0
 
 
@@ -653,15 +656,6 @@ def _v_setup(h: list[Any]) -> int:
     _count(h[0])
     _check(type(h[1]) is str and 0 < len(h[1]) <= MAX_KEY_LENGTH, "name must be a non-empty string")
     return _frames(h[2])
-
-
-def _v_restarting(h: list[Any]) -> int:
-    _arity(h, 2)
-    _count(h[0])
-    _check(type(h[1]) is list, "replaced must be a list")
-    for identity in h[1]:
-        _identity(identity)
-    return 0
 
 
 def _v_worker_died(h: list[Any]) -> int:
@@ -704,10 +698,10 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     FORGET_FUNCTIONS: _v_fn_hashes,
     KEEP: _v_keys,
     RUN: _v_run,
-    RUNNING: _v_running,
+    RUNNING: _v_request_identities,
     RAN: _v_ran,
     RESTART: _v_info,
-    RESTARTING: _v_restarting,
+    RESTARTING: _v_request_identities,
     SETUP: _v_setup,
     WHO_HAS: _v_who_has,
 }
