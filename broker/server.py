@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import zmq
@@ -283,7 +284,7 @@ class BrokerServer:
         if sock is None or state is None:
             raise CommunicationError("bind() the broker before serving")
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        poller.register(sock, _POLLIN)
         polling_out = False
         next_tick = time.monotonic() + TICK_INTERVAL_S
         try:
@@ -301,9 +302,10 @@ class BrokerServer:
                 )
                 events = dict(poller.poll(timeout_ms))
                 flags = events.get(sock, 0)
-                if flags & zmq.POLLOUT:
+                # Plain ints: an operator on pyzmq's flag enums runs Python code each turn.
+                if flags & _POLLOUT:
                     self._retry_backlog()
-                if flags & zmq.POLLIN:
+                if flags & _POLLIN:
                     self._drain(sock, state)
                 elif idle_work:
                     self._emit(state.work(time.monotonic()))
@@ -315,7 +317,7 @@ class BrokerServer:
                     next_tick = now + TICK_INTERVAL_S
                 want_out = bool(self._backlog)
                 if want_out is not polling_out:
-                    poller.modify(sock, zmq.POLLIN | zmq.POLLOUT if want_out else zmq.POLLIN)
+                    poller.modify(sock, _POLLIN | _POLLOUT if want_out else _POLLIN)
                     polling_out = want_out
         finally:
             self._say_goodbye(state)
@@ -346,13 +348,13 @@ class BrokerServer:
     ) -> None:
         budget = MAX_BYTES_PER_ROUND
         recv = _BaseSocket.recv  # the Cython method: pyzmq's Python wrappers cost more than the call
-        events = _BaseSocket.get
+        events = cast("Callable[[zmq.Socket[Any], int], int]", _BaseSocket.get)  # EVENTS is an int
         for turn in range(MAX_MESSAGES_PER_ROUND):
             if budget <= 0:
                 return
             # After a message, asking whether another waits is cheaper than a receive that
             # fails (an exception): the step that answers it starts sooner.
-            if turn and not cast(int, events(sock, _EVENTS)) & _POLLIN:
+            if turn and not events(sock, _EVENTS) & _POLLIN:
                 return
             try:
                 frame = recv(sock, _NOBLOCK, False)
@@ -498,6 +500,7 @@ _BaseSocket = zmq.backend.Socket
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 _SNDMORE = int(zmq.SNDMORE)
 _SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
 _SENT = object()

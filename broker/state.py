@@ -403,8 +403,10 @@ class BrokerState:
     # --- message intake ---------------------------------------------------------------
 
     def _handle(self, sender: bytes, peer: Peer | None, frames: list[Any]) -> None:
+        size = 0
         try:
-            size = sum(frame_nbytes(frame) for frame in frames)
+            for frame in frames:
+                size += len(frame) if type(frame) is bytes else frame_nbytes(frame)
         except (TypeError, ValueError) as exc:
             self._malformed(sender, peer, f"unreadable frame: {exc}")
             return

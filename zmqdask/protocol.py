@@ -121,7 +121,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import msgpack
 import zmq
@@ -229,9 +229,15 @@ class Message:
         return COMMAND_NAMES.get(self.command, str(self.command))
 
 
+_PACK = msgpack.Packer(use_bin_type=True).pack
+# One packer for every thread: ``pack`` runs in C and holds the GIL from start to end (headers
+# hold only plain lists, dicts, strings, numbers and bytes: it calls no Python code), so two
+# threads never share its buffer at once.  ``msgpack.packb`` would build a packer per message.
+
+
 def encode(command: int, header: Sequence[Any], payload: Sequence[Any] = ()) -> list[Any]:
     """Build the frames of one message; payload frames are passed through untouched."""
-    frames: list[Any] = [_COMMAND_FRAMES[command], msgpack.packb(header, use_bin_type=True)]
+    frames: list[Any] = [_COMMAND_FRAMES[command], _PACK(header)]
     if payload:
         frames.extend(payload)
     return frames
@@ -240,9 +246,9 @@ def encode(command: int, header: Sequence[Any], payload: Sequence[Any] = ()) -> 
 def _as_bytes(frame: Any) -> bytes:
     kind = type(frame)
     if kind is bytes:
-        return cast(bytes, frame)
+        return frame
     if kind is zmq.Frame:
-        return cast(bytes, frame.bytes)  # cached by the frame: no second copy
+        return frame.bytes  # cached by the frame: no second copy
     if isinstance(frame, bytes):
         return frame
     buffer = getattr(frame, "buffer", None)  # another zmq.Frame type

@@ -149,6 +149,7 @@ class BrokerSession:
         # States passed to fire_and_forget, by key, until they finish.
         self._kept: dict[str, FutureState] = {}
         self._flush_scheduled = False
+        self._flush_timer: asyncio.TimerHandle | None = None
         # Keys whose last Future was dropped, not yet told to the broker (see _release).
         self._releases: dict[str, None] = {}
         self._seconds_per_call: dict[bytes, float] = {}
@@ -397,11 +398,17 @@ class BrokerSession:
             if loop is None or loop.is_closed():
                 return
             if self._in_loop_thread():
-                loop.call_soon(self._flush)
+                # A timer due now runs on the next turn, like call_soon; unlike a ready callback,
+                # once cancelled (a coroutine awaiting the task flushes at once, see
+                # _wait_value) it costs the loop no turn of its own.
+                self._flush_timer = loop.call_at(loop.time(), self._flush)
             else:
                 loop.call_soon_threadsafe(self._flush)
 
     def _flush(self) -> None:
+        timer, self._flush_timer = self._flush_timer, None
+        if timer is not None:
+            timer.cancel()  # this is that turn, or it came early: nothing left for it to do
         with self._lock:
             if self._socket is None or self.status == ClientStatus.RECONNECTING:
                 self._flush_scheduled = False

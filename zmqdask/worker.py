@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import zmq
 
@@ -196,6 +196,8 @@ class BrokerLink:
         self._last_recv = now  # the death timeout counts from startup until the first answer
         self._last_send = -math.inf
         self._last_hello = -math.inf
+        self.descriptor = -1
+        """The file descriptor of :attr:`socket` that the worker's poller watches."""
         self.socket = self._connect()
         self.send_hello()
 
@@ -216,6 +218,7 @@ class BrokerLink:
             self._monitor = HandshakeMonitor(sock, self.role)  # only failed handshakes: silent when healthy
         sock.connect(self.address)
         self._poller.register(sock, zmq.POLLIN)
+        self.descriptor = sock.FD
         return sock
 
     def _report_refusal(self) -> None:
@@ -422,7 +425,7 @@ _EVENTS = int(zmq.EVENTS)
 
 def _readable(sock: zmq.Socket[Any]) -> bool:
     """Whether a message waits on ``sock`` (this also resets its descriptor's edge)."""
-    return bool(cast(int, _BaseSocket.get(sock, _EVENTS)) & _POLLIN)
+    return bool(_BaseSocket.get(sock, _EVENTS) & _POLLIN)  # type: ignore[operator]  # an int for EVENTS
 
 
 class _DescriptorPoller(zmq.Poller):
@@ -549,6 +552,8 @@ class Worker:
         """When the main thread started running a task itself (None when it is not)."""
         self._inline_watch: threading.Thread | None = None
         self._inline_watch_stop = threading.Event()
+        self._broker_signalled = False
+        """The last poll saw the broker socket's descriptor signal (a message likely waits)."""
         self._closed = False
         """Set under ``_io_lock`` once the worker said goodbye: executor threads send nothing."""
         self._malformed = 0
@@ -684,6 +689,7 @@ class Worker:
             if self.parent_pid is not None and self._parent_fd is None:
                 timeout_s = min(timeout_s, PARENT_CHECK_INTERVAL_S)
             ready = dict(poller.poll(max(0, math.ceil(timeout_s * 1000))))
+            self._broker_signalled = link.descriptor in ready
             if signals is not None and signals.fd in ready:
                 signals.drain()
             if self._parent_fd is not None and self._parent_fd in ready:
@@ -854,10 +860,13 @@ class Worker:
         sock = link.socket
         handlers = self._handlers
         recv = _BaseSocket.recv
+        # Right after the socket's descriptor signalled, a message is most likely waiting: try
+        # to receive at once.  Otherwise (back from running a task, say) ask first.
+        signalled, self._broker_signalled = self._broker_signalled, False
         for turn in range(MAX_MESSAGES_PER_TURN):
             # After a message, asking whether another waits is cheaper than a receive that
             # fails (an exception), and the task it brought starts sooner.
-            if turn and not _readable(sock):
+            if (turn or not signalled) and not _readable(sock):
                 break
             try:
                 frame = recv(sock, _NOBLOCK, False)
