@@ -12,14 +12,16 @@ weeks does not keep every function it has ever seen.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from broker.peers import ClientPeer, WorkerPeer
 from zmqdask.protocol import frame_nbytes
 
+_Counted = TypeVar("_Counted", bound=Hashable)
 
-def count_down(counts: dict[bytes, int], key: bytes) -> bool:
+
+def count_down(counts: dict[_Counted, int], key: _Counted) -> bool:
     """Take one from ``counts[key]``; True, with ``key`` removed, when none is left."""
     left = counts[key] - 1
     if left:

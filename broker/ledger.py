@@ -237,6 +237,9 @@ class Ledger:
         self.kept: set[TaskRecord] = set()
         """Unfinished records a client asked to run to the end (``fire_and_forget``): needed
         until they finish, whoever wants them."""
+        self.published: dict[TaskRecord, int] = {}
+        """Records held by published datasets (see broker.datasets), with how many hold each:
+        needed, whoever wants them, until the last such dataset is deleted."""
         self.awaiting: dict[TaskRecord, WorkerPeer | None] = {}
         """Scattered values whose bytes a client is sending (PROCESSING, no payload here):
         to that worker directly (PLACE, which the worker confirms), or to the broker (None)."""
@@ -275,7 +278,17 @@ class Ledger:
             or rec.push_to is not None
             or rec.n_active > 0
             or (bool(self.kept) and rec in self.kept)
+            or (bool(self.published) and rec in self.published)
         )
+
+    def publish(self, rec: TaskRecord) -> None:
+        """A published dataset holds ``rec``: keep it (and its value) until :meth:`unpublish`."""
+        self.published[rec] = self.published.get(rec, 0) + 1
+
+    def unpublish(self, rec: TaskRecord) -> None:
+        """A dataset holding ``rec`` was deleted; the record may become unneeded."""
+        if count_down(self.published, rec):
+            self.candidates.append(rec)
 
     def keep(self, key: str) -> None:
         """KEEP of ``key``: if it has not finished, run it to the end even once no client
@@ -902,6 +915,29 @@ class Ledger:
             self.report_lost(client, key, lost_data_detail(key)[1] if rec.is_data else _unrecomputable(key)[1])
         else:
             self.add_interest(rec, client, wanted=False, push=True)
+            self.recompute(rec)
+
+    def want(self, client: ClientPeer, key: str) -> None:
+        """WANT of ``key``: ``client`` made a future of it from its name; tell it the outcome
+        the key has already, if any (it hears of a later one as any holder of a future)."""
+        rec = self.tasks.get(key)
+        if rec is None:
+            self.report_lost(client, key, f"unknown key {key!r}: never submitted, or already released")
+            return
+        state = rec.state
+        if state is MEMORY and rec.who_has:
+            self.add_interest(rec, client, wanted=True, push=False)
+            self.outbox.report(client, [key, protocol.FINISHED, [rec.type_name or "", rec.nbytes], 0])
+        elif state in ACTIVE_STATES:
+            self.add_interest(rec, client, wanted=True, push=False)
+        elif state is ERRED:
+            self.add_interest(rec, client, wanted=True, push=False)
+            self.report_error(rec, client)
+        elif rec.is_data or rec.payload is None:
+            self.report_lost(client, key, lost_data_detail(key)[1] if rec.is_data else _unrecomputable(key)[1])
+        else:
+            # Released (its value was dropped, its call is known): run it again for this future.
+            self.add_interest(rec, client, wanted=True, push=False)
             self.recompute(rec)
 
     def cancel(self, client: ClientPeer, key: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from broker.audit import audit_ledger
+from broker.datasets import DatasetStore, dataset_value
 from broker.dispatch import dispatch
 from broker.functions import FunctionTable
 from broker.ledger import ERRED, FORGOTTEN, MEMORY, PROCESSING, Ledger, TaskRecord, lost_data_detail
@@ -29,6 +30,7 @@ from zmqdask.errors import ProtocolError
 from zmqdask.protocol import (
     CANCEL,
     DATA,
+    DATASETS,
     DONE,
     ERR_MALFORMED,
     ERR_NOT_ALLOWED,
@@ -61,6 +63,7 @@ from zmqdask.protocol import (
     SETUP,
     SUBMIT,
     UNKNOWN_PEER,
+    WANT,
     WELCOME,
     WHO_HAS,
     WORKER_DIED,
@@ -182,6 +185,7 @@ class BrokerState:
         self._requests: dict[int, _Request] = {}
         self._request_ids = itertools.count(1)
         self._runs = RunRelay(self._outbox)
+        self._datasets = DatasetStore(self.ledger)
         self._version_info: dict[str, Any] | None = None
         # Releases received and not applied yet (see RELEASE_KEYS_PER_STEP), oldest first,
         # and how many of them name each key.
@@ -225,6 +229,8 @@ class BrokerState:
             RESTART: (self._on_restart, _CLIENT),
             SETUP: (self._on_setup, _CLIENT),
             WHO_HAS: (self._on_who_has, _CLIENT),
+            WANT: (self._on_want, _CLIENT),
+            DATASETS: (self._on_datasets, _CLIENT),
         }
 
     # --- public API -------------------------------------------------------------------
@@ -382,6 +388,7 @@ class BrokerState:
             "direct_gets": self.counters.direct_gets,
             "direct_stores": self.counters.direct_stores,
             "direct_fetches": self.counters.direct_fetches,
+            "datasets": len(self._datasets),
             "versions": self._versions(),
         }
 
@@ -398,6 +405,7 @@ class BrokerState:
             if request.holder.alive and rid not in request.holder.requests:
                 problems.append(f"request {rid} unknown to its holder")
         problems.extend(self._runs.audit(self._workers))
+        problems.extend(self._datasets.audit())
         return problems
 
     # --- message intake ---------------------------------------------------------------
@@ -798,6 +806,7 @@ class BrokerState:
         """
         request_id = message.header[0]
         self.ledger.kept.clear()  # fire_and_forget ends too
+        self._datasets.clear()  # and so do published datasets: their values go with the workers
         reason = f"the cluster was restarted by {client.label()}"
         for peer in list(self._clients.values()):
             if peer is not client:
@@ -989,6 +998,20 @@ class BrokerState:
     def _on_keep(self, client: ClientPeer, message: Message) -> None:
         for key in message.header[0]:
             self.ledger.keep(key)
+
+    def _on_want(self, client: ClientPeer, message: Message) -> None:
+        # A release of these keys received earlier applies first: it came before the WANT.
+        self._apply_releases_naming(message.header[0])
+        for key in message.header[0]:
+            self.ledger.want(client, key)
+
+    def _on_datasets(self, client: ClientPeer, message: Message) -> None:
+        request_id, op, name, keys, override, field = message.header
+        if keys:
+            self._apply_releases_naming(keys)
+        value = dataset_value(message.payload, field) if op == "put" else b""
+        answer = self._datasets.request(client, request_id, op, name, keys, override, value)
+        self._outbox.send(client.identity, INFO_REPLY, [request_id, answer])
 
     def _on_gather(self, client: ClientPeer, message: Message) -> None:
         self._apply_releases_naming(message.header[0])

@@ -1843,3 +1843,116 @@ def test_a_setup_running_on_three_workers_that_died_is_dropped() -> None:
         h.send(worker, P.RAN, [run_id, worker, P.FINISHED, None, b"ok"])
         h.send(worker, P.GOODBYE, ["bye"])
     assert [m.header[1] for _, m in h.worker(b"v9") if m.name == "SETUP"] == ["setup:fine"]
+
+
+# --- futures made from keys, and named datasets --------------------------------------------
+
+
+def datasets(h: Harness, client: bytes, request_id: int, op: str, name: str = "", keys: list[str] | None = None,
+             override: bool = False, value: bytes = b"<pickled dataset>") -> dict[str, Any]:
+    """One DATASETS request; the answer it got."""
+    field: Any = value if op == "put" else 0
+    out = h.send(client, P.DATASETS, [request_id, op, name, keys or [], override, field])
+    reply = one(out, client, P.INFO_REPLY)
+    assert reply.header[0] == request_id
+    answer: dict[str, Any] = reply.header[1]
+    return answer
+
+
+def test_want_reports_the_outcome_a_key_has_and_holds_it(h: Harness) -> None:
+    h.worker(b"w1", credit=10)
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("done", []), ("running", []), ("bad", [])])
+    h.finish(b"w1", "done")
+    h.done(b"w1", [["bad", P.ERRED, ["ValueError", "no", "bad"], 1]], [b"<error>"])
+    out = h.send(b"c2", P.WANT, [["done", "running", "bad", "nowhere"]])
+    entries = report_entries(out, b"c2")
+    assert entries["done"][1:3] == [P.FINISHED, ["int", 8]]
+    assert entries["bad"][1] == P.ERRED
+    assert entries["nowhere"][1] == P.LOST and "unknown key" in entries["nowhere"][2]
+    assert "running" not in entries  # no outcome yet: it comes as to any holder of a future
+    out = h.finish(b"w1", "running")
+    assert report_entries(out, b"c2")["running"][1] == P.FINISHED
+    # The submitter lets go: c2's futures keep the values.
+    out = h.send(b"c1", P.RELEASE, [["done", "running", "bad"]])
+    assert not msgs(out, b"w1", P.DELETE)
+    assert h.state.ledger.tasks["done"].state == "memory"
+    out = h.send(b"c2", P.RELEASE, [["done", "running", "bad"]])
+    assert sorted(one(out, b"w1", P.DELETE).header[0]) == ["done", "running"]
+    assert h.state.ledger.tasks == {}
+    # A key forgotten meanwhile is unknown to a later WANT.
+    out = h.send(b"c2", P.WANT, [["done"]])
+    assert report_entries(out, b"c2")["done"][1] == P.LOST
+
+
+def test_a_release_received_before_a_want_applies_first(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])])
+    h.finish(b"w1", "a")
+    # Both in one step, in this order: the release must not drop the new future's interest.
+    out = h.state.handle_many(
+        [(b"c1", encode(P.RELEASE, [["a"]])), (b"c1", encode(P.WANT, [["a"]]))], h.now
+    )
+    h.check()
+    assert not [m for i, m in out if i == b"w1" and decode(m).command == P.DELETE]
+    assert h.state.ledger.tasks["a"].wanted_by is not None
+
+
+def test_a_published_dataset_keeps_its_values_after_its_client_left(h: Harness) -> None:
+    h.worker(b"w1", credit=10)
+    h.client(b"c1")
+    h.submit(b"c1", [("a", []), ("b", [])])
+    h.finish(b"w1", "a", "b")
+    assert datasets(h, b"c1", 1, "put", "ab", ["a", "b"]) == {"ok": True}
+    h.send(b"c1", P.GOODBYE, ["bye"])
+    assert sorted(h.state.ledger.tasks) == ["a", "b"]
+    assert h.state.info()["datasets"] == 1
+    h.client(b"c2")
+    answer = datasets(h, b"c2", 1, "get", "ab")
+    assert answer == {"ok": True, "keys": ["a", "b"], "value": b"<pickled dataset>"}
+    assert datasets(h, b"c2", 2, "list") == {"ok": True, "names": ["ab"]}
+    # Deleted: c2's interest (taken with the get) still holds the values...
+    assert datasets(h, b"c2", 3, "delete", "ab") == {"ok": True}
+    assert sorted(h.state.ledger.tasks) == ["a", "b"]
+    # ...until c2 lets go too.
+    out = h.send(b"c2", P.RELEASE, [["a", "b"]])
+    assert sorted(one(out, b"w1", P.DELETE).header[0]) == ["a", "b"]
+    assert datasets(h, b"c2", 4, "list") == {"ok": True, "names": []}
+
+
+def test_dataset_names_are_kept_unless_replaced_on_purpose(h: Harness) -> None:
+    h.worker(b"w1", credit=10)
+    h.client(b"c1")
+    h.submit(b"c1", [("a", []), ("b", [])])
+    h.finish(b"w1", "a", "b")
+    assert datasets(h, b"c1", 1, "put", "x", ["a"], value=b"first") == {"ok": True}
+    # The same request again (sent again after re-registering) is no duplicate...
+    assert datasets(h, b"c1", 1, "put", "x", ["a"], value=b"first") == {"ok": True}
+    # ...another one is.
+    refused = datasets(h, b"c1", 2, "put", "x", ["b"], value=b"second")
+    assert refused["ok"] is False and "already exists; pass override=True" in refused["error"]
+    assert datasets(h, b"c1", 3, "put", "x", ["b"], override=True, value=b"second") == {"ok": True}
+    assert datasets(h, b"c1", 4, "get", "x")["value"] == b"second"
+    # The replaced dataset's key is released with it (c1 let go of both already).
+    out = h.send(b"c1", P.RELEASE, [["a", "b"]])
+    assert one(out, b"w1", P.DELETE).header == [["a"]]
+    missing = datasets(h, b"c1", 5, "delete", "y")
+    assert missing["ok"] is False and missing["missing"] is True
+    assert datasets(h, b"c1", 6, "get", "y")["missing"] is True
+
+
+def test_a_dataset_of_unknown_keys_is_refused_and_a_restart_drops_every_dataset(h: Harness) -> None:
+    h.worker(b"w1", credit=10, pool="p")
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])])
+    refused = datasets(h, b"c1", 1, "put", "bad", ["a", "gone"])
+    assert refused["ok"] is False and "'gone'" in refused["error"] and "cancelled or released" in refused["error"]
+    assert datasets(h, b"c1", 2, "list")["names"] == []
+    assert datasets(h, b"c1", 3, "put", "pending", ["a"]) == {"ok": True}
+    h.send(b"c1", P.RELEASE, [["a"]])
+    assert h.state.ledger.tasks["a"].state == "processing"  # published: it still runs
+    h.send(b"c1", P.RESTART, [4])
+    assert datasets(h, b"c1", 5, "list")["names"] == []
+    assert h.state.ledger.published == {}

@@ -261,12 +261,12 @@ def test_fire_and_forget_runs_a_task_whose_future_is_dropped(client: Client, tmp
 def test_dask_client_methods_zmqdask_lacks_say_what_to_do_instead(client: Client) -> None:
     with pytest.raises(AttributeError, match=r"no rebalance\(\): results stay"):
         client.rebalance()
-    with pytest.raises(AttributeError, match=r"no get_dataset\(\): keep the futures"):
-        client.get_dataset("frames")
+    with pytest.raises(AttributeError, match=r"no get_task_stream\(\): there is no task stream"):
+        client.get_task_stream()
     with pytest.raises(AttributeError, match="has no attribute 'no_such_thing'"):
         client.no_such_thing  # noqa: B018
     assert client.dashboard_link is None
-    assert not hasattr(client, "publish_dataset")
+    assert not hasattr(client, "replicate")
 
 
 def test_shutdown_closes_the_client_and_its_own_cluster() -> None:

@@ -77,6 +77,29 @@ def test_run_messages_roundtrip_and_are_validated() -> None:
             proto.decode(proto.encode(command, header))
 
 
+def test_want_and_dataset_messages_roundtrip_and_are_validated() -> None:
+    assert roundtrip(proto.WANT, [["k1", "k2"]]).header == [["k1", "k2"]]
+    put = roundtrip(proto.DATASETS, [3, "put", "df", ["k1"], False, 1], [b"pickled dataset"])
+    assert put.name == "DATASETS" and put.payload == [b"pickled dataset"]
+    assert roundtrip(proto.DATASETS, [4, "put", "df", [], True, b"inline pickle"]).payload == []
+    for op, name in (("get", "df"), ("delete", "df"), ("list", "")):
+        assert roundtrip(proto.DATASETS, [5, op, name, [], False, 0]).header == [5, op, name, [], False, 0]
+    bad = [
+        (proto.WANT, [[""]], "invalid key"),
+        (proto.DATASETS, [1, "copy", "df", [], False, 0], "unknown dataset operation"),
+        (proto.DATASETS, [1, "get", "", [], False, 0], "name must be"),
+        (proto.DATASETS, [1, "put", "df", [], 0, 1], "override must be a bool"),
+        (proto.DATASETS, [1, "put", "df", [7], False, 1], "invalid key"),
+        (proto.DATASETS, [1, "put", "df", [], False, 0], "put carries the wrong payload"),
+        (proto.DATASETS, [1, "get", "df", [], False, 1], "get carries the wrong payload"),
+        (proto.DATASETS, [1, "list", ""], "expected 6"),
+    ]
+    for command, header, match in bad:
+        payload = [b"frame"] if header[-1] == 1 else []
+        with pytest.raises(ProtocolError, match=match):
+            proto.decode(proto.encode(command, header, payload))
+
+
 def test_forget_functions_roundtrip() -> None:
     message = roundtrip(proto.FORGET_FUNCTIONS, [[FN, b"g" * 16]])
     assert message.name == "FORGET_FUNCTIONS" and message.header == [[FN, b"g" * 16]] and message.payload == []

@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from zmqdask import batches, dask_graph
+from zmqdask import batches, dask_graph, publish
 from zmqdask import protocol as proto
 from zmqdask.base import graphs_of
 from zmqdask.config import (
@@ -1582,6 +1582,60 @@ class Client(BrokerSession):
 
         return self._run_or_await(fetch(), "await client.get_versions()")
 
+    # --- named datasets (see zmqdask.publish) -----------------------------------------
+
+    def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False, **kwargs: Any) -> Any:
+        """Publish objects by name for any client of this cluster, as Dask's: futures, a
+        persisted collection, or anything picklable holding them.
+
+        ``publish_dataset(df=persisted)`` or ``publish_dataset(persisted, name="df")``.  The
+        values of the futures inside stay on the cluster while the dataset is published,
+        even once this client has gone.  An existing name is refused (KeyError) unless
+        ``override=True``.
+        """
+        self._check_open()
+        if args:
+            if name is None:
+                raise ValueError(
+                    "publish_dataset with a positional argument needs name=: publish_dataset(df, name='df')"
+                )
+            if len(args) > 1:
+                raise ValueError(
+                    "publish_dataset takes one positional dataset (with name=); name the others: x=..., y=..."
+                )
+            kwargs = {name: args[0], **kwargs}
+        elif name is not None:
+            raise ValueError("publish_dataset(name=...) needs the dataset as well: publish_dataset(df, name='df')")
+        if not kwargs:
+            raise ValueError("publish_dataset needs datasets to publish: publish_dataset(df=persisted)")
+        for each in kwargs:
+            publish.check_name(each)
+        return self._run_or_await(publish.publish(self, kwargs, bool(override)), "await client.publish_dataset(...)")
+
+    def get_dataset(self, name: str, default: Any = publish.NO_DEFAULT) -> Any:
+        """The dataset published as ``name``, its futures held by this client; ``default``
+        if there is none, else KeyError."""
+        self._check_open()
+        publish.check_name(name)
+        return self._run_or_await(publish.fetch(self, name, default), "await client.get_dataset(name)")
+
+    def unpublish_dataset(self, name: str) -> Any:
+        """Delete the dataset published as ``name`` (KeyError if there is none); the values it
+        held are released once no future holds them."""
+        self._check_open()
+        publish.check_name(name)
+        return self._run_or_await(publish.unpublish(self, name), "await client.unpublish_dataset(name)")
+
+    def list_datasets(self) -> Any:
+        """The names of the published datasets, sorted."""
+        self._check_open()
+        return self._run_or_await(publish.names(self), "await client.list_datasets()")
+
+    @property
+    def datasets(self) -> publish.Datasets:
+        """The published datasets as a mapping (``client.datasets["df"]``), as in Dask."""
+        return publish.Datasets(self)
+
     def who_has(self, futures: Any = None) -> Any:
         """Key -> addresses of the workers holding its value, for ``futures`` (any futures or
         collections of them; None: every future of this client), as Dask's ``who_has``."""
@@ -1773,9 +1827,6 @@ _UNSUPPORTED_DASK_METHODS = {
     "run_on_scheduler": "the broker runs no user code; compute in a task or in the client",
     "register_worker_plugin": "there are no plugin objects; register a set-up function with register_worker_callbacks",
     "register_plugin": "there are no plugin objects; register a set-up function with register_worker_callbacks",
-    "publish_dataset": "keep the futures (or persisted collections) in the client that made them",
-    "get_dataset": "keep the futures (or persisted collections) in the client that made them",
-    "list_datasets": "keep the futures (or persisted collections) in the client that made them",
     "rebalance": "results stay where they were computed and move to the workers that need them",
     "replicate": "results stay where they were computed and move to the workers that need them",
     "get_task_stream": "there is no task stream; time tasks in your own code",
@@ -1792,8 +1843,6 @@ _UNSUPPORTED_DASK_METHODS = {
     "story": "set --log-level DEBUG on the broker and workers to follow a key",
     "call_stack": "run py-spy dump on the worker process (scheduler_info() gives its pid)",
     "dump_cluster_state": "scheduler_info() gives the broker's view of workers and tasks",
-    "unpublish_dataset": "keep the futures (or persisted collections) in the client that made them",
-    "datasets": "keep the futures (or persisted collections) in the client that made them",
     "unregister_worker_plugin": "there are no plugins; do per-worker set-up at import time of your module",
 }
 

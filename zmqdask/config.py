@@ -12,7 +12,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Version byte carried in every message's first frame."""
 
 HEARTBEAT_INTERVAL_S = 1.0

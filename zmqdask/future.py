@@ -19,7 +19,7 @@ import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from zmqdask.config import optional_seconds
+from zmqdask.config import MAX_KEY_LENGTH, optional_seconds
 from zmqdask.errors import FutureCancelledError, UsageError
 from zmqdask.serialize import FIELDS_OUTSIDE_ARGS, rebuild_exception, traceback_from_text
 
@@ -80,6 +80,7 @@ class FutureState:
         "index",
         "key",
         "members",
+        "named",
         "owned",
         "refcount",
         "status",
@@ -123,6 +124,9 @@ class FutureState:
         # Futures of large arguments the task's call passed by value, sent to workers ahead
         # of it (see Client._place_argument): they live as long as this state does.
         self.owned: list[Future] | None = None
+        # Made from its key alone (``Future(key)``, a dataset fetched): the task was submitted
+        # elsewhere, and the broker tells this client its outcome when asked (WANT).
+        self.named = False
 
     def done(self) -> bool:
         """Whether the key reached a final status."""
@@ -180,14 +184,27 @@ class Future:
 
     ``await future`` (asynchronous client) or ``future.result()`` (synchronous client)
     returns the value, or raises the task's original exception with its remote traceback.
+
+    ``Future(key, client)`` makes a future of a key submitted by any client of the same
+    broker (the current client when ``client`` is None): it keeps the value on the cluster
+    while it lives, as the submitter's futures do.  A key the broker does not know when this
+    future's request reaches it (never submitted, released, or still on its way from another
+    client: two clients' messages are not ordered) ends up ``lost``, with an error that says so.
     """
 
     __slots__ = ("__weakref__", "_client", "_state", "key")
 
-    def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
+    def __init__(self, key: str, client: Client | None = None, state: FutureState | None = None) -> None:
+        if client is None:
+            from zmqdask.client import get_client
+
+            client = get_client()  # raises ValueError, as Dask does, when there is no client
+        if state is None:
+            client._check_open()
+            _check_future_key(key)
         self.key = key
         self._client = client
-        self._state = state if state is not None else client._state_for(key)
+        self._state = state if state is not None else client._state_by_name(key)
         client._retain(self._state)
 
     @classmethod
@@ -362,6 +379,13 @@ class Future:
         return (
             f"<b>Future: {html.escape(self.key)}</b> "
             f'<b>status:</b> <span style="color: {colour}">{state.status}</span>{extra}'
+        )
+
+
+def _check_future_key(key: Any) -> None:
+    if type(key) is not str or not 0 < len(key.encode()) <= MAX_KEY_LENGTH:
+        raise UsageError(
+            f"a Future's key must be a non-empty string of at most {MAX_KEY_LENGTH} bytes, got {key!r:.80}"
         )
 
 

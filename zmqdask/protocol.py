@@ -37,6 +37,16 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
     KEEP         [keys]                       client -> broker: run these to the end, wanted or not
     INFO         [request_id]                 client -> broker
     INFO_REPLY   [request_id, info]           broker -> client
+    WANT         [keys]                       client -> broker: I hold futures for these keys,
+                                              made from their names (``Future(key)``, a dataset
+                                              fetched); answered with a REPORT entry for each key
+                                              that has an outcome already (LOST: not known)
+    DATASETS     [request_id, op, name, keys, override, nframes]  client -> broker: op "put"
+                                              (the payload: the pickled dataset, which holds
+                                              futures of ``keys``; the broker keeps those keys
+                                              while it is published), "get", "delete" or "list";
+                                              answered INFO_REPLY {"ok", and "error", "missing",
+                                              "names", "keys" or "value"}
     WHO_HAS      [request_id, keys]           client -> broker: where are these values (None:
                                               every value)?  Answered INFO_REPLY with the map
                                               {"who_has": {key: [worker_id]}}, plus "has_what":
@@ -168,6 +178,8 @@ RESTART = 39
 RESTARTING = 40
 SETUP = 41
 WHO_HAS = 42
+WANT = 43
+DATASETS = 44
 
 COMMAND_NAMES: dict[int, str] = {
     value: name
@@ -664,6 +676,26 @@ def _v_setup(h: list[Any]) -> int:
     return _frames(h[2])
 
 
+DATASET_OPS = frozenset({"put", "get", "delete", "list"})
+"""The operations of a DATASETS request."""
+
+
+def _v_datasets(h: list[Any]) -> int:
+    _arity(h, 6)
+    _count(h[0])
+    op, name = h[1], h[2]
+    _check(op in DATASET_OPS and type(op) is str, f"unknown dataset operation {op!r:.20}")
+    _check(
+        type(name) is str and (0 < len(name) <= MAX_KEY_LENGTH or (op == "list" and not name)),
+        "name must be a non-empty string",
+    )
+    _keys(h[3])
+    _check(type(h[4]) is bool, "override must be a bool")
+    frames = _frames(h[5])
+    _check((frames == 1 or type(h[5]) is bytes) if op == "put" else frames == 0, f"{op} carries the wrong payload")
+    return frames
+
+
 def _v_worker_died(h: list[Any]) -> int:
     _arity(h, 3)
     _identity(h[0])
@@ -710,6 +742,8 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     RESTARTING: _v_request_identities,
     SETUP: _v_setup,
     WHO_HAS: _v_who_has,
+    WANT: _v_keys,
+    DATASETS: _v_datasets,
 }
 
 

@@ -178,6 +178,8 @@ class BrokerSession:
         """Worker set-ups sent (by name, as pickled calls): sent again to a new broker."""
         self._restarts: dict[int, asyncio.Future[list[bytes]]] = {}
         self._unanswered: dict[int, list[Any]] = {}
+        self._unanswered_after_tasks: dict[int, list[Any]] = {}
+        """Requests (DATASETS) sent again after re-registering only once the tasks are."""
         """INFO, WHO_HAS and RESTART requests not answered yet, sent again after re-registering."""
         """``Client.restart`` calls waiting for the broker's RESTARTING, by request id."""
         """``Client.run`` calls waiting for their answers, by request id."""
@@ -482,6 +484,7 @@ class BrokerSession:
                     "relay_gather": proto.RELAY_GATHER,
                     "cancel": proto.CANCEL,
                     "keep": proto.KEEP,
+                    "want": proto.WANT,
                 }[kind]
                 self._send(proto.encode(command, [keys]))
 
@@ -700,6 +703,8 @@ class BrokerSession:
             self._lost_since = None
             self._resubmit_all()
             self._flush()
+            for request in list(self._unanswered_after_tasks.values()):
+                self._send(request)
 
     def _on_unknown_peer(self, message: proto.Message) -> None:
         # The broker restarted (or declared us dead): register again, then re-send work.
@@ -1200,6 +1205,13 @@ class BrokerSession:
             for state in order:
                 if state.entry is None and state.batch is not None:
                     continue  # a call of a map batch: its batch goes again
+                if state.named:
+                    # A future of a task submitted elsewhere: the broker says again what it knows.
+                    if state.key in self._futures:
+                        if not state.has_value:
+                            state.status = PENDING
+                        resent.append(("want", state.key))
+                    continue
                 if state.entry is None and state.has_value:
                     # Scattered data: the client still holds the value, so it is sent again,
                     # ahead of the tasks that need it (``order`` puts inputs first).
@@ -1234,11 +1246,22 @@ class BrokerSession:
 
     # --- futures bookkeeping ---------------------------------------------------------------
 
-    def _state_for(self, key: str) -> FutureState:
+    def _state_by_name(self, key: str) -> FutureState:
+        """The state behind ``Future(key)``: the one this client has, or a new one whose
+        outcome the broker is asked for (WANT), as a future of a task submitted elsewhere."""
         with self._lock:
             state = self._futures.get(key)
-            if state is None:
-                state = self._futures[key] = FutureState(key)
+            if state is not None:
+                return state
+            if self._releases:
+                # The broker still counts the last future's interest, which this one takes
+                # over: the release must not follow the WANT.
+                self._take_back_release(key, True)
+            state = self._futures[key] = FutureState(key)
+            state.named = True
+            self._ops.append(("want", key))
+            if not self._flush_scheduled:
+                self._schedule_flush()
             return state
 
     def _retain(self, state: FutureState) -> None:
@@ -1495,17 +1518,36 @@ class BrokerSession:
 
     async def _info(self, who_has: list[str] | bool | None = False) -> dict[str, Any]:
         """The broker's INFO map; with ``who_has`` (keys, or None for all), its WHO_HAS map."""
+        if who_has is False:
+            return await self._ask(lambda request_id: proto.encode(proto.INFO, [request_id]), "an info request")
+        return await self._ask(lambda request_id: proto.encode(proto.WHO_HAS, [request_id, who_has]), "an info request")
+
+    async def _datasets(
+        self, op: str, name: str = "", keys: list[str] | None = None, override: bool = False, value: bytes = b""
+    ) -> dict[str, Any]:
+        """One DATASETS request (see broker.datasets); the broker's answer map."""
+        field = proto.payload_field([value]) if op == "put" else 0
+        payload = [value] if op == "put" and type(field) is not bytes else []
+
+        def build(request_id: int) -> list[Any]:
+            return proto.encode(proto.DATASETS, [request_id, op, name, keys or [], override, field], payload)
+
+        # After re-registering these go again once the tasks are submitted again: a dataset
+        # names keys the broker must know first.
+        return await self._ask(build, f"a dataset request ({op})", after_tasks=True)
+
+    async def _ask(self, build: Callable[[int], list[Any]], what: str, after_tasks: bool = False) -> dict[str, Any]:
+        """Send the request ``build(request_id)`` makes, after every operation queued so far,
+        and wait (bounded) for the broker's INFO_REPLY to it."""
         assert self._loop is not None
         self._next_request += 1
         request_id = self._next_request
         waiter: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._info_requests[request_id] = waiter
         self._flush()  # so the answer reflects every submission made before this request
-        if who_has is False:
-            request = proto.encode(proto.INFO, [request_id])
-        else:
-            request = proto.encode(proto.WHO_HAS, [request_id, who_has])
-        self._unanswered[request_id] = request
+        request = build(request_id)
+        unanswered = self._unanswered_after_tasks if after_tasks else self._unanswered
+        unanswered[request_id] = request
         self._send(request)
         # Bounded by the client's timeout, and by the reconnect timeout while the broker is
         # away (a request sent then goes again to the broker this client registers with).
@@ -1517,7 +1559,7 @@ class BrokerSession:
                 raise BrokerLostError(
                     f"the broker at {self.address} is unreachable; try again once it is back"
                 ) from None
-            raise ZmqdaskTimeoutError(f"the broker did not answer an info request within {limit} s") from None
+            raise ZmqdaskTimeoutError(f"the broker did not answer {what} within {limit} s") from None
         finally:
             self._info_requests.pop(request_id, None)
-            self._unanswered.pop(request_id, None)
+            unanswered.pop(request_id, None)

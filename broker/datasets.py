@@ -1,0 +1,133 @@
+"""Named datasets: objects a client publishes for other clients, with the keys they hold.
+
+``client.publish_dataset(df=persisted)`` sends the broker the pickled object (opaque here,
+as every payload) and the keys of the futures inside it.  While the dataset is published
+those records stay needed (see :meth:`~broker.ledger.Ledger.publish`): their values survive
+the publishing client's own futures, and the client itself.  Another client's
+``get_dataset`` receives the pickle and the keys, and holds futures of them from then on;
+the records are kept for it from the moment of its request, so a dataset deleted while
+the answer travels cannot take the values away from under it.
+
+A dataset holds its records, not their keys: a record forgotten while published would be a
+bug, which :meth:`DatasetStore.audit` looks for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.ledger import FORGOTTEN, Ledger, TaskRecord
+from broker.peers import ClientPeer
+
+
+class Dataset:
+    """One published object: its pickle and the records of the keys it holds."""
+
+    __slots__ = ("origin", "records", "value")
+
+    def __init__(self, value: bytes, records: tuple[TaskRecord, ...], origin: tuple[bytes, int]) -> None:
+        self.value = value
+        self.records = records
+        self.origin = origin
+        """The publishing client's identity and request id: a request sent again is no duplicate."""
+
+
+class DatasetStore:
+    """The broker's named datasets (answers DATASETS requests)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._named: dict[str, Dataset] = {}
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+    def request(
+        self, client: ClientPeer, request_id: int, op: str, name: str, keys: list[str], override: bool, payload: bytes
+    ) -> dict[str, Any]:
+        """Carry out one DATASETS request of ``client``; the INFO_REPLY map that answers it."""
+        if op == "put":
+            return self._put(name, keys, override, payload, (client.identity, request_id))
+        if op == "get":
+            return self._get(client, name)
+        if op == "delete":
+            dataset = self._named.pop(name, None)
+            if dataset is None:
+                return _missing(name)
+            self._release(dataset)
+            return {"ok": True}
+        return {"ok": True, "names": sorted(self._named)}
+
+    def _put(
+        self, name: str, keys: list[str], override: bool, value: bytes, origin: tuple[bytes, int]
+    ) -> dict[str, Any]:
+        tasks = self._ledger.tasks
+        unknown = [key for key in keys if key not in tasks]
+        if unknown:
+            return {
+                "ok": False,
+                "error": f"cannot publish {name!r}: the broker does not know {len(unknown)} of its keys "
+                f"(such as {unknown[0]!r}): they were cancelled or released",
+            }
+        records = tuple(tasks[key] for key in dict.fromkeys(keys))
+        old = self._named.get(name)
+        if old is not None:
+            if old.origin == origin:
+                return {"ok": True}  # the same request again (resent after re-registering)
+            if not override:
+                return {"ok": False, "error": f"dataset {name!r} already exists; pass override=True to replace it"}
+        # Hold the new records before letting go of the old ones: keys in both stay needed.
+        for rec in records:
+            self._ledger.publish(rec)
+        self._named[name] = Dataset(value, records, origin)
+        if old is not None:
+            self._release(old)
+        return {"ok": True}
+
+    def _get(self, client: ClientPeer, name: str) -> dict[str, Any]:
+        dataset = self._named.get(name)
+        if dataset is None:
+            return _missing(name)
+        ledger = self._ledger
+        for rec in dataset.records:
+            # The client's WANT of each key follows (it reports their outcomes); until then
+            # this interest keeps them, whatever happens to the dataset meanwhile.
+            ledger.add_interest(rec, client, wanted=True, push=False)
+        return {"ok": True, "keys": [rec.key for rec in dataset.records], "value": dataset.value}
+
+    def _release(self, dataset: Dataset) -> None:
+        for rec in dataset.records:
+            self._ledger.unpublish(rec)
+
+    def clear(self) -> None:
+        """Delete every dataset (the cluster restarts: their values are gone)."""
+        for dataset in self._named.values():
+            self._release(dataset)
+        self._named.clear()
+
+    def audit(self) -> list[str]:
+        """Broken invariants between the datasets and the ledger (empty when sound)."""
+        problems: list[str] = []
+        counts: dict[TaskRecord, int] = {}
+        for name, dataset in self._named.items():
+            for rec in dataset.records:
+                counts[rec] = counts.get(rec, 0) + 1
+                if rec.state == FORGOTTEN or self._ledger.tasks.get(rec.key) is not rec:
+                    problems.append(f"dataset {name!r} holds {rec.key!r}, which the ledger forgot")
+        if counts != self._ledger.published:
+            problems.append("the ledger's published counts do not match the datasets")
+        return problems
+
+
+def dataset_value(payload: list[Any], field: Any) -> bytes:
+    """The pickled dataset of a "put": the inline field, or the one payload frame."""
+    if type(field) is bytes:
+        return field
+    frame = payload[0]
+    if type(frame) is bytes:
+        return frame
+    return bytes(frame.bytes)  # a large frame arrives as a zmq.Frame
+
+
+def _missing(name: str) -> dict[str, Any]:
+    return {"ok": False, "missing": True, "error": f"no dataset named {name!r}"}
