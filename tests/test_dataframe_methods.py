@@ -251,6 +251,28 @@ def test_lazy_mode(npartitions: int) -> None:
     _same(lazy.s[lazy.i > 100].mode().compute(), frame.s[frame.i > 100].mode())
 
 
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+@pytest.mark.parametrize("dropna", [True, False])
+def test_lazy_frame_mode(npartitions: int, dropna: bool) -> None:
+    frame, lazy = _pairs(npartitions)
+    frame = frame.assign(b=frame.i % 3 == 0, c=frame.s.astype("category"))
+    lazy = lazy.assign(b=lazy.i % 3 == 0, c=lazy.s.astype("category").cat.as_known())
+    # Columns with different numbers of modes: the shorter ones are padded, as in pandas.
+    _same(lazy.mode(dropna=dropna).compute(), frame.mode(dropna=dropna))
+    some = ["i", "s", "k"]
+    _same(lazy[some].mode(dropna=dropna, split_every=2).compute(), frame[some].mode(dropna=dropna))
+    _same(lazy.mode(numeric_only=True, dropna=dropna).compute(), frame.mode(numeric_only=True, dropna=dropna))
+    _same(lazy[lazy.i > 100].mode(dropna=dropna).compute(), frame[frame.i > 100].mode(dropna=dropna))
+    # A categorical's categories without values are no modes.
+    _same(lazy.c[lazy.i > 100].mode(dropna=dropna).compute(), frame.c[frame.i > 100].mode(dropna=dropna))
+
+
+def test_lazy_frame_mode_refuses_rows() -> None:
+    _, lazy = _pairs(2)
+    with pytest.raises(UsageError, match="axis=0 only"):
+        lazy.mode(axis=1)
+
+
 @pytest.mark.parametrize("npartitions", [1, 5])
 def test_lazy_groupby_apply_and_transform(npartitions: int) -> None:
     frame, lazy = _pairs(npartitions)

@@ -648,6 +648,17 @@ class DataFrame(_Frame):
         picked = self._meta.select_dtypes(include=include, exclude=exclude).columns
         return self[list(picked)]
 
+    def mode(
+        self, axis: Any = 0, numeric_only: bool = False, dropna: bool = True, split_every: int | None = None
+    ) -> DataFrame:
+        """The most frequent value(s) of each column, sorted, as ``pandas.DataFrame.mode``: one
+        partition numbered 0..n-1, columns with fewer modes padded with missing values."""
+        from zmqdask.dataframe import stats
+
+        if axis not in (0, "index", "rows"):
+            raise UsageError("DataFrame.mode supports axis=0 only: the modes of each column")
+        return stats.mode(self, dropna=dropna, split_every=split_every, numeric_only=numeric_only)
+
     def apply(
         self, func: Callable[..., Any], axis: int = 1, meta: Any = None, args: tuple[Any, ...] = (), **kwargs: Any
     ) -> Any:

@@ -95,18 +95,58 @@ def value_counts_aggregate(
 def mode_aggregate(counts: Sequence[pd.Series], name: Hashable) -> pd.Series:
     """The most frequent values, sorted, as ``Series.mode`` gives them."""
     merged = value_counts_combine(counts)
+    # A categorical's counts include its categories without values, which are no modes.
+    merged = merged[merged.to_numpy() > 0]
     if len(merged) == 0:
         return pd.Series(merged.index[:0], name=name)
     top = merged.index[merged.to_numpy() == merged.max()]
     return pd.Series(top.sort_values(), name=name)
 
 
-def mode(series: Any, dropna: bool = True, split_every: int | None = None) -> Any:
-    """The most frequent value(s) of a Series, sorted (several on ties), like ``Series.mode``."""
-    expr = expr_of(series)
+def frame_counts_chunk(frame: pd.DataFrame, dropna: bool = True) -> list[pd.Series]:
+    """Counts of each value of each column (by position) in one partition."""
+    return [value_counts_chunk(frame.iloc[:, position], dropna) for position in range(frame.shape[1])]
+
+
+def frame_counts_combine(chunks: Sequence[list[pd.Series]]) -> list[pd.Series]:
+    """Add up the partial counts of each column."""
+    return [value_counts_combine([chunk[position] for chunk in chunks]) for position in range(len(chunks[0]))]
+
+
+def frame_mode_aggregate(chunks: Sequence[list[pd.Series]], columns: pd.Index) -> pd.DataFrame:
+    """The modes of each column side by side, as ``DataFrame.mode`` gives them: numbered
+    0..n-1, a column with fewer modes than another padded with missing values."""
+    counts = frame_counts_combine(chunks)
+    modes = {position: mode_aggregate([column], None) for position, column in enumerate(counts)}
+    frame = pd.DataFrame(modes, index=pd.RangeIndex(max((len(m) for m in modes.values()), default=0)))
+    frame.columns = columns
+    return frame
+
+
+def mode(obj: Any, dropna: bool = True, split_every: int | None = None, numeric_only: bool = False) -> Any:
+    """The most frequent value(s), sorted (several on ties), like pandas' ``mode``: of a
+    Series, or of each column of a DataFrame (``numeric_only``: its numeric columns)."""
+    expr = expr_of(obj)
     meta = expr._meta
+    if isinstance(meta, pd.DataFrame):
+        # pandas picks the columns (numeric_only) and gives the padded dtypes: asked on the meta.
+        result_meta = emulate(lambda m: m.mode(dropna=dropna, numeric_only=numeric_only), meta)
+        frame = expr if not numeric_only else Projection(expr, tuple(result_meta.columns))
+        node_ = Reduction(
+            frame,
+            frame_counts_chunk,
+            frame_counts_combine,
+            frame_mode_aggregate,
+            result_meta,
+            {"dropna": dropna},
+            {},
+            {"columns": result_meta.columns},
+            split_every or DEFAULT_SPLIT_EVERY,
+            "mode",
+        )
+        return new_collection(node_)
     if not isinstance(meta, pd.Series):
-        raise UsageError("mode needs a Series")
+        raise UsageError("mode needs a Series or a DataFrame")
     node_ = Reduction(
         expr,
         value_counts_chunk,
