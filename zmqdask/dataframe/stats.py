@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Projection, Reduction, SinglePartition, emulate, node
@@ -378,12 +379,71 @@ def distinct_chunk(part: Any, subset: list[Hashable] | None, keep: str) -> Any:
     return distinct_rows([part], subset, keep)
 
 
-def drop_duplicates(obj: Any, subset: Any = None, keep: str = "first", split_every: int | None = None) -> Any:
-    """Rows without repeats, in their original order, keeping the first (or last) of each."""
-    if keep not in ("first", "last"):
-        raise UsageError("drop_duplicates supports keep='first' or keep='last'")
+def _duplicated(rows: Any, subset: list[Hashable] | None, keep: Any) -> np.ndarray:
+    """pandas' ``duplicated`` of a DataFrame (on ``subset``), Series or Index, as an array."""
+    if isinstance(rows, pd.DataFrame):
+        return rows.duplicated(subset=subset, keep=keep).to_numpy()
+    return np.asarray(rows.duplicated(keep=keep))
+
+
+def _take(rows: Any, mask: np.ndarray) -> Any:
+    return rows[mask] if isinstance(rows, pd.Index) else rows.iloc[mask]
+
+
+def once_rows(pieces: Sequence[tuple[Any, np.ndarray]], subset: list[Hashable] | None) -> tuple[Any, np.ndarray]:
+    """The first row of each distinct value of ``pieces`` (in order), each flagged when the
+    value was seen more than once: in another piece, or earlier within its own (the flags)."""
+    full = [(rows, flags) for rows, flags in pieces if len(rows)]
+    if not full:
+        return pieces[0]
+    if len(full) == 1:
+        rows, flags = full[0]
+    elif isinstance(full[0][0], pd.Index):
+        rows = full[0][0].append([piece for piece, _ in full[1:]])
+        flags = np.concatenate([flags for _, flags in full])
+    else:
+        rows = concat_nonempty([piece for piece, _ in full])
+        flags = np.concatenate([flags for _, flags in full])
+    repeated = flags | _duplicated(rows, subset, False)
+    first = ~_duplicated(rows, subset, "first")
+    return _take(rows, first), repeated[first]
+
+
+def once_chunk(part: Any, subset: list[Hashable] | None) -> tuple[Any, np.ndarray]:
+    """:func:`once_rows` of one partition."""
+    return once_rows([(part, np.zeros(len(part), dtype=bool))], subset)
+
+
+def once_aggregate(pieces: Sequence[tuple[Any, np.ndarray]], subset: list[Hashable] | None) -> Any:
+    """The rows whose value occurs once in all of ``pieces``, in their original order."""
+    rows, repeated = once_rows(pieces, subset)
+    return _take(rows, ~repeated)
+
+
+def drop_duplicates(obj: Any, subset: Any = None, keep: Any = "first", split_every: int | None = None) -> Any:
+    """Rows without repeats, in their original order, keeping the first (or last) of each;
+    ``keep=False`` keeps only the rows whose value no other row has, in any partition."""
+    if keep not in ("first", "last", False):
+        raise UsageError(f"drop_duplicates takes keep='first', 'last' or False, got {keep!r}")
     expr = expr_of(obj)
     columns = None if subset is None else (list(subset) if isinstance(subset, (list, tuple)) else [subset])
+    if keep is False:
+        # Whether a value repeats can depend on rows of other partitions: each distinct
+        # value travels up the tree with a flag saying it was seen twice.
+        kwargs: dict[str, Any] = {"subset": columns}
+        node_ = Reduction(
+            expr,
+            once_chunk,
+            once_rows,
+            once_aggregate,
+            expr._meta,
+            kwargs,
+            kwargs,
+            kwargs,
+            split_every or DEFAULT_SPLIT_EVERY,
+            "drop-duplicates",
+        )
+        return new_collection(node_)
     kwargs = {"subset": columns, "keep": keep}
     node_ = Reduction(
         expr,
