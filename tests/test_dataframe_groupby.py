@@ -700,3 +700,12 @@ def test_observed_false_where_it_is_refused_and_where_it_changes_nothing() -> No
     _assert_same(
         lazy.groupby("c", observed=False).x.cumsum().compute(), frame.groupby("c", observed=False).x.cumsum()
     )
+
+
+def test_as_index_and_observed_through_a_real_client(client: Any) -> None:
+    frame, lazy = _categorical_pair()
+    expected = frame.groupby("c", observed=False, as_index=False).agg(lo=("x", "min"), n=("i", "nunique"))
+    got = lazy.groupby("c", observed=False, as_index=False).agg(lo=("x", "min"), n=("i", "nunique")).compute()
+    pd.testing.assert_frame_equal(got, expected)
+    got = lazy.groupby("j", as_index=False).x.median().compute()
+    pd.testing.assert_frame_equal(got, frame.groupby("j", as_index=False).x.median())
