@@ -909,7 +909,7 @@ class GroupBy:
             if not categories_known(dtype):
                 raise UsageError(
                     f"groupby(observed=False) needs the categories of key {name!r}, which are not known: "
-                    f"call .cat.as_known() on that column first (or df.categorize())"
+                    "call .cat.as_known() on that column first (or df.categorize())"
                 )
             found.append(name)
         return found
