@@ -367,8 +367,6 @@ def test_groupby_level_and_what_it_refuses() -> None:
     pd.testing.assert_series_equal(lazy_unnamed.i.groupby(level=0).max().compute(), unnamed.i.groupby(level=0).max())
     with pytest.raises(UsageError, match="only level"):
         lazy.groupby(level=1)
-    with pytest.raises(UsageError, match="reset_index"):
-        lazy.groupby("k", as_index=False)
 
 
 @pytest.mark.parametrize("method", ["cumsum", "cumprod", "cummax", "cummin", "cumcount", "shift", "diff"])
@@ -469,6 +467,8 @@ def test_agg_with_whole_group_aggregations_matches_pandas(spec: Any) -> None:
     pd.testing.assert_frame_equal(lazy.groupby("j").agg(spec).compute(), frame.groupby("j").agg(spec))
     named = lazy.groupby("j").agg(mid=("x", "median"), total=("i", "sum")).compute()
     pd.testing.assert_frame_equal(named, frame.groupby("j").agg(mid=("x", "median"), total=("i", "sum")))
+    selected = lazy.groupby("j").x.agg(mid="median", top="max").compute()
+    pd.testing.assert_frame_equal(selected, frame.groupby("j").x.agg(mid="median", top="max"))
 
 
 def test_groupby_by_the_index_name_and_dask_keywords() -> None:
@@ -486,8 +486,6 @@ def test_groupby_by_the_index_name_and_dask_keywords() -> None:
     )
     with pytest.raises(UsageError, match="min_count"):
         lazy.groupby("k").x.sum(min_count=1)
-    with pytest.raises(UsageError, match="observed=False"):
-        lazy.groupby("k", observed=False)
 
 
 def test_groupby_apply_without_group_keys_keeps_the_rows_index() -> None:
@@ -510,3 +508,204 @@ def test_groupby_unique_lists_each_groups_values_in_order_of_appearance() -> Non
         assert list(got[key]) == list(expected[key])
     with pytest.raises(UsageError, match="select one first"):
         zd.from_pandas(pdf, npartitions=2).groupby("k").unique()
+
+
+# --------------------------------------------------------------------------------------------
+# as_index=False: the keys as first columns, numbered 0..n-1
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("npartitions", [1, 5])
+def test_as_index_false_matches_pandas(method: str, npartitions: int) -> None:
+    frame, lazy = _lazy_pair(npartitions)
+    columns = ["k", "x", "i", "j"]
+    got = getattr(lazy[columns].groupby("k", as_index=False), method)().compute()
+    pd.testing.assert_frame_equal(got, getattr(frame[columns].groupby("k", as_index=False), method)())
+    got = getattr(lazy.groupby(["k", "j"], as_index=False).x, method)().compute()
+    pd.testing.assert_frame_equal(got, getattr(frame.groupby(["k", "j"], as_index=False).x, method)())
+    got = getattr(lazy.groupby(["j", "k"], as_index=False, sort=False, dropna=False)[["x", "i"]], method)()
+    expected = getattr(frame.groupby(["j", "k"], as_index=False, sort=False, dropna=False)[["x", "i"]], method)()
+    pd.testing.assert_frame_equal(got.compute(), expected)
+    assert isinstance(got.compute().index, pd.RangeIndex)
+
+
+def test_as_index_false_agg_forms_match_pandas() -> None:
+    frame, lazy = _lazy_pair()
+    numeric = ["k", "j", "x", "i"]
+    cases: list[Any] = [
+        lambda d: d[numeric].groupby("k", as_index=False).agg("mean"),
+        lambda d: d[numeric].groupby("k", as_index=False).agg(["sum", "max"]),
+        lambda d: d.groupby("k", as_index=False).agg({"x": ["mean", "std"], "i": "nunique"}),
+        lambda d: d.groupby("k", as_index=False).agg({"x": "min", "s": "last"}),
+        lambda d: d.groupby(["k", "j"], as_index=False).agg(lo=("x", "min"), n=("i", "count")),
+        lambda d: d.groupby("k", as_index=False)["x"].agg(["min", "last"]),
+        lambda d: d.groupby("k", as_index=False).x.agg(top="max"),
+        lambda d: d.groupby("k", as_index=False)[["x", "i"]].agg("sum"),
+        lambda d: d[numeric].groupby("k", as_index=False).std(ddof=0),
+        # A named aggregation taking a key's name: the key is left out, as pandas does.
+        lambda d: d.groupby("k", as_index=False).agg(n=("x", "min"), k=("i", "max")),
+    ]
+    for case in cases:
+        pd.testing.assert_frame_equal(case(lazy).compute(), case(frame))
+
+
+def test_as_index_false_by_series_keys_matches_pandas() -> None:
+    frame, lazy = _lazy_pair()
+    pd.testing.assert_frame_equal(
+        lazy.groupby(lazy.i % 4, as_index=False).x.sum().compute(), frame.groupby(frame.i % 4, as_index=False).x.sum()
+    )
+    # The key is named like an aggregated column: pandas keeps the aggregated one.
+    pd.testing.assert_frame_equal(
+        lazy[["x", "i"]].groupby(lazy.i % 4, as_index=False).sum().compute(),
+        frame[["x", "i"]].groupby(frame.i % 4, as_index=False).sum(),
+    )
+    pd.testing.assert_frame_equal(
+        lazy.groupby(["k", (lazy.i % 3).rename("r")], as_index=False).x.mean().compute(),
+        frame.groupby(["k", (frame.i % 3).rename("r")], as_index=False).x.mean(),
+    )
+
+
+@pytest.mark.parametrize("method", ["median", "prod", "idxmax", "idxmin"])
+def test_as_index_false_whole_group_aggregations_match_pandas(method: str) -> None:
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=4)
+    got = getattr(lazy[["j", "x", "i"]].groupby("j", as_index=False), method)().compute()
+    pd.testing.assert_frame_equal(got, getattr(frame[["j", "x", "i"]].groupby("j", as_index=False), method)())
+    got = getattr(lazy.groupby(["k", "j"], as_index=False).i, method)().compute()
+    pd.testing.assert_frame_equal(got, getattr(frame.groupby(["k", "j"], as_index=False).i, method)())
+
+
+def test_as_index_false_value_counts_unique_and_agg_with_a_median() -> None:
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=4)
+    counts = lazy.groupby("j", as_index=False).s.value_counts().compute()
+    pd.testing.assert_frame_equal(counts, frame.groupby("j", as_index=False).s.value_counts())
+    spec = {"x": ["median", "mean"], "i": "sum"}
+    pd.testing.assert_frame_equal(
+        lazy.groupby("j", as_index=False).agg(spec).compute(), frame.groupby("j", as_index=False).agg(spec)
+    )
+    pd.testing.assert_frame_equal(
+        lazy.groupby("j", as_index=False).x.agg(mid="median").compute(),
+        frame.groupby("j", as_index=False).x.agg(mid="median"),
+    )
+    got = lazy.groupby("j", as_index=False).i.unique().compute()
+    expected = frame.groupby("j", as_index=False).i.unique()
+    assert list(got.columns) == list(expected.columns) and got.index.equals(expected.index)
+    assert [list(v) for v in got.i] == [list(v) for v in expected.i]
+
+
+def test_as_index_false_per_row_methods_are_as_in_pandas() -> None:
+    frame = _frame()
+    lazy = zd.from_pandas(frame, npartitions=4)
+    pd.testing.assert_series_equal(
+        lazy.groupby("k", as_index=False).x.cumsum().compute(), frame.groupby("k", as_index=False).x.cumsum()
+    )
+    pd.testing.assert_series_equal(
+        lazy.groupby("k", as_index=False).x.transform("mean").compute(),
+        frame.groupby("k", as_index=False).x.transform("mean"),
+    )
+
+
+def test_as_index_false_what_it_refuses() -> None:
+    frame, lazy = _lazy_pair()
+    with pytest.raises(UsageError, match=r"as_index=False\) needs a DataFrame.*reset_index"):
+        lazy.x.groupby(lazy.k, as_index=False)
+    with pytest.raises(UsageError, match=r"as_index=False\)\.apply.*reset_index"):
+        lazy.groupby("k", as_index=False).apply(lambda g: g.x.sum())
+    # A key whose name the size column takes: pandas refuses it too.
+    with pytest.raises(ValueError, match="cannot insert size"):
+        frame.groupby((frame.i % 2).rename("size"), as_index=False).size()
+    with pytest.raises(ValueError, match="cannot insert size"):
+        lazy.groupby((lazy.i % 2).rename("size"), as_index=False).size()
+
+
+# --------------------------------------------------------------------------------------------
+# observed=False: the categories of categorical keys without rows, as empty groups
+# --------------------------------------------------------------------------------------------
+
+
+def _categorical_pair(npartitions: int = 4) -> tuple[pd.DataFrame, Any]:
+    """A frame keyed by a categorical with unobserved categories (not in sorted order)."""
+    frame = _frame(160)
+    categories = ["c", "z", "b", "a", "y"]
+    frame["c"] = pd.Categorical(frame["k"], categories=categories)
+    frame = frame.drop(columns=["k", "s"])
+    return frame, zd.from_pandas(frame, npartitions=npartitions)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("sort", [True, False])
+@pytest.mark.parametrize("dropna", [True, False])
+def test_observed_false_matches_pandas(method: str, sort: bool, dropna: bool) -> None:
+    frame, lazy = _categorical_pair()
+    options = {"observed": False, "sort": sort, "dropna": dropna}
+    got = getattr(lazy.groupby("c", **options), method)().compute()
+    _assert_same(got, getattr(frame.groupby("c", **options), method)())
+    got = getattr(lazy.groupby(["j", "c"], **options).x, method)().compute()
+    _assert_same(got, getattr(frame.groupby(["j", "c"], **options).x, method)())
+    got = getattr(lazy.groupby(["c", "j"], as_index=False, **options)[["x", "i"]], method)().compute()
+    _assert_same(got, getattr(frame.groupby(["c", "j"], as_index=False, **options)[["x", "i"]], method)())
+
+
+def test_observed_false_agg_forms_and_series_keys_match_pandas() -> None:
+    frame, lazy = _categorical_pair()
+    spec = {"x": ["mean", "min"], "i": "sum"}
+    _assert_same(lazy.groupby("c", observed=False).agg(spec).compute(), frame.groupby("c", observed=False).agg(spec))
+    _assert_same(
+        lazy.groupby("c", observed=False).agg(lo=("x", "min"), n=("i", "count")).compute(),
+        frame.groupby("c", observed=False).agg(lo=("x", "min"), n=("i", "count")),
+    )
+    _assert_same(lazy.i.groupby(lazy.c, observed=False).sum().compute(), frame.i.groupby(frame.c, observed=False).sum())
+    # Only some partitions: most categories have no rows at all.
+    few = lazy.partitions[:1]
+    expected = frame.iloc[:40].groupby("c", observed=False).x.mean()
+    _assert_same(few.groupby("c", observed=False).x.mean().compute(), expected)
+
+
+def test_observed_false_needs_known_categories() -> None:
+    frame = _frame(60)
+    lazy = zd.from_pandas(frame, npartitions=3)
+    unknown = lazy.assign(s=lazy.s.astype("category"))
+    with pytest.raises(UsageError, match=r"categories of key 's'.*\.cat\.as_known\(\)"):
+        unknown.groupby("s", observed=False)
+    # Observed groups need no categories; once known, the unobserved ones can be added.
+    expected = frame.assign(s=frame.s.astype("category")).groupby("s", observed=True).x.sum()
+    _assert_same(unknown.groupby("s").x.sum().compute(), expected)
+    known = unknown.assign(s=unknown.s.cat.as_known())
+    _assert_same(
+        known.groupby("s", observed=False).x.sum().compute(),
+        frame.assign(s=frame.s.astype("category")).groupby("s", observed=False).x.sum(),
+    )
+
+
+def test_observed_false_where_it_is_refused_and_where_it_changes_nothing() -> None:
+    frame, lazy = _categorical_pair()
+    for call in (
+        lambda g: g.median(),
+        lambda g: g.x.value_counts(),
+        lambda g: g.agg({"x": "median"}),
+        lambda g: g.apply(lambda part: part.x.sum()),
+    ):
+        with pytest.raises(UsageError, match=r"groupby\(observed=False\)\.\w+\(\.\.\.\) is not supported"):
+            call(lazy.groupby("c", observed=False))
+    # Keys that are not categorical: observed changes nothing, for every method.
+    plain = frame.assign(c=frame.c.astype(object))
+    lazy_plain = zd.from_pandas(plain, npartitions=4)
+    _assert_same(
+        lazy_plain.groupby("c", observed=False).x.median().compute(), plain.groupby("c", observed=False).x.median()
+    )
+    _assert_same(lazy_plain.groupby("c", observed=False).x.sum().compute(), plain.groupby("c", observed=False).x.sum())
+    # Per-row results have one row per row whatever observed says.
+    _assert_same(
+        lazy.groupby("c", observed=False).x.cumsum().compute(), frame.groupby("c", observed=False).x.cumsum()
+    )
+
+
+def test_as_index_and_observed_through_a_real_client(client: Any) -> None:
+    frame, lazy = _categorical_pair()
+    expected = frame.groupby("c", observed=False, as_index=False).agg(lo=("x", "min"), n=("i", "nunique"))
+    got = lazy.groupby("c", observed=False, as_index=False).agg(lo=("x", "min"), n=("i", "nunique")).compute()
+    pd.testing.assert_frame_equal(got, expected)
+    got = lazy.groupby("j", as_index=False).x.median().compute()
+    pd.testing.assert_frame_equal(got, frame.groupby("j", as_index=False).x.median())

@@ -108,8 +108,28 @@ def test_lazy_drop_duplicates_and_unique(npartitions: int) -> None:
     _same(lazy.drop_duplicates("k", keep="last", split_every=2).compute(), frame.drop_duplicates("k", keep="last"))
     _same(lazy.i.drop_duplicates().compute(), frame.i.drop_duplicates())
     _same(lazy.s.unique().compute(), pd.Series(frame.s.unique(), name="s"))
-    with pytest.raises(UsageError):
-        lazy.drop_duplicates(keep=False)
+    with pytest.raises(UsageError, match="keep='first', 'last' or False, got 'middle'"):
+        lazy.drop_duplicates(keep="middle")
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+def test_lazy_drop_duplicates_keeping_none(npartitions: int) -> None:
+    frame = _frame()
+    # u repeats in rows 90 apart (other partitions), v in pairs of neighbours (mostly the same one).
+    rows = np.arange(len(frame))
+    frame = frame.assign(u=rows % 90, v=np.where(rows < 60, rows // 2, rows))
+    lazy = zd.from_pandas(frame, npartitions=npartitions)
+    for subset in ("u", ["u"], ["v"], ["u", "s"], ["k"]):
+        _same(lazy.drop_duplicates(subset=subset, keep=False).compute(), frame.drop_duplicates(subset, keep=False))
+    pair = ["u", "v"]
+    _same(lazy[pair].drop_duplicates(keep=False, split_every=2).compute(), frame[pair].drop_duplicates(keep=False))
+    _same(lazy.u.drop_duplicates(keep=False).compute(), frame.u.drop_duplicates(keep=False))
+    _same(lazy.k.drop_duplicates(keep=False).compute(), frame.k.drop_duplicates(keep=False))
+    kept = lazy[lazy.i > 3]
+    _same(kept.v.drop_duplicates(keep=False).compute(), frame[frame.i > 3].v.drop_duplicates(keep=False))
+    by_u = frame.set_index("u")
+    got = zd.from_pandas(by_u, npartitions=npartitions, sort=False).index.drop_duplicates(keep=False).compute()
+    pd.testing.assert_index_equal(got, by_u.index.drop_duplicates(keep=False))
 
 
 @pytest.mark.parametrize("npartitions", PARTITIONS)
@@ -249,6 +269,28 @@ def test_lazy_mode(npartitions: int) -> None:
     _same(lazy.k.mode(dropna=False).compute(), frame.k.mode(dropna=False))
     _same(lazy.i.mode(split_every=2).compute(), frame.i.mode())
     _same(lazy.s[lazy.i > 100].mode().compute(), frame.s[frame.i > 100].mode())
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+@pytest.mark.parametrize("dropna", [True, False])
+def test_lazy_frame_mode(npartitions: int, dropna: bool) -> None:
+    frame, lazy = _pairs(npartitions)
+    frame = frame.assign(b=frame.i % 3 == 0, c=frame.s.astype("category"))
+    lazy = lazy.assign(b=lazy.i % 3 == 0, c=lazy.s.astype("category").cat.as_known())
+    # Columns with different numbers of modes: the shorter ones are padded, as in pandas.
+    _same(lazy.mode(dropna=dropna).compute(), frame.mode(dropna=dropna))
+    some = ["i", "s", "k"]
+    _same(lazy[some].mode(dropna=dropna, split_every=2).compute(), frame[some].mode(dropna=dropna))
+    _same(lazy.mode(numeric_only=True, dropna=dropna).compute(), frame.mode(numeric_only=True, dropna=dropna))
+    _same(lazy[lazy.i > 100].mode(dropna=dropna).compute(), frame[frame.i > 100].mode(dropna=dropna))
+    # A categorical's categories without values are no modes.
+    _same(lazy.c[lazy.i > 100].mode(dropna=dropna).compute(), frame.c[frame.i > 100].mode(dropna=dropna))
+
+
+def test_lazy_frame_mode_refuses_rows() -> None:
+    _, lazy = _pairs(2)
+    with pytest.raises(UsageError, match="axis=0 only"):
+        lazy.mode(axis=1)
 
 
 @pytest.mark.parametrize("npartitions", [1, 5])

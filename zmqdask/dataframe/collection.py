@@ -338,14 +338,13 @@ class _Frame(Collection, FrameMethods, FrameReductions):
 
         ``by`` may name columns or the index; ``level=0`` (or the index's name) groups by
         the index.  Groups are the key values present (``observed=True``, pandas' default);
+        ``observed=False`` adds the unobserved categories of categorical keys (known ones:
+        see ``.cat.as_known()``).  ``as_index=False`` gives aggregations with the keys as
+        columns and an index 0..n-1, as pandas does (the result is one partition).
         ``group_keys=False`` leaves the group keys out of ``apply``'s index, as in pandas.
         """
         from zmqdask.dataframe.groupby import GroupBy
 
-        if not observed:
-            raise UsageError("groupby(observed=False) is not supported: the groups are the key values present")
-        if not as_index:
-            raise UsageError("groupby(as_index=False) is not supported; call .reset_index() on the result")
         if level is not None:
             name = self._meta.index.name
             if by is not None or isinstance(self._meta.index, pd.MultiIndex) or level not in (0, -1, name):
@@ -356,7 +355,9 @@ class _Frame(Collection, FrameMethods, FrameReductions):
             by = name if name is not None and name not in getattr(self._meta, "columns", ()) else self.index
         if by is None:
             raise UsageError("groupby needs by= (columns, the index name or a Series) or level=0")
-        return GroupBy(self, by, sort=sort, dropna=dropna, group_keys=group_keys)
+        return GroupBy(
+            self, by, sort=sort, dropna=dropna, group_keys=group_keys, as_index=as_index, observed=observed
+        )
 
     def rolling(self, window: Any, min_periods: int | None = None, center: bool = False, **options: Any) -> Any:
         """Rolling windows, centered or not (see ``zmqdask.dataframe.timeseries_ops``)."""
@@ -646,6 +647,17 @@ class DataFrame(_Frame):
         """Columns of the given dtypes."""
         picked = self._meta.select_dtypes(include=include, exclude=exclude).columns
         return self[list(picked)]
+
+    def mode(
+        self, axis: Any = 0, numeric_only: bool = False, dropna: bool = True, split_every: int | None = None
+    ) -> DataFrame:
+        """The most frequent value(s) of each column, sorted, as ``pandas.DataFrame.mode``: one
+        partition numbered 0..n-1, columns with fewer modes padded with missing values."""
+        from zmqdask.dataframe import stats
+
+        if axis not in (0, "index", "rows"):
+            raise UsageError("DataFrame.mode supports axis=0 only: the modes of each column")
+        return stats.mode(self, dropna=dropna, split_every=split_every, numeric_only=numeric_only)
 
     def apply(
         self, func: Callable[..., Any], axis: int = 1, meta: Any = None, args: tuple[Any, ...] = (), **kwargs: Any

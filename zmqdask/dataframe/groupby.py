@@ -18,13 +18,17 @@ nunique    the distinct ``(group, value)`` pairs
 
 The kernels (:func:`groupby_chunk`, :func:`groupby_combine`, :func:`groupby_aggregate`) are
 plain pandas functions; :class:`GroupBy` turns them into lazy expression nodes.
+
+pandas' ``observed=False`` and ``as_index=False`` change only the final step, which sees
+every group at once: the observed groups are completed with the empty ones
+(:func:`all_groups`), then the keys become columns (:func:`keys_as_columns`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, NamedTuple, cast
 
@@ -40,6 +44,7 @@ from zmqdask.dataframe.expr import (
     SinglePartition,
     TreeCombine,
     emulate,
+    meta_nonempty,
     node,
 )
 from zmqdask.dataframe.wrapping import expr_of, new_collection
@@ -99,12 +104,21 @@ class AggPlan:
     ``pair_columns`` the columns whose distinct values are tracked for ``nunique``.
     ``layout`` is ``"series"`` (one output, a Series named ``name``), ``"frame"`` (flat
     columns) or ``"multi"`` (``(column, function)`` MultiIndex columns).
+
+    ``observed=False`` gives every combination of the categories of categorical keys a
+    row, empty groups included (see :func:`all_groups`).  ``key_columns`` is None when the
+    group keys index the result (``as_index=True``); otherwise they become its first columns
+    and it is numbered 0..n-1, as pandas' ``as_index=False`` does: ``"insert"`` leaves out a
+    key whose name is already a column, ``"reset"`` refuses it (``reset_index``), as pandas
+    does for ``size`` and for several aggregations of one selected column.
     """
 
     outputs: tuple[tuple[Hashable, Hashable, str], ...]
     layout: str
     name: Hashable = None
     ddof: int = 1
+    observed: bool = True
+    key_columns: str | None = None
     slots: tuple[tuple[Hashable, str], ...] = field(init=False)
     pair_columns: tuple[Hashable, ...] = field(init=False)
 
@@ -157,6 +171,8 @@ def _needs_whole_groups(arg: Any, named: dict[str, Any]) -> bool:
     for value in named.values():
         if isinstance(value, tuple) and len(value) == 2:
             names.append(value[1])
+        else:
+            names.append(value)  # a selected column's label=function
     return any(isinstance(name, str) and name in WHOLE_GROUP_AGGREGATIONS for name in names)
 
 
@@ -180,6 +196,8 @@ def make_plan(
     series_selection: bool = False,
     named: dict[str, tuple[Hashable, Any]] | None = None,
     ddof: int = 1,
+    observed: bool = True,
+    as_index: bool = True,
 ) -> AggPlan:
     """Normalize an aggregation spec the way pandas reads it.
 
@@ -187,7 +205,37 @@ def make_plan(
     ``series_selection`` says the selection is a single column (``gb.x`` or ``gb['x']``), whose
     results are Series named ``series_name``.  ``spec`` is a function name, a list of names or
     a dict column -> name(s); ``named`` is the keyword form ``label=(column, name)``.
+    ``observed`` and ``as_index`` are pandas' groupby options (see :class:`AggPlan`).
     """
+    plan = _make_plan(spec, columns, series_name, series_selection, named, ddof)
+    if observed and as_index:
+        return plan
+    key_columns = None if as_index else key_columns_mode(spec, series_selection, named)
+    return replace(plan, observed=observed, key_columns=key_columns)
+
+
+def key_columns_mode(spec: Any, series_selection: bool, named: dict[str, Any] | None) -> str:
+    """How pandas' ``as_index=False`` adds the keys to the result of this aggregation.
+
+    ``size`` and, of one selected column, a list of aggregations or named ones are reset as
+    pandas' ``reset_index`` does (a key whose name is taken is an error); other results get
+    the keys whose names are not columns already.
+    """
+    if (isinstance(spec, str) and spec == "size") or spec is len:
+        return "reset"
+    if series_selection and (named or isinstance(spec, (list, tuple))):
+        return "reset"
+    return "insert"
+
+
+def _make_plan(
+    spec: Any,
+    columns: Sequence[Hashable],
+    series_name: Hashable,
+    series_selection: bool,
+    named: dict[str, tuple[Hashable, Any]] | None,
+    ddof: int,
+) -> AggPlan:
     outputs: list[tuple[Hashable, Hashable, str]] = []
     if named:
         if spec is not None:
@@ -447,21 +495,31 @@ def _merge_moments(
 def groupby_aggregate(partials: Sequence[Partial], plan: AggPlan, sort: bool = True) -> pd.DataFrame | pd.Series:
     """Final result from the partial states of all partitions (in partition order)."""
     state = groupby_combine(partials, plan, sort)
-    return finalize(state, plan)
+    return finalize(state, plan, sort)
 
 
-def finalize(state: Partial, plan: AggPlan) -> pd.DataFrame | pd.Series:
+_EMPTY_GROUP_ZERO = frozenset({"sum", "count", "size", "nunique"})
+"""Aggregations whose value for a group without rows is 0 (the others give a missing value)."""
+
+
+def finalize(state: Partial, plan: AggPlan, sort: bool = True) -> pd.DataFrame | pd.Series:
     """Turn one merged partial state into the pandas-shaped result."""
     main = state.main
+    index = main.index
+    if not plan.observed:
+        index = all_groups(index, sort)
     results: list[pd.Series] = []
     for _, column, func in plan.outputs:
-        results.append(_final_values(state, plan, column, func))
+        values = _final_values(state, plan, column, func)
+        if not plan.observed:
+            values = values.reindex(index, fill_value=0 if func in _EMPTY_GROUP_ZERO else np.nan)
+        results.append(values)
     if plan.layout == "series":
         result = results[0]
         result.name = plan.name
-        return result
+        return result if plan.key_columns is None else keys_as_columns(result, plan.key_columns, plan.outputs[0][2])
     labels = [label for label, _, _ in plan.outputs]
-    frame = pd.DataFrame({position: values for position, values in enumerate(results)}, index=main.index)
+    frame = pd.DataFrame({position: values for position, values in enumerate(results)}, index=index)
     if plan.layout == "multi":
         frame.columns = (
             pd.MultiIndex.from_tuples([tuple(label) for label in labels])  # type: ignore[arg-type]
@@ -470,7 +528,49 @@ def finalize(state: Partial, plan: AggPlan) -> pd.DataFrame | pd.Series:
         )
     else:
         frame.columns = pd.Index(labels)
-    return frame
+    return frame if plan.key_columns is None else keys_as_columns(frame, plan.key_columns)
+
+
+def all_groups(index: pd.Index, sort: bool) -> pd.Index:
+    """The groups of pandas' ``observed=False`` from the observed ones in ``index``.
+
+    Every category of a categorical key is combined with the values of the other keys, in
+    the order pandas gives them: pandas itself groups the observed keys (in the order they
+    were first seen, which is all its order depends on) with ``observed=False``.
+    """
+    # String labels: pandas 3.1 swaps the levels of observed=False groups keyed by integer labels.
+    labels = [f"key{level}" for level in range(index.nlevels)]
+    keys = pd.DataFrame({label: index.get_level_values(level) for level, label in enumerate(labels)})
+    grouped: Any = keys.groupby(labels, sort=sort, dropna=False, observed=False)
+    full = grouped.size().index
+    full.names = index.names
+    return full
+
+
+def keys_as_columns(result: pd.DataFrame | pd.Series, mode: str, func: str | None = None) -> pd.DataFrame:
+    """``result`` with its group keys (index levels) as first columns, numbered 0..n-1.
+
+    This is pandas' ``as_index=False``; ``mode`` says how a key whose name is already a
+    column is handled (see :class:`AggPlan`).  A ``size`` Series becomes a ``size`` column.
+    """
+    if isinstance(result, pd.Series) and func == "size":
+        result = result.rename("size")
+    if mode == "reset":
+        return result.reset_index()
+    frame = result.to_frame() if isinstance(result, pd.Series) else result.copy()
+    index = frame.index
+    if index.nlevels == 1:
+        names = [index.name if index.name is not None else ("index" if "index" not in frame.columns else "level_0")]
+    else:
+        names = [name if name is not None else f"level_{level}" for level, name in enumerate(index.names)]
+    # Below MultiIndex columns a key's label is (name, "", ...), as pandas makes it.
+    padding = ("",) * (frame.columns.nlevels - 1)
+    # Inserted last key first, each at position 0, so the keys end up in their own order.
+    for level in reversed(range(index.nlevels)):
+        if names[level] not in frame.columns:
+            label = (names[level], *padding) if padding else names[level]
+            frame.insert(0, label, index.get_level_values(level))
+    return frame.reset_index(drop=True)
 
 
 def _final_values(state: Partial, plan: AggPlan, column: Hashable, func: str) -> pd.Series:
@@ -731,6 +831,12 @@ class GroupBy:
     ``by`` is a column label, a list of labels, or a Series partitioned like ``frame``.
     Results are sorted by group key when ``sort`` is true (as in pandas); groups whose key
     is missing are dropped unless ``dropna`` is false.
+
+    ``as_index=False`` makes the keys the first columns of an aggregation's result instead
+    of its index, as pandas does.  Aggregations give one partition, so its index is pandas'
+    own: 0..n-1 in the result's order.  ``observed=False`` adds the categories of
+    categorical keys that have no rows, as empty groups (pandas' ``observed=False``); it
+    needs the categories to be known, and changes nothing for other keys.
     """
 
     def __init__(
@@ -741,6 +847,8 @@ class GroupBy:
         sort: bool = True,
         dropna: bool = True,
         group_keys: bool = True,
+        as_index: bool = True,
+        observed: bool = True,
         _selection: Any = None,
         _series_selection: bool = False,
     ) -> None:
@@ -752,7 +860,15 @@ class GroupBy:
         """Whether ``apply``'s result is indexed by the group keys too (pandas' default)."""
         meta = self._frame_expr._meta
         self._is_series = isinstance(meta, pd.Series)
+        if not as_index and self._is_series:
+            raise UsageError(
+                "groupby(as_index=False) needs a DataFrame, as in pandas: a Series' groups give a Series "
+                "indexed by the keys; call .reset_index() on the result to have them as columns"
+            )
+        self._as_index = bool(as_index)
         self._by = self._normalize_by(by, meta)
+        self._observed = bool(observed) or not self._categorical_keys()
+        """False only when some key is categorical: for other keys observed changes nothing."""
         self._selection = _selection
         self._series_selection = _series_selection
 
@@ -777,6 +893,26 @@ class GroupBy:
         if missing:
             raise UsageError(f"cannot group by {missing}: not columns of the frame {list(meta.columns)}")
         return tuple(keys)
+
+    def _categorical_keys(self) -> list[Hashable]:
+        """Names of the categorical keys; raises when one's categories are not known."""
+        from zmqdask.dataframe.categorical import categories_known
+
+        keys = [self._by] if isinstance(self._by, Expr) else list(self._by)
+        meta = self._frame_expr._meta
+        found = []
+        for key in keys:
+            dtype = key._meta.dtype if isinstance(key, Expr) else meta[key].dtype
+            name = key._meta.name if isinstance(key, Expr) else key
+            if not isinstance(dtype, pd.CategoricalDtype):
+                continue
+            if not categories_known(dtype):
+                raise UsageError(
+                    f"groupby(observed=False) needs the categories of key {name!r}, which are not known: "
+                    "call .cat.as_known() on that column first (or df.categorize())"
+                )
+            found.append(name)
+        return found
 
     def _key_expr(self, by: Any) -> Any:
         """A lazy grouping key as an expression lined up with the frame, or a column label."""
@@ -845,6 +981,8 @@ class GroupBy:
             sort=self._sort,
             dropna=self._dropna,
             group_keys=self._group_keys,
+            as_index=self._as_index,
+            observed=self._observed,
             _selection=list(key) if isinstance(key, list) else key,
             _series_selection=not isinstance(key, list),
         )
@@ -885,7 +1023,16 @@ class GroupBy:
             name = self._frame_expr._meta.name
         else:
             name = self._selection if self._series_selection else None
-        plan = make_plan(spec, columns, series_name=name, series_selection=series, named=named, ddof=ddof)
+        plan = make_plan(
+            spec,
+            columns,
+            series_name=name,
+            series_selection=series,
+            named=named,
+            ddof=ddof,
+            observed=self._observed,
+            as_index=self._as_index,
+        )
         node = GroupbyAggregate(
             self._frame_expr,
             self._by,
@@ -959,9 +1106,10 @@ class GroupBy:
         if _needs_whole_groups(arg, named):
             # Some of them (a median, a product...) have no chunk/combine form: all of them
             # are computed by pandas on whole groups instead.
+            keys = key_columns_mode(arg, self._is_series or self._series_selection, named)
             if named:
-                return self._whole_group_aggregate("agg", **named)
-            return self._whole_group_aggregate("agg", arg)
+                return self._whole_group_aggregate("agg", keys, **named)
+            return self._whole_group_aggregate("agg", keys, arg)
         return self._aggregate(arg, named=named or None, split_every=split_every)
 
     aggregate = agg
@@ -976,6 +1124,12 @@ class GroupBy:
         out in partition order, not sorted.  Pass ``meta`` to skip inferring the result's
         schema from sample data.
         """
+        if not self._as_index:
+            raise UsageError(
+                "groupby(as_index=False).apply(...) is not supported: group with as_index=True and call "
+                ".reset_index() on the result"
+            )
+        self._refuse_unobserved("apply")
         return self._whole_groups("apply", func, args, kwargs, meta)
 
     def transform(self, func: Any, *args: Any, meta: Any = None, **kwargs: Any) -> Any:
@@ -992,29 +1146,29 @@ class GroupBy:
     # tree-reduced aggregations are.
     def median(self, numeric_only: bool = False) -> Any:
         """Median of each group."""
-        return self._whole_group_aggregate("median", numeric_only=numeric_only)
+        return self._whole_group_aggregate("median", "insert", numeric_only=numeric_only)
 
     def prod(self, numeric_only: bool = False, min_count: int = 0) -> Any:
         """Product of each group."""
-        return self._whole_group_aggregate("prod", numeric_only=numeric_only, min_count=min_count)
+        return self._whole_group_aggregate("prod", "insert", numeric_only=numeric_only, min_count=min_count)
 
     def unique(self) -> Any:
         """The distinct values of each group, in order of appearance (a Series of arrays)."""
         if not self._is_series and not self._series_selection:
             raise UsageError("groupby(...).unique() is a method of a column's groups: select one first (gb[col])")
-        return self._whole_group_aggregate("unique")
+        return self._whole_group_aggregate("unique", "insert")
 
     def idxmax(self, skipna: bool = True) -> Any:
         """Index label of each group's largest value."""
-        return self._whole_group_aggregate("idxmax", skipna=skipna)
+        return self._whole_group_aggregate("idxmax", "insert", skipna=skipna)
 
     def idxmin(self, skipna: bool = True) -> Any:
         """Index label of each group's smallest value."""
-        return self._whole_group_aggregate("idxmin", skipna=skipna)
+        return self._whole_group_aggregate("idxmin", "insert", skipna=skipna)
 
     def value_counts(self, normalize: bool = False, dropna: bool = True) -> Any:
         """Counts of each value within each group (a Series indexed by key and value)."""
-        return self._whole_group_aggregate("value_counts", normalize=normalize, dropna=dropna)
+        return self._whole_group_aggregate("value_counts", "reset", normalize=normalize, dropna=dropna)
 
     # Per-row results within groups: as transform, partitioned like the frame, in its order.
     def cumsum(self) -> Any:
@@ -1066,14 +1220,29 @@ class GroupBy:
         rows = frame[mask]
         return rows if self._selection is None else rows[self._selection]
 
-    def _whole_group_aggregate(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _whole_group_aggregate(self, method: str, key_columns: str, *args: Any, **kwargs: Any) -> Any:
+        """``method`` of whole groups, gathered into one partition sorted by key;
+        ``key_columns`` says how ``as_index=False`` adds the keys (see :class:`AggPlan`)."""
+        self._refuse_unobserved(method)
         result = self._whole_groups("method", method, args, kwargs, None)
         if result.npartitions > 1:
             result = result.repartition(npartitions=1)
-        if not self._sort:
+        if self._sort:
+            # By the keys only, keeping each group's own order (value_counts: by count).
+            result = result.map_partitions(_sort_by_keys, len(self._key_labels()), meta=result._meta)
+        if self._as_index:
             return result
-        # By the keys only, keeping each group's own order (value_counts: by count).
-        return result.map_partitions(_sort_by_keys, len(self._key_labels()), meta=result._meta)
+        # After sorting, which needs the keys in the index; one partition, so 0..n-1 is pandas' index.
+        meta = keys_as_columns(meta_nonempty(result._meta), key_columns).iloc[:0]
+        return result.map_partitions(keys_as_columns, key_columns, meta=meta)
+
+    def _refuse_unobserved(self, method: str) -> None:
+        if not self._observed:
+            raise UsageError(
+                f"groupby(observed=False).{method}(...) is not supported (it works on the groups that have rows); "
+                "use observed=True, or an aggregation that takes observed=False (sum, mean, count, min, max, "
+                "size, std, var, nunique, first, last, agg of these)"
+            )
 
     def _per_row(self, how: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], meta: Any) -> Any:
         """A result with one row per row of the frame, partitioned like it (see :class:`GroupRows`)."""

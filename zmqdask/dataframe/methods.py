@@ -252,8 +252,11 @@ class FrameMethods:
         reversed_ = new_collection(Partitions(sorted_.expr, tuple(range(self._expr.npartitions - 1, -1, -1))))
         return reversed_._method("sort_index", ascending=False)
 
-    def drop_duplicates(self, subset: Any = None, keep: str = "first", split_every: int | None = None) -> Any:
-        """Rows without repeats (of ``subset`` columns), in their original order, in one partition."""
+    def drop_duplicates(self, subset: Any = None, keep: Any = "first", split_every: int | None = None) -> Any:
+        """Rows without repeats (of ``subset`` columns), in their original order, in one partition.
+
+        ``keep`` is ``"first"``, ``"last"`` or ``False`` (no row whose value repeats, wherever
+        the other rows are), as in pandas."""
         from zmqdask.dataframe import stats
 
         return stats.drop_duplicates(self, subset=subset, keep=keep, split_every=split_every)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Projection, Reduction, SinglePartition, emulate, node
@@ -95,18 +96,58 @@ def value_counts_aggregate(
 def mode_aggregate(counts: Sequence[pd.Series], name: Hashable) -> pd.Series:
     """The most frequent values, sorted, as ``Series.mode`` gives them."""
     merged = value_counts_combine(counts)
+    # A categorical's counts include its categories without values, which are no modes.
+    merged = merged[merged.to_numpy() > 0]
     if len(merged) == 0:
         return pd.Series(merged.index[:0], name=name)
     top = merged.index[merged.to_numpy() == merged.max()]
     return pd.Series(top.sort_values(), name=name)
 
 
-def mode(series: Any, dropna: bool = True, split_every: int | None = None) -> Any:
-    """The most frequent value(s) of a Series, sorted (several on ties), like ``Series.mode``."""
-    expr = expr_of(series)
+def frame_counts_chunk(frame: pd.DataFrame, dropna: bool = True) -> list[pd.Series]:
+    """Counts of each value of each column (by position) in one partition."""
+    return [value_counts_chunk(frame.iloc[:, position], dropna) for position in range(frame.shape[1])]
+
+
+def frame_counts_combine(chunks: Sequence[list[pd.Series]]) -> list[pd.Series]:
+    """Add up the partial counts of each column."""
+    return [value_counts_combine([chunk[position] for chunk in chunks]) for position in range(len(chunks[0]))]
+
+
+def frame_mode_aggregate(chunks: Sequence[list[pd.Series]], columns: pd.Index) -> pd.DataFrame:
+    """The modes of each column side by side, as ``DataFrame.mode`` gives them: numbered
+    0..n-1, a column with fewer modes than another padded with missing values."""
+    counts = frame_counts_combine(chunks)
+    modes = {position: mode_aggregate([column], None) for position, column in enumerate(counts)}
+    frame = pd.DataFrame(modes, index=pd.RangeIndex(max((len(m) for m in modes.values()), default=0)))
+    frame.columns = columns
+    return frame
+
+
+def mode(obj: Any, dropna: bool = True, split_every: int | None = None, numeric_only: bool = False) -> Any:
+    """The most frequent value(s), sorted (several on ties), like pandas' ``mode``: of a
+    Series, or of each column of a DataFrame (``numeric_only``: its numeric columns)."""
+    expr = expr_of(obj)
     meta = expr._meta
+    if isinstance(meta, pd.DataFrame):
+        # pandas picks the columns (numeric_only) and gives the padded dtypes: asked on the meta.
+        result_meta = emulate(lambda m: m.mode(dropna=dropna, numeric_only=numeric_only), meta)
+        frame = expr if not numeric_only else Projection(expr, tuple(result_meta.columns))
+        node_ = Reduction(
+            frame,
+            frame_counts_chunk,
+            frame_counts_combine,
+            frame_mode_aggregate,
+            result_meta,
+            {"dropna": dropna},
+            {},
+            {"columns": result_meta.columns},
+            split_every or DEFAULT_SPLIT_EVERY,
+            "mode",
+        )
+        return new_collection(node_)
     if not isinstance(meta, pd.Series):
-        raise UsageError("mode needs a Series")
+        raise UsageError("mode needs a Series or a DataFrame")
     node_ = Reduction(
         expr,
         value_counts_chunk,
@@ -338,12 +379,71 @@ def distinct_chunk(part: Any, subset: list[Hashable] | None, keep: str) -> Any:
     return distinct_rows([part], subset, keep)
 
 
-def drop_duplicates(obj: Any, subset: Any = None, keep: str = "first", split_every: int | None = None) -> Any:
-    """Rows without repeats, in their original order, keeping the first (or last) of each."""
-    if keep not in ("first", "last"):
-        raise UsageError("drop_duplicates supports keep='first' or keep='last'")
+def _duplicated(rows: Any, subset: list[Hashable] | None, keep: Any) -> np.ndarray:
+    """pandas' ``duplicated`` of a DataFrame (on ``subset``), Series or Index, as an array."""
+    if isinstance(rows, pd.DataFrame):
+        return rows.duplicated(subset=subset, keep=keep).to_numpy()
+    return np.asarray(rows.duplicated(keep=keep))
+
+
+def _take(rows: Any, mask: np.ndarray) -> Any:
+    return rows[mask] if isinstance(rows, pd.Index) else rows.iloc[mask]
+
+
+def once_rows(pieces: Sequence[tuple[Any, np.ndarray]], subset: list[Hashable] | None) -> tuple[Any, np.ndarray]:
+    """The first row of each distinct value of ``pieces`` (in order), each flagged when the
+    value was seen more than once: in another piece, or earlier within its own (the flags)."""
+    full = [(rows, flags) for rows, flags in pieces if len(rows)]
+    if not full:
+        return pieces[0]
+    if len(full) == 1:
+        rows, flags = full[0]
+    elif isinstance(full[0][0], pd.Index):
+        rows = full[0][0].append([piece for piece, _ in full[1:]])
+        flags = np.concatenate([flags for _, flags in full])
+    else:
+        rows = concat_nonempty([piece for piece, _ in full])
+        flags = np.concatenate([flags for _, flags in full])
+    repeated = flags | _duplicated(rows, subset, False)
+    first = ~_duplicated(rows, subset, "first")
+    return _take(rows, first), repeated[first]
+
+
+def once_chunk(part: Any, subset: list[Hashable] | None) -> tuple[Any, np.ndarray]:
+    """:func:`once_rows` of one partition."""
+    return once_rows([(part, np.zeros(len(part), dtype=bool))], subset)
+
+
+def once_aggregate(pieces: Sequence[tuple[Any, np.ndarray]], subset: list[Hashable] | None) -> Any:
+    """The rows whose value occurs once in all of ``pieces``, in their original order."""
+    rows, repeated = once_rows(pieces, subset)
+    return _take(rows, ~repeated)
+
+
+def drop_duplicates(obj: Any, subset: Any = None, keep: Any = "first", split_every: int | None = None) -> Any:
+    """Rows without repeats, in their original order, keeping the first (or last) of each;
+    ``keep=False`` keeps only the rows whose value no other row has, in any partition."""
+    if keep not in ("first", "last", False):
+        raise UsageError(f"drop_duplicates takes keep='first', 'last' or False, got {keep!r}")
     expr = expr_of(obj)
     columns = None if subset is None else (list(subset) if isinstance(subset, (list, tuple)) else [subset])
+    if keep is False:
+        # Whether a value repeats can depend on rows of other partitions: each distinct
+        # value travels up the tree with a flag saying it was seen twice.
+        kwargs: dict[str, Any] = {"subset": columns}
+        node_ = Reduction(
+            expr,
+            once_chunk,
+            once_rows,
+            once_aggregate,
+            expr._meta,
+            kwargs,
+            kwargs,
+            kwargs,
+            split_every or DEFAULT_SPLIT_EVERY,
+            "drop-duplicates",
+        )
+        return new_collection(node_)
     kwargs = {"subset": columns, "keep": keep}
     node_ = Reduction(
         expr,
