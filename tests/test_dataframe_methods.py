@@ -200,6 +200,26 @@ def test_lazy_shift_diff_pct_change(npartitions: int, periods: int) -> None:
     assert lazy.shift(periods).divisions == lazy.divisions
 
 
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+@pytest.mark.parametrize("periods", [1, 3, -2, 0, 40, -70])
+def test_lazy_shift_with_a_fill_value_fills_only_the_ends_of_the_whole_frame(npartitions: int, periods: int) -> None:
+    # Filtered partitions are uneven and some are empty; 40 and 70 rows reach across several.
+    frame, lazy = _pairs(npartitions)
+    numeric = ["x", "i", "k"]
+    _same(lazy[numeric].shift(periods, fill_value=-1).compute(), frame[numeric].shift(periods, fill_value=-1))
+    _same(lazy.i.shift(periods, fill_value=0).compute(), frame.i.shift(periods, fill_value=0))
+    _same(lazy.s.shift(periods, fill_value="none").compute(), frame.s.shift(periods, fill_value="none"))
+    assert lazy.shift(periods, fill_value=0).divisions == lazy.divisions
+
+
+def test_shift_fill_value_refusals() -> None:
+    _, lazy = _pairs(3)
+    with pytest.raises(UsageError, match="freq= or fill_value=, not both"):
+        lazy.shift(1, freq="h", fill_value=0)
+    with pytest.raises(UsageError, match="fill_value must be a plain value"):
+        lazy.x.shift(1, fill_value=lazy.x.mean())
+
+
 @pytest.mark.parametrize("freq", ["h", "15min", pd.Timedelta("2h"), "MS", "B"])
 @pytest.mark.parametrize("periods", [1, -3])
 def test_lazy_shift_with_freq_moves_the_index(freq: Any, periods: int) -> None:

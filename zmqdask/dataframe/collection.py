@@ -365,6 +365,31 @@ class _Frame(Collection, FrameMethods, FrameReductions):
 
         return Rolling(self, window, min_periods=min_periods, center=center, **options)
 
+    def expanding(self, min_periods: int = 1, method: builtins.str = "single") -> Any:
+        """Expanding windows: each row aggregates every row up to it, across partitions
+        (see ``zmqdask.dataframe.windows``)."""
+        from zmqdask.dataframe.windows import Expanding
+
+        return Expanding(self, min_periods=min_periods, method=method)
+
+    def ewm(
+        self,
+        com: float | None = None,
+        span: float | None = None,
+        halflife: Any = None,
+        alpha: float | None = None,
+        min_periods: int | None = 0,
+        adjust: bool = True,
+        ignore_na: bool = False,
+        times: Any = None,
+        method: builtins.str = "single",
+    ) -> Any:
+        """Exponentially weighted windows, across partitions, with pandas' arguments
+        (``times=`` is not supported; see ``zmqdask.dataframe.windows``)."""
+        from zmqdask.dataframe.windows import EWM
+
+        return EWM(self, com, span, halflife, alpha, min_periods, adjust, ignore_na, times, method)
+
     def resample(
         self,
         rule: Any,

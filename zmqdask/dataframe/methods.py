@@ -188,14 +188,27 @@ class FrameMethods:
 
         return new_collection(Scan(self._expr, method, bool(skipna)))
 
-    def shift(self, periods: int = 1, freq: Any = None) -> Any:
+    def shift(self, periods: int = 1, freq: Any = None, fill_value: Any = _UNSET) -> Any:
         """Values moved by ``periods`` rows (rows cross partition boundaries, as in pandas);
-        with ``freq``, the index labels move by ``periods`` times ``freq`` instead."""
+        with ``freq``, the index labels move by ``periods`` times ``freq`` instead.
+
+        ``fill_value`` replaces the missing values of the first ``periods`` rows of the
+        whole collection (the last ones for negative ``periods``); other partitions'
+        first rows get the values of the rows before them, as without it.
+        """
         if freq is not None:
+            if fill_value is not _UNSET:
+                raise UsageError("shift takes freq= or fill_value=, not both: with freq the values do not move")
             from zmqdask.dataframe.scans import ShiftIndex
 
             return new_collection(ShiftIndex(self._expr, int(periods), freq))
-        return self._shift("shift", periods, {})
+        if fill_value is _UNSET:
+            return self._shift("shift", periods, {})
+        if _is_collection(fill_value):
+            raise UsageError("shift's fill_value must be a plain value, not a lazy collection; compute it first")
+        # Each partition shifts its rows with those of the partitions before it in front,
+        # so the value only lands in rows that have no earlier row in the whole collection.
+        return self._shift("shift", periods, {"fill_value": fill_value})
 
     def diff(self, periods: int = 1) -> Any:
         """Difference with the value ``periods`` rows earlier (across partitions)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -86,6 +87,39 @@ def scan_apply(part: Any, carry: Any, method: str, skipna: bool) -> Any:
     return result
 
 
+def carried_layer(
+    expr: Expr,
+    frame: Expr,
+    kernels: tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]],
+    options: tuple[Any, ...],
+    backwards: bool = False,
+) -> dict[str, TaskSpec]:
+    """The tasks of a scan of ``frame`` whose output partitions are ``expr``'s.
+
+    ``kernels`` are ``(summary, carry, apply)``, module-level functions called as
+    ``summary(part, *options)`` (what a partition passes on), ``carry(carry, summary,
+    *options)`` (the summary of every partition up to this one, ``carry`` None at the
+    start) and ``apply(part, carry, *options)`` (the partition's output).  Summaries are
+    computed in parallel; only the small carry tasks form a chain.  ``backwards`` carries
+    from the last partition towards the first.
+    """
+    summary, fold, apply = kernels
+    name, n = expr._name, frame.npartitions
+    layer: dict[str, TaskSpec] = {}
+    order = range(n - 1, -1, -1) if backwards else range(n)
+    carry: Any = None
+    for position, i in enumerate(order):
+        part = TaskRef(frame._key(i))
+        layer[expr._key(i)] = (apply, (part, carry, *options), {})
+        if position < n - 1:
+            summary_key = f"{name}-summary-{i}"
+            layer[summary_key] = (summary, (part, *options), {})
+            carry_key = f"{name}-carry-{i}"
+            layer[carry_key] = (fold, (carry, TaskRef(summary_key), *options), {})
+            carry = TaskRef(carry_key)
+    return layer
+
+
 @node
 class Scan(Expr):
     """``frame.<method>()`` across all partitions (see the module docstring)."""
@@ -115,22 +149,10 @@ class Scan(Expr):
         return self.frame.divisions
 
     def _layer(self) -> dict[str, TaskSpec]:
-        name, frame, method, skipna = self._name, self.frame, self.method, self.skipna
-        n = frame.npartitions
-        layer: dict[str, TaskSpec] = {}
         # bfill carries from the last partition towards the first.
-        order = range(n - 1, -1, -1) if method == "bfill" else range(n)
-        carry: Any = None
-        for position, i in enumerate(order):
-            part = TaskRef(frame._key(i))
-            layer[self._key(i)] = (scan_apply, (part, carry, method, skipna), {})
-            if position < n - 1:
-                summary_key = f"{name}-summary-{i}"
-                layer[summary_key] = (scan_summary, (part, method, skipna), {})
-                carry_key = f"{name}-carry-{i}"
-                layer[carry_key] = (scan_carry, (carry, TaskRef(summary_key), method, skipna), {})
-                carry = TaskRef(carry_key)
-        return layer
+        return carried_layer(
+            self, self.frame, (scan_summary, scan_carry, scan_apply), (self.method, self.skipna), self.method == "bfill"
+        )
 
     def _describe(self) -> str:
         return f"{self.method}, skipna={self.skipna}"
