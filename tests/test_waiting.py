@@ -219,3 +219,33 @@ def test_errors_with_fields_of_their_own_keep_them(client: Client) -> None:
     assert syntax.value.filename == "module.py" and syntax.value.lineno == 1 and syntax.value.msg
     with pytest.raises(UnicodeDecodeError, match="invalid start byte"):
         client.submit(_decode_bad, pure=False).result(timeout=30)
+
+
+def _plus_one(x: int) -> int:
+    return x + 1
+
+
+def test_a_large_gather_gives_the_event_loop_turns(run_async: Callable[..., object]) -> None:
+    async def body(c: Client) -> None:
+        futures = c.map(_plus_one, range(12_000))
+        await wait(futures)
+        first = await c.gather(futures)  # every value is here now
+        turns = 0
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        counter = asyncio.create_task(count_turns())
+        await asyncio.sleep(0)  # the counter starts
+        before = turns
+        values = await c.gather(futures)
+        # Values already here need no wait; the other coroutine still had its turns.
+        during = turns - before
+        counter.cancel()
+        assert values == first == list(range(1, 12_001))
+        assert during >= 2
+
+    run_async(body)

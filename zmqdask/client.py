@@ -1136,22 +1136,30 @@ class Client(BrokerSession):
         # Reports waiting in the socket may carry some of these values already (small ones
         # come with their completion notice): read them before asking for the rest.
         self._drain()
-        with self._lock:
-            for future in found.values():
-                state = future._state
-                if not state.has_value and state.status in (PENDING, FINISHED) and not state.data_requested:
-                    if state.batch is not None and state.entry is None:
-                        self._request_data(state)  # a call of a map batch: asks for its batch's value
-                        continue
-                    state.data_requested = True
-                    if state.unsent and state.entry is not None:
-                        state.entry[5] |= proto.FLAG_PUSH_RESULT
-                    else:
-                        self._ops.append(("gather", state.key))
-            self._schedule_flush()
+        futures = list(found.values())
+        # Many futures are handled in slices, with a turn of the event loop between two: the
+        # application's other coroutines wait for one slice at most, not for the whole list.
+        for start in range(0, len(futures), _GATHER_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            with self._lock:
+                for future in futures[start : start + _GATHER_SLICE]:
+                    state = future._state
+                    if not state.has_value and state.status in (PENDING, FINISHED) and not state.data_requested:
+                        if state.batch is not None and state.entry is None:
+                            self._request_data(state)  # a call of a map batch: asks for its batch's value
+                            continue
+                        state.data_requested = True
+                        if state.unsent and state.entry is not None:
+                            state.entry[5] |= proto.FLAG_PUSH_RESULT
+                        else:
+                            self._ops.append(("gather", state.key))
+                self._schedule_flush()
         values: dict[str, Any] = {}
         failures: set[str] = set()
-        for key, future in found.items():
+        for index, (key, future) in enumerate(found.items()):
+            if index and not index % _GATHER_SLICE:
+                await asyncio.sleep(0)
             state = future._state
             if state.has_value:
                 values[key] = state.value  # no need to suspend for a value already here
@@ -1846,6 +1854,9 @@ _UNSUPPORTED_DASK_METHODS = {
     "unregister_worker_plugin": "there are no plugins; do per-worker set-up at import time of your module",
 }
 
+
+_GATHER_SLICE = 4096
+"""Futures a gather handles between two turns of the event loop."""
 
 _PLACEMENT_KEYWORDS = frozenset(
     {"workers", "resources", "allow_other_workers", "fifo_timeout", "traverse", "actors", "user_priority"}
