@@ -19,7 +19,7 @@ from zmqdask.dataframe import indexing as idx
 from zmqdask.dataframe import planning as plan
 from zmqdask.dataframe.categorical import categories_known
 from zmqdask.dataframe.collection_base import Collection, Scalar, _expr_of
-from zmqdask.dataframe.expr import Expr, Filter, Projection, Reduction
+from zmqdask.dataframe.expr import ColumnLabel, Expr, Filter, Projection, Reduction
 from zmqdask.dataframe.methods import FrameMethods
 from zmqdask.dataframe.reductions import FrameReductions, len_chunk
 from zmqdask.errors import UsageError
@@ -505,7 +505,9 @@ class DataFrame(_Frame):
         if isinstance(key, DataFrame):
             return self.where(key)
         if key in self._meta.columns:
-            return Series(Projection(self._expr, key))
+            # As in pandas, a tuple is one label (a column of MultiIndex columns), never a list.
+            label = ColumnLabel(key) if isinstance(key, tuple) else key
+            return Series(Projection(self._expr, label))
         raise KeyError(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
