@@ -277,6 +277,20 @@ def test_lazy_rolling_projection_moves_below() -> None:
     _assert_same(got.compute(), frame.rolling(3).max()["x"])
 
 
+@pytest.mark.parametrize("window", [3, "1h"])
+def test_lazy_rolling_aggregation_columns_are_selected_after_it(window: Any) -> None:
+    # .agg names (column, method) pairs, or only the columns of its dict: a selection of
+    # them cannot move below the rolling step.
+    frame, lazy = _lazy(7)
+    names = ["sum", "mean"]
+    got = lazy.rolling(window).agg(names)[("x", "sum")]
+    _assert_same(got.compute(), frame.rolling(window).agg(names)[("x", "sum")])
+    pairs = [("x", "sum"), ("y", "mean")]
+    _assert_same(lazy.rolling(window).agg(names)[pairs].compute(), frame.rolling(window).agg(names)[pairs])
+    spec = {"x": "max", "y": "min"}
+    _assert_same(lazy.rolling(window).agg(spec)[["x"]].compute(), frame.rolling(window).agg(spec)[["x"]])
+
+
 @pytest.mark.parametrize("npartitions", [1, 7])
 @pytest.mark.parametrize("window", [2, 5, 40, "30min", "3h"])
 def test_lazy_centered_rolling_matches_pandas(npartitions: int, window: Any) -> None:

@@ -372,10 +372,13 @@ class RollingAggregate(Expr):
     kwargs: dict[str, Any]
     center: bool = False
 
-    _columnwise = True
-
     def _prefix(self) -> str:
         return f"rolling-{self.method}"
+
+    def _is_columnwise(self) -> bool:
+        # The columns of .agg are (column, method) pairs, or the columns a dict names: a
+        # projection cannot name them below this node.
+        return self.method != "aggregate"
 
     def _same_rows(self) -> Expr | None:
         return self.frame
