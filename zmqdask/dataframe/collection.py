@@ -758,7 +758,7 @@ class DataFrame(_Frame):
         return indexed.map_partitions(_name_index, column)
 
     def sort_values(self, by: Any, ascending: bool = True, na_position: builtins.str = "last") -> Any:
-        """Rows sorted by columns, missing values last (see ``zmqdask.dataframe.shuffle``)."""
+        """Rows sorted by columns, missing values last or first (see ``zmqdask.dataframe.shuffle``)."""
         from zmqdask.dataframe.shuffle import sort_values
 
         return sort_values(self, by, ascending=ascending, na_position=na_position)
@@ -904,7 +904,7 @@ class Series(_Frame):
         return self.map_partitions(_map_elements, arg, na_action, meta=meta)
 
     def sort_values(self, ascending: bool = True, na_position: builtins.str = "last") -> Series:
-        """Values sorted across partitions, missing values last (see ``zmqdask.dataframe.shuffle``)."""
+        """Values sorted across partitions, missing values last or first (see ``zmqdask.dataframe.shuffle``)."""
         from zmqdask.dataframe.shuffle import sort_values
 
         return sort_values(self, self._meta.name, ascending=ascending, na_position=na_position)
