@@ -113,6 +113,23 @@ def test_columns_access_and_selection(frames: tuple[pd.DataFrame, zd.DataFrame])
         _ = df.nope
 
 
+def test_a_tuple_key_selects_one_column_of_multiindex_columns() -> None:
+    columns = pd.MultiIndex.from_tuples([("a", "x"), ("a", "y"), ("b", "x")])
+    pdf = pd.DataFrame(np.arange(60.0).reshape(20, 3), columns=columns)
+    df = zd.from_pandas(pdf, npartitions=4)
+    assert isinstance(df[("a", "y")], zd.Series)
+    assert_same(df[("a", "y")], pdf[("a", "y")])
+    assert_same(df[("b", "x")] + 1, pdf[("b", "x")] + 1)
+    # A list of tuples stays a list of columns; a tuple that is no label is not one.
+    assert_same(df[[("b", "x"), ("a", "x")]], pdf[[("b", "x"), ("a", "x")]])
+    with pytest.raises(KeyError):
+        df[("a", "z")]
+    # The same for the (column, method) pairs of a window's .agg.
+    flat = pd.DataFrame({"x": np.arange(20.0), "y": np.arange(20.0) ** 2})
+    lazy = zd.from_pandas(flat, npartitions=4)
+    assert_same(lazy.expanding().agg(["sum", "max"])[("x", "sum")], flat.expanding().agg(["sum", "max"])[("x", "sum")])
+
+
 # -- elementwise --------------------------------------------------------------------------
 
 

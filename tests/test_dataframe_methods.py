@@ -132,6 +132,18 @@ def test_lazy_drop_duplicates_keeping_none(npartitions: int) -> None:
     pd.testing.assert_index_equal(got, by_u.index.drop_duplicates(keep=False))
 
 
+@pytest.mark.parametrize("npartitions", [4, 11])
+@pytest.mark.parametrize("keep", ["first", "last", False])
+def test_lazy_drop_duplicates_keeps_categoricals_whose_partitions_differ(npartitions: int, keep: Any) -> None:
+    # Categorized per partition (as astype does lazily), so each partition has its own categories.
+    rows = np.arange(120)
+    frame = pd.DataFrame({"c": [f"v{r // 7:02d}" for r in rows], "n": rows % 9}).astype({"c": "category"})
+    lazy = zd.from_pandas(frame.astype({"c": str}), npartitions=npartitions).astype({"c": "category"})
+    _same(lazy.drop_duplicates(keep=keep).compute(), frame.drop_duplicates(keep=keep))
+    _same(lazy.drop_duplicates("c", keep=keep, split_every=2).compute(), frame.drop_duplicates("c", keep=keep))
+    _same(lazy.c.drop_duplicates(keep=keep).compute(), frame.c.drop_duplicates(keep=keep))
+
+
 @pytest.mark.parametrize("npartitions", PARTITIONS)
 def test_lazy_nlargest_nsmallest(npartitions: int) -> None:
     frame, lazy = _pairs(npartitions)
@@ -553,8 +565,8 @@ def test_eval_per_partition_and_sort_values_takes_na_position() -> None:
         df.eval("z = x", inplace=True)
     pd.testing.assert_frame_equal(df.sort_values("x", na_position="last").compute(), pdf.sort_values("x"))
     pd.testing.assert_series_equal(df.x.sort_values(na_position="last").compute(), pdf.x.sort_values())
-    with pytest.raises(UsageError, match="missing values sort last"):
-        df.sort_values("x", na_position="first")
+    with pytest.raises(UsageError, match="na_position must be 'first' or 'last', got 'middle'"):
+        df.sort_values("x", na_position="middle")
 
 
 def test_str_cat_joins_all_values_across_partitions_or_aligns_other_series() -> None:

@@ -162,6 +162,27 @@ def test_lazy_sort_values_mixed_directions_and_series() -> None:
     pd.testing.assert_series_equal(series, frame["f"].sort_values(ascending=False, kind="stable"))
 
 
+@pytest.mark.parametrize(
+    ("by", "ascending"),
+    [("f", True), ("f", False), (["f", "g"], True), (["f", "g"], [True, False]), (["g", "f"], [False, True])],
+    ids=str,
+)
+@pytest.mark.parametrize("npartitions", [1, 6])
+def test_lazy_sort_values_with_missing_values_first(by: Any, ascending: Any, npartitions: int) -> None:
+    frame = _frame().assign(g=lambda d: d["a"].where(d["a"] % 5 != 0))  # missing in other rows than f
+    lazy = _lazy(frame, npartitions)
+    got = lazy.sort_values(by, ascending=ascending, na_position="first")
+    expected = frame.sort_values(by, ascending=ascending, kind="stable", na_position="first")
+    pd.testing.assert_frame_equal(got.compute(), expected)
+    for n in (5, 60):
+        pd.testing.assert_frame_equal(got.head(n), expected.head(n))
+        pd.testing.assert_frame_equal(got.tail(n), expected.tail(n))
+    series = lazy["f"].sort_values(ascending=ascending is not False, na_position="first").compute()
+    pd.testing.assert_series_equal(
+        series, frame["f"].sort_values(ascending=ascending is not False, kind="stable", na_position="first")
+    )
+
+
 @pytest.mark.parametrize("column", ["a", "f", "t", "s"])
 def test_lazy_set_index_matches_pandas(column: str) -> None:
     frame = _frame()

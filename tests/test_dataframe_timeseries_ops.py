@@ -186,6 +186,40 @@ def test_lazy_resample_with_empty_partitions() -> None:
     _assert_same(got.compute(), kept.resample("1h").agg(["sum", "count"]))
 
 
+def _spread(values: pd.Series) -> float:
+    return float(values.max() - values.min()) if len(values) else -1.0
+
+
+WHOLE_BIN_CALLS: list[tuple[str, Any]] = [
+    ("median", lambda r: r.median()),
+    ("prod", lambda r: r.prod()),
+    ("prod-min-count", lambda r: r.prod(min_count=1)),
+    ("apply", lambda r: r.apply(_spread)),
+    ("agg-func", lambda r: r.agg(_spread)),
+    ("agg-list", lambda r: r.agg(["sum", "median"])),
+]
+
+
+@pytest.mark.parametrize("rule", ["1h", "45min", "1D", "ME"])
+@pytest.mark.parametrize(("name", "call"), WHOLE_BIN_CALLS, ids=[name for name, _ in WHOLE_BIN_CALLS])
+def test_lazy_resample_over_whole_bins_matches_pandas(rule: str, name: str, call: Any) -> None:
+    frame = _series_frame()
+    frame = frame.assign(x=frame.x % 3 + 1)  # products that stay integers
+    lazy = zd.from_pandas(frame, npartitions=1)
+    # Bins straddle partition boundaries, a partition is empty and one boundary falls in
+    # the gap of several hours (empty bins at the edges of outputs).
+    cuts = [frame.index[3], frame.index[4], frame.index[99] + pd.Timedelta("2h"), frame.index[200]]
+    spread = lazy.repartition(divisions=[frame.index[0], *cuts, frame.index[-1]])
+    many = zd.from_pandas(frame, npartitions=40)
+    for pieces in (lazy, spread, many):
+        _assert_same(call(pieces.resample(rule)).compute(), call(frame.resample(rule)))
+        _assert_same(call(pieces.y.resample(rule)).compute(), call(frame.y.resample(rule)))
+    _assert_same(
+        call(spread.resample(rule, closed="right", label="right")).compute(),
+        call(frame.resample(rule, closed="right", label="right")),
+    )
+
+
 def test_resample_needs_datetime_index_and_known_divisions() -> None:
     frame, lazy = _lazy(3)
     with pytest.raises(UsageError):
@@ -275,6 +309,20 @@ def test_lazy_rolling_projection_moves_below() -> None:
     frame, lazy = _lazy(4)
     got = lazy.rolling(3).max()["x"]
     _assert_same(got.compute(), frame.rolling(3).max()["x"])
+
+
+@pytest.mark.parametrize("window", [3, "1h"])
+def test_lazy_rolling_aggregation_columns_are_selected_after_it(window: Any) -> None:
+    # .agg names (column, method) pairs, or only the columns of its dict: a selection of
+    # them cannot move below the rolling step.
+    frame, lazy = _lazy(7)
+    names = ["sum", "mean"]
+    got = lazy.rolling(window).agg(names)[("x", "sum")]
+    _assert_same(got.compute(), frame.rolling(window).agg(names)[("x", "sum")])
+    pairs = [("x", "sum"), ("y", "mean")]
+    _assert_same(lazy.rolling(window).agg(names)[pairs].compute(), frame.rolling(window).agg(names)[pairs])
+    spec = {"x": "max", "y": "min"}
+    _assert_same(lazy.rolling(window).agg(spec)[["x"]].compute(), frame.rolling(window).agg(spec)[["x"]])
 
 
 @pytest.mark.parametrize("npartitions", [1, 7])

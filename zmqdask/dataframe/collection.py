@@ -19,7 +19,7 @@ from zmqdask.dataframe import indexing as idx
 from zmqdask.dataframe import planning as plan
 from zmqdask.dataframe.categorical import categories_known
 from zmqdask.dataframe.collection_base import Collection, Scalar, _expr_of
-from zmqdask.dataframe.expr import Expr, Filter, Projection, Reduction
+from zmqdask.dataframe.expr import ColumnLabel, Expr, Filter, Projection, Reduction
 from zmqdask.dataframe.methods import FrameMethods
 from zmqdask.dataframe.reductions import FrameReductions, len_chunk
 from zmqdask.errors import UsageError
@@ -505,7 +505,9 @@ class DataFrame(_Frame):
         if isinstance(key, DataFrame):
             return self.where(key)
         if key in self._meta.columns:
-            return Series(Projection(self._expr, key))
+            # As in pandas, a tuple is one label (a column of MultiIndex columns), never a list.
+            label = ColumnLabel(key) if isinstance(key, tuple) else key
+            return Series(Projection(self._expr, label))
         raise KeyError(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -756,7 +758,7 @@ class DataFrame(_Frame):
         return indexed.map_partitions(_name_index, column)
 
     def sort_values(self, by: Any, ascending: bool = True, na_position: builtins.str = "last") -> Any:
-        """Rows sorted by columns, missing values last (see ``zmqdask.dataframe.shuffle``)."""
+        """Rows sorted by columns, missing values last or first (see ``zmqdask.dataframe.shuffle``)."""
         from zmqdask.dataframe.shuffle import sort_values
 
         return sort_values(self, by, ascending=ascending, na_position=na_position)
@@ -902,7 +904,7 @@ class Series(_Frame):
         return self.map_partitions(_map_elements, arg, na_action, meta=meta)
 
     def sort_values(self, ascending: bool = True, na_position: builtins.str = "last") -> Series:
-        """Values sorted across partitions, missing values last (see ``zmqdask.dataframe.shuffle``)."""
+        """Values sorted across partitions, missing values last or first (see ``zmqdask.dataframe.shuffle``)."""
         from zmqdask.dataframe.shuffle import sort_values
 
         return sort_values(self, self._meta.name, ascending=ascending, na_position=na_position)

@@ -100,6 +100,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_SPLIT_EVERY",
     "Blockwise",
+    "ColumnLabel",
     "Expr",
     "Filter",
     "MapPartitions",
@@ -506,6 +507,20 @@ def _identity(value: Any) -> Any:
     return value
 
 
+class ColumnLabel(tuple[Any, ...]):
+    """One column label that is a tuple (a column of MultiIndex columns), as a projection's
+    ``columns``: a plain tuple there means a list of labels.
+
+    It hashes and compares as the tuple, so column sets and pandas look it up as the label.
+    """
+
+    __slots__ = ()
+
+    def __zmqdask_tokenize__(self) -> tuple[str, tuple[Any, ...]]:
+        """Tokenized apart from a plain tuple, which selects several columns."""
+        return ("column-label", tuple(self))
+
+
 def _project(part: Any, columns: Any) -> Any:
     if type(columns) is tuple:
         return part[list(columns)]
@@ -518,7 +533,8 @@ def _filter(part: Any, predicate: Any) -> Any:
 
 @node
 class Projection(Blockwise):
-    """Column selection: a tuple of labels gives a DataFrame, a single label a Series."""
+    """Column selection: a tuple of labels gives a DataFrame, a single label a Series
+    (a :class:`ColumnLabel` when that label is itself a tuple)."""
 
     frame: Expr
     columns: Any

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from zmqdask.graph import TaskSpec
 from zmqdask.serialize import TaskRef
 
 logger = logging.getLogger(__name__)
+
+NaPosition = Literal["first", "last"]
+"""Where missing sort keys go, as pandas' ``na_position``."""
 
 SAMPLES_PER_PARTITION = 128
 """Sorted values taken from each partition to estimate sort boundaries."""
@@ -182,9 +185,14 @@ def _pandas_order(values: pd.Series) -> np.ndarray:
 
 
 def boundary_codes(
-    obj: pd.DataFrame | pd.Series, by: Hashable | None, boundaries: Sequence[Any], ascending: bool = True
+    obj: pd.DataFrame | pd.Series,
+    by: Hashable | None,
+    boundaries: Sequence[Any],
+    ascending: bool = True,
+    na_position: NaPosition = "last",
 ) -> np.ndarray:
-    """Bucket of each row: ``[b[i-1], b[i])`` ranges, reversed when descending; missing keys last."""
+    """Bucket of each row: ``[b[i-1], b[i])`` ranges, reversed when descending; missing keys in
+    the last bucket, or the first with ``na_position="first"``."""
     nbuckets = len(boundaries) + 1
     key = _sort_key(obj, by)
     missing = key.isna().to_numpy()
@@ -200,15 +208,21 @@ def boundary_codes(
         codes = np.zeros(len(key), dtype=np.int64)
     if not ascending:
         codes = nbuckets - 1 - codes
-    codes[missing] = nbuckets - 1
+    # pandas places missing values by na_position whatever the direction.
+    codes[missing] = 0 if na_position == "first" else nbuckets - 1
     return codes
 
 
 def boundary_split(
-    obj: Any, by: Hashable | None, boundaries: Sequence[Any], nbuckets: int, ascending: bool = True
+    obj: Any,
+    by: Hashable | None,
+    boundaries: Sequence[Any],
+    nbuckets: int,
+    ascending: bool = True,
+    na_position: NaPosition = "last",
 ) -> list[Any]:
     """Split a partition into ``nbuckets`` by sort boundaries (extra buckets stay empty)."""
-    return split_by_codes(obj, boundary_codes(obj, by, boundaries, ascending), nbuckets)
+    return split_by_codes(obj, boundary_codes(obj, by, boundaries, ascending, na_position), nbuckets)
 
 
 def boundaries_of(bounds: tuple[Any, list[Any], Any]) -> list[Any]:
@@ -217,27 +231,32 @@ def boundaries_of(bounds: tuple[Any, list[Any], Any]) -> list[Any]:
 
 
 def sort_partition(
-    pieces: Sequence[pd.DataFrame | pd.Series], by: Hashable | list[Hashable], ascending: bool | list[bool]
+    pieces: Sequence[pd.DataFrame | pd.Series],
+    by: Hashable | list[Hashable],
+    ascending: bool | list[bool],
+    na_position: NaPosition = "last",
 ) -> Any:
-    """Gather one output bucket and sort it (stable, missing values last)."""
+    """Gather one output bucket and sort it (stable, missing values where ``na_position`` says)."""
     frame = gather(pieces)
     if isinstance(frame, pd.Series):
-        return frame.sort_values(ascending=bool(ascending), kind="stable", na_position="last")
-    return frame.sort_values(by, ascending=ascending, kind="stable", na_position="last")
+        return frame.sort_values(ascending=bool(ascending), kind="stable", na_position=na_position)
+    return frame.sort_values(by, ascending=ascending, kind="stable", na_position=na_position)
 
 
-def sorted_edge(pieces: Sequence[Any], by: Any, ascending: Any, n: int, last: bool) -> Any:
+def sorted_edge(
+    pieces: Sequence[Any], by: Any, ascending: Any, n: int, last: bool, na_position: NaPosition = "last"
+) -> Any:
     """The first (``last``: final) ``n`` rows of the stable sort of ``pieces`` (in order).
 
     The first rows of a stable sort of all rows are among the first rows of each
     partition's sort, and concatenating in partition order keeps ties in their order.
     """
-    ordered = sort_partition(pieces, by, ascending)
+    ordered = sort_partition(pieces, by, ascending, na_position)
     return ordered.iloc[max(len(ordered) - n, 0) :] if last else ordered.iloc[:n]
 
 
-def _sorted_edge_chunk(part: Any, by: Any, ascending: Any, n: int, last: bool) -> Any:
-    return sorted_edge([part], by, ascending, n, last)
+def _sorted_edge_chunk(part: Any, by: Any, ascending: Any, n: int, last: bool, na_position: NaPosition = "last") -> Any:
+    return sorted_edge([part], by, ascending, n, last, na_position)
 
 
 def index_partition(pieces: Sequence[pd.DataFrame], column: Hashable, drop: bool = True) -> pd.DataFrame:
@@ -295,10 +314,15 @@ def _sampled_bounds_layer(expr: RowMover, by: Hashable | None) -> tuple[dict[str
 
 
 def _split_sorted(
-    obj: Any, by: Hashable | None, bounds: tuple[Any, list[Any], Any], nbuckets: int, ascending: bool
+    obj: Any,
+    by: Hashable | None,
+    bounds: tuple[Any, list[Any], Any],
+    nbuckets: int,
+    ascending: bool,
+    na_position: NaPosition = "last",
 ) -> list[Any]:
     """:func:`boundary_split` with the boundaries taken from :func:`choose_boundaries`' result."""
-    return boundary_split(obj, by, bounds[1], nbuckets, ascending)
+    return boundary_split(obj, by, bounds[1], nbuckets, ascending, na_position)
 
 
 def _split_within(
@@ -364,16 +388,19 @@ class HashShuffle(Shuffle):
 
 @node
 class SortValues(Shuffle):
-    """Rows of ``frame`` sorted by ``by`` across partitions (stable; missing keys last).
+    """Rows of ``frame`` sorted by ``by`` across partitions (stable; missing keys last, or
+    first with ``na_position="first"``).
 
     Boundaries come from per-partition samples inside the same graph, so the input is read
-    once for both sampling and moving.  The first key decides the partition.
+    once for both sampling and moving.  The first key decides the partition; rows missing
+    it go to the last partition, or the first.
     """
 
     frame: Expr
     by: tuple[Hashable, ...]
     ascending: tuple[bool, ...]
     nout: int
+    na_position: NaPosition = "last"
 
     def _prefix(self) -> str:
         return "sort-values"
@@ -383,24 +410,25 @@ class SortValues(Shuffle):
             return needed
         return needed | frozenset(self.by)
 
-    def sort_arguments(self) -> tuple[Any, Any]:
-        """``by`` and ``ascending`` as pandas' ``sort_values`` takes them (a list only for several keys)."""
+    def sort_arguments(self) -> tuple[Any, Any, NaPosition]:
+        """``by``, ``ascending`` and ``na_position`` as pandas' ``sort_values`` takes them (a
+        list only for several keys)."""
         by: Any = list(self.by) if len(self.by) > 1 else self.by[0]
         ascending: Any = list(self.ascending) if len(self.ascending) > 1 else self.ascending[0]
-        return by, ascending
+        return by, ascending, self.na_position
 
     def _layer(self) -> dict[str, TaskSpec]:
         first = self.by[0]
         layer, bounds = _sampled_bounds_layer(self, first)
-        split_args = (first, bounds, self.nout, self.ascending[0])
+        split_args = (first, bounds, self.nout, self.ascending[0], self.na_position)
         layer.update(_shuffle_layer(self, _split_sorted, split_args, sort_partition, self.sort_arguments()))
         return layer
 
 
 def sorted_edge_reduction(sort: SortValues, n: int, last: bool) -> Reduction:
     """``sort.head(n)`` (``last``: ``tail``) as a tree reduction over the unsorted partitions."""
-    by, ascending = sort.sort_arguments()
-    kwargs = {"by": by, "ascending": ascending, "n": int(n), "last": last}
+    by, ascending, na_position = sort.sort_arguments()
+    kwargs = {"by": by, "ascending": ascending, "n": int(n), "last": last, "na_position": na_position}
     return Reduction(
         sort.frame,
         _sorted_edge_chunk,
@@ -583,12 +611,10 @@ def sort_values(
     frame: Any, by: Hashable | list[Hashable], *, ascending: bool | list[bool] = True, na_position: str = "last"
 ) -> Any:
     """``frame`` sorted by ``by`` across partitions; ties keep their original order and
-    missing values come last."""
-    if na_position != "last":
-        raise UsageError(
-            f"na_position={na_position!r} is not supported: missing values sort last; to have them first, "
-            "select them with isna() and concat them before the sorted rest"
-        )
+    missing values come last (``na_position="first"``: first)."""
+    if na_position not in ("first", "last"):
+        raise UsageError(f"na_position must be 'first' or 'last', got {na_position!r}")
+    position: NaPosition = "first" if na_position == "first" else "last"
     expr = expr_of(frame)
     meta = expr._meta
     keys = list(by) if isinstance(by, list) else [by]
@@ -601,4 +627,5 @@ def sort_values(
     orders = list(ascending) if isinstance(ascending, list) else [bool(ascending)] * len(keys)
     if len(orders) != len(keys):
         raise UsageError("ascending needs one flag per sort key")
-    return new_collection(SortValues(expr, tuple(keys), tuple(bool(o) for o in orders), expr.npartitions))
+    node_ = SortValues(expr, tuple(keys), tuple(bool(o) for o in orders), expr.npartitions, position)
+    return new_collection(node_)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from zmqdask.dataframe.core_ops import concat_parts
 from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Projection, Reduction, SinglePartition, emulate, node
 from zmqdask.dataframe.groupby import concat_nonempty
 from zmqdask.dataframe.meta import meta_nonempty
@@ -368,7 +369,9 @@ def distinct_rows(pieces: Sequence[Any], subset: list[Hashable] | None, keep: st
     if pieces and isinstance(pieces[0], pd.Index):
         labels = pieces[0].append(list(pieces[1:])) if len(pieces) > 1 else pieces[0]
         return labels.drop_duplicates(keep=which)
-    joined: Any = concat_nonempty(list(pieces))
+    # Pieces may categorize their own values: their categories are unified, or concat
+    # would give strings.
+    joined: Any = concat_parts(list(pieces))
     if isinstance(joined, pd.Series):
         return joined.drop_duplicates(keep=which)
     return joined.drop_duplicates(subset=subset, keep=which)
@@ -402,7 +405,7 @@ def once_rows(pieces: Sequence[tuple[Any, np.ndarray]], subset: list[Hashable] |
         rows = full[0][0].append([piece for piece, _ in full[1:]])
         flags = np.concatenate([flags for _, flags in full])
     else:
-        rows = concat_nonempty([piece for piece, _ in full])
+        rows = concat_parts([piece for piece, _ in full])
         flags = np.concatenate([flags for _, flags in full])
     repeated = flags | _duplicated(rows, subset, False)
     first = ~_duplicated(rows, subset, "first")

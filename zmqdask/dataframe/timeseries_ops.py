@@ -6,7 +6,9 @@ holding division ``i`` up to (not including) the label of the bin holding divisi
 a bin that straddles a partition boundary is merged from the partial states of every input
 partition it touches (known from the divisions when the graph is built).  Empty bins between
 data are filled the way pandas fills them, and a tiny task finds the first and last bin with
-data so that loose divisions add no extra bins.
+data so that loose divisions add no extra bins.  Aggregations without partial states (a
+median, a product, a function) follow the same ownership, but each output partition gathers
+the rows of its bins and pandas computes them; pandas is also asked what an empty bin gives.
 
 Rolling windows carry the tail of the preceding rows into each partition: for a fixed count
 ``w`` the last ``w - 1`` rows, for a time window the rows within the window of the last
@@ -24,10 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from zmqdask.dataframe.core_ops import concat_parts
 from zmqdask.dataframe.expr import Expr, MapPartitions, emulate, node, unknown_divisions
 from zmqdask.dataframe.groupby import (
     SERIES_COLUMN,
     SIZE_SLOT,
+    WHOLE_GROUP_AGGREGATIONS,
     AggPlan,
     Partial,
     concat_nonempty,
@@ -63,7 +67,12 @@ def to_offset(rule: Any) -> pd.DateOffset:
 
 def grouper(rule: Any, origin: Any, closed: str | None, label: str | None) -> pd.Grouper:
     """The pandas grouper of the bins, with the origin fixed for all partitions."""
-    kwargs: dict[str, Any] = {"freq": rule}
+    return pd.Grouper(freq=rule, **bin_options(rule, origin, closed, label))
+
+
+def bin_options(rule: Any, origin: Any, closed: str | None, label: str | None) -> dict[str, Any]:
+    """``closed``, ``label`` and ``origin`` as pandas' grouper and ``resample`` take them."""
+    kwargs: dict[str, Any] = {}
     if closed is not None:
         kwargs["closed"] = closed
     if label is not None:
@@ -74,7 +83,7 @@ def grouper(rule: Any, origin: Any, closed: str | None, label: str | None) -> pd
     offset = to_offset(rule)
     if isinstance(offset, pd.offsets.Tick) or (isinstance(offset, pd.offsets.Day) and _naive(origin)):
         kwargs["origin"] = origin
-    return pd.Grouper(**kwargs)
+    return kwargs
 
 
 def _naive(origin: Any) -> bool:
@@ -148,6 +157,103 @@ def resample_output(
             filled[position] = values.reindex(grid)
     pairs = {column: frame[frame.index.isin(grid)] for column, frame in state.pairs.items()}
     return finalize(Partial(pd.DataFrame(filled, index=grid), pairs), plan)
+
+
+def resampled(
+    obj: Any, rule: Any, origin: Any, closed: str | None, label: str | None, method: str, args: Any, kwargs: Any
+) -> Any:
+    """pandas' ``obj.resample(rule)`` with the fixed origin, then ``method(*args, **kwargs)``."""
+    resampler = obj.resample(rule, **bin_options(rule, origin, closed, label))
+    return getattr(resampler, method)(*args, **kwargs)
+
+
+def row_bins(index: pd.DatetimeIndex, rule: Any, origin: Any, closed: str | None, label: str | None) -> pd.Index:
+    """The bin label of each timestamp of a sorted index."""
+    counts = pd.Series(np.zeros(len(index)), index=index).groupby(grouper(rule, origin, closed, label)).size()
+    return counts.index.repeat(counts.to_numpy())
+
+
+def rows_in_bins(part: Any, rule: Any, origin: Any, closed: str | None, label: str | None, low: Any, high: Any) -> Any:
+    """The rows of ``part`` in the bins labelled ``[low, high)`` (None: unbounded)."""
+    bins = row_bins(part.index, rule, origin, closed, label)
+    keep = np.ones(len(part), dtype=bool)
+    if low is not None:
+        keep &= np.asarray(bins >= low)
+    if high is not None:
+        keep &= np.asarray(bins < high)
+    return part.iloc[keep]
+
+
+def row_extent(part: Any, rule: Any, origin: Any, closed: str | None, label: str | None) -> tuple[Any, Any, Any]:
+    """First and last bin label of a sorted partition's rows, and its first row (all None when empty)."""
+    if len(part) == 0:
+        return None, None, None
+    first = bin_label(part.index[0], rule, origin, closed, label)
+    last = bin_label(part.index[-1], rule, origin, closed, label)
+    return first, last, part.iloc[:1]
+
+
+def merge_row_extents(extents: Sequence[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
+    """First and last bin with data over all partitions, and one row of the data."""
+    present = [extent for extent in extents if extent[0] is not None]
+    if not present:
+        return None, None, None
+    return min(e[0] for e in present), max(e[1] for e in present), present[0][2]
+
+
+def empty_bin(
+    row: Any, rule: Any, origin: Any, closed: str | None, label: str | None, method: str, args: Any, kwargs: Any
+) -> Any:
+    """What pandas gives for a bin without rows, as a one-row result.
+
+    pandas computes it from the data's dtypes (a product of nothing is 1, of integers an
+    integer) and may call a function on the empty bin, so it is asked: ``row`` twice, three
+    periods apart, leaves the second bin empty.
+    """
+    probe = row.iloc[[0, 0]]
+    start = row.index[0]
+    probe.index = pd.DatetimeIndex([start, start + 3 * to_offset(rule)], name=row.index.name)
+    return resampled(probe, rule, origin, closed, label, method, args, kwargs).iloc[[1]]
+
+
+def resample_whole_output(
+    pieces: Sequence[Any],
+    rule: Any,
+    origin: Any,
+    closed: str | None,
+    label: str | None,
+    bounds: tuple[Any, Any],
+    extent: tuple[Any, Any, Any],
+    call: tuple[str, Any, Any],
+    empty: pd.DataFrame | pd.Series,
+) -> Any:
+    """One output partition of an aggregation over whole bins: pandas on the rows of the
+    bins labelled ``[low, high)`` (``bounds``), gathered from every partition holding some.
+
+    Bins without rows between the data and the bounds are filled with pandas' own value
+    for an empty bin, as one pandas call over all the data would.
+    """
+    first, last, row = extent
+    if first is None:
+        return empty
+    low, high = bounds
+    method, args, kwargs = call
+    start = first if low is None else max(low, first)
+    if high is None or high > last:
+        grid = pd.date_range(start, last, freq=rule)
+    else:
+        grid = pd.date_range(start, high, freq=rule, inclusive="left")
+    if len(grid) == 0:
+        return empty
+    rows = concat_parts(list(pieces))
+    result = resampled(rows, rule, origin, closed, label, method, args, kwargs) if len(rows) else None
+    missing = grid if result is None else grid.difference(result.index)
+    if len(missing):
+        gap = empty_bin(row, rule, origin, closed, label, method, args, kwargs)
+        filler = gap.iloc[np.zeros(len(missing), dtype=np.int64)]
+        filler.index = missing.rename(gap.index.name)
+        result = filler if result is None else pd.concat([result, filler]).sort_index()
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,23 +350,17 @@ def resample_whole(obj: Any, rule: Any, origin: Any, closed: str | None, label: 
     return finalize(resample_chunk(obj, rule, origin, closed, label, plan), plan)
 
 
-@node
-class ResampleAggregate(Expr):
-    """Aggregation of ``frame`` per time bin; ``origin`` is fixed for every partition."""
+class BinnedOutput(Expr):
+    """What resampling nodes share: output partitions own ranges of bin labels.
+
+    Subclasses are :func:`node` classes declaring the fields below.
+    """
 
     frame: Expr
     rule: Any
     closed: str | None
     label: str | None
     origin: Any
-    plan: AggPlan
-
-    def _prefix(self) -> str:
-        return "resample"
-
-    @cached_property
-    def _meta(self) -> Any:
-        return emulate(resample_whole, self.frame._meta, self.rule, self.origin, self.closed, self.label, self.plan)
 
     @cached_property
     def layout(self) -> tuple[tuple[tuple[int, ...], Any, Any], ...]:
@@ -284,6 +384,25 @@ class ResampleAggregate(Expr):
         last = bin_label(divisions[-1], self.rule, self.origin, self.closed, self.label)
         return (first, *(low for _, low, _ in layout[1:]), last)
 
+
+@node
+class ResampleAggregate(BinnedOutput):
+    """Aggregation of ``frame`` per time bin; ``origin`` is fixed for every partition."""
+
+    frame: Expr
+    rule: Any
+    closed: str | None
+    label: str | None
+    origin: Any
+    plan: AggPlan
+
+    def _prefix(self) -> str:
+        return "resample"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(resample_whole, self.frame._meta, self.rule, self.origin, self.closed, self.label, self.plan)
+
     def _required_columns(self, dep: Expr, needed: frozenset[Any] | None) -> frozenset[Any] | None:
         if not isinstance(self.frame._meta, pd.DataFrame):
             return None
@@ -304,6 +423,68 @@ class ResampleAggregate(Expr):
     def _describe(self) -> str:
         funcs = ", ".join(f"{func}({column})" for _, column, func in self.plan.outputs)
         return f"rule={self.rule!r}, {funcs}"
+
+
+@node
+class ResampleWholeBins(BinnedOutput):
+    """A resampling that pandas computes on whole bins (a median, a product, a function).
+
+    Each output partition gathers the rows of the bins it owns from the partitions that
+    hold them (cut where they live, so only those rows travel) and calls pandas on them.
+    """
+
+    frame: Expr
+    rule: Any
+    closed: str | None
+    label: str | None
+    origin: Any
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def _prefix(self) -> str:
+        return f"resample-{self.method}"
+
+    @cached_property
+    def _meta(self) -> Any:
+        return emulate(
+            resampled,
+            self.frame._meta,
+            self.rule,
+            self.origin,
+            self.closed,
+            self.label,
+            self.method,
+            self.args,
+            self.kwargs,
+        )
+
+    def _describe(self) -> str:
+        return f"rule={self.rule!r}, {self.method}{self.args!r}"
+
+    def _layer(self) -> dict[str, TaskSpec]:
+        name, frame = self._name, self.frame
+        bins = (self.rule, self.origin, self.closed, self.label)
+        layer: dict[str, TaskSpec] = {}
+        extents = []
+        for i in range(frame.npartitions):
+            key = f"{name}-extent-{i}"
+            layer[key] = (row_extent, (TaskRef(frame._key(i)), *bins), {})
+            extents.append(TaskRef(key))
+        # Every output needs the global first and last bin with data (divisions wider than
+        # the data add no empty bins at either end) and a row to ask pandas about empty bins.
+        extent_key = f"{name}-extent"
+        layer[extent_key] = (merge_row_extents, (extents,), {})
+        call = (self.method, self.args, self.kwargs)
+        for j, (readers, low, high) in enumerate(self.layout):
+            pieces = []
+            for i in readers:
+                cut_key = f"{name}-cut-{i}.{j}"
+                layer[cut_key] = (rows_in_bins, (TaskRef(frame._key(i)), *bins, low, high), {})
+                pieces.append(TaskRef(cut_key))
+            args = (pieces, *bins, (low, high), TaskRef(extent_key), call, self._meta)
+            layer[self._key(j)] = (resample_whole_output, args, {})
+        return layer
 
 
 @node
@@ -372,10 +553,13 @@ class RollingAggregate(Expr):
     kwargs: dict[str, Any]
     center: bool = False
 
-    _columnwise = True
-
     def _prefix(self) -> str:
         return f"rolling-{self.method}"
+
+    def _is_columnwise(self) -> bool:
+        # The columns of .agg are (column, method) pairs, or the columns a dict names: a
+        # projection cannot name them below this node.
+        return self.method != "aggregate"
 
     def _same_rows(self) -> Expr | None:
         return self.frame
@@ -497,11 +681,36 @@ class Resampler:
         node_ = ResampleAggregate(self._expr, self._rule, self._closed, self._label, self._origin, plan)
         return new_collection(node_)
 
-    def agg(self, arg: Any) -> Any:
-        """Aggregate by name, list of names, or dict column -> name(s)."""
+    def _whole_bins(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        node_ = ResampleWholeBins(
+            self._expr, self._rule, self._closed, self._label, self._origin, method, tuple(args), dict(kwargs)
+        )
+        return new_collection(node_)
+
+    def agg(self, arg: Any, *args: Any, **kwargs: Any) -> Any:
+        """Aggregate by name, function, list of them, or dict column -> name(s) or function(s).
+
+        Names that partial states can combine (sums, counts, extremes...) are computed per
+        partition and merged; others (a median, a product, a function) by pandas on the
+        bins' whole rows.
+        """
+        if args or kwargs or _needs_whole_bins(arg):
+            return self._whole_bins("agg", arg, *args, **kwargs)
         return self._aggregate(arg)
 
     aggregate = agg
+
+    def apply(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """``func`` on each bin's values, as pandas' ``Resampler.apply`` (by pandas on whole bins)."""
+        return self._whole_bins("apply", func, *args, **kwargs)
+
+    def median(self) -> Any:
+        """Median per bin (by pandas on whole bins)."""
+        return self._whole_bins("median")
+
+    def prod(self, min_count: int = 0) -> Any:
+        """Product per bin (1 for empty bins, unless ``min_count`` asks for more values)."""
+        return self._whole_bins("prod", min_count=min_count)
 
     def sum(self) -> Any:
         """Sum per bin (0 for empty bins)."""
@@ -573,6 +782,13 @@ class Resampler:
 def _column_names(expr: Expr) -> list[Any]:
     meta = expr._meta
     return list(meta.columns) if isinstance(meta, pd.DataFrame) else []
+
+
+def _needs_whole_bins(arg: Any) -> bool:
+    """Whether an ``agg`` specification holds a function or an aggregation without partial states."""
+    values = list(arg.values()) if isinstance(arg, dict) else [arg]
+    names = [name for value in values for name in (value if isinstance(value, (list, tuple)) else [value])]
+    return any(not isinstance(name, str) or name in WHOLE_GROUP_AGGREGATIONS for name in names)
 
 
 def _select(frame: Any, key: Any) -> Any:
