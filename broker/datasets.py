@@ -1,4 +1,4 @@
-"""Named datasets: objects a client publishes for other clients, with the keys they hold.
+"""Named datasets, and futures made from keys: what one client shares with the others.
 
 ``client.publish_dataset(df=persisted)`` sends the broker the pickled object (opaque here,
 as every payload) and the keys of the futures inside it.  While the dataset is published
@@ -10,6 +10,12 @@ the answer travels cannot take the values away from under it.
 
 A dataset holds its records, not their keys: a record forgotten while published would be a
 bug, which :meth:`DatasetStore.audit` looks for.
+
+``Future(key)`` in a client sends WANT.  Two clients' messages are not ordered, and after a
+broker restart the submitter sends its tasks again only once it has re-registered: a key
+the broker does not know yet may be on its way.  Such a WANT waits in :class:`PendingWants`
+for a grace period, and becomes a plain WANT when the key arrives, or a LOST report when the
+period ends.
 """
 
 from __future__ import annotations
@@ -84,6 +90,11 @@ class DatasetStore:
             self._release(old)
         return {"ok": True}
 
+    def keys_of(self, name: str) -> list[str]:
+        """The keys the dataset called ``name`` holds (none if there is no such dataset)."""
+        dataset = self._named.get(name)
+        return [] if dataset is None else [rec.key for rec in dataset.records]
+
     def _get(self, client: ClientPeer, name: str) -> dict[str, Any]:
         dataset = self._named.get(name)
         if dataset is None:
@@ -117,6 +128,71 @@ class DatasetStore:
         if counts != self._ledger.published:
             problems.append("the ledger's published counts do not match the datasets")
         return problems
+
+
+class PendingWants:
+    """WANTs of keys the broker does not know yet, each until a deadline."""
+
+    def __init__(self) -> None:
+        # key -> client -> [deadline, whether the client asked for the value too (GATHER)]
+        self._waiting: dict[str, dict[ClientPeer, list[Any]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    def add(self, client: ClientPeer, key: str, deadline: float) -> None:
+        """``client`` wants ``key``, unknown here: wait for it until ``deadline``."""
+        self._waiting.setdefault(key, {})[client] = [deadline, False]
+
+    def gather(self, client: ClientPeer, key: str) -> bool:
+        """A GATHER of ``key`` by ``client``: True if ``client`` waits for that key here (the
+        value goes to it once the key arrives); False if it does not."""
+        waiting = self._waiting.get(key)
+        if waiting is None or client not in waiting:
+            return False
+        waiting[client][1] = True
+        return True
+
+    def settle(self, ledger: Ledger, now: float) -> None:
+        """Hand the keys that arrived to :meth:`Ledger.want`; report LOST those whose time is up."""
+        tasks = ledger.tasks
+        for key in list(self._waiting):
+            clients = self._waiting[key]
+            if key in tasks:
+                del self._waiting[key]
+                for client, (_, push) in clients.items():
+                    ledger.want(client, key)
+                    if push:
+                        ledger.gather(client, key)
+                continue
+            for client in [c for c, (deadline, _) in clients.items() if deadline <= now]:
+                del clients[client]
+                ledger.report_lost(client, key, unknown_key_reason(key))
+            if not clients:
+                del self._waiting[key]
+
+    def drop_client(self, client: ClientPeer) -> list[str]:
+        """Forget what ``client`` waits for (it left, or the cluster restarts); those keys."""
+        dropped: list[str] = []
+        for key in list(self._waiting):
+            clients = self._waiting[key]
+            if clients.pop(client, None) is not None:
+                dropped.append(key)
+                if not clients:
+                    del self._waiting[key]
+        return dropped
+
+    def audit(self, ledger: Ledger) -> list[str]:
+        """Keys known to the ledger but still waited for (settled at the end of every step)."""
+        return [f"a WANT of {key!r} waits although the ledger has it" for key in self._waiting if key in ledger.tasks]
+
+
+def unknown_key_reason(key: str) -> str:
+    """Why a future made from ``key`` is lost: the broker never heard of the key."""
+    return (
+        f"unknown key {key!r}: never submitted, already released, or a call of a batched map "
+        "(share those with publish_dataset, or map them with batch_size=1)"
+    )
 
 
 def dataset_value(payload: list[Any], field: Any) -> bytes:

@@ -917,13 +917,13 @@ class Ledger:
             self.add_interest(rec, client, wanted=False, push=True)
             self.recompute(rec)
 
-    def want(self, client: ClientPeer, key: str) -> None:
+    def want(self, client: ClientPeer, key: str) -> bool:
         """WANT of ``key``: ``client`` made a future of it from its name; tell it the outcome
-        the key has already, if any (it hears of a later one as any holder of a future)."""
+        the key has already, if any (it hears of a later one as any holder of a future).
+        False, with nothing done, for a key not in the ledger."""
         rec = self.tasks.get(key)
         if rec is None:
-            self.report_lost(client, key, f"unknown key {key!r}: never submitted, or already released")
-            return
+            return False
         state = rec.state
         if state is MEMORY and rec.who_has:
             self.add_interest(rec, client, wanted=True, push=False)
@@ -939,6 +939,7 @@ class Ledger:
             # Released (its value was dropped, its call is known): run it again for this future.
             self.add_interest(rec, client, wanted=True, push=False)
             self.recompute(rec)
+        return True
 
     def cancel(self, client: ClientPeer, key: str) -> None:
         """CANCEL of one key by ``client``: cancel it and its dependents if nobody else wants it."""
@@ -950,8 +951,8 @@ class Ledger:
         if rec.state is MEMORY or rec.state is ERRED:
             return  # it has its outcome already: cancelling only drops the interest
         self.outbox.report(client, [key, protocol.CANCELLED, "cancelled", 0])
-        if rec.wanted_by is not None or rec.push_to is not None:
-            return  # someone else still wants it
+        if rec.wanted_by is not None or rec.push_to is not None or (self.published and rec in self.published):
+            return  # someone else still wants it (a client, or a published dataset)
         stack = [rec]
         while stack:
             node = stack.pop()

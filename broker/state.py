@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from broker.audit import audit_ledger
-from broker.datasets import DatasetStore, dataset_value
+from broker.datasets import DatasetStore, PendingWants, dataset_value
 from broker.dispatch import dispatch
 from broker.functions import FunctionTable
 from broker.ledger import ERRED, FORGOTTEN, MEMORY, PROCESSING, Ledger, TaskRecord, lost_data_detail
@@ -172,6 +172,9 @@ class BrokerState:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness_timeout_s = liveness_timeout_s
         self.max_message_bytes = max_message_bytes
+        self.unknown_key_grace_s = 2 * liveness_timeout_s
+        """How long a WANT of a key this broker does not know waits for the key to arrive
+        (from another client, or from its submitter re-registering after a broker restart)."""
         self.counters = BrokerCounters()
         self._now = now
         self._outbox = Outbox(max_message_bytes)
@@ -186,6 +189,7 @@ class BrokerState:
         self._request_ids = itertools.count(1)
         self._runs = RunRelay(self._outbox)
         self._datasets = DatasetStore(self.ledger)
+        self._wants = PendingWants()
         self._version_info: dict[str, Any] | None = None
         # Releases received and not applied yet (see RELEASE_KEYS_PER_STEP), oldest first,
         # and how many of them name each key.
@@ -406,6 +410,7 @@ class BrokerState:
                 problems.append(f"request {rid} unknown to its holder")
         problems.extend(self._runs.audit(self._workers))
         problems.extend(self._datasets.audit())
+        problems.extend(self._wants.audit(self.ledger))
         return problems
 
     # --- message intake ---------------------------------------------------------------
@@ -476,6 +481,9 @@ class BrokerState:
         """End of a step: release, dispatch, issue GETs, then encode everything batched."""
         ledger = self.ledger
         try:
+            if self._wants:
+                # First: an unwanted key that arrived this step must not be released before.
+                self._wants.settle(ledger, self._now)
             if self._release_backlog:
                 self._apply_releases(RELEASE_KEYS_PER_STEP)
             while True:
@@ -708,6 +716,8 @@ class BrokerState:
         elif isinstance(peer, ClientPeer):
             del self._clients[identity]
             self.ledger.client_removed(peer)
+            if self._wants:
+                self._wants.drop_client(peer)
             self._functions.client_gone(peer)
             self._runs.client_gone(peer)
             logger.info("%s is gone (%s)", peer.label(), reason)
@@ -809,9 +819,12 @@ class BrokerState:
         self._datasets.clear()  # and so do published datasets: their values go with the workers
         reason = f"the cluster was restarted by {client.label()}"
         for peer in list(self._clients.values()):
+            waited = self._wants.drop_client(peer) if self._wants else []
             if peer is not client:
                 for rec in peer.interest:
                     self._outbox.report(peer, [rec.key, protocol.CANCELLED, reason, 0])
+                for key in waited:
+                    self._outbox.report(peer, [key, protocol.CANCELLED, reason, 0])
             self.ledger.client_removed(peer)
         pools = {pool.pool for pool in self._pools.values()}
         replaced = [worker.identity for worker in self._workers.values() if worker.pool in pools]
@@ -1002,12 +1015,18 @@ class BrokerState:
     def _on_want(self, client: ClientPeer, message: Message) -> None:
         # A release of these keys received earlier applies first: it came before the WANT.
         self._apply_releases_naming(message.header[0])
+        deadline = self._now + self.unknown_key_grace_s
         for key in message.header[0]:
-            self.ledger.want(client, key)
+            if not self.ledger.want(client, key):
+                self._wants.add(client, key, deadline)  # it may be on its way (see broker.datasets)
 
     def _on_datasets(self, client: ClientPeer, message: Message) -> None:
         request_id, op, name, keys, override, field = message.header
+        if op == "get":
+            keys = self._datasets.keys_of(name)
         if keys:
+            # Releases of these keys received earlier apply first (a client that dropped a
+            # dataset and fetches it again must hold the keys after the get).
             self._apply_releases_naming(keys)
         value = dataset_value(message.payload, field) if op == "put" else b""
         answer = self._datasets.request(client, request_id, op, name, keys, override, value)
@@ -1015,7 +1034,10 @@ class BrokerState:
 
     def _on_gather(self, client: ClientPeer, message: Message) -> None:
         self._apply_releases_naming(message.header[0])
+        wants = self._wants
         for key in message.header[0]:
+            if wants and wants.gather(client, key):
+                continue  # a future made from a key not here yet: its value goes once it is
             self.ledger.gather(client, key)
 
     def _on_relay_gather(self, client: ClientPeer, message: Message) -> None:

@@ -1859,6 +1859,19 @@ def datasets(h: Harness, client: bytes, request_id: int, op: str, name: str = ""
     return answer
 
 
+def outlive_the_grace(h: Harness, *alive: bytes) -> Out:
+    """Advance time past the wait for unknown keys, ``alive`` heartbeating meanwhile; what
+    the broker sent."""
+    out: Out = []
+    waited = 0.0
+    while waited <= h.state.unknown_key_grace_s:
+        for peer in alive:
+            h.send(peer, P.HEARTBEAT, [EPOCH])
+        out.extend(h.tick(1.0))
+        waited += 1.0
+    return out
+
+
 def test_want_reports_the_outcome_a_key_has_and_holds_it(h: Harness) -> None:
     h.worker(b"w1", credit=10)
     h.client(b"c1")
@@ -1870,8 +1883,10 @@ def test_want_reports_the_outcome_a_key_has_and_holds_it(h: Harness) -> None:
     entries = report_entries(out, b"c2")
     assert entries["done"][1:3] == [P.FINISHED, ["int", 8]]
     assert entries["bad"][1] == P.ERRED
-    assert entries["nowhere"][1] == P.LOST and "unknown key" in entries["nowhere"][2]
     assert "running" not in entries  # no outcome yet: it comes as to any holder of a future
+    assert "nowhere" not in entries  # it may be on its way: waited for a while
+    lost = report_entries(outlive_the_grace(h, b"c1", b"c2", b"w1"), b"c2")["nowhere"]
+    assert lost[1] == P.LOST and "unknown key 'nowhere'" in lost[2] and "batch_size=1" in lost[2]
     out = h.finish(b"w1", "running")
     assert report_entries(out, b"c2")["running"][1] == P.FINISHED
     # The submitter lets go: c2's futures keep the values.
@@ -1882,7 +1897,8 @@ def test_want_reports_the_outcome_a_key_has_and_holds_it(h: Harness) -> None:
     assert sorted(one(out, b"w1", P.DELETE).header[0]) == ["done", "running"]
     assert h.state.ledger.tasks == {}
     # A key forgotten meanwhile is unknown to a later WANT.
-    out = h.send(b"c2", P.WANT, [["done"]])
+    h.send(b"c2", P.WANT, [["done"]])
+    out = outlive_the_grace(h, b"c1", b"c2", b"w1")
     assert report_entries(out, b"c2")["done"][1] == P.LOST
 
 
@@ -1956,3 +1972,68 @@ def test_a_dataset_of_unknown_keys_is_refused_and_a_restart_drops_every_dataset(
     h.send(b"c1", P.RESTART, [4])
     assert datasets(h, b"c1", 5, "list")["names"] == []
     assert h.state.ledger.published == {}
+
+
+def test_a_want_of_a_key_not_known_yet_waits_for_it(h: Harness) -> None:
+    h.worker(b"w1", credit=10, pool="p")
+    h.client(b"c1")
+    h.client(b"c2")
+    # c2 names the key before c1's submission reaches the broker (their messages are not
+    # ordered; after a broker restart, c1 submits its tasks again only once re-registered).
+    assert not report_entries(h.send(b"c2", P.WANT, [["a", "b"]]), b"c2")
+    # Its future's result() asks for the value before the key is here: it waits too.
+    assert not report_entries(h.send(b"c2", P.GATHER, [["a"]]), b"c2")
+    h.tick(1.0)
+    h.submit(b"c1", [("a", [])])
+    out = h.done(b"w1", [["a", P.FINISHED, ["int", 28], b"<pickled 42>"]])
+    assert report_entries(out, b"c2")["a"][1:] == [P.FINISHED, ["int", 28], b"<pickled 42>"]
+    assert h.state.ledger.tasks["a"].wanted_by == (h.state.clients[b"c1"], h.state.clients[b"c2"])
+    # c1 lets go: c2's future holds the value.
+    assert not msgs(h.send(b"c1", P.RELEASE, [["a"]]), b"w1", P.DELETE)
+    # A client that leaves stops waiting; a restart tells the others their keys are cancelled.
+    h.send(b"c1", P.WANT, [["c"]])
+    h.send(b"c1", P.GOODBYE, ["bye"])
+    h.client(b"c3")
+    out = h.send(b"c3", P.RESTART, [1])
+    assert report_entries(out, b"c2")["b"][1] == P.CANCELLED
+    assert not report_entries(outlive_the_grace(h, b"c2", b"c3"), b"c2")
+
+
+def test_a_dataset_fetched_again_after_its_keys_were_dropped_holds_them(h: Harness) -> None:
+    h.worker(b"w1", credit=10)
+    h.client(b"c1")
+    h.client(b"c2")
+    keys = [f"k{i}" for i in range(10)]
+    h.submit(b"c1", [(key, []) for key in keys])
+    h.finish(b"w1", *keys)
+    assert datasets(h, b"c1", 1, "put", "x", keys) == {"ok": True}
+    h.send(b"c1", P.RELEASE, [keys])
+    datasets(h, b"c2", 1, "get", "x")
+    # c2 drops the fetched futures, fetches the dataset again, and it is deleted at once:
+    # all in one step, the release still waiting to be applied when the get comes.
+    out = h.state.handle_many(
+        [
+            (b"c2", encode(P.RELEASE, [keys])),
+            (b"c2", encode(P.DATASETS, [2, "get", "x", [], False, 0])),
+            (b"c2", encode(P.DATASETS, [3, "delete", "x", [], False, 0])),
+        ],
+        h.now,
+    )
+    h.check()
+    assert not [m for i, m in out if i == b"w1" and decode(m).command == P.DELETE]
+    assert all(h.state.clients[b"c2"] in (rec.wanted_by or ()) for rec in h.state.ledger.tasks.values())
+    assert len(h.state.ledger.tasks) == len(keys)
+
+
+def test_cancelling_a_published_key_leaves_it_to_the_dataset(h: Harness) -> None:
+    h.worker(b"w1", credit=10)
+    h.client(b"c1")
+    h.client(b"c2")
+    h.submit(b"c1", [("a", [])])
+    datasets(h, b"c1", 1, "put", "x", ["a"])
+    h.send(b"c1", P.RELEASE, [["a"]])
+    datasets(h, b"c2", 1, "get", "x")
+    out = h.send(b"c2", P.CANCEL, [["a"]])
+    assert report_entries(out, b"c2")["a"][1] == P.CANCELLED
+    assert not msgs(out, b"w1", P.CANCEL_TASKS)
+    assert h.state.ledger.tasks["a"].state == "processing"

@@ -153,18 +153,18 @@ def test_a_future_made_from_a_key(client: Client, cluster: LocalCluster) -> None
         assert Future(done.key, other).result(timeout=30) == 11
         with pytest.raises(ValueError, match="no good: 3"):
             Future(erred.key, other).result(timeout=30)
+        # A key the broker never hears of: lost once the wait for it (10 s here) is over.
         lost = Future("never-submitted-here", other)
-        with pytest.raises(LostDataError, match="unknown key"):
+        with pytest.raises(LostDataError, match="unknown key 'never-submitted-here'"):
             lost.result(timeout=30)
         assert lost.status == "lost"
         with pytest.raises(UsageError, match="non-empty string"):
             Future("", other)
-        # A task still running: the future learns its outcome when it finishes.  (Two clients'
-        # messages are not ordered: a round trip of the submitter's makes sure the broker knows
-        # the key before the other client names it.)
-        slow = client.submit(_sleep_then, 0.3, 5)
-        client.who_has(slow)
-        assert Future(slow.key, other).result(timeout=30) == 5
+        # Named by the other client at once, while the submission may still be on its way
+        # (two clients' messages are not ordered): the broker waits for the key.
+        for attempt in range(20):
+            slow = client.submit(_sleep_then, 0.01, attempt, pure=False)
+            assert Future(slow.key, other).result(timeout=30) == attempt
 
 
 def _sleep_then(seconds: float, value: int) -> int:

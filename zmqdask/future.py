@@ -187,9 +187,11 @@ class Future:
 
     ``Future(key, client)`` makes a future of a key submitted by any client of the same
     broker (the current client when ``client`` is None): it keeps the value on the cluster
-    while it lives, as the submitter's futures do.  A key the broker does not know when this
-    future's request reaches it (never submitted, released, or still on its way from another
-    client: two clients' messages are not ordered) ends up ``lost``, with an error that says so.
+    while it lives, as the submitter's futures do.  A key the broker does not know yet (still
+    on its way from another client: two clients' messages are not ordered) is waited for
+    twice the broker's liveness timeout (10 s by default); a key that does not arrive by
+    then (never submitted, released, a call of a batched map) ends up ``lost``, with an
+    error that says so.
     """
 
     __slots__ = ("__weakref__", "_client", "_state", "key")
