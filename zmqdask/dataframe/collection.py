@@ -511,7 +511,9 @@ class DataFrame(_Frame):
         raise KeyError(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if isinstance(key, (list, tuple)):
+        # As in pandas (and __getitem__), a tuple is one label (a column of MultiIndex
+        # columns), never a list of columns.
+        if isinstance(key, (list, pd.Index, np.ndarray)):
             self._expr = _assign(self, _column_pairs(list(key), value)).expr
         elif isinstance(key, str):
             self._expr = self.assign(**{key: value}).expr
