@@ -18,7 +18,16 @@ import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe.core_ops import concat_parts
-from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Projection, Reduction, SinglePartition, emulate, node
+from zmqdask.dataframe.expr import (
+    DEFAULT_SPLIT_EVERY,
+    Expr,
+    Projection,
+    Reduction,
+    SinglePartition,
+    column_label,
+    emulate,
+    node,
+)
 from zmqdask.dataframe.groupby import concat_nonempty
 from zmqdask.dataframe.meta import meta_nonempty
 from zmqdask.dataframe.wrapping import expr_of, new_collection
@@ -306,7 +315,7 @@ def describe(frame: Any, percentiles: Any = None, include: Any = None, exclude: 
     # The statistics' order, which the (empty) meta does not keep: from fake data.
     rows = tuple(_pandas_describe(meta_nonempty(meta), percentiles, include, exclude).index)
     labels = list(full_meta.columns)
-    parts = tuple(_column_description(Projection(expr, label), percentiles) for label in labels)
+    parts = tuple(_column_description(Projection(expr, column_label(label)), percentiles) for label in labels)
     return new_collection(DescribeAssemble(parts, tuple(labels), full_meta, rows))
 
 
@@ -429,7 +438,10 @@ def drop_duplicates(obj: Any, subset: Any = None, keep: Any = "first", split_eve
     if keep not in ("first", "last", False):
         raise UsageError(f"drop_duplicates takes keep='first', 'last' or False, got {keep!r}")
     expr = expr_of(obj)
-    columns = None if subset is None else (list(subset) if isinstance(subset, (list, tuple)) else [subset])
+    meta_columns = expr._meta.columns if isinstance(expr._meta, pd.DataFrame) else pd.Index([])
+    # As pandas: a tuple that is a column label (of MultiIndex columns) is that one column.
+    one = not isinstance(subset, (list, tuple)) or (isinstance(subset, tuple) and subset in meta_columns)
+    columns = None if subset is None else ([subset] if one else list(subset))
     if keep is False:
         # Whether a value repeats can depend on rows of other partitions: each distinct
         # value travels up the tree with a flag saying it was seen twice.
@@ -595,7 +607,7 @@ def quantile(obj: Any, q: Any = 0.5, numeric_only: bool = False) -> Any:
         meta = meta.select_dtypes(include=["number", "bool"])
     full_meta = emulate(lambda m: m.quantile(q), meta)
     labels = tuple(meta.columns)
-    parts = tuple(_quantile_column(Projection(expr, label), q) for label in labels)
+    parts = tuple(_quantile_column(Projection(expr, column_label(label)), q) for label in labels)
     return new_collection(QuantileAssemble(parts, labels, q, full_meta))
 
 
