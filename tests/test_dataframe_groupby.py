@@ -709,3 +709,20 @@ def test_as_index_and_observed_through_a_real_client(client: Any) -> None:
     pd.testing.assert_frame_equal(got, expected)
     got = lazy.groupby("j", as_index=False).x.median().compute()
     pd.testing.assert_frame_equal(got, frame.groupby("j", as_index=False).x.median())
+
+
+@pytest.mark.parametrize("npartitions", [3, 7])
+def test_categoricals_whose_partitions_differ_keep_their_dtype_as_keys_and_values(npartitions: int) -> None:
+    rows = np.arange(90)
+    plain = pd.DataFrame({"c": [f"v{r // 10 + r % 3}" for r in rows], "x": (rows * 7) % 31, "k": rows % 4})
+    # Categorized partition by partition (as astype does lazily): each has its own categories.
+    lazy = zd.from_pandas(plain, npartitions=npartitions).astype({"c": "category"})
+    frame = plain.astype({"c": "category"})
+    _assert_same(lazy.groupby("c", observed=True).x.sum().compute(), frame.groupby("c", observed=True).x.sum())
+    _assert_same(
+        lazy.groupby(["k", "c"], observed=True).x.mean(split_every=2).compute(),
+        frame.groupby(["k", "c"], observed=True).x.mean(),
+    )
+    _assert_same(lazy.groupby("k").c.first().compute(), frame.groupby("k").c.first())
+    spec = {"c": ["first", "last"], "x": "max"}
+    _assert_same(lazy.groupby("k").agg(spec).compute(), frame.groupby("k").agg(spec))

@@ -371,3 +371,26 @@ def test_statistics_of_multiindex_columns_take_each_tuple_as_one_column(npartiti
     pd.testing.assert_series_equal(lazy.nunique().compute(), frame.nunique())
     pd.testing.assert_frame_equal(lazy.mode().compute(), frame.mode())
     pd.testing.assert_series_equal(lazy[("b", "s")].value_counts().compute(), frame[("b", "s")].value_counts())
+
+
+def _categorized_per_partition(npartitions: int) -> tuple[pd.DataFrame, Any]:
+    """A frame with a categorical ``c`` and the lazy frame categorizing it partition by
+    partition (as astype does lazily), so each partition has its own categories."""
+    rows = np.arange(90)
+    frame = pd.DataFrame({"c": [f"v{r // 10 + r % 3}" for r in rows], "x": (rows * 7) % 31, "k": rows % 4})
+    lazy = zd.from_pandas(frame, npartitions=npartitions).astype({"c": "category"})
+    return frame.astype({"c": "category"}), lazy
+
+
+@pytest.mark.parametrize("npartitions", [3, 7])
+def test_statistics_keep_categoricals_whose_partitions_differ(npartitions: int) -> None:
+    frame, lazy = _categorized_per_partition(npartitions)
+    pd.testing.assert_frame_equal(lazy.nlargest(8, "x").compute(), frame.nlargest(8, "x"))
+    pd.testing.assert_frame_equal(lazy.nsmallest(8, "x", split_every=2).compute(), frame.nsmallest(8, "x"))
+    for normalize in (False, True):
+        pd.testing.assert_series_equal(
+            lazy.c.value_counts(normalize=normalize).compute(), frame.c.value_counts(normalize=normalize)
+        )
+    pd.testing.assert_series_equal(lazy.c.mode().compute(), frame.c.mode())
+    pd.testing.assert_frame_equal(lazy[["c", "k"]].mode().compute(), frame[["c", "k"]].mode())
+    pd.testing.assert_frame_equal(lazy.describe(include="all").compute(), frame.describe(include="all"))

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe import keycodes
+from zmqdask.dataframe.core_ops import concat_parts
 from zmqdask.dataframe.expr import (
     DEFAULT_SPLIT_EVERY,
     Expr,
@@ -289,16 +290,6 @@ class Partial(NamedTuple):
     pairs: dict[Hashable, pd.DataFrame]
 
 
-def concat_nonempty(frames: Sequence[Any]) -> Any:
-    """``pd.concat`` that leaves out empty pieces (their dtypes must not decide the result's)."""
-    full = [frame for frame in frames if len(frame)]
-    if not full:
-        return frames[0]
-    if len(full) == 1:
-        return full[0]
-    return pd.concat(full)
-
-
 def _as_frame(obj: pd.DataFrame | pd.Series) -> pd.DataFrame:
     if isinstance(obj, pd.Series):
         return obj.to_frame(SERIES_COLUMN)
@@ -443,7 +434,7 @@ def groupby_combine(partials: Sequence[Partial], plan: AggPlan, sort: bool = Tru
     """Merge partial states (in partition order) into one partial state."""
     if len(partials) == 1:
         return partials[0]
-    main = concat_nonempty([partial.main for partial in partials])
+    main = concat_parts([partial.main for partial in partials])
     levels = _levels(main.index)
     # dropna=False throughout: missing keys were already dropped by the chunks when asked to,
     # and the ones left must survive as groups of their own.
@@ -465,7 +456,7 @@ def groupby_combine(partials: Sequence[Partial], plan: AggPlan, sort: bool = Tru
     combined = pd.DataFrame({position: out[position] for position in range(len(plan.slots))})
     pairs = {}
     for column in plan.pair_columns:
-        pieces = concat_nonempty([partial.pairs[column] for partial in partials])
+        pieces = concat_parts([partial.pairs[column] for partial in partials])
         keep = ~pieces.reset_index().duplicated().to_numpy()
         pairs[column] = pieces[keep]
     return Partial(combined, pairs)

@@ -28,7 +28,6 @@ from zmqdask.dataframe.expr import (
     emulate,
     node,
 )
-from zmqdask.dataframe.groupby import concat_nonempty
 from zmqdask.dataframe.meta import meta_nonempty
 from zmqdask.dataframe.wrapping import expr_of, new_collection
 from zmqdask.errors import UsageError
@@ -45,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 def describe_gathered(pieces: Sequence[pd.Series], percentiles: Any = None) -> pd.Series:
     """``describe`` of one column from its pieces (in partition order)."""
-    return concat_nonempty(list(pieces)).describe(percentiles=percentiles)
+    return concat_parts(list(pieces)).describe(percentiles=percentiles)
 
 
 def describe_assemble(
@@ -78,7 +77,7 @@ def value_counts_chunk(series: pd.Series, dropna: bool = True) -> pd.Series:
 
 def value_counts_combine(counts: Sequence[pd.Series]) -> pd.Series:
     """Add up partial counts, keeping the first-appearance order of the values."""
-    joined = concat_nonempty(list(counts))
+    joined = concat_parts(list(counts))
     if len(counts) == 1:
         return joined
     summed = joined.groupby(level=0, sort=False, dropna=False).sum()
@@ -200,7 +199,7 @@ def unique_combine(chunks: Sequence[dict[Hashable, pd.Series]]) -> dict[Hashable
     if len(chunks) == 1:
         return chunks[0]
     return {
-        column: concat_nonempty([chunk[column] for chunk in chunks]).drop_duplicates().reset_index(drop=True)
+        column: concat_parts([chunk[column] for chunk in chunks]).drop_duplicates().reset_index(drop=True)
         for column in chunks[0]
     }
 
@@ -223,7 +222,7 @@ def _identity(value: Any) -> Any:
 
 
 def _concat_pieces(pieces: Sequence[Any]) -> Any:
-    return concat_nonempty(list(pieces))
+    return concat_parts(list(pieces))
 
 
 def _pandas_describe(obj: Any, percentiles: Any = None, include: Any = None, exclude: Any = None) -> Any:
@@ -477,7 +476,7 @@ def drop_duplicates(obj: Any, subset: Any = None, keep: Any = "first", split_eve
 
 def largest_rows(pieces: Sequence[Any], n: int, columns: Any, largest: bool) -> Any:
     """The ``n`` largest (or smallest) rows of ``pieces``; ties keep the earliest, as pandas."""
-    joined = concat_nonempty(list(pieces))
+    joined = concat_parts(list(pieces))
     method = "nlargest" if largest else "nsmallest"
     if isinstance(joined, pd.Series):
         return getattr(joined, method)(n)
@@ -532,7 +531,7 @@ def extreme_chunk(part: Any, largest: bool, skipna: bool) -> pd.DataFrame:
 
 def extreme_combine(chunks: Sequence[pd.DataFrame], largest: bool, skipna: bool) -> pd.DataFrame:
     """Merge per-column extremes, the earliest winning ties (chunks are in partition order)."""
-    joined = concat_nonempty(list(chunks)).reset_index(drop=True)
+    joined = concat_parts(list(chunks)).reset_index(drop=True)
     if len(joined) == 0:
         return joined
     winners = []
@@ -586,7 +585,7 @@ def idxextreme(obj: Any, largest: bool, skipna: bool = True, split_every: int | 
 
 def quantile_gathered(pieces: Sequence[Any], q: Any) -> Any:
     """``quantile(q)`` of one column (or Series) from its pieces, in partition order."""
-    return concat_nonempty(list(pieces)).quantile(q)
+    return concat_parts(list(pieces)).quantile(q)
 
 
 def _quantile_column(expr: Expr, q: Any) -> Reduction:
