@@ -130,6 +130,26 @@ def test_a_tuple_key_selects_one_column_of_multiindex_columns() -> None:
     assert_same(lazy.expanding().agg(["sum", "max"])[("x", "sum")], flat.expanding().agg(["sum", "max"])[("x", "sum")])
 
 
+def test_a_tuple_key_assigns_one_column_of_multiindex_columns() -> None:
+    columns = pd.MultiIndex.from_tuples([("a", "x"), ("a", "y"), ("b", "x")])
+    pdf = pd.DataFrame(np.arange(60.0).reshape(20, 3), columns=columns)
+    df, expected = zd.from_pandas(pdf, npartitions=4), pdf.copy()
+    df[("a", "x")] = df[("b", "x")] * 2
+    expected[("a", "x")] = expected[("b", "x")] * 2
+    df[("c", "z")] = 7
+    expected[("c", "z")] = 7
+    assert_same(df, expected)
+    assert_same(df[("a", "x")] + df[("c", "z")], expected[("a", "x")] + expected[("c", "z")])
+    # On flat columns a tuple is one new label too; a list or an Index names several columns.
+    flat = pd.DataFrame({"x": np.arange(10.0), "y": np.arange(10.0) ** 2})
+    lazy, want = zd.from_pandas(flat, npartitions=3), flat.copy()
+    lazy[("x", "y")] = lazy.x + lazy.y
+    want[("x", "y")] = want.x + want.y
+    lazy[pd.Index(["p", "q"])] = 1
+    want[pd.Index(["p", "q"])] = 1
+    assert_same(lazy, want)
+
+
 # -- elementwise --------------------------------------------------------------------------
 
 

@@ -709,3 +709,134 @@ def test_as_index_and_observed_through_a_real_client(client: Any) -> None:
     pd.testing.assert_frame_equal(got, expected)
     got = lazy.groupby("j", as_index=False).x.median().compute()
     pd.testing.assert_frame_equal(got, frame.groupby("j", as_index=False).x.median())
+
+
+@pytest.mark.parametrize("npartitions", [3, 7])
+def test_categoricals_whose_partitions_differ_keep_their_dtype_as_keys_and_values(npartitions: int) -> None:
+    rows = np.arange(90)
+    plain = pd.DataFrame({"c": [f"v{r // 10 + r % 3}" for r in rows], "x": (rows * 7) % 31, "k": rows % 4})
+    # Categorized partition by partition (as astype does lazily): each has its own categories.
+    lazy = zd.from_pandas(plain, npartitions=npartitions).astype({"c": "category"})
+    frame = plain.astype({"c": "category"})
+    _assert_same(lazy.groupby("c", observed=True).x.sum().compute(), frame.groupby("c", observed=True).x.sum())
+    _assert_same(
+        lazy.groupby(["k", "c"], observed=True).x.mean(split_every=2).compute(),
+        frame.groupby(["k", "c"], observed=True).x.mean(),
+    )
+    _assert_same(lazy.groupby("k").c.first().compute(), frame.groupby("k").c.first())
+    spec = {"c": ["first", "last"], "x": "max"}
+    _assert_same(lazy.groupby("k").agg(spec).compute(), frame.groupby("k").agg(spec))
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation: a user's chunk / agg / finalize steps
+# --------------------------------------------------------------------------------------------
+
+
+def _custom_sum_and_mean() -> tuple[Any, Any]:
+    """A sum and a mean as Aggregations (the examples of Dask's documentation)."""
+    custom_sum = zd.Aggregation("custom_sum", lambda s: s.sum(), lambda s0: s0.sum())
+    custom_mean = zd.Aggregation(
+        "custom_mean",
+        lambda s: (s.count(), s.sum()),
+        lambda count, total: (count.sum(), total.sum()),
+        lambda count, total: total / count,
+    )
+    return custom_sum, custom_mean
+
+
+def _custom_pair(npartitions: int) -> tuple[pd.DataFrame, Any]:
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"k": rng.integers(0, 6, 200), "x": rng.normal(size=200), "y": rng.integers(0, 50, 200)})
+    frame.loc[frame.index[::7], "x"] = np.nan
+    return frame, zd.from_pandas(frame, npartitions=npartitions)
+
+
+def _renamed(frame: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """``frame`` with the function names of its (column, function) labels renamed."""
+    frame = frame.copy()
+    frame.columns = pd.MultiIndex.from_tuples([(column, names.get(func, func)) for column, func in frame.columns])
+    return frame
+
+
+@pytest.mark.parametrize("npartitions", [1, 7])
+@pytest.mark.parametrize("split_every", [None, 2])
+def test_custom_aggregations_match_the_builtin_ones(npartitions: int, split_every: int | None) -> None:
+    custom_sum, custom_mean = _custom_sum_and_mean()
+    frame, lazy = _custom_pair(npartitions)
+    grouped, expected = lazy.groupby("k"), frame.groupby("k")
+    _assert_same(grouped.agg(custom_sum, split_every=split_every).compute(), expected.sum())
+    _assert_same(grouped.agg(custom_mean, split_every=split_every).compute(), expected.mean())
+    _assert_same(grouped.x.agg(custom_mean, split_every=split_every).compute(), expected.x.mean())
+    _assert_same(lazy.x.groupby(lazy.k).agg(custom_sum).compute(), frame.x.groupby(frame.k).sum())
+    # Among built-in aggregations, in a list, a dict or named.
+    _assert_same(
+        grouped.agg([custom_mean, "sum", "max"], split_every=split_every).compute(),
+        _renamed(expected.agg(["mean", "sum", "max"]), {"mean": "custom_mean"}),
+    )
+    _assert_same(grouped.agg({"x": custom_mean, "y": "min"}).compute(), expected.agg({"x": "mean", "y": "min"}))
+    _assert_same(
+        grouped.agg({"x": [custom_sum, "count"], "y": "max"}).compute(),
+        _renamed(expected.agg({"x": ["sum", "count"], "y": ["max"]}), {"sum": "custom_sum"}),
+    )
+    _assert_same(
+        grouped.x.agg([custom_mean, "count"]).compute(),
+        expected.x.agg(["mean", "count"]).rename(columns={"mean": "custom_mean"}),
+    )
+    _assert_same(
+        grouped.agg(m=("x", custom_mean), s=("y", "sum")).compute(), expected.agg(m=("x", "mean"), s=("y", "sum"))
+    )
+    flat = lazy.groupby("k", as_index=False)
+    _assert_same(flat.agg(custom_mean).compute(), frame.groupby("k", as_index=False).mean())
+    keys = [frame.k, frame.y > 20]
+    _assert_same(lazy.groupby(["k", lazy.y > 20]).x.agg(custom_mean).compute(), frame.groupby(keys).x.mean())
+
+
+def test_custom_aggregation_steps_see_grouped_series_and_agg_runs_at_the_end() -> None:
+    frame, lazy = _custom_pair(4)
+    # chunk lists a group's values, agg keeps the distinct ones, finalize counts them: agg
+    # must run even over a single partition's lists, or repeated values would be counted.
+    distinct = zd.Aggregation(
+        "distinct",
+        lambda s: s.agg(lambda values: list(values.dropna())),
+        lambda lists: lists.agg(lambda pieces: sorted(set().union(*pieces))),
+        lambda lists: lists.map(len),
+    )
+    expected = frame.groupby("k").y.nunique()
+    for npartitions in (1, 4):
+        got = zd.from_pandas(frame, npartitions=npartitions).groupby("k").y.agg(distinct).compute()
+        _assert_same(got, expected.rename("y"))
+    _assert_same(lazy.groupby("k").agg({"y": distinct}).compute(), frame.groupby("k").agg({"y": "nunique"}))
+
+
+def test_custom_aggregation_errors_say_what_to_do() -> None:
+    custom_sum, _ = _custom_sum_and_mean()
+    _, lazy = _custom_pair(4)
+    with pytest.raises(UsageError, match="needs a name"):
+        zd.Aggregation("", lambda s: s.sum(), lambda s: s.sum())
+    with pytest.raises(UsageError, match="'m': agg must be a function of SeriesGroupBy"):
+        zd.Aggregation("m", lambda s: s.sum(), "sum")
+    with pytest.raises(UsageError, match="'m': finalize must be a function"):
+        zd.Aggregation("m", lambda s: s.sum(), lambda s: s.sum(), finalize=3)
+    two = zd.Aggregation("two", lambda s: (s.sum(), s.count()), lambda a, b: (a.sum(), b.sum()))
+    with pytest.raises(UsageError, match="'two': its steps give 2 Series per group; pass finalize="):
+        lazy.groupby("k").x.agg(two).compute()
+    scalar = zd.Aggregation("scalar", lambda s: 1.0, lambda s: s.sum())
+    with pytest.raises(UsageError, match=r"'scalar': chunk must return a Series indexed by the groups.*float"):
+        lazy.groupby("k").x.agg(scalar).compute()
+    with pytest.raises(UsageError, match="in two agg calls"):
+        lazy.groupby("k").agg([custom_sum, "median"])
+    with pytest.raises(UsageError, match=r"or a zmqdask\.dataframe\.Aggregation"):
+        lazy.groupby("k").agg(lambda s: s.sum())
+
+
+def test_custom_aggregation_through_worker_processes(run_async: Any) -> None:
+    custom_sum, custom_mean = _custom_sum_and_mean()
+    frame, lazy = _custom_pair(5)
+    result = lazy.groupby("k").agg({"x": custom_mean, "y": [custom_sum, "max"]})
+
+    async def body(client: Any) -> Any:
+        return await client.compute(result)
+
+    expected = frame.groupby("k").agg({"x": ["mean"], "y": ["sum", "max"]})
+    _assert_same(run_async(body), _renamed(expected, {"mean": "custom_mean", "sum": "custom_sum"}))

@@ -195,6 +195,20 @@ def test_categories_made_per_partition_are_unified() -> None:
     _same(both.compute(), expected)
 
 
+@pytest.mark.parametrize("npartitions", [4, 11])
+def test_rows_joined_with_their_neighbours_keep_categoricals_whose_partitions_differ(npartitions: int) -> None:
+    rows = np.arange(120)
+    plain = pd.DataFrame({"c": [f"v{r // 7:02d}" for r in rows], "n": (rows % 9).astype("float64")})
+    plain.loc[plain.index[::5], "n"] = np.nan
+    # Categorized partition by partition (as astype does lazily): each has its own categories.
+    lazy = zd.from_pandas(plain, npartitions=npartitions).astype({"c": "category"})
+    frame = plain.astype({"c": "category"})
+    _same(lazy.shift(2).compute(), frame.shift(2))
+    _same(lazy.ffill().compute(), frame.ffill())
+    _same(lazy.bfill().compute(), frame.bfill())
+    _same(lazy.map_overlap(lambda part: part.shift(1), 1, 0).compute(), frame.shift(1))
+
+
 def test_pipe_calls_through() -> None:
     frame, lazy = _pairs(3)
     _same(lazy.pipe(lambda d, n: d.i + n, n=3).compute(), frame.i + 3)

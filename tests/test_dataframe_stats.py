@@ -334,3 +334,63 @@ def test_series_mode_matches_pandas(dropna: bool) -> None:
     ):
         got = zd.from_pandas(series, npartitions=2).mode(dropna=dropna).compute()
         pd.testing.assert_series_equal(got, series.mode(dropna=dropna))
+
+
+def _multiindex_columns_frame(n: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(
+        {
+            ("a", "x"): rng.normal(size=n),
+            ("a", "y"): rng.integers(0, 5, n),
+            ("b", "x"): rng.normal(size=n),
+            ("b", "s"): rng.choice(list("pqr"), n),
+        }
+    )
+    frame.columns = pd.MultiIndex.from_tuples(list(frame.columns))
+    return frame
+
+
+@pytest.mark.parametrize("npartitions", [1, 4])
+def test_statistics_of_multiindex_columns_take_each_tuple_as_one_column(npartitions: int) -> None:
+    frame = _multiindex_columns_frame()
+    lazy = zd.from_pandas(frame, npartitions=npartitions)
+    pd.testing.assert_frame_equal(lazy.describe().compute(), frame.describe())
+    pd.testing.assert_frame_equal(lazy.describe(include="all").compute(), frame.describe(include="all"))
+    pd.testing.assert_series_equal(
+        lazy.quantile(0.3, numeric_only=True).compute(), frame.quantile(0.3, numeric_only=True)
+    )
+    pd.testing.assert_frame_equal(
+        lazy.quantile([0.25, 0.5], numeric_only=True).compute(), frame.quantile([0.25, 0.5], numeric_only=True)
+    )
+    for keep in ("first", "last", False):
+        pd.testing.assert_frame_equal(
+            lazy.drop_duplicates(subset=("b", "s"), keep=keep).compute(),
+            frame.drop_duplicates(subset=("b", "s"), keep=keep),
+        )
+    pd.testing.assert_frame_equal(lazy.nlargest(5, ("a", "x")).compute(), frame.nlargest(5, ("a", "x")))
+    pd.testing.assert_series_equal(lazy.nunique().compute(), frame.nunique())
+    pd.testing.assert_frame_equal(lazy.mode().compute(), frame.mode())
+    pd.testing.assert_series_equal(lazy[("b", "s")].value_counts().compute(), frame[("b", "s")].value_counts())
+
+
+def _categorized_per_partition(npartitions: int) -> tuple[pd.DataFrame, Any]:
+    """A frame with a categorical ``c`` and the lazy frame categorizing it partition by
+    partition (as astype does lazily), so each partition has its own categories."""
+    rows = np.arange(90)
+    frame = pd.DataFrame({"c": [f"v{r // 10 + r % 3}" for r in rows], "x": (rows * 7) % 31, "k": rows % 4})
+    lazy = zd.from_pandas(frame, npartitions=npartitions).astype({"c": "category"})
+    return frame.astype({"c": "category"}), lazy
+
+
+@pytest.mark.parametrize("npartitions", [3, 7])
+def test_statistics_keep_categoricals_whose_partitions_differ(npartitions: int) -> None:
+    frame, lazy = _categorized_per_partition(npartitions)
+    pd.testing.assert_frame_equal(lazy.nlargest(8, "x").compute(), frame.nlargest(8, "x"))
+    pd.testing.assert_frame_equal(lazy.nsmallest(8, "x", split_every=2).compute(), frame.nsmallest(8, "x"))
+    for normalize in (False, True):
+        pd.testing.assert_series_equal(
+            lazy.c.value_counts(normalize=normalize).compute(), frame.c.value_counts(normalize=normalize)
+        )
+    pd.testing.assert_series_equal(lazy.c.mode().compute(), frame.c.mode())
+    pd.testing.assert_frame_equal(lazy[["c", "k"]].mode().compute(), frame[["c", "k"]].mode())
+    pd.testing.assert_frame_equal(lazy.describe(include="all").compute(), frame.describe(include="all"))

@@ -15,8 +15,10 @@ if int(_pd.__version__.split(".", 1)[0]) < 3:
     )
 
 from zmqdask.dataframe.collection import DataFrame, Index, Scalar, Series, map_partitions, new_collection
+from zmqdask.dataframe.groupby import Aggregation
 
 __all__ = [
+    "Aggregation",
     "DataFrame",
     "Index",
     "Scalar",

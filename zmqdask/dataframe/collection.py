@@ -19,7 +19,7 @@ from zmqdask.dataframe import indexing as idx
 from zmqdask.dataframe import planning as plan
 from zmqdask.dataframe.categorical import categories_known
 from zmqdask.dataframe.collection_base import Collection, Scalar, _expr_of
-from zmqdask.dataframe.expr import ColumnLabel, Expr, Filter, Projection, Reduction
+from zmqdask.dataframe.expr import Expr, Filter, Projection, Reduction, column_label
 from zmqdask.dataframe.methods import FrameMethods
 from zmqdask.dataframe.reductions import FrameReductions, len_chunk
 from zmqdask.errors import UsageError
@@ -506,12 +506,13 @@ class DataFrame(_Frame):
             return self.where(key)
         if key in self._meta.columns:
             # As in pandas, a tuple is one label (a column of MultiIndex columns), never a list.
-            label = ColumnLabel(key) if isinstance(key, tuple) else key
-            return Series(Projection(self._expr, label))
+            return Series(Projection(self._expr, column_label(key)))
         raise KeyError(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if isinstance(key, (list, tuple)):
+        # As in pandas (and __getitem__), a tuple is one label (a column of MultiIndex
+        # columns), never a list of columns.
+        if isinstance(key, (list, pd.Index, np.ndarray)):
             self._expr = _assign(self, _column_pairs(list(key), value)).expr
         elif isinstance(key, str):
             self._expr = self.assign(**{key: value}).expr

@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -111,6 +111,7 @@ __all__ = [
     "SinglePartition",
     "Source",
     "TreeCombine",
+    "column_label",
     "emulate",
     "frame_dependencies",
     "is_frame_like",
@@ -519,6 +520,11 @@ class ColumnLabel(tuple[Any, ...]):
     def __zmqdask_tokenize__(self) -> tuple[str, tuple[Any, ...]]:
         """Tokenized apart from a plain tuple, which selects several columns."""
         return ("column-label", tuple(self))
+
+
+def column_label(label: Hashable) -> Hashable:
+    """``label`` as the ``columns`` of a projection selecting that one column (a Series)."""
+    return ColumnLabel(label) if isinstance(label, tuple) else label
 
 
 def _project(part: Any, columns: Any) -> Any:

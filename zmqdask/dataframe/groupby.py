@@ -16,6 +16,9 @@ var/std    count, mean and sum of squared deviations (merged exactly)
 nunique    the distinct ``(group, value)`` pairs
 =========  =========================================================
 
+A user's :class:`Aggregation` is kept beside these: its ``chunk`` outputs per group, merged
+by its ``agg`` at every combine step (the final one included), then ``finalize`` once.
+
 The kernels (:func:`groupby_chunk`, :func:`groupby_combine`, :func:`groupby_aggregate`) are
 plain pandas functions; :class:`GroupBy` turns them into lazy expression nodes.
 
@@ -27,7 +30,7 @@ every group at once: the observed groups are completed with the empty ones
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, NamedTuple, cast
@@ -36,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe import keycodes
+from zmqdask.dataframe.core_ops import concat_parts
 from zmqdask.dataframe.expr import (
     DEFAULT_SPLIT_EVERY,
     Expr,
@@ -91,6 +95,45 @@ _ALIASES: dict[Any, str] = {
 }
 
 
+@dataclass(frozen=True)
+class Aggregation:
+    """A user-defined grouped aggregation, in chunk/agg/finalize steps, as Dask's
+    ``dd.Aggregation``: ``df.groupby(k).agg(custom)``, ``df.groupby(k).x.agg(custom)``, or
+    among other aggregations in a list or dict.
+
+    ``chunk`` is called with the ``SeriesGroupBy`` of a column in each partition and returns
+    a Series indexed by the groups, or a tuple of them. ``agg`` is called with one
+    ``SeriesGroupBy`` per chunk output (positionally), each grouping the concatenated outputs
+    of several partitions, and returns what ``chunk`` does; it runs at every step of the
+    combine tree, so it must accept its own outputs. ``finalize`` (optional when the steps
+    give one Series) is called once with the final ``agg`` outputs and returns the Series of
+    results. ``name`` labels the results (``(column, name)`` in a list of aggregations).
+    """
+
+    name: str
+    chunk: Callable[..., Any]
+    agg: Callable[..., Any]
+    finalize: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise UsageError(f"Aggregation needs a name (a non-empty string) to label its results, got {self.name!r}")
+        for role in ("chunk", "agg"):
+            if not callable(getattr(self, role)):
+                raise UsageError(f"Aggregation {self.name!r}: {role} must be a function of SeriesGroupBy objects")
+        if self.finalize is not None and not callable(self.finalize):
+            raise UsageError(f"Aggregation {self.name!r}: finalize must be a function of the agg results, or None")
+
+
+AggFunc = str | Aggregation
+"""A grouped aggregation of a plan: a built-in one by name, or a user's."""
+
+
+def agg_name(func: AggFunc) -> str:
+    """The name labelling an aggregation's results."""
+    return func.name if isinstance(func, Aggregation) else func
+
+
 _NO_FILL: Any = object()
 """``shift``'s fill value when none is given (pandas fills with missing values then)."""
 
@@ -113,7 +156,7 @@ class AggPlan:
     does for ``size`` and for several aggregations of one selected column.
     """
 
-    outputs: tuple[tuple[Hashable, Hashable, str], ...]
+    outputs: tuple[tuple[Hashable, Hashable, AggFunc], ...]
     layout: str
     name: Hashable = None
     ddof: int = 1
@@ -121,11 +164,17 @@ class AggPlan:
     key_columns: str | None = None
     slots: tuple[tuple[Hashable, str], ...] = field(init=False)
     pair_columns: tuple[Hashable, ...] = field(init=False)
+    customs: tuple[tuple[Hashable, Aggregation], ...] = field(init=False)
 
     def __post_init__(self) -> None:
         slots: list[tuple[Hashable, str]] = [(None, "size")]
         pairs: list[Hashable] = []
+        customs: list[tuple[Hashable, Aggregation]] = []
         for _, column, func in self.outputs:
+            if isinstance(func, Aggregation):
+                if (column, func) not in customs:
+                    customs.append((column, func))
+                continue
             if func not in _PRIMITIVES:
                 raise UsageError(f"unsupported grouped aggregation {func!r}; use one of {sorted(AGGREGATIONS)}")
             for primitive in _PRIMITIVES[func]:
@@ -135,9 +184,12 @@ class AggPlan:
                 pairs.append(column)
         object.__setattr__(self, "slots", tuple(slots))
         object.__setattr__(self, "pair_columns", tuple(pairs))
+        object.__setattr__(self, "customs", tuple(customs))
 
     def __repr__(self) -> str:
-        funcs = ", ".join("size()" if func == "size" else f"{func}({column!r})" for _, column, func in self.outputs)
+        funcs = ", ".join(
+            "size()" if func == "size" else f"{agg_name(func)}({column!r})" for _, column, func in self.outputs
+        )
         return f"AggPlan({funcs})"
 
     def slot(self, column: Hashable, primitive: str) -> int:
@@ -176,15 +228,29 @@ def _needs_whole_groups(arg: Any, named: dict[str, Any]) -> bool:
     return any(isinstance(name, str) and name in WHOLE_GROUP_AGGREGATIONS for name in names)
 
 
-def _func_name(func: Any) -> str:
-    if isinstance(func, str):
+def _has_custom(arg: Any, named: dict[str, Any]) -> bool:
+    """Whether an ``agg`` specification holds an :class:`Aggregation`."""
+    items: list[Any] = list(named.values())
+    if isinstance(arg, dict):
+        items.extend(arg.values())
+    else:
+        items.append(arg)
+    flat = [x for item in items for x in (item if isinstance(item, (list, tuple)) else [item])]
+    return any(isinstance(item, Aggregation) for item in flat)
+
+
+def _func_name(func: Any) -> AggFunc:
+    if isinstance(func, (str, Aggregation)):
         return func
     try:
         name = _ALIASES.get(func)
     except TypeError:
         name = None
     if name is None:
-        raise UsageError(f"grouped aggregation must be one of {sorted(AGGREGATIONS)} (by name), got {func!r}")
+        raise UsageError(
+            f"grouped aggregation must be one of {sorted(AGGREGATIONS)} (by name) or a "
+            f"zmqdask.dataframe.Aggregation(name, chunk, agg, finalize), got {func!r}"
+        )
     return name
 
 
@@ -236,7 +302,7 @@ def _make_plan(
     named: dict[str, tuple[Hashable, Any]] | None,
     ddof: int,
 ) -> AggPlan:
-    outputs: list[tuple[Hashable, Hashable, str]] = []
+    outputs: list[tuple[Hashable, Hashable, AggFunc]] = []
     if named:
         if spec is not None:
             raise UsageError("pass either an aggregation spec or named aggregations, not both")
@@ -259,14 +325,14 @@ def _make_plan(
             _check_column(column, columns)
             for func in funcs if isinstance(funcs, (list, tuple)) else [funcs]:
                 name = _func_name(func)
-                outputs.append(((column, name) if multi else column, column, name))
+                outputs.append(((column, agg_name(name)) if multi else column, column, name))
         return AggPlan(tuple(outputs), "multi" if multi else "frame", ddof=ddof)
     if isinstance(spec, (list, tuple)):
         names = [_func_name(func) for func in spec]
         if series_selection:
-            return AggPlan(tuple((name, columns[0], name) for name in names), "frame", ddof=ddof)
+            return AggPlan(tuple((agg_name(name), columns[0], name) for name in names), "frame", ddof=ddof)
         return AggPlan(
-            tuple(((column, name), column, name) for column in columns for name in names), "multi", ddof=ddof
+            tuple(((column, agg_name(name)), column, name) for column in columns for name in names), "multi", ddof=ddof
         )
     name = _func_name(spec)
     if name == "size":
@@ -283,20 +349,38 @@ def _check_column(column: Hashable, columns: Sequence[Hashable]) -> None:
 
 
 class Partial(NamedTuple):
-    """Partial aggregation state of some rows: a frame of slots plus nunique pair frames."""
+    """Partial aggregation state of some rows: a frame of slots plus nunique pair frames,
+    and the outputs of the plan's :class:`Aggregation` steps (in ``plan.customs`` order)."""
 
     main: pd.DataFrame
     pairs: dict[Hashable, pd.DataFrame]
+    custom: tuple[tuple[pd.Series, ...], ...] = ()
 
 
-def concat_nonempty(frames: Sequence[Any]) -> Any:
-    """``pd.concat`` that leaves out empty pieces (their dtypes must not decide the result's)."""
-    full = [frame for frame in frames if len(frame)]
-    if not full:
-        return frames[0]
-    if len(full) == 1:
-        return full[0]
-    return pd.concat(full)
+def _custom_outputs(result: Any, aggregation: Aggregation, step: str) -> tuple[pd.Series, ...]:
+    """The Series an :class:`Aggregation` step returned, as a tuple."""
+    outputs = result if isinstance(result, tuple) else (result,)
+    if not outputs or not all(isinstance(output, pd.Series) for output in outputs):
+        kinds = ", ".join(type(output).__name__ for output in outputs) or "nothing"
+        raise UsageError(
+            f"Aggregation {aggregation.name!r}: {step} must return a Series indexed by the groups, or a tuple "
+            f"of them; it returned {kinds}"
+        )
+    return outputs
+
+
+def _custom_combine(partials: Sequence[Partial], plan: AggPlan, sort: bool) -> tuple[tuple[pd.Series, ...], ...]:
+    """Each :class:`Aggregation`'s ``agg`` of its outputs in ``partials`` (in partition order)."""
+    merged = []
+    for position, (_, aggregation) in enumerate(plan.customs):
+        outputs = [partial.custom[position] for partial in partials]
+        if len({len(output) for output in outputs}) != 1:
+            raise UsageError(f"Aggregation {aggregation.name!r}: chunk and agg must return the same number of Series")
+        joined = [concat_parts([output[i] for output in outputs]) for i in range(len(outputs[0]))]
+        levels = _levels(joined[0].index)
+        grouped = [piece.groupby(level=levels, sort=sort, dropna=False, observed=True) for piece in joined]
+        merged.append(_custom_outputs(aggregation.agg(*grouped), aggregation, "agg"))
+    return tuple(merged)
 
 
 def _as_frame(obj: pd.DataFrame | pd.Series) -> pd.DataFrame:
@@ -351,7 +435,11 @@ def groupby_chunk(
             distinct = distinct.drop_duplicates()
             keys = size.index.take(distinct["group"].to_numpy())
             pairs[column] = pd.DataFrame({0: distinct[0].to_numpy()}, index=keys)
-    return Partial(main, pairs)
+    custom = tuple(
+        _custom_outputs(aggregation.chunk(grouped[column]), aggregation, "chunk")
+        for column, aggregation in plan.customs
+    )
+    return Partial(main, pairs, custom)
 
 
 _COUNTING = frozenset({"size", "sum", "count", "min", "max"})
@@ -365,7 +453,7 @@ def _counting_chunk(frame: pd.DataFrame, by: Any, plan: AggPlan, sort: bool, dro
     float64 and int64 columns, counts and sizes (which is what means need); anything else
     returns None for the general path.
     """
-    if not sort or not isinstance(by, list) or len(by) != 1 or plan.pair_columns:
+    if not sort or not isinstance(by, list) or len(by) != 1 or plan.pair_columns or plan.customs:
         return None
     key = by[0]
     if isinstance(key, (pd.Series, pd.Index, pd.Grouper)) or key not in frame.columns:
@@ -442,8 +530,10 @@ def _levels(index: pd.Index) -> int | list[int]:
 def groupby_combine(partials: Sequence[Partial], plan: AggPlan, sort: bool = True) -> Partial:
     """Merge partial states (in partition order) into one partial state."""
     if len(partials) == 1:
-        return partials[0]
-    main = concat_nonempty([partial.main for partial in partials])
+        # An Aggregation's agg runs at every step, even over one partition's outputs.
+        single = partials[0]
+        return single._replace(custom=_custom_combine(partials, plan, sort)) if plan.customs else single
+    main = concat_parts([partial.main for partial in partials])
     levels = _levels(main.index)
     # dropna=False throughout: missing keys were already dropped by the chunks when asked to,
     # and the ones left must survive as groups of their own.
@@ -465,10 +555,10 @@ def groupby_combine(partials: Sequence[Partial], plan: AggPlan, sort: bool = Tru
     combined = pd.DataFrame({position: out[position] for position in range(len(plan.slots))})
     pairs = {}
     for column in plan.pair_columns:
-        pieces = concat_nonempty([partial.pairs[column] for partial in partials])
+        pieces = concat_parts([partial.pairs[column] for partial in partials])
         keep = ~pieces.reset_index().duplicated().to_numpy()
         pairs[column] = pieces[keep]
-    return Partial(combined, pairs)
+    return Partial(combined, pairs, _custom_combine(partials, plan, sort))
 
 
 def _merge_moments(
@@ -517,7 +607,9 @@ def finalize(state: Partial, plan: AggPlan, sort: bool = True) -> pd.DataFrame |
     if plan.layout == "series":
         result = results[0]
         result.name = plan.name
-        return result if plan.key_columns is None else keys_as_columns(result, plan.key_columns, plan.outputs[0][2])
+        if plan.key_columns is None:
+            return result
+        return keys_as_columns(result, plan.key_columns, agg_name(plan.outputs[0][2]))
     labels = [label for label, _, _ in plan.outputs]
     frame = pd.DataFrame({position: values for position, values in enumerate(results)}, index=index)
     if plan.layout == "multi":
@@ -573,8 +665,10 @@ def keys_as_columns(result: pd.DataFrame | pd.Series, mode: str, func: str | Non
     return frame.reset_index(drop=True)
 
 
-def _final_values(state: Partial, plan: AggPlan, column: Hashable, func: str) -> pd.Series:
+def _final_values(state: Partial, plan: AggPlan, column: Hashable, func: AggFunc) -> pd.Series:
     main = state.main
+    if isinstance(func, Aggregation):
+        return _custom_final(state, plan.customs.index((column, func)), func)
     if func == "size":
         return main[SIZE_SLOT]
     if func in ("sum", "count", "min", "max", "first", "last"):
@@ -594,6 +688,26 @@ def _final_values(state: Partial, plan: AggPlan, column: Hashable, func: str) ->
         counts = pairs.groupby(level=_levels(pairs.index), sort=False, dropna=False).size()
         return counts.reindex(main.index, fill_value=0)
     raise UsageError(f"unsupported grouped aggregation {func!r}")
+
+
+def _custom_final(state: Partial, position: int, aggregation: Aggregation) -> pd.Series:
+    """An :class:`Aggregation`'s results, one per group of ``state`` (in its order)."""
+    outputs = state.custom[position]
+    if aggregation.finalize is not None:
+        result = aggregation.finalize(*outputs)
+    elif len(outputs) == 1:
+        result = outputs[0]
+    else:
+        raise UsageError(
+            f"Aggregation {aggregation.name!r}: its steps give {len(outputs)} Series per group; pass "
+            "finalize= to turn them into the results"
+        )
+    if not isinstance(result, pd.Series):
+        raise UsageError(
+            f"Aggregation {aggregation.name!r}: finalize must return a Series indexed by the groups, "
+            f"it returned {type(result).__name__}"
+        )
+    return result.reindex(state.main.index)
 
 
 # --------------------------------------------------------------------------------------------
@@ -809,7 +923,7 @@ class GroupbyAggregate(SinglePartition):
         )
 
     def _describe(self) -> str:
-        funcs = ", ".join(f"{func}({column})" for _, column, func in self.plan.outputs)
+        funcs = ", ".join(f"{agg_name(func)}({column})" for _, column, func in self.plan.outputs)
         by = "<series>" if isinstance(self.by, Expr) else ["<series>" if isinstance(k, Expr) else k for k in self.by]
         return f"by={by}, {funcs}"
 
@@ -1099,11 +1213,17 @@ class GroupBy:
         return self._aggregate("nunique", split_every=split_every)
 
     def agg(self, arg: Any = None, split_every: int | None = None, **named: Any) -> Any:
-        """Aggregate by name, list of names, dict column -> name(s), or ``label=(column, name)``."""
+        """Aggregate by name, list of names, dict column -> name(s), or ``label=(column, name)``;
+        an :class:`Aggregation` may stand wherever a name does."""
         _accept_dask_options({key: named.pop(key) for key in list(named) if key in _DASK_OPTIONS})
         if arg is None and not named:
             raise UsageError("agg needs an aggregation: a name, a list, a dict, or label=(column, name)")
         if _needs_whole_groups(arg, named):
+            if _has_custom(arg, named):
+                raise UsageError(
+                    f"an Aggregation cannot be computed in one agg with {sorted(WHOLE_GROUP_AGGREGATIONS)}, "
+                    "which need whole groups: aggregate them in two agg calls and join the results"
+                )
             # Some of them (a median, a product...) have no chunk/combine form: all of them
             # are computed by pandas on whole groups instead.
             keys = key_columns_mode(arg, self._is_series or self._series_selection, named)

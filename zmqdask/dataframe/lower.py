@@ -220,7 +220,8 @@ def concat_partitions(parts: list[Any]) -> Any:
 
 
 def unify_categories(parts: list[Any]) -> list[Any]:
-    """Pieces whose categorical columns share one dtype (the union of their categories).
+    """Pieces whose categorical columns, and categorical index, share one dtype (the union
+    of their categories).
 
     Partitions categorize their own values; without this, concatenating pieces with
     different categories would silently give strings.
@@ -234,26 +235,53 @@ def unify_categories(parts: list[Any]) -> list[Any]:
         return parts
     casts: dict[Any, pd.CategoricalDtype] = {}
     for column in columns:
-        pieces = [p if column is None else p[column] for p in parts]
-        dtypes = [piece.dtype for piece in pieces]
-        if not all(isinstance(d, pd.CategoricalDtype) for d in dtypes) or all(d == dtypes[0] for d in dtypes):
-            continue
-        ordered = bool(dtypes[0].ordered)
-        if ordered:
-            continue  # ordered categoricals differ in meaning; pandas' concat decides
-        arrays = [piece.array for piece in pieces]
-        if len({d.categories.dtype for d in dtypes if len(d.categories)}) > 1 or any(
-            not len(d.categories) for d in dtypes
-        ):
-            # Categories of different kinds (a piece with none is float): compared as objects.
-            arrays = [a.set_categories(a.categories.astype(object)) for a in arrays]
-        union = pd.api.types.union_categoricals(arrays, sort_categories=True)
-        casts[column] = pd.CategoricalDtype(union.categories, ordered=False)
-    if not casts:
-        return parts
+        union = _union_categories([p.array if column is None else p[column].array for p in parts])
+        if union is not None:
+            casts[column] = union
+    # Results keyed by categoricals (value_counts, grouped aggregations) carry them as the
+    # index, or as levels of a MultiIndex.
+    levels: dict[int, pd.CategoricalDtype] = {}
+    for level in range(first.index.nlevels):
+        if isinstance(_index_level(first.index, level).dtype, pd.CategoricalDtype):
+            union = _union_categories([_index_level(p.index, level).array for p in parts])
+            if union is not None:
+                levels[level] = union
     if None in casts:
-        return [p.astype(casts[None]) for p in parts]
-    return [p.astype(casts) for p in parts]
+        parts = [p.astype(casts[None]) for p in parts]
+    elif casts:
+        parts = [p.astype(casts) for p in parts]
+    if levels:
+        parts = [p.set_axis(_cast_levels(p.index, levels), axis=0) for p in parts]
+    return parts
+
+
+def _index_level(index: pd.Index, level: int) -> pd.Index:
+    """The distinct values of one level (the index itself when it has one level)."""
+    return index.levels[level] if isinstance(index, pd.MultiIndex) else index
+
+
+def _cast_levels(index: pd.Index, levels: dict[int, pd.CategoricalDtype]) -> pd.Index:
+    """``index`` with its levels (by number) in the given categorical dtypes."""
+    if not isinstance(index, pd.MultiIndex):
+        return index.astype(levels[0])
+    new_levels: list[Any] = [index.levels[level].astype(dtype) for level, dtype in levels.items()]
+    return index.set_levels(new_levels, level=list(levels))
+
+
+def _union_categories(arrays: list[Any]) -> pd.CategoricalDtype | None:
+    """The dtype holding the categories of all ``arrays``: None when they already share one,
+    are not all categoricals, or are ordered (ordered categoricals that differ differ in
+    meaning; pandas' concat decides)."""
+    dtypes = [array.dtype for array in arrays]
+    if not all(isinstance(d, pd.CategoricalDtype) for d in dtypes) or all(d == dtypes[0] for d in dtypes):
+        return None
+    if bool(dtypes[0].ordered):
+        return None
+    if len({d.categories.dtype for d in dtypes if len(d.categories)}) > 1 or any(not len(d.categories) for d in dtypes):
+        # Categories of different kinds (a piece with none is float): compared as objects.
+        arrays = [a.set_categories(a.categories.astype(object)) for a in arrays]
+    union = pd.api.types.union_categoricals(arrays, sort_categories=True)
+    return pd.CategoricalDtype(union.categories, ordered=False)
 
 
 def contiguous_freq(parts: list[Any]) -> Any:

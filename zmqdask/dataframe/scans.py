@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from zmqdask.dataframe.core_ops import concat_parts
 from zmqdask.dataframe.expr import Expr, emulate, node
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
@@ -36,8 +37,8 @@ def _scan(obj: Any, method: str, skipna: bool) -> Any:
 
 
 def _joined(first: Any, second: Any) -> Any:
-    # Both are pieces of the same frame: concatenating them keeps every dtype.
-    return pd.concat([first, second])
+    # Both are pieces of the same frame, but each may have categorized its own values.
+    return concat_parts([first, second])
 
 
 def _in_scanned_dtypes(part: Any, method: str, skipna: bool) -> Any:
@@ -379,7 +380,7 @@ def overlap_apply(
     after = following if following is not None and len(following) and len(part) else None
     if before is None and after is None:
         return func(part, *args, **kwargs)
-    joined = pd.concat([piece for piece in (before, part, after) if piece is not None])
+    joined = concat_parts([piece for piece in (before, part, after) if piece is not None])
     result = func(joined, *args, **kwargs)
     if not hasattr(result, "iloc") or len(result) != len(joined):
         raise UsageError(

@@ -18,8 +18,16 @@ import numpy as np
 import pandas as pd
 
 from zmqdask.dataframe.core_ops import concat_parts
-from zmqdask.dataframe.expr import DEFAULT_SPLIT_EVERY, Expr, Projection, Reduction, SinglePartition, emulate, node
-from zmqdask.dataframe.groupby import concat_nonempty
+from zmqdask.dataframe.expr import (
+    DEFAULT_SPLIT_EVERY,
+    Expr,
+    Projection,
+    Reduction,
+    SinglePartition,
+    column_label,
+    emulate,
+    node,
+)
 from zmqdask.dataframe.meta import meta_nonempty
 from zmqdask.dataframe.wrapping import expr_of, new_collection
 from zmqdask.errors import UsageError
@@ -36,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 def describe_gathered(pieces: Sequence[pd.Series], percentiles: Any = None) -> pd.Series:
     """``describe`` of one column from its pieces (in partition order)."""
-    return concat_nonempty(list(pieces)).describe(percentiles=percentiles)
+    return concat_parts(list(pieces)).describe(percentiles=percentiles)
 
 
 def describe_assemble(
@@ -69,7 +77,7 @@ def value_counts_chunk(series: pd.Series, dropna: bool = True) -> pd.Series:
 
 def value_counts_combine(counts: Sequence[pd.Series]) -> pd.Series:
     """Add up partial counts, keeping the first-appearance order of the values."""
-    joined = concat_nonempty(list(counts))
+    joined = concat_parts(list(counts))
     if len(counts) == 1:
         return joined
     summed = joined.groupby(level=0, sort=False, dropna=False).sum()
@@ -191,7 +199,7 @@ def unique_combine(chunks: Sequence[dict[Hashable, pd.Series]]) -> dict[Hashable
     if len(chunks) == 1:
         return chunks[0]
     return {
-        column: concat_nonempty([chunk[column] for chunk in chunks]).drop_duplicates().reset_index(drop=True)
+        column: concat_parts([chunk[column] for chunk in chunks]).drop_duplicates().reset_index(drop=True)
         for column in chunks[0]
     }
 
@@ -214,7 +222,7 @@ def _identity(value: Any) -> Any:
 
 
 def _concat_pieces(pieces: Sequence[Any]) -> Any:
-    return concat_nonempty(list(pieces))
+    return concat_parts(list(pieces))
 
 
 def _pandas_describe(obj: Any, percentiles: Any = None, include: Any = None, exclude: Any = None) -> Any:
@@ -306,7 +314,7 @@ def describe(frame: Any, percentiles: Any = None, include: Any = None, exclude: 
     # The statistics' order, which the (empty) meta does not keep: from fake data.
     rows = tuple(_pandas_describe(meta_nonempty(meta), percentiles, include, exclude).index)
     labels = list(full_meta.columns)
-    parts = tuple(_column_description(Projection(expr, label), percentiles) for label in labels)
+    parts = tuple(_column_description(Projection(expr, column_label(label)), percentiles) for label in labels)
     return new_collection(DescribeAssemble(parts, tuple(labels), full_meta, rows))
 
 
@@ -429,7 +437,10 @@ def drop_duplicates(obj: Any, subset: Any = None, keep: Any = "first", split_eve
     if keep not in ("first", "last", False):
         raise UsageError(f"drop_duplicates takes keep='first', 'last' or False, got {keep!r}")
     expr = expr_of(obj)
-    columns = None if subset is None else (list(subset) if isinstance(subset, (list, tuple)) else [subset])
+    meta_columns = expr._meta.columns if isinstance(expr._meta, pd.DataFrame) else pd.Index([])
+    # As pandas: a tuple that is a column label (of MultiIndex columns) is that one column.
+    one = not isinstance(subset, (list, tuple)) or (isinstance(subset, tuple) and subset in meta_columns)
+    columns = None if subset is None else ([subset] if one else list(subset))
     if keep is False:
         # Whether a value repeats can depend on rows of other partitions: each distinct
         # value travels up the tree with a flag saying it was seen twice.
@@ -465,7 +476,7 @@ def drop_duplicates(obj: Any, subset: Any = None, keep: Any = "first", split_eve
 
 def largest_rows(pieces: Sequence[Any], n: int, columns: Any, largest: bool) -> Any:
     """The ``n`` largest (or smallest) rows of ``pieces``; ties keep the earliest, as pandas."""
-    joined = concat_nonempty(list(pieces))
+    joined = concat_parts(list(pieces))
     method = "nlargest" if largest else "nsmallest"
     if isinstance(joined, pd.Series):
         return getattr(joined, method)(n)
@@ -520,7 +531,7 @@ def extreme_chunk(part: Any, largest: bool, skipna: bool) -> pd.DataFrame:
 
 def extreme_combine(chunks: Sequence[pd.DataFrame], largest: bool, skipna: bool) -> pd.DataFrame:
     """Merge per-column extremes, the earliest winning ties (chunks are in partition order)."""
-    joined = concat_nonempty(list(chunks)).reset_index(drop=True)
+    joined = concat_parts(list(chunks)).reset_index(drop=True)
     if len(joined) == 0:
         return joined
     winners = []
@@ -574,7 +585,7 @@ def idxextreme(obj: Any, largest: bool, skipna: bool = True, split_every: int | 
 
 def quantile_gathered(pieces: Sequence[Any], q: Any) -> Any:
     """``quantile(q)`` of one column (or Series) from its pieces, in partition order."""
-    return concat_nonempty(list(pieces)).quantile(q)
+    return concat_parts(list(pieces)).quantile(q)
 
 
 def _quantile_column(expr: Expr, q: Any) -> Reduction:
@@ -595,7 +606,7 @@ def quantile(obj: Any, q: Any = 0.5, numeric_only: bool = False) -> Any:
         meta = meta.select_dtypes(include=["number", "bool"])
     full_meta = emulate(lambda m: m.quantile(q), meta)
     labels = tuple(meta.columns)
-    parts = tuple(_quantile_column(Projection(expr, label), q) for label in labels)
+    parts = tuple(_quantile_column(Projection(expr, column_label(label)), q) for label in labels)
     return new_collection(QuantileAssemble(parts, labels, q, full_meta))
 
 

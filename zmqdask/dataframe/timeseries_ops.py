@@ -34,7 +34,6 @@ from zmqdask.dataframe.groupby import (
     WHOLE_GROUP_AGGREGATIONS,
     AggPlan,
     Partial,
-    concat_nonempty,
     finalize,
     groupby_chunk,
     groupby_combine,
@@ -271,7 +270,7 @@ def window_offset(window: Any) -> pd.Timedelta | None:
 
 def rolling_carry(previous: Any, part: Any, window: Any) -> Any:
     """Rows of ``previous`` followed by ``part`` that a later partition's windows can reach."""
-    joined = concat_nonempty([previous, part]) if previous is not None else part
+    joined = concat_parts([previous, part]) if previous is not None else part
     duration = window_offset(window)
     if duration is None:
         keep = int(window) - 1
@@ -285,7 +284,7 @@ def rolling_carry(previous: Any, part: Any, window: Any) -> Any:
 def rolling_lead(part: Any, following: Any, window: Any) -> Any:
     """Rows of ``part`` followed by ``following`` that an earlier partition's centered
     windows can reach (the mirror of :func:`rolling_carry`)."""
-    joined = concat_nonempty([part, following]) if following is not None else part
+    joined = concat_parts([part, following]) if following is not None else part
     duration = window_offset(window)
     if duration is None:
         return joined.iloc[: max(int(window) - 1, 0)]
@@ -310,7 +309,7 @@ def rolling_apply(
     after = following if following is not None and len(following) and len(part) else None
     if before is None and after is None:
         return getattr(part.rolling(window, min_periods=min_periods, center=center), method)(**kwargs)
-    joined = pd.concat([piece for piece in (before, part, after) if piece is not None])
+    joined = concat_parts([piece for piece in (before, part, after) if piece is not None])
     result = getattr(joined.rolling(window, min_periods=min_periods, center=center), method)(**kwargs)
     start = len(before) if before is not None else 0
     return result.iloc[start : start + len(part)]
