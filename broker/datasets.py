@@ -116,10 +116,13 @@ class DatasetStore:
             self._release(dataset)
         self._named.clear()
 
-    def audit(self) -> list[str]:
-        """Broken invariants between the datasets and the ledger (empty when sound)."""
+    def audit(self, held_elsewhere: list[TaskRecord]) -> list[str]:
+        """Broken invariants between the datasets and the ledger (empty when sound);
+        ``held_elsewhere`` lists the records that other holders (variables, queues) keep."""
         problems: list[str] = []
         counts: dict[TaskRecord, int] = {}
+        for rec in held_elsewhere:
+            counts[rec] = counts.get(rec, 0) + 1
         for name, dataset in self._named.items():
             for rec in dataset.records:
                 counts[rec] = counts.get(rec, 0) + 1

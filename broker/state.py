@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from broker.audit import audit_ledger
+from broker.coordination import Coordination
 from broker.datasets import DatasetStore, PendingWants, dataset_value
 from broker.dispatch import dispatch
 from broker.functions import FunctionTable
@@ -29,6 +30,7 @@ from zmqdask.config import DIRECT_MIN_BYTES, HEARTBEAT_INTERVAL_S, LIVENESS_TIME
 from zmqdask.errors import ProtocolError
 from zmqdask.protocol import (
     CANCEL,
+    COORDINATE,
     DATA,
     DATASETS,
     DONE,
@@ -190,6 +192,7 @@ class BrokerState:
         self._runs = RunRelay(self._outbox)
         self._datasets = DatasetStore(self.ledger)
         self._wants = PendingWants()
+        self._coordination = Coordination(self.ledger, self._outbox)
         self._version_info: dict[str, Any] | None = None
         # Releases received and not applied yet (see RELEASE_KEYS_PER_STEP), oldest first,
         # and how many of them name each key.
@@ -235,6 +238,7 @@ class BrokerState:
             WHO_HAS: (self._on_who_has, _CLIENT),
             WANT: (self._on_want, _CLIENT),
             DATASETS: (self._on_datasets, _CLIENT),
+            COORDINATE: (self._on_coordinate, _CLIENT),
         }
 
     # --- public API -------------------------------------------------------------------
@@ -409,7 +413,8 @@ class BrokerState:
             if request.holder.alive and rid not in request.holder.requests:
                 problems.append(f"request {rid} unknown to its holder")
         problems.extend(self._runs.audit(self._workers))
-        problems.extend(self._datasets.audit())
+        problems.extend(self._datasets.audit(self._coordination.held_records()))
+        problems.extend(self._coordination.audit())
         problems.extend(self._wants.audit(self.ledger))
         return problems
 
@@ -484,6 +489,7 @@ class BrokerState:
             if self._wants:
                 # First: an unwanted key that arrived this step must not be released before.
                 self._wants.settle(ledger, self._now)
+            self._coordination.expire(self._now)
             if self._release_backlog:
                 self._apply_releases(RELEASE_KEYS_PER_STEP)
             while True:
@@ -718,6 +724,7 @@ class BrokerState:
             self.ledger.client_removed(peer)
             if self._wants:
                 self._wants.drop_client(peer)
+            self._coordination.client_gone(peer)
             self._functions.client_gone(peer)
             self._runs.client_gone(peer)
             logger.info("%s is gone (%s)", peer.label(), reason)
@@ -818,6 +825,7 @@ class BrokerState:
         self.ledger.kept.clear()  # fire_and_forget ends too
         self._datasets.clear()  # and so do published datasets: their values go with the workers
         reason = f"the cluster was restarted by {client.label()}"
+        self._coordination.clear(reason)  # and variables, queues, events and locks
         for peer in list(self._clients.values()):
             waited = self._wants.drop_client(peer) if self._wants else []
             if peer is not client:
@@ -1031,6 +1039,14 @@ class BrokerState:
         value = dataset_value(message.payload, field) if op == "put" else b""
         answer = self._datasets.request(client, request_id, op, name, keys, override, value)
         self._outbox.send(client.identity, INFO_REPLY, [request_id, answer])
+
+    def _on_coordinate(self, client: ClientPeer, message: Message) -> None:
+        request_id, kind, op, name, args, field = message.header
+        keys = args.get("keys")
+        if keys:
+            self._apply_releases_naming(keys)  # the client's earlier releases come first
+        value = dataset_value(message.payload, field) if (field or message.payload) else b""
+        self._coordination.request(client, request_id, kind, op, name, args, value, self._now)
 
     def _on_gather(self, client: ClientPeer, message: Message) -> None:
         self._apply_releases_naming(message.header[0])

@@ -2037,3 +2037,105 @@ def test_cancelling_a_published_key_leaves_it_to_the_dataset(h: Harness) -> None
     assert report_entries(out, b"c2")["a"][1] == P.CANCELLED
     assert not msgs(out, b"w1", P.CANCEL_TASKS)
     assert h.state.ledger.tasks["a"].state == "processing"
+
+
+# --- variables, queues, events and semaphores ----------------------------------------------
+
+
+def coordinate(
+    h: Harness, client: bytes, request_id: int, kind: str, op: str, name: str, value: bytes | None = None, **args: Any
+) -> Out:
+    """Send one COORDINATE request; everything the broker sent in that step."""
+    args.setdefault("timeout", None)
+    return h.send(client, P.COORDINATE, [request_id, kind, op, name, args, value if value is not None else 0])
+
+
+def answers(out: Out, client: bytes) -> dict[int, dict[str, Any]]:
+    """The INFO_REPLY answers ``client`` got in ``out``, by request id."""
+    return {m.header[0]: m.header[1] for m in msgs(out, client, P.INFO_REPLY)}
+
+
+def test_a_variable_get_waits_for_the_set_and_its_futures_are_held(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.client(b"c2")
+    assert answers(coordinate(h, b"c2", 1, "variable", "get", "v"), b"c2") == {}
+    assert answers(coordinate(h, b"c2", 2, "variable", "get", "v", timeout=0.5), b"c2") == {}
+    h.submit(b"c1", [("a", [])])
+    h.finish(b"w1", "a")
+    out = coordinate(h, b"c1", 1, "variable", "set", "v", b"<pickled future of a>", keys=["a"])
+    assert answers(out, b"c1") == {1: {"ok": True}}
+    got = answers(out, b"c2")
+    assert got[1] == got[2] == {"ok": True, "value": b"<pickled future of a>", "keys": ["a"]}
+    # The variable keeps a's value after its submitter lets go (c2 holds it too now).
+    h.send(b"c1", P.RELEASE, [["a"]])
+    h.send(b"c2", P.RELEASE, [["a"]])
+    assert h.state.ledger.tasks["a"].state == "memory"
+    out = coordinate(h, b"c1", 2, "variable", "delete", "v")
+    assert one(out, b"w1", P.DELETE).header == [["a"]]
+    # A get that times out is answered so, at the end of the step its deadline falls in.
+    coordinate(h, b"c2", 3, "variable", "get", "v", timeout=0.5)
+    assert answers(h.tick(1.0), b"c2") == {3: {"ok": False, "timed_out": True}}
+    refused = answers(coordinate(h, b"c1", 3, "variable", "set", "v", b"x", keys=["gone"]), b"c1")[3]
+    assert refused["ok"] is False and "cancelled or released" in refused["error"]
+
+
+def test_queue_gets_are_served_in_order_and_abandoned_ones_dropped(h: Harness) -> None:
+    h.client(b"c1")
+    h.client(b"c2")
+    coordinate(h, b"c2", 1, "queue", "get", "q")
+    coordinate(h, b"c2", 2, "queue", "get", "q", batch=2)
+    coordinate(h, b"c2", 3, "queue", "get", "q")
+    coordinate(h, b"c2", 4, "queue", "abandon", "q", request=3)
+    out = coordinate(h, b"c1", 1, "queue", "put", "q", b"first")
+    assert answers(out, b"c2") == {1: {"ok": True, "value": b"first", "keys": []}}
+    assert answers(coordinate(h, b"c1", 2, "queue", "put", "q", b"second"), b"c2") == {}  # 2 waits for two
+    out = coordinate(h, b"c1", 3, "queue", "put", "q", b"third")
+    assert answers(out, b"c2") == {2: {"ok": True, "values": [b"second", b"third"], "keys": [[], []]}}
+    coordinate(h, b"c1", 4, "queue", "put", "q", b"fourth")  # request 3 was abandoned: it stays
+    assert answers(coordinate(h, b"c1", 5, "queue", "qsize", "q"), b"c1")[5] == {"ok": True, "size": 1}
+    out = coordinate(h, b"c1", 6, "queue", "get", "q", batch=True)
+    assert answers(out, b"c1")[6] == {"ok": True, "values": [b"fourth"], "keys": [[]]}
+    # A client that leaves stops waiting: the item goes to the next get.
+    coordinate(h, b"c2", 5, "queue", "get", "q")
+    coordinate(h, b"c1", 7, "queue", "get", "q")
+    h.send(b"c2", P.GOODBYE, ["bye"])
+    assert answers(coordinate(h, b"c1", 8, "queue", "put", "q", b"fifth"), b"c1")[7]["value"] == b"fifth"
+
+
+def test_semaphore_leases_go_to_the_waiters_in_order(h: Harness) -> None:
+    for client in (b"c1", b"c2", b"c3"):
+        h.client(client)
+    assert answers(coordinate(h, b"c1", 1, "semaphore", "acquire", "s", lease="l1"), b"c1")[1]["acquired"] is True
+    assert answers(coordinate(h, b"c2", 1, "semaphore", "acquire", "s", lease="l2"), b"c2") == {}
+    assert answers(coordinate(h, b"c3", 1, "semaphore", "acquire", "s", lease="l3"), b"c3") == {}
+    # A try without waiting ends in the same step.
+    assert answers(coordinate(h, b"c3", 2, "semaphore", "acquire", "s", lease="l4", timeout=0), b"c3") == {
+        2: {"ok": True, "acquired": False}
+    }
+    mismatch = answers(coordinate(h, b"c3", 3, "semaphore", "acquire", "s", lease="l5", max_leases=2), b"c3")[3]
+    assert mismatch["ok"] is False and "has 1 leases, not 2" in mismatch["error"]
+    assert answers(coordinate(h, b"c2", 2, "semaphore", "release", "s", lease="l1"), b"c2")[2]["ok"] is False
+    out = coordinate(h, b"c1", 2, "semaphore", "release", "s", lease="l1")
+    assert answers(out, b"c2") == {1: {"ok": True, "acquired": True}}
+    # c2 leaves holding the lease: c3 gets it.
+    out = h.send(b"c2", P.GOODBYE, ["bye"])
+    assert answers(out, b"c3") == {1: {"ok": True, "acquired": True}}
+    assert answers(coordinate(h, b"c1", 3, "semaphore", "get_value", "s"), b"c1")[3] == {"ok": True, "value": 1}
+
+
+def test_event_waits_and_a_restart_ends_every_wait(h: Harness) -> None:
+    h.worker(b"w1", pool="p")
+    h.client(b"c1")
+    h.client(b"c2")
+    assert answers(coordinate(h, b"c2", 1, "event", "wait", "e"), b"c2") == {}
+    assert answers(coordinate(h, b"c2", 2, "event", "wait", "e", timeout=0.5), b"c2") == {}
+    assert answers(h.tick(1.0), b"c2") == {2: {"ok": True, "set": False}}
+    assert answers(coordinate(h, b"c1", 1, "event", "set", "e"), b"c2") == {1: {"ok": True, "set": True}}
+    assert answers(coordinate(h, b"c1", 2, "event", "is_set", "e"), b"c1")[2] == {"ok": True, "set": True}
+    coordinate(h, b"c1", 3, "event", "clear", "e")
+    coordinate(h, b"c2", 3, "event", "wait", "e")
+    coordinate(h, b"c2", 4, "variable", "get", "v")
+    out = h.send(b"c1", P.RESTART, [9])
+    ended = answers(out, b"c2")
+    assert set(ended) == {3, 4} and all("restarted" in answer["error"] for answer in ended.values())

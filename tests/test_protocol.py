@@ -100,6 +100,28 @@ def test_want_and_dataset_messages_roundtrip_and_are_validated() -> None:
             proto.decode(proto.encode(command, header, payload))
 
 
+def test_coordinate_messages_roundtrip_and_are_validated() -> None:
+    put = roundtrip(proto.COORDINATE, [1, "queue", "put", "q", {"keys": ["k"], "timeout": None}, 1], [b"value"])
+    assert put.name == "COORDINATE" and put.payload == [b"value"]
+    assert roundtrip(proto.COORDINATE, [2, "variable", "set", "v", {}, b"inline"]).payload == []
+    header = [3, "semaphore", "acquire", "lock/x", {"lease": "l", "timeout": 0.5}, 0]
+    assert roundtrip(proto.COORDINATE, header).header == header
+    bad = [
+        ([1, "barrier", "wait", "b", {}, 0], "unknown kind"),
+        ([1, "queue", "set", "q", {}, 0], "unknown queue operation"),
+        ([1, "event", "wait", "", {}, 0], "name must be"),
+        ([1, "event", "wait", "e", [], 0], "args must be a map"),
+        ([1, "event", "wait", "e", {"timeout": -1}, 0], "timeout must be"),
+        ([1, "event", "wait", "e", {"keys": [3]}, 0], "invalid key"),
+        ([1, "queue", "put", "q", {}, 0], "queue put carries the wrong payload"),
+        ([1, "queue", "get", "q", {}, 1], "queue get carries the wrong payload"),
+    ]
+    for header, match in bad:
+        payload = [b"frame"] if header[-1] == 1 else []
+        with pytest.raises(ProtocolError, match=match):
+            proto.decode(proto.encode(proto.COORDINATE, header, payload))
+
+
 def test_forget_functions_roundtrip() -> None:
     message = roundtrip(proto.FORGET_FUNCTIONS, [[FN, b"g" * 16]])
     assert message.name == "FORGET_FUNCTIONS" and message.header == [[FN, b"g" * 16]] and message.payload == []

@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from zmqdask.client import Client, ClientStatus, default_client, get_client
+from zmqdask.coordination import Event, Lock, Queue, Semaphore, Variable
 from zmqdask.delayed import Delayed, delayed
 from zmqdask.errors import (
     CancelledError,
@@ -60,16 +61,21 @@ __all__ = [
     "CommunicationError",
     "ConnectTimeoutError",
     "Delayed",
+    "Event",
     "Future",
     "FutureCancelledError",
     "KilledWorker",
     "LocalCluster",
+    "Lock",
     "LostDataError",
+    "Queue",
     "Security",
+    "Semaphore",
     "SerializationError",
     "SyncInAsyncError",
     "TimeoutError",
     "UsageError",
+    "Variable",
     "ZmqdaskError",
     "__version__",
     "as_completed",

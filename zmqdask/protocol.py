@@ -47,6 +47,14 @@ Header layouts (``key`` is ``str``, ``identity`` and ``fn_hash`` are ``bytes``):
                                               while it is published), "get", "delete" or "list";
                                               answered INFO_REPLY {"ok", and "error", "missing",
                                               "names", "keys" or "value"}
+    COORDINATE   [request_id, kind, op, name, args, nframes]  client -> broker: an operation
+                                              on a named variable, queue, event or semaphore
+                                              (a lock is a semaphore of one lease; see
+                                              broker.coordination).  ``args`` is a map (timeout,
+                                              keys of the futures in the value, lease, ...); the
+                                              payload is the pickled value of a set or put.
+                                              Answered INFO_REPLY {"ok", ...}, once the operation
+                                              is done: a wait ends with the condition or timeout
     WHO_HAS      [request_id, keys]           client -> broker: where are these values (None:
                                               every value)?  Answered INFO_REPLY with the map
                                               {"who_has": {key: [worker_id]}}, plus "has_what":
@@ -180,6 +188,7 @@ SETUP = 41
 WHO_HAS = 42
 WANT = 43
 DATASETS = 44
+COORDINATE = 45
 
 COMMAND_NAMES: dict[int, str] = {
     value: name
@@ -696,6 +705,37 @@ def _v_datasets(h: list[Any]) -> int:
     return frames
 
 
+COORDINATION_OPS: dict[str, frozenset[str]] = {
+    "variable": frozenset({"set", "get", "delete", "abandon"}),
+    "queue": frozenset({"put", "get", "qsize", "abandon"}),
+    "event": frozenset({"set", "clear", "is_set", "wait", "abandon"}),
+    "semaphore": frozenset({"acquire", "release", "get_value", "abandon"}),
+}
+"""The operations of a COORDINATE request, by kind of object ("abandon": the client no
+longer waits for its request ``args["request"]``)."""
+
+_VALUE_OPS = frozenset({("variable", "set"), ("queue", "put")})
+
+
+def _v_coordinate(h: list[Any]) -> int:
+    _arity(h, 6)
+    _count(h[0])
+    kind, op, name, args = h[1], h[2], h[3], h[4]
+    ops = COORDINATION_OPS.get(kind) if type(kind) is str else None
+    if ops is None:
+        raise ProtocolError(f"unknown kind {kind!r:.20}")
+    _check(type(op) is str and op in ops, f"unknown {kind} operation {op!r:.20}")
+    _check(type(name) is str and 0 < len(name) <= MAX_KEY_LENGTH, "name must be a non-empty string")
+    _check(type(args) is dict, "args must be a map")
+    timeout = args.get("timeout")
+    _check(timeout is None or (type(timeout) in (int, float) and timeout >= 0), "timeout must be None or >= 0")
+    _keys(args.get("keys", []))
+    frames = _frames(h[5])
+    carries = frames == 1 or type(h[5]) is bytes
+    _check(carries if (kind, op) in _VALUE_OPS else frames == 0, f"{kind} {op} carries the wrong payload")
+    return frames
+
+
 def _v_worker_died(h: list[Any]) -> int:
     _arity(h, 3)
     _identity(h[0])
@@ -744,6 +784,7 @@ _VALIDATORS: dict[int, Callable[[list[Any]], int]] = {
     WHO_HAS: _v_who_has,
     WANT: _v_keys,
     DATASETS: _v_datasets,
+    COORDINATE: _v_coordinate,
 }
 
 

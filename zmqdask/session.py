@@ -179,6 +179,9 @@ class BrokerSession:
         self._restarts: dict[int, asyncio.Future[list[bytes]]] = {}
         self._unanswered: dict[int, list[Any]] = {}
         self._unanswered_after_tasks: dict[int, list[Any]] = {}
+        self._abandoned: dict[int, Callable[[dict[str, Any]], None]] = {}
+        """Waiting requests given up here (cancelled): what to undo when their answer comes
+        after all (a lease granted, a queue's items handed over)."""
         """Requests (DATASETS) sent again after re-registering only once the tasks are."""
         """INFO, WHO_HAS and RESTART requests not answered yet, sent again after re-registering."""
         """``Client.restart`` calls waiting for the broker's RESTARTING, by request id."""
@@ -746,6 +749,13 @@ class BrokerSession:
         waiter = self._info_requests.pop(request_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(info)
+        elif waiter is None and self._abandoned:
+            undo = self._abandoned.pop(request_id, None)
+            if undo is not None:
+                try:
+                    undo(info)
+                except Exception:
+                    logger.exception("could not undo the late answer to request %d", request_id)
 
     def _on_running(self, message: proto.Message) -> None:
         request_id, targets = message.header
@@ -1149,6 +1159,10 @@ class BrokerSession:
 
     def _fail_pending(self, exc: BaseException, status: str) -> None:
         self._fail_runs(exc)
+        for waiter in list(self._info_requests.values()):
+            # Requests without a bound of their own (a lock acquire) end here too.
+            if not waiter.done():
+                waiter.set_exception(exc)
         for state in list(self._futures.values()):
             # Not yet confirmed (a scatter the client holds the value of too: the call that
             # waits for it must not wait for ever), or finished without the value here.
@@ -1536,9 +1550,73 @@ class BrokerSession:
         # names keys the broker must know first.
         return await self._ask(build, f"a dataset request ({op})", after_tasks=True)
 
-    async def _ask(self, build: Callable[[int], list[Any]], what: str, after_tasks: bool = False) -> dict[str, Any]:
+    async def _coordinate(
+        self,
+        kind: str,
+        op: str,
+        name: str,
+        args: dict[str, Any],
+        value: bytes | None,
+        timeout: float | None,
+        on_abandon: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """One COORDINATE request (see broker.coordination); the broker's answer map.
+
+        ``timeout`` bounds an operation that waits (the broker answers when it ends); None
+        waits as long as it takes, bounded by the broker's liveness.  ``on_abandon`` is called
+        with the answer if it comes after the caller stopped waiting (cancelled).
+        """
+        field = proto.payload_field([value]) if value is not None else 0
+        payload = [value] if value is not None and type(field) is not bytes else []
+        args = {**args, "timeout": timeout}
+        sent: list[int] = []
+
+        def build(request_id: int) -> list[Any]:
+            sent.append(request_id)
+            return proto.encode(proto.COORDINATE, [request_id, kind, op, name, args, field], payload)
+
+        # The broker answers a wait when its timeout ends: allow for the trip on top of it.
+        limit: float | None = None if timeout is None else timeout + self.timeout
+        what = f"a {kind} {op}"
+        try:
+            return await self._ask(build, what, after_tasks=True, limit=limit, waits=True, on_abandon=on_abandon)
+        except (asyncio.CancelledError, asyncio.TimeoutError, ZmqdaskTimeoutError):
+            if on_abandon is not None and sent and self._socket is not None:
+                # The broker would keep the request waiting: it may drop it now.
+                self._coordinate_forget(kind, "abandon", name, {"request": sent[-1]}, None)
+            raise
+
+    def _coordinate_forget(self, kind: str, op: str, name: str, args: dict[str, Any], value: bytes | None) -> None:
+        """Send a COORDINATE request whose answer nobody waits for (undoing a late answer)."""
+        self._next_request += 1
+        request_id = self._next_request
+        self._abandoned[request_id] = _ignore_answer
+        field = proto.payload_field([value]) if value is not None else 0
+        payload = [value] if value is not None and type(field) is not bytes else []
+        header = [request_id, kind, op, name, {**args, "timeout": None}, field]
+        self._send(proto.encode(proto.COORDINATE, header, payload))
+
+    def _coordinate_release(self, keys: list[str]) -> None:
+        """Drop the interest the broker gave this client in ``keys`` with values it never took
+        (undoing a late answer), except in keys a future here still holds."""
+        with self._lock:
+            unheld = [key for key in keys if key not in self._futures]
+        if unheld:
+            self._send(proto.encode(proto.RELEASE, [unheld]))
+
+    async def _ask(
+        self,
+        build: Callable[[int], list[Any]],
+        what: str,
+        after_tasks: bool = False,
+        limit: float | None = None,
+        waits: bool = False,
+        on_abandon: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Send the request ``build(request_id)`` makes, after every operation queued so far,
-        and wait (bounded) for the broker's INFO_REPLY to it."""
+        and wait for the broker's INFO_REPLY to it: bounded by the client's timeout, or, for
+        a request that ``waits`` on the broker, by ``limit`` (None: by the broker's liveness,
+        through the reconnect timeout)."""
         assert self._loop is not None
         self._next_request += 1
         request_id = self._next_request
@@ -1551,10 +1629,22 @@ class BrokerSession:
         self._send(request)
         # Bounded by the client's timeout, and by the reconnect timeout while the broker is
         # away (a request sent then goes again to the broker this client registers with).
-        limit = self.timeout if self.status != ClientStatus.RECONNECTING else max(self.timeout, self.reconnect_timeout)
+        if not waits:
+            limit = self.timeout
+            if self.status == ClientStatus.RECONNECTING:
+                limit = max(self.timeout, self.reconnect_timeout)
         try:
             return await asyncio.wait_for(waiter, limit)
+        except asyncio.CancelledError:
+            if on_abandon is not None:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    on_abandon(waiter.result())  # answered just as the caller gave up
+                elif not waiter.done() or waiter.cancelled():
+                    self._abandoned[request_id] = on_abandon  # (wait_for cancels the waiter too)
+            raise
         except asyncio.TimeoutError:
+            if on_abandon is not None:
+                self._abandoned[request_id] = on_abandon
             if self.status == ClientStatus.RECONNECTING:
                 raise BrokerLostError(
                     f"the broker at {self.address} is unreachable; try again once it is back"
@@ -1563,3 +1653,7 @@ class BrokerSession:
         finally:
             self._info_requests.pop(request_id, None)
             unanswered.pop(request_id, None)
+
+
+def _ignore_answer(_answer: dict[str, Any]) -> None:
+    """The answer to a request sent only for its effect."""
