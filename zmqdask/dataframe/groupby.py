@@ -1332,7 +1332,16 @@ class GroupBy:
         return self._whole_group_aggregate("idxmin", "insert", skipna=skipna)
 
     def value_counts(self, normalize: bool = False, dropna: bool = True) -> Any:
-        """Counts of each value within each group (a Series indexed by key and value)."""
+        """Counts of each value within each group (a Series indexed by key and value).
+
+        Groups come sorted by key and each group's values by count, largest first, as in
+        pandas; values with equal counts may come in another order than pandas gives. pandas
+        (3.1) orders them by an unstable sort of the group keys over every (key, value) pair of the
+        whole frame, in the order the pairs first appear, so the order of ties in one group
+        depends on the pairs of all the others: each partition of shuffled whole groups runs
+        pandas on its own groups only. Matching it would take the distinct pairs of the whole
+        column, in order of first appearance, into one final step (not done yet).
+        """
         return self._whole_group_aggregate("value_counts", "reset", normalize=normalize, dropna=dropna)
 
     # Per-row results within groups: as transform, partitioned like the frame, in its order.
