@@ -130,6 +130,24 @@ def test_a_tuple_key_selects_one_column_of_multiindex_columns() -> None:
     assert_same(lazy.expanding().agg(["sum", "max"])[("x", "sum")], flat.expanding().agg(["sum", "max"])[("x", "sum")])
 
 
+def test_first_levels_of_multiindex_columns_select_the_frame_under_them() -> None:
+    columns = pd.MultiIndex.from_tuples([("a", "x", 1), ("a", "x", 4), ("a", "y", 2), ("b", "x", 3)])
+    pdf = pd.DataFrame(np.arange(80.0).reshape(20, 4), columns=columns)
+    df = zd.from_pandas(pdf, npartitions=4)
+    for key in ("a", "b", ("a", "x")):
+        assert isinstance(df[key], zd.DataFrame)
+        assert df[key].known_divisions
+        assert_same(df[key], pdf[key])
+    assert_same(df.b, pdf.b)
+    assert_same(df["a"].sum(), pdf["a"].sum())
+    # Columns added under the same first level are selected with it.
+    df[("a", "z", 5)] = df[("b", "x", 3)] * 2
+    pdf[("a", "z", 5)] = pdf[("b", "x", 3)] * 2
+    assert_same(df["a"], pdf["a"])
+    with pytest.raises(KeyError):
+        df["c"]
+
+
 def test_a_tuple_key_assigns_one_column_of_multiindex_columns() -> None:
     columns = pd.MultiIndex.from_tuples([("a", "x"), ("a", "y"), ("b", "x")])
     pdf = pd.DataFrame(np.arange(60.0).reshape(20, 3), columns=columns)

@@ -840,3 +840,51 @@ def test_custom_aggregation_through_worker_processes(run_async: Any) -> None:
 
     expected = frame.groupby("k").agg({"x": ["mean"], "y": ["sum", "max"]})
     _assert_same(run_async(body), _renamed(expected, {"mean": "custom_mean", "sum": "custom_sum"}))
+
+
+def _multiindex_columns_frame() -> pd.DataFrame:
+    rng = np.random.default_rng(8)
+    n = 90
+    return pd.DataFrame(
+        {
+            ("a", "x"): rng.integers(0, 9, n),
+            ("a", "y"): rng.normal(size=n),
+            ("b", "s"): rng.choice(list("pqr"), n),
+            ("b", "t"): rng.choice(list("uv"), n),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "compute",
+    [
+        lambda d: d.groupby(("b", "s")).sum(),
+        lambda d: d.groupby(("b", "s")).mean(numeric_only=True),
+        lambda d: d.groupby([("b", "s"), ("b", "t")]).count(),
+        lambda d: d.groupby(("b", "s"))[[("a", "x"), ("a", "y")]].var(),
+        lambda d: d.groupby(("b", "s"))[[("a", "x")]].nunique(),
+        lambda d: d.groupby(("b", "s")).agg({("a", "x"): "sum", ("a", "y"): ["min", "max"]}),
+        lambda d: d.groupby(("b", "s"))[[("a", "x"), ("a", "y")]].agg(["sum", "count"]),
+        lambda d: d.groupby(("b", "s")).size(),
+        lambda d: d.groupby(("b", "s"))[[("a", "y")]].cumsum(),
+        lambda d: d[("a", "x")].groupby(d[("b", "s")]).max(),
+    ],
+    ids=["sum", "mean", "two-keys-count", "var", "nunique", "agg-dict", "agg-list", "size", "cumsum", "series"],
+)
+def test_groupby_on_multiindex_columns_matches_pandas(compute: Any) -> None:
+    frame = _multiindex_columns_frame()
+    got = compute(zd.from_pandas(frame, npartitions=4)).compute()
+    expected = compute(frame)
+    if isinstance(expected, pd.DataFrame):
+        pd.testing.assert_frame_equal(got, expected)
+    else:
+        pd.testing.assert_series_equal(got, expected)
+
+
+def test_groupby_refuses_a_tuple_selection_as_pandas() -> None:
+    frame = _multiindex_columns_frame()
+    with pytest.raises(ValueError, match="Cannot subset columns with a tuple"):
+        frame.groupby(("b", "s"))[("a", "x")]
+    lazy = zd.from_pandas(frame, npartitions=4)
+    with pytest.raises(UsageError, match=r"select with a list, groupby\(...\)\[\[\('a', 'x'\)\]\]"):
+        lazy.groupby(("b", "s"))[("a", "x")]

@@ -477,6 +477,22 @@ def test_shuffle_puts_equal_keys_in_one_partition_and_keeps_every_row() -> None:
         lazy.shuffle(on="i", npartitions=0)
 
 
+def test_shuffle_on_a_column_of_multiindex_columns() -> None:
+    frame = _frame(120)
+    frame.columns = pd.MultiIndex.from_tuples([(name, "v") for name in frame.columns])
+    lazy = zd.from_pandas(frame, npartitions=4)
+    shuffled = lazy.shuffle(on=("i", "v"), npartitions=3)
+    parts = [shuffled.get_partition(n).compute() for n in range(3)]
+    owners: dict[int, int] = {}
+    for n, part in enumerate(parts):
+        for key in part[("i", "v")].unique():
+            assert owners.setdefault(int(key), n) == n
+    pd.testing.assert_frame_equal(pd.concat(parts).sort_index(), frame)
+    # A list of tuples names several columns.
+    both = lazy.shuffle(on=[("i", "v"), ("s", "v")]).compute().sort_index()
+    pd.testing.assert_frame_equal(both, frame)
+
+
 def test_array_conversions_say_there_are_no_lazy_arrays() -> None:
     lazy = zd.from_pandas(_frame(20), npartitions=2)
     for attempt in (lambda: lazy.x.values, lambda: lazy.values, lambda: lazy.to_dask_array(lengths=True)):

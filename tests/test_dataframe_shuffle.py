@@ -286,3 +286,76 @@ def test_divisions_given_must_cover_the_index() -> None:
         narrow.compute()
     wide = zd.from_pandas(keyed, npartitions=4).set_index("k", divisions=[0, 1500, 2997])
     pd.testing.assert_frame_equal(wide.loc[2500:].compute(), keyed.set_index("k").loc[2500:])
+
+
+# --------------------------------------------------------------------------------------------
+# Categorical sort keys
+# --------------------------------------------------------------------------------------------
+
+
+def _categorical_frame() -> pd.DataFrame:
+    """Five blocks of 60 rows drawing from different letters, some missing."""
+    rng = np.random.default_rng(5)
+    letters = ["xyz", "abcx", "mnop", "bdfh", "qrsa"]
+    values = np.concatenate([rng.choice(list(block), 60) for block in letters]).astype(object)
+    values[::17] = None
+    return pd.DataFrame({"c": values, "v": np.arange(len(values))})
+
+
+def _per_partition_categories(dtype: Any = "category") -> tuple[Any, pd.DataFrame]:
+    """A lazy frame whose partitions categorize their own values of ``c``, and the frame
+    pandas holds once their categories are unified."""
+    lazy = zd.from_pandas(_categorical_frame(), npartitions=5).astype({"c": dtype})
+    parts = [lazy.get_partition(i).compute() for i in range(lazy.npartitions)]
+    assert len({tuple(part["c"].cat.categories) for part in parts}) == len(parts)
+    union = pd.api.types.union_categoricals([part["c"] for part in parts], sort_categories=True, ignore_order=True)
+    unified = pd.CategoricalDtype(union.categories, ordered=parts[0]["c"].dtype.ordered)
+    return lazy, pd.concat([part.astype({"c": unified}) for part in parts])
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+@pytest.mark.parametrize("na_position", ["last", "first"])
+def test_sort_by_categories_differing_between_partitions(ascending: bool, na_position: str) -> None:
+    lazy, expected = _per_partition_categories()
+    got = lazy.sort_values("c", ascending=ascending, na_position=na_position)
+    want = expected.sort_values("c", ascending=ascending, kind="stable", na_position=na_position)
+    pd.testing.assert_frame_equal(got.compute(), want)
+    # Every output partition holds the whole column's categories.
+    assert got.get_partition(1).compute()["c"].dtype == want["c"].dtype
+
+
+@pytest.mark.parametrize("npartitions", [1, 3, 5])
+def test_set_index_by_categories_differing_between_partitions(npartitions: int) -> None:
+    lazy, expected = _per_partition_categories()
+    got = lazy.set_index("c", npartitions=npartitions)
+    pd.testing.assert_frame_equal(got.compute(), expected.set_index("c").sort_index(kind="stable"))
+
+
+@pytest.mark.parametrize("npartitions", [1, 3])
+def test_set_index_sampled_in_the_graph_by_categories_differing_between_partitions(npartitions: int) -> None:
+    from zmqdask.dataframe.shuffle import SampledSetIndex
+    from zmqdask.dataframe.wrapping import expr_of, new_collection
+
+    lazy, expected = _per_partition_categories()
+    got = new_collection(SampledSetIndex(expr_of(lazy), "c", npartitions))
+    pd.testing.assert_frame_equal(got.compute(), expected.set_index("c").sort_index(kind="stable"))
+
+
+def test_sort_by_per_partition_ordered_categories() -> None:
+    lazy, expected = _per_partition_categories(pd.CategoricalDtype(ordered=True))
+    assert expected["c"].dtype.ordered
+    pd.testing.assert_frame_equal(
+        lazy.sort_values("c", ascending=False).compute(), expected.sort_values("c", ascending=False, kind="stable")
+    )
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_sort_by_categories_shared_by_every_partition_follows_their_order(ordered: bool) -> None:
+    # Categories out of the values' order: pandas sorts by the categories' order.
+    dtype = pd.CategoricalDtype(list("zyxsrqponmhfdcba"), ordered=ordered)
+    frame = _categorical_frame().astype({"c": dtype})
+    lazy = zd.from_pandas(frame, npartitions=5)
+    pd.testing.assert_frame_equal(lazy.sort_values("c").compute(), frame.sort_values("c", kind="stable"))
+    indexed = lazy.set_index("c", npartitions=4)
+    assert indexed.npartitions == 4
+    pd.testing.assert_frame_equal(indexed.compute(), frame.set_index("c").sort_index(kind="stable"))

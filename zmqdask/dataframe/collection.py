@@ -119,6 +119,12 @@ _NO_ARRAYS = (
 )
 
 
+def _is_column_label(meta: Any, key: tuple[Any, ...]) -> bool:
+    """Whether ``key`` is one whole column label of ``meta`` (a DataFrame's MultiIndex columns)."""
+    columns = getattr(meta, "columns", None)
+    return isinstance(columns, pd.MultiIndex) and len(key) == columns.nlevels and key in columns
+
+
 def _no_attribute(kind: str, name: str) -> AttributeError:
     if name == "values":
         return AttributeError(_NO_ARRAYS.format(what=".values"))
@@ -428,7 +434,10 @@ class _Frame(Collection, FrameMethods, FrameReductions):
         if on_index:
             on = None
         if on is not None:
-            names = list(on) if isinstance(on, (list, tuple)) else [on]
+            # As in pandas' selections, a tuple that is a column label (of MultiIndex columns)
+            # is that one column; another tuple lists several.
+            one = not isinstance(on, (list, tuple)) or (isinstance(on, tuple) and _is_column_label(self._meta, on))
+            names = [on] if one else list(on)
             known = self._meta.columns if isinstance(self._meta, pd.DataFrame) else pd.Index([self._meta.name])
             missing = [name for name in names if name not in known]
             if missing:
@@ -505,6 +514,11 @@ class DataFrame(_Frame):
         if isinstance(key, DataFrame):
             return self.where(key)
         if key in self._meta.columns:
+            under = _labels_under(self._meta.columns, key)
+            if under is not None:
+                # The labels go first into a projection, so the columns the selection needs
+                # are known below it; the level is dropped on the partitions.
+                return self[under].map_partitions(_select_top, key, meta=self._meta[key])
             # As in pandas, a tuple is one label (a column of MultiIndex columns), never a list.
             return Series(Projection(self._expr, column_label(key)))
         raise KeyError(key)
@@ -799,6 +813,23 @@ def _pivot_cells(cells: pd.Series, columns: Hashable, labels: pd.CategoricalInde
     table = cells.unstack(columns).reindex(columns=labels).astype("float64")
     table.columns = labels
     return table.fillna(0.0) if zero_fill else table
+
+
+def _labels_under(columns: pd.Index, key: Hashable) -> list[Hashable] | None:
+    """The column labels under ``key`` when it names only their first levels (pandas' ``df[key]``
+    on MultiIndex columns is then the frame of those columns without these levels); None when
+    ``key`` is one whole column label."""
+    if not isinstance(columns, pd.MultiIndex):
+        return None
+    prefix = key if isinstance(key, tuple) else (key,)
+    if len(prefix) >= columns.nlevels:
+        return None
+    return [label for label in columns if label[: len(prefix)] == prefix]
+
+
+def _select_top(part: pd.DataFrame, key: Hashable) -> pd.DataFrame | pd.Series:
+    """pandas' ``part[key]`` for the first levels ``key`` of its MultiIndex columns."""
+    return part[key]
 
 
 def _apply_rows(part: pd.DataFrame, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

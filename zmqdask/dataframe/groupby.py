@@ -412,7 +412,7 @@ def groupby_chunk(
     for position, (column, primitive) in enumerate(plan.slots):
         if position == SIZE_SLOT:
             continue
-        values = grouped[column]
+        values = column_groups(grouped, frame, by, column, sort, dropna)
         if primitive == "vcount":
             columns[position] = values.count()
         elif primitive == "vmean":
@@ -436,10 +436,30 @@ def groupby_chunk(
             keys = size.index.take(distinct["group"].to_numpy())
             pairs[column] = pd.DataFrame({0: distinct[0].to_numpy()}, index=keys)
     custom = tuple(
-        _custom_outputs(aggregation.chunk(grouped[column]), aggregation, "chunk")
+        _custom_outputs(
+            aggregation.chunk(column_groups(grouped, frame, by, column, sort, dropna)), aggregation, "chunk"
+        )
         for column, aggregation in plan.customs
     )
     return Partial(main, pairs, custom)
+
+
+def column_groups(grouped: Any, frame: pd.DataFrame, by: Any, column: Hashable, sort: bool, dropna: bool) -> Any:
+    """The SeriesGroupBy of one column of ``frame``, grouped as ``grouped`` is (by ``by``).
+
+    pandas' ``grouped[label]`` refuses a tuple, which once meant several columns; a column of
+    MultiIndex columns is named by one, so that column is grouped by the same keys itself.
+    """
+    if not isinstance(column, tuple):
+        return grouped[column]
+    keys = by if isinstance(by, list) else [by]
+    series_keys = [frame[key] if _is_label(key) and key in frame.columns else key for key in keys]
+    return frame[column].groupby(series_keys, sort=sort, dropna=dropna, observed=True)
+
+
+def _is_label(key: Any) -> bool:
+    """Whether a grouping key is a column label (not a Series, an Index or a Grouper)."""
+    return not isinstance(key, (pd.Series, pd.Index, pd.Grouper, np.ndarray))
 
 
 _COUNTING = frozenset({"size", "sum", "count", "min", "max"})
@@ -614,7 +634,7 @@ def finalize(state: Partial, plan: AggPlan, sort: bool = True) -> pd.DataFrame |
     frame = pd.DataFrame({position: values for position, values in enumerate(results)}, index=index)
     if plan.layout == "multi":
         frame.columns = (
-            pd.MultiIndex.from_tuples([tuple(label) for label in labels])  # type: ignore[arg-type]
+            pd.MultiIndex.from_tuples([_flat_label(label) for label in labels])
             if labels
             else pd.MultiIndex.from_tuples([], names=[None, None])
         )
@@ -663,6 +683,13 @@ def keys_as_columns(result: pd.DataFrame | pd.Series, mode: str, func: str | Non
             label = (names[level], *padding) if padding else names[level]
             frame.insert(0, label, index.get_level_values(level))
     return frame.reset_index(drop=True)
+
+
+def _flat_label(label: Any) -> tuple[Any, ...]:
+    """A ``(column, aggregation)`` label as one tuple; pandas puts a column of MultiIndex
+    columns (a tuple) as its levels before the aggregation's."""
+    column, name = label
+    return (*column, name) if isinstance(column, tuple) else (column, name)
 
 
 def _final_values(state: Partial, plan: AggPlan, column: Hashable, func: AggFunc) -> pd.Series:
@@ -764,8 +791,20 @@ def group_rows_split(part: pd.DataFrame, source: int, by: tuple[Hashable, ...], 
     the group keys into ``nout`` buckets."""
     from zmqdask.dataframe.shuffle import hash_split
 
-    tagged = part.assign(**{_SOURCE: np.full(len(part), source, dtype=np.int64), _POSITION: np.arange(len(part))})
+    tagged = part.copy(deep=False)
+    tagged[_tag(part.columns, _SOURCE)] = np.full(len(part), source, dtype=np.int64)
+    tagged[_tag(part.columns, _POSITION)] = np.arange(len(part))
     return hash_split(tagged, list(by), nout)
+
+
+def _tag(columns: pd.Index, name: str) -> Hashable:
+    """The label of a tag column among ``columns``: MultiIndex columns take whole tuples."""
+    return (name, *[""] * (columns.nlevels - 1)) if isinstance(columns, pd.MultiIndex) else name
+
+
+def _untagged(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without its tag columns."""
+    return frame.drop(columns=[_tag(frame.columns, _SOURCE), _tag(frame.columns, _POSITION)])
 
 
 def group_rows_apply(pieces: Sequence[pd.DataFrame], nsources: int, options: tuple[Any, ...], meta: Any) -> list[Any]:
@@ -774,12 +813,12 @@ def group_rows_apply(pieces: Sequence[pd.DataFrame], nsources: int, options: tup
     from zmqdask.dataframe.shuffle import gather
 
     joined = gather(pieces)
-    sources = joined[_SOURCE].to_numpy()
-    positions = joined[_POSITION].to_numpy()
+    sources = joined[_tag(joined.columns, _SOURCE)].to_numpy()
+    positions = joined[_tag(joined.columns, _POSITION)].to_numpy()
     if len(joined) == 0:
         # pandas cannot transform no groups with a function: nothing to compute anyway.
         return [(meta, positions)] * nsources
-    result = whole_groups_part(joined.drop(columns=[_SOURCE, _POSITION]), *options)
+    result = whole_groups_part(_untagged(joined), *options)
     if len(result) != len(joined):
         raise UsageError(
             f"groupby(...).{options[2] if options[2] != 'method' else options[3]} must give one row per row "
@@ -1084,6 +1123,12 @@ class GroupBy:
     def __getitem__(self, key: Any) -> GroupBy:
         if self._is_series:
             raise UsageError("cannot select columns of a grouped Series")
+        if isinstance(key, tuple) and len(key) > 1:
+            raise UsageError(
+                f"groupby(...)[{key!r}]: a tuple cannot select here, as in pandas (it used to mean several "
+                f"columns); select with a list, groupby(...)[[{key!r}]], or group the column itself, "
+                f"df[{key!r}].groupby(...)"
+            )
         columns = list(self._frame_expr._meta.columns)
         keys = key if isinstance(key, list) else [key]
         missing = [k for k in keys if k not in columns]
@@ -1287,7 +1332,16 @@ class GroupBy:
         return self._whole_group_aggregate("idxmin", "insert", skipna=skipna)
 
     def value_counts(self, normalize: bool = False, dropna: bool = True) -> Any:
-        """Counts of each value within each group (a Series indexed by key and value)."""
+        """Counts of each value within each group (a Series indexed by key and value).
+
+        Groups come sorted by key and each group's values by count, largest first, as in
+        pandas; values with equal counts may come in another order than pandas gives. pandas
+        (3.1) orders them by an unstable sort of the group keys over every (key, value) pair of the
+        whole frame, in the order the pairs first appear, so the order of ties in one group
+        depends on the pairs of all the others: each partition of shuffled whole groups runs
+        pandas on its own groups only. Matching it would take the distinct pairs of the whole
+        column, in order of first appearance, into one final step (not done yet).
+        """
         return self._whole_group_aggregate("value_counts", "reset", normalize=normalize, dropna=dropna)
 
     # Per-row results within groups: as transform, partitioned like the frame, in its order.

@@ -277,11 +277,17 @@ def _union_categories(arrays: list[Any]) -> pd.CategoricalDtype | None:
         return None
     if bool(dtypes[0].ordered):
         return None
+    return pd.CategoricalDtype(sorted_union_of_categories(arrays), ordered=False)
+
+
+def sorted_union_of_categories(arrays: list[Any]) -> pd.Index:
+    """The categories of all the categorical ``arrays``, sorted (by value, whatever each
+    array's order)."""
+    dtypes = [array.dtype for array in arrays]
     if len({d.categories.dtype for d in dtypes if len(d.categories)}) > 1 or any(not len(d.categories) for d in dtypes):
         # Categories of different kinds (a piece with none is float): compared as objects.
         arrays = [a.set_categories(a.categories.astype(object)) for a in arrays]
-    union = pd.api.types.union_categoricals(arrays, sort_categories=True)
-    return pd.CategoricalDtype(union.categories, ordered=False)
+    return pd.api.types.union_categoricals(arrays, sort_categories=True, ignore_order=True).categories
 
 
 def contiguous_freq(parts: list[Any]) -> Any:

@@ -11,6 +11,13 @@ the client:
 
 Sorting first samples each partition (sorted values at evenly spaced ranks plus the row
 count), merges the samples into weighted quantiles and uses those as bucket boundaries.
+
+A categorical key sorts in the order of its categories, as pandas sorts it.  Partitions may
+hold different categories (``astype("category")`` categorizes each partition's own values);
+the whole column then sorts in the order of the sorted union of all partitions' categories,
+which is how pandas sorts the column once ``union_categoricals`` (or the concatenation of
+the result, see ``lower.unify_categories``) has unified them.  The split casts the key to
+that one dtype, so every output partition holds the same categories.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import pandas as pd
 from pandas.util import hash_pandas_object
 
 from zmqdask.dataframe.expr import Expr, Reduction, RowMover, node, unknown_divisions
-from zmqdask.dataframe.lower import unify_categories
+from zmqdask.dataframe.lower import sorted_union_of_categories, unify_categories
 from zmqdask.dataframe.wrapping import expr_of, new_collection
 from zmqdask.errors import UsageError
 from zmqdask.graph import TaskSpec
@@ -149,19 +156,41 @@ def sample_partition(obj: pd.DataFrame | pd.Series, by: Hashable | None, nsample
     return ordered.iloc[positions].reset_index(drop=True), count
 
 
-def choose_boundaries(samples: Sequence[tuple[pd.Series, int]], npartitions: int) -> tuple[Any, list[Any], Any]:
+Boundaries = list[Any] | pd.Categorical
+"""Bucket boundaries: values, or for a categorical key a Categorical whose dtype gives the
+order (and the categories) every partition is split and sorted in."""
+
+
+def sort_dtype(samples: Sequence[pd.Series]) -> pd.CategoricalDtype | None:
+    """The categorical dtype in which the sort key is ordered, None when it is not categorical.
+
+    Partitions sharing one dtype keep it (its categories' order, ordered or not); when their
+    categories differ the order is the sorted union of them all (the samples carry each
+    partition's whole dtype, unused categories included), ordered if the key is.
+    """
+    dtypes = [values.dtype for values in samples if isinstance(values.dtype, pd.CategoricalDtype)]
+    if not dtypes or len(dtypes) < len(samples):
+        return None
+    if all(dtype == dtypes[0] for dtype in dtypes):
+        return dtypes[0]
+    union = sorted_union_of_categories([values.array for values in samples])
+    return pd.CategoricalDtype(union, ordered=bool(dtypes[0].ordered))
+
+
+def choose_boundaries(samples: Sequence[tuple[pd.Series, int]], npartitions: int) -> tuple[Any, Boundaries, Any]:
     """Merge partition samples into ``(minimum, boundaries, maximum)``.
 
     ``boundaries`` holds at most ``npartitions - 1`` strictly increasing values, each above the
-    minimum; bucket ``i`` receives the values in ``[boundaries[i-1], boundaries[i])``.  All
-    three are None-ish when there are no values at all (minimum and maximum None, no
-    boundaries).
+    minimum; bucket ``i`` receives the values in ``[boundaries[i-1], boundaries[i])``.  For a
+    categorical key they are a Categorical in the key's :func:`sort_dtype`.  All three are
+    None-ish when there are no values at all (minimum and maximum None, no boundaries).
     """
+    dtype = sort_dtype([values for values, _ in samples])
     pieces = [(values, count) for values, count in samples if count > 0]
     if not pieces:
         return None, [], None
     weights = np.concatenate([np.full(len(values), count / len(values)) for values, count in pieces])
-    merged = pd.concat([values for values, _ in pieces], ignore_index=True)
+    merged = pd.concat([values if dtype is None else values.astype(dtype) for values, _ in pieces], ignore_index=True)
     order = np.argsort(merged.to_numpy(), kind="stable") if _numpy_sortable(merged) else _pandas_order(merged)
     merged = merged.iloc[order].reset_index(drop=True)
     cumulative = np.cumsum(weights[order])
@@ -170,9 +199,13 @@ def choose_boundaries(samples: Sequence[tuple[pd.Series, int]], npartitions: int
     positions = np.minimum(np.searchsorted(cumulative, targets, side="left"), len(merged) - 1)
     minimum, maximum = merged.iloc[[0, -1]].tolist()
     boundaries: list[Any] = []
+    # merged is sorted and positions never decrease: a value unequal to the one before is
+    # above it (in the key's own order, which for categoricals is not the values' order).
     for value in merged.iloc[positions].tolist():
-        if value > minimum and (not boundaries or value > boundaries[-1]):
+        if value != minimum and (not boundaries or value != boundaries[-1]):
             boundaries.append(value)
+    if dtype is not None:
+        return minimum, pd.Categorical(boundaries, dtype=dtype), maximum
     return minimum, boundaries, maximum
 
 
@@ -184,19 +217,40 @@ def _pandas_order(values: pd.Series) -> np.ndarray:
     return values.reset_index(drop=True).sort_values(kind="stable").index.to_numpy()
 
 
+def in_sort_dtype(obj: Any, by: Hashable | None, boundaries: Boundaries) -> Any:
+    """``obj`` with its categorical sort key (column ``by``, the index when None, or a
+    Series' values) cast to the dtype of categorical ``boundaries``; else ``obj`` itself.
+
+    Every value of a partition is among the categories of that dtype, so none is lost.
+    """
+    if not isinstance(boundaries, pd.Categorical):
+        return obj
+    key = _sort_key(obj, by)
+    if not isinstance(key.dtype, pd.CategoricalDtype) or key.dtype == boundaries.dtype:
+        return obj
+    if by is None:
+        return obj.set_axis(obj.index.astype(boundaries.dtype), axis=0)
+    if isinstance(obj, pd.Series):
+        return obj.astype(boundaries.dtype)
+    return obj.astype({by: boundaries.dtype})
+
+
 def boundary_codes(
     obj: pd.DataFrame | pd.Series,
     by: Hashable | None,
-    boundaries: Sequence[Any],
+    boundaries: Boundaries,
     ascending: bool = True,
     na_position: NaPosition = "last",
 ) -> np.ndarray:
     """Bucket of each row: ``[b[i-1], b[i])`` ranges, reversed when descending; missing keys in
     the last bucket, or the first with ``na_position="first"``."""
     nbuckets = len(boundaries) + 1
-    key = _sort_key(obj, by)
+    key = _sort_key(in_sort_dtype(obj, by, boundaries), by)
     missing = key.isna().to_numpy()
-    if len(boundaries) and key.dtype.kind in "iuf" and isinstance(key.dtype, np.dtype):
+    if len(boundaries) and isinstance(boundaries, pd.Categorical):
+        # Codes of one dtype compare in the order of its categories.
+        codes = np.searchsorted(boundaries.codes, key.cat.codes.to_numpy(), side="right").astype(np.int64)
+    elif len(boundaries) and key.dtype.kind in "iuf" and isinstance(key.dtype, np.dtype):
         values = key.to_numpy()
         codes = np.searchsorted(np.asarray(list(boundaries), dtype=key.dtype), values, side="right").astype(np.int64)
     elif len(boundaries):
@@ -216,16 +270,18 @@ def boundary_codes(
 def boundary_split(
     obj: Any,
     by: Hashable | None,
-    boundaries: Sequence[Any],
+    boundaries: Boundaries,
     nbuckets: int,
     ascending: bool = True,
     na_position: NaPosition = "last",
 ) -> list[Any]:
-    """Split a partition into ``nbuckets`` by sort boundaries (extra buckets stay empty)."""
+    """Split a partition into ``nbuckets`` by sort boundaries (extra buckets stay empty); a
+    categorical key is first cast to the boundaries' dtype (:func:`in_sort_dtype`)."""
+    obj = in_sort_dtype(obj, by, boundaries)
     return split_by_codes(obj, boundary_codes(obj, by, boundaries, ascending, na_position), nbuckets)
 
 
-def boundaries_of(bounds: tuple[Any, list[Any], Any]) -> list[Any]:
+def boundaries_of(bounds: tuple[Any, Boundaries, Any]) -> Boundaries:
     """The boundary list out of :func:`choose_boundaries`' result."""
     return bounds[1]
 
@@ -316,7 +372,7 @@ def _sampled_bounds_layer(expr: RowMover, by: Hashable | None) -> tuple[dict[str
 def _split_sorted(
     obj: Any,
     by: Hashable | None,
-    bounds: tuple[Any, list[Any], Any],
+    bounds: tuple[Any, Boundaries, Any],
     nbuckets: int,
     ascending: bool,
     na_position: NaPosition = "last",
@@ -326,7 +382,7 @@ def _split_sorted(
 
 
 def _split_within(
-    obj: Any, by: Hashable | None, bounds: tuple[Any, list[Any], Any], nbuckets: int, ascending: bool
+    obj: Any, by: Hashable | None, bounds: tuple[Any, Boundaries, Any], nbuckets: int, ascending: bool
 ) -> list[Any]:
     """:func:`_split_sorted` for divisions given by the caller, which must hold every key."""
     key = _sort_key(obj, by).dropna()
@@ -464,7 +520,7 @@ class IndexByColumn(RowMover):
         return needed | {self.column}
 
     def _ranges_layer(
-        self, bounds: tuple[Any, list[Any], Any] | TaskRef, split: Callable[..., list[Any]] | None = None
+        self, bounds: tuple[Any, Boundaries, Any] | TaskRef, split: Callable[..., list[Any]] | None = None
     ) -> dict[str, TaskSpec]:
         """The tasks moving rows into the ranges of ``bounds`` (:func:`choose_boundaries`' form)."""
         n = self.npartitions
@@ -482,6 +538,9 @@ class SetIndex(IndexByColumn):
     given: bool = False
     """The divisions came from the caller: a key outside them is an error (the sampled ones
     hold the data's own minimum and maximum)."""
+    categories: pd.Index | None = None
+    """For a categorical column with sampled divisions: the categories of its
+    :func:`sort_dtype`, in order, to which every partition casts the column."""
 
     @property
     def npartitions(self) -> int:
@@ -492,7 +551,10 @@ class SetIndex(IndexByColumn):
         return self.division_values
 
     def _layer(self) -> dict[str, TaskSpec]:
-        boundaries = list(self.division_values[1:-1])
+        boundaries: Boundaries = list(self.division_values[1:-1])
+        if self.categories is not None:
+            ordered = bool(self.frame._meta[self.column].dtype.ordered)
+            boundaries = pd.Categorical(boundaries, dtype=pd.CategoricalDtype(self.categories, ordered=ordered))
         bounds = (self.division_values[0], boundaries, self.division_values[-1])
         return self._ranges_layer(bounds, _split_within if self.given else None)
 
@@ -547,6 +609,14 @@ def compute_divisions(frame: Any, column: Hashable, npartitions: int) -> tuple[A
 
     Computes the samples now (one pass over the data, on the current client if any).
     """
+    minimum, boundaries, maximum = _compute_bounds(frame, column, npartitions)
+    if minimum is None:
+        return (None, None)
+    return (minimum, *boundaries, maximum)
+
+
+def _compute_bounds(frame: Any, column: Hashable, npartitions: int) -> tuple[Any, Boundaries, Any]:
+    """:func:`choose_boundaries` over samples of ``column`` of every partition, computed now."""
     expr = expr_of(frame)
     samples = Reduction(
         expr,
@@ -561,17 +631,15 @@ def compute_divisions(frame: Any, column: Hashable, npartitions: int) -> tuple[A
         label="set-index-divisions",
         columns_needed=(column,),
     )
-    minimum, boundaries, maximum = new_collection(samples).compute()
-    if minimum is None:
-        return (None, None)
-    return (minimum, *boundaries, maximum)
+    bounds: tuple[Any, Boundaries, Any] = new_collection(samples).compute()
+    return bounds
 
 
 def _concat_samples(samples: list[Any]) -> list[Any]:
     return [item for piece in samples for item in (piece if isinstance(piece, list) else [piece])]
 
 
-def _pick_bounds(samples: list[Any], npartitions: int) -> tuple[Any, list[Any], Any]:
+def _pick_bounds(samples: list[Any], npartitions: int) -> tuple[Any, Boundaries, Any]:
     return choose_boundaries(_concat_samples(samples), npartitions)
 
 
@@ -586,7 +654,6 @@ def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, d
     meta = expr._meta
     if not isinstance(meta, pd.DataFrame) or column not in meta.columns:
         raise UsageError(f"set_index needs a column of the frame; {column!r} is not one")
-    given = divisions is not None
     if divisions is None:
         wanted = npartitions or expr.npartitions
         if not _may_block():
@@ -594,17 +661,18 @@ def set_index(frame: Any, column: Hashable, *, npartitions: int | None = None, d
             # the boundaries are chosen inside the graph instead, and divisions stay unknown.
             logger.debug("set_index(%r) in a running event loop: divisions will be unknown", column)
             return new_collection(SampledSetIndex(expr, column, wanted))
-        divisions = compute_divisions(frame, column, wanted)
-        if divisions[0] is None:
+        minimum, boundaries, maximum = _compute_bounds(frame, column, wanted)
+        if minimum is None:
             # No values at all: one empty partition with unknown bounds.
-            divisions = (None, None)
-    else:
-        divisions = tuple(divisions)
-        if len(divisions) < 2:
-            raise UsageError("divisions need at least two values (the bounds of one partition)")
-        if any(divisions[k + 1] < divisions[k] for k in range(len(divisions) - 1)):
-            raise UsageError("divisions must be sorted")
-    return new_collection(SetIndex(expr, column, tuple(divisions), given))
+            return new_collection(SetIndex(expr, column, (None, None)))
+        categories = boundaries.categories if isinstance(boundaries, pd.Categorical) else None
+        return new_collection(SetIndex(expr, column, (minimum, *boundaries, maximum), categories=categories))
+    divisions = tuple(divisions)
+    if len(divisions) < 2:
+        raise UsageError("divisions need at least two values (the bounds of one partition)")
+    if any(divisions[k + 1] < divisions[k] for k in range(len(divisions) - 1)):
+        raise UsageError("divisions must be sorted")
+    return new_collection(SetIndex(expr, column, divisions, given=True))
 
 
 def sort_values(
