@@ -266,6 +266,21 @@ def test_tokens_depend_on_content() -> None:
     assert tokenize(adder(1)) != tokenize(adder(2))
 
 
+def test_tokens_of_categoricals_depend_on_every_category() -> None:
+    # pandas shortens a long list of categories in the dtype's repr: the middle must count.
+    categories = [f"c{i}" for i in range(200)]
+    other = [*categories[:100], "elsewhere", *categories[101:]]
+    dtype, other_dtype = pd.CategoricalDtype(categories), pd.CategoricalDtype(other)
+    assert repr(dtype) == repr(other_dtype)
+    assert tokenize(dtype) == tokenize(pd.CategoricalDtype(list(categories)))
+    assert tokenize(dtype) != tokenize(other_dtype)
+    assert tokenize(dtype) != tokenize(pd.CategoricalDtype(categories, ordered=True))
+    values = ["c0", "c1", "c0"]
+    frame = pd.DataFrame({"k": pd.Series(values, dtype=dtype)})
+    assert tokenize(frame) != tokenize(pd.DataFrame({"k": pd.Series(values, dtype=other_dtype)}))
+    assert tokenize(frame.k) != tokenize(pd.Series(values, dtype=other_dtype, name="k"))
+
+
 @node
 class PingPong(Blockwise):
     """A node whose rule never settles: it flips a flag forever."""

@@ -78,7 +78,7 @@ def _feed(h: Any, obj: Any) -> None:
     elif isinstance(obj, (datetime.date, datetime.time, datetime.timedelta)):
         h.update(f"dt:{obj!r};".encode())
     elif isinstance(obj, (np.dtype, pd.api.extensions.ExtensionDtype)):
-        h.update(f"dtype:{obj!r};".encode())
+        _feed_dtype(h, obj)
     elif isinstance(obj, type):
         h.update(f"type:{obj.__module__}.{obj.__qualname__};".encode())
     elif isinstance(obj, functools.partial):
@@ -124,15 +124,27 @@ def _pickled(obj: Any) -> bytes:
         return uuid.uuid4().bytes
 
 
+def _feed_dtype(h: Any, dtype: Any) -> None:
+    if isinstance(dtype, pd.CategoricalDtype):
+        # Its repr shortens a long list of categories with "...": two dtypes differing only
+        # there would share a token.  The categories themselves are hashed instead.
+        h.update(f"dtype:category:{dtype.ordered};".encode())
+        if dtype.categories is not None:
+            _feed_pandas(h, dtype.categories)
+    else:
+        h.update(f"dtype:{dtype!r};".encode())
+
+
 def _feed_pandas(h: Any, obj: pd.DataFrame | pd.Series | pd.Index) -> None:
     h.update(f"pd:{type(obj).__name__}:{obj.shape};".encode())
     if isinstance(obj, pd.DataFrame):
         _feed(h, list(obj.columns))
-        h.update(repr(list(obj.dtypes)).encode())
+        for dtype in obj.dtypes:
+            _feed_dtype(h, dtype)
         _feed(h, obj.index.name)
     else:
         _feed(h, obj.name)
-        h.update(repr(obj.dtype).encode())
+        _feed_dtype(h, obj.dtype)
     try:
         hashed = pd.util.hash_pandas_object(obj, index=not isinstance(obj, pd.Index))
         h.update(np.ascontiguousarray(hashed.to_numpy()).view(np.uint8).data)
