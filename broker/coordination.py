@@ -293,6 +293,8 @@ class Coordination:
             self._expire_in(waiters, now, {"ok": True, "set": False})
         for queue_waiters in self._queue_waiters.values():
             self._expire_in(queue_waiters, now, {"ok": False, "timed_out": True})
+        for name in list(self._queue_waiters):
+            self._serve_queue(name)  # an expired get that waited for more items may have been first
         for semaphore in self._semaphores.values():
             expired = [(w, lease) for w, lease in semaphore.waiters if w.deadline is not None and w.deadline <= now]
             for waiter, lease in expired:

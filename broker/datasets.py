@@ -174,6 +174,12 @@ class PendingWants:
             if not clients:
                 del self._waiting[key]
 
+    def forget(self, client: ClientPeer, key: str) -> None:
+        """``client`` released (or cancelled) its future of ``key`` before the key arrived."""
+        waiting = self._waiting.get(key)
+        if waiting is not None and waiting.pop(client, None) is not None and not waiting:
+            del self._waiting[key]
+
     def drop_client(self, client: ClientPeer) -> list[str]:
         """Forget what ``client`` waits for (it left, or the cluster restarts); those keys."""
         dropped: list[str] = []

@@ -999,6 +999,8 @@ class BrokerState:
                     rec = tasks.get(key)
                     if rec is not None:
                         drop_interest(rec, client)
+                    elif self._wants:
+                        self._wants.forget(client, key)  # a future of a key not here yet
 
     def _apply_releases_naming(self, keys: list[str]) -> None:
         """Before a message naming ``keys`` is handled: apply waiting releases of any of them."""
@@ -1010,6 +1012,8 @@ class BrokerState:
         keys = message.header[0]
         self._apply_releases_naming(keys)
         for key in keys:
+            if self._wants and key not in self.ledger.tasks:
+                self._wants.forget(client, key)
             self.ledger.cancel(client, key)
         if keys:
             # After every report this CANCEL caused: the client may already have submitted
@@ -1032,6 +1036,8 @@ class BrokerState:
         request_id, op, name, keys, override, field = message.header
         if op == "get":
             keys = self._datasets.keys_of(name)
+            if self._release_backlog:
+                self._apply_releases(None)  # as for a queue's get: see _on_coordinate
         if keys:
             # Releases of these keys received earlier apply first (a client that dropped a
             # dataset and fetches it again must hold the keys after the get).
@@ -1045,6 +1051,10 @@ class BrokerState:
         keys = args.get("keys")
         if keys:
             self._apply_releases_naming(keys)  # the client's earlier releases come first
+        elif op == "get" and self._release_backlog:
+            # A get may hand this client keys it released just before asking (the releases
+            # came first): they must apply before the hand-over, not drop it afterwards.
+            self._apply_releases(None)
         value = dataset_value(message.payload, field) if (field or message.payload) else b""
         self._coordination.request(client, request_id, kind, op, name, args, value, self._now)
 

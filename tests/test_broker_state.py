@@ -2139,3 +2139,45 @@ def test_event_waits_and_a_restart_ends_every_wait(h: Harness) -> None:
     out = h.send(b"c1", P.RESTART, [9])
     ended = answers(out, b"c2")
     assert set(ended) == {3, 4} and all("restarted" in answer["error"] for answer in ended.values())
+
+
+def test_a_queue_get_that_expires_first_lets_the_next_one_have_the_item(h: Harness) -> None:
+    h.client(b"c1")
+    coordinate(h, b"c1", 1, "queue", "get", "q", batch=3, timeout=0.5)
+    coordinate(h, b"c1", 2, "queue", "get", "q", timeout=5.0)
+    assert answers(coordinate(h, b"c1", 3, "queue", "put", "q", b"item"), b"c1") == {3: {"ok": True}}
+    got = answers(h.tick(1.0), b"c1")
+    assert got == {1: {"ok": False, "timed_out": True}, 2: {"ok": True, "value": b"item", "keys": []}}
+
+
+def test_a_get_after_a_release_in_the_same_step_keeps_what_it_hands_over(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", [("a", [])])
+    h.finish(b"w1", "a")
+    coordinate(h, b"c1", 1, "queue", "put", "q", b"<future of a>", keys=["a"])
+    # The client dropped its future of a, then asked for the queue's item: the release comes
+    # first, and must not undo the hand-over of the same key.
+    out = h.state.handle_many(
+        [
+            (b"c1", encode(P.RELEASE, [["a"]])),
+            (b"c1", encode(P.COORDINATE, [2, "queue", "get", "q", {"timeout": None}, 0])),
+        ],
+        h.now,
+    )
+    h.check()
+    assert not [m for i, m in out if i == b"w1" and decode(m).command == P.DELETE]
+    assert h.state.ledger.tasks["a"].wanted_by == (h.state.clients[b"c1"],)
+
+
+def test_a_future_of_a_key_not_here_yet_released_before_it_comes_holds_nothing(h: Harness) -> None:
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.client(b"c2")
+    h.send(b"c2", P.WANT, [["later", "cancelled"]])
+    h.send(b"c2", P.RELEASE, [["later"]])
+    assert report_entries(h.send(b"c2", P.CANCEL, [["cancelled"]]), b"c2")["cancelled"][1] == P.CANCELLED
+    h.submit(b"c1", [("later", []), ("cancelled", [])])
+    h.finish(b"w1", "later", "cancelled")
+    out = h.send(b"c1", P.RELEASE, [["later", "cancelled"]])
+    assert sorted(one(out, b"w1", P.DELETE).header[0]) == ["cancelled", "later"]

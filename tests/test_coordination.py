@@ -193,3 +193,32 @@ def test_the_objects_travel_to_tasks_by_name(client: Client) -> None:
     variable.set("hello")
     assert client.submit(read, variable).result(timeout=30) == ("to-tasks", "hello", True)
     variable.delete()
+
+
+def test_abandoned_waits_leave_nothing_held_and_bad_timeouts_are_refused(run_async: Callable[..., Any]) -> None:
+    async def body(c: Client) -> None:
+        variable = Variable("given-up", client=c)
+        # A get given up while it waits: the broker drops it, so a later set gives it nothing.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(variable.get(), 0.2)
+        future = c.submit(inc, 1, pure=False)
+        key = future.key
+        await variable.set(future)
+        await variable.delete()
+        del future
+        gc.collect()
+
+        async def held() -> bool:
+            return any(key in keys for keys in (await c.has_what()).values())
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while await held() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # releases reach the broker within a few tens of ms
+        assert not await held()
+        for bad in (-1, float("nan"), float("inf")):
+            with pytest.raises(UsageError, match="timeout must be None or a number of seconds >= 0"):
+                await Lock("bad-timeouts", client=c).acquire(timeout=bad)
+        with pytest.raises(UsageError, match="timeout must be"):
+            await Event("bad-timeouts", client=c).wait(-0.5)
+
+    run_async(body)

@@ -16,6 +16,7 @@ timeout.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -71,14 +72,15 @@ class _Named:
         on_abandon: Any = None,
     ) -> dict[str, Any]:
         client = self.client
+        seconds = optional_seconds(timeout)
+        if seconds is not None and not 0 <= seconds < math.inf:
+            raise UsageError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
         pickled: bytes | None = None
         args = dict(args or {})
         if value is not _NOTHING:
             pickled, futures = publish.dumps_dataset(value)
             args["keys"] = publish.prepare(client, futures)
-        answer = await client._coordinate(
-            self._kind, op, self._broker_name, args, pickled, optional_seconds(timeout), on_abandon
-        )
+        answer = await client._coordinate(self._kind, op, self._broker_name, args, pickled, seconds, on_abandon)
         if not answer.get("ok") and not answer.get("timed_out"):
             raise RuntimeError(f"{type(self).__name__} {self.name!r}: {answer.get('error', 'refused')}")
         return answer
@@ -101,6 +103,10 @@ class _Named:
 
 def _rebuild(cls: type[_Named], kwargs: dict[str, Any]) -> _Named:
     return cls(**kwargs)
+
+
+def _nothing_to_undo(_answer: dict[str, Any]) -> None:
+    """A late answer that gave nothing (an event's wait)."""
 
 
 class Variable(_Named):
@@ -127,7 +133,14 @@ class Variable(_Named):
         return self._call(self._get(timeout), "await variable.get()")
 
     async def _get(self, timeout: Any) -> Any:
-        answer = await self._ask("get", timeout=timeout)
+        client = self.client
+
+        def let_go(answer: dict[str, Any]) -> None:
+            # The value reached us after we stopped waiting: drop the futures it gave us.
+            if answer.get("ok") and not answer.get("timed_out"):
+                client._coordinate_release(answer.get("keys") or [])
+
+        answer = await self._ask("get", timeout=timeout, on_abandon=let_go)
         if answer.get("timed_out"):
             raise ZmqdaskTimeoutError(f"Variable {self.name!r} was not set within {timeout} s")
         return self._value(answer.get("value"), answer.get("keys"))
@@ -218,7 +231,9 @@ class Event(_Named):
         return self._call(self._flag("wait", timeout), "await event.wait()")
 
     async def _flag(self, op: str, timeout: Any) -> bool:
-        return bool((await self._ask(op, timeout=timeout)).get("set"))
+        # A wait given up is dropped by the broker (nothing to undo if its answer came).
+        on_abandon = _nothing_to_undo if op == "wait" else None
+        return bool((await self._ask(op, timeout=timeout, on_abandon=on_abandon)).get("set"))
 
 
 class Semaphore(_Named):

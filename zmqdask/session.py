@@ -749,13 +749,17 @@ class BrokerSession:
         waiter = self._info_requests.pop(request_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(info)
-        elif waiter is None and self._abandoned:
-            undo = self._abandoned.pop(request_id, None)
-            if undo is not None:
-                try:
-                    undo(info)
-                except Exception:
-                    logger.exception("could not undo the late answer to request %d", request_id)
+            if self._abandoned:
+                self._abandoned.pop(request_id, None)  # taken by its caller: nothing to undo
+            return
+        # Nobody waits for this answer any more: its caller was cancelled or timed out, maybe
+        # an instant ago (its waiter is cancelled at once, the coroutine unwinds later).
+        undo = self._abandoned.pop(request_id, None) if self._abandoned else None
+        if undo is not None:
+            try:
+                undo(info)
+            except Exception:
+                logger.exception("could not undo the late answer to request %d", request_id)
 
     def _on_running(self, message: proto.Message) -> None:
         request_id, targets = message.header
@@ -1159,6 +1163,7 @@ class BrokerSession:
 
     def _fail_pending(self, exc: BaseException, status: str) -> None:
         self._fail_runs(exc)
+        self._abandoned.clear()  # the broker that would have answered them is gone
         for waiter in list(self._info_requests.values()):
             # Requests without a bound of their own (a lock acquire) end here too.
             if not waiter.done():
@@ -1622,6 +1627,15 @@ class BrokerSession:
         request_id = self._next_request
         waiter: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._info_requests[request_id] = waiter
+        if on_abandon is not None:
+            # Registered before waiting: an answer that arrives once the caller has given up,
+            # however soon after, is undone (see _on_info_reply).
+            self._abandoned[request_id] = on_abandon
+        if after_tasks and self._releases:
+            # Releases of keys this request may hand back (a queue's item, a dataset) go first:
+            # arriving after it, they would drop what it gives.
+            with self._lock:
+                self._releases_due = True
         self._flush()  # so the answer reflects every submission made before this request
         request = build(request_id)
         unanswered = self._unanswered_after_tasks if after_tasks else self._unanswered
@@ -1636,15 +1650,10 @@ class BrokerSession:
         try:
             return await asyncio.wait_for(waiter, limit)
         except asyncio.CancelledError:
-            if on_abandon is not None:
-                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                    on_abandon(waiter.result())  # answered just as the caller gave up
-                elif not waiter.done() or waiter.cancelled():
-                    self._abandoned[request_id] = on_abandon  # (wait_for cancels the waiter too)
+            if on_abandon is not None and waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                on_abandon(waiter.result())  # answered just as the caller gave up
             raise
         except asyncio.TimeoutError:
-            if on_abandon is not None:
-                self._abandoned[request_id] = on_abandon
             if self.status == ClientStatus.RECONNECTING:
                 raise BrokerLostError(
                     f"the broker at {self.address} is unreachable; try again once it is back"
