@@ -7,11 +7,8 @@ Port Dask code by changing imports: ``from zmqdask import Client``, ``import zmq
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zmqdask.client import Client, ClientStatus, default_client, get_client
-from zmqdask.coordination import Event, Lock, Queue, Semaphore, Variable
-from zmqdask.delayed import Delayed, delayed
 from zmqdask.errors import (
     CancelledError,
     ClosedClientError,
@@ -26,30 +23,63 @@ from zmqdask.errors import (
     UsageError,
     ZmqdaskError,
 )
-from zmqdask.future import Future, as_completed, fire_and_forget, wait
-from zmqdask.local import LocalCluster
-from zmqdask.progress import futures_of, progress
-from zmqdask.security import Security
-from zmqdask.task_context import get_worker, rejoin, secede, worker_client
+
+if TYPE_CHECKING:
+    from zmqdask.base import compute, is_dask_collection, persist, visualize
+    from zmqdask.client import Client, ClientStatus, default_client, get_client
+    from zmqdask.coordination import Event, Lock, Queue, Semaphore, Variable
+    from zmqdask.delayed import Delayed, delayed
+    from zmqdask.future import Future, as_completed, fire_and_forget, wait
+    from zmqdask.local import LocalCluster
+    from zmqdask.progress import futures_of, progress
+    from zmqdask.security import Security
+    from zmqdask.task_context import get_worker, rejoin, secede, worker_client
 
 __version__ = "0.1.0"
 
 _LAZY_MODULES = frozenset({"dataframe", "datasets"})
-_LAZY_FUNCTIONS = {
+_LAZY_NAMES = {
+    "Client": "zmqdask.client",
+    "ClientStatus": "zmqdask.client",
+    "default_client": "zmqdask.client",
+    "get_client": "zmqdask.client",
+    "Event": "zmqdask.coordination",
+    "Lock": "zmqdask.coordination",
+    "Queue": "zmqdask.coordination",
+    "Semaphore": "zmqdask.coordination",
+    "Variable": "zmqdask.coordination",
+    "Delayed": "zmqdask.delayed",
+    "delayed": "zmqdask.delayed",
+    "Future": "zmqdask.future",
+    "as_completed": "zmqdask.future",
+    "fire_and_forget": "zmqdask.future",
+    "wait": "zmqdask.future",
+    "LocalCluster": "zmqdask.local",
+    "futures_of": "zmqdask.progress",
+    "progress": "zmqdask.progress",
+    "Security": "zmqdask.security",
+    "get_worker": "zmqdask.task_context",
+    "rejoin": "zmqdask.task_context",
+    "secede": "zmqdask.task_context",
+    "worker_client": "zmqdask.task_context",
     "compute": "zmqdask.base",
     "is_dask_collection": "zmqdask.base",
     "persist": "zmqdask.base",
     "visualize": "zmqdask.base",
 }
+"""Public names and the modules that define them, imported when first used: the broker, the
+pool manager and the workers import parts of this package and start faster without the
+client's modules (asyncio among them), and the DataFrame layer's pandas."""
 
 
 def __getattr__(name: str) -> Any:
-    # The DataFrame layer imports pandas; load it only when it is used, so the client,
-    # worker and broker start quickly.
     if name in _LAZY_MODULES:
         return importlib.import_module(f"zmqdask.{name}")
-    if name in _LAZY_FUNCTIONS:
-        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name]), name)
+    module = _LAZY_NAMES.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # once: later uses are plain lookups
+        return value
     raise AttributeError(f"module 'zmqdask' has no attribute {name!r}")
 
 
