@@ -7,8 +7,10 @@ Port Dask code by changing imports: ``from zmqdask import Client``, ``import zmq
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
+from typing import Any
 
+from zmqdask.delayed import Delayed, delayed
 from zmqdask.errors import (
     CancelledError,
     ClosedClientError,
@@ -24,14 +26,13 @@ from zmqdask.errors import (
     ZmqdaskError,
 )
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from zmqdask.base import compute, is_dask_collection, persist, visualize
     from zmqdask.client import Client, ClientStatus, default_client, get_client
     from zmqdask.coordination import Event, Lock, Queue, Semaphore, Variable
-    from zmqdask.delayed import Delayed, delayed
     from zmqdask.future import Future, as_completed, fire_and_forget, wait
     from zmqdask.local import LocalCluster
-    from zmqdask.progress import futures_of, progress
+    from zmqdask.progressbar import futures_of, progress
     from zmqdask.security import Security
     from zmqdask.task_context import get_worker, rejoin, secede, worker_client
 
@@ -48,15 +49,13 @@ _LAZY_NAMES = {
     "Queue": "zmqdask.coordination",
     "Semaphore": "zmqdask.coordination",
     "Variable": "zmqdask.coordination",
-    "Delayed": "zmqdask.delayed",
-    "delayed": "zmqdask.delayed",
     "Future": "zmqdask.future",
     "as_completed": "zmqdask.future",
     "fire_and_forget": "zmqdask.future",
     "wait": "zmqdask.future",
     "LocalCluster": "zmqdask.local",
-    "futures_of": "zmqdask.progress",
-    "progress": "zmqdask.progress",
+    "futures_of": "zmqdask.progressbar",
+    "progress": "zmqdask.progressbar",
     "Security": "zmqdask.security",
     "get_worker": "zmqdask.task_context",
     "rejoin": "zmqdask.task_context",
@@ -69,7 +68,9 @@ _LAZY_NAMES = {
 }
 """Public names and the modules that define them, imported when first used: the broker, the
 pool manager and the workers import parts of this package and start faster without the
-client's modules (asyncio among them), and the DataFrame layer's pandas."""
+client's modules (asyncio among them), and the DataFrame layer's pandas.  No module of the
+package may share its name with one of these: importing it would replace the name here
+(``delayed`` is imported at once for that reason)."""
 
 
 def __getattr__(name: str) -> Any:

@@ -220,7 +220,7 @@ def settled(value: Any) -> Any:
 
     async def wait_then_return() -> Any:
         from zmqdask.future import wait
-        from zmqdask.progress import futures_of
+        from zmqdask.progressbar import futures_of
 
         futures = futures_of(value)
         if futures:

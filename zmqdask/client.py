@@ -1358,7 +1358,7 @@ class Client(BrokerSession):
     def futures_of(self, obj: Any) -> list[Future]:
         """The futures inside ``obj``: a future, a persisted collection, or containers of
         those (Dask's ``client.futures_of``; see :func:`zmqdask.futures_of`)."""
-        from zmqdask.progress import futures_of
+        from zmqdask.progressbar import futures_of
 
         return futures_of(obj)
 
