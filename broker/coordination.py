@@ -115,14 +115,9 @@ class Coordination:
 
     def _hold(self, keys: list[str], value: bytes) -> Held | str:
         """The value, its records kept while it is held; or why it cannot be held."""
-        tasks = self._ledger.tasks
-        unknown = [key for key in keys if key not in tasks]
-        if unknown:
-            return (
-                f"the broker does not know {len(unknown)} of the futures in this value (such as {unknown[0]!r}): "
-                "they were cancelled or released"
-            )
-        records = tuple(tasks[key] for key in dict.fromkeys(keys))
+        records, unknown = self._ledger.records_of(keys)
+        if unknown is not None:
+            return unknown
         for rec in records:
             self._ledger.publish(rec)
         return Held(value, records)
@@ -133,9 +128,7 @@ class Coordination:
 
     def _hand_over(self, held: Held, client: ClientPeer) -> dict[str, Any]:
         """The answer giving ``held`` to ``client``, who holds its futures from now on."""
-        ledger = self._ledger
-        for rec in held.records:
-            ledger.add_interest(rec, client, wanted=True, push=False)
+        self._ledger.hand_over(held.records, client)
         return {"value": held.value, "keys": [rec.key for rec in held.records]}
 
     # --- variables --------------------------------------------------------------------

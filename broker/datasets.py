@@ -67,15 +67,9 @@ class DatasetStore:
     def _put(
         self, name: str, keys: list[str], override: bool, value: bytes, origin: tuple[bytes, int]
     ) -> dict[str, Any]:
-        tasks = self._ledger.tasks
-        unknown = [key for key in keys if key not in tasks]
-        if unknown:
-            return {
-                "ok": False,
-                "error": f"cannot publish {name!r}: the broker does not know {len(unknown)} of its keys "
-                f"(such as {unknown[0]!r}): they were cancelled or released",
-            }
-        records = tuple(tasks[key] for key in dict.fromkeys(keys))
+        records, unknown = self._ledger.records_of(keys)
+        if unknown is not None:
+            return {"ok": False, "error": f"cannot publish {name!r}: {unknown}"}
         old = self._named.get(name)
         if old is not None:
             if old.origin == origin:
@@ -99,11 +93,8 @@ class DatasetStore:
         dataset = self._named.get(name)
         if dataset is None:
             return _missing(name)
-        ledger = self._ledger
-        for rec in dataset.records:
-            # The client's WANT of each key follows (it reports their outcomes); until then
-            # this interest keeps them, whatever happens to the dataset meanwhile.
-            ledger.add_interest(rec, client, wanted=True, push=False)
+        # Held for the client from now on, whatever happens to the dataset meanwhile.
+        self._ledger.hand_over(dataset.records, client)
         return {"ok": True, "keys": [rec.key for rec in dataset.records], "value": dataset.value}
 
     def _release(self, dataset: Dataset) -> None:

@@ -281,6 +281,25 @@ class Ledger:
             or (bool(self.published) and rec in self.published)
         )
 
+    def records_of(self, keys: list[str]) -> tuple[tuple[TaskRecord, ...], str | None]:
+        """The records of ``keys``, each once, to hold for a value that names them (a dataset,
+        a variable's or a queue's item); or none, with why, if the ledger lacks some."""
+        tasks = self.tasks
+        unknown = [key for key in keys if key not in tasks]
+        if unknown:
+            why = (
+                f"the broker does not know {len(unknown)} of its futures (such as {unknown[0]!r}): "
+                "they were cancelled or released"
+            )
+            return (), why
+        return tuple(tasks[key] for key in dict.fromkeys(keys)), None
+
+    def hand_over(self, records: tuple[TaskRecord, ...], client: ClientPeer) -> None:
+        """``client`` receives a value naming ``records`` (its WANT of each follows): it
+        holds them from now on, whatever becomes of what held them before."""
+        for rec in records:
+            self.add_interest(rec, client, wanted=True, push=False)
+
     def publish(self, rec: TaskRecord) -> None:
         """A published dataset holds ``rec``: keep it (and its value) until :meth:`unpublish`."""
         self.published[rec] = self.published.get(rec, 0) + 1

@@ -1545,8 +1545,7 @@ class BrokerSession:
         self, op: str, name: str = "", keys: list[str] | None = None, override: bool = False, value: bytes = b""
     ) -> dict[str, Any]:
         """One DATASETS request (see broker.datasets); the broker's answer map."""
-        field = proto.payload_field([value]) if op == "put" else 0
-        payload = [value] if op == "put" and type(field) is not bytes else []
+        field, payload = _one_frame(value if op == "put" else None)
 
         def build(request_id: int) -> list[Any]:
             return proto.encode(proto.DATASETS, [request_id, op, name, keys or [], override, field], payload)
@@ -1571,8 +1570,7 @@ class BrokerSession:
         waits as long as it takes, bounded by the broker's liveness.  ``on_abandon`` is called
         with the answer if it comes after the caller stopped waiting (cancelled).
         """
-        field = proto.payload_field([value]) if value is not None else 0
-        payload = [value] if value is not None and type(field) is not bytes else []
+        field, payload = _one_frame(value)
         args = {**args, "timeout": timeout}
         sent: list[int] = []
 
@@ -1596,8 +1594,7 @@ class BrokerSession:
         self._next_request += 1
         request_id = self._next_request
         self._abandoned[request_id] = _ignore_answer
-        field = proto.payload_field([value]) if value is not None else 0
-        payload = [value] if value is not None and type(field) is not bytes else []
+        field, payload = _one_frame(value)
         header = [request_id, kind, op, name, {**args, "timeout": None}, field]
         self._send(proto.encode(proto.COORDINATE, header, payload))
 
@@ -1666,3 +1663,11 @@ class BrokerSession:
 
 def _ignore_answer(_answer: dict[str, Any]) -> None:
     """The answer to a request sent only for its effect."""
+
+
+def _one_frame(value: bytes | None) -> tuple[Any, list[Any]]:
+    """An entry's last field and payload for one optional pickle: inline when small."""
+    if value is None:
+        return 0, []
+    field = proto.payload_field([value])
+    return field, [] if type(field) is bytes else [value]
