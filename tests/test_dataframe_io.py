@@ -441,3 +441,21 @@ def test_rows_with_a_missing_partition_key_read_back_missing(tmp_path: Any) -> N
     assert list(back.k.cat.categories) == ["a", "b"]
     sizes = zd.read_parquet(path).groupby("k").size().compute()
     assert sizes.to_dict() == pdf.groupby("k").size().to_dict()
+
+
+def test_read_csv_category_dtype_leaves_each_files_categories_unknown(tmp_path: Path) -> None:
+    # The first file does not hold every category: the meta must not claim it does.
+    pd.DataFrame({"c": ["a", "b"], "x": [0, 1]}).to_csv(tmp_path / "1.csv", index=False)
+    pd.DataFrame({"c": ["c", "d"], "x": [2, 3]}).to_csv(tmp_path / "2.csv", index=False)
+    lazy = zd.read_csv(str(tmp_path / "*.csv"), dtype={"c": "category"})
+    with pytest.raises(UsageError, match="not known"):
+        lazy.c.cat.codes  # noqa: B018
+    assert sorted(lazy.compute().c.astype(str)) == ["a", "b", "c", "d"]
+    assert sorted(zd.concat([lazy, lazy]).compute().c.astype(str)) == ["a", "a", "b", "b", "c", "c", "d", "d"]
+    known = lazy.categorize()
+    assert list(known.c.cat.categories) == ["a", "b", "c", "d"]
+    assert list(known.c.cat.codes.compute()) == [0, 1, 2, 3]
+    # Declared with its categories, the column's categories are those.
+    listed = zd.read_csv(str(tmp_path / "*.csv"), dtype={"c": pd.CategoricalDtype(["d", "c", "b", "a"])})
+    assert list(listed.c.cat.categories) == ["d", "c", "b", "a"]
+    assert list(listed.c.cat.codes.compute()) == [3, 2, 1, 0]

@@ -323,3 +323,19 @@ def test_persisted_and_column_pruned_collections_line_up_with_their_source(tmp_p
     forgotten = zd.from_pandas(frame, npartitions=3).clear_divisions()
     assert not forgotten.known_divisions
     pd.testing.assert_series_equal((forgotten.x + zd.from_pandas(frame, npartitions=3).y).compute(), frame.x + frame.y)
+
+
+def test_concat_never_erases_a_value_outside_the_categories_the_meta_lists() -> None:
+    from zmqdask import delayed
+
+    first = pd.DataFrame({"c": pd.Categorical(["b", "a"]), "x": [0, 1]})
+    second = pd.DataFrame({"c": pd.Categorical(["c", "d"]), "x": [2, 3]}, index=[2, 3])
+    # A meta (the first partition's) that does not list the other partition's categories.
+    lazy = zd.from_delayed([delayed(_same)(first), delayed(_same)(second)], meta=first.iloc[:0])
+    result = zd.concat([lazy, lazy]).compute()
+    assert list(result.c.astype(str)) == ["b", "a", "c", "d"] * 2
+    assert result.c.isna().sum() == 0
+
+
+def _same(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame

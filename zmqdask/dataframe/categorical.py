@@ -68,7 +68,9 @@ def categories_known(dtype: Any) -> bool:
 def conform_dtypes(part: Any, meta: Any) -> Any:
     """``part`` (a DataFrame or Series) in ``meta``'s dtypes, except that a categorical column
     whose categories are unknown keeps (or takes) the categories of its own values: the
-    placeholder is no category of real data, and casting to it would erase every value."""
+    placeholder is no category of real data, and casting to it would erase every value.  A
+    value outside the categories the meta lists is never erased either: its category is
+    added after them."""
     if isinstance(meta, pd.DataFrame):
         wanted: dict[Any, Any] = {}
         for column, dtype in meta.dtypes.items():
@@ -77,12 +79,24 @@ def conform_dtypes(part: Any, meta: Any) -> Any:
                 if not isinstance(current, pd.CategoricalDtype):
                     wanted[column] = "category"
             elif current != dtype:
-                wanted[column] = dtype
+                wanted[column] = _keeping_values(part[column], dtype)
         return part.astype(wanted) if wanted else part
     dtype = meta.dtype
     if not categories_known(dtype):
         return part if isinstance(part.dtype, pd.CategoricalDtype) else part.astype("category")
-    return part if part.dtype == dtype else part.astype(dtype)
+    return part if part.dtype == dtype else part.astype(_keeping_values(part, dtype))
+
+
+def _keeping_values(values: pd.Series, dtype: Any) -> Any:
+    """``dtype``, or, for a categorical one missing some of ``values``, the same categories
+    with those values' added (in order of appearance)."""
+    if not isinstance(dtype, pd.CategoricalDtype):
+        return dtype
+    present = values.cat.categories if isinstance(values.dtype, pd.CategoricalDtype) else values.dropna().unique()
+    extra = pd.Index(present).difference(dtype.categories, sort=False)
+    if extra.empty:
+        return dtype
+    return pd.CategoricalDtype(dtype.categories.append(extra), ordered=dtype.ordered)
 
 
 def _cast_partition(part: Any, dtype: Any) -> Any:

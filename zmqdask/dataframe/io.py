@@ -330,7 +330,7 @@ def read_csv(
         if unsafe:
             raise UsageError(f"read_csv options {unsafe} need whole files; drop blocksize")
     head = pd.read_csv(paths[0], nrows=META_SAMPLE_ROWS, **kwargs)
-    meta = head.iloc[:0]
+    meta = _unknown_categories(head.iloc[:0], kwargs.get("dtype"))
     if assume_missing:
         declared = kwargs.get("dtype")
         declared = declared if isinstance(declared, dict) else {}
@@ -629,6 +629,20 @@ def read_parquet(
         file_stamps(paths),
     )
     return new_collection(source)
+
+
+def _unknown_categories(meta: pd.DataFrame, declared: Any) -> pd.DataFrame:
+    """``meta`` with the categories of its categorical columns marked unknown, except those
+    declared with their categories (``dtype={"c": pd.CategoricalDtype([...])}``): the first
+    rows of the first file do not hold every category of the other files."""
+    from zmqdask.dataframe.categorical import mark_unknown
+
+    def listed(column: Hashable) -> bool:
+        dtype = declared.get(column) if isinstance(declared, dict) else declared
+        return isinstance(dtype, pd.CategoricalDtype) and dtype.categories is not None
+
+    categorical = [c for c, d in meta.dtypes.items() if isinstance(d, pd.CategoricalDtype) and not listed(c)]
+    return mark_unknown(meta, categorical) if categorical else meta
 
 
 def _parquet_meta(pq: Any, path: str) -> pd.DataFrame:
