@@ -868,8 +868,23 @@ def _multiindex_columns_frame() -> pd.DataFrame:
         lambda d: d.groupby(("b", "s")).size(),
         lambda d: d.groupby(("b", "s"))[[("a", "y")]].cumsum(),
         lambda d: d[("a", "x")].groupby(d[("b", "s")]).max(),
+        lambda d: d.groupby(("b", "s"), as_index=False)[[("a", "x")]].sum(),
+        lambda d: d.groupby([("b", "s"), ("b", "t")], as_index=False).count(),
     ],
-    ids=["sum", "mean", "two-keys-count", "var", "nunique", "agg-dict", "agg-list", "size", "cumsum", "series"],
+    ids=[
+        "sum",
+        "mean",
+        "two-keys-count",
+        "var",
+        "nunique",
+        "agg-dict",
+        "agg-list",
+        "size",
+        "cumsum",
+        "series",
+        "as-index-false",
+        "as-index-false-two-keys",
+    ],
 )
 def test_groupby_on_multiindex_columns_matches_pandas(compute: Any) -> None:
     frame = _multiindex_columns_frame()

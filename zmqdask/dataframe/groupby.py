@@ -679,8 +679,10 @@ def keys_as_columns(result: pd.DataFrame | pd.Series, mode: str, func: str | Non
     padding = ("",) * (frame.columns.nlevels - 1)
     # Inserted last key first, each at position 0, so the keys end up in their own order.
     for level in reversed(range(index.nlevels)):
-        if names[level] not in frame.columns:
-            label = (names[level], *padding) if padding else names[level]
+        name = names[level]
+        if name not in frame.columns:
+            whole = isinstance(name, tuple) and len(name) == frame.columns.nlevels  # a full label already
+            label = (name, *padding) if padding and not whole else name
             frame.insert(0, label, index.get_level_values(level))
     return frame.reset_index(drop=True)
 
