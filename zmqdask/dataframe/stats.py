@@ -445,25 +445,13 @@ def drop_duplicates(obj: Any, subset: Any = None, keep: Any = "first", split_eve
         # Whether a value repeats can depend on rows of other partitions: each distinct
         # value travels up the tree with a flag saying it was seen twice.
         kwargs: dict[str, Any] = {"subset": columns}
-        node_ = Reduction(
-            expr,
-            once_chunk,
-            once_rows,
-            once_aggregate,
-            expr._meta,
-            kwargs,
-            kwargs,
-            kwargs,
-            split_every or DEFAULT_SPLIT_EVERY,
-            "drop-duplicates",
-        )
-        return new_collection(node_)
-    kwargs = {"subset": columns, "keep": keep}
+        steps: tuple[Any, Any, Any] = (once_chunk, once_rows, once_aggregate)
+    else:
+        kwargs = {"subset": columns, "keep": keep}
+        steps = (distinct_chunk, distinct_rows, distinct_rows)
     node_ = Reduction(
         expr,
-        distinct_chunk,
-        distinct_rows,
-        distinct_rows,
+        *steps,
         expr._meta,
         kwargs,
         kwargs,

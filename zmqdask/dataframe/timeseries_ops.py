@@ -137,13 +137,9 @@ def resample_output(
     first, last = extent
     if first is None:
         return empty
-    start = first if low is None else max(low, first)
     state = groupby_combine(partials, plan, sort=True)
     main = state.main
-    if high is None or high > last:
-        grid = pd.date_range(start, last, freq=rule)
-    else:
-        grid = pd.date_range(start, high, freq=rule, inclusive="left")
+    grid = _bin_grid(first, last, low, high, rule)
     if len(grid) == 0:
         return empty
     grid = grid.rename(main.index.name)
@@ -237,11 +233,7 @@ def resample_whole_output(
         return empty
     low, high = bounds
     method, args, kwargs = call
-    start = first if low is None else max(low, first)
-    if high is None or high > last:
-        grid = pd.date_range(start, last, freq=rule)
-    else:
-        grid = pd.date_range(start, high, freq=rule, inclusive="left")
+    grid = _bin_grid(first, last, low, high, rule)
     if len(grid) == 0:
         return empty
     rows = concat_parts(list(pieces))
@@ -941,3 +933,11 @@ def _ohlc_columns(part: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
     pairs: list[Any] = list(part.columns)
     part.columns = pd.MultiIndex.from_tuples([(pair[0], names[pair[1]]) for pair in pairs])
     return part
+
+
+def _bin_grid(first: Any, last: Any, low: Any, high: Any, rule: Any) -> pd.DatetimeIndex:
+    """The bin labels from ``first`` to ``last`` that fall in ``[low, high)`` (None: unbounded)."""
+    start = first if low is None else max(low, first)
+    if high is None or high > last:
+        return pd.date_range(start, last, freq=rule)
+    return pd.date_range(start, high, freq=rule, inclusive="left")
